@@ -1,0 +1,70 @@
+"""Domains and virtual CPUs: the state Xen keeps in ``struct domain`` and ``struct vcpu``.
+
+Only what the subsystems built so far read is modelled: identity and privilege, the frames a
+domain owns and its reservation, each vCPU's page-table base (``arch.guest_table``), its LDT
+registration (``arch.guest_context.ldt_base/ldt_ents``), and the domain's shutdown state.
+Sources: xen/include/xen/sched.h and xen/include/asm-x86/domain.h (3.0.4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class ShutdownReason(Enum):
+    """sched.h SHUTDOWN_* codes, plus the model's own record of why a domain was crashed."""
+
+    poweroff = 0
+    reboot = 1
+    suspend = 2
+    crash = 3
+
+
+@dataclass
+class Vcpu:
+    """A virtual CPU. ``guest_table`` is the mfn of its page directory, 0 for none."""
+
+    vcpu_id: int
+    domain: Domain
+    guest_table: int = 0
+    ldt_base: int = 0
+    ldt_ents: int = 0
+    # What the TLB has been told: full flushes and single-address invalidations. The CPU
+    # substrate acts on them; the MMU model counts them so that tests can see them happen.
+    tlb_flushes: int = 0
+    tlb_invlpgs: list[int] = field(default_factory=list)
+
+    def flush_tlb(self) -> None:
+        self.tlb_flushes += 1
+
+    def flush_tlb_one(self, va: int) -> None:
+        self.tlb_invlpgs.append(va)
+
+
+@dataclass
+class Domain:
+    """A guest. ``page_list`` holds the machine frames it owns, in pseudo-physical order."""
+
+    domain_id: int
+    is_privileged: bool
+    max_pages: int
+    page_list: list[int] = field(default_factory=list)
+    vcpus: list[Vcpu] = field(default_factory=list)
+    perdomain_pt: list[int] = field(default_factory=list)  # Xen-owned L1s of the per-domain area
+    shutdown_reason: ShutdownReason | None = None
+    crash_reason: str | None = None
+
+    @property
+    def tot_pages(self) -> int:
+        return len(self.page_list)
+
+    @property
+    def is_running(self) -> bool:
+        return self.shutdown_reason is None
+
+    def crash(self, why: str) -> None:
+        """domain_crash(): the domain stops; the hypervisor and other domains go on."""
+        if self.shutdown_reason is None:
+            self.shutdown_reason = ShutdownReason.crash
+            self.crash_reason = why

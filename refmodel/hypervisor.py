@@ -1,0 +1,205 @@
+"""The reference hypervisor: machine memory, the domain heap, domains and hypercall dispatch.
+
+One ``Hypervisor`` is one machine. It owns the machine frames and their frame table, hands
+frames to domains from a free list in a scattered order (a domain's machine frames are not
+contiguous, as the paper stresses), keeps the machine-to-physical table in Xen-owned frames
+(the guest can read it at MACH2PHYS_VIRT_START), and dispatches hypercalls by number to the
+subsystem that implements them, returning Xen's negative errno values. A Python exception that
+escapes a subsystem is a bug in the model and is raised as ``HypervisorBug``.
+Sources: xen/common/page_alloc.c, xen/arch/x86/x86_32/entry.S (hypercall_table), xen/arch/x86/mm.c.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from xenspec.spec import abi
+from xenspec.spec.pagetable import PGT
+from xenspec.refmodel import uaccess
+from xenspec.refmodel.domain import Domain, Vcpu
+from xenspec.refmodel.memory import (
+    DOMID_NONE,
+    PGC_allocated,
+    FrameTable,
+    MachineMemory,
+)
+from xenspec.refmodel.mm import MM, xen_l2_entries
+
+DEFAULT_MACHINE_FRAMES = 1 << 16  # 256 MB of machine memory
+
+
+class HypervisorBug(RuntimeError):
+    """An exception escaped the model while it handled a guest request."""
+
+
+class OutOfMemory(Exception):
+    """The heap cannot satisfy a domain-creation request (a host-side error, not a guest one)."""
+
+
+@dataclass(frozen=True)
+class HypercallRecord:
+    """One handled hypercall, for ``--trace`` output."""
+
+    domid: int
+    nr: int
+    args: tuple[int, ...]
+    rc: int
+
+    def __str__(self) -> str:
+        name = HYPERCALL_NAMES.get(self.nr, f"hypercall_{self.nr}")
+        args = ", ".join(f"{a:#x}" for a in self.args)
+        return f"d{self.domid} {name}({args}) = {self.rc}"
+
+
+# Xen's names are __HYPERVISOR_*, which Python would mangle inside a class body.
+HYPERCALL_NUMBERS: dict[str, int] = {
+    n.removeprefix("__HYPERVISOR_"): getattr(abi, n)
+    for n in dir(abi)
+    if n.startswith("__HYPERVISOR_")
+}
+HYPERCALL_NAMES = {nr: name for name, nr in HYPERCALL_NUMBERS.items()}
+
+
+class Hypervisor:
+    """A machine running the reference hypervisor."""
+
+    def __init__(self, nr_frames: int = DEFAULT_MACHINE_FRAMES, seed: int = 0) -> None:
+        if nr_frames < 16:
+            raise ValueError("the machine needs at least 16 frames")
+        if nr_frames > abi.MACH2PHYS_NR_ENTRIES:
+            raise ValueError("the M2P table covers at most 4 GB of machine memory")
+        self.memory = MachineMemory(nr_frames)
+        self.frames = FrameTable(nr_frames)
+        self.domains: dict[int, Domain] = {}
+        self.next_domid = 0
+        self.trace: list[HypercallRecord] | None = None
+        # Frame 0 is never a guest's: a base pointer of 0 means "no page table", as in Xen.
+        reserved = self._reserve_xen_frames(nr_frames)
+        free = [mfn for mfn in range(nr_frames) if mfn not in reserved]
+        random.Random(seed).shuffle(free)
+        self.free_list = free
+        self.mm = MM(self)
+        self.hypercall_table: dict[int, Callable[..., int]] = {
+            HYPERCALL_NUMBERS["mmu_update"]: self.mm.do_mmu_update,
+            HYPERCALL_NUMBERS["update_va_mapping"]: self.mm.do_update_va_mapping,
+            HYPERCALL_NUMBERS["mmuext_op"]: self.mm.do_mmuext_op,
+        }
+
+    # ----------------------------------------------------------------------------------------
+    # Xen's own frames: the M2P table and the L1 that maps it read-only into every guest.
+    # ----------------------------------------------------------------------------------------
+    def _reserve_xen_frames(self, nr_frames: int) -> set[int]:
+        m2p_frames = -(-nr_frames * 4 // abi.PAGE_SIZE)
+        self.m2p_start = 1
+        self.m2p_l1 = 1 + m2p_frames
+        reserved = set(range(0, self.m2p_l1 + 1))
+        for mfn in reserved:
+            self.frames.owner[mfn] = abi.DOMID_XEN
+        self.m2p = self.memory.words[
+            self.m2p_start * 1024 : self.m2p_start * 1024 + nr_frames
+        ]
+        for i in range(nr_frames):
+            self.m2p[i] = abi.INVALID_M2P_ENTRY
+        for k in range(m2p_frames):
+            self.memory.write_entry(
+                self.m2p_l1, k, (self.m2p_start + k) << abi.PAGE_SHIFT | abi._PAGE_PRESENT
+            )
+        return reserved
+
+    def set_gpfn_from_mfn(self, mfn: int, gpfn: int) -> None:
+        self.m2p[mfn] = gpfn & 0xFFFFFFFF
+
+    def xen_l2_slots(self, l2mfn: int, d: Domain) -> list[int]:
+        return xen_l2_entries(l2mfn, [self.m2p_l1], d.perdomain_pt)
+
+    # ----------------------------------------------------------------------------------------
+    # The domain heap (xen/common/page_alloc.c).
+    # ----------------------------------------------------------------------------------------
+    def alloc_domheap_page(self, d: Domain | None) -> int:
+        if not self.free_list:
+            raise OutOfMemory("no free machine frames left")
+        mfn = self.free_list.pop()
+        owner = d.domain_id if d is not None else abi.DOMID_XEN
+        self.frames.owner[mfn] = owner
+        self.frames.count[mfn] = 1
+        self.frames.flags[mfn] = PGC_allocated
+        self.frames.type[mfn] = PGT.none
+        self.frames.type_count[mfn] = 0
+        if d is not None:
+            self.m2p[mfn] = len(d.page_list)
+            d.page_list.append(mfn)
+        return mfn
+
+    def free_domheap_page(self, mfn: int) -> None:
+        """The last reference went: the frame returns to the heap, scrubbed."""
+        d = self.domains.get(self.frames.owner[mfn])
+        if d is not None and mfn in d.page_list:
+            d.page_list.remove(mfn)
+        self.frames.owner[mfn] = DOMID_NONE
+        self.frames.flags[mfn] = 0
+        self.frames.type[mfn] = PGT.none
+        self.frames.type_count[mfn] = 0
+        self.m2p[mfn] = abi.INVALID_M2P_ENTRY
+        self.memory.scrub_frame(mfn)
+        self.free_list.append(mfn)
+
+    def create_domain(self, nr_pages: int, privileged: bool = False, nr_vcpus: int = 1) -> Domain:
+        """Allocate a domain and ``nr_pages`` frames for it (plus Xen's per-domain tables)."""
+        if nr_pages <= 0:
+            raise ValueError("a domain needs at least one page")
+        if nr_pages + 2 > len(self.free_list):
+            raise OutOfMemory(
+                f"{nr_pages} pages asked, {len(self.free_list)} machine frames free"
+            )
+        d = Domain(self.next_domid, privileged, max_pages=nr_pages)
+        self.next_domid += 1
+        self.domains[d.domain_id] = d
+        d.perdomain_pt = [self.alloc_domheap_page(None) for _ in range(abi.PERDOMAIN_SLOTS)]
+        for _ in range(nr_pages):
+            self.alloc_domheap_page(d)
+        d.vcpus = [Vcpu(i, d) for i in range(nr_vcpus)]
+        return d
+
+    # ----------------------------------------------------------------------------------------
+    # Guest memory, through the calling vCPU's page tables.
+    # ----------------------------------------------------------------------------------------
+    def copy_from_guest(self, v: Vcpu, va: int, length: int) -> bytes | None:
+        return uaccess.copy_from_guest(self.memory, v.guest_table, va, length)
+
+    def copy_to_guest(self, v: Vcpu, va: int, data: bytes) -> bool:
+        return uaccess.copy_to_guest(self.memory, v.guest_table, va, data)
+
+    def guest_reader(self, v: Vcpu, va: int) -> uaccess.GuestReader:
+        return uaccess.GuestReader(self.memory, v.guest_table, va)
+
+    @staticmethod
+    def array_access_ok(ptr: int, count: int, size: int) -> bool:
+        return uaccess.array_access_ok(ptr, count, size)
+
+    # ----------------------------------------------------------------------------------------
+    # Hypercall dispatch (x86_32/entry.S, hypercall_table and hypercall_args_table).
+    # ----------------------------------------------------------------------------------------
+    def hypercall(self, v: Vcpu, nr: int, *args: int) -> int:
+        """Handle ``int $0x82`` from ``v``: EAX = nr, EBX.. = args; returns the new EAX as a
+        signed value (a negative errno on failure)."""
+        if not v.domain.is_running:
+            raise RuntimeError(f"domain {v.domain.domain_id} is not running")
+        args = tuple(a & 0xFFFFFFFF for a in args)
+        handler = self.hypercall_table.get(nr)
+        if handler is None:
+            rc = -abi.ENOSYS
+        else:
+            nargs = handler.__code__.co_argcount - 2
+            padded = (args + (0,) * nargs)[:nargs]
+            try:
+                rc = handler(v, *padded)
+            except Exception as exc:  # a bug in the model, never the guest's doing
+                raise HypervisorBug(
+                    f"{HYPERCALL_NAMES.get(nr, nr)}{padded} from domain "
+                    f"{v.domain.domain_id} raised {type(exc).__name__}: {exc}"
+                ) from exc
+        if self.trace is not None:
+            self.trace.append(HypercallRecord(v.domain.domain_id, nr, args, rc))
+        return rc

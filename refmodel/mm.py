@@ -1,0 +1,638 @@
+"""The paravirtual MMU: page types, reference counts and validated page-table updates.
+
+This models xen/arch/x86/mm.c of Xen 3.0.4 for x86_32 without PAE (2-level paging): the
+get/put rules for general and type references, the validation of L1 and L2 tables on their
+first type reference, and the three hypercalls that change page tables: ``mmu_update``,
+``mmuext_op`` and ``update_va_mapping``. Function names are Xen's; each returns what Xen's
+does (1/0 for the internal helpers, a negative errno for the hypercalls).
+
+Deliberate departures from 3.0.4, each following a later Xen security fix:
+
+* XSA-182: 3.0.4's fast path in ``mod_l1_entry``/``mod_l2_entry`` skipped reference handling
+  whenever the frame and the PRESENT (and for L1, RW) bits were unchanged, which let a guest
+  turn a read-only linear page-table entry writable. Here the fast path is taken only when the
+  frame is unchanged and no bit outside FASTPATH_FLAG_WHITELIST changes.
+* ``update_va_mapping`` only modifies an L1 entry when the L2 slot names a frame of type L1
+  (later Xen's ``guest_map_l1e`` checks; in 3.0.4 a linear-mapped L2 could be reached).
+
+Not modelled yet: I/O memory mappings (no domain has iomem permission, so a frame number beyond
+machine RAM is refused), shadow and translated paging modes, hypercall preemption (a batch is
+always processed whole), and TLB flush filtering (every type change is counted as a flush).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from xenspec.spec import abi
+from xenspec.spec.pagetable import (
+    PAGE_TABLE_TYPES,
+    PGT,
+    PGT_root_page_table,
+    __PAGE_HYPERVISOR,
+    is_guest_l2_slot,
+    l1e_disallowed,
+    l2e_disallowed,
+    l2e_from_pfn,
+    pte_get_pfn,
+    pte_present,
+)
+from xenspec.refmodel.domain import Domain, Vcpu
+from xenspec.refmodel.memory import (
+    PGC_allocated,
+    PGC_count_mask,
+    PGT_count_mask,
+    PGT_pinned,
+    PGT_validated,
+)
+
+if TYPE_CHECKING:
+    from xenspec.refmodel.hypervisor import Hypervisor
+
+# XSA-182 fix (mm.c, FASTPATH_FLAG_WHITELIST): flag changes that need no reference handling.
+FASTPATH_FLAG_WHITELIST = (
+    abi._PAGE_AVAIL | abi._PAGE_DIRTY | abi._PAGE_ACCESSED | abi._PAGE_USER
+)
+# l1e_has_changed(): compare the frame number and the flags outside the whitelist.
+_FASTPATH_COMPARE = abi.PAGE_MASK | (0xFFF & ~FASTPATH_FLAG_WHITELIST)
+
+
+def entry_has_changed(old: int, new: int) -> bool:
+    return ((old ^ new) & _FASTPATH_COMPARE) != 0
+
+
+class MM:
+    """The MMU of the reference hypervisor; one instance per hypervisor."""
+
+    def __init__(self, hv: Hypervisor) -> None:
+        self.hv = hv
+        self.memory = hv.memory
+        self.frames = hv.frames
+        # percpu_info.foreign: the domain a batch acts for, set by set_foreigndom().
+        self.foreign: Domain | None = None
+        self.deferred_flush = False
+
+    # ----------------------------------------------------------------------------------------
+    # General references: get_page / put_page (mm.h, mm.c).
+    # ----------------------------------------------------------------------------------------
+    def get_page(self, mfn: int, d: Domain) -> bool:
+        """Take a general reference on a frame ``d`` owns that is in use (count non-zero)."""
+        frames = self.frames
+        count = frames.count[mfn]
+        if count == 0 or count >= PGC_count_mask or frames.owner[mfn] != d.domain_id:
+            return False
+        frames.count[mfn] = count + 1
+        return True
+
+    def get_page_from_pagenr(self, mfn: int, d: Domain) -> bool:
+        return self.memory.mfn_valid(mfn) and self.get_page(mfn, d)
+
+    def put_page(self, mfn: int) -> None:
+        frames = self.frames
+        count = frames.count[mfn] - 1
+        assert count >= 0, f"reference count underflow on {frames.describe(mfn)}"
+        frames.count[mfn] = count
+        if count == 0:
+            self.hv.free_domheap_page(mfn)
+
+    # ----------------------------------------------------------------------------------------
+    # Type references: get_page_type / put_page_type (mm.c).
+    # ----------------------------------------------------------------------------------------
+    def get_page_type(self, mfn: int, type: PGT) -> bool:
+        """Take a type reference; the first one on a page-table type validates the frame."""
+        frames = self.frames
+        tc = frames.type_count[mfn]
+        if tc >= PGT_count_mask:
+            return False  # type-count overflow
+        if tc == 0:
+            if frames.type[mfn] != type:
+                # A type change is safe only at type count 0; stale TLB entries must go.
+                self.type_change_flush(mfn)
+                frames.type[mfn] = type
+                frames.flags[mfn] &= ~PGT_validated
+                if type == PGT.writable_page:
+                    frames.flags[mfn] |= PGT_validated
+        elif frames.type[mfn] != type:
+            return False
+        frames.type_count[mfn] = tc + 1
+        if not frames.flags[mfn] & PGT_validated:
+            if not self.alloc_page_type(mfn, type):
+                frames.type[mfn] = PGT.none
+                frames.type_count[mfn] = 0
+                return False
+            frames.flags[mfn] |= PGT_validated
+        return True
+
+    def put_page_type(self, mfn: int) -> None:
+        frames = self.frames
+        tc = frames.type_count[mfn] - 1
+        assert tc >= 0, f"type count underflow on {frames.describe(mfn)}"
+        frames.type_count[mfn] = tc
+        if (
+            tc == 0
+            and frames.type[mfn] <= PGT.l4_page_table
+            and frames.flags[mfn] & PGT_validated
+        ):
+            # Page-table frames lose their validation when unused: their entries' references
+            # are dropped, and must be checked afresh on the next use.
+            frames.flags[mfn] &= ~PGT_validated
+            self.free_page_type(mfn, PGT(frames.type[mfn]))
+
+    def get_page_and_type(self, mfn: int, d: Domain, type: PGT) -> bool:
+        if not self.get_page(mfn, d):
+            return False
+        if not self.get_page_type(mfn, type):
+            self.put_page(mfn)
+            return False
+        return True
+
+    def get_page_and_type_from_pagenr(self, mfn: int, type: PGT, d: Domain) -> bool:
+        return self.memory.mfn_valid(mfn) and self.get_page_and_type(mfn, d, type)
+
+    def put_page_and_type(self, mfn: int) -> None:
+        self.put_page_type(mfn)
+        self.put_page(mfn)
+
+    def type_change_flush(self, mfn: int) -> None:
+        """A frame changing type: flush the TLBs of its owner's vCPUs (mm.c, tlbflush_filter)."""
+        owner = self.hv.domains.get(self.frames.owner[mfn])
+        if owner is not None:
+            for v in owner.vcpus:
+                v.flush_tlb()
+
+    # ----------------------------------------------------------------------------------------
+    # Validation of entries and whole tables (mm.c, get_page_from_l?e, alloc_l?_table).
+    # ----------------------------------------------------------------------------------------
+    def get_page_from_l1e(self, l1e: int, d: Domain) -> bool:
+        """A present L1 entry references a frame of ``d``; RW takes a writable type ref."""
+        if not pte_present(l1e):
+            return True
+        if l1e_disallowed(l1e):
+            return False
+        mfn = pte_get_pfn(l1e)
+        if not self.memory.mfn_valid(mfn):
+            return False  # I/O memory: no domain has iomem permission in this model
+        if l1e & abi._PAGE_RW:
+            return self.get_page_and_type(mfn, d, PGT.writable_page)
+        return self.get_page(mfn, d)
+
+    def put_page_from_l1e(self, l1e: int) -> None:
+        if not pte_present(l1e):
+            return
+        mfn = pte_get_pfn(l1e)
+        if not self.memory.mfn_valid(mfn):
+            return
+        if l1e & abi._PAGE_RW:
+            self.put_page_and_type(mfn)
+        else:
+            self.put_page(mfn)
+
+    def get_page_from_l2e(self, l2e: int, pfn: int, d: Domain) -> bool:
+        """A present L2 entry references an L1 table, or is a read-only linear map."""
+        if not pte_present(l2e):
+            return True
+        if l2e_disallowed(l2e):
+            return False
+        mfn = pte_get_pfn(l2e)
+        if self.get_page_and_type_from_pagenr(mfn, PGT.l1_page_table, d):
+            return True
+        return self.get_linear_pagetable(l2e, pfn, d)
+
+    def get_linear_pagetable(self, l2e: int, pfn: int, d: Domain) -> bool:
+        """mm.c, get_linear_pagetable: a read-only map of this or another validated L2."""
+        if l2e & abi._PAGE_RW:
+            return False
+        mfn = pte_get_pfn(l2e)
+        if mfn == pfn:
+            return True  # a self-map holds no reference
+        if not self.get_page_from_pagenr(mfn, d):
+            return False
+        frames = self.frames
+        if (
+            frames.type_count[mfn] >= PGT_count_mask
+            or frames.type[mfn] != PGT.l2_page_table
+            or not frames.flags[mfn] & PGT_validated
+        ):
+            self.put_page(mfn)
+            return False
+        frames.type_count[mfn] += 1
+        return True
+
+    def put_page_from_l2e(self, l2e: int, pfn: int) -> None:
+        if pte_present(l2e) and pte_get_pfn(l2e) != pfn:
+            self.put_page_and_type(pte_get_pfn(l2e))
+
+    def alloc_page_type(self, mfn: int, type: PGT) -> bool:
+        d = self.hv.domains.get(self.frames.owner[mfn])
+        if d is None:
+            return False
+        if type == PGT.l1_page_table:
+            return self.alloc_l1_table(mfn, d)
+        if type == PGT.l2_page_table:
+            return self.alloc_l2_table(mfn, d)
+        # GDT and LDT frames are validated by the descriptor subsystem (set_gdt and LDT
+        # faults), which the model does not have yet: no path asks for those types.
+        return False
+
+    def alloc_l1_table(self, mfn: int, d: Domain) -> bool:
+        words = self.memory.frame_words(mfn)
+        for i in range(abi.L1_PAGETABLE_ENTRIES):
+            e = words[i]
+            if e and not self.get_page_from_l1e(e, d):
+                for j in range(i):
+                    self.put_page_from_l1e(words[j])
+                return False
+        return True
+
+    def alloc_l2_table(self, mfn: int, d: Domain) -> bool:
+        words = self.memory.frame_words(mfn)
+        first_xen = abi.L2_PAGETABLE_FIRST_XEN_SLOT
+        for i in range(first_xen):
+            e = words[i]
+            if e and not self.get_page_from_l2e(e, mfn, d):
+                for j in range(i):
+                    self.put_page_from_l2e(words[j], mfn)
+                return False
+        for k, e in enumerate(self.hv.xen_l2_slots(mfn, d)):
+            words[first_xen + k] = e
+        return True
+
+    def free_page_type(self, mfn: int, type: PGT) -> None:
+        words = self.memory.frame_words(mfn)
+        if type == PGT.l1_page_table:
+            for e in words:
+                if e:
+                    self.put_page_from_l1e(e)
+        elif type == PGT.l2_page_table:
+            for i in range(abi.L2_PAGETABLE_FIRST_XEN_SLOT):
+                if words[i]:
+                    self.put_page_from_l2e(words[i], mfn)
+        # A de-validated table's stale translations must go: flush the owner's TLBs.
+        self.type_change_flush(mfn)
+
+    # ----------------------------------------------------------------------------------------
+    # Single-entry updates (mm.c, mod_l1_entry / mod_l2_entry).
+    # ----------------------------------------------------------------------------------------
+    def mod_l1_entry(self, l1mfn: int, index: int, nl1e: int, d: Domain) -> bool:
+        """Replace entry ``index`` of L1 table ``l1mfn``; new references are taken in ``d``."""
+        ol1e = self.memory.read_entry(l1mfn, index)
+        if pte_present(nl1e):
+            if l1e_disallowed(nl1e):
+                return False
+            if not entry_has_changed(ol1e, nl1e):
+                self.memory.write_entry(l1mfn, index, nl1e)
+                return True
+            if not self.get_page_from_l1e(nl1e, d):
+                return False
+        self.memory.write_entry(l1mfn, index, nl1e)
+        self.put_page_from_l1e(ol1e)
+        return True
+
+    def mod_l2_entry(self, l2mfn: int, index: int, nl2e: int, d: Domain) -> bool:
+        if not is_guest_l2_slot(index):
+            return False  # "Illegal L2 update attempt in Xen-private area"
+        ol2e = self.memory.read_entry(l2mfn, index)
+        if pte_present(nl2e):
+            if l2e_disallowed(nl2e):
+                return False
+            if not entry_has_changed(ol2e, nl2e):
+                self.memory.write_entry(l2mfn, index, nl2e)
+                return True
+            if not self.get_page_from_l2e(nl2e, l2mfn, d):
+                return False
+        self.memory.write_entry(l2mfn, index, nl2e)
+        self.put_page_from_l2e(ol2e, l2mfn)
+        return True
+
+    # ----------------------------------------------------------------------------------------
+    # The foreign domain of a batch (mm.c, set_foreigndom; FOREIGNDOM).
+    # ----------------------------------------------------------------------------------------
+    def set_foreigndom(self, d: Domain, domid: int) -> bool:
+        self.foreign = None
+        if domid == abi.DOMID_SELF:
+            return True
+        if domid == d.domain_id:
+            return False  # a domain may not name itself as foreign
+        if not d.is_privileged:
+            # DOMID_IO (I/O mappings for any caller) needs the iomem model; refused for now.
+            return False
+        e = self.hv.domains.get(domid)
+        if e is None:
+            return False  # DOMID_IO/DOMID_XEN for privileged callers: not modelled yet
+        self.foreign = e
+        return True
+
+    def foreigndom(self, d: Domain) -> Domain:
+        return self.foreign if self.foreign is not None else d
+
+    # ----------------------------------------------------------------------------------------
+    # Hypercalls.
+    # ----------------------------------------------------------------------------------------
+    def do_mmu_update(
+        self, v: Vcpu, ureqs: int, count: int, pdone: int, foreigndom: int
+    ) -> int:
+        """Hypercall 1: a batch of checked page-table writes and M2P updates."""
+        d = v.domain
+        done = 0
+        if count & abi.MMU_UPDATE_PREEMPTED:
+            count &= ~abi.MMU_UPDATE_PREEMPTED
+            done = self._read_done(v, pdone)
+        i, rc = self._run_batch(
+            v, d, foreigndom, ureqs, count, abi.MMU_UPDATE_T.size,
+            lambda buf: self.mmu_update_one(d, buf),
+        )
+        return self._finish_batch(v, pdone, done + i, rc)
+
+    def mmu_update_one(self, d: Domain, buf: bytes) -> int:
+        """One ``struct mmu_update``: 0 on success or the negative errno that stops the batch."""
+        ptr, val = abi.MMU_UPDATE_T.unpack(buf)
+        cmd = ptr & abi.MMU_UPDATE_CMD_MASK
+        if cmd == abi.MMU_NORMAL_PT_UPDATE:
+            ok = self.normal_pt_update(d, ptr, val & 0xFFFFFFFF)
+        elif cmd == abi.MMU_MACHPHYS_UPDATE:
+            ok = self.machphys_update(ptr >> abi.PAGE_SHIFT, val & 0xFFFFFFFF, d)
+        else:
+            return -abi.ENOSYS
+        return 0 if ok else -abi.EINVAL
+
+    def normal_pt_update(self, d: Domain, ptr: int, val: int) -> bool:
+        """MMU_NORMAL_PT_UPDATE: write ``val`` at machine address ``ptr`` of a frame ``d`` owns."""
+        mfn = ptr >> abi.PAGE_SHIFT
+        index = (ptr & (abi.PAGE_SIZE - 1)) >> 2
+        if not self.get_page_from_pagenr(mfn, d):
+            return False
+        ok = False
+        type = PGT(self.frames.type[mfn])
+        if type in PAGE_TABLE_TYPES and self.get_page_type(mfn, type):
+            if type == PGT.l1_page_table:
+                ok = self.mod_l1_entry(mfn, index, val, self.foreigndom(d))
+            else:
+                ok = self.mod_l2_entry(mfn, index, val, d)
+            self.put_page_type(mfn)
+        elif self.get_page_type(mfn, PGT.writable_page):
+            # "not_a_pt": any other frame, or a table that no longer validates, is plain data.
+            self.memory.write_entry(mfn, index, val)
+            ok = True
+            self.put_page_type(mfn)
+        self.put_page(mfn)
+        return ok
+
+    def machphys_update(self, mfn: int, gpfn: int, d: Domain) -> bool:
+        """MMU_MACHPHYS_UPDATE: M2P[mfn] = gpfn, for a frame the foreign domain owns."""
+        if not self.get_page_from_pagenr(mfn, self.foreigndom(d)):
+            return False
+        self.hv.set_gpfn_from_mfn(mfn, gpfn)
+        self.put_page(mfn)
+        return True
+
+    def do_mmuext_op(
+        self, v: Vcpu, uops: int, count: int, pdone: int, foreigndom: int
+    ) -> int:
+        """Hypercall 26: pin and unpin tables, switch base pointer, flush, set the LDT."""
+        done = 0
+        if count & abi.MMU_UPDATE_PREEMPTED:
+            count &= ~abi.MMU_UPDATE_PREEMPTED
+            done = self._read_done(v, pdone)
+        i, rc = self._run_batch(
+            v, v.domain, foreigndom, uops, count, abi.MMUEXT_OP_T.size,
+            lambda buf: self.mmuext_op_one(v, *abi.MMUEXT_OP_T.unpack(buf)),
+        )
+        if self.deferred_flush:
+            v.flush_tlb()
+        self.deferred_flush = False
+        return self._finish_batch(v, pdone, done + i, rc)
+
+    def mmuext_op_one(self, v: Vcpu, cmd: int, arg1: int, arg2: int) -> int:
+        handler = self._mmuext_handlers.get(cmd)
+        if handler is None:
+            return -abi.ENOSYS
+        return 0 if handler(self, v, arg1, arg2) else -abi.EINVAL
+
+    def pin_page(self, v: Vcpu, mfn: int, type: PGT) -> bool:
+        fd = self.foreigndom(v.domain)
+        if not self.get_page_and_type_from_pagenr(mfn, type, fd):
+            return False
+        if self.frames.flags[mfn] & PGT_pinned:
+            self.put_page_and_type(mfn)  # "already pinned"
+            return False
+        self.frames.flags[mfn] |= PGT_pinned
+        return True
+
+    def mmuext_pin_l1_table(self, v: Vcpu, mfn: int, _arg2: int) -> bool:
+        return self.pin_page(v, mfn, PGT.l1_page_table)
+
+    def mmuext_pin_l2_table(self, v: Vcpu, mfn: int, _arg2: int) -> bool:
+        return self.pin_page(v, mfn, PGT_root_page_table)
+
+    def mmuext_pin_subdirectory(self, _v: Vcpu, _mfn: int, _arg2: int) -> bool:
+        """PIN_L3/L4 on non-PAE: "Ignore pinning of subdirectories" (3.0.2-3.0.4)."""
+        return True
+
+    def mmuext_unpin_table(self, v: Vcpu, mfn: int, _arg2: int) -> bool:
+        if not self.get_page_from_pagenr(mfn, v.domain):
+            return False
+        if not self.frames.flags[mfn] & PGT_pinned:
+            self.put_page(mfn)  # "not pinned"
+            return False
+        self.frames.flags[mfn] &= ~PGT_pinned
+        self.put_page_and_type(mfn)
+        self.put_page(mfn)
+        return True
+
+    def mmuext_new_baseptr(self, v: Vcpu, mfn: int, _arg2: int) -> bool:
+        ok = self.new_guest_cr3(v, mfn)
+        self.deferred_flush = False  # loading the base pointer flushed the TLB
+        return ok
+
+    def new_guest_cr3(self, v: Vcpu, mfn: int) -> bool:
+        """mm.c, new_guest_cr3 (3.0.4): a failed switch retries without the old base, and a
+        second failure crashes the domain, which is left with no page table."""
+        d = v.domain
+        if not self.get_page_and_type_from_pagenr(mfn, PGT_root_page_table, d):
+            old = v.guest_table
+            v.guest_table = 0
+            if old:
+                self.put_page_and_type(old)
+            if not self.get_page_and_type_from_pagenr(mfn, PGT_root_page_table, d):
+                d.crash(f"NEW_BASEPTR to mfn {mfn:#x}, which does not validate as a page directory")
+                return False
+        old = v.guest_table
+        v.guest_table = mfn
+        v.flush_tlb()
+        if old:
+            self.put_page_and_type(old)
+        return True
+
+    def mmuext_tlb_flush_local(self, _v: Vcpu, _arg1: int, _arg2: int) -> bool:
+        self.deferred_flush = True
+        return True
+
+    def mmuext_invlpg_local(self, v: Vcpu, va: int, _arg2: int) -> bool:
+        v.flush_tlb_one(va)
+        return True
+
+    def mmuext_flush_multi(self, v: Vcpu, _arg1: int, vcpumask: int) -> bool:
+        """TLB_FLUSH_MULTI / INVLPG_MULTI: arg2 points to a bitmap of vCPUs."""
+        mask = self.hv.copy_from_guest(v, vcpumask, 4)
+        if mask is None:
+            return False
+        bits = int.from_bytes(mask, "little")
+        for w in v.domain.vcpus:
+            if bits >> w.vcpu_id & 1:
+                w.flush_tlb()
+        return True
+
+    def mmuext_invlpg_multi(self, v: Vcpu, va: int, vcpumask: int) -> bool:
+        mask = self.hv.copy_from_guest(v, vcpumask, 4)
+        if mask is None:
+            return False
+        bits = int.from_bytes(mask, "little")
+        for w in v.domain.vcpus:
+            if bits >> w.vcpu_id & 1:
+                w.flush_tlb_one(va)
+        return True
+
+    def mmuext_tlb_flush_all(self, v: Vcpu, _arg1: int, _arg2: int) -> bool:
+        for w in v.domain.vcpus:
+            w.flush_tlb()
+        return True
+
+    def mmuext_invlpg_all(self, v: Vcpu, va: int, _arg2: int) -> bool:
+        for w in v.domain.vcpus:
+            w.flush_tlb_one(va)
+        return True
+
+    def mmuext_flush_cache(self, v: Vcpu, _arg1: int, _arg2: int) -> bool:
+        """wbinvd needs physical-device privilege (cache_flush_permitted): none here."""
+        return False
+
+    def mmuext_set_ldt(self, v: Vcpu, ptr: int, ents: int) -> bool:
+        if ptr & (abi.PAGE_SIZE - 1) or ents > abi.MAX_LDT_ENTRIES:
+            return False
+        if not self.hv.array_access_ok(ptr, ents, abi.LDT_ENTRY_SIZE):
+            return False
+        v.ldt_base, v.ldt_ents = ptr, ents
+        return True
+
+    _mmuext_handlers: dict[int, Callable[[MM, Vcpu, int, int], bool]] = {
+        abi.MMUEXT_PIN_L1_TABLE: mmuext_pin_l1_table,
+        abi.MMUEXT_PIN_L2_TABLE: mmuext_pin_l2_table,
+        abi.MMUEXT_PIN_L3_TABLE: mmuext_pin_subdirectory,
+        abi.MMUEXT_PIN_L4_TABLE: mmuext_pin_subdirectory,
+        abi.MMUEXT_UNPIN_TABLE: mmuext_unpin_table,
+        abi.MMUEXT_NEW_BASEPTR: mmuext_new_baseptr,
+        abi.MMUEXT_TLB_FLUSH_LOCAL: mmuext_tlb_flush_local,
+        abi.MMUEXT_INVLPG_LOCAL: mmuext_invlpg_local,
+        abi.MMUEXT_TLB_FLUSH_MULTI: mmuext_flush_multi,
+        abi.MMUEXT_INVLPG_MULTI: mmuext_invlpg_multi,
+        abi.MMUEXT_TLB_FLUSH_ALL: mmuext_tlb_flush_all,
+        abi.MMUEXT_INVLPG_ALL: mmuext_invlpg_all,
+        abi.MMUEXT_FLUSH_CACHE: mmuext_flush_cache,
+        abi.MMUEXT_SET_LDT: mmuext_set_ldt,
+    }
+
+    def do_update_va_mapping(self, v: Vcpu, va: int, val: int, flags: int) -> int:
+        """Hypercall 14: set the L1 entry that maps ``va`` in the current page table, then
+        flush as ``flags`` asks (3.0.4 flushes even when the update failed)."""
+        rc = 0
+        if va >= abi.HYPERVISOR_VIRT_START:
+            return -abi.EINVAL
+        l1mfn = self.guest_map_l1e(v, va)
+        index = (va >> abi.L1_PAGETABLE_SHIFT) & (abi.L1_PAGETABLE_ENTRIES - 1)
+        if l1mfn is None or not self.mod_l1_entry(l1mfn, index, val, v.domain):
+            rc = -abi.EINVAL
+        flush = flags & abi.UVMF_FLUSHTYPE_MASK
+        if flush in (abi.UVMF_TLB_FLUSH, abi.UVMF_INVLPG):
+            targets = self._uvmf_targets(v, flags & ~abi.UVMF_FLUSHTYPE_MASK)
+            if targets is None:
+                rc = -abi.EFAULT
+            else:
+                for w in targets:
+                    if flush == abi.UVMF_TLB_FLUSH:
+                        w.flush_tlb()
+                    else:
+                        w.flush_tlb_one(va)
+        return rc
+
+    def _uvmf_targets(self, v: Vcpu, bmap_ptr: int) -> list[Vcpu] | None:
+        if bmap_ptr == abi.UVMF_LOCAL:
+            return [v]
+        if bmap_ptr == abi.UVMF_ALL:
+            return list(v.domain.vcpus)
+        mask = self.hv.copy_from_guest(v, bmap_ptr, 4)
+        if mask is None:
+            return None
+        bits = int.from_bytes(mask, "little")
+        return [w for w in v.domain.vcpus if bits >> w.vcpu_id & 1]
+
+    def guest_map_l1e(self, v: Vcpu, va: int) -> int | None:
+        """The L1 table mapping ``va`` in ``v``'s page table, if the L2 slot names one."""
+        if not v.guest_table:
+            return None
+        l2e = self.memory.read_entry(v.guest_table, va >> abi.L2_PAGETABLE_SHIFT)
+        if not pte_present(l2e):
+            return None
+        l1mfn = pte_get_pfn(l2e)
+        if not self.memory.mfn_valid(l1mfn) or self.frames.type[l1mfn] != PGT.l1_page_table:
+            return None
+        return int(l1mfn)
+
+    # ----------------------------------------------------------------------------------------
+    # The batch loop shared by mmu_update and mmuext_op.
+    # ----------------------------------------------------------------------------------------
+    def _run_batch(
+        self,
+        v: Vcpu,
+        d: Domain,
+        foreigndom: int,
+        uptr: int,
+        count: int,
+        size: int,
+        one: Callable[[bytes], int],
+    ) -> tuple[int, int]:
+        """Process ``count`` records of ``size`` bytes at guest address ``uptr`` until the
+        first failure; return (records completed, rc)."""
+        if not self.set_foreigndom(d, foreigndom):
+            return 0, -abi.ESRCH
+        if not self.hv.array_access_ok(uptr, count, size):
+            return 0, -abi.EFAULT
+        reader = self.hv.guest_reader(v, uptr)
+        for i in range(count):
+            buf = reader.read(size)
+            if buf is None:
+                return i, -abi.EFAULT
+            rc = one(buf)
+            if rc:
+                return i, rc
+        return count, 0
+
+    def _read_done(self, v: Vcpu, pdone: int) -> int:
+        if not pdone:
+            return 0
+        raw = self.hv.copy_from_guest(v, pdone, 4)
+        return int.from_bytes(raw, "little") if raw is not None else 0
+
+    def _finish_batch(self, v: Vcpu, pdone: int, done: int, rc: int) -> int:
+        self.foreign = None
+        if pdone:
+            self.hv.copy_to_guest(v, pdone, (done & 0xFFFFFFFF).to_bytes(4, "little"))
+        return rc
+
+
+def xen_l2_entries(pfn: int, m2p_l1: list[int], perdomain_pt: list[int]) -> list[int]:
+    """What Xen writes into slots 1008..1023 of a page directory it validates (alloc_l2_table):
+    the read-only M2P, the linear page-table slot mapping the directory itself, and the
+    per-domain area. Slots of Xen's own mappings the model does not have stay empty."""
+    from xenspec.spec.pagetable import __PAGE_HYPERVISOR_RO_USER
+
+    slots = [0] * abi.L2_PAGETABLE_XEN_SLOTS
+    first = abi.L2_PAGETABLE_FIRST_XEN_SLOT
+    for k, l1 in enumerate(m2p_l1):
+        slots[abi.MACH2PHYS_VIRT_START // (1 << abi.L2_PAGETABLE_SHIFT) - first + k] = (
+            l2e_from_pfn(l1, __PAGE_HYPERVISOR_RO_USER)
+        )
+    slots[abi.LINEAR_PT_SLOT - first] = l2e_from_pfn(pfn, __PAGE_HYPERVISOR)
+    for k, l1 in enumerate(perdomain_pt):
+        slots[abi.PERDOMAIN_SLOT - first + k] = l2e_from_pfn(l1, __PAGE_HYPERVISOR)
+    return slots

@@ -1,0 +1,122 @@
+"""The concrete state view: the reference model's frame table and memory behind ``StateView``.
+
+Quantifiers are loops over the machine's frames, the vCPUs of all domains, and the present
+entries of a table; connectives are Python's. This lets the invariants of ``xenspec.spec``
+check every state the running model reaches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from xenspec.spec.invariants import INVARIANTS, count_violations
+from xenspec.spec.pagetable import pte_present
+from xenspec.refmodel.domain import Vcpu
+from xenspec.refmodel.hypervisor import Hypervisor
+from xenspec.refmodel.memory import PGC_allocated, PGT_pinned, PGT_validated
+
+
+class ConcreteView:
+    """A read-only ``StateView`` of a running ``Hypervisor``."""
+
+    def __init__(self, hv: Hypervisor) -> None:
+        self.hv = hv
+        self.f = hv.frames
+        self.memory = hv.memory
+        self._vcpus: list[Vcpu] = [v for d in hv.domains.values() for v in d.vcpus]
+        self._xen_l2: dict[int, list[int]] = {}
+
+    # frames
+    def owner(self, mfn: int) -> int:
+        return int(self.f.owner[mfn])
+
+    def type(self, mfn: int) -> int:
+        return int(self.f.type[mfn])
+
+    def type_count(self, mfn: int) -> int:
+        return int(self.f.type_count[mfn])
+
+    def count(self, mfn: int) -> int:
+        return int(self.f.count[mfn])
+
+    def validated(self, mfn: int) -> bool:
+        return bool(self.f.flags[mfn] & PGT_validated)
+
+    def pinned(self, mfn: int) -> bool:
+        return bool(self.f.flags[mfn] & PGT_pinned)
+
+    def allocated(self, mfn: int) -> bool:
+        return bool(self.f.flags[mfn] & PGC_allocated)
+
+    def mfn_valid(self, mfn: int) -> bool:
+        return self.memory.mfn_valid(mfn)
+
+    def is_privileged(self, domid: int) -> bool:
+        d = self.hv.domains.get(domid)
+        return d is not None and d.is_privileged
+
+    # memory
+    def entry(self, mfn: int, index: int) -> int:
+        return self.memory.read_entry(mfn, index)
+
+    def xen_l2e(self, l2mfn: int, index: int) -> int:
+        slots = self._xen_l2.get(l2mfn)
+        if slots is None:
+            d = self.hv.domains[self.owner(l2mfn)]
+            slots = self._xen_l2[l2mfn] = self.hv.xen_l2_slots(l2mfn, d)
+        from xenspec.spec import abi
+
+        return slots[index - abi.L2_PAGETABLE_FIRST_XEN_SLOT]
+
+    # vCPUs, numbered across all domains
+    def base(self, vcpu: int) -> int:
+        return self._vcpus[vcpu].guest_table
+
+    def vcpu_domain(self, vcpu: int) -> int:
+        return self._vcpus[vcpu].domain.domain_id
+
+    # quantifiers
+    def frames(self) -> range:
+        return range(self.memory.nr_frames)
+
+    def vcpus(self) -> range:
+        return range(len(self._vcpus))
+
+    def present_entries(self, mfn: int, lo: int, hi: int) -> list[tuple[int, int]]:
+        words = self.memory.frame_words(mfn)
+        return [(i, words[i]) for i in range(lo, hi) if pte_present(words[i])]
+
+    def forall_frames(self, body: Callable[[int], bool]) -> bool:
+        return all(body(f) for f in self.frames())
+
+    def forall_vcpus(self, body: Callable[[int], bool]) -> bool:
+        return all(body(v) for v in self.vcpus())
+
+    def forall_present_entries(
+        self, mfn: int, lo: int, hi: int, body: Callable[[int, int], bool]
+    ) -> bool:
+        return all(body(i, e) for i, e in self.present_entries(mfn, lo, hi))
+
+    def forall_indices(self, lo: int, hi: int, body: Callable[[int], bool]) -> bool:
+        return all(body(i) for i in range(lo, hi))
+
+    # connectives
+    def and_(self, *terms: bool) -> bool:
+        return all(terms)
+
+    def or_(self, *terms: bool) -> bool:
+        return any(terms)
+
+    def not_(self, a: bool) -> bool:
+        return not a
+
+    def implies(self, premise: bool, conclusion: Callable[[], bool]) -> bool:
+        return not premise or conclusion()
+
+
+def check_invariants(hv: Hypervisor) -> list[str]:
+    """Evaluate every invariant on the model's current state; the ids that fail, with detail."""
+    view = ConcreteView(hv)
+    failures = [f"{inv.id}: {inv.statement}" for inv in INVARIANTS if not inv.check(view)]
+    failures += [f"INV-COUNT: {line}" for line in count_violations(view)]
+    return failures

@@ -1,0 +1,1 @@
+"""The formal specification: ABI constants, frame types and entry formats, invariants."""

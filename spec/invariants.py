@@ -1,0 +1,227 @@
+"""The safety invariants of the paravirtual MMU, each defined once against ``StateView``.
+
+Each invariant has its id, a statement in words, and the source of the rule. The same function
+checks a concrete reference-model state (``xenspec.refmodel.view``) and, given a symbolic view,
+yields the Z3 formula the proofs use. A table is "in use" when it has its page-table type and is
+validated: only then do its entries hold references (mm.c, alloc_l?_table / free_l?_table).
+
+INV-COUNT relates counts to the number of references that exist; its concrete definition is
+here, and its symbolic encoding needs ghost reverse maps (planned with the proofs), so
+``inv_count`` is evaluated on concrete states only for now.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from xenspec.spec import abi
+from xenspec.spec.pagetable import PGT, pte_get_pfn, pte_writable
+from xenspec.spec.state import Bool, StateView, Word
+
+
+@dataclass(frozen=True)
+class Invariant:
+    id: str
+    statement: str
+    source: str
+    check: Callable[[StateView], Bool]
+
+
+def in_use_table(s: StateView, f: Word, type: PGT) -> Bool:
+    return s.and_(s.type(f) == int(type), s.validated(f))
+
+
+def inv_hole(s: StateView) -> Bool:
+    """INV-HOLE: the hypervisor slots 1008..1023 of every page directory in use hold Xen's own
+    entries, so no guest-controlled entry translates an address in [HYPERVISOR_VIRT_START, 4G)."""
+    return s.forall_frames(
+        lambda f: s.implies(
+            in_use_table(s, f, PGT.l2_page_table),
+            lambda: s.forall_indices(
+                abi.L2_PAGETABLE_FIRST_XEN_SLOT,
+                abi.L2_PAGETABLE_ENTRIES,
+                lambda i: s.entry(f, i) == s.xen_l2e(f, i),
+            ),
+        )
+    )
+
+
+def inv_nowrpt(s: StateView) -> Bool:
+    """INV-NOWRPT: every writable entry of an L1 table in use maps a frame of the writable type
+    (never a page table, page directory, GDT or LDT frame), and every entry of a page directory
+    in use that names another directory (a linear page-table map) is read-only."""
+
+    def l1_ok(f: Word) -> Bool:
+        return s.forall_present_entries(
+            f, 0, abi.L1_PAGETABLE_ENTRIES,
+            lambda i, e: s.implies(
+                pte_writable(e), lambda: s.type(pte_get_pfn(e)) == int(PGT.writable_page)
+            ),
+        )
+
+    def l2_ok(f: Word) -> Bool:
+        return s.forall_present_entries(
+            f, 0, abi.L2_PAGETABLE_FIRST_XEN_SLOT,
+            lambda i, e: s.implies(
+                s.type(pte_get_pfn(e)) == int(PGT.l2_page_table),
+                lambda: s.not_(pte_writable(e)),
+            ),
+        )
+
+    return s.forall_frames(
+        lambda f: s.and_(
+            s.implies(in_use_table(s, f, PGT.l1_page_table), lambda: l1_ok(f)),
+            s.implies(in_use_table(s, f, PGT.l2_page_table), lambda: l2_ok(f)),
+        )
+    )
+
+
+def inv_own(s: StateView) -> Bool:
+    """INV-OWN: a present entry of a table in use names machine RAM owned by the table's owner
+    (an L1 of a privileged domain may also name a frame of another domain: FOREIGNDOM)."""
+
+    def names_own_frame(f: Word, e: Word, foreign_ok: Bool) -> Bool:
+        target = pte_get_pfn(e)
+        return s.and_(
+            s.mfn_valid(target),
+            s.or_(s.owner(target) == s.owner(f), foreign_ok),
+        )
+
+    return s.forall_frames(
+        lambda f: s.and_(
+            s.implies(
+                in_use_table(s, f, PGT.l1_page_table),
+                lambda: s.forall_present_entries(
+                    f, 0, abi.L1_PAGETABLE_ENTRIES,
+                    lambda i, e: names_own_frame(f, e, s.is_privileged(s.owner(f))),
+                ),
+            ),
+            s.implies(
+                in_use_table(s, f, PGT.l2_page_table),
+                lambda: s.forall_present_entries(
+                    f, 0, abi.L2_PAGETABLE_FIRST_XEN_SLOT,
+                    lambda i, e: names_own_frame(f, e, False),
+                ),
+            ),
+        )
+    )
+
+
+def inv_pin(s: StateView) -> Bool:
+    """INV-PIN: a pinned frame is a validated L1 or L2 table holding a type reference."""
+    return s.forall_frames(
+        lambda f: s.implies(
+            s.pinned(f),
+            lambda: s.and_(
+                s.or_(s.type(f) == int(PGT.l1_page_table), s.type(f) == int(PGT.l2_page_table)),
+                s.validated(f),
+                s.type_count(f) != 0,
+            ),
+        )
+    )
+
+
+def inv_base(s: StateView) -> Bool:
+    """INV-BASE: every vCPU's page-table base is 0 (none) or a validated page directory owned
+    by the vCPU's domain."""
+    return s.forall_vcpus(
+        lambda v: s.implies(
+            s.base(v) != 0,
+            lambda: s.and_(
+                s.mfn_valid(s.base(v)),
+                in_use_table(s, s.base(v), PGT.l2_page_table),
+                s.owner(s.base(v)) == s.vcpu_domain(v),
+            ),
+        )
+    )
+
+
+def inv_validated(s: StateView) -> Bool:
+    """INV-COUNT (type part): a page-table frame is validated exactly while its type count is
+    non-zero (mm.c: put_page_type de-validates an L1/L2 at count 0; get_page_type validates)."""
+    return s.forall_frames(
+        lambda f: s.implies(
+            s.or_(s.type(f) == int(PGT.l1_page_table), s.type(f) == int(PGT.l2_page_table)),
+            lambda: s.validated(f) == (s.type_count(f) != 0),
+        )
+    )
+
+
+INVARIANTS: tuple[Invariant, ...] = (
+    Invariant("INV-HOLE", "No guest-controlled mapping reaches the hypervisor's top 64 MB.",
+              "SOSP'03 s2.1.1; xen/arch/x86/mm.c alloc_l2_table, is_guest_l2_slot", inv_hole),
+    Invariant("INV-NOWRPT", "No page-table, GDT or LDT frame is mapped writable.",
+              "SOSP'03 s3.3.3; mm.c get_page_from_l1e, get_linear_pagetable", inv_nowrpt),
+    Invariant("INV-OWN", "A domain's tables map only frames it owns.",
+              "mm.c get_page (owner check), get_page_from_l1e", inv_own),
+    Invariant("INV-PIN", "A pinned frame is a validated table with a type reference.",
+              "mm.c do_mmuext_op MMUEXT_PIN_*; SOSP'03 s3.3.3", inv_pin),
+    Invariant("INV-BASE", "Every vCPU's base pointer is a validated page directory it owns.",
+              "mm.c new_guest_cr3", inv_base),
+    Invariant("INV-VALID", "A page-table frame is validated exactly while it has type refs.",
+              "mm.c get_page_type / put_page_type", inv_validated),
+)
+
+
+# ------------------------------------------------------------------------------------------
+# INV-COUNT: reference counts equal the references that exist (concrete states).
+# ------------------------------------------------------------------------------------------
+class EnumerableState(StateView, Protocol):
+    """A concrete view that can also enumerate what exists."""
+
+    def frames(self) -> range: ...
+    def vcpus(self) -> range: ...
+    def present_entries(self, mfn: int, lo: int, hi: int) -> list[tuple[int, int]]: ...
+
+
+def references(s: EnumerableState) -> tuple[dict[int, int], dict[int, int]]:
+    """Count the references that exist, frame by frame: (general, type).
+
+    The rules of mm.c (3.0.4): PGC_allocated holds one general reference; a pin holds one
+    general and one type reference; a vCPU base pointer holds one of each; a present entry of
+    an L1 in use holds a general reference, and a writable type reference when RW; a present
+    guest entry of a page directory in use holds a general and a type reference on the L1 (or
+    linear-mapped directory) it names, except a directory's map of itself, which holds none.
+    """
+    general: dict[int, int] = {}
+    typed: dict[int, int] = {}
+
+    def add(table: dict[int, int], mfn: int) -> None:
+        table[mfn] = table.get(mfn, 0) + 1
+
+    for f in s.frames():
+        if s.allocated(f):
+            add(general, f)
+        if s.pinned(f):
+            add(general, f)
+            add(typed, f)
+        if in_use_table(s, f, PGT.l1_page_table):
+            for _, e in s.present_entries(f, 0, abi.L1_PAGETABLE_ENTRIES):
+                add(general, pte_get_pfn(e))
+                if pte_writable(e):
+                    add(typed, pte_get_pfn(e))
+        elif in_use_table(s, f, PGT.l2_page_table):
+            for _, e in s.present_entries(f, 0, abi.L2_PAGETABLE_FIRST_XEN_SLOT):
+                if pte_get_pfn(e) != f:
+                    add(general, pte_get_pfn(e))
+                    add(typed, pte_get_pfn(e))
+    for v in s.vcpus():
+        if s.base(v):
+            add(general, s.base(v))
+            add(typed, s.base(v))
+    return general, typed
+
+
+def count_violations(s: EnumerableState) -> list[str]:
+    """INV-COUNT: every frame's general and type counts equal the references that exist."""
+    general, typed = references(s)
+    bad = []
+    for f in s.frames():
+        if s.count(f) != general.get(f, 0) or s.type_count(f) != typed.get(f, 0):
+            bad.append(
+                f"mfn {f:#x}: count {s.count(f)} (references {general.get(f, 0)}), "
+                f"type count {s.type_count(f)} (references {typed.get(f, 0)})"
+            )
+    return bad

@@ -1,0 +1,96 @@
+"""Frame types and the bit-exact page-table entry format of non-PAE x86_32, defined once.
+
+The type names and their order are Xen 3.0.4's ``PGT_*`` (xen/include/asm-x86/mm.h, the type
+field of ``page_info.u.inuse.type_info``, bits 29-31); the model keeps the type, the type count
+and the validated/pinned bits as separate fields rather than one packed word.
+
+The entry accessors and the reference rules below take either Python ints (the reference
+model) or Z3 bit-vectors (the proofs): the rule of which entry holds which reference is written
+here and nowhere else (xen/arch/x86/mm.c, get_page_from_l1e / get_page_from_l2e).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any
+
+import z3
+
+from xenspec.spec import abi
+
+
+class PGT(IntEnum):
+    """Frame types: xen/include/asm-x86/mm.h (3.0.4), ``PGT_*`` >> 29."""
+
+    none = 0
+    l1_page_table = 1
+    l2_page_table = 2
+    l3_page_table = 3
+    l4_page_table = 4
+    gdt_page = 5
+    ldt_page = 6
+    writable_page = 7
+
+
+# On non-PAE x86_32 the root of the paging hierarchy is the L2 (mm.h, PGT_root_page_table).
+PGT_root_page_table = PGT.l2_page_table
+
+# Types whose frames are validated on their first type reference and must never be writable.
+PAGE_TABLE_TYPES = (PGT.l1_page_table, PGT.l2_page_table)
+DESCRIPTOR_TYPES = (PGT.gdt_page, PGT.ldt_page)
+PROTECTED_TYPES = PAGE_TABLE_TYPES + DESCRIPTOR_TYPES
+
+# Xen writes its own entries into L2 slots 1008..1023 with these flags:
+# xen/include/asm-x86/page.h, __PAGE_HYPERVISOR = PRESENT | RW | DIRTY | ACCESSED.
+__PAGE_HYPERVISOR = abi._PAGE_PRESENT | abi._PAGE_RW | abi._PAGE_DIRTY | abi._PAGE_ACCESSED
+# ... and the read-only machine-to-physical table with PRESENT | ACCESSED | USER.
+__PAGE_HYPERVISOR_RO_USER = abi._PAGE_PRESENT | abi._PAGE_ACCESSED | abi._PAGE_USER
+
+Word = Any  # an int in the reference model, a z3.BitVecRef(32) in the proofs
+
+
+def _lshr(x: Word, n: int) -> Word:
+    return z3.LShR(x, n) if isinstance(x, z3.BitVecRef) else x >> n
+
+
+def _is_set(x: Word, mask: int) -> Any:
+    return (x & mask) != 0
+
+
+def pte_get_pfn(e: Word) -> Word:
+    """The machine frame an entry names (page-2level.h, l1e_get_pfn / l2e_get_pfn)."""
+    return _lshr(e, abi.PAGE_SHIFT)
+
+
+def pte_get_flags(e: Word) -> Word:
+    """The 12 flag bits of an entry (page-2level.h, get_pte_flags)."""
+    return e & 0xFFF
+
+
+def pte_present(e: Word) -> Any:
+    return _is_set(e, abi._PAGE_PRESENT)
+
+
+def pte_writable(e: Word) -> Any:
+    """Present and RW: the entry grants write access to its frame."""
+    both = abi._PAGE_PRESENT | abi._PAGE_RW
+    return (e & both) == both
+
+
+def l1e_disallowed(e: Word) -> Any:
+    """A present L1 entry with PAT or GLOBAL is refused (mm.c, L1_DISALLOW_MASK)."""
+    return _is_set(e, abi.L1_DISALLOW_MASK)
+
+
+def l2e_disallowed(e: Word) -> Any:
+    """A present L2 entry with PSE or GLOBAL is refused (mm.c, L2_DISALLOW_MASK)."""
+    return _is_set(e, abi.L2_DISALLOW_MASK)
+
+
+def l2e_from_pfn(pfn: int, flags: int) -> int:
+    return (pfn << abi.PAGE_SHIFT) | flags
+
+
+def is_guest_l2_slot(i: int) -> bool:
+    """Slots below L2_PAGETABLE_FIRST_XEN_SLOT are the guest's (mm.c, is_guest_l2_slot)."""
+    return i < abi.L2_PAGETABLE_FIRST_XEN_SLOT
