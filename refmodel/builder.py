@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xenspec.spec import abi
-from xenspec.spec.pagetable import PGT_root_page_table
 from xenspec.refmodel.domain import Domain
 from xenspec.refmodel.hypervisor import Hypervisor
+from xenspec.spec import abi
+from xenspec.spec.pagetable import PGT_root_page_table
 
 DEFAULT_VIRT_BASE = 0xC0000000
 _PAGE_KERNEL = abi._PAGE_PRESENT | abi._PAGE_RW | abi._PAGE_ACCESSED | abi._PAGE_DIRTY
@@ -67,7 +67,8 @@ def build_initial_tables(
     for pfn in range(nr_mapped):
         l1 = mfn[l1_pfns[pfn // abi.L1_PAGETABLE_ENTRIES]]
         flags = _PAGE_KERNEL_RO if pfn >= pt_base_pfn else _PAGE_KERNEL
-        hv.memory.write_entry(l1, pfn % abi.L1_PAGETABLE_ENTRIES, mfn[pfn] << abi.PAGE_SHIFT | flags)
+        index = pfn % abi.L1_PAGETABLE_ENTRIES
+        hv.memory.write_entry(l1, index, mfn[pfn] << abi.PAGE_SHIFT | flags)
     for k, pfn in enumerate(l1_pfns):
         hv.memory.write_entry(
             mfn[pt_base_pfn], first_slot + k, mfn[pfn] << abi.PAGE_SHIFT | _PAGE_KERNEL

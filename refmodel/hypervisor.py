@@ -15,17 +15,17 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from xenspec.spec import abi
-from xenspec.spec.pagetable import PGT
 from xenspec.refmodel import uaccess
 from xenspec.refmodel.domain import Domain, Vcpu
 from xenspec.refmodel.memory import (
     DOMID_NONE,
-    PGC_allocated,
     FrameTable,
     MachineMemory,
+    PGC_allocated,
 )
 from xenspec.refmodel.mm import MM, xen_l2_entries
+from xenspec.spec import abi
+from xenspec.spec.pagetable import PGT
 
 DEFAULT_MACHINE_FRAMES = 1 << 16  # 256 MB of machine memory
 
@@ -73,6 +73,11 @@ class Hypervisor:
         self.memory = MachineMemory(nr_frames)
         self.frames = FrameTable(nr_frames)
         self.domains: dict[int, Domain] = {}
+        # Xen's pseudo-domains: dom_io owns I/O memory, dom_xen Xen's own shareable frames.
+        # They own no RAM in this model, so naming them as FOREIGNDOM maps nothing.
+        self.dom_io = Domain(abi.DOMID_IO, is_privileged=False, max_pages=0)
+        self.dom_xen = Domain(abi.DOMID_XEN, is_privileged=False, max_pages=0)
+        self.special_domains = {abi.DOMID_IO: self.dom_io, abi.DOMID_XEN: self.dom_xen}
         self.next_domid = 0
         self.trace: list[HypercallRecord] | None = None
         # Frame 0 is never a guest's: a base pointer of 0 means "no page table", as in Xen.

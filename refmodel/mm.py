@@ -23,28 +23,27 @@ always processed whole), and TLB flush filtering (every type change is counted a
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
+from xenspec.refmodel.domain import Domain, Vcpu
+from xenspec.refmodel.memory import (
+    PGC_count_mask,
+    PGT_count_mask,
+    PGT_pinned,
+    PGT_validated,
+)
 from xenspec.spec import abi
 from xenspec.spec.pagetable import (
+    __PAGE_HYPERVISOR,
     PAGE_TABLE_TYPES,
     PGT,
     PGT_root_page_table,
-    __PAGE_HYPERVISOR,
     is_guest_l2_slot,
     l1e_disallowed,
     l2e_disallowed,
     l2e_from_pfn,
     pte_get_pfn,
     pte_present,
-)
-from xenspec.refmodel.domain import Domain, Vcpu
-from xenspec.refmodel.memory import (
-    PGC_allocated,
-    PGC_count_mask,
-    PGT_count_mask,
-    PGT_pinned,
-    PGT_validated,
 )
 
 if TYPE_CHECKING:
@@ -315,11 +314,14 @@ class MM:
         if domid == d.domain_id:
             return False  # a domain may not name itself as foreign
         if not d.is_privileged:
-            # DOMID_IO (I/O mappings for any caller) needs the iomem model; refused for now.
-            return False
-        e = self.hv.domains.get(domid)
+            # Any domain may name DOMID_IO, for mappings of I/O memory.
+            if domid != abi.DOMID_IO:
+                return False
+            self.foreign = self.hv.dom_io
+            return True
+        e = self.hv.domains.get(domid) or self.hv.special_domains.get(domid)
         if e is None:
-            return False  # DOMID_IO/DOMID_XEN for privileged callers: not modelled yet
+            return False
         self.foreign = e
         return True
 
@@ -348,18 +350,20 @@ class MM:
         """One ``struct mmu_update``: 0 on success or the negative errno that stops the batch."""
         ptr, val = abi.MMU_UPDATE_T.unpack(buf)
         cmd = ptr & abi.MMU_UPDATE_CMD_MASK
+        # x86_32 Xen keeps the frame number and the value in unsigned longs: bits of ptr above
+        # 43, and of val above 31, are dropped.
+        mfn = (ptr >> abi.PAGE_SHIFT) & 0xFFFFFFFF
+        val &= 0xFFFFFFFF
         if cmd == abi.MMU_NORMAL_PT_UPDATE:
-            ok = self.normal_pt_update(d, ptr, val & 0xFFFFFFFF)
+            ok = self.normal_pt_update(d, mfn, (ptr & (abi.PAGE_SIZE - 1)) >> 2, val)
         elif cmd == abi.MMU_MACHPHYS_UPDATE:
-            ok = self.machphys_update(ptr >> abi.PAGE_SHIFT, val & 0xFFFFFFFF, d)
+            ok = self.machphys_update(mfn, val, d)
         else:
             return -abi.ENOSYS
         return 0 if ok else -abi.EINVAL
 
-    def normal_pt_update(self, d: Domain, ptr: int, val: int) -> bool:
-        """MMU_NORMAL_PT_UPDATE: write ``val`` at machine address ``ptr`` of a frame ``d`` owns."""
-        mfn = ptr >> abi.PAGE_SHIFT
-        index = (ptr & (abi.PAGE_SIZE - 1)) >> 2
+    def normal_pt_update(self, d: Domain, mfn: int, index: int, val: int) -> bool:
+        """MMU_NORMAL_PT_UPDATE: write ``val`` into word ``index`` of a frame ``d`` owns."""
         if not self.get_page_from_pagenr(mfn, d):
             return False
         ok = False
@@ -473,25 +477,25 @@ class MM:
         return True
 
     def mmuext_flush_multi(self, v: Vcpu, _arg1: int, vcpumask: int) -> bool:
-        """TLB_FLUSH_MULTI / INVLPG_MULTI: arg2 points to a bitmap of vCPUs."""
-        mask = self.hv.copy_from_guest(v, vcpumask, 4)
-        if mask is None:
-            return False
-        bits = int.from_bytes(mask, "little")
-        for w in v.domain.vcpus:
-            if bits >> w.vcpu_id & 1:
-                w.flush_tlb()
-        return True
+        """TLB_FLUSH_MULTI: arg2 points to a bitmap of vCPUs; a bad pointer is -EINVAL."""
+        targets = self.vcpus_in_mask(v, vcpumask)
+        for w in targets or ():
+            w.flush_tlb()
+        return targets is not None
 
     def mmuext_invlpg_multi(self, v: Vcpu, va: int, vcpumask: int) -> bool:
+        targets = self.vcpus_in_mask(v, vcpumask)
+        for w in targets or ():
+            w.flush_tlb_one(va)
+        return targets is not None
+
+    def vcpus_in_mask(self, v: Vcpu, vcpumask: int) -> list[Vcpu] | None:
+        """The vCPUs of ``v``'s domain named by the guest bitmap at ``vcpumask``, or None."""
         mask = self.hv.copy_from_guest(v, vcpumask, 4)
         if mask is None:
-            return False
+            return None
         bits = int.from_bytes(mask, "little")
-        for w in v.domain.vcpus:
-            if bits >> w.vcpu_id & 1:
-                w.flush_tlb_one(va)
-        return True
+        return [w for w in v.domain.vcpus if bits >> w.vcpu_id & 1]
 
     def mmuext_tlb_flush_all(self, v: Vcpu, _arg1: int, _arg2: int) -> bool:
         for w in v.domain.vcpus:
@@ -515,7 +519,7 @@ class MM:
         v.ldt_base, v.ldt_ents = ptr, ents
         return True
 
-    _mmuext_handlers: dict[int, Callable[[MM, Vcpu, int, int], bool]] = {
+    _mmuext_handlers: ClassVar[dict[int, Callable[[MM, Vcpu, int, int], bool]]] = {
         abi.MMUEXT_PIN_L1_TABLE: mmuext_pin_l1_table,
         abi.MMUEXT_PIN_L2_TABLE: mmuext_pin_l2_table,
         abi.MMUEXT_PIN_L3_TABLE: mmuext_pin_subdirectory,
@@ -532,9 +536,10 @@ class MM:
         abi.MMUEXT_SET_LDT: mmuext_set_ldt,
     }
 
-    def do_update_va_mapping(self, v: Vcpu, va: int, val: int, flags: int) -> int:
+    def do_update_va_mapping(self, v: Vcpu, va: int, val: int, val_hi: int, flags: int) -> int:
         """Hypercall 14: set the L1 entry that maps ``va`` in the current page table, then
-        flush as ``flags`` asks (3.0.4 flushes even when the update failed)."""
+        flush as ``flags`` asks (3.0.4 flushes even when the update failed). The entry comes
+        in two registers, low word first; a non-PAE entry is the low word alone."""
         rc = 0
         if va >= abi.HYPERVISOR_VIRT_START:
             return -abi.EINVAL
@@ -560,11 +565,7 @@ class MM:
             return [v]
         if bmap_ptr == abi.UVMF_ALL:
             return list(v.domain.vcpus)
-        mask = self.hv.copy_from_guest(v, bmap_ptr, 4)
-        if mask is None:
-            return None
-        bits = int.from_bytes(mask, "little")
-        return [w for w in v.domain.vcpus if bits >> w.vcpu_id & 1]
+        return self.vcpus_in_mask(v, bmap_ptr)
 
     def guest_map_l1e(self, v: Vcpu, va: int) -> int | None:
         """The L1 table mapping ``va`` in ``v``'s page table, if the L2 slot names one."""

@@ -8,9 +8,9 @@ guest memory (xen/include/asm-x86/x86_32/uaccess.h, __addr_ok and access_ok).
 
 from __future__ import annotations
 
+from xenspec.refmodel.memory import MachineMemory
 from xenspec.spec import abi
 from xenspec.spec.pagetable import pte_get_pfn
-from xenspec.refmodel.memory import MachineMemory
 
 _PRESENT_RW = abi._PAGE_PRESENT | abi._PAGE_RW
 _OFFSET_MASK = abi.PAGE_SIZE - 1

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from xenspec.spec.invariants import INVARIANTS, count_violations
-from xenspec.spec.pagetable import pte_present
 from xenspec.refmodel.domain import Vcpu
 from xenspec.refmodel.hypervisor import Hypervisor
 from xenspec.refmodel.memory import PGC_allocated, PGT_pinned, PGT_validated
+from xenspec.spec.invariants import INVARIANTS, count_violations
+from xenspec.spec.pagetable import pte_present
 
 
 class ConcreteView:

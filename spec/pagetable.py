@@ -15,7 +15,6 @@ from enum import IntEnum
 from typing import Any
 
 import z3
-
 from xenspec.spec import abi
 
 

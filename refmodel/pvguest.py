@@ -1,0 +1,148 @@
+"""A paravirtual guest driven from Python: a domain plus the hypercall wrappers of its kernel.
+
+Tests, benchmarks and the built-in scenario use it to issue hypercalls the way a guest kernel
+does: argument arrays are written into the guest's own memory (the first ``ARG_PAGES`` pages of
+the bootstrap region) and passed by guest-virtual address in the argument registers, so every
+call exercises the same copy_from_guest path a real guest does.
+"""
+
+from __future__ import annotations
+
+from xenspec.refmodel.builder import DEFAULT_VIRT_BASE, InitialLayout, build_initial_tables
+from xenspec.refmodel.domain import Domain, Vcpu
+from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS, Hypervisor
+from xenspec.spec import abi
+
+ARG_PAGES = 16  # pfns [0, 16): the argument area (up to 4095 mmu_update requests)
+DONE_OFFSET = ARG_PAGES * abi.PAGE_SIZE - 4  # the last word of the area receives *done
+
+PTE_RW = abi._PAGE_PRESENT | abi._PAGE_RW
+PTE_RO = abi._PAGE_PRESENT
+
+
+class PVGuest:
+    """One domain with its initial page tables and a Python 'kernel' issuing hypercalls."""
+
+    def __init__(
+        self,
+        hv: Hypervisor,
+        nr_pages: int = 256,
+        nr_mapped: int | None = None,
+        privileged: bool = False,
+        virt_base: int = DEFAULT_VIRT_BASE,
+    ) -> None:
+        self.hv = hv
+        self.domain: Domain = hv.create_domain(nr_pages, privileged=privileged)
+        mapped = nr_mapped if nr_mapped is not None else min(nr_pages, 64)
+        if mapped < ARG_PAGES + 4:
+            raise ValueError(f"a PV guest needs at least {ARG_PAGES + 4} mapped pages")
+        self.layout: InitialLayout = build_initial_tables(hv, self.domain, mapped, virt_base)
+
+    # --- addresses ----------------------------------------------------------------------------
+    @property
+    def vcpu(self) -> Vcpu:
+        return self.domain.vcpus[0]
+
+    @property
+    def domid(self) -> int:
+        return self.domain.domain_id
+
+    def mfn(self, pfn: int) -> int:
+        return self.domain.page_list[pfn]
+
+    def va(self, pfn: int) -> int:
+        return self.layout.va(pfn)
+
+    def entry_maddr(self, table_mfn: int, index: int) -> int:
+        """The machine address of entry ``index`` of table ``table_mfn`` (mmu_update ptr)."""
+        return table_mfn << abi.PAGE_SHIFT | index * abi.PTE_SIZE
+
+    @staticmethod
+    def pte(mfn: int, flags: int = PTE_RW) -> int:
+        return (mfn << abi.PAGE_SHIFT | flags) & 0xFFFFFFFF
+
+    @property
+    def arg_va(self) -> int:
+        return self.va(0)
+
+    @property
+    def done_va(self) -> int:
+        return self.va(0) + DONE_OFFSET
+
+    # --- raw hypercall -----------------------------------------------------------------------
+    def hypercall(self, name: str, *args: int) -> int:
+        return self.hv.hypercall(self.vcpu, HYPERCALL_NUMBERS[name], *args)
+
+    def write_args(self, data: bytes, offset: int = 0) -> int:
+        """Place ``data`` in the argument area; return its guest-virtual address."""
+        if offset + len(data) > ARG_PAGES * abi.PAGE_SIZE:
+            raise ValueError("the batch does not fit the argument area")
+        # The area is contiguous in pseudo-physical space only: write page by page.
+        pos = 0
+        while pos < len(data):
+            pfn, off = divmod(offset + pos, abi.PAGE_SIZE)
+            chunk = min(len(data) - pos, abi.PAGE_SIZE - off)
+            maddr = (self.mfn(pfn) << abi.PAGE_SHIFT) + off
+            self.hv.memory.write(maddr, data[pos : pos + chunk])
+            pos += chunk
+        return self.arg_va + offset
+
+    def _write_batch(self, buf: bytes) -> int:
+        if len(buf) > DONE_OFFSET:
+            raise ValueError("the batch does not fit the argument area")
+        self.write_args(b"\xff\xff\xff\xff", DONE_OFFSET)
+        return self.write_args(buf)
+
+    def read_done(self) -> int:
+        pfn, off = divmod(DONE_OFFSET, abi.PAGE_SIZE)
+        raw = self.hv.memory.read((self.mfn(pfn) << abi.PAGE_SHIFT) + off, 4)
+        return int.from_bytes(raw, "little")
+
+    # --- the MMU hypercalls ------------------------------------------------------------------
+    def mmu_update(
+        self, reqs: list[tuple[int, int]], foreigndom: int = abi.DOMID_SELF
+    ) -> tuple[int, int]:
+        """Issue one batch; return (rc, *done)."""
+        buf = b"".join(abi.MMU_UPDATE_T.pack(p & (2**64 - 1), v & (2**64 - 1)) for p, v in reqs)
+        ptr = self._write_batch(buf)
+        rc = self.hypercall("mmu_update", ptr, len(reqs), self.done_va, foreigndom)
+        return rc, self.read_done()
+
+    def mmuext_op(
+        self, ops: list[tuple[int, int, int]], foreigndom: int = abi.DOMID_SELF
+    ) -> tuple[int, int]:
+        buf = b"".join(abi.MMUEXT_OP_T.pack(c & 0xFFFFFFFF, a & 0xFFFFFFFF, b & 0xFFFFFFFF)
+                       for c, a, b in ops)
+        ptr = self._write_batch(buf)
+        rc = self.hypercall("mmuext_op", ptr, len(ops), self.done_va, foreigndom)
+        return rc, self.read_done()
+
+    def update_va_mapping(self, va: int, pte: int, flags: int = abi.UVMF_NONE) -> int:
+        return self.hypercall("update_va_mapping", va, pte, 0, flags)
+
+    # --- conveniences built on them ----------------------------------------------------------
+    def set_entry(self, table_mfn: int, index: int, val: int) -> int:
+        rc, _ = self.mmu_update([(self.entry_maddr(table_mfn, index), val)])
+        return rc
+
+    def pin(self, mfn: int, level: int) -> int:
+        cmd = abi.MMUEXT_PIN_L1_TABLE if level == 1 else abi.MMUEXT_PIN_L2_TABLE
+        return self.mmuext_op([(cmd, mfn, 0)])[0]
+
+    def unpin(self, mfn: int) -> int:
+        return self.mmuext_op([(abi.MMUEXT_UNPIN_TABLE, mfn, 0)])[0]
+
+    def new_baseptr(self, mfn: int) -> int:
+        return self.mmuext_op([(abi.MMUEXT_NEW_BASEPTR, mfn, 0)])[0]
+
+    @property
+    def l2_mfn(self) -> int:
+        return self.mfn(self.layout.pt_base_pfn)
+
+    @property
+    def first_l1_mfn(self) -> int:
+        return self.mfn(self.layout.l1_pfns[0])
+
+    def free_pfns(self) -> range:
+        """Frames the builder left unmapped: free for the tests' own tables and data."""
+        return range(self.layout.nr_mapped, self.domain.tot_pages)
