@@ -15,6 +15,7 @@ from enum import IntEnum
 from typing import Any
 
 import z3
+
 from xenspec.spec import abi
 
 

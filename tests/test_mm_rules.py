@@ -11,6 +11,7 @@ import re
 from typing import NamedTuple
 
 import pytest
+
 from xenspec.refmodel.hypervisor import Hypervisor, HypervisorBug
 from xenspec.refmodel.pvguest import DONE_OFFSET, PTE_RO, PTE_RW, PVGuest
 from xenspec.refmodel.view import check_invariants

@@ -16,6 +16,7 @@ import os
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
 from xenspec.refmodel.hypervisor import Hypervisor
 from xenspec.refmodel.pvguest import PVGuest
 from xenspec.refmodel.view import check_invariants
