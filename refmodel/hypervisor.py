@@ -117,7 +117,7 @@ class Hypervisor:
         self.m2p[mfn] = gpfn & 0xFFFFFFFF
 
     def xen_l2_slots(self, l2mfn: int, d: Domain) -> list[int]:
-        return xen_l2_entries(l2mfn, [self.m2p_l1], d.perdomain_pt)
+        return xen_l2_entries([self.m2p_l1], d.perdomain_pt)
 
     # ----------------------------------------------------------------------------------------
     # The domain heap (xen/common/page_alloc.c).

@@ -34,7 +34,7 @@ from xenspec.refmodel.memory import (
 )
 from xenspec.spec import abi
 from xenspec.spec.pagetable import (
-    __PAGE_HYPERVISOR,
+    __PAGE_HYPERVISOR_RO,
     PAGE_TABLE_TYPES,
     PGT,
     PGT_root_page_table,
@@ -621,19 +621,21 @@ class MM:
         return rc
 
 
-def xen_l2_entries(pfn: int, m2p_l1: list[int], perdomain_pt: list[int]) -> list[int]:
-    """What Xen writes into slots 1008..1023 of a page directory it validates (alloc_l2_table):
-    the read-only M2P, the linear page-table slot mapping the directory itself, and the
-    per-domain area. Slots of Xen's own mappings the model does not have stay empty."""
-    from xenspec.spec.pagetable import __PAGE_HYPERVISOR_RO_USER
+def xen_l2_entries(m2p_l1: list[int], perdomain_pt: list[int]) -> list[int]:
+    """What the hypervisor writes into slots 1008..1023 of a page directory it validates
+    (mm.c, alloc_l2_table): the machine-to-physical table at MACH2PHYS_VIRT_START and the
+    per-domain area at PERDOMAIN_VIRT_START, both read-only.
 
+    Xen also maps its linear page table read-write at LINEAR_PT_VIRT_START and its own heap
+    in these slots. The model's hypervisor runs in Python and needs neither; under an emulator
+    that does not enforce segment limits they would let ring 1 write page tables, so those
+    slots stay empty and the per-domain area is read-only (see refmodel docs on the substrate).
+    """
     slots = [0] * abi.L2_PAGETABLE_XEN_SLOTS
     first = abi.L2_PAGETABLE_FIRST_XEN_SLOT
+    m2p_slot = abi.MACH2PHYS_VIRT_START >> abi.L2_PAGETABLE_SHIFT
     for k, l1 in enumerate(m2p_l1):
-        slots[abi.MACH2PHYS_VIRT_START // (1 << abi.L2_PAGETABLE_SHIFT) - first + k] = (
-            l2e_from_pfn(l1, __PAGE_HYPERVISOR_RO_USER)
-        )
-    slots[abi.LINEAR_PT_SLOT - first] = l2e_from_pfn(pfn, __PAGE_HYPERVISOR)
+        slots[m2p_slot - first + k] = l2e_from_pfn(l1, __PAGE_HYPERVISOR_RO)
     for k, l1 in enumerate(perdomain_pt):
-        slots[abi.PERDOMAIN_SLOT - first + k] = l2e_from_pfn(l1, __PAGE_HYPERVISOR)
+        slots[abi.PERDOMAIN_SLOT - first + k] = l2e_from_pfn(l1, __PAGE_HYPERVISOR_RO)
     return slots

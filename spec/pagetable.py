@@ -40,11 +40,10 @@ PAGE_TABLE_TYPES = (PGT.l1_page_table, PGT.l2_page_table)
 DESCRIPTOR_TYPES = (PGT.gdt_page, PGT.ldt_page)
 PROTECTED_TYPES = PAGE_TABLE_TYPES + DESCRIPTOR_TYPES
 
-# Xen writes its own entries into L2 slots 1008..1023 with these flags:
-# xen/include/asm-x86/page.h, __PAGE_HYPERVISOR = PRESENT | RW | DIRTY | ACCESSED.
+# Flags of the hypervisor's own entries: xen/include/asm-x86/page.h, __PAGE_HYPERVISOR =
+# PRESENT | RW | DIRTY | ACCESSED, and its read-only form (RW clear) for what guests may read.
 __PAGE_HYPERVISOR = abi._PAGE_PRESENT | abi._PAGE_RW | abi._PAGE_DIRTY | abi._PAGE_ACCESSED
-# ... and the read-only machine-to-physical table with PRESENT | ACCESSED | USER.
-__PAGE_HYPERVISOR_RO_USER = abi._PAGE_PRESENT | abi._PAGE_ACCESSED | abi._PAGE_USER
+__PAGE_HYPERVISOR_RO = __PAGE_HYPERVISOR & ~abi._PAGE_RW
 
 Word = Any  # an int in the reference model, a z3.BitVecRef(32) in the proofs
 
