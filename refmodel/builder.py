@@ -49,9 +49,14 @@ class InitialLayout:
 
 
 def build_initial_tables(
-    hv: Hypervisor, d: Domain, nr_mapped: int, virt_base: int = DEFAULT_VIRT_BASE
+    hv: Hypervisor, d: Domain, nr_mapped: int, virt_base: int = DEFAULT_VIRT_BASE,
+    user: bool = False,
 ) -> InitialLayout:
-    """Map pfns [0, nr_mapped) at ``virt_base``, the page tables being the last of them."""
+    """Map pfns [0, nr_mapped) at ``virt_base``, the page tables being the last of them.
+
+    With ``user`` the entries carry _PAGE_USER, as Xen 3.0.4's x86_32 builder writes them
+    (domain_build.c, L1_PROT and L2_PROT); without it they are supervisor-only.
+    """
     if virt_base & ((1 << abi.L2_PAGETABLE_SHIFT) - 1):
         raise BuildError("the virtual base must be 4 MB aligned")
     nr_l1 = -(-nr_mapped // abi.L1_PAGETABLE_ENTRIES)
@@ -64,14 +69,15 @@ def build_initial_tables(
     layout = InitialLayout(virt_base, nr_mapped, pt_base_pfn, l1_pfns)
     mfn = d.page_list
     first_slot = virt_base >> abi.L2_PAGETABLE_SHIFT
+    extra = abi._PAGE_USER if user else 0
     for pfn in range(nr_mapped):
         l1 = mfn[l1_pfns[pfn // abi.L1_PAGETABLE_ENTRIES]]
-        flags = _PAGE_KERNEL_RO if pfn >= pt_base_pfn else _PAGE_KERNEL
+        flags = (_PAGE_KERNEL_RO if pfn >= pt_base_pfn else _PAGE_KERNEL) | extra
         index = pfn % abi.L1_PAGETABLE_ENTRIES
         hv.memory.write_entry(l1, index, mfn[pfn] << abi.PAGE_SHIFT | flags)
     for k, pfn in enumerate(l1_pfns):
         hv.memory.write_entry(
-            mfn[pt_base_pfn], first_slot + k, mfn[pfn] << abi.PAGE_SHIFT | _PAGE_KERNEL
+            mfn[pt_base_pfn], first_slot + k, mfn[pfn] << abi.PAGE_SHIFT | _PAGE_KERNEL | extra
         )
     v = d.vcpus[0]
     if not hv.mm.pin_page(v, mfn[pt_base_pfn], PGT_root_page_table):

@@ -208,3 +208,212 @@ MMU_UPDATE_T: Final = struct.Struct("<QQ")
 # struct mmuext_op { unsigned int cmd; union { xen_pfn_t mfn; unsigned long linear_addr; } arg1;
 #                    union { unsigned int nr_ents; void *vcpumask; } arg2; };  12 bytes.
 MMUEXT_OP_T: Final = struct.Struct("<III")
+
+# ============================================================================================
+# The CPU interface: traps, bounces, segments and start of day.
+# ============================================================================================
+
+# Xen's own ring-0 selectors (xen/include/asm-x86/config.h, 3.0.4: __HYPERVISOR_CS and
+# __HYPERVISOR_DS, GDT entries 7169 and 7170; named without the underscores here so that they
+# are not taken for hypercall numbers); the guest's flat selectors are entries 7171..7174.
+HYPERVISOR_CS: Final = 0xE008
+HYPERVISOR_DS: Final = 0xE010
+# Xen's GDT spans 16 pages, the last two reserved (asm-x86/desc.h, 3.0.4:
+# LAST_RESERVED_GDT_PAGE = FIRST_RESERVED_GDT_PAGE + 1); guests get entries 0..7167.
+LAST_RESERVED_GDT_PAGE: Final = FIRST_RESERVED_GDT_PAGE + 1
+GDT_PAGES: Final = LAST_RESERVED_GDT_PAGE + 1
+# The limit of the guest's flat descriptors, in pages: base 0, covering 0..GUEST_SEGMENT_MAX_ADDR
+# (xen/arch/x86/boot/x86_32.S, gdt_table: "0x00cfba000000c3ff" and friends, 0xFC3FF pages).
+FLAT_SEGMENT_LIMIT_PAGES: Final = (GUEST_SEGMENT_MAX_ADDR >> PAGE_SHIFT) - 1
+# The per-domain area (asm-x86/config.h, 3.0.4): vCPU n's GDT at PERDOMAIN_VIRT_START + (n << 17),
+# its LDT 64 KB above it (GDT_LDT_VCPU_VA_SHIFT, GDT_LDT_VCPU_SHIFT = 5 pages-per-vCPU shift).
+GDT_LDT_VCPU_VA_SHIFT: Final = 17
+GDT_LDT_VCPU_SHIFT: Final = 5
+LDT_VIRT_OFFSET: Final = 1 << 16
+# Xen refuses set_gdt with more entries than the guest part of the GDT (mm.c, do_set_gdt).
+MAX_GUEST_GDT_ENTRIES: Final = FIRST_RESERVED_GDT_ENTRY
+
+# Descriptor bits (asm-x86/desc.h, 3.0.4: _SEGMENT_*), in the high word of a descriptor.
+_SEGMENT_TYPE: Final = 0xF00
+_SEGMENT_WR: Final = 0x200
+_SEGMENT_EC: Final = 0x400  # expand-down data / conforming code
+_SEGMENT_CODE: Final = 0x800
+_SEGMENT_S: Final = 0x1000
+_SEGMENT_DPL: Final = 0x6000
+_SEGMENT_P: Final = 0x8000
+_SEGMENT_DB: Final = 0x400000
+_SEGMENT_G: Final = 0x800000
+_SEGMENT_ACCESSED: Final = 0x100  # the accessed bit of the type field (Intel SDM 3.4.5.1)
+DESC_TYPE_CALL_GATE_32: Final = 0xC  # the one system-descriptor type Xen accepts
+
+# EFLAGS bits: xen/include/asm-x86/processor.h (X86_EFLAGS_*).
+X86_EFLAGS_CF: Final = 0x00000001
+X86_EFLAGS_TF: Final = 0x00000100
+X86_EFLAGS_IF: Final = 0x00000200
+X86_EFLAGS_IOPL: Final = 0x00003000
+X86_EFLAGS_NT: Final = 0x00004000
+X86_EFLAGS_RF: Final = 0x00010000
+X86_EFLAGS_VM: Final = 0x00020000
+X86_EFLAGS_AC: Final = 0x00040000
+X86_EFLAGS_ID: Final = 0x00200000
+# Bit 1 of EFLAGS always reads as one (Intel SDM 3.3.4).
+X86_EFLAGS_MBS: Final = 0x00000002
+
+# Exception vectors: xen/include/asm-x86/processor.h (TRAP_*).
+TRAP_divide_error: Final = 0
+TRAP_debug: Final = 1
+TRAP_nmi: Final = 2
+TRAP_int3: Final = 3
+TRAP_overflow: Final = 4
+TRAP_bounds: Final = 5
+TRAP_invalid_op: Final = 6
+TRAP_no_device: Final = 7
+TRAP_double_fault: Final = 8
+TRAP_copro_seg: Final = 9
+TRAP_invalid_tss: Final = 10
+TRAP_no_segment: Final = 11
+TRAP_stack_error: Final = 12
+TRAP_gp_fault: Final = 13
+TRAP_page_fault: Final = 14
+TRAP_spurious_int: Final = 15
+TRAP_copro_error: Final = 16
+TRAP_alignment_check: Final = 17
+TRAP_machine_check: Final = 18
+TRAP_simd_error: Final = 19
+# Vectors Xen bounces with an error code (traps.c, 3.0.4: the TRAP_* handlers that use
+# do_trap(..., 1)): invalid TSS, segment not present, stack, #GP, #PF, alignment check.
+TRAP_HAS_ERROR_CODE: Final = frozenset({10, 11, 12, 13, 14, 17})
+# The vector of the Linux system call convention, used by guests as a fast trap.
+SYSCALL_VECTOR: Final = 0x80
+
+# Page-fault error code bits (asm-x86/processor.h, PFEC_*).
+PFEC_page_present: Final = 1
+PFEC_write_access: Final = 2
+PFEC_user_mode: Final = 4
+
+# struct trap_info (arch-x86_32.h): u8 vector, u8 flags, u16 cs, unsigned long address.
+TRAP_INFO_T: Final = struct.Struct("<BBHI")
+TI_DPL_MASK: Final = 3  # TI_GET_DPL: flags & 3
+TI_IF_FLAG: Final = 4  # TI_GET_IF: flags & 4, "clear event enable" (interrupt gate)
+NR_VECTORS: Final = 256
+
+# The forced-emulation prefix: arch-x86_32.h, XEN_EMULATE_PREFIX ".byte 0x0f,0x0b,0x78,0x65,0x6e"
+# (ud2a; .ascii "xen") before cpuid makes Xen emulate it.
+XEN_EMULATE_PREFIX: Final = b"\x0f\x0b\x78\x65\x6e"
+XEN_CPUID: Final = XEN_EMULATE_PREFIX + b"\x0f\xa2"
+
+# --------------------------------------------------------------------------------------------
+# The hypercall page (xen/arch/x86/x86_32/traps.c, hypercall_page_initialise, 3.0.4): 128 stubs
+# of 32 bytes; stub i is "mov $i,%eax; int $0x82; ret"; the iret stub is "push %eax;
+# mov $__HYPERVISOR_iret,%eax; int $0x82" with no ret.
+# --------------------------------------------------------------------------------------------
+HYPERCALL_STUB_SIZE: Final = 32
+HYPERCALL_PAGE_STUBS: Final = PAGE_SIZE // HYPERCALL_STUB_SIZE
+
+# --------------------------------------------------------------------------------------------
+# shared_info and vcpu_info: xen.h and arch-x86_32.h (3.0.4, x86_32).
+# --------------------------------------------------------------------------------------------
+MAX_VIRT_CPUS: Final = 32
+SIZEOF_VCPU_INFO: Final = 64  # struct vcpu_info on x86_32
+VCPU_INFO_evtchn_upcall_pending: Final = 0  # u8
+VCPU_INFO_evtchn_upcall_mask: Final = 1  # u8
+VCPU_INFO_evtchn_pending_sel: Final = 4  # unsigned long
+VCPU_INFO_arch_cr2: Final = 8  # struct arch_vcpu_info { unsigned long cr2; pad[5]; }
+VCPU_INFO_time: Final = 32  # struct vcpu_time_info, 32 bytes
+SHARED_INFO_vcpu_info: Final = 0  # vcpu_info[MAX_VIRT_CPUS] opens shared_info
+
+# --------------------------------------------------------------------------------------------
+# start_info (xen.h, 3.0.4, x86_32): offsets of struct start_info, 1104 bytes.
+# --------------------------------------------------------------------------------------------
+XEN_START_INFO_MAGIC: Final = b"xen-3.0-x86_32"  # "xen-3.0-x86_32p" is the PAE form
+START_INFO_magic: Final = 0  # char magic[32]
+START_INFO_nr_pages: Final = 32
+START_INFO_shared_info: Final = 36  # machine address of shared_info
+START_INFO_flags: Final = 40
+START_INFO_store_mfn: Final = 44
+START_INFO_store_evtchn: Final = 48
+START_INFO_console_mfn: Final = 52
+START_INFO_console_evtchn: Final = 56
+START_INFO_pt_base: Final = 60  # virtual address of the page directory
+START_INFO_nr_pt_frames: Final = 64
+START_INFO_mfn_list: Final = 68  # virtual address of the p2m array
+START_INFO_mod_start: Final = 72
+START_INFO_mod_len: Final = 76
+START_INFO_cmd_line: Final = 80  # char cmd_line[MAX_GUEST_CMDLINE]
+MAX_GUEST_CMDLINE: Final = 1024
+SIZEOF_START_INFO: Final = 1104
+SIF_PRIVILEGED: Final = 1
+SIF_INITDOMAIN: Final = 2
+
+# --------------------------------------------------------------------------------------------
+# ELF notes of a guest kernel: elfnote.h (3.0.4), name "Xen".
+# --------------------------------------------------------------------------------------------
+XEN_ELFNOTE_INFO: Final = 0
+XEN_ELFNOTE_ENTRY: Final = 1
+XEN_ELFNOTE_HYPERCALL_PAGE: Final = 2
+XEN_ELFNOTE_VIRT_BASE: Final = 3
+XEN_ELFNOTE_PADDR_OFFSET: Final = 4
+XEN_ELFNOTE_XEN_VERSION: Final = 5
+XEN_ELFNOTE_GUEST_OS: Final = 6
+XEN_ELFNOTE_GUEST_VERSION: Final = 7
+XEN_ELFNOTE_LOADER: Final = 8
+XEN_ELFNOTE_PAE_MODE: Final = 9
+XEN_ELFNOTE_FEATURES: Final = 10
+XEN_ELFNOTE_BSD_SYMTAB: Final = 11
+
+# --------------------------------------------------------------------------------------------
+# console_io: xen.h (CONSOLEIO_*).
+# --------------------------------------------------------------------------------------------
+CONSOLEIO_write: Final = 0
+CONSOLEIO_read: Final = 1
+
+# --------------------------------------------------------------------------------------------
+# sched_op: sched.h (SCHEDOP_*, SHUTDOWN_*), 3.0.4.
+# --------------------------------------------------------------------------------------------
+SCHEDOP_yield: Final = 0
+SCHEDOP_block: Final = 1
+SCHEDOP_shutdown: Final = 2
+SCHEDOP_poll: Final = 3
+SCHEDOP_remote_shutdown: Final = 4
+SHUTDOWN_poweroff: Final = 0
+SHUTDOWN_reboot: Final = 1
+SHUTDOWN_suspend: Final = 2
+SHUTDOWN_crash: Final = 3
+
+# --------------------------------------------------------------------------------------------
+# xen_version: version.h (XENVER_*), 3.0.4. The version word is major << 16 | minor.
+# --------------------------------------------------------------------------------------------
+XENVER_version: Final = 0
+XENVER_extraversion: Final = 1
+XENVER_compile_info: Final = 2
+XENVER_capabilities: Final = 3
+XENVER_changeset: Final = 4
+XENVER_platform_parameters: Final = 5
+XENVER_get_features: Final = 6
+XENVER_pagesize: Final = 7
+XENVER_guest_handle: Final = 8
+XEN_VERSION_MAJOR: Final = 3
+XEN_VERSION_MINOR: Final = 0
+XEN_EXTRAVERSION: Final = b".4"
+XEN_EXTRAVERSION_LEN: Final = 16  # xen_extraversion_t
+XEN_CAPABILITIES_INFO_LEN: Final = 1024  # xen_capabilities_info_t
+XEN_CHANGESET_INFO_LEN: Final = 64  # xen_changeset_info_t
+XEN_COMPILE_INFO_LEN: Final = 144  # compiler[64], compile_by[16], compile_domain[32], date[32]
+XEN_GUEST_HANDLE_LEN: Final = 16  # xen_domain_handle_t
+XENFEAT_NR_SUBMAPS: Final = 1  # features.h
+XENFEAT_writable_page_tables: Final = 0
+XENFEAT_writable_descriptor_tables: Final = 1
+XENFEAT_auto_translated_physmap: Final = 2
+XENFEAT_supervisor_mode_kernel: Final = 3
+XENFEAT_pae_pgdir_above_4gb: Final = 4
+
+# --------------------------------------------------------------------------------------------
+# vm_assist: xen.h (VMASST_*), 3.0.4.
+# --------------------------------------------------------------------------------------------
+VMASST_CMD_enable: Final = 0
+VMASST_CMD_disable: Final = 1
+VMASST_TYPE_4gb_segments: Final = 0
+VMASST_TYPE_4gb_segments_notify: Final = 1
+VMASST_TYPE_writable_pagetables: Final = 2
+VMASST_TYPE_pae_extended_cr3: Final = 3
+MAX_VMASST_TYPE: Final = 3

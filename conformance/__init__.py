@@ -1,0 +1,1 @@
+"""The conformance suite: guest test kernels and the machinery that builds and boots them."""

@@ -1,0 +1,1 @@
+"""Guest test kernels (C + asm) and their build script."""

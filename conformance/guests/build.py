@@ -1,0 +1,103 @@
+"""Build the guest test kernels with the machine's ``gcc -m32`` and ``ld -m elf_i386``.
+
+``build_guest("hello")`` compiles ``conformance/guests/hello.c`` with the runtime into
+``build/guests/hello.elf`` (the repository's gitignored build directory) and returns its path;
+it rebuilds only what changed. The ABI header is generated first from ``xenspec.spec.abi``
+(``xenspec.spec.cheader``). Run ``python -m conformance.guests.build [NAME...]`` to build by hand.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from xenspec.spec import cheader
+
+HERE = Path(__file__).resolve().parent
+RUNTIME = HERE / "runtime"
+REPO = HERE.parent.parent
+BUILD = REPO / "build" / "guests"
+
+CFLAGS = [
+    "-m32", "-march=i686", "-ffreestanding", "-fno-pic", "-fno-pie", "-fno-stack-protector",
+    "-fno-builtin", "-fno-asynchronous-unwind-tables", "-mno-sse", "-mno-mmx",
+    "-O2", "-Wall", "-Werror", "-std=gnu11",
+]
+
+# Guests built from the same source with extra flags: name -> (source, defines).
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "xen_guest_section": ("hello", ["-DXEN_GUEST_SECTION"]),
+    "pae_only": ("hello", ["-DPAE_ONLY"]),
+}
+
+
+class GuestBuildError(RuntimeError):
+    pass
+
+
+def toolchain_available() -> bool:
+    return shutil.which("gcc") is not None and shutil.which("ld") is not None
+
+
+def _run(cmd: list[str]) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise GuestBuildError(f"{' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
+
+
+def _stale(target: Path, sources: list[Path]) -> bool:
+    if not target.exists():
+        return True
+    t = target.stat().st_mtime
+    return any(s.stat().st_mtime > t for s in sources)
+
+
+def abi_header() -> Path:
+    BUILD.mkdir(parents=True, exist_ok=True)
+    header = BUILD / "xen_abi.h"
+    text = cheader.render()
+    if not header.exists() or header.read_text() != text:
+        header.write_text(text)
+    return header
+
+
+def guest_names() -> list[str]:
+    return sorted(p.stem for p in HERE.glob("*.c")) + sorted(VARIANTS)
+
+
+def build_guest(name: str) -> Path:
+    """The path of the built ELF for guest ``name``."""
+    source, defines = VARIANTS.get(name, (name, []))
+    src = HERE / f"{source}.c"
+    if not src.exists():
+        raise GuestBuildError(f"no guest source {src}")
+    header = abi_header()
+    out_dir = BUILD / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    common = [header, RUNTIME / "xenrt.h", Path(__file__)]
+    inc = ["-I", str(BUILD), "-I", str(RUNTIME)]
+    objs = []
+    for unit in (RUNTIME / "head.S", RUNTIME / "lib.c", src):
+        obj = out_dir / (unit.stem + ".o")
+        if _stale(obj, [unit, *common]):
+            _run(["gcc", *CFLAGS, *defines, *inc, "-c", str(unit), "-o", str(obj)])
+        objs.append(obj)
+    elf = BUILD / f"{name}.elf"
+    script = RUNTIME / "link.ld"
+    if _stale(elf, [*objs, script]):
+        _run(["ld", "-m", "elf_i386", "-nostdlib", "-T", str(script), "-o", str(elf),
+              *map(str, objs)])
+    return elf
+
+
+def main(argv: list[str]) -> int:
+    names = argv[1:] or guest_names()
+    for n in names:
+        print(build_guest(n))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))

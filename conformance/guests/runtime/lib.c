@@ -1,0 +1,232 @@
+/* xenspec guest runtime: console, formatting, traps, results, memory helpers. */
+#include "xenrt.h"
+
+u8 *start_info;
+volatile u8 *shared_info;
+int xtf_failures, xtf_errors;
+volatile struct last_trap last_trap;
+static trap_handler_t handlers[256];
+static u8 shared_info_page[4096] __attribute__((aligned(4096)));
+static u8 scratch[16][4096] __attribute__((aligned(4096)));
+static unsigned scratch_used;
+static u32 next_free_pfn;
+
+u32 si_u32(unsigned offset) { return *(u32 *)(start_info + offset); }
+
+void *memset(void *p, int c, size_t n) { u8 *d = p; while (n--) *d++ = (u8)c; return p; }
+void *memcpy(void *d, const void *s, size_t n)
+{ u8 *a = d; const u8 *b = s; while (n--) *a++ = *b++; return d; }
+size_t strlen(const char *s) { size_t n = 0; while (s[n]) n++; return n; }
+int memcmp(const void *a, const void *b, size_t n)
+{
+    const u8 *x = a, *y = b;
+    for (; n; n--, x++, y++) if (*x != *y) return *x - *y;
+    return 0;
+}
+int strcmp(const char *a, const char *b)
+{ while (*a && *a == *b) { a++; b++; } return (u8)*a - (u8)*b; }
+
+/* ---- formatting ------------------------------------------------------------------- */
+struct out { char *buf; size_t size, len; };
+static void put(struct out *o, char c) { if (o->len + 1 < o->size) o->buf[o->len] = c; o->len++; }
+static void put_num(struct out *o, u32 v, unsigned base, int width, char pad, int neg)
+{
+    char tmp[12]; int n = 0;
+    do { tmp[n++] = "0123456789abcdef"[v % base]; v /= base; } while (v);
+    if (neg) tmp[n++] = '-';
+    while (n < width--) put(o, pad);
+    while (n) put(o, tmp[--n]);
+}
+int vsnprintf(char *buf, size_t size, const char *fmt, va_list ap)
+{
+    struct out o = { buf, size, 0 };
+    for (; *fmt; fmt++) {
+        if (*fmt != '%') { put(&o, *fmt); continue; }
+        char pad = ' '; int width = 0;
+        fmt++;
+        if (*fmt == '0') { pad = '0'; fmt++; }
+        while (*fmt >= '0' && *fmt <= '9') width = width * 10 + (*fmt++ - '0');
+        while (*fmt == 'l') fmt++;
+        switch (*fmt) {
+        case 'd': { s32 v = va_arg(ap, s32);
+                    put_num(&o, v < 0 ? -(u32)v : (u32)v, 10, width, pad, v < 0); break; }
+        case 'u': put_num(&o, va_arg(ap, u32), 10, width, pad, 0); break;
+        case 'x': put_num(&o, va_arg(ap, u32), 16, width, pad, 0); break;
+        case 'p': put(&o, '0'); put(&o, 'x'); put_num(&o, va_arg(ap, u32), 16, 8, '0', 0); break;
+        case 'c': put(&o, (char)va_arg(ap, int)); break;
+        case 's': {
+            const char *s = va_arg(ap, const char *);
+            if (!s)
+                s = "(null)";
+            int n = (int)strlen(s);
+            while (n < width--)
+                put(&o, ' ');
+            while (*s)
+                put(&o, *s++);
+            break;
+        }
+        case '%': put(&o, '%'); break;
+        default: put(&o, '%'); put(&o, *fmt); break;
+        }
+    }
+    if (size) buf[o.len < size ? o.len : size - 1] = 0;
+    return (int)o.len;
+}
+int snprintf(char *buf, size_t size, const char *fmt, ...)
+{ va_list ap; va_start(ap, fmt); int n = vsnprintf(buf, size, fmt, ap); va_end(ap); return n; }
+
+static void vprintk(const char *fmt, va_list ap)
+{
+    char buf[512];
+    int n = vsnprintf(buf, sizeof(buf), fmt, ap);
+    if (n > (int)sizeof(buf) - 1) n = sizeof(buf) - 1;
+    HYPERVISOR_console_io(CONSOLEIO_write, (u32)n, buf);
+}
+void printk(const char *fmt, ...) { va_list ap; va_start(ap, fmt); vprintk(fmt, ap); va_end(ap); }
+
+void shutdown(unsigned reason)
+{
+    u32 arg = reason;
+    HYPERVISOR_sched_op(SCHEDOP_shutdown, &arg);
+    HYPERVISOR_sched_op_compat(SCHEDOP_shutdown, reason);
+    for (;;) ;
+}
+void panic(const char *fmt, ...)
+{
+    va_list ap; va_start(ap, fmt);
+    printk("PANIC: "); vprintk(fmt, ap); printk("\n");
+    va_end(ap);
+    shutdown(SHUTDOWN_crash);
+}
+
+/* ---- results -------------------------------------------------------------------- */
+void xtf_failure(const char *fmt, ...)
+{
+    va_list ap; va_start(ap, fmt);
+    printk("FAILURE: "); vprintk(fmt, ap); printk("\n");
+    va_end(ap); xtf_failures++;
+}
+void xtf_error(const char *fmt, ...)
+{
+    va_list ap; va_start(ap, fmt);
+    printk("ERROR: "); vprintk(fmt, ap); printk("\n");
+    va_end(ap); xtf_errors++;
+}
+void xtf_exit(void)
+{
+    printk("Test result: %s\n", xtf_errors ? "ERROR" : xtf_failures ? "FAILURE" : "SUCCESS");
+    shutdown(SHUTDOWN_poweroff);
+}
+void xtf_success(const char *msg) { if (msg) printk("%s\n", msg); xtf_exit(); }
+void xtf_skip(const char *msg)
+{ if (msg) printk("%s\n", msg); printk("Test result: SKIP\n"); shutdown(SHUTDOWN_poweroff); }
+
+/* ---- traps --------------------------------------------------------------------- */
+extern char trap_entry_0[], trap_entry_1[], trap_entry_2[], trap_entry_3[], trap_entry_4[],
+    trap_entry_5[], trap_entry_6[], trap_entry_7[], trap_entry_8[], trap_entry_9[],
+    trap_entry_10[], trap_entry_11[], trap_entry_12[], trap_entry_13[], trap_entry_14[],
+    trap_entry_15[], trap_entry_16[], trap_entry_17[], trap_entry_18[], trap_entry_19[],
+    trap_entry_128[], trap_entry_32[];
+struct trap_info_entry { u8 vector, flags; u16 cs; u32 address; };
+
+void install_trap_table(void)
+{
+    static struct trap_info_entry t[24];
+    char *entries[20] = { trap_entry_0, trap_entry_1, trap_entry_2, trap_entry_3, trap_entry_4,
+        trap_entry_5, trap_entry_6, trap_entry_7, trap_entry_8, trap_entry_9, trap_entry_10,
+        trap_entry_11, trap_entry_12, trap_entry_13, trap_entry_14, trap_entry_15,
+        trap_entry_16, trap_entry_17, trap_entry_18, trap_entry_19 };
+    int n = 0;
+    for (int v = 0; v < 20; v++) {
+        t[n].vector = v;
+        t[n].flags = (v == TRAP_int3 || v == TRAP_overflow) ? 3 : 0;
+        t[n].cs = FLAT_KERNEL_CS;
+        t[n].address = (u32)entries[v];
+        n++;
+    }
+    t[n].vector = SYSCALL_VECTOR; t[n].flags = 3; t[n].cs = FLAT_KERNEL_CS;
+    t[n].address = (u32)trap_entry_128; n++;
+    t[n].vector = 32; t[n].flags = 1; t[n].cs = FLAT_KERNEL_CS;   /* ring-1-only int $0x20 */
+    t[n].address = (u32)trap_entry_32; n++;
+    t[n].address = 0;
+    long rc = HYPERVISOR_set_trap_table(t);
+    if (rc) panic("set_trap_table: %d", (int)rc);
+}
+
+void set_trap_handler(unsigned vector, trap_handler_t h) { handlers[vector & 0xff] = h; }
+
+u32 read_cr2(void)
+{ return *(volatile u32 *)(shared_info + VCPU_INFO_arch_cr2); }
+
+extern const u32 __start_ex_table[], __stop_ex_table[];
+
+void do_trap(struct trap_frame *f)
+{
+    last_trap.vector = f->vector;
+    last_trap.error_code = f->error_code;
+    last_trap.cr2 = f->vector == TRAP_page_fault ? read_cr2() : 0;
+    last_trap.eip = f->eip;
+    last_trap.count++;
+    if (handlers[f->vector]) { handlers[f->vector](f); return; }
+    for (const u32 *e = __start_ex_table; e < __stop_ex_table; e += 2) {
+        if (e[0] == f->eip) { f->eip = e[1]; f->eax = FAULT_FLAG | f->vector; return; }
+    }
+    panic("unhandled trap %u, error code %x, at %x:%x, cr2 %x", f->vector, f->error_code,
+          f->cs & 0xffff, f->eip, last_trap.cr2);
+}
+
+/* ---- memory -------------------------------------------------------------------- */
+u32 pfn_to_mfn(u32 pfn) { return ((u32 *)si_u32(START_INFO_mfn_list))[pfn]; }
+u32 virt_to_mfn(const void *va) { return pfn_to_mfn(((u32)va - 0xC0000000u) >> PAGE_SHIFT); }
+
+static u32 l1_va_of(u32 l2e)
+{
+    /* The bootstrap L1s are mapped in the bootstrap region; find the pfn from the M2P. */
+    u32 mfn = l2e >> PAGE_SHIFT;
+    u32 pfn = ((u32 *)MACH2PHYS_VIRT_START)[mfn];
+    return 0xC0000000u + (pfn << PAGE_SHIFT);
+}
+u32 virt_to_pte_maddr(u32 va)
+{
+    u32 *l2 = (u32 *)si_u32(START_INFO_pt_base);
+    u32 l2e = l2[va >> L2_PAGETABLE_SHIFT];
+    if (!(l2e & _PAGE_PRESENT)) return 0;
+    return (l2e & PAGE_MASK) | (((va >> PAGE_SHIFT) & 0x3ff) * 4);
+}
+u32 virt_to_pte(u32 va)
+{
+    u32 *l2 = (u32 *)si_u32(START_INFO_pt_base);
+    u32 l2e = l2[va >> L2_PAGETABLE_SHIFT];
+    if (!(l2e & _PAGE_PRESENT)) return 0;
+    return ((u32 *)l1_va_of(l2e))[(va >> PAGE_SHIFT) & 0x3ff];
+}
+u32 alloc_page_pfn(void)
+{
+    if (next_free_pfn >= si_u32(START_INFO_nr_pages)) panic("out of pages");
+    return next_free_pfn++;
+}
+u32 *alloc_scratch_page(void)
+{
+    if (scratch_used >= 16) panic("out of scratch pages");
+    u32 *p = (u32 *)scratch[scratch_used++];
+    memset(p, 0, 4096);
+    return p;
+}
+
+/* ---- start of day ---------------------------------------------------------------- */
+void start_kernel(u8 *si)
+{
+    start_info = si;
+    /* The bootstrap region ends where the page tables end. */
+    u32 pt_end = si_u32(START_INFO_pt_base) + si_u32(START_INFO_nr_pt_frames) * 4096u;
+    next_free_pfn = (pt_end - 0xC0000000u) >> PAGE_SHIFT;
+    if (HYPERVISOR_update_va_mapping((u32)shared_info_page,
+                                     si_u32(START_INFO_shared_info) | _PAGE_PRESENT | _PAGE_RW,
+                                     UVMF_INVLPG))
+        panic("cannot map shared_info");
+    shared_info = shared_info_page;
+    install_trap_table();
+    printk("--- xenspec test: %s ---\n", test_title);
+    test_main();
+    xtf_exit();
+}

@@ -1,0 +1,112 @@
+/* xenspec guest runtime: the interface test kernels use. */
+#ifndef XENRT_H
+#define XENRT_H
+#include "xen_abi.h"
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+typedef int s32;
+typedef unsigned long size_t;
+typedef __builtin_va_list va_list;
+#define va_start(ap, last) __builtin_va_start(ap, last)
+#define va_arg(ap, type) __builtin_va_arg(ap, type)
+#define va_end(ap) __builtin_va_end(ap)
+#define NULL ((void *)0)
+
+/* The frame trap_common builds (low to high). */
+struct trap_frame {
+    u32 ds, es, ebp, edi, esi, edx, ecx, ebx, eax;
+    u32 vector, error_code;
+    u32 eip, cs, eflags;
+    u32 esp, ss;                 /* only when the trap came from ring 3 */
+};
+
+#define FAULT_FLAG 0x80000000u
+#define PAGE_SIZE_BYTES 4096u
+
+/* head.S */
+long hypercall(unsigned nr, u32 a1, u32 a2, u32 a3, u32 a4, u32 a5);
+extern char hypercall_page[];
+int enter_user(u32 eip, u32 esp);
+void user_return(int code) __attribute__((noreturn));
+u32 probe_read(u32 addr);
+u32 probe_write(u32 addr, u32 value);
+extern char _end[];
+
+/* lib.c */
+extern u8 *start_info;
+extern volatile u8 *shared_info;
+u32 si_u32(unsigned offset);
+u32 read_cr2(void);
+int vsnprintf(char *buf, size_t size, const char *fmt, va_list ap);
+int snprintf(char *buf, size_t size, const char *fmt, ...);
+void printk(const char *fmt, ...);
+void *memset(void *p, int c, size_t n);
+void *memcpy(void *d, const void *s, size_t n);
+size_t strlen(const char *s);
+int memcmp(const void *a, const void *b, size_t n);
+int strcmp(const char *a, const char *b);
+void shutdown(unsigned reason) __attribute__((noreturn));
+void panic(const char *fmt, ...) __attribute__((noreturn));
+
+/* Results in XTF's words, then poweroff. */
+void xtf_success(const char *msg) __attribute__((noreturn));
+void xtf_failure(const char *fmt, ...);
+void xtf_error(const char *fmt, ...);
+void xtf_skip(const char *msg) __attribute__((noreturn));
+void xtf_exit(void) __attribute__((noreturn));
+extern int xtf_failures, xtf_errors;
+#define check(cond, ...) do { if (!(cond)) xtf_failure(__VA_ARGS__); } while (0)
+
+/* Traps: a handler returns to the trapping context after it edits the frame. */
+typedef void (*trap_handler_t)(struct trap_frame *f);
+void set_trap_handler(unsigned vector, trap_handler_t h);
+void install_trap_table(void);
+struct last_trap { u32 vector, error_code, cr2, eip, count; };
+extern volatile struct last_trap last_trap;
+
+/* Hypercall wrappers. */
+static inline long HYPERVISOR_console_io(u32 cmd, u32 count, const void *buf)
+{ return hypercall(__HYPERVISOR_console_io, cmd, count, (u32)buf, 0, 0); }
+static inline long HYPERVISOR_sched_op(u32 cmd, void *arg)
+{ return hypercall(__HYPERVISOR_sched_op, cmd, (u32)arg, 0, 0, 0); }
+static inline long HYPERVISOR_sched_op_compat(u32 cmd, u32 arg)
+{ return hypercall(__HYPERVISOR_sched_op_compat, cmd, arg, 0, 0, 0); }
+static inline long HYPERVISOR_xen_version(u32 cmd, void *arg)
+{ return hypercall(__HYPERVISOR_xen_version, cmd, (u32)arg, 0, 0, 0); }
+static inline long HYPERVISOR_vm_assist(u32 cmd, u32 type)
+{ return hypercall(__HYPERVISOR_vm_assist, cmd, type, 0, 0, 0); }
+static inline long HYPERVISOR_set_trap_table(const void *table)
+{ return hypercall(__HYPERVISOR_set_trap_table, (u32)table, 0, 0, 0, 0); }
+static inline long HYPERVISOR_stack_switch(u32 ss, u32 esp)
+{ return hypercall(__HYPERVISOR_stack_switch, ss, esp, 0, 0, 0); }
+static inline long HYPERVISOR_set_callbacks(u32 ecs, u32 eeip, u32 fcs, u32 feip)
+{ return hypercall(__HYPERVISOR_set_callbacks, ecs, eeip, fcs, feip, 0); }
+static inline long HYPERVISOR_fpu_taskswitch(u32 set)
+{ return hypercall(__HYPERVISOR_fpu_taskswitch, set, 0, 0, 0, 0); }
+static inline long HYPERVISOR_set_gdt(const u32 *frames, u32 entries)
+{ return hypercall(__HYPERVISOR_set_gdt, (u32)frames, entries, 0, 0, 0); }
+static inline long HYPERVISOR_update_descriptor(u64 ma, u64 desc)
+{ return hypercall(__HYPERVISOR_update_descriptor, (u32)ma, (u32)(ma >> 32),
+                   (u32)desc, (u32)(desc >> 32), 0); }
+static inline long HYPERVISOR_update_va_mapping(u32 va, u32 pte, u32 flags)
+{ return hypercall(__HYPERVISOR_update_va_mapping, va, pte, 0, flags, 0); }
+static inline long HYPERVISOR_mmu_update(const void *req, u32 count, u32 *done, u32 dom)
+{ return hypercall(__HYPERVISOR_mmu_update, (u32)req, count, (u32)done, dom, 0); }
+static inline long HYPERVISOR_mmuext_op(const void *op, u32 count, u32 *done, u32 dom)
+{ return hypercall(__HYPERVISOR_mmuext_op, (u32)op, count, (u32)done, dom, 0); }
+
+/* Memory: pseudo-physical <-> machine, and the page-table entry that maps a VA. */
+u32 pfn_to_mfn(u32 pfn);
+u32 virt_to_mfn(const void *va);
+u32 virt_to_pte(u32 va);          /* read through the L2 at pt_base; 0 if not mapped */
+u32 virt_to_pte_maddr(u32 va);    /* machine address of that L1 entry; 0 if none */
+u32 alloc_page_pfn(void);         /* a pseudo-physical frame outside the bootstrap region */
+u32 *alloc_scratch_page(void);    /* a zeroed writable page inside the image */
+
+/* Each test kernel provides this. */
+void test_main(void);
+extern const char test_title[];
+#endif

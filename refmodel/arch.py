@@ -1,0 +1,101 @@
+"""The x86_32 part of a vCPU and a domain: what Xen keeps in ``struct arch_vcpu`` and
+``struct arch_domain`` and the guest register frame ``struct cpu_user_regs``.
+
+Sources (Xen 3.0.4): xen/include/public/arch-x86_32.h (cpu_user_regs, trap_info,
+vcpu_guest_context), xen/include/asm-x86/domain.h (arch_vcpu: guest_context with trap_ctxt,
+kernel_ss/kernel_sp, event and failsafe callbacks, ctrlreg; the virtual CR0.TS of
+fpu_taskswitch) and xen/include/xen/sched.h (vm_assist bits). The registers the CPU substrate
+hands to the hypervisor are a ``CpuUserRegs``; handlers change it and the substrate applies it,
+as Xen's handlers change the frame on its stack. Nothing here depends on the emulator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from xenspec.spec import abi
+
+
+@dataclass
+class CpuUserRegs:
+    """arch-x86_32.h, struct cpu_user_regs (the segment selectors as plain words)."""
+
+    ebx: int = 0
+    ecx: int = 0
+    edx: int = 0
+    esi: int = 0
+    edi: int = 0
+    ebp: int = 0
+    eax: int = 0
+    eip: int = 0
+    cs: int = 0
+    eflags: int = 0
+    esp: int = 0
+    ss: int = 0
+    es: int = 0
+    ds: int = 0
+    fs: int = 0
+    gs: int = 0
+
+    @property
+    def ring(self) -> int:
+        return self.cs & 3
+
+
+@dataclass
+class TrapInfo:
+    """One virtual IDT entry (arch-x86_32.h, trap_info): flags bits 0-1 DPL, bit 2 IF."""
+
+    flags: int = 0
+    cs: int = 0
+    address: int = 0
+
+    @property
+    def dpl(self) -> int:
+        return self.flags & abi.TI_DPL_MASK
+
+    @property
+    def masks_events(self) -> bool:
+        return bool(self.flags & abi.TI_IF_FLAG)
+
+
+class GuestCPU(Protocol):
+    """What the hypervisor needs from the CPU substrate running a vCPU."""
+
+    def user_regs(self) -> CpuUserRegs:
+        """The guest's registers at the current trap; changes are applied on return."""
+        ...
+
+
+@dataclass
+class ArchVcpu:
+    """Per-vCPU state of the x86 CPU interface (domain.h, arch_vcpu.guest_context)."""
+
+    trap_ctxt: list[TrapInfo] = field(
+        default_factory=lambda: [TrapInfo() for _ in range(abi.NR_VECTORS)]
+    )
+    kernel_ss: int = 0
+    kernel_sp: int = 0
+    event_callback_cs: int = 0
+    event_callback_eip: int = 0
+    failsafe_callback_cs: int = 0
+    failsafe_callback_eip: int = 0
+    # fpu_taskswitch: the virtual CR0.TS (guest_context.ctrlreg[0] & X86_CR0_TS).
+    virtual_ts: bool = False
+    # set_gdt: the guest's GDT frames (machine frame numbers) and entry count.
+    gdt_frames: list[int] = field(default_factory=list)
+    gdt_ents: int = 0
+    cpu: GuestCPU | None = None
+
+
+@dataclass
+class ArchDomain:
+    """Per-domain state the CPU interface reads: shared_info and the vm_assist bits."""
+
+    shared_info_mfn: int = 0
+    vm_assist: int = 0
+    # The model's stub page (Xen-owned, mapped read-only in the per-domain area): the ring-0
+    # ``iret`` the substrate enters guest rings through, and the frames it returns with.
+    stub_mfn: int = 0
+    console: bytearray = field(default_factory=bytearray)

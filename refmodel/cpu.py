@@ -1,0 +1,575 @@
+"""The CPU substrate: one vCPU of a paravirtual guest on the Unicorn x86-32 emulator.
+
+This is the only module that imports Unicorn (design decision D5). It models the processor
+Xen runs its guests on, not a Xen rule: machine memory is handed to Unicorn as its physical
+memory (``mem_map_ptr``, no copy), the guest's page directory is CR3 with CR0.PG|WP, and
+Xen's GDT sits at the vCPU's address in the per-domain area (xen/include/asm-x86/config.h,
+GDT_VIRT_START) with the flat selectors of arch-x86_32.h in its reserved page. Every trap the
+guest takes (``int $0x82``, ``int $0x80``, a fault, an invalid opcode) arrives in a hook and
+goes to the hypervisor as a ``CpuUserRegs``; what the hypervisor changes is applied on return.
+
+What Unicorn 2.1.4 does not do, and what this module does instead (measured, see
+/work/shared/notes/unicorn.md):
+
+* CPL follows SS and cannot be set by writing registers: a ring is entered through a one-byte
+  ring-0 ``iret`` stub with a prepared frame, after the CPL bits of ``hflags`` have been set to
+  0 in the saved context (offset ``_OFF_HFLAGS``).
+* After a handled fault the next fault arrives as a double fault (upstream issue #1883, the
+  ``old_exception`` field is never reset): every fault hook resets it in the saved context.
+* There is no register for the page-fault error code: it is read from the saved context, as
+  is the flag that tells a software ``int n`` from a fault.
+* Segment limits are not enforced, so the hypervisor hole is protected by paging alone: only
+  read-only supervisor pages (the read-only M2P, the GDT, the stub page) are mapped there.
+* The TLB and the translation cache are real: the MMU's flush requests (``Vcpu.flush_tlb``,
+  ``flush_tlb_one``, a new base pointer) are carried out after each trap.
+
+A start-up self-test checks the version and the context offsets; a mismatch is one clear
+error (``SubstrateError``), never a wrong emulation.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+from collections.abc import Callable
+from dataclasses import fields
+from typing import Any, Protocol
+
+from xenspec.refmodel.arch import CpuUserRegs
+from xenspec.refmodel.domain import Vcpu
+from xenspec.spec import abi
+
+# The binding is only partly typed; the substrate treats it as untyped throughout.
+unicorn: Any = importlib.import_module("unicorn")
+ucc: Any = importlib.import_module("unicorn.unicorn_const")
+x86: Any = importlib.import_module("unicorn.x86_const")
+_uclib: Any = importlib.import_module("unicorn.unicorn_py3.unicorn").uclib
+
+UNICORN_VERSION = "2.1.4"
+
+# Offsets in the uc_context blob of Unicorn 2.1.4 (x86, 32-bit mode), found by experiment and
+# checked by ``selftest``: the CPU state starts at byte 40 of the blob.
+_OFF_HFLAGS = 216  # env->hflags; bits 0-1 are the CPL
+_OFF_ERROR_CODE = 5424  # env->error_code of the last exception
+_OFF_EXCEPTION_IS_INT = 5428  # env->exception_is_int: 1 for a software int n
+_OFF_OLD_EXCEPTION = 5536  # env->old_exception (issue #1883)
+
+_CR0_PE = 0x1
+_CR0_MP = 0x2
+_CR0_TS = 0x8
+_CR0_ET = 0x10
+_CR0_NE = 0x20
+_CR0_WP = 0x10000
+_CR0_PG = 0x80000000
+_CR0_BASE = _CR0_PE | _CR0_MP | _CR0_ET | _CR0_NE | _CR0_WP | _CR0_PG
+
+_IRET = b"\xcf"
+_XEN_CS: int = abi.HYPERVISOR_CS
+_XEN_DS: int = abi.HYPERVISOR_DS
+_NEVER = 0xFFFFFFFFFFFFFFFF  # an "until" address the 32-bit PC never reaches
+
+# The registers of CpuUserRegs, in field order, and their Unicorn ids.
+_REG_NAMES = tuple(f.name for f in fields(CpuUserRegs))
+_REG_IDS = {
+    "ebx": x86.UC_X86_REG_EBX, "ecx": x86.UC_X86_REG_ECX, "edx": x86.UC_X86_REG_EDX,
+    "esi": x86.UC_X86_REG_ESI, "edi": x86.UC_X86_REG_EDI, "ebp": x86.UC_X86_REG_EBP,
+    "eax": x86.UC_X86_REG_EAX, "eip": x86.UC_X86_REG_EIP, "cs": x86.UC_X86_REG_CS,
+    "eflags": x86.UC_X86_REG_EFLAGS, "esp": x86.UC_X86_REG_ESP, "ss": x86.UC_X86_REG_SS,
+    "es": x86.UC_X86_REG_ES, "ds": x86.UC_X86_REG_DS, "fs": x86.UC_X86_REG_FS,
+    "gs": x86.UC_X86_REG_GS,
+}
+_SEGMENTS = ("es", "ds", "fs", "gs")
+_GPRS = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp")
+
+
+def _hypercall_arg_ids() -> tuple[int, ...]:
+    return tuple(_REG_IDS[r] for r in ("eax", "ebx", "ecx", "edx", "esi", "edi"))
+
+
+class SubstrateError(RuntimeError):
+    """The emulator is not the one the substrate was measured on."""
+
+
+def flat_descriptor(dpl: int, code: bool, limit_pages: int = abi.FLAT_SEGMENT_LIMIT_PAGES) -> int:
+    """A present, flat, 32-bit, page-granular segment descriptor with the accessed bit set
+    (Xen's own descriptors; the CPU would otherwise write the bit into a read-only GDT)."""
+    type_bits = (0xA if code else 0x2) | 0x1  # execute/read or read/write, accessed
+    hi = (
+        (limit_pages & 0xF0000)
+        | abi._SEGMENT_G | abi._SEGMENT_DB | abi._SEGMENT_P | (dpl << 13) | abi._SEGMENT_S
+        | (type_bits << 8)
+    )
+    lo = limit_pages & 0xFFFF
+    return hi << 32 | lo
+
+
+def reserved_gdt_page() -> bytes:
+    """The contents of Xen's reserved GDT page (entries 7168..7679): its own ring-0 selectors
+    and the guest's flat ring-1 and ring-3 selectors (xen/arch/x86/boot/x86_32.S, gdt_table)."""
+    page = bytearray(abi.PAGE_SIZE)
+    entries = {
+        abi.HYPERVISOR_CS: flat_descriptor(0, True, 0xFFFFF),
+        abi.HYPERVISOR_DS: flat_descriptor(0, False, 0xFFFFF),
+        abi.FLAT_RING1_CS: flat_descriptor(1, True),
+        abi.FLAT_RING1_DS: flat_descriptor(1, False),
+        abi.FLAT_RING3_CS: flat_descriptor(3, True),
+        abi.FLAT_RING3_DS: flat_descriptor(3, False),
+    }
+    for sel, desc in entries.items():
+        off = (sel >> 3) * 8 - abi.FIRST_RESERVED_GDT_BYTE
+        page[off : off + 8] = desc.to_bytes(8, "little")
+    return bytes(page)
+
+
+def stub_page() -> bytes:
+    """The model's stub page: a ring-0 ``iret`` at offset 0; frames go at ``FRAME_OFFSET``."""
+    return _IRET + bytes(abi.PAGE_SIZE - 1)
+
+
+FRAME_OFFSET = 0x800  # vCPU n's ring-entry frame is at FRAME_OFFSET + 32 * n of the stub page
+
+
+class TrapHandlers(Protocol):
+    """The hypervisor side of the substrate (refmodel.traps implements it)."""
+
+    def hypercall(self, v: Vcpu, nr: int, *args: int) -> int: ...
+
+    def software_interrupt(self, v: Vcpu, vector: int, regs: CpuUserRegs) -> None: ...
+
+    def exception(
+        self, v: Vcpu, vector: int, error_code: int, cr2: int, regs: CpuUserRegs
+    ) -> None: ...
+
+    def invalid_opcode(self, v: Vcpu, regs: CpuUserRegs) -> None: ...
+
+
+class _Engine:
+    """A Unicorn x86-32 engine with fast register access and saved-context patching."""
+
+    def __init__(self) -> None:
+        if unicorn.__version__ != UNICORN_VERSION:
+            raise SubstrateError(
+                f"xenspec's CPU substrate needs unicorn {UNICORN_VERSION}, found "
+                f"{unicorn.__version__}: pip install unicorn=={UNICORN_VERSION}"
+            )
+        self.uc = unicorn.Uc(ucc.UC_ARCH_X86, ucc.UC_MODE_32)
+        self._lib = _uclib
+        self._uch = self.uc._uch
+        ctx = self.uc.context_save()
+        self._ctx = ctx  # keeps the blob alive
+        self._ctx_ptr = ctx.context
+        base = ctypes.cast(ctx.context, ctypes.c_void_p).value
+        assert base is not None
+        self._hflags = ctypes.c_uint32.from_address(base + _OFF_HFLAGS)
+        self._error_code = ctypes.c_int32.from_address(base + _OFF_ERROR_CODE)
+        self._exception_is_int = ctypes.c_int32.from_address(base + _OFF_EXCEPTION_IS_INT)
+        self._old_exception = ctypes.c_int32.from_address(base + _OFF_OLD_EXCEPTION)
+        self._val = ctypes.c_uint64(0)
+        self._val_ref = ctypes.byref(self._val)
+        n = len(_REG_NAMES)
+        self._all_ids = (ctypes.c_int * n)(*(_REG_IDS[r] for r in _REG_NAMES))
+        self._all_vals = (ctypes.c_uint64 * n)()
+        size = ctypes.sizeof(ctypes.c_uint64)
+        self._all_ptrs = (ctypes.c_void_p * n)(
+            *(ctypes.addressof(self._all_vals) + i * size for i in range(n))
+        )
+        self._hc_ids = (ctypes.c_int * 6)(*_hypercall_arg_ids())
+        self._hc_vals = (ctypes.c_uint64 * 6)()
+        self._hc_ptrs = (ctypes.c_void_p * 6)(
+            *(ctypes.addressof(self._hc_vals) + i * size for i in range(6))
+        )
+
+    # --- registers ------------------------------------------------------------------------
+    def read(self, reg: int) -> int:
+        self._val.value = 0
+        self._lib.uc_reg_read(self._uch, reg, self._val_ref)
+        return self._val.value & 0xFFFFFFFF
+
+    def write(self, reg: int, value: int) -> None:
+        self._val.value = value & 0xFFFFFFFF
+        err = self._lib.uc_reg_write(self._uch, reg, self._val_ref)
+        if err:
+            raise unicorn.UcError(err)
+
+    def read_hypercall_args(self) -> tuple[int, ...]:
+        vals = self._hc_vals
+        for i in range(6):
+            vals[i] = 0
+        self._lib.uc_reg_read_batch(self._uch, self._hc_ids, self._hc_ptrs, 6)
+        return tuple(int(x) & 0xFFFFFFFF for x in vals)
+
+    def read_all(self) -> CpuUserRegs:
+        vals = self._all_vals
+        for i in range(len(_REG_NAMES)):
+            vals[i] = 0
+        self._lib.uc_reg_read_batch(self._uch, self._all_ids, self._all_ptrs, len(_REG_NAMES))
+        regs = CpuUserRegs(*(int(x) & 0xFFFFFFFF for x in vals))
+        for s in ("cs", "ss", *_SEGMENTS):
+            setattr(regs, s, getattr(regs, s) & 0xFFFF)
+        return regs
+
+    # --- the saved context -----------------------------------------------------------------
+    def save(self) -> None:
+        self._lib.uc_context_save(self._uch, self._ctx_ptr)
+
+    def restore(self) -> None:
+        self._lib.uc_context_restore(self._uch, self._ctx_ptr)
+
+    @property
+    def saved_cpl(self) -> int:
+        return self._hflags.value & 3
+
+    def set_saved_cpl(self, cpl: int) -> None:
+        self._hflags.value = (self._hflags.value & ~3) | cpl
+
+    @property
+    def saved_error_code(self) -> int:
+        return self._error_code.value & 0xFFFFFFFF
+
+    @property
+    def saved_exception_is_int(self) -> bool:
+        return bool(self._exception_is_int.value)
+
+    @property
+    def saved_old_exception(self) -> int:
+        return self._old_exception.value
+
+    def reset_old_exception(self) -> None:
+        self._old_exception.value = -1
+
+    # --- the MMU ---------------------------------------------------------------------------
+    def flush_tlb(self) -> None:
+        self.uc.ctl(ucc.UC_CTL_TLB_FLUSH, ucc.UC_CTL_IO_WRITE)
+
+    def load_cr3(self, maddr: int) -> None:
+        self.write(x86.UC_X86_REG_CR3, maddr)
+
+    def setup_protected_mode(self, gdt_base: int, cr3: int) -> None:
+        """Paging on with WP, Xen's GDT loaded, at CPL 0 with Xen's flat ring-0 segments."""
+        self.uc.reg_write(x86.UC_X86_REG_GDTR, (0, gdt_base, abi.GDT_PAGES * abi.PAGE_SIZE - 1, 0))
+        self.write(x86.UC_X86_REG_CR4, 0)
+        self.write(x86.UC_X86_REG_CR3, cr3)
+        self.write(x86.UC_X86_REG_CR0, _CR0_BASE)
+        self.write(x86.UC_X86_REG_SS, _XEN_DS)
+        self.write(x86.UC_X86_REG_DS, _XEN_DS)
+        self.write(x86.UC_X86_REG_ES, _XEN_DS)
+        self.write(x86.UC_X86_REG_CS, _XEN_CS)
+
+    def enter_ring(
+        self, regs: CpuUserRegs, stub_va: int, frame_va: int,
+        write_frame: Callable[[bytes], None], saved: bool,
+    ) -> None:
+        """Load ``regs`` with a CS/SS change: go to CPL 0 in the saved context, load the data
+        segments and GPRs, and point EIP at the ``iret`` stub over a frame EIP, CS, EFLAGS,
+        ESP, SS. The stub runs as the first instruction when emulation resumes."""
+        if not saved:
+            self.save()
+        self.set_saved_cpl(0)
+        self.restore()
+        for s in _SEGMENTS:
+            self.write(_REG_IDS[s], getattr(regs, s))
+        for r in _GPRS:
+            self.write(_REG_IDS[r], getattr(regs, r))
+        frame = b"".join(
+            (x & 0xFFFFFFFF).to_bytes(4, "little")
+            for x in (regs.eip, regs.cs, regs.eflags, regs.esp, regs.ss)
+        )
+        write_frame(frame)
+        self.write(x86.UC_X86_REG_ESP, frame_va)
+        self.write(x86.UC_X86_REG_EIP, stub_va)
+
+
+def _check_eflags(eflags: int) -> int:
+    """The substrate's safety net: a guest never runs with IOPL > 0, VM86 or IF clear."""
+    eflags &= ~(abi.X86_EFLAGS_IOPL | abi.X86_EFLAGS_VM | abi.X86_EFLAGS_NT)
+    return eflags | abi.X86_EFLAGS_IF | abi.X86_EFLAGS_MBS
+
+
+class UnicornCPU:
+    """Runs one vCPU of a domain whose page tables, GDT page and stub page are in place.
+
+    ``stub_va``/``stub_maddr`` locate the domain's stub page; the vCPU's ring-entry frame is
+    at ``FRAME_OFFSET + 32 * vcpu_id`` in it.
+    """
+
+    def __init__(
+        self,
+        memory: Any,
+        v: Vcpu,
+        handlers: TrapHandlers,
+        gdt_base: int,
+        stub_va: int,
+        stub_maddr: int,
+    ) -> None:
+        selftest()
+        self.v = v
+        self.memory = memory
+        self.handlers = handlers
+        self.engine = _Engine()
+        self.uc = self.engine.uc
+        ram = memory.ram
+        self._ram_buf = (ctypes.c_char * len(ram)).from_buffer(ram)
+        self.uc.mem_map_ptr(0, len(ram), ucc.UC_PROT_ALL, ctypes.addressof(self._ram_buf))
+        self.stub_va = stub_va
+        frame_off = FRAME_OFFSET + 32 * v.vcpu_id
+        self.frame_va = stub_va + frame_off
+        self.frame_maddr = stub_maddr + frame_off
+        self.gdt_base = gdt_base
+        self._cr3 = v.guest_table
+        self._flushes = v.tlb_flushes
+        self._invlpgs = len(v.tlb_invlpgs)
+        self._real_ts = False
+        self.virtual_ts: Callable[[], bool] = lambda: False
+        self._regs: CpuUserRegs | None = None
+        self._orig: CpuUserRegs | None = None
+        self._saved = False
+        self.stop_reason: str | None = None
+        self.instructions_hint = 0
+        self.traps = 0
+        self.uc.hook_add(ucc.UC_HOOK_INTR, self._hook_intr)
+        self.uc.hook_add(ucc.UC_HOOK_INSN_INVALID, self._hook_insn_invalid)
+        self.engine.setup_protected_mode(gdt_base, v.guest_table << abi.PAGE_SHIFT)
+
+    # --- the GuestCPU interface ------------------------------------------------------------
+    def user_regs(self) -> CpuUserRegs:
+        """The guest's registers at this trap (read once); changes are applied on return."""
+        if self._regs is None:
+            self._regs = self.engine.read_all()
+            self._orig = CpuUserRegs(**vars(self._regs))
+        return self._regs
+
+    def start(self, regs: CpuUserRegs) -> None:
+        """Load the initial register state (the domain builder's) through the iret stub."""
+        regs.eflags = _check_eflags(regs.eflags)
+        self.engine.enter_ring(regs, self.stub_va, self.frame_va, self._write_frame, saved=False)
+
+    def run(self, timeout_us: int = 0) -> None:
+        """Run until the domain stops (shutdown or crash) or ``timeout_us`` passes."""
+        d = self.v.domain
+        while d.is_running:
+            eip = self.engine.read(x86.UC_X86_REG_EIP)
+            try:
+                self.uc.emu_start(eip, _NEVER, timeout=timeout_us)
+            except unicorn.UcError as exc:
+                if d.is_running:
+                    d.crash(f"the CPU stopped at eip {self.engine.read(x86.UC_X86_REG_EIP):#x}:"
+                            f" {exc}")
+                return
+            if d.is_running:
+                # emu_start only returns on its own at the timeout.
+                self.stop_reason = "timeout"
+                return
+
+    # --- hooks -----------------------------------------------------------------------------
+    def _write_frame(self, frame: bytes) -> None:
+        self.memory.write(self.frame_maddr, frame)
+
+    def _hook_intr(self, uc: Any, intno: int, _user: Any) -> None:
+        try:
+            self.traps += 1
+            eng = self.engine
+            if intno >= 32:
+                cpl = eng.read(x86.UC_X86_REG_CS) & 3
+                if intno == abi.HYPERCALL_VECTOR and cpl == 1:
+                    args = eng.read_hypercall_args()
+                    rc = self.handlers.hypercall(self.v, *args)
+                    if self._regs is not None:
+                        self._regs.eax = rc
+                    else:
+                        eng.write(x86.UC_X86_REG_EAX, rc)
+                else:
+                    self.handlers.software_interrupt(self.v, intno, self.user_regs())
+            else:
+                eng.save()
+                self._saved = True
+                is_int = eng.saved_exception_is_int
+                if not is_int:
+                    eng.reset_old_exception()
+                regs = self.user_regs()
+                if regs.eip == self.stub_va:
+                    self.v.domain.crash(
+                        f"vector {intno} entering the guest at {self._frame_text()}"
+                    )
+                elif is_int:
+                    self.handlers.software_interrupt(self.v, intno, regs)
+                else:
+                    if intno == abi.TRAP_no_device and self._real_ts:
+                        self._set_ts(False)
+                    cr2 = eng.read(x86.UC_X86_REG_CR2) if intno == abi.TRAP_page_fault else 0
+                    self.handlers.exception(self.v, intno, eng.saved_error_code, cr2, regs)
+            self._return_to_guest()
+        except BaseException as exc:  # never let an exception unwind through Unicorn
+            self.v.domain.crash(f"hypervisor bug: {type(exc).__name__}: {exc}")
+            self.uc.emu_stop()
+            self.pending_exception = exc
+
+    def _hook_insn_invalid(self, uc: Any, _user: Any) -> bool:
+        try:
+            self.traps += 1
+            self.handlers.invalid_opcode(self.v, self.user_regs())
+            self._return_to_guest()
+        except BaseException as exc:
+            self.v.domain.crash(f"hypervisor bug: {type(exc).__name__}: {exc}")
+            self.uc.emu_stop()
+            self.pending_exception = exc
+        return True
+
+    pending_exception: BaseException | None = None
+
+    def _frame_text(self) -> str:
+        raw = self.memory.read(self.frame_maddr, 20)
+        eip, cs, efl, esp, ss = (int.from_bytes(raw[i : i + 4], "little") for i in range(0, 20, 4))
+        return f"{cs:#x}:{eip:#x} eflags {efl:#x} stack {ss:#x}:{esp:#x}"
+
+    def _set_ts(self, on: bool) -> None:
+        cr0 = self.engine.read(x86.UC_X86_REG_CR0)
+        self.engine.write(x86.UC_X86_REG_CR0, (cr0 | _CR0_TS) if on else (cr0 & ~_CR0_TS))
+        self._real_ts = on
+
+    def _return_to_guest(self) -> None:
+        """Apply what the hypervisor changed: registers, ring, base pointer, TLB, CR0.TS."""
+        eng = self.engine
+        v = self.v
+        if not v.domain.is_running:
+            if self._saved:
+                eng.restore()
+            self._regs = self._orig = None
+            self._saved = False
+            self.uc.emu_stop()
+            return
+        if v.guest_table != self._cr3:
+            self._cr3 = v.guest_table
+            eng.load_cr3(v.guest_table << abi.PAGE_SHIFT)
+            self._flushes, self._invlpgs = v.tlb_flushes, len(v.tlb_invlpgs)
+        elif v.tlb_flushes != self._flushes or len(v.tlb_invlpgs) != self._invlpgs:
+            self._flushes, self._invlpgs = v.tlb_flushes, len(v.tlb_invlpgs)
+            eng.flush_tlb()
+        if len(v.tlb_invlpgs) > 4096:
+            del v.tlb_invlpgs[:]
+            self._invlpgs = 0
+        want_ts = self.virtual_ts()
+        if want_ts != self._real_ts:
+            self._set_ts(want_ts)
+        regs, orig = self._regs, self._orig
+        self._regs = self._orig = None
+        saved, self._saved = self._saved, False
+        if regs is None or orig is None:
+            if saved:
+                eng.restore()
+            return
+        regs.eflags = _check_eflags(regs.eflags)
+        if regs.cs != orig.cs or regs.ss != orig.ss:
+            eng.enter_ring(regs, self.stub_va, self.frame_va, self._write_frame, saved)
+            return
+        if saved:
+            eng.restore()
+        for name in _REG_NAMES:
+            value = getattr(regs, name)
+            if value != getattr(orig, name):
+                eng.write(_REG_IDS[name], value)
+
+
+# ------------------------------------------------------------------------------------------------
+# The start-up self-test.
+# ------------------------------------------------------------------------------------------------
+_selftest_done = False
+
+
+def selftest() -> None:
+    """Check, once per process, that Unicorn behaves as the substrate was measured: version,
+    the saved-context offsets (CPL, error code, int-vs-fault, old_exception) and ring entry.
+    Raises ``SubstrateError`` with one clear message otherwise."""
+    global _selftest_done
+    if _selftest_done:
+        return
+    try:
+        _run_selftest()
+    except SubstrateError:
+        raise
+    except Exception as exc:
+        raise SubstrateError(
+            f"the Unicorn self-test failed ({type(exc).__name__}: {exc}); xenspec needs "
+            f"unicorn=={UNICORN_VERSION}"
+        ) from exc
+    _selftest_done = True
+
+
+def _run_selftest() -> None:
+    eng = _Engine()
+    uc = eng.uc
+    # A 64 KB machine: page directory at 0x1000, one L1 at 0x2000, GDT page at 0x3000 (mapped
+    # at the reserved-page address of a GDT based at 0x10000), stub page at 0x4000, ring-1 code
+    # at 0x5000, ring-3 code at 0x6000, stacks at 0x7000/0x8000.
+    uc.mem_map(0, 0x20000)
+    pd, l1 = 0x1000, 0x2000
+    gdt_base = 0x10000 - abi.FIRST_RESERVED_GDT_BYTE  # reserved page lands at 0x10000
+    uc.mem_write(pd, ((l1 | 0x7).to_bytes(4, "little")))
+    ro, rw, user = 0x21, 0x23, 0x4
+    for page, flags in ((0x4, ro), (0x5, rw | user), (0x6, rw | user), (0x7, rw), (0x8, rw | user)):
+        uc.mem_write(l1 + page * 4, ((page << 12) | flags).to_bytes(4, "little"))
+    uc.mem_write(l1 + 0x10 * 4, ((0x3 << 12) | ro).to_bytes(4, "little"))
+    uc.mem_write(0x3000, reserved_gdt_page())
+    uc.mem_write(0x4000, stub_page())
+    # ring 1: int $0x80; mov %eax,0x9000 (write, not present); mov 0xa000,%eax (read, not
+    # present); int $0x82 (leave for ring 3)
+    uc.mem_write(0x5000, b"\xcd\x80" + b"\xa3\x00\x90\x00\x00" + b"\xa1\x00\xa0\x00\x00"
+                 + b"\xcd\x82")
+    uc.mem_write(0x6000, b"\xcd\x80")  # ring 3: int $0x80
+    eng.setup_protected_mode(gdt_base, pd)
+    seen: list[tuple[int, int, int, bool, int, int]] = []
+
+    def hook(uc_: Any, intno: int, _u: Any) -> None:
+        eng.save()
+        cs = eng.read(x86.UC_X86_REG_CS)
+        seen.append((intno, cs & 3, eng.saved_cpl, eng.saved_exception_is_int,
+                     eng.saved_error_code if intno == 14 else -1, eng.saved_old_exception))
+        if not eng.saved_exception_is_int:
+            eng.reset_old_exception()
+        eng.restore()
+        if intno == 14:
+            eng.write(x86.UC_X86_REG_EIP, eng.read(x86.UC_X86_REG_EIP) + 5)
+        elif len(seen) == 5:
+            uc_.emu_stop()
+
+    # The stub page is mapped at linear 0x4000; frames go there by physical writes.
+    def write_frame(frame: bytes) -> None:
+        uc.mem_write(0x4000 + FRAME_OFFSET, frame)
+
+    def enter(regs: CpuUserRegs) -> None:
+        eng.enter_ring(regs, 0x4000, 0x4000 + FRAME_OFFSET, write_frame, saved=False)
+
+    def hook_wrapper(uc_: Any, intno: int, u: Any) -> None:
+        if intno == 0x82:
+            seen.append((intno, eng.read(x86.UC_X86_REG_CS) & 3, -1, True, -1, -1))
+            regs = eng.read_all()
+            regs.cs, regs.ss, regs.eip, regs.esp = (
+                abi.FLAT_RING3_CS, abi.FLAT_RING3_DS, 0x6000, 0x9000)
+            regs.ds = regs.es = abi.FLAT_RING3_DS
+            enter(regs)
+            return
+        hook(uc_, intno, u)
+
+    uc.hook_add(ucc.UC_HOOK_INTR, hook_wrapper)
+    start = CpuUserRegs(eip=0x5000, cs=abi.FLAT_RING1_CS, ss=abi.FLAT_RING1_DS,
+                        ds=abi.FLAT_RING1_DS, es=abi.FLAT_RING1_DS, esp=0x8000,
+                        eflags=abi.X86_EFLAGS_IF | abi.X86_EFLAGS_MBS)
+    enter(start)
+    uc.emu_start(0x4000, _NEVER, count=100)
+    want = [
+        (0x80, 1, 1, True, -1),  # int $0x80 from ring 1: CPL 1 in hflags, a software int
+        (14, 1, 1, False, abi.PFEC_write_access),  # write to a not-present page
+        (14, 1, 1, False, 0),  # a second fault arrives as #PF, not #DF
+        (0x82, 1, -1, True, -1),
+        (0x80, 3, 3, True, -1),  # the iret stub entered ring 3
+    ]
+    got = [s[:5] for s in seen]
+    if got != want:
+        raise SubstrateError(
+            f"the Unicorn self-test saw {got}, expected {want}: the saved-context offsets "
+            f"do not match this Unicorn build; xenspec needs unicorn=={UNICORN_VERSION}"
+        )
+    if seen[1][5] != abi.TRAP_page_fault:
+        raise SubstrateError(
+            f"old_exception is not at offset {_OFF_OLD_EXCEPTION} (read {seen[1][5]}); "
+            f"xenspec needs unicorn=={UNICORN_VERSION}"
+        )

@@ -1,0 +1,303 @@
+"""The ELF domain builder: a Xen 3.0 x86_32 (non-PAE) guest kernel image to a ready domain.
+
+Xen 3.0.4's contract (xen/common/elf.c, xen/arch/x86/domain_build.c,
+xen/include/public/elfnote.h and xen.h; /work/shared/notes/xen-abi.md section 10):
+
+* the kernel identifies itself with a ``__xen_guest`` section (``KEY=VALUE,...``) or with
+  ``XEN_ELFNOTE_*`` notes named "Xen"; one of them must be present and say ``xen-3.0``;
+* a PAE-only kernel (``PAE=yes``, or the PAE_MODE note "yes") cannot run on non-PAE Xen;
+* segments load at ``p_paddr - ELF_PADDR_OFFSET + VIRT_BASE``;
+* the bootstrap region starts at VIRT_BASE and maps pseudo-physical frames 1:1 from 0: the
+  kernel, the p2m list, start_info, a boot stack and the page tables (mapped read-only,
+  the page directory pinned and loaded; the model puts the tables last, Xen before the
+  stack); it ends on a 4 MB boundary with at least 512 KB free after the last element;
+* the hypercall page is filled with ``int $0x82`` stubs (the iret stub in slot 23);
+* registers: CS = FLAT_KERNEL_CS, SS/DS/ES/FS/GS = FLAT_KERNEL_DS, EIP = entry,
+  ESP = top of the boot stack, ESI = start_info's address, EFLAGS.IF = 1, events masked.
+
+Every malformed input is one ``BuildError`` line; the builder never raises anything else for
+a bad file.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import IO
+
+from xenspec.refmodel.arch import CpuUserRegs
+from xenspec.refmodel.builder import BuildError, build_initial_tables
+from xenspec.refmodel.domain import Domain
+from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS, Hypervisor, OutOfMemory
+from xenspec.refmodel.platform import PVPlatform
+from xenspec.spec import abi
+
+_BOOTSTRAP_SLACK_PAGES = (512 << 10) // abi.PAGE_SIZE
+_4MB_PAGES = 1 << (abi.L2_PAGETABLE_SHIFT - abi.PAGE_SHIFT)
+
+
+@dataclass
+class GuestImage:
+    """What the builder learned from the kernel image."""
+
+    segments: list[tuple[int, bytes, int]]  # (load VA, file bytes, memory size)
+    entry: int
+    virt_base: int
+    hypercall_page: int | None  # VA
+    guest_os: str = ""
+    xen_version: str = ""
+    loader: str = ""
+    features: str = ""
+    notes: dict[int, bytes] = field(default_factory=dict)
+    xen_guest: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def kernel_start(self) -> int:
+        return min(va for va, _, _ in self.segments)
+
+    @property
+    def kernel_end(self) -> int:
+        return max(va + memsz for va, _, memsz in self.segments)
+
+
+@dataclass
+class BuiltDomain:
+    domain: Domain
+    image: GuestImage
+    start_info_va: int
+    regs: CpuUserRegs
+    nr_mapped: int
+
+
+def hypercall_page_contents() -> bytes:
+    """x86_32/traps.c, hypercall_page_initialise: 128 stubs of 32 bytes."""
+    page = bytearray(b"\xcc" * abi.PAGE_SIZE)
+    iret = HYPERCALL_NUMBERS["iret"]
+    for i in range(abi.HYPERCALL_PAGE_STUBS):
+        if i == iret:
+            stub = b"\x50\xb8" + i.to_bytes(4, "little") + b"\xcd" + bytes([abi.HYPERCALL_VECTOR])
+        else:
+            stub = (b"\xb8" + i.to_bytes(4, "little") + b"\xcd" + bytes([abi.HYPERCALL_VECTOR])
+                    + b"\xc3")
+        page[i * abi.HYPERCALL_STUB_SIZE : i * abi.HYPERCALL_STUB_SIZE + len(stub)] = stub
+    return bytes(page)
+
+
+# ----------------------------------------------------------------------------------------------
+# Parsing.
+# ----------------------------------------------------------------------------------------------
+def _parse_notes(data: bytes) -> list[tuple[str, int, bytes]]:
+    out: list[tuple[str, int, bytes]] = []
+    pos = 0
+    while pos + 12 <= len(data):
+        namesz, descsz, ntype = struct.unpack_from("<III", data, pos)
+        pos += 12
+        name_end = pos + ((namesz + 3) & ~3)
+        desc_end = name_end + ((descsz + 3) & ~3)
+        if name_end > len(data) or name_end + descsz > len(data):
+            raise BuildError("truncated ELF note")
+        name = data[pos : pos + namesz].rstrip(b"\0").decode("latin-1")
+        out.append((name, ntype, data[name_end : name_end + descsz]))
+        pos = desc_end
+    return out
+
+
+def _note_int(desc: bytes) -> int:
+    if len(desc) not in (4, 8):
+        raise BuildError(f"a numeric Xen ELF note has {len(desc)} bytes (4 or 8 expected)")
+    return int.from_bytes(desc, "little")
+
+
+def _note_str(desc: bytes) -> str:
+    return desc.split(b"\0", 1)[0].decode("latin-1")
+
+
+def _int(text: str, key: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise BuildError(f"__xen_guest: {key}={text} is not a number") from None
+
+
+def parse_image(stream: IO[bytes], name: str = "kernel") -> GuestImage:
+    """Read a guest kernel image; raise ``BuildError`` with one line on any defect."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
+    try:
+        elf = ELFFile(stream)
+        if elf.elfclass != 32 or elf["e_machine"] != "EM_386":
+            raise BuildError(f"{name}: not a 32-bit x86 ELF image")
+        sections = list(elf.iter_sections())
+        segments = list(elf.iter_segments())
+        notes: dict[int, bytes] = {}
+        note_blobs = [s.data() for s in sections if s["sh_type"] == "SHT_NOTE"]
+        if not note_blobs:
+            note_blobs = [p.data() for p in segments if p["p_type"] == "PT_NOTE"]
+        for blob in note_blobs:
+            for owner, ntype, desc in _parse_notes(blob):
+                if owner == "Xen":
+                    notes[ntype] = desc
+        xen_guest: dict[str, str] = {}
+        sec = elf.get_section_by_name("__xen_guest")
+        if sec is not None:
+            text = sec.data().split(b"\0", 1)[0].decode("latin-1")
+            for item in text.split(","):
+                key, _, value = item.partition("=")
+                if key.strip():
+                    xen_guest[key.strip()] = value.strip()
+        loads = [
+            (p["p_paddr"], p.data(), p["p_memsz"]) for p in segments
+            if p["p_type"] == "PT_LOAD" and p["p_memsz"]
+        ]
+        e_entry = elf["e_entry"]
+    except ELFError as exc:
+        raise BuildError(f"{name}: not a valid ELF image ({exc})") from None
+    except (struct.error, ValueError, OSError, EOFError) as exc:
+        raise BuildError(f"{name}: malformed ELF image ({exc})") from None
+    return _identify(name, notes, xen_guest, loads, e_entry)
+
+
+def _identify(
+    name: str, notes: dict[int, bytes], xen_guest: dict[str, str],
+    loads: list[tuple[int, bytes, int]], e_entry: int,
+) -> GuestImage:
+    if not notes and not xen_guest:
+        raise BuildError(
+            f"{name}: not a Xen guest kernel: no __xen_guest section and no Xen ELF notes"
+        )
+    if notes:
+        xen_ver = _note_str(notes.get(abi.XEN_ELFNOTE_XEN_VERSION, b""))
+        pae = _note_str(notes.get(abi.XEN_ELFNOTE_PAE_MODE, b"no"))
+        virt_base = _note_int(notes[abi.XEN_ELFNOTE_VIRT_BASE]) \
+            if abi.XEN_ELFNOTE_VIRT_BASE in notes else 0
+        paddr_offset = _note_int(notes[abi.XEN_ELFNOTE_PADDR_OFFSET]) \
+            if abi.XEN_ELFNOTE_PADDR_OFFSET in notes else 0
+        entry = _note_int(notes[abi.XEN_ELFNOTE_ENTRY]) \
+            if abi.XEN_ELFNOTE_ENTRY in notes else e_entry
+        hypercall_page = _note_int(notes[abi.XEN_ELFNOTE_HYPERCALL_PAGE]) \
+            if abi.XEN_ELFNOTE_HYPERCALL_PAGE in notes else None
+        guest_os = _note_str(notes.get(abi.XEN_ELFNOTE_GUEST_OS, b""))
+        loader = _note_str(notes.get(abi.XEN_ELFNOTE_LOADER, b""))
+        features = _note_str(notes.get(abi.XEN_ELFNOTE_FEATURES, b""))
+    else:
+        xen_ver = xen_guest.get("XEN_VER", "")
+        pae = xen_guest.get("PAE", "no")
+        virt_base = _int(xen_guest["VIRT_BASE"], "VIRT_BASE") if "VIRT_BASE" in xen_guest else 0
+        paddr_offset = (_int(xen_guest["ELF_PADDR_OFFSET"], "ELF_PADDR_OFFSET")
+                        if "ELF_PADDR_OFFSET" in xen_guest else virt_base)
+        entry = _int(xen_guest["VIRT_ENTRY"], "VIRT_ENTRY") if "VIRT_ENTRY" in xen_guest \
+            else e_entry
+        hypercall_page = None
+        if "HYPERCALL_PAGE" in xen_guest:
+            pfn = _int(xen_guest["HYPERCALL_PAGE"], "HYPERCALL_PAGE")
+            hypercall_page = virt_base + (pfn << abi.PAGE_SHIFT)
+        guest_os = xen_guest.get("GUEST_OS", "")
+        loader = xen_guest.get("LOADER", "")
+        features = xen_guest.get("FEATURES", "")
+    if not xen_ver.startswith("xen-3.0"):
+        raise BuildError(f"{name}: built for {xen_ver or 'an unnamed Xen'}, not xen-3.0")
+    if pae.startswith("yes"):
+        raise BuildError(
+            f"{name}: a PAE-only kernel (PAE={pae}); xenspec models non-PAE Xen 3.0 x86_32"
+        )
+    if not loads:
+        raise BuildError(f"{name}: no loadable segments")
+    segments = [((p - paddr_offset + virt_base) & 0xFFFFFFFF, data, memsz)
+                for p, data, memsz in loads]
+    image = GuestImage(segments, entry, virt_base, hypercall_page, guest_os, xen_ver,
+                       loader, features, notes, xen_guest)
+    if virt_base & ((1 << abi.L2_PAGETABLE_SHIFT) - 1):
+        raise BuildError(f"{name}: VIRT_BASE {virt_base:#x} is not 4 MB aligned")
+    if image.kernel_start < virt_base or image.kernel_end > abi.HYPERVISOR_VIRT_START:
+        raise BuildError(f"{name}: the image [{image.kernel_start:#x}, {image.kernel_end:#x})"
+                         f" lies outside [VIRT_BASE, HYPERVISOR_VIRT_START)")
+    if not image.kernel_start <= entry < image.kernel_end:
+        raise BuildError(f"{name}: entry point {entry:#x} is outside the image")
+    if hypercall_page is not None and (
+        hypercall_page & (abi.PAGE_SIZE - 1)
+        or not image.kernel_start <= hypercall_page < image.kernel_end
+    ):
+        raise BuildError(f"{name}: hypercall page {hypercall_page:#x} is not a page of the image")
+    return image
+
+
+# ----------------------------------------------------------------------------------------------
+# Building.
+# ----------------------------------------------------------------------------------------------
+def build_domain(
+    hv: Hypervisor, pv: PVPlatform, image: GuestImage, nr_pages: int,
+    cmdline: str = "", privileged: bool = False,
+) -> BuiltDomain:
+    """Create a domain of ``nr_pages`` and lay ``image`` out in it as Xen does."""
+    base = image.virt_base
+    kernel_pages = -(-(image.kernel_end - base) // abi.PAGE_SIZE)
+    p2m_pages = -(-nr_pages * 4 // abi.PAGE_SIZE)
+    p2m_pfn = kernel_pages
+    start_info_pfn = p2m_pfn + p2m_pages
+    stack_pfn = start_info_pfn + 1
+    used = stack_pfn + 1
+    # Page tables: one L2 plus one L1 per 4 MB mapped; round the region to 4 MB with 512 KB
+    # of slack (domain_build.c); never more than the domain has.
+    nr_mapped = -(-(used + _BOOTSTRAP_SLACK_PAGES + 2) // _4MB_PAGES) * _4MB_PAGES
+    nr_mapped += -(-nr_mapped // abi.L1_PAGETABLE_ENTRIES) + 1
+    nr_mapped = -(-nr_mapped // _4MB_PAGES) * _4MB_PAGES
+    nr_mapped = min(nr_mapped, nr_pages)
+    nr_l1 = -(-nr_mapped // abi.L1_PAGETABLE_ENTRIES)
+    if used + nr_l1 + 1 > nr_mapped:
+        raise BuildError(f"the kernel needs more than the domain's {nr_pages} pages")
+    if base + nr_mapped * abi.PAGE_SIZE > abi.HYPERVISOR_VIRT_START:
+        raise BuildError("the bootstrap region would reach the hypervisor hole")
+    try:
+        d = hv.create_domain(nr_pages, privileged=privileged)
+    except OutOfMemory as exc:
+        raise BuildError(str(exc)) from None
+    pv.setup_domain(d)
+    mem = hv.memory
+    mfns = d.page_list
+
+    def write_va(va: int, data: bytes) -> None:
+        pos = 0
+        while pos < len(data):
+            pfn, off = divmod(va + pos - base, abi.PAGE_SIZE)
+            chunk = min(len(data) - pos, abi.PAGE_SIZE - off)
+            mem.write((mfns[pfn] << abi.PAGE_SHIFT) + off, data[pos : pos + chunk])
+            pos += chunk
+
+    for va, data, memsz in image.segments:
+        write_va(va, data[:memsz] + bytes(max(0, memsz - len(data))))
+    if image.hypercall_page is not None:
+        write_va(image.hypercall_page, hypercall_page_contents())
+    write_va(base + p2m_pfn * abi.PAGE_SIZE, struct.pack(f"<{nr_pages}I", *mfns))
+    layout = build_initial_tables(hv, d, nr_mapped, base, user=True)
+    si_va = base + start_info_pfn * abi.PAGE_SIZE
+    si = bytearray(abi.SIZEOF_START_INFO)
+    si[0 : len(abi.XEN_START_INFO_MAGIC)] = abi.XEN_START_INFO_MAGIC
+
+    def put(off: int, value: int) -> None:
+        si[off : off + 4] = (value & 0xFFFFFFFF).to_bytes(4, "little")
+
+    put(abi.START_INFO_nr_pages, nr_pages)
+    put(abi.START_INFO_shared_info, pv.darch(d).shared_info_mfn << abi.PAGE_SHIFT)
+    put(abi.START_INFO_flags, (abi.SIF_PRIVILEGED | abi.SIF_INITDOMAIN) if privileged else 0)
+    put(abi.START_INFO_pt_base, layout.va(layout.pt_base_pfn))
+    put(abi.START_INFO_nr_pt_frames, len(layout.pt_pfns))
+    put(abi.START_INFO_mfn_list, base + p2m_pfn * abi.PAGE_SIZE)
+    cmd = cmdline.encode()[: abi.MAX_GUEST_CMDLINE - 1]
+    si[abi.START_INFO_cmd_line : abi.START_INFO_cmd_line + len(cmd)] = cmd
+    write_va(si_va, bytes(si))
+    regs = CpuUserRegs(
+        eip=image.entry, cs=abi.FLAT_KERNEL_CS, ss=abi.FLAT_KERNEL_SS, ds=abi.FLAT_KERNEL_DS,
+        es=abi.FLAT_KERNEL_DS, fs=abi.FLAT_KERNEL_DS, gs=abi.FLAT_KERNEL_DS,
+        esp=base + (stack_pfn + 1) * abi.PAGE_SIZE, esi=si_va,
+        eflags=abi.X86_EFLAGS_IF | abi.X86_EFLAGS_MBS,
+    )
+    return BuiltDomain(d, image, si_va, regs, nr_mapped)
+
+
+def load_image_file(path: str) -> GuestImage:
+    try:
+        with open(path, "rb") as f:
+            return parse_image(f, name=path)
+    except OSError as exc:
+        raise BuildError(f"{path}: {exc.strerror or exc}") from None

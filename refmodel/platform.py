@@ -1,0 +1,117 @@
+"""The paravirtual x86 platform around the MMU: per-vCPU and per-domain CPU state, the
+hypervisor's pages in the per-domain area, and the registration of the CPU-interface
+hypercalls in ``Hypervisor.hypercall_table``.
+
+Xen 3.0.4 maps into every guest's page directory a per-domain area
+(xen/include/asm-x86/config.h, PERDOMAIN_VIRT_START) holding each vCPU's GDT (Xen's reserved
+entries in page FIRST_RESERVED_GDT_PAGE: its ring-0 and the guest's flat selectors) and LDT.
+The model does the same with read-only supervisor mappings, plus one page of its own (the
+ring-entry stub of the CPU substrate). shared_info is a hypervisor page given to the domain
+(xen/arch/x86/domain.c, arch_domain_create: share_xen_page_with_guest).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from xenspec.refmodel.arch import ArchDomain, ArchVcpu
+from xenspec.refmodel.domain import Domain, Vcpu
+from xenspec.refmodel.hypervisor import Hypervisor
+from xenspec.spec import abi
+from xenspec.spec.pagetable import __PAGE_HYPERVISOR_RO
+
+# The model's stub page: the last page of the per-domain area.
+STUB_VIRT: int = abi.PERDOMAIN_VIRT_START + (abi.PERDOMAIN_MBYTES << 20) - abi.PAGE_SIZE
+_XEN_RO: int = __PAGE_HYPERVISOR_RO
+
+
+def gdt_virt_start(v: Vcpu) -> int:
+    """config.h, GDT_VIRT_START(v): the vCPU's GDT in the per-domain area."""
+    return abi.PERDOMAIN_VIRT_START + (v.vcpu_id << abi.GDT_LDT_VCPU_VA_SHIFT)
+
+
+class PVPlatform:
+    """The CPU interface of one ``Hypervisor``: install once, then set up each domain."""
+
+    def __init__(self, hv: Hypervisor) -> None:
+        from xenspec.refmodel import console, desc, kernel, sched, traps
+
+        self.hv = hv
+        self.arch_v: dict[tuple[int, int], ArchVcpu] = {}
+        self.arch_d: dict[int, ArchDomain] = {}
+        self.console_out: Callable[[int, bytes], None] | None = None
+        # One machine-wide frame with Xen's reserved GDT entries, mapped read-only everywhere.
+        from xenspec.refmodel.cpu import reserved_gdt_page
+
+        self.reserved_gdt_mfn = hv.alloc_domheap_page(None)
+        hv.memory.write(self.reserved_gdt_mfn << abi.PAGE_SHIFT, reserved_gdt_page())
+        self.traps = traps.Traps(self)
+        self.console = console.Console(self)
+        self.sched = sched.Sched(self)
+        self.kernel = kernel.Kernel(self)
+        self.desc = desc.Desc(self)
+        for sub in (self.traps, self.console, self.sched, self.kernel, self.desc):
+            hv.hypercall_table.update(sub.hypercalls())
+
+    def arch(self, v: Vcpu) -> ArchVcpu:
+        key = (v.domain.domain_id, v.vcpu_id)
+        a = self.arch_v.get(key)
+        if a is None:
+            a = self.arch_v[key] = ArchVcpu()
+        return a
+
+    def darch(self, d: Domain) -> ArchDomain:
+        a = self.arch_d.get(d.domain_id)
+        if a is None:
+            a = self.arch_d[d.domain_id] = ArchDomain()
+        return a
+
+    # --- per-domain pages ---------------------------------------------------------------------
+    def perdomain_set(self, d: Domain, va: int, mfn: int | None) -> None:
+        """Map (or unmap) one read-only supervisor page of the per-domain area."""
+        off = va - abi.PERDOMAIN_VIRT_START
+        assert 0 <= off < abi.PERDOMAIN_MBYTES << 20, f"{va:#x} is outside the per-domain area"
+        l1 = d.perdomain_pt[off >> abi.L2_PAGETABLE_SHIFT]
+        index = (off >> abi.PAGE_SHIFT) & (abi.L1_PAGETABLE_ENTRIES - 1)
+        entry = 0 if mfn is None else (mfn << abi.PAGE_SHIFT | _XEN_RO)
+        self.hv.memory.write_entry(l1, index, entry)
+        for v in d.vcpus:
+            v.flush_tlb()
+
+    def setup_domain(self, d: Domain) -> ArchDomain:
+        """Give a new domain its shared_info page, its stub page and each vCPU's GDT page."""
+        hv = self.hv
+        a = self.darch(d)
+        a.shared_info_mfn = hv.alloc_domheap_page(None)
+        hv.frames.owner[a.shared_info_mfn] = d.domain_id  # share_xen_page_with_guest
+        a.stub_mfn = hv.alloc_domheap_page(None)
+        from xenspec.refmodel.cpu import stub_page
+
+        hv.memory.write(a.stub_mfn << abi.PAGE_SHIFT, stub_page())
+        self.perdomain_set(d, STUB_VIRT, a.stub_mfn)
+        for v in d.vcpus:
+            reserved = gdt_virt_start(v) + abi.FIRST_RESERVED_GDT_PAGE * abi.PAGE_SIZE
+            self.perdomain_set(d, reserved, self.reserved_gdt_mfn)
+            # Events start masked (xen/common/domain.c, alloc_vcpu).
+            self.vcpu_info_write8(v, abi.VCPU_INFO_evtchn_upcall_mask, 1)
+        return a
+
+    # --- shared_info ----------------------------------------------------------------------------
+    def vcpu_info_maddr(self, v: Vcpu) -> int:
+        base = self.darch(v.domain).shared_info_mfn << abi.PAGE_SHIFT
+        return base + abi.SHARED_INFO_vcpu_info + v.vcpu_id * abi.SIZEOF_VCPU_INFO
+
+    def vcpu_info_read8(self, v: Vcpu, off: int) -> int:
+        return self.hv.memory.read(self.vcpu_info_maddr(v) + off, 1)[0]
+
+    def vcpu_info_write8(self, v: Vcpu, off: int, value: int) -> None:
+        self.hv.memory.write(self.vcpu_info_maddr(v) + off, bytes([value & 0xFF]))
+
+    def vcpu_info_write32(self, v: Vcpu, off: int, value: int) -> None:
+        data = (value & 0xFFFFFFFF).to_bytes(4, "little")
+        self.hv.memory.write(self.vcpu_info_maddr(v) + off, data)
+
+    def write_console(self, d: Domain, data: bytes) -> None:
+        self.darch(d).console += data
+        if self.console_out is not None:
+            self.console_out(d.domain_id, data)

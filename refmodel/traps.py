@@ -1,0 +1,274 @@
+"""Traps: the guest's virtual IDT, exception bounces, software interrupts and the trap-related
+hypercalls (set_trap_table, stack_switch, set_callbacks, fpu_taskswitch, iret).
+
+Rules from Xen 3.0.4: xen/arch/x86/traps.c (do_set_trap_table, do_fpu_taskswitch,
+do_trap/do_page_fault/do_general_protection propagation, permit_softint,
+emulate_forced_invalid_op), xen/arch/x86/x86_32/traps.c (do_iret, do_set_callbacks,
+do_stack_switch) and xen/arch/x86/x86_32/entry.S (create_bounce_frame). The bounce frame is
+Xen 3.0's: from low to high [error code], EIP, CS with the saved event mask in bits 16-23,
+EFLAGS with IF = !saved mask, and ESP, SS when the guest was in ring 3, on the ring-1 stack
+(the current one, or the ``stack_switch`` stack coming from ring 3). A page fault's CR2 goes
+to ``vcpu_info.arch.cr2``. A trap the guest cannot take (no handler, an unwritable stack, an
+iret to ring 0) crashes the domain only, with the reason recorded.
+
+Not modelled yet: the emulation of privileged instructions (Xen emulates I/O, CR and MSR
+accesses for a ring-1 kernel; here they are bounced as #GP), the fast int 0x80 gate (the
+semantics are the same: the bounce is done by the hypervisor), event delivery, failsafe
+callbacks, the writable-page-table assist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from xenspec.refmodel.arch import CpuUserRegs, TrapInfo
+from xenspec.refmodel.domain import Vcpu
+from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS
+from xenspec.refmodel.uaccess import translate
+from xenspec.spec import abi
+
+if TYPE_CHECKING:
+    from xenspec.refmodel.platform import PVPlatform
+
+# entry.S: the EFLAGS bits Xen clears in the live frame when it bounces.
+_BOUNCE_CLEAR = abi.X86_EFLAGS_TF | abi.X86_EFLAGS_NT | abi.X86_EFLAGS_RF | abi.X86_EFLAGS_VM
+
+# The CPUID leaves the model's processor reports through the forced-emulation prefix: a family
+# 6 Intel part with FPU, TSC, CX8, CMOV, FXSR, SSE, SSE2. Leaf 1 is masked as 3.0.4's
+# emulate_forced_invalid_op does (VME, DE, PSE, PGE cleared; SEP and MTRR too for a ring-1,
+# unprivileged kernel).
+_X86_FEATURE = {"FPU": 0, "VME": 1, "DE": 2, "PSE": 3, "TSC": 4, "MSR": 5, "CX8": 8,
+                "SEP": 11, "MTRR": 12, "PGE": 13, "CMOV": 15, "FXSR": 24, "SSE": 25,
+                "SSE2": 26}
+_CPUID_LEAF1_EDX = sum(1 << b for b in _X86_FEATURE.values())
+_CPUID_LEAF1_MASKED = _CPUID_LEAF1_EDX & ~sum(
+    1 << _X86_FEATURE[f] for f in ("VME", "DE", "PSE", "PGE", "SEP", "MTRR")
+)
+_CPUID_LEAVES = {
+    0: (1, int.from_bytes(b"Genu", "little"), int.from_bytes(b"ntel", "little"),
+        int.from_bytes(b"ineI", "little")),
+    1: (0x000006F6, 0x00000800, 0, _CPUID_LEAF1_MASKED),
+}
+
+
+def fixup_guest_code_selector(sel: int) -> int:
+    """x86_32/traps.c (3.0.2+): a code selector's RPL is raised to at least 1."""
+    sel &= 0xFFFF
+    return sel | 1 if sel & 3 == 0 else sel
+
+
+def fixup_guest_stack_selector(sel: int) -> int:
+    return fixup_guest_code_selector(sel)
+
+
+def selector_is_null(sel: int) -> bool:
+    return (sel & ~3) == 0
+
+
+class Traps:
+    """The trap subsystem of one platform; also the substrate's ``TrapHandlers``."""
+
+    def __init__(self, pv: PVPlatform) -> None:
+        self.pv = pv
+        self.hv = pv.hv
+        self.bounces = 0
+
+    def hypercalls(self) -> dict[int, Callable[..., int]]:
+        return {
+            HYPERCALL_NUMBERS["set_trap_table"]: self.do_set_trap_table,
+            HYPERCALL_NUMBERS["stack_switch"]: self.do_stack_switch,
+            HYPERCALL_NUMBERS["set_callbacks"]: self.do_set_callbacks,
+            HYPERCALL_NUMBERS["fpu_taskswitch"]: self.do_fpu_taskswitch,
+            HYPERCALL_NUMBERS["iret"]: self.do_iret,
+        }
+
+    # ----------------------------------------------------------------------------------------
+    # Hypercalls.
+    # ----------------------------------------------------------------------------------------
+    def do_set_trap_table(self, v: Vcpu, traps: int) -> int:
+        """Hypercall 0: load trap_info entries until one with address 0; NULL clears all."""
+        arch = self.pv.arch(v)
+        if traps == 0:
+            arch.trap_ctxt = [TrapInfo() for _ in range(abi.NR_VECTORS)]
+            return 0
+        size = abi.TRAP_INFO_T.size
+        va = traps
+        while True:
+            raw = self.hv.copy_from_guest(v, va, size) if va + size <= 2**32 else None
+            if raw is None:
+                return -abi.EFAULT
+            vector, flags, cs, address = abi.TRAP_INFO_T.unpack(raw)
+            if address == 0:
+                return 0
+            arch.trap_ctxt[vector] = TrapInfo(flags, fixup_guest_code_selector(cs), address)
+            va += size
+
+    def do_stack_switch(self, v: Vcpu, ss: int, esp: int) -> int:
+        """Hypercall 3: the ring-1 stack for bounces from ring 3 (TSS SS1:ESP1)."""
+        arch = self.pv.arch(v)
+        arch.kernel_ss = fixup_guest_stack_selector(ss)
+        arch.kernel_sp = esp
+        return 0
+
+    def do_set_callbacks(
+        self, v: Vcpu, event_cs: int, event_eip: int, failsafe_cs: int, failsafe_eip: int
+    ) -> int:
+        """Hypercall 4: the event-upcall and failsafe entry points."""
+        arch = self.pv.arch(v)
+        arch.event_callback_cs = fixup_guest_code_selector(event_cs)
+        arch.event_callback_eip = event_eip
+        arch.failsafe_callback_cs = fixup_guest_code_selector(failsafe_cs)
+        arch.failsafe_callback_eip = failsafe_eip
+        return 0
+
+    def do_fpu_taskswitch(self, v: Vcpu, set: int) -> int:
+        """Hypercall 5: set (non-zero) or clear the virtual CR0.TS."""
+        self.pv.arch(v).virtual_ts = bool(set)
+        return 0
+
+    def do_iret(self, v: Vcpu) -> int:
+        """Hypercall 23: pop EAX, EIP, CS, EFLAGS [, ESP, SS] from the guest stack."""
+        cpu = self.pv.arch(v).cpu
+        if cpu is None:
+            return -abi.ENOSYS  # a Python-driven guest has no frame to return through
+        regs = cpu.user_regs()
+        raw = self.hv.copy_from_guest(v, regs.esp, 16)
+        if raw is None:
+            v.domain.crash(f"iret: frame at {regs.esp:#x} is not readable")
+            return 0
+        eax, eip, cs, eflags = (int.from_bytes(raw[i : i + 4], "little") for i in range(0, 16, 4))
+        cs &= 0xFFFF
+        if cs & 3 == 0:
+            v.domain.crash(f"iret to ring 0 ({cs:#x}:{eip:#x})")
+            return 0
+        esp, ss = regs.esp + 16, regs.ss
+        if cs & 3 != 1:
+            more = self.hv.copy_from_guest(v, regs.esp + 16, 8)
+            if more is None:
+                v.domain.crash(f"iret: outer-ring frame at {regs.esp:#x} is not readable")
+                return 0
+            esp = int.from_bytes(more[0:4], "little")
+            ss = int.from_bytes(more[4:8], "little") & 0xFFFF
+        regs.eip, regs.cs, regs.esp, regs.ss = eip, cs, esp, ss
+        regs.eflags = (eflags & ~(abi.X86_EFLAGS_IOPL | abi.X86_EFLAGS_VM)) | abi.X86_EFLAGS_IF
+        self.pv.vcpu_info_write8(
+            v, abi.VCPU_INFO_evtchn_upcall_mask, 0 if eflags & abi.X86_EFLAGS_IF else 1
+        )
+        return eax
+
+    # ----------------------------------------------------------------------------------------
+    # The substrate's entry points (TrapHandlers).
+    # ----------------------------------------------------------------------------------------
+    def hypercall(self, v: Vcpu, nr: int, *args: int) -> int:
+        return self.hv.hypercall(v, nr, *args)
+
+    def software_interrupt(self, v: Vcpu, vector: int, regs: CpuUserRegs) -> None:
+        """``int n``: every Xen gate has DPL 0 except #BP, #OF (3) and 0x82 (1), so INT n
+        is a #GP that Xen turns into a bounce of vector n when the guest registered it with
+        a DPL the current ring may use (traps.c, do_general_protection, permit_softint)."""
+        ring = regs.cs & 3
+        if vector in (abi.TRAP_int3, abi.TRAP_overflow):
+            self.bounce(v, vector, None, regs)
+            return
+        ti = self.pv.arch(v).trap_ctxt[vector]
+        if vector != abi.HYPERCALL_VECTOR and ti.dpl >= ring:
+            self.bounce(v, vector, None, regs)
+            return
+        regs.eip = (regs.eip - 2) & 0xFFFFFFFF  # the #GP points at the int instruction
+        self.bounce(v, abi.TRAP_gp_fault, (vector << 3) | 2, regs)
+
+    def exception(
+        self, v: Vcpu, vector: int, error_code: int, cr2: int, regs: CpuUserRegs
+    ) -> None:
+        if vector == abi.TRAP_page_fault:
+            if cr2 >= abi.HYPERVISOR_VIRT_START and regs.cs & 3 != 3:
+                selector = self.pv.desc.gdt_fault(v, cr2, error_code)
+                if selector == -1:
+                    return
+                if selector is not None:
+                    self.bounce(v, abi.TRAP_gp_fault, selector, regs)
+                    return
+            if self.spurious_page_fault(v, cr2, error_code):
+                return
+            self.pv.vcpu_info_write32(v, abi.VCPU_INFO_arch_cr2, cr2)
+            if regs.cs & 3 == 3:
+                error_code |= abi.PFEC_user_mode
+            else:
+                error_code &= ~abi.PFEC_user_mode
+        elif vector == abi.TRAP_no_device:
+            self.pv.arch(v).virtual_ts = False  # traps.c, math_state_restore
+        elif vector == abi.TRAP_double_fault:
+            v.domain.crash(f"double fault at {regs.cs:#x}:{regs.eip:#x}")
+            return
+        ec = error_code if vector in abi.TRAP_HAS_ERROR_CODE else None
+        self.bounce(v, vector, ec, regs)
+
+    def invalid_opcode(self, v: Vcpu, regs: CpuUserRegs) -> None:
+        """#UD, or the forced-emulation prefix before cpuid (emulate_forced_invalid_op)."""
+        insn = self.hv.copy_from_guest(v, regs.eip, len(abi.XEN_CPUID))
+        if insn == abi.XEN_CPUID:
+            leaf = regs.eax
+            regs.eax, regs.ebx, regs.ecx, regs.edx = _CPUID_LEAVES.get(leaf, (0, 0, 0, 0))
+            regs.eip = (regs.eip + len(abi.XEN_CPUID)) & 0xFFFFFFFF
+            return
+        self.bounce(v, abi.TRAP_invalid_op, None, regs)
+
+    def spurious_page_fault(self, v: Vcpu, cr2: int, error_code: int) -> bool:
+        """A fault the current page tables no longer cause (a stale translation): flush and
+        let the guest retry, as Xen's spurious_page_fault does."""
+        if not error_code & abi.PFEC_page_present and cr2 < abi.HYPERVISOR_VIRT_START:
+            write = bool(error_code & abi.PFEC_write_access)
+            if translate(self.hv.memory, v.guest_table, cr2, write) is not None:
+                user = bool(error_code & abi.PFEC_user_mode)
+                if not user or self._user_ok(v, cr2):
+                    v.flush_tlb()
+                    return True
+        return False
+
+    def _user_ok(self, v: Vcpu, va: int) -> bool:
+        mem = self.hv.memory
+        l2e = mem.read_entry(v.guest_table, va >> abi.L2_PAGETABLE_SHIFT)
+        l1e = mem.read_entry(l2e >> abi.PAGE_SHIFT, (va >> abi.PAGE_SHIFT) & 0x3FF)
+        return bool(l2e & l1e & abi._PAGE_USER)
+
+    # ----------------------------------------------------------------------------------------
+    # create_bounce_frame.
+    # ----------------------------------------------------------------------------------------
+    def bounce(self, v: Vcpu, vector: int, error_code: int | None, regs: CpuUserRegs) -> None:
+        """Deliver ``vector`` to the guest's handler, or crash the domain if it cannot."""
+        arch = self.pv.arch(v)
+        ti = arch.trap_ctxt[vector]
+        d = v.domain
+        where = f"{regs.cs:#x}:{regs.eip:#x}"
+        if selector_is_null(ti.cs):
+            d.crash(f"unhandled trap {vector} (error code {error_code}) at {where}")
+            return
+        from_ring3 = regs.cs & 3 == 3
+        saved_mask = self.pv.vcpu_info_read8(v, abi.VCPU_INFO_evtchn_upcall_mask)
+        eflags = regs.eflags & ~abi.X86_EFLAGS_IF
+        if not saved_mask:
+            eflags |= abi.X86_EFLAGS_IF
+        words: list[int] = []
+        if error_code is not None:
+            words.append(error_code)
+        words += [regs.eip, regs.cs | (saved_mask << 16), eflags]
+        if from_ring3:
+            if selector_is_null(arch.kernel_ss):
+                d.crash(f"trap {vector} from ring 3 at {where} with no kernel stack")
+                return
+            words += [regs.esp, regs.ss]
+            esp, ss = arch.kernel_sp, arch.kernel_ss
+        else:
+            esp, ss = regs.esp, regs.ss
+        frame = b"".join((w & 0xFFFFFFFF).to_bytes(4, "little") for w in words)
+        new_esp = (esp - len(frame)) & 0xFFFFFFFF
+        if esp < len(frame) or not self.hv.copy_to_guest(v, new_esp, frame):
+            d.crash(f"trap {vector} at {where}: cannot write the bounce frame at {new_esp:#x}")
+            return
+        self.bounces += 1
+        regs.esp, regs.ss = new_esp, ss
+        regs.cs, regs.eip = ti.cs, ti.address
+        regs.eflags &= ~_BOUNCE_CLEAR
+        if ti.masks_events:
+            self.pv.vcpu_info_write8(v, abi.VCPU_INFO_evtchn_upcall_mask, 1)

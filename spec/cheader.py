@@ -1,0 +1,60 @@
+"""Generate the C header of ABI constants for guest kernels from ``xenspec.spec.abi``.
+
+The guest runtime and the test kernels (conformance/guests) include the generated
+``xen_abi.h``; nothing in them writes an ABI number by hand (design decision D1). Every integer
+constant of ``abi`` becomes a ``#define`` (usable from C and from assembly); structure layouts
+become ``<NAME>_SIZE``; byte strings become C string literals and, for instruction prefixes,
+an assembler ``.byte`` list. Run ``python -m xenspec.spec.cheader OUT.h``.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+
+from xenspec.spec import abi
+
+
+def _c_string(data: bytes) -> str:
+    return '"' + "".join(chr(b) if 32 <= b < 127 and chr(b) not in '"\\' else f"\\x{b:02x}"
+                         for b in data) + '"'
+
+
+def render() -> str:
+    lines = [
+        "/* Generated from xenspec/spec/abi.py by xenspec.spec.cheader: do not edit. */",
+        "#ifndef XENSPEC_XEN_ABI_H",
+        "#define XENSPEC_XEN_ABI_H",
+    ]
+    for name in vars(abi):
+        if name.startswith("__") and not name.startswith("__HYPERVISOR"):
+            continue
+        value = getattr(abi, name)
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            text = f"{value:#x}" if value > 9 else str(value)
+            lines.append(f"#define {name} {text}")
+        elif isinstance(value, struct.Struct):
+            base = name.removesuffix("_T")
+            lines.append(f"#define {base}_SIZE {value.size}")
+        elif isinstance(value, bytes):
+            lines.append(f"#define {name}_STR {_c_string(value)}")
+            lines.append(f"#define {name}_NBYTES {len(value)}")
+            lines.append(f"#define {name}_BYTES " + ",".join(f"0x{b:02x}" for b in value))
+    lines.append("#endif")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    text = render()
+    if len(argv) > 1:
+        with open(argv[1], "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))
