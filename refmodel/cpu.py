@@ -257,13 +257,12 @@ class _Engine:
 
     def enter_ring(
         self, regs: CpuUserRegs, stub_va: int, frame_va: int,
-        write_frame: Callable[[bytes], None], saved: bool,
+        write_frame: Callable[[bytes], None],
     ) -> None:
         """Load ``regs`` with a CS/SS change: go to CPL 0 in the saved context, load the data
         segments and GPRs, and point EIP at the ``iret`` stub over a frame EIP, CS, EFLAGS,
         ESP, SS. The stub runs as the first instruction when emulation resumes."""
-        if not saved:
-            self.save()
+        self.save()
         self.set_saved_cpl(0)
         self.restore()
         for s in _SEGMENTS:
@@ -322,7 +321,6 @@ class UnicornCPU:
         self.virtual_ts: Callable[[], bool] = lambda: False
         self._regs: CpuUserRegs | None = None
         self._orig: CpuUserRegs | None = None
-        self._saved = False
         self.stop_reason: str | None = None
         self.instructions_hint = 0
         self.traps = 0
@@ -341,7 +339,7 @@ class UnicornCPU:
     def start(self, regs: CpuUserRegs) -> None:
         """Load the initial register state (the domain builder's) through the iret stub."""
         regs.eflags = _check_eflags(regs.eflags)
-        self.engine.enter_ring(regs, self.stub_va, self.frame_va, self._write_frame, saved=False)
+        self.engine.enter_ring(regs, self.stub_va, self.frame_va, self._write_frame)
 
     def run(self, timeout_us: int = 0) -> None:
         """Run until the domain stops (shutdown or crash) or ``timeout_us`` passes."""
@@ -381,10 +379,11 @@ class UnicornCPU:
                     self.handlers.software_interrupt(self.v, intno, self.user_regs())
             else:
                 eng.save()
-                self._saved = True
                 is_int = eng.saved_exception_is_int
+                error_code = eng.saved_error_code
                 if not is_int:
                     eng.reset_old_exception()
+                    eng.restore()
                 regs = self.user_regs()
                 if regs.eip == self.stub_va:
                     self.v.domain.crash(
@@ -396,7 +395,7 @@ class UnicornCPU:
                     if intno == abi.TRAP_no_device and self._real_ts:
                         self._set_ts(False)
                     cr2 = eng.read(x86.UC_X86_REG_CR2) if intno == abi.TRAP_page_fault else 0
-                    self.handlers.exception(self.v, intno, eng.saved_error_code, cr2, regs)
+                    self.handlers.exception(self.v, intno, error_code, cr2, regs)
             self._return_to_guest()
         except BaseException as exc:  # never let an exception unwind through Unicorn
             self.v.domain.crash(f"hypervisor bug: {type(exc).__name__}: {exc}")
@@ -431,10 +430,7 @@ class UnicornCPU:
         eng = self.engine
         v = self.v
         if not v.domain.is_running:
-            if self._saved:
-                eng.restore()
             self._regs = self._orig = None
-            self._saved = False
             self.uc.emu_stop()
             return
         if v.guest_table != self._cr3:
@@ -452,17 +448,12 @@ class UnicornCPU:
             self._set_ts(want_ts)
         regs, orig = self._regs, self._orig
         self._regs = self._orig = None
-        saved, self._saved = self._saved, False
         if regs is None or orig is None:
-            if saved:
-                eng.restore()
             return
         regs.eflags = _check_eflags(regs.eflags)
         if regs.cs != orig.cs or regs.ss != orig.ss:
-            eng.enter_ring(regs, self.stub_va, self.frame_va, self._write_frame, saved)
+            eng.enter_ring(regs, self.stub_va, self.frame_va, self._write_frame)
             return
-        if saved:
-            eng.restore()
         for name in _REG_NAMES:
             value = getattr(regs, name)
             if value != getattr(orig, name):
@@ -536,7 +527,7 @@ def _run_selftest() -> None:
         uc.mem_write(0x4000 + FRAME_OFFSET, frame)
 
     def enter(regs: CpuUserRegs) -> None:
-        eng.enter_ring(regs, 0x4000, 0x4000 + FRAME_OFFSET, write_frame, saved=False)
+        eng.enter_ring(regs, 0x4000, 0x4000 + FRAME_OFFSET, write_frame)
 
     def hook_wrapper(uc_: Any, intno: int, u: Any) -> None:
         if intno == 0x82:

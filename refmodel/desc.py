@@ -123,21 +123,21 @@ class Desc:
         return rc
 
     # --- faults in the GDT area ----------------------------------------------------------------
-    def gdt_fault(self, v: Vcpu, cr2: int, error_code: int) -> int | None:
-        """A fault at ``cr2`` in this vCPU's GDT: None if it is not one; completed (the
-        CPU's accessed-bit write) as -1; otherwise the #GP error code (the selector) to deliver."""
+    def complete_accessed_bit(self, v: Vcpu, cr2: int, error_code: int) -> bool:
+        """Complete the CPU's write of a loaded descriptor's accessed bit into this vCPU's GDT
+        (Xen's mapping is writable; the model's read-only). True if that is what faulted."""
         from xenspec.refmodel.platform import gdt_virt_start
 
         off = cr2 - gdt_virt_start(v)
-        if not 0 <= off < abi.GDT_PAGES * abi.PAGE_SIZE:
-            return None
+        if not 0 <= off < abi.GDT_PAGES * abi.PAGE_SIZE or not error_code & abi.PFEC_write_access:
+            return False
         arch = self.pv.arch(v)
         page = off >> abi.PAGE_SHIFT
-        if page < len(arch.gdt_frames) and error_code & abi.PFEC_write_access:
-            maddr = (arch.gdt_frames[page] << abi.PAGE_SHIFT) + (off & ~7 & 0xFFF)
-            hi = int.from_bytes(self.hv.memory.read(maddr + 4, 4), "little")
-            if hi & abi._SEGMENT_P and hi & abi._SEGMENT_S:
-                self.hv.memory.write(maddr + 4, (hi | abi._SEGMENT_ACCESSED).to_bytes(4, "little"))
-                v.flush_tlb()
-                return -1
-        return off & ~7
+        if page >= len(arch.gdt_frames):
+            return False
+        maddr = (arch.gdt_frames[page] << abi.PAGE_SHIFT) + (off & 0xFF8) + 4
+        hi = int.from_bytes(self.hv.memory.read(maddr, 4), "little")
+        if not hi & abi._SEGMENT_P or not hi & abi._SEGMENT_S or hi & abi._SEGMENT_ACCESSED:
+            return False
+        self.hv.memory.write(maddr, (hi | abi._SEGMENT_ACCESSED).to_bytes(4, "little"))
+        return True

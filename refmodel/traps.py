@@ -182,13 +182,15 @@ class Traps:
         self, v: Vcpu, vector: int, error_code: int, cr2: int, regs: CpuUserRegs
     ) -> None:
         if vector == abi.TRAP_page_fault:
-            if cr2 >= abi.HYPERVISOR_VIRT_START and regs.cs & 3 != 3:
-                selector = self.pv.desc.gdt_fault(v, cr2, error_code)
-                if selector == -1:
+            if cr2 >= abi.GUEST_SEGMENT_MAX_ADDR:
+                # Above the end of the guest's flat segments Xen's guest takes a #GP(0) from
+                # the segment limit before paging is consulted; the emulator checks no limits,
+                # so the model turns the page fault into that #GP. The one exception is the
+                # CPU's own accessed-bit write into the GDT.
+                if self.pv.desc.complete_accessed_bit(v, cr2, error_code):
                     return
-                if selector is not None:
-                    self.bounce(v, abi.TRAP_gp_fault, selector, regs)
-                    return
+                self.bounce(v, abi.TRAP_gp_fault, 0, regs)
+                return
             if self.spurious_page_fault(v, cr2, error_code):
                 return
             self.pv.vcpu_info_write32(v, abi.VCPU_INFO_arch_cr2, cr2)

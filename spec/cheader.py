@@ -4,7 +4,7 @@ The guest runtime and the test kernels (conformance/guests) include the generate
 ``xen_abi.h``; nothing in them writes an ABI number by hand (design decision D1). Every integer
 constant of ``abi`` becomes a ``#define`` (usable from C and from assembly); structure layouts
 become ``<NAME>_SIZE``; byte strings become C string literals and, for instruction prefixes,
-an assembler ``.byte`` list. Run ``python -m xenspec.spec.cheader OUT.h``.
+a ``.byte`` list and an inline-assembly string of it. Run ``python -m xenspec.spec.cheader OUT.h``.
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ def render() -> str:
         elif isinstance(value, bytes):
             lines.append(f"#define {name}_STR {_c_string(value)}")
             lines.append(f"#define {name}_NBYTES {len(value)}")
-            lines.append(f"#define {name}_BYTES " + ",".join(f"0x{b:02x}" for b in value))
+            byte_list = ",".join(f"0x{b:02x}" for b in value)
+            lines.append(f"#define {name}_BYTES {byte_list}")
+            lines.append(f'#define {name}_ASM ".byte {byte_list}"')
     lines.append("#endif")
     return "\n".join(lines) + "\n"
 

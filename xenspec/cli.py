@@ -17,22 +17,75 @@ def main() -> None:
 
 
 @main.command()
+@click.argument("guest", required=False, type=click.Path(dir_okay=False))
+@click.option("--scenario", type=click.Choice(["mmu"]), default=None,
+              help="Run a built-in scenario instead of a guest kernel.")
 @click.option("--trace", is_flag=True, help="Print every hypercall with its arguments and result.")
 @click.option("--check-invariants", is_flag=True,
-              help="Check every invariant after each step, not only at the end.")
+              help="Check every invariant after each step, not only at the end (mmu scenario).")
 @click.option("--memory", "memory_mb", default=256, show_default=True,
               type=click.IntRange(16, 4096), help="Machine memory in MB.")
-@click.option("--domain-memory", "domain_mb", default=64, show_default=True,
-              type=click.IntRange(1, 1024), help="Memory of the first domain in MB.")
-def run(trace: bool, check_invariants: bool, memory_mb: int, domain_mb: int) -> None:
-    """Run the built-in scenario on the reference hypervisor.
+@click.option("--domain-memory", "domain_mb", default=None, type=click.IntRange(1, 1024),
+              help="Memory of the (first) domain in MB [guest: 16, mmu scenario: 64].")
+@click.option("--cmdline", default="", help="The guest's command line (start_info.cmd_line).")
+@click.option("--timeout", "timeout_s", default=0.0, type=click.FloatRange(0),
+              help="Stop a guest that has not shut down after this many seconds (0: never).")
+def run(guest: str | None, scenario: str | None, trace: bool, check_invariants: bool,
+        memory_mb: int, domain_mb: int | None, cmdline: str, timeout_s: float) -> None:
+    """Boot GUEST (a Xen 3.0 x86_32 non-PAE kernel ELF) on the reference hypervisor, print
+    its console and exit with its shutdown reason: poweroff 0, crash 1, reboot 2, suspend 3,
+    no shutdown 4.
 
-    Two paravirtual domains build page tables through mmu_update, mmuext_op and
-    update_va_mapping, then try what Xen must refuse (mapping the hypervisor hole, writable
-    page tables, foreign frames). Each step is compared with Xen 3.0.4's result; the exit
-    status is non-zero if any step differs or an invariant breaks. Booting guest ELF kernels
-    is not implemented yet.
+    With no GUEST, run the built-in MMU scenario (also ``--scenario mmu``): two
+    paravirtual domains build page tables through mmu_update, mmuext_op and
+    update_va_mapping, then try what Xen must refuse; each step is compared with Xen 3.0.4's
+    result and the exit status is non-zero if any step differs or an invariant breaks.
     """
+    if guest is not None and scenario is not None:
+        raise click.UsageError("give a GUEST or a --scenario, not both")
+    if guest is None:
+        _run_mmu_scenario(trace, check_invariants, memory_mb, domain_mb or 64)
+        return
+    sys.exit(_run_guest(guest, trace, memory_mb, domain_mb or 16, cmdline, timeout_s))
+
+
+def _run_guest(path: str, trace: bool, memory_mb: int, domain_mb: int, cmdline: str,
+               timeout_s: float) -> int:
+    from xenspec.refmodel.boot import boot
+    from xenspec.refmodel.builder import BuildError
+    from xenspec.refmodel.hypervisor import HypercallRecord, HypervisorBug
+
+    if domain_mb + 4 >= memory_mb:
+        raise click.UsageError(f"a {domain_mb} MB domain does not fit a {memory_mb} MB machine")
+
+    def console(data: bytes) -> None:
+        sys.stdout.write(data.decode("latin-1"))
+        sys.stdout.flush()
+
+    def on_trace(record: HypercallRecord) -> None:
+        click.echo(f"(XEN) {record}", err=True)
+
+    try:
+        result = boot(path, memory_mb=memory_mb, domain_mb=domain_mb, cmdline=cmdline,
+                      trace=trace, console=console, timeout_s=timeout_s,
+                      on_trace=on_trace if trace else None)
+    except BuildError as exc:
+        click.echo(f"xenspec: cannot build the domain: {exc}", err=True)
+        return 2
+    except HypervisorBug as exc:
+        click.echo(f"xenspec: BUG in the reference hypervisor: {exc}", err=True)
+        return 70
+    if result.reason is None:
+        how = "timed out" if result.timed_out else "stopped without shutting down"
+        click.echo(f"(XEN) domain 0 {how}", err=True)
+    else:
+        why = f": {result.crash_reason}" if result.crash_reason else ""
+        click.echo(f"(XEN) domain 0 shut down: {result.reason.name}{why}", err=True)
+    return result.exit_status
+
+
+def _run_mmu_scenario(trace: bool, check_invariants: bool, memory_mb: int,
+                      domain_mb: int) -> None:
     from xenspec.refmodel.hypervisor import OutOfMemory
     from xenspec.refmodel.scenario import MMUTour
 

@@ -1,0 +1,45 @@
+"""``xenspec run``: a guest's console and exit status, one error line for a bad image, the
+built-in MMU scenario."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conformance.guests.build import build_guest, toolchain_available
+from xenspec.cli import main
+
+needs_gcc = pytest.mark.skipif(not toolchain_available(), reason="needs gcc and ld")
+
+
+@needs_gcc
+def test_run_guest_prints_console_and_trace() -> None:
+    r = CliRunner().invoke(main, ["run", str(build_guest("hello")), "--trace"])
+    assert r.exit_code == 0, r.output
+    assert "Test result: SUCCESS" in r.output
+    assert "set_trap_table(" in r.output
+    assert "shut down: poweroff" in r.output
+
+
+@needs_gcc
+def test_run_guest_exit_status_follows_shutdown_reason() -> None:
+    r = CliRunner().invoke(main, ["run", str(build_guest("crash")), "--cmdline", "iret-ring0"])
+    assert r.exit_code == 1
+    assert "iret to ring 0" in r.output
+
+
+def test_run_bad_image_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.elf"
+    bad.write_bytes(b"not an elf")
+    r = CliRunner().invoke(main, ["run", str(bad)])
+    assert r.exit_code == 2
+    assert "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+def test_run_mmu_scenario() -> None:
+    r = CliRunner().invoke(main, ["run", "--scenario", "mmu"])
+    assert r.exit_code == 0, r.output
+    assert "gave Xen's result" in r.output

@@ -1,0 +1,110 @@
+"""Boot the guest test kernels of conformance/guests on the reference hypervisor.
+
+Each kernel reports in XTF's words; the hostile ones must crash their own domain with a
+reason, never the model. Needs the machine's gcc -m32 and ld (skipped without them).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from conformance.guests.build import build_guest, toolchain_available
+from xenspec.refmodel.boot import BootResult, boot
+from xenspec.refmodel.builder import BuildError
+from xenspec.refmodel.domain import ShutdownReason
+
+pytestmark = pytest.mark.skipif(not toolchain_available(), reason="needs gcc and ld")
+
+# A guard against a hung guest, not a timing assertion: every guest here finishes in well
+# under a second.
+HANG_GUARD_S = 60.0
+
+
+def run(name: str, cmdline: str = "", **kw: object) -> BootResult:
+    return boot(str(build_guest(name)), cmdline=cmdline, timeout_s=HANG_GUARD_S, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "name", ["hello", "xen_version", "console_sched", "traps", "ring3", "xen_guest_section"]
+)
+def test_guest_succeeds(name: str) -> None:
+    r = run(name)
+    assert r.test_result == "SUCCESS", r.console
+    assert r.reason is ShutdownReason.poweroff
+    assert r.exit_status == 0
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "reason", "status"),
+    [("0", ShutdownReason.poweroff, 0), ("1", ShutdownReason.reboot, 2),
+     ("2", ShutdownReason.suspend, 3), ("3", ShutdownReason.crash, 1),
+     ("1c", ShutdownReason.reboot, 2), ("3c", ShutdownReason.crash, 1)],
+)
+def test_shutdown_reasons(cmdline: str, reason: ShutdownReason, status: int) -> None:
+    r = run("shutdown_reasons", cmdline)
+    assert r.reason is reason
+    assert r.exit_status == status
+
+
+@pytest.mark.parametrize(
+    ("mode", "why"),
+    [
+        ("unhandled", "unhandled trap 14"),
+        ("no-kernel-stack", "no kernel stack"),
+        ("bad-kernel-stack", "cannot write the bounce frame"),
+        ("iret-ring0", "iret to ring 0"),
+        ("stack-in-hole", "cannot write the bounce frame"),
+        ("bad-handler-cs", "unhandled trap 14"),
+        ("guest-crash", "SHUTDOWN_crash"),
+        ("unknown-reason", "unknown reason 77"),
+    ],
+)
+def test_hostile_guest_crashes_only_itself(mode: str, why: str) -> None:
+    r = run("crash", mode)
+    assert r.reason is ShutdownReason.crash, r.console
+    assert r.crash_reason is not None and why in r.crash_reason
+    assert r.test_result == "CRASH"
+
+
+def test_spinning_guest_is_stopped_by_the_guard() -> None:
+    r = boot(str(build_guest("crash")), cmdline="spin", timeout_s=0.5)
+    assert r.reason is None and r.timed_out
+
+
+def test_trace_records_hypercalls() -> None:
+    r = run("hello", trace=True)
+    names = [str(t).split()[1].split("(")[0] for t in r.trace]
+    assert names[:2] == ["update_va_mapping", "set_trap_table"]
+    assert names[-1] == "sched_op"
+
+
+def test_pae_only_kernel_is_refused() -> None:
+    with pytest.raises(BuildError, match="PAE-only"):
+        boot(str(build_guest("pae_only")))
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [(b"", "not a valid ELF"), (b"\x7fELF" + b"\x01" * 60, "ELF"),
+     (b"hello world" * 10, "not a valid ELF")],
+)
+def test_malformed_images_are_one_error(tmp_path: object, data: bytes, message: str) -> None:
+    from pathlib import Path
+
+    p = Path(str(tmp_path)) / "bad.elf"
+    p.write_bytes(data)
+    with pytest.raises(BuildError, match=message):
+        boot(str(p))
+
+
+def test_elf_without_xen_identification(tmp_path: object) -> None:
+    import subprocess
+    from pathlib import Path
+
+    d = Path(str(tmp_path))
+    (d / "a.s").write_text(".globl _start\n_start: jmp _start\n")
+    subprocess.run(["gcc", "-m32", "-c", str(d / "a.s"), "-o", str(d / "a.o")], check=True)
+    subprocess.run(["ld", "-m", "elf_i386", "-Ttext=0xC0000000", str(d / "a.o"), "-o",
+                    str(d / "a.elf")], check=True)
+    with pytest.raises(BuildError, match="not a Xen guest kernel"):
+        boot(str(d / "a.elf"))
