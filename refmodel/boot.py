@@ -29,6 +29,7 @@ class BootResult:
     traps: int
     bounces: int
     trace: list[HypercallRecord] = field(default_factory=list)
+    hv: Hypervisor | None = None  # the machine, for checks after the run
 
     @property
     def test_result(self) -> str:
@@ -90,6 +91,7 @@ def boot(
         traps=cpu.traps,
         bounces=pv.traps.bounces,
         trace=list(hv.trace or []),
+        hv=hv,
     )
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conformance.guests.build import build_guest, toolchain_available
 from xenspec.cli import main
+from xenspec.conformance.guests.build import build_guest, toolchain_available
 
 needs_gcc = pytest.mark.skipif(not toolchain_available(), reason="needs gcc and ld")
 
@@ -43,3 +43,11 @@ def test_run_mmu_scenario() -> None:
     r = CliRunner().invoke(main, ["run", "--scenario", "mmu"])
     assert r.exit_code == 0, r.output
     assert "gave Xen's result" in r.output
+
+
+@needs_gcc
+def test_run_without_a_guest_boots_the_demo() -> None:
+    r = CliRunner().invoke(main, ["run"])
+    assert r.exit_code == 0, r.output
+    assert "process: running in ring 3" in r.output
+    assert "Test result: SUCCESS" in r.output

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from conformance.guests.build import build_guest, toolchain_available
+from xenspec.conformance.guests.build import build_guest, toolchain_available
 from xenspec.refmodel.boot import BootResult, boot
 from xenspec.refmodel.builder import BuildError
 from xenspec.refmodel.domain import ShutdownReason
+from xenspec.refmodel.view import check_invariants
 
 pytestmark = pytest.mark.skipif(not toolchain_available(), reason="needs gcc and ld")
 
@@ -25,13 +26,17 @@ def run(name: str, cmdline: str = "", **kw: object) -> BootResult:
 
 
 @pytest.mark.parametrize(
-    "name", ["hello", "xen_version", "console_sched", "traps", "ring3", "xen_guest_section"]
+    "name",
+    ["hello", "xen_version", "console_sched", "traps", "ring3", "desc", "demo",
+     "xen_guest_section"],
 )
 def test_guest_succeeds(name: str) -> None:
     r = run(name)
     assert r.test_result == "SUCCESS", r.console
     assert r.reason is ShutdownReason.poweroff
     assert r.exit_status == 0
+    assert r.hv is not None
+    assert check_invariants(r.hv) == []
 
 
 @pytest.mark.parametrize(
@@ -64,6 +69,8 @@ def test_hostile_guest_crashes_only_itself(mode: str, why: str) -> None:
     assert r.reason is ShutdownReason.crash, r.console
     assert r.crash_reason is not None and why in r.crash_reason
     assert r.test_result == "CRASH"
+    assert r.hv is not None
+    assert check_invariants(r.hv) == []
 
 
 def test_spinning_guest_is_stopped_by_the_guard() -> None:

@@ -18,8 +18,8 @@ def main() -> None:
 
 @main.command()
 @click.argument("guest", required=False, type=click.Path(dir_okay=False))
-@click.option("--scenario", type=click.Choice(["mmu"]), default=None,
-              help="Run a built-in scenario instead of a guest kernel.")
+@click.option("--scenario", type=click.Choice(["demo", "mmu"]), default=None,
+              help="Run a built-in scenario instead of a guest kernel [default: demo].")
 @click.option("--trace", is_flag=True, help="Print every hypercall with its arguments and result.")
 @click.option("--check-invariants", is_flag=True,
               help="Check every invariant after each step, not only at the end (mmu scenario).")
@@ -36,16 +36,34 @@ def run(guest: str | None, scenario: str | None, trace: bool, check_invariants: 
     its console and exit with its shutdown reason: poweroff 0, crash 1, reboot 2, suspend 3,
     no shutdown 4.
 
-    With no GUEST, run the built-in MMU scenario (also ``--scenario mmu``): two
-    paravirtual domains build page tables through mmu_update, mmuext_op and
-    update_va_mapping, then try what Xen must refuse; each step is compared with Xen 3.0.4's
-    result and the exit status is non-zero if any step differs or an invariant breaks.
+    With no GUEST, boot the demo guest (``--scenario demo``, built from
+    conformance/guests/demo.c with the machine's gcc): a ring-1 kernel runs a ring-3 process
+    through int 0x80 system calls and gives it memory on demand from its page-fault handler
+    through mmu_update.
+
+    ``--scenario mmu`` runs the built-in MMU scenario instead: two paravirtual domains build
+    page tables through mmu_update, mmuext_op and update_va_mapping, then try what Xen must
+    refuse; each step is compared with Xen 3.0.4's result and the exit status is non-zero if
+    any step differs or an invariant breaks.
     """
     if guest is not None and scenario is not None:
         raise click.UsageError("give a GUEST or a --scenario, not both")
-    if guest is None:
+    if scenario == "mmu":
         _run_mmu_scenario(trace, check_invariants, memory_mb, domain_mb or 64)
         return
+    if guest is None:
+        from xenspec.conformance.guests.build import (
+            GuestBuildError,
+            build_guest,
+            toolchain_available,
+        )
+
+        if not toolchain_available():
+            raise click.ClickException("the demo guest needs gcc and ld to build")
+        try:
+            guest = str(build_guest("demo"))
+        except GuestBuildError as exc:
+            raise click.ClickException(f"building the demo guest failed: {exc}") from exc
     sys.exit(_run_guest(guest, trace, memory_mb, domain_mb or 16, cmdline, timeout_s))
 
 
