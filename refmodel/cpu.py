@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import struct
 from collections.abc import Callable
 from dataclasses import fields
 from typing import Any, Protocol
@@ -64,6 +65,7 @@ _CR0_PG = 0x80000000
 _CR0_BASE = _CR0_PE | _CR0_MP | _CR0_ET | _CR0_NE | _CR0_WP | _CR0_PG
 
 _IRET = b"\xcf"
+_FRAME = struct.Struct("<5I")  # the ring-entry frame: EIP, CS, EFLAGS, ESP, SS
 _XEN_CS: int = abi.HYPERVISOR_CS
 _XEN_DS: int = abi.HYPERVISOR_DS
 _NEVER = 0xFFFFFFFFFFFFFFFF  # an "until" address the 32-bit PC never reaches
@@ -83,7 +85,7 @@ _GPRS = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp")
 
 
 def _hypercall_arg_ids() -> tuple[int, ...]:
-    return tuple(_REG_IDS[r] for r in ("eax", "ebx", "ecx", "edx", "esi", "edi"))
+    return tuple(_REG_IDS[r] for r in ("cs", "eax", "ebx", "ecx", "edx", "esi", "edi"))
 
 
 class SubstrateError(RuntimeError):
@@ -173,10 +175,18 @@ class _Engine:
         self._all_ptrs = (ctypes.c_void_p * n)(
             *(ctypes.addressof(self._all_vals) + i * size for i in range(n))
         )
-        self._hc_ids = (ctypes.c_int * 6)(*_hypercall_arg_ids())
-        self._hc_vals = (ctypes.c_uint64 * 6)()
-        self._hc_ptrs = (ctypes.c_void_p * 6)(
-            *(ctypes.addressof(self._hc_vals) + i * size for i in range(6))
+        # The batch enter_ring loads: data segments, GPRs, then ESP and EIP.
+        entry = (*_SEGMENTS, *_GPRS, "esp", "eip")
+        self._entry_n = len(entry)
+        self._entry_ids = (ctypes.c_int * len(entry))(*(_REG_IDS[r] for r in entry))
+        self._entry_vals = (ctypes.c_uint64 * len(entry))()
+        self._entry_ptrs = (ctypes.c_void_p * len(entry))(
+            *(ctypes.addressof(self._entry_vals) + i * size for i in range(len(entry)))
+        )
+        self._hc_ids = (ctypes.c_int * 7)(*_hypercall_arg_ids())
+        self._hc_vals = (ctypes.c_uint64 * 7)()
+        self._hc_ptrs = (ctypes.c_void_p * 7)(
+            *(ctypes.addressof(self._hc_vals) + i * size for i in range(7))
         )
 
     # --- registers ------------------------------------------------------------------------
@@ -191,22 +201,22 @@ class _Engine:
         if err:
             raise unicorn.UcError(err)
 
-    def read_hypercall_args(self) -> tuple[int, ...]:
-        vals = self._hc_vals
-        for i in range(6):
-            vals[i] = 0
-        self._lib.uc_reg_read_batch(self._uch, self._hc_ids, self._hc_ptrs, 6)
-        return tuple(int(x) & 0xFFFFFFFF for x in vals)
+    def read_hypercall_args(self) -> list[int]:
+        """CS, EAX, EBX, ECX, EDX, ESI, EDI in one call. Unicorn writes the low 2 or 4 bytes
+        of each 8-byte slot and the upper bytes are never set, so no masking is needed."""
+        self._lib.uc_reg_read_batch(self._uch, self._hc_ids, self._hc_ptrs, 7)
+        return self._hc_vals[:]
 
     def read_all(self) -> CpuUserRegs:
         vals = self._all_vals
-        for i in range(len(_REG_NAMES)):
-            vals[i] = 0
         self._lib.uc_reg_read_batch(self._uch, self._all_ids, self._all_ptrs, len(_REG_NAMES))
-        regs = CpuUserRegs(*(int(x) & 0xFFFFFFFF for x in vals))
-        for s in ("cs", "ss", *_SEGMENTS):
-            setattr(regs, s, getattr(regs, s) & 0xFFFF)
-        return regs
+        m = 0xFFFFFFFF
+        w = 0xFFFF
+        return CpuUserRegs(
+            vals[0] & m, vals[1] & m, vals[2] & m, vals[3] & m, vals[4] & m, vals[5] & m,
+            vals[6] & m, vals[7] & m, vals[8] & w, vals[9] & m, vals[10] & m, vals[11] & w,
+            vals[12] & w, vals[13] & w, vals[14] & w, vals[15] & w,
+        )
 
     # --- the saved context -----------------------------------------------------------------
     def save(self) -> None:
@@ -265,17 +275,17 @@ class _Engine:
         self.save()
         self.set_saved_cpl(0)
         self.restore()
-        for s in _SEGMENTS:
-            self.write(_REG_IDS[s], getattr(regs, s))
-        for r in _GPRS:
-            self.write(_REG_IDS[r], getattr(regs, r))
-        frame = b"".join(
-            (x & 0xFFFFFFFF).to_bytes(4, "little")
-            for x in (regs.eip, regs.cs, regs.eflags, regs.esp, regs.ss)
-        )
-        write_frame(frame)
-        self.write(x86.UC_X86_REG_ESP, frame_va)
-        self.write(x86.UC_X86_REG_EIP, stub_va)
+        write_frame(_FRAME.pack(regs.eip & 0xFFFFFFFF, regs.cs, regs.eflags & 0xFFFFFFFF,
+                                regs.esp & 0xFFFFFFFF, regs.ss))
+        vals = self._entry_vals
+        vals[0], vals[1], vals[2], vals[3] = regs.es, regs.ds, regs.fs, regs.gs
+        vals[4], vals[5], vals[6], vals[7] = regs.eax, regs.ebx, regs.ecx, regs.edx
+        vals[8], vals[9], vals[10] = regs.esi, regs.edi, regs.ebp
+        vals[11], vals[12] = frame_va, stub_va
+        err = self._lib.uc_reg_write_batch(self._uch, self._entry_ids, self._entry_ptrs,
+                                           self._entry_n)
+        if err:
+            raise unicorn.UcError(err)
 
 
 def _check_eflags(eflags: int) -> int:
@@ -367,10 +377,9 @@ class UnicornCPU:
             self.traps += 1
             eng = self.engine
             if intno >= 32:
-                cpl = eng.read(x86.UC_X86_REG_CS) & 3
-                if intno == abi.HYPERCALL_VECTOR and cpl == 1:
-                    args = eng.read_hypercall_args()
-                    rc = self.handlers.hypercall(self.v, *args)
+                args = eng.read_hypercall_args()
+                if intno == abi.HYPERCALL_VECTOR and args[0] & 3 == 1:
+                    rc = self.handlers.hypercall(self.v, *args[1:])
                     if self._regs is not None:
                         self._regs.eax = rc
                     else:
