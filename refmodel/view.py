@@ -12,7 +12,7 @@ from collections.abc import Callable
 from xenspec.refmodel.domain import Vcpu
 from xenspec.refmodel.hypervisor import Hypervisor
 from xenspec.refmodel.memory import PGC_allocated, PGT_pinned, PGT_validated
-from xenspec.spec.invariants import INVARIANTS, count_violations
+from xenspec.spec.invariants import COUNTER_INVARIANTS, INVARIANTS, count_violations
 from xenspec.spec.pagetable import pte_present
 
 
@@ -117,6 +117,10 @@ class ConcreteView:
 def check_invariants(hv: Hypervisor) -> list[str]:
     """Evaluate every invariant on the model's current state; the ids that fail, with detail."""
     view = ConcreteView(hv)
-    failures = [f"{inv.id}: {inv.statement}" for inv in INVARIANTS if not inv.check(view)]
+    failures = [
+        f"{inv.id}: {inv.statement}"
+        for inv in INVARIANTS + COUNTER_INVARIANTS
+        if not inv.check(view)
+    ]
     failures += [f"INV-COUNT: {line}" for line in count_violations(view)]
     return failures

@@ -5,9 +5,10 @@ checks a concrete reference-model state (``xenspec.refmodel.view``) and, given a
 yields the Z3 formula the proofs use. A table is "in use" when it has its page-table type and is
 validated: only then do its entries hold references (mm.c, alloc_l?_table / free_l?_table).
 
-INV-COUNT relates counts to the number of references that exist; its concrete definition is
-here, and its symbolic encoding needs ghost reverse maps (planned with the proofs), so
-``inv_count`` is evaluated on concrete states only for now.
+INV-COUNT relates the reference model's counters to the references that exist. The
+specification abstracts each count to whether references exist (Xen's rules only ever test a
+count against zero), so INV-COUNT and INV-VALID are the refinement relation between the two:
+they are evaluated on every concrete state, not proved symbolically.
 """
 
 from __future__ import annotations
@@ -110,14 +111,31 @@ def inv_own(s: StateView) -> Bool:
 
 
 def inv_pin(s: StateView) -> Bool:
-    """INV-PIN: a pinned frame is a validated L1 or L2 table holding a type reference."""
+    """INV-PIN: a pinned frame is a validated L1 or L2 table."""
     return s.forall_frames(
         lambda f: s.implies(
             s.pinned(f),
             lambda: s.and_(
                 s.or_(s.type(f) == int(PGT.l1_page_table), s.type(f) == int(PGT.l2_page_table)),
                 s.validated(f),
-                s.type_count(f) != 0,
+            ),
+        )
+    )
+
+
+def inv_l2ref(s: StateView) -> Bool:
+    """INV-L2REF: a present guest entry of a page directory in use names a validated L1 table,
+    or a validated page directory (a linear map), so tables in use only reference tables in use
+    (mm.c, get_page_from_l2e takes a type reference that keeps its target validated)."""
+    return s.forall_frames(
+        lambda f: s.implies(
+            in_use_table(s, f, PGT.l2_page_table),
+            lambda: s.forall_present_entries(
+                f, 0, abi.L2_PAGETABLE_FIRST_XEN_SLOT,
+                lambda i, e: s.or_(
+                    in_use_table(s, pte_get_pfn(e), PGT.l1_page_table),
+                    in_use_table(s, pte_get_pfn(e), PGT.l2_page_table),
+                ),
             ),
         )
     )
@@ -160,6 +178,14 @@ INVARIANTS: tuple[Invariant, ...] = (
               "mm.c do_mmuext_op MMUEXT_PIN_*; SOSP'03 s3.3.3", inv_pin),
     Invariant("INV-BASE", "Every vCPU's base pointer is a validated page directory it owns.",
               "mm.c new_guest_cr3", inv_base),
+    Invariant("INV-L2REF", "Page directories in use reference only tables in use.",
+              "mm.c get_page_from_l2e, get_linear_pagetable", inv_l2ref),
+)
+
+# Invariants about the reference counters themselves. The specification abstracts a count to
+# whether references exist, so these relate the reference model's counters to that
+# abstraction (its refinement relation) and are evaluated on concrete states only.
+COUNTER_INVARIANTS: tuple[Invariant, ...] = (
     Invariant("INV-VALID", "A page-table frame is validated exactly while it has type refs.",
               "mm.c get_page_type / put_page_type", inv_validated),
 )

@@ -1,0 +1,1 @@
+"""Solver-backed proof obligations: every MMU hypercall preserves every invariant."""

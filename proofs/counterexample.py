@@ -1,0 +1,79 @@
+"""Reading a solver model back as a small, readable counterexample: the arguments, the frames
+and entries the failing clause names, before and after the call."""
+
+from __future__ import annotations
+
+import z3
+
+from xenspec.spec.pagetable import PGT
+from xenspec.spec.symbolic import SymState, bv
+
+ARGUMENTS = ("v", "va", "val", "ptr", "mfn", "fd")
+
+
+def _num(model: z3.ModelRef, term: z3.ExprRef) -> int | None:
+    value = model.eval(term, model_completion=True)
+    return value.as_long() if isinstance(value, z3.BitVecNumRef) else None
+
+
+def _bool(model: z3.ModelRef, term: z3.ExprRef) -> bool:
+    return bool(z3.is_true(model.eval(term, model_completion=True)))
+
+
+def describe_frame(model: z3.ModelRef, s: SymState, f: int) -> str:
+    t = _num(model, s.type[bv(f)])
+    type_name = PGT(t).name if t is not None and t < 8 else str(t)
+    flags = [name for name, arr in (("validated", s.validated), ("pinned", s.pinned))
+             if _bool(model, arr[bv(f)])]
+    owner = _num(model, s.owner[bv(f)])
+    return f"owner {owner}, type {type_name}" + (f", {'|'.join(flags)}" if flags else "")
+
+
+def explain(
+    model: z3.ModelRef,
+    old: SymState,
+    new: SymState,
+    witnesses: list[tuple[str, z3.BitVecRef]],
+) -> list[str]:
+    """Lines describing the counterexample in ``model``."""
+    lines = []
+    decls = {d.name(): d for d in model.decls()}
+    args = []
+    for name in ARGUMENTS:
+        if name in decls and decls[name].arity() == 0:
+            args.append(f"{name}={model[decls[name]]}")
+    if args:
+        lines.append("arguments: " + ", ".join(args))
+    frames = [w for k, w in witnesses if k == "frame"]
+    indices = [w for k, w in witnesses if k == "index"]
+    vcpus = [w for k, w in witnesses if k == "vcpu"]
+    shown: set[int] = set()
+    for fw in frames:
+        f = _num(model, fw)
+        if f is None:
+            continue
+        lines.append(f"frame {f:#x}: before: {describe_frame(model, old, f)}")
+        lines.append(f"{'':>{len(hex(f)) + 7}}after:  {describe_frame(model, new, f)}")
+        shown.add(f)
+        for iw in indices:
+            i = _num(model, iw)
+            if i is None:
+                continue
+            e_old = _num(model, z3.Select(old.mem, bv(f), bv(i))) or 0
+            e_new = _num(model, z3.Select(new.mem, bv(f), bv(i))) or 0
+            lines.append(f"  entry {i}: {e_old:#010x} -> {e_new:#010x}")
+            target = e_new >> 12
+            if target not in shown:
+                shown.add(target)
+                lines.append(f"  which names frame {target:#x}: "
+                             f"{describe_frame(model, new, target)}")
+    for vw in vcpus:
+        v = _num(model, vw)
+        if v is not None:
+            b_old, b_new = _num(model, old.base[bv(v)]), _num(model, new.base[bv(v)])
+            lines.append(f"vcpu {v} (domain {_num(model, old.vcpu_domain[bv(v)])}): "
+                         f"base {b_old:#x} -> {b_new:#x}" if b_old is not None and b_new is not None
+                         else f"vcpu {v}")
+            if b_new is not None and b_new not in shown:
+                lines.append(f"  base frame {b_new:#x}: {describe_frame(model, new, b_new)}")
+    return lines

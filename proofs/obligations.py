@@ -1,0 +1,144 @@
+"""The proof obligations: for each hypercall spec and each invariant, the invariant holds after
+the call in every state where all invariants held before, for all arguments (unbounded).
+
+An obligation is the unsatisfiability of: the invariants of the old state (as ``ForAll``s),
+the machine's standing assumptions, the spec's choice constraints, the success condition, and
+the negated invariant of the new state with its quantifiers replaced by named witnesses (so a
+counterexample names the frame and entry that break it). Where a failing call still changes
+state (NEW_BASEPTR crashing the domain), the failure branch is an obligation of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import z3
+
+from xenspec.spec import abi, mm_spec
+from xenspec.spec.invariants import INVARIANTS, Invariant
+from xenspec.spec.mm_spec import Transition
+from xenspec.spec.symbolic import SymState, SymView, bv
+
+SpecBuilder = Callable[[SymState], Transition]
+
+
+def _args(*names: str, width: int = 32) -> list[z3.BitVecRef]:
+    return [z3.BitVec(n, width) for n in names]
+
+
+def _mmu_update(s: SymState) -> Transition:
+    v, val, fd = _args("v", "val", "fd")
+    (ptr,) = _args("ptr", width=64)
+    return mm_spec.spec_mmu_update(s, v, ptr, val, fd)
+
+
+def _machphys_update(s: SymState) -> Transition:
+    v, val, fd = _args("v", "val", "fd")
+    (ptr,) = _args("ptr", width=64)
+    return mm_spec.spec_machphys_update(s, v, ptr, val, fd)
+
+
+def _update_va_mapping(s: SymState) -> Transition:
+    v, va, val = _args("v", "va", "val")
+    return mm_spec.spec_update_va_mapping(s, v, va, val)
+
+
+def _pin(level: int) -> SpecBuilder:
+    def build(s: SymState) -> Transition:
+        f, fd = _args("mfn", "fd")
+        return mm_spec.spec_pin_table(s, f, level, fd)
+
+    return build
+
+
+def _unpin(s: SymState) -> Transition:
+    v, f = _args("v", "mfn")
+    return mm_spec.spec_unpin_table(s, s.vcpu_domain[v], f)
+
+
+def _new_baseptr(s: SymState) -> Transition:
+    v, f = _args("v", "mfn")
+    return mm_spec.spec_new_baseptr(s, v, f)
+
+
+def _no_state(s: SymState) -> Transition:
+    return mm_spec.spec_mmuext_no_state(s)
+
+
+# (name, builder, the foreign-domain argument's name or None)
+HYPERCALL_SPECS: tuple[tuple[str, SpecBuilder], ...] = (
+    ("mmu_update/NORMAL_PT_UPDATE", _mmu_update),
+    ("mmu_update/MACHPHYS_UPDATE", _machphys_update),
+    ("update_va_mapping", _update_va_mapping),
+    ("mmuext_op/PIN_L1_TABLE", _pin(1)),
+    ("mmuext_op/PIN_L2_TABLE", _pin(2)),
+    ("mmuext_op/UNPIN_TABLE", _unpin),
+    ("mmuext_op/NEW_BASEPTR", _new_baseptr),
+    ("mmuext_op/flushes,SET_LDT,PIN_L3/L4", _no_state),
+)
+
+
+def assumptions(s: SymState) -> z3.BoolRef:
+    """What holds of every machine: vCPUs belong to guest domains, no RAM belongs to DOMID_IO,
+    and FOREIGNDOM is the caller unless the caller is privileged (set_foreigndom)."""
+    v, f = z3.BitVecs("ax_v ax_f", 32)
+    guest = z3.ForAll([v], z3.ULT(s.vcpu_domain[v], bv(abi.DOMID_FIRST_RESERVED)))
+    no_io = z3.ForAll([f], s.owner[f] != bv(abi.DOMID_IO))
+    fd, vv = z3.BitVecs("fd v", 32)
+    d = s.vcpu_domain[vv]
+    foreign = z3.Or(fd == d, fd == bv(abi.DOMID_IO), s.privileged[d])
+    return z3.And(guest, no_io, foreign)
+
+
+@dataclass
+class Obligation:
+    hypercall: str
+    invariant: Invariant
+    branch: str  # "success", or the name of another outcome (NEW_BASEPTR's retry, crash)
+    solver: z3.Solver
+    witnesses: list[tuple[str, z3.BitVecRef]]
+    old: SymState
+    new: SymState
+
+    @property
+    def name(self) -> str:
+        suffix = "" if self.branch == "success" else f" [{self.branch}]"
+        return f"{self.hypercall} preserves {self.invariant.id}{suffix}"
+
+
+def build(hypercall: str, builder: SpecBuilder, inv: Invariant, branch: str) -> Obligation:
+    """Assemble one obligation in a fresh solver (fresh names restart for each obligation, so
+    its SMT-LIB text, the cache key, does not depend on what was built before)."""
+    from xenspec.spec import symbolic
+
+    symbolic.reset_fresh()
+    old = SymState.fresh("old")
+    t = builder(old)
+    if branch == "success":
+        cond, new, choice = t.ok, t.new, t.choice
+    else:
+        (other,) = [b for b in t.others if b.name == branch]
+        cond, new, choice = other.cond, other.new, other.choice
+    solver = z3.Solver()
+    for known in INVARIANTS:
+        solver.add(known.check(SymView(old)))
+    solver.add(assumptions(old), choice, cond)
+    goal = SymView(new, witness=True)
+    solver.add(z3.Not(inv.check(goal)))
+    solver.add(*symbolic.scope_constraints(old, goal.witnesses))
+    return Obligation(hypercall, inv, branch, solver, goal.witnesses, old, new)
+
+
+def all_obligations() -> list[tuple[str, SpecBuilder, Invariant, str]]:
+    """Every (hypercall, invariant, branch) triple, in a fixed order."""
+    from xenspec.spec import symbolic
+
+    out = []
+    for name, builder in HYPERCALL_SPECS:
+        symbolic.reset_fresh()
+        branches = ["success"] + [b.name for b in builder(SymState.fresh("old")).others]
+        for branch in branches:
+            for inv in INVARIANTS:
+                out.append((name, builder, inv, branch))
+    return out

@@ -1,0 +1,142 @@
+"""Discharging the proof obligations: solve, cache, and explain failures.
+
+An obligation is proved when the solver finds its negation unsatisfiable. Anything else
+(a model, or "unknown" within the time limit) is a failure; the runner then searches for a
+concrete counterexample in small bounded machines (2 to 4 frames, one vCPU), where quantifiers
+are expanded and the solver can build models, and prints it readably.
+
+Results are cached by the SMT-LIB text of the obligation (plus the Z3 version), which is exactly
+what the result depends on: an unchanged obligation is not proved again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import z3
+
+from xenspec.proofs.counterexample import explain
+from xenspec.proofs.obligations import all_obligations, build
+from xenspec.spec import symbolic
+
+DEFAULT_TIMEOUT_S = 300
+BOUNDED_FRAMES = (2, 3, 4)
+
+
+@dataclass
+class Result:
+    name: str
+    status: str  # "proved", "FAILED" (counterexample found) or "unknown"
+    seconds: float
+    cached: bool = False
+    counterexample: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "proved"
+
+
+def cache_path() -> Path:
+    root = Path(os.environ.get("XENSPEC_CACHE_DIR", ".xenspec-cache"))
+    return root / "proofs.json"
+
+
+def load_cache() -> dict[str, dict[str, float | str]]:
+    try:
+        data = json.loads(cache_path().read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def save_cache(entries: dict[str, dict[str, float | str]]) -> None:
+    path = cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only tree only loses the cache
+
+
+def obligation_key(solver: z3.Solver) -> str:
+    text = solver.sexpr() + z3.get_version_string()
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def prove_one(index: int, use_cache: bool = True, timeout_s: int = DEFAULT_TIMEOUT_S) -> Result:
+    """Discharge obligation number ``index`` of ``all_obligations()``."""
+    name, builder, inv, branch = all_obligations()[index]
+    symbolic.set_scope(symbolic.Scope())
+    ob = build(name, builder, inv, branch)
+    key = obligation_key(ob.solver)
+    cache = load_cache() if use_cache else {}
+    hit = cache.get(key)
+    if hit is not None and hit.get("status") == "proved":
+        return Result(ob.name, "proved", float(hit.get("seconds", 0.0)), cached=True)
+    ob.solver.set("timeout", timeout_s * 1000)
+    start = time.perf_counter()
+    answer = ob.solver.check()
+    seconds = time.perf_counter() - start
+    if answer == z3.unsat:
+        if use_cache:
+            cache = load_cache()
+            cache[key] = {"name": ob.name, "status": "proved", "seconds": round(seconds, 3)}
+            save_cache(cache)
+        return Result(ob.name, "proved", seconds)
+    lines = find_counterexample(index)
+    return Result(ob.name, "FAILED" if lines else "unknown", time.perf_counter() - start,
+                  counterexample=lines or [f"solver answered {answer}; no counterexample found "
+                                           f"in machines of {BOUNDED_FRAMES} frames"])
+
+
+def find_counterexample(index: int, timeout_s: int = 60) -> list[str]:
+    """Search small machines for a state and arguments that break the obligation."""
+    name, builder, inv, branch = all_obligations()[index]
+    try:
+        for frames in BOUNDED_FRAMES:
+            symbolic.set_scope(symbolic.Scope(frames=frames, vcpus=1))
+            ob = build(name, builder, inv, branch)
+            ob.solver.set("timeout", timeout_s * 1000)
+            if ob.solver.check() == z3.sat:
+                head = (f"counterexample in a machine of {frames} frames, violating "
+                        f"{inv.id}: {inv.statement}")
+                return [head, *explain(ob.solver.model(), ob.old, ob.new, ob.witnesses)]
+    finally:
+        symbolic.set_scope(symbolic.Scope())
+    return []
+
+
+def prove_all(
+    selected: list[int] | None = None,
+    use_cache: bool = True,
+    jobs: int = 1,
+    on_result: Callable[[Result], None] | None = None,
+) -> list[Result]:
+    """Discharge the selected obligations (all by default), ``jobs`` at a time."""
+    indices = selected if selected is not None else list(range(len(all_obligations())))
+    results: dict[int, Result] = {}
+    report = on_result
+    if jobs <= 1:
+        for i in indices:
+            results[i] = prove_one(i, use_cache)
+            if report:
+                report(results[i])
+    else:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = {pool.submit(prove_one, i, use_cache): i for i in indices}
+            for future in as_completed(futures):
+                i = futures[future]
+                results[i] = future.result()
+                if report:
+                    report(results[i])
+    return [results[i] for i in indices]
+

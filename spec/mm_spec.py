@@ -1,0 +1,427 @@
+"""Transition specifications of the MMU hypercalls, in the style of Hyperkernel's handler specs.
+
+Each ``spec_<hypercall>`` takes a symbolic state and symbolic arguments and returns a
+``Transition``: the condition under which the call succeeds, the state after it, the value it
+returns, and ``choice`` constraints on the fresh symbols that stand for choices Xen makes by
+iteration (which tables a pin validates, which frames a dropped reference de-validates).
+When the condition is false the call fails with the returned errno and the MMU state is
+unchanged, except where a spec says otherwise (NEW_BASEPTR's crash).
+
+The rules are those of xen/arch/x86/mm.c (Xen 3.0.4, non-PAE), with reference counts abstracted
+to the existence of references (``has_type_refs``): mm.c tests counts only against zero.
+Cascades and whole-table validation are specified by their defining property rather than by
+Xen's loop: a de-validated frame had no reference left from a table in use, a newly validated
+table had entries that all pass the entry checks. Batched calls (mmu_update, mmuext_op) are
+specified one request at a time: a batch is their sequence, stopping at the first failure.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import z3
+
+from xenspec.spec import abi
+from xenspec.spec.pagetable import (
+    PGT,
+    l1e_disallowed,
+    l2e_disallowed,
+    pte_get_pfn,
+    pte_present,
+    pte_writable,
+)
+from xenspec.spec.symbolic import SymState, bv, exists, forall
+
+Word = Any
+Bool = Any
+_fresh = itertools.count()
+FIRST_XEN_SLOT = abi.L2_PAGETABLE_FIRST_XEN_SLOT
+
+
+@dataclass(frozen=True)
+class Branch:
+    """Another way a call can end: under ``cond`` it leaves state ``new`` and returns ``rc``."""
+
+    name: str
+    cond: Bool
+    new: SymState
+    rc: Word
+    choice: Bool
+
+
+@dataclass(frozen=True)
+class Transition:
+    ok: Bool  # the call succeeds with ``new``
+    new: SymState
+    rc: Word  # EAX on success; ``err`` on failure
+    err: Word
+    choice: Bool = True  # constraints on this transition's fresh choice symbols
+    others: tuple[Branch, ...] = ()  # outcomes besides "ok" and "fails leaving state alone"
+
+
+def fresh_set(name: str) -> z3.ArrayRef:
+    return z3.Array(f"{name}!{next(_fresh)}", z3.BitVecSort(32), z3.BoolSort())
+
+
+def new_l1_set(already: Bool) -> z3.ArrayRef:
+    """The L1 tables a directory's validation validates with it: a free choice, empty when the
+    directory is in use already (its entries hold their references)."""
+    chosen = fresh_set("new_l1")
+    h = z3.BitVec("h", 32)
+    return z3.Lambda([h], z3.And(z3.Not(already), chosen[h]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Vocabulary.
+# ----------------------------------------------------------------------------------------------
+def mfn_valid(s: SymState, f: Word) -> Bool:
+    return z3.ULT(f, s.nr_frames)
+
+
+def in_use(s: SymState, f: Word, t: PGT) -> Bool:
+    return z3.And(s.type[f] == int(t), s.validated[f])
+
+
+def entry(s: SymState, f: Word, i: Word) -> Word:
+    return z3.Select(s.mem, f, i)
+
+
+def rw_mapped(s: SymState, g: Word) -> Bool:
+    """Some L1 table in use maps ``g`` writable: ``g`` holds a writable type reference."""
+    return exists(("frame", "index"), lambda t, i: z3.And(
+        mfn_valid(s, t), in_use(s, t, PGT.l1_page_table), z3.ULT(i, bv(1024)),
+        pte_writable(entry(s, t, i)), pte_get_pfn(entry(s, t, i)) == g,
+    ))
+
+
+def has_type_refs(s: SymState, g: Word) -> Bool:
+    """Type count non-zero: a writable frame mapped RW, or a page-table frame in use (INV-VALID).
+    Descriptor-table types have no uses in the MMU model."""
+    return z3.If(
+        s.type[g] == int(PGT.writable_page), rw_mapped(s, g),
+        z3.Or(in_use(s, g, PGT.l1_page_table), in_use(s, g, PGT.l2_page_table)),
+    )
+
+
+def can_take_type(s: SymState, g: Word, t: PGT) -> Bool:
+    """get_page_type: the type is the frame's type already, or the frame has no type refs."""
+    return z3.Or(s.type[g] == int(t), z3.Not(has_type_refs(s, g)))
+
+
+def l1e_ok(s: SymState, e: Word, fd: Word) -> Bool:
+    """get_page_from_l1e: a present entry maps RAM of FOREIGNDOM, RW only a writable-able frame."""
+    g = pte_get_pfn(e)
+    return z3.Or(
+        z3.Not(pte_present(e)),
+        z3.And(
+            z3.Not(l1e_disallowed(e)),
+            mfn_valid(s, g),
+            s.owner[g] == fd,
+            z3.Implies(pte_writable(e), can_take_type(s, g, PGT.writable_page)),
+        ),
+    )
+
+
+def changed(old: Word, new: Word) -> Bool:
+    """The XSA-182 fast-path test: frame or a non-whitelisted flag differs."""
+    whitelist = abi._PAGE_AVAIL | abi._PAGE_DIRTY | abi._PAGE_ACCESSED | abi._PAGE_USER
+    return ((old ^ new) & (abi.PAGE_MASK | (0xFFF & ~whitelist))) != 0
+
+
+def set_entry(s: SymState, f: Word, i: Word, e: Word) -> z3.ArrayRef:
+    return z3.Store(s.mem, f, i, e)
+
+
+def retype_writable(s: SymState, r: z3.ArrayRef) -> SymState:
+    """Frames in ``r`` take the writable type (validated at once, as get_page_type does)."""
+    h = z3.BitVec("h", 32)
+    return s.evolve(
+        type=z3.Lambda([h], z3.If(r[h], bv(PGT.writable_page), s.type[h])),
+        validated=z3.Lambda([h], z3.Or(r[h], s.validated[h])),
+    )
+
+
+def retypable(s: SymState, r: z3.ArrayRef) -> Bool:
+    """Every frame of ``r`` may take the writable type."""
+    return forall(("frame",), lambda h: z3.Implies(r[h], can_take_type(s, h, PGT.writable_page)))
+
+
+def covers_rw_targets(s: SymState, tables: Any, r: z3.ArrayRef, hi: int) -> Bool:
+    """``r`` holds every frame an RW entry of a table in ``tables`` (a predicate) maps."""
+    return forall(("frame", "index"), lambda t, i: z3.Implies(
+        z3.And(tables(t), z3.ULT(i, bv(hi)), pte_writable(entry(s, t, i))),
+        r[pte_get_pfn(entry(s, t, i))],
+    ))
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation and de-validation (get_page_type / put_page_type).
+# ----------------------------------------------------------------------------------------------
+def validate_tables(
+    s: SymState, l2: Word | None, l1s: z3.ArrayRef, d: Word
+) -> tuple[Bool, Bool, SymState]:
+    """Make ``l2`` (if given) a page directory and the frames of ``l1s`` L1 tables in use, as
+    alloc_l2_table / alloc_l1_table do: (entries pass, choice constraints, resulting state).
+
+    ``l1s`` are frames with no type references that become L1 tables; their RW targets take
+    the writable type (the fresh set ``r``)."""
+    h = z3.BitVec("h", 32)
+    is_new = z3.Lambda([h], z3.Or(l1s[h], h == l2) if l2 is not None else l1s[h])
+    mid = s.evolve(
+        type=z3.Lambda([h], z3.If(
+            l1s[h], bv(PGT.l1_page_table),
+            z3.If(h == l2, bv(PGT.l2_page_table), s.type[h]) if l2 is not None else s.type[h],
+        )),
+        validated=z3.Lambda([h], z3.Or(is_new[h], s.validated[h])),
+    )
+    l1_entries_ok = forall(("frame", "index"), lambda n, j: z3.Implies(
+        z3.And(l1s[n], z3.ULT(j, bv(1024))), l1e_ok(mid, entry(s, n, j), d)
+    ))
+    l1s_fresh = forall(("frame",), lambda n: z3.Implies(l1s[n], z3.And(
+        mfn_valid(s, n), s.owner[n] == d, z3.Not(has_type_refs(s, n)),
+        n != l2 if l2 is not None else z3.BoolVal(True),
+    )))
+    ok = z3.And(l1_entries_ok, l1s_fresh)
+    if l2 is not None:
+        ok = z3.And(ok, forall(("index",), lambda j: z3.Implies(
+            z3.ULT(j, bv(FIRST_XEN_SLOT)), l2e_ok(mid, l2, entry(s, l2, j), d)
+        )))
+    r = fresh_set("retyped")
+    choice = z3.And(covers_rw_targets(s, lambda t: l1s[t], r, 1024), retypable(mid, r))
+    new = retype_writable(mid, r)
+    if l2 is not None:
+        x, k = z3.BitVec("x", 32), z3.BitVec("k", 32)
+        xen_slots = z3.Lambda([x, k], z3.If(
+            z3.And(x == l2, z3.ULE(bv(FIRST_XEN_SLOT), k), z3.ULT(k, bv(1024))),
+            s.xen_l2e(s.owner[l2], k), z3.Select(s.mem, x, k),
+        ))
+        new = new.evolve(mem=xen_slots)
+    return ok, choice, new
+
+
+def l2e_ok(s: SymState, l2: Word, e: Word, d: Word) -> Bool:
+    """get_page_from_l2e: an L1 in use, or a read-only map of this or another directory."""
+    g = pte_get_pfn(e)
+    return z3.Or(
+        z3.Not(pte_present(e)),
+        z3.And(
+            z3.Not(l2e_disallowed(e)),
+            z3.Or(
+                z3.And(mfn_valid(s, g), s.owner[g] == d, in_use(s, g, PGT.l1_page_table)),
+                z3.And(z3.Not(pte_writable(e)), z3.Or(
+                    g == l2,
+                    z3.And(mfn_valid(s, g), s.owner[g] == d, in_use(s, g, PGT.l2_page_table)),
+                )),
+            ),
+        ),
+    )
+
+
+def referenced_by_table(s: SymState, g: Word) -> Bool:
+    """A page directory in use other than ``g`` has a present guest entry naming ``g``."""
+    return exists(("frame", "index"), lambda t, i: z3.And(
+        mfn_valid(s, t), in_use(s, t, PGT.l2_page_table), t != g,
+        z3.ULT(i, bv(FIRST_XEN_SLOT)), pte_present(entry(s, t, i)),
+        pte_get_pfn(entry(s, t, i)) == g,
+    ))
+
+
+def is_base(s: SymState, g: Word) -> Bool:
+    return exists(("vcpu",), lambda v: s.base[v] == g)
+
+
+def drop_references(s: SymState) -> tuple[Bool, SymState]:
+    """put_page_type after references went away: tables left with no type reference lose
+    their validation (mm.c, free_page_type), which may cascade. The fresh set ``gone`` holds
+    the de-validated tables; each had no pin, no base pointer, and no reference left from a
+    directory that stays in use. Returns (choice constraints, resulting state)."""
+    gone = fresh_set("devalidated")
+    h = z3.BitVec("h", 32)
+    new = s.evolve(validated=z3.Lambda([h], z3.And(s.validated[h], z3.Not(gone[h]))))
+
+    def no_refs_left(g: Word, t: Word, i: Word) -> Bool:
+        e = entry(s, t, i)
+        return z3.Implies(
+            z3.And(gone[g], mfn_valid(s, t), in_use(new, t, PGT.l2_page_table), t != g,
+                   z3.ULT(i, bv(FIRST_XEN_SLOT)), pte_present(e)),
+            pte_get_pfn(e) != g,
+        )
+
+    def no_root(g: Word, v: Word) -> Bool:
+        return z3.Implies(gone[g], z3.And(
+            z3.Not(s.pinned[g]), s.base[v] != g,
+            z3.Or(s.type[g] == int(PGT.l1_page_table), s.type[g] == int(PGT.l2_page_table)),
+        ))
+
+    choice = z3.And(forall(("frame", "frame", "index"), no_refs_left),
+                    forall(("frame", "vcpu"), no_root))
+    return choice, new
+
+
+# ----------------------------------------------------------------------------------------------
+# Single-entry updates: mod_l1_entry / mod_l2_entry.
+# ----------------------------------------------------------------------------------------------
+def mod_l1_entry(s: SymState, t: Word, i: Word, e: Word, fd: Word) -> tuple[Bool, Bool, SymState]:
+    """Replace entry ``i`` of the L1 in use ``t``: (ok, choice, new state)."""
+    old = entry(s, t, i)
+    fast = z3.And(pte_present(e), z3.Not(l1e_disallowed(e)), z3.Not(changed(old, e)))
+    ok = z3.Or(fast, l1e_ok(s, e, fd))
+    g = pte_get_pfn(e)
+    h = z3.BitVec("h", 32)
+    # The new RW target takes the writable type if it has not got it.
+    r = z3.Lambda([h], z3.And(
+        z3.Not(fast), pte_writable(e), h == g, s.type[g] != int(PGT.writable_page)
+    ))
+    new = retype_writable(s, r).evolve(mem=set_entry(s, t, i, e))
+    return ok, z3.BoolVal(True), new
+
+
+def mod_l2_entry(s: SymState, t: Word, i: Word, e: Word, d: Word) -> tuple[Bool, Bool, SymState]:
+    """Replace guest entry ``i`` of the page directory in use ``t``: (ok, choice, new)."""
+    old = entry(s, t, i)
+    g = pte_get_pfn(e)
+    fast = z3.And(pte_present(e), z3.Not(l2e_disallowed(e)), z3.Not(changed(old, e)))
+    # The slow path may validate the target as a new L1 (``l1s`` is that one frame or none).
+    h = z3.BitVec("h", 32)
+    validate_g = z3.Bool(f"validate_target!{next(_fresh)}")
+    l1s = z3.Lambda([h], z3.And(validate_g, z3.Not(fast), h == g))
+    valid_l1s, choice_v, mid = validate_tables(s, None, l1s, d)
+    slow_ok = z3.And(
+        valid_l1s,
+        z3.Or(z3.Not(pte_present(e)), z3.And(
+            z3.Not(l2e_disallowed(e)), l2e_ok(mid, t, e, d),
+        )),
+    )
+    ok = z3.And(z3.ULT(i, bv(FIRST_XEN_SLOT)), z3.Or(fast, slow_ok))
+    written = mid.evolve(mem=set_entry(mid, t, i, e))
+    choice_d, new = drop_references(written)
+    choice = z3.And(choice_v, choice_d)
+    return ok, choice, new
+
+
+# ----------------------------------------------------------------------------------------------
+# The hypercalls.
+# ----------------------------------------------------------------------------------------------
+def decode_ptr(ptr: Word) -> tuple[Word, Word, Word]:
+    """A 64-bit mmu_update ``ptr``: (frame, entry index, command). x86_32 Xen keeps the frame
+    number in an unsigned long, so only bits 12..43 name the frame."""
+    return z3.Extract(43, 12, ptr), z3.ZeroExt(22, z3.Extract(11, 2, ptr)), z3.Extract(1, 0, ptr)
+
+
+def spec_mmu_update(s: SymState, v: Word, ptr: Word, val: Word, fd: Word) -> Transition:
+    """One MMU_NORMAL_PT_UPDATE request of the batch: write ``val`` at machine address ``ptr``
+    of a frame the caller owns, through the checks its frame's type calls for."""
+    d = s.vcpu_domain[v]
+    f, i, cmd = decode_ptr(ptr)
+    owned = z3.And(mfn_valid(s, f), s.owner[f] == d, cmd == abi.MMU_NORMAL_PT_UPDATE)
+    l1_ok, l1_choice, l1_new = mod_l1_entry(s, f, i, val, fd)
+    l2_ok, l2_choice, l2_new = mod_l2_entry(s, f, i, val, d)
+    # A frame that is no table in use is written as plain memory once it takes the writable
+    # type ("not_a_pt"); a table not in use that no longer validates ends the same way.
+    h = z3.BitVec("h", 32)
+    r = z3.Lambda([h], z3.And(h == f, s.type[f] != int(PGT.writable_page)))
+    plain_choice = z3.BoolVal(True)
+    plain_ok = can_take_type(s, f, PGT.writable_page)
+    plain_new = retype_writable(s, r).evolve(mem=set_entry(s, f, i, val))
+    is_l1 = in_use(s, f, PGT.l1_page_table)
+    is_l2 = in_use(s, f, PGT.l2_page_table)
+    ok = z3.And(owned, z3.If(is_l1, l1_ok, z3.If(is_l2, l2_ok, plain_ok)))
+    new = pick(is_l1, l1_new, pick(is_l2, l2_new, plain_new))
+    choice = z3.If(is_l1, l1_choice, z3.If(is_l2, l2_choice, plain_choice))
+    return Transition(ok, new, bv(0), bv(-abi.EINVAL), choice)
+
+
+def spec_machphys_update(s: SymState, v: Word, ptr: Word, val: Word, fd: Word) -> Transition:
+    """MMU_MACHPHYS_UPDATE: M2P[mfn] = val for a frame FOREIGNDOM owns (no page-table state)."""
+    f, _, cmd = decode_ptr(ptr)
+    ok = z3.And(mfn_valid(s, f), s.owner[f] == fd, cmd == abi.MMU_MACHPHYS_UPDATE)
+    return Transition(ok, s, bv(0), bv(-abi.EINVAL))
+
+
+def spec_update_va_mapping(s: SymState, v: Word, va: Word, val: Word) -> Transition:
+    """update_va_mapping: mod_l1_entry on the L1 that maps ``va`` under the vCPU's base."""
+    d = s.vcpu_domain[v]
+    base = s.base[v]
+    l2e = entry(s, base, z3.LShR(va, abi.L2_PAGETABLE_SHIFT))
+    t = pte_get_pfn(l2e)
+    i = z3.LShR(va, abi.PAGE_SHIFT) & 0x3FF
+    ok_l1, choice, new = mod_l1_entry(s, t, i, val, d)
+    ok = z3.And(
+        z3.ULT(va, bv(abi.HYPERVISOR_VIRT_START)), base != 0, pte_present(l2e),
+        mfn_valid(s, t), in_use(s, t, PGT.l1_page_table), ok_l1,
+    )
+    return Transition(ok, new, bv(0), bv(-abi.EINVAL), choice)
+
+
+def spec_pin_table(s: SymState, f: Word, level: int, fd: Word) -> Transition:
+    """MMUEXT_PIN_L1_TABLE / PIN_L2_TABLE: take (validating) a type reference and pin."""
+    t = PGT.l1_page_table if level == 1 else PGT.l2_page_table
+    already = in_use(s, f, t)
+    n = z3.BitVec("n", 32)
+    if level == 1:
+        l1s = z3.Lambda([n], z3.And(n == f, z3.Not(already)))
+        valid, choice, validated = validate_tables(s, None, l1s, fd)
+        fresh_ok = valid
+    else:
+        l1s = new_l1_set(already)
+        valid, choice, validated = validate_tables(s, f, l1s, fd)
+        fresh_ok = z3.And(valid, z3.Not(has_type_refs(s, f)))
+    ok = z3.And(
+        mfn_valid(s, f), s.owner[f] == fd, z3.Not(s.pinned[f]),
+        z3.Or(already, fresh_ok),
+    )
+    after = pick(already, s, validated)
+    new = after.evolve(pinned=z3.Store(after.pinned, f, True))
+    return Transition(ok, new, bv(0), bv(-abi.EINVAL), choice)
+
+
+def spec_unpin_table(s: SymState, d: Word, f: Word) -> Transition:
+    """MMUEXT_UNPIN_TABLE: drop the pin's references; the table may lose its validation."""
+    ok = z3.And(mfn_valid(s, f), s.owner[f] == d, s.pinned[f])
+    choice, new = drop_references(s.evolve(pinned=z3.Store(s.pinned, f, False)))
+    return Transition(ok, new, bv(0), bv(-abi.EINVAL), choice)
+
+
+def take_root(s: SymState, v: Word, f: Word) -> tuple[Bool, Bool, SymState]:
+    """get_page_and_type(f, PGT_root_page_table) and install ``f`` as ``v``'s base."""
+    d = s.vcpu_domain[v]
+    already = in_use(s, f, PGT.l2_page_table)
+    l1s = new_l1_set(already)
+    valid, choice, validated = validate_tables(s, f, l1s, d)
+    ok = z3.And(mfn_valid(s, f), s.owner[f] == d,
+                z3.Or(already, z3.And(valid, z3.Not(has_type_refs(s, f)))))
+    after = pick(already, s, validated)
+    return ok, choice, after.evolve(base=z3.Store(after.base, v, f))
+
+
+def spec_new_baseptr(s: SymState, v: Word, f: Word) -> Transition:
+    """MMUEXT_NEW_BASEPTR (new_guest_cr3, 3.0.4): take a root reference on ``f``, then drop the
+    old base. If ``f`` does not validate, Xen drops the old base first and retries; if it
+    still fails the domain is crashed with no page table (``crash_new``)."""
+    ok1, choice1, new1 = take_root(s, v, f)
+    choice1d, new1 = drop_references(new1)
+    choice_c, without_old = drop_references(s.evolve(base=z3.Store(s.base, v, bv(0))))
+    ok2, choice2, new2 = take_root(without_old, v, f)
+    retry = Branch("retry", z3.And(z3.Not(ok1), ok2), new2, bv(0), z3.And(choice_c, choice2))
+    crash = Branch("crash", z3.And(z3.Not(ok1), z3.Not(ok2)), without_old, bv(-abi.EINVAL),
+                   z3.And(choice_c, choice2))
+    return Transition(ok1, new1, bv(0), bv(-abi.EINVAL), z3.And(choice1, choice1d),
+                      others=(retry, crash))
+
+
+def spec_mmuext_no_state(s: SymState) -> Transition:
+    """TLB and cache flushes, SET_LDT, PIN_L3/L4 on non-PAE: no page-table state changes."""
+    return Transition(z3.BoolVal(True), s, bv(0), bv(-abi.EINVAL))
+
+
+def pick(cond: Bool, a: SymState, b: SymState) -> SymState:
+    """The state ``a`` where ``cond`` holds, else ``b`` (field by field)."""
+    return SymState(
+        owner=z3.If(cond, a.owner, b.owner), type=z3.If(cond, a.type, b.type),
+        validated=z3.If(cond, a.validated, b.validated),
+        pinned=z3.If(cond, a.pinned, b.pinned), mem=z3.If(cond, a.mem, b.mem),
+        base=z3.If(cond, a.base, b.base), nr_frames=a.nr_frames, vcpu_domain=a.vcpu_domain,
+        privileged=a.privileged, xen_l2e=a.xen_l2e,
+    )

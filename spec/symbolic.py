@@ -1,0 +1,241 @@
+"""The symbolic hypervisor state: the specification's state in Z3, and its ``StateView``.
+
+The state is what Xen 3.0.4 keeps per frame and per vCPU (xen/include/asm-x86/mm.h, page_info;
+xen/include/asm-x86/domain.h, arch.guest_table), with one abstraction: reference counts are
+represented by whether references exist (``has_type_refs`` in ``mm_spec``), because every rule
+of mm.c tests a count only against zero. Frames, indices, domain ids and vCPU ids are 32-bit
+bit-vectors; page-table contents are a two-dimensional array (frame, index) -> entry, so the
+entry format of ``spec.pagetable`` applies bit for bit.
+
+``SymView`` implements ``StateView`` over a ``SymState``: quantifiers become ``ForAll`` over
+fresh bound variables, connectives become Z3's. The invariants in ``spec.invariants`` evaluated
+on a ``SymView`` are the formulas the proofs use.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import z3
+
+from xenspec.spec import abi
+from xenspec.spec.pagetable import PGT
+
+W = z3.BitVecSort(32)
+Word = Any
+Bool = Any
+_fresh = itertools.count()
+
+
+@dataclass(frozen=True)
+class Scope:
+    """How quantifiers are built. Unbounded (the proofs): ``ForAll``/``Exists`` over all 32-bit
+    values. Bounded (counterexample search): quantifiers over frames and vCPUs are expanded
+    over a small machine of ``frames`` frames and ``vcpus`` vCPUs, which the solver can model."""
+
+    frames: int | None = None
+    vcpus: int | None = None
+
+    def domain(self, kind: str) -> list[int] | None:
+        bound = self.frames if kind == "frame" else self.vcpus if kind == "vcpu" else None
+        return None if bound is None else list(range(bound))
+
+
+SCOPE = Scope()
+
+
+def set_scope(scope: Scope) -> None:
+    global SCOPE
+    SCOPE = scope
+
+
+def _quantified(kinds: tuple[str, ...], body: Callable[..., Bool], forall: bool) -> Bool:
+    if not kinds:
+        return body()
+    kind, rest = kinds[0], kinds[1:]
+    values = SCOPE.domain(kind)
+    if values is not None:
+        terms = [_quantified(rest, lambda *xs, x=x: body(bv(x), *xs), forall) for x in values]
+        return z3.And(*terms) if forall else z3.Or(*terms)
+    var = z3.BitVec(f"{kind}!{next(_fresh)}", 32)
+    inner = _quantified(rest, lambda *xs: body(var, *xs), forall)
+    return z3.ForAll([var], inner) if forall else z3.Exists([var], inner)
+
+
+def forall(kinds: tuple[str, ...], body: Callable[..., Bool]) -> Bool:
+    """For all values of the given kinds ("frame", "index", "vcpu"): body(values...)."""
+    return _quantified(kinds, body, True)
+
+
+def exists(kinds: tuple[str, ...], body: Callable[..., Bool]) -> Bool:
+    return _quantified(kinds, body, False)
+
+
+def scope_constraints(s: SymState, witnesses: list[tuple[str, z3.BitVecRef]]) -> list[Bool]:
+    """In a bounded scope: the machine has exactly that many frames, and the goal's witnesses
+    lie inside it."""
+    out: list[Bool] = []
+    if SCOPE.frames is not None:
+        out.append(s.nr_frames == SCOPE.frames)
+    if SCOPE.vcpus is not None:
+        calling = z3.BitVec("v", 32)  # the calling vCPU argument of a hypercall spec
+        out += [z3.ULT(w, bv(SCOPE.vcpus)) for w in [calling] + [w for k, w in witnesses
+                                                                  if k == "vcpu"]]
+    return out
+
+
+def reset_fresh() -> None:
+    """Restart fresh-name numbering (each proof obligation is built from a clean slate)."""
+    global _fresh
+    _fresh = itertools.count()
+    from xenspec.spec import mm_spec
+
+    mm_spec._fresh = itertools.count()
+
+
+def bv(x: int) -> z3.BitVecRef:
+    return z3.BitVecVal(x, 32)
+
+
+@dataclass(frozen=True)
+class SymState:
+    """One symbolic hypervisor state (every field a Z3 term)."""
+
+    owner: z3.ArrayRef  # frame -> domid
+    type: z3.ArrayRef  # frame -> PGT
+    validated: z3.ArrayRef  # frame -> Bool
+    pinned: z3.ArrayRef  # frame -> Bool
+    mem: z3.ArrayRef  # (frame, index) -> entry
+    base: z3.ArrayRef  # vcpu -> frame (0: none)
+    # Fixed for the life of a state: the machine, the vCPUs' domains, privilege, Xen's slots.
+    nr_frames: z3.BitVecRef
+    vcpu_domain: z3.ArrayRef  # vcpu -> domid
+    privileged: z3.ArrayRef  # domid -> Bool
+    xen_l2e: z3.FuncDeclRef  # (domid, index) -> the entry Xen keeps in that slot
+
+    @staticmethod
+    def fresh(name: str) -> SymState:
+        def arr(field: str, rng: z3.SortRef) -> z3.ArrayRef:
+            return z3.Array(f"{name}.{field}", W, rng)
+
+        return SymState(
+            owner=arr("owner", W),
+            type=arr("type", W),
+            validated=arr("validated", z3.BoolSort()),
+            pinned=arr("pinned", z3.BoolSort()),
+            mem=z3.Array(f"{name}.mem", W, W, W),
+            base=arr("base", W),
+            nr_frames=z3.BitVec("nr_frames", 32),
+            vcpu_domain=z3.Array("vcpu_domain", W, W),
+            privileged=z3.Array("privileged", W, z3.BoolSort()),
+            xen_l2e=z3.Function("xen_l2e", W, W, W),
+        )
+
+    def evolve(self, **changes: Any) -> SymState:
+        return replace(self, **changes)
+
+
+class SymView:
+    """``StateView`` over a ``SymState``: the invariants as Z3 formulas.
+
+    With ``witness=True`` every quantifier is replaced by a fresh free constant instead of a
+    ``ForAll``: the negation of the resulting formula is the invariant's negation with its
+    counterexample named (the "goal side" of a proof), and ``witnesses`` lists the constants
+    so that a model can be read back as the frames and entries involved.
+    """
+
+    def __init__(self, s: SymState, witness: bool = False) -> None:
+        self.s = s
+        self.witness = witness
+        self.witnesses: list[tuple[str, z3.BitVecRef]] = []
+
+    def _forall(self, kind: str, body: Callable[[Word], Bool]) -> Bool:
+        if not self.witness:
+            return forall((kind,), body)
+        var = z3.BitVec(f"{kind}!{next(_fresh)}", 32)
+        self.witnesses.append((kind, var))
+        return body(var)
+
+    # frames
+    def owner(self, mfn: Word) -> Word:
+        return self.s.owner[mfn]
+
+    def type(self, mfn: Word) -> Word:
+        return self.s.type[mfn]
+
+    def type_count(self, mfn: Word) -> Word:
+        raise NotImplementedError("the specification abstracts counts; see spec.mm_spec")
+
+    def count(self, mfn: Word) -> Word:
+        raise NotImplementedError("the specification abstracts counts; see spec.mm_spec")
+
+    def validated(self, mfn: Word) -> Bool:
+        return self.s.validated[mfn]
+
+    def pinned(self, mfn: Word) -> Bool:
+        return self.s.pinned[mfn]
+
+    def allocated(self, mfn: Word) -> Bool:
+        return z3.BoolVal(True)
+
+    def mfn_valid(self, mfn: Word) -> Bool:
+        return z3.ULT(mfn, self.s.nr_frames)
+
+    def is_privileged(self, domid: Word) -> Bool:
+        return self.s.privileged[domid]
+
+    # memory
+    def entry(self, mfn: Word, index: Word) -> Word:
+        return z3.Select(self.s.mem, mfn, index)
+
+    def xen_l2e(self, l2mfn: Word, index: Word) -> Word:
+        return self.s.xen_l2e(self.s.owner[l2mfn], index)
+
+    # vCPUs
+    def base(self, vcpu: Word) -> Word:
+        return self.s.base[vcpu]
+
+    def vcpu_domain(self, vcpu: Word) -> Word:
+        return self.s.vcpu_domain[vcpu]
+
+    # quantifiers
+    def forall_frames(self, body: Callable[[Word], Bool]) -> Bool:
+        return self._forall("frame", lambda f: z3.Implies(self.mfn_valid(f), body(f)))
+
+    def forall_vcpus(self, body: Callable[[Word], Bool]) -> Bool:
+        return self._forall("vcpu", body)
+
+    def forall_present_entries(
+        self, mfn: Word, lo: int, hi: int, body: Callable[[Word, Word], Bool]
+    ) -> Bool:
+        def at(i: Word) -> Bool:
+            e = self.entry(mfn, i)
+            guard = z3.And(z3.ULE(bv(lo), i), z3.ULT(i, bv(hi)), (e & abi._PAGE_PRESENT) != 0)
+            return z3.Implies(guard, body(i, e))
+
+        return self._forall("index", at)
+
+    def forall_indices(self, lo: int, hi: int, body: Callable[[Word], Bool]) -> Bool:
+        return self._forall(
+            "index", lambda i: z3.Implies(z3.And(z3.ULE(bv(lo), i), z3.ULT(i, bv(hi))), body(i))
+        )
+
+    # connectives
+    def and_(self, *terms: Bool) -> Bool:
+        return z3.And(*terms)
+
+    def or_(self, *terms: Bool) -> Bool:
+        return z3.Or(*terms)
+
+    def not_(self, a: Bool) -> Bool:
+        return z3.Not(a)
+
+    def implies(self, premise: Bool, conclusion: Callable[[], Bool]) -> Bool:
+        return z3.Implies(premise, conclusion())
+
+
+def is_type(s: SymState, f: Word, t: PGT) -> Bool:
+    return s.type[f] == int(t)
