@@ -12,9 +12,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from xenspec.refmodel.domain import ShutdownReason
+from xenspec.refmodel.domain import ShutdownReason, Vcpu
 from xenspec.refmodel.elfbuild import GuestImage, build_domain, load_image_file
-from xenspec.refmodel.hypervisor import HypercallRecord, Hypervisor, HypervisorBug
+from xenspec.refmodel.hypervisor import (
+    HYPERCALL_NAMES,
+    HypercallRecord,
+    Hypervisor,
+    HypervisorBug,
+)
 from xenspec.refmodel.platform import STUB_VIRT, PVPlatform, gdt_virt_start
 
 _RESULT = re.compile(rb"Test result: (SUCCESS|SKIP|ERROR|FAILURE)")
@@ -30,6 +35,7 @@ class BootResult:
     bounces: int
     trace: list[HypercallRecord] = field(default_factory=list)
     hv: Hypervisor | None = None  # the machine, for checks after the run
+    violations: list[str] = field(default_factory=list)
 
     @property
     def test_result(self) -> str:
@@ -55,9 +61,12 @@ def boot(
     console: Callable[[bytes], None] | None = None,
     timeout_s: float = 0.0,
     on_trace: Callable[[HypercallRecord], None] | None = None,
+    check_invariants: bool = False,
 ) -> BootResult:
     """Boot ``image`` (a parsed image or a path); raises BuildError for a bad image and
-    HypervisorBug if the model itself fails."""
+    HypervisorBug if the model itself fails. With ``check_invariants`` every invariant is
+    checked after each hypercall (slow); the first violation stops the guest and is
+    reported in ``violations``."""
     from xenspec.refmodel.cpu import UnicornCPU
 
     if isinstance(image, str):
@@ -79,10 +88,33 @@ def boot(
     arch.cpu = cpu
     if on_trace is not None and hv.trace is not None:
         hv.trace = _Streaming(on_trace)
+    violations: list[str] = []
+    if check_invariants:
+        from xenspec.refmodel.view import check_invariants as check
+
+        plain = pv.traps.hypercall
+
+        def checked_hypercall(v: Vcpu, nr: int, *args: int) -> int:
+            rc = plain(v, nr, *args)
+            if not violations:
+                found = check(hv)
+                if found:
+                    violations.extend(f"after {HYPERCALL_NAMES.get(nr, nr)}: {f}"
+                                      for f in found)
+                    d.crash("invariant violated: " + violations[0])
+            return rc
+
+        pv.traps.hypercall = checked_hypercall  # type: ignore[method-assign]
     cpu.start(built.regs)
     cpu.run(timeout_us=int(timeout_s * 1e6))
+    if isinstance(cpu.pending_exception, KeyboardInterrupt):
+        raise cpu.pending_exception
     if cpu.pending_exception is not None:
         raise HypervisorBug(str(cpu.pending_exception)) from cpu.pending_exception
+    if check_invariants and not violations:
+        from xenspec.refmodel.view import check_invariants as check
+
+        violations.extend(f"at the end: {f}" for f in check(hv))
     return BootResult(
         console=darch.console.decode("latin-1"),
         reason=d.shutdown_reason,
@@ -92,6 +124,7 @@ def boot(
         bounces=pv.traps.bounces,
         trace=list(hv.trace or []),
         hv=hv,
+        violations=violations,
     )
 
 

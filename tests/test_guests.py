@@ -115,3 +115,9 @@ def test_elf_without_xen_identification(tmp_path: object) -> None:
                     str(d / "a.elf")], check=True)
     with pytest.raises(BuildError, match="not a Xen guest kernel"):
         boot(str(d / "a.elf"))
+
+
+def test_invariants_hold_after_every_hypercall_of_a_guest() -> None:
+    r = run("ring3", memory_mb=32, domain_mb=8, check_invariants=True)
+    assert r.test_result == "SUCCESS", r.console
+    assert r.violations == []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 
 import click
 
@@ -22,7 +24,7 @@ def main() -> None:
               help="Run a built-in scenario instead of a guest kernel [default: demo].")
 @click.option("--trace", is_flag=True, help="Print every hypercall with its arguments and result.")
 @click.option("--check-invariants", is_flag=True,
-              help="Check every invariant after each step, not only at the end (mmu scenario).")
+              help="Check every invariant after each step (a guest: each hypercall).")
 @click.option("--memory", "memory_mb", default=256, show_default=True,
               type=click.IntRange(16, 4096), help="Machine memory in MB.")
 @click.option("--domain-memory", "domain_mb", default=None, type=click.IntRange(1, 1024),
@@ -34,7 +36,8 @@ def run(guest: str | None, scenario: str | None, trace: bool, check_invariants: 
         memory_mb: int, domain_mb: int | None, cmdline: str, timeout_s: float) -> None:
     """Boot GUEST (a Xen 3.0 x86_32 non-PAE kernel ELF) on the reference hypervisor, print
     its console and exit with its shutdown reason: poweroff 0, crash 1, reboot 2, suspend 3,
-    no shutdown 4.
+    no shutdown 4 (5 if --check-invariants found a violation; 2 for an image that cannot be
+    built).
 
     With no GUEST, boot the demo guest (``--scenario demo``, built from
     conformance/guests/demo.c with the machine's gcc): a ring-1 kernel runs a ring-3 process
@@ -64,11 +67,12 @@ def run(guest: str | None, scenario: str | None, trace: bool, check_invariants: 
             guest = str(build_guest("demo"))
         except GuestBuildError as exc:
             raise click.ClickException(f"building the demo guest failed: {exc}") from exc
-    sys.exit(_run_guest(guest, trace, memory_mb, domain_mb or 16, cmdline, timeout_s))
+    sys.exit(_run_guest(guest, trace, memory_mb, domain_mb or 16, cmdline, timeout_s,
+                        check_invariants))
 
 
 def _run_guest(path: str, trace: bool, memory_mb: int, domain_mb: int, cmdline: str,
-               timeout_s: float) -> int:
+               timeout_s: float, check_invariants: bool) -> int:
     from xenspec.refmodel.boot import boot
     from xenspec.refmodel.builder import BuildError
     from xenspec.refmodel.hypervisor import HypercallRecord, HypervisorBug
@@ -86,7 +90,7 @@ def _run_guest(path: str, trace: bool, memory_mb: int, domain_mb: int, cmdline: 
     try:
         result = boot(path, memory_mb=memory_mb, domain_mb=domain_mb, cmdline=cmdline,
                       trace=trace, console=console, timeout_s=timeout_s,
-                      on_trace=on_trace if trace else None)
+                      on_trace=on_trace if trace else None, check_invariants=check_invariants)
     except BuildError as exc:
         click.echo(f"xenspec: cannot build the domain: {exc}", err=True)
         return 2
@@ -99,7 +103,11 @@ def _run_guest(path: str, trace: bool, memory_mb: int, domain_mb: int, cmdline: 
     else:
         why = f": {result.crash_reason}" if result.crash_reason else ""
         click.echo(f"(XEN) domain 0 shut down: {result.reason.name}{why}", err=True)
-    return result.exit_status
+    for v in result.violations:
+        click.echo(f"(XEN) INVARIANT VIOLATED {v}", err=True)
+    if check_invariants and not result.violations:
+        click.echo("(XEN) every invariant held after every hypercall", err=True)
+    return 5 if result.violations else result.exit_status
 
 
 def _run_mmu_scenario(trace: bool, check_invariants: bool, memory_mb: int,
@@ -121,6 +129,56 @@ def _run_mmu_scenario(trace: bool, check_invariants: bool, memory_mb: int,
         for record in tour.hv.trace:
             click.echo(f"  {record}")
     sys.exit(0 if ok else 1)
+
+
+@main.command()
+@click.option("--no-cache", is_flag=True, help="Prove everything afresh, ignoring cached results.")
+@click.option("-k", "keyword", default=None, help="Only obligations whose name contains this.")
+@click.option("--jobs", "-j", default=os.cpu_count() or 1, show_default=True,
+              type=click.IntRange(1, 64), help="Obligations solved in parallel.")
+def prove(no_cache: bool, keyword: str | None, jobs: int) -> None:
+    """Prove that every hypercall preserves every invariant.
+
+    Each obligation (hypercall spec x invariant) is discharged by Z3 for all states and
+    arguments. Results are cached by the obligation's content (.xenspec-cache/); a failing
+    obligation prints a counterexample found in a small machine. Exit status 1 on any failure.
+    """
+    from xenspec.proofs.obligations import all_obligations
+    from xenspec.proofs.runner import Result, prove_all
+
+    obligations = all_obligations()
+    names = [f"{n} preserves {inv.id}" + ("" if b == "success" else f" [{b}]")
+             for n, _, inv, b in obligations]
+    selected = [i for i, name in enumerate(names) if keyword is None or keyword in name]
+    if not selected:
+        raise click.UsageError(f"no obligation matches {keyword!r}")
+    click.echo(f"proving {len(selected)} obligations with {jobs} job(s)"
+               + (" (cache off)" if no_cache else ""))
+    done = [0]
+
+    def progress(r: Result) -> None:
+        done[0] += 1
+        tag = "cached" if r.cached else f"{r.seconds:6.2f}s"
+        click.echo(f"  [{done[0]:>3}/{len(selected)}] {r.status:<7} {tag:>8}  {r.name}")
+
+    start = time.perf_counter()
+    results = prove_all(selected, use_cache=not no_cache, jobs=jobs, on_result=progress)
+    wall = time.perf_counter() - start
+    click.echo("")
+    width = max(len(r.name) for r in results)
+    click.echo(f"{'obligation':<{width}}  {'result':<7}  seconds")
+    for r in results:
+        secs = f"{r.seconds:7.2f}" + (" (cached)" if r.cached else "")
+        click.echo(f"{r.name:<{width}}  {r.status:<7}  {secs}")
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        click.echo(f"\n{r.name}: {r.status}")
+        for line in r.counterexample:
+            click.echo(f"  {line}")
+    slowest = max(results, key=lambda r: r.seconds)
+    click.echo(f"\n{len(results) - len(failed)}/{len(results)} proved in {wall:.1f} s wall; "
+               f"slowest: {slowest.name} ({slowest.seconds:.2f} s)")
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":
