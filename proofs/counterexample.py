@@ -45,7 +45,11 @@ def explain(
     if args:
         lines.append("arguments: " + ", ".join(args))
     frames = [w for k, w in witnesses if k == "frame"]
-    indices = [w for k, w in witnesses if k == "index"]
+    indices: list[int] = []
+    for k, w in witnesses:
+        i = _num(model, w) if k == "index" else None
+        if i is not None and i < 1024 and i not in indices:
+            indices.append(i)
     vcpus = [w for k, w in witnesses if k == "vcpu"]
     shown: set[int] = set()
     for fw in frames:
@@ -55,16 +59,12 @@ def explain(
         lines.append(f"frame {f:#x}: before: {describe_frame(model, old, f)}")
         lines.append(f"{'':>{len(hex(f)) + 7}}after:  {describe_frame(model, new, f)}")
         shown.add(f)
-        for iw in indices:
-            i = _num(model, iw)
-            if i is None:
-                continue
+        for i in indices:
             e_old = _num(model, z3.Select(old.mem, bv(f), bv(i))) or 0
             e_new = _num(model, z3.Select(new.mem, bv(f), bv(i))) or 0
             lines.append(f"  entry {i}: {e_old:#010x} -> {e_new:#010x}")
-            target = e_new >> 12
-            if target not in shown:
-                shown.add(target)
+            if e_new & 1:
+                target = e_new >> 12
                 lines.append(f"  which names frame {target:#x}: "
                              f"{describe_frame(model, new, target)}")
     for vw in vcpus:

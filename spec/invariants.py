@@ -174,7 +174,7 @@ INVARIANTS: tuple[Invariant, ...] = (
               "SOSP'03 s3.3.3; mm.c get_page_from_l1e, get_linear_pagetable", inv_nowrpt),
     Invariant("INV-OWN", "A domain's tables map only frames it owns.",
               "mm.c get_page (owner check), get_page_from_l1e", inv_own),
-    Invariant("INV-PIN", "A pinned frame is a validated table with a type reference.",
+    Invariant("INV-PIN", "A pinned frame is a validated page table or page directory.",
               "mm.c do_mmuext_op MMUEXT_PIN_*; SOSP'03 s3.3.3", inv_pin),
     Invariant("INV-BASE", "Every vCPU's base pointer is a validated page directory it owns.",
               "mm.c new_guest_cr3", inv_base),
