@@ -86,5 +86,7 @@ void test_main(void)
     set(bad, 5, mkdesc(0, 0x67, _SEGMENT_P | DPL(1) | 0x900));          /* a TSS */
     u32 bad_frame = make_readonly(bad);
     check(HYPERVISOR_set_gdt(&bad_frame, 512) == -EINVAL, "a frame holding a TSS");
-    check(HYPERVISOR_set_gdt(&frame, 0) == 0, "an empty GDT");
+    /* "keep" on the command line leaves this GDT installed (for checks after the run). */
+    if (strcmp((const char *)start_info + START_INFO_cmd_line, "keep"))
+        check(HYPERVISOR_set_gdt(&frame, 0) == 0, "an empty GDT");
 }
