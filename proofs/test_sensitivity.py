@@ -16,7 +16,14 @@ import z3
 from xenspec.proofs.obligations import all_obligations
 from xenspec.proofs.runner import find_counterexample
 from xenspec.spec import mm_spec
-from xenspec.spec.pagetable import PGT, l1e_disallowed, l2e_disallowed, pte_get_pfn, pte_present
+from xenspec.spec.pagetable import (
+    PGT,
+    l1e_disallowed,
+    l2e_disallowed,
+    pte_get_pfn,
+    pte_present,
+    pte_writable,
+)
 
 NAMES = [f"{n} preserves {inv.id}" + ("" if b == "success" else f" [{b}]")
          for n, _, inv, b in all_obligations()]
@@ -26,7 +33,7 @@ def l1e_ok_without_owner_check(s: Any, e: Any, fd: Any) -> Any:
     g = pte_get_pfn(e)
     return z3.Or(z3.Not(pte_present(e)), z3.And(
         z3.Not(l1e_disallowed(e)), mm_spec.mfn_valid(s, g),
-        z3.Implies(mm_spec.pte_writable(e), mm_spec.can_take_type(s, g, PGT.writable_page)),
+        z3.Implies(pte_writable(e), mm_spec.can_take_type(s, g, PGT.writable_page)),
     ))
 
 

@@ -35,15 +35,8 @@ class Desc:
     def __init__(self, pv: PVPlatform) -> None:
         self.pv = pv
         self.hv = pv.hv
-        mm = self.hv.mm
-        plain_alloc = mm.alloc_page_type
-
-        def alloc_page_type(mfn: int, type: PGT) -> bool:
-            if type in (PGT.gdt_page, PGT.ldt_page):
-                return self.alloc_descriptor_page(mfn)
-            return plain_alloc(mfn, type)
-
-        setattr(mm, "alloc_page_type", alloc_page_type)  # noqa: B010 (extends the MMU)
+        self.hv.mm.alloc_segdesc_page = self.alloc_descriptor_page
+        self.hv.descriptor_table_frames = lambda v: list(pv.arch(v).gdt_frames)
 
     def hypercalls(self) -> dict[int, Callable[..., int]]:
         return {

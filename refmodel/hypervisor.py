@@ -80,6 +80,9 @@ class Hypervisor:
         self.special_domains = {abi.DOMID_IO: self.dom_io, abi.DOMID_XEN: self.dom_xen}
         self.next_domid = 0
         self.trace: list[HypercallRecord] | None = None
+        # The GDT frames a vCPU has installed (each holds a general and a type reference); the
+        # descriptor subsystem provides them, for INV-COUNT.
+        self.descriptor_table_frames: Callable[[Vcpu], list[int]] = lambda v: []
         # Frame 0 is never a guest's: a base pointer of 0 means "no page table", as in Xen.
         reserved = self._reserve_xen_frames(nr_frames)
         free = [mfn for mfn in range(nr_frames) if mfn not in reserved]

@@ -70,6 +70,9 @@ class MM:
         self.frames = hv.frames
         # percpu_info.foreign: the domain a batch acts for, set by set_foreigndom().
         self.foreign: Domain | None = None
+        # mm.c, alloc_segdesc_page: validates a GDT/LDT frame's descriptors. The descriptor
+        # subsystem (refmodel.desc) provides it; without one, no frame takes those types.
+        self.alloc_segdesc_page: Callable[[int], bool] | None = None
         self.deferred_flush = False
 
     # ----------------------------------------------------------------------------------------
@@ -230,8 +233,8 @@ class MM:
             return self.alloc_l1_table(mfn, d)
         if type == PGT.l2_page_table:
             return self.alloc_l2_table(mfn, d)
-        # GDT and LDT frames are validated by the descriptor subsystem (set_gdt and LDT
-        # faults), which the model does not have yet: no path asks for those types.
+        if type in (PGT.gdt_page, PGT.ldt_page) and self.alloc_segdesc_page is not None:
+            return self.alloc_segdesc_page(mfn)
         return False
 
     def alloc_l1_table(self, mfn: int, d: Domain) -> bool:

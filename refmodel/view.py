@@ -82,6 +82,9 @@ class ConcreteView:
     def vcpus(self) -> range:
         return range(len(self._vcpus))
 
+    def descriptor_frames(self, vcpu: int) -> list[int]:
+        return self.hv.descriptor_table_frames(self._vcpus[vcpu])
+
     def present_entries(self, mfn: int, lo: int, hi: int) -> list[tuple[int, int]]:
         words = self.memory.frame_words(mfn)
         return [(i, words[i]) for i in range(lo, hi) if pte_present(words[i])]

@@ -200,6 +200,7 @@ class EnumerableState(StateView, Protocol):
     def frames(self) -> range: ...
     def vcpus(self) -> range: ...
     def present_entries(self, mfn: int, lo: int, hi: int) -> list[tuple[int, int]]: ...
+    def descriptor_frames(self, vcpu: int) -> list[int]: ...
 
 
 def references(s: EnumerableState) -> tuple[dict[int, int], dict[int, int]]:
@@ -209,7 +210,8 @@ def references(s: EnumerableState) -> tuple[dict[int, int], dict[int, int]]:
     general and one type reference; a vCPU base pointer holds one of each; a present entry of
     an L1 in use holds a general reference, and a writable type reference when RW; a present
     guest entry of a page directory in use holds a general and a type reference on the L1 (or
-    linear-mapped directory) it names, except a directory's map of itself, which holds none.
+    linear-mapped directory) it names, except a directory's map of itself, which holds none;
+    a GDT frame installed by set_gdt holds one of each (mm.c, set_gdt / destroy_gdt).
     """
     general: dict[int, int] = {}
     typed: dict[int, int] = {}
@@ -237,6 +239,9 @@ def references(s: EnumerableState) -> tuple[dict[int, int], dict[int, int]]:
         if s.base(v):
             add(general, s.base(v))
             add(typed, s.base(v))
+        for f in s.descriptor_frames(v):  # set_gdt: one of each per installed GDT frame
+            add(general, f)
+            add(typed, f)
     return general, typed
 
 

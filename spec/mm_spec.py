@@ -18,6 +18,7 @@ specified one request at a time: a batch is their sequence, stopping at the firs
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,8 +62,22 @@ class Transition:
     others: tuple[Branch, ...] = ()  # outcomes besides "ok" and "fails leaving state alone"
 
 
+# A refinement check against a concrete outcome fixes the spec's choices to what the model
+# did (proofs.refinement); proofs leave them free.
+CHOOSE: Callable[[str], Any] | None = None
+
+
 def fresh_set(name: str) -> z3.ArrayRef:
+    """A set of frames the spec leaves to Xen's iteration (``name`` says which)."""
+    if CHOOSE is not None:
+        return CHOOSE(name)
     return z3.Array(f"{name}!{next(_fresh)}", z3.BitVecSort(32), z3.BoolSort())
+
+
+def fresh_bool(name: str) -> z3.BoolRef:
+    if CHOOSE is not None:
+        return CHOOSE(name)
+    return z3.Bool(f"{name}!{next(_fresh)}")
 
 
 def new_l1_set(already: Bool) -> z3.ArrayRef:
@@ -285,7 +300,7 @@ def mod_l2_entry(s: SymState, t: Word, i: Word, e: Word, d: Word) -> tuple[Bool,
     fast = z3.And(pte_present(e), z3.Not(l2e_disallowed(e)), z3.Not(changed(old, e)))
     # The slow path may validate the target as a new L1 (``l1s`` is that one frame or none).
     h = z3.BitVec("h", 32)
-    validate_g = z3.Bool(f"validate_target!{next(_fresh)}")
+    validate_g = fresh_bool("validate_target")
     l1s = z3.Lambda([h], z3.And(validate_g, z3.Not(fast), h == g))
     valid_l1s, choice_v, mid = validate_tables(s, None, l1s, d)
     slow_ok = z3.And(
@@ -319,10 +334,19 @@ def spec_mmu_update(s: SymState, v: Word, ptr: Word, val: Word, fd: Word) -> Tra
     l1_ok, l1_choice, l1_new = mod_l1_entry(s, f, i, val, fd)
     l2_ok, l2_choice, l2_new = mod_l2_entry(s, f, i, val, d)
     # A frame that is no table in use is written as plain memory once it takes the writable
-    # type ("not_a_pt"); a table not in use that no longer validates ends the same way.
+    # type ("not_a_pt"). A table not in use is validated for the write and de-validated after
+    # it: it keeps its type (the set ``kept``), its RW targets may have taken the writable type
+    # on the way (``transient``), or, if it no longer validates, it becomes plain memory.
     h = z3.BitVec("h", 32)
-    r = z3.Lambda([h], z3.And(h == f, s.type[f] != int(PGT.writable_page)))
-    plain_choice = z3.BoolVal(True)
+    kept = fresh_set("kept_table")
+    transient = fresh_set("retyped")
+    was_table = z3.Or(s.type[f] == int(PGT.l1_page_table), s.type[f] == int(PGT.l2_page_table))
+    keep = z3.And(was_table, kept[f])
+    r = z3.Lambda([h], z3.Or(
+        z3.And(h == f, z3.Not(keep), s.type[f] != int(PGT.writable_page)),
+        z3.And(keep, transient[h], h != f),
+    ))
+    plain_choice = retypable(s, r)
     plain_ok = can_take_type(s, f, PGT.writable_page)
     plain_new = retype_writable(s, r).evolve(mem=set_entry(s, f, i, val))
     is_l1 = in_use(s, f, PGT.l1_page_table)

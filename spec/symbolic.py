@@ -38,8 +38,13 @@ class Scope:
 
     frames: int | None = None
     vcpus: int | None = None
+    # Entry indices to expand over; only sound when every other entry of every table is 0
+    # (the refinement check, whose states are concrete, knows exactly which are not).
+    indices: tuple[int, ...] | None = None
 
     def domain(self, kind: str) -> list[int] | None:
+        if kind == "index":
+            return None if self.indices is None else list(self.indices)
         bound = self.frames if kind == "frame" else self.vcpus if kind == "vcpu" else None
         return None if bound is None else list(range(bound))
 
@@ -114,7 +119,7 @@ class SymState:
     nr_frames: z3.BitVecRef
     vcpu_domain: z3.ArrayRef  # vcpu -> domid
     privileged: z3.ArrayRef  # domid -> Bool
-    xen_l2e: z3.FuncDeclRef  # (domid, index) -> the entry Xen keeps in that slot
+    xen_l2e: Callable[[Word, Word], Word]  # (domid, index) -> the entry Xen keeps there
 
     @staticmethod
     def fresh(name: str) -> SymState:

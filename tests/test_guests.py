@@ -123,11 +123,6 @@ def test_invariants_hold_after_every_hypercall_of_a_guest() -> None:
     assert r.violations == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="INV-COUNT (spec/invariants.py references) does not yet count the general and type "
-    "reference set_gdt holds on each GDT frame (refmodel/desc.py, ArchVcpu.gdt_frames)",
-)
 def test_invariants_hold_with_a_live_gdt() -> None:
     r = run("desc", "keep")
     assert r.test_result == "SUCCESS", r.console
