@@ -8,8 +8,8 @@ GDT_VIRT_START) with the flat selectors of arch-x86_32.h in its reserved page. E
 guest takes (``int $0x82``, ``int $0x80``, a fault, an invalid opcode) arrives in a hook and
 goes to the hypervisor as a ``CpuUserRegs``; what the hypervisor changes is applied on return.
 
-What Unicorn 2.1.4 does not do, and what this module does instead (measured, see
-/work/shared/notes/unicorn.md):
+What Unicorn 2.1.4 does not do, and what this module does instead (measured on Unicorn
+2.1.4; the start-up self-test checks each workaround):
 
 * CPL follows SS and cannot be set by writing registers: a ring is entered through a one-byte
   ring-0 ``iret`` stub with a prepared frame, after the CPL bits of ``hflags`` have been set to

@@ -1,7 +1,7 @@
 """The ELF domain builder: a Xen 3.0 x86_32 (non-PAE) guest kernel image to a ready domain.
 
 Xen 3.0.4's contract (xen/common/elf.c, xen/arch/x86/domain_build.c,
-xen/include/public/elfnote.h and xen.h; /work/shared/notes/xen-abi.md section 10):
+xen/include/public/elfnote.h and xen.h):
 
 * the kernel identifies itself with a ``__xen_guest`` section (``KEY=VALUE,...``) or with
   ``XEN_ELFNOTE_*`` notes named "Xen"; one of them must be present and say ``xen-3.0``;

@@ -1,7 +1,7 @@
 """The descriptor rule: which GDT/LDT descriptors a guest may install, defined once.
 
-Xen 3.0.4, xen/arch/x86/x86_32/mm.c ``check_descriptor`` (with the 3.0.2+ changes listed in
-/work/shared/notes/xen-abi.md section 4): a not-present descriptor is always safe; DPL 0 is
+Xen 3.0.4, xen/arch/x86/x86_32/mm.c ``check_descriptor`` (with the silent fix-ups of 3.0.2
+and later): a not-present descriptor is always safe; DPL 0 is
 rewritten to DPL 1; of the system descriptors only 32-bit call gates are allowed, their target
 selector's RPL is raised to at least 1 and must name a guest GDT entry, FLAT_KERNEL_CS or an
 LDT entry, and the gate's reserved bits must be clear; a code or data segment's base must lie a
