@@ -234,19 +234,6 @@ def l2e_ok(s: SymState, l2: Word, e: Word, d: Word) -> Bool:
     )
 
 
-def referenced_by_table(s: SymState, g: Word) -> Bool:
-    """A page directory in use other than ``g`` has a present guest entry naming ``g``."""
-    return exists(("frame", "index"), lambda t, i: z3.And(
-        mfn_valid(s, t), in_use(s, t, PGT.l2_page_table), t != g,
-        z3.ULT(i, bv(FIRST_XEN_SLOT)), pte_present(entry(s, t, i)),
-        pte_get_pfn(entry(s, t, i)) == g,
-    ))
-
-
-def is_base(s: SymState, g: Word) -> Bool:
-    return exists(("vcpu",), lambda v: s.base[v] == g)
-
-
 def drop_references(s: SymState) -> tuple[Bool, SymState]:
     """put_page_type after references went away: tables left with no type reference lose
     their validation (mm.c, free_page_type), which may cascade. The fresh set ``gone`` holds

@@ -37,8 +37,6 @@ PGT_root_page_table = PGT.l2_page_table
 
 # Types whose frames are validated on their first type reference and must never be writable.
 PAGE_TABLE_TYPES = (PGT.l1_page_table, PGT.l2_page_table)
-DESCRIPTOR_TYPES = (PGT.gdt_page, PGT.ldt_page)
-PROTECTED_TYPES = PAGE_TABLE_TYPES + DESCRIPTOR_TYPES
 
 # Flags of the hypervisor's own entries: xen/include/asm-x86/page.h, __PAGE_HYPERVISOR =
 # PRESENT | RW | DIRTY | ACCESSED, and its read-only form (RW clear) for what guests may read.

@@ -22,7 +22,6 @@ from typing import Any
 import z3
 
 from xenspec.spec import abi
-from xenspec.spec.pagetable import PGT
 
 W = z3.BitVecSort(32)
 Word = Any
@@ -241,6 +240,3 @@ class SymView:
     def implies(self, premise: Bool, conclusion: Callable[[], Bool]) -> Bool:
         return z3.Implies(premise, conclusion())
 
-
-def is_type(s: SymState, f: Word, t: PGT) -> Bool:
-    return s.type[f] == int(t)
