@@ -13,6 +13,14 @@ Cascades and whole-table validation are specified by their defining property rat
 Xen's loop: a de-validated frame had no reference left from a table in use, a newly validated
 table had entries that all pass the entry checks. Batched calls (mmu_update, mmuext_op) are
 specified one request at a time: a batch is their sequence, stopping at the first failure.
+
+Where Xen's result depends on its iteration, the spec allows more than Xen does: the set of
+frames that take the writable type along a validation may hold any frame that could take it,
+and a dropped reference may, but need not, de-validate a table left without references. The
+proofs therefore cover a superset of Xen's behaviours; the refinement check
+(proofs.refinement) fixes these choices to what the model did, and INV-COUNT/INV-VALID check
+on concrete states that the model de-validates exactly at count zero. Argument decoding
+errors that leave the state alone (-EFAULT, -ESRCH, -ENOSYS) are outside these specs.
 """
 
 from __future__ import annotations
