@@ -142,3 +142,45 @@ def all_obligations() -> list[tuple[str, SpecBuilder, Invariant, str]]:
             for inv in INVARIANTS:
                 out.append((name, builder, inv, branch))
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Obligations about a rule rather than a hypercall's effect on the MMU state.
+# ----------------------------------------------------------------------------------------------
+def _descriptor_rule_is_safe() -> z3.Solver:
+    """INV-PRIV, descriptor part: whatever two words a guest passes to set_gdt or
+    update_descriptor, what the rule accepts is safe as Xen stores it (spec.desc)."""
+    from xenspec.spec.desc import descriptor_is_safe, descriptor_rule
+
+    lo, hi = z3.BitVecs("lo hi", 32)
+    ok, out_lo, out_hi = descriptor_rule(lo, hi)
+    solver = z3.Solver()
+    solver.add(ok, z3.Not(descriptor_is_safe(out_lo, out_hi)))
+    return solver
+
+
+def _descriptor_rule_is_idempotent() -> z3.Solver:
+    """A descriptor the rule stored passes the rule again, unchanged (a guest reading back its
+    GDT and writing it again changes nothing)."""
+    from xenspec.spec.desc import descriptor_rule
+
+    lo, hi = z3.BitVecs("lo hi", 32)
+    ok, out_lo, out_hi = descriptor_rule(lo, hi)
+    ok2, lo2, hi2 = descriptor_rule(out_lo, out_hi)
+    solver = z3.Solver()
+    solver.add(ok, z3.Not(z3.And(ok2, lo2 == out_lo, hi2 == out_hi)))
+    return solver
+
+
+RULE_OBLIGATIONS: tuple[tuple[str, Callable[[], z3.Solver]], ...] = (
+    ("descriptor rule (set_gdt, update_descriptor) yields only safe descriptors: INV-PRIV",
+     _descriptor_rule_is_safe),
+    ("descriptor rule is idempotent", _descriptor_rule_is_idempotent),
+)
+
+
+def obligation_names() -> list[str]:
+    """The names of every obligation, in ``prove_one`` index order."""
+    names = [f"{n} preserves {inv.id}" + ("" if b == "success" else f" [{b}]")
+             for n, _, inv, b in all_obligations()]
+    return names + [name for name, _ in RULE_OBLIGATIONS]

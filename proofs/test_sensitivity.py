@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import z3
 
-from xenspec.proofs.obligations import all_obligations
+from xenspec.proofs.obligations import obligation_names
 from xenspec.proofs.runner import find_counterexample
 from xenspec.spec import mm_spec
 from xenspec.spec.pagetable import (
@@ -25,8 +25,7 @@ from xenspec.spec.pagetable import (
     pte_writable,
 )
 
-NAMES = [f"{n} preserves {inv.id}" + ("" if b == "success" else f" [{b}]")
-         for n, _, inv, b in all_obligations()]
+NAMES = obligation_names()
 
 
 def l1e_ok_without_owner_check(s: Any, e: Any, fd: Any) -> Any:
@@ -91,3 +90,24 @@ def test_removed_check_breaks_the_proof(
 def test_intact_spec_has_no_counterexample(obligation: str) -> None:
     """The control: without the patch, the bounded search finds nothing."""
     assert find_counterexample(NAMES.index(obligation)) == []
+
+
+def test_descriptor_rule_without_dpl_fixup_fails_inv_priv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rule that no longer rewrites DPL 0 to DPL 1 lets a guest install a ring-0 segment:
+    the INV-PRIV obligation fails and names the two descriptor words."""
+    from xenspec.proofs.runner import prove_one
+    from xenspec.spec import abi, desc
+
+    rule = desc.descriptor_rule
+
+    def without_fixup(lo: Any, hi: Any) -> Any:
+        ok, out_lo, out_hi = rule(lo, hi)
+        return ok, out_lo, z3.If((hi & abi._SEGMENT_DPL) == 0, out_hi & ~abi._SEGMENT_DPL,
+                                 out_hi)
+
+    monkeypatch.setattr(desc, "descriptor_rule", without_fixup)
+    result = prove_one(NAMES.index(
+        "descriptor rule (set_gdt, update_descriptor) yields only safe descriptors: INV-PRIV"),
+        use_cache=False)
+    assert result.status == "FAILED"
+    assert {line.split(" = ")[0] for line in result.counterexample} == {"lo", "hi"}

@@ -143,12 +143,10 @@ def prove(no_cache: bool, keyword: str | None, jobs: int) -> None:
     arguments. Results are cached by the obligation's content (.xenspec-cache/); a failing
     obligation prints a counterexample found in a small machine. Exit status 1 on any failure.
     """
-    from xenspec.proofs.obligations import all_obligations
+    from xenspec.proofs.obligations import obligation_names
     from xenspec.proofs.runner import Result, prove_all
 
-    obligations = all_obligations()
-    names = [f"{n} preserves {inv.id}" + ("" if b == "success" else f" [{b}]")
-             for n, _, inv, b in obligations]
+    names = obligation_names()
     selected = [i for i, name in enumerate(names) if keyword is None or keyword in name]
     if not selected:
         raise click.UsageError(f"no obligation matches {keyword!r}")
