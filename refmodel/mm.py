@@ -38,6 +38,7 @@ from xenspec.spec.pagetable import (
     PAGE_TABLE_TYPES,
     PGT,
     PGT_root_page_table,
+    entry_has_changed,
     is_guest_l2_slot,
     l1e_disallowed,
     l2e_disallowed,
@@ -48,17 +49,6 @@ from xenspec.spec.pagetable import (
 
 if TYPE_CHECKING:
     from xenspec.refmodel.hypervisor import Hypervisor
-
-# XSA-182 fix (mm.c, FASTPATH_FLAG_WHITELIST): flag changes that need no reference handling.
-FASTPATH_FLAG_WHITELIST = (
-    abi._PAGE_AVAIL | abi._PAGE_DIRTY | abi._PAGE_ACCESSED | abi._PAGE_USER
-)
-# l1e_has_changed(): compare the frame number and the flags outside the whitelist.
-_FASTPATH_COMPARE = abi.PAGE_MASK | (0xFFF & ~FASTPATH_FLAG_WHITELIST)
-
-
-def entry_has_changed(old: int, new: int) -> bool:
-    return ((old ^ new) & _FASTPATH_COMPARE) != 0
 
 
 class MM:

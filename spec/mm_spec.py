@@ -35,6 +35,7 @@ import z3
 from xenspec.spec import abi
 from xenspec.spec.pagetable import (
     PGT,
+    entry_has_changed,
     l1e_disallowed,
     l2e_disallowed,
     pte_get_pfn,
@@ -145,12 +146,6 @@ def l1e_ok(s: SymState, e: Word, fd: Word) -> Bool:
             z3.Implies(pte_writable(e), can_take_type(s, g, PGT.writable_page)),
         ),
     )
-
-
-def changed(old: Word, new: Word) -> Bool:
-    """The XSA-182 fast-path test: frame or a non-whitelisted flag differs."""
-    whitelist = abi._PAGE_AVAIL | abi._PAGE_DIRTY | abi._PAGE_ACCESSED | abi._PAGE_USER
-    return ((old ^ new) & (abi.PAGE_MASK | (0xFFF & ~whitelist))) != 0
 
 
 def set_entry(s: SymState, f: Word, i: Word, e: Word) -> z3.ArrayRef:
@@ -276,7 +271,7 @@ def drop_references(s: SymState) -> tuple[Bool, SymState]:
 def mod_l1_entry(s: SymState, t: Word, i: Word, e: Word, fd: Word) -> tuple[Bool, Bool, SymState]:
     """Replace entry ``i`` of the L1 in use ``t``: (ok, choice, new state)."""
     old = entry(s, t, i)
-    fast = z3.And(pte_present(e), z3.Not(l1e_disallowed(e)), z3.Not(changed(old, e)))
+    fast = z3.And(pte_present(e), z3.Not(l1e_disallowed(e)), z3.Not(entry_has_changed(old, e)))
     ok = z3.Or(fast, l1e_ok(s, e, fd))
     g = pte_get_pfn(e)
     h = z3.BitVec("h", 32)
@@ -292,7 +287,7 @@ def mod_l2_entry(s: SymState, t: Word, i: Word, e: Word, d: Word) -> tuple[Bool,
     """Replace guest entry ``i`` of the page directory in use ``t``: (ok, choice, new)."""
     old = entry(s, t, i)
     g = pte_get_pfn(e)
-    fast = z3.And(pte_present(e), z3.Not(l2e_disallowed(e)), z3.Not(changed(old, e)))
+    fast = z3.And(pte_present(e), z3.Not(l2e_disallowed(e)), z3.Not(entry_has_changed(old, e)))
     # The slow path may validate the target as a new L1 (``l1s`` is that one frame or none).
     h = z3.BitVec("h", 32)
     validate_g = fresh_bool("validate_target")
