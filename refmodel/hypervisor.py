@@ -80,6 +80,7 @@ class Hypervisor:
         self.special_domains = {abi.DOMID_IO: self.dom_io, abi.DOMID_XEN: self.dom_xen}
         self.next_domid = 0
         self.trace: list[HypercallRecord] | None = None
+        self._arity: dict[Callable[..., int], int] = {}
         # The GDT frames a vCPU has installed (each holds a general and a type reference); the
         # descriptor subsystem provides them, for INV-COUNT.
         self.descriptor_table_frames: Callable[[Vcpu], list[int]] = lambda v: []
@@ -192,22 +193,27 @@ class Hypervisor:
     def hypercall(self, v: Vcpu, nr: int, *args: int) -> int:
         """Handle ``int $0x82`` from ``v``: EAX = nr, EBX.. = args; returns the new EAX as a
         signed value (a negative errno on failure)."""
-        if not v.domain.is_running:
+        if v.domain.shutdown_reason is not None:
             raise RuntimeError(f"domain {v.domain.domain_id} is not running")
-        args = tuple(a & 0xFFFFFFFF for a in args)
         handler = self.hypercall_table.get(nr)
         if handler is None:
             rc = -abi.ENOSYS
         else:
-            nargs = handler.__code__.co_argcount - 2
-            padded = (args + (0,) * nargs)[:nargs]
+            # hypercall_args_table: how many argument registers the handler reads.
+            nargs = self._arity.get(handler)
+            if nargs is None:
+                nargs = self._arity[handler] = handler.__code__.co_argcount - 2
+            if len(args) < nargs:
+                args += (0,) * (nargs - len(args))
+            padded = [a & 0xFFFFFFFF for a in args[:nargs]]
             try:
                 rc = handler(v, *padded)
             except Exception as exc:  # a bug in the model, never the guest's doing
                 raise HypervisorBug(
-                    f"{HYPERCALL_NAMES.get(nr, nr)}{padded} from domain "
+                    f"{HYPERCALL_NAMES.get(nr, nr)}{tuple(padded)} from domain "
                     f"{v.domain.domain_id} raised {type(exc).__name__}: {exc}"
                 ) from exc
         if self.trace is not None:
-            self.trace.append(HypercallRecord(v.domain.domain_id, nr, args, rc))
+            record_args = tuple(a & 0xFFFFFFFF for a in args)
+            self.trace.append(HypercallRecord(v.domain.domain_id, nr, record_args, rc))
         return rc
