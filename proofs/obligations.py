@@ -10,12 +10,13 @@ state (NEW_BASEPTR crashing the domain), the failure branch is an obligation of 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import z3
 
-from xenspec.spec import abi, mm_spec
+from xenspec.spec import abi, mm_spec, symbolic
 from xenspec.spec.invariants import INVARIANTS, Invariant
 from xenspec.spec.mm_spec import Transition
 from xenspec.spec.symbolic import SymState, SymView, bv
@@ -110,8 +111,6 @@ class Obligation:
 def build(hypercall: str, builder: SpecBuilder, inv: Invariant, branch: str) -> Obligation:
     """Assemble one obligation in a fresh solver (fresh names restart for each obligation, so
     its SMT-LIB text, the cache key, does not depend on what was built before)."""
-    from xenspec.spec import symbolic
-
     symbolic.reset_fresh()
     old = SymState.fresh("old")
     t = builder(old)
@@ -130,10 +129,9 @@ def build(hypercall: str, builder: SpecBuilder, inv: Invariant, branch: str) -> 
     return Obligation(hypercall, inv, branch, solver, goal.witnesses, old, new)
 
 
-def all_obligations() -> list[tuple[str, SpecBuilder, Invariant, str]]:
+@functools.cache
+def all_obligations() -> tuple[tuple[str, SpecBuilder, Invariant, str], ...]:
     """Every (hypercall, invariant, branch) triple, in a fixed order."""
-    from xenspec.spec import symbolic
-
     out = []
     for name, builder in HYPERCALL_SPECS:
         symbolic.reset_fresh()
@@ -141,7 +139,7 @@ def all_obligations() -> list[tuple[str, SpecBuilder, Invariant, str]]:
         for branch in branches:
             for inv in INVARIANTS:
                 out.append((name, builder, inv, branch))
-    return out
+    return tuple(out)
 
 
 # ----------------------------------------------------------------------------------------------

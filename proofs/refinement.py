@@ -61,7 +61,7 @@ class Snapshot:
         vcpus = [v for d in hv.domains.values() for v in d.vcpus]
         xen_slots = {}
         for d in hv.domains.values():
-            for k, e in enumerate(hv.xen_l2_slots(0, d)):
+            for k, e in enumerate(hv.xen_l2_slots(d)):
                 if e:
                     xen_slots[(d.domain_id, abi.L2_PAGETABLE_FIRST_XEN_SLOT + k)] = e
         return Snapshot(

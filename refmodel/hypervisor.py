@@ -57,7 +57,7 @@ class HypercallRecord:
 HYPERCALL_NUMBERS: dict[str, int] = {
     n.removeprefix("__HYPERVISOR_"): getattr(abi, n)
     for n in dir(abi)
-    if n.startswith("__HYPERVISOR_")
+    if n.startswith("__HYPERVISOR_") and getattr(abi, n) < abi.NR_hypercalls
 }
 HYPERCALL_NAMES = {nr: name for name, nr in HYPERCALL_NUMBERS.items()}
 
@@ -120,7 +120,7 @@ class Hypervisor:
     def set_gpfn_from_mfn(self, mfn: int, gpfn: int) -> None:
         self.m2p[mfn] = gpfn & 0xFFFFFFFF
 
-    def xen_l2_slots(self, l2mfn: int, d: Domain) -> list[int]:
+    def xen_l2_slots(self, d: Domain) -> list[int]:
         return xen_l2_entries([self.m2p_l1], d.perdomain_pt)
 
     # ----------------------------------------------------------------------------------------

@@ -246,7 +246,7 @@ class MM:
                 for j in range(i):
                     self.put_page_from_l2e(words[j], mfn)
                 return False
-        for k, e in enumerate(self.hv.xen_l2_slots(mfn, d)):
+        for k, e in enumerate(self.hv.xen_l2_slots(d)):
             words[first_xen + k] = e
         return True
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from xenspec.refmodel.domain import Vcpu
 from xenspec.refmodel.hypervisor import Hypervisor
 from xenspec.refmodel.memory import PGC_allocated, PGT_pinned, PGT_validated
+from xenspec.spec import abi
 from xenspec.spec.invariants import COUNTER_INVARIANTS, INVARIANTS, count_violations
 from xenspec.spec.pagetable import pte_present
 
@@ -60,12 +61,11 @@ class ConcreteView:
         return self.memory.read_entry(mfn, index)
 
     def xen_l2e(self, l2mfn: int, index: int) -> int:
-        slots = self._xen_l2.get(l2mfn)
+        """Xen's entry in slot ``index`` of a directory: it depends on the owner alone."""
+        domid = self.owner(l2mfn)
+        slots = self._xen_l2.get(domid)
         if slots is None:
-            d = self.hv.domains[self.owner(l2mfn)]
-            slots = self._xen_l2[l2mfn] = self.hv.xen_l2_slots(l2mfn, d)
-        from xenspec.spec import abi
-
+            slots = self._xen_l2[domid] = self.hv.xen_l2_slots(self.hv.domains[domid])
         return slots[index - abi.L2_PAGETABLE_FIRST_XEN_SLOT]
 
     # vCPUs, numbered across all domains

@@ -25,7 +25,6 @@ errors that leave the state alone (-EFAULT, -ESRCH, -ENOSYS) are outside these s
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -42,11 +41,10 @@ from xenspec.spec.pagetable import (
     pte_present,
     pte_writable,
 )
-from xenspec.spec.symbolic import SymState, bv, exists, forall
+from xenspec.spec.symbolic import SymState, bv, exists, forall, fresh_name
 
 Word = Any
 Bool = Any
-_fresh = itertools.count()
 FIRST_XEN_SLOT = abi.L2_PAGETABLE_FIRST_XEN_SLOT
 
 
@@ -80,13 +78,13 @@ def fresh_set(name: str) -> z3.ArrayRef:
     """A set of frames the spec leaves to Xen's iteration (``name`` says which)."""
     if CHOOSE is not None:
         return CHOOSE(name)
-    return z3.Array(f"{name}!{next(_fresh)}", z3.BitVecSort(32), z3.BoolSort())
+    return z3.Array(fresh_name(name), z3.BitVecSort(32), z3.BoolSort())
 
 
 def fresh_bool(name: str) -> z3.BoolRef:
     if CHOOSE is not None:
         return CHOOSE(name)
-    return z3.Bool(f"{name}!{next(_fresh)}")
+    return z3.Bool(fresh_name(name))
 
 
 def new_l1_set(already: Bool) -> z3.ArrayRef:

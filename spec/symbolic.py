@@ -64,7 +64,7 @@ def _quantified(kinds: tuple[str, ...], body: Callable[..., Bool], forall: bool)
     if values is not None:
         terms = [_quantified(rest, lambda *xs, x=x: body(bv(x), *xs), forall) for x in values]
         return z3.And(*terms) if forall else z3.Or(*terms)
-    var = z3.BitVec(f"{kind}!{next(_fresh)}", 32)
+    var = z3.BitVec(fresh_name(kind), 32)
     inner = _quantified(rest, lambda *xs: body(var, *xs), forall)
     return z3.ForAll([var], inner) if forall else z3.Exists([var], inner)
 
@@ -91,13 +91,15 @@ def scope_constraints(s: SymState, witnesses: list[tuple[str, z3.BitVecRef]]) ->
     return out
 
 
+def fresh_name(prefix: str) -> str:
+    """A name no other symbol of the obligation under construction has."""
+    return f"{prefix}!{next(_fresh)}"
+
+
 def reset_fresh() -> None:
     """Restart fresh-name numbering (each proof obligation is built from a clean slate)."""
     global _fresh
     _fresh = itertools.count()
-    from xenspec.spec import mm_spec
-
-    mm_spec._fresh = itertools.count()
 
 
 def bv(x: int) -> z3.BitVecRef:
@@ -159,7 +161,7 @@ class SymView:
     def _forall(self, kind: str, body: Callable[[Word], Bool]) -> Bool:
         if not self.witness:
             return forall((kind,), body)
-        var = z3.BitVec(f"{kind}!{next(_fresh)}", 32)
+        var = z3.BitVec(fresh_name(kind), 32)
         self.witnesses.append((kind, var))
         return body(var)
 

@@ -197,7 +197,7 @@ def test_l2_disallowed_flags(hv, g, flag):
 
 def test_l2_xen_slots_cannot_be_written(hv, g):
     """mod_l2_entry, is_guest_l2_slot: slots 1008..1023 are Xen's, even a write of 0."""
-    xen = hv.xen_l2_slots(g.l2_mfn, g.domain)
+    xen = hv.xen_l2_slots(g.domain)
     (t,) = free_mfns(g, 1)
     for slot in (abi.L2_PAGETABLE_FIRST_XEN_SLOT, abi.LINEAR_PT_SLOT, 1023):
         for val in (0, g.pte(t, PTE_RW)):
@@ -357,7 +357,7 @@ def test_pin_l1_and_l2(hv, g):
     assert g.mmuext_op([(abi.MMUEXT_PIN_L1_TABLE, a, 0), (abi.MMUEXT_PIN_L2_TABLE, b, 0)]) == (0, 2)
     assert frame(hv, a) == Frame(L1, 1, 2, True, True)
     assert frame(hv, b) == Frame(L2, 1, 2, True, True)
-    assert [entry(hv, b, i) for i in range(1008, 1024)] == hv.xen_l2_slots(b, g.domain)
+    assert [entry(hv, b, i) for i in range(1008, 1024)] == hv.xen_l2_slots(g.domain)
     assert check_invariants(hv) == []
 
 
