@@ -1,0 +1,150 @@
+"""The clauses of the specification: the unit that proofs, tests and documentation refer to.
+
+A clause is one rule a reader can hold against Xen: a hypercall (or one command of a
+multiplexed hypercall), a behaviour of the virtual CPU (an exception bounce, the system-call
+path), the start-of-day contract, or an invariant. Conformance tests name the clauses they
+exercise (``@pytest.mark.clauses(...)``), proof obligations are grouped under them, and the
+documentation gets a page per clause. Ids are stable strings: ``mmu_update/NORMAL_PT_UPDATE``,
+``bounce/page_fault``, ``INV-HOLE``.
+
+Sources: the paper is "Xen and the Art of Virtualization" (SOSP 2003), section numbers as
+printed; headers are Xen 3.0's ``xen/include/public/``; ``mm.c`` is ``xen/arch/x86/mm.c``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Kind(Enum):
+    hypercall = "hypercall"
+    behaviour = "behaviour"
+    invariant = "invariant"
+
+
+@dataclass(frozen=True)
+class Clause:
+    id: str
+    kind: Kind
+    title: str
+    source: str
+    spec: str = ""  # the spec function (module:function) that states it, if there is one
+
+    @property
+    def hypercall(self) -> str:
+        """The hypercall name a hypercall clause belongs to ('' for other kinds)."""
+        return self.id.split("/")[0] if self.kind is Kind.hypercall else ""
+
+
+_H, _B, _I = Kind.hypercall, Kind.behaviour, Kind.invariant
+_MM = "xenspec.spec.mm_spec"
+
+CLAUSES: tuple[Clause, ...] = (
+    # --- memory (paper s2.1.1, s3.3.3) -------------------------------------------------------
+    Clause("mmu_update/NORMAL_PT_UPDATE", _H, "Validated update of one page-table entry",
+           "SOSP'03 s2.1.1, s3.3.3; xen.h MMU_NORMAL_PT_UPDATE; mm.c do_mmu_update",
+           f"{_MM}:spec_mmu_update"),
+    Clause("mmu_update/MACHPHYS_UPDATE", _H, "Update of the machine-to-physical table",
+           "SOSP'03 s3.3.4; xen.h MMU_MACHPHYS_UPDATE; mm.c do_mmu_update",
+           f"{_MM}:spec_machphys_update"),
+    Clause("update_va_mapping", _H, "Update of the entry that maps one virtual address",
+           "xen.h __HYPERVISOR_update_va_mapping, UVMF_*; mm.c do_update_va_mapping",
+           f"{_MM}:spec_update_va_mapping"),
+    Clause("mmuext_op/PIN_L1_TABLE", _H, "Pin a page table (validate and hold its type)",
+           "SOSP'03 s3.3.3; xen.h MMUEXT_PIN_L1_TABLE; mm.c do_mmuext_op",
+           f"{_MM}:spec_pin_table"),
+    Clause("mmuext_op/PIN_L2_TABLE", _H, "Pin a page directory",
+           "SOSP'03 s3.3.3; xen.h MMUEXT_PIN_L2_TABLE; mm.c do_mmuext_op",
+           f"{_MM}:spec_pin_table"),
+    Clause("mmuext_op/UNPIN_TABLE", _H, "Unpin a table",
+           "xen.h MMUEXT_UNPIN_TABLE; mm.c do_mmuext_op", f"{_MM}:spec_unpin_table"),
+    Clause("mmuext_op/NEW_BASEPTR", _H, "Switch the vCPU's page directory",
+           "xen.h MMUEXT_NEW_BASEPTR; mm.c new_guest_cr3", f"{_MM}:spec_new_baseptr"),
+    Clause("mmuext_op/TLB_FLUSH", _H, "TLB flushes and INVLPG (no state but the TLB)",
+           "xen.h MMUEXT_TLB_FLUSH_LOCAL, MMUEXT_INVLPG_LOCAL, ...; mm.c do_mmuext_op",
+           f"{_MM}:spec_mmuext_no_state"),
+    Clause("mmuext_op/SET_LDT", _H, "Install a local descriptor table",
+           "xen.h MMUEXT_SET_LDT; mm.c do_mmuext_op", f"{_MM}:spec_mmuext_no_state"),
+    # --- segmentation (paper s2.1.1) ---------------------------------------------------------
+    Clause("set_gdt", _H, "Install a global descriptor table from validated frames",
+           "SOSP'03 s2.1.1; xen.h __HYPERVISOR_set_gdt; mm.c do_set_gdt",
+           "xenspec.spec.desc:descriptor_rule"),
+    Clause("update_descriptor", _H, "Update one validated segment descriptor",
+           "SOSP'03 s2.1.1; xen.h __HYPERVISOR_update_descriptor; mm.c do_update_descriptor",
+           "xenspec.spec.desc:descriptor_rule"),
+    # --- CPU (paper s2.1.2) ------------------------------------------------------------------
+    Clause("set_trap_table", _H, "Register the guest's exception handlers",
+           "SOSP'03 s2.1.2; xen.h trap_info_t; traps.c do_set_trap_table"),
+    Clause("set_callbacks", _H, "Register the event and failsafe callbacks",
+           "xen.h __HYPERVISOR_set_callbacks; x86_32/traps.c"),
+    Clause("stack_switch", _H, "Set the guest kernel stack for ring transitions",
+           "SOSP'03 s2.1.2; xen.h __HYPERVISOR_stack_switch; x86_32/mm.c do_stack_switch"),
+    Clause("iret", _H, "Return from a bounced exception or event",
+           "arch-x86_32.h struct iret_context; x86_32/traps.c do_iret"),
+    Clause("fpu_taskswitch", _H, "Set or clear the virtual CR0.TS",
+           "xen.h __HYPERVISOR_fpu_taskswitch; traps.c do_fpu_taskswitch"),
+    Clause("bounce/exception", _B, "An exception is delivered to the guest's handler",
+           "SOSP'03 s2.1.2; x86_32/traps.c create_bounce_frame"),
+    Clause("bounce/page_fault", _B, "A page fault is delivered with its faulting address",
+           "SOSP'03 s2.1.2 (faulting address in an extended frame); arch-x86_32.h cr2"),
+    Clause("syscall/fast_path", _B, "System calls from ring 3 reach the guest kernel directly",
+           "SOSP'03 s2.1.2 (fast exception handler); xen.h trap_info_t flags (DPL)"),
+    Clause("privileged/instruction", _B, "Privileged instructions fault in the guest",
+           "SOSP'03 s2.1.2 (ring 1 guest OS)"),
+    # --- domain, time, console ---------------------------------------------------------------
+    Clause("start_of_day", _B, "The domain builder's start-of-day contract",
+           "xen.h struct start_info; arch-x86_32.h (ESI = start_info, bootstrap mappings)"),
+    Clause("console_io", _H, "Write to and read from the hypervisor console",
+           "xen.h __HYPERVISOR_console_io, CONSOLEIO_*"),
+    Clause("xen_version", _H, "Hypervisor version and features",
+           "version.h XENVER_*"),
+    Clause("vm_assist", _H, "Enable or disable a VM assist",
+           "xen.h VMASST_*"),
+    Clause("sched_op", _H, "Yield, block and shut down",
+           "sched.h SCHEDOP_*, SHUTDOWN_*"),
+    Clause("sched_op_compat", _H, "The pre-3.0.2 scheduler call",
+           "xen.h __HYPERVISOR_sched_op_compat"),
+    # --- invariants (DESIGN's table; the formulas are in xenspec.spec.invariants) -------------
+    Clause("INV-HOLE", _I, "No guest-controlled mapping reaches the hypervisor's top 64 MB",
+           "SOSP'03 s2.1.1; mm.c alloc_l2_table, is_guest_l2_slot",
+           "xenspec.spec.invariants:inv_hole"),
+    Clause("INV-NOWRPT", _I, "No page-table, GDT or LDT frame is mapped writable",
+           "SOSP'03 s3.3.3; mm.c get_page_from_l1e", "xenspec.spec.invariants:inv_nowrpt"),
+    Clause("INV-OWN", _I, "A domain's tables map only frames it owns",
+           "mm.c get_page, get_page_from_l1e", "xenspec.spec.invariants:inv_own"),
+    Clause("INV-COUNT", _I, "Reference and type counts equal the references that exist",
+           "mm.c get_page/put_page, get_page_type/put_page_type",
+           "xenspec.spec.invariants:count_violations"),
+    Clause("INV-VALID", _I, "A page-table frame is validated exactly while it has type refs",
+           "mm.c get_page_type, put_page_type", "xenspec.spec.invariants:inv_validated"),
+    Clause("INV-PIN", _I, "A pinned frame is a validated table",
+           "mm.c do_mmuext_op MMUEXT_PIN_*", "xenspec.spec.invariants:inv_pin"),
+    Clause("INV-BASE", _I, "Every vCPU's base pointer is a validated page directory it owns",
+           "mm.c new_guest_cr3", "xenspec.spec.invariants:inv_base"),
+    Clause("INV-L2REF", _I, "Page directories in use reference only tables in use",
+           "mm.c get_page_from_l2e", "xenspec.spec.invariants:inv_l2ref"),
+    Clause("INV-PRIV", _I, "Xen alone runs in ring 0",
+           "SOSP'03 s2.1.1, s2.1.2; mm.c check_descriptor; traps.c do_set_trap_table",
+           "xenspec.spec.desc:descriptor_is_safe"),
+    Clause("INV-ISO", _I, "No domain reads or writes another's frames without a grant",
+           "SOSP'03 s2; mm.c get_page (owner check)"),
+)
+
+BY_ID: dict[str, Clause] = {c.id: c for c in CLAUSES}
+
+
+class UnknownClause(KeyError):
+    pass
+
+
+def clause(cid: str) -> Clause:
+    """The clause with id ``cid``; UnknownClause names the id if there is none."""
+    try:
+        return BY_ID[cid]
+    except KeyError:
+        raise UnknownClause(f"no clause {cid!r} in xenspec.spec.clauses") from None
+
+
+def of_kind(kind: Kind) -> list[Clause]:
+    return [c for c in CLAUSES if c.kind is kind]
