@@ -6,7 +6,9 @@ concrete counterexample in small bounded machines (2 to 4 frames, one vCPU), whe
 are expanded and the solver can build models, and prints it readably.
 
 Results are cached by the SMT-LIB text of the obligation (plus the Z3 version), which is exactly
-what the result depends on: an unchanged obligation is not proved again.
+what the result depends on: an unchanged obligation is not proved again. ``prove_all`` also
+records each obligation's last status, time and whether it came from the cache in
+``prove-last.json`` next to the cache (the documentation's traceability matrix reads it).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import z3
@@ -48,9 +51,17 @@ class Result:
         return self.status == "proved"
 
 
+def cache_dir() -> Path:
+    return Path(os.environ.get("XENSPEC_CACHE_DIR", ".xenspec-cache"))
+
+
 def cache_path() -> Path:
-    root = Path(os.environ.get("XENSPEC_CACHE_DIR", ".xenspec-cache"))
-    return root / "proofs.json"
+    return cache_dir() / "proofs.json"
+
+
+def last_run_path() -> Path:
+    """The status of each obligation at its last ``prove_all`` (read by the documentation)."""
+    return cache_dir() / "prove-last.json"
 
 
 def load_cache() -> dict[str, dict[str, float | str]]:
@@ -62,11 +73,30 @@ def load_cache() -> dict[str, dict[str, float | str]]:
 
 
 def save_cache(entries: dict[str, dict[str, float | str]]) -> None:
-    path = cache_path()
+    _write_json(cache_path(), entries)
+
+
+def record_last_run(results: list[Result]) -> None:
+    """Merge ``results`` into prove-last.json: name -> status, seconds, cached, timestamp."""
+    path = last_run_path()
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    for r in results:
+        data[r.name] = {"status": r.status, "seconds": round(r.seconds, 3),
+                        "cached": r.cached, "timestamp": now}
+    _write_json(path, data)
+
+
+def _write_json(path: Path, data: object) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
         tmp.replace(path)
     except OSError:
         pass  # a read-only tree only loses the cache
@@ -153,5 +183,7 @@ def prove_all(
                 results[i] = future.result()
                 if report:
                     report(results[i])
-    return [results[i] for i in indices]
+    ordered = [results[i] for i in indices]
+    record_last_run(ordered)
+    return ordered
 
