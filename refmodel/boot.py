@@ -62,17 +62,21 @@ def boot(
     timeout_s: float = 0.0,
     on_trace: Callable[[HypercallRecord], None] | None = None,
     check_invariants: bool = False,
+    setup: Callable[[Hypervisor, PVPlatform], None] | None = None,
 ) -> BootResult:
     """Boot ``image`` (a parsed image or a path); raises BuildError for a bad image and
     HypervisorBug if the model itself fails. With ``check_invariants`` every invariant is
     checked after each hypercall (slow); the first violation stops the guest and is
-    reported in ``violations``."""
+    reported in ``violations``. ``setup`` is called with the new machine before the domain is
+    built (the conformance suite's broken implementations alter one rule there)."""
     from xenspec.refmodel.cpu import UnicornCPU
 
     if isinstance(image, str):
         image = load_image_file(image)
     hv = Hypervisor(memory_mb * 256)
     pv = PVPlatform(hv)
+    if setup is not None:
+        setup(hv, pv)
     if console is not None:
         pv.console_out = lambda _domid, data: console(data)
     if trace:

@@ -7,17 +7,16 @@ check every state the running model reaches.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from xenspec.refmodel.domain import Vcpu
 from xenspec.refmodel.hypervisor import Hypervisor
 from xenspec.refmodel.memory import PGC_allocated, PGT_pinned, PGT_validated
 from xenspec.spec import abi
+from xenspec.spec.concrete import ConcreteLogic
 from xenspec.spec.invariants import COUNTER_INVARIANTS, INVARIANTS, count_violations
 from xenspec.spec.pagetable import pte_present
 
 
-class ConcreteView:
+class ConcreteView(ConcreteLogic):
     """A read-only ``StateView`` of a running ``Hypervisor``."""
 
     def __init__(self, hv: Hypervisor) -> None:
@@ -75,7 +74,7 @@ class ConcreteView:
     def vcpu_domain(self, vcpu: int) -> int:
         return self._vcpus[vcpu].domain.domain_id
 
-    # quantifiers
+    # what exists
     def frames(self) -> range:
         return range(self.memory.nr_frames)
 
@@ -88,33 +87,6 @@ class ConcreteView:
     def present_entries(self, mfn: int, lo: int, hi: int) -> list[tuple[int, int]]:
         words = self.memory.frame_words(mfn)
         return [(i, words[i]) for i in range(lo, hi) if pte_present(words[i])]
-
-    def forall_frames(self, body: Callable[[int], bool]) -> bool:
-        return all(body(f) for f in self.frames())
-
-    def forall_vcpus(self, body: Callable[[int], bool]) -> bool:
-        return all(body(v) for v in self.vcpus())
-
-    def forall_present_entries(
-        self, mfn: int, lo: int, hi: int, body: Callable[[int, int], bool]
-    ) -> bool:
-        return all(body(i, e) for i, e in self.present_entries(mfn, lo, hi))
-
-    def forall_indices(self, lo: int, hi: int, body: Callable[[int], bool]) -> bool:
-        return all(body(i) for i in range(lo, hi))
-
-    # connectives
-    def and_(self, *terms: bool) -> bool:
-        return all(terms)
-
-    def or_(self, *terms: bool) -> bool:
-        return any(terms)
-
-    def not_(self, a: bool) -> bool:
-        return not a
-
-    def implies(self, premise: bool, conclusion: Callable[[], bool]) -> bool:
-        return not premise or conclusion()
 
 
 def check_invariants(hv: Hypervisor) -> list[str]:
