@@ -1,13 +1,15 @@
 """Build the guest test kernels with the machine's ``gcc -m32`` and ``ld -m elf_i386``.
 
 ``build_guest("hello")`` compiles ``conformance/guests/hello.c`` with the runtime into
-``build/guests/hello.elf`` (the repository's gitignored build directory) and returns its path;
+``build/guests/hello.elf`` (the repository's gitignored build directory, or
+``XENSPEC_BUILD_DIR``) and returns its path;
 it rebuilds only what changed. The ABI header is generated first from ``xenspec.spec.abi``
 (``xenspec.spec.cheader``). Run ``python -m conformance.guests.build [NAME...]`` to build by hand.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -18,7 +20,10 @@ from xenspec.spec import cheader
 HERE = Path(__file__).resolve().parent
 RUNTIME = HERE / "runtime"
 REPO = HERE.parent.parent
-BUILD = REPO / "build" / "guests"
+# A source checkout builds into its gitignored build/; an installed package into a user cache.
+BUILD = Path(os.environ.get("XENSPEC_BUILD_DIR") or (
+    REPO / "build" / "guests" if (REPO / "pyproject.toml").exists()
+    else Path.home() / ".cache" / "xenspec" / "guests"))
 
 CFLAGS = [
     "-m32", "-march=i686", "-ffreestanding", "-fno-pic", "-fno-pie", "-fno-stack-protector",

@@ -1,0 +1,46 @@
+"""How often the conformance suite exercised each clause of the specification.
+
+The hypercall-level driver counts every hypercall (every request of a batch, by command) under
+its clause id; each invariant check counts once per invariant; guest runs add the hypercall
+counts an implementation reports. The pytest plugin reads and resets these counters.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from xenspec.spec import abi
+from xenspec.spec.clauses import BY_ID
+
+HITS: Counter[str] = Counter()  # clause id -> times exercised
+CALLS: Counter[str] = Counter()  # hypercall name -> times issued (either level)
+
+_MMU_UPDATE = {abi.MMU_NORMAL_PT_UPDATE: "NORMAL_PT_UPDATE",
+               abi.MMU_MACHPHYS_UPDATE: "MACHPHYS_UPDATE"}
+_MMUEXT = {abi.MMUEXT_PIN_L1_TABLE: "PIN_L1_TABLE", abi.MMUEXT_PIN_L2_TABLE: "PIN_L2_TABLE",
+           abi.MMUEXT_UNPIN_TABLE: "UNPIN_TABLE", abi.MMUEXT_NEW_BASEPTR: "NEW_BASEPTR",
+           abi.MMUEXT_SET_LDT: "SET_LDT"}
+
+
+def mmu_update_clause(ptr: int) -> str:
+    return "mmu_update/" + _MMU_UPDATE.get(ptr & 3, "NORMAL_PT_UPDATE")
+
+
+def mmuext_clause(cmd: int) -> str:
+    return "mmuext_op/" + _MMUEXT.get(cmd, "TLB_FLUSH")
+
+
+def hit(clause_id: str, times: int = 1) -> None:
+    HITS[clause_id] += times
+
+
+def called(name: str, times: int = 1) -> None:
+    """A hypercall issued; credited to its clause when the name alone determines it."""
+    CALLS[name] += times
+    if BY_ID.get(name) is not None:
+        HITS[name] += times
+
+
+def reset() -> None:
+    HITS.clear()
+    CALLS.clear()

@@ -1,0 +1,164 @@
+"""A guest kernel stand-in that drives a hypercall-level implementation.
+
+``Guest`` is one domain created through the adapter; its methods issue hypercalls the way a
+guest kernel does: argument arrays are written into the domain's own memory (the first
+``ARG_PAGES`` pseudo-physical frames, mapped at the start of its bootstrap region) and passed
+by guest-virtual address. Structure layouts are xen.h's (``mmu_update_t``, ``mmuext_op_t``,
+``trap_info_t``), from ``xenspec.spec.abi``. Every call is counted in
+``xenspec.conformance.coverage``.
+"""
+
+from __future__ import annotations
+
+from xenspec.conformance import coverage
+from xenspec.conformance.adapter import DomainInfo, HypercallLevel
+from xenspec.spec import abi
+
+ARG_PAGES = 16  # pfns [0, 16): up to 4095 mmu_update requests and *done in the last word
+DONE_OFFSET = ARG_PAGES * abi.PAGE_SIZE - 4
+UNSET = 0xFFFFFFFF  # *done is preset to this before each batch
+
+PTE_RW = abi._PAGE_PRESENT | abi._PAGE_RW
+PTE_RO = abi._PAGE_PRESENT
+
+
+def pack_mmu_updates(reqs: list[tuple[int, int]]) -> bytes:
+    return b"".join(abi.MMU_UPDATE_T.pack(p & (2**64 - 1), v & (2**64 - 1)) for p, v in reqs)
+
+
+def pack_mmuext_ops(ops: list[tuple[int, int, int]]) -> bytes:
+    m = 0xFFFFFFFF
+    return b"".join(abi.MMUEXT_OP_T.pack(c & m, a & m, b & m) for c, a, b in ops)
+
+
+class Guest:
+    """One domain of an implementation, with its kernel's hypercall wrappers."""
+
+    def __init__(self, impl: HypercallLevel, nr_pages: int = 128, nr_mapped: int = 64,
+                 privileged: bool = False) -> None:
+        if nr_mapped < ARG_PAGES + 4:
+            raise ValueError(f"a guest needs at least {ARG_PAGES + 4} mapped pages")
+        self.impl = impl
+        self.privileged = privileged
+        self.info: DomainInfo = impl.create_domain(nr_pages, nr_mapped, privileged)
+
+    # --- addresses ----------------------------------------------------------------------------
+    @property
+    def domid(self) -> int:
+        return self.info.domid
+
+    def mfn(self, pfn: int) -> int:
+        return self.info.p2m[pfn]
+
+    def va(self, pfn: int) -> int:
+        return self.info.virt_base + (pfn << abi.PAGE_SHIFT)
+
+    @property
+    def l2_mfn(self) -> int:
+        return self.mfn(self.info.pt_base_pfn)
+
+    @property
+    def l1_mfns(self) -> list[int]:
+        return [self.mfn(p) for p in self.info.l1_pfns]
+
+    def free_pfns(self) -> range:
+        """Frames the builder left unmapped: the tests' own tables and data."""
+        return range(self.info.nr_mapped, len(self.info.p2m))
+
+    def free_mfns(self, n: int, skip: int = 0) -> list[int]:
+        return [self.mfn(p) for p in self.free_pfns()[skip : skip + n]]
+
+    @staticmethod
+    def entry_maddr(table_mfn: int, index: int) -> int:
+        return table_mfn << abi.PAGE_SHIFT | index * abi.PTE_SIZE
+
+    @staticmethod
+    def pte(mfn: int, flags: int = PTE_RW) -> int:
+        return (mfn << abi.PAGE_SHIFT | flags) & 0xFFFFFFFF
+
+    @property
+    def running(self) -> bool:
+        return self.impl.is_running(self.domid)
+
+    # --- memory of the argument area -----------------------------------------------------------
+    def write_args(self, data: bytes, offset: int = 0) -> int:
+        """Place ``data`` in the argument area; return its guest-virtual address."""
+        if offset + len(data) > ARG_PAGES * abi.PAGE_SIZE:
+            raise ValueError("the arguments do not fit the argument area")
+        pos = 0
+        while pos < len(data):
+            pfn, off = divmod(offset + pos, abi.PAGE_SIZE)
+            chunk = min(len(data) - pos, abi.PAGE_SIZE - off)
+            self.impl.write_pfn(self.domid, pfn, off, data[pos : pos + chunk])
+            pos += chunk
+        return self.va(0) + offset
+
+    def read_args(self, offset: int, length: int) -> bytes:
+        pfn, off = divmod(offset, abi.PAGE_SIZE)
+        return self.impl.read_pfn(self.domid, pfn, off, length)
+
+    @property
+    def done_va(self) -> int:
+        return self.va(0) + DONE_OFFSET
+
+    def read_done(self) -> int:
+        return int.from_bytes(self.read_args(DONE_OFFSET, 4), "little")
+
+    # --- hypercalls ---------------------------------------------------------------------------
+    def hypercall(self, name: str, *args: int) -> int:
+        coverage.called(name)
+        return self.impl.hypercall(self.domid, name, *(a & 0xFFFFFFFF for a in args))
+
+    def batch(self, name: str, buf: bytes, count: int, foreigndom: int) -> tuple[int, int]:
+        """Issue mmu_update or mmuext_op on ``buf``; return (rc, *done)."""
+        if len(buf) > DONE_OFFSET:
+            raise ValueError("the batch does not fit the argument area")
+        self.write_args(UNSET.to_bytes(4, "little"), DONE_OFFSET)
+        ptr = self.write_args(buf)
+        rc = self.hypercall(name, ptr, count, self.done_va, foreigndom)
+        return rc, self.read_done()
+
+    def mmu_update(self, reqs: list[tuple[int, int]],
+                   foreigndom: int = abi.DOMID_SELF) -> tuple[int, int]:
+        for ptr, _ in reqs:
+            coverage.hit(coverage.mmu_update_clause(ptr))
+        return self.batch("mmu_update", pack_mmu_updates(reqs), len(reqs), foreigndom)
+
+    def mmuext_op(self, ops: list[tuple[int, int, int]],
+                  foreigndom: int = abi.DOMID_SELF) -> tuple[int, int]:
+        for cmd, _, _ in ops:
+            coverage.hit(coverage.mmuext_clause(cmd))
+        return self.batch("mmuext_op", pack_mmuext_ops(ops), len(ops), foreigndom)
+
+    def update_va_mapping(self, va: int, pte: int, flags: int = abi.UVMF_NONE) -> int:
+        return self.hypercall("update_va_mapping", va, pte, 0, flags)
+
+    def set_entry(self, table_mfn: int, index: int, val: int) -> int:
+        return self.mmu_update([(self.entry_maddr(table_mfn, index), val)])[0]
+
+    def pin(self, mfn: int, level: int) -> int:
+        cmd = abi.MMUEXT_PIN_L1_TABLE if level == 1 else abi.MMUEXT_PIN_L2_TABLE
+        return self.mmuext_op([(cmd, mfn, 0)])[0]
+
+    def unpin(self, mfn: int) -> int:
+        return self.mmuext_op([(abi.MMUEXT_UNPIN_TABLE, mfn, 0)])[0]
+
+    def new_baseptr(self, mfn: int) -> int:
+        return self.mmuext_op([(abi.MMUEXT_NEW_BASEPTR, mfn, 0)])[0]
+
+    def set_trap_table(self, traps: list[tuple[int, int, int, int]]) -> int:
+        """traps: (vector, flags, cs, address); the table ends with a zero entry."""
+        buf = b"".join(abi.TRAP_INFO_T.pack(*t) for t in traps) + bytes(abi.TRAP_INFO_T.size)
+        return self.hypercall("set_trap_table", self.write_args(buf))
+
+    def set_gdt(self, frames: list[int], entries: int) -> int:
+        ptr = self.write_args(b"".join(f.to_bytes(4, "little") for f in frames))
+        return self.hypercall("set_gdt", ptr, entries)
+
+    def update_descriptor(self, maddr: int, desc: int) -> int:
+        return self.hypercall("update_descriptor", maddr & 0xFFFFFFFF, maddr >> 32,
+                              desc & 0xFFFFFFFF, desc >> 32)
+
+    # --- state --------------------------------------------------------------------------------
+    def entry(self, mfn: int, index: int) -> int:
+        return self.impl.entries(mfn)[index]

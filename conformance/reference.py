@@ -1,0 +1,119 @@
+"""The reference model behind the conformance adapter interface: the default implementation.
+
+``ReferenceImplementation()`` is a fresh machine running ``xenspec.refmodel``; it offers both
+levels of ``xenspec.conformance.adapter``. ``setup`` (a function of the new ``Hypervisor`` and
+``PVPlatform``) may alter that one machine before use: the broken implementations of
+``xenspec.conformance.broken`` are the reference model with one rule changed this way.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from xenspec.conformance.adapter import DomainInfo, FrameInfo, GuestRun
+from xenspec.refmodel.boot import boot
+from xenspec.refmodel.builder import DEFAULT_VIRT_BASE, build_initial_tables
+from xenspec.refmodel.domain import Domain
+from xenspec.refmodel.hypervisor import HYPERCALL_NAMES, HYPERCALL_NUMBERS, Hypervisor
+from xenspec.refmodel.memory import PGC_allocated, PGT_pinned, PGT_validated
+from xenspec.refmodel.platform import PVPlatform
+from xenspec.spec import abi
+
+Setup = Callable[[Hypervisor, PVPlatform], None]
+
+MACHINE_FRAMES = 1024  # 4 MB: room for a few small domains
+GUEST_MACHINE_MB, GUEST_DOMAIN_MB = 64, 16
+
+
+class ReferenceImplementation:
+    """The reference hypervisor, guest level and hypercall level."""
+
+    name = "reference"
+    counts_like_xen = True
+
+    def __init__(self, setup: Setup | None = None, machine_frames: int = MACHINE_FRAMES) -> None:
+        self.setup = setup
+        self.machine_frames = machine_frames
+        self._hv: Hypervisor | None = None
+        self._pv: PVPlatform | None = None
+
+    # --- guest level -------------------------------------------------------------------------
+    def boot_guest(self, elf: Path, cmdline: str, timeout_s: float) -> GuestRun:
+        r = boot(str(elf), memory_mb=GUEST_MACHINE_MB, domain_mb=GUEST_DOMAIN_MB,
+                 cmdline=cmdline, timeout_s=timeout_s, trace=True, setup=self.setup)
+        calls = Counter(HYPERCALL_NAMES.get(t.nr, str(t.nr)) for t in r.trace)
+        return GuestRun(r.console, r.reason.name if r.reason else None, r.crash_reason or "",
+                        dict(calls))
+
+    # --- hypercall level: the machine ----------------------------------------------------------
+    @property
+    def hv(self) -> Hypervisor:
+        if self._hv is None:
+            self._hv = Hypervisor(self.machine_frames)
+            self._pv = PVPlatform(self._hv)
+            if self.setup is not None:
+                self.setup(self._hv, self._pv)
+        return self._hv
+
+    @property
+    def pv(self) -> PVPlatform:
+        assert self.hv is not None and self._pv is not None
+        return self._pv
+
+    def domain(self, domid: int) -> Domain:
+        try:
+            return self.hv.domains[domid]
+        except KeyError:
+            raise ValueError(f"no domain {domid}") from None
+
+    def create_domain(self, nr_pages: int, nr_mapped: int, privileged: bool) -> DomainInfo:
+        d = self.hv.create_domain(nr_pages, privileged=privileged)
+        self.pv.setup_domain(d)
+        lay = build_initial_tables(self.hv, d, nr_mapped, DEFAULT_VIRT_BASE)
+        return DomainInfo(d.domain_id, tuple(d.page_list), lay.virt_base, lay.nr_mapped,
+                          lay.pt_base_pfn, lay.l1_pfns)
+
+    def hypercall(self, domid: int, name: str, *args: int) -> int:
+        nr = HYPERCALL_NUMBERS.get(name)
+        if nr is None:
+            raise ValueError(f"no hypercall {name!r}")
+        return self.hv.hypercall(self.domain(domid).vcpus[0], nr, *args)
+
+    def is_running(self, domid: int) -> bool:
+        return self.domain(domid).is_running
+
+    def _maddr(self, domid: int, pfn: int, offset: int, length: int) -> int:
+        if offset < 0 or offset + length > abi.PAGE_SIZE:
+            raise ValueError("the access must stay within one frame")
+        return (self.domain(domid).page_list[pfn] << abi.PAGE_SHIFT) + offset
+
+    def write_pfn(self, domid: int, pfn: int, offset: int, data: bytes) -> None:
+        self.hv.memory.write(self._maddr(domid, pfn, offset, len(data)), data)
+
+    def read_pfn(self, domid: int, pfn: int, offset: int, length: int) -> bytes:
+        return self.hv.memory.read(self._maddr(domid, pfn, offset, length), length)
+
+    # --- hypercall level: the state ------------------------------------------------------------
+    def nr_frames(self) -> int:
+        return self.hv.memory.nr_frames
+
+    def frame(self, mfn: int) -> FrameInfo:
+        f = self.hv.frames
+        flags = int(f.flags[mfn])
+        return FrameInfo(int(f.owner[mfn]), int(f.type[mfn]), int(f.type_count[mfn]),
+                         int(f.count[mfn]), bool(flags & PGT_validated),
+                         bool(flags & PGT_pinned), bool(flags & PGC_allocated))
+
+    def entries(self, mfn: int) -> Sequence[int]:
+        return self.hv.memory.frame_words(mfn).tolist()
+
+    def xen_l2_slots(self, domid: int) -> Sequence[int]:
+        return self.hv.xen_l2_slots(self.domain(domid))
+
+    def vcpu_bases(self) -> Sequence[tuple[int, int]]:
+        return [(d.domain_id, v.guest_table) for d in self.hv.domains.values() for v in d.vcpus]
+
+    def descriptor_frames(self, domid: int) -> Sequence[int]:
+        return self.hv.descriptor_table_frames(self.domain(domid).vcpus[0])

@@ -1,0 +1,99 @@
+"""Guest level: the guest test kernels of conformance/guests, booted by the implementation.
+
+Each kernel prints its result in XTF's words. SUCCESS passes; SKIP is a skipped test; FAILURE
+and ERROR fail with the kernel's own lines; no result line at all is CRASH, a failure. The
+hostile kernels must instead be crashed by the hypervisor (and only they). Building the kernels
+needs ``gcc -m32`` and ``ld``; without them these tests are skipped.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from xenspec.conformance import coverage
+from xenspec.conformance.adapter import GuestLevel, GuestRun
+from xenspec.conformance.guests.build import build_guest, toolchain_available
+
+pytestmark = pytest.mark.skipif(not toolchain_available(), reason="needs gcc -m32 and ld")
+
+# A guard against a hung guest, not a timing assertion: each kernel takes well under a second
+# on the reference model.
+HANG_GUARD_S = 60.0
+
+
+def boot(impl: GuestLevel, name: str, cmdline: str = "") -> GuestRun:
+    run = impl.boot_guest(build_guest(name), cmdline, HANG_GUARD_S)
+    for call, times in run.hypercalls.items():
+        coverage.called(call, times)
+    return run
+
+
+def verdict(run: GuestRun, what: str) -> None:
+    """Turn an XTF result into a pytest outcome, quoting the kernel's own failure lines."""
+    if run.result == "SUCCESS":
+        assert run.shutdown == "poweroff", f"{what}: SUCCESS but shutdown {run.shutdown}"
+        return
+    if run.result == "SKIP":
+        pytest.skip(f"{what}: the kernel skipped itself")
+    lines = [ln for ln in run.console.splitlines() if "FAIL" in ln or "ERROR" in ln]
+    tail = "\n".join(lines[-15:] or run.console.splitlines()[-15:])
+    pytest.fail(f"{what}: {run.result} (shutdown {run.shutdown}; {run.detail})\n{tail}",
+                pytrace=False)
+
+
+GUESTS = [
+    ("hello", ["start_of_day", "console_io", "sched_op"]),
+    ("xen_version", ["xen_version", "vm_assist"]),
+    ("console_sched", ["console_io", "sched_op", "sched_op_compat"]),
+    ("traps", ["set_trap_table", "bounce/exception", "bounce/page_fault", "iret",
+               "fpu_taskswitch", "privileged/instruction", "syscall/fast_path"]),
+    ("ring3", ["stack_switch", "iret", "syscall/fast_path", "bounce/page_fault",
+               "privileged/instruction"]),
+    ("desc", ["set_gdt", "update_descriptor", "INV-PRIV"]),
+    ("hostile_mm", ["mmu_update/NORMAL_PT_UPDATE", "update_va_mapping", "INV-HOLE",
+                    "INV-NOWRPT", "INV-OWN"]),
+    ("demo", ["mmu_update/NORMAL_PT_UPDATE", "mmuext_op/PIN_L1_TABLE", "mmuext_op/UNPIN_TABLE",
+              "mmuext_op/TLB_FLUSH", "update_va_mapping", "bounce/page_fault",
+              "syscall/fast_path", "stack_switch"]),
+    ("xen_guest_section", ["start_of_day"]),
+]
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.clauses(*c), id=n) for n, c in GUESTS])
+def test_guest_kernel(guest_impl: GuestLevel, name: str) -> None:
+    verdict(boot(guest_impl, name), name)
+
+
+@pytest.mark.clauses("sched_op", "sched_op_compat")
+@pytest.mark.parametrize(
+    ("cmdline", "reason"),
+    [("0", "poweroff"), ("1", "reboot"), ("2", "suspend"), ("3", "crash"),
+     ("1c", "reboot"), ("3c", "crash")])
+def test_shutdown_reason(guest_impl: GuestLevel, cmdline: str, reason: str) -> None:
+    """sched.h SHUTDOWN_*: the reason a kernel gives is the reason the domain stops with."""
+    run = boot(guest_impl, "shutdown_reasons", cmdline)
+    assert run.shutdown == reason, f"sched_op shutdown {cmdline}: got {run.shutdown}"
+
+
+# Each hostile kernel breaks one rule of the interface; the hypervisor must crash it.
+HOSTILE = [
+    ("unhandled", ["bounce/exception"]),
+    ("no-kernel-stack", ["stack_switch", "bounce/exception"]),
+    ("bad-kernel-stack", ["stack_switch", "bounce/exception"]),
+    ("iret-ring0", ["iret", "INV-PRIV"]),
+    ("stack-in-hole", ["stack_switch", "INV-HOLE"]),
+    ("bad-handler-cs", ["set_trap_table", "INV-PRIV"]),
+    ("guest-crash", ["sched_op_compat"]),
+    ("unknown-reason", ["sched_op_compat"]),
+]
+
+
+@pytest.mark.parametrize(
+    "mode", [pytest.param(m, marks=pytest.mark.clauses(*c), id=m) for m, c in HOSTILE])
+def test_hostile_kernel_is_crashed(guest_impl: GuestLevel, mode: str) -> None:
+    run = boot(guest_impl, "crash", mode)
+    assert run.shutdown == "crash", (
+        f"crash mode {mode}: the domain should have been crashed, got {run.shutdown} "
+        f"({run.result})\n{run.console[-800:]}")
+    assert run.result == "CRASH", f"crash mode {mode}: the kernel ran on to {run.result}"

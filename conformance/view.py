@@ -1,0 +1,105 @@
+"""The invariants of ``xenspec.spec.invariants`` evaluated on any hypercall-level implementation.
+
+``ImplementationView`` is a concrete ``StateView`` whose data come through the adapter
+(``xenspec.conformance.adapter.HypercallLevel``): frame information and page-table contents
+are read once per check and cached. ``violations(impl)`` names every invariant that fails, by
+id, with the frames at fault where the invariant can say.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from xenspec.conformance.adapter import FrameInfo, HypercallLevel
+from xenspec.spec import abi
+from xenspec.spec.concrete import ConcreteLogic
+from xenspec.spec.invariants import COUNTER_INVARIANTS, INVARIANTS, count_violations
+from xenspec.spec.pagetable import pte_present
+
+
+class ImplementationView(ConcreteLogic):
+    """A read-only ``StateView`` of an implementation, through its adapter."""
+
+    def __init__(self, impl: HypercallLevel, privileged: frozenset[int] = frozenset()) -> None:
+        self.impl = impl
+        self.privileged = privileged  # the domains the suite created privileged
+        self.infos: list[FrameInfo] = [impl.frame(m) for m in range(impl.nr_frames())]
+        self._bases = list(impl.vcpu_bases())
+        self._words: dict[int, Sequence[int]] = {}
+        self._xen: dict[int, Sequence[int]] = {}
+
+    def words(self, mfn: int) -> Sequence[int]:
+        w = self._words.get(mfn)
+        if w is None:
+            w = self._words[mfn] = self.impl.entries(mfn)
+        return w
+
+    # frames
+    def owner(self, mfn: int) -> int:
+        return self.infos[mfn].owner
+
+    def type(self, mfn: int) -> int:
+        return self.infos[mfn].type
+
+    def type_count(self, mfn: int) -> int:
+        return self.infos[mfn].type_count
+
+    def count(self, mfn: int) -> int:
+        return self.infos[mfn].count
+
+    def validated(self, mfn: int) -> bool:
+        return self.infos[mfn].validated
+
+    def pinned(self, mfn: int) -> bool:
+        return self.infos[mfn].pinned
+
+    def allocated(self, mfn: int) -> bool:
+        return self.infos[mfn].allocated
+
+    def mfn_valid(self, mfn: int) -> bool:
+        return 0 <= mfn < len(self.infos)
+
+    def is_privileged(self, domid: int) -> bool:
+        return domid in self.privileged
+
+    # memory
+    def entry(self, mfn: int, index: int) -> int:
+        return self.words(mfn)[index]
+
+    def xen_l2e(self, l2mfn: int, index: int) -> int:
+        domid = self.owner(l2mfn)
+        slots = self._xen.get(domid)
+        if slots is None:
+            slots = self._xen[domid] = self.impl.xen_l2_slots(domid)
+        return slots[index - abi.L2_PAGETABLE_FIRST_XEN_SLOT]
+
+    # vCPUs
+    def base(self, vcpu: int) -> int:
+        return self._bases[vcpu][1]
+
+    def vcpu_domain(self, vcpu: int) -> int:
+        return self._bases[vcpu][0]
+
+    def descriptor_frames(self, vcpu: int) -> list[int]:
+        return list(self.impl.descriptor_frames(self._bases[vcpu][0]))
+
+    # what exists
+    def frames(self) -> range:
+        return range(len(self.infos))
+
+    def vcpus(self) -> range:
+        return range(len(self._bases))
+
+    def present_entries(self, mfn: int, lo: int, hi: int) -> list[tuple[int, int]]:
+        w = self.words(mfn)
+        return [(i, w[i]) for i in range(lo, hi) if pte_present(w[i])]
+
+
+def violations(impl: HypercallLevel, privileged: frozenset[int] = frozenset()) -> list[str]:
+    """Every invariant that fails on the implementation's current state, as 'ID: detail'."""
+    view = ImplementationView(impl, privileged)
+    found = [f"{inv.id}: {inv.statement}" for inv in INVARIANTS + COUNTER_INVARIANTS
+             if not inv.check(view)]
+    if impl.counts_like_xen:
+        found += [f"INV-COUNT: {line}" for line in count_violations(view)]
+    return found
