@@ -116,6 +116,10 @@ class HypercallLevel(Protocol):
         """The 1024 32-bit words of frame ``mfn``."""
         ...
 
+    def machphys(self, mfn: int) -> int:
+        """The machine-to-physical table's entry for ``mfn`` (xen.h machine_to_phys_mapping)."""
+        ...
+
     def xen_l2_slots(self, domid: int) -> Sequence[int]:
         """The entries the hypervisor itself keeps in slots L2_PAGETABLE_FIRST_XEN_SLOT..1023
         of the domain's page directories."""

@@ -109,6 +109,9 @@ class ReferenceImplementation:
     def entries(self, mfn: int) -> Sequence[int]:
         return self.hv.memory.frame_words(mfn).tolist()
 
+    def machphys(self, mfn: int) -> int:
+        return int(self.hv.m2p[mfn])
+
     def xen_l2_slots(self, domid: int) -> Sequence[int]:
         return self.hv.xen_l2_slots(self.domain(domid))
 
