@@ -17,6 +17,15 @@ static void record_pf(struct trap_frame *f)
 
 static void skip_insn(struct trap_frame *f) { handled++; f->eip += 2; }
 static void count_trap(struct trap_frame *f) { handled++; }
+static volatile u32 handler_cs;
+static void read_cs(struct trap_frame *f)
+{
+    u32 cs;
+    asm volatile("mov %%cs, %0" : "=r"(cs));
+    handler_cs = cs;
+    handled++;
+}
+extern char trap_entry_32[];
 
 static u32 probe_insn_gp(int which)
 {
@@ -101,6 +110,17 @@ void test_main(void)
     set_trap_handler(32, count_trap);
     asm volatile("int $0x20" ::: "memory");
     check(handled == 1 && last_trap.vector == 32, "int $0x20 delivered");
+    set_trap_handler(32, NULL);
+    /* A handler selector with RPL 0 is raised to RPL 1 (x86_32/traps.c, do_set_trap_table and
+     * fixup_guest_code_selector): the handler runs in ring 1, never in ring 0. */
+    struct { u8 v, f; u16 cs; u32 a; } ring0[2] = {
+        { 32, 1, FLAT_KERNEL_CS & ~3, (u32)trap_entry_32 }, { 0, 0, 0, 0 } };
+    check(HYPERVISOR_set_trap_table(ring0) == 0, "set_trap_table with an RPL-0 selector");
+    handled = 0;
+    set_trap_handler(32, read_cs);
+    asm volatile("int $0x20" ::: "memory");
+    check(handled == 1 && (handler_cs & 3) == 1, "RPL-0 handler ran in ring %u",
+          handler_cs & 3);
     set_trap_handler(32, NULL);
     r = 0;
     asm volatile("1: int $0x21\n2:\n .pushsection .ex_table,\"a\"; .long 1b, 2b; .popsection"
