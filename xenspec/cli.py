@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -178,6 +179,44 @@ def prove(no_cache: bool, keyword: str | None, jobs: int) -> None:
                f"slowest: {slowest.name} ({slowest.seconds:.2f} s)")
     sys.exit(1 if failed else 0)
 
+
+@main.command()
+@click.option("-o", "--output", default="docs/_build/html", show_default=True,
+              type=click.Path(file_okay=False), help="Where to write the HTML site.")
+@click.option("--refresh", is_flag=True,
+              help="Run `xenspec prove` and `pytest conformance` first, so that the "
+                   "traceability matrix shows fresh proof and test status.")
+def docs(output: str, refresh: bool) -> None:
+    """Build the documentation: the user guide, and the specification's reference generated
+    from its source (a page per hypercall, behaviour and invariant, the ABI tables, the
+    address space, the traceability matrix). Sphinx warnings are errors.
+
+    The matrix reads the last proof and conformance runs from .xenspec-cache/ (or
+    XENSPEC_CACHE_DIR); without --refresh it only reads them, and says "not run yet" for a
+    run that never happened.
+    """
+    from xenspec import docbuild
+
+    source = docbuild.source_dir()
+    if source is None:
+        raise click.ClickException("no docs/ folder next to the xenspec package: build the "
+                                   "documentation from a source checkout")
+    env_cache = docbuild.cache_dir(source)
+    if refresh:
+        docbuild.refresh(source.parent, env_cache, click.echo)
+    click.echo(f"generating the reference pages from the specification ({source}/generated)")
+    start = time.perf_counter()
+    try:
+        pages = docbuild.generate_pages(source, env_cache)
+    except Exception as exc:  # a broken spec page must not end in a traceback
+        raise click.ClickException(f"generating the pages failed: {type(exc).__name__}: "
+                                   f"{exc}") from exc
+    click.echo(f"  {pages} generated files up to date")
+    click.echo(f"running sphinx-build -W -b html into {output}")
+    failure = docbuild.sphinx(source, Path(output), env_cache, click.echo)
+    if failure:
+        raise click.ClickException(f"the documentation build failed: {failure}")
+    click.echo(f"built {Path(output) / 'index.html'} in {time.perf_counter() - start:.1f} s")
 
 if __name__ == "__main__":
     main()
