@@ -82,6 +82,9 @@ def clauses_of(item: pytest.Item) -> list[str]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Conformance modules may set RUN_ORDER (default 0): the directed tests run first, so that
+    # the first failures an implementation sees name its broken rule most precisely.
+    items.sort(key=lambda item: getattr(getattr(item, "module", None), "RUN_ORDER", 0))
     for item in items:
         unknown = [c for c in clauses_of(item) if c not in BY_ID]
         if unknown:
@@ -131,8 +134,18 @@ def pytest_runtest_makereport(
         report.sections.append(("specification clauses of this test", titles))
     if report.when == "call" or (report.when == "setup" and not report.passed):
         state: _Session = item.config.stash[_STATE]
-        state.results.append({"nodeid": item.nodeid, "outcome": report.outcome,
-                              "clauses": clauses, "duration": round(report.duration, 4)})
+        record = {"nodeid": item.nodeid, "outcome": report.outcome, "clauses": clauses,
+                  "duration": round(report.duration, 4)}
+        if report.failed:
+            record["message"] = _crash_message(report)
+        state.results.append(record)
+
+
+def _crash_message(report: pytest.TestReport) -> str:
+    """The failure's own message (the assertion text), at most a few hundred characters."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = getattr(crash, "message", None) or str(report.longrepr).strip().splitlines()[-1:]
+    return str(text)[:600]
 
 
 def _per_clause(results: list[dict[str, Any]]) -> dict[str, dict[str, int]]:

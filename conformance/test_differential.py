@@ -8,7 +8,7 @@ P2M, and states are compared after translating machine frame numbers back. Xen's
 compare as "xen", the hypervisor slots of page directories are not compared (their contents are
 each hypervisor's own business), and counts only when the implementation counts like Xen.
 
-A mismatch shrinks to a minimal sequence, which Hypothesis prints as the Python steps that
+A failure message starts with the clause of the call that diverged. A mismatch shrinks to a minimal sequence, which Hypothesis prints as the Python steps that
 replay it (``state = Differential(); state.mmu_update(...)``).
 """
 
@@ -26,6 +26,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_sta
 
 from xenspec.conformance.adapter import HypercallLevel
 from xenspec.conformance.checks import assert_invariants
+from xenspec.conformance.coverage import mmuext_clause
 from xenspec.conformance.driver import ARG_PAGES, Guest
 from xenspec.conformance.reference import ReferenceImplementation
 from xenspec.spec import abi
@@ -33,6 +34,7 @@ from xenspec.spec.pagetable import PGT, pte_get_pfn, pte_present
 
 # XENSPEC_PROFILE: ci (the default), long, or quick (few examples and no shrinking: enough to
 # tell whether an implementation disagrees, as xenspec kill-rate needs).
+RUN_ORDER = 2  # after the directed tests, whose failures name the rule more precisely
 PROFILE = os.environ.get("XENSPEC_PROFILE", "ci")
 EXAMPLES, STEPS = {"long": (300, 50), "quick": (25, 25)}.get(PROFILE, (40, 30))
 PHASES = [p for p in Phase if not (PROFILE == "quick" and p is Phase.shrink)]
@@ -168,7 +170,7 @@ def make_machine(factory: Callable[[], HypercallLevel]) -> type[RuleBasedStateMa
                        fd: str) -> None:
             if self.running(dom):
                 self.both(
-                    f"mmu_update dom{dom} {table}[{index}] = {value} fd={fd}",
+                    f"mmu_update/NORMAL_PT_UPDATE dom{dom} {table}[{index}] = {value} fd={fd}",
                     lambda s: s.guests[dom].mmu_update(
                         [(Guest.entry_maddr(s.mfn(table), index), s.pte(value))],
                         s.domid(dom, fd)))
@@ -177,7 +179,7 @@ def make_machine(factory: Callable[[], HypercallLevel]) -> type[RuleBasedStateMa
         def machphys_update(self, dom: int, frame: Ref, gpfn: int, fd: str) -> None:
             if self.running(dom):
                 self.both(
-                    f"MMU_MACHPHYS_UPDATE dom{dom} {frame} = {gpfn:#x} fd={fd}",
+                    f"mmu_update/MACHPHYS_UPDATE dom{dom} {frame} = {gpfn:#x} fd={fd}",
                     lambda s: s.guests[dom].mmu_update(
                         [(s.mfn(frame) << abi.PAGE_SHIFT | abi.MMU_MACHPHYS_UPDATE, gpfn)],
                         s.domid(dom, fd)))
@@ -188,7 +190,7 @@ def make_machine(factory: Callable[[], HypercallLevel]) -> type[RuleBasedStateMa
         def mmuext_op(self, dom: int, cmd: int, frame: Ref, fd: str) -> None:
             if self.running(dom):
                 self.both(
-                    f"mmuext_op dom{dom} cmd {cmd} {frame} fd={fd}",
+                    f"{mmuext_clause(cmd)} dom{dom} {frame} fd={fd}",
                     lambda s: s.guests[dom].mmuext_op([(cmd, s.mfn(frame), 0)],
                                                       s.domid(dom, fd)))
 
@@ -198,7 +200,7 @@ def make_machine(factory: Callable[[], HypercallLevel]) -> type[RuleBasedStateMa
                               flags: int) -> None:
             if self.running(dom):
                 self.both(
-                    f"update_va_mapping dom{dom} page {page} = {value}",
+                    f"update_va_mapping dom{dom} page {page} = {value} flags {flags}",
                     lambda s: s.guests[dom].update_va_mapping(
                         s.guests[dom].va(page) & 0xFFFFFFFF, s.pte(value), flags))
 

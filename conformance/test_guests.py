@@ -14,6 +14,7 @@ from xenspec.conformance import coverage
 from xenspec.conformance.adapter import GuestLevel, GuestRun
 from xenspec.conformance.guests.build import build_guest, toolchain_available
 
+RUN_ORDER = 1  # after the hypercall-level tests, before the differential suite
 pytestmark = pytest.mark.skipif(not toolchain_available(), reason="needs gcc -m32 and ld")
 
 # A guard against a hung guest, not a timing assertion: each kernel takes well under a second
