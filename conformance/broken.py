@@ -249,39 +249,54 @@ def _softint_ignores_dpl(hv: Hypervisor, pv: PVPlatform) -> None:
 
 
 # Each is a module attribute, for --implementation=xenspec.conformance.broken:<name>.
-xen_slots_writable = Broken("xen_slots_writable", ("mmu_update/NORMAL_PT_UPDATE", "INV-HOLE"),
+xen_slots_writable = Broken(
+    "xen_slots_writable", ("mmu_update/NORMAL_PT_UPDATE", "INV-HOLE"),
     "a guest may write the hypervisor's page-directory slots", _xen_slots_writable)
-pagetable_mapped_writable = Broken("pagetable_mapped_writable", ("mmu_update/NORMAL_PT_UPDATE", "INV-NOWRPT"),
+pagetable_mapped_writable = Broken(
+    "pagetable_mapped_writable", ("mmu_update/NORMAL_PT_UPDATE", "INV-NOWRPT"),
     "a writable mapping takes no writable type: page tables can be mapped writable",
     _rw_map_takes_no_type)
-linear_map_writable = Broken("linear_map_writable", ("mmu_update/NORMAL_PT_UPDATE", "INV-NOWRPT"),
+linear_map_writable = Broken(
+    "linear_map_writable", ("mmu_update/NORMAL_PT_UPDATE", "INV-NOWRPT"),
     "a linear page-directory map may be writable", _linear_map_writable)
-owner_unchecked = Broken("owner_unchecked", ("INV-OWN", "INV-ISO"), "get_page does not check the owner",
-    _owner_unchecked)
-type_count_leak = Broken("type_count_leak", ("INV-COUNT",),
+owner_unchecked = Broken(
+    "owner_unchecked", ("INV-OWN", "INV-ISO"),
+    "get_page does not check the owner", _owner_unchecked)
+type_count_leak = Broken(
+    "type_count_leak", ("INV-COUNT",),
     "dropping a writable mapping forgets the type-count decrement", _type_count_leak)
-stays_validated = Broken("stays_validated", ("INV-VALID",),
+stays_validated = Broken(
+    "stays_validated", ("INV-VALID",),
     "a table whose last type reference goes stays validated", _stays_validated)
-unpin_unchecked = Broken("unpin_unchecked", ("mmuext_op/UNPIN_TABLE",),
+unpin_unchecked = Broken(
+    "unpin_unchecked", ("mmuext_op/UNPIN_TABLE",),
     "UNPIN_TABLE of a frame that is not pinned succeeds", _unpin_unchecked)
-baseptr_unvalidated = Broken("baseptr_unvalidated", ("mmuext_op/NEW_BASEPTR", "INV-BASE"),
-    "NEW_BASEPTR accepts a frame that is not a validated page directory",
-    _baseptr_unvalidated)
-machphys_unchecked = Broken("machphys_unchecked", ("mmu_update/MACHPHYS_UPDATE", "INV-ISO"),
+baseptr_unvalidated = Broken(
+    "baseptr_unvalidated", ("mmuext_op/NEW_BASEPTR", "INV-BASE"),
+    "NEW_BASEPTR accepts a frame that is not a validated page directory", _baseptr_unvalidated)
+machphys_unchecked = Broken(
+    "machphys_unchecked", ("mmu_update/MACHPHYS_UPDATE", "INV-ISO"),
     "MACHPHYS_UPDATE of another domain's frame succeeds", _machphys_unchecked)
-efault_as_einval = Broken("efault_as_einval", ("mmu_update/NORMAL_PT_UPDATE",),
+efault_as_einval = Broken(
+    "efault_as_einval", ("mmu_update/NORMAL_PT_UPDATE",),
     "an unreadable request array gives -EINVAL, not -EFAULT", _efault_as_einval)
-writable_gdt_frame = Broken("writable_gdt_frame", ("set_gdt", "INV-NOWRPT"),
+writable_gdt_frame = Broken(
+    "writable_gdt_frame", ("set_gdt", "INV-NOWRPT"),
     "set_gdt accepts frames without giving them the GDT type", _writable_gdt_frame)
-dpl0_descriptor = Broken("dpl0_descriptor", ("update_descriptor", "INV-PRIV"),
+dpl0_descriptor = Broken(
+    "dpl0_descriptor", ("update_descriptor", "INV-PRIV"),
     "update_descriptor stores a DPL-0 descriptor as given", _dpl0_descriptor)
-handler_selector_unfixed = Broken("handler_selector_unfixed", ("set_trap_table", "INV-PRIV"),
+handler_selector_unfixed = Broken(
+    "handler_selector_unfixed", ("set_trap_table", "INV-PRIV"),
     "set_trap_table keeps an RPL-0 handler selector", _handler_selector_unfixed)
-pf_frame_without_error_code = Broken("pf_frame_without_error_code", ("bounce/page_fault",),
+pf_frame_without_error_code = Broken(
+    "pf_frame_without_error_code", ("bounce/page_fault",),
     "a page fault is bounced without its error code", _pf_frame_without_error_code)
-cr2_not_reported = Broken("cr2_not_reported", ("bounce/page_fault",),
+cr2_not_reported = Broken(
+    "cr2_not_reported", ("bounce/page_fault",),
     "a page fault is bounced without the faulting address in CR2", _cr2_not_reported)
-softint_ignores_dpl = Broken("softint_ignores_dpl", ("syscall/fast_path",),
+softint_ignores_dpl = Broken(
+    "softint_ignores_dpl", ("syscall/fast_path",),
     "INT n reaches the guest kernel whatever the vector's DPL", _softint_ignores_dpl)
 
 BROKEN: tuple[Broken, ...] = (

@@ -8,8 +8,9 @@ P2M, and states are compared after translating machine frame numbers back. Xen's
 compare as "xen", the hypervisor slots of page directories are not compared (their contents are
 each hypervisor's own business), and counts only when the implementation counts like Xen.
 
-A failure message starts with the clause of the call that diverged. A mismatch shrinks to a minimal sequence, which Hypothesis prints as the Python steps that
-replay it (``state = Differential(); state.mmu_update(...)``).
+A failure message starts with the clause of the call that diverged. A mismatch shrinks
+to a minimal sequence, which Hypothesis prints as the Python steps that replay it
+(``state = Differential(); state.mmu_update(...)``).
 """
 
 from __future__ import annotations
