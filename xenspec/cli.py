@@ -218,5 +218,21 @@ def docs(output: str, refresh: bool) -> None:
         raise click.ClickException(f"the documentation build failed: {failure}")
     click.echo(f"built {Path(output) / 'index.html'} in {time.perf_counter() - start:.1f} s")
 
+@main.command("kill-rate")
+@click.option("--jobs", "-j", default=os.cpu_count() or 1, show_default=True,
+              type=click.IntRange(1, 64), help="Suites run in parallel.")
+@click.argument("names", nargs=-1)
+def kill_rate(jobs: int, names: tuple[str, ...]) -> None:
+    """Run the conformance suite against each deliberately broken implementation.
+
+    Each of xenspec.conformance.broken is the reference model with one rule removed or
+    altered. It is KILLED when the suite fails and a failure names the broken clause. NAMES
+    limits the run to those implementations. Exit status 1 unless every one is killed.
+    """
+    from xenspec.conformance import killrate
+
+    sys.exit(killrate.main(["--jobs", str(jobs), *names]))
+
+
 if __name__ == "__main__":
     main()
