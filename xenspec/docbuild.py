@@ -36,10 +36,14 @@ def refresh(repo: Path, cache: Path, echo: Echo) -> None:
     """Run every proof obligation and the conformance suite; failures are recorded for the
     matrix, not fatal here."""
     os.environ["XENSPEC_CACHE_DIR"] = str(cache)
-    from xenspec.proofs.runner import prove_all
+    from xenspec.proofs.runner import Result, prove_all
 
     echo("refreshing the proof status: xenspec prove")
-    results = prove_all(jobs=os.cpu_count() or 1)
+
+    def progress(r: Result) -> None:
+        echo(f"  {r.status:<7} {'cached' if r.cached else f'{r.seconds:.2f}s':>8}  {r.name}")
+
+    results = prove_all(jobs=os.cpu_count() or 1, on_result=progress)
     proved = sum(r.ok for r in results)
     echo(f"  {proved}/{len(results)} obligations proved")
     echo("refreshing the conformance status: pytest conformance")
