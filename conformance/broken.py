@@ -129,16 +129,22 @@ def _unpin_unchecked(hv: Hypervisor, pv: PVPlatform) -> None:
 
 
 def _baseptr_unvalidated(hv: Hypervisor, pv: PVPlatform) -> None:
-    """new_guest_cr3 takes only a general reference: any frame the domain owns becomes its
-    page directory, validated or not."""
-    def new_guest_cr3(self: MM, v: Vcpu, mfn: int) -> bool:
+    """MMUEXT_NEW_BASEPTR takes any frame the domain owns as its page directory, with a
+    general and a type reference but no validation (mm.c new_guest_cr3 takes a
+    PGT_root_page_table type reference, which validates). The domain builder is unchanged."""
+    def new_baseptr(self: MM, v: Vcpu, mfn: int, _arg2: int) -> bool:
         if not self.get_page_from_pagenr(mfn, v.domain):
             return False
-        v.guest_table = mfn
+        self.frames.type_count[mfn] += 1
+        old, v.guest_table = v.guest_table, mfn
         v.flush_tlb()
+        if old:
+            self.put_page_and_type(old)
         return True
 
-    _patch(hv.mm, "new_guest_cr3", new_guest_cr3)
+    handlers = dict(hv.mm._mmuext_handlers)
+    handlers[abi.MMUEXT_NEW_BASEPTR] = new_baseptr
+    hv.mm._mmuext_handlers = handlers  # type: ignore[misc]
 
 
 def _machphys_unchecked(hv: Hypervisor, pv: PVPlatform) -> None:
