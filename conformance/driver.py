@@ -13,25 +13,16 @@ from __future__ import annotations
 from xenspec.conformance import coverage
 from xenspec.conformance.adapter import DomainInfo, HypercallLevel
 from xenspec.spec import abi
+from xenspec.spec.guestcalls import PTE_RO, PTE_RW, MMUCalls, pack_mmu_updates, pack_mmuext_ops
+
+__all__ = ["ARG_PAGES", "DONE_OFFSET", "PTE_RO", "PTE_RW", "UNSET", "Guest", "pack_mmu_updates",
+           "pack_mmuext_ops"]
 
 ARG_PAGES = 16  # pfns [0, 16): up to 4095 mmu_update requests and *done in the last word
 DONE_OFFSET = ARG_PAGES * abi.PAGE_SIZE - 4
 UNSET = 0xFFFFFFFF  # *done is preset to this before each batch
 
-PTE_RW = abi._PAGE_PRESENT | abi._PAGE_RW
-PTE_RO = abi._PAGE_PRESENT
-
-
-def pack_mmu_updates(reqs: list[tuple[int, int]]) -> bytes:
-    return b"".join(abi.MMU_UPDATE_T.pack(p & (2**64 - 1), v & (2**64 - 1)) for p, v in reqs)
-
-
-def pack_mmuext_ops(ops: list[tuple[int, int, int]]) -> bytes:
-    m = 0xFFFFFFFF
-    return b"".join(abi.MMUEXT_OP_T.pack(c & m, a & m, b & m) for c, a, b in ops)
-
-
-class Guest:
+class Guest(MMUCalls):
     """One domain of an implementation, with its kernel's hypercall wrappers."""
 
     def __init__(self, impl: HypercallLevel, nr_pages: int = 128, nr_mapped: int = 64,
@@ -67,14 +58,6 @@ class Guest:
 
     def free_mfns(self, n: int, skip: int = 0) -> list[int]:
         return [self.mfn(p) for p in self.free_pfns()[skip : skip + n]]
-
-    @staticmethod
-    def entry_maddr(table_mfn: int, index: int) -> int:
-        return table_mfn << abi.PAGE_SHIFT | index * abi.PTE_SIZE
-
-    @staticmethod
-    def pte(mfn: int, flags: int = PTE_RW) -> int:
-        return (mfn << abi.PAGE_SHIFT | flags) & 0xFFFFFFFF
 
     @property
     def running(self) -> bool:
@@ -132,19 +115,6 @@ class Guest:
 
     def update_va_mapping(self, va: int, pte: int, flags: int = abi.UVMF_NONE) -> int:
         return self.hypercall("update_va_mapping", va, pte, 0, flags)
-
-    def set_entry(self, table_mfn: int, index: int, val: int) -> int:
-        return self.mmu_update([(self.entry_maddr(table_mfn, index), val)])[0]
-
-    def pin(self, mfn: int, level: int) -> int:
-        cmd = abi.MMUEXT_PIN_L1_TABLE if level == 1 else abi.MMUEXT_PIN_L2_TABLE
-        return self.mmuext_op([(cmd, mfn, 0)])[0]
-
-    def unpin(self, mfn: int) -> int:
-        return self.mmuext_op([(abi.MMUEXT_UNPIN_TABLE, mfn, 0)])[0]
-
-    def new_baseptr(self, mfn: int) -> int:
-        return self.mmuext_op([(abi.MMUEXT_NEW_BASEPTR, mfn, 0)])[0]
 
     def set_trap_table(self, traps: list[tuple[int, int, int, int]]) -> int:
         """traps: (vector, flags, cs, address); the table ends with a zero entry."""

@@ -12,15 +12,16 @@ from xenspec.refmodel.builder import DEFAULT_VIRT_BASE, InitialLayout, build_ini
 from xenspec.refmodel.domain import Domain, Vcpu
 from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS, Hypervisor
 from xenspec.spec import abi
+from xenspec.spec.guestcalls import PTE_RO, PTE_RW, MMUCalls, pack_mmu_updates, pack_mmuext_ops
+
+__all__ = ["ARG_PAGES", "DONE_OFFSET", "PTE_RO", "PTE_RW", "PVGuest"]
 
 ARG_PAGES = 16  # pfns [0, 16): the argument area (up to 4095 mmu_update requests)
 DONE_OFFSET = ARG_PAGES * abi.PAGE_SIZE - 4  # the last word of the area receives *done
 
-PTE_RW = abi._PAGE_PRESENT | abi._PAGE_RW
-PTE_RO = abi._PAGE_PRESENT
 
 
-class PVGuest:
+class PVGuest(MMUCalls):
     """One domain with its initial page tables and a Python 'kernel' issuing hypercalls."""
 
     def __init__(
@@ -52,14 +53,6 @@ class PVGuest:
 
     def va(self, pfn: int) -> int:
         return self.layout.va(pfn)
-
-    def entry_maddr(self, table_mfn: int, index: int) -> int:
-        """The machine address of entry ``index`` of table ``table_mfn`` (mmu_update ptr)."""
-        return table_mfn << abi.PAGE_SHIFT | index * abi.PTE_SIZE
-
-    @staticmethod
-    def pte(mfn: int, flags: int = PTE_RW) -> int:
-        return (mfn << abi.PAGE_SHIFT | flags) & 0xFFFFFFFF
 
     @property
     def arg_va(self) -> int:
@@ -103,7 +96,7 @@ class PVGuest:
         self, reqs: list[tuple[int, int]], foreigndom: int = abi.DOMID_SELF
     ) -> tuple[int, int]:
         """Issue one batch; return (rc, *done)."""
-        buf = b"".join(abi.MMU_UPDATE_T.pack(p & (2**64 - 1), v & (2**64 - 1)) for p, v in reqs)
+        buf = pack_mmu_updates(reqs)
         ptr = self._write_batch(buf)
         rc = self.hypercall("mmu_update", ptr, len(reqs), self.done_va, foreigndom)
         return rc, self.read_done()
@@ -111,8 +104,7 @@ class PVGuest:
     def mmuext_op(
         self, ops: list[tuple[int, int, int]], foreigndom: int = abi.DOMID_SELF
     ) -> tuple[int, int]:
-        buf = b"".join(abi.MMUEXT_OP_T.pack(c & 0xFFFFFFFF, a & 0xFFFFFFFF, b & 0xFFFFFFFF)
-                       for c, a, b in ops)
+        buf = pack_mmuext_ops(ops)
         ptr = self._write_batch(buf)
         rc = self.hypercall("mmuext_op", ptr, len(ops), self.done_va, foreigndom)
         return rc, self.read_done()
@@ -121,20 +113,6 @@ class PVGuest:
         return self.hypercall("update_va_mapping", va, pte, 0, flags)
 
     # --- conveniences built on them ----------------------------------------------------------
-    def set_entry(self, table_mfn: int, index: int, val: int) -> int:
-        rc, _ = self.mmu_update([(self.entry_maddr(table_mfn, index), val)])
-        return rc
-
-    def pin(self, mfn: int, level: int) -> int:
-        cmd = abi.MMUEXT_PIN_L1_TABLE if level == 1 else abi.MMUEXT_PIN_L2_TABLE
-        return self.mmuext_op([(cmd, mfn, 0)])[0]
-
-    def unpin(self, mfn: int) -> int:
-        return self.mmuext_op([(abi.MMUEXT_UNPIN_TABLE, mfn, 0)])[0]
-
-    def new_baseptr(self, mfn: int) -> int:
-        return self.mmuext_op([(abi.MMUEXT_NEW_BASEPTR, mfn, 0)])[0]
-
     @property
     def l2_mfn(self) -> int:
         return self.mfn(self.layout.pt_base_pfn)
