@@ -1,9 +1,12 @@
-"""Boot a guest kernel image on the reference hypervisor and collect what it reports.
+"""Boot guest kernel images on the reference hypervisor and collect what they report.
 
-One call builds a machine, the paravirtual platform, the domain (refmodel/elfbuild.py) and a
-CPU substrate for its vCPU (refmodel/cpu.py), runs the guest until it shuts down or crashes,
-and returns the console text and the shutdown reason. A guest that prints an XTF-style
-``Test result:`` line reports its own verdict (design decision D6).
+A ``Machine`` is one machine, its paravirtual platform and the CPU substrate of each vCPU
+(refmodel/cpu.py, one Unicorn engine per vCPU over the same machine memory). ``add_guest``
+builds a domain from a kernel image (refmodel/elfbuild.py) and gives its vCPU to the scheduler
+(refmodel/sched.py), which shares the one emulated CPU between the domains until they shut
+down. ``boot`` is the one-guest case: it returns the console text and the shutdown reason. A
+guest that prints an XTF-style ``Test result:`` line reports its own verdict (design decision
+D6).
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from xenspec.refmodel.domain import ShutdownReason, Vcpu
+from xenspec.refmodel.domain import Domain, ShutdownReason, Vcpu
 from xenspec.refmodel.elfbuild import GuestImage, build_domain, load_image_file
 from xenspec.refmodel.hypervisor import (
     HYPERCALL_NAMES,
@@ -21,6 +25,9 @@ from xenspec.refmodel.hypervisor import (
     HypervisorBug,
 )
 from xenspec.refmodel.platform import STUB_VIRT, PVPlatform, gdt_virt_start
+
+if TYPE_CHECKING:
+    from xenspec.refmodel.cpu import UnicornCPU
 
 _RESULT = re.compile(rb"Test result: (SUCCESS|SKIP|ERROR|FAILURE)")
 
@@ -36,6 +43,9 @@ class BootResult:
     trace: list[HypercallRecord] = field(default_factory=list)
     hv: Hypervisor | None = None  # the machine, for checks after the run
     violations: list[str] = field(default_factory=list)
+    domid: int = 0
+    stop: str = ""  # why the run ended: shutdown, idle, limit, timeout (Sched.run)
+    run_ns: int = 0  # the domain's run time
 
     @property
     def test_result(self) -> str:
@@ -52,6 +62,119 @@ class BootResult:
         }.get(self.reason, 4) if self.reason is not None else 4
 
 
+class Machine:
+    """One machine running any number of guest domains on one emulated CPU."""
+
+    def __init__(
+        self,
+        memory_mb: int = 64,
+        trace: bool = False,
+        console: Callable[[int, bytes], None] | None = None,
+        on_trace: Callable[[HypercallRecord], None] | None = None,
+        check_invariants: bool = False,
+        setup: Callable[[Hypervisor, PVPlatform], None] | None = None,
+    ) -> None:
+        self.hv = hv = Hypervisor(memory_mb * 256)
+        self.pv = pv = PVPlatform(hv)
+        if setup is not None:
+            setup(hv, pv)
+        if console is not None:
+            pv.console_out = console
+        if trace or on_trace is not None:
+            hv.trace = [] if on_trace is None else _Streaming(on_trace)
+        from xenspec.refmodel.domctl import DomCtl
+        from xenspec.refmodel.memop import MemOp
+
+        self.memop = MemOp(pv)
+        hv.hypercall_table.update(self.memop.hypercalls())
+        self.domctl = DomCtl(self)
+        self.cpus: dict[int, UnicornCPU] = {}
+        self.violations: list[str] = []
+        self.check_invariants = check_invariants
+        self.stop = ""
+        if check_invariants:
+            self._check_each_hypercall()
+
+    def add_guest(
+        self, image: GuestImage | str, domain_mb: int = 16, cmdline: str = "",
+        privileged: bool = False, paused: bool = False,
+    ) -> Domain:
+        """Build a domain from ``image`` (BuildError for a bad image or no memory) and make
+        it runnable (or leave it paused, as Xen's domain builder does until unpause)."""
+        from xenspec.refmodel.cpu import UnicornCPU
+
+        if isinstance(image, str):
+            image = load_image_file(image)
+        pv = self.pv
+        built = build_domain(self.hv, pv, image, domain_mb * 256, cmdline=cmdline,
+                             privileged=privileged)
+        d = built.domain
+        v = d.vcpus[0]
+        arch = pv.arch(v)
+        cpu = UnicornCPU(self.hv.memory, v, pv.traps, gdt_virt_start(v), STUB_VIRT,
+                         pv.darch(d).stub_mfn << 12)
+        cpu.virtual_ts = lambda: arch.virtual_ts
+        arch.cpu = cpu
+        cpu.start(built.regs)
+        self.cpus[d.domain_id] = cpu
+        pv.sched.attach(v, cpu)
+        pv.sched.pause(d)
+        if not paused:
+            pv.sched.unpause(d)
+        return d
+
+    def run(self, until_ns: int | None = None, timeout_s: float = 0.0) -> str:
+        """Run until every domain has stopped or nothing can run (see ``Sched.run``); raise
+        HypervisorBug if the model failed (KeyboardInterrupt passes through)."""
+        self.stop = self.pv.sched.run(until_ns=until_ns, timeout_s=timeout_s)
+        for cpu in self.cpus.values():
+            exc = cpu.pending_exception
+            if isinstance(exc, KeyboardInterrupt):
+                raise exc
+            if exc is not None:
+                raise HypervisorBug(str(exc)) from exc
+        if self.check_invariants and not self.violations:
+            from xenspec.refmodel.view import check_invariants as check
+
+            self.violations.extend(f"at the end: {f}" for f in check(self.hv))
+        return self.stop
+
+    def result(self, d: Domain) -> BootResult:
+        cpu = self.cpus.get(d.domain_id)
+        return BootResult(
+            console=self.pv.darch(d).console.decode("latin-1"),
+            reason=d.shutdown_reason,
+            crash_reason=d.crash_reason,
+            timed_out=self.stop in ("timeout", "limit"),
+            traps=cpu.traps if cpu is not None else 0,
+            bounces=self.pv.traps.bounces,
+            trace=list(self.hv.trace or []),
+            hv=self.hv,
+            violations=list(self.violations),
+            domid=d.domain_id,
+            stop=self.stop,
+            run_ns=self.pv.clock.domain_run_ns(d),
+        )
+
+    def _check_each_hypercall(self) -> None:
+        from xenspec.refmodel.view import check_invariants as check
+
+        plain = self.pv.traps.hypercall
+        hv, violations = self.hv, self.violations
+
+        def checked_hypercall(v: Vcpu, nr: int, *args: int) -> int:
+            rc = plain(v, nr, *args)
+            if not violations:
+                found = check(hv)
+                if found:
+                    violations.extend(f"after {HYPERCALL_NAMES.get(nr, nr)}: {f}"
+                                      for f in found)
+                    v.domain.crash("invariant violated: " + violations[0])
+            return rc
+
+        self.pv.traps.hypercall = checked_hypercall  # type: ignore[method-assign]
+
+
 def boot(
     image: GuestImage | str,
     memory_mb: int = 64,
@@ -63,73 +186,20 @@ def boot(
     on_trace: Callable[[HypercallRecord], None] | None = None,
     check_invariants: bool = False,
     setup: Callable[[Hypervisor, PVPlatform], None] | None = None,
+    until_ns: int | None = None,
 ) -> BootResult:
-    """Boot ``image`` (a parsed image or a path); raises BuildError for a bad image and
-    HypervisorBug if the model itself fails. With ``check_invariants`` every invariant is
-    checked after each hypercall (slow); the first violation stops the guest and is
-    reported in ``violations``. ``setup`` is called with the new machine before the domain is
-    built (the conformance suite's broken implementations alter one rule there)."""
-    from xenspec.refmodel.cpu import UnicornCPU
-
-    if isinstance(image, str):
-        image = load_image_file(image)
-    hv = Hypervisor(memory_mb * 256)
-    pv = PVPlatform(hv)
-    if setup is not None:
-        setup(hv, pv)
-    if console is not None:
-        pv.console_out = lambda _domid, data: console(data)
-    if trace:
-        hv.trace = []
-    built = build_domain(hv, pv, image, domain_mb * 256, cmdline=cmdline)
-    d = built.domain
-    v = d.vcpus[0]
-    arch = pv.arch(v)
-    darch = pv.darch(d)
-    cpu = UnicornCPU(hv.memory, v, pv.traps, gdt_virt_start(v), STUB_VIRT,
-                     darch.stub_mfn << 12)
-    cpu.virtual_ts = lambda: arch.virtual_ts
-    arch.cpu = cpu
-    if on_trace is not None and hv.trace is not None:
-        hv.trace = _Streaming(on_trace)
-    violations: list[str] = []
-    if check_invariants:
-        from xenspec.refmodel.view import check_invariants as check
-
-        plain = pv.traps.hypercall
-
-        def checked_hypercall(v: Vcpu, nr: int, *args: int) -> int:
-            rc = plain(v, nr, *args)
-            if not violations:
-                found = check(hv)
-                if found:
-                    violations.extend(f"after {HYPERCALL_NAMES.get(nr, nr)}: {f}"
-                                      for f in found)
-                    d.crash("invariant violated: " + violations[0])
-            return rc
-
-        pv.traps.hypercall = checked_hypercall  # type: ignore[method-assign]
-    cpu.start(built.regs)
-    cpu.run(timeout_us=int(timeout_s * 1e6))
-    if isinstance(cpu.pending_exception, KeyboardInterrupt):
-        raise cpu.pending_exception
-    if cpu.pending_exception is not None:
-        raise HypervisorBug(str(cpu.pending_exception)) from cpu.pending_exception
-    if check_invariants and not violations:
-        from xenspec.refmodel.view import check_invariants as check
-
-        violations.extend(f"at the end: {f}" for f in check(hv))
-    return BootResult(
-        console=darch.console.decode("latin-1"),
-        reason=d.shutdown_reason,
-        crash_reason=d.crash_reason,
-        timed_out=cpu.stop_reason == "timeout",
-        traps=cpu.traps,
-        bounces=pv.traps.bounces,
-        trace=list(hv.trace or []),
-        hv=hv,
-        violations=violations,
-    )
+    """Boot ``image`` (a parsed image or a path) alone on a machine; raises BuildError for a
+    bad image and HypervisorBug if the model itself fails. With ``check_invariants`` every
+    invariant is checked after each hypercall (slow); the first violation stops the guest and
+    is reported in ``violations``. ``setup`` is called with the new machine before the domain
+    is built (the conformance suite's broken implementations alter one rule there).
+    ``timeout_s`` is a wall-clock guard; ``until_ns`` stops at that system time."""
+    out = None if console is None else (lambda _domid, data: console(data))
+    m = Machine(memory_mb, trace=trace, console=out, on_trace=on_trace,
+                check_invariants=check_invariants, setup=setup)
+    d = m.add_guest(image, domain_mb, cmdline)
+    m.run(until_ns=until_ns, timeout_s=timeout_s)
+    return m.result(d)
 
 
 class _Streaming(list[HypercallRecord]):

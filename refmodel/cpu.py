@@ -22,6 +22,18 @@ What Unicorn 2.1.4 does not do, and what this module does instead (measured on U
   read-only supervisor pages (the read-only M2P, the GDT, the stub page) are mapped there.
 * The TLB and the translation cache are real: the MMU's flush requests (``Vcpu.flush_tlb``,
   ``flush_tlb_one``, a new base pointer) are carried out after each trap.
+* Preemption must be deterministic, so a time slice is an instruction count (``emu_start``
+  with ``count``; its wall-clock ``timeout`` is not deterministic). The binding does not say
+  how many instructions ran when a hook stopped the slice early, so the substrate reads
+  Unicorn's own counter (``emu_counter`` of ``struct uc_struct``, offset ``_OFF_EMU_COUNTER``).
+
+Several domains: each vCPU has its own engine, and every engine maps the same machine memory
+(``mem_map_ptr``), so a context switch is only a change of engine; measured on Unicorn 2.1.4,
+an engine costs about 3 MB and 1 ms to create (benchmarks/bench_sched.py compares the other
+design, one engine with a full context save and restore, CR3 and GDTR included, and a TLB
+flush). Each engine has its own translation cache: a frame that held code, left this vCPU's
+domain and came back rewritten by someone else could run from a stale translation, so a
+domain that gains frames has its vCPUs' caches flushed (``flush_code_cache``).
 
 A start-up self-test checks the version and the context offsets; a mismatch is one clear
 error (``SubstrateError``), never a wrong emulation.
@@ -54,6 +66,9 @@ _OFF_HFLAGS = 216  # env->hflags; bits 0-1 are the CPL
 _OFF_ERROR_CODE = 5424  # env->error_code of the last exception
 _OFF_EXCEPTION_IS_INT = 5428  # env->exception_is_int: 1 for a software int n
 _OFF_OLD_EXCEPTION = 5536  # env->old_exception (issue #1883)
+# Offset in struct uc_struct (the engine handle) of emu_counter: the instructions the count
+# hook has seen in this emu_start, the one it stopped before included (found by experiment).
+_OFF_EMU_COUNTER = 1368
 
 _CR0_PE = 0x1
 _CR0_MP = 0x2
@@ -183,6 +198,9 @@ class _Engine:
         self._entry_ptrs = (ctypes.c_void_p * len(entry))(
             *(ctypes.addressof(self._entry_vals) + i * size for i in range(len(entry)))
         )
+        uch = ctypes.cast(self._uch, ctypes.c_void_p).value
+        assert uch is not None
+        self._emu_counter = ctypes.c_uint64.from_address(uch + _OFF_EMU_COUNTER)
         self._hc_ids = (ctypes.c_int * 7)(*_hypercall_arg_ids())
         self._hc_vals = (ctypes.c_uint64 * 7)()
         self._hc_ptrs = (ctypes.c_void_p * 7)(
@@ -217,6 +235,20 @@ class _Engine:
             vals[6] & m, vals[7] & m, vals[8] & w, vals[9] & m, vals[10] & m, vals[11] & w,
             vals[12] & w, vals[13] & w, vals[14] & w, vals[15] & w,
         )
+
+    # --- instruction counting ----------------------------------------------------------------
+    def run_counted(self, begin: int, count: int) -> int:
+        """Run at most ``count`` (> 0) instructions from ``begin``; return how many ran. The
+        counter includes the instruction the count hook stopped before, hence the min."""
+        self.uc.emu_start(begin, _NEVER, count=count)
+        return min(self._emu_counter.value, count)
+
+    def counted_so_far(self) -> int:
+        """Instructions run so far in the current ``run_counted`` (read from a hook)."""
+        return int(self._emu_counter.value)
+
+    def flush_code_cache(self) -> None:
+        self.uc.ctl_flush_tb()
 
     # --- the saved context -----------------------------------------------------------------
     def save(self) -> None:
@@ -334,6 +366,14 @@ class UnicornCPU:
         self.stop_reason: str | None = None
         self.instructions_hint = 0
         self.traps = 0
+        self.instructions = 0  # run through run_slice
+        self._flush_code = False
+        # Called on every return to the guest, with the registers it will resume with (the
+        # event upcall: it may redirect them to the event callback).
+        self.upcall: Callable[[Vcpu, CpuUserRegs], None] | None = None
+        # Asked after every trap, once the registers are applied: True ends the time slice
+        # (the vCPU blocked, yielded, was paused, or the scheduler wants the CPU back).
+        self.should_stop: Callable[[], bool] = lambda: False
         self.uc.hook_add(ucc.UC_HOOK_INTR, self._hook_intr)
         self.uc.hook_add(ucc.UC_HOOK_INSN_INVALID, self._hook_insn_invalid)
         self.engine.setup_protected_mode(gdt_base, v.guest_table << abi.PAGE_SHIFT)
@@ -367,6 +407,40 @@ class UnicornCPU:
                 # emu_start only returns on its own at the timeout.
                 self.stop_reason = "timeout"
                 return
+
+    # --- time slices (the scheduler's interface) -------------------------------------------
+    def run_slice(self, max_instructions: int) -> int:
+        """Run the vCPU for at most ``max_instructions`` (> 0); return how many ran. The slice
+        ends early when the domain stops or ``should_stop`` says so after a trap."""
+        d = self.v.domain
+        if self._flush_code:
+            self._flush_code = False
+            self.engine.flush_code_cache()
+        eip = self.engine.read(x86.UC_X86_REG_EIP)
+        try:
+            ran = self.engine.run_counted(eip, max_instructions)
+        except unicorn.UcError as exc:
+            ran = self.engine.counted_so_far()
+            if d.is_running:
+                d.crash(f"the CPU stopped at eip {self.engine.read(x86.UC_X86_REG_EIP):#x}:"
+                        f" {exc}")
+        self.instructions += ran
+        return ran
+
+    def slice_progress(self) -> int:
+        """Instructions run so far in the slice under way (from a hook), for the clock."""
+        return self.engine.counted_so_far()
+
+    def switch_in(self) -> None:
+        """The vCPU is about to run again: carry out what changed while it was off the CPU
+        (base pointer, TLB, CR0.TS) and give the event upcall its chance."""
+        self._regs = self._orig = None
+        self._apply(stop=False)
+
+    def flush_code_cache(self) -> None:
+        """Drop every translation before the next slice: frames this domain gained may hold
+        code cached earlier (never from a hook: the engine is running)."""
+        self._flush_code = True
 
     # --- hooks -----------------------------------------------------------------------------
     def _write_frame(self, frame: bytes) -> None:
@@ -435,13 +509,29 @@ class UnicornCPU:
         self._real_ts = on
 
     def _return_to_guest(self) -> None:
-        """Apply what the hypervisor changed: registers, ring, base pointer, TLB, CR0.TS."""
-        eng = self.engine
+        self._apply(stop=True)
+
+    def _apply(self, stop: bool) -> None:
+        """Apply what the hypervisor changed: registers, ring, base pointer, TLB, CR0.TS; call
+        the upcall hook; with ``stop``, end the slice if the scheduler asks."""
         v = self.v
         if not v.domain.is_running:
             self._regs = self._orig = None
-            self.uc.emu_stop()
+            if stop:
+                self.uc.emu_stop()
             return
+        # Xen's return path runs the scheduler before it looks for events: a vCPU leaving the
+        # CPU gets its upcall when it is switched in again.
+        leaving = stop and self.should_stop()
+        if self.upcall is not None and not leaving:
+            self.upcall(v, self.user_regs())
+        self._apply_state()
+        if leaving:
+            self.uc.emu_stop()
+
+    def _apply_state(self) -> None:
+        eng = self.engine
+        v = self.v
         if v.guest_table != self._cr3:
             self._cr3 = v.guest_table
             eng.load_cr3(v.guest_table << abi.PAGE_SHIFT)
@@ -568,8 +658,23 @@ def _run_selftest() -> None:
             f"the Unicorn self-test saw {got}, expected {want}: the saved-context offsets "
             f"do not match this Unicorn build; xenspec needs unicorn=={UNICORN_VERSION}"
         )
+    _selftest_counter()
     if seen[1][5] != abi.TRAP_page_fault:
         raise SubstrateError(
             f"old_exception is not at offset {_OFF_OLD_EXCEPTION} (read {seen[1][5]}); "
             f"xenspec needs unicorn=={UNICORN_VERSION}"
+        )
+
+
+def _selftest_counter() -> None:
+    """The instruction counter: 1000 instructions of ``inc %eax; jmp .-1`` are 500 incs."""
+    eng = _Engine()
+    eng.uc.mem_map(0, 0x2000)
+    eng.uc.mem_write(0x1000, b"\x40\xeb\xfd")
+    ran = eng.run_counted(0x1000, 1000)
+    eax = eng.read(x86.UC_X86_REG_EAX)
+    if (ran, eax, eng.counted_so_far()) != (1000, 500, 1001):
+        raise SubstrateError(
+            f"the instruction counter is not at offset {_OFF_EMU_COUNTER} (ran {ran}, eax "
+            f"{eax}, counter {eng.counted_so_far()}); xenspec needs unicorn=={UNICORN_VERSION}"
         )

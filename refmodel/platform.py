@@ -35,8 +35,11 @@ class PVPlatform:
 
     def __init__(self, hv: Hypervisor) -> None:
         from xenspec.refmodel import console, desc, kernel, sched, traps
+        from xenspec.refmodel.clock import Clock
 
         self.hv = hv
+        # System time and run times (refmodel/clock.py); the scheduler advances it.
+        self.clock = Clock()
         self.arch_v: dict[tuple[int, int], ArchVcpu] = {}
         self.arch_d: dict[int, ArchDomain] = {}
         self.console_out: Callable[[int, bytes], None] | None = None

@@ -417,3 +417,19 @@ VMASST_TYPE_4gb_segments_notify: Final = 1
 VMASST_TYPE_writable_pagetables: Final = 2
 VMASST_TYPE_pae_extended_cr3: Final = 3
 MAX_VMASST_TYPE: Final = 3
+
+# --------------------------------------------------------------------------------------------
+# memory_op (12): memory.h (3.0.4). The low bits of the command are the operation; the bits
+# from START_EXTENT_SHIFT up are the extent to resume from (xen/common/memory.c).
+# --------------------------------------------------------------------------------------------
+XENMEM_increase_reservation: Final = 0
+XENMEM_decrease_reservation: Final = 1
+XENMEM_maximum_ram_page: Final = 2
+XENMEM_current_reservation: Final = 3
+XENMEM_maximum_reservation: Final = 4
+XENMEM_machphys_mfn_list: Final = 5
+XENMEM_populate_physmap: Final = 6
+XENMEM_START_EXTENT_SHIFT: Final = 4
+# struct xen_memory_reservation on x86_32: XEN_GUEST_HANDLE(xen_pfn_t) extent_start;
+# xen_ulong_t nr_extents; unsigned int extent_order, address_bits; domid_t domid (+2 pad).
+XEN_MEMORY_RESERVATION_T: Final = struct.Struct("<IIIIH2x")

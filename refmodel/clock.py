@@ -1,0 +1,77 @@
+"""The machine's clock: Xen system time and each domain's run time, both deterministic.
+
+Xen's system time (xen/arch/x86/time.c, NOW()) is nanoseconds since boot. The model has no
+wall clock: time advances by a fixed ``ns_per_instruction`` for every guest instruction the
+CPU substrate executes, and jumps forward when every vCPU is idle, to the next timer deadline
+(xen/arch/x86/domain.c, idle_loop: the CPU halts until the next timer interrupt). The same run
+therefore always sees the same times. A domain's run time is the time its vCPUs spent on the
+CPU: the "real time" the paper's borrowed virtual time is computed from (SOSP'03 s3.3.1, the
+BVT scheduler) and what Xen reports as a vCPU's cpu_time (xen/common/schedule.c,
+vcpu_runstate_change). Hypervisor work (hypercall handling) costs no time: only the
+``int $0x82`` instruction itself is counted.
+
+While a time slice is under way the clock reads the substrate's instruction counter, so a
+hypercall handler sees the time at its own instruction, not the start of its slice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from xenspec.refmodel.domain import Domain
+
+# A 1 GHz processor retiring one instruction per cycle.
+DEFAULT_NS_PER_INSTRUCTION = 1
+
+
+class Clock:
+    """System time in ns since boot, and run time per domain."""
+
+    def __init__(self, ns_per_instruction: int = DEFAULT_NS_PER_INSTRUCTION) -> None:
+        if ns_per_instruction <= 0:
+            raise ValueError("an instruction must take some time")
+        self.ns_per_instruction = ns_per_instruction
+        self._now = 0
+        self._run: dict[int, int] = {}
+        self.idle_ns = 0
+        # The slice under way: the domain running and a reader of its instructions so far.
+        self._live_domid: int | None = None
+        self._live: Callable[[], int] | None = None
+
+    # --- what the rest of the hypervisor reads -------------------------------------------------
+    def now_ns(self) -> int:
+        """Xen's NOW(): system time in ns since boot."""
+        return self._now + self._live_ns()
+
+    def domain_run_ns(self, d: Domain | int) -> int:
+        """The time ``d``'s vCPUs have spent running (its cpu_time)."""
+        domid = d if isinstance(d, int) else d.domain_id
+        live = self._live_ns() if domid == self._live_domid else 0
+        return self._run.get(domid, 0) + live
+
+    # --- what the scheduler does -----------------------------------------------------------------
+    def slice_started(self, d: Domain, progress: Callable[[], int]) -> None:
+        """``d`` runs; ``progress()`` gives the instructions it has run so far in the slice."""
+        self._live_domid = d.domain_id
+        self._live = progress
+
+    def slice_ended(self, d: Domain, instructions: int) -> int:
+        """``d`` ran ``instructions``: advance the clock and its run time; return the ns."""
+        self._live_domid = self._live = None
+        ns = instructions * self.ns_per_instruction
+        self._now += ns
+        self._run[d.domain_id] = self._run.get(d.domain_id, 0) + ns
+        return ns
+
+    def idle_until(self, t_ns: int) -> None:
+        """Nothing runs until ``t_ns`` (no-op if that is not in the future)."""
+        if t_ns > self._now:
+            self.idle_ns += t_ns - self._now
+            self._now = t_ns
+
+    def instructions_for(self, ns: int) -> int:
+        """The instructions that fill ``ns`` (at least one)."""
+        return max(1, ns // self.ns_per_instruction)
+
+    def _live_ns(self) -> int:
+        return self._live() * self.ns_per_instruction if self._live is not None else 0

@@ -1,0 +1,168 @@
+"""Domain control: the paper's control interface (SOSP'03 s2.3: domains are created, paused,
+destroyed and given memory by control software in a privileged domain), as a Python API.
+
+Rules from Xen 3.0.4 xen/common/dom0_ops.c (DOM0_CREATEDOMAIN, DOM0_PAUSEDOMAIN,
+DOM0_UNPAUSEDOMAIN, DOM0_DESTROYDOMAIN, DOM0_SETDOMAINMAXMEM, DOM0_GETDOMAININFO),
+xen/common/domain.c (domain_kill, domain_pause_by_systemcontroller) and
+xen/arch/x86/domain.c (domain_relinquish_resources, relinquish_memory):
+
+* a new domain is built from a kernel image (refmodel/elfbuild.py) and left paused until it
+  is unpaused, as the tools do; an unknown domain is -ESRCH;
+* pause stops every vCPU of the domain until unpause; a paused domain keeps its state;
+* destroy kills the domain once: its vCPUs never run again, its event channels close, each
+  vCPU's GDT and base pointer are dropped, and every frame it owns loses its pin, its
+  allocation reference and, for a page directory, its validation (which drops the references
+  its entries hold, breaking circular linear-page-table references). A frame is freed when its
+  last reference goes (the MMU's rule, refmodel/mm.py): one another domain still maps stays
+  allocated, and owned by the dead domain, until that mapping goes;
+* the memory limit (max_memkb, in KB) may not go below the pages the domain has (-EINVAL).
+
+Errors are ``DomctlError`` with Xen's errno. The hypercall form (``dom0_op`` from a privileged
+guest) is not modelled: the control software is Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from xenspec.refmodel.domain import Domain
+from xenspec.refmodel.elfbuild import GuestImage
+from xenspec.refmodel.memory import PGC_allocated, PGT_pinned, PGT_validated
+from xenspec.spec import abi
+from xenspec.spec.pagetable import PGT
+
+if TYPE_CHECKING:
+    from xenspec.refmodel.boot import Machine
+
+
+class DomctlError(Exception):
+    """A refused control operation, with Xen's errno."""
+
+    def __init__(self, errno: int, message: str) -> None:
+        super().__init__(f"{message} (errno {errno})")
+        self.errno = errno
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    """DOM0_GETDOMAININFO, the fields the model has."""
+
+    domid: int
+    tot_pages: int
+    max_pages: int
+    paused: bool
+    blocked: bool
+    dying: bool
+    shutdown: str | None
+    cpu_time_ns: int
+
+
+class DomCtl:
+    """The control interface of one ``Machine``."""
+
+    def __init__(self, machine: Machine) -> None:
+        self.m = machine
+        self.hv = machine.hv
+        self.pv = machine.pv
+        self.dying: set[int] = set()
+
+    def _find(self, domid: int) -> Domain:
+        d = self.hv.domains.get(domid)
+        if d is None or domid in self.dying:
+            raise DomctlError(abi.ESRCH, f"no domain {domid}")
+        return d
+
+    # --- creation and the run state -----------------------------------------------------------
+    def create(self, image: GuestImage | str, memory_mb: int = 16, cmdline: str = "",
+               privileged: bool = False) -> int:
+        """Build a domain from ``image`` (BuildError for a bad image or too little memory);
+        it starts paused. Returns its domain id."""
+        return self.m.add_guest(image, memory_mb, cmdline, privileged, paused=True).domain_id
+
+    def pause(self, domid: int) -> None:
+        self.pv.sched.pause(self._find(domid))
+
+    def unpause(self, domid: int) -> None:
+        self.pv.sched.unpause(self._find(domid))
+
+    def set_max_mem(self, domid: int, max_kb: int) -> None:
+        """DOM0_SETDOMAINMAXMEM: the reservation limit, never below the current size."""
+        d = self._find(domid)
+        new_max = max_kb >> (abi.PAGE_SHIFT - 10)
+        if max_kb < 0 or new_max < d.tot_pages:
+            raise DomctlError(abi.EINVAL, f"domain {domid} has {d.tot_pages} pages, more "
+                                          f"than {new_max}")
+        d.max_pages = new_max
+
+    def info(self, domid: int) -> DomainInfo:
+        d = self.hv.domains.get(domid)
+        if d is None:
+            raise DomctlError(abi.ESRCH, f"no domain {domid}")
+        sched = self.pv.sched
+        return DomainInfo(
+            domid=domid, tot_pages=d.tot_pages, max_pages=d.max_pages,
+            paused=domid in sched.domains and sched.is_paused(d),
+            blocked=all(sched.is_blocked(v) for v in d.vcpus),
+            dying=domid in self.dying,
+            shutdown=d.shutdown_reason.name if d.shutdown_reason is not None else None,
+            cpu_time_ns=self.pv.clock.domain_run_ns(d),
+        )
+
+    # --- destruction ------------------------------------------------------------------------
+    def destroy(self, domid: int) -> None:
+        """domain_kill: the domain stops for good and gives up its resources."""
+        d = self._find(domid)
+        self.dying.add(domid)
+        self.pv.sched.pause(d)
+        self.pv.sched.detach(d)
+        events: Any = getattr(self.pv, "events", None)
+        if events is not None and hasattr(events, "destroy_domain"):
+            events.destroy_domain(d)
+        for v in d.vcpus:
+            self._release_vcpu(v.domain, v.vcpu_id)
+        self._relinquish_memory(d)
+        self._free_xen_pages(d)
+        self.m.cpus.pop(domid, None)
+        if not d.page_list:
+            del self.hv.domains[domid]
+
+    def _release_vcpu(self, d: Domain, vcpu_id: int) -> None:
+        v = d.vcpus[vcpu_id]
+        self.pv.desc.destroy_gdt(v)
+        if v.guest_table:
+            old, v.guest_table = v.guest_table, 0
+            self.hv.mm.put_page_and_type(old)
+        self.pv.arch(v).cpu = None
+
+    def _relinquish_memory(self, d: Domain) -> None:
+        """x86 domain.c, relinquish_memory."""
+        mm, frames = self.hv.mm, self.hv.frames
+        for mfn in list(d.page_list):
+            if not mm.get_page(mfn, d):
+                continue
+            if frames.flags[mfn] & PGT_pinned:
+                frames.flags[mfn] &= ~PGT_pinned
+                mm.put_page_and_type(mfn)
+            if frames.flags[mfn] & PGC_allocated:
+                frames.flags[mfn] &= ~PGC_allocated
+                mm.put_page(mfn)
+            base = frames.type[mfn] == PGT.l2_page_table
+            if base and frames.flags[mfn] & PGT_validated:
+                frames.flags[mfn] &= ~PGT_validated
+                mm.free_page_type(mfn, PGT.l2_page_table)
+            mm.put_page(mfn)
+
+    def _free_xen_pages(self, d: Domain) -> None:
+        """shared_info (its allocation reference) and the model's per-domain frames."""
+        hv = self.hv
+        a = self.pv.darch(d)
+        si = a.shared_info_mfn
+        if si and hv.frames.flags[si] & PGC_allocated:
+            hv.frames.flags[si] &= ~PGC_allocated
+            hv.mm.put_page(si)
+        for mfn in [*d.perdomain_pt, a.stub_mfn]:
+            if mfn and hv.frames.count[mfn] == 1:
+                hv.frames.count[mfn] = 0
+                hv.free_domheap_page(mfn)
+        d.perdomain_pt = []
