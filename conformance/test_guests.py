@@ -57,6 +57,7 @@ GUESTS = [
               "mmuext_op/TLB_FLUSH", "update_va_mapping", "bounce/page_fault",
               "syscall/fast_path", "stack_switch"]),
     ("xen_guest_section", ["start_of_day"]),
+    ("balloon", ["memory_op", "mmu_update/MACHPHYS_UPDATE"]),
 ]
 
 

@@ -105,6 +105,8 @@ CLAUSES: tuple[Clause, ...] = (
            "sched.h SCHEDOP_*, SHUTDOWN_*"),
     Clause("sched_op_compat", _H, "The pre-3.0.2 scheduler call",
            "xen.h __HYPERVISOR_sched_op_compat"),
+    Clause("memory_op", _H, "Give machine frames back and ask for more (the balloon)",
+           "SOSP'03 s3.3.4; memory.h XENMEM_*; memory.c do_memory_op, guest_remove_page"),
     # --- invariants (DESIGN's table; the formulas are in xenspec.spec.invariants) -------------
     Clause("INV-HOLE", _I, "No guest-controlled mapping reaches the hypervisor's top 64 MB",
            "SOSP'03 s2.1.1; mm.c alloc_l2_table, is_guest_l2_slot",

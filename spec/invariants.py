@@ -256,3 +256,26 @@ def count_violations(s: EnumerableState) -> list[str]:
                 f"type count {s.type_count(f)} (references {typed.get(f, 0)})"
             )
     return bad
+
+
+# The owner the reference model gives a frame on the heap's free list (refmodel/memory.py,
+# DOMID_NONE: Xen's NULL owner).
+FREE_FRAME_OWNER = -1
+
+
+def inv_free(s: StateView) -> Bool:
+    """INV-FREE: a frame no domain owns (on the heap's free list) carries no reference at all:
+    no general or type reference, no pin, no allocation reference. With INV-COUNT (the counts
+    are the references that exist) a frame is therefore never handed to another domain while
+    anything still references it: Xen frees a frame only when its count drops to zero
+    (page_alloc.c free_domheap_pages from put_page; memory.c guest_remove_page and x86
+    domain.c relinquish_memory drop references, they never free), and a frame may be retasked
+    only at count 0 (SOSP'03 s3.3.3). A concrete check: ``FREE_FRAME_OWNER`` is the reference
+    model's encoding, so it is not among ``INVARIANTS`` (whose symbolic owners are domids)."""
+    return s.forall_frames(
+        lambda f: s.implies(
+            s.owner(f) == FREE_FRAME_OWNER,
+            lambda: s.and_(s.count(f) == 0, s.type_count(f) == 0,
+                           s.not_(s.allocated(f)), s.not_(s.pinned(f))),
+        )
+    )

@@ -6,10 +6,15 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from xenspec import __version__
+
+if TYPE_CHECKING:
+    from xenspec.refmodel.boot import Machine
+    from xenspec.refmodel.domain import Domain
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,95 +25,162 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("guest", required=False, type=click.Path(dir_okay=False))
-@click.option("--scenario", type=click.Choice(["demo", "mmu"]), default=None,
-              help="Run a built-in scenario instead of a guest kernel [default: demo].")
+@click.argument("guests", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--scenario", type=click.Choice(["demo", "mmu", "two-domains"]), default=None,
+              help="Run a built-in scenario instead of guest kernels [default: demo].")
 @click.option("--trace", is_flag=True, help="Print every hypercall with its arguments and result.")
 @click.option("--check-invariants", is_flag=True,
               help="Check every invariant after each step (a guest: each hypercall).")
 @click.option("--memory", "memory_mb", default=256, show_default=True,
               type=click.IntRange(16, 4096), help="Machine memory in MB.")
 @click.option("--domain-memory", "domain_mb", default=None, type=click.IntRange(1, 1024),
-              help="Memory of the (first) domain in MB [guest: 16, mmu scenario: 64].")
-@click.option("--cmdline", default="", help="The guest's command line (start_info.cmd_line).")
+              help="Memory of each domain in MB [guest: 16, mmu scenario: 64].")
+@click.option("--cmdline", "cmdlines", multiple=True,
+              help="A guest's command line (start_info.cmd_line); repeat it for several "
+                   "guests: the n-th goes to the n-th GUEST.")
 @click.option("--timeout", "timeout_s", default=0.0, type=click.FloatRange(0),
-              help="Stop a guest that has not shut down after this many seconds (0: never).")
-def run(guest: str | None, scenario: str | None, trace: bool, check_invariants: bool,
-        memory_mb: int, domain_mb: int | None, cmdline: str, timeout_s: float) -> None:
-    """Boot GUEST (a Xen 3.0 x86_32 non-PAE kernel ELF) on the reference hypervisor, print
-    its console and exit with its shutdown reason: poweroff 0, crash 1, reboot 2, suspend 3,
-    no shutdown 4 (5 if --check-invariants found a violation; 2 for an image that cannot be
-    built).
+              help="Stop guests that have not shut down after this many seconds (0: never).")
+def run(guests: tuple[str, ...], scenario: str | None, trace: bool, check_invariants: bool,
+        memory_mb: int, domain_mb: int | None, cmdlines: tuple[str, ...],
+        timeout_s: float) -> None:
+    """Boot each GUEST (a Xen 3.0 x86_32 non-PAE kernel ELF) as a domain of one machine
+    (domain ids 0, 1, ... in order), share the CPU between them (borrowed virtual time),
+    print their consoles (with several guests each line starts with [dN]) and exit with their
+    shutdown reasons: poweroff 0, crash 1, reboot 2, suspend 3, no shutdown 4. With several
+    guests the status is 0 if every one powered off, else that of the first guest (in domain
+    id order) that did not. 5 if --check-invariants found a violation; 2 for an image that
+    cannot be built.
 
     With no GUEST, boot the demo guest (``--scenario demo``, built from
     conformance/guests/demo.c with the machine's gcc): a ring-1 kernel runs a ring-3 process
     through int 0x80 system calls and gives it memory on demand from its page-fault handler
     through mmu_update.
 
+    ``--scenario two-domains`` boots two guests that compute in rounds and prints their
+    interleaved consoles and the scheduler's account: each is preempted at the end of its
+    slice and the other runs.
+
     ``--scenario mmu`` runs the built-in MMU scenario instead: two paravirtual domains build
     page tables through mmu_update, mmuext_op and update_va_mapping, then try what Xen must
     refuse; each step is compared with Xen 3.0.4's result and the exit status is non-zero if
     any step differs or an invariant breaks.
     """
-    if guest is not None and scenario is not None:
-        raise click.UsageError("give a GUEST or a --scenario, not both")
+    if guests and scenario is not None:
+        raise click.UsageError("give GUESTs or a --scenario, not both")
+    if len(cmdlines) > max(len(guests), 1):
+        raise click.UsageError(f"{len(cmdlines)} --cmdline for {len(guests)} guest(s)")
     if scenario == "mmu":
         _run_mmu_scenario(trace, check_invariants, memory_mb, domain_mb or 64)
         return
-    if guest is None:
-        from xenspec.conformance.guests.build import (
-            GuestBuildError,
-            build_guest,
-            toolchain_available,
-        )
-
-        if not toolchain_available():
-            raise click.ClickException("the demo guest needs gcc and ld to build")
-        try:
-            guest = str(build_guest("demo"))
-        except GuestBuildError as exc:
-            raise click.ClickException(f"building the demo guest failed: {exc}") from exc
-    sys.exit(_run_guest(guest, trace, memory_mb, domain_mb or 16, cmdline, timeout_s,
-                        check_invariants))
+    stats = False
+    if scenario == "two-domains":
+        guests = (_built_guest("spin"),) * 2
+        cmdlines = ("work 12", "work 12")
+        stats = True
+    elif not guests:
+        guests = (_built_guest("demo"),)
+    sys.exit(_run_guests(list(guests), list(cmdlines), trace, memory_mb, domain_mb or 16,
+                         timeout_s, check_invariants, stats))
 
 
-def _run_guest(path: str, trace: bool, memory_mb: int, domain_mb: int, cmdline: str,
-               timeout_s: float, check_invariants: bool) -> int:
-    from xenspec.refmodel.boot import boot
+def _built_guest(name: str) -> str:
+    from xenspec.conformance.guests.build import (
+        GuestBuildError,
+        build_guest,
+        toolchain_available,
+    )
+
+    if not toolchain_available():
+        raise click.ClickException(f"the {name} guest needs gcc and ld to build")
+    try:
+        return str(build_guest(name))
+    except GuestBuildError as exc:
+        raise click.ClickException(f"building the {name} guest failed: {exc}") from exc
+
+
+class _Consoles:
+    """Console output: as it comes for one guest; whole lines prefixed [dN] for several."""
+
+    def __init__(self, prefix: bool) -> None:
+        self.prefix = prefix
+        self.partial: dict[int, str] = {}
+
+    def write(self, domid: int, data: bytes) -> None:
+        text = data.decode("latin-1")
+        if not self.prefix:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            return
+        *lines, rest = (self.partial.pop(domid, "") + text).split("\n")
+        for line in lines:
+            sys.stdout.write(f"[d{domid}] {line}\n")
+        if rest:
+            self.partial[domid] = rest
+        sys.stdout.flush()
+
+    def flush(self) -> None:
+        for domid, rest in sorted(self.partial.items()):
+            sys.stdout.write(f"[d{domid}] {rest}\n")
+        self.partial.clear()
+
+
+def _run_guests(paths: list[str], cmdlines: list[str], trace: bool, memory_mb: int,
+                domain_mb: int, timeout_s: float, check_invariants: bool, stats: bool) -> int:
+    from xenspec.refmodel.boot import Machine
     from xenspec.refmodel.builder import BuildError
     from xenspec.refmodel.hypervisor import HypercallRecord, HypervisorBug
 
-    if domain_mb + 4 >= memory_mb:
-        raise click.UsageError(f"a {domain_mb} MB domain does not fit a {memory_mb} MB machine")
-
-    def console(data: bytes) -> None:
-        sys.stdout.write(data.decode("latin-1"))
-        sys.stdout.flush()
+    if domain_mb * len(paths) + 4 >= memory_mb:
+        raise click.UsageError(f"{len(paths)} domain(s) of {domain_mb} MB do not fit a "
+                               f"{memory_mb} MB machine")
 
     def on_trace(record: HypercallRecord) -> None:
         click.echo(f"(XEN) {record}", err=True)
 
+    consoles = _Consoles(prefix=len(paths) > 1)
     try:
-        result = boot(path, memory_mb=memory_mb, domain_mb=domain_mb, cmdline=cmdline,
-                      trace=trace, console=console, timeout_s=timeout_s,
-                      on_trace=on_trace if trace else None, check_invariants=check_invariants)
+        m = Machine(memory_mb, trace=trace, console=consoles.write,
+                    on_trace=on_trace if trace else None, check_invariants=check_invariants)
+        domains = [m.add_guest(p, domain_mb, cmdlines[i] if i < len(cmdlines) else "")
+                   for i, p in enumerate(paths)]
+        m.run(timeout_s=timeout_s)
     except BuildError as exc:
         click.echo(f"xenspec: cannot build the domain: {exc}", err=True)
         return 2
     except HypervisorBug as exc:
         click.echo(f"xenspec: BUG in the reference hypervisor: {exc}", err=True)
         return 70
+    consoles.flush()
+    statuses = [_report_domain(m, d) for d in domains]
+    if stats:
+        _report_schedule(m)
+    for v in m.violations:
+        click.echo(f"(XEN) INVARIANT VIOLATED {v}", err=True)
+    if check_invariants and not m.violations:
+        click.echo("(XEN) every invariant held after every hypercall", err=True)
+    if m.violations:
+        return 5
+    return next((s for s in statuses if s != 0), 0)
+
+
+def _report_domain(m: Machine, d: Domain) -> int:
+    result = m.result(d)
     if result.reason is None:
-        how = "timed out" if result.timed_out else "stopped without shutting down"
-        click.echo(f"(XEN) domain 0 {how}", err=True)
+        how = {"timeout": "timed out", "idle": "is blocked with nothing to wake it"}.get(
+            result.stop, "stopped without shutting down")
+        click.echo(f"(XEN) domain {d.domain_id} {how}", err=True)
     else:
         why = f": {result.crash_reason}" if result.crash_reason else ""
-        click.echo(f"(XEN) domain 0 shut down: {result.reason.name}{why}", err=True)
-    for v in result.violations:
-        click.echo(f"(XEN) INVARIANT VIOLATED {v}", err=True)
-    if check_invariants and not result.violations:
-        click.echo("(XEN) every invariant held after every hypercall", err=True)
-    return 5 if result.violations else result.exit_status
+        click.echo(f"(XEN) domain {d.domain_id} shut down: {result.reason.name}{why}", err=True)
+    return result.exit_status
+
+
+def _report_schedule(m: Machine) -> None:
+    clock, sched = m.pv.clock, m.pv.sched
+    click.echo(f"(XEN) scheduler: {sched.stats.context_switches} context switches in "
+               f"{clock.now_ns() / 1e6:.1f} ms of system time")
+    for domid in sorted(m.cpus):
+        click.echo(f"(XEN)   domain {domid} ran {clock.domain_run_ns(domid) / 1e6:.1f} ms")
 
 
 def _run_mmu_scenario(trace: bool, check_invariants: bool, memory_mb: int,
