@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import z3
 
-from xenspec.spec import abi, mm_spec, symbolic
+from xenspec.spec import abi, event_spec, mm_spec, symbolic
 from xenspec.spec.invariants import INVARIANTS, Invariant
 from xenspec.spec.mm_spec import Transition
 from xenspec.spec.symbolic import SymState, SymView, bv
@@ -174,6 +174,8 @@ RULE_OBLIGATIONS: tuple[tuple[str, Callable[[], z3.Solver]], ...] = (
     ("descriptor rule (set_gdt, update_descriptor) yields only safe descriptors: INV-PRIV",
      _descriptor_rule_is_safe),
     ("descriptor rule is idempotent", _descriptor_rule_is_idempotent),
+    # Event channels: each EVTCHNOP preserves each event invariant (spec.event_spec).
+    *event_spec.obligation_list(),
 )
 
 

@@ -34,7 +34,7 @@ class PVPlatform:
     """The CPU interface of one ``Hypervisor``: install once, then set up each domain."""
 
     def __init__(self, hv: Hypervisor) -> None:
-        from xenspec.refmodel import console, desc, kernel, sched, traps
+        from xenspec.refmodel import console, desc, event, kernel, sched, traps, vtime
         from xenspec.refmodel.clock import Clock
 
         self.hv = hv
@@ -53,7 +53,10 @@ class PVPlatform:
         self.sched = sched.Sched(self)
         self.kernel = kernel.Kernel(self)
         self.desc = desc.Desc(self)
-        for sub in (self.traps, self.console, self.sched, self.kernel, self.desc):
+        self.events = event.Events(self)
+        self.vtime = vtime.VTime(self)
+        for sub in (self.traps, self.console, self.sched, self.kernel, self.desc, self.events,
+                    self.vtime):
             hv.hypercall_table.update(sub.hypercalls())
 
     def arch(self, v: Vcpu) -> ArchVcpu:
@@ -97,6 +100,7 @@ class PVPlatform:
             self.perdomain_set(d, reserved, self.reserved_gdt_mfn)
             # Events start masked (xen/common/domain.c, alloc_vcpu).
             self.vcpu_info_write8(v, abi.VCPU_INFO_evtchn_upcall_mask, 1)
+        self.vtime.setup_domain(d)  # time info and wallclock valid from the start of day
         return a
 
     # --- shared_info ----------------------------------------------------------------------------

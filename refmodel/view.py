@@ -8,6 +8,7 @@ check every state the running model reaches.
 from __future__ import annotations
 
 from xenspec.refmodel.domain import Vcpu
+from xenspec.refmodel.event import check_event_invariants
 from xenspec.refmodel.hypervisor import Hypervisor
 from xenspec.refmodel.memory import PGC_allocated, PGT_pinned, PGT_validated
 from xenspec.spec import abi
@@ -98,4 +99,5 @@ def check_invariants(hv: Hypervisor) -> list[str]:
         if not inv.check(view)
     ]
     failures += [f"INV-COUNT: {line}" for line in count_violations(view)]
+    failures += check_event_invariants(hv)  # INV-EVT-* (refmodel.event)
     return failures

@@ -418,6 +418,123 @@ VMASST_TYPE_writable_pagetables: Final = 2
 VMASST_TYPE_pae_extended_cr3: Final = 3
 MAX_VMASST_TYPE: Final = 3
 
+# ============================================================================================
+# Events and time.
+# ============================================================================================
+
+# --------------------------------------------------------------------------------------------
+# event_channel_op: event_channel.h (3.0.4). __HYPERVISOR_event_channel_op takes (cmd, arg);
+# the compat call (16) takes one struct evtchn_op { uint32_t cmd; union {...} u; }.
+# --------------------------------------------------------------------------------------------
+EVTCHNOP_bind_interdomain: Final = 0
+EVTCHNOP_bind_virq: Final = 1
+EVTCHNOP_bind_pirq: Final = 2
+EVTCHNOP_close: Final = 3
+EVTCHNOP_send: Final = 4
+EVTCHNOP_status: Final = 5
+EVTCHNOP_alloc_unbound: Final = 6
+EVTCHNOP_bind_ipi: Final = 7
+EVTCHNOP_bind_vcpu: Final = 8
+EVTCHNOP_unmask: Final = 9
+# evtchn_status.status (EVTCHNSTAT_*).
+EVTCHNSTAT_closed: Final = 0
+EVTCHNSTAT_unbound: Final = 1
+EVTCHNSTAT_interdomain: Final = 2
+EVTCHNSTAT_pirq: Final = 3
+EVTCHNSTAT_virq: Final = 4
+EVTCHNSTAT_ipi: Final = 5
+# The argument structures (evtchn_port_t and the u32 fields are 4 bytes, domid_t 2).
+# evtchn_alloc_unbound { domid_t dom, remote_dom; evtchn_port_t port (OUT); }
+EVTCHN_ALLOC_UNBOUND_T: Final = struct.Struct("<HHI")
+# evtchn_bind_interdomain { domid_t remote_dom; evtchn_port_t remote_port, local_port (OUT); }
+EVTCHN_BIND_INTERDOMAIN_T: Final = struct.Struct("<H2xII")
+# evtchn_bind_virq { uint32_t virq, vcpu; evtchn_port_t port (OUT); }
+EVTCHN_BIND_VIRQ_T: Final = struct.Struct("<III")
+# evtchn_bind_pirq { uint32_t pirq, flags; evtchn_port_t port (OUT); }
+EVTCHN_BIND_PIRQ_T: Final = struct.Struct("<III")
+# evtchn_bind_ipi { uint32_t vcpu; evtchn_port_t port (OUT); }
+EVTCHN_BIND_IPI_T: Final = struct.Struct("<II")
+# evtchn_close, evtchn_send, evtchn_unmask { evtchn_port_t port; }
+EVTCHN_PORT_T: Final = struct.Struct("<I")
+# evtchn_status { domid_t dom; evtchn_port_t port; uint32_t status, vcpu (OUT);
+#                 union { domid_t dom; struct { domid_t dom; evtchn_port_t port; }; u32 pirq,
+#                 virq; } u (OUT); }
+EVTCHN_STATUS_T: Final = struct.Struct("<H2xIIIII")
+EVTCHN_STATUS_status: Final = 8
+EVTCHN_STATUS_vcpu: Final = 12
+EVTCHN_STATUS_u: Final = 16
+# evtchn_bind_vcpu { evtchn_port_t port; uint32_t vcpu; }
+EVTCHN_BIND_VCPU_T: Final = struct.Struct("<II")
+# struct evtchn_op: cmd, then the union (its largest member is evtchn_status, 24 bytes).
+EVTCHN_OP_T: Final = struct.Struct("<I24s")
+EVTCHN_OP_u: Final = 4
+
+# xen/include/xen/sched.h (3.0.4): struct evtchn's states (ECS_*), hypervisor-internal.
+ECS_FREE: Final = 0
+ECS_RESERVED: Final = 1
+ECS_UNBOUND: Final = 2
+ECS_INTERDOMAIN: Final = 3
+ECS_PIRQ: Final = 4
+ECS_VIRQ: Final = 5
+ECS_IPI: Final = 6
+# xen.h: NR_EVENT_CHANNELS = sizeof(unsigned long)^2 * 64 ports (1024 on x86_32); the
+# pending and mask bitmaps have one bit per port, the selector one bit per word of them.
+BITS_PER_LONG: Final = 32
+NR_EVENT_CHANNELS: Final = BITS_PER_LONG * 4 * 8
+# xen/include/xen/sched.h (3.0.4): ports are allocated in buckets of 128 (EVTCHNS_PER_BUCKET);
+# a port is valid once its bucket exists (event_channel.c, port_is_valid, get_free_port).
+EVTCHNS_PER_BUCKET: Final = 128
+# xen/include/asm-x86/config.h (3.0.4): NR_PIRQS = NR_IRQS = 256 (pirq_to_evtchn[NR_PIRQS]).
+NR_PIRQS: Final = 256
+# event_channel.h, evtchn_bind_pirq.flags.
+BIND_PIRQ__WILL_SHARE: Final = 1
+
+# VIRQs: xen.h (3.0.4). VIRQ_TIMER, VIRQ_DEBUG and VIRQ_XENOPROF are per-vCPU, the others
+# global (event_channel.c, virq_is_global; x86's arch_virq_is_global is 1).
+VIRQ_TIMER: Final = 0
+VIRQ_DEBUG: Final = 1
+VIRQ_CONSOLE: Final = 2
+VIRQ_DOM_EXC: Final = 3
+VIRQ_TBUF: Final = 4
+VIRQ_DEBUGGER: Final = 6
+VIRQ_XENOPROF: Final = 7
+VIRQ_ARCH_0: Final = 16
+VIRQ_ARCH_7: Final = 23
+NR_VIRQS: Final = 24
+
+# shared_info after vcpu_info[MAX_VIRT_CPUS] (xen.h, struct shared_info, x86_32):
+# unsigned long evtchn_pending[32], evtchn_mask[32]; uint32_t wc_version, wc_sec, wc_nsec;
+# struct arch_shared_info arch.
+SHARED_INFO_evtchn_pending: Final = MAX_VIRT_CPUS * SIZEOF_VCPU_INFO
+SHARED_INFO_evtchn_mask: Final = SHARED_INFO_evtchn_pending + NR_EVENT_CHANNELS // 8
+SHARED_INFO_wc_version: Final = SHARED_INFO_evtchn_mask + NR_EVENT_CHANNELS // 8
+SHARED_INFO_wc_sec: Final = SHARED_INFO_wc_version + 4
+SHARED_INFO_wc_nsec: Final = SHARED_INFO_wc_version + 8
+SHARED_INFO_arch: Final = SHARED_INFO_wc_version + 12
+
+# struct vcpu_time_info (xen.h, 32 bytes) at VCPU_INFO_time of each vcpu_info:
+# uint32_t version, pad0; uint64_t tsc_timestamp, system_time; uint32_t tsc_to_system_mul;
+# int8_t tsc_shift, pad1[3]. A guest reads it while version is even and unchanged, and computes
+# system time = system_time + ((((tsc - tsc_timestamp) << tsc_shift) * tsc_to_system_mul) >> 32)
+# (a negative shift shifts right).
+VCPU_TIME_INFO_T: Final = struct.Struct("<IIQQIb3x")
+VCPU_TIME_version: Final = 0
+VCPU_TIME_tsc_timestamp: Final = 8
+VCPU_TIME_system_time: Final = 16
+VCPU_TIME_tsc_to_system_mul: Final = 24
+VCPU_TIME_tsc_shift: Final = 28
+
+# --------------------------------------------------------------------------------------------
+# set_timer_op (15): xen.h; on x86_32 the 64-bit absolute system-time deadline comes in two
+# registers, low word first (x86_32/entry.S, hypercall_args_table: 2). 0 cancels the timer.
+# xen/common/schedule.c (3.0.4), do_set_timer_op: a deadline that is negative or more than
+# 2^50 ns ahead is replaced by now + 1 ms (TIMER_SLOP_HUGE below). The per-CPU 10 ms tick of
+# 3.0.4 (schedule.c, t_timer_fn) sends VIRQ_TIMER to the running vCPU as well.
+# --------------------------------------------------------------------------------------------
+TIMER_HUGE_SHIFT: Final = 50
+TIMER_HUGE_DELAY_NS: Final = 1_000_000
+TIMER_TICK_NS: Final = 10_000_000
+
 # --------------------------------------------------------------------------------------------
 # memory_op (12): memory.h (3.0.4). The low bits of the command are the operation; the bits
 # from START_EXTENT_SHIFT up are the extent to resume from (xen/common/memory.c).

@@ -39,6 +39,7 @@ class Clause:
 
 _H, _B, _I = Kind.hypercall, Kind.behaviour, Kind.invariant
 _MM = "xenspec.spec.mm_spec"
+_EV = "xenspec.spec.event_spec"
 
 CLAUSES: tuple[Clause, ...] = (
     # --- memory (paper s2.1.1, s3.3.3) -------------------------------------------------------
@@ -131,6 +132,61 @@ CLAUSES: tuple[Clause, ...] = (
            "xenspec.spec.desc:descriptor_is_safe"),
     Clause("INV-ISO", _I, "No domain reads or writes another's frames without a grant",
            "SOSP'03 s2; mm.c get_page (owner check)"),
+    # --- events and time (paper s2.2, s2.3, s3.3.2; event_channel.h; xen.h; event_channel.c
+    #     and schedule.c of Xen 3.0.4) ------------------------------------------------------
+    Clause("event_channel_op/alloc_unbound", _H, "Allocate a port another domain may bind",
+           "SOSP'03 s2.2; event_channel.h EVTCHNOP_alloc_unbound; evtchn_alloc_unbound",
+           f"{_EV}:spec_alloc_unbound"),
+    Clause("event_channel_op/bind_interdomain", _H, "Connect to a port offered by a domain",
+           "event_channel.h EVTCHNOP_bind_interdomain; evtchn_bind_interdomain",
+           f"{_EV}:spec_bind_interdomain"),
+    Clause("event_channel_op/bind_virq", _H, "Bind a virtual IRQ to a new port",
+           "event_channel.h EVTCHNOP_bind_virq; xen.h VIRQ_*; evtchn_bind_virq",
+           f"{_EV}:spec_bind_virq"),
+    Clause("event_channel_op/bind_ipi", _H, "A port for notifications between own vCPUs",
+           "event_channel.h EVTCHNOP_bind_ipi; evtchn_bind_ipi", f"{_EV}:spec_bind_ipi"),
+    Clause("event_channel_op/bind_pirq", _H, "Bind a physical IRQ (refused: none granted)",
+           "event_channel.h EVTCHNOP_bind_pirq; evtchn_bind_pirq", f"{_EV}:spec_bind_pirq"),
+    Clause("event_channel_op/close", _H, "Close a port (an interdomain peer becomes unbound)",
+           "event_channel.h EVTCHNOP_close; __evtchn_close", f"{_EV}:spec_close"),
+    Clause("event_channel_op/send", _H, "Send an event on a port",
+           "SOSP'03 s2.2; event_channel.h EVTCHNOP_send; evtchn_send", f"{_EV}:spec_send"),
+    Clause("event_channel_op/status", _H, "Read a port's state",
+           "event_channel.h EVTCHNOP_status, EVTCHNSTAT_*; evtchn_status",
+           f"{_EV}:spec_status"),
+    Clause("event_channel_op/bind_vcpu", _H, "Choose the vCPU a port notifies",
+           "event_channel.h EVTCHNOP_bind_vcpu; evtchn_bind_vcpu", f"{_EV}:spec_bind_vcpu"),
+    Clause("event_channel_op/unmask", _H, "Unmask a port, delivering a pending event",
+           "event_channel.h EVTCHNOP_unmask; evtchn_unmask", f"{_EV}:spec_unmask"),
+    Clause("event_channel_op_compat", _H, "The pre-3.0.2 event-channel call (struct evtchn_op)",
+           "xen.h __HYPERVISOR_event_channel_op_compat; compat.c do_event_channel_op_compat"),
+    Clause("event/delivery", _B, "An event sets the pending, selector and upcall bits",
+           "SOSP'03 s2.2 (asynchronous events, pending and mask bits); xen.h shared_info, "
+           "vcpu_info; event_channel.c evtchn_set_pending", f"{_EV}:spec_virq_delivery"),
+    Clause("event/upcall", _B, "A pending, unmasked event enters the guest's event callback",
+           "SOSP'03 s2.2; x86_32/entry.S test_all_events, create_bounce_frame"),
+    Clause("set_timer_op", _H, "Set or cancel the vCPU's one-shot timer (VIRQ_TIMER)",
+           "SOSP'03 s2.3 (timers); xen.h __HYPERVISOR_set_timer_op; schedule.c "
+           "do_set_timer_op"),
+    Clause("time/vcpu_time_info", _B, "System time from the TSC, published per vCPU",
+           "SOSP'03 s2.3 (real time, virtual time); xen.h vcpu_time_info; time.c "
+           "update_vcpu_system_time"),
+    Clause("time/wallclock", _B, "Wall-clock time at system time 0 in shared_info",
+           "SOSP'03 s2.3 (wall-clock time); xen.h wc_version, wc_sec, wc_nsec; time.c "
+           "update_domain_wallclock_time"),
+    Clause("INV-EVT-PORT", _I, "Port states are consistent with the ports and VIRQ tables",
+           "event_channel.c get_free_port, evtchn_init, evtchn_bind_virq, __evtchn_close",
+           f"{_EV}:inv_evt_port"),
+    Clause("INV-EVT-BIND", _I, "Events cross domains only through a binding: the two ends of "
+           "an interdomain channel name each other",
+           "SOSP'03 s2.2; event_channel.c evtchn_bind_interdomain, __evtchn_close",
+           f"{_EV}:inv_evt_bind"),
+    Clause("INV-EVT-SEND", _I, "A domain sends only on its own bound ports (of every "
+           "event-channel transition; proved in xenspec.spec.event_spec)",
+           "event_channel.c evtchn_send, evtchn_set_pending"),
+    Clause("INV-EVT-XDOM", _I, "A domain changes another's ports only through a binding to it "
+           "(of every event-channel transition; proved in xenspec.spec.event_spec)",
+           "event_channel.c evtchn_bind_interdomain, __evtchn_close, evtchn_alloc_unbound"),
 )
 
 BY_ID: dict[str, Clause] = {c.id: c for c in CLAUSES}
