@@ -116,6 +116,10 @@ class Machine:
         cpu.virtual_ts = lambda: arch.virtual_ts
         arch.cpu = cpu
         cpu.start(built.regs)
+        vtime = getattr(pv, "vtime", None)
+        if vtime is not None and hasattr(vtime, "use_guest_tsc"):
+            cpu.set_rdtsc(vtime.guest_tsc)  # the guest's TSC follows the machine's clock
+            vtime.use_guest_tsc()
         self.cpus[d.domain_id] = cpu
         pv.sched.attach(v, cpu)
         pv.sched.pause(d)

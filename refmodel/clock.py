@@ -2,16 +2,18 @@
 
 Xen's system time (xen/arch/x86/time.c, NOW()) is nanoseconds since boot. The model has no
 wall clock: time advances by a fixed ``ns_per_instruction`` for every guest instruction the
-CPU substrate executes, and jumps forward when every vCPU is idle, to the next timer deadline
+CPU substrate executes and a fixed ``ns_per_trap`` for every entry into the hypervisor (a
+hypercall, a fault, an emulated instruction: about what one cost on the paper's hardware), and
+jumps forward when every vCPU is idle, to the next timer deadline
 (xen/arch/x86/domain.c, idle_loop: the CPU halts until the next timer interrupt). The same run
 therefore always sees the same times. A domain's run time is the time its vCPUs spent on the
 CPU: the "real time" the paper's borrowed virtual time is computed from (SOSP'03 s3.3.1, the
 BVT scheduler) and what Xen reports as a vCPU's cpu_time (xen/common/schedule.c,
-vcpu_runstate_change). Hypervisor work (hypercall handling) costs no time: only the
-``int $0x82`` instruction itself is counted.
+vcpu_runstate_change); the hypervisor's work on a domain's behalf is charged to it, as Xen
+charges the running vCPU.
 
-While a time slice is under way the clock reads the substrate's instruction counter, so a
-hypercall handler sees the time at its own instruction, not the start of its slice.
+While a time slice is under way the clock reads the substrate's instruction and trap counts,
+so a hypercall handler sees the time at its own instruction, not the start of its slice.
 """
 
 from __future__ import annotations
@@ -20,23 +22,29 @@ from collections.abc import Callable
 
 from xenspec.refmodel.domain import Domain
 
-# A 1 GHz processor retiring one instruction per cycle.
+# A 1 GHz processor retiring one instruction per cycle; a trap into the hypervisor and back
+# costs 500 ns (the paper's null-hypercall order of magnitude).
 DEFAULT_NS_PER_INSTRUCTION = 1
+DEFAULT_NS_PER_TRAP = 500
+
+Progress = Callable[[], tuple[int, int]]  # (instructions, traps) so far in the slice
 
 
 class Clock:
     """System time in ns since boot, and run time per domain."""
 
-    def __init__(self, ns_per_instruction: int = DEFAULT_NS_PER_INSTRUCTION) -> None:
-        if ns_per_instruction <= 0:
-            raise ValueError("an instruction must take some time")
+    def __init__(self, ns_per_instruction: int = DEFAULT_NS_PER_INSTRUCTION,
+                 ns_per_trap: int = DEFAULT_NS_PER_TRAP) -> None:
+        if ns_per_instruction <= 0 or ns_per_trap < 0:
+            raise ValueError("an instruction must take some time, a trap no negative time")
         self.ns_per_instruction = ns_per_instruction
+        self.ns_per_trap = ns_per_trap
         self._now = 0
         self._run: dict[int, int] = {}
         self.idle_ns = 0
         # The slice under way: the domain running and a reader of its instructions so far.
         self._live_domid: int | None = None
-        self._live: Callable[[], int] | None = None
+        self._live: Progress | None = None
 
     # --- what the rest of the hypervisor reads -------------------------------------------------
     def now_ns(self) -> int:
@@ -50,15 +58,16 @@ class Clock:
         return self._run.get(domid, 0) + live
 
     # --- what the scheduler does -----------------------------------------------------------------
-    def slice_started(self, d: Domain, progress: Callable[[], int]) -> None:
-        """``d`` runs; ``progress()`` gives the instructions it has run so far in the slice."""
+    def slice_started(self, d: Domain, progress: Progress) -> None:
+        """``d`` runs; ``progress()`` gives the instructions and traps so far in the slice."""
         self._live_domid = d.domain_id
         self._live = progress
 
-    def slice_ended(self, d: Domain, instructions: int) -> int:
-        """``d`` ran ``instructions``: advance the clock and its run time; return the ns."""
+    def slice_ended(self, d: Domain, instructions: int, traps: int = 0) -> int:
+        """``d`` ran ``instructions`` and trapped ``traps`` times: advance the clock and its
+        run time; return the ns."""
         self._live_domid = self._live = None
-        ns = instructions * self.ns_per_instruction
+        ns = self.cost(instructions, traps)
         self._now += ns
         self._run[d.domain_id] = self._run.get(d.domain_id, 0) + ns
         return ns
@@ -73,5 +82,8 @@ class Clock:
         """The instructions that fill ``ns`` (at least one)."""
         return max(1, ns // self.ns_per_instruction)
 
+    def cost(self, instructions: int, traps: int) -> int:
+        return instructions * self.ns_per_instruction + traps * self.ns_per_trap
+
     def _live_ns(self) -> int:
-        return self._live() * self.ns_per_instruction if self._live is not None else 0
+        return self.cost(*self._live()) if self._live is not None else 0

@@ -27,6 +27,11 @@ What Unicorn 2.1.4 does not do, and what this module does instead (measured on U
   how many instructions ran when a hook stopped the slice early, so the substrate reads
   Unicorn's own counter (``emu_counter`` of ``struct uc_struct``, offset ``_OFF_EMU_COUNTER``).
 
+* RDTSC reads the host's counter and cannot be hooked in the binding: with a time source
+  installed (``set_rdtsc``) CR4.TSD makes it fault outside ring 0, and the #GP is completed
+  with the source's value (``0f 31`` at EIP), so a guest reads the machine's deterministic
+  clock. Xen does not set TSD; the guest sees an ordinary RDTSC.
+
 Several domains: each vCPU has its own engine, and every engine maps the same machine memory
 (``mem_map_ptr``), so a context switch is only a change of engine; measured on Unicorn 2.1.4,
 an engine costs about 3 MB and 1 ms to create (benchmarks/bench_sched.py compares the other
@@ -77,6 +82,8 @@ _CR0_ET = 0x10
 _CR0_NE = 0x20
 _CR0_WP = 0x10000
 _CR0_PG = 0x80000000
+_CR4_TSD = 0x4
+_RDTSC = b"\x0f\x31"
 _CR0_BASE = _CR0_PE | _CR0_MP | _CR0_ET | _CR0_NE | _CR0_WP | _CR0_PG
 
 _IRET = b"\xcf"
@@ -239,7 +246,12 @@ class _Engine:
     # --- instruction counting ----------------------------------------------------------------
     def run_counted(self, begin: int, count: int) -> int:
         """Run at most ``count`` (> 0) instructions from ``begin``; return how many ran. The
-        counter includes the instruction the count hook stopped before, hence the min."""
+        counter includes the instruction the count hook stopped before, hence the min.
+        ``old_exception`` is reset first: a slice that ended in the middle of the guest's work
+        leaves it stale, and the next fault would arrive as a double fault (issue #1883)."""
+        self.save()
+        self.reset_old_exception()
+        self.restore()
         self.uc.emu_start(begin, _NEVER, count=count)
         return min(self._emu_counter.value, count)
 
@@ -368,12 +380,15 @@ class UnicornCPU:
         self.traps = 0
         self.instructions = 0  # run through run_slice
         self._flush_code = False
+        self._slice_start_traps = 0
+        self.slice_traps = 0  # traps taken in the last slice
         # Called on every return to the guest, with the registers it will resume with (the
         # event upcall: it may redirect them to the event callback).
         self.upcall: Callable[[Vcpu, CpuUserRegs], None] | None = None
         # Asked after every trap, once the registers are applied: True ends the time slice
         # (the vCPU blocked, yielded, was paused, or the scheduler wants the CPU back).
         self.should_stop: Callable[[], bool] = lambda: False
+        self.rdtsc: Callable[[], int] | None = None
         self.uc.hook_add(ucc.UC_HOOK_INTR, self._hook_intr)
         self.uc.hook_add(ucc.UC_HOOK_INSN_INVALID, self._hook_insn_invalid)
         self.engine.setup_protected_mode(gdt_base, v.guest_table << abi.PAGE_SHIFT)
@@ -417,6 +432,7 @@ class UnicornCPU:
             self._flush_code = False
             self.engine.flush_code_cache()
         eip = self.engine.read(x86.UC_X86_REG_EIP)
+        traps_before = self._slice_start_traps = self.traps
         try:
             ran = self.engine.run_counted(eip, max_instructions)
         except unicorn.UcError as exc:
@@ -425,11 +441,29 @@ class UnicornCPU:
                 d.crash(f"the CPU stopped at eip {self.engine.read(x86.UC_X86_REG_EIP):#x}:"
                         f" {exc}")
         self.instructions += ran
+        self.slice_traps = self.traps - traps_before
         return ran
 
-    def slice_progress(self) -> int:
-        """Instructions run so far in the slice under way (from a hook), for the clock."""
-        return self.engine.counted_so_far()
+    def set_rdtsc(self, source: Callable[[], int]) -> None:
+        """RDTSC from the guest returns ``source()`` (a 64-bit count)."""
+        self.rdtsc = source
+        self.engine.write(x86.UC_X86_REG_CR4, _CR4_TSD)
+
+    def _emulate_rdtsc(self, regs: CpuUserRegs) -> bool:
+        if self.rdtsc is None:
+            return False
+        from xenspec.refmodel.uaccess import copy_from_guest
+
+        if copy_from_guest(self.memory, self.v.guest_table, regs.eip, 2) != _RDTSC:
+            return False
+        value = self.rdtsc()
+        regs.eax, regs.edx = value & 0xFFFFFFFF, (value >> 32) & 0xFFFFFFFF
+        regs.eip = (regs.eip + 2) & 0xFFFFFFFF
+        return True
+
+    def slice_progress(self) -> tuple[int, int]:
+        """Instructions run and traps taken so far in the slice under way (from a hook)."""
+        return self.engine.counted_so_far(), self.traps - self._slice_start_traps
 
     def switch_in(self) -> None:
         """The vCPU is about to run again: carry out what changed while it was off the CPU
@@ -474,6 +508,8 @@ class UnicornCPU:
                     )
                 elif is_int:
                     self.handlers.software_interrupt(self.v, intno, regs)
+                elif intno == abi.TRAP_gp_fault and self._emulate_rdtsc(regs):
+                    pass
                 else:
                     if intno == abi.TRAP_no_device and self._real_ts:
                         self._set_ts(False)

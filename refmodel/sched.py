@@ -73,10 +73,11 @@ class SliceCPU(Protocol):
 
     should_stop: Callable[[], bool]
     pending_exception: BaseException | None
+    slice_traps: int
 
     def run_slice(self, max_instructions: int) -> int: ...
 
-    def slice_progress(self) -> int: ...
+    def slice_progress(self) -> tuple[int, int]: ...
 
     def switch_in(self) -> None: ...
 
@@ -134,6 +135,7 @@ class Sched:
         self.stats = RunStats()
         self._stop_requested = False
         self._resched = False
+        self._planned_end = 0
 
     def hypercalls(self) -> dict[int, Callable[..., int]]:
         return {
@@ -284,7 +286,17 @@ class Sched:
         return nxt
 
     def _should_stop(self, e: VcpuSched) -> bool:
-        return self._stop_requested or not self.runnable(e)
+        """Asked after every trap: end the slice if the vCPU cannot go on, the scheduler wants
+        the CPU, or a timer set during the slice is due before its planned end."""
+        if self._stop_requested or not self.runnable(e):
+            return True
+        if self.pv.clock.now_ns() >= self._planned_end:  # the traps' cost used the slice up
+            return True
+        vtime: Any = getattr(self.pv, "vtime", None)
+        if vtime is None:
+            return False
+        deadline = vtime.next_deadline_ns()
+        return deadline is not None and deadline < self._planned_end
 
     # ----------------------------------------------------------------------------------------
     # Timers: the event engineer's vtime and the poll timers.
@@ -366,12 +378,13 @@ class Sched:
         if until_ns is not None:
             end = min(end, until_ns)
         self._stop_requested = False
+        self._planned_end = end
         cpu.switch_in()
         if self._should_stop(e):  # the switch-in itself may end the domain
             return False
         clock.slice_started(e.v.domain, cpu.slice_progress)
         ran = cpu.run_slice(clock.instructions_for(end - now))
-        clock.slice_ended(e.v.domain, ran)
+        clock.slice_ended(e.v.domain, ran, cpu.slice_traps)
         self.stats.slices += 1
         return cpu.pending_exception is not None
 

@@ -104,12 +104,12 @@ def test_block_is_woken_by_another_domains_event() -> None:
 
 
 def test_clock_counts_instructions_and_idle() -> None:
-    c = Clock(ns_per_instruction=2)
+    c = Clock(ns_per_instruction=2, ns_per_trap=10)
     m = machine(("spin", ""))
     d = m.hv.domains[0]
-    c.slice_started(d, lambda: 5)
-    assert c.now_ns() == 10 and c.domain_run_ns(d) == 10
-    c.slice_ended(d, 7)
+    c.slice_started(d, lambda: (5, 1))
+    assert c.now_ns() == 20 and c.domain_run_ns(d) == 20
+    c.slice_ended(d, 7, 2)
     c.idle_until(100)
     c.idle_until(50)
-    assert (c.now_ns(), c.domain_run_ns(d), c.idle_ns) == (100, 14, 86)
+    assert (c.now_ns(), c.domain_run_ns(d), c.idle_ns) == (100, 34, 66)

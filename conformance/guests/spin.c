@@ -4,6 +4,7 @@
  * and the scheduler's log:
  *   forever   spin and never shut down
  *   yield     print a line and yield, five times
+ *   yields N  yield N times, silently (the context-switch benchmark)
  *   work N    N rounds of about two million instructions, a line after each
  *   (empty)   print one line and finish */
 #include "xenrt.h"
@@ -41,6 +42,11 @@ void test_main(void)
             printk("yield %d\n", i);
             check(HYPERVISOR_sched_op(SCHEDOP_yield, NULL) == 0, "yield %d", i);
         }
+        return;
+    }
+    if (!memcmp(c, "yields ", 7)) {
+        for (u32 i = number(c + 7); i; i--)
+            HYPERVISOR_sched_op(SCHEDOP_yield, NULL);
         return;
     }
     if (!memcmp(c, "work ", 5)) {
