@@ -23,7 +23,8 @@ What Unicorn 2.1.4 does not do, and what this module does instead (measured on U
 * The TLB and the translation cache are real: the MMU's flush requests (``Vcpu.flush_tlb``,
   ``flush_tlb_one``, a new base pointer) are carried out after each trap.
 * Preemption must be deterministic, so a time slice is an instruction count (``emu_start``
-  with ``count``; its wall-clock ``timeout`` is not deterministic). The binding does not say
+  with ``count``; its wall-clock ``timeout`` is not deterministic, and an engine that ran with
+  a timeout never returns from a later counted run). The binding does not say
   how many instructions ran when a hook stopped the slice early, so the substrate reads
   Unicorn's own counter (``emu_counter`` of ``struct uc_struct``, offset ``_OFF_EMU_COUNTER``).
 
@@ -375,7 +376,6 @@ class UnicornCPU:
         self.virtual_ts: Callable[[], bool] = lambda: False
         self._regs: CpuUserRegs | None = None
         self._orig: CpuUserRegs | None = None
-        self.stop_reason: str | None = None
         self.instructions_hint = 0
         self.traps = 0
         self.instructions = 0  # run through run_slice
@@ -405,23 +405,6 @@ class UnicornCPU:
         """Load the initial register state (the domain builder's) through the iret stub."""
         regs.eflags = _check_eflags(regs.eflags)
         self.engine.enter_ring(regs, self.stub_va, self.frame_va, self._write_frame)
-
-    def run(self, timeout_us: int = 0) -> None:
-        """Run until the domain stops (shutdown or crash) or ``timeout_us`` passes."""
-        d = self.v.domain
-        while d.is_running:
-            eip = self.engine.read(x86.UC_X86_REG_EIP)
-            try:
-                self.uc.emu_start(eip, _NEVER, timeout=timeout_us)
-            except unicorn.UcError as exc:
-                if d.is_running:
-                    d.crash(f"the CPU stopped at eip {self.engine.read(x86.UC_X86_REG_EIP):#x}:"
-                            f" {exc}")
-                return
-            if d.is_running:
-                # emu_start only returns on its own at the timeout.
-                self.stop_reason = "timeout"
-                return
 
     # --- time slices (the scheduler's interface) -------------------------------------------
     def run_slice(self, max_instructions: int) -> int:
