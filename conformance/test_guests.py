@@ -58,6 +58,15 @@ GUESTS = [
               "syscall/fast_path", "stack_switch"]),
     ("xen_guest_section", ["start_of_day"]),
     ("balloon", ["memory_op", "mmu_update/MACHPHYS_UPDATE"]),
+    ("events", ["event_channel_op/bind_ipi", "event_channel_op/send", "event_channel_op/unmask",
+                "event_channel_op/alloc_unbound", "event_channel_op/bind_interdomain",
+                "event_channel_op/close", "event_channel_op/status",
+                "event_channel_op/bind_virq", "event_channel_op/bind_pirq",
+                "event_channel_op_compat", "event/delivery", "event/upcall", "set_callbacks",
+                "iret", "INV-EVT-BIND"]),
+    ("timer", ["set_timer_op", "event_channel_op/bind_virq", "event/delivery", "event/upcall",
+               "time/vcpu_time_info"]),
+    ("time", ["time/vcpu_time_info", "time/wallclock"]),
 ]
 
 

@@ -311,16 +311,19 @@ class Events:
         chn = self.channel(d, port)
         if chn is None:
             raise _fail(abi.EINVAL)
-        target = d.vcpus[chn.notify_vcpu]
+        if not self.pv.darch(d).shared_info_mfn:
+            return
         if self._test_and_clear(d, abi.SHARED_INFO_evtchn_mask, port) and self._test(
                 d, abi.SHARED_INFO_evtchn_pending, port):
-            self._mark_selector(target, port)
+            self._mark_selector(d.vcpus[chn.notify_vcpu], port)
 
     # ----------------------------------------------------------------------------------------
     # Delivery (evtchn_set_pending, send_guest_vcpu_virq, send_guest_global_virq).
     # ----------------------------------------------------------------------------------------
     def set_pending(self, v: Vcpu, port: int) -> None:
         d = v.domain
+        if not self.pv.darch(d).shared_info_mfn:
+            return  # a domain the platform never set up has no shared_info to mark
         if self._test_and_set(d, abi.SHARED_INFO_evtchn_pending, port):
             return
         if not self._test(d, abi.SHARED_INFO_evtchn_mask, port):
@@ -362,7 +365,8 @@ class Events:
 
     def port_pending(self, d: Domain, port: int) -> bool:
         """The port's bit in shared_info.evtchn_pending (0 <= port < NR_EVENT_CHANNELS)."""
-        return 0 <= port < abi.NR_EVENT_CHANNELS and self._test(
+        return 0 <= port < abi.NR_EVENT_CHANNELS and bool(
+            self.pv.darch(d).shared_info_mfn) and self._test(
             d, abi.SHARED_INFO_evtchn_pending, port)
 
     # ----------------------------------------------------------------------------------------

@@ -9,11 +9,14 @@ import pytest
 import z3
 
 from xenspec.conformance.driver import Guest
+from xenspec.conformance.guests.build import build_guest, toolchain_available
 from xenspec.conformance.reference import ReferenceImplementation
 from xenspec.conformance.test_events import Ev
 from xenspec.refmodel.arch import CpuUserRegs
+from xenspec.refmodel.boot import Machine
 from xenspec.refmodel.domain import Vcpu
 from xenspec.refmodel.event import Events, check_event_invariants
+from xenspec.refmodel.view import check_invariants
 from xenspec.refmodel.vtime import TimeScale, set_time_scale
 from xenspec.spec import abi
 from xenspec.spec import event_spec as es
@@ -250,3 +253,22 @@ def test_event_proofs_catch_a_broken_spec(monkeypatch: pytest.MonkeyPatch, name:
     solver = es.obligation(command, inv, "ok")
     solver.set("timeout", 3000)
     assert solver.check() != z3.unsat
+
+
+# --- two domains ------------------------------------------------------------------------------
+@pytest.mark.skipif(not toolchain_available(), reason="needs gcc -m32 and ld")
+def test_two_domains_ping_pong_over_an_interdomain_channel() -> None:
+    """pingpong.c: domain 0 offers a port, domain 1 binds it, 20 events go each way, each side
+    blocking until the other's event wakes it."""
+    m = Machine(memory_mb=64)
+    elf = str(build_guest("pingpong"))
+    m.add_guest(elf, domain_mb=4, cmdline="serve 20")
+    m.add_guest(elf, domain_mb=4, cmdline="client 20", paused=True)
+    assert m.run(timeout_s=60.0) == "idle", "the server should block, waiting"
+    m.domctl.unpause(1)
+    assert m.run(timeout_s=60.0) == "shutdown"
+    for d in m.hv.domains.values():
+        r = m.result(d)
+        assert r.test_result == "SUCCESS", r.console
+    assert "20 round trips" in m.result(m.hv.domains[1]).console
+    assert check_invariants(m.hv) == []

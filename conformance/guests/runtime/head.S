@@ -6,6 +6,7 @@
 #include "xen_abi.h"
 
 #define KERNEL_STACK_SIZE 16384
+#define EVENT_VECTOR 256            /* trap_frame.vector of an upcall, as in xenrt.h */
 
 /* One "Xen" ELF note: namesz, descsz, type, "Xen", then the value. */
 .macro XEN_NOTE_STR type, value
@@ -152,6 +153,38 @@ trap_return:
     popl %eax
     addl $8, %esp                   /* vector, error code */
     jmp hypercall_page + __HYPERVISOR_iret * HYPERCALL_STUB_SIZE
+
+/* The event upcall (set_callbacks): Xen's frame is EIP, CS, EFLAGS [, ESP, SS] with no error
+ * code (x86_32/entry.S, create_bounce_frame); build a trap_frame with vector EVENT_VECTOR,
+ * call do_upcall, and leave through trap_return's iret, which unmasks events again. */
+    .globl event_entry
+event_entry:
+    pushl $0
+    pushl $EVENT_VECTOR
+    pushl %eax
+    pushl %ebx
+    pushl %ecx
+    pushl %edx
+    pushl %esi
+    pushl %edi
+    pushl %ebp
+    pushl %es
+    pushl %ds
+    movl $FLAT_KERNEL_DS, %eax
+    movl %eax, %ds
+    movl %eax, %es
+    pushl %esp
+    call do_upcall
+    addl $4, %esp
+    jmp trap_return
+
+/* The failsafe callback: Xen could not return to the guest's context. */
+    .globl failsafe_entry
+failsafe_entry:
+    pushl $failsafe_msg
+    call panic
+failsafe_msg:
+    .asciz "failsafe callback"
 
 /* int enter_user(u32 eip, u32 esp): run ring-3 code until it calls user_return(). */
     .globl enter_user

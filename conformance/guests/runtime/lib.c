@@ -230,3 +230,153 @@ void start_kernel(u8 *si)
     test_main();
     xtf_exit();
 }
+
+/* ---- events (event_channel.h; delivery as xen.h describes shared_info) ---------------- */
+volatile struct event_stats event_stats;
+static event_handler_t event_handlers[NR_EVENT_CHANNELS];
+extern char event_entry[], failsafe_entry[];
+
+static long evtchn_port_op(u32 cmd, void *arg, u32 *port)
+{
+    long rc = HYPERVISOR_event_channel_op(cmd, arg);
+    return rc ? rc : (long)*port;
+}
+long evtchn_alloc_unbound(u16 remote_dom)
+{
+    struct { u16 dom, remote_dom; u32 port; } a = { DOMID_SELF, remote_dom, 0 };
+    return evtchn_port_op(EVTCHNOP_alloc_unbound, &a, &a.port);
+}
+long evtchn_bind_interdomain(u16 remote_dom, u32 remote_port)
+{
+    struct { u16 remote_dom, pad; u32 remote_port, local_port; } b = { remote_dom, 0,
+                                                                        remote_port, 0 };
+    return evtchn_port_op(EVTCHNOP_bind_interdomain, &b, &b.local_port);
+}
+long evtchn_bind_virq(u32 virq, u32 vcpu)
+{
+    struct { u32 virq, vcpu, port; } b = { virq, vcpu, 0 };
+    return evtchn_port_op(EVTCHNOP_bind_virq, &b, &b.port);
+}
+long evtchn_bind_ipi(u32 vcpu)
+{
+    struct { u32 vcpu, port; } b = { vcpu, 0 };
+    return evtchn_port_op(EVTCHNOP_bind_ipi, &b, &b.port);
+}
+long evtchn_send(u32 port) { return HYPERVISOR_event_channel_op(EVTCHNOP_send, &port); }
+long evtchn_close(u32 port) { return HYPERVISOR_event_channel_op(EVTCHNOP_close, &port); }
+long evtchn_unmask(u32 port) { return HYPERVISOR_event_channel_op(EVTCHNOP_unmask, &port); }
+long evtchn_status(u16 dom, u32 port, struct evtchn_status *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->dom = dom;
+    out->port = port;
+    return HYPERVISOR_event_channel_op(EVTCHNOP_status, out);
+}
+
+static volatile u32 *bitmap(unsigned offset) { return (volatile u32 *)(shared_info + offset); }
+int evtchn_pending(u32 port)
+{ return (bitmap(SHARED_INFO_evtchn_pending)[port / 32] >> (port % 32)) & 1; }
+void evtchn_mask(u32 port)
+{ __atomic_fetch_or(&bitmap(SHARED_INFO_evtchn_mask)[port / 32], 1u << (port % 32),
+                    __ATOMIC_SEQ_CST); }
+void evtchn_clear(u32 port)
+{ __atomic_fetch_and(&bitmap(SHARED_INFO_evtchn_pending)[port / 32], ~(1u << (port % 32)),
+                     __ATOMIC_SEQ_CST); }
+volatile u8 *vcpu0_info(void) { return shared_info + SHARED_INFO_vcpu_info; }
+
+void set_event_handler(u32 port, event_handler_t h)
+{ if (port < NR_EVENT_CHANNELS) event_handlers[port] = h; }
+
+/* The upcall: clear upcall_pending, take the selector, then each pending unmasked port. */
+void do_upcall(struct trap_frame *f)
+{
+    volatile u8 *vi = vcpu0_info();
+    event_stats.upcalls++;
+    event_stats.last_cs = f->cs;
+    event_stats.last_eflags = f->eflags;
+    vi[VCPU_INFO_evtchn_upcall_pending] = 0;
+    u32 sel = __atomic_exchange_n((volatile u32 *)(vi + VCPU_INFO_evtchn_pending_sel), 0,
+                                  __ATOMIC_SEQ_CST);
+    event_stats.last_sel = sel;
+    while (sel) {
+        u32 word = __builtin_ctz(sel);
+        sel &= sel - 1;
+        u32 bits = bitmap(SHARED_INFO_evtchn_pending)[word] & ~bitmap(SHARED_INFO_evtchn_mask)[word];
+        while (bits) {
+            u32 port = word * 32 + __builtin_ctz(bits);
+            bits &= bits - 1;
+            evtchn_clear(port);
+            event_stats.count[port]++;
+            if (event_handlers[port])
+                event_handlers[port](port, f);
+        }
+    }
+}
+
+void events_mask_upcalls(int masked)
+{
+    vcpu0_info()[VCPU_INFO_evtchn_upcall_mask] = masked ? 1 : 0;
+    /* Unmasked with an upcall pending: any hypercall returns through the upcall. */
+    if (!masked && vcpu0_info()[VCPU_INFO_evtchn_upcall_pending])
+        HYPERVISOR_xen_version(XENVER_version, NULL);
+}
+
+void events_enable(void)
+{
+    long rc = HYPERVISOR_set_callbacks(FLAT_KERNEL_CS, (u32)event_entry, FLAT_KERNEL_CS,
+                                       (u32)failsafe_entry);
+    if (rc) panic("set_callbacks: %d", (int)rc);
+    events_mask_upcalls(0);
+}
+
+/* ---- time (xen.h vcpu_time_info; wc_version, wc_sec, wc_nsec) ------------------------- */
+u64 rdtsc(void)
+{
+    u32 lo, hi;
+    asm volatile("rdtsc" : "=a"(lo), "=d"(hi));
+    return (u64)hi << 32 | lo;
+}
+
+static volatile u32 *time_info(void)
+{ return (volatile u32 *)(vcpu0_info() + VCPU_INFO_time); }
+u32 time_info_version(void) { return time_info()[VCPU_TIME_version / 4]; }
+
+/* ((delta << shift) * mul) >> 32 without a 64-bit division (Linux's scale_delta). */
+static u64 scale_delta(u64 delta, u32 mul, int shift)
+{
+    delta = shift < 0 ? delta >> -shift : delta << shift;
+    u64 product = ((u64)(u32)delta * mul) >> 32;
+    return product + (u64)(u32)(delta >> 32) * mul;
+}
+
+u64 system_time_ns(void)
+{
+    volatile u32 *t = time_info();
+    u32 version;
+    u64 ns;
+    do {
+        version = t[VCPU_TIME_version / 4];
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        u64 stamp = t[VCPU_TIME_tsc_timestamp / 4] | (u64)t[VCPU_TIME_tsc_timestamp / 4 + 1] << 32;
+        u64 base = t[VCPU_TIME_system_time / 4] | (u64)t[VCPU_TIME_system_time / 4 + 1] << 32;
+        u32 mul = t[VCPU_TIME_tsc_to_system_mul / 4];
+        int shift = (signed char)((volatile u8 *)t)[VCPU_TIME_tsc_shift];
+        ns = base + scale_delta(rdtsc() - stamp, mul, shift);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    } while ((version & 1) || version != t[VCPU_TIME_version / 4]);
+    return ns;
+}
+
+void wallclock(u32 *sec, u32 *nsec, u32 *version)
+{
+    volatile u32 *w = (volatile u32 *)(shared_info + SHARED_INFO_wc_version);
+    u32 v;
+    do {
+        v = w[0];
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        *sec = w[1];
+        *nsec = w[2];
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    } while ((v & 1) || v != w[0]);
+    *version = v;
+}

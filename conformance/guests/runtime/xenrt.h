@@ -98,6 +98,44 @@ static inline long HYPERVISOR_mmu_update(const void *req, u32 count, u32 *done, 
 static inline long HYPERVISOR_mmuext_op(const void *op, u32 count, u32 *done, u32 dom)
 { return hypercall(__HYPERVISOR_mmuext_op, (u32)op, count, (u32)done, dom, 0); }
 
+/* Events (event_channel.h) and time (xen.h vcpu_time_info, set_timer_op). */
+#define EVENT_VECTOR 256          /* trap_frame.vector of an event upcall */
+static inline long HYPERVISOR_event_channel_op(u32 cmd, void *arg)
+{ return hypercall(__HYPERVISOR_event_channel_op, cmd, (u32)arg, 0, 0, 0); }
+static inline long HYPERVISOR_event_channel_op_compat(void *op)
+{ return hypercall(__HYPERVISOR_event_channel_op_compat, (u32)op, 0, 0, 0, 0); }
+static inline long HYPERVISOR_set_timer_op(u64 deadline)
+{ return hypercall(__HYPERVISOR_set_timer_op, (u32)deadline, (u32)(deadline >> 32), 0, 0, 0); }
+struct evtchn_status { u16 dom, pad; u32 port, status, vcpu; union { u16 dom;
+    struct { u16 dom, pad; u32 port; } interdomain; u32 virq; } u; };
+/* Each returns the port (>= 0) or the negative errno. */
+long evtchn_alloc_unbound(u16 remote_dom);
+long evtchn_bind_interdomain(u16 remote_dom, u32 remote_port);
+long evtchn_bind_virq(u32 virq, u32 vcpu);
+long evtchn_bind_ipi(u32 vcpu);
+/* These return 0 or the negative errno. */
+long evtchn_send(u32 port);
+long evtchn_close(u32 port);
+long evtchn_unmask(u32 port);
+long evtchn_status(u16 dom, u32 port, struct evtchn_status *out);
+/* shared_info bits of a port; vCPU 0's vcpu_info. */
+int evtchn_pending(u32 port);
+void evtchn_mask(u32 port);
+void evtchn_clear(u32 port);
+volatile u8 *vcpu0_info(void);
+/* Register event_entry as the event callback and let upcalls in (forcing one if pending). */
+void events_enable(void);
+void events_mask_upcalls(int masked);
+typedef void (*event_handler_t)(u32 port, struct trap_frame *f);
+void set_event_handler(u32 port, event_handler_t h);
+struct event_stats { u32 upcalls, last_sel, last_cs, last_eflags; u32 count[NR_EVENT_CHANNELS]; };
+extern volatile struct event_stats event_stats;
+/* Time: the TSC and Xen system time computed from vcpu_time_info, wallclock. */
+u64 rdtsc(void);
+u64 system_time_ns(void);
+u32 time_info_version(void);
+void wallclock(u32 *sec, u32 *nsec, u32 *version);
+
 /* Memory: pseudo-physical <-> machine, and the page-table entry that maps a VA. */
 u32 pfn_to_mfn(u32 pfn);
 u32 virt_to_mfn(const void *va);
