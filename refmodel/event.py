@@ -101,7 +101,7 @@ class Events:
         self.hv = pv.hv
         self.doms: dict[int, DomainEvents] = {}
         self.upcalls = 0
-        _EVENTS_OF[pv.hv] = self
+        _EVENTS_OF[pv.hv] = weakref.ref(self)  # weak both ways: machines must be freed
         self._ops: dict[int, tuple[int, Callable[[Vcpu, bytes], bytes | None]]] = {
             abi.EVTCHNOP_alloc_unbound: (abi.EVTCHN_ALLOC_UNBOUND_T.size, self._op_alloc_unbound),
             abi.EVTCHNOP_bind_interdomain: (abi.EVTCHN_BIND_INTERDOMAIN_T.size,
@@ -524,7 +524,12 @@ class Events:
 # ------------------------------------------------------------------------------------------------
 # The concrete view: the event invariants of spec.event_spec on the model's state.
 # ------------------------------------------------------------------------------------------------
-_EVENTS_OF: weakref.WeakKeyDictionary[Hypervisor, Events] = weakref.WeakKeyDictionary()
+# A machine's event subsystem, found from its Hypervisor. The value is weak too: an Events
+# refers back to its Hypervisor, so a strong value would keep every machine alive. (The
+# Hypervisor's hypercall table holds Events' bound methods, which keeps it alive as long as the
+# machine is.)
+_EVENTS_OF: weakref.WeakKeyDictionary[Hypervisor, weakref.ref[Events]] = (
+    weakref.WeakKeyDictionary())
 
 
 class ConcreteEvtView(ConcreteLogic):
@@ -593,7 +598,8 @@ class ConcreteEvtView(ConcreteLogic):
 
 def check_event_invariants(hv: Hypervisor) -> list[str]:
     """The event invariants (spec.event_spec) that fail on the model's state, with words."""
-    events = _EVENTS_OF.get(hv)
+    ref = _EVENTS_OF.get(hv)
+    events = ref() if ref is not None else None
     if events is None:
         return []
     from xenspec.spec.event_spec import EVT_INVARIANTS
