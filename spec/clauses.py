@@ -183,10 +183,11 @@ CLAUSES: tuple[Clause, ...] = (
            f"{_EV}:inv_evt_bind"),
     Clause("INV-EVT-SEND", _I, "A domain sends only on its own bound ports (of every "
            "event-channel transition; proved in xenspec.spec.event_spec)",
-           "event_channel.c evtchn_send, evtchn_set_pending"),
+           "event_channel.c evtchn_send, evtchn_set_pending", f"{_EV}:inv_evt_send"),
     Clause("INV-EVT-XDOM", _I, "A domain changes another's ports only through a binding to it "
            "(of every event-channel transition; proved in xenspec.spec.event_spec)",
-           "event_channel.c evtchn_bind_interdomain, __evtchn_close, evtchn_alloc_unbound"),
+           "event_channel.c evtchn_bind_interdomain, __evtchn_close, evtchn_alloc_unbound",
+           f"{_EV}:inv_evt_xdom"),
 )
 
 BY_ID: dict[str, Clause] = {c.id: c for c in CLAUSES}

@@ -18,6 +18,7 @@ from xenspec.docgen.matrix import clause_trace, target
 from xenspec.docgen.status import Status, builders_by_clause
 from xenspec.spec import abi, symbolic
 from xenspec.spec.clauses import Clause, Kind
+from xenspec.spec.event_spec import EvtState, EvtView, SymEvtView
 from xenspec.spec.invariants import COUNTER_INVARIANTS, INVARIANTS, Invariant
 from xenspec.spec.state import StateView
 from xenspec.spec.symbolic import SymState, SymView
@@ -233,12 +234,29 @@ def invariant_body(c: Clause) -> str:
     return rst.page(*blocks)
 
 
+def _view_of(f: Callable[..., Any]) -> str:
+    """The state interface ``f`` is written against: 'StateView', 'EvtView' or ''."""
+    params = list(inspect.signature(f).parameters.values())
+    ann = params[0].annotation if params else None
+    if ann in ("StateView", StateView):
+        return "StateView"
+    return "EvtView" if ann in ("EvtView", EvtView) else ""
+
+
 def formula_intro(f: Callable[..., Any]) -> str:
     where = rst.literal(f"{f.__module__}:{f.__name__}")
-    if list(inspect.signature(f).parameters) == ["s"]:
+    view = _view_of(f)
+    if view == "StateView":
         return (f"{where}, written once against the state-access interface "
                 "(``spec.state.StateView``): the same function checks a running model and "
                 "yields the solver's formula.")
+    if view == "EvtView":
+        two = len(inspect.signature(f).parameters) > 1
+        return (f"{where}, written once against the event-channel state interface "
+                "(``spec.event_spec.EvtView``): the same function checks a running model "
+                "and yields the solver's formula" + (
+                    "; it relates the state before and after one transition made by domain "
+                    "``c``." if two else "."))
     return f"{where}, one definition for Python ints and Z3 bit-vectors:"
 
 
@@ -249,28 +267,36 @@ def smt_section(spec: Callable[..., Any]) -> str:
     except NotImplementedError as exc:
         return rst.page(head, f"No symbolic form: {rst.escape(str(exc))}. The invariant is "
                         "evaluated on concrete states only.")
-    over = ("a fresh symbolic state (``spec.symbolic``; quantifiers range over all 32-bit "
-            "values)" if list(inspect.signature(spec).parameters) == ["s"]
-            else "symbolic 32-bit words")
+    over = {"StateView": "a fresh symbolic state (``spec.symbolic``; quantifiers range over "
+                         "all 32-bit values)",
+            "EvtView": "fresh symbolic event-channel states (``spec.event_spec.EvtState``)",
+            }.get(_view_of(spec), "symbolic 32-bit words")
     return rst.page(head, f"The formula Z3 receives, built on {over}:",
                     rst.code_block(text, "text"))
 
 
 def smt_text(spec: Callable[..., Any]) -> str:
-    """The invariant as SMT-LIB: on a fresh ``SymView``, or on 32-bit words named after the
-    parameters for a rule over values (the descriptor rule's ``lo, hi``)."""
+    """The invariant as SMT-LIB: on fresh symbolic states (a ``SymView`` for a
+    ``StateView``, a ``SymEvtView`` for an ``EvtView``; a two-state invariant gets an old and a
+    new one), other parameters being 32-bit words named after them (the descriptor rule's
+    ``lo, hi``, the calling domain ``c``)."""
     symbolic.reset_fresh()
-    params = inspect.signature(spec).parameters
-    if list(params) == ["s"]:
-        if params["s"].annotation not in ("StateView", StateView):
-            raise NotImplementedError(f"it reads a {params['s'].annotation}, which enumerates "
-                                      "what a concrete state holds")
-        formula = spec(SymView(SymState.fresh("s")))
-    else:
-        formula = spec(*z3.BitVecs(" ".join(params), 32))
+    params = inspect.signature(spec).parameters.values()
+    args = [_symbolic_argument(p.name, p.annotation) for p in params]
     solver = z3.Solver()
-    solver.add(formula)
+    solver.add(spec(*args))
     return str(solver.sexpr())
+
+
+def _symbolic_argument(name: str, annotation: Any) -> Any:
+    if annotation in ("StateView", StateView):
+        return SymView(SymState.fresh(name))
+    if annotation in ("EvtView", EvtView):
+        return SymEvtView(EvtState.fresh(name))
+    if annotation in ("Word", "int", inspect.Parameter.empty):
+        return z3.BitVec(name, 32)
+    raise NotImplementedError(f"it reads a {annotation}, which enumerates what a concrete "
+                              "state holds")
 
 
 def behaviour_body(c: Clause) -> str:
