@@ -3,12 +3,15 @@ and entries the failing clause names, before and after the call."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import z3
 
 from xenspec.spec.pagetable import PGT
 from xenspec.spec.symbolic import SymState, bv
 
-ARGUMENTS = ("v", "va", "val", "ptr", "mfn", "fd")
+ARGUMENTS = ("v", "va", "val", "ptr", "mfn", "fd", "vector", "cs", "ss", "event_cs",
+             "failsafe_cs", "entries", "frame0", "pa", "lo", "hi")
 
 
 def _num(model: z3.ModelRef, term: z3.ExprRef) -> int | None:
@@ -76,4 +79,21 @@ def explain(
                          else f"vcpu {v}")
             if b_new is not None and b_new not in shown:
                 lines.append(f"  base frame {b_new:#x}: {describe_frame(model, new, b_new)}")
+            lines += describe_cpu(model, old, new, bv(v), indices)
+    return lines
+
+
+def describe_cpu(
+    model: z3.ModelRef, old: SymState, new: SymState, v: z3.BitVecRef, indices: list[int]
+) -> list[str]:
+    """The vCPU's selectors before and after: callbacks, kernel stack, the named IDT entries."""
+    def pair(get: Callable[[SymState], z3.ExprRef]) -> str:
+        a, b = _num(model, get(old)), _num(model, get(new))
+        return f"{a:#x} -> {b:#x}" if a is not None and b is not None else "?"
+
+    lines = [f"  selectors: event cs {pair(lambda s: s.event_cs[v])}, failsafe cs "
+             f"{pair(lambda s: s.failsafe_cs[v])}, kernel ss {pair(lambda s: s.kernel_ss[v])}"]
+    for n in [i for i in indices if i < 256]:
+        cs = [_num(model, z3.Select(s.trap_cs, v, bv(n))) for s in (old, new)]
+        lines.append(f"  trap table entry {n}: cs {cs[0]} -> {cs[1]}")
     return lines

@@ -1,7 +1,8 @@
 """The proof obligations: for each hypercall spec and each invariant, the invariant holds after
 the call in every state where all invariants held before, for all arguments (unbounded).
 
-An obligation is the unsatisfiability of: the invariants of the old state (as ``ForAll``s),
+An obligation is the unsatisfiability of: the invariants of the old state it assumes (as
+``ForAll``s; ``ASSUMES``),
 the machine's standing assumptions, the spec's choice constraints, the success condition, and
 the negated invariant of the new state with its quantifiers replaced by named witnesses (so a
 counterexample names the frame and entry that break it). Where a failing call still changes
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 import z3
 
-from xenspec.spec import abi, event_spec, mm_spec, symbolic
+from xenspec.spec import abi, cpu_spec, event_spec, mm_spec, symbolic
 from xenspec.spec.invariants import INVARIANTS, Invariant
 from xenspec.spec.mm_spec import Transition
 from xenspec.spec.symbolic import SymState, SymView, bv
@@ -67,6 +68,49 @@ def _no_state(s: SymState) -> Transition:
     return mm_spec.spec_mmuext_no_state(s)
 
 
+def _set_trap_table(s: SymState) -> Transition:
+    v, vector, flags, cs, address = _args("v", "vector", "flags", "cs", "address")
+    return cpu_spec.spec_set_trap_table_entry(s, v, vector, flags, cs, address)
+
+
+def _set_trap_table_null(s: SymState) -> Transition:
+    (v,) = _args("v")
+    return cpu_spec.spec_set_trap_table_null(s, v)
+
+
+def _set_callbacks(s: SymState) -> Transition:
+    v, ecs, eeip, fcs, feip = _args("v", "event_cs", "event_eip", "failsafe_cs", "failsafe_eip")
+    return cpu_spec.spec_set_callbacks(s, v, ecs, eeip, fcs, feip)
+
+
+def _stack_switch(s: SymState) -> Transition:
+    v, ss, esp = _args("v", "ss", "esp")
+    return cpu_spec.spec_stack_switch(s, v, ss, esp)
+
+
+def iret_frame() -> cpu_spec.IretFrame:
+    eax, eip, cs, eflags, esp3, ss3 = _args("eax", "eip", "cs", "eflags", "outer_esp", "outer_ss")
+    return cpu_spec.IretFrame(eax, eip, cs, eflags, esp3, ss3,
+                              z3.Bool("readable"), z3.Bool("outer_readable"))
+
+
+def _iret(s: SymState) -> Transition:
+    v, esp, ss = _args("v", "esp", "ss")
+    return cpu_spec.spec_iret(s, v, esp, ss, iret_frame())
+
+
+def _set_gdt(s: SymState) -> Transition:
+    v, entries = _args("v", "entries")
+    frames = _args(*[f"frame{k}" for k in range(cpu_spec.MAX_GDT_LIST)])
+    return cpu_spec.spec_set_gdt(s, v, frames, entries)
+
+
+def _update_descriptor(s: SymState) -> Transition:
+    v, lo, hi = _args("v", "lo", "hi")
+    (pa,) = _args("pa", width=64)
+    return cpu_spec.spec_update_descriptor(s, v, pa, lo, hi)
+
+
 # (name, builder, the foreign-domain argument's name or None)
 HYPERCALL_SPECS: tuple[tuple[str, SpecBuilder], ...] = (
     ("mmu_update/NORMAL_PT_UPDATE", _mmu_update),
@@ -77,19 +121,42 @@ HYPERCALL_SPECS: tuple[tuple[str, SpecBuilder], ...] = (
     ("mmuext_op/UNPIN_TABLE", _unpin),
     ("mmuext_op/NEW_BASEPTR", _new_baseptr),
     ("mmuext_op/flushes,SET_LDT,PIN_L3/L4", _no_state),
+    ("set_trap_table", _set_trap_table),
+    ("set_trap_table/NULL", _set_trap_table_null),
+    ("set_callbacks", _set_callbacks),
+    ("stack_switch", _stack_switch),
+    ("iret", _iret),
+    ("set_gdt", _set_gdt),
+    ("update_descriptor", _update_descriptor),
 )
 
 
 def assumptions(s: SymState) -> z3.BoolRef:
     """What holds of every machine: vCPUs belong to guest domains, no RAM belongs to DOMID_IO,
-    and FOREIGNDOM is the caller unless the caller is privileged (set_foreigndom)."""
+    frame 0 is Xen's (0 names no frame in a base pointer or GDT slot), and FOREIGNDOM is the
+    caller unless the caller is privileged (set_foreigndom)."""
     v, f = z3.BitVecs("ax_v ax_f", 32)
     guest = z3.ForAll([v], z3.ULT(s.vcpu_domain[v], bv(abi.DOMID_FIRST_RESERVED)))
     no_io = z3.ForAll([f], s.owner[f] != bv(abi.DOMID_IO))
+    xen_frame0 = s.owner[bv(0)] == bv(abi.DOMID_XEN)
     fd, vv = z3.BitVecs("fd v", 32)
     d = s.vcpu_domain[vv]
     foreign = z3.Or(fd == d, fd == bv(abi.DOMID_IO), s.privileged[d])
-    return z3.And(guest, no_io, foreign)
+    return z3.And(guest, no_io, xen_frame0, foreign)
+
+
+# What an obligation assumes of the old state: the MMU invariants rely on one another; the
+# CPU-interface invariants need only themselves (and INV-ISO the MMU's base-pointer rule).
+# Assuming fewer invariants proves more, and keeps the solver off quantifiers it does not need.
+MMU_INVARIANTS = ("INV-HOLE", "INV-NOWRPT", "INV-OWN", "INV-PIN", "INV-BASE", "INV-L2REF")
+ASSUMES: dict[str, tuple[str, ...]] = {
+    "INV-PRIV": ("INV-PRIV",),
+    "INV-ISO": ("INV-ISO", "INV-BASE"),
+}
+
+
+def assumed(inv: Invariant) -> tuple[str, ...]:
+    return ASSUMES.get(inv.id, MMU_INVARIANTS)
 
 
 @dataclass
@@ -121,7 +188,8 @@ def build(hypercall: str, builder: SpecBuilder, inv: Invariant, branch: str) -> 
         cond, new, choice = other.cond, other.new, other.choice
     solver = z3.Solver()
     for known in INVARIANTS:
-        solver.add(known.check(SymView(old)))
+        if known.id in assumed(inv):
+            solver.add(known.check(SymView(old)))
     solver.add(assumptions(old), choice, cond)
     goal = SymView(new, witness=True)
     solver.add(z3.Not(inv.check(goal)))
@@ -170,10 +238,24 @@ def _descriptor_rule_is_idempotent() -> z3.Solver:
     return solver
 
 
+def _iret_never_resumes_ring0() -> z3.Solver:
+    """INV-PRIV for the guest's own registers: whatever frame a guest hands iret, it resumes
+    outside ring 0 with IOPL 0, virtual-8086 mode off and interrupts enabled, or is crashed."""
+    esp, ss = z3.BitVecs("esp ss", 32)
+    r = cpu_spec.iret_result(esp, ss, iret_frame())
+    safe = z3.And((r.cs & 3) != 0, (r.eflags & abi.X86_EFLAGS_IOPL) == 0,
+                  (r.eflags & abi.X86_EFLAGS_VM) == 0, (r.eflags & abi.X86_EFLAGS_IF) != 0)
+    solver = z3.Solver()
+    solver.add(r.ok, z3.Not(safe))
+    return solver
+
+
 RULE_OBLIGATIONS: tuple[tuple[str, Callable[[], z3.Solver]], ...] = (
     ("descriptor rule (set_gdt, update_descriptor) yields only safe descriptors: INV-PRIV",
      _descriptor_rule_is_safe),
     ("descriptor rule is idempotent", _descriptor_rule_is_idempotent),
+    ("iret resumes the guest outside ring 0, IOPL 0, interrupts on: INV-PRIV",
+     _iret_never_resumes_ring0),
     # Event channels: each EVTCHNOP preserves each event invariant (spec.event_spec).
     *event_spec.obligation_list(),
 )

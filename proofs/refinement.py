@@ -1,12 +1,13 @@
-"""Refinement: the reference model's MMU handlers agree with their specs.
+"""Refinement: the reference model's MMU and CPU-interface handlers agree with their specs.
 
 A concrete model state is encoded as a ``SymState`` of Z3 constants. The model runs one
 hypercall; the spec of that hypercall is then asked whether, for some choice of its free
 symbols (which tables a call validates or de-validates, which frames it retypes), it produces
 exactly the model's outcome: the same return value and the same owner, type, validated and
-pinned bits of every frame, the same entries and the same base pointers. Because the states
-are concrete and small, every quantifier is expanded over the machine's frames, vCPUs and the
-entry indices in use, and the question is a plain satisfiability check.
+pinned bits of every frame, the same entries and the same base pointers, and the same CPU state
+of every vCPU (virtual IDT, callbacks, kernel stack, GDT frames and the GDT references).
+Because the states are concrete and small, the solver decides the question over the machine's
+frames, vCPUs and the entry indices in use: a plain satisfiability check.
 
 Counters are not compared: the spec abstracts them, and INV-COUNT checks the model's counters
 against the references that exist after every step.
@@ -16,16 +17,52 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import z3
 
+from xenspec.refmodel.arch import ArchVcpu
 from xenspec.refmodel.hypervisor import Hypervisor
 from xenspec.refmodel.memory import PGT_pinned, PGT_validated
 from xenspec.spec import abi, mm_spec, symbolic
-from xenspec.spec.mm_spec import Transition
+from xenspec.spec.mm_spec import GDT_FRAMES, Transition
+from xenspec.spec.pagetable import PGT
 from xenspec.spec.symbolic import SymState, bv
 
 W = z3.BitVecSort(32)
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """One vCPU's CPU-interface state (vcpu_guest_context)."""
+
+    traps: tuple[tuple[int, int, int], ...]  # (cs, address, flags) per vector
+    event: tuple[int, int]  # (cs, eip)
+    failsafe: tuple[int, int]
+    kernel_stack: tuple[int, int]  # (ss, esp)
+    gdt_frames: tuple[int, ...]  # GDT_FRAMES slots, 0: none
+    gdt_ents: int
+
+    @staticmethod
+    def take(a: ArchVcpu) -> CpuSnapshot:
+        return CpuSnapshot(
+            traps=tuple((ti.cs, ti.address, ti.flags) for ti in a.trap_ctxt),
+            event=(a.event_callback_cs, a.event_callback_eip),
+            failsafe=(a.failsafe_callback_cs, a.failsafe_callback_eip),
+            kernel_stack=(a.kernel_ss, a.kernel_sp),
+            gdt_frames=tuple(a.gdt_frames) + (0,) * (GDT_FRAMES - len(a.gdt_frames)),
+            gdt_ents=a.gdt_ents,
+        )
+
+
+def _rows(rows: list[tuple[int, ...]], default: int = 0) -> z3.ArrayRef:
+    """A (vcpu, k) array from one tuple of values per vCPU (0 elsewhere)."""
+    arr = z3.Lambda([z3.BitVec("x", 32), z3.BitVec("k", 32)], bv(default))
+    for v, row in enumerate(rows):
+        for k, x in enumerate(row):
+            if x != default:
+                arr = z3.Store(arr, bv(v), bv(k), bv(x))
+    return arr
 
 
 @dataclass(frozen=True)
@@ -42,14 +79,19 @@ class Snapshot:
     vcpu_domains: tuple[int, ...]
     privileged: frozenset[int]
     xen_slots: dict[tuple[int, int], int]  # (domid, index) -> Xen's entry
+    cpus: tuple[CpuSnapshot, ...]
+    gdt_ref: tuple[bool, ...]  # a GDT frame with type references
 
     @staticmethod
     def take(hv: Hypervisor, skip: frozenset[int] = frozenset()) -> Snapshot:
         """The spec's view of ``hv``; the words of frames in ``skip`` (and of Xen's M2P table)
-        are left out: data the spec does not describe, such as hypercall argument pages."""
+        are left out, as are the words of Xen's per-domain page tables: data the spec does not
+        describe, such as hypercall argument pages."""
         f = hv.frames
         n = hv.memory.nr_frames
         m2p = set(range(hv.m2p_start, hv.m2p_l1))
+        # Xen's per-domain page tables (the GDT mappings set_gdt makes) are Xen's own data.
+        m2p |= {m for d in hv.domains.values() for m in d.perdomain_pt}
         entries = {}
         for mfn in range(n):
             if mfn in m2p or mfn in skip:
@@ -75,6 +117,9 @@ class Snapshot:
             vcpu_domains=tuple(v.domain.domain_id for v in vcpus),
             privileged=frozenset(d.domain_id for d in hv.domains.values() if d.is_privileged),
             xen_slots=xen_slots,
+            cpus=tuple(CpuSnapshot.take(hv.arch_vcpu(v) or ArchVcpu()) for v in vcpus),
+            gdt_ref=tuple(int(f.type[m]) == PGT.gdt_page and int(f.type_count[m]) > 0
+                          for m in range(n)),
         )
 
     def indices(self) -> set[int]:
@@ -108,6 +153,27 @@ class Snapshot:
             pinned=array(self.pinned, z3.BoolSort()), mem=flat,
             base=array(self.bases, W), nr_frames=bv(self.nr_frames),
             vcpu_domain=array(self.vcpu_domains, W), privileged=privileged, xen_l2e=xen_l2e,
+            **self.encode_cpus(array),
+        )
+
+    def encode_cpus(self, array: Any) -> dict[str, z3.ArrayRef]:
+        c = self.cpus
+
+        def per_vcpu(get: Callable[[CpuSnapshot], int]) -> z3.ArrayRef:
+            return array(tuple(get(x) for x in c), W)
+
+        return dict(
+            trap_cs=_rows([tuple(t[0] for t in x.traps) for x in c]),
+            trap_addr=_rows([tuple(t[1] for t in x.traps) for x in c]),
+            trap_flags=_rows([tuple(t[2] for t in x.traps) for x in c]),
+            event_cs=per_vcpu(lambda x: x.event[0]), event_eip=per_vcpu(lambda x: x.event[1]),
+            failsafe_cs=per_vcpu(lambda x: x.failsafe[0]),
+            failsafe_eip=per_vcpu(lambda x: x.failsafe[1]),
+            kernel_ss=per_vcpu(lambda x: x.kernel_stack[0]),
+            kernel_sp=per_vcpu(lambda x: x.kernel_stack[1]),
+            gdt_frame=_rows([x.gdt_frames for x in c]),
+            gdt_ents=per_vcpu(lambda x: x.gdt_ents),
+            gdt_ref=array(self.gdt_ref, z3.BoolSort()),
         )
 
 
@@ -121,8 +187,24 @@ def same_state(s: SymState, after: Snapshot, indices: list[int]) -> z3.BoolRef:
         ]
         for i in indices:
             terms.append(z3.Select(s.mem, bv(f), bv(i)) == after.entries.get((f, i), 0))
+        terms.append(s.gdt_ref[bv(f)] == after.gdt_ref[f])
     terms += [s.base[bv(v)] == b for v, b in enumerate(after.bases)]
+    for v, c in enumerate(after.cpus):
+        terms += same_cpu(s, bv(v), c)
     return z3.And(*terms)
+
+
+def same_cpu(s: SymState, v: z3.BitVecRef, c: CpuSnapshot) -> list[z3.BoolRef]:
+    """``s`` agrees with one vCPU's concrete CPU state."""
+    terms = [s.event_cs[v] == c.event[0], s.event_eip[v] == c.event[1],
+             s.failsafe_cs[v] == c.failsafe[0], s.failsafe_eip[v] == c.failsafe[1],
+             s.kernel_ss[v] == c.kernel_stack[0], s.kernel_sp[v] == c.kernel_stack[1],
+             s.gdt_ents[v] == c.gdt_ents]
+    for n, (cs, addr, flags) in enumerate(c.traps):
+        terms += [z3.Select(s.trap_cs, v, bv(n)) == cs, z3.Select(s.trap_addr, v, bv(n)) == addr,
+                  z3.Select(s.trap_flags, v, bv(n)) == flags]
+    terms += [z3.Select(s.gdt_frame, v, bv(k)) == x for k, x in enumerate(c.gdt_frames)]
+    return terms
 
 
 def observed_choices(before: Snapshot, after: Snapshot) -> Callable[[str], z3.ExprRef]:
@@ -134,7 +216,14 @@ def observed_choices(before: Snapshot, after: Snapshot) -> Callable[[str], z3.Ex
               and after.validated[f] and after.type[f] == 1]
     retyped = [f for f in range(n) if before.type[f] != 7 and after.type[f] == 7]
     kept = [f for f in range(n) if before.type[f] in (1, 2) and after.type[f] == before.type[f]]
-    sets = {"devalidated": gone, "new_l1": new_l1, "retyped": retyped, "kept_table": kept}
+    gdt = int(PGT.gdt_page)
+    gdt_typed = [f for f in range(n) if after.type[f] == gdt
+                 and not (before.type[f] == gdt and before.validated[f])]
+    gdt_failed = [f for f in range(n) if after.type[f] == 0 and not after.validated[f]
+                  and (before.type[f] != 0 or before.validated[f])]
+    released = [f for f in range(n) if before.gdt_ref[f] and not after.gdt_ref[f]]
+    sets = {"devalidated": gone, "new_l1": new_l1, "retyped": retyped, "kept_table": kept,
+            "gdt_typed": gdt_typed, "gdt_failed": gdt_failed, "gdt_released": released}
 
     def choose(name: str) -> z3.ExprRef:
         if name == "validate_target":

@@ -15,7 +15,7 @@ import z3
 
 from xenspec.proofs.obligations import obligation_names
 from xenspec.proofs.runner import find_counterexample
-from xenspec.spec import mm_spec
+from xenspec.spec import cpu_spec, mm_spec
 from xenspec.spec.pagetable import (
     PGT,
     l1e_disallowed,
@@ -74,6 +74,47 @@ MUTANTS: list[tuple[str, str, Callable[[pytest.MonkeyPatch], None], str]] = [
 ]
 
 
+# Mutants of the CPU-interface specs: the counterexample names the vCPU (line "vcpu ...").
+CPU_MUTANTS: list[tuple[str, str, Callable[[pytest.MonkeyPatch], None], str]] = [
+    ("set_trap_table keeps an RPL-0 code selector",
+     "set_trap_table preserves INV-PRIV",
+     lambda mp: mp.setattr(cpu_spec, "fixup_guest_selector", lambda sel: sel & 0xFFFF),
+     "INV-PRIV"),
+    ("stack_switch keeps an RPL-0 stack selector",
+     "stack_switch preserves INV-PRIV",
+     lambda mp: mp.setattr(cpu_spec, "fixup_guest_selector", lambda sel: sel & 0xFFFF),
+     "INV-PRIV"),
+    ("update_descriptor writes a descriptor without the rule",
+     "update_descriptor preserves INV-PRIV",
+     lambda mp: mp.setattr(cpu_spec, "descriptor_rule", lambda lo, hi: (True, lo, hi)),
+     "INV-PRIV"),
+]
+
+
+@pytest.mark.parametrize("what,obligation,patch,inv_id", CPU_MUTANTS,
+                         ids=[m[0] for m in CPU_MUTANTS])
+def test_cpu_spec_mutant_breaks_the_proof(
+    monkeypatch: pytest.MonkeyPatch, what: str, obligation: str,
+    patch: Callable[[pytest.MonkeyPatch], None], inv_id: str,
+) -> None:
+    patch(monkeypatch)
+    lines = find_counterexample(NAMES.index(obligation))
+    assert lines, f"no counterexample once the spec allows: {what}"
+    assert f"violating {inv_id}" in lines[0]
+    assert any(line.startswith(("vcpu ", "frame ")) for line in lines), lines
+
+
+def test_set_gdt_without_descriptor_check_fails_inv_priv(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """set_gdt that types a frame GDT without checking its descriptors: a ring-0 descriptor can
+    reach a GDT frame, and the INV-PRIV obligation fails."""
+    monkeypatch.setattr(cpu_spec, "descriptors_pass", lambda s, x: z3.BoolVal(True))
+    monkeypatch.setattr(cpu_spec, "fixed_up_memory", lambda s, mem, fresh: mem == s.mem)
+    lines = find_counterexample(NAMES.index("set_gdt preserves INV-PRIV"))
+    assert lines and "violating INV-PRIV" in lines[0], lines
+
+
 @pytest.mark.parametrize("what,obligation,patch,inv_id", MUTANTS, ids=[m[0] for m in MUTANTS])
 def test_removed_check_breaks_the_proof(
     monkeypatch: pytest.MonkeyPatch, what: str, obligation: str,
@@ -86,7 +127,7 @@ def test_removed_check_breaks_the_proof(
     assert any(line.startswith("frame ") for line in lines), lines
 
 
-@pytest.mark.parametrize("obligation", sorted({m[1] for m in MUTANTS}))
+@pytest.mark.parametrize("obligation", sorted({m[1] for m in MUTANTS + CPU_MUTANTS}))
 def test_intact_spec_has_no_counterexample(obligation: str) -> None:
     """The control: without the patch, the bounded search finds nothing."""
     assert find_counterexample(NAMES.index(obligation)) == []

@@ -97,7 +97,7 @@ class Desc:
         self, v: Vcpu, pa_lo: int, pa_hi: int, desc_lo: int, desc_hi: int
     ) -> int:
         pa = pa_lo | pa_hi << 32
-        mfn = pa >> abi.PAGE_SHIFT
+        mfn = (pa >> abi.PAGE_SHIFT) & 0xFFFFFFFF  # x86_32 Xen: gmfn is an unsigned long
         fixed = check_descriptor(desc_lo, desc_hi)
         if pa % 8 or not self.hv.memory.mfn_valid(mfn) or fixed is None:
             return -abi.EINVAL
@@ -109,7 +109,8 @@ class Desc:
         want = t if t in (PGT.gdt_page, PGT.ldt_page) else PGT.writable_page
         if mm.get_page_type(mfn, want):
             lo, hi = fixed
-            self.hv.memory.write(pa, lo.to_bytes(4, "little") + hi.to_bytes(4, "little"))
+            maddr = mfn << abi.PAGE_SHIFT | pa & (abi.PAGE_SIZE - 1)
+            self.hv.memory.write(maddr, lo.to_bytes(4, "little") + hi.to_bytes(4, "little"))
             mm.put_page_type(mfn)
             rc = 0
         mm.put_page(mfn)

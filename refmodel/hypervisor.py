@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from xenspec.refmodel import uaccess
+from xenspec.refmodel.arch import ArchVcpu
 from xenspec.refmodel.domain import Domain, Vcpu
 from xenspec.refmodel.memory import (
     DOMID_NONE,
@@ -84,6 +85,9 @@ class Hypervisor:
         # The GDT frames a vCPU has installed (each holds a general and a type reference); the
         # descriptor subsystem provides them, for INV-COUNT.
         self.descriptor_table_frames: Callable[[Vcpu], list[int]] = lambda v: []
+        # A vCPU's CPU-interface state (trap table, callbacks, stack, GDT), once the platform
+        # (refmodel.platform) is installed; None: the state Xen starts a vCPU with.
+        self.arch_vcpu: Callable[[Vcpu], ArchVcpu | None] = lambda v: None
         # Frame 0 is never a guest's: a base pointer of 0 means "no page table", as in Xen.
         reserved = self._reserve_xen_frames(nr_frames)
         free = [mfn for mfn in range(nr_frames) if mfn not in reserved]

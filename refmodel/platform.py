@@ -58,6 +58,7 @@ class PVPlatform:
         for sub in (self.traps, self.console, self.sched, self.kernel, self.desc, self.events,
                     self.vtime):
             hv.hypercall_table.update(sub.hypercalls())
+        hv.arch_vcpu = self.arch
 
     def arch(self, v: Vcpu) -> ArchVcpu:
         key = (v.domain.domain_id, v.vcpu_id)

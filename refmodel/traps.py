@@ -133,7 +133,9 @@ class Traps:
         if cpu is None:
             return -abi.ENOSYS  # a Python-driven guest has no frame to return through
         regs = cpu.user_regs()
-        raw = self.hv.copy_from_guest(v, regs.esp, 16)
+        # access_ok(esp, 40): the worst-case frame must lie below the hypervisor.
+        fits = self.hv.array_access_ok(regs.esp, 40, 1)
+        raw = self.hv.copy_from_guest(v, regs.esp, 16) if fits else None
         if raw is None:
             v.domain.crash(f"iret: frame at {regs.esp:#x} is not readable")
             return 0

@@ -1,12 +1,15 @@
 """The concrete state view: the reference model's frame table and memory behind ``StateView``.
 
 Quantifiers are loops over the machine's frames, the vCPUs of all domains, and the present
-entries of a table; connectives are Python's. This lets the invariants of ``xenspec.spec``
-check every state the running model reaches.
+entries of a table; connectives are Python's. A vCPU's CPU state (trap table, callbacks, stack
+selector, GDT frames) is the platform's ``ArchVcpu``; without a platform (the Python-driven
+guests) it is the state a vCPU starts with: no handlers, no stack, no GDT. This lets the
+invariants of ``xenspec.spec`` check every state the running model reaches.
 """
 
 from __future__ import annotations
 
+from xenspec.refmodel.arch import ArchVcpu
 from xenspec.refmodel.domain import Vcpu
 from xenspec.refmodel.event import check_event_invariants
 from xenspec.refmodel.hypervisor import Hypervisor
@@ -14,7 +17,9 @@ from xenspec.refmodel.memory import PGC_allocated, PGT_pinned, PGT_validated
 from xenspec.spec import abi
 from xenspec.spec.concrete import ConcreteLogic
 from xenspec.spec.invariants import COUNTER_INVARIANTS, INVARIANTS, count_violations
-from xenspec.spec.pagetable import pte_present
+from xenspec.spec.pagetable import PGT, pte_present
+
+_INITIAL_ARCH = ArchVcpu()
 
 
 class ConcreteView(ConcreteLogic):
@@ -74,6 +79,29 @@ class ConcreteView(ConcreteLogic):
 
     def vcpu_domain(self, vcpu: int) -> int:
         return self._vcpus[vcpu].domain.domain_id
+
+    def _arch(self, vcpu: int) -> ArchVcpu:
+        a = self.hv.arch_vcpu(self._vcpus[vcpu])
+        return a if a is not None else _INITIAL_ARCH
+
+    def trap_cs(self, vcpu: int, vector: int) -> int:
+        return self._arch(vcpu).trap_ctxt[vector].cs
+
+    def event_cs(self, vcpu: int) -> int:
+        return self._arch(vcpu).event_callback_cs
+
+    def failsafe_cs(self, vcpu: int) -> int:
+        return self._arch(vcpu).failsafe_callback_cs
+
+    def kernel_ss(self, vcpu: int) -> int:
+        return self._arch(vcpu).kernel_ss
+
+    def gdt_frame(self, vcpu: int, k: int) -> int:
+        frames = self._arch(vcpu).gdt_frames
+        return frames[k] if k < len(frames) else 0
+
+    def gdt_referenced(self, mfn: int) -> bool:
+        return self.type(mfn) == PGT.gdt_page and self.type_count(mfn) > 0
 
     # what exists
     def frames(self) -> range:

@@ -39,6 +39,7 @@ class Clause:
 
 _H, _B, _I = Kind.hypercall, Kind.behaviour, Kind.invariant
 _MM = "xenspec.spec.mm_spec"
+_CPU = "xenspec.spec.cpu_spec"
 _EV = "xenspec.spec.event_spec"
 
 CLAUSES: tuple[Clause, ...] = (
@@ -70,19 +71,22 @@ CLAUSES: tuple[Clause, ...] = (
     # --- segmentation (paper s2.1.1) ---------------------------------------------------------
     Clause("set_gdt", _H, "Install a global descriptor table from validated frames",
            "SOSP'03 s2.1.1; xen.h __HYPERVISOR_set_gdt; mm.c do_set_gdt",
-           "xenspec.spec.desc:descriptor_rule"),
+           f"{_CPU}:spec_set_gdt"),
     Clause("update_descriptor", _H, "Update one validated segment descriptor",
            "SOSP'03 s2.1.1; xen.h __HYPERVISOR_update_descriptor; mm.c do_update_descriptor",
-           "xenspec.spec.desc:descriptor_rule"),
+           f"{_CPU}:spec_update_descriptor"),
     # --- CPU (paper s2.1.2) ------------------------------------------------------------------
     Clause("set_trap_table", _H, "Register the guest's exception handlers",
-           "SOSP'03 s2.1.2; xen.h trap_info_t; traps.c do_set_trap_table"),
+           "SOSP'03 s2.1.2; xen.h trap_info_t; traps.c do_set_trap_table",
+           f"{_CPU}:spec_set_trap_table_entry"),
     Clause("set_callbacks", _H, "Register the event and failsafe callbacks",
-           "xen.h __HYPERVISOR_set_callbacks; x86_32/traps.c"),
+           "xen.h __HYPERVISOR_set_callbacks; x86_32/traps.c",
+           f"{_CPU}:spec_set_callbacks"),
     Clause("stack_switch", _H, "Set the guest kernel stack for ring transitions",
-           "SOSP'03 s2.1.2; xen.h __HYPERVISOR_stack_switch; x86_32/mm.c do_stack_switch"),
+           "SOSP'03 s2.1.2; xen.h __HYPERVISOR_stack_switch; x86_32/mm.c do_stack_switch",
+           f"{_CPU}:spec_stack_switch"),
     Clause("iret", _H, "Return from a bounced exception or event",
-           "arch-x86_32.h struct iret_context; x86_32/traps.c do_iret"),
+           "arch-x86_32.h struct iret_context; x86_32/traps.c do_iret", f"{_CPU}:spec_iret"),
     Clause("fpu_taskswitch", _H, "Set or clear the virtual CR0.TS",
            "xen.h __HYPERVISOR_fpu_taskswitch; traps.c do_fpu_taskswitch"),
     Clause("bounce/exception", _B, "An exception is delivered to the guest's handler",
@@ -129,9 +133,9 @@ CLAUSES: tuple[Clause, ...] = (
            "mm.c get_page_from_l2e", "xenspec.spec.invariants:inv_l2ref"),
     Clause("INV-PRIV", _I, "Xen alone runs in ring 0",
            "SOSP'03 s2.1.1, s2.1.2; mm.c check_descriptor; traps.c do_set_trap_table",
-           "xenspec.spec.desc:descriptor_is_safe"),
+           "xenspec.spec.invariants:inv_priv"),
     Clause("INV-ISO", _I, "No domain reads or writes another's frames without a grant",
-           "SOSP'03 s2; mm.c get_page (owner check)"),
+           "SOSP'03 s2; mm.c get_page (owner check)", "xenspec.spec.invariants:inv_iso"),
     # --- events and time (paper s2.2, s2.3, s3.3.2; event_channel.h; xen.h; event_channel.c
     #     and schedule.c of Xen 3.0.4) ------------------------------------------------------
     Clause("event_channel_op/alloc_unbound", _H, "Allocate a port another domain may bind",

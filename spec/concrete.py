@@ -23,6 +23,29 @@ class ConcreteLogic:
     def present_entries(self, mfn: int, lo: int, hi: int) -> list[tuple[int, int]]:
         raise NotImplementedError
 
+    def entry(self, mfn: int, index: int) -> int:
+        raise NotImplementedError
+
+    # vCPU CPU state: by default the state Xen starts a vCPU with (no trap handlers, no
+    # callbacks, no stack_switch stack, no GDT); a view that knows more overrides these.
+    def trap_cs(self, vcpu: int, vector: int) -> int:
+        return 0
+
+    def event_cs(self, vcpu: int) -> int:
+        return 0
+
+    def failsafe_cs(self, vcpu: int) -> int:
+        return 0
+
+    def kernel_ss(self, vcpu: int) -> int:
+        return 0
+
+    def gdt_frame(self, vcpu: int, k: int) -> int:
+        return 0
+
+    def gdt_referenced(self, mfn: int) -> bool:
+        return False
+
     # quantifiers
     def forall_frames(self, body: Callable[[int], bool]) -> bool:
         return all(body(f) for f in self.frames())
@@ -37,6 +60,9 @@ class ConcreteLogic:
 
     def forall_indices(self, lo: int, hi: int, body: Callable[[int], bool]) -> bool:
         return all(body(i) for i in range(lo, hi))
+
+    def forall_descriptors(self, mfn: int, body: Callable[[int, int], bool]) -> bool:
+        return all(body(self.entry(mfn, j), self.entry(mfn, j + 1)) for j in range(0, 1024, 2))
 
     # connectives
     def and_(self, *terms: bool) -> bool:

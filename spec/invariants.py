@@ -1,4 +1,5 @@
-"""The safety invariants of the paravirtual MMU, each defined once against ``StateView``.
+"""The safety invariants of the paravirtual MMU and CPU interface, each defined once against
+``StateView``.
 
 Each invariant has its id, a statement in words, and the source of the rule. The same function
 checks a concrete reference-model state (``xenspec.refmodel.view``) and, given a symbolic view,
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from xenspec.spec import abi
+from xenspec.spec.desc import descriptor_is_safe
 from xenspec.spec.pagetable import PGT, pte_get_pfn, pte_writable
 from xenspec.spec.state import Bool, StateView, Word
 
@@ -167,6 +169,73 @@ def inv_validated(s: StateView) -> Bool:
     )
 
 
+def unprivileged_selector(s: StateView, sel: Word) -> Bool:
+    """A selector the guest may hand Xen to load: null (Xen crashes the domain rather than load
+    it, null_trap_bounce) or RPL 1..3 (asm-x86/desc.h, __fixup_guest_selector raises RPL 0 to
+    GUEST_KERNEL_RPL 1)."""
+    return s.or_((sel & 3) != 0, (sel & 0xFFFFFFFC) == 0)
+
+
+def is_descriptor_table(s: StateView, f: Word) -> Bool:
+    return s.or_(s.type(f) == int(PGT.gdt_page), s.type(f) == int(PGT.ldt_page))
+
+
+def descriptors_safe(s: StateView, f: Word) -> Bool:
+    """Every descriptor of frame ``f`` is safe (spec.desc)."""
+    return s.forall_descriptors(f, descriptor_is_safe)
+
+
+def installed_gdt_frame(s: StateView, f: Word) -> Bool:
+    return s.and_(s.type(f) == int(PGT.gdt_page), s.gdt_referenced(f))
+
+
+def inv_priv(s: StateView) -> Bool:
+    """INV-PRIV: nothing a guest registers makes Xen enter ring 0 on its behalf. Every virtual
+    IDT entry's code selector, both callback selectors and the stack_switch stack selector are
+    null or unprivileged; every frame typed GDT or LDT is validated and holds only safe
+    descriptors; every frame a vCPU's GDT names is typed GDT and holds a type reference, so
+    that it cannot change type while installed."""
+
+    def vcpu_ok(v: Word) -> Bool:
+        return s.and_(
+            s.forall_indices(0, abi.NR_VECTORS,
+                             lambda n: unprivileged_selector(s, s.trap_cs(v, n))),
+            unprivileged_selector(s, s.event_cs(v)),
+            unprivileged_selector(s, s.failsafe_cs(v)),
+            unprivileged_selector(s, s.kernel_ss(v)),
+            s.forall_indices(0, abi.GDT_PAGES, lambda k: s.implies(
+                s.gdt_frame(v, k) != 0, lambda: installed_gdt_frame(s, s.gdt_frame(v, k)),
+            )),
+        )
+
+    return s.and_(
+        s.forall_vcpus(vcpu_ok),
+        s.forall_frames(lambda f: s.implies(
+            is_descriptor_table(s, f), lambda: s.and_(s.validated(f), descriptors_safe(s, f)),
+        )),
+    )
+
+
+def inv_iso(s: StateView) -> Bool:
+    """INV-ISO, in the form the state supports: no domain's tables in use, base pointers or GDT
+    frames reference another domain's frames. Table entries are INV-OWN (an L1 of a privileged
+    domain may name a frame of FOREIGNDOM); a vCPU's base pointer and every frame of its GDT
+    are valid frames of the vCPU's domain. Isolation through event channels is stated
+    separately (spec.event_spec, INV-EVT-XDOM); grant tables are not modelled yet, and the
+    model maps no LDT frames (Xen maps them on a fault: map_ldt_shadow_page)."""
+
+    def owned(v: Word, f: Word) -> Bool:
+        return s.implies(f != 0, lambda: s.and_(s.mfn_valid(f), s.owner(f) == s.vcpu_domain(v)))
+
+    return s.and_(
+        inv_own(s),
+        s.forall_vcpus(lambda v: s.and_(
+            owned(v, s.base(v)),
+            s.forall_indices(0, abi.GDT_PAGES, lambda k: owned(v, s.gdt_frame(v, k))),
+        )),
+    )
+
+
 INVARIANTS: tuple[Invariant, ...] = (
     Invariant("INV-HOLE", "No guest-controlled mapping reaches the hypervisor's top 64 MB.",
               "SOSP'03 s2.1.1; xen/arch/x86/mm.c alloc_l2_table, is_guest_l2_slot", inv_hole),
@@ -180,6 +249,12 @@ INVARIANTS: tuple[Invariant, ...] = (
               "mm.c new_guest_cr3", inv_base),
     Invariant("INV-L2REF", "Page directories in use reference only tables in use.",
               "mm.c get_page_from_l2e, get_linear_pagetable", inv_l2ref),
+    Invariant("INV-PRIV", "Xen alone runs in ring 0: guest selectors and descriptors are safe.",
+              "SOSP'03 s2.1.1, s2.1.2; asm-x86/desc.h __fixup_guest_selector; traps.c "
+              "do_set_trap_table; x86_32/traps.c register_guest_callback; x86_32/mm.c "
+              "do_stack_switch, check_descriptor; mm.c set_gdt, alloc_segdesc_page", inv_priv),
+    Invariant("INV-ISO", "No domain's tables, base pointers or GDT name another's frames.",
+              "SOSP'03 s2; mm.c get_page (owner check), new_guest_cr3, set_gdt", inv_iso),
 )
 
 # Invariants about the reference counters themselves. The specification abstracts a count to

@@ -41,11 +41,13 @@ from xenspec.spec.pagetable import (
     pte_present,
     pte_writable,
 )
-from xenspec.spec.symbolic import SymState, bv, exists, forall, fresh_name
+from xenspec.spec.symbolic import STATE_FIELDS, SymState, bv, exists, forall, fresh_name
 
 Word = Any
 Bool = Any
 FIRST_XEN_SLOT = abi.L2_PAGETABLE_FIRST_XEN_SLOT
+# A vCPU's GDT spans at most 16 frames (vcpu_guest_context.gdt_frames[16]); guests use 14.
+GDT_FRAMES = abi.GDT_PAGES
 
 
 @dataclass(frozen=True)
@@ -119,11 +121,14 @@ def rw_mapped(s: SymState, g: Word) -> Bool:
 
 
 def has_type_refs(s: SymState, g: Word) -> Bool:
-    """Type count non-zero: a writable frame mapped RW, or a page-table frame in use (INV-VALID).
-    Descriptor-table types have no uses in the MMU model."""
+    """Type count non-zero: a writable frame mapped RW, a GDT frame some vCPU has installed
+    (``gdt_ref``, kept by set_gdt; INV-PRIV says every installed frame has it), or a page-table
+    frame in use (INV-VALID). LDT frames take no type references in the model (Xen takes them
+    when it maps an LDT page on a fault, which is not modelled)."""
     return z3.If(
         s.type[g] == int(PGT.writable_page), rw_mapped(s, g),
-        z3.Or(in_use(s, g, PGT.l1_page_table), in_use(s, g, PGT.l2_page_table)),
+        z3.If(s.type[g] == int(PGT.gdt_page), s.gdt_ref[g],
+              z3.Or(in_use(s, g, PGT.l1_page_table), in_use(s, g, PGT.l2_page_table))),
     )
 
 
@@ -430,10 +435,4 @@ def spec_mmuext_no_state(s: SymState) -> Transition:
 
 def pick(cond: Bool, a: SymState, b: SymState) -> SymState:
     """The state ``a`` where ``cond`` holds, else ``b`` (field by field)."""
-    return SymState(
-        owner=z3.If(cond, a.owner, b.owner), type=z3.If(cond, a.type, b.type),
-        validated=z3.If(cond, a.validated, b.validated),
-        pinned=z3.If(cond, a.pinned, b.pinned), mem=z3.If(cond, a.mem, b.mem),
-        base=z3.If(cond, a.base, b.base), nr_frames=a.nr_frames, vcpu_domain=a.vcpu_domain,
-        privileged=a.privileged, xen_l2e=a.xen_l2e,
-    )
+    return a.evolve(**{f: z3.If(cond, getattr(a, f), getattr(b, f)) for f in STATE_FIELDS})

@@ -4,7 +4,10 @@ An invariant is defined once, as a function of a ``StateView``. The reference mo
 concrete view (its frame table and machine memory: quantifiers are loops over real frames and
 present entries, formulas are Python booleans); the proofs provide a symbolic view (Z3 terms:
 quantifiers are ``ForAll``, formulas are Z3 expressions). The interface is the vocabulary of
-Xen's ``page_info`` (xen/include/asm-x86/mm.h) plus page-table contents and vCPU base pointers.
+Xen's ``page_info`` (xen/include/asm-x86/mm.h) plus page-table contents, vCPU base pointers and
+the CPU state Xen keeps per vCPU in ``arch_vcpu.guest_context`` (xen/include/public/arch-x86_32.h,
+struct vcpu_guest_context: trap_ctxt, kernel_ss, event and failsafe callback selectors,
+gdt_frames).
 
 Connectives take their second operand as a thunk so that the concrete view can short-circuit:
 an implication whose premise is false never evaluates its conclusion.
@@ -43,6 +46,25 @@ class StateView(Protocol):
     def base(self, vcpu: Word) -> Word: ...
     def vcpu_domain(self, vcpu: Word) -> Word: ...
 
+    # --- vCPU CPU state (vcpu_guest_context) -------------------------------------------------
+    def trap_cs(self, vcpu: Word, vector: Word) -> Word:
+        """The code selector of the vCPU's virtual IDT entry ``vector`` (0: no handler)."""
+        ...
+
+    def event_cs(self, vcpu: Word) -> Word: ...
+    def failsafe_cs(self, vcpu: Word) -> Word: ...
+    def kernel_ss(self, vcpu: Word) -> Word:
+        """The ring-1 stack selector of stack_switch (0: none yet)."""
+        ...
+
+    def gdt_frame(self, vcpu: Word, k: Word) -> Word:
+        """Frame ``k`` (0..15) of the vCPU's GDT as set_gdt installed it (0: none)."""
+        ...
+
+    def gdt_referenced(self, mfn: Word) -> Bool:
+        """Some vCPU's GDT holds a type reference on the frame (mm.c, set_gdt)."""
+        ...
+
     # --- quantifiers -------------------------------------------------------------------------
     def forall_frames(self, body: Callable[[Word], Bool]) -> Bool: ...
     def forall_vcpus(self, body: Callable[[Word], Bool]) -> Bool: ...
@@ -53,6 +75,9 @@ class StateView(Protocol):
         ...
 
     def forall_indices(self, lo: int, hi: int, body: Callable[[Word], Bool]) -> Bool: ...
+    def forall_descriptors(self, mfn: Word, body: Callable[[Word, Word], Bool]) -> Bool:
+        """For each of the 512 descriptors of frame ``mfn`` (words 2i, 2i+1): body(lo, hi)."""
+        ...
 
     # --- connectives -------------------------------------------------------------------------
     def and_(self, *terms: Bool) -> Bool: ...

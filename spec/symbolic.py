@@ -1,11 +1,15 @@
 """The symbolic hypervisor state: the specification's state in Z3, and its ``StateView``.
 
 The state is what Xen 3.0.4 keeps per frame and per vCPU (xen/include/asm-x86/mm.h, page_info;
-xen/include/asm-x86/domain.h, arch.guest_table), with one abstraction: reference counts are
+xen/include/asm-x86/domain.h, arch.guest_table; xen/include/public/arch-x86_32.h,
+vcpu_guest_context: the virtual IDT trap_ctxt, kernel_ss/kernel_sp, the event and failsafe
+callbacks, gdt_frames/gdt_ents), with one abstraction: reference counts are
 represented by whether references exist (``has_type_refs`` in ``mm_spec``), because every rule
 of mm.c tests a count only against zero. Frames, indices, domain ids and vCPU ids are 32-bit
 bit-vectors; page-table contents are a two-dimensional array (frame, index) -> entry, so the
-entry format of ``spec.pagetable`` applies bit for bit.
+entry format of ``spec.pagetable`` applies bit for bit. Descriptors live in the same array: the
+descriptor at byte 8i of a frame is its words 2i (low) and 2i+1 (high). Per-vCPU tables are
+two-dimensional arrays too: (vCPU, vector) for the virtual IDT, (vCPU, k) for the GDT frames.
 
 ``SymView`` implements ``StateView`` over a ``SymState``: quantifiers become ``ForAll`` over
 fresh bound variables, connectives become Z3's. The invariants in ``spec.invariants`` evaluated
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import z3
@@ -78,6 +82,30 @@ def exists(kinds: tuple[str, ...], body: Callable[..., Bool]) -> Bool:
     return _quantified(kinds, body, False)
 
 
+def descriptor_pair(j: Word, j2: Word) -> Bool:
+    """Words ``j`` and ``j2`` of a frame are one descriptor: j even, j2 = j + 1."""
+    return z3.And(z3.ULT(j, bv(abi.L1_PAGETABLE_ENTRIES)), (j & 1) == 0, j2 == j + 1)
+
+
+def forall_descriptor_words(mem: z3.ArrayRef, f: Word, body: Callable[[Word, Word], Bool]) -> Bool:
+    """For every descriptor (words j, j + 1) of frame ``f``: body(low word, high word).
+
+    The two words are bound separately and matched together (a multi-pattern), so that an
+    instance creates no entry the quantifier could match again."""
+    values = SCOPE.domain("index")
+    if values is not None:
+        evens = sorted({j & ~1 for j in values})
+        return z3.And(*[body(z3.Select(mem, f, bv(j)), z3.Select(mem, f, bv(j + 1)))
+                        for j in evens])
+    j, j2 = (z3.BitVec(fresh_name("index"), 32) for _ in range(2))
+    lo, hi = z3.Select(mem, f, j), z3.Select(mem, f, j2)
+    formula = z3.Implies(descriptor_pair(j, j2), body(lo, hi))
+    if not all(z3.is_var(x) or x.decl().kind() == z3.Z3_OP_UNINTERPRETED for x in (mem, f)):
+        # A concrete memory or a computed frame: no term to match on.
+        return z3.ForAll([j, j2], formula)
+    return z3.ForAll([j, j2], formula, patterns=[z3.MultiPattern(lo, hi)])
+
+
 def scope_constraints(s: SymState, witnesses: list[tuple[str, z3.BitVecRef]]) -> list[Bool]:
     """In a bounded scope: the machine has exactly that many frames, and the goal's witnesses
     lie inside it."""
@@ -116,6 +144,21 @@ class SymState:
     pinned: z3.ArrayRef  # frame -> Bool
     mem: z3.ArrayRef  # (frame, index) -> entry
     base: z3.ArrayRef  # vcpu -> frame (0: none)
+    # The CPU interface (vcpu_guest_context): selectors are stored as the CPU loads them.
+    trap_cs: z3.ArrayRef  # (vcpu, vector) -> code selector (0: no handler)
+    trap_addr: z3.ArrayRef  # (vcpu, vector) -> handler address
+    trap_flags: z3.ArrayRef  # (vcpu, vector) -> trap_info flags (DPL, IF)
+    event_cs: z3.ArrayRef  # vcpu -> selector
+    event_eip: z3.ArrayRef
+    failsafe_cs: z3.ArrayRef
+    failsafe_eip: z3.ArrayRef
+    kernel_ss: z3.ArrayRef  # vcpu -> stack_switch's ring-1 stack selector (0: none)
+    kernel_sp: z3.ArrayRef
+    gdt_frame: z3.ArrayRef  # (vcpu, k) -> frame k of the GDT set_gdt installed (0: none)
+    gdt_ents: z3.ArrayRef  # vcpu -> GDT entries
+    # Whether some vCPU's GDT holds a type reference on a frame (the type count of a GDT frame
+    # abstracted to "non-zero", as for page tables).
+    gdt_ref: z3.ArrayRef  # frame -> Bool
     # Fixed for the life of a state: the machine, the vCPUs' domains, privilege, Xen's slots.
     nr_frames: z3.BitVecRef
     vcpu_domain: z3.ArrayRef  # vcpu -> domid
@@ -134,6 +177,14 @@ class SymState:
             pinned=arr("pinned", z3.BoolSort()),
             mem=z3.Array(f"{name}.mem", W, W, W),
             base=arr("base", W),
+            trap_cs=z3.Array(f"{name}.trap_cs", W, W, W),
+            trap_addr=z3.Array(f"{name}.trap_addr", W, W, W),
+            trap_flags=z3.Array(f"{name}.trap_flags", W, W, W),
+            event_cs=arr("event_cs", W), event_eip=arr("event_eip", W),
+            failsafe_cs=arr("failsafe_cs", W), failsafe_eip=arr("failsafe_eip", W),
+            kernel_ss=arr("kernel_ss", W), kernel_sp=arr("kernel_sp", W),
+            gdt_frame=z3.Array(f"{name}.gdt_frame", W, W, W),
+            gdt_ents=arr("gdt_ents", W), gdt_ref=arr("gdt_ref", z3.BoolSort()),
             nr_frames=z3.BitVec("nr_frames", 32),
             vcpu_domain=z3.Array("vcpu_domain", W, W),
             privileged=z3.Array("privileged", W, z3.BoolSort()),
@@ -142,6 +193,13 @@ class SymState:
 
     def evolve(self, **changes: Any) -> SymState:
         return replace(self, **changes)
+
+
+# The fields a hypercall may change (the others are fixed for the life of a state).
+STATE_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in fields(SymState)
+    if f.name not in ("nr_frames", "vcpu_domain", "privileged", "xen_l2e")
+)
 
 
 class SymView:
@@ -207,6 +265,25 @@ class SymView:
     def vcpu_domain(self, vcpu: Word) -> Word:
         return self.s.vcpu_domain[vcpu]
 
+    # vCPU CPU state
+    def trap_cs(self, vcpu: Word, vector: Word) -> Word:
+        return z3.Select(self.s.trap_cs, vcpu, vector)
+
+    def event_cs(self, vcpu: Word) -> Word:
+        return self.s.event_cs[vcpu]
+
+    def failsafe_cs(self, vcpu: Word) -> Word:
+        return self.s.failsafe_cs[vcpu]
+
+    def kernel_ss(self, vcpu: Word) -> Word:
+        return self.s.kernel_ss[vcpu]
+
+    def gdt_frame(self, vcpu: Word, k: Word) -> Word:
+        return z3.Select(self.s.gdt_frame, vcpu, k)
+
+    def gdt_referenced(self, mfn: Word) -> Bool:
+        return self.s.gdt_ref[mfn]
+
     # quantifiers
     def forall_frames(self, body: Callable[[Word], Bool]) -> Bool:
         return self._forall("frame", lambda f: z3.Implies(self.mfn_valid(f), body(f)))
@@ -228,6 +305,13 @@ class SymView:
         return self._forall(
             "index", lambda i: z3.Implies(z3.And(z3.ULE(bv(lo), i), z3.ULT(i, bv(hi))), body(i))
         )
+
+    def forall_descriptors(self, mfn: Word, body: Callable[[Word, Word], Bool]) -> Bool:
+        if not self.witness:
+            return forall_descriptor_words(self.s.mem, mfn, body)
+        j, j2 = (z3.BitVec(fresh_name("index"), 32) for _ in range(2))
+        self.witnesses += [("index", j), ("index", j2)]
+        return z3.Implies(descriptor_pair(j, j2), body(self.entry(mfn, j), self.entry(mfn, j2)))
 
     # connectives
     def and_(self, *terms: Bool) -> Bool:

@@ -1,19 +1,28 @@
 """The reference model refines the spec: on Hypothesis-generated states and calls, every MMU
-hypercall the model handles ends in an outcome its spec allows (``proofs.refinement``)."""
+and CPU-interface hypercall the model handles ends in an outcome its spec allows
+(``proofs.refinement``), and every state it reaches satisfies the invariants."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 import z3
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xenspec.proofs.refinement import Snapshot, check_refinement
+from xenspec.refmodel.arch import ArchVcpu, CpuUserRegs
 from xenspec.refmodel.hypervisor import Hypervisor
+from xenspec.refmodel.platform import PVPlatform
 from xenspec.refmodel.pvguest import ARG_PAGES, PVGuest
-from xenspec.spec import abi, mm_spec
-from xenspec.spec.symbolic import bv
+from xenspec.refmodel.view import check_invariants
+from xenspec.spec import abi, cpu_spec, mm_spec
+from xenspec.spec.mm_spec import Transition
+from xenspec.spec.symbolic import SymState, bv
+
+Spec = Callable[[SymState], Transition]
 
 EXAMPLES = 300 if os.environ.get("XENSPEC_PROFILE") == "long" else 40
 
@@ -92,3 +101,136 @@ def test_model_refines_spec(ops: list[tuple[str, int, int, int, int]]) -> None:
             break
         problem = check_refinement(before, after, rc, spec, extra)
         assert problem is None, f"{op}(frame {frame:#x}, index {index}, val {val:#x}): {problem}"
+
+
+# ------------------------------------------------------------------------------------------------
+# The CPU-interface hypercalls (spec.cpu_spec).
+# ------------------------------------------------------------------------------------------------
+SELECTORS = st.one_of(st.sampled_from([0, 1, 3, 8, 0x10, 0x61, 0x63, 0xE019, 0xE021, 0xE02B]),
+                      st.integers(0, 0xFFFFFFFF))
+# Descriptors: null, Xen's flat ring-1 code and data, a ring-0 code segment (fixed up to DPL 1),
+# a byte-granular segment reaching into Xen (refused), a call gate, an interrupt gate (refused).
+DESCRIPTORS = st.one_of(
+    st.sampled_from([(0, 0), (0x0000FFFF, 0x00CFBA00), (0x0000FFFF, 0x00CFB200),
+                     (0x0000FFFF, 0x00CF9A00), (0x0000FFFF, 0x004FB200),
+                     (0xE0190000, 0x0000EC00), (0x00100000, 0x0000EE00)]),
+    st.tuples(st.integers(0, 0xFFFFFFFF), st.integers(0, 0xFFFFFFFF)),
+)
+CPU_OPS = st.one_of(
+    st.tuples(st.just("set_trap_table"), st.integers(0, 255), st.integers(0, 255), SELECTORS,
+              st.sampled_from([0, 0x1000, 0xC0001000])),
+    st.tuples(st.just("set_trap_table_null")),
+    st.tuples(st.just("set_callbacks"), SELECTORS, st.integers(0, 2**32 - 1), SELECTORS,
+              st.integers(0, 2**32 - 1)),
+    st.tuples(st.just("stack_switch"), SELECTORS, st.integers(0, 2**32 - 1)),
+    st.tuples(st.just("write"), frame_pick, st.integers(0, 511), DESCRIPTORS),
+    st.tuples(st.just("set_gdt"), st.lists(frame_pick, min_size=0, max_size=3),
+              st.sampled_from([0, 1, 512, 513, 1024, 1500, 7168, 7169])),
+    st.tuples(st.just("update_descriptor"), frame_pick, st.integers(0, 511), DESCRIPTORS,
+              st.sampled_from([0, 0, 4, 1 << 44])),
+)
+
+
+def cpu_guest() -> tuple[Hypervisor, PVGuest, frozenset[int], list[int]]:
+    hv = Hypervisor(64)
+    pv = PVPlatform(hv)
+    g = PVGuest(hv, 30, nr_mapped=21)
+    pv.setup_domain(g.domain)
+    skip = frozenset(g.mfn(p) for p in range(ARG_PAGES))
+    return hv, g, skip, frames_of(g, hv)
+
+
+def run_cpu_op(g: PVGuest, cands: list[int], op: tuple[Any, ...]) -> tuple[int, Spec] | None:
+    """Issue one CPU-interface hypercall; (rc, its spec), or None for a plain guest write."""
+    name, *a = op
+    if name == "set_trap_table":
+        vector, flags, cs, address = a
+        va = g.write_args(abi.TRAP_INFO_T.pack(vector, flags, cs & 0xFFFF, address)
+                          + abi.TRAP_INFO_T.pack(0, 0, 0, 0))
+        return g.hypercall("set_trap_table", va), lambda s: cpu_spec.spec_set_trap_table_entry(
+            s, V0, bv(vector), bv(flags), bv(cs & 0xFFFF), bv(address))
+    if name == "set_trap_table_null":
+        return g.hypercall("set_trap_table", 0), lambda s: cpu_spec.spec_set_trap_table_null(
+            s, V0)
+    if name == "set_callbacks":
+        return g.hypercall("set_callbacks", *a), lambda s: cpu_spec.spec_set_callbacks(
+            s, V0, *map(bv, a))
+    if name == "stack_switch":
+        return g.hypercall("stack_switch", *a), lambda s: cpu_spec.spec_stack_switch(
+            s, V0, *map(bv, a))
+    if name == "write":
+        frame, i, (lo, hi) = cands[a[0] % len(cands)], a[1], a[2]
+        if frame in g.domain.page_list and g.hv.frames.type[frame] in (0, 7):
+            g.hv.memory.write_entry(frame, 2 * i, lo)  # the guest's own store
+            g.hv.memory.write_entry(frame, 2 * i + 1, hi)
+        return None
+    if name == "set_gdt":
+        frames, entries = [cands[x % len(cands)] for x in a[0]], a[1]
+        padded = frames + [0] * (cpu_spec.MAX_GDT_LIST - len(frames))
+        va = g.write_args(b"".join(f.to_bytes(4, "little") for f in padded))
+        return g.hypercall("set_gdt", va, entries), lambda s: cpu_spec.spec_set_gdt(
+            s, V0, [bv(f) for f in padded], bv(entries))
+    frame, i, (lo, hi), off = cands[a[0] % len(cands)], a[1], a[2], a[3]
+    pa = (frame << 12 | 8 * i) + off
+    return (g.hypercall("update_descriptor", pa & 0xFFFFFFFF, pa >> 32, lo, hi),
+            lambda s: cpu_spec.spec_update_descriptor(s, V0, z3.BitVecVal(pa, 64), bv(lo),
+                                                      bv(hi)))
+
+
+@settings(max_examples=EXAMPLES, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(CPU_OPS, min_size=1, max_size=6))
+def test_model_cpu_hypercalls_refine_spec(ops: list[tuple[Any, ...]]) -> None:
+    hv, g, skip, cands = cpu_guest()
+    for op in ops:
+        before = Snapshot.take(hv, skip)
+        issued = run_cpu_op(g, cands, op)
+        assert check_invariants(hv) == [], op
+        if issued is None:
+            continue
+        rc, spec = issued
+        after = Snapshot.take(hv, skip)
+        problem = check_refinement(before, after, rc, spec)
+        assert problem is None, f"{op}: {problem}"
+
+
+class FakeCPU:
+    """The registers of a vCPU at its iret hypercall."""
+
+    def __init__(self, regs: CpuUserRegs) -> None:
+        self.regs = regs
+
+    def user_regs(self) -> CpuUserRegs:
+        return self.regs
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(st.tuples(*[st.integers(0, 2**32 - 1)] * 6),
+       st.sampled_from([0x1000 - 16, 0x1000 - 20, 0x1000, 0xF000, -1]))
+def test_model_iret_refines_spec(words: tuple[int, ...], offset: int) -> None:
+    """iret from a frame in the guest's memory (or at an address it cannot read): the model
+    crashes the domain exactly when the spec says, and otherwise resumes the spec's registers."""
+    hv, g, _, _ = cpu_guest()
+    esp = g.arg_va + offset if offset >= 0 else abi.HYPERVISOR_VIRT_START - 24
+    if offset >= 0:
+        g.write_args(b"".join(w.to_bytes(4, "little") for w in words), offset)
+    regs = CpuUserRegs(esp=esp, ss=0xE021, cs=0xE019)
+    arch_of(hv, g).cpu = FakeCPU(regs)
+    readable = hv.copy_from_guest(g.vcpu, esp, 16) is not None
+    outer = hv.copy_from_guest(g.vcpu, esp + 16, 8) is not None
+    frame = cpu_spec.IretFrame(*map(bv, words), z3.BoolVal(readable), z3.BoolVal(outer))
+    r = cpu_spec.iret_result(bv(esp), bv(0xE021), frame)
+    rc = g.hypercall("iret")
+    ok = z3.is_true(z3.simplify(r.ok))
+    assert g.domain.is_running == ok, (words, offset)
+    if ok:
+        value = lambda x: z3.simplify(x).as_long()  # noqa: E731
+        assert rc == words[0]
+        assert (regs.eip, regs.cs, regs.eflags, regs.esp, regs.ss) == tuple(
+            value(x) for x in (r.eip, r.cs, r.eflags, r.esp, r.ss))
+
+
+def arch_of(hv: Hypervisor, g: PVGuest) -> ArchVcpu:
+    a = hv.arch_vcpu(g.vcpu)
+    assert a is not None
+    return a
