@@ -233,3 +233,19 @@ def test_set_timer_op_returns_zero(g: Guest) -> None:
     for lo, hi in ((1_000_000_000, 0), (0, 0), (1, 0), (0xFFFFFFFF, 0x7FFFFFFF),
                    (0, 0x80000000)):
         assert g.hypercall("set_timer_op", lo, hi) == 0, f"set_timer_op({hi:#x}:{lo:#x})"
+
+
+@pytest.mark.clauses("event_channel_op/send", "event_channel_op/close", "INV-EVT-SEND")
+def test_send_only_on_own_bound_ports(hv_impl: HypercallLevel) -> None:
+    """evtchn_send: a domain raises events through its own ports only. Another domain's port
+    number means nothing in its own table (-EINVAL for a free port); once bound, its own end
+    reaches the peer; after the peer closes, its end is unbound and a send is dropped."""
+    a, b = Guest(hv_impl, 64, 32), Guest(hv_impl, 64, 32)
+    ea, eb = Ev(a), Ev(b)
+    pa = ea.alloc_unbound(b.domid)
+    assert eb.send(pa) == EINVAL, "INV-EVT-SEND: a send on a port the sender does not have"
+    pb = eb.bind_interdomain(a.domid, pa)
+    assert eb.send(pb) == 0 and ea.send(pa) == 0, "evtchn_send on a bound interdomain port"
+    assert ea.close(pa) == 0
+    assert eb.status(pb)[1] == abi.EVTCHNSTAT_unbound, "__evtchn_close unbinds the peer's end"
+    assert eb.send(pb) == 0, "evtchn_send on an unbound port drops the event (returns 0)"
