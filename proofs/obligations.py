@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import z3
 
 from xenspec.spec import abi, cpu_spec, event_spec, mm_spec, symbolic
-from xenspec.spec.invariants import INVARIANTS, Invariant
+from xenspec.spec.invariants import Invariant, proof_invariants
 from xenspec.spec.mm_spec import Transition
 from xenspec.spec.symbolic import SymState, SymView, bv
 
@@ -150,13 +150,16 @@ def assumptions(s: SymState) -> z3.BoolRef:
 # Assuming fewer invariants proves more, and keeps the solver off quantifiers it does not need.
 MMU_INVARIANTS = ("INV-HOLE", "INV-NOWRPT", "INV-OWN", "INV-PIN", "INV-BASE", "INV-L2REF")
 ASSUMES: dict[str, tuple[str, ...]] = {
-    "INV-PRIV": ("INV-PRIV",),
+    # An installed GDT frame is validated only by the descriptor part (GDT-typed frames are).
+    "INV-PRIV (selectors)": ("INV-PRIV (selectors)", "INV-PRIV (descriptors)"),
+    "INV-PRIV (descriptors)": ("INV-PRIV (descriptors)",),
     "INV-ISO": ("INV-ISO", "INV-BASE"),
+    "INV-NOWRPT": ("INV-NOWRPT", "INV-L2REF"),
 }
 
 
 def assumed(inv: Invariant) -> tuple[str, ...]:
-    return ASSUMES.get(inv.id, MMU_INVARIANTS)
+    return ASSUMES.get(inv.label, MMU_INVARIANTS)
 
 
 @dataclass
@@ -172,7 +175,7 @@ class Obligation:
     @property
     def name(self) -> str:
         suffix = "" if self.branch == "success" else f" [{self.branch}]"
-        return f"{self.hypercall} preserves {self.invariant.id}{suffix}"
+        return f"{self.hypercall} preserves {self.invariant.label}{suffix}"
 
 
 def build(hypercall: str, builder: SpecBuilder, inv: Invariant, branch: str) -> Obligation:
@@ -187,8 +190,8 @@ def build(hypercall: str, builder: SpecBuilder, inv: Invariant, branch: str) -> 
         (other,) = [b for b in t.others if b.name == branch]
         cond, new, choice = other.cond, other.new, other.choice
     solver = z3.Solver()
-    for known in INVARIANTS:
-        if known.id in assumed(inv):
+    for known in proof_invariants():
+        if known.label in assumed(inv):
             solver.add(known.check(SymView(old)))
     solver.add(assumptions(old), choice, cond)
     goal = SymView(new, witness=True)
@@ -205,7 +208,7 @@ def all_obligations() -> tuple[tuple[str, SpecBuilder, Invariant, str], ...]:
         symbolic.reset_fresh()
         branches = ["success"] + [b.name for b in builder(SymState.fresh("old")).others]
         for branch in branches:
-            for inv in INVARIANTS:
+            for inv in proof_invariants():
                 out.append((name, builder, inv, branch))
     return tuple(out)
 
@@ -263,6 +266,6 @@ RULE_OBLIGATIONS: tuple[tuple[str, Callable[[], z3.Solver]], ...] = (
 
 def obligation_names() -> list[str]:
     """The names of every obligation, in ``prove_one`` index order."""
-    names = [f"{n} preserves {inv.id}" + ("" if b == "success" else f" [{b}]")
+    names = [f"{n} preserves {inv.label}" + ("" if b == "success" else f" [{b}]")
              for n, _, inv, b in all_obligations()]
     return names + [name for name, _ in RULE_OBLIGATIONS]

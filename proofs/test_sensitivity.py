@@ -77,15 +77,15 @@ MUTANTS: list[tuple[str, str, Callable[[pytest.MonkeyPatch], None], str]] = [
 # Mutants of the CPU-interface specs: the counterexample names the vCPU (line "vcpu ...").
 CPU_MUTANTS: list[tuple[str, str, Callable[[pytest.MonkeyPatch], None], str]] = [
     ("set_trap_table keeps an RPL-0 code selector",
-     "set_trap_table preserves INV-PRIV",
+     "set_trap_table preserves INV-PRIV (selectors)",
      lambda mp: mp.setattr(cpu_spec, "fixup_guest_selector", lambda sel: sel & 0xFFFF),
      "INV-PRIV"),
     ("stack_switch keeps an RPL-0 stack selector",
-     "stack_switch preserves INV-PRIV",
+     "stack_switch preserves INV-PRIV (selectors)",
      lambda mp: mp.setattr(cpu_spec, "fixup_guest_selector", lambda sel: sel & 0xFFFF),
      "INV-PRIV"),
     ("update_descriptor writes a descriptor without the rule",
-     "update_descriptor preserves INV-PRIV",
+     "update_descriptor preserves INV-PRIV (descriptors)",
      lambda mp: mp.setattr(cpu_spec, "descriptor_rule", lambda lo, hi: (True, lo, hi)),
      "INV-PRIV"),
 ]
@@ -111,7 +111,7 @@ def test_set_gdt_without_descriptor_check_fails_inv_priv(
     reach a GDT frame, and the INV-PRIV obligation fails."""
     monkeypatch.setattr(cpu_spec, "descriptors_pass", lambda s, x: z3.BoolVal(True))
     monkeypatch.setattr(cpu_spec, "fixed_up_memory", lambda s, mem, fresh: mem == s.mem)
-    lines = find_counterexample(NAMES.index("set_gdt preserves INV-PRIV"))
+    lines = find_counterexample(NAMES.index("set_gdt preserves INV-PRIV (descriptors)"))
     assert lines and "violating INV-PRIV" in lines[0], lines
 
 

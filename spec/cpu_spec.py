@@ -252,7 +252,11 @@ def spec_set_gdt(s: SymState, v: Word, frames: list[Word], entries: Word) -> Tra
             out = z3.If(z3.And(k == kk, z3.ULT(kk, n)), x, out)
         return out
 
-    ok = z3.And(fits, *[z3.Implies(z3.ULT(k, n), gdt_frame_ok(s, d, x)) for k, x in listed])
+    # Every listed frame is a machine frame, and passes get_page_and_type (one quantifier over
+    # the frames rather than one check per slot).
+    valid = [z3.Implies(z3.ULT(k, n), mfn_valid(s, x)) for k, x in listed]
+    ok = z3.And(fits, *valid, forall(("frame",), lambda h: z3.Implies(
+        is_listed(h), gdt_frame_ok(s, d, h))))
 
     new_rows = _store_row(s.gdt_frame, v, row)
     released = fresh_set("gdt_released")
