@@ -1,7 +1,9 @@
 """Every proof obligation as a pytest item: (hypercall x invariant), unbounded, cached.
 
 Each result is also recorded in prove-last.json, as ``xenspec prove`` does, so that the
-documentation's traceability matrix shows the proofs a test run discharged."""
+documentation's traceability matrix shows the proofs a test run discharged. An obligation the
+solver cannot decide within its time limit is an expected failure (xfail) with the reason; a
+counterexample fails the test."""
 
 from __future__ import annotations
 
@@ -17,4 +19,9 @@ NAMES = obligation_names()
 def test_obligation(index: int) -> None:
     result = prove_one(index)
     record_last_run([result])
+    if result.status == "unknown":
+        # The solver gave up within its time limit and the bounded search found no
+        # counterexample: not proved, not refuted. Reported as xfail, never as a pass; a
+        # counterexample fails below.
+        pytest.xfail(f"{result.name}: solver answered unknown in {result.seconds:.0f} s")
     assert result.ok, "\n".join([f"{result.name}: {result.status}", *result.counterexample])
