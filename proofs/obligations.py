@@ -154,7 +154,6 @@ ASSUMES: dict[str, tuple[str, ...]] = {
     "INV-PRIV (selectors)": ("INV-PRIV (selectors)", "INV-PRIV (descriptors)"),
     "INV-PRIV (descriptors)": ("INV-PRIV (descriptors)",),
     "INV-ISO": ("INV-ISO", "INV-BASE"),
-    "INV-NOWRPT": ("INV-NOWRPT", "INV-L2REF"),
 }
 
 

@@ -125,11 +125,11 @@ def has_type_refs(s: SymState, g: Word) -> Bool:
     (``gdt_ref``, kept by set_gdt; INV-PRIV says every installed frame has it), or a page-table
     frame in use (INV-VALID). LDT frames take no type references in the model (Xen takes them
     when it maps an LDT page on a fault, which is not modelled)."""
-    return z3.If(
+    page_table_refs = z3.If(
         s.type[g] == int(PGT.writable_page), rw_mapped(s, g),
-        z3.If(s.type[g] == int(PGT.gdt_page), s.gdt_ref[g],
-              z3.Or(in_use(s, g, PGT.l1_page_table), in_use(s, g, PGT.l2_page_table))),
+        z3.Or(in_use(s, g, PGT.l1_page_table), in_use(s, g, PGT.l2_page_table)),
     )
+    return z3.Or(page_table_refs, z3.And(s.type[g] == int(PGT.gdt_page), s.gdt_ref[g]))
 
 
 def can_take_type(s: SymState, g: Word, t: PGT) -> Bool:
