@@ -384,22 +384,9 @@ class Events:
             d.crash(f"event upcall at {where} with no event callback registered")
             return True
         words = [regs.eip, regs.cs, regs.eflags | abi.X86_EFLAGS_IF]  # saved mask is 0
-        if regs.cs & 3 == 3:
-            if arch.kernel_ss & ~3 == 0:
-                d.crash(f"event upcall from ring 3 at {where} with no kernel stack")
-                return True
-            words += [regs.esp, regs.ss]
-            esp, ss = arch.kernel_sp, arch.kernel_ss
-        else:
-            esp, ss = regs.esp, regs.ss
-        frame = b"".join((w & 0xFFFFFFFF).to_bytes(4, "little") for w in words)
-        new_esp = (esp - len(frame)) & 0xFFFFFFFF
-        if esp < len(frame) or not self.hv.copy_to_guest(v, new_esp, frame):
-            d.crash(f"event upcall at {where}: cannot write the bounce frame at {new_esp:#x}")
+        if not self.pv.traps.create_bounce_frame(
+                v, regs, words, arch.event_callback_cs, arch.event_callback_eip, "event upcall"):
             return True
-        regs.esp, regs.ss = new_esp, ss
-        regs.cs, regs.eip = arch.event_callback_cs, arch.event_callback_eip
-        regs.eflags &= ~_BOUNCE_CLEAR
         self.pv.vcpu_info_write8(v, abi.VCPU_INFO_evtchn_upcall_mask, 1)
         self.upcalls += 1
         return True

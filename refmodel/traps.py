@@ -248,7 +248,6 @@ class Traps:
         if selector_is_null(ti.cs):
             d.crash(f"unhandled trap {vector} (error code {error_code}) at {where}")
             return
-        from_ring3 = regs.cs & 3 == 3
         saved_mask = self.pv.vcpu_info_read8(v, abi.VCPU_INFO_evtchn_upcall_mask)
         eflags = regs.eflags & ~abi.X86_EFLAGS_IF
         if not saved_mask:
@@ -257,22 +256,34 @@ class Traps:
         if error_code is not None:
             words.append(error_code)
         words += [regs.eip, regs.cs | (saved_mask << 16), eflags]
-        if from_ring3:
+        if not self.create_bounce_frame(v, regs, words, ti.cs, ti.address, f"trap {vector}"):
+            return
+        self.bounces += 1
+        if ti.masks_events:
+            self.pv.vcpu_info_write8(v, abi.VCPU_INFO_evtchn_upcall_mask, 1)
+
+    def create_bounce_frame(self, v: Vcpu, regs: CpuUserRegs, words: list[int], cs: int,
+                            eip: int, what: str) -> bool:
+        """x86_32/entry.S create_bounce_frame: push ``words`` (and, from ring 3, ESP and SS,
+        switching to the kernel stack) and enter ``cs:eip``; False if the domain was crashed
+        because the frame has nowhere to go. Shared by exceptions and event upcalls."""
+        d = v.domain
+        where = f"{regs.cs:#x}:{regs.eip:#x}"
+        arch = self.pv.arch(v)
+        if regs.cs & 3 == 3:
             if selector_is_null(arch.kernel_ss):
-                d.crash(f"trap {vector} from ring 3 at {where} with no kernel stack")
-                return
-            words += [regs.esp, regs.ss]
+                d.crash(f"{what} from ring 3 at {where} with no kernel stack")
+                return False
+            words = [*words, regs.esp, regs.ss]
             esp, ss = arch.kernel_sp, arch.kernel_ss
         else:
             esp, ss = regs.esp, regs.ss
         frame = b"".join((w & 0xFFFFFFFF).to_bytes(4, "little") for w in words)
         new_esp = (esp - len(frame)) & 0xFFFFFFFF
         if esp < len(frame) or not self.hv.copy_to_guest(v, new_esp, frame):
-            d.crash(f"trap {vector} at {where}: cannot write the bounce frame at {new_esp:#x}")
-            return
-        self.bounces += 1
+            d.crash(f"{what} at {where}: cannot write the bounce frame at {new_esp:#x}")
+            return False
         regs.esp, regs.ss = new_esp, ss
-        regs.cs, regs.eip = ti.cs, ti.address
+        regs.cs, regs.eip = cs, eip
         regs.eflags &= ~_BOUNCE_CLEAR
-        if ti.masks_events:
-            self.pv.vcpu_info_write8(v, abi.VCPU_INFO_evtchn_upcall_mask, 1)
+        return True
