@@ -550,3 +550,146 @@ XENMEM_START_EXTENT_SHIFT: Final = 4
 # struct xen_memory_reservation on x86_32: XEN_GUEST_HANDLE(xen_pfn_t) extent_start;
 # xen_ulong_t nr_extents; unsigned int extent_order, address_bits; domid_t domid (+2 pad).
 XEN_MEMORY_RESERVATION_T: Final = struct.Struct("<IIIIH2x")
+
+# --------------------------------------------------------------------------------------------
+# grant_table_op (20): grant_table.h; limits from xen/include/asm-x86/grant_table.h and
+# xen/include/xen/grant_table.h (3.0.4): ORDER_GRANT_FRAMES 2, so four shared frames of
+# version-1 entries (2048 grant references) per domain.
+# --------------------------------------------------------------------------------------------
+GNTTABOP_map_grant_ref: Final = 0
+GNTTABOP_unmap_grant_ref: Final = 1
+GNTTABOP_setup_table: Final = 2
+GNTTABOP_dump_table: Final = 3
+GNTTABOP_transfer: Final = 4
+GNTTABOP_copy: Final = 5
+GNTTABOP_query_size: Final = 6  # added by Xen 3.1's interface; answered with the fixed size
+GNTTAB_MAX_BATCH: Final = 512  # do_grant_table_op: count > 512 is -EINVAL
+ORDER_GRANT_FRAMES: Final = 2
+NR_GRANT_FRAMES: Final = 1 << ORDER_GRANT_FRAMES
+# struct grant_entry (v1) { uint16_t flags; domid_t domid; uint32_t frame; }
+GRANT_ENTRY_T: Final = struct.Struct("<HHI")
+NR_GRANT_ENTRIES: Final = NR_GRANT_FRAMES * PAGE_SIZE // GRANT_ENTRY_T.size
+GTF_invalid: Final = 0
+GTF_permit_access: Final = 1
+GTF_accept_transfer: Final = 2
+GTF_type_mask: Final = 3
+GTF_readonly: Final = 1 << 2
+GTF_reading: Final = 1 << 3
+GTF_writing: Final = 1 << 4
+GNTMAP_device_map: Final = 1 << 0
+GNTMAP_host_map: Final = 1 << 1
+GNTMAP_readonly: Final = 1 << 2
+GNTMAP_application_map: Final = 1 << 3
+GNTMAP_contains_pte: Final = 1 << 4
+GNTST_okay: Final = 0
+GNTST_general_error: Final = -1
+GNTST_bad_domain: Final = -2
+GNTST_bad_gntref: Final = -3
+GNTST_bad_handle: Final = -4
+GNTST_bad_virt_addr: Final = -5
+GNTST_bad_dev_addr: Final = -6
+GNTST_no_device_space: Final = -7
+GNTST_permission_denied: Final = -8
+GNTST_bad_page: Final = -9
+# gnttab_map_grant_ref { uint64_t host_addr; uint32_t flags; grant_ref_t ref; domid_t dom;
+#                        int16_t status (OUT); grant_handle_t handle (OUT);
+#                        uint64_t dev_bus_addr (OUT); }
+GNTTAB_MAP_GRANT_REF_T: Final = struct.Struct("<QIIHhIQ")
+# gnttab_unmap_grant_ref { uint64_t host_addr, dev_bus_addr; grant_handle_t handle;
+#                          int16_t status (OUT); } (+2 pad to 4-byte alignment on x86_32)
+GNTTAB_UNMAP_GRANT_REF_T: Final = struct.Struct("<QQIh2x")
+# gnttab_setup_table { domid_t dom; uint32_t nr_frames; int16_t status (OUT);
+#                      XEN_GUEST_HANDLE(ulong) frame_list; }
+GNTTAB_SETUP_TABLE_T: Final = struct.Struct("<H2xIh2xI")
+# gnttab_query_size { domid_t dom; uint32_t nr_frames, max_nr_frames (OUT);
+#                     int16_t status (OUT); }
+GNTTAB_QUERY_SIZE_T: Final = struct.Struct("<H2xIIh2x")
+# The grant-mapped PTE (xen/arch/x86/mm.c, create_grant_host_mapping: GRANT_PTE_FLAGS, plus
+# _PAGE_RW unless read-only and _PAGE_USER for GNTMAP_application_map).
+GRANT_PTE_FLAGS: Final = 0x001 | 0x020 | 0x040  # _PAGE_PRESENT | _PAGE_ACCESSED | _PAGE_DIRTY
+# Model limit: grant handles (maptrack entries) per domain; Xen 3.0.4 grows its maptrack a page
+# at a time and answers GNTST_no_device_space when it cannot.
+MAPTRACK_MAX_ENTRIES: Final = 1024
+
+# --------------------------------------------------------------------------------------------
+# Shared-memory I/O rings: io/ring.h. A shared ring page opens with four indexes and 48 bytes
+# of padding, then the entries; the number of entries is the largest power of two that fits
+# (__RING_SIZE).
+# --------------------------------------------------------------------------------------------
+SRING_req_prod: Final = 0
+SRING_req_event: Final = 4
+SRING_rsp_prod: Final = 8
+SRING_rsp_event: Final = 12
+SRING_HEADER_SIZE: Final = 64  # four RING_IDX + uint8_t pad[48]
+
+# --------------------------------------------------------------------------------------------
+# The PV console ring: io/console.h, struct xencons_interface { char in[1024]; char out[2048];
+# XENCONS_RING_IDX in_cons, in_prod, out_cons, out_prod; } in the frame start_info names.
+# --------------------------------------------------------------------------------------------
+XENCONS_in: Final = 0
+XENCONS_IN_SIZE: Final = 1024
+XENCONS_out: Final = 1024
+XENCONS_OUT_SIZE: Final = 2048
+XENCONS_in_cons: Final = 3072
+XENCONS_in_prod: Final = 3076
+XENCONS_out_cons: Final = 3080
+XENCONS_out_prod: Final = 3084
+
+# --------------------------------------------------------------------------------------------
+# The store ring: io/xs_wire.h, struct xenstore_domain_interface { char req[1024];
+# char rsp[1024]; XENSTORE_RING_IDX req_cons, req_prod, rsp_cons, rsp_prod; }, carrying
+# struct xsd_sockmsg { uint32_t type, req_id, tx_id, len; } then len bytes of payload.
+# --------------------------------------------------------------------------------------------
+XENSTORE_req: Final = 0
+XENSTORE_rsp: Final = 1024
+XENSTORE_RING_SIZE: Final = 1024
+XENSTORE_req_cons: Final = 2048
+XENSTORE_req_prod: Final = 2052
+XENSTORE_rsp_cons: Final = 2056
+XENSTORE_rsp_prod: Final = 2060
+XSD_SOCKMSG_T: Final = struct.Struct("<IIII")
+XENSTORE_PAYLOAD_MAX: Final = 4096
+XS_DIRECTORY: Final = 1
+XS_READ: Final = 2
+XS_WATCH: Final = 4
+XS_UNWATCH: Final = 5
+XS_TRANSACTION_START: Final = 6
+XS_TRANSACTION_END: Final = 7
+XS_WRITE: Final = 11
+XS_MKDIR: Final = 12
+XS_RM: Final = 13
+XS_WATCH_EVENT: Final = 15
+XS_ERROR: Final = 16
+# io/xenbus.h, enum xenbus_state.
+XenbusStateUnknown: Final = 0
+XenbusStateInitialising: Final = 1
+XenbusStateInitWait: Final = 2
+XenbusStateInitialised: Final = 3
+XenbusStateConnected: Final = 4
+XenbusStateClosing: Final = 5
+XenbusStateClosed: Final = 6
+
+# --------------------------------------------------------------------------------------------
+# The virtual block device: io/blkif.h (3.0.4). Requests and responses share one ring; on
+# x86_32 a uint64_t is 4-byte aligned, so a request is 108 bytes and the ring holds 32.
+# --------------------------------------------------------------------------------------------
+BLKIF_OP_READ: Final = 0
+BLKIF_OP_WRITE: Final = 1
+BLKIF_OP_WRITE_BARRIER: Final = 2
+BLKIF_MAX_SEGMENTS_PER_REQUEST: Final = 11
+BLKIF_RSP_EOPNOTSUPP: Final = -2
+BLKIF_RSP_ERROR: Final = -1
+BLKIF_RSP_OKAY: Final = 0
+VDISK_CDROM: Final = 1
+VDISK_REMOVABLE: Final = 2
+VDISK_READONLY: Final = 4
+BLKIF_SECTOR_SIZE: Final = 512
+# struct blkif_request_segment { grant_ref_t gref; uint8_t first_sect, last_sect; } (+2 pad)
+BLKIF_REQUEST_SEGMENT_T: Final = struct.Struct("<IBB2x")
+# struct blkif_request { uint8_t operation, nr_segments; blkif_vdev_t handle; uint64_t id;
+#                        blkif_sector_t sector_number; struct blkif_request_segment seg[11]; }
+BLKIF_REQUEST_HEADER_T: Final = struct.Struct("<BBHQQ")
+BLKIF_REQUEST_SIZE: Final = 108
+# struct blkif_response { uint64_t id; uint8_t operation; int16_t status; } (12 bytes)
+BLKIF_RESPONSE_T: Final = struct.Struct("<QBxh")
+BLKIF_RING_SIZE: Final = 32

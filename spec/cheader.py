@@ -33,7 +33,7 @@ def render() -> str:
         if isinstance(value, bool):
             continue
         if isinstance(value, int):
-            text = f"{value:#x}" if value > 9 else str(value)
+            text = f"{value:#x}" if value > 9 else str(value) if value >= 0 else f"({value})"
             lines.append(f"#define {name} {text}")
         elif isinstance(value, struct.Struct):
             base = name.removesuffix("_T")
