@@ -101,6 +101,9 @@ class Events:
         self.hv = pv.hv
         self.doms: dict[int, DomainEvents] = {}
         self.upcalls = 0
+        # Python listeners, by (domain id, port): an event for such a port calls the listener
+        # instead of marking it pending (the model's backend domain, refmodel/backend.py).
+        self.listeners: dict[tuple[int, int], Callable[[], None]] = {}
         _EVENTS_OF[pv.hv] = weakref.ref(self)  # weak both ways: machines must be freed
         self._ops: dict[int, tuple[int, Callable[[Vcpu, bytes], bytes | None]]] = {
             abi.EVTCHNOP_alloc_unbound: (abi.EVTCHN_ALLOC_UNBOUND_T.size, self._op_alloc_unbound),
@@ -322,6 +325,10 @@ class Events:
     # ----------------------------------------------------------------------------------------
     def set_pending(self, v: Vcpu, port: int) -> None:
         d = v.domain
+        listener = self.listeners.get((d.domain_id, port))
+        if listener is not None:
+            listener()  # synchronously, inside the sender's hypercall
+            return
         if not self.pv.darch(d).shared_info_mfn:
             return  # a domain the platform never set up has no shared_info to mark
         if self._test_and_set(d, abi.SHARED_INFO_evtchn_pending, port):

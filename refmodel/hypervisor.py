@@ -158,16 +158,24 @@ class Hypervisor:
         self.memory.scrub_frame(mfn)
         self.free_list.append(mfn)
 
-    def create_domain(self, nr_pages: int, privileged: bool = False, nr_vcpus: int = 1) -> Domain:
-        """Allocate a domain and ``nr_pages`` frames for it (plus Xen's per-domain tables)."""
+    def create_domain(self, nr_pages: int, privileged: bool = False, nr_vcpus: int = 1,
+                      domid: int | None = None) -> Domain:
+        """Allocate a domain and ``nr_pages`` frames for it (plus Xen's per-domain tables). The
+        id is the next free one unless ``domid`` names one (below DOMID_FIRST_RESERVED, unused;
+        ValueError otherwise), as DOM0_CREATEDOMAIN lets the tools ask for an id."""
         if nr_pages <= 0:
             raise ValueError("a domain needs at least one page")
+        if domid is not None and not (0 <= domid < abi.DOMID_FIRST_RESERVED
+                                      and domid not in self.domains):
+            raise ValueError(f"domain id {domid:#x} is reserved or in use")
         if nr_pages + 2 > len(self.free_list):
             raise OutOfMemory(
                 f"{nr_pages} pages asked, {len(self.free_list)} machine frames free"
             )
-        d = Domain(self.next_domid, privileged, max_pages=nr_pages)
-        self.next_domid += 1
+        if domid is None:
+            domid = self.next_domid
+            self.next_domid += 1
+        d = Domain(domid, privileged, max_pages=nr_pages)
         self.domains[d.domain_id] = d
         d.perdomain_pt = [self.alloc_domheap_page(None) for _ in range(abi.PERDOMAIN_SLOTS)]
         for _ in range(nr_pages):

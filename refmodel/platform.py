@@ -58,6 +58,9 @@ class PVPlatform:
         for sub in (self.traps, self.console, self.sched, self.kernel, self.desc, self.events,
                     self.vtime):
             hv.hypercall_table.update(sub.hypercalls())
+        from xenspec.refmodel.backend import Backends
+
+        self.backends = Backends(self)  # the backend domain, created on first use
         hv.arch_vcpu = self.arch
 
     def arch(self, v: Vcpu) -> ArchVcpu:

@@ -1,0 +1,91 @@
+"""The backend domain: where the model's device backends live.
+
+In Xen the backends of the paravirtual devices (xenstored, xenconsoled, blkback) run in a
+privileged domain, dom0, and meet each guest through an event channel and a shared frame
+(SOSP'03 s2.2 and s3.2: asynchronous I/O rings and event notifications). The model has no
+dom0 kernel: its backends are Python code acting for a real ``Domain``, created with
+``Hypervisor.create_domain(..., privileged=True)`` under the fixed id ``BACKEND_DOMID``
+(DOMID_FIRST_RESERVED - 1, so booted guests keep the ids 0, 1, ...). It has one vCPU that is
+never given to the scheduler (refmodel/sched.py only runs vCPUs ``attach``-ed by the Machine):
+it is never scheduled, never counted as runnable or blocked, and a run ends without it.
+
+Its event channels are the real ones (refmodel/event.py): ``connect`` does what a dom0 daemon
+does for a new guest (the tools' xc_evtchn_alloc_unbound in the guest, offered to the
+backend, then the daemon's xc_evtchn_bind_interdomain to it: event_channel.c
+evtchn_alloc_unbound and evtchn_bind_interdomain, with the backend's vCPU as the caller), and
+``notify`` is evtchn_send from the backend. An event the guest sends to a backend port with a
+listener (``listen``) calls the listener synchronously, inside the guest's hypercall, instead
+of marking the port pending in the backend domain's shared_info: the listener is the
+backend's upcall. Backends read and write guest frames by machine address, as dom0 does
+through its foreign mappings; everything they read there is untrusted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+from xenspec.refmodel.domain import Domain, Vcpu
+from xenspec.refmodel.event import EventError
+from xenspec.spec import abi
+
+if TYPE_CHECKING:
+    from xenspec.refmodel.platform import PVPlatform
+
+# The model's choice of id for its backend domain: the last one below the reserved ids.
+BACKEND_DOMID: Final = abi.DOMID_FIRST_RESERVED - 1
+_BACKEND_PAGES: Final = 1  # the domain owns a frame (create_domain needs one); it uses none
+
+
+class Backends:
+    """The backend domain of one platform (``pv.backends``)."""
+
+    def __init__(self, pv: PVPlatform) -> None:
+        self.pv = pv
+        self.hv = pv.hv
+        self._domain: Domain | None = None
+
+    def domain(self) -> Domain:
+        """The backend domain, created on first use (privileged, one vCPU, never scheduled)."""
+        if self._domain is None:
+            d = self.hv.create_domain(_BACKEND_PAGES, privileged=True, domid=BACKEND_DOMID)
+            self.pv.setup_domain(d)
+            self._domain = d
+        return self._domain
+
+    def vcpu(self) -> Vcpu:
+        return self.domain().vcpus[0]
+
+    def listen(self, port: int, fn: Callable[[], None]) -> None:
+        """Call ``fn`` (synchronously, in the sender's hypercall) for every event sent to
+        ``port`` of the backend domain."""
+        self.pv.events.listeners[(self.domain().domain_id, port)] = fn
+
+    def unlisten(self, port: int) -> None:
+        self.pv.events.listeners.pop((BACKEND_DOMID, port), None)
+
+    def connect(self, d: Domain) -> tuple[int, int]:
+        """Give guest ``d`` a port bound to a new backend port, as a dom0 daemon does: an
+        unbound port in ``d`` offered to the backend, then the backend's interdomain bind
+        to it. Returns (guest port, backend port); EventError if ``d`` has no free port."""
+        v = self.vcpu()
+        events = self.pv.events
+        guest_port = events.alloc_unbound(v, d.domain_id, BACKEND_DOMID)
+        backend_port = events.bind_interdomain(v, d.domain_id, guest_port)
+        return guest_port, backend_port
+
+    def notify(self, backend_port: int) -> bool:
+        """evtchn_send on a backend port: the guest's end becomes pending. False if the port
+        is not one the backend can send on (closed); an unbound end drops the event."""
+        try:
+            self.pv.events.send(self.vcpu(), backend_port)
+        except EventError:
+            return False
+        return True
+
+    def remote(self, backend_port: int) -> tuple[int, int] | None:
+        """(guest domain id, guest port) of an interdomain backend port, None otherwise."""
+        chn = self.pv.events.channel(self.domain(), backend_port)
+        if chn is None or chn.state != abi.ECS_INTERDOMAIN:
+            return None
+        return chn.remote_dom, chn.remote_port
