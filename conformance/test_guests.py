@@ -67,6 +67,7 @@ GUESTS = [
     ("timer", ["set_timer_op", "event_channel_op/bind_virq", "event/delivery", "event/upcall",
                "time/vcpu_time_info"]),
     ("time", ["time/vcpu_time_info", "time/wallclock"]),
+    ("ring", ["io/ring", "event_channel_op/send", "event/upcall"]),
 ]
 
 

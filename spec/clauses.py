@@ -178,6 +178,11 @@ CLAUSES: tuple[Clause, ...] = (
     Clause("time/wallclock", _B, "Wall-clock time at system time 0 in shared_info",
            "SOSP'03 s2.3 (wall-clock time); xen.h wc_version, wc_sec, wc_nsec; time.c "
            "update_domain_wallclock_time"),
+    # --- device I/O (paper s3.2, s3.3.1: I/O rings; io/ring.h, io/blkif.h) --------------------
+    Clause("io/ring", _B, "Shared I/O rings: producer and consumer indexes, notification "
+           "hold-off (req_event, rsp_event) without lost wake-ups, hostile indexes rejected",
+           "SOSP'03 s3.2 (I/O rings); io/ring.h RING_PUSH_*_AND_CHECK_NOTIFY, "
+           "RING_FINAL_CHECK_FOR_*, __RING_SIZE"),
     Clause("INV-EVT-PORT", _I, "Port states are consistent with the ports and VIRQ tables",
            "event_channel.c get_free_port, evtchn_init, evtchn_bind_virq, __evtchn_close",
            f"{_EV}:inv_evt_port"),

@@ -81,7 +81,7 @@ def build_guest(name: str) -> Path:
     header = abi_header()
     out_dir = BUILD / name
     out_dir.mkdir(parents=True, exist_ok=True)
-    common = [header, RUNTIME / "xenrt.h", Path(__file__)]
+    common = [header, *sorted(RUNTIME.glob("*.h")), Path(__file__)]
     inc = ["-I", str(BUILD), "-I", str(RUNTIME)]
     objs = []
     for unit in (RUNTIME / "head.S", RUNTIME / "lib.c", src):
