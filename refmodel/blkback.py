@@ -1,0 +1,252 @@
+"""The virtual block device's back end (blkif, Xen 3.0.4 io/blkif.h), served by the model as the
+backend domain from an image file on the host.
+
+The protocol: the front end puts ``struct blkif_request`` entries (operation, nr_segments,
+handle, id, sector_number, up to BLKIF_MAX_SEGMENTS_PER_REQUEST segments of {grant ref,
+first_sect, last_sect} within a 4 KB frame) on a shared ring of BLKIF_REQUEST_SIZE entries
+(refmodel/ring.py), and the back end answers each with ``struct blkif_response`` {id,
+operation, status} over the same slot. Segment i covers the disk sectors that follow those of
+segments 0..i-1, starting at ``sector_number``. The back end maps each segment's grant from
+the front end's domain (GNTMAP_device_map, with GNTMAP_readonly when it only reads the frame:
+a write's data) and copies between the frame and the image.
+
+Checks, in the order of Linux's blkback (drivers/xen/blkback/blkback.c of Xen 3.0.4's kernel,
+dispatch_rw_block_io and vbd_translate), every one answered with an error response before
+any I/O, so that a refused request never touches the image: an unknown operation is
+BLKIF_RSP_ERROR; a barrier writes and flushes the image, or is BLKIF_RSP_EOPNOTSUPP on a disk
+set up without ``feature-barrier``; nr_segments 0 or above 11,
+first_sect > last_sect or last_sect past the frame's 8 sectors, a write to a read-only disk,
+and a sector range past the end of the disk are BLKIF_RSP_ERROR; a grant that does not map
+(not granted to the backend domain, or read-only for a read, whose data the back end writes
+into the frame) is BLKIF_RSP_ERROR, with the segments mapped so far unmapped. A ring whose
+producer index is more than the ring's worth ahead (ring.RingOverflow) is malformed: the back
+end stops serving it and records why (``BlkifRing.broken``); the hypervisor and other devices
+go on.
+
+The handshake through xenstore is Linux's blkfront/blkback (xenbus) one in its smallest form;
+see ``VbdDevice`` below.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, Protocol
+
+from xenspec.refmodel.ring import BackRing, RingMemory, RingOverflow, SharedRing
+from xenspec.spec import abi
+
+SECTORS_PER_FRAME = abi.PAGE_SIZE // abi.BLKIF_SECTOR_SIZE
+_SEG = abi.BLKIF_REQUEST_SEGMENT_T
+_HDR = abi.BLKIF_REQUEST_HEADER_T
+
+
+class GrantMapper(Protocol):
+    """The grant-table entry points a back end uses (refmodel/grant.py, ``pv.grants``), with
+    the backend domain's vCPU bound: map returns (GNTST_* status, handle, dev_bus_addr)."""
+
+    def map(self, flags: int, ref: int, dom: int) -> tuple[int, int, int]: ...
+
+    def unmap(self, dev_bus_addr: int, handle: int) -> int: ...
+
+
+class ImageError(Exception):
+    """The disk image cannot be used (missing, unreadable, too small)."""
+
+
+class DiskImage:
+    """An image file on the host: whole 512-byte sectors; nothing is written past them."""
+
+    def __init__(self, path: str | os.PathLike[str], readonly: bool = False) -> None:
+        self.path = os.fspath(path)
+        self.readonly = readonly
+        try:
+            self.file: IO[bytes] = open(self.path, "rb" if readonly else "r+b")  # noqa: SIM115
+        except OSError as exc:
+            raise ImageError(f"cannot open disk image {self.path}: {exc.strerror}") from exc
+        size = os.fstat(self.file.fileno()).st_size
+        self.sectors = size // abi.BLKIF_SECTOR_SIZE
+        if self.sectors == 0:
+            self.file.close()
+            raise ImageError(f"disk image {self.path} is smaller than one sector")
+
+    def read(self, sector: int, nbytes: int) -> bytes:
+        self._check(sector, nbytes)
+        self.file.seek(sector * abi.BLKIF_SECTOR_SIZE)
+        data = self.file.read(nbytes)
+        return data + bytes(nbytes - len(data))
+
+    def write(self, sector: int, data: bytes) -> None:
+        if self.readonly:
+            raise ImageError("write to a read-only image")
+        self._check(sector, len(data))
+        self.file.seek(sector * abi.BLKIF_SECTOR_SIZE)
+        self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+        if not self.readonly:
+            os.fsync(self.file.fileno())
+
+    def _check(self, sector: int, nbytes: int) -> None:
+        end = sector * abi.BLKIF_SECTOR_SIZE + nbytes
+        if sector < 0 or end > self.sectors * abi.BLKIF_SECTOR_SIZE:
+            raise ImageError(f"access to sectors past the image's {self.sectors}")
+
+    def close(self) -> None:
+        self.file.close()
+
+
+@dataclass(frozen=True)
+class Segment:
+    gref: int
+    first_sect: int
+    last_sect: int
+
+    @property
+    def nsec(self) -> int:
+        return self.last_sect - self.first_sect + 1
+
+
+@dataclass(frozen=True)
+class BlkifRequest:
+    operation: int
+    nr_segments: int
+    handle: int
+    id: int
+    sector_number: int
+    segments: tuple[Segment, ...]
+
+    @staticmethod
+    def unpack(raw: bytes) -> BlkifRequest:
+        """Decode a copy of a ring slot; segments past the 11 a request holds are not read."""
+        op, nseg, handle, rid, sector = _HDR.unpack_from(raw, 0)
+        segs = tuple(
+            Segment(*_SEG.unpack_from(raw, _HDR.size + i * _SEG.size))
+            for i in range(min(nseg, abi.BLKIF_MAX_SEGMENTS_PER_REQUEST)))
+        return BlkifRequest(op, nseg, handle, rid, sector, segs)
+
+    def pack(self) -> bytes:
+        out = bytearray(abi.BLKIF_REQUEST_SIZE)
+        _HDR.pack_into(out, 0, self.operation, self.nr_segments, self.handle, self.id,
+                       self.sector_number)
+        for i, s in enumerate(self.segments[:abi.BLKIF_MAX_SEGMENTS_PER_REQUEST]):
+            _SEG.pack_into(out, _HDR.size + i * _SEG.size, s.gref, s.first_sect, s.last_sect)
+        return bytes(out)
+
+
+def pack_response(rid: int, operation: int, status: int) -> bytes:
+    return abi.BLKIF_RESPONSE_T.pack(rid, operation & 0xFF, status)
+
+
+def unpack_response(raw: bytes) -> tuple[int, int, int]:
+    rid, op, status = abi.BLKIF_RESPONSE_T.unpack_from(raw, 0)
+    return int(rid), int(op), int(status)
+
+
+@dataclass
+class BlkifStats:
+    requests: int = 0
+    errors: int = 0
+    sectors_read: int = 0
+    sectors_written: int = 0
+    notifications: int = 0
+
+
+class BlkifRing:
+    """One connected ring: requests from ``frontend`` served against ``image``.
+
+    ``memory`` holds the ring page (at ``ring_maddr``) and the granted frames (at the
+    dev_bus_addr the mapper returns); ``notify`` sends the front end its event."""
+
+    def __init__(self, memory: RingMemory, ring_maddr: int, frontend: int, image: DiskImage,
+                 grants: GrantMapper, notify: Callable[[], object],
+                 log: Callable[[str], None] | None = None, barrier: bool = True) -> None:
+        self.memory = memory
+        self.barrier = barrier  # feature-barrier: without it a barrier is BLKIF_RSP_EOPNOTSUPP
+        self.ring = BackRing(SharedRing(memory, ring_maddr, abi.BLKIF_REQUEST_SIZE))
+        self.frontend = frontend
+        self.image = image
+        self.grants = grants
+        self.notify = notify
+        self.log = log
+        self.broken: str | None = None
+        self.stats = BlkifStats()
+
+    # --- the ring loop (blkback.c, do_block_io_op and its final check) ----------------------
+    def kick(self) -> None:
+        """The front end notified us: serve every request, then sleep (req_event)."""
+        if self.broken is not None:
+            return
+        try:
+            while True:
+                while self.ring.unconsumed_requests():
+                    req = BlkifRequest.unpack(self.ring.get_request())
+                    status = self.dispatch(req)
+                    self.stats.requests += 1
+                    self.stats.errors += status != abi.BLKIF_RSP_OKAY
+                    self.ring.put_response(pack_response(req.id, req.operation, status))
+                    if self.ring.push_responses_and_check_notify():
+                        self.stats.notifications += 1
+                        self.notify()
+                if not self.ring.final_check_for_requests():
+                    return
+        except RingOverflow as exc:
+            self.broken = str(exc)
+            if self.log is not None:
+                self.log(f"blkback: domain {self.frontend}: malformed ring, no longer served: "
+                         f"{exc}")
+
+    # --- one request (dispatch_rw_block_io) --------------------------------------------------
+    def dispatch(self, req: BlkifRequest) -> int:
+        op = req.operation
+        if op not in (abi.BLKIF_OP_READ, abi.BLKIF_OP_WRITE, abi.BLKIF_OP_WRITE_BARRIER):
+            return abi.BLKIF_RSP_ERROR
+        if op == abi.BLKIF_OP_WRITE_BARRIER and not self.barrier:
+            return abi.BLKIF_RSP_EOPNOTSUPP
+        if not 1 <= req.nr_segments <= abi.BLKIF_MAX_SEGMENTS_PER_REQUEST:
+            return abi.BLKIF_RSP_ERROR
+        nsec = 0
+        for s in req.segments:
+            if s.first_sect > s.last_sect or s.last_sect >= SECTORS_PER_FRAME:
+                return abi.BLKIF_RSP_ERROR
+            nsec += s.nsec
+        writing = op != abi.BLKIF_OP_READ
+        if writing and self.image.readonly:
+            return abi.BLKIF_RSP_ERROR
+        if req.sector_number + nsec > self.image.sectors:  # vbd_translate
+            return abi.BLKIF_RSP_ERROR
+        flags = abi.GNTMAP_device_map | (abi.GNTMAP_readonly if writing else 0)
+        mapped: list[tuple[int, int]] = []
+        try:
+            for s in req.segments:
+                status, handle, bus = self.grants.map(flags, s.gref, self.frontend)
+                if status != abi.GNTST_okay:
+                    return abi.BLKIF_RSP_ERROR
+                mapped.append((handle, bus))
+            return self._io(req, writing, [bus for _, bus in mapped])
+        finally:
+            for handle, bus in mapped:
+                self.grants.unmap(bus, handle)
+
+    def _io(self, req: BlkifRequest, writing: bool, frames: list[int]) -> int:
+        sector = req.sector_number
+        try:
+            for s, bus in zip(req.segments, frames, strict=True):
+                at = (bus & ~(abi.PAGE_SIZE - 1)) + s.first_sect * abi.BLKIF_SECTOR_SIZE
+                nbytes = s.nsec * abi.BLKIF_SECTOR_SIZE
+                if writing:
+                    self.image.write(sector, self.memory.read(at, nbytes))
+                    self.stats.sectors_written += s.nsec
+                else:
+                    self.memory.write(at, self.image.read(sector, nbytes))
+                    self.stats.sectors_read += s.nsec
+                sector += s.nsec
+            if req.operation == abi.BLKIF_OP_WRITE_BARRIER:
+                self.image.flush()
+        except (OSError, ImageError) as exc:
+            if self.log is not None:
+                self.log(f"blkback: domain {self.frontend}: I/O error: {exc}")
+            return abi.BLKIF_RSP_ERROR
+        return abi.BLKIF_RSP_OKAY
