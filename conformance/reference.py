@@ -42,7 +42,8 @@ class ReferenceImplementation:
     # --- guest level -------------------------------------------------------------------------
     def boot_guest(self, elf: Path, cmdline: str, timeout_s: float) -> GuestRun:
         r = boot(str(elf), memory_mb=GUEST_MACHINE_MB, domain_mb=GUEST_DOMAIN_MB,
-                 cmdline=cmdline, timeout_s=timeout_s, trace=True, setup=self.setup)
+                 cmdline=cmdline, timeout_s=timeout_s, trace=True, setup=self.setup,
+                 devices=True)  # store and console rings, as Xen's tools give every guest
         calls = Counter(HYPERCALL_NAMES.get(t.nr, str(t.nr)) for t in r.trace)
         return GuestRun(r.console, r.reason.name if r.reason else None, r.crash_reason or "",
                         dict(calls))

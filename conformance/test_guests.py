@@ -68,6 +68,7 @@ GUESTS = [
                "time/vcpu_time_info"]),
     ("time", ["time/vcpu_time_info", "time/wallclock"]),
     ("ring", ["io/ring", "event_channel_op/send", "event/upcall"]),
+    ("xenstore", ["io/xenstore", "start_of_day", "event_channel_op/send", "sched_op"]),
 ]
 
 

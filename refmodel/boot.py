@@ -73,7 +73,9 @@ class Machine:
         on_trace: Callable[[HypercallRecord], None] | None = None,
         check_invariants: bool = False,
         setup: Callable[[Hypervisor, PVPlatform], None] | None = None,
+        devices: bool = False,
     ) -> None:
+        self.devices = devices  # the default of add_guest: store and console rings
         self.hv = hv = Hypervisor(memory_mb * 256)
         self.pv = pv = PVPlatform(hv)
         if setup is not None:
@@ -97,17 +99,20 @@ class Machine:
 
     def add_guest(
         self, image: GuestImage | str, domain_mb: int = 16, cmdline: str = "",
-        privileged: bool = False, paused: bool = False,
+        privileged: bool = False, paused: bool = False, devices: bool | None = None,
     ) -> Domain:
         """Build a domain from ``image`` (BuildError for a bad image or no memory) and make
-        it runnable (or leave it paused, as Xen's domain builder does until unpause)."""
+        it runnable (or leave it paused, as Xen's domain builder does until unpause). With
+        ``devices`` (default: the machine's), the tools also give it a store and a console
+        ring served by the backend domain (refmodel/backend.py)."""
         from xenspec.refmodel.cpu import UnicornCPU
 
         if isinstance(image, str):
             image = load_image_file(image)
         pv = self.pv
         built = build_domain(self.hv, pv, image, domain_mb * 256, cmdline=cmdline,
-                             privileged=privileged)
+                             privileged=privileged,
+                             devices=self.devices if devices is None else devices)
         d = built.domain
         v = d.vcpus[0]
         arch = pv.arch(v)
@@ -191,16 +196,18 @@ def boot(
     check_invariants: bool = False,
     setup: Callable[[Hypervisor, PVPlatform], None] | None = None,
     until_ns: int | None = None,
+    devices: bool = False,
 ) -> BootResult:
     """Boot ``image`` (a parsed image or a path) alone on a machine; raises BuildError for a
     bad image and HypervisorBug if the model itself fails. With ``check_invariants`` every
     invariant is checked after each hypercall (slow); the first violation stops the guest and
     is reported in ``violations``. ``setup`` is called with the new machine before the domain
     is built (the conformance suite's broken implementations alter one rule there).
-    ``timeout_s`` is a wall-clock guard; ``until_ns`` stops at that system time."""
+    ``timeout_s`` is a wall-clock guard; ``until_ns`` stops at that system time.
+    ``devices`` gives the domain its store and console rings (Machine.add_guest)."""
     out = None if console is None else (lambda _domid, data: console(data))
     m = Machine(memory_mb, trace=trace, console=out, on_trace=on_trace,
-                check_invariants=check_invariants, setup=setup)
+                check_invariants=check_invariants, setup=setup, devices=devices)
     d = m.add_guest(image, domain_mb, cmdline)
     m.run(until_ns=until_ns, timeout_s=timeout_s)
     return m.result(d)

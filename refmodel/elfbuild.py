@@ -227,15 +227,20 @@ def _identify(
 # ----------------------------------------------------------------------------------------------
 def build_domain(
     hv: Hypervisor, pv: PVPlatform, image: GuestImage, nr_pages: int,
-    cmdline: str = "", privileged: bool = False,
+    cmdline: str = "", privileged: bool = False, devices: bool = False,
 ) -> BuiltDomain:
-    """Create a domain of ``nr_pages`` and lay ``image`` out in it as Xen does."""
+    """Create a domain of ``nr_pages`` and lay ``image`` out in it as Xen does. With
+    ``devices``, the tools' part too (tools/libxc/xc_linux_build.c, setup_guest): the store
+    and console frames follow start_info in the bootstrap region, and start_info names them
+    and their event channels, bound to the backend domain (refmodel/xenstore.py,
+    refmodel/consring.py). Without, those fields are 0 and the ports stay free."""
     base = image.virt_base
     kernel_pages = -(-(image.kernel_end - base) // abi.PAGE_SIZE)
     p2m_pages = -(-nr_pages * 4 // abi.PAGE_SIZE)
     p2m_pfn = kernel_pages
     start_info_pfn = p2m_pfn + p2m_pages
-    stack_pfn = start_info_pfn + 1
+    store_pfn = start_info_pfn + 1  # then the console frame, start_info_pfn + 2
+    stack_pfn = start_info_pfn + (3 if devices else 1)
     used = stack_pfn + 1
     # Page tables: one L2 plus one L1 per 4 MB mapped; round the region to 4 MB with 512 KB
     # of slack (domain_build.c); never more than the domain has.
@@ -283,6 +288,10 @@ def build_domain(
     put(abi.START_INFO_pt_base, layout.va(layout.pt_base_pfn))
     put(abi.START_INFO_nr_pt_frames, len(layout.pt_pfns))
     put(abi.START_INFO_mfn_list, base + p2m_pfn * abi.PAGE_SIZE)
+    if devices:
+        store_mfn = mfns[store_pfn]
+        put(abi.START_INFO_store_mfn, store_mfn)
+        put(abi.START_INFO_store_evtchn, pv.xenstore.introduce(d, store_mfn))
     cmd = cmdline.encode()[: abi.MAX_GUEST_CMDLINE - 1]
     si[abi.START_INFO_cmd_line : abi.START_INFO_cmd_line + len(cmd)] = cmd
     write_va(si_va, bytes(si))

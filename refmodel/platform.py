@@ -61,6 +61,9 @@ class PVPlatform:
         from xenspec.refmodel.backend import Backends
 
         self.backends = Backends(self)  # the backend domain, created on first use
+        from xenspec.refmodel.xenstore import XenStore
+
+        self.xenstore = XenStore(self)
         hv.arch_vcpu = self.arch
 
     def arch(self, v: Vcpu) -> ArchVcpu:

@@ -660,6 +660,10 @@ XS_MKDIR: Final = 12
 XS_RM: Final = 13
 XS_WATCH_EVENT: Final = 15
 XS_ERROR: Final = 16
+# A node's permissions (tools/xenstore/xs_lib.h, enum xs_perm_type; on the wire as n, r, w, b).
+XS_PERM_NONE: Final = 0
+XS_PERM_READ: Final = 1
+XS_PERM_WRITE: Final = 2
 # io/xenbus.h, enum xenbus_state.
 XenbusStateUnknown: Final = 0
 XenbusStateInitialising: Final = 1

@@ -183,6 +183,11 @@ CLAUSES: tuple[Clause, ...] = (
            "hold-off (req_event, rsp_event) without lost wake-ups, hostile indexes rejected",
            "SOSP'03 s3.2 (I/O rings); io/ring.h RING_PUSH_*_AND_CHECK_NOTIFY, "
            "RING_FINAL_CHECK_FOR_*, __RING_SIZE"),
+    Clause("io/xenstore", _B, "The store: requests and answers over the store ring, keys "
+           "under the domain's home, errors by name, the permission rule",
+           "io/xs_wire.h xenstore_domain_interface, xsd_sockmsg; xc_linux_build.c setup_guest "
+           "(store frame); xenstored_core.c process_message, get_node, perm_for_conn; "
+           "xenstored_domain.c readchn, check_indexes"),
     Clause("INV-EVT-PORT", _I, "Port states are consistent with the ports and VIRQ tables",
            "event_channel.c get_free_port, evtchn_init, evtchn_bind_virq, __evtchn_close",
            f"{_EV}:inv_evt_port"),

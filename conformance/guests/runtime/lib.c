@@ -380,3 +380,126 @@ void wallclock(u32 *sec, u32 *nsec, u32 *version)
     } while ((v & 1) || v != w[0]);
     *version = v;
 }
+
+/* ---- the store ring (io/xs_wire.h; the client side of xenstored's protocol) ------------- */
+volatile u8 *mfn_to_virt(u32 mfn)
+{ return (volatile u8 *)(0xC0000000u + (((u32 *)MACH2PHYS_VIRT_START)[mfn] << PAGE_SHIFT)); }
+
+void evtchn_wait(u32 port)
+{
+    volatile u8 *vi = vcpu0_info();
+    u8 masked = vi[VCPU_INFO_evtchn_upcall_mask];
+    struct { u32 ports, nr_ports, timeout_lo, timeout_hi; } poll = { (u32)&port, 1, 0, 0 };
+    vi[VCPU_INFO_evtchn_upcall_mask] = 1;   /* SCHEDOP_poll needs event delivery masked */
+    HYPERVISOR_sched_op(SCHEDOP_poll, &poll);
+    evtchn_clear(port);
+    events_mask_upcalls(masked);
+}
+
+#define XS_IDX(page, off) (*(volatile u32 *)((page) + (off)))
+static volatile u8 *xs_page(void) { return mfn_to_virt(si_u32(START_INFO_store_mfn)); }
+static u32 xs_port(void) { return si_u32(START_INFO_store_evtchn); }
+
+/* Copy len bytes into the request ring, waiting for room; notify after each piece. */
+static void xs_send(const void *data, u32 len)
+{
+    volatile u8 *page = xs_page();
+    const u8 *p = data;
+    while (len) {
+        u32 cons = XS_IDX(page, XENSTORE_req_cons), prod = XS_IDX(page, XENSTORE_req_prod);
+        u32 room = XENSTORE_RING_SIZE - (prod - cons);
+        if (!room) {
+            evtchn_clear(xs_port());
+            if (XS_IDX(page, XENSTORE_req_cons) == cons)
+                evtchn_wait(xs_port());
+            continue;
+        }
+        u32 start = prod & (XENSTORE_RING_SIZE - 1), n = XENSTORE_RING_SIZE - start;
+        if (n > room) n = room;
+        if (n > len) n = len;
+        for (u32 i = 0; i < n; i++)
+            page[XENSTORE_req + start + i] = p[i];
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);   /* the bytes before the index */
+        XS_IDX(page, XENSTORE_req_prod) = prod + n;
+        evtchn_send(xs_port());
+        p += n;
+        len -= n;
+    }
+}
+
+/* Take len bytes from the response ring (into out, if not NULL), waiting for them. */
+static void xs_recv(void *out, u32 len)
+{
+    volatile u8 *page = xs_page();
+    u8 *p = out;
+    while (len) {
+        u32 cons = XS_IDX(page, XENSTORE_rsp_cons), prod = XS_IDX(page, XENSTORE_rsp_prod);
+        u32 avail = prod - cons;
+        if (!avail) {
+            evtchn_clear(xs_port());
+            if (XS_IDX(page, XENSTORE_rsp_prod) == prod)
+                evtchn_wait(xs_port());
+            continue;
+        }
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);   /* the index before the bytes */
+        u32 start = cons & (XENSTORE_RING_SIZE - 1), n = XENSTORE_RING_SIZE - start;
+        if (n > avail) n = avail;
+        if (n > len) n = len;
+        for (u32 i = 0; i < n; i++)
+            if (p) p[i] = page[XENSTORE_rsp + start + i];
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        XS_IDX(page, XENSTORE_rsp_cons) = cons + n;
+        evtchn_send(xs_port());                      /* room for the daemon's next answer */
+        if (p) p += n;
+        len -= n;
+    }
+}
+
+static const struct { const char *name; int errno; } xs_errors[] = {
+    { "EINVAL", EINVAL }, { "EACCES", EACCES }, { "ENOENT", ENOENT }, { "ENOSYS", ENOSYS },
+    { "EEXIST", EEXIST }, { "E2BIG", E2BIG }, { "ENOSPC", ENOSPC }, { "EIO", EIO },
+    { "EAGAIN", EAGAIN }, { "EPERM", EPERM }, { "EBUSY", EBUSY },
+};
+
+int xenstore_talk(u32 type, const char *path, const char *value, char *buf, u32 len)
+{
+    static u32 req_id;
+    static char answer[XENSTORE_PAYLOAD_MAX + 1];
+    u32 plen = strlen(path) + 1, vlen = value ? strlen(value) : 0;
+    if (plen + vlen > XENSTORE_PAYLOAD_MAX)
+        return -E2BIG;
+    struct { u32 type, req_id, tx_id, len; } hdr = { type, ++req_id, 0, plen + vlen };
+    xs_send(&hdr, sizeof(hdr));
+    xs_send(path, plen);
+    if (vlen)
+        xs_send(value, vlen);
+    struct { u32 type, req_id, tx_id, len; } rsp;
+    xs_recv(&rsp, sizeof(rsp));
+    u32 keep = rsp.len > XENSTORE_PAYLOAD_MAX ? XENSTORE_PAYLOAD_MAX : rsp.len;
+    xs_recv(answer, keep);
+    xs_recv(NULL, rsp.len - keep);
+    answer[keep] = 0;
+    if (rsp.req_id != hdr.req_id)
+        return -EIO;
+    if (rsp.type == XS_ERROR) {
+        for (u32 i = 0; i < sizeof(xs_errors) / sizeof(xs_errors[0]); i++)
+            if (!strcmp(answer, xs_errors[i].name))
+                return -xs_errors[i].errno;
+        return -EIO;
+    }
+    if (buf && len) {
+        u32 n = keep < len - 1 ? keep : len - 1;
+        memcpy(buf, answer, n);
+        buf[n] = 0;
+    }
+    return (int)keep;
+}
+
+int xenstore_read(const char *path, char *buf, u32 len)
+{ return xenstore_talk(XS_READ, path, NULL, buf, len); }
+
+int xenstore_write(const char *path, const char *value)
+{
+    int rc = xenstore_talk(XS_WRITE, path, value, NULL, 0);
+    return rc < 0 ? rc : 0;
+}

@@ -144,6 +144,16 @@ u32 virt_to_pte_maddr(u32 va);    /* machine address of that L1 entry; 0 if none
 u32 alloc_page_pfn(void);         /* a pseudo-physical frame outside the bootstrap region */
 u32 *alloc_scratch_page(void);    /* a zeroed writable page inside the image */
 
+/* The store (io/xs_wire.h) and the PV console ring (io/console.h), in the frames start_info
+ * names; each waits on its event channel (SCHEDOP_poll) for answers or room. */
+volatile u8 *mfn_to_virt(u32 mfn);  /* a frame of the bootstrap region, through the M2P */
+void evtchn_wait(u32 port);         /* poll the port with upcalls masked, then clear it */
+/* A request of type XS_*: path (and value, if not NULL); the answer goes to buf (len bytes,
+ * NUL-terminated, truncated). Returns the answer's length or -errno (from XS_ERROR). */
+int xenstore_talk(u32 type, const char *path, const char *value, char *buf, u32 len);
+int xenstore_read(const char *path, char *buf, u32 len);  /* the value's length or -errno */
+int xenstore_write(const char *path, const char *value);  /* 0 or -errno */
+
 /* Each test kernel provides this. */
 void test_main(void);
 extern const char test_title[];

@@ -1,0 +1,405 @@
+"""A small xenstore: the store daemon of the backend domain and its ring in each guest.
+
+What Xen does (3.0.4): the tools give each domain a store frame and an event channel
+(tools/libxc/xc_linux_build.c, setup_guest: the frame after start_info in the bootstrap region,
+cleared, its mfn in start_info.store_mfn; xend's alloc_unbound for store_evtchn) and introduce
+the domain to xenstored, which binds the port (tools/xenstore/xenstored_domain.c, do_introduce,
+new_domain). The frame holds ``struct xenstore_domain_interface`` (io/xs_wire.h): a request
+and a response ring of XENSTORE_RING_SIZE bytes with free-running indexes, carrying messages
+``struct xsd_sockmsg {type, req_id, tx_id, len}`` and ``len`` bytes of payload. The daemon
+answers each request with the request's type, req_id and tx_id, or XS_ERROR with the errno's
+name ("ENOENT\\0") (xenstored_core.c, send_reply, send_error, send_ack: "OK\\0").
+
+The model (``pv.xenstore``) keeps the tree in Python and serves, synchronously when the guest
+notifies (refmodel/backend.py): XS_READ (the value, no terminator), XS_WRITE ("path\\0value",
+creating missing parents), XS_MKDIR, XS_RM (a missing node whose parent exists is OK, as
+do_rm), XS_DIRECTORY (each child's name and a NUL, in creation order). Transactions are not
+isolated: XS_TRANSACTION_START answers the id "0\\0" and XS_TRANSACTION_END "OK\\0". Guest
+watches are not modelled: XS_WATCH and XS_UNWATCH answer ENOSYS. Any other type is EINVAL, as is
+a request without the NUL-terminated arguments it needs or a malformed path
+(xenstored_core.c, is_valid_nodename: "/"-separated names of [A-Za-z0-9-/_@], no "//", no
+trailing "/"). A path not starting with "/" is relative to the domain's home
+``/local/domain/<domid>`` (canonicalize).
+
+Permissions are xenstored's rule (xenstored_core.c, perm_for_conn and get_node) in its
+simplest form: every node has an owner; the owner and privileged domains may read and write it;
+another domain only what the node's ACL grants it (XS_PERM_READ, XS_PERM_WRITE). A new node
+inherits its parent's permissions and is owned by the unprivileged domain that creates it
+(new_node); creating, like writing, needs write access to the nearest existing ancestor. The
+tools give a domain its home, so a guest reads and writes only under ``/local/domain/<domid>``
+and gets EACCES elsewhere; for a missing node the error is EACCES when the nearest existing
+ancestor is unreadable, else ENOENT (errno_from_parents).
+
+The ring is untrusted. The model never raises on what a guest writes there: indexes further
+apart than the ring (``prod - cons > XENSTORE_RING_SIZE``, xenstored_domain.c check_indexes)
+or a message longer than XENSTORE_PAYLOAD_MAX break the connection, as xenstored drops it: the
+model ignores that domain's store from then on (``Connection.broken`` says why). So it does if
+the frame stops being the guest's (given back with memory_op). A message may arrive in pieces
+across notifications; a response longer than the free space waits for the guest to consume and
+notify.
+
+Python side: ``read``, ``write``, ``mkdir``, ``rm``, ``directory`` act as a domain (the
+backend domain's id for the privileged tools), and ``watch(prefix, fn)`` calls ``fn(path)``
+after every change at or under the absolute path ``prefix`` (or above it, by a removal),
+whoever made it: this is how a backend notices a frontend's ``state`` key.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from xenspec.refmodel.backend import BACKEND_DOMID
+from xenspec.refmodel.domain import Domain
+from xenspec.spec import abi
+
+if TYPE_CHECKING:
+    from xenspec.refmodel.platform import PVPlatform
+
+_HDR = abi.XSD_SOCKMSG_T
+_RING_MASK = abi.XENSTORE_RING_SIZE - 1
+_IDX_MASK = 0xFFFFFFFF
+_VALID_PATH = re.compile(r"/|(/[A-Za-z0-9\-_@]+)+")
+_ERRNO_NAMES = {abi.EINVAL: "EINVAL", abi.EACCES: "EACCES", abi.ENOENT: "ENOENT",
+                abi.ENOSYS: "ENOSYS", abi.EEXIST: "EEXIST", abi.E2BIG: "E2BIG",
+                abi.ENOSPC: "ENOSPC", abi.EIO: "EIO"}
+
+
+class XsError(Exception):
+    """A refused store operation, with the errno xenstored would answer."""
+
+    def __init__(self, errno: int) -> None:
+        super().__init__(_ERRNO_NAMES.get(errno, str(errno)))
+        self.errno = errno
+
+
+@dataclass
+class Node:
+    """A node: its value and permissions (xenstored's struct node, perms[0] the owner)."""
+
+    value: bytes = b""
+    owner: int = BACKEND_DOMID
+    acl: dict[int, int] = field(default_factory=dict)  # other domains' XS_PERM_* bits
+
+
+@dataclass
+class Connection:
+    """A domain's store ring, as xenstored_domain.c's struct domain sees it."""
+
+    domid: int
+    mfn: int
+    guest_port: int
+    backend_port: int
+    inbuf: bytearray = field(default_factory=bytearray)  # a request arriving in pieces
+    outbuf: bytearray = field(default_factory=bytearray)  # responses waiting for room
+    broken: str | None = None  # why the daemon stopped serving it
+
+
+def home(domid: int) -> str:
+    return f"/local/domain/{domid}"
+
+
+def parent(path: str) -> str:
+    return path.rsplit("/", 1)[0] or "/"
+
+
+class XenStore:
+    """The model's xenstored (``pv.xenstore``)."""
+
+    def __init__(self, pv: PVPlatform) -> None:
+        self.pv = pv
+        self.hv = pv.hv
+        self.nodes: dict[str, Node] = {"/": Node()}
+        for path in ("/local", "/local/domain", "/tool"):
+            self.nodes[path] = Node()
+        self.conns: dict[int, Connection] = {}
+        self.watches: list[tuple[str, Callable[[str], None]]] = []
+
+    # ----------------------------------------------------------------------------------------
+    # Domains: introduction by the tools (the domain builder calls this).
+    # ----------------------------------------------------------------------------------------
+    def introduce(self, d: Domain, mfn: int) -> int:
+        """Serve ``d``'s store ring in frame ``mfn`` (cleared here) over a new event channel;
+        write the keys the tools write into its home. Returns the guest's port."""
+        self.hv.memory.write(mfn << abi.PAGE_SHIFT, bytes(abi.PAGE_SIZE))
+        gport, bport = self.pv.backends.connect(d)
+        conn = Connection(d.domain_id, mfn, gport, bport)
+        self.conns[d.domain_id] = conn
+        self.pv.backends.listen(bport, lambda: self.service(conn))
+        h = home(d.domain_id)
+        self.nodes[h] = Node(owner=d.domain_id)
+        self.write(BACKEND_DOMID, f"{h}/domid", str(d.domain_id))
+        self.write(BACKEND_DOMID, f"{h}/name", f"Domain-{d.domain_id}")
+        return gport
+
+    # ----------------------------------------------------------------------------------------
+    # The tree and its permissions.
+    # ----------------------------------------------------------------------------------------
+    def _privileged(self, domid: int) -> bool:
+        d = self.hv.domains.get(domid)
+        return domid == BACKEND_DOMID or (d is not None and d.is_privileged)
+
+    def _perm(self, domid: int, node: Node) -> int:
+        """perm_for_conn: owners and privileged domains get everything."""
+        if node.owner == domid or self._privileged(domid):
+            return abi.XS_PERM_READ | abi.XS_PERM_WRITE
+        return node.acl.get(domid, abi.XS_PERM_NONE)
+
+    def canonical(self, domid: int, path: str) -> str:
+        """canonicalize and is_valid_nodename; XsError(EINVAL) for a malformed path."""
+        if not path.startswith("/"):
+            path = f"{home(domid)}/{path}"
+        if _VALID_PATH.fullmatch(path) is None:
+            raise XsError(abi.EINVAL)
+        return path
+
+    def _ancestor(self, path: str) -> Node:
+        while path not in self.nodes:
+            path = parent(path)
+        return self.nodes[path]
+
+    def _get(self, domid: int, path: str, perm: int) -> Node:
+        """get_node: the node if ``domid`` has ``perm`` on it; EACCES or ENOENT otherwise."""
+        node = self.nodes.get(path)
+        if node is not None:
+            if self._perm(domid, node) & perm != perm:
+                raise XsError(abi.EACCES)
+            return node
+        if not self._perm(domid, self._ancestor(path)) & abi.XS_PERM_READ:
+            raise XsError(abi.EACCES)
+        raise XsError(abi.ENOENT)
+
+    def _create(self, domid: int, path: str) -> Node:
+        """Create ``path`` and its missing parents (construct_node)."""
+        anc = self._ancestor(path)
+        if not self._perm(domid, anc) & abi.XS_PERM_WRITE:
+            raise XsError(abi.EACCES)
+        missing = []
+        p = path
+        while p not in self.nodes:
+            missing.append(p)
+            p = parent(p)
+        for p in reversed(missing):
+            owner = anc.owner if self._privileged(domid) else domid
+            self.nodes[p] = Node(owner=owner, acl=dict(anc.acl))
+        return self.nodes[path]
+
+    def _changed(self, path: str) -> None:
+        for prefix, fn in list(self.watches):
+            if path == prefix or path.startswith(prefix.rstrip("/") + "/") or \
+                    prefix.startswith(path.rstrip("/") + "/"):
+                fn(path)
+
+    # ----------------------------------------------------------------------------------------
+    # The operations, as a domain ``domid`` (Python API and the ring both use these).
+    # ----------------------------------------------------------------------------------------
+    def read(self, domid: int, path: str) -> bytes | None:
+        """The value, or None if there is no such node; XsError for EACCES or EINVAL."""
+        try:
+            return self._get(domid, self.canonical(domid, path), abi.XS_PERM_READ).value
+        except XsError as e:
+            if e.errno == abi.ENOENT:
+                return None
+            raise
+
+    def write(self, domid: int, path: str, value: bytes | str) -> None:
+        path = self.canonical(domid, path)
+        data = value.encode() if isinstance(value, str) else bytes(value)
+        node = self.nodes.get(path)
+        if node is None:
+            node = self._create(domid, path)
+        elif not self._perm(domid, node) & abi.XS_PERM_WRITE:
+            raise XsError(abi.EACCES)
+        node.value = data
+        self._changed(path)
+
+    def mkdir(self, domid: int, path: str) -> None:
+        path = self.canonical(domid, path)
+        if path in self.nodes:
+            self._get(domid, path, abi.XS_PERM_WRITE)
+            return
+        self._create(domid, path)
+        self._changed(path)
+
+    def rm(self, domid: int, path: str) -> None:
+        """do_rm: remove the node and everything under it; a missing node whose parent
+        exists is fine; the root is EINVAL."""
+        path = self.canonical(domid, path)
+        if path == "/":
+            raise XsError(abi.EINVAL)
+        try:
+            self._get(domid, path, abi.XS_PERM_WRITE)
+        except XsError as e:
+            if e.errno == abi.ENOENT and parent(path) in self.nodes:
+                return
+            raise
+        below = path + "/"
+        for p in [p for p in self.nodes if p == path or p.startswith(below)]:
+            del self.nodes[p]
+        self._changed(path)
+
+    def directory(self, domid: int, path: str) -> list[str]:
+        path = self.canonical(domid, path)
+        self._get(domid, path, abi.XS_PERM_READ)
+        below = "/" if path == "/" else path + "/"
+        return [p[len(below):] for p in self.nodes
+                if p.startswith(below) and p != "/" and "/" not in p[len(below):]]
+
+    def set_perms(self, path: str, owner: int, acl: dict[int, int] | None = None) -> None:
+        """The tools' xs_set_permissions on an existing absolute path."""
+        node = self.nodes[self.canonical(BACKEND_DOMID, path)]
+        node.owner, node.acl = owner, dict(acl or {})
+
+    def watch(self, prefix: str, fn: Callable[[str], None]) -> None:
+        """Call ``fn(path)`` after each change at, under or above the absolute ``prefix``."""
+        self.watches.append((prefix, fn))
+
+    # ----------------------------------------------------------------------------------------
+    # The ring (xenstored_domain.c readchn/writechn, xenstored_core.c handle_input).
+    # ----------------------------------------------------------------------------------------
+    def _idx(self, conn: Connection, off: int) -> int:
+        raw = self.hv.memory.read((conn.mfn << abi.PAGE_SHIFT) + off, 4)
+        return int.from_bytes(raw, "little")
+
+    def _set_idx(self, conn: Connection, off: int, value: int) -> None:
+        data = (value & _IDX_MASK).to_bytes(4, "little")
+        self.hv.memory.write((conn.mfn << abi.PAGE_SHIFT) + off, data)
+
+    def _usable(self, conn: Connection) -> bool:
+        d = self.hv.domains.get(conn.domid)
+        if conn.broken is not None or d is None or not d.is_running:
+            return False
+        if self.hv.frames.owner[conn.mfn] != conn.domid:
+            conn.broken = "the store frame is no longer the domain's"
+            return False
+        return True
+
+    def service(self, conn: Connection) -> None:
+        """The guest notified. As xenstored, one request at a time: write what fits of the
+        pending answer; while none is pending, answer the next complete request, reading the
+        request ring when more bytes are needed; notify if anything moved. (So a guest that
+        never reads its answers stops being read: the buffers stay bounded.)"""
+        if not self._usable(conn):
+            return
+        moved = self._flush(conn)
+        while not conn.outbuf and conn.broken is None:
+            if self._one_request(conn):
+                moved = self._flush(conn) or moved
+            elif self._read_requests(conn):
+                moved = True
+            else:
+                break
+        if moved:
+            self.pv.backends.notify(conn.backend_port)
+
+    def _read_requests(self, conn: Connection) -> bool:
+        """Move what the request ring holds into ``inbuf``; True if anything was taken."""
+        cons = self._idx(conn, abi.XENSTORE_req_cons)
+        prod = self._idx(conn, abi.XENSTORE_req_prod)
+        avail = (prod - cons) & _IDX_MASK
+        if avail > abi.XENSTORE_RING_SIZE:
+            conn.broken = f"request indexes cons {cons:#x} prod {prod:#x} are too far apart"
+            return False
+        if not avail:
+            return False
+        base = (conn.mfn << abi.PAGE_SHIFT) + abi.XENSTORE_req
+        while avail:
+            start = cons & _RING_MASK
+            n = min(avail, abi.XENSTORE_RING_SIZE - start)
+            conn.inbuf += self.hv.memory.read(base + start, n)
+            cons = (cons + n) & _IDX_MASK
+            avail -= n
+        self._set_idx(conn, abi.XENSTORE_req_cons, cons)
+        return True
+
+    def _one_request(self, conn: Connection) -> bool:
+        """Answer the first request of ``inbuf`` if it is complete; True if one was."""
+        if len(conn.inbuf) < _HDR.size:
+            return False
+        mtype, req_id, tx_id, length = _HDR.unpack_from(conn.inbuf)
+        if length > abi.XENSTORE_PAYLOAD_MAX:
+            conn.broken = (f"a message of {length} bytes (XENSTORE_PAYLOAD_MAX is "
+                           f"{abi.XENSTORE_PAYLOAD_MAX})")
+            return False
+        if len(conn.inbuf) < _HDR.size + length:
+            return False
+        payload = bytes(conn.inbuf[_HDR.size : _HDR.size + length])
+        del conn.inbuf[: _HDR.size + length]
+        rtype, reply = self._request(conn.domid, mtype, payload)
+        conn.outbuf += _HDR.pack(rtype, req_id, tx_id, len(reply)) + reply
+        return True
+
+    def _flush(self, conn: Connection) -> bool:
+        """Write what fits of the pending responses; True if any was written."""
+        if not conn.outbuf:
+            return False
+        cons, prod = self._idx(conn, abi.XENSTORE_rsp_cons), self._idx(
+            conn, abi.XENSTORE_rsp_prod)
+        used = (prod - cons) & _IDX_MASK
+        if used > abi.XENSTORE_RING_SIZE:
+            conn.broken = f"response indexes cons {cons:#x} prod {prod:#x} are too far apart"
+            return False
+        room = abi.XENSTORE_RING_SIZE - used
+        wrote = False
+        base = conn.mfn << abi.PAGE_SHIFT
+        while room and conn.outbuf:
+            start = prod & _RING_MASK
+            n = min(room, abi.XENSTORE_RING_SIZE - start, len(conn.outbuf))
+            self.hv.memory.write(base + abi.XENSTORE_rsp + start, bytes(conn.outbuf[:n]))
+            del conn.outbuf[:n]
+            prod = (prod + n) & _IDX_MASK
+            room -= n
+            wrote = True
+        if wrote:
+            self._set_idx(conn, abi.XENSTORE_rsp_prod, prod)
+        return wrote
+
+    def _request(self, domid: int, mtype: int, payload: bytes) -> tuple[int, bytes]:
+        """process_message: (response type, response payload) for one request."""
+        try:
+            return mtype, self._answer(domid, mtype, payload)
+        except XsError as e:
+            return abi.XS_ERROR, _ERRNO_NAMES.get(e.errno, "EINVAL").encode() + b"\0"
+
+    def _answer(self, domid: int, mtype: int, payload: bytes) -> bytes:
+        ok = b"OK\0"
+        if mtype == abi.XS_WRITE:
+            raw_path, sep, value = payload.partition(b"\0")
+            if not sep:
+                raise XsError(abi.EINVAL)
+            self.write(domid, _text(raw_path), value)
+            return ok
+        if mtype == abi.XS_TRANSACTION_START:
+            return b"0\0"
+        if mtype == abi.XS_TRANSACTION_END:
+            return ok
+        if mtype in (abi.XS_WATCH, abi.XS_UNWATCH):
+            raise XsError(abi.ENOSYS)
+        if mtype not in (abi.XS_READ, abi.XS_DIRECTORY, abi.XS_MKDIR, abi.XS_RM):
+            raise XsError(abi.EINVAL)
+        # onearg: exactly one NUL-terminated string.
+        if not payload.endswith(b"\0") or b"\0" in payload[:-1]:
+            raise XsError(abi.EINVAL)
+        path = _text(payload[:-1])
+        if mtype == abi.XS_READ:
+            found = self.read(domid, path)
+            if found is None:
+                raise XsError(abi.ENOENT)
+            return found
+        if mtype == abi.XS_DIRECTORY:
+            return b"".join(name.encode() + b"\0" for name in self.directory(domid, path))
+        if mtype == abi.XS_MKDIR:
+            self.mkdir(domid, path)
+        else:
+            self.rm(domid, path)
+        return ok
+
+
+def _text(raw: bytes) -> str:
+    """A path from the ring: bytes outside ASCII make it malformed (EINVAL)."""
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise XsError(abi.EINVAL) from None
