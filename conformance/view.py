@@ -83,6 +83,24 @@ class ImplementationView(ConcreteLogic):
     def descriptor_frames(self, vcpu: int) -> list[int]:
         return list(self.impl.descriptor_frames(self._bases[vcpu][0]))
 
+    # grant tables: the hypercall-level adapter has no grant queries yet, so the view knows
+    # of no handle; a grant-mapped PTE of another domain's frame reads as a violation of
+    # INV-OWN (the reference model's own checks, refmodel/view.py, see its grant handles).
+    def gnt_slot(self, mfn: int, index: int) -> int:
+        return -1
+
+    def mt_flags(self, domid: int, handle: int) -> int:
+        return 0
+
+    def mt_frame(self, domid: int, handle: int) -> int:
+        return 0
+
+    def mt_pte(self, domid: int, handle: int) -> tuple[int, int]:
+        return (0, 0)
+
+    def device_refs(self) -> list[tuple[int, bool]]:
+        return []
+
     # what exists
     def frames(self) -> range:
         return range(len(self.infos))

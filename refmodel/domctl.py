@@ -119,6 +119,7 @@ class DomCtl:
         events: Any = getattr(self.pv, "events", None)
         if events is not None and hasattr(events, "destroy_domain"):
             events.destroy_domain(d)
+        self.pv.grants.destroy_domain(d)  # gnttab_release_mappings, before the memory
         for v in d.vcpus:
             self._release_vcpu(v.domain, v.vcpu_id)
         self._relinquish_memory(d)

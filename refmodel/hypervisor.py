@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from xenspec.refmodel import uaccess
 from xenspec.refmodel.arch import ArchVcpu
@@ -27,6 +28,9 @@ from xenspec.refmodel.memory import (
 from xenspec.refmodel.mm import MM, xen_l2_entries
 from xenspec.spec import abi
 from xenspec.spec.pagetable import PGT
+
+if TYPE_CHECKING:
+    from xenspec.refmodel.grant import Grants
 
 DEFAULT_MACHINE_FRAMES = 1 << 16  # 256 MB of machine memory
 
@@ -88,6 +92,9 @@ class Hypervisor:
         # A vCPU's CPU-interface state (trap table, callbacks, stack, GDT), once the platform
         # (refmodel.platform) is installed; None: the state Xen starts a vCPU with.
         self.arch_vcpu: Callable[[Vcpu], ArchVcpu | None] = lambda v: None
+        # The grant-table subsystem (refmodel.grant) once the platform is installed: it answers
+        # which handle a grant-mapped PTE belongs to, and holds device mappings' references.
+        self.grants: Grants | None = None
         # Frame 0 is never a guest's: a base pointer of 0 means "no page table", as in Xen.
         reserved = self._reserve_xen_frames(nr_frames)
         free = [mfn for mfn in range(nr_frames) if mfn not in reserved]

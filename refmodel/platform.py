@@ -34,7 +34,7 @@ class PVPlatform:
     """The CPU interface of one ``Hypervisor``: install once, then set up each domain."""
 
     def __init__(self, hv: Hypervisor) -> None:
-        from xenspec.refmodel import console, desc, event, kernel, sched, traps, vtime
+        from xenspec.refmodel import console, desc, event, grant, kernel, sched, traps, vtime
         from xenspec.refmodel.clock import Clock
 
         self.hv = hv
@@ -55,8 +55,10 @@ class PVPlatform:
         self.desc = desc.Desc(self)
         self.events = event.Events(self)
         self.vtime = vtime.VTime(self)
+        self.grants = grant.Grants(self)
+        hv.grants = self.grants
         for sub in (self.traps, self.console, self.sched, self.kernel, self.desc, self.events,
-                    self.vtime):
+                    self.vtime, self.grants):
             hv.hypercall_table.update(sub.hypercalls())
         from xenspec.refmodel.backend import Backends
 

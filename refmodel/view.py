@@ -103,6 +103,26 @@ class ConcreteView(ConcreteLogic):
     def gdt_referenced(self, mfn: int) -> bool:
         return self.type(mfn) == PGT.gdt_page and self.type_count(mfn) > 0
 
+    # grant tables
+    def gnt_slot(self, mfn: int, index: int) -> int:
+        grants = self.hv.grants
+        if grants is None:
+            return -1
+        frame = self.memory.read_entry(mfn, index) >> abi.PAGE_SHIFT
+        return grants.slot_handle(self.owner(mfn), mfn, index, frame)
+
+    def mt_flags(self, domid: int, handle: int) -> int:
+        return 0 if self.hv.grants is None else self.hv.grants.mapping(domid, handle).flags
+
+    def mt_frame(self, domid: int, handle: int) -> int:
+        return 0 if self.hv.grants is None else self.hv.grants.mapping(domid, handle).frame
+
+    def mt_pte(self, domid: int, handle: int) -> tuple[int, int]:
+        return (0, 0) if self.hv.grants is None else self.hv.grants.mapping(domid, handle).pte
+
+    def device_refs(self) -> list[tuple[int, bool]]:
+        return [] if self.hv.grants is None else self.hv.grants.device_refs()
+
     # what exists
     def frames(self) -> range:
         return range(self.memory.nr_frames)

@@ -591,6 +591,9 @@ GNTST_bad_dev_addr: Final = -6
 GNTST_no_device_space: Final = -7
 GNTST_permission_denied: Final = -8
 GNTST_bad_page: Final = -9
+GNTST_bad_copy_arg: Final = -10
+GNTCOPY_source_gref: Final = 1 << 0
+GNTCOPY_dest_gref: Final = 1 << 1
 # gnttab_map_grant_ref { uint64_t host_addr; uint32_t flags; grant_ref_t ref; domid_t dom;
 #                        int16_t status (OUT); grant_handle_t handle (OUT);
 #                        uint64_t dev_bus_addr (OUT); }
@@ -604,6 +607,11 @@ GNTTAB_SETUP_TABLE_T: Final = struct.Struct("<H2xIh2xI")
 # gnttab_query_size { domid_t dom; uint32_t nr_frames, max_nr_frames (OUT);
 #                     int16_t status (OUT); }
 GNTTAB_QUERY_SIZE_T: Final = struct.Struct("<H2xIIh2x")
+# gnttab_copy { struct { union { grant_ref_t ref; xen_pfn_t gmfn; } u; domid_t domid;
+#                uint16_t offset; } source, dest; uint16_t len, flags; int16_t status (OUT); }
+GNTTAB_COPY_T: Final = struct.Struct("<IHHIHHHHh2x")
+# gnttab_dump_table { domid_t dom; int16_t status (OUT); }
+GNTTAB_DUMP_TABLE_T: Final = struct.Struct("<Hh")
 # The grant-mapped PTE (xen/arch/x86/mm.c, create_grant_host_mapping: GRANT_PTE_FLAGS, plus
 # _PAGE_RW unless read-only and _PAGE_USER for GNTMAP_application_map).
 GRANT_PTE_FLAGS: Final = 0x001 | 0x020 | 0x040  # _PAGE_PRESENT | _PAGE_ACCESSED | _PAGE_DIRTY
@@ -697,3 +705,6 @@ BLKIF_REQUEST_SIZE: Final = 108
 # struct blkif_response { uint64_t id; uint8_t operation; int16_t status; } (12 bytes)
 BLKIF_RESPONSE_T: Final = struct.Struct("<QBxh")
 BLKIF_RING_SIZE: Final = 32
+# The virtual device number of the tools' "hda" (tools/python/xen/util/blkif.py,
+# blkdev_name_to_number: major 3, minor 0), the frontend's device/vbd/768.
+BLKIF_VDEV_HDA: Final = 3 << 8

@@ -86,15 +86,36 @@ def inv_nowrpt(s: StateView) -> Bool:
     )
 
 
-def inv_own(s: StateView) -> Bool:
-    """INV-OWN: a present entry of a table in use names machine RAM owned by the table's owner
-    (an L1 of a privileged domain may also name a frame of another domain: FOREIGNDOM)."""
+def grant_mapped(s: StateView, f: Word, i: Word, e: Word) -> Bool:
+    """The PTE (f, i) is the host mapping of a grant handle of its table's owner for the frame
+    it names: the handle is in use for a host mapping of that frame and wrote that PTE
+    (grant_table.c __gnttab_map_grant_ref; mm.c create_grant_host_mapping)."""
+    d, h = s.owner(f), s.gnt_slot(f, i)
+    pte_l1, pte_idx = s.mt_pte(d, h)
+    return s.and_(
+        (s.mt_flags(d, h) & abi.GNTMAP_host_map) != 0,
+        s.mt_frame(d, h) == pte_get_pfn(e), pte_l1 == f, pte_idx == i,
+    )
 
-    def names_own_frame(f: Word, e: Word, foreign_ok: Bool) -> Bool:
+
+def foreign_entry(s: StateView, f: Word, e: Word) -> Bool:
+    """An entry of ``f`` naming another domain's frame, the table's owner unprivileged."""
+    return s.and_(s.owner(pte_get_pfn(e)) != s.owner(f), s.not_(s.is_privileged(s.owner(f))))
+
+
+def inv_own(s: StateView) -> Bool:
+    """INV-OWN: a present entry of a table in use names machine RAM owned by the table's owner.
+    An L1 of a privileged domain may also name a frame of another domain (FOREIGNDOM), and an
+    L1 entry may name another domain's frame when it is the host mapping of a grant handle of
+    the table's owner: no frame of another domain is mapped without a grant."""
+
+    def names_own_frame(f: Word, e: Word, foreign_ok: Callable[[], Bool] | None) -> Bool:
         target = pte_get_pfn(e)
+        if foreign_ok is None:
+            return s.and_(s.mfn_valid(target), s.owner(target) == s.owner(f))
         return s.and_(
             s.mfn_valid(target),
-            s.or_(s.owner(target) == s.owner(f), foreign_ok),
+            s.implies(s.owner(target) != s.owner(f), foreign_ok),
         )
 
     return s.forall_frames(
@@ -103,14 +124,38 @@ def inv_own(s: StateView) -> Bool:
                 in_use_table(s, f, PGT.l1_page_table),
                 lambda: s.forall_present_entries(
                     f, 0, abi.L1_PAGETABLE_ENTRIES,
-                    lambda i, e: names_own_frame(f, e, s.is_privileged(s.owner(f))),
+                    lambda i, e: names_own_frame(f, e, lambda: s.or_(
+                        s.is_privileged(s.owner(f)), grant_mapped(s, f, i, e))),
                 ),
             ),
             s.implies(
                 in_use_table(s, f, PGT.l2_page_table),
                 lambda: s.forall_present_entries(
                     f, 0, abi.L2_PAGETABLE_FIRST_XEN_SLOT,
-                    lambda i, e: names_own_frame(f, e, False),
+                    lambda i, e: names_own_frame(f, e, None),
+                ),
+            ),
+        )
+    )
+
+
+def inv_gnt_ro(s: StateView) -> Bool:
+    """INV-GNT-RO: a frame granted read-only is never mapped writable by its grantee. A writable
+    entry of an L1 in use naming another domain's frame (the table's owner unprivileged) is
+    the host mapping of a writable grant handle (GNTMAP_readonly clear); a handle is writable
+    only if the granter's entry was not GTF_readonly when Xen first write-pinned it
+    (grant_table.c, __gnttab_map_grant_ref: "Attempt to write-pin a r/o grant entry")."""
+    return s.forall_frames(
+        lambda f: s.implies(
+            in_use_table(s, f, PGT.l1_page_table),
+            lambda: s.forall_present_entries(
+                f, 0, abi.L1_PAGETABLE_ENTRIES,
+                lambda i, e: s.implies(
+                    s.and_(pte_writable(e), foreign_entry(s, f, e)),
+                    lambda: s.and_(
+                        grant_mapped(s, f, i, e),
+                        (s.mt_flags(s.owner(f), s.gnt_slot(f, i)) & abi.GNTMAP_readonly) == 0,
+                    ),
                 ),
             ),
         )
@@ -235,7 +280,7 @@ def inv_iso(s: StateView) -> Bool:
     frames reference another domain's frames. Table entries are INV-OWN (an L1 of a privileged
     domain may name a frame of FOREIGNDOM); a vCPU's base pointer and every frame of its GDT
     are valid frames of the vCPU's domain. Isolation through event channels is stated
-    separately (spec.event_spec, INV-EVT-XDOM); grant tables are not modelled yet, and the
+    separately (spec.event_spec, INV-EVT-XDOM), grant mappings by INV-OWN and INV-GNT-RO; the
     model maps no LDT frames (Xen maps them on a fault: map_ldt_shadow_page)."""
 
     def owned(v: Word, f: Word) -> Bool:
@@ -255,8 +300,12 @@ INVARIANTS: tuple[Invariant, ...] = (
               "SOSP'03 s2.1.1; xen/arch/x86/mm.c alloc_l2_table, is_guest_l2_slot", inv_hole),
     Invariant("INV-NOWRPT", "No page-table, GDT or LDT frame is mapped writable.",
               "SOSP'03 s3.3.3; mm.c get_page_from_l1e, get_linear_pagetable", inv_nowrpt),
-    Invariant("INV-OWN", "A domain's tables map only frames it owns.",
-              "mm.c get_page (owner check), get_page_from_l1e", inv_own),
+    Invariant("INV-OWN", "A domain's tables map only frames it owns, or frames granted to it.",
+              "mm.c get_page (owner check), get_page_from_l1e; grant_table.c "
+              "__gnttab_map_grant_ref; mm.c create_grant_host_mapping", inv_own),
+    Invariant("INV-GNT-RO", "A frame granted read-only is never mapped writable by its grantee.",
+              "grant_table.h GTF_readonly, GNTMAP_readonly; grant_table.c "
+              "__gnttab_map_grant_ref", inv_gnt_ro),
     Invariant("INV-PIN", "A pinned frame is a validated page table or page directory.",
               "mm.c do_mmuext_op MMUEXT_PIN_*; SOSP'03 s3.3.3", inv_pin),
     Invariant("INV-BASE", "Every vCPU's base pointer is a validated page directory it owns.",
@@ -308,6 +357,7 @@ class EnumerableState(StateView, Protocol):
     def vcpus(self) -> range: ...
     def present_entries(self, mfn: int, lo: int, hi: int) -> list[tuple[int, int]]: ...
     def descriptor_frames(self, vcpu: int) -> list[int]: ...
+    def device_refs(self) -> list[tuple[int, bool]]: ...
 
 
 def references(s: EnumerableState) -> tuple[dict[int, int], dict[int, int]]:
@@ -318,7 +368,9 @@ def references(s: EnumerableState) -> tuple[dict[int, int], dict[int, int]]:
     an L1 in use holds a general reference, and a writable type reference when RW; a present
     guest entry of a page directory in use holds a general and a type reference on the L1 (or
     linear-mapped directory) it names, except a directory's map of itself, which holds none;
-    a GDT frame installed by set_gdt holds one of each (mm.c, set_gdt / destroy_gdt).
+    a GDT frame installed by set_gdt holds one of each (mm.c, set_gdt / destroy_gdt); a grant
+    device mapping holds a general reference, and a writable type reference unless read-only
+    (grant_table.c, __gnttab_map_grant_ref); a grant host mapping's references are its PTE's.
     """
     general: dict[int, int] = {}
     typed: dict[int, int] = {}
@@ -342,6 +394,10 @@ def references(s: EnumerableState) -> tuple[dict[int, int], dict[int, int]]:
                 if pte_get_pfn(e) != f:
                     add(general, pte_get_pfn(e))
                     add(typed, pte_get_pfn(e))
+    for f, writable in s.device_refs():  # grant device mappings (grant_table.c)
+        add(general, f)
+        if writable:
+            add(typed, f)
     for v in s.vcpus():
         if s.base(v):
             add(general, s.base(v))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import z3
@@ -134,6 +134,11 @@ def bv(x: int) -> z3.BitVecRef:
     return z3.BitVecVal(x, 32)
 
 
+def _const2(x: Any) -> z3.ArrayRef:
+    """A two-dimensional array holding ``x`` everywhere (no grant state: the default)."""
+    return z3.Lambda([z3.BitVec("x", 32), z3.BitVec("k", 32)], x)
+
+
 @dataclass(frozen=True)
 class SymState:
     """One symbolic hypervisor state (every field a Z3 term)."""
@@ -164,6 +169,17 @@ class SymState:
     vcpu_domain: z3.ArrayRef  # vcpu -> domid
     privileged: z3.ArrayRef  # domid -> Bool
     xen_l2e: Callable[[Word, Word], Word]  # (domid, index) -> the entry Xen keeps there
+    # Grant tables (grant_table.c). A grantee's handles (maptrack): flags (0: free), the frame
+    # and the PTE its host mapping wrote; ghost ``gnt_slot``: which handle a PTE belongs to.
+    # Granters: their shared frames, and whether an active entry holds writable pins.
+    gnt_slot: z3.ArrayRef = field(default_factory=lambda: _const2(bv(0)))  # (frame, index) -> h
+    mt_flags: z3.ArrayRef = field(default_factory=lambda: _const2(bv(0)))  # (domid, h) -> GNTMAP_*
+    mt_frame: z3.ArrayRef = field(default_factory=lambda: _const2(bv(0)))  # (domid, h) -> frame
+    mt_l1: z3.ArrayRef = field(default_factory=lambda: _const2(bv(0)))  # (domid, h) -> PTE frame
+    mt_idx: z3.ArrayRef = field(default_factory=lambda: _const2(bv(0)))  # (domid, h) -> PTE index
+    gnt_table: z3.ArrayRef = field(default_factory=lambda: _const2(bv(0)))  # (domid, k) -> frame
+    act_w: z3.ArrayRef = field(
+        default_factory=lambda: _const2(z3.BoolVal(False)))  # (domid, ref) -> Bool
 
     @staticmethod
     def fresh(name: str) -> SymState:
@@ -189,6 +205,13 @@ class SymState:
             vcpu_domain=z3.Array("vcpu_domain", W, W),
             privileged=z3.Array("privileged", W, z3.BoolSort()),
             xen_l2e=z3.Function("xen_l2e", W, W, W),
+            gnt_slot=z3.Array(f"{name}.gnt_slot", W, W, W),
+            mt_flags=z3.Array(f"{name}.mt_flags", W, W, W),
+            mt_frame=z3.Array(f"{name}.mt_frame", W, W, W),
+            mt_l1=z3.Array(f"{name}.mt_l1", W, W, W),
+            mt_idx=z3.Array(f"{name}.mt_idx", W, W, W),
+            gnt_table=z3.Array(f"{name}.gnt_table", W, W, W),
+            act_w=z3.Array(f"{name}.act_w", W, W, z3.BoolSort()),
         )
 
     def evolve(self, **changes: Any) -> SymState:
@@ -283,6 +306,19 @@ class SymView:
 
     def gdt_referenced(self, mfn: Word) -> Bool:
         return self.s.gdt_ref[mfn]
+
+    # grant tables
+    def gnt_slot(self, mfn: Word, index: Word) -> Word:
+        return z3.Select(self.s.gnt_slot, mfn, index)
+
+    def mt_flags(self, domid: Word, handle: Word) -> Word:
+        return z3.Select(self.s.mt_flags, domid, handle)
+
+    def mt_frame(self, domid: Word, handle: Word) -> Word:
+        return z3.Select(self.s.mt_frame, domid, handle)
+
+    def mt_pte(self, domid: Word, handle: Word) -> tuple[Word, Word]:
+        return z3.Select(self.s.mt_l1, domid, handle), z3.Select(self.s.mt_idx, domid, handle)
 
     # quantifiers
     def forall_frames(self, body: Callable[[Word], Bool]) -> Bool:
