@@ -69,6 +69,7 @@ GUESTS = [
     ("time", ["time/vcpu_time_info", "time/wallclock"]),
     ("ring", ["io/ring", "event_channel_op/send", "event/upcall"]),
     ("xenstore", ["io/xenstore", "start_of_day", "event_channel_op/send", "sched_op"]),
+    ("consring", ["io/console_ring", "start_of_day", "event_channel_op/send"]),
 ]
 
 

@@ -239,7 +239,7 @@ def build_domain(
     p2m_pages = -(-nr_pages * 4 // abi.PAGE_SIZE)
     p2m_pfn = kernel_pages
     start_info_pfn = p2m_pfn + p2m_pages
-    store_pfn = start_info_pfn + 1  # then the console frame, start_info_pfn + 2
+    store_pfn, console_pfn = start_info_pfn + 1, start_info_pfn + 2
     stack_pfn = start_info_pfn + (3 if devices else 1)
     used = stack_pfn + 1
     # Page tables: one L2 plus one L1 per 4 MB mapped; round the region to 4 MB with 512 KB
@@ -292,6 +292,9 @@ def build_domain(
         store_mfn = mfns[store_pfn]
         put(abi.START_INFO_store_mfn, store_mfn)
         put(abi.START_INFO_store_evtchn, pv.xenstore.introduce(d, store_mfn))
+        console_mfn = mfns[console_pfn]
+        put(abi.START_INFO_console_mfn, console_mfn)
+        put(abi.START_INFO_console_evtchn, pv.consrings.attach(d, console_mfn))
     cmd = cmdline.encode()[: abi.MAX_GUEST_CMDLINE - 1]
     si[abi.START_INFO_cmd_line : abi.START_INFO_cmd_line + len(cmd)] = cmd
     write_va(si_va, bytes(si))

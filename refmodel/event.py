@@ -26,8 +26,8 @@ the guest's data segments faults, which this model's ring entry cannot do.
 
 Not modelled: physical IRQs (bind_pirq checks the range, -EINVAL, then refuses every pirq with
 -EPERM as irq_access_permitted does for a domain granted none), ACM hooks (the dummy policy
-allows everything), SCHEDOP_poll's per-vCPU polling flags (the scheduler asks
-``port_pending``).
+allows everything). SCHEDOP_poll's flags are the scheduler's: it asks ``port_pending``, and
+every newly pending event wakes the domain's polling vCPUs (``wake_polling``).
 """
 
 from __future__ import annotations
@@ -335,6 +335,9 @@ class Events:
             return
         if not self._test(d, abi.SHARED_INFO_evtchn_mask, port):
             self._mark_selector(v, port)
+        wake_polling = getattr(self.pv.sched, "wake_polling", None)
+        if wake_polling is not None:
+            wake_polling(d)  # vCPUs polling are woken even when the selector was set
 
     def _mark_selector(self, v: Vcpu, port: int) -> None:
         sel = self.pv.vcpu_info_maddr(v) + abi.VCPU_INFO_evtchn_pending_sel

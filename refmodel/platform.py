@@ -66,6 +66,9 @@ class PVPlatform:
         from xenspec.refmodel.xenstore import XenStore
 
         self.xenstore = XenStore(self)
+        from xenspec.refmodel.consring import ConsoleRings
+
+        self.consrings = ConsoleRings(self)  # the PV console rings (xenconsoled)
         hv.arch_vcpu = self.arch
 
     def arch(self, v: Vcpu) -> ArchVcpu:

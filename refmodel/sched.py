@@ -93,6 +93,7 @@ class VcpuSched:
     lastschd: int = 0
     blocked: bool = False
     poll_deadline: int | None = None  # the poll timer (absolute ns), while polling
+    polling: bool = False  # _VCPUF_polling: blocked in SCHEDOP_poll
 
 
 @dataclass
@@ -189,9 +190,17 @@ class Sched:
         e = self.vcpus.get((v.domain.domain_id, v.vcpu_id))
         if e is None or not e.blocked:
             return
-        e.blocked = False
+        e.blocked = e.polling = False
         e.poll_deadline = None
         self._bvt_wake(e)
+
+    def wake_polling(self, d: Domain) -> None:
+        """evtchn_set_pending's last step: an event for ``d`` wakes its vCPUs blocked in
+        SCHEDOP_poll, whatever the selector and mask bits say (_DOMF_polling)."""
+        for v in d.vcpus:
+            e = self.vcpus.get((d.domain_id, v.vcpu_id))
+            if e is not None and e.polling:
+                self.wake(v)
 
     def pause(self, d: Domain) -> None:
         """domain_pause_by_systemcontroller: none of ``d``'s vCPUs runs until unpaused."""
@@ -433,7 +442,7 @@ class Sched:
                     and events.port_pending(v.domain, port):
                 return 0
         e = self.entry(v)
-        e.blocked = True
+        e.blocked = e.polling = True
         e.poll_deadline = timeout if timeout != 0 else None
         return 0
 

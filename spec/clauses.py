@@ -188,6 +188,10 @@ CLAUSES: tuple[Clause, ...] = (
            "io/xs_wire.h xenstore_domain_interface, xsd_sockmsg; xc_linux_build.c setup_guest "
            "(store frame); xenstored_core.c process_message, get_node, perm_for_conn; "
            "xenstored_domain.c readchn, check_indexes"),
+    Clause("io/console_ring", _B, "The PV console: output and input over the console ring, "
+           "free-running indexes, hostile indexes ignored",
+           "io/console.h xencons_interface, MASK_XENCONS_IDX; xc_linux_build.c setup_guest "
+           "(console frame); tools/console/daemon/io.c buffer_append, handle_tty_read"),
     Clause("INV-EVT-PORT", _I, "Port states are consistent with the ports and VIRQ tables",
            "event_channel.c get_free_port, evtchn_init, evtchn_bind_virq, __evtchn_close",
            f"{_EV}:inv_evt_port"),

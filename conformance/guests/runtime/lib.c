@@ -75,11 +75,14 @@ int vsnprintf(char *buf, size_t size, const char *fmt, va_list ap)
 int snprintf(char *buf, size_t size, const char *fmt, ...)
 { va_list ap; va_start(ap, fmt); int n = vsnprintf(buf, size, fmt, ap); va_end(ap); return n; }
 
+int printk_ring;
 static void vprintk(const char *fmt, va_list ap)
 {
     char buf[512];
     int n = vsnprintf(buf, sizeof(buf), fmt, ap);
     if (n > (int)sizeof(buf) - 1) n = sizeof(buf) - 1;
+    if (printk_ring && xencons_write(buf, (u32)n) >= 0)
+        return;
     HYPERVISOR_console_io(CONSOLEIO_write, (u32)n, buf);
 }
 void printk(const char *fmt, ...) { va_list ap; va_start(ap, fmt); vprintk(fmt, ap); va_end(ap); }
@@ -502,4 +505,45 @@ int xenstore_write(const char *path, const char *value)
 {
     int rc = xenstore_talk(XS_WRITE, path, value, NULL, 0);
     return rc < 0 ? rc : 0;
+}
+
+/* ---- the console ring (io/console.h, struct xencons_interface) ------------------------ */
+#define CONS_IDX(page, off) (*(volatile u32 *)((page) + (off)))
+int xencons_write(const char *buf, u32 len)
+{
+    if (!si_u32(START_INFO_console_mfn))
+        return -ENODEV;
+    volatile u8 *page = mfn_to_virt(si_u32(START_INFO_console_mfn));
+    u32 port = si_u32(START_INFO_console_evtchn), done = 0;
+    while (done < len) {
+        u32 cons = CONS_IDX(page, XENCONS_out_cons), prod = CONS_IDX(page, XENCONS_out_prod);
+        if (prod - cons >= XENCONS_OUT_SIZE) {      /* full: wait for the daemon to take it */
+            evtchn_clear(port);
+            if (CONS_IDX(page, XENCONS_out_cons) == cons)
+                evtchn_wait(port);
+            continue;
+        }
+        while (done < len && prod - cons < XENCONS_OUT_SIZE)
+            page[XENCONS_out + (prod++ & (XENCONS_OUT_SIZE - 1))] = buf[done++];
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);   /* the bytes before the index */
+        CONS_IDX(page, XENCONS_out_prod) = prod;
+        evtchn_send(port);
+    }
+    return (int)len;
+}
+
+int xencons_read(char *buf, u32 len)
+{
+    if (!si_u32(START_INFO_console_mfn))
+        return -ENODEV;
+    volatile u8 *page = mfn_to_virt(si_u32(START_INFO_console_mfn));
+    u32 cons = CONS_IDX(page, XENCONS_in_cons), prod = CONS_IDX(page, XENCONS_in_prod), n = 0;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    while (n < len && cons != prod)
+        buf[n++] = page[XENCONS_in + (cons++ & (XENCONS_IN_SIZE - 1))];
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    CONS_IDX(page, XENCONS_in_cons) = cons;
+    if (n)
+        evtchn_send(si_u32(START_INFO_console_evtchn));
+    return (int)n;
 }

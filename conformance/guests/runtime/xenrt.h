@@ -153,6 +153,10 @@ void evtchn_wait(u32 port);         /* poll the port with upcalls masked, then c
 int xenstore_talk(u32 type, const char *path, const char *value, char *buf, u32 len);
 int xenstore_read(const char *path, char *buf, u32 len);  /* the value's length or -errno */
 int xenstore_write(const char *path, const char *value);  /* 0 or -errno */
+/* The console ring: write all of buf (waiting for room); read what has arrived (no wait). */
+int xencons_write(const char *buf, u32 len);              /* len, or -ENODEV without a ring */
+int xencons_read(char *buf, u32 len);                     /* bytes read, or -ENODEV */
+extern int printk_ring;             /* nonzero: printk writes through the console ring */
 
 /* Each test kernel provides this. */
 void test_main(void);
