@@ -56,6 +56,16 @@ class GuestLevel(Protocol):
         ...
 
 
+@runtime_checkable
+class DiskGuestLevel(Protocol):
+    """Optional: boot a guest with a virtual block device (blkif, vbd 768; with Xen, an xl
+    ``disk=`` line) backed by an image file."""
+
+    def boot_guest_with_disk(self, elf: Path, cmdline: str, timeout_s: float,
+                             disk: Path) -> GuestRun:
+        ...
+
+
 @dataclass(frozen=True)
 class FrameInfo:
     """One machine frame, as Xen's ``struct page_info`` holds it."""

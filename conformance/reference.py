@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from xenspec.conformance.adapter import DomainInfo, FrameInfo, GuestRun
-from xenspec.refmodel.boot import boot
+from xenspec.refmodel.boot import Machine, boot
 from xenspec.refmodel.builder import DEFAULT_VIRT_BASE, build_initial_tables
 from xenspec.refmodel.domain import Domain
 from xenspec.refmodel.hypervisor import HYPERCALL_NAMES, HYPERCALL_NUMBERS, Hypervisor
@@ -46,6 +46,18 @@ class ReferenceImplementation:
                  devices=True)  # store and console rings, as Xen's tools give every guest
         calls = Counter(HYPERCALL_NAMES.get(t.nr, str(t.nr)) for t in r.trace)
         return GuestRun(r.console, r.reason.name if r.reason else None, r.crash_reason or "",
+                        dict(calls))
+
+    def boot_guest_with_disk(self, elf: Path, cmdline: str, timeout_s: float,
+                             disk: Path) -> GuestRun:
+        m = Machine(GUEST_MACHINE_MB, trace=True, setup=self.setup, devices=True)
+        d = m.add_guest(str(elf), GUEST_DOMAIN_MB, cmdline)
+        m.attach_disk(d.domain_id, str(disk))
+        m.run(timeout_s=timeout_s)
+        r = m.result(d)
+        calls = Counter(HYPERCALL_NAMES.get(t.nr, str(t.nr)) for t in r.trace)
+        detail = "; ".join([r.crash_reason or "", *(x for dev in m.disks for x in dev.messages)])
+        return GuestRun(r.console, r.reason.name if r.reason else None, detail.strip("; "),
                         dict(calls))
 
     # --- hypercall level: the machine ----------------------------------------------------------

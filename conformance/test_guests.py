@@ -8,10 +8,12 @@ needs ``gcc -m32`` and ``ld``; without them these tests are skipped.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from xenspec.conformance import coverage
-from xenspec.conformance.adapter import GuestLevel, GuestRun
+from xenspec.conformance.adapter import DiskGuestLevel, GuestLevel, GuestRun
 from xenspec.conformance.guests.build import build_guest, toolchain_available
 
 RUN_ORDER = 1  # after the hypercall-level tests, before the differential suite
@@ -88,6 +90,33 @@ def test_shutdown_reason(guest_impl: GuestLevel, cmdline: str, reason: str) -> N
     """sched.h SHUTDOWN_*: the reason a kernel gives is the reason the domain stops with."""
     run = boot(guest_impl, "shutdown_reasons", cmdline)
     assert run.shutdown == reason, f"sched_op shutdown {cmdline}: got {run.shutdown}"
+
+
+# The block-device front end, given a disk by implementations that can (DiskGuestLevel): the
+# default mode writes and reads back a pattern; the others send requests the back end must
+# refuse, and the image must come back unchanged.
+DISK_MODES = [
+    ("", ["io/blkif", "io/ring", "io/xenstore", "event_channel_op/alloc_unbound"]),
+    ("hostile", ["io/blkif/errors", "io/blkif"]),
+    ("overflow", ["io/blkif/errors", "io/ring"]),
+]
+
+
+@pytest.mark.parametrize(
+    "mode", [pytest.param(m, marks=pytest.mark.clauses(*c), id=m or "write-read")
+             for m, c in DISK_MODES])
+def test_block_device_kernel(guest_impl: GuestLevel, tmp_path: Path, mode: str) -> None:
+    if not isinstance(guest_impl, DiskGuestLevel):
+        pytest.skip("the implementation offers no block device")
+    image = tmp_path / "disk.img"
+    original = bytes((i * 31 + (i >> 9)) & 0xFF for i in range(256 * 512))
+    image.write_bytes(original)
+    run = guest_impl.boot_guest_with_disk(build_guest("blkfront"), mode, HANG_GUARD_S, image)
+    for call, times in run.hypercalls.items():
+        coverage.called(call, times)
+    verdict(run, f"blkfront {mode or 'write-read'}")
+    if mode:
+        assert image.read_bytes() == original, f"blkfront {mode}: the image changed"
 
 
 # Each hostile kernel breaks one rule of the interface; the hypervisor must crash it.

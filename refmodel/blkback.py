@@ -29,13 +29,17 @@ see ``VbdDevice`` below.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
 from xenspec.refmodel.ring import BackRing, RingMemory, RingOverflow, SharedRing
 from xenspec.spec import abi
+
+if TYPE_CHECKING:
+    from xenspec.refmodel.platform import PVPlatform
 
 SECTORS_PER_FRAME = abi.PAGE_SIZE // abi.BLKIF_SECTOR_SIZE
 _SEG = abi.BLKIF_REQUEST_SEGMENT_T
@@ -250,3 +254,151 @@ class BlkifRing:
                 self.log(f"blkback: domain {self.frontend}: I/O error: {exc}")
             return abi.BLKIF_RSP_ERROR
         return abi.BLKIF_RSP_OKAY
+
+
+# ------------------------------------------------------------------------------------------------
+# The device and its handshake (xenbus, as Linux's blkfront and blkback do it, smallest form).
+# ------------------------------------------------------------------------------------------------
+def frontend_path(domid: int, vdev: int = abi.BLKIF_VDEV_HDA) -> str:
+    return f"/local/domain/{domid}/device/vbd/{vdev}"
+
+
+def backend_path(backend: int, domid: int, vdev: int = abi.BLKIF_VDEV_HDA) -> str:
+    return f"/local/domain/{backend}/backend/vbd/{domid}/{vdev}"
+
+
+class _BackendGrants:
+    """GrantMapper over ``pv.grants`` with the backend domain's vCPU (host_addr 0: a device
+    mapping only)."""
+
+    def __init__(self, pv: PVPlatform) -> None:
+        self.grants = pv.grants
+        self.v = pv.backends.vcpu()
+
+    def map(self, flags: int, ref: int, dom: int) -> tuple[int, int, int]:
+        return self.grants.map_grant_ref(self.v, 0, flags, ref, dom)
+
+    def unmap(self, dev_bus_addr: int, handle: int) -> int:
+        return self.grants.unmap_grant_ref(self.v, 0, dev_bus_addr, handle)
+
+
+class VbdDevice:
+    """Virtual block device ``vdev`` of domain ``domid``, backed by ``image``.
+
+    The tools' part (``attach``): the frontend's ``device/vbd/<vdev>/{backend, backend-id,
+    virtual-device, state}`` and the backend directory ``backend/vbd/<domid>/<vdev>`` with
+    ``frontend``, ``frontend-id``, readable by the front end. The back end's part: it writes
+    ``sectors``, ``info`` (VDISK_READONLY), ``sector-size``, ``feature-barrier`` and ``state`` =
+    InitWait, and watches the front end's ``state``. When that becomes Initialised it reads
+    ``ring-ref`` and ``event-channel`` (untrusted text), maps the ring's grant, binds the event
+    channel and listens on it, and sets ``state`` = Connected. A front end that closes
+    (Closing, Closed) is disconnected. A failure along the way is logged, the back end's
+    ``state`` becomes Closing (Linux's xenbus_dev_fatal) and nothing is connected."""
+
+    def __init__(self, pv: PVPlatform, domid: int, image: DiskImage,
+                 vdev: int = abi.BLKIF_VDEV_HDA, barrier: bool = True,
+                 log: Callable[[str], None] | None = None) -> None:
+        from xenspec.refmodel.backend import BACKEND_DOMID
+
+        self.pv = pv
+        self.store = pv.xenstore
+        self.domid = domid
+        self.image = image
+        self.vdev = vdev
+        self.barrier = barrier
+        self.messages: list[str] = []
+        self._log = log
+        self.backend = BACKEND_DOMID
+        self.fe = frontend_path(domid, vdev)
+        self.be = backend_path(BACKEND_DOMID, domid, vdev)
+        self.ring: BlkifRing | None = None
+        self.port = 0
+        self._ring_map: tuple[int, int] | None = None  # (handle, dev_bus_addr)
+
+    def log(self, text: str) -> None:
+        self.messages.append(text)
+        if self._log is not None:
+            self._log(text)
+
+    # --- the tools and the back end's probe ----------------------------------------------------
+    def attach(self) -> None:
+        s, be, fe, me = self.store, self.be, self.fe, self.backend
+        s.mkdir(me, be)
+        s.set_perms(be, me, {self.domid: abi.XS_PERM_READ})
+        s.write(me, f"{be}/frontend", fe)
+        s.write(me, f"{be}/frontend-id", str(self.domid))
+        s.mkdir(me, fe)
+        s.set_perms(fe, self.domid, {me: abi.XS_PERM_READ})
+        s.write(me, f"{fe}/backend", be)
+        s.write(me, f"{fe}/backend-id", str(me))
+        s.write(me, f"{fe}/virtual-device", str(self.vdev))
+        s.write(me, f"{fe}/state", str(abi.XenbusStateInitialising))
+        s.write(me, f"{be}/sectors", str(self.image.sectors))
+        s.write(me, f"{be}/info", str(abi.VDISK_READONLY if self.image.readonly else 0))
+        s.write(me, f"{be}/sector-size", str(abi.BLKIF_SECTOR_SIZE))
+        s.write(me, f"{be}/feature-barrier", "1" if self.barrier else "0")
+        s.write(me, f"{be}/state", str(abi.XenbusStateInitWait))
+        s.watch(f"{fe}/state", self._frontend_changed)
+
+    def _read_int(self, path: str) -> int | None:
+        raw = self.store.read(self.backend, path)
+        try:
+            value = int(raw.decode("ascii")) if raw is not None and len(raw) <= 12 else None
+        except (UnicodeDecodeError, ValueError):
+            value = None
+        return value if value is not None and 0 <= value <= 0xFFFFFFFF else None
+
+    def _set_state(self, state: int) -> None:
+        self.store.write(self.backend, f"{self.be}/state", str(state))
+
+    def _frontend_changed(self, _path: str) -> None:
+        state = self._read_int(f"{self.fe}/state")
+        if state == abi.XenbusStateInitialised and self.ring is None:
+            self.connect()
+        elif state in (abi.XenbusStateClosing, abi.XenbusStateClosed) and self.ring is not None:
+            self.disconnect()
+            self._set_state(abi.XenbusStateClosed)
+
+    def _fatal(self, why: str) -> None:
+        self.log(f"blkback: vbd {self.vdev} of domain {self.domid}: {why}")
+        self._set_state(abi.XenbusStateClosing)
+
+    # --- connect (blkback's connect_ring and blkif_map) ---------------------------------------
+    def connect(self) -> None:
+        from xenspec.refmodel.event import EventError
+
+        ring_ref = self._read_int(f"{self.fe}/ring-ref")
+        evtchn = self._read_int(f"{self.fe}/event-channel")
+        if ring_ref is None or evtchn is None:
+            self._fatal("reading ring-ref and event-channel from the front end failed")
+            return
+        grants = _BackendGrants(self.pv)
+        status, handle, bus = grants.map(abi.GNTMAP_device_map, ring_ref, self.domid)
+        if status != abi.GNTST_okay:
+            self._fatal(f"mapping ring-ref {ring_ref} failed: GNTST {status}")
+            return
+        try:
+            port = self.pv.events.bind_interdomain(self.pv.backends.vcpu(), self.domid, evtchn)
+        except EventError as exc:
+            grants.unmap(bus, handle)
+            self._fatal(f"binding event channel {evtchn} failed: -{exc.errno}")
+            return
+        self._ring_map, self.port = (handle, bus), port
+        self.ring = BlkifRing(self.pv.hv.memory, bus, self.domid, self.image, grants,
+                              lambda: self.pv.backends.notify(port), self.log,
+                              barrier=self.barrier)
+        self.pv.backends.listen(port, self.ring.kick)
+        self._set_state(abi.XenbusStateConnected)
+
+    def disconnect(self) -> None:
+        if self.ring is None:
+            return
+        from xenspec.refmodel.event import EventError
+
+        self.pv.backends.unlisten(self.port)
+        with contextlib.suppress(EventError):  # the front end may have closed its end
+            self.pv.events.close(self.pv.backends.domain(), self.port)
+        if self._ring_map is not None:
+            handle, bus = self._ring_map
+            _BackendGrants(self.pv).unmap(bus, handle)
+        self.ring, self._ring_map, self.port = None, None, 0

@@ -27,6 +27,7 @@ from xenspec.refmodel.hypervisor import (
 from xenspec.refmodel.platform import STUB_VIRT, PVPlatform, gdt_virt_start
 
 if TYPE_CHECKING:
+    from xenspec.refmodel.blkback import VbdDevice
     from xenspec.refmodel.cpu import UnicornCPU
 
 _RESULT = re.compile(rb"Test result: (SUCCESS|SKIP|ERROR|FAILURE)")
@@ -91,6 +92,7 @@ class Machine:
         hv.hypercall_table.update(self.memop.hypercalls())
         self.domctl = DomCtl(self)
         self.cpus: dict[int, UnicornCPU] = {}
+        self.disks: list[VbdDevice] = []  # attach_disk
         self.violations: list[str] = []
         self.check_invariants = check_invariants
         self.stop = ""
@@ -131,6 +133,21 @@ class Machine:
         if not paused:
             pv.sched.unpause(d)
         return d
+
+    def attach_disk(self, domid: int, path: str, readonly: bool = False,
+                    barrier: bool = True) -> VbdDevice:
+        """Give domain ``domid`` a virtual block device (blkif, vbd 768) backed by the image
+        file ``path`` and served by the backend domain (refmodel/blkback.py): the tools'
+        xenstore keys and the back end waiting for the front end. ImageError for an image
+        that cannot be used; ValueError for a domain without a store (``devices``)."""
+        from xenspec.refmodel.blkback import DiskImage, VbdDevice
+
+        if domid not in self.hv.domains or domid not in self.pv.xenstore.conns:
+            raise ValueError(f"domain {domid} does not exist or has no store ring")
+        dev = VbdDevice(self.pv, domid, DiskImage(path, readonly), barrier=barrier)
+        dev.attach()
+        self.disks.append(dev)
+        return dev
 
     def run(self, until_ns: int | None = None, timeout_s: float = 0.0) -> str:
         """Run until every domain has stopped or nothing can run (see ``Sched.run``); raise

@@ -192,6 +192,15 @@ CLAUSES: tuple[Clause, ...] = (
            "free-running indexes, hostile indexes ignored",
            "io/console.h xencons_interface, MASK_XENCONS_IDX; xc_linux_build.c setup_guest "
            "(console frame); tools/console/daemon/io.c buffer_append, handle_tty_read"),
+    Clause("io/blkif", _B, "The virtual block device: the xenbus handshake, reads and writes "
+           "over a ring of requests with granted data frames, served from the disk image",
+           "SOSP'03 s3.3.1 (disk); io/blkif.h (3.0.4) blkif_request, blkif_response, "
+           "BLKIF_OP_*; Linux blkback dispatch_rw_block_io, connect_ring; blkfront "
+           "talk_to_backend"),
+    Clause("io/blkif/errors", _B, "Bad block requests get error responses and never reach the "
+           "image; a malformed ring is no longer served",
+           "io/blkif.h BLKIF_RSP_ERROR, BLKIF_RSP_EOPNOTSUPP; Linux blkback "
+           "dispatch_rw_block_io (fail_response), vbd_translate; RING_REQUEST_PROD_OVERFLOW"),
     Clause("INV-EVT-PORT", _I, "Port states are consistent with the ports and VIRQ tables",
            "event_channel.c get_free_port, evtchn_init, evtchn_bind_virq, __evtchn_close",
            f"{_EV}:inv_evt_port"),

@@ -9,17 +9,23 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from xenspec.cli import main
+from xenspec.conformance.guests.build import build_guest, toolchain_available
 from xenspec.refmodel.blkback import (
     BlkifRequest,
     BlkifRing,
     DiskImage,
     ImageError,
     Segment,
+    VbdDevice,
     unpack_response,
 )
+from xenspec.refmodel.boot import BootResult, Machine
+from xenspec.refmodel.domain import ShutdownReason
 from xenspec.refmodel.memory import MachineMemory
 from xenspec.refmodel.ring import FrontRing, SharedRing
 from xenspec.spec import abi
@@ -262,3 +268,102 @@ def test_any_request_bytes_never_crash_or_write_out_of_place(tmp_path: Path, raw
         fill = {ref: bytes([0xC0 | ref]) for ref in range(4)} | {20: b"\0"}
         assert disk[lo:hi] == b"".join(fill[s.gref] * s.nsec * SECTOR for s in req.segments)
     assert not rig.grants.mapped
+
+
+# --- the blkfront guest kernel against the model's back end ----------------------------------
+needs_gcc = pytest.mark.skipif(not toolchain_available(), reason="needs gcc -m32 and ld")
+DISK_SECTORS = 256
+# blkfront.c's three requests: (first disk sector, sectors).
+WRITTEN = [(2, 15), (40, 11), (60, 6)]
+
+
+def guest_pattern(sector: int, o: int) -> int:
+    """blkfront.c, pattern(): byte o of disk sector s."""
+    return ((sector * 13 + o * 7 + (o >> 8)) ^ 0x5A) & 0xFF
+
+
+def run_blkfront(tmp: Path, cmdline: str = "", readonly: bool = False
+                 ) -> tuple[BootResult, bytes, bytes, VbdDevice]:
+    image = tmp / "disk.img"
+    original = bytes((i * 31 + (i >> 9)) & 0xFF for i in range(DISK_SECTORS * SECTOR))
+    image.write_bytes(original)
+    m = Machine(64, devices=True)
+    d = m.add_guest(str(build_guest("blkfront")), 16, cmdline)
+    dev = m.attach_disk(d.domain_id, str(image), readonly=readonly)
+    m.run(timeout_s=120)
+    dev.image.file.flush()
+    return m.result(d), image.read_bytes(), original, dev
+
+
+@needs_gcc
+def test_guest_writes_land_at_their_offsets(tmp_path: Path) -> None:
+    r, disk, original, dev = run_blkfront(tmp_path)
+    assert r.test_result == "SUCCESS", r.console
+    assert len(disk) == len(original), "the image keeps its size"
+    expect = bytearray(original)
+    for first, n in WRITTEN:
+        for s in range(first, first + n):
+            expect[s * SECTOR : (s + 1) * SECTOR] = bytes(
+                guest_pattern(s, o) for o in range(SECTOR))
+    for s in range(DISK_SECTORS):
+        assert disk[s * SECTOR : (s + 1) * SECTOR] == expect[s * SECTOR : (s + 1) * SECTOR], (
+            f"sector {s}")
+    assert dev.ring is not None and dev.ring.broken is None
+    assert dev.store.read(dev.backend, f"{dev.be}/state") == b"4"
+    assert not dev.messages
+
+
+@needs_gcc
+def test_guest_hostile_requests_get_errors_and_leave_the_image(tmp_path: Path) -> None:
+    r, disk, original, dev = run_blkfront(tmp_path, "hostile")
+    assert r.test_result == "SUCCESS", r.console
+    assert r.reason is ShutdownReason.poweroff
+    assert disk == original
+    assert dev.ring is not None and dev.ring.stats.errors == dev.ring.stats.requests == 10
+
+
+@needs_gcc
+def test_guest_malformed_ring_is_given_up(tmp_path: Path) -> None:
+    r, disk, original, dev = run_blkfront(tmp_path, "overflow")
+    assert r.test_result == "SUCCESS", r.console
+    assert disk == original
+    assert dev.ring is not None and dev.ring.broken is not None
+    assert any("malformed ring" in m for m in dev.messages)
+
+
+@needs_gcc
+def test_guest_on_a_read_only_disk(tmp_path: Path) -> None:
+    """The writes of the pattern fail on a read-only disk: the guest reports FAILURE and the
+    image is intact."""
+    r, disk, original, dev = run_blkfront(tmp_path, readonly=True)
+    assert dev.store.read(dev.backend, f"{dev.be}/info") == str(abi.VDISK_READONLY).encode()
+    assert r.test_result == "FAILURE" and "writes: -1 -1" in r.console
+    assert disk == original
+
+
+def test_attach_needs_a_store(tmp_path: Path) -> None:
+    (tmp_path / "d.img").write_bytes(bytes(SECTOR))
+    m = Machine(32)
+    with pytest.raises(ValueError):
+        m.attach_disk(0, str(tmp_path / "d.img"))
+
+
+@needs_gcc
+@pytest.mark.parametrize("which", ["missing", "directory"])
+def test_cli_disk_errors_are_one_line(tmp_path: Path, which: str) -> None:
+    path = tmp_path / "missing.img" if which == "missing" else tmp_path
+    res = CliRunner().invoke(main, ["run", "--disk", str(path), str(build_guest("hello"))])
+    assert res.exit_code == 2
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "cannot open disk image" in lines[0], res.output
+
+
+@needs_gcc
+def test_cli_runs_the_guest_with_a_disk(tmp_path: Path) -> None:
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(DISK_SECTORS * SECTOR))
+    res = CliRunner().invoke(main, ["run", "--disk", str(image), str(build_guest("blkfront"))])
+    assert res.exit_code == 0, res.output
+    assert "Test result: SUCCESS" in res.output
+    assert image.read_bytes()[2 * SECTOR : 3 * SECTOR] == bytes(
+        guest_pattern(2, o) for o in range(SECTOR))

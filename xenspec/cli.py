@@ -40,9 +40,12 @@ def main() -> None:
                    "guests: the n-th goes to the n-th GUEST.")
 @click.option("--timeout", "timeout_s", default=0.0, type=click.FloatRange(0),
               help="Stop guests that have not shut down after this many seconds (0: never).")
+@click.option("--disk", default=None, metavar="IMAGE",
+              help="Give the first GUEST a virtual block device (blkif, vbd 768) backed by "
+                   "this image file.")
 def run(guests: tuple[str, ...], scenario: str | None, trace: bool, check_invariants: bool,
         memory_mb: int, domain_mb: int | None, cmdlines: tuple[str, ...],
-        timeout_s: float) -> None:
+        timeout_s: float, disk: str | None) -> None:
     """Boot each GUEST (a Xen 3.0 x86_32 non-PAE kernel ELF) as a domain of one machine
     (domain ids 0, 1, ... in order), share the CPU between them (borrowed virtual time),
     print their consoles (with several guests each line starts with [dN]) and exit with their
@@ -69,6 +72,8 @@ def run(guests: tuple[str, ...], scenario: str | None, trace: bool, check_invari
         raise click.UsageError("give GUESTs or a --scenario, not both")
     if len(cmdlines) > max(len(guests), 1):
         raise click.UsageError(f"{len(cmdlines)} --cmdline for {len(guests)} guest(s)")
+    if disk is not None and scenario is not None:
+        raise click.UsageError("--disk needs GUESTs, not a --scenario")
     if scenario == "mmu":
         _run_mmu_scenario(trace, check_invariants, memory_mb, domain_mb or 64)
         return
@@ -80,7 +85,7 @@ def run(guests: tuple[str, ...], scenario: str | None, trace: bool, check_invari
     elif not guests:
         guests = (_built_guest("demo"),)
     sys.exit(_run_guests(list(guests), list(cmdlines), trace, memory_mb, domain_mb or 16,
-                         timeout_s, check_invariants, stats))
+                         timeout_s, check_invariants, stats, disk))
 
 
 def _built_guest(name: str) -> str:
@@ -125,7 +130,9 @@ class _Consoles:
 
 
 def _run_guests(paths: list[str], cmdlines: list[str], trace: bool, memory_mb: int,
-                domain_mb: int, timeout_s: float, check_invariants: bool, stats: bool) -> int:
+                domain_mb: int, timeout_s: float, check_invariants: bool, stats: bool,
+                disk: str | None = None) -> int:
+    from xenspec.refmodel.blkback import ImageError
     from xenspec.refmodel.boot import Machine
     from xenspec.refmodel.builder import BuildError
     from xenspec.refmodel.hypervisor import HypercallRecord, HypervisorBug
@@ -141,9 +148,15 @@ def _run_guests(paths: list[str], cmdlines: list[str], trace: bool, memory_mb: i
     try:
         m = Machine(memory_mb, trace=trace, console=consoles.write,
                     on_trace=on_trace if trace else None, check_invariants=check_invariants)
-        domains = [m.add_guest(p, domain_mb, cmdlines[i] if i < len(cmdlines) else "")
+        domains = [m.add_guest(p, domain_mb, cmdlines[i] if i < len(cmdlines) else "",
+                               devices=True if disk is not None and i == 0 else None)
                    for i, p in enumerate(paths)]
+        if disk is not None:
+            m.attach_disk(domains[0].domain_id, disk)
         m.run(timeout_s=timeout_s)
+    except ImageError as exc:
+        click.echo(f"xenspec: {exc}", err=True)
+        return 2
     except BuildError as exc:
         click.echo(f"xenspec: cannot build the domain: {exc}", err=True)
         return 2
@@ -151,6 +164,9 @@ def _run_guests(paths: list[str], cmdlines: list[str], trace: bool, memory_mb: i
         click.echo(f"xenspec: BUG in the reference hypervisor: {exc}", err=True)
         return 70
     consoles.flush()
+    for dev in m.disks:
+        for line in dev.messages:
+            click.echo(f"(XEN) {line}", err=True)
     statuses = [_report_domain(m, d) for d in domains]
     if stats:
         _report_schedule(m)

@@ -105,7 +105,8 @@ static inline u32 ring_unconsumed_responses(const struct front_ring *r)
     return n > r->req_prod_pvt - r->rsp_cons ? RING_OVERFLOW : n;
 }
 
-/* Copy out the response at rsp_cons and advance (call only when one is unconsumed). */
+/* Copy the response at rsp_cons into out (entry_size bytes) and advance; call only when
+ * one is unconsumed. */
 static inline void ring_take_response(struct front_ring *r, void *out)
 {
     memcpy(out, ring_slot(r->sring, r->nr_ents, r->entry_size, r->rsp_cons), r->entry_size);
@@ -136,6 +137,8 @@ static inline u32 ring_unconsumed_requests(const struct back_ring *r)
     return req < rsp ? req : rsp;
 }
 
+/* Copy the request at req_cons into out (entry_size bytes) and advance: the back end acts on
+ * its copy, never on the shared slot again. */
 static inline void ring_take_request(struct back_ring *r, void *out)
 {
     memcpy(out, ring_slot(r->sring, r->nr_ents, r->entry_size, r->req_cons), r->entry_size);
