@@ -92,6 +92,9 @@ class ImplementationView(ConcreteLogic):
     def mt_flags(self, domid: int, handle: int) -> int:
         return 0
 
+    def mt_dom(self, domid: int, handle: int) -> int:
+        return 0
+
     def mt_frame(self, domid: int, handle: int) -> int:
         return 0
 

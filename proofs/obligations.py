@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import z3
 
-from xenspec.spec import abi, cpu_spec, event_spec, mm_spec, symbolic
+from xenspec.spec import abi, cpu_spec, event_spec, grant_spec, mm_spec, symbolic
 from xenspec.spec.invariants import Invariant, proof_invariants
 from xenspec.spec.mm_spec import Transition
+from xenspec.spec.pagetable import PGT, pte_get_pfn, pte_present
 from xenspec.spec.symbolic import SymState, SymView, bv
 
 SpecBuilder = Callable[[SymState], Transition]
@@ -111,6 +112,27 @@ def _update_descriptor(s: SymState) -> Transition:
     return cpu_spec.spec_update_descriptor(s, v, pa, lo, hi)
 
 
+def _map_grant_ref(by_pte: bool) -> SpecBuilder:
+    def build(s: SymState) -> Transition:
+        v, addr, flags, ref, g, h = _args("v", "host_addr", "flags", "ref", "dom", "handle")
+        return grant_spec.spec_map_grant_ref(s, v, addr, flags, ref, g, h, by_pte)
+
+    return build
+
+
+def _unmap_grant_ref(by_pte: bool) -> SpecBuilder:
+    def build(s: SymState) -> Transition:
+        v, addr, h = _args("v", "host_addr", "handle")
+        return grant_spec.spec_unmap_grant_ref(s, v, addr, h, by_pte)
+
+    return build
+
+
+def _gnttab_copy(s: SymState) -> Transition:
+    (dst,) = _args("dest_frame")
+    return grant_spec.spec_copy(s, dst)
+
+
 # (name, builder, the foreign-domain argument's name or None)
 HYPERCALL_SPECS: tuple[tuple[str, SpecBuilder], ...] = (
     ("mmu_update/NORMAL_PT_UPDATE", _mmu_update),
@@ -128,6 +150,11 @@ HYPERCALL_SPECS: tuple[tuple[str, SpecBuilder], ...] = (
     ("iret", _iret),
     ("set_gdt", _set_gdt),
     ("update_descriptor", _update_descriptor),
+    ("grant_table_op/map_grant_ref", _map_grant_ref(False)),
+    ("grant_table_op/map_grant_ref/contains_pte", _map_grant_ref(True)),
+    ("grant_table_op/unmap_grant_ref", _unmap_grant_ref(False)),
+    ("grant_table_op/unmap_grant_ref/contains_pte", _unmap_grant_ref(True)),
+    ("grant_table_op/copy", _gnttab_copy),
 )
 
 
@@ -154,6 +181,8 @@ ASSUMES: dict[str, tuple[str, ...]] = {
     "INV-PRIV (selectors)": ("INV-PRIV (selectors)", "INV-PRIV (descriptors)"),
     "INV-PRIV (descriptors)": ("INV-PRIV (descriptors)",),
     "INV-ISO": ("INV-ISO", "INV-BASE"),
+    # A writable grant PTE's handle: INV-OWN says which handle a grant PTE belongs to.
+    "INV-GNT-RO": (*MMU_INVARIANTS, "INV-GNT-RO"),
 }
 
 
@@ -252,12 +281,75 @@ def _iret_never_resumes_ring0() -> z3.Solver:
     return solver
 
 
+def _map_needs_writable_grant() -> z3.Solver:
+    """INV-GNT-RO's other half: map_grant_ref makes a writable mapping only of a grant entry
+    that permits access to the caller and does not say GTF_readonly."""
+    symbolic.reset_fresh()
+    s = SymState.fresh("old")
+    v, addr, flags, ref, g, h = _args("v", "host_addr", "flags", "ref", "dom", "handle")
+    solver = z3.Solver()
+    for by_pte in (False, True):
+        t = grant_spec.spec_map_grant_ref(s, v, addr, flags, ref, g, h, by_pte)
+        sflags, sdomid, _ = grant_spec.grant_entry(s, g, ref)
+        allowed = z3.And(sflags & abi.GTF_type_mask == abi.GTF_permit_access,
+                         sdomid == s.vcpu_domain[v], sflags & abi.GTF_readonly == 0)
+        solver.add(z3.And(t.ok, flags & abi.GNTMAP_readonly == 0, z3.Not(allowed)))
+    return _either(solver)
+
+
+def _either(solver: z3.Solver) -> z3.Solver:
+    """One solver for the disjunction of the (independent) goals added to ``solver``."""
+    out = z3.Solver()
+    out.add(z3.Or(*solver.assertions()))
+    return out
+
+
+def _grants_not_revoked(builder: SpecBuilder) -> Callable[[], z3.Solver]:
+    """A grant in use cannot be revoked underneath its user: when an unprivileged domain other
+    than the grantee makes the call, the grantee's grant PTE (in its L1 in use, mapping the
+    handle's frame) and the handle stay as they were."""
+
+    def build() -> z3.Solver:
+        symbolic.reset_fresh()
+        old = SymState.fresh("old")
+        t = builder(old)
+        new = t.new
+        caller = old.vcpu_domain[z3.BitVec("v", 32)]
+        ld, h = z3.BitVecs("grantee handle", 32)
+        f, i = z3.Select(old.mt_l1, ld, h), z3.Select(old.mt_idx, ld, h)
+
+        def live(s: SymState) -> z3.BoolRef:
+            e = z3.Select(s.mem, f, i)
+            return z3.And((z3.Select(s.mt_flags, ld, h) & abi.GNTMAP_host_map) != 0,
+                          mm_spec.in_use(s, f, PGT.l1_page_table), s.owner[f] == ld,
+                          pte_present(e), pte_get_pfn(e) == z3.Select(s.mt_frame, ld, h))
+
+        solver = z3.Solver()
+        for known in proof_invariants():
+            if known.label in ("INV-OWN", "INV-BASE"):  # the caller's tables are its own
+                solver.add(known.check(SymView(old)))
+        solver.add(assumptions(old), t.choice, t.ok, caller != ld,
+                   z3.Not(old.privileged[caller]), live(old))
+        unchanged = z3.And(live(new), z3.Select(new.mem, f, i) == z3.Select(old.mem, f, i),
+                           z3.Select(new.mt_flags, ld, h) == z3.Select(old.mt_flags, ld, h))
+        solver.add(z3.Not(unchanged))
+        return solver
+
+    return build
+
+
+GRANT_SPECS = tuple((n, b) for n, b in HYPERCALL_SPECS if n.startswith("grant_table_op/"))
+
 RULE_OBLIGATIONS: tuple[tuple[str, Callable[[], z3.Solver]], ...] = (
     ("descriptor rule (set_gdt, update_descriptor) yields only safe descriptors: INV-PRIV",
      _descriptor_rule_is_safe),
     ("descriptor rule is idempotent", _descriptor_rule_is_idempotent),
     ("iret resumes the guest outside ring 0, IOPL 0, interrupts on: INV-PRIV",
      _iret_never_resumes_ring0),
+    ("map_grant_ref maps writable only grants without GTF_readonly: INV-GNT-RO",
+     _map_needs_writable_grant),
+    *((f"{n} by another domain leaves a grantee's mapping in place: grants not revoked",
+       _grants_not_revoked(b)) for n, b in GRANT_SPECS),
     # Event channels: each EVTCHNOP preserves each event invariant (spec.event_spec).
     *event_spec.obligation_list(),
 )

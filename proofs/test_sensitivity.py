@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import z3
 
-from xenspec.proofs.obligations import obligation_names
+from xenspec.proofs.obligations import RULE_OBLIGATIONS, obligation_names
 from xenspec.proofs.runner import find_counterexample
-from xenspec.spec import cpu_spec, mm_spec
+from xenspec.spec import abi, cpu_spec, grant_spec, mm_spec, symbolic
 from xenspec.spec.pagetable import (
     PGT,
     l1e_disallowed,
@@ -152,3 +152,73 @@ def test_descriptor_rule_without_dpl_fixup_fails_inv_priv(monkeypatch: pytest.Mo
         use_cache=False)
     assert result.status == "FAILED"
     assert {line.split(" = ")[0] for line in result.counterexample} == {"lo", "hi"}
+
+
+# Mutants of the grant-table specs (spec.grant_spec).
+def _map_ignoring_readonly(mp: pytest.MonkeyPatch) -> None:
+    """map_grant_ref no longer reads GTF_readonly from the granter's entry."""
+    permits = grant_spec.permits
+    mp.setattr(grant_spec, "permits", lambda f, d, c, ro: permits(f, d, c, z3.BoolVal(True)))
+
+
+def _map_writable_pte(mp: pytest.MonkeyPatch) -> None:
+    """The grant PTE is made writable whatever the handle's flags."""
+    mp.setattr(grant_spec, "GRANT_PTE_FLAGS", abi.GRANT_PTE_FLAGS | abi._PAGE_RW)
+
+
+def _pte_form_any_table(mp: pytest.MonkeyPatch) -> None:
+    """GNTMAP_contains_pte accepts an L1 of any domain."""
+    slot = grant_spec.grant_pte_slot
+
+    def anyone(s: Any, v: Any, addr: Any, by_pte: bool) -> Any:
+        if not by_pte:
+            return slot(s, v, addr, by_pte)
+        l1 = z3.LShR(addr, 12)
+        return (mm_spec.in_use(s, l1, PGT.l1_page_table), l1, z3.LShR(addr & 0xFFF, 2))
+
+    mp.setattr(grant_spec, "grant_pte_slot", anyone)
+
+
+GRANT_MUTANTS: list[tuple[str, str, Callable[[pytest.MonkeyPatch], None]]] = [
+    ("map_grant_ref ignores GTF_readonly",
+     "map_grant_ref maps writable only grants without GTF_readonly: INV-GNT-RO",
+     _map_ignoring_readonly),
+    ("map_grant_ref writes a writable PTE for a read-only handle",
+     "grant_table_op/map_grant_ref preserves INV-GNT-RO", _map_writable_pte),
+    ("map_grant_ref maps a frame the granter does not own",
+     "grant_table_op/map_grant_ref preserves INV-OWN",
+     lambda mp: mp.setattr(grant_spec, "granter_owns", lambda s, t, g: z3.BoolVal(True))),
+    ("map_grant_ref by PTE address writes another domain's table",
+     "grant_table_op/map_grant_ref/contains_pte by another domain leaves a grantee's mapping "
+     "in place: grants not revoked", _pte_form_any_table),
+    ("copy writes a frame that cannot take the writable type",
+     "grant_table_op/copy preserves INV-L2REF",
+     lambda mp: mp.setattr(grant_spec, "can_take_type", lambda s, g, t: z3.BoolVal(True))),
+]
+
+
+def bounded_counterexample(obligation: str) -> bool:
+    """A counterexample in a machine of 4 frames and one vCPU (hypercall obligations through
+    ``find_counterexample``; rule obligations by building them with bounded quantifiers)."""
+    index = NAMES.index(obligation)
+    hypercall_obligations = len(NAMES) - len(RULE_OBLIGATIONS)
+    if index < hypercall_obligations:
+        return bool(find_counterexample(index))
+    symbolic.set_scope(symbolic.Scope(frames=4, vcpus=1))
+    try:
+        solver = RULE_OBLIGATIONS[index - hypercall_obligations][1]()
+        solver.set("timeout", 60_000)
+        return bool(solver.check() == z3.sat)
+    finally:
+        symbolic.set_scope(symbolic.Scope())
+
+
+@pytest.mark.parametrize("what,obligation,patch", GRANT_MUTANTS,
+                         ids=[m[0] for m in GRANT_MUTANTS])
+def test_grant_spec_mutant_breaks_the_proof(
+    what: str, obligation: str, patch: Callable[[pytest.MonkeyPatch], None],
+) -> None:
+    assert not bounded_counterexample(obligation), "control: the intact spec has none"
+    with pytest.MonkeyPatch.context() as mp:
+        patch(mp)
+        assert bounded_counterexample(obligation), f"no counterexample once {what}"

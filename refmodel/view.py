@@ -114,6 +114,9 @@ class ConcreteView(ConcreteLogic):
     def mt_flags(self, domid: int, handle: int) -> int:
         return 0 if self.hv.grants is None else self.hv.grants.mapping(domid, handle).flags
 
+    def mt_dom(self, domid: int, handle: int) -> int:
+        return 0 if self.hv.grants is None else self.hv.grants.mapping(domid, handle).domid
+
     def mt_frame(self, domid: int, handle: int) -> int:
         return 0 if self.hv.grants is None else self.hv.grants.mapping(domid, handle).frame
 

@@ -41,6 +41,7 @@ _H, _B, _I = Kind.hypercall, Kind.behaviour, Kind.invariant
 _MM = "xenspec.spec.mm_spec"
 _CPU = "xenspec.spec.cpu_spec"
 _EV = "xenspec.spec.event_spec"
+_GNT = "xenspec.spec.grant_spec"
 
 CLAUSES: tuple[Clause, ...] = (
     # --- memory (paper s2.1.1, s3.3.3) -------------------------------------------------------
@@ -118,8 +119,12 @@ CLAUSES: tuple[Clause, ...] = (
            "xenspec.spec.invariants:inv_hole"),
     Clause("INV-NOWRPT", _I, "No page-table, GDT or LDT frame is mapped writable",
            "SOSP'03 s3.3.3; mm.c get_page_from_l1e", "xenspec.spec.invariants:inv_nowrpt"),
-    Clause("INV-OWN", _I, "A domain's tables map only frames it owns",
-           "mm.c get_page, get_page_from_l1e", "xenspec.spec.invariants:inv_own"),
+    Clause("INV-OWN", _I, "A domain's tables map only frames it owns, or frames granted to it",
+           "mm.c get_page, get_page_from_l1e; grant_table.c __gnttab_map_grant_ref",
+           "xenspec.spec.invariants:inv_own"),
+    Clause("INV-GNT-RO", _I, "A frame granted read-only is never mapped writable by its grantee",
+           "grant_table.h GTF_readonly, GNTMAP_readonly; grant_table.c __gnttab_map_grant_ref",
+           "xenspec.spec.invariants:inv_gnt_ro"),
     Clause("INV-COUNT", _I, "Reference and type counts equal the references that exist",
            "mm.c get_page/put_page, get_page_type/put_page_type",
            "xenspec.spec.invariants:count_violations"),
@@ -136,6 +141,20 @@ CLAUSES: tuple[Clause, ...] = (
            "xenspec.spec.invariants:inv_priv"),
     Clause("INV-ISO", _I, "No domain reads or writes another's frames without a grant",
            "SOSP'03 s2; mm.c get_page (owner check)", "xenspec.spec.invariants:inv_iso"),
+    # --- grant tables (grant_table.h; grant_table.c and mm.c of Xen 3.0.4) ---------------------
+    Clause("grant_table_op/map_grant_ref", _H, "Map a frame another domain granted",
+           "grant_table.h GNTTABOP_map_grant_ref, GNTMAP_*, GTF_*; grant_table.c "
+           "__gnttab_map_grant_ref; mm.c create_grant_host_mapping", f"{_GNT}:spec_map_grant_ref"),
+    Clause("grant_table_op/unmap_grant_ref", _H, "Remove a grant mapping by its handle",
+           "grant_table.h GNTTABOP_unmap_grant_ref; grant_table.c __gnttab_unmap_grant_ref; "
+           "mm.c destroy_grant_host_mapping", f"{_GNT}:spec_unmap_grant_ref"),
+    Clause("grant_table_op/setup_table", _H, "Learn the frames of a domain's grant table",
+           "grant_table.h GNTTABOP_setup_table; grant_table.c gnttab_setup_table"),
+    Clause("grant_table_op/copy", _H, "Copy between granted frames, checked by Xen",
+           "grant_table.h GNTTABOP_copy, GNTCOPY_*; grant_table.c __gnttab_copy",
+           f"{_GNT}:spec_copy"),
+    Clause("grant_table_op/query_size", _H, "The grant table's current and maximum size",
+           "grant_table.h GNTTABOP_query_size (Xen 3.1's interface)"),
     # --- events and time (paper s2.2, s2.3, s3.3.2; event_channel.h; xen.h; event_channel.c
     #     and schedule.c of Xen 3.0.4) ------------------------------------------------------
     Clause("event_channel_op/alloc_unbound", _H, "Allocate a port another domain may bind",

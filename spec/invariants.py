@@ -88,13 +88,16 @@ def inv_nowrpt(s: StateView) -> Bool:
 
 def grant_mapped(s: StateView, f: Word, i: Word, e: Word) -> Bool:
     """The PTE (f, i) is the host mapping of a grant handle of its table's owner for the frame
-    it names: the handle is in use for a host mapping of that frame and wrote that PTE
-    (grant_table.c __gnttab_map_grant_ref; mm.c create_grant_host_mapping)."""
+    it names: the handle is in use for a host mapping of that frame, which belongs to the
+    domain that granted it, and wrote that PTE (grant_table.c __gnttab_map_grant_ref: get_page
+    on the granter's frame; mm.c create_grant_host_mapping)."""
     d, h = s.owner(f), s.gnt_slot(f, i)
     pte_l1, pte_idx = s.mt_pte(d, h)
+    target = pte_get_pfn(e)
     return s.and_(
         (s.mt_flags(d, h) & abi.GNTMAP_host_map) != 0,
-        s.mt_frame(d, h) == pte_get_pfn(e), pte_l1 == f, pte_idx == i,
+        s.mt_frame(d, h) == target, s.owner(target) == s.mt_dom(d, h),
+        pte_l1 == f, pte_idx == i,
     )
 
 

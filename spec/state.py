@@ -75,6 +75,10 @@ class StateView(Protocol):
         """GNTMAP_* flags of the domain's grant handle (0: free)."""
         ...
 
+    def mt_dom(self, domid: Word, handle: Word) -> Word:
+        """The granting domain of the domain's grant handle."""
+        ...
+
     def mt_frame(self, domid: Word, handle: Word) -> Word: ...
     def mt_pte(self, domid: Word, handle: Word) -> tuple[Word, Word]:
         """(L1 frame, index) of the PTE the handle's host mapping wrote."""

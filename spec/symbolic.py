@@ -171,15 +171,14 @@ class SymState:
     xen_l2e: Callable[[Word, Word], Word]  # (domid, index) -> the entry Xen keeps there
     # Grant tables (grant_table.c). A grantee's handles (maptrack): flags (0: free), the frame
     # and the PTE its host mapping wrote; ghost ``gnt_slot``: which handle a PTE belongs to.
-    # Granters: their shared frames, and whether an active entry holds writable pins.
+    # Granters: their shared frames.
     gnt_slot: z3.ArrayRef = field(default_factory=lambda: _const2(bv(0)))  # (frame, index) -> h
     mt_flags: z3.ArrayRef = field(default_factory=lambda: _const2(bv(0)))  # (domid, h) -> GNTMAP_*
+    mt_dom: z3.ArrayRef = field(default_factory=lambda: _const2(bv(0)))  # (domid, h) -> granter
     mt_frame: z3.ArrayRef = field(default_factory=lambda: _const2(bv(0)))  # (domid, h) -> frame
     mt_l1: z3.ArrayRef = field(default_factory=lambda: _const2(bv(0)))  # (domid, h) -> PTE frame
     mt_idx: z3.ArrayRef = field(default_factory=lambda: _const2(bv(0)))  # (domid, h) -> PTE index
     gnt_table: z3.ArrayRef = field(default_factory=lambda: _const2(bv(0)))  # (domid, k) -> frame
-    act_w: z3.ArrayRef = field(
-        default_factory=lambda: _const2(z3.BoolVal(False)))  # (domid, ref) -> Bool
 
     @staticmethod
     def fresh(name: str) -> SymState:
@@ -207,11 +206,11 @@ class SymState:
             xen_l2e=z3.Function("xen_l2e", W, W, W),
             gnt_slot=z3.Array(f"{name}.gnt_slot", W, W, W),
             mt_flags=z3.Array(f"{name}.mt_flags", W, W, W),
+            mt_dom=z3.Array(f"{name}.mt_dom", W, W, W),
             mt_frame=z3.Array(f"{name}.mt_frame", W, W, W),
             mt_l1=z3.Array(f"{name}.mt_l1", W, W, W),
             mt_idx=z3.Array(f"{name}.mt_idx", W, W, W),
             gnt_table=z3.Array(f"{name}.gnt_table", W, W, W),
-            act_w=z3.Array(f"{name}.act_w", W, W, z3.BoolSort()),
         )
 
     def evolve(self, **changes: Any) -> SymState:
@@ -313,6 +312,9 @@ class SymView:
 
     def mt_flags(self, domid: Word, handle: Word) -> Word:
         return z3.Select(self.s.mt_flags, domid, handle)
+
+    def mt_dom(self, domid: Word, handle: Word) -> Word:
+        return z3.Select(self.s.mt_dom, domid, handle)
 
     def mt_frame(self, domid: Word, handle: Word) -> Word:
         return z3.Select(self.s.mt_frame, domid, handle)

@@ -1,0 +1,155 @@
+"""Transition specifications of the grant-table operations that change the symbolic state.
+
+The rules are those of xen/common/grant_table.c (Xen 3.0.4: __gnttab_map_grant_ref,
+__gnttab_unmap_grant_ref, __gnttab_copy) and xen/arch/x86/mm.c (create_grant_host_mapping,
+destroy_grant_host_mapping), over the state of ``spec.symbolic``: a grantee's handles
+(``mt_*``), the ghost ``gnt_slot`` naming the handle a grant PTE belongs to, and each domain's
+shared grant frames (``gnt_table``), whose entries are read bit for bit from ``mem``
+(struct grant_entry: flags in the low half of word 2r, the domid in its high half, the frame
+in word 2r + 1 of frame r / 512).
+
+Simplifications, each making the spec stricter than Xen where a guest breaks the protocol of
+grant_table.h: the spec reads the granter's entry on every map (Xen reads it only for a first
+pin or a first writable pin, and then maps the frame it pinned first), so a map is allowed
+only while the entry permits it. Device mappings (GNTMAP_device_map) hold references outside
+this state and are checked on concrete states only (INV-COUNT); a copy changes nothing here
+but the destination frame's contents, which must take the writable type. setup_table,
+query_size and dump_table change no state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import z3
+
+from xenspec.spec import abi
+from xenspec.spec.mm_spec import (
+    Transition,
+    can_take_type,
+    entry,
+    in_use,
+    mfn_valid,
+    retype_writable,
+    set_entry,
+)
+from xenspec.spec.pagetable import PGT, pte_get_pfn, pte_present, pte_writable
+from xenspec.spec.symbolic import SymState, bv, fresh_name
+
+Word = Any
+Bool = Any
+GRANT_PTE_FLAGS = abi.GRANT_PTE_FLAGS  # mm.c: present, accessed, dirty
+
+
+def grant_entry(s: SymState, g: Word, ref: Word) -> tuple[Word, Word, Word]:
+    """(flags, domid, frame) of entry ``ref`` of domain ``g``'s shared table."""
+    frame = z3.Select(s.gnt_table, g, z3.LShR(ref, 9))
+    word = (ref & 511) * 2
+    head = entry(s, frame, word)
+    return head & 0xFFFF, z3.LShR(head, 16), entry(s, frame, word + 1)
+
+
+def permits(sflags: Word, sdomid: Word, d: Word, readonly: Bool) -> Bool:
+    """The granter's entry lets domain ``d`` map it: GTF_permit_access to ``d``, and not
+    GTF_readonly for a writable map ("Attempt to write-pin a r/o grant entry")."""
+    return z3.And(sflags & abi.GTF_type_mask == abi.GTF_permit_access, sdomid == d,
+                  z3.Or(readonly, sflags & abi.GTF_readonly == 0))
+
+
+def granter_owns(s: SymState, t: Word, g: Word) -> Bool:
+    """get_page(frame, rd): the granted frame is machine RAM of the granting domain; a non-PAE
+    PTE holds 20 frame bits."""
+    return z3.And(mfn_valid(s, t), z3.ULT(t, bv(1 << 20)), s.owner[t] == g)
+
+
+def grant_pte_slot(s: SymState, v: Word, addr: Word, by_pte: bool) -> tuple[Bool, Word, Word]:
+    """(ok, L1 frame, index) of the PTE a host mapping names: by virtual address through the
+    vCPU's page directory (the L2 slot must name an L1 in use), or with GNTMAP_contains_pte
+    (``by_pte``) by the entry's machine address in an L1 in use of the caller's."""
+    if by_pte:
+        l1 = z3.LShR(addr, abi.PAGE_SHIFT)
+        ok = z3.And((addr & 3) == 0, mfn_valid(s, l1), s.owner[l1] == s.vcpu_domain[v],
+                    in_use(s, l1, PGT.l1_page_table))
+        return ok, l1, z3.LShR(addr & (abi.PAGE_SIZE - 1), 2)
+    base = s.base[v]
+    l2e = entry(s, base, z3.LShR(addr, abi.L2_PAGETABLE_SHIFT))
+    l1 = pte_get_pfn(l2e)
+    ok = z3.And(z3.ULT(addr, bv(abi.HYPERVISOR_VIRT_START)), base != 0, pte_present(l2e),
+                mfn_valid(s, l1), in_use(s, l1, PGT.l1_page_table))
+    return ok, l1, z3.LShR(addr, abi.PAGE_SHIFT) & 0x3FF
+
+
+def form_flag(flags: Word, by_pte: bool) -> Bool:
+    """The GNTMAP_contains_pte bit selects the form (the handle's flags, for an unmap)."""
+    bit = flags & abi.GNTMAP_contains_pte
+    return bit != 0 if by_pte else bit == 0
+
+
+def spec_map_grant_ref(s: SymState, v: Word, addr: Word, flags: Word, ref: Word, g: Word,
+                       h: Word, by_pte: bool = False) -> Transition:
+    """GNTTABOP_map_grant_ref with GNTMAP_host_map: handle ``h`` (a free one) maps the frame
+    of ``g``'s entry ``ref`` at the PTE ``addr`` names, read-only or writable as the flags
+    say, if the entry permits access to the caller (and writing, for a writable map)."""
+    d = s.vcpu_domain[v]
+    readonly = (flags & abi.GNTMAP_readonly) != 0
+    sflags, sdomid, t = grant_entry(s, g, ref)
+    slot_ok, l1, idx = grant_pte_slot(s, v, addr, by_pte)
+    ok = z3.And(
+        flags & abi.GNTMAP_host_map != 0, flags & abi.GNTMAP_device_map == 0,
+        form_flag(flags, by_pte),
+        z3.ULT(ref, bv(abi.NR_GRANT_ENTRIES)), z3.ULT(h, bv(abi.MAPTRACK_MAX_ENTRIES)),
+        z3.Select(s.mt_flags, d, h) == 0, permits(sflags, sdomid, d, readonly),
+        granter_owns(s, t, g),
+        z3.Or(readonly, can_take_type(s, t, PGT.writable_page)),  # get_page_type(writable)
+        slot_ok,
+    )
+    pte = (t << abi.PAGE_SHIFT) | GRANT_PTE_FLAGS
+    pte = pte | z3.If(readonly, bv(0), bv(abi._PAGE_RW))
+    pte = pte | z3.If(flags & abi.GNTMAP_application_map != 0, bv(abi._PAGE_USER), bv(0))
+    x = z3.BitVec(fresh_name("x"), 32)
+    retyped = z3.Lambda([x], z3.And(z3.Not(readonly), x == t,
+                                    s.type[t] != int(PGT.writable_page)))
+    new = retype_writable(s, retyped).evolve(
+        mem=set_entry(s, l1, idx, pte),
+        gnt_slot=z3.Store(s.gnt_slot, l1, idx, h),
+        mt_flags=z3.Store(s.mt_flags, d, h, flags),
+        mt_dom=z3.Store(s.mt_dom, d, h, g),
+        mt_frame=z3.Store(s.mt_frame, d, h, t),
+        mt_l1=z3.Store(s.mt_l1, d, h, l1),
+        mt_idx=z3.Store(s.mt_idx, d, h, idx),
+    )
+    return Transition(ok, new, bv(0), bv(abi.GNTST_general_error))
+
+
+def spec_unmap_grant_ref(s: SymState, v: Word, addr: Word, h: Word,
+                         by_pte: bool = False) -> Transition:
+    """GNTTABOP_unmap_grant_ref of a host mapping: the PTE ``addr`` names must be the one the
+    handle wrote and still map its frame with its writability; it is cleared and the handle's
+    host mapping ends."""
+    d = s.vcpu_domain[v]
+    flags = z3.Select(s.mt_flags, d, h)
+    slot_ok, l1, idx = grant_pte_slot(s, v, addr, by_pte)
+    e = entry(s, l1, idx)
+    ok = z3.And(
+        flags & abi.GNTMAP_host_map != 0, form_flag(flags, by_pte), slot_ok,
+        l1 == z3.Select(s.mt_l1, d, h), idx == z3.Select(s.mt_idx, d, h),
+        pte_present(e), pte_get_pfn(e) == z3.Select(s.mt_frame, d, h),
+        pte_writable(e) == (flags & abi.GNTMAP_readonly == 0),
+    )
+    new = s.evolve(mem=set_entry(s, l1, idx, bv(0)),
+                   mt_flags=z3.Store(s.mt_flags, d, h, flags & ~abi.GNTMAP_host_map))
+    return Transition(ok, new, bv(0), bv(abi.GNTST_general_error))
+
+
+def spec_copy(s: SymState, dst: Word) -> Transition:
+    """GNTTABOP_copy: only the destination frame's contents change, and the frame takes the
+    writable type first (get_page_and_type(PGT_writable_page)), so no table, GDT or LDT
+    frame is ever written by a copy."""
+    ok = z3.And(mfn_valid(s, dst), can_take_type(s, dst, PGT.writable_page))
+    data = z3.Array(fresh_name("copied"), z3.BitVecSort(32), z3.BitVecSort(32))
+    f, i = z3.BitVec(fresh_name("f"), 32), z3.BitVec(fresh_name("i"), 32)
+    x = z3.BitVec(fresh_name("x"), 32)
+    retyped = z3.Lambda([x], z3.And(x == dst, s.type[dst] != int(PGT.writable_page)))
+    mid = retype_writable(s, retyped)
+    new = mid.evolve(mem=z3.Lambda([f, i], z3.If(f == dst, data[i], z3.Select(s.mem, f, i))))
+    return Transition(ok, new, bv(0), bv(abi.GNTST_general_error))
