@@ -20,7 +20,6 @@ struct blkif_request {
     u64 id, sector_number;        /* 4-byte aligned on x86_32 */
     struct blkif_segment seg[BLKIF_MAX_SEGMENTS_PER_REQUEST];
 };
-typedef short s16;
 struct blkif_response { u64 id; u8 operation, pad; s16 status; };
 _Static_assert(sizeof(struct blkif_request) == BLKIF_REQUEST_SIZE, "blkif_request layout");
 _Static_assert(sizeof(struct blkif_response) == BLKIF_RESPONSE_SIZE, "blkif_response layout");

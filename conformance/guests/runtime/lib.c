@@ -547,3 +547,75 @@ int xencons_read(char *buf, u32 len)
         evtchn_send(si_u32(START_INFO_console_evtchn));
     return (int)n;
 }
+
+/* ---- grant tables (grant_table.h, grant_table.c) --------------------------------------- */
+static volatile u8 *gnttab_frame;
+
+void gnttab_init(void)
+{
+    u32 frame = 0;
+    struct { u16 dom, pad; u32 nr_frames; s16 status; u16 pad2; u32 frame_list; } st =
+        { DOMID_SELF, 0, 1, 0, 0, (u32)&frame };
+    long rc = HYPERVISOR_grant_table_op(GNTTABOP_setup_table, &st, 1);
+    if (rc || st.status)
+        panic("GNTTABOP_setup_table: %d, status %d", (int)rc, st.status);
+    u32 *va = alloc_scratch_page();
+    if (HYPERVISOR_update_va_mapping((u32)va, frame << PAGE_SHIFT | _PAGE_PRESENT | _PAGE_RW,
+                                     UVMF_INVLPG))
+        panic("cannot map the grant table frame %x", frame);
+    gnttab_frame = (volatile u8 *)va;
+}
+
+volatile u16 *gnttab_flags(u32 ref)
+{
+    return (volatile u16 *)(gnttab_frame + ref * GRANT_ENTRY_SIZE);
+}
+
+void gnttab_grant_access(u32 ref, u16 domid, u32 mfn, int readonly)
+{
+    volatile u8 *e = gnttab_frame + ref * GRANT_ENTRY_SIZE;
+    *(volatile u16 *)(e + 2) = domid;
+    *(volatile u32 *)(e + 4) = mfn;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);   /* the entry before the flags that enable it */
+    *gnttab_flags(ref) = GTF_permit_access | (readonly ? GTF_readonly : 0);
+}
+
+int gnttab_end_access(u32 ref)
+{
+    u16 flags = *gnttab_flags(ref);
+    if (flags & (GTF_reading | GTF_writing))
+        return -1;
+    /* grant_table.h: invalidate with a compare-and-swap against the flags just read. */
+    return __atomic_compare_exchange_n(gnttab_flags(ref), &flags, 0, 0, __ATOMIC_SEQ_CST,
+                                       __ATOMIC_SEQ_CST) ? 0 : -1;
+}
+
+int gnttab_map(u32 ref, u16 dom, u32 host_addr, u32 flags, u32 *handle)
+{
+    struct gnttab_map_grant_ref op = { host_addr, flags, ref, dom, 0, 0, 0 };
+    long rc = HYPERVISOR_grant_table_op(GNTTABOP_map_grant_ref, &op, 1);
+    if (rc)
+        panic("GNTTABOP_map_grant_ref: %d", (int)rc);
+    if (handle)
+        *handle = op.handle;
+    return op.status;
+}
+
+int gnttab_unmap(u32 host_addr, u32 handle)
+{
+    struct gnttab_unmap_grant_ref op = { host_addr, 0, handle, 0, 0 };
+    long rc = HYPERVISOR_grant_table_op(GNTTABOP_unmap_grant_ref, &op, 1);
+    if (rc)
+        panic("GNTTABOP_unmap_grant_ref: %d", (int)rc);
+    return op.status;
+}
+
+u16 my_domid(void)
+{
+    struct evtchn_status st;
+    long port = evtchn_alloc_unbound(DOMID_SELF);
+    if (port < 0 || evtchn_status(DOMID_SELF, port, &st))
+        panic("cannot learn our domain id");
+    evtchn_close(port);
+    return st.u.dom;
+}

@@ -8,6 +8,7 @@ typedef unsigned short u16;
 typedef unsigned int u32;
 typedef unsigned long long u64;
 typedef int s32;
+typedef short s16;
 typedef unsigned long size_t;
 typedef __builtin_va_list va_list;
 #define va_start(ap, last) __builtin_va_start(ap, last)
@@ -157,6 +158,23 @@ int xenstore_write(const char *path, const char *value);  /* 0 or -errno */
 int xencons_write(const char *buf, u32 len);              /* len, or -ENODEV without a ring */
 int xencons_read(char *buf, u32 len);                     /* bytes read, or -ENODEV */
 extern int printk_ring;             /* nonzero: printk writes through the console ring */
+
+/* Grant tables (grant_table.h, version-1 entries). gnttab_init maps the first shared frame
+ * (refs 0..511) over a scratch page; an entry is written domid and frame first, flags last. */
+static inline long HYPERVISOR_grant_table_op(u32 cmd, void *uop, u32 count)
+{ return hypercall(__HYPERVISOR_grant_table_op, cmd, (u32)uop, count, 0, 0); }
+struct gnttab_map_grant_ref { u64 host_addr; u32 flags, ref; u16 dom; s16 status; u32 handle;
+    u64 dev_bus_addr; } __attribute__((packed));
+struct gnttab_unmap_grant_ref { u64 host_addr, dev_bus_addr; u32 handle; s16 status;
+    u16 pad; } __attribute__((packed));
+void gnttab_init(void);
+volatile u16 *gnttab_flags(u32 ref);     /* the entry's flags, as Xen updates them */
+void gnttab_grant_access(u32 ref, u16 domid, u32 mfn, int readonly);
+int gnttab_end_access(u32 ref);          /* 0, or -1 while the grantee still has it mapped */
+/* Each returns the GNTST_* status; the handle comes back through *handle. */
+int gnttab_map(u32 ref, u16 dom, u32 host_addr, u32 flags, u32 *handle);
+int gnttab_unmap(u32 host_addr, u32 handle);
+u16 my_domid(void);                      /* through an unbound port offered to ourselves */
 
 /* Each test kernel provides this. */
 void test_main(void);
