@@ -17,17 +17,10 @@ import statistics
 import time
 from collections.abc import Callable
 
+from timing import median_time  # benchmarks/timing.py, beside this script
+
 from xenspec.conformance.guests.build import build_guest
 from xenspec.refmodel.boot import boot
-
-
-def median_time(fn: Callable[[], object], runs: int = 5) -> float:
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def per_iteration(elf: str, mode: str, n: int) -> float:

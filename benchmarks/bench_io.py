@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from timing import median_time  # benchmarks/timing.py, beside this script
+
 from xenspec.conformance.guests.build import build_guest
 from xenspec.refmodel.blkback import BlkifRequest, BlkifRing, DiskImage, unpack_response
 from xenspec.refmodel.boot import Machine
@@ -29,15 +31,6 @@ from xenspec.refmodel.ring import FrontRing, SharedRing
 from xenspec.spec import abi
 
 IMAGE_MB = 4
-
-
-def median_time(fn: Callable[[], object], runs: int = 5) -> float:
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def guest_run(elf: str, image: Path, cmdline: str) -> None:

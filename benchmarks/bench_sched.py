@@ -16,24 +16,16 @@ Each figure is the median of several runs; per-iteration costs are (t(N) - t(0))
 from __future__ import annotations
 
 import importlib
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
+
+from timing import median_time  # benchmarks/timing.py, beside this script
 
 from xenspec.conformance.guests.build import build_guest
 from xenspec.refmodel.boot import Machine
 
 MS = 1_000_000
-
-
-def median_time(fn: Callable[[], object], runs: int = 5) -> float:
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def run_guests(*cmdlines: str, ctx_allow_ns: int | None = None,

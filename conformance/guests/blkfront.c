@@ -57,34 +57,6 @@ static u32 read_u32(const char *dir, const char *key)
     return parse(buf);
 }
 
-/* ---- grants (grant_table.h, version-1 entries): the first shared frame, mapped over a
- * scratch page, holds refs 0..511; an entry is written domid and frame first, flags last. */
-static volatile u8 *gnt_frame;
-
-static void gnt_setup(void)
-{
-    u32 frame = 0;
-    struct { u16 dom, pad; u32 nr_frames; s16 status; u16 pad2; u32 frame_list; } st =
-        { DOMID_SELF, 0, 1, 0, 0, (u32)&frame };
-    long rc = hypercall(__HYPERVISOR_grant_table_op, GNTTABOP_setup_table, (u32)&st, 1, 0, 0);
-    if (rc || st.status)
-        panic("GNTTABOP_setup_table: %d, status %d", (int)rc, st.status);
-    u32 *va = alloc_scratch_page();
-    if (HYPERVISOR_update_va_mapping((u32)va, frame << PAGE_SHIFT | _PAGE_PRESENT | _PAGE_RW,
-                                     UVMF_INVLPG))
-        panic("cannot map the grant table frame %x", frame);
-    gnt_frame = (volatile u8 *)va;
-}
-
-static void gnt_grant(u32 ref, u16 domid, u32 mfn, int readonly)
-{
-    volatile struct { u16 flags, domid; u32 frame; } *e = (void *)(gnt_frame + ref * 8);
-    e->domid = domid;
-    e->frame = mfn;
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);   /* the entry before the flags that enable it */
-    e->flags = GTF_permit_access | (readonly ? GTF_readonly : 0);
-}
-
 /* ---- responses ------------------------------------------------------------------------- */
 static void take_responses(void)
 {
@@ -169,15 +141,15 @@ static void connect(void)
     check(read_u32(be, "sector-size") == BLKIF_SECTOR_SIZE, "512-byte sectors");
     check(sectors >= 128, "a disk of at least 128 sectors: %u", sectors);
 
-    gnt_setup();
+    gnttab_init();
     void *page = alloc_scratch_page();
     shared_ring_init(page, 0);
     front_ring_init(&ring, page, BLKIF_REQUEST_SIZE, 0);
     check(ring.nr_ents == BLKIF_RING_SIZE, "ring of %u", ring.nr_ents);
-    gnt_grant(REF_RING, be_id, virt_to_mfn(page), 0);
+    gnttab_grant_access(REF_RING, be_id, virt_to_mfn(page), 0);
     for (u32 i = 0; i < NPAGES; i++)
-        gnt_grant(REF_DATA + i, be_id, virt_to_mfn(data[i]), 0);
-    gnt_grant(REF_RO, be_id, virt_to_mfn(ro_page), 1);
+        gnttab_grant_access(REF_DATA + i, be_id, virt_to_mfn(data[i]), 0);
+    gnttab_grant_access(REF_RO, be_id, virt_to_mfn(ro_page), 1);
     long p = evtchn_alloc_unbound(be_id);
     if (p <= 0)
         panic("alloc_unbound for the back end: %d", (int)p);
