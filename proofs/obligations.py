@@ -128,9 +128,12 @@ def _unmap_grant_ref(by_pte: bool) -> SpecBuilder:
     return build
 
 
-def _gnttab_copy(s: SymState) -> Transition:
-    (dst,) = _args("dest_frame")
-    return grant_spec.spec_copy(s, dst)
+def _gnttab_copy(src_gref: bool, dst_gref: bool) -> SpecBuilder:
+    def build(s: SymState) -> Transition:
+        v, sref, sdom, dref, ddom = _args("v", "src", "src_dom", "dst", "dst_dom")
+        return grant_spec.spec_copy(s, v, (src_gref, sref, sdom), (dst_gref, dref, ddom))
+
+    return build
 
 
 # (name, builder, the foreign-domain argument's name or None)
@@ -154,7 +157,8 @@ HYPERCALL_SPECS: tuple[tuple[str, SpecBuilder], ...] = (
     ("grant_table_op/map_grant_ref/contains_pte", _map_grant_ref(True)),
     ("grant_table_op/unmap_grant_ref", _unmap_grant_ref(False)),
     ("grant_table_op/unmap_grant_ref/contains_pte", _unmap_grant_ref(True)),
-    ("grant_table_op/copy", _gnttab_copy),
+    ("grant_table_op/copy", _gnttab_copy(True, False)),
+    ("grant_table_op/copy/to_grant", _gnttab_copy(False, True)),
 )
 
 
@@ -281,27 +285,29 @@ def _iret_never_resumes_ring0() -> z3.Solver:
     return solver
 
 
-def _map_needs_writable_grant() -> z3.Solver:
-    """INV-GNT-RO's other half: map_grant_ref makes a writable mapping only of a grant entry
-    that permits access to the caller and does not say GTF_readonly."""
+def _writes_need_writable_grant() -> z3.Solver:
+    """INV-GNT-RO's other half: map_grant_ref makes a writable mapping, and a copy writes into
+    a granted frame, only when the grant entry permits access to the caller and does not say
+    GTF_readonly."""
     symbolic.reset_fresh()
     s = SymState.fresh("old")
-    v, addr, flags, ref, g, h = _args("v", "host_addr", "flags", "ref", "dom", "handle")
-    solver = z3.Solver()
-    for by_pte in (False, True):
-        t = grant_spec.spec_map_grant_ref(s, v, addr, flags, ref, g, h, by_pte)
+    v, addr, flags, ref, g, h, src = _args("v", "host_addr", "flags", "ref", "dom", "handle",
+                                         "src")
+    d = s.vcpu_domain[v]
+
+    def allowed() -> z3.BoolRef:
         sflags, sdomid, _ = grant_spec.grant_entry(s, g, ref)
-        allowed = z3.And(sflags & abi.GTF_type_mask == abi.GTF_permit_access,
-                         sdomid == s.vcpu_domain[v], sflags & abi.GTF_readonly == 0)
-        solver.add(z3.And(t.ok, flags & abi.GNTMAP_readonly == 0, z3.Not(allowed)))
-    return _either(solver)
+        return z3.And(sflags & abi.GTF_type_mask == abi.GTF_permit_access, sdomid == d,
+                      sflags & abi.GTF_readonly == 0)
 
-
-def _either(solver: z3.Solver) -> z3.Solver:
-    """One solver for the disjunction of the (independent) goals added to ``solver``."""
-    out = z3.Solver()
-    out.add(z3.Or(*solver.assertions()))
-    return out
+    goals = [z3.And(grant_spec.spec_map_grant_ref(s, v, addr, flags, ref, g, h, by_pte).ok,
+                    flags & abi.GNTMAP_readonly == 0, z3.Not(allowed()))
+             for by_pte in (False, True)]
+    copy = grant_spec.spec_copy(s, v, (False, src, bv(abi.DOMID_SELF)), (True, ref, g))
+    goals.append(z3.And(copy.ok, z3.Not(allowed())))
+    solver = z3.Solver()
+    solver.add(z3.Or(*goals))
+    return solver
 
 
 def _grants_not_revoked(builder: SpecBuilder) -> Callable[[], z3.Solver]:
@@ -346,8 +352,8 @@ RULE_OBLIGATIONS: tuple[tuple[str, Callable[[], z3.Solver]], ...] = (
     ("descriptor rule is idempotent", _descriptor_rule_is_idempotent),
     ("iret resumes the guest outside ring 0, IOPL 0, interrupts on: INV-PRIV",
      _iret_never_resumes_ring0),
-    ("map_grant_ref maps writable only grants without GTF_readonly: INV-GNT-RO",
-     _map_needs_writable_grant),
+    ("map_grant_ref and copy write only through grants without GTF_readonly: INV-GNT-RO",
+     _writes_need_writable_grant),
     *((f"{n} by another domain leaves a grantee's mapping in place: grants not revoked",
        _grants_not_revoked(b)) for n, b in GRANT_SPECS),
     # Event channels: each EVTCHNOP preserves each event invariant (spec.event_spec).

@@ -16,7 +16,7 @@ against the references that exist after every step.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import z3
@@ -81,6 +81,11 @@ class Snapshot:
     xen_slots: dict[tuple[int, int], int]  # (domid, index) -> Xen's entry
     cpus: tuple[CpuSnapshot, ...]
     gdt_ref: tuple[bool, ...]  # a GDT frame with type references
+    # Grant tables: the handles in use, (domid, handle) -> (flags, granter, frame, PTE frame,
+    # PTE index); the handle each grant PTE belongs to; each domain's shared grant frames.
+    handles: dict[tuple[int, int], tuple[int, int, int, int, int]] = field(default_factory=dict)
+    gnt_slots: dict[tuple[int, int], int] = field(default_factory=dict)
+    gnt_tables: dict[tuple[int, int], int] = field(default_factory=dict)
 
     @staticmethod
     def take(hv: Hypervisor, skip: frozenset[int] = frozenset()) -> Snapshot:
@@ -120,7 +125,25 @@ class Snapshot:
             cpus=tuple(CpuSnapshot.take(hv.arch_vcpu(v) or ArchVcpu()) for v in vcpus),
             gdt_ref=tuple(int(f.type[m]) == PGT.gdt_page and int(f.type_count[m]) > 0
                           for m in range(n)),
+            **Snapshot.take_grants(hv, entries),
         )
+
+    @staticmethod
+    def take_grants(hv: Hypervisor, entries: dict[tuple[int, int], int]) -> dict[str, Any]:
+        grants = hv.grants
+        if grants is None:
+            return {}
+        handles = {(domid, h): (mt.flags, mt.domid, mt.frame, *mt.pte)
+                   for domid, t in grants.tables.items()
+                   for h, mt in enumerate(t.maptrack)}
+        slots = {}
+        for (mfn, i), e in entries.items():
+            h = grants.slot_handle(int(hv.frames.owner[mfn]), mfn, i, e >> abi.PAGE_SHIFT)
+            if h >= 0:
+                slots[(mfn, i)] = h
+        tables = {(domid, k): mfn for domid, t in grants.tables.items()
+                  for k, mfn in enumerate(t.shared)}
+        return {"handles": handles, "gnt_slots": slots, "gnt_tables": tables}
 
     def indices(self) -> set[int]:
         return {i for _, i in self.entries} | {i for _, i in self.xen_slots}
@@ -153,8 +176,20 @@ class Snapshot:
             pinned=array(self.pinned, z3.BoolSort()), mem=flat,
             base=array(self.bases, W), nr_frames=bv(self.nr_frames),
             vcpu_domain=array(self.vcpu_domains, W), privileged=privileged, xen_l2e=xen_l2e,
-            **self.encode_cpus(array),
+            **self.encode_cpus(array), **self.encode_grants(),
         )
+
+    def encode_grants(self) -> dict[str, z3.ArrayRef]:
+        def table(values: dict[tuple[int, int], int]) -> z3.ArrayRef:
+            arr = z3.Lambda([z3.BitVec("x", 32), z3.BitVec("k", 32)], bv(0))
+            for (a, b), x in sorted(values.items()):
+                arr = z3.Store(arr, bv(a), bv(b), bv(x))
+            return arr
+
+        fields = ("mt_flags", "mt_dom", "mt_frame", "mt_l1", "mt_idx")
+        out = {name: table({k: v[j] for k, v in self.handles.items()})
+               for j, name in enumerate(fields)}
+        return {**out, "gnt_slot": table(self.gnt_slots), "gnt_table": table(self.gnt_tables)}
 
     def encode_cpus(self, array: Any) -> dict[str, z3.ArrayRef]:
         c = self.cpus
@@ -178,20 +213,36 @@ class Snapshot:
 
 
 def same_state(s: SymState, after: Snapshot, indices: list[int]) -> z3.BoolRef:
-    """``s`` agrees with the concrete ``after`` on every frame, entry in use and base."""
+    """``s`` agrees with the concrete ``after`` on every frame, entry in use and base. The words
+    of grant-table frames are not compared: Xen keeps GTF_reading and GTF_writing there by pin
+    counts, which the spec abstracts away."""
     terms = []
+    grant_frames = set(after.gnt_tables.values())
     for f in range(after.nr_frames):
         terms += [
             s.owner[bv(f)] == after.owner[f], s.type[bv(f)] == after.type[f],
             s.validated[bv(f)] == after.validated[f], s.pinned[bv(f)] == after.pinned[f],
         ]
-        for i in indices:
+        for i in indices if f not in grant_frames else ():
             terms.append(z3.Select(s.mem, bv(f), bv(i)) == after.entries.get((f, i), 0))
         terms.append(s.gdt_ref[bv(f)] == after.gdt_ref[f])
     terms += [s.base[bv(v)] == b for v, b in enumerate(after.bases)]
+    terms += same_grants(s, after)
     for v, c in enumerate(after.cpus):
         terms += same_cpu(s, bv(v), c)
     return z3.And(*terms)
+
+
+def same_grants(s: SymState, after: Snapshot) -> list[z3.BoolRef]:
+    """``s`` agrees with the model's grant handles (every one in use, and a freed one reads
+    flags 0) and with the handle of every grant PTE."""
+    terms = []
+    for (domid, h), values in after.handles.items():
+        for name, x in zip(("mt_flags", "mt_dom", "mt_frame", "mt_l1", "mt_idx"), values,
+                           strict=True):
+            terms.append(z3.Select(getattr(s, name), bv(domid), bv(h)) == x)
+    terms += [z3.Select(s.gnt_slot, bv(m), bv(i)) == h for (m, i), h in after.gnt_slots.items()]
+    return terms
 
 
 def same_cpu(s: SymState, v: z3.BitVecRef, c: CpuSnapshot) -> list[z3.BoolRef]:

@@ -161,6 +161,13 @@ def _map_ignoring_readonly(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(grant_spec, "permits", lambda f, d, c, ro: permits(f, d, c, z3.BoolVal(True)))
 
 
+def _copy_ignoring_readonly(mp: pytest.MonkeyPatch) -> None:
+    """A copy's destination grant is checked as if the copy only read it."""
+    side = grant_spec.copy_side
+    mp.setattr(grant_spec, "copy_side",
+               lambda s, d, g, r, dom, readonly: side(s, d, g, r, dom, True))
+
+
 def _map_writable_pte(mp: pytest.MonkeyPatch) -> None:
     """The grant PTE is made writable whatever the handle's flags."""
     mp.setattr(grant_spec, "GRANT_PTE_FLAGS", abi.GRANT_PTE_FLAGS | abi._PAGE_RW)
@@ -181,7 +188,7 @@ def _pte_form_any_table(mp: pytest.MonkeyPatch) -> None:
 
 GRANT_MUTANTS: list[tuple[str, str, Callable[[pytest.MonkeyPatch], None]]] = [
     ("map_grant_ref ignores GTF_readonly",
-     "map_grant_ref maps writable only grants without GTF_readonly: INV-GNT-RO",
+     "map_grant_ref and copy write only through grants without GTF_readonly: INV-GNT-RO",
      _map_ignoring_readonly),
     ("map_grant_ref writes a writable PTE for a read-only handle",
      "grant_table_op/map_grant_ref preserves INV-GNT-RO", _map_writable_pte),
@@ -194,6 +201,9 @@ GRANT_MUTANTS: list[tuple[str, str, Callable[[pytest.MonkeyPatch], None]]] = [
     ("copy writes a frame that cannot take the writable type",
      "grant_table_op/copy preserves INV-L2REF",
      lambda mp: mp.setattr(grant_spec, "can_take_type", lambda s, g, t: z3.BoolVal(True))),
+    ("copy ignores GTF_readonly on its destination",
+     "map_grant_ref and copy write only through grants without GTF_readonly: INV-GNT-RO",
+     _copy_ignoring_readonly),
 ]
 
 

@@ -136,20 +136,41 @@ def spec_unmap_grant_ref(s: SymState, v: Word, addr: Word, h: Word,
         pte_present(e), pte_get_pfn(e) == z3.Select(s.mt_frame, d, h),
         pte_writable(e) == (flags & abi.GNTMAP_readonly == 0),
     )
+    rest = flags & ~abi.GNTMAP_host_map
+    # put_maptrack_handle: a handle with neither a host nor a device mapping left is free.
+    left = rest & (abi.GNTMAP_host_map | abi.GNTMAP_device_map) != 0
     new = s.evolve(mem=set_entry(s, l1, idx, bv(0)),
-                   mt_flags=z3.Store(s.mt_flags, d, h, flags & ~abi.GNTMAP_host_map))
+                   mt_flags=z3.Store(s.mt_flags, d, h, z3.If(left, rest, bv(0))))
     return Transition(ok, new, bv(0), bv(abi.GNTST_general_error))
 
 
-def spec_copy(s: SymState, dst: Word) -> Transition:
-    """GNTTABOP_copy: only the destination frame's contents change, and the frame takes the
-    writable type first (get_page_and_type(PGT_writable_page)), so no table, GDT or LDT
-    frame is ever written by a copy."""
-    ok = z3.And(mfn_valid(s, dst), can_take_type(s, dst, PGT.writable_page))
+def copy_side(s: SymState, d: Word, is_gref: bool, ref_or_mfn: Word, dom: Word,
+              readonly: bool) -> tuple[Bool, Word]:
+    """(ok, frame) of one side of a copy made by domain ``d``: a grant reference of ``dom``
+    that permits the access (__acquire_grant_for_copy), or a frame of the caller's own named
+    by number (only with DOMID_SELF: "only allow copy-by-mfn for DOMID_SELF")."""
+    if not is_gref:
+        return z3.And(dom == abi.DOMID_SELF, mfn_valid(s, ref_or_mfn),
+                      s.owner[ref_or_mfn] == d), ref_or_mfn
+    sflags, sdomid, t = grant_entry(s, dom, ref_or_mfn)
+    return z3.And(z3.ULT(ref_or_mfn, bv(abi.NR_GRANT_ENTRIES)),
+                  permits(sflags, sdomid, d, z3.BoolVal(readonly)), granter_owns(s, t, dom)), t
+
+
+def spec_copy(s: SymState, v: Word, src: tuple[bool, Word, Word],
+              dst: tuple[bool, Word, Word]) -> Transition:
+    """GNTTABOP_copy of one span: ``src`` and ``dst`` are (by grant, ref or mfn, domid). Only
+    the destination frame's contents change, and it takes the writable type first
+    (get_page_and_type(PGT_writable_page)), so no table, GDT or LDT frame is ever written by a
+    copy; each granted side is pinned for the copy only."""
+    d = s.vcpu_domain[v]
+    src_ok, _ = copy_side(s, d, *src, readonly=True)
+    dst_ok, frame = copy_side(s, d, *dst, readonly=False)
+    ok = z3.And(src_ok, dst_ok, can_take_type(s, frame, PGT.writable_page))
     data = z3.Array(fresh_name("copied"), z3.BitVecSort(32), z3.BitVecSort(32))
     f, i = z3.BitVec(fresh_name("f"), 32), z3.BitVec(fresh_name("i"), 32)
     x = z3.BitVec(fresh_name("x"), 32)
-    retyped = z3.Lambda([x], z3.And(x == dst, s.type[dst] != int(PGT.writable_page)))
+    retyped = z3.Lambda([x], z3.And(x == frame, s.type[frame] != int(PGT.writable_page)))
     mid = retype_writable(s, retyped)
-    new = mid.evolve(mem=z3.Lambda([f, i], z3.If(f == dst, data[i], z3.Select(s.mem, f, i))))
+    new = mid.evolve(mem=z3.Lambda([f, i], z3.If(f == frame, data[i], z3.Select(s.mem, f, i))))
     return Transition(ok, new, bv(0), bv(abi.GNTST_general_error))

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import z3
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from xenspec.proofs.refinement import Snapshot, check_refinement
@@ -18,7 +18,7 @@ from xenspec.refmodel.hypervisor import Hypervisor
 from xenspec.refmodel.platform import PVPlatform
 from xenspec.refmodel.pvguest import ARG_PAGES, PVGuest
 from xenspec.refmodel.view import check_invariants
-from xenspec.spec import abi, cpu_spec, mm_spec
+from xenspec.spec import abi, cpu_spec, grant_spec, mm_spec
 from xenspec.spec.mm_spec import Transition
 from xenspec.spec.symbolic import SymState, bv
 
@@ -234,3 +234,106 @@ def arch_of(hv: Hypervisor, g: PVGuest) -> ArchVcpu:
     a = hv.arch_vcpu(g.vcpu)
     assert a is not None
     return a
+
+
+# ------------------------------------------------------------------------------------------------
+# Grant tables (spec.grant_spec): domain A grants, domain B maps, unmaps and copies.
+# ------------------------------------------------------------------------------------------------
+GRANT_MAPPED = ARG_PAGES + 6  # B maps grants over pages 16..21 (the last are its page tables)
+GRANT_OPS = st.one_of(
+    st.tuples(st.just("grant"), st.integers(0, 3), st.integers(0, 40), st.booleans()),
+    st.tuples(st.just("wipe"), st.integers(0, 3), st.just(0), st.just(False)),
+    st.tuples(st.just("map"), st.integers(0, 4), st.integers(0, 40),
+              st.sampled_from([abi.GNTMAP_host_map, abi.GNTMAP_host_map | abi.GNTMAP_readonly,
+                               abi.GNTMAP_host_map | abi.GNTMAP_application_map,
+                               abi.GNTMAP_host_map | abi.GNTMAP_contains_pte, 0])),
+    st.tuples(st.just("unmap"), st.integers(0, 3), st.integers(0, 40), st.booleans()),
+    st.tuples(st.just("overwrite"), st.integers(0, 40), st.just(0), st.just(False)),
+    st.tuples(st.just("copy"), st.integers(0, 3), st.integers(0, 40), st.just(False)),
+)
+
+
+def grant_guests() -> tuple[Hypervisor, PVPlatform, PVGuest, PVGuest, frozenset[int]]:
+    hv = Hypervisor(128)
+    pv = PVPlatform(hv)
+    a, b = PVGuest(hv, 28, nr_mapped=GRANT_MAPPED), PVGuest(hv, 28, nr_mapped=GRANT_MAPPED)
+    for g in (a, b):
+        pv.setup_domain(g.domain)
+        pv.grants.table(g.domain)
+    skip = frozenset(g.mfn(p) for g in (a, b) for p in range(ARG_PAGES))
+    return hv, pv, a, b, skip
+
+
+def run_grant_op(pv: PVPlatform, a: PVGuest, b: PVGuest, op: tuple[Any, ...],
+                 hv: Hypervisor) -> tuple[int, Spec] | None:
+    """Issue one grant operation of B's (None for A writing its grant entry). The spec has one
+    refusal for all of Xen's status codes (tests/test_grants.py checks those): any failure is
+    compared as GNTST_general_error."""
+    name, x, y, z = op
+    vb, ta = bv(1), pv.grants.table(a.domain)  # vCPUs are numbered across domains: B's is 1
+    own_b = [m for m in b.domain.page_list]
+    if name in ("grant", "wipe"):
+        frames = [*a.domain.page_list, *own_b]
+        entry = abi.GRANT_ENTRY_T.pack(
+            abi.GTF_permit_access | (abi.GTF_readonly if z else 0), b.domid,
+            frames[y % len(frames)]) if name == "grant" else bytes(8)
+        hv.memory.write((ta.shared[0] << 12) + 8 * x, entry)
+        return None
+    tb = pv.grants.table(b.domain)
+    if name == "map":
+        pfn = ARG_PAGES + y % (GRANT_MAPPED - ARG_PAGES)
+        by_pte = bool(z & abi.GNTMAP_contains_pte)
+        addr = b.first_l1_mfn << 12 | 4 * pfn if by_pte else b.va(pfn)
+        free = next((h for h, mt in enumerate(tb.maptrack) if not mt.flags), len(tb.maptrack))
+        st_, handle, _ = pv.grants.map_grant_ref(b.vcpu, addr, z, x, a.domid)
+        h = handle if st_ == 0 else free
+        return (st_, lambda s, ad=addr, f=z, r=x, hh=h: grant_spec.spec_map_grant_ref(
+            s, vb, bv(ad), bv(f), bv(r), bv(a.domid), bv(hh),
+            bool(f & abi.GNTMAP_contains_pte)))
+    if name == "unmap":
+        h = x % max(1, len(tb.maptrack))
+        mt = tb.maptrack[h] if tb.maptrack else None
+        if mt is None or not mt.flags & abi.GNTMAP_host_map:
+            return None
+        by_pte = bool(mt.flags & abi.GNTMAP_contains_pte)
+        if z:  # the address the handle mapped at (B's first L1 maps from its virtual base)
+            addr = mt.pte[0] << 12 | 4 * mt.pte[1] if by_pte else b.va(mt.pte[1])
+        else:
+            addr = b.va(ARG_PAGES + y % (GRANT_MAPPED - ARG_PAGES))
+        st_ = pv.grants.unmap_grant_ref(b.vcpu, addr, 0, h)
+        return (st_, lambda s, ad=addr, hh=h, bp=by_pte: grant_spec.spec_unmap_grant_ref(
+            s, vb, bv(ad), bv(hh), bp))
+    if name == "overwrite":  # an implicit unmap, by update_va_mapping
+        va = b.va(ARG_PAGES + x % (GRANT_MAPPED - ARG_PAGES))
+        rc = b.update_va_mapping(va, 0)
+        return (rc, lambda s, v=va: mm_spec.spec_update_va_mapping(s, vb, bv(v), bv(0)))
+    dst = own_b[ARG_PAGES + y % (len(own_b) - ARG_PAGES)]
+    st_ = pv.grants.copy(b.vcpu, (x, a.domid, 0), (dst, abi.DOMID_SELF, 8), 16,
+                         abi.GNTCOPY_source_gref)
+    return (st_, lambda s, r=x, d=dst: grant_spec.spec_copy(
+        s, vb, (True, bv(r), bv(a.domid)), (False, bv(d), bv(abi.DOMID_SELF))))
+
+
+@settings(max_examples=max(10, EXAMPLES // 3), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(GRANT_OPS, min_size=1, max_size=8))
+@example([("grant", 0, 0, False), ("map", 0, 1, abi.GNTMAP_host_map), ("grant", 1, 2, True),
+          ("map", 1, 2, abi.GNTMAP_host_map),
+          ("map", 1, 2, abi.GNTMAP_host_map | abi.GNTMAP_readonly),
+          ("map", 0, 3, abi.GNTMAP_host_map | abi.GNTMAP_contains_pte), ("copy", 0, 5, False),
+          ("unmap", 0, 0, True), ("unmap", 2, 0, True), ("overwrite", 2, 0, False),
+          ("unmap", 1, 0, True), ("unmap", 1, 3, False)])
+def test_model_grant_ops_refine_spec(ops: list[tuple[Any, ...]]) -> None:
+    hv, pv, a, b, skip = grant_guests()
+    for op in ops:
+        before = Snapshot.take(hv, skip)
+        issued = run_grant_op(pv, a, b, op, hv)
+        assert check_invariants(hv) == [], op
+        if issued is None:
+            continue
+        rc, spec = issued
+        if op[0] != "overwrite":
+            rc = 0 if rc == abi.GNTST_okay else abi.GNTST_general_error
+        after = Snapshot.take(hv, skip)
+        problem = check_refinement(before, after, rc, spec)
+        assert problem is None, f"{op}: {problem}"
