@@ -187,6 +187,7 @@ ASSUMES: dict[str, tuple[str, ...]] = {
     "INV-ISO": ("INV-ISO", "INV-BASE"),
     # A writable grant PTE's handle: INV-OWN says which handle a grant PTE belongs to.
     "INV-GNT-RO": (*MMU_INVARIANTS, "INV-GNT-RO"),
+    "INV-L2REF": tuple(i for i in MMU_INVARIANTS if i != "INV-OWN"),
 }
 
 
