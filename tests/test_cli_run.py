@@ -51,3 +51,13 @@ def test_run_without_a_guest_boots_the_demo() -> None:
     assert r.exit_code == 0, r.output
     assert "process: running in ring 3" in r.output
     assert "Test result: SUCCESS" in r.output
+
+
+@needs_gcc
+def test_run_with_devices_prints_the_pv_console_ring() -> None:
+    """--devices gives the guest the console ring: what it writes there reaches the output."""
+    r = CliRunner().invoke(main, ["run", "--devices", str(build_guest("consring"))])
+    assert r.exit_code == 0, r.output
+    assert "ring line 099" in r.output and "Test result: SUCCESS" in r.output
+    r = CliRunner().invoke(main, ["run", str(build_guest("consring"))])
+    assert "Test result: SKIP" in r.output, "without --devices the guest has no console ring"

@@ -42,10 +42,13 @@ def main() -> None:
               help="Stop guests that have not shut down after this many seconds (0: never).")
 @click.option("--disk", default=None, metavar="IMAGE",
               help="Give the first GUEST a virtual block device (blkif, vbd 768) backed by "
-                   "this image file.")
+                   "this image file (it gets the store and console rings too).")
+@click.option("--devices", is_flag=True,
+              help="Give every GUEST the store and console rings of start_info, as Xen's "
+                   "tools do; the PV console's output is printed like console_io's.")
 def run(guests: tuple[str, ...], scenario: str | None, trace: bool, check_invariants: bool,
         memory_mb: int, domain_mb: int | None, cmdlines: tuple[str, ...],
-        timeout_s: float, disk: str | None) -> None:
+        timeout_s: float, disk: str | None, devices: bool) -> None:
     """Boot each GUEST (a Xen 3.0 x86_32 non-PAE kernel ELF) as a domain of one machine
     (domain ids 0, 1, ... in order), share the CPU between them (borrowed virtual time),
     print their consoles (with several guests each line starts with [dN]) and exit with their
@@ -85,7 +88,7 @@ def run(guests: tuple[str, ...], scenario: str | None, trace: bool, check_invari
     elif not guests:
         guests = (_built_guest("demo"),)
     sys.exit(_run_guests(list(guests), list(cmdlines), trace, memory_mb, domain_mb or 16,
-                         timeout_s, check_invariants, stats, disk))
+                         timeout_s, check_invariants, stats, disk, devices))
 
 
 def _built_guest(name: str) -> str:
@@ -131,7 +134,7 @@ class _Consoles:
 
 def _run_guests(paths: list[str], cmdlines: list[str], trace: bool, memory_mb: int,
                 domain_mb: int, timeout_s: float, check_invariants: bool, stats: bool,
-                disk: str | None = None) -> int:
+                disk: str | None = None, devices: bool = False) -> int:
     from xenspec.refmodel.blkback import ImageError
     from xenspec.refmodel.boot import Machine
     from xenspec.refmodel.builder import BuildError
@@ -149,7 +152,8 @@ def _run_guests(paths: list[str], cmdlines: list[str], trace: bool, memory_mb: i
         m = Machine(memory_mb, trace=trace, console=consoles.write,
                     on_trace=on_trace if trace else None, check_invariants=check_invariants)
         domains = [m.add_guest(p, domain_mb, cmdlines[i] if i < len(cmdlines) else "",
-                               devices=True if disk is not None and i == 0 else None)
+                               devices=True if devices or (disk is not None and i == 0)
+                               else None)
                    for i, p in enumerate(paths)]
         if disk is not None:
             m.attach_disk(domains[0].domain_id, disk)
