@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import z3
 
-from xenspec.spec import abi, cpu_spec, event_spec, grant_spec, mm_spec, symbolic
+from xenspec.spec import abi, cpu_spec, event_spec, grant_spec, memop_spec, mm_spec, symbolic
 from xenspec.spec.invariants import Invariant, proof_invariants
 from xenspec.spec.mm_spec import Transition
 from xenspec.spec.pagetable import PGT, pte_get_pfn, pte_present
@@ -136,6 +136,16 @@ def _gnttab_copy(src_gref: bool, dst_gref: bool) -> SpecBuilder:
     return build
 
 
+def _decrease_reservation(s: SymState) -> Transition:
+    v, f = _args("v", "mfn")
+    return memop_spec.spec_decrease_reservation(s, v, f)
+
+
+def _increase_reservation(s: SymState) -> Transition:
+    v, f = _args("v", "mfn")
+    return memop_spec.spec_increase_reservation(s, v, f)
+
+
 # (name, builder, the foreign-domain argument's name or None)
 HYPERCALL_SPECS: tuple[tuple[str, SpecBuilder], ...] = (
     ("mmu_update/NORMAL_PT_UPDATE", _mmu_update),
@@ -153,6 +163,8 @@ HYPERCALL_SPECS: tuple[tuple[str, SpecBuilder], ...] = (
     ("iret", _iret),
     ("set_gdt", _set_gdt),
     ("update_descriptor", _update_descriptor),
+    ("memory_op/decrease_reservation", _decrease_reservation),
+    ("memory_op/increase_reservation", _increase_reservation),
     ("grant_table_op/map_grant_ref", _map_grant_ref(False)),
     ("grant_table_op/map_grant_ref/contains_pte", _map_grant_ref(True)),
     ("grant_table_op/unmap_grant_ref", _unmap_grant_ref(False)),
@@ -165,14 +177,16 @@ HYPERCALL_SPECS: tuple[tuple[str, SpecBuilder], ...] = (
 def assumptions(s: SymState) -> z3.BoolRef:
     """What holds of every machine: vCPUs belong to guest domains, no RAM belongs to DOMID_IO,
     frame 0 is Xen's (0 names no frame in a base pointer or GDT slot), and FOREIGNDOM is the
-    caller unless the caller is privileged (set_foreigndom)."""
+    caller unless the caller is privileged (set_foreigndom), and always names a domain (never
+    the free list's owner)."""
     v, f = z3.BitVecs("ax_v ax_f", 32)
     guest = z3.ForAll([v], z3.ULT(s.vcpu_domain[v], bv(abi.DOMID_FIRST_RESERVED)))
     no_io = z3.ForAll([f], s.owner[f] != bv(abi.DOMID_IO))
     xen_frame0 = s.owner[bv(0)] == bv(abi.DOMID_XEN)
     fd, vv = z3.BitVecs("fd v", 32)
     d = s.vcpu_domain[vv]
-    foreign = z3.Or(fd == d, fd == bv(abi.DOMID_IO), s.privileged[d])
+    foreign = z3.And(z3.Or(fd == d, fd == bv(abi.DOMID_IO), s.privileged[d]),
+                     fd != memop_spec.FREE)
     return z3.And(guest, no_io, xen_frame0, foreign)
 
 
@@ -187,12 +201,19 @@ ASSUMES: dict[str, tuple[str, ...]] = {
     "INV-ISO": ("INV-ISO", "INV-BASE"),
     # A writable grant PTE's handle: INV-OWN says which handle a grant PTE belongs to.
     "INV-GNT-RO": (*MMU_INVARIANTS, "INV-GNT-RO"),
-    "INV-L2REF": tuple(i for i in MMU_INVARIANTS if i != "INV-OWN"),
+    "INV-FREE-REF": (*MMU_INVARIANTS, "INV-FREE-REF"),
 }
 
 
-def assumed(inv: Invariant) -> tuple[str, ...]:
-    return ASSUMES.get(inv.label, MMU_INVARIANTS)
+# What an obligation about a given hypercall also assumes: the heap's frames are unreferenced.
+SPEC_ASSUMES: dict[str, tuple[str, ...]] = {
+    "memory_op/decrease_reservation": ("INV-FREE-REF",),
+    "memory_op/increase_reservation": ("INV-FREE-REF",),
+}
+
+
+def assumed(inv: Invariant, hypercall: str = "") -> tuple[str, ...]:
+    return (*ASSUMES.get(inv.label, MMU_INVARIANTS), *SPEC_ASSUMES.get(hypercall, ()))
 
 
 @dataclass
@@ -224,7 +245,7 @@ def build(hypercall: str, builder: SpecBuilder, inv: Invariant, branch: str) -> 
         cond, new, choice = other.cond, other.new, other.choice
     solver = z3.Solver()
     for known in proof_invariants():
-        if known.label in assumed(inv):
+        if known.label in assumed(inv, hypercall):
             solver.add(known.check(SymView(old)))
     solver.add(assumptions(old), choice, cond)
     goal = SymView(new, witness=True)
@@ -311,6 +332,21 @@ def _writes_need_writable_grant() -> z3.Solver:
     return solver
 
 
+def _heap_hands_out_unreferenced_frames() -> z3.Solver:
+    """A frame is never handed to a domain while anything references it: increase_reservation
+    and populate_physmap take a frame of the free list, and by INV-FREE-REF nothing references
+    such a frame."""
+    symbolic.reset_fresh()
+    s = SymState.fresh("old")
+    v, f = _args("v", "mfn")
+    t = memop_spec.spec_increase_reservation(s, v, f)
+    free_ref = next(i for i in proof_invariants() if i.id == "INV-FREE-REF")
+    solver = z3.Solver()
+    solver.add(assumptions(s), free_ref.check(SymView(s)), t.ok,
+               z3.Not(memop_spec.unreferenced(s, f)))
+    return solver
+
+
 def _grants_not_revoked(builder: SpecBuilder) -> Callable[[], z3.Solver]:
     """A grant in use cannot be revoked underneath its user: when an unprivileged domain other
     than the grantee makes the call, the grantee's grant PTE (in its L1 in use, mapping the
@@ -353,6 +389,8 @@ RULE_OBLIGATIONS: tuple[tuple[str, Callable[[], z3.Solver]], ...] = (
     ("descriptor rule is idempotent", _descriptor_rule_is_idempotent),
     ("iret resumes the guest outside ring 0, IOPL 0, interrupts on: INV-PRIV",
      _iret_never_resumes_ring0),
+    ("memory_op gives a domain only frames nothing references: INV-FREE-REF",
+     _heap_hands_out_unreferenced_frames),
     ("map_grant_ref and copy write only through grants without GTF_readonly: INV-GNT-RO",
      _writes_need_writable_grant),
     *((f"{n} by another domain leaves a grantee's mapping in place: grants not revoked",

@@ -25,6 +25,7 @@ from xenspec.refmodel.arch import ArchVcpu
 from xenspec.refmodel.hypervisor import Hypervisor
 from xenspec.refmodel.memory import PGT_pinned, PGT_validated
 from xenspec.spec import abi, mm_spec, symbolic
+from xenspec.spec.invariants import FREE_FRAME_OWNER
 from xenspec.spec.mm_spec import GDT_FRAMES, Transition
 from xenspec.spec.pagetable import PGT
 from xenspec.spec.symbolic import SymState, bv
@@ -276,9 +277,14 @@ def observed_choices(before: Snapshot, after: Snapshot) -> Callable[[str], z3.Ex
     sets = {"devalidated": gone, "new_l1": new_l1, "retyped": retyped, "kept_table": kept,
             "gdt_typed": gdt_typed, "gdt_failed": gdt_failed, "gdt_released": released}
 
+    freed = [f for f in range(n) if before.owner[f] != after.owner[f]
+             and after.owner[f] == FREE_FRAME_OWNER & 0xFFFFFFFF]
+
     def choose(name: str) -> z3.ExprRef:
         if name == "validate_target":
             return z3.BoolVal(bool(new_l1))
+        if name == "freed":  # memory_op: the frame went back to the heap
+            return z3.BoolVal(bool(freed))
         arr = z3.K(W, z3.BoolVal(False))
         for f in sets[name]:
             arr = z3.Store(arr, bv(f), z3.BoolVal(True))
@@ -289,13 +295,14 @@ def observed_choices(before: Snapshot, after: Snapshot) -> Callable[[str], z3.Ex
 
 def check_refinement(
     before: Snapshot, after: Snapshot, rc: int, spec: Callable[[SymState], Transition],
-    extra_indices: tuple[int, ...] = (),
+    extra_indices: tuple[int, ...] = (), success_rc: int = 0,
 ) -> str | None:
-    """None if the spec allows the model's outcome, else a description of the mismatch."""
+    """None if the spec allows the model's outcome, else a description of the mismatch.
+    ``success_rc`` is what the call returns when it succeeds (memory_op: the extents done)."""
     indices = sorted(before.indices() | after.indices() | set(extra_indices))
     symbolic.reset_fresh()
     old = before.encode()
-    if rc != 0:
+    if rc != success_rc:
         # A failing call: no choice at all may let the spec succeed.
         t = spec(old)
         if _sat(z3.And(t.ok, t.choice), timeout_s=5) == z3.sat:
@@ -303,7 +310,7 @@ def check_refinement(
     mm_spec.CHOOSE = observed_choices(before, after)
     try:
         t = spec(old)
-        if rc == 0:
+        if rc == success_rc:
             outcomes = [z3.And(t.ok, t.choice, same_state(t.new, after, indices))]
         else:
             untouched = z3.And(z3.Not(t.ok), *[z3.Not(b.cond) for b in t.others],

@@ -15,7 +15,7 @@ import z3
 
 from xenspec.proofs.obligations import RULE_OBLIGATIONS, obligation_names
 from xenspec.proofs.runner import find_counterexample
-from xenspec.spec import abi, cpu_spec, grant_spec, mm_spec, symbolic
+from xenspec.spec import abi, cpu_spec, grant_spec, memop_spec, mm_spec, symbolic
 from xenspec.spec.pagetable import (
     PGT,
     l1e_disallowed,
@@ -154,7 +154,7 @@ def test_descriptor_rule_without_dpl_fixup_fails_inv_priv(monkeypatch: pytest.Mo
     assert {line.split(" = ")[0] for line in result.counterexample} == {"lo", "hi"}
 
 
-# Mutants of the grant-table specs (spec.grant_spec).
+# Mutants of the grant-table and memory_op specs (spec.grant_spec, spec.memop_spec).
 def _map_ignoring_readonly(mp: pytest.MonkeyPatch) -> None:
     """map_grant_ref no longer reads GTF_readonly from the granter's entry."""
     permits = grant_spec.permits
@@ -186,7 +186,13 @@ def _pte_form_any_table(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(grant_spec, "grant_pte_slot", anyone)
 
 
-GRANT_MUTANTS: list[tuple[str, str, Callable[[pytest.MonkeyPatch], None]]] = [
+GRANT_MEMOP_MUTANTS: list[tuple[str, str, Callable[[pytest.MonkeyPatch], None]]] = [
+    ("decrease_reservation frees a frame that is still referenced",
+     "memory_op/decrease_reservation preserves INV-FREE-REF",
+     lambda mp: mp.setattr(memop_spec, "unreferenced", lambda s, f: z3.BoolVal(True))),
+    ("increase_reservation hands out a frame that is not on the free list",
+     "memory_op/increase_reservation preserves INV-OWN",
+     lambda mp: mp.setattr(memop_spec, "on_free_list", lambda s, f: z3.BoolVal(True))),
     ("map_grant_ref ignores GTF_readonly",
      "map_grant_ref and copy write only through grants without GTF_readonly: INV-GNT-RO",
      _map_ignoring_readonly),
@@ -223,9 +229,9 @@ def bounded_counterexample(obligation: str) -> bool:
         symbolic.set_scope(symbolic.Scope())
 
 
-@pytest.mark.parametrize("what,obligation,patch", GRANT_MUTANTS,
-                         ids=[m[0] for m in GRANT_MUTANTS])
-def test_grant_spec_mutant_breaks_the_proof(
+@pytest.mark.parametrize("what,obligation,patch", GRANT_MEMOP_MUTANTS,
+                         ids=[m[0] for m in GRANT_MEMOP_MUTANTS])
+def test_grant_and_memop_mutant_breaks_the_proof(
     what: str, obligation: str, patch: Callable[[pytest.MonkeyPatch], None],
 ) -> None:
     assert not bounded_counterexample(obligation), "control: the intact spec has none"

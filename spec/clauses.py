@@ -114,6 +114,13 @@ CLAUSES: tuple[Clause, ...] = (
     Clause("memory_op", _H, "Give machine frames back and ask for more (the balloon)",
            "SOSP'03 s3.3.4; memory.h XENMEM_*; memory.c do_memory_op, guest_remove_page"),
     # --- invariants (DESIGN's table; the formulas are in xenspec.spec.invariants) -------------
+    Clause("memory_op/decrease_reservation", _H, "Give a frame back to the heap",
+           "memory.h XENMEM_decrease_reservation; memory.c guest_remove_page; page_alloc.c "
+           "free_domheap_pages", "xenspec.spec.memop_spec:spec_decrease_reservation"),
+    Clause("memory_op/increase_reservation", _H, "Receive a frame from the heap "
+           "(increase_reservation, populate_physmap)",
+           "memory.h XENMEM_increase_reservation, XENMEM_populate_physmap; memory.c; "
+           "page_alloc.c alloc_domheap_pages", "xenspec.spec.memop_spec:spec_increase_reservation"),
     Clause("INV-HOLE", _I, "No guest-controlled mapping reaches the hypervisor's top 64 MB",
            "SOSP'03 s2.1.1; mm.c alloc_l2_table, is_guest_l2_slot",
            "xenspec.spec.invariants:inv_hole"),
@@ -139,6 +146,9 @@ CLAUSES: tuple[Clause, ...] = (
     Clause("INV-PRIV", _I, "Xen alone runs in ring 0",
            "SOSP'03 s2.1.1, s2.1.2; mm.c check_descriptor; traps.c do_set_trap_table",
            "xenspec.spec.invariants:inv_priv"),
+    Clause("INV-FREE-REF", _I, "Nothing references a frame on the free list",
+           "SOSP'03 s3.3.3; page_alloc.c free_domheap_pages; memory.c increase_reservation",
+           "xenspec.spec.invariants:inv_free_ref"),
     Clause("INV-ISO", _I, "No domain reads or writes another's frames without a grant",
            "SOSP'03 s2; mm.c get_page (owner check)", "xenspec.spec.invariants:inv_iso"),
     # --- grant tables (grant_table.h; grant_table.c and mm.c of Xen 3.0.4) ---------------------

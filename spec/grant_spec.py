@@ -57,9 +57,10 @@ def permits(sflags: Word, sdomid: Word, d: Word, readonly: Bool) -> Bool:
 
 
 def granter_owns(s: SymState, t: Word, g: Word) -> Bool:
-    """get_page(frame, rd): the granted frame is machine RAM of the granting domain; a non-PAE
-    PTE holds 20 frame bits."""
-    return z3.And(mfn_valid(s, t), z3.ULT(t, bv(1 << 20)), s.owner[t] == g)
+    """get_page(frame, rd): the granted frame is machine RAM of the granting domain (a domain,
+    found by its id); a non-PAE PTE holds 20 frame bits."""
+    return z3.And(mfn_valid(s, t), z3.ULT(t, bv(1 << 20)), s.owner[t] == g,
+                  z3.ULT(g, bv(abi.DOMID_FIRST_RESERVED)))  # find_domain_by_id(op->dom)
 
 
 def grant_pte_slot(s: SymState, v: Word, addr: Word, by_pte: bool) -> tuple[Bool, Word, Word]:

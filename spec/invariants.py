@@ -298,6 +298,46 @@ def inv_iso(s: StateView) -> Bool:
     )
 
 
+# The owner the reference model gives a frame on the heap's free list (refmodel/memory.py,
+# DOMID_NONE: Xen's NULL owner); as a 32-bit word it is no domain id.
+FREE_FRAME_OWNER = -1
+
+
+def inv_free_ref(s: StateView) -> Bool:
+    """INV-FREE-REF: nothing references a frame on the heap's free list: no present entry of a
+    table in use names it, no vCPU's base pointer or GDT names it, and it is neither pinned,
+    a page table in use nor an installed GDT frame. A frame handed to a domain comes from the
+    free list (memory.c increase_reservation, populate_physmap: alloc_domheap_pages), so no
+    domain ever receives a frame that another still maps or holds (SOSP'03 s3.3.3: a frame
+    is retasked only when its reference count is zero; page_alloc.c free_domheap_pages from
+    put_page)."""
+
+    def not_free(f: Word) -> Bool:
+        return s.owner(f) != FREE_FRAME_OWNER
+
+    def entries_ok(f: Word, hi: int) -> Bool:
+        return s.forall_present_entries(f, 0, hi, lambda i, e: not_free(pte_get_pfn(e)))
+
+    tables = s.forall_frames(lambda f: s.and_(
+        s.implies(in_use_table(s, f, PGT.l1_page_table),
+                  lambda: entries_ok(f, abi.L1_PAGETABLE_ENTRIES)),
+        s.implies(in_use_table(s, f, PGT.l2_page_table),
+                  lambda: entries_ok(f, abi.L2_PAGETABLE_FIRST_XEN_SLOT)),
+    ))
+    frames = s.forall_frames(lambda f: s.implies(
+        s.owner(f) == FREE_FRAME_OWNER,
+        lambda: s.and_(s.not_(s.pinned(f)), s.not_(in_use_table(s, f, PGT.l1_page_table)),
+                       s.not_(in_use_table(s, f, PGT.l2_page_table)),
+                       s.not_(s.gdt_referenced(f))),
+    ))
+    vcpus = s.forall_vcpus(lambda v: s.and_(
+        s.implies(s.base(v) != 0, lambda: not_free(s.base(v))),
+        s.forall_indices(0, abi.GDT_PAGES, lambda k: s.implies(
+            s.gdt_frame(v, k) != 0, lambda: not_free(s.gdt_frame(v, k)))),
+    ))
+    return s.and_(tables, frames, vcpus)
+
+
 INVARIANTS: tuple[Invariant, ...] = (
     Invariant("INV-HOLE", "No guest-controlled mapping reaches the hypervisor's top 64 MB.",
               "SOSP'03 s2.1.1; xen/arch/x86/mm.c alloc_l2_table, is_guest_l2_slot", inv_hole),
@@ -319,6 +359,9 @@ INVARIANTS: tuple[Invariant, ...] = (
               "SOSP'03 s2.1.1, s2.1.2; asm-x86/desc.h __fixup_guest_selector; traps.c "
               "do_set_trap_table; x86_32/traps.c register_guest_callback; x86_32/mm.c "
               "do_stack_switch, check_descriptor; mm.c set_gdt, alloc_segdesc_page", inv_priv),
+    Invariant("INV-FREE-REF", "Nothing references a frame on the free list.",
+              "SOSP'03 s3.3.3; page_alloc.c free_domheap_pages; memory.c guest_remove_page, "
+              "increase_reservation", inv_free_ref),
     Invariant("INV-ISO", "No domain's tables, base pointers or GDT name another's frames.",
               "SOSP'03 s2; mm.c get_page (owner check), new_guest_cr3, set_gdt", inv_iso),
 )
@@ -424,11 +467,6 @@ def count_violations(s: EnumerableState) -> list[str]:
     return bad
 
 
-# The owner the reference model gives a frame on the heap's free list (refmodel/memory.py,
-# DOMID_NONE: Xen's NULL owner).
-FREE_FRAME_OWNER = -1
-
-
 def inv_free(s: StateView) -> Bool:
     """INV-FREE: a frame no domain owns (on the heap's free list) carries no reference at all:
     no general or type reference, no pin, no allocation reference. With INV-COUNT (the counts
@@ -436,8 +474,8 @@ def inv_free(s: StateView) -> Bool:
     anything still references it: Xen frees a frame only when its count drops to zero
     (page_alloc.c free_domheap_pages from put_page; memory.c guest_remove_page and x86
     domain.c relinquish_memory drop references, they never free), and a frame may be retasked
-    only at count 0 (SOSP'03 s3.3.3). A concrete check: ``FREE_FRAME_OWNER`` is the reference
-    model's encoding, so it is not among ``INVARIANTS`` (whose symbolic owners are domids)."""
+    only at count 0 (SOSP'03 s3.3.3). A concrete check (the specification abstracts counts);
+    INV-FREE-REF is its form in the specification's terms, proved for every hypercall."""
     return s.forall_frames(
         lambda f: s.implies(
             s.owner(f) == FREE_FRAME_OWNER,

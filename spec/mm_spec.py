@@ -434,5 +434,7 @@ def spec_mmuext_no_state(s: SymState) -> Transition:
 
 
 def pick(cond: Bool, a: SymState, b: SymState) -> SymState:
-    """The state ``a`` where ``cond`` holds, else ``b`` (field by field)."""
-    return a.evolve(**{f: z3.If(cond, getattr(a, f), getattr(b, f)) for f in STATE_FIELDS})
+    """The state ``a`` where ``cond`` holds, else ``b`` (field by field; a field both leave
+    as it was is not wrapped in a choice)."""
+    return a.evolve(**{f: z3.If(cond, getattr(a, f), getattr(b, f)) for f in STATE_FIELDS
+                       if not getattr(a, f).eq(getattr(b, f))})

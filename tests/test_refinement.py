@@ -15,10 +15,11 @@ from hypothesis import strategies as st
 from xenspec.proofs.refinement import Snapshot, check_refinement
 from xenspec.refmodel.arch import ArchVcpu, CpuUserRegs
 from xenspec.refmodel.hypervisor import Hypervisor
+from xenspec.refmodel.memop import MemOp
 from xenspec.refmodel.platform import PVPlatform
 from xenspec.refmodel.pvguest import ARG_PAGES, PVGuest
 from xenspec.refmodel.view import check_invariants
-from xenspec.spec import abi, cpu_spec, grant_spec, mm_spec
+from xenspec.spec import abi, cpu_spec, grant_spec, memop_spec, mm_spec
 from xenspec.spec.mm_spec import Transition
 from xenspec.spec.symbolic import SymState, bv
 
@@ -337,3 +338,47 @@ def test_model_grant_ops_refine_spec(ops: list[tuple[Any, ...]]) -> None:
         after = Snapshot.take(hv, skip)
         problem = check_refinement(before, after, rc, spec)
         assert problem is None, f"{op}: {problem}"
+
+
+# ------------------------------------------------------------------------------------------------
+# memory_op (spec.memop_spec): a domain gives frames back (mapped, pinned or idle) and asks for
+# more; the heap's frames are described by INV-FREE-REF.
+# ------------------------------------------------------------------------------------------------
+MEMOP_OPS = st.lists(st.one_of(
+    st.tuples(st.just("decrease"), st.integers(0, 40)),
+    st.tuples(st.just("increase"), st.just(0)),
+    st.tuples(st.just("pin"), st.integers(0, 40)),
+), min_size=1, max_size=6)
+
+
+@settings(max_examples=max(10, EXAMPLES // 3), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(MEMOP_OPS)
+def test_model_memory_op_refines_spec(ops: list[tuple[str, int]]) -> None:
+    hv = Hypervisor(64)
+    pv = PVPlatform(hv)
+    g = PVGuest(hv, 30, nr_mapped=21)
+    pv.setup_domain(g.domain)
+    hv.hypercall_table.update(MemOp(pv).hypercalls())
+    skip = frozenset(g.mfn(p) for p in range(ARG_PAGES))
+    own = [m for m in g.domain.page_list if m not in skip]
+    T = abi.XEN_MEMORY_RESERVATION_T
+    for op, x in ops:
+        if op == "pin":
+            g.pin(own[x % len(own)], 1)
+            continue
+        before = Snapshot.take(hv, skip)
+        f = own[x % len(own)] if op == "decrease" else 0
+        extents = g.write_args(f.to_bytes(4, "little"), offset=64)
+        cmd = abi.XENMEM_decrease_reservation if op == "decrease" else \
+            abi.XENMEM_increase_reservation
+        rc = g.hypercall("memory_op", cmd, g.write_args(T.pack(extents, 1, 0, 0, abi.DOMID_SELF)))
+        got = int.from_bytes(hv.copy_from_guest(g.vcpu, extents, 4) or bytes(4), "little")
+        assert check_invariants(hv) == [], op
+        after = Snapshot.take(hv, skip)
+        spec: Spec = (
+            (lambda s, m=f: memop_spec.spec_decrease_reservation(s, V0, bv(m)))
+            if op == "decrease" else
+            (lambda s, m=got: memop_spec.spec_increase_reservation(s, V0, bv(m))))
+        problem = check_refinement(before, after, rc, spec, success_rc=1)
+        assert problem is None, f"{op} {x}: {problem}"
