@@ -34,7 +34,7 @@ from xenspec.proofs.obligations import (
 )
 from xenspec.spec import symbolic
 
-DEFAULT_TIMEOUT_S = 300
+DEFAULT_TIMEOUT_S = 600
 BOUNDED_FRAMES = (2, 3, 4)
 
 
