@@ -446,24 +446,26 @@ class Grants:
     # ----------------------------------------------------------------------------------------
     # Setup and queries.
     # ----------------------------------------------------------------------------------------
+    def _table_domain(self, v: Vcpu, dom: int) -> Domain:
+        """The domain whose table setup_table, query_size or dump_table names: DOMID_SELF, or
+        any domain for a privileged caller (GNTST_permission_denied, GNTST_bad_domain)."""
+        if dom != abi.DOMID_SELF and not v.domain.is_privileged:
+            raise GrantError(abi.GNTST_permission_denied)
+        return self._find(v, dom, self_ok=True)
+
     def setup_table(self, v: Vcpu, dom: int, nr_frames: int) -> tuple[int, list[int]]:
         """gnttab_setup_table: (status, the first ``nr_frames`` shared frames)."""
         if nr_frames > abi.NR_GRANT_FRAMES:
             return abi.GNTST_general_error, []
-        if dom != abi.DOMID_SELF and not v.domain.is_privileged:
-            return abi.GNTST_permission_denied, []
         try:
-            d = self._find(v, dom, self_ok=True)
+            return abi.GNTST_okay, self.table(self._table_domain(v, dom)).shared[:nr_frames]
         except GrantError as e:
             return e.status, []
-        return abi.GNTST_okay, self.table(d).shared[:nr_frames]
 
     def query_size(self, v: Vcpu, dom: int) -> tuple[int, int, int]:
         """GNTTABOP_query_size: (status, nr_frames, max_nr_frames)."""
-        if dom != abi.DOMID_SELF and not v.domain.is_privileged:
-            return abi.GNTST_permission_denied, 0, 0
         try:
-            self._find(v, dom, self_ok=True)
+            self._table_domain(v, dom)
         except GrantError as e:
             return e.status, 0, 0
         return abi.GNTST_okay, abi.NR_GRANT_FRAMES, abi.NR_GRANT_FRAMES
@@ -571,10 +573,8 @@ class Grants:
 
         def one(buf: bytes) -> bytes:
             dom = T.unpack(buf)[0]
-            if dom != abi.DOMID_SELF and not v.domain.is_privileged:
-                return T.pack(dom, abi.GNTST_permission_denied)
             try:
-                self._find(v, dom, self_ok=True)
+                self._table_domain(v, dom)
             except GrantError as e:
                 return T.pack(dom, e.status)
             return T.pack(dom, abi.GNTST_okay)

@@ -102,6 +102,10 @@ def test_setup_table_and_query_size(impl: ReferenceImplementation) -> None:
     rc, out = gnt.op(abi.GNTTABOP_query_size, T.pack(SELF, 0, 0, 0))
     assert rc == 0 and T.unpack(out)[1:] == (abi.NR_GRANT_FRAMES, abi.NR_GRANT_FRAMES,
                                              abi.GNTST_okay)
+    D = abi.GNTTAB_DUMP_TABLE_T
+    assert D.unpack(gnt.op(abi.GNTTABOP_dump_table, D.pack(SELF, 1))[1])[1] == abi.GNTST_okay
+    assert D.unpack(gnt.op(abi.GNTTABOP_dump_table, D.pack(_b.domid, 1))[1])[1] == (
+        abi.GNTST_permission_denied)
     assert gnt.op(abi.GNTTABOP_setup_table, bytes(16), count=2)[0] == -abi.EINVAL
     assert gnt.op(abi.GNTTABOP_map_grant_ref, bytes(32), count=513)[0] == -abi.EINVAL
     assert gnt.op(abi.GNTTABOP_transfer, bytes(16))[0] == -abi.ENOSYS
