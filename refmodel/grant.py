@@ -111,7 +111,9 @@ class GrantMapping:
 
 @dataclass
 class GrantTable:
+    domid: int
     shared: list[int]  # the shared frames' mfns
+    dying: bool = False  # its domain was destroyed: no new pins, handles still unmap
     active: dict[int, ActiveGrant] = field(default_factory=dict)
     maptrack: list[GrantMapping] = field(default_factory=list)
 
@@ -147,7 +149,7 @@ class Grants:
                 mfn = self.hv.alloc_domheap_page(None)
                 self.hv.frames.owner[mfn] = d.domain_id
                 shared.append(mfn)
-            t = self.tables[d.domain_id] = GrantTable(shared)
+            t = self.tables[d.domain_id] = GrantTable(d.domain_id, shared)
         return t
 
     def _entry_maddr(self, t: GrantTable, ref: int) -> int:
@@ -161,7 +163,7 @@ class Grants:
         return int(flags), int(domid), int(frame)
 
     def _set_flags(self, t: GrantTable, ref: int, flags: int) -> None:
-        if self.hv.frames.count[t.shared[ref // _ENTRIES_PER_FRAME]] == 0:
+        if self.hv.frames.owner[t.shared[ref // _ENTRIES_PER_FRAME]] != t.domid:
             return  # the granter died and its table frame went back to the heap
         self.hv.memory.write(self._entry_maddr(t, ref), (flags & 0xFFFF).to_bytes(2, "little"))
 
@@ -181,6 +183,8 @@ class Grants:
         if not 0 <= ref < abi.NR_GRANT_ENTRIES:
             raise GrantError(abi.GNTST_bad_gntref)
         rt = self.table(rd)
+        if rt.dying:
+            raise GrantError(abi.GNTST_bad_domain)
         act = rt.active.setdefault(ref, ActiveGrant())
         counts = (act.host_r, act.host_w, act.dev_r, act.dev_w)
         if act.pinned and (act.domid != ld.domain_id or max(counts) >= PIN_LIMIT):
@@ -603,6 +607,7 @@ class Grants:
                     if mt.flags & kind:
                         self._unpin(rd, mt.ref, kind | ro)
             mt.flags = 0
+        t.dying = True
         for mfn in t.shared:
             if self.hv.frames.flags[mfn] & PGC_allocated:
                 self.hv.frames.flags[mfn] &= ~PGC_allocated

@@ -299,3 +299,26 @@ def test_pin_counter_limit(impl: ReferenceImplementation) -> None:
     assert results[:0x80] == [abi.GNTST_okay] * 0x80
     assert results[0x80] == abi.GNTST_general_error
     assert_invariants(impl)
+
+
+def test_grants_of_a_dying_granter(impl: ReferenceImplementation) -> None:
+    """gnttab_release_mappings / grant_table_destroy: once the granter is destroyed no new pin
+    is taken from its table, its table frames go back to the heap (and are never written
+    again), and a grantee's existing mapping still unmaps."""
+    a, b = pair(impl)
+    frame = a.mfn(a.free_pfns()[0])
+    grant(impl, a, 1, b.domid, frame)
+    grant(impl, a, 2, b.domid, frame)
+    va = b.va(b.free_pfns()[1])
+    status, handle, _ = Gnt(b).map(va, abi.GNTMAP_host_map, 1, a.domid)
+    assert status == abi.GNTST_okay
+    table = grants(impl).table(impl.hv.domains[a.domid])
+    grants(impl).destroy_domain(impl.hv.domains[a.domid])
+    assert all(impl.hv.frames.owner[m] != a.domid for m in table.shared)
+    va2 = b.va(b.free_pfns()[2])
+    assert Gnt(b).map(va2, abi.GNTMAP_host_map, 2, a.domid)[0] == abi.GNTST_bad_domain
+    reused = impl.hv.alloc_domheap_page(impl.hv.domains[b.domid])
+    before = impl.hv.memory.read(reused << 12, 4096)
+    assert Gnt(b).unmap(va, handle) == abi.GNTST_okay
+    assert impl.hv.memory.read(reused << 12, 4096) == before
+    assert_invariants(impl)
