@@ -54,6 +54,7 @@ from xenspec.refmodel.domain import Domain, Vcpu
 from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS, Hypervisor
 from xenspec.refmodel.memory import PGC_allocated
 from xenspec.spec import abi
+from xenspec.spec.grant_spec import permits
 from xenspec.spec.pagetable import PGT, pte_get_pfn, pte_present
 
 if TYPE_CHECKING:
@@ -192,15 +193,13 @@ class Grants:
         readonly = bool(flags & abi.GNTMAP_readonly)
         if not act.pinned or (not readonly and not act.write_pinned):
             sflags, sdomid, sframe = self.shared_entry(rt, ref)
-            if not act.pinned and (
-                sflags & abi.GTF_type_mask != abi.GTF_permit_access or sdomid != ld.domain_id
-            ):
+            # A first pin checks the whole entry (spec.grant_spec.permits); a first writable
+            # pin of an entry its grantee has pinned already, only the read-only flag.
+            if not act.pinned and not permits(sflags, sdomid, ld.domain_id, readonly):
                 raise GrantError(abi.GNTST_general_error)
-            new = sflags | abi.GTF_reading
-            if not readonly:
-                if sflags & abi.GTF_readonly:
-                    raise GrantError(abi.GNTST_general_error)
-                new |= abi.GTF_writing
+            if act.pinned and not readonly and sflags & abi.GTF_readonly:
+                raise GrantError(abi.GNTST_general_error)
+            new = sflags | abi.GTF_reading | (0 if readonly else abi.GTF_writing)
             self._set_flags(rt, ref, new)
             if not act.pinned:
                 act.domid, act.frame = sdomid, sframe  # a PV guest names frames by mfn

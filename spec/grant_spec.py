@@ -24,6 +24,7 @@ from typing import Any
 import z3
 
 from xenspec.spec import abi
+from xenspec.spec.desc import _and, _or  # connectives for ints and bit-vectors alike
 from xenspec.spec.mm_spec import (
     Transition,
     can_take_type,
@@ -51,9 +52,10 @@ def grant_entry(s: SymState, g: Word, ref: Word) -> tuple[Word, Word, Word]:
 
 def permits(sflags: Word, sdomid: Word, d: Word, readonly: Bool) -> Bool:
     """The granter's entry lets domain ``d`` map it: GTF_permit_access to ``d``, and not
-    GTF_readonly for a writable map ("Attempt to write-pin a r/o grant entry")."""
-    return z3.And(sflags & abi.GTF_type_mask == abi.GTF_permit_access, sdomid == d,
-                  z3.Or(readonly, sflags & abi.GTF_readonly == 0))
+    GTF_readonly for a writable map ("Attempt to write-pin a r/o grant entry"). Written once
+    for ints (refmodel/grant.py) and bit-vectors, as spec.desc's rule is."""
+    return _and(sflags & abi.GTF_type_mask == abi.GTF_permit_access, sdomid == d,
+                _or(readonly, sflags & abi.GTF_readonly == 0))
 
 
 def granter_owns(s: SymState, t: Word, g: Word) -> Bool:

@@ -161,13 +161,13 @@ def inv_gnt_ro(s: StateView) -> Bool:
             in_use_table(s, f, PGT.l1_page_table),
             lambda: s.forall_present_entries(
                 f, 0, abi.L1_PAGETABLE_ENTRIES,
-                lambda i, e: s.implies(
-                    s.and_(pte_writable(e), foreign_entry(s, f, e)),
+                lambda i, e: s.implies(pte_writable(e), lambda: s.implies(
+                    foreign_entry(s, f, e),
                     lambda: s.and_(
                         grant_mapped(s, f, i, e),
                         (s.mt_flags(s.owner(f), s.gnt_slot(f, i)) & abi.GNTMAP_readonly) == 0,
                     ),
-                ),
+                )),
             ),
         )
     )

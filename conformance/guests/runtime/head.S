@@ -155,28 +155,13 @@ trap_return:
     jmp hypercall_page + __HYPERVISOR_iret * HYPERCALL_STUB_SIZE
 
 /* The event upcall (set_callbacks): Xen's frame is EIP, CS, EFLAGS [, ESP, SS] with no error
- * code (x86_32/entry.S, create_bounce_frame); build a trap_frame with vector EVENT_VECTOR,
- * call do_upcall, and leave through trap_return's iret, which unmasks events again. */
+ * code (x86_32/entry.S, create_bounce_frame); build a trap_frame with vector EVENT_VECTOR
+ * through trap_common (do_trap hands it to do_upcall); trap_return's iret unmasks events. */
     .globl event_entry
 event_entry:
     pushl $0
     pushl $EVENT_VECTOR
-    pushl %eax
-    pushl %ebx
-    pushl %ecx
-    pushl %edx
-    pushl %esi
-    pushl %edi
-    pushl %ebp
-    pushl %es
-    pushl %ds
-    movl $FLAT_KERNEL_DS, %eax
-    movl %eax, %ds
-    movl %eax, %es
-    pushl %esp
-    call do_upcall
-    addl $4, %esp
-    jmp trap_return
+    jmp trap_common
 
 /* The failsafe callback: Xen could not return to the guest's context. */
     .globl failsafe_entry

@@ -163,8 +163,11 @@ u32 read_cr2(void)
 
 extern const u32 __start_ex_table[], __stop_ex_table[];
 
+void do_upcall(struct trap_frame *f);
+
 void do_trap(struct trap_frame *f)
 {
+    if (f->vector == EVENT_VECTOR) { do_upcall(f); return; }  /* head.S event_entry */
     last_trap.vector = f->vector;
     last_trap.error_code = f->error_code;
     last_trap.cr2 = f->vector == TRAP_page_fault ? read_cr2() : 0;
