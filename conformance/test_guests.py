@@ -53,6 +53,9 @@ GUESTS = [
     ("ring3", ["stack_switch", "iret", "syscall/fast_path", "bounce/page_fault",
                "privileged/instruction"]),
     ("desc", ["set_gdt", "update_descriptor", "INV-PRIV"]),
+    ("privop", ["privileged/emulation", "privileged/instruction", "physdev_op",
+                "physdev_op_compat", "set_debugreg", "get_debugreg", "fpu_taskswitch",
+                "bounce/page_fault", "stack_switch"]),
     ("hostile_mm", ["mmu_update/NORMAL_PT_UPDATE", "update_va_mapping", "INV-HOLE",
                     "INV-NOWRPT", "INV-OWN"]),
     ("demo", ["mmu_update/NORMAL_PT_UPDATE", "mmuext_op/PIN_L1_TABLE", "mmuext_op/UNPIN_TABLE",
@@ -134,6 +137,7 @@ HOSTILE = [
     ("bad-handler-cs", ["set_trap_table", "INV-PRIV"]),
     ("guest-crash", ["sched_op_compat"]),
     ("unknown-reason", ["sched_op_compat"]),
+    ("bad-cr3", ["privileged/emulation", "mmuext_op/NEW_BASEPTR"]),
 ]
 
 

@@ -3,8 +3,9 @@
 
 Sources (Xen 3.0.4): xen/include/public/arch-x86_32.h (cpu_user_regs, trap_info,
 vcpu_guest_context), xen/include/asm-x86/domain.h (arch_vcpu: guest_context with trap_ctxt,
-kernel_ss/kernel_sp, event and failsafe callbacks, ctrlreg; the virtual CR0.TS of
-fpu_taskswitch) and xen/include/xen/sched.h (vm_assist bits). The registers the CPU substrate
+kernel_ss/kernel_sp, event and failsafe callbacks, ctrlreg, debugreg; the virtual CR0.TS of
+fpu_taskswitch; iopl, iobmp and iobmp_limit of physdev.c) and xen/include/xen/sched.h
+(vm_assist bits). The registers the CPU substrate
 hands to the hypervisor are a ``CpuUserRegs``; handlers change it and the substrate applies it,
 as Xen's handlers change the frame on its stack. Nothing here depends on the emulator.
 """
@@ -83,6 +84,16 @@ class ArchVcpu:
     failsafe_callback_eip: int = 0
     # fpu_taskswitch: the virtual CR0.TS (guest_context.ctrlreg[0] & X86_CR0_TS).
     virtual_ts: bool = False
+    # guest_context.ctrlreg[2]: the last page fault's address propagated to the guest, or
+    # what the kernel wrote with MOV to CR2 (traps.c, propagate_page_fault).
+    cr2: int = 0
+    # guest_context.debugreg[0..7] (traps.c, set_debugreg/do_get_debugreg).
+    debugreg: list[int] = field(default_factory=lambda: [0] * 8)
+    # physdev.c: the virtual IOPL (0..3) and the guest's I/O bitmap (a guest virtual address
+    # and the number of ports it covers) that guest_io_okay consults.
+    iopl: int = 0
+    iobmp: int = 0
+    iobmp_limit: int = 0
     # set_gdt: the guest's GDT frames (machine frame numbers) and entry count.
     gdt_frames: list[int] = field(default_factory=list)
     gdt_ents: int = 0

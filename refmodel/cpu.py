@@ -33,6 +33,20 @@ What Unicorn 2.1.4 does not do, and what this module does instead (measured on U
   with the source's value (``0f 31`` at EIP), so a guest reads the machine's deterministic
   clock. Xen does not set TSD; the guest sees an ordinary RDTSC.
 
+* ``in``/``out``/``ins``/``outs`` are never privilege-checked (Unicorn's translator allows
+  every port), while on Xen every I/O instruction of a guest raises #GP(0) (the hardware IOPL
+  is 0 and the TSS has no I/O bitmap). An IN/OUT hook runs with the registers from before the
+  instruction, but its EIP is the last one the translated code stored (the instruction itself
+  when Unicorn counts every instruction, else the start of the block): the hook saves the
+  whole CPU context, points CR3 at an empty page directory of the substrate's own (whatever
+  part of the block the engine still runs then reaches no memory; traps there are ignored)
+  and stops the engine. Then the context is restored, the I/O instruction is found in the
+  block's straight-line code from that EIP (Unicorn's decoder steps over each instruction in
+  a scratch engine; the port and size must be the hook's), and its #GP(0) is delivered as a
+  real one; the slice goes on with the instructions left. Departure: INS has already stored
+  a zero at ES:EDI when the hook runs (the emulator's probe store before the port access),
+  and those bytes stay zero.
+
 Several domains: each vCPU has its own engine, and every engine maps the same machine memory
 (``mem_map_ptr``), so a context switch is only a change of engine; measured on Unicorn 2.1.4,
 an engine costs about 3 MB and 1 ms to create (benchmarks/bench_sched.py compares the other
@@ -391,6 +405,7 @@ class UnicornCPU:
         self.rdtsc: Callable[[], int] | None = None
         self.uc.hook_add(ucc.UC_HOOK_INTR, self._hook_intr)
         self.uc.hook_add(ucc.UC_HOOK_INSN_INVALID, self._hook_insn_invalid)
+        self._io_init(len(ram))
         self.engine.setup_protected_mode(gdt_base, v.guest_table << abi.PAGE_SHIFT)
 
     # --- the GuestCPU interface ------------------------------------------------------------
@@ -417,9 +432,9 @@ class UnicornCPU:
         eip = self.engine.read(x86.UC_X86_REG_EIP)
         traps_before = self._slice_start_traps = self.traps
         try:
-            ran = self.engine.run_counted(eip, max_instructions)
+            ran = self._run_counted(eip, max_instructions)
         except unicorn.UcError as exc:
-            ran = self.engine.counted_so_far()
+            ran = self._slice_ran + self.engine.counted_so_far()
             if d.is_running:
                 d.crash(f"the CPU stopped at eip {self.engine.read(x86.UC_X86_REG_EIP):#x}:"
                         f" {exc}")
@@ -446,7 +461,8 @@ class UnicornCPU:
 
     def slice_progress(self) -> tuple[int, int]:
         """Instructions run and traps taken so far in the slice under way (from a hook)."""
-        return self.engine.counted_so_far(), self.traps - self._slice_start_traps
+        return (self._slice_ran + self.engine.counted_so_far(),
+                self.traps - self._slice_start_traps)
 
     def switch_in(self) -> None:
         """The vCPU is about to run again: carry out what changed while it was off the CPU
@@ -464,6 +480,9 @@ class UnicornCPU:
         self.memory.write(self.frame_maddr, frame)
 
     def _hook_intr(self, uc: Any, intno: int, _user: Any) -> None:
+        if self._io_pending:  # the rest of an I/O instruction's block: undone, not handled
+            uc.emu_stop()
+            return
         try:
             self.traps += 1
             eng = self.engine
@@ -505,6 +524,9 @@ class UnicornCPU:
             self.pending_exception = exc
 
     def _hook_insn_invalid(self, uc: Any, _user: Any) -> bool:
+        if self._io_pending:
+            uc.emu_stop()
+            return True
         try:
             self.traps += 1
             self.handlers.invalid_opcode(self.v, self.user_regs())
@@ -516,6 +538,105 @@ class UnicornCPU:
         return True
 
     pending_exception: BaseException | None = None
+
+    # --- I/O instructions ------------------------------------------------------------------
+    def _io_init(self, ram_size: int) -> None:
+        """The IN/OUT hooks and the empty page directory (one zero page just above machine
+        memory, mapped in this engine only)."""
+        self._io_pending = False
+        self._io_ctx = self.uc.context_save()
+        self._io_seen: tuple[int, int, int] = (0, 0, 0)  # the hook's EIP, port and size
+        self._slice_ran = 0  # instructions run in the earlier parts of the slice under way
+        self._io_empty_pd = -(-ram_size // abi.PAGE_SIZE) * abi.PAGE_SIZE
+        if self._io_empty_pd + abi.PAGE_SIZE > 1 << 32:
+            raise SubstrateError("machine memory leaves no room below 4 GB for the substrate's "
+                                 "empty page directory")
+        self.uc.mem_map(self._io_empty_pd, abi.PAGE_SIZE, ucc.UC_PROT_READ)
+        self.uc.hook_add(ucc.UC_HOOK_INSN, self._hook_in, None, 1, 0, x86.UC_X86_INS_IN)
+        self.uc.hook_add(ucc.UC_HOOK_INSN, self._hook_out, None, 1, 0, x86.UC_X86_INS_OUT)
+
+    def _hook_in(self, uc: Any, port: int, size: int, _user: Any) -> int:
+        self._io_stop(port, size)
+        return 0
+
+    def _hook_out(self, uc: Any, port: int, size: int, _value: int, _user: Any) -> None:
+        self._io_stop(port, size)
+
+    def _io_stop(self, port: int, size: int) -> None:
+        """Keep the context from before the I/O instruction and let the rest of its block
+        touch nothing; the #GP is delivered once the engine has stopped."""
+        if self._io_pending:
+            return
+        self._io_pending = True
+        self.uc.context_update(self._io_ctx)
+        self._io_seen = (self.engine.read(x86.UC_X86_REG_EIP), port, size)
+        self.engine.write(x86.UC_X86_REG_CR3, self._io_empty_pd)
+        self.uc.emu_stop()
+
+    def _run_counted(self, eip: int, count: int) -> int:
+        """``run_counted``, delivering the #GP(0) of each I/O instruction and going on with
+        the instructions left while the domain runs and the scheduler lets it."""
+        eng = self.engine
+        self._slice_ran = 0
+        ran = eng.run_counted(eip, count)
+        while self._io_pending:
+            self._slice_ran += ran
+            ran = 0
+            self._io_trap()
+            if (self._slice_ran >= count or not self.v.domain.is_running
+                    or self.pending_exception is not None or self.should_stop()):
+                break
+            ran = eng.run_counted(eng.read(x86.UC_X86_REG_EIP), count - self._slice_ran)
+        ran += self._slice_ran
+        self._slice_ran = 0
+        return ran
+
+    def _io_trap(self) -> None:
+        """Rewind to the I/O instruction and deliver its #GP(0) as ``_hook_intr`` would."""
+        self._io_pending = False
+        self.uc.context_restore(self._io_ctx)
+        self.engine.flush_tlb()
+        try:
+            self.traps += 1
+            eip = self._io_instruction()
+            if eip is None:
+                self.v.domain.crash(f"the substrate lost the I/O instruction after "
+                                    f"{self._io_seen[0]:#x} (port {self._io_seen[1]:#x})")
+                return
+            regs = self.user_regs()
+            regs.eip = eip
+            self.handlers.exception(self.v, abi.TRAP_gp_fault, 0, 0, regs)
+            self._return_to_guest()
+        except BaseException as exc:
+            self.v.domain.crash(f"hypervisor bug: {type(exc).__name__}: {exc}")
+            self.pending_exception = exc
+
+    def _io_instruction(self) -> int | None:
+        """The address of the I/O instruction the hook saw. The hook's EIP is the last one the
+        translated code stored: the instruction itself when every instruction is counted, else
+        the start of its block (or a later instruction of it), so the first I/O instruction
+        of the straight-line code from there, for the hook's port and size, is the one."""
+        from xenspec.refmodel.uaccess import copy_from_guest
+
+        start, port, size = self._io_seen
+        code = None
+        for end in ((start | 0xFFF) + 0x1001, (start | 0xFFF) + 1):  # 2 pages, else 1
+            code = copy_from_guest(self.memory, self.v.guest_table, start, end - start)
+            if code is not None:
+                break
+        if code is None:
+            return None
+        offset = _find_io_instruction(code)
+        if offset is None:
+            return None
+        pfx, opcode = _io_opcode(code[offset:])
+        want_port = code[offset + pfx + 1] if opcode in _IO_IMM8 else self.engine.read(
+            x86.UC_X86_REG_EDX) & 0xFFFF
+        want_size = 1 if opcode in _IO_BYTE else 2 if 0x66 in code[offset:offset + pfx] else 4
+        if (want_port, want_size) != (port, size):
+            return None
+        return (start + offset) & 0xFFFFFFFF
+
 
     def _frame_text(self) -> str:
         raw = self.memory.read(self.frame_maddr, 20)
@@ -576,6 +697,58 @@ class UnicornCPU:
             value = getattr(regs, name)
             if value != getattr(orig, name):
                 eng.write(_REG_IDS[name], value)
+
+
+# ------------------------------------------------------------------------------------------------
+# Finding an I/O instruction in a block (the substrate's I/O hooks, UnicornCPU._io_instruction).
+# ------------------------------------------------------------------------------------------------
+_IO_OPCODES = frozenset({0x6C, 0x6D, 0x6E, 0x6F, 0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF})
+_IO_IMM8 = frozenset({0xE4, 0xE5, 0xE6, 0xE7})
+_IO_BYTE = frozenset({0x6C, 0x6E, 0xE4, 0xE6, 0xEC, 0xEE})
+_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
+_WALK_BASE = 0x100000
+_walker: Any = None
+
+
+def _io_opcode(code: bytes) -> tuple[int, int]:
+    """The number of legacy prefixes at the start of ``code`` and the opcode after them."""
+    n = 0
+    while n < len(code) - 1 and code[n] in _PREFIXES:
+        n += 1
+    return n, code[n] if code else -1
+
+
+def _find_io_instruction(code: bytes) -> int | None:
+    """The offset of the first I/O instruction in the straight-line code ``code``, found by
+    letting Unicorn's own decoder step over each instruction without running it (a code hook
+    that moves EIP past the instruction) in a scratch engine holding only these bytes."""
+    global _walker
+    if _walker is None:
+        _walker = unicorn.Uc(ucc.UC_ARCH_X86, ucc.UC_MODE_32)
+        _walker.mem_map(_WALK_BASE, 0x3000)
+    code = code[:0x2000]
+    _walker.mem_write(_WALK_BASE, code.ljust(0x3000, b"\x90"))
+    found: list[int] = []
+
+    def step(uc: Any, address: int, size: int, _user: Any) -> None:
+        off = address - _WALK_BASE
+        if off >= len(code):
+            uc.emu_stop()
+            return
+        if _io_opcode(code[off : off + size])[1] in _IO_OPCODES:
+            found.append(off)
+            uc.emu_stop()
+            return
+        uc.reg_write(x86.UC_X86_REG_EIP, address + size)
+
+    hook = _walker.hook_add(ucc.UC_HOOK_CODE, step)
+    try:
+        _walker.emu_start(_WALK_BASE, _WALK_BASE + 0x3000, count=len(code) + 1)
+    except unicorn.UcError:
+        pass  # an instruction Unicorn cannot decode: the I/O instruction is not after it
+    finally:
+        _walker.hook_del(hook)
+    return found[0] if found else None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -678,6 +851,7 @@ def _run_selftest() -> None:
             f"do not match this Unicorn build; xenspec needs unicorn=={UNICORN_VERSION}"
         )
     _selftest_counter()
+    _selftest_io()
     if seen[1][5] != abi.TRAP_page_fault:
         raise SubstrateError(
             f"old_exception is not at offset {_OFF_OLD_EXCEPTION} (read {seen[1][5]}); "
@@ -696,4 +870,67 @@ def _selftest_counter() -> None:
         raise SubstrateError(
             f"the instruction counter is not at offset {_OFF_EMU_COUNTER} (ran {ran}, eax "
             f"{eax}, counter {eng.counted_so_far()}); xenspec needs unicorn=={UNICORN_VERSION}"
+        )
+
+
+def _selftest_io() -> None:
+    """The I/O instructions: an IN or OUT hook runs with EAX from before it; after the
+    substrate's rewind (context saved in the hook, CR3 at an empty page directory, engine
+    stopped, context restored) a store that follows in the same block has not reached memory,
+    whatever part of the block the engine ran; and a code hook that moves EIP past each
+    instruction finds the I/O instruction in a block."""
+    for code in (b"\xe4\x60", b"\xe6\x80"):  # in $0x60,%al; out %al,$0x80
+        _selftest_io_one(code)
+    # mov $imm32,%eax; mov %edx,0x10(%eax,%ecx,4); hlt; cpuid; cs: out %eax,%dx
+    block = b"\xb8\x78\x56\x34\x12\x89\x54\x88\x10\xf4\x0f\xa2\x2e\xef\x90"
+    if _find_io_instruction(block) != 12 or _find_io_instruction(block[:12]) is not None:
+        raise SubstrateError(
+            f"the Unicorn self-test could not step over instructions with a code hook; "
+            f"xenspec needs unicorn=={UNICORN_VERSION}"
+        )
+
+
+def _selftest_io_one(code: bytes) -> None:
+    eng = _Engine()
+    uc = eng.uc
+    uc.mem_map(0, 0x10000)
+    uc.mem_map(0x10000, 0x1000, ucc.UC_PROT_READ)  # the empty page directory
+    pd, l1 = 0x1000, 0x2000
+    uc.mem_write(pd, (l1 | 3).to_bytes(4, "little"))
+    for page in range(16):
+        uc.mem_write(l1 + 4 * page, (page << 12 | 3).to_bytes(4, "little"))
+    # mov $0x11223344,%eax; <in/out>; mov %eax,0x4000; inc %ebx; jmp .
+    uc.mem_write(0x3000, b"\xb8\x44\x33\x22\x11" + code + b"\xa3\x00\x40\x00\x00"
+                 + b"\x43\xeb\xfe")
+    eng.write(x86.UC_X86_REG_CR3, pd)
+    eng.write(x86.UC_X86_REG_CR0, _CR0_PE | _CR0_PG)
+    ctx = uc.context_save()
+    seen: list[tuple[int, int]] = []
+    faults: list[int] = []
+
+    def stop(*_a: Any) -> int:
+        if not seen:
+            seen.append((eng.read(x86.UC_X86_REG_EIP), eng.read(x86.UC_X86_REG_EAX)))
+            uc.context_update(ctx)
+            eng.write(x86.UC_X86_REG_CR3, 0x10000)
+            uc.emu_stop()
+        return 0
+
+    def intr(uc_: Any, intno: int, _u: Any) -> None:
+        faults.append(intno)
+        uc_.emu_stop()
+
+    uc.hook_add(ucc.UC_HOOK_INSN, stop, None, 1, 0, x86.UC_X86_INS_IN)
+    uc.hook_add(ucc.UC_HOOK_INSN, stop, None, 1, 0, x86.UC_X86_INS_OUT)
+    uc.hook_add(ucc.UC_HOOK_INTR, intr)
+    eng.run_counted(0x3000, 50)
+    uc.context_restore(ctx)
+    got = (seen, eng.read(x86.UC_X86_REG_EIP), eng.read(x86.UC_X86_REG_EAX),
+           eng.read(x86.UC_X86_REG_EBX), bytes(uc.mem_read(0x4000, 4)),
+           eng.read(x86.UC_X86_REG_CR3))
+    want = ([(0x3005, 0x11223344)], 0x3005, 0x11223344, 0, bytes(4), pd)
+    if got != want or any(f != abi.TRAP_page_fault for f in faults):
+        raise SubstrateError(
+            f"the Unicorn self-test of in/out saw {got} (faults {faults}), expected {want};"
+            f" xenspec needs unicorn=={UNICORN_VERSION}"
         )

@@ -34,7 +34,18 @@ class PVPlatform:
     """The CPU interface of one ``Hypervisor``: install once, then set up each domain."""
 
     def __init__(self, hv: Hypervisor) -> None:
-        from xenspec.refmodel import console, desc, event, grant, kernel, sched, traps, vtime
+        from xenspec.refmodel import (
+            console,
+            desc,
+            emulate,
+            event,
+            grant,
+            kernel,
+            physdev,
+            sched,
+            traps,
+            vtime,
+        )
         from xenspec.refmodel.clock import Clock
 
         self.hv = hv
@@ -57,8 +68,10 @@ class PVPlatform:
         self.vtime = vtime.VTime(self)
         self.grants = grant.Grants(self)
         hv.grants = self.grants
+        self.emulate = emulate.Emulate(self)  # privileged instructions, debug registers
+        self.physdev = physdev.Physdev(self)
         for sub in (self.traps, self.console, self.sched, self.kernel, self.desc, self.events,
-                    self.vtime, self.grants):
+                    self.vtime, self.grants, self.emulate, self.physdev):
             hv.hypercall_table.update(sub.hypercalls())
         from xenspec.refmodel.backend import Backends
 

@@ -11,10 +11,15 @@ EFLAGS with IF = !saved mask, and ESP, SS when the guest was in ring 3, on the r
 to ``vcpu_info.arch.cr2``. A trap the guest cannot take (no handler, an unwritable stack, an
 iret to ring 0) crashes the domain only, with the reason recorded.
 
-Not modelled yet: the emulation of privileged instructions (Xen emulates I/O, CR and MSR
-accesses for a ring-1 kernel; here they are bounced as #GP), the fast int 0x80 gate (the
-semantics are the same: the bounce is done by the hypervisor), event delivery, failsafe
-callbacks, the writable-page-table assist.
+A #GP(0) from the guest goes to emulate_privileged_op (refmodel/emulate.py) first, as in
+do_general_protection: I/O instructions against the virtual IOPL and I/O bitmap, CLI/STI, and
+from the kernel CLTS, WBINVD, MOV CR/DR, RDMSR/WRMSR; only what it refuses is bounced. A page
+fault the emulator raised for an INS/OUTS is that instruction's #GP (the processor checks I/O
+permission before it touches memory).
+
+Not modelled yet: the fast int 0x80 gate (the semantics are the same: the bounce is done by
+the hypervisor), failsafe callbacks, the writable-page-table assist, gpf_emulate_4gb (the
+4gb_segments assist).
 """
 
 from __future__ import annotations
@@ -184,6 +189,9 @@ class Traps:
         self, v: Vcpu, vector: int, error_code: int, cr2: int, regs: CpuUserRegs
     ) -> None:
         if vector == abi.TRAP_page_fault:
+            if self.pv.emulate.io_string_at(v, regs.eip):
+                self.general_protection(v, 0, regs)
+                return
             if cr2 >= abi.GUEST_SEGMENT_MAX_ADDR:
                 # Above the end of the guest's flat segments Xen's guest takes a #GP(0) from
                 # the segment limit before paging is consulted; the emulator checks no limits,
@@ -191,15 +199,19 @@ class Traps:
                 # CPU's own accessed-bit write into the GDT.
                 if self.pv.desc.complete_accessed_bit(v, cr2, error_code):
                     return
-                self.bounce(v, abi.TRAP_gp_fault, 0, regs)
+                self.general_protection(v, 0, regs)
                 return
             if self.spurious_page_fault(v, cr2, error_code):
                 return
+            self.pv.arch(v).cr2 = cr2
             self.pv.vcpu_info_write32(v, abi.VCPU_INFO_arch_cr2, cr2)
             if regs.cs & 3 == 3:
                 error_code |= abi.PFEC_user_mode
             else:
                 error_code &= ~abi.PFEC_user_mode
+        elif vector == abi.TRAP_gp_fault:
+            self.general_protection(v, error_code, regs)
+            return
         elif vector == abi.TRAP_no_device:
             self.pv.arch(v).virtual_ts = False  # traps.c, math_state_restore
         elif vector == abi.TRAP_double_fault:
@@ -207,6 +219,21 @@ class Traps:
             return
         ec = error_code if vector in abi.TRAP_HAS_ERROR_CODE else None
         self.bounce(v, vector, ec, regs)
+
+    def general_protection(self, v: Vcpu, error_code: int, regs: CpuUserRegs) -> None:
+        """traps.c, do_general_protection: a #GP(0) the emulation completes goes no further;
+        anything else is bounced with its error code."""
+        if error_code == 0 and self.pv.emulate.emulate_privileged_op(v, regs):
+            return
+        self.bounce(v, abi.TRAP_gp_fault, error_code, regs)
+
+    def propagate_page_fault(self, v: Vcpu, addr: int, error_code: int,
+                             regs: CpuUserRegs) -> None:
+        """traps.c, propagate_page_fault: a page fault Xen met on the guest's behalf, with
+        the address in ctrlreg[2] and vcpu_info, bounced with ``error_code`` as it is."""
+        self.pv.arch(v).cr2 = addr
+        self.pv.vcpu_info_write32(v, abi.VCPU_INFO_arch_cr2, addr)
+        self.bounce(v, abi.TRAP_page_fault, error_code, regs)
 
     def invalid_opcode(self, v: Vcpu, regs: CpuUserRegs) -> None:
         """#UD, or the forced-emulation prefix before cpuid (emulate_forced_invalid_op)."""

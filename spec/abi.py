@@ -250,6 +250,7 @@ DESC_TYPE_CALL_GATE_32: Final = 0xC  # the one system-descriptor type Xen accept
 X86_EFLAGS_CF: Final = 0x00000001
 X86_EFLAGS_TF: Final = 0x00000100
 X86_EFLAGS_IF: Final = 0x00000200
+X86_EFLAGS_DF: Final = 0x00000400
 X86_EFLAGS_IOPL: Final = 0x00003000
 X86_EFLAGS_NT: Final = 0x00004000
 X86_EFLAGS_RF: Final = 0x00010000
@@ -258,6 +259,17 @@ X86_EFLAGS_AC: Final = 0x00040000
 X86_EFLAGS_ID: Final = 0x00200000
 # Bit 1 of EFLAGS always reads as one (Intel SDM 3.3.4).
 X86_EFLAGS_MBS: Final = 0x00000002
+
+# Control-register bits: xen/include/asm-x86/processor.h (X86_CR0_*, X86_CR4_*).
+X86_CR0_PE: Final = 0x00000001
+X86_CR0_MP: Final = 0x00000002
+X86_CR0_TS: Final = 0x00000008
+X86_CR0_ET: Final = 0x00000010
+X86_CR0_NE: Final = 0x00000020
+X86_CR0_WP: Final = 0x00010000
+X86_CR0_PG: Final = 0x80000000
+X86_CR4_PSE: Final = 0x00000010
+X86_CR4_PGE: Final = 0x00000080
 
 # Exception vectors: xen/include/asm-x86/processor.h (TRAP_*).
 TRAP_divide_error: Final = 0
@@ -708,3 +720,24 @@ BLKIF_RING_SIZE: Final = 32
 # The virtual device number of the tools' "hda" (tools/python/xen/util/blkif.py,
 # blkdev_name_to_number: major 3, minor 0), the frontend's device/vbd/768.
 BLKIF_VDEV_HDA: Final = 3 << 8
+
+# --------------------------------------------------------------------------------------------
+# physdev_op: physdev.h (3.0.4). __HYPERVISOR_physdev_op takes (cmd, arg); the compat
+# __HYPERVISOR_physdev_op_compat takes one struct physdev_op { uint32_t cmd; union u; }, whose
+# union (largest member struct physdev_apic: unsigned long, uint32_t, uint32_t) is 12 bytes.
+# --------------------------------------------------------------------------------------------
+PHYSDEVOP_irq_status_query: Final = 5
+PHYSDEVOP_set_iopl: Final = 6
+PHYSDEVOP_set_iobitmap: Final = 7
+PHYSDEVOP_apic_read: Final = 8
+PHYSDEVOP_apic_write: Final = 9
+PHYSDEVOP_alloc_irq_vector: Final = 10
+PHYSDEVOP_eoi: Final = 12
+# struct physdev_set_iopl { uint32_t iopl; }
+PHYSDEV_SET_IOPL_T: Final = struct.Struct("<I")
+# struct physdev_set_iobitmap { XEN_GUEST_HANDLE(uint8_t) bitmap; uint32_t nr_ports; }
+PHYSDEV_SET_IOBITMAP_T: Final = struct.Struct("<II")
+PHYSDEV_OP_T: Final = struct.Struct("<I12x")  # struct physdev_op: cmd, then the union
+PHYSDEV_OP_u: Final = 4  # offset of the union
+# xen/include/asm-x86/processor.h (3.0.4): the I/O bitmap covers 65536 ports, 8192 bytes.
+IOBMP_BYTES: Final = 8192

@@ -46,6 +46,13 @@ void test_main(void)
         shutdown(SHUTDOWN_crash);
     } else if (!strcmp(mode, "unknown-reason")) {
         HYPERVISOR_sched_op_compat(SCHEDOP_shutdown, 77);
+    } else if (!strcmp(mode, "bad-cr3")) {
+        /* mov to cr3 of a frame that is no page directory (it is mapped writable): Xen's
+         * emulation calls new_guest_cr3 and ignores its result, and new_guest_cr3 crashes a
+         * domain it has left without page tables. */
+        u32 *page = alloc_scratch_page();
+        u32 ma = virt_to_pte((u32)page) & PAGE_MASK;
+        asm volatile("mov %0, %%cr3" :: "r"(ma) : "memory");
     } else if (!strcmp(mode, "spin")) {
         for (;;) ;
     } else {
