@@ -17,7 +17,16 @@ from dataclasses import dataclass
 
 import z3
 
-from xenspec.spec import abi, cpu_spec, event_spec, grant_spec, memop_spec, mm_spec, symbolic
+from xenspec.spec import (
+    abi,
+    builder_spec,
+    cpu_spec,
+    event_spec,
+    grant_spec,
+    memop_spec,
+    mm_spec,
+    symbolic,
+)
 from xenspec.spec.invariants import Invariant, proof_invariants
 from xenspec.spec.mm_spec import Transition
 from xenspec.spec.pagetable import PGT, pte_get_pfn, pte_present
@@ -174,20 +183,25 @@ HYPERCALL_SPECS: tuple[tuple[str, SpecBuilder], ...] = (
 )
 
 
-def assumptions(s: SymState) -> z3.BoolRef:
-    """What holds of every machine: vCPUs belong to guest domains, no RAM belongs to DOMID_IO,
-    frame 0 is Xen's (0 names no frame in a base pointer or GDT slot), and FOREIGNDOM is the
-    caller unless the caller is privileged (set_foreigndom), and always names a domain (never
-    the free list's owner)."""
+def state_facts(s: SymState) -> tuple[z3.BoolRef, ...]:
+    """What holds of every machine state: vCPUs belong to guest domains, no RAM belongs to
+    DOMID_IO, frame 0 is Xen's (0 names no frame in a base pointer or GDT slot)."""
     v, f = z3.BitVecs("ax_v ax_f", 32)
     guest = z3.ForAll([v], z3.ULT(s.vcpu_domain[v], bv(abi.DOMID_FIRST_RESERVED)))
     no_io = z3.ForAll([f], s.owner[f] != bv(abi.DOMID_IO))
     xen_frame0 = s.owner[bv(0)] == bv(abi.DOMID_XEN)
+    return guest, no_io, xen_frame0
+
+
+def assumptions(s: SymState) -> z3.BoolRef:
+    """The machine's state facts (``state_facts``), and FOREIGNDOM is the caller unless the
+    caller is privileged (set_foreigndom), and always names a domain (never the free list's
+    owner)."""
     fd, vv = z3.BitVecs("fd v", 32)
     d = s.vcpu_domain[vv]
     foreign = z3.And(z3.Or(fd == d, fd == bv(abi.DOMID_IO), s.privileged[d]),
                      fd != memop_spec.FREE)
-    return z3.And(guest, no_io, xen_frame0, foreign)
+    return z3.And(*state_facts(s), foreign)
 
 
 # What an obligation assumes of the old state: the MMU invariants rely on one another; the
@@ -401,6 +415,12 @@ RULE_OBLIGATIONS: tuple[tuple[str, Callable[[], z3.Solver]], ...] = (
        _grants_not_revoked(b)) for n, b in GRANT_SPECS),
     # Event channels: each EVTCHNOP preserves each event invariant (spec.event_spec).
     *event_spec.obligation_list(),
+    # The domain builder's start-of-day state satisfies each invariant (spec.builder_spec),
+    # and a machine it makes meets them all at once: the invariants are not vacuous.
+    *builder_spec.obligation_list(),
+    ("the invariants together are satisfiable (not vacuous): a start_of_day machine meets "
+     "them all",
+     lambda: builder_spec.invariants_satisfiable(state_facts)),
 )
 
 

@@ -134,8 +134,9 @@ def prove_one(index: int, use_cache: bool = True, timeout_s: int = DEFAULT_TIMEO
             save_cache(cache)
         return Result(title, "proved", seconds)
     if index >= len(hypercall_obligations):
-        lines = [f"{d.name()} = {solver.model()[d]}" for d in solver.model().decls()
-                 ] if answer == z3.sat else []
+        lines = ([f"{d.name()} = {solver.model()[d]}" for d in solver.model().decls()]
+                 or ["false for every value: the negated obligation has no free symbols"]
+                 ) if answer == z3.sat else []
     else:
         lines = find_counterexample(index)
     return Result(title, "FAILED" if lines else "unknown", time.perf_counter() - start,

@@ -109,7 +109,8 @@ CLAUSES: tuple[Clause, ...] = (
            "SOSP'03 s2.1.2 (ring 1 guest OS)"),
     # --- domain, time, console ---------------------------------------------------------------
     Clause("start_of_day", _B, "The domain builder's start-of-day contract",
-           "xen.h struct start_info; arch-x86_32.h (ESI = start_info, bootstrap mappings)"),
+           "xen.h struct start_info; arch-x86_32.h (ESI = start_info, bootstrap mappings)",
+           "xenspec.spec.builder_spec:initial_state"),
     Clause("console_io", _H, "Write to and read from the hypervisor console",
            "xen.h __HYPERVISOR_console_io, CONSOLEIO_*"),
     Clause("xen_version", _H, "Hypervisor version and features",

@@ -300,8 +300,12 @@ def _symbolic_argument(name: str, annotation: Any) -> Any:
 
 
 def behaviour_body(c: Clause) -> str:
+    spec = source.resolve(c.spec) if c.spec else None
+    doc = getattr(inspect.getmodule(spec), "__doc__", "")
+    blocks = [rst.heading("Specification", 1), rst.prose(doc),
+              rst.code_block(source.source_of(spec))] if spec else []
     return rst.page(rst.heading("Behaviour", 1),
                     "A behaviour of the virtual CPU or the domain builder rather than one "
                     "hypercall: the conformance tests below exercise it on a running guest; "
                     "the reference model implements it (see the pictures in "
-                    f"{rst.ref('paths', 'Paths through the hypervisor')}).")
+                    f"{rst.ref('paths', 'Paths through the hypervisor')}).", *blocks)

@@ -1,0 +1,122 @@
+"""Refinement of the domain builder: the state the model's builder makes is the state
+``spec.builder_spec`` describes for the same parameters.
+
+The parameters are read off the model: the domain's page list is the p2m, the model's M2P
+table is the m2p, its frame owners are the owners of the frames the domain does not own, its
+Xen directory slots are ``xen_l2e``; the region's size, base and _PAGE_USER are what the
+builder was asked for. The
+check is then that (1) these parameters meet the spec's constraints (the model builds only what
+the spec allows), and (2) the spec's state for them equals the model's on every frame's owner,
+type, validated and pinned bits and GDT reference, on every entry of every page table either
+side has in use, on every vCPU's base pointer and on every vCPU's CPU state. Memory that is no
+page table (kernel, start_info, Xen's data) is the spec's free ``junk`` and is not compared.
+Where the model refuses a layout (BuildError), the spec's ``layout`` must be false.
+"""
+
+from __future__ import annotations
+
+import z3
+
+from xenspec.proofs.refinement import Snapshot, same_cpu
+from xenspec.refmodel.domain import Domain
+from xenspec.refmodel.hypervisor import Hypervisor
+from xenspec.spec import abi
+from xenspec.spec.builder_spec import BuildParams, constraints, initial_state, layout
+from xenspec.spec.pagetable import PGT
+from xenspec.spec.symbolic import SymState, W, bv
+
+
+def _array(values: dict[int, int], default: int) -> z3.ArrayRef:
+    arr = z3.K(W, bv(default))
+    for k, x in sorted(values.items()):
+        if x != default:
+            arr = z3.Store(arr, bv(k), bv(x))
+    return arr
+
+
+def model_params(hv: Hypervisor, d: Domain, nr_mapped: int, virt_base: int, user: bool,
+                 shared_info: int = 0) -> BuildParams:
+    """The spec's parameters for the model's domain ``d`` and the layout it was asked for."""
+    snap = Snapshot.take(hv)
+    enc = snap.encode()
+    vcpus = [v for dom in hv.domains.values() for v in dom.vcpus]
+    n = hv.memory.nr_frames
+    m2p = {m: int(hv.m2p[m]) for m in range(n) if int(hv.m2p[m]) != abi.INVALID_M2P_ENTRY}
+    return BuildParams(
+        nr_frames=bv(n), domid=bv(d.domain_id), vcpu=bv(vcpus.index(d.vcpus[0])),
+        nr_pages=bv(len(d.page_list)), nr_mapped=bv(nr_mapped), virt_base=bv(virt_base),
+        user=z3.BoolVal(user), tools_ctxt=z3.BoolVal(False), kernel_sp=bv(0),
+        p2m=_array(dict(enumerate(d.page_list)), 0), m2p=_array(m2p, abi.INVALID_M2P_ENTRY),
+        shared_info=bv(shared_info),
+        other_owner=_array({m: snap.owner[m] for m in range(n)}, abi.DOMID_XEN),
+        junk=z3.Array("junk", W, W, W), vcpu_domain=enc.vcpu_domain,
+        privileged=enc.privileged, xen_l2e=enc.xen_l2e,
+    )
+
+
+def _holds(formula: z3.BoolRef) -> bool:
+    solver = z3.Solver()
+    solver.set("timeout", 60_000)
+    solver.add(z3.Not(formula))
+    return bool(solver.check() == z3.unsat)
+
+
+def _value(term: z3.ExprRef) -> int | bool | None:
+    t = z3.simplify(term)
+    if z3.is_bv_value(t):
+        return int(t.as_long())
+    if z3.is_true(t) or z3.is_false(t):
+        return bool(z3.is_true(t))
+    return None
+
+
+def table_frames(snap: Snapshot) -> list[int]:
+    """The model's page tables in use."""
+    tables = (int(PGT.l1_page_table), int(PGT.l2_page_table))
+    return [f for f in range(snap.nr_frames) if snap.type[f] in tables and snap.validated[f]]
+
+
+def state_mismatches(s: SymState, snap: Snapshot, limit: int = 10) -> list[str]:
+    """Where the spec's state ``s`` (concrete parameters) differs from the model's."""
+    out: list[str] = []
+
+    def compare(what: str, term: z3.ExprRef, expected: int | bool) -> None:
+        got = _value(term)
+        if got != expected and len(out) < limit:
+            out.append(f"{what}: spec {got!r}, model {expected!r}")
+
+    for f in range(snap.nr_frames):
+        compare(f"owner of frame {f:#x}", s.owner[bv(f)], snap.owner[f])
+        compare(f"type of frame {f:#x}", s.type[bv(f)], snap.type[f])
+        compare(f"validated bit of frame {f:#x}", s.validated[bv(f)], snap.validated[f])
+        compare(f"pinned bit of frame {f:#x}", s.pinned[bv(f)], snap.pinned[f])
+        compare(f"GDT reference of frame {f:#x}", s.gdt_ref[bv(f)], snap.gdt_ref[f])
+    spec_tables = [f for f in range(snap.nr_frames)
+                   if _value(s.type[bv(f)]) in (PGT.l1_page_table, PGT.l2_page_table)]
+    for f in sorted(set(table_frames(snap)) | set(spec_tables)):
+        for i in range(abi.L1_PAGETABLE_ENTRIES):
+            compare(f"entry {i} of table {f:#x}", z3.Select(s.mem, bv(f), bv(i)),
+                    snap.entries.get((f, i), 0))
+    for v, b in enumerate(snap.bases):
+        compare(f"base pointer of vCPU {v}", s.base[bv(v)], b)
+    for v, c in enumerate(snap.cpus):
+        if not _holds(z3.And(*same_cpu(s, bv(v), c))):
+            out.append(f"CPU state of vCPU {v} differs")
+    return out
+
+
+def check_build(hv: Hypervisor, p: BuildParams) -> list[str]:
+    """The model built the domain: the parameters meet the spec's constraints and the spec's
+    state is the model's. Returns what disagrees (empty: the builder refines the spec)."""
+    nr_pages = _value(p.nr_pages)
+    assert isinstance(nr_pages, int)
+    if not _holds(constraints(p, list(range(nr_pages)))):
+        return ["the model built a domain outside the spec's constraints"]
+    return state_mismatches(initial_state(p), Snapshot.take(hv))
+
+
+def check_refusal(p: BuildParams) -> list[str]:
+    """The model refused the layout: so must the spec."""
+    if _holds(z3.Not(layout(p))):
+        return []
+    return ["the model refused a layout the spec's constraints allow"]

@@ -1,0 +1,92 @@
+"""The builder obligations have teeth: a builder spec that lays the domain out wrongly makes the
+matching obligation fail, and the runner prints a counterexample naming the parameters and the
+frame and entry involved (spec.builder_spec).
+
+Each test patches one piece of ``spec.builder_spec`` for its duration and proves the obligation
+afresh (no cache); the control proves it with the intact spec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import z3
+
+from xenspec.proofs.obligations import obligation_names
+from xenspec.proofs.runner import prove_one
+from xenspec.spec import abi, builder_spec
+from xenspec.spec.builder_spec import BuildParams
+
+NAMES = obligation_names()
+SATISFIABLE = ("the invariants together are satisfiable (not vacuous): a start_of_day machine "
+               "meets them all")
+
+
+def _initial(label: str) -> str:
+    return f"start_of_day: the domain builder's initial state satisfies {label}"
+
+
+def tables_writable(mp: pytest.MonkeyPatch) -> None:
+    """The page directory and L1s are mapped read-write like the rest of the region."""
+    mp.setattr(builder_spec, "l1e", lambda p, pfn: (p.p2m[pfn] << abi.PAGE_SHIFT)
+               | builder_spec.PAGE_KERNEL | builder_spec.user_bit(p))
+
+
+def machine_contiguous(mp: pytest.MonkeyPatch) -> None:
+    """The builder takes the domain's memory to be machine-contiguous from its first frame:
+    pfn maps to p2m[0] + pfn, which may be another domain's frame."""
+    l1e = builder_spec.l1e
+
+    def contiguous(p: BuildParams, pfn: Any) -> Any:
+        return l1e(p.evolve(p2m=z3.Lambda([x := z3.BitVec("x", 32)], p.p2m[0] + x)), pfn)
+
+    mp.setattr(builder_spec, "l1e", contiguous)
+
+
+def frame_given_twice(mp: pytest.MonkeyPatch) -> None:
+    """The allocator may give the domain the same frame for two pfns (no M2P inverse)."""
+    mp.setattr(builder_spec, "page_allocated", lambda p, pfn: z3.And(
+        z3.ULT(0, p.p2m[pfn]), z3.ULT(p.p2m[pfn], p.nr_frames)))
+
+
+def base_is_first_l1(mp: pytest.MonkeyPatch) -> None:
+    """vCPU 0's base pointer names the first L1 instead of the page directory."""
+    def base(p: BuildParams) -> Any:
+        v = z3.BitVec("bv", 32)
+        first_l1 = p.p2m[builder_spec.pt_base(p) + 1]
+        return z3.Lambda([v], z3.If(v == p.vcpu, first_l1, 0))
+
+    mp.setattr(builder_spec, "base", base)
+
+
+def broken_witness(mp: pytest.MonkeyPatch) -> None:
+    """The witness machine gives its domain frame 7 twice: it is no machine the builder makes."""
+    mp.setitem(builder_spec.WITNESS, "p2m", [9, 4, 7, 7, 11, 6])
+
+
+MUTANTS: list[tuple[str, str, Callable[[pytest.MonkeyPatch], None]]] = [
+    ("page tables mapped writable", _initial("INV-NOWRPT"), tables_writable),
+    ("machine-contiguous memory assumed: another domain's frame mapped",
+     _initial("INV-OWN (L1 entries)"), machine_contiguous),
+    ("the same frame given for two pfns", _initial("INV-NOWRPT"), frame_given_twice),
+    ("base pointer names an L1", _initial("INV-BASE"), base_is_first_l1),
+    ("the witness is no builder's machine", SATISFIABLE, broken_witness),
+]
+
+
+@pytest.mark.parametrize("what,obligation,patch", MUTANTS, ids=[m[0] for m in MUTANTS])
+def test_builder_mutant_breaks_the_proof(
+    monkeypatch: pytest.MonkeyPatch, what: str, obligation: str,
+    patch: Callable[[pytest.MonkeyPatch], None],
+) -> None:
+    index = NAMES.index(obligation)
+    assert prove_one(index, use_cache=False).status == "proved", "control: the intact spec"
+    patch(monkeypatch)
+    result = prove_one(index, use_cache=False, timeout_s=120)
+    assert result.status == "FAILED", f"{what}: {result.status}"
+    if obligation != SATISFIABLE:  # the counterexample names the parameters and the witnesses
+        names = {line.split(" = ")[0] for line in result.counterexample}
+        assert {"nr_mapped", "virt_base", "nr_pages"} <= names, result.counterexample
+        assert any(n.startswith(("frame!", "vcpu!")) for n in names), result.counterexample

@@ -1,0 +1,438 @@
+"""The domain builder's start-of-day state as a specification: a ``SymState`` that is a function
+of the builder's parameters, and the obligations that it satisfies every invariant.
+
+What the builder makes (refmodel/builder.py, build_initial_tables; refmodel/elfbuild.py,
+build_domain; Xen 3.0's tools/libxc/xc_linux_build.c setup_guest and
+xen/arch/x86/domain_build.c construct_dom0 lay a domain out the same way):
+
+* the domain owns ``nr_pages`` machine frames, pseudo-physical frame ``pfn`` being machine
+  frame ``p2m[pfn]``; the p2m is any injective function into valid frames other than frame 0
+  (page_alloc.c alloc_domheap_pages hands each frame out once; the model reserves frames from
+  0 for Xen: hypervisor.py _reserve_xen_frames), and Xen's M2P table (machine_to_phys_mapping,
+  set_gpfn_from_mfn) is its inverse: ``m2p[p2m[pfn]] == pfn``;
+* the domain also owns its shared_info frame, which is not one of its pages
+  (share_xen_page_with_guest; 0 when there is none, as for builder.py alone);
+* the bootstrap region maps pfns [0, nr_mapped) at ``virt_base`` (4 MB aligned); the page
+  directory is pfn ``pt_base`` = nr_mapped - 1 - nr_l1, followed by the ``nr_l1`` L1 tables,
+  all at the end of the region and mapped read-only (L1_PROT without _PAGE_RW); every other
+  mapped pfn (kernel, p2m list, start_info, store and console rings, boot stack) is mapped
+  read-write; entries carry _PAGE_USER when ``user`` (x86_32 L1_PROT/L2_PROT);
+* the directory's guest slots first_slot .. first_slot + nr_l1 - 1 name the L1s; its slots from
+  L2_PAGETABLE_FIRST_XEN_SLOT are Xen's (mm.c alloc_l2_table copies them in); the rest are 0;
+* the directory is pinned (MMUEXT_PIN_L2_TABLE) and vCPU 0's base pointer: validating it types
+  the L1s, and they type every frame they map writable (mm.c get_page_from_l1e), so the mapped
+  frames below ``pt_base`` are writable pages, all validated; the other frames are untyped;
+* vCPU 0's context is all zeros (the model), or what xc_linux_build.c writes (``tools_ctxt``):
+  every virtual IDT entry and both callbacks with FLAT_KERNEL_CS, kernel_ss FLAT_KERNEL_SS;
+  no GDT frames (gdt_ents 0), no grant handles, no other vCPU has a base pointer;
+* every frame the domain does not own keeps whatever owner it had (Xen, the free list, a
+  domain without page tables such as the model's backend domain), untyped and unpinned.
+
+The builder's own limits (builder.py BuildError checks) are ``layout``; the machine's are
+``machine`` and ``allocation``. Memory that is not a page table (the kernel image, the p2m list,
+start_info, Xen's frames) is an arbitrary ``junk`` array: no invariant may depend on it.
+
+Everything is a function of ``BuildParams``: symbolic for the proofs (unbounded over every
+parameter), concrete for the refinement check against the model's builder and for the
+witness that the invariants together are satisfiable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import z3
+
+from xenspec.spec import abi
+from xenspec.spec.invariants import INVARIANTS, Invariant, proof_invariants
+from xenspec.spec.pagetable import PGT
+from xenspec.spec.symbolic import SymState, SymView, W, bv, fresh_name, reset_fresh
+
+Word = Any
+Bool = Any
+
+# The entry flags of refmodel/builder.py (x86_32 domain_build.c L1_PROT, L2_PROT).
+PAGE_KERNEL = abi._PAGE_PRESENT | abi._PAGE_RW | abi._PAGE_ACCESSED | abi._PAGE_DIRTY
+PAGE_KERNEL_RO = abi._PAGE_PRESENT | abi._PAGE_ACCESSED
+# A non-PAE x86_32 PTE holds a 20-bit frame number: the machine has at most 2^20 frames.
+MAX_FRAMES = 1 << (32 - abi.PAGE_SHIFT)
+
+
+@dataclass(frozen=True)
+class BuildParams:
+    """The builder's parameters and the machine it builds on (every field a Z3 term)."""
+
+    nr_frames: Word  # machine frames (max_page)
+    domid: Word
+    vcpu: Word  # the domain's vCPU 0, numbered across the machine
+    nr_pages: Word  # the domain's pages (tot_pages)
+    nr_mapped: Word  # pages of the bootstrap region
+    virt_base: Word
+    user: Bool  # entries carry _PAGE_USER
+    tools_ctxt: Bool  # vCPU 0's context as xc_linux_build.c writes it (else zeros)
+    kernel_sp: Word  # the boot stack's top (tools_ctxt)
+    p2m: Any  # pfn -> mfn
+    m2p: Any  # mfn -> pfn: Xen's M2P table
+    shared_info: Word  # the domain's shared_info frame (0: none)
+    other_owner: Any  # frame -> domid: the owner of each frame that is not the domain's
+    junk: Any  # (frame, index) -> word: contents of frames that are not page tables
+    vcpu_domain: Any  # vcpu -> domid (the state's fixed arrays)
+    privileged: Any  # domid -> Bool
+    xen_l2e: Callable[[Word, Word], Word]  # (domid, index) -> Xen's directory entry
+
+    def evolve(self, **changes: Any) -> BuildParams:
+        return replace(self, **changes)
+
+
+def symbolic_params() -> BuildParams:
+    """Every parameter free; the fixed arrays under the names ``SymState.fresh`` gives them."""
+    bvs = {n: z3.BitVec(n, 32) for n in ("nr_frames", "domid", "vcpu", "nr_pages", "nr_mapped",
+                                         "virt_base", "kernel_sp", "shared_info")}
+    return BuildParams(
+        **bvs, user=z3.Bool("user"), tools_ctxt=z3.Bool("tools_ctxt"),
+        p2m=z3.Array("p2m", W, W), m2p=z3.Array("m2p", W, W),
+        other_owner=z3.Array("other_owner", W, W),
+        junk=z3.Array("junk", W, W, W),
+        vcpu_domain=z3.Array("vcpu_domain", W, W),
+        privileged=z3.Array("privileged", W, z3.BoolSort()),
+        xen_l2e=z3.Function("xen_l2e", W, W, W),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# The layout (refmodel/builder.py).
+# ----------------------------------------------------------------------------------------------
+def nr_l1(p: BuildParams) -> Word:
+    """One L1 per 4 MB of the region: ceil(nr_mapped / 1024)."""
+    return z3.LShR(p.nr_mapped + (abi.L1_PAGETABLE_ENTRIES - 1), 10)
+
+
+def pt_base(p: BuildParams) -> Word:
+    """The page directory's pfn; the L1s follow it to the end of the region."""
+    return p.nr_mapped - 1 - nr_l1(p)
+
+
+def first_slot(p: BuildParams) -> Word:
+    return z3.LShR(p.virt_base, abi.L2_PAGETABLE_SHIFT)
+
+
+def in_p2m(p: BuildParams, f: Word) -> Bool:
+    """Frame ``f`` is one of the domain's pages (its M2P entry names a pfn that maps back)."""
+    return z3.And(z3.ULT(p.m2p[f], p.nr_pages), p.p2m[p.m2p[f]] == f)
+
+
+def owned(p: BuildParams, f: Word) -> Bool:
+    return z3.Or(in_p2m(p, f), z3.And(f == p.shared_info, p.shared_info != 0))
+
+
+def is_l2_pfn(p: BuildParams, pfn: Word) -> Bool:
+    return pfn == pt_base(p)
+
+
+def is_l1_pfn(p: BuildParams, pfn: Word) -> Bool:
+    return z3.And(z3.ULT(pt_base(p), pfn), z3.ULT(pfn, p.nr_mapped))
+
+
+def pfn_type(p: BuildParams, pfn: Word) -> Word:
+    """The type a page of the domain has once the directory is pinned."""
+    return z3.If(is_l2_pfn(p, pfn), bv(PGT.l2_page_table),
+                 z3.If(is_l1_pfn(p, pfn), bv(PGT.l1_page_table),
+                       z3.If(z3.ULT(pfn, pt_base(p)), bv(PGT.writable_page), bv(PGT.none))))
+
+
+def user_bit(p: BuildParams) -> Word:
+    return z3.If(p.user, bv(abi._PAGE_USER), bv(0))
+
+
+def l1e(p: BuildParams, pfn: Word) -> Word:
+    """The entry mapping ``pfn``: read-only from the page directory on."""
+    flags = z3.If(z3.ULE(pt_base(p), pfn), bv(PAGE_KERNEL_RO), bv(PAGE_KERNEL))
+    return (p.p2m[pfn] << abi.PAGE_SHIFT) | flags | user_bit(p)
+
+
+def l1_entry(p: BuildParams, k: Word, i: Word) -> Word:
+    """Entry ``i`` of the ``k``-th L1: pfn k * 1024 + i if it lies in the region, else 0."""
+    pfn = (k << 10) + i
+    inside = z3.And(z3.ULT(i, bv(abi.L1_PAGETABLE_ENTRIES)), z3.ULT(pfn, p.nr_mapped))
+    return z3.If(inside, l1e(p, pfn), bv(0))
+
+
+def l2_entry(p: BuildParams, i: Word) -> Word:
+    """Entry ``i`` of the page directory: the L1s, then Xen's slots, else 0."""
+    k = i - first_slot(p)
+    guest = (p.p2m[pt_base(p) + 1 + k] << abi.PAGE_SHIFT) | PAGE_KERNEL | user_bit(p)
+    xen = z3.And(z3.ULE(bv(abi.L2_PAGETABLE_FIRST_XEN_SLOT), i),
+                 z3.ULT(i, bv(abi.L2_PAGETABLE_ENTRIES)))
+    return z3.If(z3.And(z3.ULE(first_slot(p), i), z3.ULT(k, nr_l1(p))), guest,
+                 z3.If(xen, p.xen_l2e(p.domid, i), bv(0)))
+
+
+# ----------------------------------------------------------------------------------------------
+# The state, field by field.
+# ----------------------------------------------------------------------------------------------
+def _frame_map(body: Callable[[Word], Any]) -> Any:
+    f = z3.BitVec("bf", 32)
+    return z3.Lambda([f], body(f))
+
+
+def owner(p: BuildParams) -> Any:
+    return _frame_map(lambda f: z3.If(owned(p, f), p.domid, p.other_owner[f]))
+
+
+def frame_type(p: BuildParams) -> Any:
+    return _frame_map(lambda f: z3.If(in_p2m(p, f), pfn_type(p, p.m2p[f]), bv(PGT.none)))
+
+
+def validated(p: BuildParams) -> Any:
+    """Every mapped page: the tables by validation, the rest as writable pages."""
+    return _frame_map(lambda f: z3.And(in_p2m(p, f), z3.ULT(p.m2p[f], p.nr_mapped)))
+
+
+def pinned(p: BuildParams) -> Any:
+    return _frame_map(lambda f: z3.And(in_p2m(p, f), is_l2_pfn(p, p.m2p[f])))
+
+
+def memory(p: BuildParams) -> Any:
+    f, i = z3.BitVecs("bmf bmi", 32)
+    pfn = p.m2p[f]
+    table = z3.If(z3.And(in_p2m(p, f), is_l2_pfn(p, pfn)), l2_entry(p, i),
+                  z3.If(z3.And(in_p2m(p, f), is_l1_pfn(p, pfn)),
+                        l1_entry(p, pfn - pt_base(p) - 1, i), z3.Select(p.junk, f, i)))
+    return z3.Lambda([f, i], table)
+
+
+def base(p: BuildParams) -> Any:
+    v = z3.BitVec("bv", 32)
+    return z3.Lambda([v], z3.If(v == p.vcpu, p.p2m[pt_base(p)], bv(0)))
+
+
+def _vcpu0(p: BuildParams, value: Word) -> Any:
+    """vCPU 0's ``value`` under the tools' context, 0 otherwise and for every other vCPU."""
+    v = z3.BitVec("bv", 32)
+    return z3.Lambda([v], z3.If(z3.And(p.tools_ctxt, v == p.vcpu), value, bv(0)))
+
+
+def _vcpu0_table(p: BuildParams, value: Word) -> Any:
+    v, n = z3.BitVecs("bv bn", 32)
+    return z3.Lambda([v, n], z3.If(z3.And(p.tools_ctxt, v == p.vcpu), value, bv(0)))
+
+
+def _zero1() -> Any:
+    return z3.K(W, bv(0))
+
+
+def _zero2() -> Any:
+    return z3.Lambda([z3.BitVec("x", 32), z3.BitVec("k", 32)], bv(0))
+
+
+def initial_state(p: BuildParams) -> SymState:
+    """The machine right after the builder: one domain laid out, everything else idle."""
+    return SymState(
+        owner=owner(p), type=frame_type(p), validated=validated(p), pinned=pinned(p),
+        mem=memory(p), base=base(p),
+        trap_cs=_vcpu0_table(p, bv(abi.FLAT_KERNEL_CS)), trap_addr=_zero2(),
+        trap_flags=_zero2(),
+        event_cs=_vcpu0(p, bv(abi.FLAT_KERNEL_CS)), event_eip=_zero1(),
+        failsafe_cs=_vcpu0(p, bv(abi.FLAT_KERNEL_CS)), failsafe_eip=_zero1(),
+        kernel_ss=_vcpu0(p, bv(abi.FLAT_KERNEL_SS)), kernel_sp=_vcpu0(p, p.kernel_sp),
+        gdt_frame=_zero2(), gdt_ents=_zero1(), gdt_ref=z3.K(W, z3.BoolVal(False)),
+        nr_frames=p.nr_frames, vcpu_domain=p.vcpu_domain, privileged=p.privileged,
+        xen_l2e=p.xen_l2e,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# What the builder and the machine guarantee of the parameters.
+# ----------------------------------------------------------------------------------------------
+def machine(p: BuildParams) -> Bool:
+    """At most 2^20 frames (non-PAE PTEs), frame 0 is Xen's, the domain is a guest domain
+    (DOMID_FIRST_RESERVED and above name no domain: xen.h) and owns its vCPU 0."""
+    return z3.And(z3.ULE(p.nr_frames, bv(MAX_FRAMES)), p.other_owner[bv(0)] == abi.DOMID_XEN,
+                  z3.ULT(p.domid, bv(abi.DOMID_FIRST_RESERVED)), p.vcpu_domain[p.vcpu] == p.domid)
+
+
+def page_allocated(p: BuildParams, pfn: Word) -> Bool:
+    """Page ``pfn`` is a valid frame other than 0, and the M2P names ``pfn`` for it."""
+    mfn = p.p2m[pfn]
+    return z3.And(z3.ULT(bv(0), mfn), z3.ULT(mfn, p.nr_frames), p.m2p[mfn] == pfn)
+
+
+def allocation(p: BuildParams, pfns: list[int] | None = None) -> Bool:
+    """The domain's pages: every pfn below nr_pages is a distinct frame (the M2P inverts the
+    p2m), over all pfns, or over ``pfns`` when the caller knows nr_pages (concrete); the
+    shared_info frame, if any, is a valid frame other than the domain's pages."""
+    if pfns is None:
+        pfn = z3.BitVec("pfn", 32)
+        pages = z3.ForAll([pfn], z3.Implies(z3.ULT(pfn, p.nr_pages), page_allocated(p, pfn)),
+                          patterns=[p.p2m[pfn]])
+    else:
+        pages = z3.And(*[page_allocated(p, bv(x)) for x in pfns])
+    return z3.And(pages, allocation_bounds(p))
+
+
+def allocation_bounds(p: BuildParams) -> Bool:
+    """What the allocation implies without a quantifier: the pages are distinct frames other
+    than frame 0, so there are fewer of them than frames (create_domain asks for them from the
+    free list); the shared_info frame, if any, is a valid frame other than the domain's pages."""
+    si = p.shared_info
+    shared = z3.Or(si == 0, z3.And(z3.ULT(si, p.nr_frames), z3.Not(in_p2m(p, si))))
+    return z3.And(z3.ULT(p.nr_pages, p.nr_frames), shared)
+
+
+def p2m_points(formula: Bool) -> list[Word]:
+    """The ground pfns at which ``formula`` reads the p2m, once every read of the state's
+    lambda-arrays is beta-reduced."""
+    points: dict[int, Word] = {}
+    seen: set[int] = set()
+    todo = [z3.simplify(formula)]
+    while todo:
+        e = todo.pop()
+        if e.get_id() in seen:
+            continue
+        seen.add(e.get_id())
+        if z3.is_quantifier(e):
+            todo.append(e.body())
+            continue
+        if z3.is_select(e) and e.num_args() == 2 and e.arg(0).decl().name() == "p2m" \
+                and z3.is_app(e.arg(1)) and not _has_var(e.arg(1)):
+            points[e.arg(1).get_id()] = e.arg(1)
+        todo += e.children()
+    return list(points.values())
+
+
+def _has_var(e: Word) -> bool:
+    return z3.is_var(e) or (z3.is_app(e) and any(_has_var(c) for c in e.children()))
+
+
+def allocation_at(p: BuildParams, formula: Bool) -> Bool:
+    """``allocation`` where ``formula`` needs it: its quantified part instantiated at every pfn
+    ``formula`` reads the p2m at. Each instance is a consequence of ``allocation``, so an
+    obligation proved from them holds for every allocation; and the obligation becomes
+    quantifier-free, which the solver decides quickly and steadily."""
+    instances = [z3.Implies(z3.ULT(x, p.nr_pages), page_allocated(p, x))
+                 for x in p2m_points(formula)]
+    return z3.And(*instances, allocation_bounds(p))
+
+
+def layout(p: BuildParams) -> Bool:
+    """builder.py's checks: a 4 MB aligned base; room for at least one ordinary page, the
+    directory and the L1s; no more than the domain's pages; nothing at or above
+    HYPERVISOR_VIRT_START (each a BuildError)."""
+    room = z3.LShR(bv(abi.HYPERVISOR_VIRT_START) - p.virt_base, abi.PAGE_SHIFT)
+    return z3.And(
+        p.virt_base & ((1 << abi.L2_PAGETABLE_SHIFT) - 1) == 0,
+        z3.ULE(p.virt_base, bv(abi.HYPERVISOR_VIRT_START)), z3.ULE(p.nr_mapped, room),
+        z3.UGE(p.nr_mapped, nr_l1(p) + 2), z3.ULE(p.nr_mapped, p.nr_pages),
+    )
+
+
+def constraints(p: BuildParams, pfns: list[int] | None = None) -> Bool:
+    return z3.And(machine(p), allocation(p, pfns), layout(p))
+
+
+# ----------------------------------------------------------------------------------------------
+# Obligations.
+# ----------------------------------------------------------------------------------------------
+def satisfies(inv: Invariant, p: BuildParams | None = None) -> z3.Solver:
+    """Unsatisfiable iff every state the builder can make satisfies ``inv``: the constraints
+    (``allocation`` instantiated where the goal needs it), and the invariant's negation with its
+    quantifiers as named witnesses."""
+    reset_fresh()
+    p = symbolic_params() if p is None else p
+    s = initial_state(p)
+    view = SymView(s, witness=True)
+    goal = z3.And(z3.Not(inv.check(view)), *named_facts(p, s, view.witnesses))
+    solver = z3.Solver()
+    solver.add(machine(p), layout(p), allocation_at(p, goal), goal)
+    return solver
+
+
+def named_facts(p: BuildParams, s: SymState, witnesses: list[tuple[str, Word]]) -> list[Bool]:
+    """Definitions that name what a counterexample is about, so that the printed model shows
+    it: the layout, and each witness frame's pfn, owner and type (they constrain nothing)."""
+    facts = [z3.BitVec("pt_base", 32) == pt_base(p), z3.BitVec("nr_l1", 32) == nr_l1(p)]
+    for kind, w in witnesses:
+        if kind == "frame":
+            facts += [z3.BitVec(f"pfn of {w}", 32) == p.m2p[w],
+                      z3.BitVec(f"owner of {w}", 32) == s.owner[w],
+                      z3.BitVec(f"type of {w}", 32) == s.type[w]]
+    return facts
+
+
+def obligation_list() -> list[tuple[str, Callable[[], z3.Solver]]]:
+    """(name, solver factory): the builder's initial state satisfies each invariant."""
+    def factory(inv: Invariant) -> Callable[[], z3.Solver]:
+        return lambda: satisfies(inv)
+
+    return [(f"start_of_day: the domain builder's initial state satisfies {inv.label}",
+             factory(inv))
+            for inv in proof_invariants()]
+
+
+# ----------------------------------------------------------------------------------------------
+# The invariants together are satisfiable: a concrete machine the builder makes satisfies all
+# of them at once, with tables in use (so no invariant holds only because nothing is in use).
+# ----------------------------------------------------------------------------------------------
+def concrete_params(nr_frames: int, domid: int, p2m: list[int], nr_mapped: int,
+                    virt_base: int, shared_info: int = 0, user: bool = True,
+                    tools_ctxt: bool = True) -> BuildParams:
+    """Parameters with every value given: the frames not in ``p2m`` (nor shared_info) are
+    Xen's, non-table memory is 0, the domain is vCPU 0's and unprivileged, and Xen's directory
+    slots are 0."""
+    p2m_arr, m2p_arr = z3.K(W, bv(0)), z3.K(W, bv(0xFFFFFFFF))
+    for pfn, mfn in enumerate(p2m):
+        p2m_arr, m2p_arr = z3.Store(p2m_arr, bv(pfn), bv(mfn)), z3.Store(m2p_arr, bv(mfn), bv(pfn))
+    return BuildParams(
+        nr_frames=bv(nr_frames), domid=bv(domid), vcpu=bv(0), nr_pages=bv(len(p2m)),
+        nr_mapped=bv(nr_mapped), virt_base=bv(virt_base), user=z3.BoolVal(user),
+        tools_ctxt=z3.BoolVal(tools_ctxt), kernel_sp=bv(virt_base), p2m=p2m_arr, m2p=m2p_arr,
+        shared_info=bv(shared_info), other_owner=z3.K(W, bv(abi.DOMID_XEN)), junk=_zero2(),
+        vcpu_domain=z3.K(W, bv(domid)), privileged=z3.K(W, z3.BoolVal(False)),
+        xen_l2e=lambda d, i: bv(0),
+    )
+
+
+# One domain (1) of 6 pages on a machine of 16 frames, the region 4 pages at 3 GB: pfns 0-1
+# ordinary, 2 the directory, 3 the L1; shared_info in frame 12.
+WITNESS = dict(nr_frames=16, domid=1, p2m=[9, 4, 7, 5, 11, 6], nr_mapped=4,
+               virt_base=0xC0000000, shared_info=12)
+
+
+def in_use(s: SymState, p: BuildParams) -> Bool:
+    """The witness is not trivial: vCPU 0 runs on a pinned directory whose first guest slot
+    names an L1 in use, which maps pfn 0 writable."""
+    l2 = s.base[p.vcpu]
+    l2e = z3.Select(s.mem, l2, first_slot(p))
+    l1 = z3.LShR(l2e, abi.PAGE_SHIFT)
+    pte = z3.Select(s.mem, l1, bv(0))
+    return z3.And(l2 != 0, s.pinned[l2], s.type[l1] == int(PGT.l1_page_table), s.validated[l1],
+                  pte & (abi._PAGE_PRESENT | abi._PAGE_RW) == abi._PAGE_PRESENT | abi._PAGE_RW)
+
+
+def witness_form(fact: Bool) -> Bool:
+    """A universally quantified ``fact`` with its bound variables as fresh free constants: under
+    the negation of an obligation that is the same statement, and quantifier-free."""
+    if not (z3.is_quantifier(fact) and fact.is_forall()):
+        return fact
+    names = [fresh_name(fact.var_name(k)) for k in range(fact.num_vars())]
+    consts = [z3.Const(n, fact.var_sort(k)) for k, n in enumerate(names)]
+    return z3.substitute_vars(fact.body(), *reversed(consts))
+
+
+def invariants_satisfiable(state_facts: Callable[[SymState], tuple[Bool, ...]]) -> z3.Solver:
+    """Unsatisfiable iff the witness machine meets the builder's constraints, the standing
+    facts ``state_facts`` every obligation assumes of a state, and every invariant (the proof
+    parts are their conjuncts) in the form the obligations assume them, with tables in use:
+    the invariants are not vacuous. A decidable question: the witness is concrete and every
+    quantifier is a witness constant."""
+    reset_fresh()
+    p = concrete_params(**WITNESS)  # type: ignore[arg-type]
+    s = initial_state(p)
+    invs = [inv.check(SymView(s, witness=True)) for inv in INVARIANTS]
+    facts = [witness_form(f) for f in state_facts(s)]
+    solver = z3.Solver()
+    solver.add(z3.Not(z3.And(constraints(p, list(range(len(WITNESS["p2m"])))),  # type: ignore
+                             *facts, in_use(s, p), *invs)))
+    return solver

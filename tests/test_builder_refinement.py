@@ -1,0 +1,58 @@
+"""The domain builder refines its spec (proofs.builder_refinement): for Hypothesis-generated
+parameters the model's start-of-day state is the state spec.builder_spec describes, and the
+layouts the model refuses are the ones the spec's constraints exclude; the ELF builder's
+domains (kernel, start_info, shared_info, the store and console frames) too."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from xenspec.conformance.guests.build import build_guest
+from xenspec.proofs.builder_refinement import check_build, check_refusal, model_params
+from xenspec.refmodel.builder import BuildError, build_initial_tables
+from xenspec.refmodel.elfbuild import build_domain, load_image_file
+from xenspec.refmodel.hypervisor import Hypervisor
+from xenspec.refmodel.platform import PVPlatform
+from xenspec.spec import abi
+
+EXAMPLES = 200 if os.environ.get("XENSPEC_PROFILE") == "long" else 30
+_4MB = 1 << abi.L2_PAGETABLE_SHIFT
+BASES = st.sampled_from([0, _4MB, 0xC0000000, abi.HYPERVISOR_VIRT_START - _4MB,
+                         abi.HYPERVISOR_VIRT_START, 0xC0001000, 0x00200000])
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(nr_pages=st.integers(1, 40), nr_mapped=st.integers(0, 44), virt_base=BASES,
+       user=st.booleans(), seed=st.integers(0, 3))
+@example(nr_pages=1100, nr_mapped=1030, virt_base=abi.HYPERVISOR_VIRT_START - 2 * _4MB,
+         user=True, seed=0)  # two L1 tables
+@example(nr_pages=3, nr_mapped=3, virt_base=abi.HYPERVISOR_VIRT_START - _4MB, user=False,
+         seed=1)  # the smallest region, its last 4 MB below the hole
+def test_builder_refines_spec(nr_pages: int, nr_mapped: int, virt_base: int, user: bool,
+                              seed: int) -> None:
+    hv = Hypervisor(nr_pages + 24, seed=seed)
+    d = hv.create_domain(nr_pages)
+    try:
+        build_initial_tables(hv, d, nr_mapped, virt_base, user=user)
+    except BuildError:
+        assert check_refusal(model_params(hv, d, nr_mapped, virt_base, user)) == []
+        return
+    assert check_build(hv, model_params(hv, d, nr_mapped, virt_base, user)) == []
+
+
+@pytest.mark.parametrize("guest,nr_pages,devices", [("hello", 64, False), ("demo", 300, True)])
+def test_elf_builder_refines_spec(guest: str, nr_pages: int, devices: bool) -> None:
+    """The ELF builder's domain: kernel, p2m list, start_info (and with devices the store and
+    console frames, and the backend domain's frames) on a machine just big enough."""
+    hv = Hypervisor(nr_pages + 100)
+    pv = PVPlatform(hv)
+    image = load_image_file(str(build_guest(guest)))
+    built = build_domain(hv, pv, image, nr_pages, devices=devices)
+    d = built.domain
+    p = model_params(hv, d, built.nr_mapped, image.virt_base, True,
+                     pv.darch(d).shared_info_mfn)
+    assert check_build(hv, p) == []
