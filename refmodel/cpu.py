@@ -197,6 +197,10 @@ def _load_native_counter() -> Any:
         return None
 
 
+# uc_cb_hookintr_t: void (*)(uc_engine *uc, uint32_t intno, void *user_data)
+_HOOK_INTR_CFUNC = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
+
+
 def _hypercall_arg_ids() -> tuple[int, ...]:
     return tuple(_REG_IDS[r] for r in ("cs", "eax", "ebx", "ecx", "edx", "esi", "edi"))
 
@@ -396,6 +400,16 @@ class _Engine:
         self.uc.ctl_flush_tb()
         self.code_changed()
 
+    def hook_add_raw(self, kind: int, callback: Any) -> None:
+        """Register a ctypes callback with the engine directly: no binding wrapper between
+        the engine and the hypervisor on the trap path. The caller keeps ``callback`` alive."""
+        handle = ctypes.c_size_t()
+        err = self._lib.uc_hook_add(self._uch, ctypes.byref(handle), kind,
+                                    ctypes.cast(callback, ctypes.c_void_p), None,
+                                    ctypes.c_uint64(1), ctypes.c_uint64(0))
+        if err:
+            raise unicorn.UcError(err)
+
     # --- the saved context -----------------------------------------------------------------
     def save(self) -> None:
         self._lib.uc_context_save(self._uch, self._ctx_ptr)
@@ -446,14 +460,17 @@ class _Engine:
 
     def enter_ring(
         self, regs: CpuUserRegs, stub_va: int, frame_va: int,
-        write_frame: Callable[[bytes], None],
+        write_frame: Callable[[bytes], None], cpl: int = 0,
     ) -> None:
-        """Load ``regs`` with a CS/SS change: go to CPL 0 in the saved context, load the data
-        segments and GPRs, and point EIP at the ``iret`` stub over a frame EIP, CS, EFLAGS,
-        ESP, SS. The stub runs as the first instruction when emulation resumes."""
-        self.save()
-        self.set_saved_cpl(0)
-        self.restore()
+        """Load ``regs`` with a CS/SS change: load the data segments and GPRs and point EIP
+        at the ``iret`` stub over a frame EIP, CS, EFLAGS, ESP, SS. The stub runs as the first
+        instruction when emulation resumes. An ``iret`` may only go outward, so for a ring
+        inside ``cpl`` (the ring running now) the saved context is first put at CPL 0; the
+        ring-1 kernel's return to ring 3 needs no patch."""
+        if regs.cs & 3 < cpl:
+            self.save()
+            self.set_saved_cpl(0)
+            self.restore()
         write_frame(_FRAME.pack(regs.eip & 0xFFFFFFFF, regs.cs, regs.eflags & 0xFFFFFFFF,
                                 regs.esp & 0xFFFFFFFF, regs.ss))
         vals = self._entry_vals
@@ -519,11 +536,14 @@ class UnicornCPU:
         # Called on every return to the guest, with the registers it will resume with (the
         # event upcall: it may redirect them to the event callback).
         self.upcall: Callable[[Vcpu, CpuUserRegs], None] | None = None
+        # Asked first, so that most traps read no registers for it: may an upcall be due?
+        self.upcall_wanted: Callable[[Vcpu], bool] = lambda v: True
         # Asked after every trap, once the registers are applied: True ends the time slice
         # (the vCPU blocked, yielded, was paused, or the scheduler wants the CPU back).
         self.should_stop: Callable[[], bool] = lambda: False
         self.rdtsc: Callable[[], int] | None = None
-        self.uc.hook_add(ucc.UC_HOOK_INTR, self._hook_intr)
+        self._intr_cb = _HOOK_INTR_CFUNC(self._hook_intr)
+        self.engine.hook_add_raw(ucc.UC_HOOK_INTR, self._intr_cb)
         self.uc.hook_add(ucc.UC_HOOK_INSN_INVALID, self._hook_insn_invalid)
         self._io_init(len(ram))
         self.engine.setup_protected_mode(gdt_base, v.guest_table << abi.PAGE_SHIFT)
@@ -532,14 +552,16 @@ class UnicornCPU:
     def user_regs(self) -> CpuUserRegs:
         """The guest's registers at this trap (read once); changes are applied on return."""
         if self._regs is None:
-            self._regs = self.engine.read_all()
-            self._orig = CpuUserRegs(**vars(self._regs))
+            regs = self._regs = self.engine.read_all()
+            orig = self._orig = CpuUserRegs.__new__(CpuUserRegs)
+            vars(orig).update(vars(regs))
         return self._regs
 
     def start(self, regs: CpuUserRegs) -> None:
         """Load the initial register state (the domain builder's) through the iret stub."""
         regs.eflags = _check_eflags(regs.eflags)
-        self.engine.enter_ring(regs, self.stub_va, self.frame_va, self._write_frame)
+        cpl = self.engine.read(x86.UC_X86_REG_CS) & 3
+        self.engine.enter_ring(regs, self.stub_va, self.frame_va, self._write_frame, cpl)
 
     # --- time slices (the scheduler's interface) -------------------------------------------
     def run_slice(self, max_instructions: int) -> int:
@@ -599,9 +621,10 @@ class UnicornCPU:
     def _write_frame(self, frame: bytes) -> None:
         self.memory.write(self.frame_maddr, frame)
 
-    def _hook_intr(self, uc: Any, intno: int, _user: Any) -> None:
+    def _hook_intr(self, _uch: Any, intno: int, _user: Any) -> None:
+        """UC_HOOK_INTR, called by the engine directly (``_HOOK_INTR_CFUNC``)."""
         if self._io_pending:  # the rest of an I/O instruction's block: undone, not handled
-            uc.emu_stop()
+            self.uc.emu_stop()
             return
         try:
             self.traps += 1
@@ -783,7 +806,7 @@ class UnicornCPU:
         # Xen's return path runs the scheduler before it looks for events: a vCPU leaving the
         # CPU gets its upcall when it is switched in again.
         leaving = stop and self.should_stop()
-        if self.upcall is not None and not leaving:
+        if self.upcall is not None and not leaving and self.upcall_wanted(v):
             self.upcall(v, self.user_regs())
         self._apply_state()
         if leaving:
@@ -811,12 +834,13 @@ class UnicornCPU:
             return
         regs.eflags = _check_eflags(regs.eflags)
         if regs.cs != orig.cs or regs.ss != orig.ss:
-            eng.enter_ring(regs, self.stub_va, self.frame_va, self._write_frame)
+            eng.enter_ring(regs, self.stub_va, self.frame_va, self._write_frame, orig.cs & 3)
             return
-        for name in _REG_NAMES:
-            value = getattr(regs, name)
-            if value != getattr(orig, name):
-                eng.write(_REG_IDS[name], value)
+        now, before = vars(regs), vars(orig)
+        if now != before:
+            for name, value in now.items():
+                if value != before[name]:
+                    eng.write(_REG_IDS[name], value)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -930,24 +954,31 @@ def _run_selftest() -> None:
         eng.restore()
         if intno == 14:
             eng.write(x86.UC_X86_REG_EIP, eng.read(x86.UC_X86_REG_EIP) + 5)
-        elif len(seen) == 5:
-            uc_.emu_stop()
+        elif len(seen) == 5:  # back inward from ring 3 to ring 1's int $0x82
+            regs = eng.read_all()
+            regs.cs, regs.ss, regs.eip, regs.esp = (
+                abi.FLAT_RING1_CS, abi.FLAT_RING1_DS, 0x500C, 0x8000)
+            regs.ds = regs.es = abi.FLAT_RING1_DS
+            enter(regs, cpl=3)
 
     # The stub page is mapped at linear 0x4000; frames go there by physical writes.
     def write_frame(frame: bytes) -> None:
         uc.mem_write(0x4000 + FRAME_OFFSET, frame)
 
-    def enter(regs: CpuUserRegs) -> None:
-        eng.enter_ring(regs, 0x4000, 0x4000 + FRAME_OFFSET, write_frame)
+    def enter(regs: CpuUserRegs, cpl: int) -> None:
+        eng.enter_ring(regs, 0x4000, 0x4000 + FRAME_OFFSET, write_frame, cpl)
 
     def hook_wrapper(uc_: Any, intno: int, u: Any) -> None:
         if intno == 0x82:
             seen.append((intno, eng.read(x86.UC_X86_REG_CS) & 3, -1, True, -1, -1))
+            if len(seen) == 6:
+                uc_.emu_stop()
+                return
             regs = eng.read_all()
             regs.cs, regs.ss, regs.eip, regs.esp = (
                 abi.FLAT_RING3_CS, abi.FLAT_RING3_DS, 0x6000, 0x9000)
             regs.ds = regs.es = abi.FLAT_RING3_DS
-            enter(regs)
+            enter(regs, cpl=1)  # outward: the stub's iret runs at CPL 1
             return
         hook(uc_, intno, u)
 
@@ -955,7 +986,7 @@ def _run_selftest() -> None:
     start = CpuUserRegs(eip=0x5000, cs=abi.FLAT_RING1_CS, ss=abi.FLAT_RING1_DS,
                         ds=abi.FLAT_RING1_DS, es=abi.FLAT_RING1_DS, esp=0x8000,
                         eflags=abi.X86_EFLAGS_IF | abi.X86_EFLAGS_MBS)
-    enter(start)
+    enter(start, cpl=0)
     uc.emu_start(0x4000, _NEVER, count=100)
     want = [
         (0x80, 1, 1, True, -1),  # int $0x80 from ring 1: CPL 1 in hflags, a software int
@@ -963,6 +994,7 @@ def _run_selftest() -> None:
         (14, 1, 1, False, 0),  # a second fault arrives as #PF, not #DF
         (0x82, 1, -1, True, -1),
         (0x80, 3, 3, True, -1),  # the iret stub entered ring 3
+        (0x82, 1, -1, True, -1),  # and, from CPL 3 patched to 0, ring 1 again
     ]
     got = [s[:5] for s in seen]
     if got != want:
