@@ -198,7 +198,7 @@ class Machine:
                     v.domain.crash("invariant violated: " + violations[0])
             return rc
 
-        self.pv.traps.hypercall = checked_hypercall  # type: ignore[method-assign]
+        self.pv.traps.hypercall = checked_hypercall
 
 
 def boot(

@@ -369,9 +369,12 @@ class Events:
     # The scheduler's questions (SCHEDOP_block, SCHEDOP_poll).
     # ----------------------------------------------------------------------------------------
     def has_pending(self, v: Vcpu) -> bool:
-        """local_events_need_delivery: an upcall is pending and not masked."""
-        return bool(self.pv.vcpu_info_read8(v, abi.VCPU_INFO_evtchn_upcall_pending)) and not (
-            self.pv.vcpu_info_read8(v, abi.VCPU_INFO_evtchn_upcall_mask))
+        """local_events_need_delivery: an upcall is pending and not masked (asked after every
+        trap, so both bytes are read straight from machine memory)."""
+        info = self.pv.vcpu_info_maddr(v)
+        ram = self.hv.memory.ram
+        return bool(ram[info + abi.VCPU_INFO_evtchn_upcall_pending]) and not (
+            ram[info + abi.VCPU_INFO_evtchn_upcall_mask])
 
     def port_pending(self, d: Domain, port: int) -> bool:
         """The port's bit in shared_info.evtchn_pending (0 <= port < NR_EVENT_CHANNELS)."""

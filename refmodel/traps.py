@@ -78,6 +78,8 @@ class Traps:
         self.pv = pv
         self.hv = pv.hv
         self.bounces = 0
+        # The substrate's hypercall entry is the dispatcher itself (no frame in between).
+        self.hypercall: Callable[..., int] = self.hv.hypercall
 
     def hypercalls(self) -> dict[int, Callable[..., int]]:
         return {
@@ -167,9 +169,6 @@ class Traps:
     # ----------------------------------------------------------------------------------------
     # The substrate's entry points (TrapHandlers).
     # ----------------------------------------------------------------------------------------
-    def hypercall(self, v: Vcpu, nr: int, *args: int) -> int:
-        return self.hv.hypercall(v, nr, *args)
-
     def software_interrupt(self, v: Vcpu, vector: int, regs: CpuUserRegs) -> None:
         """``int n``: every Xen gate has DPL 0 except #BP, #OF (3) and 0x82 (1), so INT n
         is a #GP that Xen turns into a bounce of vector n when the guest registered it with
