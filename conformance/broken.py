@@ -7,7 +7,8 @@ the suite against all of them and reports which were caught.
 
 A breakage is applied to one machine only (its ``MM``, ``Traps`` or ``Desc`` instance), never
 to the classes, so the reference model running beside it in the differential suite is intact.
-The rules broken are those of xen/arch/x86/mm.c and x86_32/traps.c named in each docstring.
+The rules broken are those of xen/arch/x86/mm.c, traps.c and x86_32/traps.c named in each
+docstring.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from types import MethodType
 from typing import Any
 
 from xenspec.conformance.reference import ReferenceImplementation
+from xenspec.refmodel.arch import CpuUserRegs
 from xenspec.refmodel.domain import Domain, Vcpu
 from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS, Hypervisor
 from xenspec.refmodel.mm import MM
@@ -254,6 +256,35 @@ def _softint_ignores_dpl(hv: Hypervisor, pv: PVPlatform) -> None:
     _patch(pv.traps, "software_interrupt", software_interrupt)
 
 
+def _io_ignores_ring(hv: Hypervisor, pv: PVPlatform) -> None:
+    """guest_io_okay compares the virtual IOPL with the kernel's level whatever the ring
+    (traps.c, KERNEL_MODE ? 1 : 3): ring 3 gets the kernel's I/O privilege."""
+    original = pv.emulate.guest_io_okay
+
+    def guest_io_okay(self: Any, v: Vcpu, regs: CpuUserRegs, port: int, size: int) -> bool:
+        as_kernel = CpuUserRegs(**vars(regs))
+        as_kernel.cs = (regs.cs & ~3) | 1
+        return original(v, as_kernel, port, size)
+
+    _patch(pv.emulate, "guest_io_okay", guest_io_okay)
+
+
+def _user_mode_emulated_as_kernel(hv: Hypervisor, pv: PVPlatform) -> None:
+    """emulate_privileged_op without its "only from the guest kernel" test: ring 3 may read
+    and write control registers and MSRs."""
+    original = pv.emulate.emulate_privileged_op
+
+    def emulate_privileged_op(self: Any, v: Vcpu, regs: CpuUserRegs) -> bool:
+        ring = regs.cs & 3
+        regs.cs = (regs.cs & ~3) | 1
+        try:
+            return bool(original(v, regs))
+        finally:
+            regs.cs = (regs.cs & ~3) | ring
+
+    _patch(pv.emulate, "emulate_privileged_op", emulate_privileged_op)
+
+
 # Each is a module attribute, for --implementation=xenspec.conformance.broken:<name>.
 xen_slots_writable = Broken(
     "xen_slots_writable", ("mmu_update/NORMAL_PT_UPDATE", "INV-HOLE"),
@@ -304,6 +335,13 @@ cr2_not_reported = Broken(
 softint_ignores_dpl = Broken(
     "softint_ignores_dpl", ("syscall/fast_path",),
     "INT n reaches the guest kernel whatever the vector's DPL", _softint_ignores_dpl)
+io_ignores_ring = Broken(
+    "io_ignores_ring", ("privileged/emulation",),
+    "ring 3 gets the kernel's I/O privilege (virtual IOPL 1 suffices)", _io_ignores_ring)
+user_mode_emulated_as_kernel = Broken(
+    "user_mode_emulated_as_kernel", ("privileged/emulation", "privileged/instruction"),
+    "ring 3's CLTS, MOV CR, MSR instructions are emulated as the kernel's",
+    _user_mode_emulated_as_kernel)
 
 BROKEN: tuple[Broken, ...] = (
     xen_slots_writable,
@@ -322,4 +360,6 @@ BROKEN: tuple[Broken, ...] = (
     pf_frame_without_error_code,
     cr2_not_reported,
     softint_ignores_dpl,
+    io_ignores_ring,
+    user_mode_emulated_as_kernel,
 )
