@@ -10,7 +10,9 @@ the spec allows), and (2) the spec's state for them equals the model's on every 
 type, validated and pinned bits and GDT reference, on every entry of every page table either
 side has in use, on every vCPU's base pointer and on every vCPU's CPU state. Memory that is no
 page table (kernel, start_info, Xen's data) is the spec's free ``junk`` and is not compared.
-Where the model refuses a layout (BuildError), the spec's ``layout`` must be false.
+Where the model refuses a layout (BuildError), the spec's ``layout`` must be false. The ELF
+builder's own arithmetic (the region's size, start_info and the boot stack) is checked against
+``elf_layout`` in the same way.
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ from xenspec.proofs.refinement import Snapshot, same_cpu
 from xenspec.refmodel.domain import Domain
 from xenspec.refmodel.hypervisor import Hypervisor
 from xenspec.spec import abi
-from xenspec.spec.builder_spec import BuildParams, constraints, initial_state, layout
+from xenspec.spec.builder_spec import (
+    BuildParams,
+    constraints,
+    elf_accepts,
+    elf_layout,
+    initial_state,
+    layout,
+)
 from xenspec.spec.pagetable import PGT
 from xenspec.spec.symbolic import SymState, W, bv
 
@@ -120,3 +129,28 @@ def check_refusal(p: BuildParams) -> list[str]:
     if _holds(z3.Not(layout(p))):
         return []
     return ["the model refused a layout the spec's constraints allow"]
+
+
+def check_elf_layout(image_base: int, kernel_end: int, nr_pages: int, devices: bool,
+                     built: tuple[int, int, int] | None) -> list[str]:
+    """build_domain's layout is ``elf_layout``'s: ``built`` is (nr_mapped, start_info VA,
+    initial ESP) of the domain it built, or None if it refused the image and size, which the
+    spec's ``elf_accepts`` must then refuse too."""
+    lay = elf_layout(bv(image_base), bv(kernel_end), bv(nr_pages), z3.BoolVal(devices))
+    accepts = _value(elf_accepts(bv(image_base), bv(kernel_end), lay))
+    if built is None:
+        return [] if accepts is False else ["the model refused an image the spec accepts"]
+    if accepts is not True:
+        return ["the model built from an image the spec refuses"]
+    expected = (_value(lay.nr_mapped),
+                image_base + (_int(lay.start_info_pfn) << abi.PAGE_SHIFT),
+                image_base + (_int(lay.stack_pfn) + 1 << abi.PAGE_SHIFT))
+    names = ("nr_mapped", "start_info address", "boot stack top")
+    return [f"{n}: spec {e}, model {b}" for n, e, b in zip(names, expected, built, strict=True)
+            if e != b]
+
+
+def _int(term: z3.ExprRef) -> int:
+    value = _value(term)
+    assert isinstance(value, int) and not isinstance(value, bool)
+    return value

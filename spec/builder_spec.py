@@ -333,6 +333,94 @@ def constraints(p: BuildParams, pfns: list[int] | None = None) -> Bool:
 
 
 # ----------------------------------------------------------------------------------------------
+# The ELF builder's bootstrap region (refmodel/elfbuild.py build_domain; xc_linux_build.c
+# setup_guest): the kernel from pfn 0, then the p2m list, start_info, the store and console
+# frames (with devices) and the boot stack; the region rounded up to 4 MB with 512 KB of slack
+# and room for its page tables, at most the domain's pages.
+# ----------------------------------------------------------------------------------------------
+_SLACK_PAGES = (512 << 10) >> abi.PAGE_SHIFT
+
+
+def _wide(x: Word) -> Word:
+    """A 32-bit value as 64 bits: build_domain computes in Python integers, and every value
+    here stays far below 2^64, so 64-bit arithmetic is exact."""
+    return z3.ZeroExt(32, x)
+
+
+def _ceil_div(x: Word, shift: int) -> Word:
+    return z3.LShR(x + ((1 << shift) - 1), shift)
+
+
+def _round_4mb(x: Word) -> Word:
+    return _ceil_div(x, 10) << 10
+
+
+@dataclass(frozen=True)
+class ElfLayout:
+    """Where build_domain puts things, in pfns of the region (64-bit terms); ``nr_mapped`` is
+    the region's size, ``nr_l1`` its L1 tables."""
+
+    kernel_pages: Word
+    p2m_pfn: Word
+    start_info_pfn: Word
+    stack_pfn: Word
+    used: Word
+    nr_mapped: Word
+    nr_l1: Word
+
+
+def elf_layout(virt_base: Word, kernel_end: Word, nr_pages: Word, devices: Bool) -> ElfLayout:
+    kernel_pages = _ceil_div(_wide(kernel_end) - _wide(virt_base), abi.PAGE_SHIFT)
+    p2m_pfn = kernel_pages
+    start_info_pfn = p2m_pfn + _ceil_div(_wide(nr_pages), 10)  # 4-byte entries, 1024 a page
+    stack_pfn = start_info_pfn + z3.If(devices, z3.BitVecVal(3, 64), z3.BitVecVal(1, 64))
+    used = stack_pfn + 1
+    mapped = _round_4mb(used + _SLACK_PAGES + 2)
+    mapped = _round_4mb(mapped + _ceil_div(mapped, 10) + 1)
+    mapped = z3.If(z3.ULE(mapped, _wide(nr_pages)), mapped, _wide(nr_pages))
+    return ElfLayout(kernel_pages, p2m_pfn, start_info_pfn, stack_pfn, used, mapped,
+                     _ceil_div(mapped, 10))
+
+
+def elf_accepts(virt_base: Word, kernel_end: Word, lay: ElfLayout) -> Bool:
+    """The checks parse_image and build_domain make before building: VIRT_BASE 4 MB aligned,
+    the image (with its entry point) inside [VIRT_BASE, HYPERVISOR_VIRT_START), room for the
+    tables after the stack, the region below the hole."""
+    top = _wide(virt_base) + (lay.nr_mapped << abi.PAGE_SHIFT)
+    return z3.And(virt_base & ((1 << abi.L2_PAGETABLE_SHIFT) - 1) == 0,
+                  z3.ULT(virt_base, kernel_end),
+                  z3.ULE(kernel_end, bv(abi.HYPERVISOR_VIRT_START)),
+                  z3.ULE(lay.used + lay.nr_l1 + 1, lay.nr_mapped),
+                  z3.ULE(top, z3.BitVecVal(abi.HYPERVISOR_VIRT_START, 64)))
+
+
+def elf_layout_fits(part: str) -> z3.Solver:
+    """Unsatisfiable iff for every image and size build_domain accepts: (``limits``) the region
+    it asks build_initial_tables for meets the builder's limits (``layout``), so the initial
+    state is one ``initial_state`` describes, with the page directory where build_domain's own
+    arithmetic puts it; (``placed``) the kernel, the p2m list, start_info, the store and
+    console frames and the boot stack lie in that order in ordinary pages of the region, below
+    the page directory: mapped read-write, none of them a page table."""
+    reset_fresh()
+    virt_base, kernel_end, nr_pages = z3.BitVecs("virt_base kernel_end nr_pages", 32)
+    devices = z3.Bool("devices")
+    lay = elf_layout(virt_base, kernel_end, nr_pages, devices)
+    p = symbolic_params().evolve(virt_base=virt_base, nr_pages=nr_pages,
+                                 nr_mapped=z3.Extract(31, 0, lay.nr_mapped))
+    pt_base64 = lay.nr_mapped - 1 - lay.nr_l1
+    goal = {
+        "limits": z3.And(layout(p), _wide(pt_base(p)) == pt_base64),
+        "placed": z3.And(z3.ULT(lay.p2m_pfn, lay.start_info_pfn),
+                         z3.ULT(lay.start_info_pfn, lay.stack_pfn), z3.ULE(lay.used, pt_base64)),
+    }[part]
+    solver = z3.Solver()
+    solver.add(elf_accepts(virt_base, kernel_end, lay), z3.ULT(0, nr_pages), z3.Not(goal))
+    solver.add(z3.BitVec("elf nr_mapped", 64) == lay.nr_mapped,
+               z3.BitVec("elf used", 64) == lay.used)
+    return solver
+
+
+# ----------------------------------------------------------------------------------------------
 # Obligations.
 # ----------------------------------------------------------------------------------------------
 def satisfies(inv: Invariant, p: BuildParams | None = None) -> z3.Solver:
@@ -366,9 +454,12 @@ def obligation_list() -> list[tuple[str, Callable[[], z3.Solver]]]:
     def factory(inv: Invariant) -> Callable[[], z3.Solver]:
         return lambda: satisfies(inv)
 
-    return [(f"start_of_day: the domain builder's initial state satisfies {inv.label}",
-             factory(inv))
-            for inv in proof_invariants()]
+    return [*[(f"start_of_day: the domain builder's initial state satisfies {inv.label}",
+               factory(inv)) for inv in proof_invariants()],
+            ("start_of_day: the ELF builder's region meets the domain builder's limits",
+             lambda: elf_layout_fits("limits")),
+            ("start_of_day: the ELF builder puts the kernel, p2m list, start_info and boot "
+             "stack in ordinary pages below the page tables", lambda: elf_layout_fits("placed"))]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,9 +12,14 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from xenspec.conformance.guests.build import build_guest
-from xenspec.proofs.builder_refinement import check_build, check_refusal, model_params
+from xenspec.proofs.builder_refinement import (
+    check_build,
+    check_elf_layout,
+    check_refusal,
+    model_params,
+)
 from xenspec.refmodel.builder import BuildError, build_initial_tables
-from xenspec.refmodel.elfbuild import build_domain, load_image_file
+from xenspec.refmodel.elfbuild import GuestImage, build_domain, load_image_file
 from xenspec.refmodel.hypervisor import Hypervisor
 from xenspec.refmodel.platform import PVPlatform
 from xenspec.spec import abi
@@ -56,3 +61,32 @@ def test_elf_builder_refines_spec(guest: str, nr_pages: int, devices: bool) -> N
     p = model_params(hv, d, built.nr_mapped, image.virt_base, True,
                      pv.darch(d).shared_info_mfn)
     assert check_build(hv, p) == []
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kernel_bytes=st.integers(1, 40 * abi.PAGE_SIZE), nr_pages=st.integers(1, 200),
+       devices=st.booleans(), virt_base=st.sampled_from([0xC0000000, 0, _4MB,
+                                                         abi.HYPERVISOR_VIRT_START - _4MB]))
+@example(kernel_bytes=abi.PAGE_SIZE, nr_pages=4000, devices=False, virt_base=0xC0000000)
+@example(kernel_bytes=890 * abi.PAGE_SIZE, nr_pages=3100, devices=True,
+         virt_base=0xC0000000)  # the 512 KB of slack carry the region past 4 MB
+def test_elf_layout_refines_spec(kernel_bytes: int, nr_pages: int, devices: bool,
+                                 virt_base: int) -> None:
+    """build_domain on a synthetic image of ``kernel_bytes``: its region, start_info and boot
+    stack are elf_layout's, its refusals elf_accepts's, and the domain it builds is the spec's
+    initial state (compared for small domains: the comparison walks every frame)."""
+    image = GuestImage([(virt_base, b"\x90", kernel_bytes)], virt_base, virt_base, None)
+    kernel_end = virt_base + kernel_bytes
+    hv = Hypervisor(nr_pages + 100)
+    pv = PVPlatform(hv)
+    try:
+        built = build_domain(hv, pv, image, nr_pages, devices=devices)
+    except BuildError:
+        assert check_elf_layout(virt_base, kernel_end, nr_pages, devices, None) == []
+        return
+    outcome = (built.nr_mapped, built.start_info_va, built.regs.esp)
+    assert check_elf_layout(virt_base, kernel_end, nr_pages, devices, outcome) == []
+    d = built.domain
+    if nr_pages <= 300:
+        assert check_build(hv, model_params(hv, d, built.nr_mapped, virt_base, True,
+                                            pv.darch(d).shared_info_mfn)) == []

@@ -1,8 +1,11 @@
 """The initial states the domain builders make satisfy every invariant (INV-COUNT included).
 
-Checked on concrete builds over a range of sizes: the start-of-day page tables of
-``refmodel.builder`` and the ELF builder's whole domain (kernel, start_info, boot stack,
-hypercall page) for the guest kernels of the conformance suite.
+The invariants of the specification are proved for every initial state the builder can make
+(spec/builder_spec.py, the ``start_of_day`` obligations; tests/test_builder_refinement.py checks
+that the model builds those states). These tests evaluate every invariant, including the
+counter and event-channel invariants the proofs leave out, on concrete builds: the
+start-of-day page tables of ``refmodel.builder`` and the ELF builder's whole domain (kernel,
+start_info, boot stack, hypercall page) for the guest kernels of the conformance suite.
 """
 
 from __future__ import annotations
