@@ -1,8 +1,9 @@
 """CPU-substrate benchmarks: run by hand (``python benchmarks/bench_cpu.py``), never in tests.
 
 * hypercall round trip: ring-1 ``call hypercall_page+17*32`` -> hook -> xen_version -> back;
-* bounced int 0x80 round trip: ring 3 ``int $0x80`` -> bounce to the ring-1 handler on the
-  stack_switch stack -> iret hypercall -> ring 3;
+* int 0x80 round trip: ring 3 ``int $0x80`` -> the ring-1 handler on the stack_switch stack
+  (Xen's direct trap gate, built by the model) -> ring 3 by the runtime's return path, the
+  processor's own iret as XenoLinux does; and the same returning through the iret hypercall;
 * guest compute vs raw Unicorn: the same register loop in a booted guest (paging, ring 1)
   and in a bare Unicorn engine with flat memory and no hooks;
 * demo boot: ``xenspec run`` of the demo guest, start to poweroff.
@@ -56,7 +57,9 @@ def main() -> None:
     t_hc = per_iteration(hc, "hypercall", n_hc)
     print(f"hypercall round trip (xen_version):     {t_hc * 1e6:7.2f} us")
     t_sys = per_iteration(hc, "syscall", n_sys)
-    print(f"bounced int 0x80 round trip (ring 3):   {t_sys * 1e6:7.2f} us")
+    print(f"int 0x80 round trip (ring 3, iret):     {t_sys * 1e6:7.2f} us")
+    t_hc_iret = per_iteration(hc, "syscall-hypercall-iret", n_sys)
+    print(f"  ... returning by the iret hypercall:  {t_hc_iret * 1e6:7.2f} us")
     t_guest = per_iteration(hc, "compute", n_comp)
     t_raw = statistics.median(raw_unicorn_compute(n_comp) for _ in range(3)) / n_comp
     print(f"guest compute loop iteration:           {t_guest * 1e9:7.2f} ns "

@@ -17,8 +17,14 @@ from the kernel CLTS, WBINVD, MOV CR/DR, RDMSR/WRMSR; only what it refuses is bo
 fault the emulator raised for an INS/OUTS is that instruction's #GP (the processor checks I/O
 permission before it touches memory).
 
-Not modelled yet: the fast int 0x80 gate (the semantics are the same: the bounce is done by
-the hypervisor), failsafe callbacks, the writable-page-table assist, gpf_emulate_4gb (the
+``int $0x80`` through Xen's direct gate (x86_32/traps.c, init_int80_direct_trap): when the
+trap table's vector 0x80 does not mask events and names an acceptable code selector, Xen puts
+a trap gate with the entry's DPL into the IDT, and the processor, not Xen, delivers the system
+call: the hardware frame EIP, CS, EFLAGS [, ESP, SS] (no saved event mask in CS, EFLAGS as
+the guest had it) on the ring-1 stack. The model builds that frame itself (Unicorn has no
+IDT), and does nothing else Xen would not do.
+
+Not modelled yet: failsafe callbacks, the writable-page-table assist, gpf_emulate_4gb (the
 4gb_segments assist).
 """
 
@@ -69,6 +75,13 @@ def fixup_guest_stack_selector(sel: int) -> int:
 
 def selector_is_null(sel: int) -> bool:
     return (sel & ~3) == 0
+
+
+def guest_gate_selector_okay(sel: int) -> bool:
+    """desc.h: a selector Xen will put into an IDT gate: a guest GDT entry below Xen's
+    reserved ones, Xen's flat ring-1 code selector, or an LDT selector."""
+    return ((sel >> 3) < abi.FIRST_RESERVED_GDT_ENTRY or sel == abi.FLAT_RING1_CS
+            or bool(sel & 4))
 
 
 class Traps:
@@ -178,11 +191,24 @@ class Traps:
             self.bounce(v, vector, None, regs)
             return
         ti = self.pv.arch(v).trap_ctxt[vector]
+        if vector == abi.SYSCALL_VECTOR and self.int80_direct_trap(v, ti, regs):
+            return
         if vector != abi.HYPERCALL_VECTOR and ti.dpl >= ring:
             self.bounce(v, vector, None, regs)
             return
         regs.eip = (regs.eip - 2) & 0xFFFFFFFF  # the #GP points at the int instruction
         self.bounce(v, abi.TRAP_gp_fault, (vector << 3) | 2, regs)
+
+    def int80_direct_trap(self, v: Vcpu, ti: TrapInfo, regs: CpuUserRegs) -> bool:
+        """``int $0x80`` through the trap gate of init_int80_direct_trap, if there is one and
+        its DPL admits the caller's ring; False otherwise (Xen's #GP path then decides). A
+        null selector is left to that path too (the hardware would fault on the gate)."""
+        if (ti.masks_events or not guest_gate_selector_okay(ti.cs) or selector_is_null(ti.cs)
+                or ti.dpl < regs.cs & 3):
+            return False
+        words = [regs.eip, regs.cs, regs.eflags]
+        self.create_bounce_frame(v, regs, words, ti.cs, ti.address, "int $0x80")
+        return True
 
     def exception(
         self, v: Vcpu, vector: int, error_code: int, cr2: int, regs: CpuUserRegs

@@ -1,5 +1,6 @@
 /* Ring 3: stack_switch, entering user mode through the iret hypercall, int $0x80 system calls
- * bounced with DPL 3, faults from ring 3 on the kernel stack, hypercalls from ring 3 refused. */
+ * through Xen's direct trap gate (DPL 3, events not masked: the processor's frame), faults
+ * from ring 3 on the kernel stack, hypercalls from ring 3 refused. */
 #include "xenrt.h"
 
 const char test_title[] = "ring 3: stack_switch, int 0x80, iret, faults from user mode";
@@ -8,8 +9,9 @@ static u8 trap_stack[8192] __attribute__((aligned(16)));
 static u8 user_stack[4096] __attribute__((aligned(4096)));
 static volatile u32 saw_cs, saw_ss, saw_esp, syscalls, user_pf_ec, user_gp_ec;
 static volatile u32 user_value;
+static volatile u32 probe_cs, probe_eflags, probe_mask;
 
-enum { SYS_exit = 1, SYS_write = 2, SYS_getpid = 3 };
+enum { SYS_exit = 1, SYS_write = 2, SYS_getpid = 3, SYS_mask = 4, SYS_probe = 5 };
 
 static void do_syscall(struct trap_frame *f)
 {
@@ -21,6 +23,11 @@ static void do_syscall(struct trap_frame *f)
     case SYS_write: HYPERVISOR_console_io(CONSOLEIO_write, f->edx, (void *)f->ecx);
                     f->eax = f->edx; break;
     case SYS_getpid: f->eax = 42; break;
+    /* Back to ring 3 with events masked: IF clear in the frame, so the return is the iret
+     * hypercall, which sets the mask from it. */
+    case SYS_mask: f->eflags &= ~X86_EFLAGS_IF; f->eax = 0; break;
+    case SYS_probe: probe_cs = f->cs; probe_eflags = f->eflags;
+                    probe_mask = vcpu0_info()[VCPU_INFO_evtchn_upcall_mask]; f->eax = 0; break;
     case SYS_exit: user_return((int)f->ebx);
     default: f->eax = (u32)-ENOSYS;
     }
@@ -52,6 +59,13 @@ static void user_hello(void)
     sys(SYS_write, 1, (u32)msg, sizeof(msg) - 1);
     user_value = sys(SYS_getpid, 0, 0, 0) + (cs & 3);
     sys(SYS_exit, 7, 0, 0);
+}
+
+static void user_masked(void)
+{
+    sys(SYS_mask, 0, 0, 0);
+    sys(SYS_probe, 0, 0, 0);
+    sys(SYS_exit, 8, 0, 0);
 }
 
 static void user_hypercall(void)
@@ -91,6 +105,16 @@ void test_main(void)
     check((saw_cs & 0xffff) == FLAT_USER_CS, "frame cs %x", saw_cs);
     check(saw_ss == FLAT_USER_SS, "frame ss %x", saw_ss);
     check(saw_esp > (u32)user_stack && saw_esp <= user_sp, "frame esp %x", saw_esp);
+
+    /* The direct gate's frame is the processor's: with events masked in ring 3 a Xen bounce
+     * would put the mask in CS bits 16-23 and clear IF; the gate does neither, nor does it
+     * touch the mask (x86_32/traps.c, init_int80_direct_trap). */
+    rc = enter_user((u32)user_masked, user_sp);
+    check(rc == 8, "exit code %d", rc);
+    check(probe_mask == 1, "events masked in the handler: %u", probe_mask);
+    check((probe_cs >> 16) == 0 && (probe_cs & 0xffff) == FLAT_USER_CS, "frame cs %x", probe_cs);
+    check(probe_eflags & X86_EFLAGS_IF, "frame eflags %x", probe_eflags);
+    vcpu0_info()[VCPU_INFO_evtchn_upcall_mask] = 0;
 
     rc = enter_user((u32)user_hypercall, user_sp);
     check(rc == -TRAP_gp_fault, "hypercall from ring 3: %d", rc);

@@ -152,7 +152,24 @@ trap_return:
     popl %ebx
     popl %eax
     addl $8, %esp                   /* vector, error code */
-    jmp hypercall_page + __HYPERVISOR_iret * HYPERCALL_STUB_SIZE
+    /* Back to ring 3 with events enabled in the frame: as XenoLinux's return path does,
+     * unmask events here and, if none is pending, leave with the processor's own iret (an
+     * outward iret needs no hypervisor); otherwise the iret hypercall takes the upcall. */
+    testb $3, 4(%esp)               /* the frame's CS: ring 3? */
+    jz 1f
+    testl $X86_EFLAGS_IF, 8(%esp)
+    jz 1f
+    pushl %eax
+    movl shared_info, %eax
+    testl %eax, %eax
+    jz 2f
+    movb $0, SHARED_INFO_vcpu_info + VCPU_INFO_evtchn_upcall_mask(%eax)
+    cmpb $0, SHARED_INFO_vcpu_info + VCPU_INFO_evtchn_upcall_pending(%eax)
+    jnz 2f
+    popl %eax
+    iret
+2:  popl %eax
+1:  jmp hypercall_page + __HYPERVISOR_iret * HYPERCALL_STUB_SIZE
 
 /* The event upcall (set_callbacks): Xen's frame is EIP, CS, EFLAGS [, ESP, SS] with no error
  * code (x86_32/entry.S, create_bounce_frame); build a trap_frame with vector EVENT_VECTOR
