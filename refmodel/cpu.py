@@ -1061,6 +1061,31 @@ def _selftest_io() -> None:
             f"the Unicorn self-test could not step over instructions with a code hook; "
             f"xenspec needs unicorn=={UNICORN_VERSION}"
         )
+    _selftest_io_loop()
+
+
+def _selftest_io_loop() -> None:
+    """The hook's EIP in a block run again and again leads to the I/O instruction each time
+    (in a guest's blocks it can be the start of the block, as the privop kernel shows)."""
+    eng = _Engine()
+    uc = eng.uc
+    uc.mem_map(0, 0x10000)
+    # mov $3,%ecx; 1: inc %ebx; mov $0x11223344,%eax; out %al,$0x80; dec %ecx; jnz 1b; jmp .
+    code = (b"\xb9\x03\x00\x00\x00\x43\xb8\x44\x33\x22\x11\xe6\x80\x49\x75\xf5"
+            b"\xeb\xfe")
+    uc.mem_write(0x3000, code)
+    seen: list[int] = []
+    uc.hook_add(ucc.UC_HOOK_INSN, lambda *_a: seen.append(eng.read(x86.UC_X86_REG_EIP)),
+                None, 1, 0, x86.UC_X86_INS_OUT)
+    eng.run_counted(0x3000, 40)
+    offsets = [_find_io_instruction(code[e - 0x3000 :]) for e in seen]
+    found = [e + off for e, off in zip(seen, offsets, strict=True) if off is not None]
+    if found != [0x300B] * 3:
+        raise SubstrateError(
+            f"the Unicorn self-test of in/out saw the hook at {[hex(e) for e in seen]}, which "
+            f"does not lead to the instruction at 0x300b; xenspec needs "
+            f"unicorn=={UNICORN_VERSION}"
+        )
 
 
 def _selftest_io_one(code: bytes) -> None:
