@@ -12,7 +12,7 @@ side has in use, on every vCPU's base pointer and on every vCPU's CPU state. Mem
 page table (kernel, start_info, Xen's data) is the spec's free ``junk`` and is not compared.
 Where the model refuses a layout (BuildError), the spec's ``layout`` must be false. The ELF
 builder's own arithmetic (the region's size, start_info and the boot stack) is checked against
-``elf_layout`` in the same way.
+``elf_layout`` in the same way, and a new domain's event channels against ``initial_events``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import z3
 
 from xenspec.proofs.refinement import Snapshot, same_cpu
 from xenspec.refmodel.domain import Domain
+from xenspec.refmodel.event import ConcreteEvtView, Events
 from xenspec.refmodel.hypervisor import Hypervisor
 from xenspec.spec import abi
 from xenspec.spec.builder_spec import (
@@ -28,9 +29,11 @@ from xenspec.spec.builder_spec import (
     constraints,
     elf_accepts,
     elf_layout,
+    initial_events,
     initial_state,
     layout,
 )
+from xenspec.spec.event_spec import SymEvtView
 from xenspec.spec.pagetable import PGT
 from xenspec.spec.symbolic import SymState, W, bv
 
@@ -154,3 +157,29 @@ def _int(term: z3.ExprRef) -> int:
     value = _value(term)
     assert isinstance(value, int) and not isinstance(value, bool)
     return value
+
+
+def event_mismatches(events: Events, p: BuildParams, nvcpus: int) -> list[str]:
+    """The model's event state of the domain ``p`` describes (alone on its machine) is
+    ``initial_events``: the same valid ports, port states, peers, notified vCPUs, VIRQs and
+    virq_to_evtchn tables."""
+    view = ConcreteEvtView(events)
+    spec = SymEvtView(initial_events(p, bv(nvcpus)))
+    domid = _int(p.domid)
+    out = []
+    domains = [d for d in range(abi.DOMID_FIRST_RESERVED) if view.exists(d)]
+    if domains != [domid]:
+        out.append(f"domains {domains}, the spec's [{domid}]")
+    if view.nports(domid) != _value(spec.nports(bv(domid))):
+        out.append(f"{view.nports(domid)} valid ports, the spec's {_value(spec.nports(bv(domid)))}")
+    for port in range(view.nports(domid)):
+        for field in ("state", "rdom", "rport", "notify", "virq"):
+            got = getattr(view, field)(domid, port)
+            want = _value(getattr(spec, field)(bv(domid), bv(port)))
+            if got != want:
+                out.append(f"port {port} {field}: model {got}, spec {want}")
+    for v in range(nvcpus):
+        for q in range(abi.NR_VIRQS):
+            if view.virq_port(domid, v, q) != _value(spec.virq_port(bv(domid), bv(v), bv(q))):
+                out.append(f"virq_to_evtchn[{v}][{q}] differs")
+    return out

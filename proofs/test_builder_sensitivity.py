@@ -78,6 +78,17 @@ def no_room_check(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(builder_spec, "elf_accepts", without)
 
 
+def port0_free(mp: pytest.MonkeyPatch) -> None:
+    """evtchn_init forgets to reserve port 0."""
+    initial = builder_spec.initial_events
+
+    def events(p: BuildParams, nvcpus: Any) -> Any:
+        d, port = z3.BitVecs("d port", 32)
+        return initial(p, nvcpus).evolve(state=z3.Lambda([d, port], z3.BitVecVal(0, 32)))
+
+    mp.setattr(builder_spec, "initial_events", events)
+
+
 MUTANTS: list[tuple[str, str, Callable[[pytest.MonkeyPatch], None]]] = [
     ("page tables mapped writable", _initial("INV-NOWRPT"), tables_writable),
     ("machine-contiguous memory assumed: another domain's frame mapped",
@@ -88,6 +99,8 @@ MUTANTS: list[tuple[str, str, Callable[[pytest.MonkeyPatch], None]]] = [
     ("the ELF builder's room check dropped: the stack overlaps the tables",
      "start_of_day: the ELF builder puts the kernel, p2m list, start_info and boot stack in "
      "ordinary pages below the page tables", no_room_check),
+    ("port 0 not reserved", "start_of_day: a new domain's event channels satisfy INV-EVT-PORT",
+     port0_free),
 ]
 
 
@@ -105,5 +118,7 @@ def test_builder_mutant_breaks_the_proof(
     if obligation.startswith(_initial("")):  # the parameters and the witness frame or vCPU
         assert {"nr_mapped", "virt_base", "nr_pages"} <= names, result.counterexample
         assert any(n.startswith(("frame!", "vcpu!")) for n in names), result.counterexample
+    elif "event channels" in obligation:  # the witness domain and port
+        assert any(n.startswith("w_port") for n in names), names
     elif obligation != SATISFIABLE:  # the image and the layout
         assert {"kernel_end", "nr_pages", "elf used", "elf nr_mapped"} <= names, names

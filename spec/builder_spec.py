@@ -46,6 +46,7 @@ from typing import Any
 import z3
 
 from xenspec.spec import abi
+from xenspec.spec.event_spec import EVT_INVARIANTS, EvtInvariant, EvtState, SymEvtView
 from xenspec.spec.invariants import INVARIANTS, Invariant, proof_invariants
 from xenspec.spec.pagetable import PGT
 from xenspec.spec.symbolic import SymState, SymView, W, bv, fresh_name, reset_fresh
@@ -421,6 +422,40 @@ def elf_layout_fits(part: str) -> z3.Solver:
 
 
 # ----------------------------------------------------------------------------------------------
+# Event channels of the new domain (spec.event_spec's state): event_channel.c evtchn_init gives
+# a domain its first bucket with port 0 ECS_RESERVED; every other port is free, no VIRQ is
+# bound. Alone on the machine (the tools' store and console channels, bound to a backend
+# domain with ``devices``, are not described here).
+# ----------------------------------------------------------------------------------------------
+def initial_events(p: BuildParams, nvcpus: Word) -> EvtState:
+    d, port = z3.BitVecs("ed ep", 32)
+    v, q = z3.BitVecs("ev eq", 32)
+    zero2 = z3.Lambda([d, port], bv(0))
+    return EvtState(
+        state=z3.Lambda([d, port], z3.If(port == 0, bv(abi.ECS_RESERVED), bv(abi.ECS_FREE))),
+        rdom=zero2, rport=zero2, notify=zero2, virq=zero2,
+        pending=z3.Array("evt.pending", W, W, z3.BoolSort()),
+        mask=z3.Array("evt.mask", W, W, z3.BoolSort()),
+        nports=z3.K(W, bv(abi.EVTCHNS_PER_BUCKET)),
+        virq_port=z3.Lambda([d, v, q], bv(0)),
+        exists=z3.Lambda([d], d == p.domid), nvcpus=z3.K(W, nvcpus), privileged=p.privileged,
+    )
+
+
+def events_satisfy(inv: EvtInvariant) -> z3.Solver:
+    """Unsatisfiable iff the new domain's event state satisfies ``inv`` for every domain id
+    and number of vCPUs (1 to MAX_VIRT_CPUS)."""
+    reset_fresh()
+    p = symbolic_params()
+    nvcpus = z3.BitVec("nr_vcpus", 32)
+    solver = z3.Solver()
+    solver.add(z3.ULT(p.domid, bv(abi.DOMID_FIRST_RESERVED)), z3.ULT(0, nvcpus),
+               z3.ULE(nvcpus, abi.MAX_VIRT_CPUS))
+    solver.add(z3.Not(inv.check(SymEvtView(initial_events(p, nvcpus), witness=True))))
+    return solver
+
+
+# ----------------------------------------------------------------------------------------------
 # Obligations.
 # ----------------------------------------------------------------------------------------------
 def satisfies(inv: Invariant, p: BuildParams | None = None) -> z3.Solver:
@@ -459,7 +494,13 @@ def obligation_list() -> list[tuple[str, Callable[[], z3.Solver]]]:
             ("start_of_day: the ELF builder's region meets the domain builder's limits",
              lambda: elf_layout_fits("limits")),
             ("start_of_day: the ELF builder puts the kernel, p2m list, start_info and boot "
-             "stack in ordinary pages below the page tables", lambda: elf_layout_fits("placed"))]
+             "stack in ordinary pages below the page tables", lambda: elf_layout_fits("placed")),
+            *[(f"start_of_day: a new domain's event channels satisfy {inv.id}",
+               events_factory(inv)) for inv in EVT_INVARIANTS]]
+
+
+def events_factory(inv: EvtInvariant) -> Callable[[], z3.Solver]:
+    return lambda: events_satisfy(inv)
 
 
 # ----------------------------------------------------------------------------------------------
