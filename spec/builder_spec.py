@@ -30,11 +30,18 @@ xen/arch/x86/domain_build.c construct_dom0 lay a domain out the same way):
 
 The builder's own limits (builder.py BuildError checks) are ``layout``; the machine's are
 ``machine`` and ``allocation``. Memory that is not a page table (the kernel image, the p2m list,
-start_info, Xen's frames) is an arbitrary ``junk`` array: no invariant may depend on it.
+start_info, Xen's frames) is an arbitrary ``junk`` array: no invariant may depend on it. Where
+build_domain puts the kernel, the p2m list, start_info and the boot stack is ``elf_layout``
+(its own arithmetic), and a new domain's event channels are ``initial_events``.
 
 Everything is a function of ``BuildParams``: symbolic for the proofs (unbounded over every
 parameter), concrete for the refinement check against the model's builder and for the
-witness that the invariants together are satisfiable.
+witness that the invariants together are satisfiable. The obligations (``obligation_list``):
+the initial state satisfies each invariant; build_domain's region meets ``layout`` and puts
+everything it loads below the page tables; the new domain's event channels satisfy the event
+invariants; and (``invariants_satisfiable``) one concrete machine the builder makes, with
+tables in use, satisfies all invariants at once, so that none of the obligations that assume
+them holds vacuously.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ import z3
 
 from xenspec.spec import abi
 from xenspec.spec.event_spec import EVT_INVARIANTS, EvtInvariant, EvtState, SymEvtView
+from xenspec.spec.event_spec import machine as event_machine
 from xenspec.spec.invariants import INVARIANTS, Invariant, proof_invariants
 from xenspec.spec.pagetable import PGT
 from xenspec.spec.symbolic import SymState, SymView, W, bv, fresh_name, reset_fresh
@@ -555,15 +563,19 @@ def witness_form(fact: Bool) -> Bool:
 
 def invariants_satisfiable(state_facts: Callable[[SymState], tuple[Bool, ...]]) -> z3.Solver:
     """Unsatisfiable iff the witness machine meets the builder's constraints, the standing
-    facts ``state_facts`` every obligation assumes of a state, and every invariant (the proof
-    parts are their conjuncts) in the form the obligations assume them, with tables in use:
+    facts ``state_facts`` every obligation assumes of a state (and the event obligations'
+    standing assumptions), and every invariant, the event-channel ones included (the proof
+    parts are their conjuncts), in the form the obligations assume them, with tables in use:
     the invariants are not vacuous. A decidable question: the witness is concrete and every
     quantifier is a witness constant."""
     reset_fresh()
     p = concrete_params(**WITNESS)  # type: ignore[arg-type]
     s = initial_state(p)
+    evts = initial_events(p, bv(1))
     invs = [inv.check(SymView(s, witness=True)) for inv in INVARIANTS]
+    invs += [inv.check(SymEvtView(evts, witness=True)) for inv in EVT_INVARIANTS]
     facts = [witness_form(f) for f in state_facts(s)]
+    facts += [witness_form(f) for f in event_machine(evts, p.domid).children()]
     solver = z3.Solver()
     solver.add(z3.Not(z3.And(constraints(p, list(range(len(WITNESS["p2m"])))),  # type: ignore
                              *facts, in_use(s, p), *invs)))
