@@ -169,13 +169,13 @@ def l1_entry(p: BuildParams, k: Word, i: Word) -> Word:
 
 
 def l2_entry(p: BuildParams, i: Word) -> Word:
-    """Entry ``i`` of the page directory: the L1s, then Xen's slots, else 0."""
+    """Entry ``i`` of the page directory: the L1s, then Xen's slots, else 0. (Below
+    first_slot, ``k`` wraps past every nr_l1 the layout allows: at most 1024.)"""
     k = i - first_slot(p)
     guest = (p.p2m[pt_base(p) + 1 + k] << abi.PAGE_SHIFT) | PAGE_KERNEL | user_bit(p)
     xen = z3.And(z3.ULE(bv(abi.L2_PAGETABLE_FIRST_XEN_SLOT), i),
                  z3.ULT(i, bv(abi.L2_PAGETABLE_ENTRIES)))
-    return z3.If(z3.And(z3.ULE(first_slot(p), i), z3.ULT(k, nr_l1(p))), guest,
-                 z3.If(xen, p.xen_l2e(p.domid, i), bv(0)))
+    return z3.If(z3.ULT(k, nr_l1(p)), guest, z3.If(xen, p.xen_l2e(p.domid, i), bv(0)))
 
 
 # ----------------------------------------------------------------------------------------------
