@@ -30,6 +30,7 @@ expire; with every vCPU blocked the clock jumps to the next timer deadline (the 
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -162,7 +163,10 @@ class Sched:
         e = self.entry(v)
         e.cpu = cpu
         e.avt = e.evt = self.svt
-        cpu.should_stop = lambda: self._should_stop(e)
+        cpu.should_stop = functools.partial(self._should_stop, e)
+        vtime: Any = getattr(self.pv, "vtime", None)
+        if vtime is not None:
+            vtime.timer_set = self._timer_set
         events: Any = getattr(self.pv, "events", None)
         if events is not None and hasattr(events, "upcall_if_pending"):
             cpu.upcall = events.upcall_if_pending  # type: ignore[attr-defined]
@@ -208,7 +212,10 @@ class Sched:
         self.dom(d).paused = True
         for v in d.vcpus:
             e = self.vcpus.get((d.domain_id, v.vcpu_id))
-            if e is not None and e in self.runqueue and e is not self.current:
+            if e is None:
+                continue
+            self._stop_current(e)
+            if e in self.runqueue and e is not self.current:
                 self.runqueue.remove(e)
 
     def unpause(self, d: Domain) -> None:
@@ -296,17 +303,23 @@ class Sched:
         return nxt
 
     def _should_stop(self, e: VcpuSched) -> bool:
-        """Asked after every trap: end the slice if the vCPU cannot go on, the scheduler wants
-        the CPU, or a timer set during the slice is due before its planned end."""
-        if self._stop_requested or not self.runnable(e):
-            return True
-        if self.pv.clock.now_ns() >= self._planned_end:  # the traps' cost used the slice up
-            return True
-        vtime: Any = getattr(self.pv, "vtime", None)
-        if vtime is None:
-            return False
-        deadline = vtime.next_deadline_ns()
-        return deadline is not None and deadline < self._planned_end
+        """Asked after every trap (so it is two comparisons): end the slice if the scheduler
+        wants the CPU or the traps' cost used the slice up. Whatever else ends a slice early
+        says so where it happens, through ``_stop_requested``: the running vCPU blocks, polls,
+        is paused or detached (``_stop_current``), a timer is set to fire before the slice's
+        end (``_timer_set``), another vCPU wakes with a claim (``_bvt_wake``). A domain that
+        stops running is seen by the CPU itself, which asks this only of a running domain."""
+        return self._stop_requested or self.pv.clock.now_ns() >= self._planned_end
+
+    def _stop_current(self, e: VcpuSched) -> None:
+        """``e`` can no longer run: if it is running, its slice ends at this trap."""
+        if e is self.current:
+            self._stop_requested = True
+
+    def _timer_set(self, deadline_ns: int) -> None:
+        """vtime's do_set_timer_op set a timer: the slice under way must end by then."""
+        if deadline_ns < self._planned_end:
+            self._stop_requested = True
 
     # ----------------------------------------------------------------------------------------
     # Timers: the event engineer's vtime and the poll timers.
@@ -390,7 +403,7 @@ class Sched:
         self._stop_requested = False
         self._planned_end = end
         cpu.switch_in()
-        if self._should_stop(e):  # the switch-in itself may end the domain
+        if not self.runnable(e) or self._should_stop(e):  # the switch-in may end the domain
             return False
         clock.slice_started(e.v.domain, cpu.slice_progress)
         ran = cpu.run_slice(clock.instructions_for(end - now))
@@ -415,7 +428,9 @@ class Sched:
         if events is None:
             return self._yield(v)  # nothing could ever wake it
         if not events.has_pending(v):
-            self.entry(v).blocked = True
+            e = self.entry(v)
+            e.blocked = True
+            self._stop_current(e)
         return 0
 
     def _poll(self, v: Vcpu, arg: int) -> int:
@@ -445,6 +460,7 @@ class Sched:
         e = self.entry(v)
         e.blocked = e.polling = True
         e.poll_deadline = timeout if timeout != 0 else None
+        self._stop_current(e)
         return 0
 
     def do_sched_op_compat(self, v: Vcpu, cmd: int, arg: int) -> int:

@@ -151,6 +151,8 @@ class VTime:
         self.boot_wall_ns = time.time_ns()
         self.timers: dict[tuple[int, int], int] = {}  # (domid, vcpu_id) -> deadline
         self.fired = 0
+        # Told of every deadline set (the scheduler: a slice must end by then).
+        self.timer_set: Callable[[int], None] | None = None
 
     def hypercalls(self) -> dict[int, Callable[..., int]]:
         return {HYPERCALL_NUMBERS["set_timer_op"]: self.do_set_timer_op}
@@ -246,6 +248,8 @@ class VTime:
         if timeout < 0 or (offset > 0 and offset >> abi.TIMER_HUGE_SHIFT):
             timeout = now + abi.TIMER_HUGE_DELAY_NS
         self.timers[key] = timeout
+        if self.timer_set is not None:
+            self.timer_set(timeout)
         if timeout <= now:
             self.expire(now)
         return 0
