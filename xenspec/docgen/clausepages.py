@@ -299,10 +299,22 @@ def _symbolic_argument(name: str, annotation: Any) -> Any:
                               "state holds")
 
 
+def _prose_with_lists(doc: str | None) -> str:
+    """Like ``rst.prose``, but a paragraph of ``* `` items becomes a bullet list."""
+    out = []
+    for para in inspect.cleandoc(doc or "").split("\n\n"):
+        if para.startswith("* "):
+            items = re.split(r"\n(?=\* )", para)
+            out.append("\n".join(f"- {rst.prose(item[2:])}" for item in items))
+        else:
+            out.append(rst.prose(para))
+    return "\n\n".join(out)
+
+
 def behaviour_body(c: Clause) -> str:
     spec = source.resolve(c.spec) if c.spec else None
     doc = getattr(inspect.getmodule(spec), "__doc__", "")
-    blocks = [rst.heading("Specification", 1), rst.prose(doc),
+    blocks = [rst.heading("Specification", 1), _prose_with_lists(doc),
               rst.code_block(source.source_of(spec))] if spec else []
     return rst.page(rst.heading("Behaviour", 1),
                     "A behaviour of the virtual CPU or the domain builder rather than one "
