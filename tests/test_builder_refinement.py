@@ -33,15 +33,16 @@ BASES = st.sampled_from([0, _4MB, 0xC0000000, abi.HYPERVISOR_VIRT_START - _4MB,
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(nr_pages=st.integers(1, 40), nr_mapped=st.integers(0, 44), virt_base=BASES,
-       user=st.booleans(), seed=st.integers(0, 3))
+       user=st.booleans(), seed=st.integers(0, 3), privileged=st.booleans(),
+       nr_vcpus=st.integers(1, 3))
 @example(nr_pages=1100, nr_mapped=1030, virt_base=abi.HYPERVISOR_VIRT_START - 2 * _4MB,
-         user=True, seed=0)  # two L1 tables
+         user=True, seed=0, privileged=False, nr_vcpus=1)  # two L1 tables
 @example(nr_pages=3, nr_mapped=3, virt_base=abi.HYPERVISOR_VIRT_START - _4MB, user=False,
-         seed=1)  # the smallest region, its last 4 MB below the hole
+         seed=1, privileged=True, nr_vcpus=2)  # the smallest region, below the hole
 def test_builder_refines_spec(nr_pages: int, nr_mapped: int, virt_base: int, user: bool,
-                              seed: int) -> None:
+                              seed: int, privileged: bool, nr_vcpus: int) -> None:
     hv = Hypervisor(nr_pages + 24, seed=seed)
-    d = hv.create_domain(nr_pages)
+    d = hv.create_domain(nr_pages, privileged=privileged, nr_vcpus=nr_vcpus)
     try:
         build_initial_tables(hv, d, nr_mapped, virt_base, user=user)
     except BuildError:
