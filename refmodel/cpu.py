@@ -551,7 +551,7 @@ class UnicornCPU:
         # event upcall: it may redirect them to the event callback).
         self.upcall: Callable[[Vcpu, CpuUserRegs], None] | None = None
         # Asked first, so that most traps read no registers for it: may an upcall be due?
-        self.upcall_wanted: Callable[[Vcpu], bool] = lambda v: True
+        self.upcall_wanted: Callable[[], bool] = lambda: True
         # Asked after every trap, once the registers are applied: True ends the time slice
         # (the vCPU blocked, yielded, was paused, or the scheduler wants the CPU back).
         self.should_stop: Callable[[], bool] = lambda: False
@@ -820,7 +820,7 @@ class UnicornCPU:
         # Xen's return path runs the scheduler before it looks for events: a vCPU leaving the
         # CPU gets its upcall when it is switched in again.
         leaving = stop and self.should_stop()
-        if self.upcall is not None and not leaving and self.upcall_wanted(v):
+        if self.upcall is not None and not leaving and self.upcall_wanted():
             self.upcall(v, self.user_regs())
         self._apply_state()
         if leaving:

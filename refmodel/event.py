@@ -369,12 +369,17 @@ class Events:
     # The scheduler's questions (SCHEDOP_block, SCHEDOP_poll).
     # ----------------------------------------------------------------------------------------
     def has_pending(self, v: Vcpu) -> bool:
-        """local_events_need_delivery: an upcall is pending and not masked (asked after every
-        trap, so both bytes are read straight from machine memory)."""
+        """local_events_need_delivery: an upcall is pending and not masked."""
+        return self.upcall_due(v)()
+
+    def upcall_due(self, v: Vcpu) -> Callable[[], bool]:
+        """``has_pending`` of one vCPU as a closure over its two vcpu_info bytes in machine
+        memory (the CPU asks it after every trap; shared_info never moves)."""
         info = self.pv.vcpu_info_maddr(v)
         ram = self.hv.memory.ram
-        return bool(ram[info + abi.VCPU_INFO_evtchn_upcall_pending]) and not (
-            ram[info + abi.VCPU_INFO_evtchn_upcall_mask])
+        pending = info + abi.VCPU_INFO_evtchn_upcall_pending
+        mask = info + abi.VCPU_INFO_evtchn_upcall_mask
+        return lambda: bool(ram[pending]) and not ram[mask]
 
     def port_pending(self, d: Domain, port: int) -> bool:
         """The port's bit in shared_info.evtchn_pending (0 <= port < NR_EVENT_CHANNELS)."""

@@ -170,7 +170,7 @@ class Sched:
         events: Any = getattr(self.pv, "events", None)
         if events is not None and hasattr(events, "upcall_if_pending"):
             cpu.upcall = events.upcall_if_pending  # type: ignore[attr-defined]
-            cpu.upcall_wanted = events.has_pending  # type: ignore[attr-defined]
+            cpu.upcall_wanted = events.upcall_due(v)  # type: ignore[attr-defined]
 
     def detach(self, d: Domain) -> None:
         """``d`` is being destroyed: its vCPUs never run again."""
