@@ -97,6 +97,9 @@ class ArchVcpu:
     # set_gdt: the guest's GDT frames (machine frame numbers) and entry count.
     gdt_frames: list[int] = field(default_factory=list)
     gdt_ents: int = 0
+    # The shadow LDT (mm.c, map_ldt_shadow_page): page n of the LDT area -> the guest frame
+    # mapped there, each holding a general and a PGT_ldt_page type reference.
+    shadow_ldt: dict[int, int] = field(default_factory=dict)
     cpu: GuestCPU | None = None
 
 

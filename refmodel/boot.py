@@ -121,6 +121,8 @@ class Machine:
         cpu = UnicornCPU(self.hv.memory, v, pv.traps, gdt_virt_start(v), STUB_VIRT,
                          pv.darch(d).stub_mfn << 12)
         cpu.virtual_ts = lambda: arch.virtual_ts
+        cpu.reload_segments = pv.desc.reload_data_segments
+        cpu.failsafe = pv.traps.failsafe_callback
         arch.cpu = cpu
         cpu.start(built.regs)
         vtime = getattr(pv, "vtime", None)

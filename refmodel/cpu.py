@@ -19,7 +19,16 @@ What Unicorn 2.1.4 does not do, and what this module does instead (measured on U
 * There is no register for the page-fault error code: it is read from the saved context, as
   is the flag that tells a software ``int n`` from a fault.
 * Segment limits are not enforced, so the hypervisor hole is protected by paging alone: only
-  read-only supervisor pages (the read-only M2P, the GDT, the stub page) are mapped there.
+  read-only supervisor pages (the read-only M2P, the GDT, the shadow LDT, the stub page) are
+  mapped there.
+* Writing a segment register loads its descriptor, and when that load faults the engine has no
+  way to say so: a descriptor read or accessed-bit write that page-faults (an LDT page not
+  mapped yet, a read-only GDT page) kills the process, any other faulting load is
+  UC_ERR_EXCEPTION. So a selector reaches the engine only after the hypervisor has checked it
+  as Xen's return path loads it (``reload_segments``: LDT page mapped, accessed bit set, or the
+  failsafe callback instead). The LDTR is written with its hidden base and limit (Xen's
+  load_LDT: the vCPU's LDT area, limit ents * 8 - 1, or null); Unicorn's reset value would
+  read an LDT at linear address 0.
 * The TLB and the translation cache are real: the MMU's flush requests (``Vcpu.flush_tlb``,
   ``flush_tlb_one``, a new base pointer) are carried out after each trap.
 * Preemption must be deterministic, so a time slice is an instruction count (``emu_start``'s
@@ -118,6 +127,10 @@ _FRAME = struct.Struct("<5I")  # the ring-entry frame: EIP, CS, EFLAGS, ESP, SS
 _XEN_CS: int = abi.HYPERVISOR_CS
 _XEN_DS: int = abi.HYPERVISOR_DS
 _NEVER = 0xFFFFFFFFFFFFFFFF  # an "until" address the 32-bit PC never reaches
+# desc.h, __LDT(0) << 3: the LDT descriptor Xen's load_LDT loads (FIRST_RESERVED_GDT_ENTRY + 9;
+# only its hidden part matters here), type 2 (LDT) and present.
+_LDT_SELECTOR = (abi.FIRST_RESERVED_GDT_ENTRY + 9) << 3
+_LDT_FLAGS = 0x8200
 
 # The registers of CpuUserRegs, in field order, and their Unicorn ids.
 _REG_NAMES = tuple(f.name for f in fields(CpuUserRegs))
@@ -458,6 +471,11 @@ class _Engine:
     def flush_tlb(self) -> None:
         self.uc.ctl(ucc.UC_CTL_TLB_FLUSH, ucc.UC_CTL_IO_WRITE)
 
+    def load_ldt(self, base: int, ents: int) -> None:
+        """The LDTR as Xen's load_LDT sets it: ``ents`` descriptors at ``base``, or null."""
+        ldtr = (_LDT_SELECTOR, base, ents * 8 - 1, _LDT_FLAGS) if ents else (0, 0, 0, 0)
+        self.uc.reg_write(x86.UC_X86_REG_LDTR, ldtr)
+
     def load_cr3(self, maddr: int) -> None:
         self.write(x86.UC_X86_REG_CR3, maddr)
         self.code_changed()
@@ -479,10 +497,12 @@ class _Engine:
     ) -> None:
         """Load ``regs`` with a CS/SS change: load the data segments and GPRs and point EIP
         at the ``iret`` stub over a frame EIP, CS, EFLAGS, ESP, SS. The stub runs as the first
-        instruction when emulation resumes. An ``iret`` may only go outward, so for a ring
-        inside ``cpl`` (the ring running now) the saved context is first put at CPL 0; the
-        ring-1 kernel's return to ring 3 needs no patch."""
-        if regs.cs & 3 < cpl:
+        instruction when emulation resumes. An ``iret`` may only go outward, and one to the
+        ring running now (``cpl``) restores no ESP or SS, so for a ring inside or equal to
+        ``cpl`` the saved context is first put at CPL 0 (a new CS in the same ring: a handler
+        or an iret frame naming another code segment); the ring-1 kernel's return to ring 3
+        needs no patch."""
+        if regs.cs & 3 <= cpl:
             self.save()
             self.set_saved_cpl(0)
             self.restore()
@@ -556,11 +576,18 @@ class UnicornCPU:
         # (the vCPU blocked, yielded, was paused, or the scheduler wants the CPU back).
         self.should_stop: Callable[[], bool] = lambda: False
         self.rdtsc: Callable[[], int] | None = None
+        # Xen's return path reloads the data segments: checks the registers the guest resumes
+        # with and may redirect them to the failsafe callback (refmodel/desc.py).
+        self.reload_segments: Callable[[Vcpu, CpuUserRegs], None] | None = None
+        # The failsafe callback, for the stub's iret faulting on a CS or SS (see _entry_fault).
+        self.failsafe: Callable[[Vcpu, CpuUserRegs, str], None] | None = None
         self._intr_cb = _HOOK_INTR_CFUNC(self._hook_intr)
         self.engine.hook_add_raw(ucc.UC_HOOK_INTR, self._intr_cb)
         self.uc.hook_add(ucc.UC_HOOK_INSN_INVALID, self._hook_insn_invalid)
         self._io_init(len(ram))
         self.engine.setup_protected_mode(gdt_base, v.guest_table << abi.PAGE_SHIFT)
+        self._ldt_ents = v.ldt_ents
+        self.engine.load_ldt(gdt_base + abi.LDT_VIRT_OFFSET, v.ldt_ents)
 
     # --- the GuestCPU interface ------------------------------------------------------------
     def user_regs(self) -> CpuUserRegs:
@@ -662,9 +689,7 @@ class UnicornCPU:
                     eng.restore()
                 regs = self.user_regs()
                 if regs.eip == self.stub_va:
-                    self.v.domain.crash(
-                        f"vector {intno} entering the guest at {self._frame_text()}"
-                    )
+                    self._entry_fault(intno, regs)
                 elif is_int:
                     self.handlers.software_interrupt(self.v, intno, regs)
                 elif intno == abi.TRAP_gp_fault and self._emulate_rdtsc(regs):
@@ -794,6 +819,22 @@ class UnicornCPU:
             return None
         return (start + offset) & 0xFFFFFFFF
 
+    def _entry_fault(self, intno: int, regs: CpuUserRegs) -> None:
+        """The stub's iret into the guest faulted (a CS or SS the CPU refuses). Xen's own iret
+        faulting (entry.S restore_all_guest FLT5, FIX5) ends in the failsafe callback with the
+        frame it was returning with; without a hook, or when that frame is the failsafe
+        callback's own entry, the domain is crashed."""
+        what = f"vector {intno} entering the guest at {self._frame_text()}"
+        eip, cs, eflags, esp, ss = _FRAME.unpack(self.memory.read(self.frame_maddr, 20))
+        regs.eip, regs.cs, regs.eflags, regs.esp, regs.ss = eip, cs & 0xFFFF, eflags, esp, ss
+        regs.ss &= 0xFFFF
+        if self.failsafe is None or (regs.cs, eip) == self._failsafe_entry:
+            self.v.domain.crash(what)
+            return
+        self.failsafe(self.v, regs, what)
+        self._failsafe_entry = (regs.cs, regs.eip)
+
+    _failsafe_entry: tuple[int, int] = (-1, -1)
 
     def _frame_text(self) -> str:
         raw = self.memory.read(self.frame_maddr, 20)
@@ -822,6 +863,11 @@ class UnicornCPU:
         leaving = stop and self.should_stop()
         if self.upcall is not None and not leaving and self.upcall_wanted():
             self.upcall(v, self.user_regs())
+        if not self._load_segments():
+            self._regs = self._orig = None
+            if stop:
+                self.uc.emu_stop()
+            return
         self._apply_state()
         if leaving:
             self.uc.emu_stop()
@@ -855,6 +901,33 @@ class UnicornCPU:
             for name, value in now.items():
                 if value != before[name]:
                     eng.write(_REG_IDS[name], value)
+
+
+    def _load_segments(self) -> bool:
+        """The LDTR and the data segments of Xen's return path: when the LDT size, the ring, a
+        data selector or a descriptor (``Vcpu.reload_segments``) may have changed, the
+        hypervisor checks the selectors the guest resumes with. False if it crashed the domain."""
+        v = self.v
+        if v.ldt_ents != self._ldt_ents:
+            self._ldt_ents = v.ldt_ents
+            self.engine.load_ldt(self.gdt_base + abi.LDT_VIRT_OFFSET, v.ldt_ents)
+        check = self.reload_segments
+        if check is None:
+            return True
+        regs, orig = self._regs, self._orig
+        if regs is None or orig is None:
+            if not v.reload_segments:
+                return True
+            regs = self.user_regs()
+        elif not v.reload_segments and (regs.cs, regs.ss, regs.ds, regs.es, regs.fs, regs.gs) \
+                == (orig.cs, orig.ss, orig.ds, orig.es, orig.fs, orig.gs):
+            return True
+        v.reload_segments = False
+        check(v, regs)
+        orig = self._orig
+        if orig is not None:  # same selectors, maybe other descriptors: load all four again
+            orig.ds = orig.es = orig.fs = orig.gs = -1
+        return v.domain.is_running
 
 
 # ------------------------------------------------------------------------------------------------

@@ -34,6 +34,10 @@ class Vcpu:
     # substrate acts on them; the MMU model counts them so that tests can see them happen.
     tlb_flushes: int = 0
     tlb_invlpgs: list[int] = field(default_factory=list)
+    # Set when a descriptor this vCPU may hold in a segment register changed (update_descriptor,
+    # set_gdt, set_ldt, a shadow LDT page unmapped): Xen reloads DS/ES/FS/GS on every return to
+    # the guest (x86_32/entry.S, restore_all_guest); the CPU substrate re-checks them then.
+    reload_segments: bool = False
 
     def flush_tlb(self) -> None:
         self.tlb_flushes += 1

@@ -131,6 +131,7 @@ class DomCtl:
     def _release_vcpu(self, d: Domain, vcpu_id: int) -> None:
         v = d.vcpus[vcpu_id]
         self.pv.desc.destroy_gdt(v)
+        self.pv.desc.invalidate_shadow_ldt(v)
         if v.guest_table:
             old, v.guest_table = v.guest_table, 0
             self.hv.mm.put_page_and_type(old)

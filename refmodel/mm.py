@@ -63,6 +63,9 @@ class MM:
         # mm.c, alloc_segdesc_page: validates a GDT/LDT frame's descriptors. The descriptor
         # subsystem (refmodel.desc) provides it; without one, no frame takes those types.
         self.alloc_segdesc_page: Callable[[int], bool] | None = None
+        # mm.c, invalidate_shadow_ldt: drop a vCPU's lazily mapped LDT pages (refmodel.desc
+        # provides it; without one nothing is ever mapped there).
+        self.invalidate_shadow_ldt: Callable[[Vcpu], None] = lambda v: None
         self.deferred_flush = False
 
     # ----------------------------------------------------------------------------------------
@@ -178,6 +181,13 @@ class MM:
         if l1e & abi._PAGE_RW:
             self.put_page_and_type(mfn)
         else:
+            frames = self.frames
+            if frames.type[mfn] == PGT.ldt_page and frames.type_count[mfn]:
+                # mm.c: a read-only mapping of an LDT frame in use goes away: Xen blows the
+                # shadow LDT of its domain's vCPUs (Xen only when the L1's domain owns it).
+                owner = self.hv.domains.get(frames.owner[mfn])
+                for w in owner.vcpus if owner is not None else ():
+                    self.invalidate_shadow_ldt(w)
             self.put_page(mfn)
 
     def get_page_from_l2e(self, l2e: int, pfn: int, d: Domain) -> bool:
@@ -454,6 +464,7 @@ class MM:
             if not self.get_page_and_type_from_pagenr(mfn, PGT_root_page_table, d):
                 d.crash(f"NEW_BASEPTR to mfn {mfn:#x}, which does not validate as a page directory")
                 return False
+        self.invalidate_shadow_ldt(v)
         old = v.guest_table
         v.guest_table = mfn
         v.flush_tlb()
@@ -509,7 +520,11 @@ class MM:
             return False
         if not self.hv.array_access_ok(ptr, ents, abi.LDT_ENTRY_SIZE):
             return False
-        v.ldt_base, v.ldt_ents = ptr, ents
+        if (v.ldt_base, v.ldt_ents) != (ptr, ents):
+            # Only a new base or size drops the pages mapped so far (mm.c, MMUEXT_SET_LDT).
+            self.invalidate_shadow_ldt(v)
+            v.ldt_base, v.ldt_ents = ptr, ents
+            v.reload_segments = True  # load_LDT: the LDTR changes under the loaded selectors
         return True
 
     _mmuext_handlers: ClassVar[dict[int, Callable[[MM, Vcpu, int, int], bool]]] = {

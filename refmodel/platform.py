@@ -30,6 +30,11 @@ def gdt_virt_start(v: Vcpu) -> int:
     return abi.PERDOMAIN_VIRT_START + (v.vcpu_id << abi.GDT_LDT_VCPU_VA_SHIFT)
 
 
+def ldt_virt_start(v: Vcpu) -> int:
+    """config.h, LDT_VIRT_START(v): the vCPU's shadow LDT, 64 KB above its GDT."""
+    return gdt_virt_start(v) + abi.LDT_VIRT_OFFSET
+
+
 class PVPlatform:
     """The CPU interface of one ``Hypervisor``: install once, then set up each domain."""
 

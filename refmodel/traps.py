@@ -24,8 +24,17 @@ call: the hardware frame EIP, CS, EFLAGS [, ESP, SS] (no saved event mask in CS,
 the guest had it) on the ring-1 stack. The model builds that frame itself (Unicorn has no
 IDT), and does nothing else Xen would not do.
 
-Not modelled yet: failsafe callbacks, the writable-page-table assist, gpf_emulate_4gb (the
-4gb_segments assist).
+The failsafe callback (x86_32/entry.S): Xen reloads DS, ES, FS, GS on every return to the guest
+(restore_all_guest, FLT1-FLT4; the check is refmodel/desc.py, reload_data_segments), and when a
+load faults, or its own iret does (a CS or SS the CPU refuses, FLT5), it bounces to the
+failsafe callback: create_bounce_frame with TBF_FAILSAFE pushes, from low to high, DS, ES, FS,
+GS, then EIP, CS with the saved event mask, EFLAGS [, ESP, SS], does not mask events, and the
+four selectors are zeroed; with no callback address the domain is crashed. A page fault in the
+vCPU's LDT area is a descriptor read: the page is mapped lazily, or the guest gets a #PF at
+ldt_base + offset (traps.c, handle_gdt_ldt_mapping_fault). Departure: a GDT page with no frame
+behind it is #GP(0) here, #GP(selector) in Xen.
+
+Not modelled yet: the writable-page-table assist, gpf_emulate_4gb (the 4gb_segments assist).
 """
 
 from __future__ import annotations
@@ -220,9 +229,9 @@ class Traps:
             if cr2 >= abi.GUEST_SEGMENT_MAX_ADDR:
                 # Above the end of the guest's flat segments Xen's guest takes a #GP(0) from
                 # the segment limit before paging is consulted; the emulator checks no limits,
-                # so the model turns the page fault into that #GP. The one exception is the
-                # CPU's own accessed-bit write into the GDT.
-                if self.pv.desc.complete_accessed_bit(v, cr2, error_code):
+                # so the model turns the page fault into that #GP. The exceptions are the
+                # CPU's own descriptor accesses: accessed bits, lazily mapped LDT pages.
+                if self.pv.desc.gdt_ldt_fault(v, cr2, error_code, regs):
                     return
                 self.general_protection(v, 0, regs)
                 return
@@ -313,6 +322,27 @@ class Traps:
         self.bounces += 1
         if ti.masks_events:
             self.pv.vcpu_info_write8(v, abi.VCPU_INFO_evtchn_upcall_mask, 1)
+
+    def failsafe_callback(self, v: Vcpu, regs: CpuUserRegs, what: str) -> None:
+        """entry.S failsafe_callback: Xen's reload of a data segment faulted on the way back
+        to the guest (restore_all_guest FLT1-FLT4). create_bounce_frame with TBF_FAILSAFE puts
+        DS, ES, FS, GS below the return frame and the four selectors are zeroed; events are
+        not masked; no callback address is domain_crash_synchronous."""
+        arch = self.pv.arch(v)
+        where = f"{regs.cs:#x}:{regs.eip:#x}"
+        if arch.failsafe_callback_eip == 0:
+            v.domain.crash(f"{what} faulted returning to {where}; no failsafe callback")
+            return
+        saved_mask = self.pv.vcpu_info_read8(v, abi.VCPU_INFO_evtchn_upcall_mask)
+        eflags = regs.eflags & ~abi.X86_EFLAGS_IF
+        if not saved_mask:
+            eflags |= abi.X86_EFLAGS_IF
+        words = [regs.ds & 0xFFFF, regs.es & 0xFFFF, regs.fs & 0xFFFF, regs.gs & 0xFFFF,
+                 regs.eip, regs.cs | (saved_mask << 16), eflags]
+        if self.create_bounce_frame(v, regs, words, arch.failsafe_callback_cs,
+                                    arch.failsafe_callback_eip, "failsafe callback"):
+            regs.ds = regs.es = regs.fs = regs.gs = 0
+            self.bounces += 1
 
     def create_bounce_frame(self, v: Vcpu, regs: CpuUserRegs, words: list[int], cs: int,
                             eip: int, what: str) -> bool:

@@ -107,6 +107,12 @@ CLAUSES: tuple[Clause, ...] = (
            "SOSP'03 s2.1.2 (fast exception handler); xen.h trap_info_t flags (DPL)"),
     Clause("privileged/instruction", _B, "Privileged instructions fault in the guest",
            "SOSP'03 s2.1.2 (ring 1 guest OS)"),
+    Clause("bounce/failsafe", _B, "A segment reload that faults on the way back to the guest "
+           "enters the failsafe callback", "x86_32/entry.S restore_all_guest, failsafe_callback, "
+           "create_bounce_frame (TBF_FAILSAFE)"),
+    Clause("ldt/lazy_mapping", _B, "LDT pages are mapped on first use, or the guest gets a "
+           "#PF at ldt_base + offset", "mm.c map_ldt_shadow_page, invalidate_shadow_ldt; traps.c "
+           "handle_gdt_ldt_mapping_fault"),
     # --- domain, time, console ---------------------------------------------------------------
     Clause("start_of_day", _B, "The domain builder's start-of-day contract",
            "xen.h struct start_info; arch-x86_32.h (ESI = start_info, bootstrap mappings)",

@@ -291,8 +291,10 @@ def inv_iso(s: StateView) -> Bool:
     frames reference another domain's frames. Table entries are INV-OWN (an L1 of a privileged
     domain may name a frame of FOREIGNDOM); a vCPU's base pointer and every frame of its GDT
     are valid frames of the vCPU's domain. Isolation through event channels is stated
-    separately (spec.event_spec, INV-EVT-XDOM), grant mappings by INV-OWN and INV-GNT-RO; the
-    model maps no LDT frames (Xen maps them on a fault: map_ldt_shadow_page)."""
+    separately (spec.event_spec, INV-EVT-XDOM), grant mappings by INV-OWN and INV-GNT-RO. The
+    LDT pages mapped on a fault (mm.c, map_ldt_shadow_page) are not in the symbolic state: the
+    model takes them only through get_page_and_type for the vCPU's own domain, and INV-COUNT
+    counts their references on concrete states."""
 
     def owned(v: Word, f: Word) -> Bool:
         return s.implies(f != 0, lambda: s.and_(s.mfn_valid(f), s.owner(f) == s.vcpu_domain(v)))
@@ -430,7 +432,8 @@ def references(s: EnumerableState) -> tuple[dict[int, int], dict[int, int]]:
     an L1 in use holds a general reference, and a writable type reference when RW; a present
     guest entry of a page directory in use holds a general and a type reference on the L1 (or
     linear-mapped directory) it names, except a directory's map of itself, which holds none;
-    a GDT frame installed by set_gdt holds one of each (mm.c, set_gdt / destroy_gdt); a grant
+    a GDT frame installed by set_gdt holds one of each (mm.c, set_gdt / destroy_gdt), and so
+    does an LDT page mapped on a fault (map_ldt_shadow_page / invalidate_shadow_ldt); a grant
     device mapping holds a general reference, and a writable type reference unless read-only
     (grant_table.c, __gnttab_map_grant_ref); a grant host mapping's references are its PTE's.
     """
@@ -464,7 +467,7 @@ def references(s: EnumerableState) -> tuple[dict[int, int], dict[int, int]]:
         if s.base(v):
             add(general, s.base(v))
             add(typed, s.base(v))
-        for f in s.descriptor_frames(v):  # set_gdt: one of each per installed GDT frame
+        for f in s.descriptor_frames(v):  # one of each per GDT frame and mapped LDT page
             add(general, f)
             add(typed, f)
     return general, typed

@@ -28,7 +28,7 @@ def run(name: str, cmdline: str = "", **kw: object) -> BootResult:
 @pytest.mark.parametrize(
     "name",
     ["hello", "xen_version", "console_sched", "traps", "ring3", "desc", "demo", "hostile_mm",
-     "xen_guest_section"],
+     "xen_guest_section", "ldt", "failsafe"],
 )
 def test_guest_succeeds(name: str) -> None:
     r = run(name)
@@ -71,6 +71,23 @@ def test_hostile_guest_crashes_only_itself(mode: str, why: str) -> None:
     assert r.test_result == "CRASH"
     assert r.hv is not None
     assert check_invariants(r.hv) == []
+
+
+def test_failed_segment_reload_without_failsafe_callback_crashes_the_domain() -> None:
+    """entry.S: create_bounce_frame with no failsafe address is domain_crash_synchronous."""
+    r = run("failsafe", "nocallback")
+    assert r.reason is ShutdownReason.crash, r.console
+    assert r.crash_reason is not None and "no failsafe callback" in r.crash_reason
+    assert "%fs with 0x9" in r.crash_reason
+    assert r.hv is not None
+    assert check_invariants(r.hv) == []
+
+
+def test_invariants_hold_after_every_hypercall_with_lazy_ldt_pages() -> None:
+    """INV-COUNT counts the shadow LDT's references (map_ldt_shadow_page)."""
+    r = run("ldt", check_invariants=True)
+    assert r.test_result == "SUCCESS", r.console
+    assert r.violations == []
 
 
 def test_spinning_guest_is_stopped_by_the_guard() -> None:
