@@ -131,6 +131,9 @@ _NEVER = 0xFFFFFFFFFFFFFFFF  # an "until" address the 32-bit PC never reaches
 # only its hidden part matters here), type 2 (LDT) and present.
 _LDT_SELECTOR = (abi.FIRST_RESERVED_GDT_ENTRY + 9) << 3
 _LDT_FLAGS = 0x8200
+# Xen's flat guest selectors (reserved GDT page: always present, accessed bit set).
+_FLAT_SELECTORS = frozenset({abi.FLAT_RING1_CS, abi.FLAT_RING1_DS, abi.FLAT_RING3_CS,
+                             abi.FLAT_RING3_DS})
 
 # The registers of CpuUserRegs, in field order, and their Unicorn ids.
 _REG_NAMES = tuple(f.name for f in fields(CpuUserRegs))
@@ -904,9 +907,12 @@ class UnicornCPU:
 
 
     def _load_segments(self) -> bool:
-        """The LDTR and the data segments of Xen's return path: when the LDT size, the ring, a
-        data selector or a descriptor (``Vcpu.reload_segments``) may have changed, the
-        hypervisor checks the selectors the guest resumes with. False if it crashed the domain."""
+        """The LDTR and the data segments of Xen's return path: when the LDT size, a data
+        selector, a descriptor (``Vcpu.reload_segments``) or CS/SS may have changed, the
+        hypervisor checks the selectors the guest resumes with. Unchanged data selectors were
+        loaded with these descriptors already, so a move between Xen's flat rings (system
+        calls, iret) needs no check: the iret into the guest nulls what the ring may not use.
+        False if the check crashed the domain."""
         v = self.v
         if v.ldt_ents != self._ldt_ents:
             self._ldt_ents = v.ldt_ents
@@ -919,8 +925,10 @@ class UnicornCPU:
             if not v.reload_segments:
                 return True
             regs = self.user_regs()
-        elif not v.reload_segments and (regs.cs, regs.ss, regs.ds, regs.es, regs.fs, regs.gs) \
-                == (orig.cs, orig.ss, orig.ds, orig.es, orig.fs, orig.gs):
+        elif not v.reload_segments and (regs.ds, regs.es, regs.fs, regs.gs) == (
+                orig.ds, orig.es, orig.fs, orig.gs) and (
+                (regs.cs, regs.ss) == (orig.cs, orig.ss)
+                or (regs.cs in _FLAT_SELECTORS and regs.ss in _FLAT_SELECTORS)):
             return True
         v.reload_segments = False
         check(v, regs)
