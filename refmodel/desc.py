@@ -193,19 +193,24 @@ class Desc:
 
     def gdt_ldt_fault(self, v: Vcpu, cr2: int, error_code: int, regs: CpuUserRegs) -> bool:
         """A page fault in ``v``'s GDT or LDT area that is Xen's business (traps.c,
-        handle_gdt_ldt_mapping_fault): the CPU's accessed-bit write (completed), or, inside the
-        LDT limit, a descriptor read from a page not mapped yet: map_ldt_shadow_page, and if
-        that fails propagate_page_fault(ldt_base + offset, error code). Xen's segment limits
-        keep anything else out of the area, so a user access, or a present page, is not a
-        descriptor read. False: the fault is not one of these."""
+        handle_gdt_ldt_mapping_fault): the CPU's accessed-bit write (completed); a descriptor
+        read from a GDT page with no frame behind it (#GP with the selector as error code); or,
+        inside the LDT limit, a descriptor read from a page not mapped yet: map_ldt_shadow_page,
+        and if that fails propagate_page_fault(ldt_base + offset, error code). Xen's segment
+        limits keep anything else out of the area, so a user access, or a present page, is not
+        a descriptor read. False: the fault is not one of these."""
         if self.complete_accessed_bit(v, cr2, error_code):
             return True
-        from xenspec.refmodel.platform import ldt_virt_start
+        from xenspec.refmodel.platform import gdt_virt_start, ldt_virt_start
 
+        if error_code & (abi.PFEC_page_present | abi.PFEC_user_mode):
+            return False
+        gdt_off = cr2 - gdt_virt_start(v)
+        if 0 <= gdt_off < abi.GDT_PAGES * abi.PAGE_SIZE:
+            self.pv.traps.general_protection(v, gdt_off & 0xFFF8, regs)
+            return True
         off = cr2 - ldt_virt_start(v)
         if not 0 <= off < v.ldt_ents * abi.LDT_ENTRY_SIZE:
-            return False
-        if error_code & (abi.PFEC_page_present | abi.PFEC_user_mode):
             return False
         if not self.map_ldt_shadow_page(v, off >> abi.PAGE_SHIFT):
             addr = (v.ldt_base + off) & 0xFFFFFFFF

@@ -31,8 +31,8 @@ failsafe callback: create_bounce_frame with TBF_FAILSAFE pushes, from low to hig
 GS, then EIP, CS with the saved event mask, EFLAGS [, ESP, SS], does not mask events, and the
 four selectors are zeroed; with no callback address the domain is crashed. A page fault in the
 vCPU's LDT area is a descriptor read: the page is mapped lazily, or the guest gets a #PF at
-ldt_base + offset (traps.c, handle_gdt_ldt_mapping_fault). Departure: a GDT page with no frame
-behind it is #GP(0) here, #GP(selector) in Xen.
+ldt_base + offset (traps.c, handle_gdt_ldt_mapping_fault); one in a GDT page with no frame
+behind it is #GP(selector).
 
 Not modelled yet: the writable-page-table assist, gpf_emulate_4gb (the 4gb_segments assist).
 """

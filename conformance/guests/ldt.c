@@ -58,6 +58,11 @@ void test_main(void)
     static u32 buf1[4] = { 0x11111111 }, buf2[4] = { 0x22222222 };
     u32 r;
 
+    /* A GDT selector in a page with no frame behind it: #GP(selector), not a page fault. */
+    r = read_fs0((5 << 3) | 1);
+    check(r == (FAULT_FLAG | TRAP_gp_fault), "GDT entry without a frame: %x", r);
+    check(last_trap.error_code == (5 << 3), "#GP error code %x", last_trap.error_code);
+
     /* No LDT: the LDTR is null, so any LDT selector is #GP(selector). */
     r = read_fs0(LDT_SEL(1, 1));
     check(r == (FAULT_FLAG | TRAP_gp_fault), "LDT selector without an LDT: %x", r);
