@@ -998,7 +998,8 @@ _selftest_done = False
 
 def selftest() -> None:
     """Check, once per process, that Unicorn behaves as the substrate was measured: version,
-    the saved-context offsets (CPL, error code, int-vs-fault, old_exception) and ring entry.
+    the saved-context offsets (CPL, error code, int-vs-fault, old_exception), ring entry and
+    the LDTR's hidden part.
     Raises ``SubstrateError`` with one clear message otherwise."""
     global _selftest_done
     if _selftest_done:
@@ -1098,11 +1099,50 @@ def _run_selftest() -> None:
             f"do not match this Unicorn build; xenspec needs unicorn=={UNICORN_VERSION}"
         )
     _selftest_counter()
+    _selftest_ldt()
     _selftest_io()
     if seen[1][5] != abi.TRAP_page_fault:
         raise SubstrateError(
             f"old_exception is not at offset {_OFF_OLD_EXCEPTION} (read {seen[1][5]}); "
             f"xenspec needs unicorn=={UNICORN_VERSION}"
+        )
+
+
+def _selftest_ldt() -> None:
+    """The LDTR written with its hidden part: ring-0 code loads an LDT data selector and reads
+    through it; with a null LDTR the same load is #GP(selector)."""
+    eng = _Engine()
+    uc = eng.uc
+    uc.mem_map(0, 0x20000)
+    pd, l1 = 0x1000, 0x2000
+    uc.mem_write(pd, (l1 | 0x3).to_bytes(4, "little"))
+    for page in (0x5, 0x6, 0x8):  # code, data, LDT
+        uc.mem_write(l1 + page * 4, ((page << 12) | 0x3).to_bytes(4, "little"))
+    uc.mem_write(l1 + 0x10 * 4, ((0x3 << 12) | 0x1).to_bytes(4, "little"))  # Xen's GDT page
+    uc.mem_write(0x3000, reserved_gdt_page())
+    uc.mem_write(0x8008, flat_descriptor(0, False, 0).to_bytes(8, "little"))
+    uc.mem_write(0x8008 + 2, b"\x00\x60")  # base 0x6000
+    uc.mem_write(0x6000, (0x1DE5C0DE).to_bytes(4, "little"))
+    # mov $0xc,%eax; mov %eax,%ds; mov %ds:0,%eax; int $0x80
+    uc.mem_write(0x5000, b"\xb8\x0c\x00\x00\x00\x8e\xd8\xa1\x00\x00\x00\x00\xcd\x80")
+    eng.setup_protected_mode(0x10000 - abi.FIRST_RESERVED_GDT_BYTE, pd)
+    seen: list[tuple[int, int]] = []
+
+    def hook(uc_: Any, intno: int, _u: Any) -> None:
+        eng.save()
+        seen.append((intno, eng.saved_error_code if intno == 13 else eng.read(
+            x86.UC_X86_REG_EAX)))
+        uc_.emu_stop()
+
+    uc.hook_add(ucc.UC_HOOK_INTR, hook)
+    for ents in (2, 0):
+        eng.load_ldt(0x8000, ents)
+        eng.write(x86.UC_X86_REG_DS, _XEN_DS)
+        eng.run_counted(0x5000, 10)
+    if seen != [(0x80, 0x1DE5C0DE), (13, 0xC)]:
+        raise SubstrateError(
+            f"the LDT self-test saw {seen}: writing the LDTR's hidden part does not work as "
+            f"measured; xenspec needs unicorn=={UNICORN_VERSION}"
         )
 
 
