@@ -53,6 +53,42 @@ static u32 fs_word0(void)
 
 static void clear_fs(void) { asm volatile("mov %0, %%fs" :: "r"(0)); }
 
+/* Ring 3: a user program exits through int $0x80 with its code in %ebx. */
+static u8 trap_stack[8192] __attribute__((aligned(16)));
+static u8 user_stack[4096] __attribute__((aligned(4096)));
+static volatile u32 user_gp_ec, user_pf_ec;
+
+static void do_syscall(struct trap_frame *f) { user_return((int)f->ebx); }
+
+static void user_fault(struct trap_frame *f)
+{
+    if ((f->cs & 3) != 3)
+        panic("fault %u in the kernel at %x", f->vector, f->eip);
+    if (f->vector == TRAP_page_fault)
+        user_pf_ec = f->error_code;
+    else
+        user_gp_ec = f->error_code;
+    user_return(-(int)f->vector);
+}
+
+static void user_exit(u32 code) { asm volatile("int $0x80" :: "a"(1), "b"(code) : "memory"); }
+
+/* Loads a DPL 3 LDT selector from ring 3: the descriptor read (a supervisor access even
+ * here) maps the LDT page. */
+static void user_ldt(void)
+{
+    u32 v;
+    asm volatile("mov %1, %%fs\n movl %%fs:0, %0" : "=r"(v) : "r"(LDT_SEL(2, 3)) : "memory");
+    user_exit(v == 0x11111111 ? 5 : 6);
+}
+
+/* Reads the LDT area directly: Xen's segment limit makes that #GP(0). */
+static void user_read_ldt_area(void)
+{
+    (void)*(volatile u32 *)(PERDOMAIN_VIRT_START + LDT_VIRT_OFFSET);
+    user_exit(99);
+}
+
 void test_main(void)
 {
     static u32 buf1[4] = { 0x11111111 }, buf2[4] = { 0x22222222 };
@@ -128,6 +164,20 @@ void test_main(void)
     /* Back to the first LDT; unmapping its page blows the shadow LDT (put_page_from_l1e). */
     check(remap(ldt, 0, _PAGE_RW) == 0, "first LDT page read-only again");
     check(set_ldt((u32)ldt, 3) == 0, "set_ldt back to the first LDT");
+    set_trap_handler(SYSCALL_VECTOR, do_syscall);
+    set_trap_handler(TRAP_page_fault, user_fault);
+    set_trap_handler(TRAP_gp_fault, user_fault);
+    check(HYPERVISOR_stack_switch(FLAT_KERNEL_SS, (u32)trap_stack + sizeof(trap_stack)) == 0,
+          "stack_switch");
+    u32 user_sp = (u32)user_stack + sizeof(user_stack);
+    int rc = enter_user((u32)user_ldt, user_sp);
+    clear_fs();                     /* the user's %fs came back with it */
+    check(rc == 5, "ring 3 read through an LDT selector mapped on its load: %d", rc);
+    rc = enter_user((u32)user_read_ldt_area, user_sp);
+    check(rc == -TRAP_gp_fault && user_gp_ec == 0, "ring 3 read of the LDT area: %d (%x)", rc,
+          user_gp_ec);
+    set_trap_handler(TRAP_page_fault, NULL);
+    set_trap_handler(TRAP_gp_fault, NULL);
     r = read_fs0(LDT_SEL(2, 3));
     check(r == 0x11111111, "read through a DPL 3 LDT selector: %x", r);
     clear_fs();
