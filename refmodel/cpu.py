@@ -521,6 +521,13 @@ class _Engine:
             raise unicorn.UcError(err)
 
 
+def counting_engine() -> _Engine:
+    """A bare engine with the substrate's instruction counter and no other hook, its limit out
+    of reach (for benchmarks: what deterministic time costs by itself). Keep the returned
+    object alive while its ``uc`` runs: it owns the counter the engine calls."""
+    return _Engine()
+
+
 def _check_eflags(eflags: int) -> int:
     """The substrate's safety net: a guest never runs with IOPL > 0, VM86 or IF clear."""
     eflags &= ~(abi.X86_EFLAGS_IOPL | abi.X86_EFLAGS_VM | abi.X86_EFLAGS_NT)
