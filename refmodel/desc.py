@@ -268,22 +268,18 @@ class Desc:
         return self._set_accessed(maddr)
 
     def reload_data_segments(self, v: Vcpu, regs: CpuUserRegs) -> None:
-        """x86_32/entry.S, restore_all_guest: DS, ES, FS, GS are loaded at CPL 0, then Xen's
-        iret to the guest ring nulls those whose DPL is below it (data or non-conforming code;
-        Intel SDM IRET). A faulting load goes to the failsafe callback. For an iret that also
-        changes CS or SS, their LDT pages are mapped and accessed bits set first (the CPU does
-        both; the model's mappings are read-only); the CPU checks the rest."""
-        cpl = regs.cs & 3
+        """x86_32/entry.S, restore_all_guest: DS, ES, FS, GS are loaded at CPL 0; a faulting
+        load goes to the failsafe callback. Xen's iret to the guest ring then nulls those whose
+        DPL is below it: the substrate's iret does that itself (a selector a ring may not hold
+        is never loaded at that ring otherwise), and if that iret faults the failsafe frame
+        holds the selectors as they were. For an iret that changes CS or SS, their LDT pages
+        are mapped and accessed bits set first (the CPU does both; the model's mappings are
+        read-only); the CPU checks the rest."""
         for name in _DATA_SEGMENTS:
             sel = getattr(regs, name) & 0xFFFF
-            hi = self.load_data_segment(v, sel)
-            if hi is None:
+            if self.load_data_segment(v, sel) is None:
                 self.pv.traps.failsafe_callback(v, regs, f"loading %{name} with {sel:#x}")
                 return
-            code_conforming = hi & (abi._SEGMENT_CODE | abi._SEGMENT_EC) == (
-                abi._SEGMENT_CODE | abi._SEGMENT_EC)
-            if hi and not code_conforming and (hi & abi._SEGMENT_DPL) >> 13 < cpl:
-                setattr(regs, name, 0)
         for sel in (regs.cs, regs.ss):
             if sel & 0xFFFC:
                 maddr = self.descriptor_maddr(v, sel & 0xFFFF)

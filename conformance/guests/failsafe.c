@@ -14,7 +14,8 @@ const char test_title[] = "failsafe callback: segment reload on return to the gu
 
 struct mmuext_op { u32 cmd, arg1, arg2; };
 extern char event_entry[], fs_entry[];
-volatile u32 fs_frame[7], fs_count, fs_resume;
+volatile u32 fs_frame[9], fs_count, fs_resume, fs_saved_esp;
+static u8 trap_stack[8192] __attribute__((aligned(16)));
 
 /* The callback: record the frame, put the kernel's data segments back, drop the four
  * selectors and return through the iret hypercall (to fs_resume instead, if set; the
@@ -32,6 +33,8 @@ asm(".globl fs_entry\n"
     "    movl 20(%esp), %eax\n movl %eax, fs_frame+16\n"
     "    movl 24(%esp), %eax\n movl %eax, fs_frame+20\n"
     "    movl 28(%esp), %eax\n movl %eax, fs_frame+24\n"
+    "    movl 32(%esp), %eax\n movl %eax, fs_frame+28\n"   /* ESP, SS: from ring 3 only */
+    "    movl 36(%esp), %eax\n movl %eax, fs_frame+32\n"
     "    incl fs_count\n"
     "    movl fs_resume, %eax\n"
     "    testl %eax, %eax\n"
@@ -101,6 +104,28 @@ static u32 iret_to(u32 cs)
                  "jmp hypercall_page + " XSTR(__HYPERVISOR_iret) " * " XSTR(HYPERCALL_STUB_SIZE) "\n"
                  "1:\n"
                  : "=a"(r) : "r"(cs) : "memory");
+    return r;
+}
+
+/* The iret hypercall to ring 3 with stack segment ss, which the CPU refuses: the failsafe
+ * frame comes on the kernel stack with ESP and SS; resume on the kernel's own stack. */
+static u32 iret_to_user(u32 ss)
+{
+    u32 r;
+    asm volatile("pushl %%ebp\n"
+                 "movl %%esp, fs_saved_esp\n"
+                 "movl $2f, fs_resume\n"
+                 "pushl %%ecx\n"
+                 "pushl $0x7ff0\n"
+                 "pushl $" XSTR(X86_EFLAGS_MBS) "\n"
+                 "pushl $" XSTR(FLAT_USER_CS) "\n"
+                 "pushl $1f\n"
+                 "movl $0x4321, %%eax\n"
+                 "jmp hypercall_page + " XSTR(__HYPERVISOR_iret) " * " XSTR(HYPERCALL_STUB_SIZE) "\n"
+                 "1: jmp 1b\n"
+                 "2: movl fs_saved_esp, %%esp\n"
+                 "popl %%ebp\n"
+                 : "=a"(r) : "c"(ss) : "memory", "edx", "ebx", "esi", "edi");
     return r;
 }
 
@@ -178,4 +203,16 @@ void test_main(void)
     rc = iret_to(cs3);
     check(rc == 0x1234, "eax through the failsafe callback: %x", (u32)rc);
     check_frame("iret to a not-present CS", before, sels4, 0, 0xffffffff, cs3);
+
+    /* The iret hypercall to ring 3 with a DPL 1 stack segment: the frame goes on the
+     * stack_switch stack, with ESP and SS above it, and %ds still the kernel's (Xen's iret
+     * never got to null it). */
+    check(HYPERVISOR_stack_switch(FLAT_KERNEL_SS, (u32)trap_stack + sizeof(trap_stack)) == 0,
+          "stack_switch");
+    before = fs_count;
+    rc = iret_to_user(sel1 | 3);
+    check(rc == 0x4321, "eax through the failsafe callback: %x", (u32)rc);
+    check_frame("iret to ring 3 with a DPL 1 SS", before, sels4, 0, 0xffffffff, FLAT_USER_CS);
+    check(fs_frame[7] == 0x7ff0 && fs_frame[8] == (sel1 | 3), "esp %x ss %x in the frame",
+          fs_frame[7], fs_frame[8]);
 }
