@@ -146,6 +146,9 @@ _REG_IDS = {
     "gs": x86.UC_X86_REG_GS,
 }
 _SEGMENTS = ("es", "ds", "fs", "gs")
+# Xen's flat selectors (base 0; their descriptors are in Xen's reserved GDT page).
+_FLAT_CODE = frozenset((_XEN_CS, abi.FLAT_RING1_CS, abi.FLAT_RING3_CS))
+_FLAT_STACK = frozenset((_XEN_DS, abi.FLAT_RING1_DS, abi.FLAT_RING3_DS))
 _GPRS = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp")
 
 
@@ -496,7 +499,7 @@ class _Engine:
 
     def enter_ring(
         self, regs: CpuUserRegs, stub_va: int, frame_va: int,
-        write_frame: Callable[[bytes], None], cpl: int = 0,
+        write_frame: Callable[[bytes], None], cpl: int = 0, flat: bool = True,
     ) -> None:
         """Load ``regs`` with a CS/SS change: load the data segments and GPRs and point EIP
         at the ``iret`` stub over a frame EIP, CS, EFLAGS, ESP, SS. The stub runs as the first
@@ -504,11 +507,21 @@ class _Engine:
         ring running now (``cpl``) restores no ESP or SS, so for a ring inside or equal to
         ``cpl`` the saved context is first put at CPL 0 (a new CS in the same ring: a handler
         or an iret frame naming another code segment); the ring-1 kernel's return to ring 3
-        needs no patch."""
-        if regs.cs & 3 <= cpl:
+        needs no patch.
+
+        The stub is fetched through CS and pops its frame through SS, so it may run on the
+        guest's segments only when they are Xen's flat ones (``flat``: base 0, descriptors in
+        Xen's reserved GDT page, which no guest can change). With any other CS or SS (a guest
+        descriptor may have any base) the engine goes to CPL 0 and loads Xen's own flat ring-0
+        selectors first: else the "stub" would be guest bytes at that base plus the stub's
+        address, run at CPL 0."""
+        if not flat or regs.cs & 3 <= cpl:
             self.save()
             self.set_saved_cpl(0)
             self.restore()
+            if not flat:
+                self.write(x86.UC_X86_REG_SS, _XEN_DS)
+                self.write(x86.UC_X86_REG_CS, _XEN_CS)
         write_frame(_FRAME.pack(regs.eip & 0xFFFFFFFF, regs.cs, regs.eflags & 0xFFFFFFFF,
                                 regs.esp & 0xFFFFFFFF, regs.ss))
         vals = self._entry_vals
@@ -611,8 +624,9 @@ class UnicornCPU:
     def start(self, regs: CpuUserRegs) -> None:
         """Load the initial register state (the domain builder's) through the iret stub."""
         regs.eflags = _check_eflags(regs.eflags)
-        cpl = self.engine.read(x86.UC_X86_REG_CS) & 3
-        self.engine.enter_ring(regs, self.stub_va, self.frame_va, self._write_frame, cpl)
+        cs, ss = self.engine.read(x86.UC_X86_REG_CS), self.engine.read(x86.UC_X86_REG_SS)
+        self.engine.enter_ring(regs, self.stub_va, self.frame_va, self._write_frame, cs & 3,
+                               cs in _FLAT_CODE and ss in _FLAT_STACK)
 
     # --- time slices (the scheduler's interface) -------------------------------------------
     def run_slice(self, max_instructions: int) -> int:
@@ -904,7 +918,8 @@ class UnicornCPU:
             return
         regs.eflags = _check_eflags(regs.eflags)
         if regs.cs != orig.cs or regs.ss != orig.ss:
-            eng.enter_ring(regs, self.stub_va, self.frame_va, self._write_frame, orig.cs & 3)
+            eng.enter_ring(regs, self.stub_va, self.frame_va, self._write_frame, orig.cs & 3,
+                           orig.cs in _FLAT_CODE and orig.ss in _FLAT_STACK)
             return
         now, before = vars(regs), vars(orig)
         if now != before:

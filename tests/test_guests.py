@@ -28,7 +28,7 @@ def run(name: str, cmdline: str = "", **kw: object) -> BootResult:
 @pytest.mark.parametrize(
     "name",
     ["hello", "xen_version", "console_sched", "traps", "ring3", "desc", "demo", "hostile_mm",
-     "xen_guest_section", "ldt", "failsafe"],
+     "xen_guest_section", "ldt", "failsafe", "segbase"],
 )
 def test_guest_succeeds(name: str) -> None:
     r = run(name)

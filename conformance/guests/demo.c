@@ -11,7 +11,6 @@ const char test_title[] = "demo: a ring-3 process with demand paging";
 #define PROC_PTE (_PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED | _PAGE_DIRTY)
 
 struct mmu_update { u64 ptr, val; };
-struct mmuext_op { u32 cmd, arg1, arg2; };
 
 static u8 trap_stack[8192] __attribute__((aligned(16)));
 static u8 user_stack[8192] __attribute__((aligned(4096)));

@@ -8,15 +8,6 @@ const char test_title[] = "descriptor tables: set_gdt, update_descriptor";
 #define CODE_RX (_SEGMENT_S | _SEGMENT_P | _SEGMENT_DB | 0xA00)
 #define DPL(n) ((u32)(n) << 13)
 
-static u64 mkdesc(u32 base, u32 limit, u32 flags)
-{
-    u32 lo = (limit & 0xffff) | (base << 16);
-    u32 hi = ((base >> 16) & 0xff) | (limit & 0xf0000) | (base & 0xff000000) | flags;
-    return ((u64)hi << 32) | lo;
-}
-
-static void set(u32 *gdt, int i, u64 d) { gdt[2 * i] = (u32)d; gdt[2 * i + 1] = (u32)(d >> 32); }
-
 static u32 make_readonly(u32 *page)
 {
     u32 va = (u32)page, pte = virt_to_pte(va);
@@ -28,9 +19,9 @@ static u32 make_readonly(u32 *page)
 void test_main(void)
 {
     u32 *gdt = alloc_scratch_page();
-    set(gdt, 1, mkdesc(0, 0xfffff, DATA_RW | DPL(1) | _SEGMENT_G));     /* 4 GB: truncated */
-    set(gdt, 2, mkdesc(0, 0xfffff, CODE_RX | DPL(0) | _SEGMENT_G));     /* DPL 0 -> 1 */
-    set(gdt, 3, mkdesc(0x1000, 0xfff, DATA_RW | DPL(3)));               /* small: as is */
+    set_desc(gdt, 1, mkdesc(0, 0xfffff, DATA_RW | DPL(1) | _SEGMENT_G));     /* 4 GB: truncated */
+    set_desc(gdt, 2, mkdesc(0, 0xfffff, CODE_RX | DPL(0) | _SEGMENT_G));     /* DPL 0 -> 1 */
+    set_desc(gdt, 3, mkdesc(0x1000, 0xfff, DATA_RW | DPL(3)));               /* small: as is */
     u32 frame = virt_to_mfn(gdt);
 
     check(HYPERVISOR_set_gdt(&frame, 512) == -EINVAL, "a writably mapped frame is refused");
@@ -83,7 +74,7 @@ void test_main(void)
     check(HYPERVISOR_set_gdt(&frame, FIRST_RESERVED_GDT_ENTRY + 1) == -EINVAL, "too many");
     check(HYPERVISOR_set_gdt((u32 *)0x1000, 1) == -EFAULT, "unreadable frame list");
     u32 *bad = alloc_scratch_page();
-    set(bad, 5, mkdesc(0, 0x67, _SEGMENT_P | DPL(1) | 0x900));          /* a TSS */
+    set_desc(bad, 5, mkdesc(0, 0x67, _SEGMENT_P | DPL(1) | 0x900));          /* a TSS */
     u32 bad_frame = make_readonly(bad);
     check(HYPERVISOR_set_gdt(&bad_frame, 512) == -EINVAL, "a frame holding a TSS");
     /* "keep" on the command line leaves this GDT installed (for checks after the run). */

@@ -12,7 +12,6 @@ const char test_title[] = "failsafe callback: segment reload on return to the gu
 #define XSTR(x) STR(x)
 #define STR(x) #x
 
-struct mmuext_op { u32 cmd, arg1, arg2; };
 extern char event_entry[], fs_entry[];
 volatile u32 fs_frame[9], fs_count, fs_resume, fs_saved_esp;
 static u8 trap_stack[8192] __attribute__((aligned(16)));
@@ -45,21 +44,6 @@ asm(".globl fs_entry\n"
     "1:  popl %eax\n"
     "    addl $16, %esp\n"
     "    jmp hypercall_page + " XSTR(__HYPERVISOR_iret) " * " XSTR(HYPERCALL_STUB_SIZE) "\n");
-
-static u64 mkdesc(u32 base, u32 limit, u32 flags)
-{
-    u32 lo = (limit & 0xffff) | (base << 16);
-    u32 hi = ((base >> 16) & 0xff) | (limit & 0xf0000) | (base & 0xff000000) | flags;
-    return ((u64)hi << 32) | lo;
-}
-
-static void set(u32 *t, int i, u64 d) { t[2 * i] = (u32)d; t[2 * i + 1] = (u32)(d >> 32); }
-
-static long set_ldt(u32 base, u32 ents)
-{
-    struct mmuext_op op = { MMUEXT_SET_LDT, base, ents };
-    return HYPERVISOR_mmuext_op(&op, 1, NULL, DOMID_SELF);
-}
 
 static u32 make_readonly(u32 *page)
 {
@@ -138,10 +122,10 @@ void test_main(void)
 
     /* A GDT with a data segment (1), a code segment (2), and a not-present code segment (3). */
     u32 *gdt = alloc_scratch_page();
-    set(gdt, 1, mkdesc((u32)buf, 0xfff, DATA_RW | DPL(1)));
-    set(gdt, 2, mkdesc(0, 0xfffff, _SEGMENT_S | _SEGMENT_P | _SEGMENT_DB | _SEGMENT_G | 0xA00
+    set_desc(gdt, 1, mkdesc((u32)buf, 0xfff, DATA_RW | DPL(1)));
+    set_desc(gdt, 2, mkdesc(0, 0xfffff, _SEGMENT_S | _SEGMENT_P | _SEGMENT_DB | _SEGMENT_G | 0xA00
                        | DPL(1)));
-    set(gdt, 3, mkdesc(0, 0xfffff, _SEGMENT_S | _SEGMENT_DB | _SEGMENT_G | 0xA00 | DPL(1)));
+    set_desc(gdt, 3, mkdesc(0, 0xfffff, _SEGMENT_S | _SEGMENT_DB | _SEGMENT_G | 0xA00 | DPL(1)));
     u32 frame = make_readonly(gdt);
     check(HYPERVISOR_set_gdt(&frame, 512) == 0, "set_gdt");
     u32 sel1 = (1 << 3) | 1;
@@ -172,7 +156,7 @@ void test_main(void)
 
     /* set_ldt(0, 0) under a live LDT selector in %es. */
     u32 *ldt = alloc_scratch_page();
-    set(ldt, 0, mkdesc((u32)buf, 0xfff, DATA_RW | DPL(1)));
+    set_desc(ldt, 0, mkdesc((u32)buf, 0xfff, DATA_RW | DPL(1)));
     make_readonly(ldt);
     check(set_ldt((u32)ldt, 1) == 0, "set_ldt");
     u32 lsel = 4 | 1;

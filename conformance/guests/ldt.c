@@ -10,23 +10,6 @@ const char test_title[] = "LDT: set_ldt, lazy mapping, #PF at ldt_base + offset"
 #define DPL(n) ((u32)(n) << 13)
 #define LDT_SEL(i, rpl) (((i) << 3) | 4 | (rpl))
 
-struct mmuext_op { u32 cmd, arg1, arg2; };
-
-static u64 mkdesc(u32 base, u32 limit, u32 flags)
-{
-    u32 lo = (limit & 0xffff) | (base << 16);
-    u32 hi = ((base >> 16) & 0xff) | (limit & 0xf0000) | (base & 0xff000000) | flags;
-    return ((u64)hi << 32) | lo;
-}
-
-static void set(u32 *t, int i, u64 d) { t[2 * i] = (u32)d; t[2 * i + 1] = (u32)(d >> 32); }
-
-static long set_ldt(u32 base, u32 ents)
-{
-    struct mmuext_op op = { MMUEXT_SET_LDT, base, ents };
-    return HYPERVISOR_mmuext_op(&op, 1, NULL, DOMID_SELF);
-}
-
 static long remap(void *page, u32 set_flags, u32 clear_flags)
 {
     u32 va = (u32)page;
@@ -110,8 +93,8 @@ void test_main(void)
 
     /* An LDT page mapped read-only: the first load maps it and sets the accessed bit. */
     u32 *ldt = alloc_scratch_page();
-    set(ldt, 1, mkdesc((u32)buf1, 0xfff, DATA_RW | DPL(1)));
-    set(ldt, 2, mkdesc((u32)buf1, 0xfff, DATA_RW | DPL(3)));
+    set_desc(ldt, 1, mkdesc((u32)buf1, 0xfff, DATA_RW | DPL(1)));
+    set_desc(ldt, 2, mkdesc((u32)buf1, 0xfff, DATA_RW | DPL(3)));
     check(remap(ldt, 0, _PAGE_RW) == 0, "LDT page read-only");
     check(set_ldt((u32)ldt, 3) == 0, "set_ldt");
     r = read_fs0(LDT_SEL(1, 1));
@@ -126,7 +109,7 @@ void test_main(void)
     /* Another LDT with the selector still loaded: Xen reloads %fs on the way back from the
      * hypercall, from the new LDT; the old page loses its type and may be writable again. */
     u32 *ldt2 = alloc_scratch_page();
-    set(ldt2, 1, mkdesc((u32)buf2, 0xfff, DATA_RW | DPL(1)));
+    set_desc(ldt2, 1, mkdesc((u32)buf2, 0xfff, DATA_RW | DPL(1)));
     check(remap(ldt2, 0, _PAGE_RW) == 0, "second LDT page read-only");
     check(set_ldt((u32)ldt2, 2) == 0, "set_ldt to a second LDT");
     r = fs_word0();
@@ -137,7 +120,7 @@ void test_main(void)
     /* A page mapped writable cannot be an LDT page: #PF at ldt_base + offset, error code
      * of a supervisor read of a present page. */
     u32 *wr = alloc_scratch_page();
-    set(wr, 1, mkdesc((u32)buf1, 0xfff, DATA_RW | DPL(1)));
+    set_desc(wr, 1, mkdesc((u32)buf1, 0xfff, DATA_RW | DPL(1)));
     check(set_ldt((u32)wr, 4) == 0, "set_ldt on a writable page (checked lazily)");
     r = read_fs0(LDT_SEL(1, 1));
     check(r == (FAULT_FLAG | TRAP_page_fault), "writable LDT page: %x", r);
@@ -146,8 +129,8 @@ void test_main(void)
 
     /* A page holding a descriptor Xen refuses (a TSS) fails validation the same way. */
     u32 *bad = alloc_scratch_page();
-    set(bad, 1, mkdesc((u32)buf1, 0xfff, DATA_RW | DPL(1)));
-    set(bad, 300, mkdesc(0, 0x67, _SEGMENT_P | DPL(1) | 0x900));
+    set_desc(bad, 1, mkdesc((u32)buf1, 0xfff, DATA_RW | DPL(1)));
+    set_desc(bad, 300, mkdesc(0, 0x67, _SEGMENT_P | DPL(1) | 0x900));
     check(remap(bad, 0, _PAGE_RW) == 0, "bad page read-only");
     check(set_ldt((u32)bad, 400) == 0, "set_ldt on a page with a TSS");
     r = read_fs0(LDT_SEL(257, 1));

@@ -177,6 +177,26 @@ int gnttab_unmap(u32 host_addr, u32 handle);
 u16 my_domid(void);                      /* through an unbound port offered to ourselves */
 
 /* Each test kernel provides this. */
+/* ---- segment descriptors (desc.h layout) --------------------------------------------- */
+/* A descriptor with base, 20-bit limit and the high-word flags (type, S, DPL, P, D/B, G). */
+static inline u64 mkdesc(u32 base, u32 limit, u32 flags)
+{
+    u32 lo = (limit & 0xffff) | (base << 16);
+    u32 hi = ((base >> 16) & 0xff) | (limit & 0xf0000) | (base & 0xff000000) | flags;
+    return ((u64)hi << 32) | lo;
+}
+static inline void set_desc(u32 *table, int i, u64 d)
+{
+    table[2 * i] = (u32)d;
+    table[2 * i + 1] = (u32)(d >> 32);
+}
+struct mmuext_op { u32 cmd, arg1, arg2; };   /* xen.h, struct mmuext_op (x86_32) */
+static inline long set_ldt(u32 base, u32 ents)
+{
+    struct mmuext_op op = { MMUEXT_SET_LDT, base, ents };
+    return HYPERVISOR_mmuext_op(&op, 1, NULL, DOMID_SELF);
+}
+
 void test_main(void);
 extern const char test_title[];
 #endif
