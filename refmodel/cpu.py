@@ -131,9 +131,6 @@ _NEVER = 0xFFFFFFFFFFFFFFFF  # an "until" address the 32-bit PC never reaches
 # only its hidden part matters here), type 2 (LDT) and present.
 _LDT_SELECTOR = (abi.FIRST_RESERVED_GDT_ENTRY + 9) << 3
 _LDT_FLAGS = 0x8200
-# Xen's flat guest selectors (reserved GDT page: always present, accessed bit set).
-_FLAT_SELECTORS = frozenset({abi.FLAT_RING1_CS, abi.FLAT_RING1_DS, abi.FLAT_RING3_CS,
-                             abi.FLAT_RING3_DS})
 
 # The registers of CpuUserRegs, in field order, and their Unicorn ids.
 _REG_NAMES = tuple(f.name for f in fields(CpuUserRegs))
@@ -146,7 +143,8 @@ _REG_IDS = {
     "gs": x86.UC_X86_REG_GS,
 }
 _SEGMENTS = ("es", "ds", "fs", "gs")
-# Xen's flat selectors (base 0; their descriptors are in Xen's reserved GDT page).
+# Xen's flat selectors: base 0, descriptors in Xen's reserved GDT page (always present, the
+# accessed bit set, unchangeable by a guest).
 _FLAT_CODE = frozenset((_XEN_CS, abi.FLAT_RING1_CS, abi.FLAT_RING3_CS))
 _FLAT_STACK = frozenset((_XEN_DS, abi.FLAT_RING1_DS, abi.FLAT_RING3_DS))
 _GPRS = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp")
@@ -950,13 +948,19 @@ class UnicornCPU:
         elif not v.reload_segments and (regs.ds, regs.es, regs.fs, regs.gs) == (
                 orig.ds, orig.es, orig.fs, orig.gs) and (
                 (regs.cs, regs.ss) == (orig.cs, orig.ss)
-                or (regs.cs in _FLAT_SELECTORS and regs.ss in _FLAT_SELECTORS)):
+                or (regs.cs in _FLAT_CODE and regs.ss in _FLAT_STACK)):
             return True
+        descriptors_changed = v.reload_segments
         v.reload_segments = False
         check(v, regs)
         orig = self._orig
         if orig is not None:  # same selectors, maybe other descriptors: load all four again
             orig.ds = orig.es = orig.fs = orig.gs = -1
+            if descriptors_changed:
+                # and CS and SS: Xen's return ends in an iret, which reloads them (entry.S,
+                # restore_all_guest FLT5); through the stub's iret a descriptor gone bad
+                # faults into the failsafe path (_entry_fault) as Xen's does.
+                orig.cs = orig.ss = -1
         return v.domain.is_running
 
 

@@ -83,6 +83,15 @@ def test_failed_segment_reload_without_failsafe_callback_crashes_the_domain() ->
     assert check_invariants(r.hv) == []
 
 
+def test_code_segment_descriptor_cleared_under_the_guest_crashes_it() -> None:
+    """entry.S restore_all_guest: the return's iret reloads CS; a not-present descriptor faults
+    there (FLT5, FIX5) and, with no failsafe callback, the domain is crashed."""
+    r = run("cs_reload")
+    assert r.reason is ShutdownReason.crash, r.console
+    assert r.crash_reason is not None and "no failsafe callback" in r.crash_reason
+    assert "still running" not in r.console
+
+
 def test_invariants_hold_after_every_hypercall_with_lazy_ldt_pages() -> None:
     """INV-COUNT counts the shadow LDT's references (map_ldt_shadow_page)."""
     r = run("ldt", check_invariants=True)
