@@ -290,7 +290,7 @@ class TrapHandlers(Protocol):
 
     def hypercall(self, v: Vcpu, nr: int, *args: int) -> int: ...
 
-    def software_interrupt(self, v: Vcpu, vector: int, regs: CpuUserRegs) -> None: ...
+    def software_interrupt(self, v: Vcpu, vector: int, regs: CpuUserRegs) -> bool: ...
 
     def exception(
         self, v: Vcpu, vector: int, error_code: int, cr2: int, regs: CpuUserRegs
@@ -700,8 +700,9 @@ class UnicornCPU:
                         self._regs.eax = rc
                     else:
                         eng.write(x86.UC_X86_REG_EAX, rc)
-                else:
-                    self.handlers.software_interrupt(self.v, intno, self.user_regs())
+                elif not self.handlers.software_interrupt(self.v, intno, self.user_regs()):
+                    self._apply(stop=False, xen_entered=False)  # the processor delivered it
+                    return
             else:
                 eng.save()
                 is_int = eng.saved_exception_is_int
@@ -871,9 +872,10 @@ class UnicornCPU:
     def _return_to_guest(self) -> None:
         self._apply(stop=True)
 
-    def _apply(self, stop: bool) -> None:
+    def _apply(self, stop: bool, xen_entered: bool = True) -> None:
         """Apply what the hypervisor changed: registers, ring, base pointer, TLB, CR0.TS; call
-        the upcall hook; with ``stop``, end the slice if the scheduler asks."""
+        the upcall hook (unless Xen was not ``xen_entered``: an interrupt the processor
+        delivered itself); with ``stop``, end the slice if the scheduler asks."""
         v = self.v
         if not v.domain.is_running:
             self._regs = self._orig = None
@@ -883,7 +885,7 @@ class UnicornCPU:
         # Xen's return path runs the scheduler before it looks for events: a vCPU leaving the
         # CPU gets its upcall when it is switched in again.
         leaving = stop and self.should_stop()
-        if self.upcall is not None and not leaving and self.upcall_wanted():
+        if self.upcall is not None and not leaving and xen_entered and self.upcall_wanted():
             self.upcall(v, self.user_regs())
         if not self._load_segments():
             self._regs = self._orig = None

@@ -86,6 +86,13 @@ def selector_is_null(sel: int) -> bool:
     return (sel & ~3) == 0
 
 
+def int80_gate_admits(ti: TrapInfo, ring: int) -> bool:
+    """x86_32/traps.c, init_int80_direct_trap: the trap table's vector 0x80 becomes an IDT
+    trap gate when it does not mask events and its selector is one Xen will put into a gate;
+    the gate's DPL (the entry's) decides which rings may use it."""
+    return not ti.masks_events and guest_gate_selector_okay(ti.cs) and ti.dpl >= ring
+
+
 def guest_gate_selector_okay(sel: int) -> bool:
     """desc.h: a selector Xen will put into an IDT gate: a guest GDT entry below Xen's
     reserved ones, Xen's flat ring-1 code selector, or an LDT selector."""
@@ -191,33 +198,39 @@ class Traps:
     # ----------------------------------------------------------------------------------------
     # The substrate's entry points (TrapHandlers).
     # ----------------------------------------------------------------------------------------
-    def software_interrupt(self, v: Vcpu, vector: int, regs: CpuUserRegs) -> None:
+    def software_interrupt(self, v: Vcpu, vector: int, regs: CpuUserRegs) -> bool:
         """``int n``: every Xen gate has DPL 0 except #BP, #OF (3) and 0x82 (1), so INT n
         is a #GP that Xen turns into a bounce of vector n when the guest registered it with
-        a DPL the current ring may use (traps.c, do_general_protection, permit_softint)."""
+        a DPL the current ring may use (traps.c, do_general_protection, permit_softint).
+        ``int $0x80`` may instead go through the direct gate. False when the processor
+        delivered the interrupt by itself: Xen was not entered, so there is no event check
+        and no scheduling point on the way back."""
         ring = regs.cs & 3
         if vector in (abi.TRAP_int3, abi.TRAP_overflow):
             self.bounce(v, vector, None, regs)
-            return
+            return True
         ti = self.pv.arch(v).trap_ctxt[vector]
-        if vector == abi.SYSCALL_VECTOR and self.int80_direct_trap(v, ti, regs):
-            return
+        if vector == abi.SYSCALL_VECTOR and int80_gate_admits(ti, ring):
+            return self.int80_direct_trap(v, ti, regs)
         if vector != abi.HYPERCALL_VECTOR and ti.dpl >= ring:
             self.bounce(v, vector, None, regs)
-            return
+            return True
         regs.eip = (regs.eip - 2) & 0xFFFFFFFF  # the #GP points at the int instruction
         self.bounce(v, abi.TRAP_gp_fault, (vector << 3) | 2, regs)
+        return True
 
     def int80_direct_trap(self, v: Vcpu, ti: TrapInfo, regs: CpuUserRegs) -> bool:
-        """``int $0x80`` through the trap gate of init_int80_direct_trap, if there is one and
-        its DPL admits the caller's ring; False otherwise (Xen's #GP path then decides). A
-        null selector is left to that path too (the hardware would fault on the gate)."""
-        if (ti.masks_events or not guest_gate_selector_okay(ti.cs) or selector_is_null(ti.cs)
-                or ti.dpl < regs.cs & 3):
-            return False
+        """``int $0x80`` through the trap gate of init_int80_direct_trap: the processor's frame
+        on the ring-1 stack, Xen not entered (False). A gate naming the null selector makes
+        the processor raise #GP(0) at the ``int``, which do_general_protection bounces (True:
+        Xen was entered)."""
+        if selector_is_null(ti.cs):
+            regs.eip = (regs.eip - 2) & 0xFFFFFFFF
+            self.general_protection(v, 0, regs)
+            return True
         words = [regs.eip, regs.cs, regs.eflags]
         self.create_bounce_frame(v, regs, words, ti.cs, ti.address, "int $0x80")
-        return True
+        return False
 
     def exception(
         self, v: Vcpu, vector: int, error_code: int, cr2: int, regs: CpuUserRegs
