@@ -265,11 +265,62 @@ def build(hypercall: str, builder: SpecBuilder, inv: Invariant, branch: str) -> 
     for known in proof_invariants():
         if known.label in assumed(inv, hypercall):
             solver.add(known.check(SymView(old)))
-    solver.add(assumptions(old), choice, cond)
     goal = SymView(new, witness=True)
-    solver.add(z3.Not(inv.check(goal)))
+    negated = z3.Not(inv.check(goal))
+    if symbolic.SCOPE.frames is None:  # the unbounded proof, not the counterexample search
+        choice = z3.And(*read_choices(choice, z3.And(cond, negated)))
+    solver.add(assumptions(old), choice, cond)
+    solver.add(negated)
     solver.add(*symbolic.scope_constraints(old, goal.witnesses))
     return Obligation(hypercall, inv, branch, solver, goal.witnesses, old, new)
+
+
+def _conjuncts(e: z3.BoolRef) -> list[z3.BoolRef]:
+    return [c for a in e.children() for c in _conjuncts(a)] if z3.is_and(e) else [e]
+
+
+def _fresh_symbols(e: z3.ExprRef) -> set[str]:
+    """The names of the fresh symbols (``symbolic.fresh_name``: a spec's choices) in ``e``."""
+    out: set[str] = set()
+    seen: set[int] = set()
+    todo = [e]
+    while todo:
+        x = todo.pop()
+        if x.get_id() in seen:
+            continue
+        seen.add(x.get_id())
+        if z3.is_quantifier(x):
+            todo.append(x.body())
+            continue
+        if z3.is_app(x):
+            if x.decl().kind() == z3.Z3_OP_UNINTERPRETED and "!" in x.decl().name():
+                out.add(x.decl().name())
+            todo.extend(x.children())
+    return out
+
+
+def read_choices(choice: z3.BoolRef, rest: z3.BoolRef) -> list[z3.BoolRef]:
+    """The conjuncts of a spec's choice constraints that bear on ``rest`` (the call's
+    condition and the negated goal): those about a choice symbol that ``rest`` reads, or that a
+    conjunct kept reads, and those about no choice symbol. The others constrain only choices
+    the goal never looks at (set_gdt's fixed-up descriptors, for a goal about selectors); the
+    proofs leave them out, which can only make an obligation harder to prove, never prove a
+    false one (the bounded counterexample search keeps them all)."""
+    parts = [(c, _fresh_symbols(c)) for c in _conjuncts(z3.BoolVal(True) if choice is True
+                                                        else choice)]
+    read = _fresh_symbols(rest)
+    kept = [c for c, names in parts if not names]
+    pending = [(c, names) for c, names in parts if names]
+    grew = True
+    while grew:
+        grew = False
+        for c, names in list(pending):
+            if names & read:
+                kept.append(c)
+                read |= names
+                pending.remove((c, names))
+                grew = True
+    return kept
 
 
 @functools.cache
