@@ -6,8 +6,10 @@
  * limit, asks the engine to stop before the block runs. A block's count
  * comes from Unicorn's own translation (UC_CTL_TB_REQUEST_CACHE, uc_tb.icount) the first time
  * the block is seen, and from a small direct-mapped cache after that. The cache is keyed by
- * the block's address, its size and a generation number that the substrate bumps whenever
- * the code under an address may change (a new page-table base, a dropped translation cache).
+ * the block's address, its size and a generation number that the substrate bumps when a new
+ * page-table base is loaded or the translation cache is dropped. Code rewritten in place
+ * (or remapped without either) into a block of the same address and size keeps the count
+ * cached for the old one: still deterministic, not exact.
  *
  * The engine's functions are called through pointers the substrate fills in, so this file
  * needs no Unicorn header and no link against the library: the process has one copy of it.
@@ -34,22 +36,24 @@ struct xs_counter {
     xs_uc_emu_stop_t uc_emu_stop;
     int request_cache;           /* UC_CTL_READ_WRITE(UC_CTL_TB_REQUEST_CACHE, 2) */
     int pad;
-    uint64_t tag[XS_SLOTS];
+    uint64_t tag[XS_SLOTS];      /* address << 16 | size, plus one (0: empty) */
+    uint64_t gen[XS_SLOTS];      /* the generation the slot was filled in */
     uint32_t count[XS_SLOTS];
 };
 
 static uint32_t xs_block_insns(void *uc, struct xs_counter *c, uint64_t addr, uint32_t size)
 {
-    uint64_t tag = ((c->generation << 48) ^ (addr << 16) ^ size) + 1;
+    uint64_t tag = ((addr << 16) | size) + 1;
     unsigned slot = (unsigned)((addr ^ (addr >> 12) ^ ((uint64_t)size << 5)) & (XS_SLOTS - 1));
     xs_uc_tb tb;
 
-    if (c->tag[slot] == tag)
+    if (c->tag[slot] == tag && c->gen[slot] == c->generation)
         return c->count[slot];
     c->misses++;
     if (c->uc_ctl(uc, c->request_cache, addr, &tb) != 0 || tb.icount == 0)
         return 1;  /* not cached: count the block as one instruction, do not remember */
     c->tag[slot] = tag;
+    c->gen[slot] = c->generation;
     c->count[slot] = tb.icount;
     return tb.icount;
 }

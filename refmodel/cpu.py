@@ -40,9 +40,11 @@ What Unicorn 2.1.4 does not do, and what this module does instead (measured on U
   the guests are) adds each block's instruction count, which Unicorn's translator reports
   (``UC_CTL_TB_REQUEST_CACHE``), and stops the engine once the slice's count is reached; the
   block under way runs to its end, so a slice may run a few instructions past its count, and
-  the count reported is the number really entered. A block cut short by a fault is counted
-  whole. Without gcc the substrate falls back to Unicorn's ``count`` and reads Unicorn's own
-  counter (``emu_counter`` of ``struct uc_struct``, offset ``_OFF_EMU_COUNTER``).
+  the count reported is that of the blocks entered. A block cut short by a fault is counted
+  whole, and code rewritten in place into a block of the same address and size keeps its old
+  count until the next base-pointer load or cache flush: deterministic, not exact. Without
+  gcc the substrate falls back to Unicorn's ``count`` and reads Unicorn's own counter
+  (``emu_counter`` of ``struct uc_struct``, offset ``_OFF_EMU_COUNTER``).
 
 * RDTSC reads the host's counter and cannot be hooked in the binding: with a time source
   installed (``set_rdtsc``) CR4.TSD makes it fault outside ring 0, and the #GP is completed
@@ -165,7 +167,8 @@ class _Counter(ctypes.Structure):
         ("generation", ctypes.c_uint64), ("misses", ctypes.c_uint64),
         ("uc_ctl", ctypes.c_void_p), ("uc_emu_stop", ctypes.c_void_p),
         ("request_cache", ctypes.c_int), ("pad", ctypes.c_int),
-        ("tag", ctypes.c_uint64 * _COUNTER_SLOTS), ("count", ctypes.c_uint32 * _COUNTER_SLOTS),
+        ("tag", ctypes.c_uint64 * _COUNTER_SLOTS), ("gen", ctypes.c_uint64 * _COUNTER_SLOTS),
+        ("count", ctypes.c_uint32 * _COUNTER_SLOTS),
     ]
 
 
@@ -892,7 +895,15 @@ class UnicornCPU:
             if stop:
                 self.uc.emu_stop()
             return
-        self._apply_state()
+        try:
+            self._apply_state()
+        except unicorn.UcError as exc:
+            # The engine refused a register the hypervisor wrote (a selector whose load it
+            # faults on that the return-path checks did not foresee): the domain, never the
+            # hypervisor, pays for it.
+            self._regs = self._orig = None
+            v.domain.crash(f"the CPU refused the guest's registers on return ({exc})")
+            leaving = True
         if leaving:
             self.uc.emu_stop()
 

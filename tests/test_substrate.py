@@ -41,3 +41,25 @@ def test_c_header_is_generated_from_abi() -> None:
     assert "#define __HYPERVISOR_iret 0x17" in text
     assert "#define FLAT_RING1_CS 0xe019" in text
     assert '#define XEN_START_INFO_MAGIC_STR "xen-3.0-x86_32"' in text
+
+
+def test_engine_refusing_registers_on_return_crashes_only_the_domain(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The return path's safety net: if the engine refuses what the hypervisor writes back
+    (UcError), the domain is crashed with the reason and the hypervisor runs on."""
+    from xenspec.conformance.guests.build import build_guest
+    from xenspec.refmodel.boot import boot
+
+    real = cpu.UnicornCPU._apply_state
+    calls = {"n": 0}
+
+    def refusing(self: cpu.UnicornCPU) -> None:
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise cpu.unicorn.UcError(cpu.ucc.UC_ERR_EXCEPTION)
+        real(self)
+
+    monkeypatch.setattr(cpu.UnicornCPU, "_apply_state", refusing)
+    r = boot(str(build_guest("hello")), timeout_s=60)
+    assert r.crash_reason is not None and "refused the guest's registers" in r.crash_reason
+    assert r.stop != "bug", r.stop

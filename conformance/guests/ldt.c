@@ -117,8 +117,8 @@ void test_main(void)
     check(remap(ldt, _PAGE_RW, 0) == 0, "the old LDT page is writable again");
     clear_fs();
 
-    /* A page mapped writable cannot be an LDT page: #PF at ldt_base + offset, error code
-     * of a supervisor read of a present page. */
+    /* A page mapped writable cannot be an LDT page: #PF at ldt_base + offset with the error
+     * code of the descriptor read that found the LDT area's page not present (0). */
     u32 *wr = alloc_scratch_page();
     set_desc(wr, 1, mkdesc((u32)buf1, 0xfff, DATA_RW | DPL(1)));
     check(set_ldt((u32)wr, 4) == 0, "set_ldt on a writable page (checked lazily)");
