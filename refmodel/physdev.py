@@ -14,9 +14,17 @@ Rules from Xen 3.0.4, xen/arch/x86/physdev.c (do_physdev_op) and xen/common/comp
 * The compat form copies the whole struct physdev_op (-EFAULT) and hands its command and the
   address of its union to physdev_op.
 
-The other commands (IRQ status, EOI, IO-APIC access, IRQ vectors) answer -ENOSYS: the model
-has no physical interrupts or IO-APIC to give a domain (Xen answers them for the domains it
-gave devices to).
+* PHYSDEVOP_irq_status_query: any domain may ask about any line below NR_IRQS (-EFAULT,
+  -EINVAL otherwise); the flags say whether the line needs an EOI or is shared. The model's
+  machine has no physical interrupt lines in use, so they are 0.
+* PHYSDEVOP_eoi (irq below NR_IRQS, else -EINVAL) and the legacy PHYSDEVOP_IRQ_UNMASK_NOTIFY
+  (no argument): pirq_guest_eoi / pirq_guest_unmask over the domain's bound physical IRQs,
+  of which there are none here: 0.
+* PHYSDEVOP_apic_read, PHYSDEVOP_apic_write, PHYSDEVOP_alloc_irq_vector: the argument must
+  be readable (-EFAULT), and only a privileged domain may go on (-EPERM). Departure: the
+  model has no IO-APIC, so a privileged domain gets -ENOSYS where Xen would read, write or
+  allocate.
+* Any other command: -ENOSYS.
 """
 
 from __future__ import annotations
@@ -53,7 +61,44 @@ class Physdev:
             return self.set_iopl(v, arg)
         if cmd == abi.PHYSDEVOP_set_iobitmap:
             return self.set_iobitmap(v, arg)
+        if cmd == abi.PHYSDEVOP_irq_status_query:
+            return self.irq_status_query(v, arg)
+        if cmd == abi.PHYSDEVOP_eoi:
+            return self.eoi(v, arg)
+        if cmd == abi.PHYSDEVOP_IRQ_UNMASK_NOTIFY:
+            return 0  # pirq_guest_unmask: no physical IRQ is bound to a domain here
+        apic_or_vector = {abi.PHYSDEVOP_apic_read: abi.PHYSDEV_APIC_T,
+                          abi.PHYSDEVOP_apic_write: abi.PHYSDEV_APIC_T,
+                          abi.PHYSDEVOP_alloc_irq_vector: abi.PHYSDEV_IRQ_T}.get(cmd)
+        if apic_or_vector is not None:
+            return self.privileged_only(v, arg, apic_or_vector.size)
         return -abi.ENOSYS
+
+    def irq_status_query(self, v: Vcpu, arg: int) -> int:
+        raw = self.hv.copy_from_guest(v, arg, abi.PHYSDEV_IRQ_STATUS_QUERY_T.size)
+        if raw is None:
+            return -abi.EFAULT
+        irq, _ = abi.PHYSDEV_IRQ_STATUS_QUERY_T.unpack(raw)
+        if irq >= abi.NR_IRQS:
+            return -abi.EINVAL
+        flags = 0  # pirq_acktype and pirq_shared of a line nothing uses
+        out = abi.PHYSDEV_IRQ_STATUS_QUERY_T.pack(irq, flags)
+        return 0 if self.hv.copy_to_guest(v, arg, out) else -abi.EFAULT
+
+    def eoi(self, v: Vcpu, arg: int) -> int:
+        raw = self.hv.copy_from_guest(v, arg, abi.PHYSDEV_EOI_T.size)
+        if raw is None:
+            return -abi.EFAULT
+        (irq,) = abi.PHYSDEV_EOI_T.unpack(raw)
+        return -abi.EINVAL if irq >= abi.NR_IRQS else 0  # pirq_guest_eoi of an unbound line
+
+    def privileged_only(self, v: Vcpu, arg: int, size: int) -> int:
+        """apic_read, apic_write, alloc_irq_vector: copied in, then IS_PRIV."""
+        if self.hv.copy_from_guest(v, arg, size) is None:
+            return -abi.EFAULT
+        if not v.domain.is_privileged:
+            return -abi.EPERM
+        return -abi.ENOSYS  # no IO-APIC in the model (see the module's departure)
 
     def do_physdev_op_compat(self, v: Vcpu, uop: int) -> int:
         raw = self.hv.copy_from_guest(v, uop, abi.PHYSDEV_OP_T.size)

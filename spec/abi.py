@@ -726,6 +726,7 @@ BLKIF_VDEV_HDA: Final = 3 << 8
 # __HYPERVISOR_physdev_op_compat takes one struct physdev_op { uint32_t cmd; union u; }, whose
 # union (largest member struct physdev_apic: unsigned long, uint32_t, uint32_t) is 12 bytes.
 # --------------------------------------------------------------------------------------------
+PHYSDEVOP_IRQ_UNMASK_NOTIFY: Final = 4  # legacy since 0x00030202, takes no argument
 PHYSDEVOP_irq_status_query: Final = 5
 PHYSDEVOP_set_iopl: Final = 6
 PHYSDEVOP_set_iobitmap: Final = 7
@@ -733,6 +734,18 @@ PHYSDEVOP_apic_read: Final = 8
 PHYSDEVOP_apic_write: Final = 9
 PHYSDEVOP_alloc_irq_vector: Final = 10
 PHYSDEVOP_eoi: Final = 12
+# struct physdev_eoi { uint32_t irq; }
+PHYSDEV_EOI_T: Final = struct.Struct("<I")
+# struct physdev_irq_status_query { uint32_t irq; uint32_t flags; } (flags OUT)
+PHYSDEV_IRQ_STATUS_QUERY_T: Final = struct.Struct("<II")
+XENIRQSTAT_needs_eoi: Final = 1 << 0
+XENIRQSTAT_shared: Final = 1 << 1
+# struct physdev_apic { unsigned long apic_physbase; uint32_t reg; uint32_t value; }
+PHYSDEV_APIC_T: Final = struct.Struct("<III")
+# struct physdev_irq { uint32_t irq; uint32_t vector; }
+PHYSDEV_IRQ_T: Final = struct.Struct("<II")
+# xen/include/asm-x86/config.h (3.0.4): the machine's interrupt lines.
+NR_IRQS: Final = 256
 # struct physdev_set_iopl { uint32_t iopl; }
 PHYSDEV_SET_IOPL_T: Final = struct.Struct("<I")
 # struct physdev_set_iobitmap { XEN_GUEST_HANDLE(uint8_t) bitmap; uint32_t nr_ports; }

@@ -80,18 +80,31 @@ def test_set_iobitmap(impl: ReferenceImplementation, g: Guest) -> None:
 
 
 def test_physdev_op_compat_and_other_commands(impl: ReferenceImplementation, g: Guest) -> None:
-    """compat.c: the whole struct physdev_op is read; its union goes to physdev_op. The model
-    has no physical interrupts: the other commands are -ENOSYS."""
+    """compat.c: the whole struct physdev_op is read; its union goes to physdev_op.
+    physdev.c: any domain may query a line's status and EOI it (the model's machine has no
+    line in use: flags 0, nothing to EOI); the IO-APIC and vector commands are -EPERM for an
+    unprivileged domain; an unknown command is -ENOSYS."""
     a = impl.pv.arch(impl.hv.domains[g.domid].vcpus[0])
     op = g.write_args(struct.pack("<IIII", abi.PHYSDEVOP_set_iopl, 2, 0, 0), 0x200)
     assert g.hypercall("physdev_op_compat", op) == 0 and a.iopl == 2
     op = g.write_args(struct.pack("<IIII", abi.PHYSDEVOP_set_iopl, 9, 0, 0), 0x200)
     assert g.hypercall("physdev_op_compat", op) == EINVAL and a.iopl == 2
     op = g.write_args(struct.pack("<IIII", abi.PHYSDEVOP_eoi, 1, 0, 0), 0x200)
-    assert g.hypercall("physdev_op_compat", op) == ENOSYS
+    assert g.hypercall("physdev_op_compat", op) == 0
+    op = g.write_args(struct.pack("<IIII", abi.PHYSDEVOP_eoi, abi.NR_IRQS, 0, 0), 0x200)
+    assert g.hypercall("physdev_op_compat", op) == EINVAL
     assert g.hypercall("physdev_op_compat", 0) == EFAULT
-    for cmd in (abi.PHYSDEVOP_irq_status_query, abi.PHYSDEVOP_apic_read, abi.PHYSDEVOP_eoi, 99):
-        assert g.hypercall("physdev_op", cmd, g.va(0)) == ENOSYS
+    query = g.write_args(struct.pack("<II", 9, 0xFFFF), 0x300)
+    assert g.hypercall("physdev_op", abi.PHYSDEVOP_irq_status_query, query) == 0
+    assert struct.unpack("<II", g.read_args(0x300, 8)) == (9, 0)
+    query = g.write_args(struct.pack("<II", abi.NR_IRQS, 0), 0x300)
+    assert g.hypercall("physdev_op", abi.PHYSDEVOP_irq_status_query, query) == EINVAL
+    assert g.hypercall("physdev_op", abi.PHYSDEVOP_IRQ_UNMASK_NOTIFY, 0) == 0
+    for cmd in (abi.PHYSDEVOP_apic_read, abi.PHYSDEVOP_apic_write,
+                abi.PHYSDEVOP_alloc_irq_vector):
+        assert g.hypercall("physdev_op", cmd, g.va(0)) == EPERM
+        assert g.hypercall("physdev_op", cmd, 0) == EFAULT
+    assert g.hypercall("physdev_op", 99, g.va(0)) == ENOSYS
 
 
 # --- the debug registers -------------------------------------------------------------------------

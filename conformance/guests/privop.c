@@ -272,8 +272,12 @@ static void physdev(void)
           "set_iopl from an unmapped page: -EFAULT");
     check(HYPERVISOR_physdev_op(PHYSDEVOP_set_iobitmap, (void *)0x1000) == -EFAULT,
           "set_iobitmap from an unmapped page: -EFAULT");
-    u32 eoi = 1;
-    check(HYPERVISOR_physdev_op(PHYSDEVOP_eoi, &eoi) == -ENOSYS, "eoi: -ENOSYS");
+    u32 eoi = 1, bad_irq = NR_IRQS;
+    check(HYPERVISOR_physdev_op(PHYSDEVOP_eoi, &eoi) == 0, "eoi of a line not bound: 0");
+    check(HYPERVISOR_physdev_op(PHYSDEVOP_eoi, &bad_irq) == -EINVAL, "eoi beyond NR_IRQS");
+    u32 apic[3] = { 0xfec00000, 0, 0 };
+    check(HYPERVISOR_physdev_op(PHYSDEVOP_apic_read, apic) == -EPERM,
+          "apic_read, unprivileged: -EPERM");
     struct { u32 cmd, iopl, pad[2]; } op = { PHYSDEVOP_set_iopl, 1, { 0, 0 } };
     check(HYPERVISOR_physdev_op_compat(&op) == 0, "physdev_op_compat set_iopl");
     check(in_al_imm(0x12345678) == 0x123456ff, "IOPL 1 through the compat call");
