@@ -40,7 +40,7 @@ from typing import Any, Protocol
 import z3
 
 from xenspec.spec import abi
-from xenspec.spec.symbolic import bv, fresh_name
+from xenspec.spec.symbolic import bv, fresh_name, quantify
 
 W = z3.BitVecSort(32)
 Word = Any
@@ -244,6 +244,7 @@ class SymEvtView:
         self.s = s
         self.witness = witness
         self.names = names
+        self.witnesses: list[tuple[str, z3.BitVecRef]] = []
 
     def state(self, d: Word, p: Word) -> Word:
         return z3.Select(self.s.state, d, p)
@@ -284,19 +285,18 @@ class SymEvtView:
     def ult(self, a: Word, b: Word) -> Bool:
         return z3.ULT(_w(a), _w(b))
 
-    def _vars(self, *kinds: str) -> list[z3.BitVecRef]:
-        prefix = "w_" if self.witness else ""
-        return [z3.BitVec(fresh_name(prefix + self.names + k), 32) for k in kinds]
+    def _forall(self, kinds: tuple[str, ...], body: Callable[..., Bool]) -> Bool:
+        """For every existing domain d and the other values: body(d, ...) (symbolic.quantify:
+        free constants in a witness view)."""
+        prefix = ("w_" if self.witness else "") + self.names
+        return quantify(kinds, lambda d, *xs: z3.Implies(self.exists(d), body(d, *xs)),
+                        self.witnesses if self.witness else None, prefix)
 
     def forall_ports(self, body: Callable[[Word, Word], Bool]) -> Bool:
-        d, p = self._vars("dom", "port")
-        inner = z3.Implies(self.exists(d), body(d, p))
-        return inner if self.witness else z3.ForAll([d, p], inner)
+        return self._forall(("dom", "port"), body)
 
     def forall_virq_slots(self, body: Callable[[Word, Word, Word], Bool]) -> Bool:
-        d, v, q = self._vars("dom", "vcpu", "virq")
-        inner = z3.Implies(self.exists(d), body(d, v, q))
-        return inner if self.witness else z3.ForAll([d, v, q], inner)
+        return self._forall(("dom", "vcpu", "virq"), body)
 
     def and_(self, *terms: Bool) -> Bool:
         return z3.And(*terms)

@@ -82,6 +82,18 @@ def exists(kinds: tuple[str, ...], body: Callable[..., Bool]) -> Bool:
     return _quantified(kinds, body, False)
 
 
+def quantify(kinds: tuple[str, ...], body: Callable[..., Bool],
+             witnesses: list[tuple[str, z3.BitVecRef]] | None = None, prefix: str = "") -> Bool:
+    """For all values of the given kinds: one ``ForAll`` over fresh variables (never expanded,
+    whatever the scope); or, given the list ``witnesses`` (the goal side of a proof), ``body``
+    of fresh free constants, appended to that list so that a model names them."""
+    xs = [z3.BitVec(fresh_name(prefix + kind), 32) for kind in kinds]
+    if witnesses is None:
+        return z3.ForAll(xs, body(*xs))
+    witnesses += list(zip(kinds, xs, strict=True))
+    return body(*xs)
+
+
 def descriptor_pair(j: Word, j2: Word) -> Bool:
     """Words ``j`` and ``j2`` of a frame are one descriptor: j even, j2 = j + 1."""
     return z3.And(z3.ULT(j, bv(abi.L1_PAGETABLE_ENTRIES)), (j & 1) == 0, j2 == j + 1)
@@ -241,9 +253,7 @@ class SymView:
     def _forall(self, kind: str, body: Callable[[Word], Bool]) -> Bool:
         if not self.witness:
             return forall((kind,), body)
-        var = z3.BitVec(fresh_name(kind), 32)
-        self.witnesses.append((kind, var))
-        return body(var)
+        return quantify((kind,), body, self.witnesses)
 
     # frames
     def owner(self, mfn: Word) -> Word:
@@ -347,9 +357,9 @@ class SymView:
     def forall_descriptors(self, mfn: Word, body: Callable[[Word, Word], Bool]) -> Bool:
         if not self.witness:
             return forall_descriptor_words(self.s.mem, mfn, body)
-        j, j2 = (z3.BitVec(fresh_name("index"), 32) for _ in range(2))
-        self.witnesses += [("index", j), ("index", j2)]
-        return z3.Implies(descriptor_pair(j, j2), body(self.entry(mfn, j), self.entry(mfn, j2)))
+        return quantify(("index", "index"), lambda j, j2: z3.Implies(
+            descriptor_pair(j, j2), body(self.entry(mfn, j), self.entry(mfn, j2))),
+            self.witnesses)
 
     # connectives
     def and_(self, *terms: Bool) -> Bool:
