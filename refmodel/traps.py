@@ -322,14 +322,8 @@ class Traps:
         if selector_is_null(ti.cs):
             d.crash(f"unhandled trap {vector} (error code {error_code}) at {where}")
             return
-        saved_mask = self.pv.vcpu_info_read8(v, abi.VCPU_INFO_evtchn_upcall_mask)
-        eflags = regs.eflags & ~abi.X86_EFLAGS_IF
-        if not saved_mask:
-            eflags |= abi.X86_EFLAGS_IF
-        words: list[int] = []
-        if error_code is not None:
-            words.append(error_code)
-        words += [regs.eip, regs.cs | (saved_mask << 16), eflags]
+        words = [] if error_code is None else [error_code]
+        words += self.return_words(v, regs)
         if not self.create_bounce_frame(v, regs, words, ti.cs, ti.address, f"trap {vector}"):
             return
         self.bounces += 1
@@ -346,16 +340,21 @@ class Traps:
         if arch.failsafe_callback_eip == 0:
             v.domain.crash(f"{what} faulted returning to {where}; no failsafe callback")
             return
-        saved_mask = self.pv.vcpu_info_read8(v, abi.VCPU_INFO_evtchn_upcall_mask)
-        eflags = regs.eflags & ~abi.X86_EFLAGS_IF
-        if not saved_mask:
-            eflags |= abi.X86_EFLAGS_IF
         words = [regs.ds & 0xFFFF, regs.es & 0xFFFF, regs.fs & 0xFFFF, regs.gs & 0xFFFF,
-                 regs.eip, regs.cs | (saved_mask << 16), eflags]
+                 *self.return_words(v, regs)]
         if self.create_bounce_frame(v, regs, words, arch.failsafe_callback_cs,
                                     arch.failsafe_callback_eip, "failsafe callback"):
             regs.ds = regs.es = regs.fs = regs.gs = 0
             self.bounces += 1
+
+    def return_words(self, v: Vcpu, regs: CpuUserRegs) -> list[int]:
+        """The return part of Xen's bounce frame: EIP, CS with the saved event mask in bits
+        16-23, EFLAGS with IF = !saved mask (entry.S, create_bounce_frame)."""
+        saved_mask = self.pv.vcpu_info_read8(v, abi.VCPU_INFO_evtchn_upcall_mask)
+        eflags = regs.eflags & ~abi.X86_EFLAGS_IF
+        if not saved_mask:
+            eflags |= abi.X86_EFLAGS_IF
+        return [regs.eip, regs.cs | (saved_mask << 16), eflags]
 
     def create_bounce_frame(self, v: Vcpu, regs: CpuUserRegs, words: list[int], cs: int,
                             eip: int, what: str) -> bool:
