@@ -17,6 +17,14 @@ from typing import Protocol
 
 from xenspec.spec import abi
 
+# x86 instruction encoding (Intel SDM vol. 2, 2.1.1 and the IN/OUT/INS/OUTS pages): the legacy
+# prefixes, and the I/O instructions' opcodes (for IN and OUT: 1 for the byte form).
+LEGACY_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
+IO_STRING_OPCODES = range(0x6C, 0x70)  # INSB, INSW/D, OUTSB, OUTSW/D
+IN_OPCODES = {0xE4: 1, 0xE5: 0, 0xEC: 1, 0xED: 0}  # imm8 or DX
+OUT_OPCODES = {0xE6: 1, 0xE7: 0, 0xEE: 1, 0xEF: 0}
+IO_IMM8_OPCODES = frozenset({0xE4, 0xE5, 0xE6, 0xE7})
+
 
 @dataclass
 class CpuUserRegs:

@@ -91,7 +91,14 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from xenspec.refmodel.arch import CpuUserRegs
+from xenspec.refmodel.arch import (
+    IN_OPCODES,
+    IO_IMM8_OPCODES,
+    IO_STRING_OPCODES,
+    LEGACY_PREFIXES,
+    OUT_OPCODES,
+    CpuUserRegs,
+)
 from xenspec.refmodel.domain import Vcpu
 from xenspec.spec import abi
 
@@ -980,10 +987,10 @@ class UnicornCPU:
 # ------------------------------------------------------------------------------------------------
 # Finding an I/O instruction in a block (the substrate's I/O hooks, UnicornCPU._io_instruction).
 # ------------------------------------------------------------------------------------------------
-_IO_OPCODES = frozenset({0x6C, 0x6D, 0x6E, 0x6F, 0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF})
-_IO_IMM8 = frozenset({0xE4, 0xE5, 0xE6, 0xE7})
-_IO_BYTE = frozenset({0x6C, 0x6E, 0xE4, 0xE6, 0xEC, 0xEE})
-_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
+_IO_OPCODES = frozenset(IO_STRING_OPCODES) | IN_OPCODES.keys() | OUT_OPCODES.keys()
+_IO_IMM8 = IO_IMM8_OPCODES
+_IO_BYTE = frozenset({0x6C, 0x6E}) | {op for op, b in (IN_OPCODES | OUT_OPCODES).items() if b}
+_PREFIXES = LEGACY_PREFIXES
 _WALK_BASE = 0x100000
 _walker: Any = None
 

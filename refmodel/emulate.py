@@ -48,7 +48,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from xenspec.refmodel.arch import CpuUserRegs
+from xenspec.refmodel.arch import (
+    IN_OPCODES,
+    IO_STRING_OPCODES,
+    LEGACY_PREFIXES,
+    OUT_OPCODES,
+    CpuUserRegs,
+)
 from xenspec.refmodel.domain import Vcpu
 from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS
 from xenspec.spec import abi
@@ -86,11 +92,11 @@ USER_WRITE_FAULT = abi.PFEC_user_mode | abi.PFEC_write_access
 
 REP_BATCH = 1024  # REP INS/OUTS iterations per trap before the instruction is continued
 
-_SKIPPED_PREFIXES = frozenset({0x67, 0x2E, 0x3E, 0x26, 0x64, 0x65, 0x36, 0xF0, 0xF2})
+_SKIPPED_PREFIXES = LEGACY_PREFIXES - {0x66, 0xF3}  # operand size and REP have effects
 _INS = (0x6C, 0x6D)
-_IO_STRING = range(0x6C, 0x70)
-_IN = {0xE4: 1, 0xE5: 0, 0xEC: 1, 0xED: 0}  # opcode -> 1 for the byte form
-_OUT = {0xE6: 1, 0xE7: 0, 0xEE: 1, 0xEF: 0}
+_IO_STRING = IO_STRING_OPCODES
+_IN = IN_OPCODES
+_OUT = OUT_OPCODES
 # decode_register: ModRM register numbers.
 _REGS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 
