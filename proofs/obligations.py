@@ -2,10 +2,10 @@
 the call in every state where all invariants held before, for all arguments (unbounded).
 
 An obligation is the unsatisfiability of: the invariants of the old state it assumes (as
-``ForAll``s; ``ASSUMES``),
-the machine's standing assumptions, the spec's choice constraints, the success condition, and
-the negated invariant of the new state with its quantifiers replaced by named witnesses (so a
-counterexample names the frame and entry that break it). Where a failing call still changes
+``ForAll``s; ``ASSUMES``), the machine's standing assumptions, the spec's choice constraints
+that bear on the goal (``read_choices``), the success condition, and the negated invariant
+of the new state with its quantifiers replaced by named witnesses (so a counterexample names
+the frame and entry that break it). Where a failing call still changes
 state (NEW_BASEPTR crashing the domain), the failure branch is an obligation of its own.
 """
 

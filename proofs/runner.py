@@ -45,7 +45,8 @@ BOUNDED_FRAMES = (2, 3, 4)
 SOLVER_PARAMS: dict[str, bool | int] = {
     # Relevancy filtering off: with it, E-matching and case splits over the MMU obligations'
     # nested array lambdas took 20 s to 400 s (or gave up) on several of them
-    # (NEW_BASEPTR and PIN_L2_TABLE against INV-NOWRPT and INV-L2REF); without it, 1 to 5 s.
+    # (NEW_BASEPTR and PIN_L2_TABLE against INV-NOWRPT and INV-L2REF); without it, 1 to 5 s
+    # each on an idle machine.
     "smt.relevancy": 0,
 }
 # Obligations (by name prefix) whose search is bit-vector case splitting rather than
