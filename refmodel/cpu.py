@@ -203,22 +203,24 @@ def native_counter() -> Any:
 
 
 def _load_native_counter() -> Any:
-    source = _COUNTER_SOURCE.read_bytes()
-    digest = hashlib.sha256(source + UNICORN_VERSION.encode()).hexdigest()[:16]
-    target = _counter_build_dir() / f"blockcount-{digest}.so"
-    if not target.exists():
-        gcc = shutil.which("gcc")
-        if gcc is None:
-            return None
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(f".{os.getpid()}.tmp")
-        proc = subprocess.run(
-            [gcc, "-O2", "-shared", "-fPIC", "-Wall", "-o", str(tmp), str(_COUNTER_SOURCE)],
-            capture_output=True, text=True)
-        if proc.returncode:
-            return None
-        os.replace(tmp, target)
+    """Build (once, under a name that changes with the source) and load the counter; None if
+    there is no gcc, the build fails or the build directory cannot be written."""
     try:
+        source = _COUNTER_SOURCE.read_bytes()
+        digest = hashlib.sha256(source + UNICORN_VERSION.encode()).hexdigest()[:16]
+        target = _counter_build_dir() / f"blockcount-{digest}.so"
+        if not target.exists():
+            gcc = shutil.which("gcc")
+            if gcc is None:
+                return None
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(f".{os.getpid()}.tmp")
+            proc = subprocess.run(
+                [gcc, "-O2", "-shared", "-fPIC", "-Wall", "-o", str(tmp), str(_COUNTER_SOURCE)],
+                capture_output=True, text=True)
+            if proc.returncode:
+                return None
+            os.replace(tmp, target)
         return ctypes.CDLL(str(target))
     except OSError:
         return None
