@@ -48,13 +48,9 @@ class Clock:
 
     # --- what the rest of the hypervisor reads -------------------------------------------------
     def now_ns(self) -> int:
-        """Xen's NOW(): system time in ns since boot (the scheduler asks after every trap, so
-        the slice's cost is worked out here rather than through ``_live_ns``)."""
+        """Xen's NOW(): system time in ns since boot."""
         live = self._live
-        if live is None:
-            return self._now
-        instructions, traps = live()
-        return self._now + instructions * self.ns_per_instruction + traps * self.ns_per_trap
+        return self._now if live is None else self._now + self.cost(*live())
 
     def domain_run_ns(self, d: Domain | int) -> int:
         """The time ``d``'s vCPUs have spent running (its cpu_time)."""

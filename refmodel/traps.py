@@ -47,6 +47,7 @@ from xenspec.refmodel.domain import Vcpu
 from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS
 from xenspec.refmodel.uaccess import translate
 from xenspec.spec import abi
+from xenspec.spec.desc import guest_gate_selector_okay
 
 if TYPE_CHECKING:
     from xenspec.refmodel.platform import PVPlatform
@@ -90,14 +91,7 @@ def int80_gate_admits(ti: TrapInfo, ring: int) -> bool:
     """x86_32/traps.c, init_int80_direct_trap: the trap table's vector 0x80 becomes an IDT
     trap gate when it does not mask events and its selector is one Xen will put into a gate;
     the gate's DPL (the entry's) decides which rings may use it."""
-    return not ti.masks_events and guest_gate_selector_okay(ti.cs) and ti.dpl >= ring
-
-
-def guest_gate_selector_okay(sel: int) -> bool:
-    """desc.h: a selector Xen will put into an IDT gate: a guest GDT entry below Xen's
-    reserved ones, Xen's flat ring-1 code selector, or an LDT selector."""
-    return ((sel >> 3) < abi.FIRST_RESERVED_GDT_ENTRY or sel == abi.FLAT_RING1_CS
-            or bool(sel & 4))
+    return not ti.masks_events and bool(guest_gate_selector_okay(ti.cs)) and ti.dpl >= ring
 
 
 class Traps:

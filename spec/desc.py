@@ -71,8 +71,10 @@ def descriptor_limit_bytes(lo: Word, hi: Word) -> Word:
     return _ite((hi & abi._SEGMENT_G) != 0, limit << 12, limit)
 
 
-def _valid_gate_target(sel: Word) -> Bool:
-    """An LDT selector, FLAT_KERNEL_CS, or an entry of the guest's part of the GDT."""
+def guest_gate_selector_okay(sel: Word) -> Bool:
+    """desc.h, guest_gate_selector_okay: a selector Xen will put into a gate (a call gate's
+    target, the direct int $0x80 gate): an LDT selector, FLAT_KERNEL_CS, or an entry of the
+    guest's part of the GDT."""
     return _or((sel & 4) != 0, sel == abi.FLAT_KERNEL_CS,
                _ult(_lshr(sel, 3), abi.FIRST_RESERVED_GDT_ENTRY))
 
@@ -85,7 +87,7 @@ def descriptor_rule(lo: Word, hi: Word) -> tuple[Bool, Word, Word]:
     sel = _lshr(lo, 16)
     sel1 = _ite((sel & 3) == 0, sel | 1, sel)
     gate_ok = _and(_lshr(hi1 & abi._SEGMENT_TYPE, 8) == abi.DESC_TYPE_CALL_GATE_32,
-                   _valid_gate_target(sel1), (hi1 & 0xE0) == 0)
+                   guest_gate_selector_okay(sel1), (hi1 & 0xE0) == 0)
     gate_lo = (lo & 0xFFFF) | (sel1 << 16)
     # A code or data segment: the base a page below the ceiling, the end truncated to it.
     base = descriptor_base(lo, hi1)

@@ -7,8 +7,6 @@
 
 const char test_title[] = "the running code segment's descriptor cleared under it";
 
-#define XSTR(x) STR(x)
-#define STR(x) #x
 
 static u32 iret_to(u32 cs)
 {

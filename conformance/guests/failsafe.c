@@ -9,8 +9,6 @@ const char test_title[] = "failsafe callback: segment reload on return to the gu
 
 #define DATA_RW (_SEGMENT_S | _SEGMENT_P | _SEGMENT_DB | 0x200)
 #define DPL(n) ((u32)(n) << 13)
-#define XSTR(x) STR(x)
-#define STR(x) #x
 
 extern char event_entry[], fs_entry[];
 volatile u32 fs_frame[9], fs_count, fs_resume, fs_saved_esp;

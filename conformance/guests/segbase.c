@@ -11,8 +11,6 @@
 
 const char test_title[] = "based code segments: traps from them, no entry through their base";
 
-#define XSTR(x) STR(x)
-#define STR(x) #x
 #define CODE_RX (_SEGMENT_S | _SEGMENT_P | _SEGMENT_DB | 0xA00)
 #define DPL(n) ((u32)(n) << 13)
 #define STUB_VIRT 0xFEFFF000u   /* the reference model's stub page (refmodel/platform.py) */

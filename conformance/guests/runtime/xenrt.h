@@ -177,6 +177,10 @@ int gnttab_unmap(u32 host_addr, u32 handle);
 u16 my_domid(void);                      /* through an unbound port offered to ourselves */
 
 /* Each test kernel provides this. */
+/* A macro's value as a string, for asm operands built from ABI constants. */
+#define STR(x) #x
+#define XSTR(x) STR(x)
+
 /* ---- segment descriptors (desc.h layout) --------------------------------------------- */
 /* A descriptor with base, 20-bit limit and the high-word flags (type, S, DPL, P, D/B, G). */
 static inline u64 mkdesc(u32 base, u32 limit, u32 flags)
