@@ -24,6 +24,7 @@ from xenspec.refmodel.memory import (
     FrameTable,
     MachineMemory,
     PGC_allocated,
+    PGC_xen_heap,
 )
 from xenspec.refmodel.mm import MM, xen_l2_entries
 from xenspec.spec import abi
@@ -95,6 +96,9 @@ class Hypervisor:
         # The grant-table subsystem (refmodel.grant) once the platform is installed: it answers
         # which handle a grant-mapped PTE belongs to, and holds device mappings' references.
         self.grants: Grants | None = None
+        # Frames the model's back ends (xenconsoled, xenstored, blkback) hold a writable
+        # mapping of, as the real ones do through foreign mappings, with how many they hold.
+        self.backend_maps: dict[int, int] = {}
         # Frame 0 is never a guest's: a base pointer of 0 means "no page table", as in Xen.
         reserved = self._reserve_xen_frames(nr_frames)
         free = [mfn for mfn in range(nr_frames) if mfn not in reserved]
@@ -127,6 +131,11 @@ class Hypervisor:
                 self.m2p_l1, k, (self.m2p_start + k) << abi.PAGE_SHIFT | abi._PAGE_PRESENT
             )
         return reserved
+
+    def hypervisor_writes(self, mfn: int) -> bool:
+        """The hypervisor (or a back end of the model) writes into frame ``mfn`` on a guest's
+        behalf: a Xen heap page shared with a guest, or a frame a back end holds mapped."""
+        return bool(self.frames.flags[mfn] & PGC_xen_heap) or mfn in self.backend_maps
 
     def set_gpfn_from_mfn(self, mfn: int, gpfn: int) -> None:
         self.m2p[mfn] = gpfn & 0xFFFFFFFF

@@ -24,6 +24,10 @@ DOMID_NONE = -1
 PGT_validated = 0x1  # mm.h, _PGT_validated: the frame's entries were checked for its type
 PGT_pinned = 0x2  # mm.h, _PGT_pinned: the guest holds a pin (one type + one general ref)
 PGC_allocated = 0x4  # mm.h, _PGC_allocated: the owning domain's allocation reference
+# A Xen heap page shared with a guest (domain.c, share_xen_page_with_guest: shared_info, the
+# grant-table frames). 3.0.4 tells them by address (IS_XEN_HEAP_FRAME); later Xen has the flag
+# PGC_xen_heap. The hypervisor writes into these frames on the guest's behalf.
+PGC_xen_heap = 0x8
 
 # Counter widths: mm.h (3.0.4), PGC_count_mask is 29 bits and PGT_count_mask 16 bits.
 PGC_count_mask = (1 << 29) - 1
@@ -94,7 +98,7 @@ class FrameTable:
         flags = [
             name
             for bit, name in ((PGT_validated, "validated"), (PGT_pinned, "pinned"),
-                              (PGC_allocated, "allocated"))
+                              (PGC_allocated, "allocated"), (PGC_xen_heap, "xen_heap"))
             if self.flags[mfn] & bit
         ]
         return (
