@@ -13,7 +13,16 @@ What Unicorn 2.1.4 does not do, and what this module does instead (measured on U
 
 * CPL follows SS and cannot be set by writing registers: a ring is entered through a one-byte
   ring-0 ``iret`` stub with a prepared frame, after the CPL bits of ``hflags`` have been set to
-  0 in the saved context (offset ``_OFF_HFLAGS``).
+  0 in the saved context (offset ``_OFF_HFLAGS``). The guest never runs at CPL 0: it is
+  resumed either by the stub's iret, which puts the CPU in the ring of the frame's CS RPL (a
+  frame of RPL 0 is never written: the domain is crashed), or, when CS and SS stay, by
+  register writes. Until the stub has run, or when its iret faults (Xen's FLT5: the failsafe
+  callback), the engine is at the stub's CPL and the guest's EIP, CS, EFLAGS, ESP and SS are
+  the frame's: the registers the hypervisor then works on (the failsafe frame, an event
+  upcall when a slice ended there, as Xen's test_all_events builds it on top of the pending
+  bounce) are the frame's, and the way back is the stub again, never a register write. As
+  defence in depth the CPL is read before guest code is resumed otherwise while the
+  substrate has lowered it, and in every fault; CPL 0 there crashes the domain.
 * After a handled fault the next fault arrives as a double fault (upstream issue #1883, the
   ``old_exception`` field is never reset): every fault hook resets it in the saved context.
 * There is no register for the page-fault error code: it is read from the saved context, as
@@ -157,6 +166,9 @@ _SEGMENTS = ("es", "ds", "fs", "gs")
 _FLAT_CODE = frozenset((_XEN_CS, abi.FLAT_RING1_CS, abi.FLAT_RING3_CS))
 _FLAT_STACK = frozenset((_XEN_DS, abi.FLAT_RING1_DS, abi.FLAT_RING3_DS))
 _GPRS = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp")
+# The CS and SS of registers read at a pending ring entry: not loaded in the engine (its are
+# the stub's), so the way back to the guest is the stub's iret.
+_UNLOADED = -1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -510,7 +522,7 @@ class _Engine:
     def enter_ring(
         self, regs: CpuUserRegs, stub_va: int, frame_va: int,
         write_frame: Callable[[bytes], None], cpl: int = 0, flat: bool = True,
-    ) -> None:
+    ) -> bool:
         """Load ``regs`` with a CS/SS change: load the data segments and GPRs and point EIP
         at the ``iret`` stub over a frame EIP, CS, EFLAGS, ESP, SS. The stub runs as the first
         instruction when emulation resumes. An ``iret`` may only go outward, and one to the
@@ -524,8 +536,13 @@ class _Engine:
         Xen's reserved GDT page, which no guest can change). With any other CS or SS (a guest
         descriptor may have any base) the engine goes to CPL 0 and loads Xen's own flat ring-0
         selectors first: else the "stub" would be guest bytes at that base plus the stub's
-        address, run at CPL 0."""
-        if not flat or regs.cs & 3 <= cpl:
+        address, run at CPL 0.
+
+        True if the engine was put at CPL 0: it stays there until the stub's iret succeeds.
+        Whatever the caller does next, the stub must run before any guest code (or, if the
+        iret faults, the engine must come back here): the caller checks the frame's CS."""
+        lowered = not flat or regs.cs & 3 <= cpl
+        if lowered:
             self.save()
             self.set_saved_cpl(0)
             self.restore()
@@ -542,6 +559,12 @@ class _Engine:
         err = _uc_reg_write_batch(self._uch, self._entry_ids, self._entry_ptrs, self._entry_n)
         if err:
             raise unicorn.UcError(err)
+        return lowered
+
+    def cpl(self) -> int:
+        """The CPL the engine runs at (its hflags, read through a context save)."""
+        self.save()
+        return self.saved_cpl
 
 
 def counting_engine() -> _Engine:
@@ -621,22 +644,76 @@ class UnicornCPU:
         self.engine.setup_protected_mode(gdt_base, v.guest_table << abi.PAGE_SHIFT)
         self._ldt_ents = v.ldt_ents
         self.engine.load_ldt(gdt_base + abi.LDT_VIRT_OFFSET, v.ldt_ents)
+        # A ring entry is prepared: EIP is at the stub, the frame holds the guest's EIP, CS,
+        # EFLAGS, ESP and SS (set by _enter; a trap, or a slice ending away from the stub,
+        # means the stub has run).
+        self._entry_pending = False
+        # The substrate put the engine at CPL 0 (setup_protected_mode, or for the stub) and
+        # has not seen it leave since: the next resumption of guest code reads the CPL.
+        self._cpl_lowered = True
 
     # --- the GuestCPU interface ------------------------------------------------------------
     def user_regs(self) -> CpuUserRegs:
-        """The guest's registers at this trap (read once); changes are applied on return."""
+        """The guest's registers at this trap (read once); changes are applied on return.
+
+        While a ring entry is pending (the engine stopped at the stub, or the stub's iret
+        faulted) the guest's EIP, CS, EFLAGS, ESP and SS are the frame's, not the engine's:
+        the engine holds the stub's. Its CS and SS are then marked as not loaded, so that
+        whatever the hypervisor does with these registers (an upcall on top, the failsafe
+        callback) goes back to the guest through the stub's iret again."""
         if self._regs is None:
             regs = self._regs = self.engine.read_all()
             orig = self._orig = CpuUserRegs.__new__(CpuUserRegs)
             vars(orig).update(vars(regs))
+            if self._entry_pending and regs.eip == self.stub_va:
+                eip, cs, eflags, esp, ss = _FRAME.unpack(self.memory.read(self.frame_maddr, 20))
+                regs.eip, regs.cs, regs.eflags, regs.esp, regs.ss = (
+                    eip, cs & 0xFFFF, eflags, esp, ss & 0xFFFF)
+                orig.cs = orig.ss = _UNLOADED
         return self._regs
+
+    @property
+    def _at_entry(self) -> bool:
+        """The registers read at this trap are a pending ring entry's (``user_regs``)."""
+        return self._orig is not None and self._orig.cs == _UNLOADED
 
     def start(self, regs: CpuUserRegs) -> None:
         """Load the initial register state (the domain builder's) through the iret stub."""
         regs.eflags = _check_eflags(regs.eflags)
         cs, ss = self.engine.read(x86.UC_X86_REG_CS), self.engine.read(x86.UC_X86_REG_SS)
-        self.engine.enter_ring(regs, self.stub_va, self.frame_va, self._write_frame, cs & 3,
-                               cs in _FLAT_CODE and ss in _FLAT_STACK)
+        self._enter(regs, cs, ss)
+
+    def _enter(self, regs: CpuUserRegs, cs: int, ss: int) -> bool:
+        """Resume the guest at ``regs`` through the iret stub, from an engine holding ``cs``
+        and ``ss`` (``_UNLOADED``: the stub's own, after a pending entry). The stub's iret
+        puts the CPU in the ring of the frame's CS RPL, so a frame with RPL 0 is never
+        written: Xen alone runs in ring 0 (INV-PRIV; do_iret refuses such a frame and every
+        selector the guest registers has its RPL raised), and if one reaches here anyway
+        the domain is crashed instead (False)."""
+        if regs.cs & 3 == 0:
+            self.v.domain.crash(f"the substrate would enter the guest in ring 0 at "
+                                f"{regs.cs & 0xFFFF:#x}:{regs.eip & 0xFFFFFFFF:#x}")
+            return False
+        if self.engine.enter_ring(regs, self.stub_va, self.frame_va, self._write_frame, cs & 3,
+                                  cs in _FLAT_CODE and ss in _FLAT_STACK):
+            self._cpl_lowered = True
+        self._entry_pending = True
+        return True
+
+    def _guest_cpl_ok(self) -> bool:
+        """Defence in depth, asked before the engine resumes guest code other than through
+        the stub: the CPL must not be 0. The CPL is read (a context save) only while the
+        substrate has lowered it and not seen it leave; at CPL 0 the domain is crashed with
+        the reason instead of running (False)."""
+        if not self._cpl_lowered:
+            return True
+        if self.engine.cpl() == 0:
+            eip = self.engine.read(x86.UC_X86_REG_EIP)
+            self.v.domain.crash(f"the substrate would resume guest code at CPL 0 (eip "
+                                f"{eip:#x})")
+            return False
+        self._cpl_lowered = False
+        return True
 
     # --- time slices (the scheduler's interface) -------------------------------------------
     def run_slice(self, max_instructions: int) -> int:
@@ -647,6 +724,9 @@ class UnicornCPU:
             self._flush_code = False
             self.engine.flush_code_cache()
         eip = self.engine.read(x86.UC_X86_REG_EIP)
+        self._entry_pending = self._entry_pending and eip == self.stub_va
+        if not self._entry_pending and not self._guest_cpl_ok():
+            return 0
         traps_before = self._slice_start_traps = self.traps
         try:
             ran = self._run_counted(eip, max_instructions)
@@ -655,6 +735,8 @@ class UnicornCPU:
             if d.is_running:
                 d.crash(f"the CPU stopped at eip {self.engine.read(x86.UC_X86_REG_EIP):#x}:"
                         f" {exc}")
+        if self._entry_pending and self.engine.read(x86.UC_X86_REG_EIP) != self.stub_va:
+            self._entry_pending = False  # the stub ran and no trap followed
         self.instructions += ran
         self.slice_traps = self.traps - traps_before
         return ran
@@ -704,7 +786,8 @@ class UnicornCPU:
         try:
             self.traps += 1
             eng = self.engine
-            if intno >= 32:
+            if intno >= 32:  # an int n: never the stub's iret, so the stub has run
+                self._entry_pending = False
                 args = eng.read_hypercall_args()
                 if intno == abi.HYPERCALL_VECTOR and args[0] & 3 == 1:
                     rc = self.handlers.hypercall(self.v, *args[1:])
@@ -723,8 +806,16 @@ class UnicornCPU:
                     eng.reset_old_exception()
                     eng.restore()
                 regs = self.user_regs()
-                if regs.eip == self.stub_va:
+                self._entry_pending = False
+                if not self._at_entry and eng.saved_cpl:
+                    self._cpl_lowered = False  # seen in the guest's own ring
+                if self._at_entry:
                     self._entry_fault(intno, regs)
+                elif eng.saved_cpl == 0:
+                    # Guest code ran at CPL 0: the substrate failed to keep it out of ring 0
+                    # (every return path checks; this is the last line).
+                    self.v.domain.crash(f"guest code ran at CPL 0 (vector {intno} at "
+                                        f"{regs.cs:#x}:{regs.eip:#x})")
                 elif is_int:
                     self.handlers.software_interrupt(self.v, intno, regs)
                 elif intno == abi.TRAP_gp_fault and self._emulate_rdtsc(regs):
@@ -746,6 +837,7 @@ class UnicornCPU:
             return True
         try:
             self.traps += 1
+            self._entry_pending = False
             self.handlers.invalid_opcode(self.v, self.user_regs())
             self._return_to_guest()
         except BaseException as exc:
@@ -811,6 +903,7 @@ class UnicornCPU:
     def _io_trap(self) -> None:
         """Rewind to the I/O instruction and deliver its #GP(0) as ``_hook_intr`` would."""
         self._io_pending = False
+        self._entry_pending = False
         self.uc.context_restore(self._io_ctx)
         self.engine.flush_tlb()
         try:
@@ -855,15 +948,15 @@ class UnicornCPU:
         return (start + offset) & 0xFFFFFFFF
 
     def _entry_fault(self, intno: int, regs: CpuUserRegs) -> None:
-        """The stub's iret into the guest faulted (a CS or SS the CPU refuses). Xen's own iret
-        faulting (entry.S restore_all_guest FLT5, FIX5) ends in the failsafe callback with the
-        frame it was returning with; without a hook, or when that frame is the failsafe
-        callback's own entry, the domain is crashed."""
+        """The stub's iret into the guest faulted (a CS or SS the CPU refuses); ``regs`` are
+        the frame's (``user_regs``). Xen's own iret faulting (entry.S restore_all_guest FLT5,
+        FIX5) ends in the failsafe callback with the frame it was returning with; without a
+        hook, or when that frame is the failsafe callback's own entry, the domain is crashed.
+        The engine is still where the stub left it (at CPL 0, unless the entry went outward
+        from ring 1): the way back to the guest is the stub's iret again, never a register
+        write (the CS and SS of ``regs`` are marked as not loaded)."""
         what = f"vector {intno} entering the guest at {self._frame_text()}"
-        eip, cs, eflags, esp, ss = _FRAME.unpack(self.memory.read(self.frame_maddr, 20))
-        regs.eip, regs.cs, regs.eflags, regs.esp, regs.ss = eip, cs & 0xFFFF, eflags, esp, ss
-        regs.ss &= 0xFFFF
-        if self.failsafe is None or (regs.cs, eip) == self._failsafe_entry:
+        if self.failsafe is None or (regs.cs, regs.eip) == self._failsafe_entry:
             self.v.domain.crash(what)
             return
         self.failsafe(self.v, regs, what)
@@ -912,6 +1005,7 @@ class UnicornCPU:
             # hypervisor, pays for it.
             self._regs = self._orig = None
             v.domain.crash(f"the CPU refused the guest's registers on return ({exc})")
+        if not v.domain.is_running or not (self._entry_pending or self._guest_cpl_ok()):
             leaving = True
         if leaving:
             self.uc.emu_stop()
@@ -938,8 +1032,7 @@ class UnicornCPU:
             return
         regs.eflags = _check_eflags(regs.eflags)
         if regs.cs != orig.cs or regs.ss != orig.ss:
-            eng.enter_ring(regs, self.stub_va, self.frame_va, self._write_frame, orig.cs & 3,
-                           orig.cs in _FLAT_CODE and orig.ss in _FLAT_STACK)
+            self._enter(regs, orig.cs, orig.ss)
             return
         now, before = vars(regs), vars(orig)
         if now != before:
