@@ -352,20 +352,32 @@ class Traps:
 
     def create_bounce_frame(self, v: Vcpu, regs: CpuUserRegs, words: list[int], cs: int,
                             eip: int, what: str) -> bool:
-        """x86_32/entry.S create_bounce_frame: push ``words`` (and, from ring 3, ESP and SS,
-        switching to the kernel stack) and enter ``cs:eip``; False if the domain was crashed
-        because the frame has nowhere to go. Shared by exceptions and event upcalls."""
+        """x86_32/entry.S create_bounce_frame: push ``words`` (and, from ring 2 or 3 (bit 1
+        of CS, as Xen tests it), ESP and SS, switching to the kernel stack) and enter
+        ``cs:eip``; False if the domain was crashed because the frame has nowhere to go.
+        Shared by exceptions and event upcalls.
+
+        Xen writes the frame through %gs loaded with the stack selector at CPL 0 (FLT6 for
+        the kernel stack, FLT13 for the current one); a load that faults, or a write through
+        a selector that is null, names a code segment or a read-only one, is
+        domain_crash_synchronous (the fixups of FLT6-FLT25). Departure: the model writes the
+        frame at the linear address ESP (the stack segment's base and limit are not applied;
+        Xen's flat selectors have base 0)."""
         d = v.domain
         where = f"{regs.cs:#x}:{regs.eip:#x}"
         arch = self.pv.arch(v)
-        if regs.cs & 3 == 3:
+        if regs.cs & 2:
             if selector_is_null(arch.kernel_ss):
-                d.crash(f"{what} from ring 3 at {where} with no kernel stack")
+                d.crash(f"{what} from ring {regs.cs & 3} at {where} with no kernel stack")
                 return False
             words = [*words, regs.esp, regs.ss]
             esp, ss = arch.kernel_sp, arch.kernel_ss
         else:
             esp, ss = regs.esp, regs.ss
+        if not self.stack_segment_writable(v, ss):
+            d.crash(f"{what} at {where}: stack segment {ss & 0xFFFF:#x} cannot hold the "
+                    f"bounce frame")
+            return False
         frame = b"".join((w & 0xFFFFFFFF).to_bytes(4, "little") for w in words)
         new_esp = (esp - len(frame)) & 0xFFFFFFFF
         if esp < len(frame) or not self.hv.copy_to_guest(v, new_esp, frame):
@@ -375,3 +387,16 @@ class Traps:
         regs.cs, regs.eip = cs, eip
         regs.eflags &= ~_BOUNCE_CLEAR
         return True
+
+    def stack_segment_writable(self, v: Vcpu, ss: int) -> bool:
+        """create_bounce_frame's ``mov ss, %gs`` at CPL 0 and its writes through %gs: a
+        present, writable data segment whose DPL is not below the selector's RPL (the CPU's
+        data-segment load, refmodel/desc.py load_data_segment). Xen's flat stack selectors
+        always are."""
+        ss &= 0xFFFF
+        if ss in (abi.FLAT_RING1_DS, abi.FLAT_RING3_DS):
+            return True
+        hi = self.pv.desc.load_data_segment(v, ss)
+        if not hi:  # the load faults (None), or the selector is null
+            return False
+        return not hi & abi._SEGMENT_CODE and bool(hi & abi._SEGMENT_WR)

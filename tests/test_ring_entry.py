@@ -73,11 +73,17 @@ SELECTORS = [
     ("e02b:e010", "outcome: failsafe cs=e02b ss=e010"),  # Xen's ring-0 stack segment
     ("e02b:e013", "outcome: failsafe cs=e02b ss=e013"),  # the same at RPL 3
     ("e00b:e033", "outcome: failsafe cs=e00b ss=e033"),  # Xen's code segment at RPL 3
+    # RPL 2: create_bounce_frame tests bit 1 of CS, so the failsafe frame goes on the kernel
+    # stack with ESP and SS, as from ring 3.
+    ("e02a:e033", "outcome: failsafe cs=e02a ss=e033"),
     # The kernel stack segment of a bounce from ring 3 (stack_switch; RPL 0 is raised to 1).
     ("stack:e021", "outcome: trap"),
     ("stack:9", "outcome: trap"),
     ("stack:d", "outcome: trap"),
     ("stack:0", "crash: with no kernel stack"),
+    ("stack:e019", "crash: stack segment 0xe019 cannot hold the bounce frame"),
+    ("stack:e010", "crash: stack segment 0xe011 cannot hold the bounce frame"),
+    ("stack:11", "crash: stack segment 0x11 cannot hold the bounce frame"),
     # Writable, but not a ring-1 stack: the frame is written and the iret into the handler
     # faults, and so does every failsafe entry after it.
     ("stack:e033", "crash: entering the guest"),
