@@ -87,6 +87,16 @@ SELECTORS = [
     # Writable, but not a ring-1 stack: the frame is written and the iret into the handler
     # faults, and so does every failsafe entry after it.
     ("stack:e033", "crash: entering the guest"),
+    # The code segment of a trap handler (set_trap_table raises RPL 0 to 1) that ring 1
+    # bounces to: the return path's iret loads it, or faults into the failsafe callback.
+    ("handler:11", "outcome: ran cs=11"),
+    ("handler:5", "outcome: ran cs=5"),
+    ("handler:e021", "outcome: failsafe cs=e021"),
+    ("handler:e009", "outcome: failsafe cs=e009"),
+    ("handler:e008", "outcome: failsafe cs=e009"),
+    ("handler:19", "outcome: failsafe cs=19"),
+    ("handler:e02b", "outcome: failsafe cs=e02b ss=e021"),  # ring 3 code, ring-1 stack
+    ("handler:0", "crash: unhandled trap 129"),  # create_bounce_frame refuses a null CS
 ]
 
 

@@ -15,7 +15,12 @@
  * (int $0x81, a #GP that Xen bounces): Xen writes the bounce frame through %gs loaded with SS
  * at CPL 0 (create_bounce_frame, FLT6 and the writes after it), and a selector that does not
  * load or cannot be written through (null, a code segment, a DPL below its RPL) crashes the
- * domain. The kernel prints "outcome: trap" when its #GP handler runs. Wherever it runs (the failsafe callback, the iret's target) it
+ * domain. The kernel prints "outcome: trap" when its #GP handler runs.
+ *
+ * "handler:CS" names CS (its RPL raised to 1 by set_trap_table, as Xen's fixup does) as the
+ * code segment of vector 0x81's handler, and the kernel takes int $0x81: Xen bounces to it
+ * (create_bounce_frame) and its return path's iret loads that CS, or faults into the failsafe
+ * callback as above. Wherever it runs (the failsafe callback, the iret's target) it
  * checks that it is not at CPL 0: POPF changes IOPL at CPL 0 only. If it is, it does what an
  * attacker would (clears CR0.WP and writes a hypervisor slot of its own read-only page
  * directory) so that the invariants show it, and reports the failure.
@@ -36,7 +41,7 @@ const char test_title[] = "iret hypercall: selectors the CPU refuses for the gue
 
 extern char fs_entry[], ring_target[], user_target[], user_trap[], iret_resume[];
 volatile u32 fs_frame[9], fs_count, fs_iopl, target_iopl, target_cs, target_count, gp_count;
-volatile u32 saved_esp, iret_eip, iret_cs, iret_ss;
+volatile u32 saved_esp, iret_eip, iret_cs, iret_ss, use_int81;
 static u8 trap_stack[8192] __attribute__((aligned(16)));
 static u8 user_stack[4096] __attribute__((aligned(4096)));
 
@@ -97,8 +102,9 @@ asm(".globl user_trap\n"
     "    int $0x81\n"
     "1:  jmp 1b\n");
 
-/* The iret hypercall with the frame EIP, CS, EFLAGS (events masked), ESP, SS; every way back
- * ends at iret_resume, which restores the kernel's stack and segments. */
+/* The iret hypercall with the frame EIP, CS, EFLAGS (events masked), ESP, SS, or (use_int81)
+ * int $0x81; every way back ends at iret_resume, which restores the kernel's stack and
+ * segments. */
 static void iret_with(u32 eip, u32 cs, u32 ss)
 {
     iret_eip = eip;
@@ -106,6 +112,11 @@ static void iret_with(u32 eip, u32 cs, u32 ss)
     iret_ss = ss;
     asm volatile("pushl %%ebp\n"
                  "movl %%esp, saved_esp\n"
+                 "cmpl $0, use_int81\n"
+                 "je 1f\n"
+                 "int $0x81\n"
+                 "jmp iret_resume\n"
+                 "1:\n"
                  "pushl iret_ss\n"
                  "pushl %[esp]\n"
                  "pushl $" XSTR(X86_EFLAGS_MBS) "\n"
@@ -187,6 +198,19 @@ void test_main(void)
     const char *s = (const char *)start_info + START_INFO_cmd_line;
     u32 kernel_ss = FLAT_KERNEL_SS;
     int trap_from_user = !memcmp(s, "stack:", 6);
+    if (!memcmp(s, "handler:", 8)) {
+        s += 8;
+        u32 handler_cs = parse_hex(&s);
+        struct { u8 vector, flags; u16 cs; u32 address; } t[2] = {
+            { 0x81, 3, (u16)handler_cs, (u32)ring_target }, { 0, 0, 0, 0 } };
+        if (*s) {
+            xtf_error("command line: handler:CS in hex");
+            return;
+        }
+        check(HYPERVISOR_set_trap_table(t) == 0, "set_trap_table");
+        use_int81 = 1;
+        s = "e019";
+    }
     if (trap_from_user) {
         s += 6;
         kernel_ss = parse_hex(&s);
