@@ -166,7 +166,7 @@ _SEGMENTS = ("es", "ds", "fs", "gs")
 _FLAT_CODE = frozenset((_XEN_CS, abi.FLAT_RING1_CS, abi.FLAT_RING3_CS))
 _FLAT_STACK = frozenset((_XEN_DS, abi.FLAT_RING1_DS, abi.FLAT_RING3_DS))
 _GPRS = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp")
-# The CS and SS of registers read at a pending ring entry: not loaded in the engine (its are
+# The CS and SS of registers read at a pending ring entry: not loaded in the engine (it holds
 # the stub's), so the way back to the guest is the stub's iret.
 _UNLOADED = -1
 
