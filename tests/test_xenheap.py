@@ -302,3 +302,43 @@ def test_a_mapped_shared_info_outlives_its_domain_and_no_longer() -> None:
     assert hv.frames.owner[si] == DOMID_NONE and hv.free_list.count(si) == 1
     assert owned_by(m, domid) == [] and hv.domains[domid].xenpage_list == []
     assert check_invariants(hv) == []
+
+
+# --- the hypervisor's writes through the guest's page tables and grant device mappings --------
+def test_copy_to_guest_never_writes_through_a_read_only_mapping(
+        impl: ReferenceImplementation) -> None:
+    """Xen writes a hypercall's results as __put_user does with CR0.WP set: the guest's own L1
+    table, mapped read-only in its bootstrap region, is not a place setup_table can write the
+    grant frame numbers to (the write fails, which setup_table ignores)."""
+    g = Guest(impl, 48, 32)
+    l1 = g.l1_mfns[0]
+    before = impl.hv.memory.read(l1 << abi.PAGE_SHIFT, abi.PAGE_SIZE)
+    l1_va = g.va(g.info.l1_pfns[0])
+    v = dom(impl, g).vcpus[0]
+    assert not impl.hv.copy_to_guest(v, l1_va, b"\xff" * 4)
+    T = abi.GNTTAB_SETUP_TABLE_T
+    uop = g.write_args(T.pack(SELF, abi.NR_GRANT_FRAMES, 0, l1_va))
+    assert g.hypercall("grant_table_op", abi.GNTTABOP_setup_table, uop, 1) == 0
+    assert T.unpack(g.read_args(0, T.size))[2] == abi.GNTST_okay
+    assert impl.hv.memory.read(l1 << abi.PAGE_SHIFT, abi.PAGE_SIZE) == before
+    assert_invariants(impl)
+
+
+def test_a_writable_device_mapping_is_written_by_the_hypervisor(
+        impl: ReferenceImplementation) -> None:
+    """blkback writes guest frames through writable grant device mappings: such a frame holds a
+    writable type reference (no table) and counts as written while mapped."""
+    a, b = Guest(impl, 48, 32), Guest(impl, 48, 32)
+    frame = a.mfn(a.free_pfns()[0])
+    t = impl.pv.grants.table(dom(impl, a))
+    impl.hv.memory.write(t.shared[0] << abi.PAGE_SHIFT | 8,
+                         abi.GRANT_ENTRY_T.pack(abi.GTF_permit_access, b.domid, frame))
+    v = dom(impl, b).vcpus[0]
+    status, handle, bus = impl.pv.grants.map_grant_ref(v, 0, abi.GNTMAP_device_map, 1, a.domid)
+    assert status == abi.GNTST_okay and impl.hv.hypervisor_writes(frame)
+    assert a.pin(frame, 1) == -abi.EINVAL
+    never_a_table(impl, frame)
+    assert_invariants(impl)
+    assert impl.pv.grants.unmap_grant_ref(v, 0, bus, handle) == abi.GNTST_okay
+    assert not impl.hv.hypervisor_writes(frame)
+    assert_invariants(impl)
