@@ -612,6 +612,9 @@ class Grants:
         (refmodel/domctl.py), and they return to the heap once nothing maps them."""
         t = self.tables.get(d.domain_id)
         if t is None:
+            # None made yet: none is made for the dead domain either (it may stay known while
+            # another domain maps one of its frames), so no new Xen page is ever shared with it.
+            self.tables[d.domain_id] = GrantTable(d.domain_id, [], dying=True)
             return
         for mt in t.maptrack:
             if not mt.flags:

@@ -342,3 +342,26 @@ def test_a_writable_device_mapping_is_written_by_the_hypervisor(
     assert impl.pv.grants.unmap_grant_ref(v, 0, bus, handle) == abi.GNTST_okay
     assert not impl.hv.hypervisor_writes(frame)
     assert_invariants(impl)
+
+
+@needs_gcc
+def test_no_grant_table_is_made_for_a_dead_domain() -> None:
+    """A destroyed domain stays known while another domain maps one of its frames; naming it
+    in a grant operation must not share new Xen heap pages with it (they would never be
+    relinquished)."""
+    m = Machine(memory_mb=32)
+    other = m.add_guest(str(build_guest("hello")), 4, paused=True)
+    domid = m.domctl.create(str(build_guest("hello")), memory_mb=4)
+    d = m.hv.domains[domid]
+    mfn = d.page_list[0]  # a kernel page, mapped writable
+    m.pv.backends.map_foreign(d, mfn)
+    m.domctl.destroy(domid)
+    assert domid in m.hv.domains and owned_by(m, domid) == [mfn]
+    v = other.vcpus[0]
+    status, _, _ = m.pv.grants.map_grant_ref(v, 0, abi.GNTMAP_device_map, 0, domid)
+    assert status == abi.GNTST_bad_domain
+    assert owned_by(m, domid) == [mfn] and m.hv.domains[domid].xenpage_list == []
+    assert check_invariants(m.hv) == []
+    m.pv.backends.unmap_foreign(mfn)
+    assert owned_by(m, domid) == []
+    assert check_invariants(m.hv) == []
