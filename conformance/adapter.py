@@ -77,6 +77,9 @@ class FrameInfo:
     validated: bool
     pinned: bool
     allocated: bool  # PGC_allocated: the owner holds it in its allocation
+    # A Xen heap page shared with its owner (mm.c, share_xen_page_with_guest: shared_info, the
+    # grant frames), which holds one type reference of its own, with no general reference.
+    xen_heap: bool = False
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from xenspec.refmodel.boot import Machine, boot
 from xenspec.refmodel.builder import DEFAULT_VIRT_BASE, build_initial_tables
 from xenspec.refmodel.domain import Domain
 from xenspec.refmodel.hypervisor import HYPERCALL_NAMES, HYPERCALL_NUMBERS, Hypervisor
-from xenspec.refmodel.memory import PGC_allocated, PGT_pinned, PGT_validated
+from xenspec.refmodel.memory import PGC_allocated, PGC_xen_heap, PGT_pinned, PGT_validated
 from xenspec.refmodel.platform import PVPlatform
 from xenspec.spec import abi
 
@@ -117,7 +117,8 @@ class ReferenceImplementation:
         flags = int(f.flags[mfn])
         return FrameInfo(int(f.owner[mfn]), int(f.type[mfn]), int(f.type_count[mfn]),
                          int(f.count[mfn]), bool(flags & PGT_validated),
-                         bool(flags & PGT_pinned), bool(flags & PGC_allocated))
+                         bool(flags & PGT_pinned), bool(flags & PGC_allocated),
+                         bool(flags & PGC_xen_heap))
 
     def entries(self, mfn: int) -> Sequence[int]:
         return self.hv.memory.frame_words(mfn).tolist()

@@ -116,11 +116,24 @@ class ImplementationView(ConcreteLogic):
         return [(i, w[i]) for i in range(lo, hi) if pte_present(w[i])]
 
 
+class CountingView(ImplementationView):
+    """The view INV-COUNT counts on (``view``'s frames, read once): a shared Xen heap page's
+    own type reference, which has no general reference beside it and no term in
+    ``spec.invariants.references``, is left out of its type count (as refmodel/view.py's
+    CountingView does)."""
+
+    def __init__(self, view: ImplementationView) -> None:
+        self.__dict__.update(vars(view))
+
+    def type_count(self, mfn: int) -> int:
+        return self.infos[mfn].type_count - self.infos[mfn].xen_heap
+
+
 def violations(impl: HypercallLevel, privileged: frozenset[int] = frozenset()) -> list[str]:
     """Every invariant that fails on the implementation's current state, as 'ID: detail'."""
     view = ImplementationView(impl, privileged)
     found = [f"{inv.id}: {inv.statement}" for inv in INVARIANTS + COUNTER_INVARIANTS
              if not inv.check(view)]
     if impl.counts_like_xen:
-        found += [f"INV-COUNT: {line}" for line in count_violations(view)]
+        found += [f"INV-COUNT: {line}" for line in count_violations(CountingView(view))]
     return found

@@ -18,16 +18,26 @@ listener (``listen``) calls the listener synchronously, inside the guest's hyper
 of marking the port pending in the backend domain's shared_info: the listener is the
 backend's upcall. Backends read and write guest frames by machine address, as dom0 does
 through its foreign mappings; everything they read there is untrusted.
+
+A daemon's foreign mapping of a guest frame (xenconsoled's of the console ring, xenstored's of
+the store ring: libxc xc_map_foreign_range, an mmu_update from dom0 naming the guest as
+FOREIGNDOM) holds what a writable L1 entry holds (mm.c get_page_from_l1e): a general and a
+writable type reference in the guest. ``map_foreign`` takes them, records the frame in
+``Hypervisor.backend_maps`` and holds them until ``unmap_foreign``; a back end writes the frame
+only while it holds them, so the guest can never make it a page table, GDT or LDT frame
+while a daemon writes it (get_page_type changes a type only at type count 0), nor free it.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from xenspec.refmodel.domain import Domain, Vcpu
 from xenspec.refmodel.event import EventError
 from xenspec.spec import abi
+from xenspec.spec.pagetable import PGT
 
 if TYPE_CHECKING:
     from xenspec.refmodel.platform import PVPlatform
@@ -35,6 +45,11 @@ if TYPE_CHECKING:
 # The model's choice of id for its backend domain: the last one below the reserved ids.
 BACKEND_DOMID: Final = abi.DOMID_FIRST_RESERVED - 1
 _BACKEND_PAGES: Final = 1  # the domain owns a frame (create_domain needs one); it uses none
+
+
+class ForeignMapError(Exception):
+    """A back end could not map a guest frame writable (not the guest's, or a page table or
+    descriptor table): the tools' setup fails, as xc_map_foreign_range would."""
 
 
 class Backends:
@@ -56,6 +71,28 @@ class Backends:
     def vcpu(self) -> Vcpu:
         return self.domain().vcpus[0]
 
+    def map_foreign(self, d: Domain, mfn: int) -> None:
+        """Map ``d``'s frame ``mfn`` writable, as a dom0 daemon does: a general and a writable
+        type reference in ``d`` (get_page_and_type, as get_page_from_l1e takes for FOREIGNDOM
+        ``d``). ForeignMapError if the frame cannot be mapped so."""
+        hv = self.hv
+        if not hv.memory.mfn_valid(mfn) or not hv.mm.get_page_and_type(
+                mfn, d, PGT.writable_page):
+            raise ForeignMapError(f"frame {mfn:#x} of domain {d.domain_id} cannot be mapped "
+                                  f"writable")
+        hv.backend_maps[mfn] = hv.backend_maps.get(mfn, 0) + 1
+
+    def unmap_foreign(self, mfn: int) -> None:
+        """Drop one mapping ``map_foreign`` made (put_page_from_l1e of a writable entry); the
+        frame is freed if that was its last reference."""
+        hv = self.hv
+        n = hv.backend_maps[mfn] - 1
+        if n:
+            hv.backend_maps[mfn] = n
+        else:
+            del hv.backend_maps[mfn]
+        hv.mm.put_page_and_type(mfn)
+
     def listen(self, port: int, fn: Callable[[], None]) -> None:
         """Call ``fn`` (synchronously, in the sender's hypercall) for every event sent to
         ``port`` of the backend domain."""
@@ -63,6 +100,13 @@ class Backends:
 
     def unlisten(self, port: int) -> None:
         self.pv.events.listeners.pop((BACKEND_DOMID, port), None)
+
+    def disconnect(self, backend_port: int) -> None:
+        """A daemon lets go of a guest's channel: no more upcalls, and its port closes
+        (evtchn_close; the guest's end may be gone already)."""
+        self.unlisten(backend_port)
+        with contextlib.suppress(EventError):
+            self.pv.events.close(self.domain(), backend_port)
 
     def connect(self, d: Domain) -> tuple[int, int]:
         """Give guest ``d`` a port bound to a new backend port, as a dom0 daemon does: an

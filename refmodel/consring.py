@@ -15,9 +15,14 @@ The model (``pv.consrings``) does that synchronously when the guest notifies
 (``PVPlatform.write_console``). ``console_input(domid, data)`` is the tty side: it returns how
 many bytes fitted. The ring is untrusted: as buffer_append, indexes further apart than the ring
 (``out_prod - out_cons > 2048``) are ignored for that notification (nothing is consumed; the
-guest may repair them); input is not written while ``in_prod - in_cons > 1024``. A frame that
-is no longer the guest's (given back with memory_op), or a domain that is not running, is not
-served.
+guest may repair them); input is not written while ``in_prod - in_cons > 1024``. A domain that
+is not running is not served.
+
+The daemon holds its foreign mapping of the ring (``Backends.map_foreign``: a general and a
+writable type reference) from ``attach`` until ``release`` (domain destruction: io.c,
+cleanup_domain), and writes the frame only while it holds it: the guest can neither make the
+ring a page table, GDT or LDT frame nor hand it back to the heap while it is served (given
+back with memory_op, it stays the guest's until the daemon lets go).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from xenspec.refmodel.domain import Domain
+from xenspec.refmodel.event import EventError
 from xenspec.spec import abi
 
 if TYPE_CHECKING:
@@ -52,10 +58,18 @@ class ConsoleRings:
         self.conns: dict[int, ConsoleConnection] = {}
 
     def attach(self, d: Domain, mfn: int) -> int:
-        """Serve ``d``'s console ring in frame ``mfn`` (cleared here) over a new event
-        channel; returns the guest's port."""
+        """Serve ``d``'s console ring in frame ``mfn`` (mapped, then cleared here) over a new
+        event channel; returns the guest's port. ForeignMapError if the frame cannot be
+        mapped writable, EventError if ``d`` has no free port."""
+        backends = self.pv.backends
+        self.release(d)  # a console attached before is let go of first
+        backends.map_foreign(d, mfn)
         self.hv.memory.write(mfn << abi.PAGE_SHIFT, bytes(abi.PAGE_SIZE))
-        gport, bport = self.pv.backends.connect(d)
+        try:
+            gport, bport = backends.connect(d)
+        except EventError:
+            backends.unmap_foreign(mfn)
+            raise
         conn = ConsoleConnection(d.domain_id, mfn, gport, bport)
         self.conns[d.domain_id] = conn
         self.pv.backends.listen(bport, lambda: self.service(conn))
@@ -69,9 +83,19 @@ class ConsoleRings:
         self.hv.memory.write((conn.mfn << abi.PAGE_SHIFT) + off,
                              (value & _MASK32).to_bytes(4, "little"))
 
+    def release(self, d: Domain) -> None:
+        """cleanup_domain: stop serving ``d``, close the channel and unmap the ring."""
+        conn = self.conns.pop(d.domain_id, None)
+        if conn is not None:
+            self.pv.backends.disconnect(conn.backend_port)
+            self.pv.backends.unmap_foreign(conn.mfn)
+
     def _domain(self, conn: ConsoleConnection) -> Domain | None:
+        """The running domain ``conn`` serves, if the daemon still holds its mapping."""
         d = self.hv.domains.get(conn.domid)
-        if d is None or not d.is_running or self.hv.frames.owner[conn.mfn] != conn.domid:
+        if d is None or not d.is_running or self.conns.get(conn.domid) is not conn \
+                or conn.mfn not in self.hv.backend_maps \
+                or self.hv.frames.owner[conn.mfn] != conn.domid:  # cannot happen while mapped
             return None
         return d
 

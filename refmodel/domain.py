@@ -48,12 +48,16 @@ class Vcpu:
 
 @dataclass
 class Domain:
-    """A guest. ``page_list`` holds the machine frames it owns, in pseudo-physical order."""
+    """A guest. ``page_list`` holds the machine frames it owns, in pseudo-physical order;
+    ``xenpage_list`` the hypervisor's pages it was given."""
 
     domain_id: int
     is_privileged: bool
     max_pages: int
     page_list: list[int] = field(default_factory=list)
+    # Xen heap pages shared with the domain (shared_info, the grant-table frames): owned by it
+    # but not counted in tot_pages (sched.h, xenpage_list; mm.c, share_xen_page_with_guest).
+    xenpage_list: list[int] = field(default_factory=list)
     vcpus: list[Vcpu] = field(default_factory=list)
     perdomain_pt: list[int] = field(default_factory=list)  # Xen-owned L1s of the per-domain area
     shutdown_reason: ShutdownReason | None = None

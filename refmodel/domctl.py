@@ -9,12 +9,15 @@ xen/arch/x86/domain.c (domain_relinquish_resources, relinquish_memory):
 * a new domain is built from a kernel image (refmodel/elfbuild.py) and left paused until it
   is unpaused, as the tools do; an unknown domain is -ESRCH;
 * pause stops every vCPU of the domain until unpause; a paused domain keeps its state;
-* destroy kills the domain once: its vCPUs never run again, its event channels close, each
-  vCPU's GDT and base pointer are dropped, and every frame it owns loses its pin, its
-  allocation reference and, for a page directory, its validation (which drops the references
-  its entries hold, breaking circular linear-page-table references). A frame is freed when its
-  last reference goes (the MMU's rule, refmodel/mm.py): one another domain still maps stays
-  allocated, and owned by the dead domain, until that mapping goes;
+* destroy kills the domain once: its vCPUs never run again, its event channels close, the
+  back ends unmap its console and store rings and disconnect its block devices, each vCPU's
+  GDT and base pointer are dropped, and every frame it owns, the Xen heap pages shared with it
+  (shared_info, the grant frames) first, loses its pin, its allocation reference and, for a
+  page directory, its validation (which drops the references its entries hold, breaking
+  circular linear-page-table references). A frame is freed when its last reference goes (the
+  MMU's rule, refmodel/mm.py): one another domain still maps stays allocated, and owned by the
+  dead domain, until that mapping goes; a shared Xen heap page keeps its permanent type
+  reference until then, so even a dead domain's shared_info never becomes a page table;
 * the memory limit (max_memkb, in KB) may not go below the pages the domain has (-EINVAL).
 
 Errors are ``DomctlError`` with Xen's errno. The hypercall form (``dom0_op`` from a privileged
@@ -28,9 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from xenspec.refmodel.domain import Domain
 from xenspec.refmodel.elfbuild import GuestImage
-from xenspec.refmodel.memory import PGC_allocated, PGT_pinned, PGT_validated
 from xenspec.spec import abi
-from xenspec.spec.pagetable import PGT
 
 if TYPE_CHECKING:
     from xenspec.refmodel.boot import Machine
@@ -120,13 +121,25 @@ class DomCtl:
         if events is not None and hasattr(events, "destroy_domain"):
             events.destroy_domain(d)
         self.pv.grants.destroy_domain(d)  # gnttab_release_mappings, before the memory
+        self._release_backends(d)
         for v in d.vcpus:
             self._release_vcpu(v.domain, v.vcpu_id)
-        self._relinquish_memory(d)
+        self.hv.relinquish_memory(d, d.xenpage_list)  # x86 domain.c, domain_relinquish_resources
+        self.hv.relinquish_memory(d, d.page_list)
         self._free_xen_pages(d)
         self.m.cpus.pop(domid, None)
-        if not d.page_list:
+        if not d.page_list and not d.xenpage_list:
             del self.hv.domains[domid]
+
+    def _release_backends(self, d: Domain) -> None:
+        """The dom0 daemons and blkback let go of a dying domain: xenconsoled and xenstored
+        unmap its ring frames (tools/console/daemon/io.c, cleanup_domain; xenstored_domain.c,
+        domain_cleanup on @releaseDomain), blkback disconnects (blkif_disconnect)."""
+        self.pv.consrings.release(d)
+        self.pv.xenstore.release(d)
+        for dev in self.m.disks:
+            if dev.domid == d.domain_id:
+                dev.disconnect()
 
     def _release_vcpu(self, d: Domain, vcpu_id: int) -> None:
         v = d.vcpus[vcpu_id]
@@ -137,34 +150,13 @@ class DomCtl:
             self.hv.mm.put_page_and_type(old)
         self.pv.arch(v).cpu = None
 
-    def _relinquish_memory(self, d: Domain) -> None:
-        """x86 domain.c, relinquish_memory."""
-        mm, frames = self.hv.mm, self.hv.frames
-        for mfn in list(d.page_list):
-            if not mm.get_page(mfn, d):
-                continue
-            if frames.flags[mfn] & PGT_pinned:
-                frames.flags[mfn] &= ~PGT_pinned
-                mm.put_page_and_type(mfn)
-            if frames.flags[mfn] & PGC_allocated:
-                frames.flags[mfn] &= ~PGC_allocated
-                mm.put_page(mfn)
-            base = frames.type[mfn] == PGT.l2_page_table
-            if base and frames.flags[mfn] & PGT_validated:
-                frames.flags[mfn] &= ~PGT_validated
-                mm.free_page_type(mfn, PGT.l2_page_table)
-            mm.put_page(mfn)
-
     def _free_xen_pages(self, d: Domain) -> None:
-        """shared_info (its allocation reference) and the model's per-domain frames."""
+        """The Xen-private per-domain frames (arch_domain_destroy: free_xenheap_pages of the
+        per-domain page tables; and the model's stub page), which no guest can reference."""
         hv = self.hv
         a = self.pv.darch(d)
-        si = a.shared_info_mfn
-        if si and hv.frames.flags[si] & PGC_allocated:
-            hv.frames.flags[si] &= ~PGC_allocated
-            hv.mm.put_page(si)
         for mfn in [*d.perdomain_pt, a.stub_mfn]:
-            if mfn and hv.frames.count[mfn] == 1:
-                hv.frames.count[mfn] = 0
-                hv.free_domheap_page(mfn)
+            if mfn:
+                hv.free_xenheap_page(mfn)
         d.perdomain_pt = []
+        a.stub_mfn = 0

@@ -6,7 +6,9 @@ xen/arch/x86/mm.c (create_grant_host_mapping, destroy_grant_host_mapping and the
 forms); the interface is xen/include/public/grant_table.h (version-1 entries).
 
 * Each domain has NR_GRANT_FRAMES shared frames of ``grant_entry`` {flags, domid, frame}: Xen
-  heap frames given to the domain (share_xen_page_with_guest), which the guest writes freely.
+  heap frames given to the domain (asm-x86/grant_table.h gnttab_create_shared_page:
+  share_xen_page_with_guest), which the guest maps and writes freely but can never make a page
+  table, GDT or LDT frame, nor give back with memory_op (refmodel/hypervisor.py).
   Xen reads an entry only when a mapping or copy first pins it; the hypervisor's own record is
   the active entry (domid, frame, pin counts) and, in the grantee, the maptrack entry behind
   each handle.
@@ -52,7 +54,6 @@ from typing import TYPE_CHECKING
 
 from xenspec.refmodel.domain import Domain, Vcpu
 from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS, Hypervisor
-from xenspec.refmodel.memory import PGC_allocated
 from xenspec.spec import abi
 from xenspec.spec.grant_spec import permits
 from xenspec.spec.pagetable import PGT, pte_get_pfn, pte_present
@@ -134,6 +135,8 @@ class Grants:
         self.pv = pv
         self.hv: Hypervisor = pv.hv
         self.tables: dict[int, GrantTable] = {}
+        # Frames named by writable device mappings, with how many (Hypervisor.hypervisor_writes).
+        self._device_w: dict[int, int] = {}
 
     def hypercalls(self) -> dict[int, Callable[..., int]]:
         return {HYPERCALL_NUMBERS["grant_table_op"]: self.do_grant_table_op}
@@ -146,9 +149,9 @@ class Grants:
         t = self.tables.get(d.domain_id)
         if t is None:
             shared = []
-            for _ in range(abi.NR_GRANT_FRAMES):
-                mfn = self.hv.alloc_domheap_page(None)
-                self.hv.frames.owner[mfn] = d.domain_id
+            for _ in range(abi.NR_GRANT_FRAMES):  # gnttab_create_shared_page
+                mfn = self.hv.alloc_xenheap_page()
+                self.hv.share_xen_page_with_guest(mfn, d, readonly=False)
                 shared.append(mfn)
             t = self.tables[d.domain_id] = GrantTable(d.domain_id, shared)
         return t
@@ -270,7 +273,20 @@ class Grants:
                 # The device mapping holds references of its own (the PTE holds the first).
                 self._get_frame(frame, rd, readonly)
         lt.maptrack[handle] = GrantMapping(rd.domain_id, ref, flags, frame, pte)
+        if flags & abi.GNTMAP_device_map and not readonly:
+            self._device_w[frame] = self._device_w.get(frame, 0) + 1
         return abi.GNTST_okay, handle, frame << abi.PAGE_SHIFT
+
+    def _drop_device_w(self, frame: int) -> None:
+        n = self._device_w[frame] - 1
+        if n:
+            self._device_w[frame] = n
+        else:
+            del self._device_w[frame]
+
+    def device_writable(self, mfn: int) -> bool:
+        """A writable device mapping names frame ``mfn``: a back end may write into it."""
+        return mfn in self._device_w
 
     @staticmethod
     def _get_maptrack_handle(lt: GrantTable) -> int | None:
@@ -298,6 +314,8 @@ class Grants:
                 return abi.GNTST_general_error
             if flags & abi.GNTMAP_device_map:
                 mt.flags &= ~abi.GNTMAP_device_map
+                if not readonly:
+                    self._drop_device_w(frame)
                 self._put_frame(frame, readonly)
                 self._unpin(rd, mt.ref, abi.GNTMAP_device_map | (flags & abi.GNTMAP_readonly))
         if host_addr and flags & abi.GNTMAP_host_map:
@@ -589,10 +607,14 @@ class Grants:
     # ----------------------------------------------------------------------------------------
     def destroy_domain(self, d: Domain) -> None:
         """Release the dying domain's handles: device mappings drop their references; host
-        mappings' references go with its page tables (relinquish_memory). Then its shared
-        frames lose their allocation reference."""
+        mappings' references go with its page tables (relinquish_memory). Its shared frames
+        are Xen heap pages on its xenpage_list: domain destruction relinquishes them
+        (refmodel/domctl.py), and they return to the heap once nothing maps them."""
         t = self.tables.get(d.domain_id)
         if t is None:
+            # None made yet: none is made for the dead domain either (it may stay known while
+            # another domain maps one of its frames), so no new Xen page is ever shared with it.
+            self.tables[d.domain_id] = GrantTable(d.domain_id, [], dying=True)
             return
         for mt in t.maptrack:
             if not mt.flags:
@@ -600,6 +622,8 @@ class Grants:
             rd = self.hv.domains.get(mt.domid)
             ro = mt.flags & abi.GNTMAP_readonly
             if mt.flags & abi.GNTMAP_device_map:
+                if not ro:
+                    self._drop_device_w(mt.frame)
                 self._put_frame(mt.frame, bool(ro))
             if rd is not None and mt.ref in self.table(rd).active:
                 for kind in (abi.GNTMAP_device_map, abi.GNTMAP_host_map):
@@ -607,10 +631,6 @@ class Grants:
                         self._unpin(rd, mt.ref, kind | ro)
             mt.flags = 0
         t.dying = True
-        for mfn in t.shared:
-            if self.hv.frames.flags[mfn] & PGC_allocated:
-                self.hv.frames.flags[mfn] &= ~PGC_allocated
-                self.hv.mm.put_page(mfn)
 
     # ----------------------------------------------------------------------------------------
     # What the invariants ask of the grant state (refmodel/view.py).

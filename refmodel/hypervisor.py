@@ -7,6 +7,24 @@ contiguous, as the paper stresses), keeps the machine-to-physical table in Xen-o
 subsystem that implements them, returning Xen's negative errno values. A Python exception that
 escapes a subsystem is a bug in the model and is raised as ``HypervisorBug``.
 Sources: xen/common/page_alloc.c, xen/arch/x86/x86_32/entry.S (hypercall_table), xen/arch/x86/mm.c.
+
+The hypervisor's own frames come from the same free list as the domains' (Xen 3.0.4 has a
+separate Xen heap; the model has one heap and tells the two kinds apart by the frame table):
+
+* a Xen-private frame (``alloc_xenheap_page``: the per-domain page tables, the model's stub
+  page, the reserved GDT page) is owned by Xen with no reference at all, so no guest, not even
+  a privileged one naming DOMID_XEN as FOREIGNDOM, can take one (mm.c get_page needs a
+  non-zero count; 3.0.4's Xen heap pages have no owner);
+* a frame the hypervisor writes into on a guest's behalf (shared_info, the grant-table
+  frames) is a Xen heap page given to the guest by ``share_xen_page_with_guest`` (mm.c): it
+  carries PGC_xen_heap, one allocation reference and a type reference of its own that is never
+  dropped while the frame is shared, so it can be mapped (writable, unless shared read-only)
+  but never becomes a page table, GDT or LDT frame; it is on the domain's ``xenpage_list``, not
+  counted in tot_pages. It leaves the guest only when the domain is destroyed, and returns to
+  the heap once nothing references it (page_alloc.c free_domheap_pages, the Xen-heap branch;
+  the Xen heap page itself is freed by arch_domain_destroy or grant_table_destroy, which Xen
+  reaches only after the domain's last shared page lost its last reference: xenheap_pages
+  holds a reference to the domain). The type reference goes with it.
 """
 
 from __future__ import annotations
@@ -25,6 +43,8 @@ from xenspec.refmodel.memory import (
     MachineMemory,
     PGC_allocated,
     PGC_xen_heap,
+    PGT_pinned,
+    PGT_validated,
 )
 from xenspec.refmodel.mm import MM, xen_l2_entries
 from xenspec.spec import abi
@@ -134,8 +154,10 @@ class Hypervisor:
 
     def hypervisor_writes(self, mfn: int) -> bool:
         """The hypervisor (or a back end of the model) writes into frame ``mfn`` on a guest's
-        behalf: a Xen heap page shared with a guest, or a frame a back end holds mapped."""
-        return bool(self.frames.flags[mfn] & PGC_xen_heap) or mfn in self.backend_maps
+        behalf: a Xen heap page shared with a guest, a frame a back end holds mapped, or a
+        frame a writable grant device mapping names (blkback writes through those)."""
+        return (bool(self.frames.flags[mfn] & PGC_xen_heap) or mfn in self.backend_maps
+                or (self.grants is not None and self.grants.device_writable(mfn)))
 
     def set_gpfn_from_mfn(self, mfn: int, gpfn: int) -> None:
         self.m2p[mfn] = gpfn & 0xFFFFFFFF
@@ -146,26 +168,96 @@ class Hypervisor:
     # ----------------------------------------------------------------------------------------
     # The domain heap (xen/common/page_alloc.c).
     # ----------------------------------------------------------------------------------------
-    def alloc_domheap_page(self, d: Domain | None) -> int:
+    def alloc_domheap_page(self, d: Domain) -> int:
+        """A frame for ``d``'s memory: its allocation reference, untyped, on its page_list."""
         if not self.free_list:
             raise OutOfMemory("no free machine frames left")
         mfn = self.free_list.pop()
-        owner = d.domain_id if d is not None else abi.DOMID_XEN
-        self.frames.owner[mfn] = owner
+        self.frames.owner[mfn] = d.domain_id
         self.frames.count[mfn] = 1
         self.frames.flags[mfn] = PGC_allocated
         self.frames.type[mfn] = PGT.none
         self.frames.type_count[mfn] = 0
-        if d is not None:
-            self.m2p[mfn] = len(d.page_list)
-            d.page_list.append(mfn)
+        self.m2p[mfn] = len(d.page_list)
+        d.page_list.append(mfn)
         return mfn
 
     def free_domheap_page(self, mfn: int) -> None:
-        """The last reference went: the frame returns to the heap, scrubbed."""
+        """The last reference went: the frame returns to the heap, scrubbed. A Xen heap page
+        shared with a guest leaves its xenpage_list (page_alloc.c free_domheap_pages) and, its
+        domain being dead (nothing else drops its allocation reference), is freed with it;
+        its permanent type reference goes with it."""
         d = self.domains.get(self.frames.owner[mfn])
-        if d is not None and mfn in d.page_list:
-            d.page_list.remove(mfn)
+        if d is not None:
+            if self.frames.flags[mfn] & PGC_xen_heap:
+                d.xenpage_list.remove(mfn)
+            elif mfn in d.page_list:
+                d.page_list.remove(mfn)
+        self._release_frame(mfn)
+
+    def relinquish_memory(self, d: Domain, pages: list[int]) -> None:
+        """x86 domain.c, relinquish_memory, for a dying domain over its xenpage_list or its
+        page_list: each frame loses its pin, its allocation reference and, for a page
+        directory, its validation (breaking circular linear-page-table references); it is
+        freed when its last reference goes, which another domain's mapping may delay. A shared
+        Xen heap page keeps its permanent type reference until it is freed."""
+        mm, frames = self.mm, self.frames
+        for mfn in list(pages):
+            if not mm.get_page(mfn, d):
+                continue
+            if frames.flags[mfn] & PGT_pinned:
+                frames.flags[mfn] &= ~PGT_pinned
+                mm.put_page_and_type(mfn)
+            if frames.flags[mfn] & PGC_allocated:
+                frames.flags[mfn] &= ~PGC_allocated
+                mm.put_page(mfn)
+            base = frames.type[mfn] == PGT.l2_page_table
+            if base and frames.flags[mfn] & PGT_validated:
+                frames.flags[mfn] &= ~PGT_validated
+                mm.free_page_type(mfn, PGT.l2_page_table)
+            mm.put_page(mfn)
+
+    def alloc_xenheap_page(self) -> int:
+        """page_alloc.c alloc_xenheap_pages: a frame for the hypervisor itself. Xen owns it and
+        it holds no reference, so get_page (which needs a non-zero count) fails on it for
+        every domain."""
+        if not self.free_list:
+            raise OutOfMemory("no free machine frames left")
+        mfn = self.free_list.pop()
+        self.frames.owner[mfn] = abi.DOMID_XEN
+        self.frames.count[mfn] = 0
+        self.frames.flags[mfn] = 0
+        self.frames.type[mfn] = PGT.none
+        self.frames.type_count[mfn] = 0
+        return mfn
+
+    def free_xenheap_page(self, mfn: int) -> None:
+        """page_alloc.c free_xenheap_pages: a Xen-private frame returns to the heap."""
+        f = self.frames
+        assert f.owner[mfn] == abi.DOMID_XEN and not f.count[mfn] and not f.type_count[mfn], (
+            f"freeing {f.describe(mfn)} as a Xen-private frame")
+        self._release_frame(mfn)
+
+    def share_xen_page_with_guest(self, mfn: int, d: Domain, readonly: bool) -> None:
+        """mm.c, share_xen_page_with_guest: give the Xen heap page ``mfn`` to ``d``. Its type
+        count of 1 (a writable page, or no type when ``readonly``) is never dropped while it is
+        shared, so it can never take another type (get_page_type changes a type only at type
+        count 0); PGC_allocated holds its one general reference; it goes on d's xenpage_list
+        and its M2P entry is invalid."""
+        f = self.frames
+        if f.owner[mfn] == d.domain_id:
+            return
+        assert f.owner[mfn] == abi.DOMID_XEN and f.count[mfn] == 0, (
+            f"sharing {f.describe(mfn)}, which is not a Xen heap page")
+        self.m2p[mfn] = abi.INVALID_M2P_ENTRY
+        f.type[mfn] = PGT.none if readonly else PGT.writable_page
+        f.type_count[mfn] = 1
+        f.owner[mfn] = d.domain_id
+        f.count[mfn] = 1
+        f.flags[mfn] = PGT_validated | PGC_allocated | PGC_xen_heap
+        d.xenpage_list.append(mfn)
+
+    def _release_frame(self, mfn: int) -> None:
         self.frames.owner[mfn] = DOMID_NONE
         self.frames.flags[mfn] = 0
         self.frames.type[mfn] = PGT.none
@@ -193,7 +285,7 @@ class Hypervisor:
             self.next_domid += 1
         d = Domain(domid, privileged, max_pages=nr_pages)
         self.domains[d.domain_id] = d
-        d.perdomain_pt = [self.alloc_domheap_page(None) for _ in range(abi.PERDOMAIN_SLOTS)]
+        d.perdomain_pt = [self.alloc_xenheap_page() for _ in range(abi.PERDOMAIN_SLOTS)]
         for _ in range(nr_pages):
             self.alloc_domheap_page(d)
         d.vcpus = [Vcpu(i, d) for i in range(nr_vcpus)]

@@ -23,9 +23,22 @@ decrease_reservation, populate_physmap, guest_remove_page) and xen/include/publi
   frame that is still mapped, typed or otherwise referenced is therefore not freed at once: it
   stays the domain's (and counts in tot_pages) until its last reference goes, and only then
   returns to the heap, scrubbed. A frame is never handed to another domain while referenced
-  (the invariant INV-FREE, spec/invariants.py).
+  (the invariant INV-FREE, spec/invariants.py). None of the three ever names a Xen heap page:
+  the new frames come from the free list, and a shared page is refused (below).
 * maximum_ram_page is max_page; current_reservation and maximum_reservation read a domid_t and
   return tot_pages and max_pages.
+
+Departure from 3.0.4, deliberate: decrease_reservation refuses a Xen heap page shared with the
+domain (shared_info, a grant-table frame; refmodel/hypervisor.py share_xen_page_with_guest):
+guest_remove_page fails on it, so the call stops there and returns the extents done before
+it, as for a frame that is not the domain's; the frame stays the domain's, shared and written
+by the hypervisor. 3.0.4's guest_remove_page drops its allocation reference like any other
+frame's, and so does later Xen's (xen/common/memory.c); but Xen never returns such a page to the
+domain heap (page_alloc.c free_domheap_pages: a Xen heap page only leaves the domain's
+xenpage_list; later Xen's put_page_alloc_ref, xen/include/xen/mm.h, relies on put_page never
+freeing one), and the hypervisor keeps writing it (shared_info's vcpu_info, say). The
+model has a single heap, where freeing it would hand a frame the hypervisor still writes to
+the next domain (as a page table, say), so it keeps the frame with its domain instead.
 
 Not modelled: preemption and the continuation (every extent is done in one call), the other
 operations (machphys_mfn_list, add_to_physmap, translate_gpfn_list, the memory maps, exchange
@@ -39,7 +52,7 @@ from typing import TYPE_CHECKING
 
 from xenspec.refmodel.domain import Domain, Vcpu
 from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS
-from xenspec.refmodel.memory import PGC_allocated, PGT_pinned
+from xenspec.refmodel.memory import PGC_allocated, PGC_xen_heap, PGT_pinned
 from xenspec.spec import abi
 from xenspec.spec.pagetable import PGT
 
@@ -174,9 +187,13 @@ class MemOp:
     # ----------------------------------------------------------------------------------------
     def guest_remove_page(self, d: Domain, mfn: int) -> bool:
         """memory.c, guest_remove_page: drop the pin and the allocation reference; the frame
-        is freed when its last reference goes (mm.put_page), not before."""
+        is freed when its last reference goes (mm.put_page), not before. A Xen heap page
+        shared with the domain is refused (see the module's departures)."""
         mm, frames = self.hv.mm, self.hv.frames
         if not self.hv.memory.mfn_valid(mfn) or not mm.get_page(mfn, d):
+            return False
+        if frames.flags[mfn] & PGC_xen_heap:
+            mm.put_page(mfn)  # shared_info or a grant frame: the domain keeps it
             return False
         if frames.flags[mfn] & PGT_pinned:
             frames.flags[mfn] &= ~PGT_pinned

@@ -6,8 +6,10 @@ Xen 3.0.4 maps into every guest's page directory a per-domain area
 (xen/include/asm-x86/config.h, PERDOMAIN_VIRT_START) holding each vCPU's GDT (Xen's reserved
 entries in page FIRST_RESERVED_GDT_PAGE: its ring-0 and the guest's flat selectors) and LDT.
 The model does the same with read-only supervisor mappings, plus one page of its own (the
-ring-entry stub of the CPU substrate). shared_info is a hypervisor page given to the domain
-(xen/arch/x86/domain.c, arch_domain_create: share_xen_page_with_guest).
+ring-entry stub of the CPU substrate); these frames are Xen-private (alloc_xenheap_page: no
+guest can take a reference to them). shared_info is a Xen heap page given to the domain
+(xen/arch/x86/domain.c, arch_domain_create: share_xen_page_with_guest), which it may map but
+never turn into a page table.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class PVPlatform:
         # One machine-wide frame with Xen's reserved GDT entries, mapped read-only everywhere.
         from xenspec.refmodel.cpu import reserved_gdt_page
 
-        self.reserved_gdt_mfn = hv.alloc_domheap_page(None)
+        self.reserved_gdt_mfn = hv.alloc_xenheap_page()
         hv.memory.write(self.reserved_gdt_mfn << abi.PAGE_SHIFT, reserved_gdt_page())
         self.traps = traps.Traps(self)
         self.console = console.Console(self)
@@ -118,9 +120,10 @@ class PVPlatform:
         """Give a new domain its shared_info page, its stub page and each vCPU's GDT page."""
         hv = self.hv
         a = self.darch(d)
-        a.shared_info_mfn = hv.alloc_domheap_page(None)
-        hv.frames.owner[a.shared_info_mfn] = d.domain_id  # share_xen_page_with_guest
-        a.stub_mfn = hv.alloc_domheap_page(None)
+        # x86 domain.c, arch_domain_create: a Xen heap page, shared writable with the guest.
+        a.shared_info_mfn = hv.alloc_xenheap_page()
+        hv.share_xen_page_with_guest(a.shared_info_mfn, d, readonly=False)
+        a.stub_mfn = hv.alloc_xenheap_page()
         from xenspec.refmodel.cpu import stub_page
 
         hv.memory.write(a.stub_mfn << abi.PAGE_SHIFT, stub_page())

@@ -33,10 +33,16 @@ ancestor is unreadable, else ENOENT (errno_from_parents).
 The ring is untrusted. The model never raises on what a guest writes there: indexes further
 apart than the ring (``prod - cons > XENSTORE_RING_SIZE``, xenstored_domain.c check_indexes)
 or a message longer than XENSTORE_PAYLOAD_MAX break the connection, as xenstored drops it: the
-model ignores that domain's store from then on (``Connection.broken`` says why). So it does if
-the frame stops being the guest's (given back with memory_op). A message may arrive in pieces
-across notifications; a response longer than the free space waits for the guest to consume and
-notify.
+model ignores that domain's store from then on (``Connection.broken`` says why). A message may
+arrive in pieces across notifications; a response longer than the free space waits for the
+guest to consume and notify.
+
+The daemon holds its foreign mapping of the ring (``Backends.map_foreign``: a general and a
+writable type reference) from ``introduce`` until ``release`` (domain destruction:
+xenstored_domain.c, domain_cleanup), and reads and writes the frame only while it holds it:
+the guest can neither make the ring a page table, GDT or LDT frame nor hand it back to the
+heap while it is served (given back with memory_op, it stays the guest's until the daemon
+lets go).
 
 Python side: ``read``, ``write``, ``mkdir``, ``rm``, ``directory`` act as a domain (the
 backend domain's id for the privileged tools), and ``watch(prefix, fn)`` calls ``fn(path)``
@@ -53,6 +59,7 @@ from typing import TYPE_CHECKING
 
 from xenspec.refmodel.backend import BACKEND_DOMID
 from xenspec.refmodel.domain import Domain
+from xenspec.refmodel.event import EventError
 from xenspec.spec import abi
 
 if TYPE_CHECKING:
@@ -121,10 +128,19 @@ class XenStore:
     # Domains: introduction by the tools (the domain builder calls this).
     # ----------------------------------------------------------------------------------------
     def introduce(self, d: Domain, mfn: int) -> int:
-        """Serve ``d``'s store ring in frame ``mfn`` (cleared here) over a new event channel;
-        write the keys the tools write into its home. Returns the guest's port."""
+        """Serve ``d``'s store ring in frame ``mfn`` (mapped, then cleared here) over a new
+        event channel; write the keys the tools write into its home. Returns the guest's port.
+        ForeignMapError if the frame cannot be mapped writable, EventError if ``d`` has no
+        free port."""
+        backends = self.pv.backends
+        self.release(d)  # a store introduced before is let go of first
+        backends.map_foreign(d, mfn)
         self.hv.memory.write(mfn << abi.PAGE_SHIFT, bytes(abi.PAGE_SIZE))
-        gport, bport = self.pv.backends.connect(d)
+        try:
+            gport, bport = backends.connect(d)
+        except EventError:
+            backends.unmap_foreign(mfn)
+            raise
         conn = Connection(d.domain_id, mfn, gport, bport)
         self.conns[d.domain_id] = conn
         self.pv.backends.listen(bport, lambda: self.service(conn))
@@ -267,11 +283,21 @@ class XenStore:
         data = (value & _IDX_MASK).to_bytes(4, "little")
         self.hv.memory.write((conn.mfn << abi.PAGE_SHIFT) + off, data)
 
+    def release(self, d: Domain) -> None:
+        """domain_cleanup: stop serving ``d``, close the channel and unmap the ring."""
+        conn = self.conns.pop(d.domain_id, None)
+        if conn is not None:
+            self.pv.backends.disconnect(conn.backend_port)
+            self.pv.backends.unmap_foreign(conn.mfn)
+
     def _usable(self, conn: Connection) -> bool:
+        """The connection is served: not broken, its domain running, its mapping held."""
         d = self.hv.domains.get(conn.domid)
         if conn.broken is not None or d is None or not d.is_running:
             return False
-        if self.hv.frames.owner[conn.mfn] != conn.domid:
+        if self.conns.get(conn.domid) is not conn or conn.mfn not in self.hv.backend_maps:
+            return False
+        if self.hv.frames.owner[conn.mfn] != conn.domid:  # cannot happen while mapped
             conn.broken = "the store frame is no longer the domain's"
             return False
         return True

@@ -303,8 +303,9 @@ def test_pin_counter_limit(impl: ReferenceImplementation) -> None:
 
 def test_grants_of_a_dying_granter(impl: ReferenceImplementation) -> None:
     """gnttab_release_mappings / grant_table_destroy: once the granter is destroyed no new pin
-    is taken from its table, its table frames go back to the heap (and are never written
-    again), and a grantee's existing mapping still unmaps."""
+    is taken from its table, its table frames (Xen heap pages on its xenpage_list) go back to
+    the heap when its memory is relinquished (and are never written again), and a grantee's
+    existing mapping still unmaps."""
     a, b = pair(impl)
     frame = a.mfn(a.free_pfns()[0])
     grant(impl, a, 1, b.domid, frame)
@@ -314,6 +315,7 @@ def test_grants_of_a_dying_granter(impl: ReferenceImplementation) -> None:
     assert status == abi.GNTST_okay
     table = grants(impl).table(impl.hv.domains[a.domid])
     grants(impl).destroy_domain(impl.hv.domains[a.domid])
+    impl.hv.relinquish_memory(impl.hv.domains[a.domid], list(table.shared))
     assert all(impl.hv.frames.owner[m] != a.domid for m in table.shared)
     va2 = b.va(b.free_pfns()[2])
     assert Gnt(b).map(va2, abi.GNTMAP_host_map, 2, a.domid)[0] == abi.GNTST_bad_domain
