@@ -3,9 +3,9 @@
 
 The parameters are read off the model: the domain's page list is the p2m, the model's M2P
 table is the m2p, its frame owners are the owners of the frames the domain does not own, its
-Xen directory slots are ``xen_l2e``; the region's size, base and _PAGE_USER are what the
-builder was asked for. The
-check is then that (1) these parameters meet the spec's constraints (the model builds only what
+Xen directory slots are ``xen_l2e``, the frames it writes into on a guest's behalf are
+``xen_written``; the region's size, base and _PAGE_USER are what the builder was asked for.
+The check is then that (1) these parameters meet the spec's constraints (the model builds only what
 the spec allows), and (2) the spec's state for them equals the model's on every frame's owner,
 type, validated and pinned bits and GDT reference, on every entry of every page table either
 side has in use, on every vCPU's base pointer and on every vCPU's CPU state. Memory that is no
@@ -59,7 +59,7 @@ def model_params(hv: Hypervisor, d: Domain, nr_mapped: int, virt_base: int, user
         nr_pages=bv(len(d.page_list)), nr_mapped=bv(nr_mapped), virt_base=bv(virt_base),
         user=z3.BoolVal(user), tools_ctxt=z3.BoolVal(False), kernel_sp=bv(0),
         p2m=_array(dict(enumerate(d.page_list)), 0), m2p=_array(m2p, abi.INVALID_M2P_ENTRY),
-        shared_info=bv(shared_info),
+        shared_info=bv(shared_info), xen_written=enc.xen_written,
         other_owner=_array({m: snap.owner[m] for m in range(n)}, abi.DOMID_XEN),
         junk=z3.Array("junk", W, W, W), vcpu_domain=enc.vcpu_domain,
         privileged=enc.privileged, xen_l2e=enc.xen_l2e,
