@@ -26,12 +26,14 @@ from xenspec.refmodel.hypervisor import Hypervisor
 from xenspec.spec import abi
 from xenspec.spec.builder_spec import (
     BuildParams,
-    constraints,
+    allocation,
     elf_accepts,
     elf_layout,
     initial_events,
     initial_state,
     layout,
+    machine,
+    xen_pages,
 )
 from xenspec.spec.event_spec import SymEvtView
 from xenspec.spec.pagetable import PGT
@@ -122,8 +124,11 @@ def check_build(hv: Hypervisor, p: BuildParams) -> list[str]:
     state is the model's. Returns what disagrees (empty: the builder refines the spec)."""
     nr_pages = _value(p.nr_pages)
     assert isinstance(nr_pages, int)
-    if not _holds(constraints(p, list(range(nr_pages)))):
-        return ["the model built a domain outside the spec's constraints"]
+    parts = {"machine": machine(p), "allocation": allocation(p, list(range(nr_pages))),
+             "layout": layout(p), "xen_pages": xen_pages(p)}  # builder_spec.constraints
+    broken = [name for name, c in parts.items() if not _holds(c)]
+    if broken:
+        return [f"the model built a domain outside the spec's constraints: {', '.join(broken)}"]
     return state_mismatches(initial_state(p), Snapshot.take(hv))
 
 

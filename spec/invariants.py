@@ -372,8 +372,9 @@ def inv_xenpage(s: StateView) -> Bool:
     foreign mapping, which holds a writable type reference the same way.
 
     The type reference itself is a count, which the specification abstracts (``has_type_refs``
-    in spec.mm_spec counts Xen's reference as a writable type reference of the frame): on
-    concrete states ``inv_xenpage_ref`` checks that the count is there."""
+    in spec.mm_spec counts Xen's reference on every frame it writes into, so no type
+    acquisition takes one, and decrease_reservation refuses one): on concrete states
+    ``inv_xenpage_ref`` checks that the count is there."""
     return s.forall_frames(
         lambda f: s.implies(
             s.hypervisor_writes(f),

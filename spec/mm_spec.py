@@ -128,16 +128,18 @@ def xen_type_ref(s: SymState, g: Word) -> Bool:
 
 
 def has_type_refs(s: SymState, g: Word) -> Bool:
-    """Type count non-zero: a writable frame mapped RW or written by Xen (``xen_type_ref``), a
-    GDT frame some vCPU has installed (``gdt_ref``, kept by set_gdt; INV-PRIV says every
-    installed frame has it), or a page-table frame in use (INV-VALID). LDT frames take no type
+    """Type count non-zero: a writable frame mapped RW, a GDT frame some vCPU has installed
+    (``gdt_ref``, kept by set_gdt; INV-PRIV says every installed frame has it), a page-table
+    frame in use (INV-VALID), or a frame Xen writes into (``xen_type_ref``: Xen's own
+    reference, of the writable type INV-XENPAGE keeps it at). LDT frames take no type
     references in the model (Xen takes them when it maps an LDT page on a fault, which is not
     modelled)."""
     page_table_refs = z3.If(
-        s.type[g] == int(PGT.writable_page), z3.Or(xen_type_ref(s, g), rw_mapped(s, g)),
+        s.type[g] == int(PGT.writable_page), rw_mapped(s, g),
         z3.Or(in_use(s, g, PGT.l1_page_table), in_use(s, g, PGT.l2_page_table)),
     )
-    return z3.Or(page_table_refs, z3.And(s.type[g] == int(PGT.gdt_page), s.gdt_ref[g]))
+    return z3.Or(page_table_refs, z3.And(s.type[g] == int(PGT.gdt_page), s.gdt_ref[g]),
+                 xen_type_ref(s, g))
 
 
 def can_take_type(s: SymState, g: Word, t: PGT) -> Bool:
