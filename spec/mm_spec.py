@@ -127,24 +127,28 @@ def xen_type_ref(s: SymState, g: Word) -> Bool:
     return s.xen_written[g]
 
 
-def has_type_refs(s: SymState, g: Word) -> Bool:
+def has_type_refs(s: SymState, g: Word, xen: bool = True) -> Bool:
     """Type count non-zero: a writable frame mapped RW, a GDT frame some vCPU has installed
     (``gdt_ref``, kept by set_gdt; INV-PRIV says every installed frame has it), a page-table
-    frame in use (INV-VALID), or a frame Xen writes into (``xen_type_ref``: Xen's own
-    reference, of the writable type INV-XENPAGE keeps it at). LDT frames take no type
-    references in the model (Xen takes them when it maps an LDT page on a fault, which is not
-    modelled)."""
+    frame in use (INV-VALID), or (unless ``xen`` is False) a frame Xen writes into
+    (``xen_type_ref``: Xen's own reference, of the writable type INV-XENPAGE keeps it at).
+    LDT frames take no type references in the model (Xen takes them when it maps an LDT page
+    on a fault, which is not modelled)."""
     page_table_refs = z3.If(
         s.type[g] == int(PGT.writable_page), rw_mapped(s, g),
         z3.Or(in_use(s, g, PGT.l1_page_table), in_use(s, g, PGT.l2_page_table)),
     )
-    return z3.Or(page_table_refs, z3.And(s.type[g] == int(PGT.gdt_page), s.gdt_ref[g]),
-                 xen_type_ref(s, g))
+    refs = [page_table_refs, z3.And(s.type[g] == int(PGT.gdt_page), s.gdt_ref[g])]
+    return z3.Or(*refs, *([xen_type_ref(s, g)] if xen else []))
 
 
 def can_take_type(s: SymState, g: Word, t: PGT) -> Bool:
-    """get_page_type: the type is the frame's type already, or the frame has no type refs."""
-    return z3.Or(s.type[g] == int(t), z3.Not(has_type_refs(s, g)))
+    """get_page_type: the type is the frame's type already, or the frame has no type refs.
+    Xen's reference on a frame it writes into is a writable one: it stops every other type,
+    and is left out for the writable type itself, which such a frame has already
+    (INV-XENPAGE)."""
+    return z3.Or(s.type[g] == int(t),
+                 z3.Not(has_type_refs(s, g, xen=t != PGT.writable_page)))
 
 
 def l1e_ok(s: SymState, e: Word, fd: Word) -> Bool:
