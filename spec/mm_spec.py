@@ -214,9 +214,10 @@ def validate_tables(
     l1_entries_ok = forall(("frame", "index"), lambda n, j: z3.Implies(
         z3.And(l1s[n], z3.ULT(j, bv(1024))), l1e_ok(mid, entry(s, n, j), d)
     ))
+    # A new L1 has no type reference: none from tables, GDTs or mappings, and not Xen's.
     l1s_fresh = forall(("frame",), lambda n: z3.Implies(l1s[n], z3.And(
-        mfn_valid(s, n), s.owner[n] == d, z3.Not(has_type_refs(s, n)),
-        n != l2 if l2 is not None else z3.BoolVal(True),
+        mfn_valid(s, n), s.owner[n] == d, z3.Not(has_type_refs(s, n, xen=False)),
+        z3.Not(xen_type_ref(s, n)), n != l2 if l2 is not None else z3.BoolVal(True),
     )))
     ok = z3.And(l1_entries_ok, l1s_fresh)
     if l2 is not None:
