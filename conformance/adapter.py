@@ -147,6 +147,16 @@ class HypercallLevel(Protocol):
         ...
 
 
+@runtime_checkable
+class XenWrittenFrames(Protocol):
+    """Optional, at the hypercall level: which frames the hypervisor writes into on a guest's
+    behalf (shared_info, the grant-table frames, frames its back ends hold mapped), which
+    INV-XENPAGE is about. An implementation that does not say is not checked against
+    INV-XENPAGE: the suite reports the invariant as not evaluated."""
+
+    def xen_written_frames(self) -> Sequence[int]: ...
+
+
 def describe(impl: object) -> str:
     """A short name for an implementation, for reports."""
     name = getattr(impl, "name", None)

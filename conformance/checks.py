@@ -2,7 +2,8 @@
 
 ``assert_invariants`` evaluates every invariant of ``xenspec.spec.invariants`` on an
 implementation (through ``xenspec.conformance.view``) and fails naming the invariants broken;
-each invariant checked counts once in ``xenspec.conformance.coverage``. ``Frame`` and
+each invariant checked counts once in ``xenspec.conformance.coverage``, and one the adapter
+gives no data for is recorded there as not evaluated. ``Frame`` and
 ``assert_frame`` compare one frame's ``page_info`` with what the rule says it must be: type,
 counts and flags, or only the type and flags when the implementation does not keep Xen's
 reference counts (``HypercallLevel.counts_like_xen`` False).
@@ -16,16 +17,15 @@ from dataclasses import dataclass
 from xenspec.conformance import coverage
 from xenspec.conformance.adapter import HypercallLevel
 from xenspec.conformance.driver import Guest
-from xenspec.conformance.view import violations
+from xenspec.conformance.view import evaluated, not_evaluated, violations
 from xenspec.spec.clauses import BY_ID
-from xenspec.spec.invariants import COUNTER_INVARIANTS, INVARIANTS
 from xenspec.spec.pagetable import PGT
 
 
 def invariants_checked(impl: HypercallLevel) -> list[str]:
     """The ids of the invariants ``violations`` evaluates on ``impl``."""
-    ids = [inv.id for inv in INVARIANTS + COUNTER_INVARIANTS]
-    if impl.counts_like_xen:
+    ids = list(dict.fromkeys(inv.id for inv in evaluated(impl)))
+    if "INV-COUNT" not in not_evaluated(impl):
         ids.append("INV-COUNT")
     return ids
 
@@ -37,6 +37,8 @@ def assert_invariants(impl: HypercallLevel, guests: Iterable[Guest] = ()) -> Non
     for cid in invariants_checked(impl):
         if cid in BY_ID:
             coverage.hit(cid)
+    for cid, why in not_evaluated(impl).items():
+        coverage.not_evaluated(cid, why)
     found = violations(impl, privileged)
     if found:
         broken = sorted({line.split(":", 1)[0] for line in found})

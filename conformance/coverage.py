@@ -2,7 +2,8 @@
 
 The hypercall-level driver counts every hypercall (every request of a batch, by command) under
 its clause id; each invariant check counts once per invariant; guest runs add the hypercall
-counts an implementation reports. The pytest plugin reads and resets these counters.
+counts an implementation reports. An invariant the implementation's adapter gives no data for
+is recorded as not evaluated, with the reason. The pytest plugin reads and resets these.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from xenspec.spec.clauses import BY_ID
 
 HITS: Counter[str] = Counter()  # clause id -> times exercised
 CALLS: Counter[str] = Counter()  # hypercall name -> times issued (either level)
+NOT_EVALUATED: dict[str, str] = {}  # invariant id -> why the suite could not evaluate it
 
 _MMU_UPDATE = {abi.MMU_NORMAL_PT_UPDATE: "NORMAL_PT_UPDATE",
                abi.MMU_MACHPHYS_UPDATE: "MACHPHYS_UPDATE"}
@@ -41,6 +43,11 @@ def called(name: str, times: int = 1) -> None:
         HITS[name] += times
 
 
+def not_evaluated(clause_id: str, why: str) -> None:
+    NOT_EVALUATED[clause_id] = why
+
+
 def reset() -> None:
     HITS.clear()
     CALLS.clear()
+    NOT_EVALUATED.clear()

@@ -160,7 +160,8 @@ def _per_clause(results: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
 
 def _write_report(state: _Session, table: dict[str, dict[str, int]]) -> None:
     doc = {"implementation": state.name, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-           "tests": state.results, "clauses": table, "hypercalls": dict(coverage.CALLS)}
+           "tests": state.results, "clauses": table, "hypercalls": dict(coverage.CALLS),
+           "not_evaluated": dict(coverage.NOT_EVALUATED)}
     try:
         state.report.parent.mkdir(parents=True, exist_ok=True)
         tmp = state.report.with_suffix(".tmp")
@@ -197,4 +198,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         missing = [cid for cid, t in rows if not t["tests"]]
         if missing:
             tr.write_line(f"    not covered: {', '.join(missing)}", yellow=True)
+        for cid, why in coverage.NOT_EVALUATED.items():
+            if cid in BY_ID and BY_ID[cid].kind is kind:
+                tr.write_line(f"    not evaluated: {cid}: {why}", yellow=True)
     tr.write_line(f"report: {state.report}")

@@ -134,3 +134,7 @@ class ReferenceImplementation:
 
     def descriptor_frames(self, domid: int) -> Sequence[int]:
         return self.hv.descriptor_table_frames(self.domain(domid).vcpus[0])
+
+    def xen_written_frames(self) -> Sequence[int]:
+        """The frames the model writes into on a guest's behalf (``XenWrittenFrames``)."""
+        return [m for m in range(self.hv.memory.nr_frames) if self.hv.hypervisor_writes(m)]

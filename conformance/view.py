@@ -4,17 +4,48 @@
 (``xenspec.conformance.adapter.HypercallLevel``): frame information and page-table contents
 are read once per check and cached. ``violations(impl)`` names every invariant that fails, by
 id, with the frames at fault where the invariant can say.
+
+An invariant needs data an adapter may not offer: INV-XENPAGE the frames the hypervisor writes
+into (``XenWrittenFrames``), INV-COUNT Xen's reference counts (``counts_like_xen``). Without
+them the invariant is not evaluated (``not_evaluated`` says why), never taken to hold: the view
+raises ``NotEvaluated`` if anything asks it what the adapter cannot tell.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from xenspec.conformance.adapter import FrameInfo, HypercallLevel
+from xenspec.conformance.adapter import FrameInfo, HypercallLevel, XenWrittenFrames
 from xenspec.spec import abi
 from xenspec.spec.concrete import ConcreteLogic
-from xenspec.spec.invariants import COUNTER_INVARIANTS, INVARIANTS, count_violations
+from xenspec.spec.invariants import (
+    COUNTER_INVARIANTS,
+    INVARIANTS,
+    Invariant,
+    count_violations,
+)
 from xenspec.spec.pagetable import pte_present
+
+
+class NotEvaluated(Exception):
+    """The adapter cannot supply what an invariant asks of the state."""
+
+
+def not_evaluated(impl: HypercallLevel) -> dict[str, str]:
+    """The invariants (by id) the suite cannot evaluate on ``impl``, with the reason."""
+    out = {}
+    if not isinstance(impl, XenWrittenFrames):
+        out["INV-XENPAGE"] = ("the adapter does not say which frames the hypervisor writes "
+                              "into (xen_written_frames)")
+    if not impl.counts_like_xen:
+        out["INV-COUNT"] = "the implementation does not count references like Xen"
+    return out
+
+
+def evaluated(impl: HypercallLevel) -> tuple[Invariant, ...]:
+    """The invariants of the specification ``violations`` evaluates on ``impl``."""
+    skip = not_evaluated(impl)
+    return tuple(inv for inv in INVARIANTS + COUNTER_INVARIANTS if inv.id not in skip)
 
 
 class ImplementationView(ConcreteLogic):
@@ -27,6 +58,8 @@ class ImplementationView(ConcreteLogic):
         self._bases = list(impl.vcpu_bases())
         self._words: dict[int, Sequence[int]] = {}
         self._xen: dict[int, Sequence[int]] = {}
+        self._xen_written = (frozenset(impl.xen_written_frames())
+                             if isinstance(impl, XenWrittenFrames) else None)
 
     def words(self, mfn: int) -> Sequence[int]:
         w = self._words.get(mfn)
@@ -61,6 +94,11 @@ class ImplementationView(ConcreteLogic):
 
     def is_privileged(self, domid: int) -> bool:
         return domid in self.privileged
+
+    def hypervisor_writes(self, mfn: int) -> bool:
+        if self._xen_written is None:
+            raise NotEvaluated(not_evaluated(self.impl)["INV-XENPAGE"])
+        return mfn in self._xen_written
 
     # memory
     def entry(self, mfn: int, index: int) -> int:
@@ -130,10 +168,10 @@ class CountingView(ImplementationView):
 
 
 def violations(impl: HypercallLevel, privileged: frozenset[int] = frozenset()) -> list[str]:
-    """Every invariant that fails on the implementation's current state, as 'ID: detail'."""
+    """Every invariant that fails on the implementation's current state, as 'ID: detail'
+    (of those the suite can evaluate on it: ``evaluated``)."""
     view = ImplementationView(impl, privileged)
-    found = [f"{inv.id}: {inv.statement}" for inv in INVARIANTS + COUNTER_INVARIANTS
-             if not inv.check(view)]
-    if impl.counts_like_xen:
+    found = [f"{inv.id}: {inv.statement}" for inv in evaluated(impl) if not inv.check(view)]
+    if "INV-COUNT" not in not_evaluated(impl):
         found += [f"INV-COUNT: {line}" for line in count_violations(CountingView(view))]
     return found

@@ -3,9 +3,9 @@
 
 The parameters are read off the model: the domain's page list is the p2m, the model's M2P
 table is the m2p, its frame owners are the owners of the frames the domain does not own, its
-Xen directory slots are ``xen_l2e``; the region's size, base and _PAGE_USER are what the
-builder was asked for. The
-check is then that (1) these parameters meet the spec's constraints (the model builds only what
+Xen directory slots are ``xen_l2e``, the frames it writes into on a guest's behalf are
+``xen_written``; the region's size, base and _PAGE_USER are what the builder was asked for.
+The check is then that (1) these parameters meet the spec's constraints (the model builds only what
 the spec allows), and (2) the spec's state for them equals the model's on every frame's owner,
 type, validated and pinned bits and GDT reference, on every entry of every page table either
 side has in use, on every vCPU's base pointer and on every vCPU's CPU state. Memory that is no
@@ -26,12 +26,14 @@ from xenspec.refmodel.hypervisor import Hypervisor
 from xenspec.spec import abi
 from xenspec.spec.builder_spec import (
     BuildParams,
-    constraints,
+    allocation,
     elf_accepts,
     elf_layout,
     initial_events,
     initial_state,
     layout,
+    machine,
+    xen_pages,
 )
 from xenspec.spec.event_spec import SymEvtView
 from xenspec.spec.pagetable import PGT
@@ -59,7 +61,7 @@ def model_params(hv: Hypervisor, d: Domain, nr_mapped: int, virt_base: int, user
         nr_pages=bv(len(d.page_list)), nr_mapped=bv(nr_mapped), virt_base=bv(virt_base),
         user=z3.BoolVal(user), tools_ctxt=z3.BoolVal(False), kernel_sp=bv(0),
         p2m=_array(dict(enumerate(d.page_list)), 0), m2p=_array(m2p, abi.INVALID_M2P_ENTRY),
-        shared_info=bv(shared_info),
+        shared_info=bv(shared_info), xen_written=enc.xen_written,
         other_owner=_array({m: snap.owner[m] for m in range(n)}, abi.DOMID_XEN),
         junk=z3.Array("junk", W, W, W), vcpu_domain=enc.vcpu_domain,
         privileged=enc.privileged, xen_l2e=enc.xen_l2e,
@@ -122,8 +124,11 @@ def check_build(hv: Hypervisor, p: BuildParams) -> list[str]:
     state is the model's. Returns what disagrees (empty: the builder refines the spec)."""
     nr_pages = _value(p.nr_pages)
     assert isinstance(nr_pages, int)
-    if not _holds(constraints(p, list(range(nr_pages)))):
-        return ["the model built a domain outside the spec's constraints"]
+    parts = {"machine": machine(p), "allocation": allocation(p, list(range(nr_pages))),
+             "layout": layout(p), "xen_pages": xen_pages(p)}  # builder_spec.constraints
+    broken = [name for name, c in parts.items() if not _holds(c)]
+    if broken:
+        return [f"the model built a domain outside the spec's constraints: {', '.join(broken)}"]
     return state_mismatches(initial_state(p), Snapshot.take(hv))
 
 

@@ -26,7 +26,8 @@ def _bool(model: z3.ModelRef, term: z3.ExprRef) -> bool:
 def describe_frame(model: z3.ModelRef, s: SymState, f: int) -> str:
     t = _num(model, s.type[bv(f)])
     type_name = PGT(t).name if t is not None and t < 8 else str(t)
-    flags = [name for name, arr in (("validated", s.validated), ("pinned", s.pinned))
+    flags = [name for name, arr in (("validated", s.validated), ("pinned", s.pinned),
+                                    ("written by Xen", s.xen_written))
              if _bool(model, arr[bv(f)])]
     owner = _num(model, s.owner[bv(f)])
     return f"owner {owner}, type {type_name}" + (f", {'|'.join(flags)}" if flags else "")

@@ -10,7 +10,9 @@ Because the states are concrete and small, the solver decides the question over 
 frames, vCPUs and the entry indices in use: a plain satisfiability check.
 
 Counters are not compared: the spec abstracts them, and INV-COUNT checks the model's counters
-against the references that exist after every step.
+against the references that exist after every step. The frames the hypervisor writes into on
+a guest's behalf are a fixed part of the spec's state: a hypercall that changed them does not
+refine its spec.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class Snapshot:
     xen_slots: dict[tuple[int, int], int]  # (domid, index) -> Xen's entry
     cpus: tuple[CpuSnapshot, ...]
     gdt_ref: tuple[bool, ...]  # a GDT frame with type references
+    xen_written: tuple[bool, ...]  # the hypervisor writes into the frame for a guest
     # Grant tables: the handles in use, (domid, handle) -> (flags, granter, frame, PTE frame,
     # PTE index); the handle each grant PTE belongs to; each domain's shared grant frames.
     handles: dict[tuple[int, int], tuple[int, int, int, int, int]] = field(default_factory=dict)
@@ -126,6 +129,7 @@ class Snapshot:
             cpus=tuple(CpuSnapshot.take(hv.arch_vcpu(v) or ArchVcpu()) for v in vcpus),
             gdt_ref=tuple(int(f.type[m]) == PGT.gdt_page and int(f.type_count[m]) > 0
                           for m in range(n)),
+            xen_written=tuple(hv.hypervisor_writes(m) for m in range(n)),
             **Snapshot.take_grants(hv, entries),
         )
 
@@ -177,6 +181,7 @@ class Snapshot:
             pinned=array(self.pinned, z3.BoolSort()), mem=flat,
             base=array(self.bases, W), nr_frames=bv(self.nr_frames),
             vcpu_domain=array(self.vcpu_domains, W), privileged=privileged, xen_l2e=xen_l2e,
+            xen_written=array(self.xen_written, z3.BoolSort()),
             **self.encode_cpus(array), **self.encode_grants(),
         )
 
@@ -299,6 +304,10 @@ def check_refinement(
 ) -> str | None:
     """None if the spec allows the model's outcome, else a description of the mismatch.
     ``success_rc`` is what the call returns when it succeeds (memory_op: the extents done)."""
+    if before.xen_written != after.xen_written:  # a fixed field of the spec's state
+        changed = [f for f, (a, b) in enumerate(zip(before.xen_written, after.xen_written,
+                                                    strict=True)) if a != b]
+        return f"the frames the hypervisor writes into changed: {changed[:8]}"
     indices = sorted(before.indices() | after.indices() | set(extra_indices))
     symbolic.reset_fresh()
     old = before.encode()

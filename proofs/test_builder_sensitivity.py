@@ -61,6 +61,13 @@ def base_is_first_l1(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(builder_spec, "base", base)
 
 
+def shared_page_untyped(mp: pytest.MonkeyPatch) -> None:
+    """The builder leaves the pages Xen shares (shared_info) untyped, as if it never took
+    Xen's writable type reference (share_xen_page_with_guest)."""
+    mp.setattr(builder_spec, "frame_type", lambda p: builder_spec._frame_map(lambda f: z3.If(
+        builder_spec.in_p2m(p, f), builder_spec.pfn_type(p, p.m2p[f]), z3.BitVecVal(0, 32))))
+
+
 def broken_witness(mp: pytest.MonkeyPatch) -> None:
     """The witness machine gives its domain frame 7 twice: it is no machine the builder makes."""
     mp.setitem(builder_spec.WITNESS, "p2m", [9, 4, 7, 7, 11, 6])
@@ -95,6 +102,7 @@ MUTANTS: list[tuple[str, str, Callable[[pytest.MonkeyPatch], None]]] = [
      _initial("INV-OWN (L1 entries)"), machine_contiguous),
     ("the same frame given for two pfns", _initial("INV-NOWRPT"), frame_given_twice),
     ("base pointer names an L1", _initial("INV-BASE"), base_is_first_l1),
+    ("a page Xen shares left untyped", _initial("INV-XENPAGE"), shared_page_untyped),
     ("the witness is no builder's machine", SATISFIABLE, broken_witness),
     ("the ELF builder's room check dropped: the stack overlaps the tables",
      "start_of_day: the ELF builder puts the kernel, p2m list, start_info and boot stack in "

@@ -71,6 +71,16 @@ MUTANTS: list[tuple[str, str, Callable[[pytest.MonkeyPatch], None], str]] = [
      "mmuext_op/UNPIN_TABLE preserves INV-PIN",
      lambda mp: mp.setattr(mm_spec, "drop_references", drop_references_ignoring_roots),
      "INV-PIN"),
+    # The shared_info hole: without Xen's type reference on the frames it writes into, a
+    # guest pins its shared_info as an L1 (or as a page directory).
+    ("a frame Xen writes into may be pinned as an L1",
+     "mmuext_op/PIN_L1_TABLE preserves INV-XENPAGE",
+     lambda mp: mp.setattr(mm_spec, "xen_type_ref", lambda s, g: z3.BoolVal(False)),
+     "INV-XENPAGE"),
+    ("a frame Xen writes into may be pinned as a page directory",
+     "mmuext_op/PIN_L2_TABLE preserves INV-XENPAGE",
+     lambda mp: mp.setattr(mm_spec, "xen_type_ref", lambda s, g: z3.BoolVal(False)),
+     "INV-XENPAGE"),
 ]
 
 

@@ -61,6 +61,9 @@ class ConcreteView(ConcreteLogic):
         d = self.hv.domains.get(domid)
         return d is not None and d.is_privileged
 
+    def hypervisor_writes(self, mfn: int) -> bool:
+        return self.hv.hypervisor_writes(mfn)
+
     # memory
     def entry(self, mfn: int, index: int) -> int:
         return self.memory.read_entry(mfn, index)

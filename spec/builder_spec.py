@@ -26,7 +26,16 @@ xen/arch/x86/domain_build.c construct_dom0 lay a domain out the same way):
   every virtual IDT entry and both callbacks with FLAT_KERNEL_CS, kernel_ss FLAT_KERNEL_SS;
   no GDT frames (gdt_ents 0), no grant handles, no other vCPU has a base pointer;
 * every frame the domain does not own keeps whatever owner it had (Xen, the free list, a
-  domain without page tables such as the model's backend domain), untyped and unpinned.
+  domain without page tables such as the model's backend domain), untyped and unpinned;
+* the frames the hypervisor writes into on a guest's behalf (``xen_written``) are the
+  domain's shared_info frame, which Xen shares with it writable (domain.c arch_domain_create:
+  share_xen_page_with_guest, XENSHARE_writable), and any others of the machine: grant-table
+  frames (grant_table.c grant_table_create, likewise; the model creates a domain's grant
+  table on first use, so the builder's domain has none yet), other domains' shared_info, and
+  pages of the domain a back end maps (its store and console rings, which build_domain puts
+  below the page tables). Those Xen shares have the writable type, validated, and Xen's type
+  reference (share_xen_page_with_guest: PGT_writable_page | PGT_validated, count 1); they
+  are no page of the domain and not on the free list (``xen_pages``).
 
 The builder's own limits (builder.py BuildError checks) are ``layout``; the machine's are
 ``machine`` and ``allocation``. Memory that is not a page table (the kernel image, the p2m list,
@@ -55,7 +64,7 @@ import z3
 from xenspec.spec import abi
 from xenspec.spec.event_spec import EVT_INVARIANTS, EvtInvariant, EvtState, SymEvtView
 from xenspec.spec.event_spec import machine as event_machine
-from xenspec.spec.invariants import INVARIANTS, Invariant, proof_invariants
+from xenspec.spec.invariants import FREE_FRAME_OWNER, INVARIANTS, Invariant, proof_invariants
 from xenspec.spec.pagetable import PGT
 from xenspec.spec.symbolic import SymState, SymView, W, bv, fresh_name, reset_fresh
 
@@ -85,6 +94,7 @@ class BuildParams:
     p2m: Any  # pfn -> mfn
     m2p: Any  # mfn -> pfn: Xen's M2P table
     shared_info: Word  # the domain's shared_info frame (0: none)
+    xen_written: Any  # frame -> Bool: the frames the hypervisor writes into for a guest
     other_owner: Any  # frame -> domid: the owner of each frame that is not the domain's
     junk: Any  # (frame, index) -> word: contents of frames that are not page tables
     vcpu_domain: Any  # vcpu -> domid (the state's fixed arrays)
@@ -103,6 +113,7 @@ def symbolic_params() -> BuildParams:
         **bvs, user=z3.Bool("user"), tools_ctxt=z3.Bool("tools_ctxt"),
         p2m=z3.Array("p2m", W, W), m2p=z3.Array("m2p", W, W),
         other_owner=z3.Array("other_owner", W, W),
+        xen_written=z3.Array("xen_written", W, z3.BoolSort()),
         junk=z3.Array("junk", W, W, W),
         vcpu_domain=z3.Array("vcpu_domain", W, W),
         privileged=z3.Array("privileged", W, z3.BoolSort()),
@@ -191,12 +202,18 @@ def owner(p: BuildParams) -> Any:
 
 
 def frame_type(p: BuildParams) -> Any:
-    return _frame_map(lambda f: z3.If(in_p2m(p, f), pfn_type(p, p.m2p[f]), bv(PGT.none)))
+    """The domain's pages by their place in the region; the pages Xen shares (shared_info,
+    grant frames) writable (share_xen_page_with_guest); every other frame untyped."""
+    return _frame_map(lambda f: z3.If(
+        in_p2m(p, f), pfn_type(p, p.m2p[f]),
+        z3.If(p.xen_written[f], bv(PGT.writable_page), bv(PGT.none))))
 
 
 def validated(p: BuildParams) -> Any:
-    """Every mapped page: the tables by validation, the rest as writable pages."""
-    return _frame_map(lambda f: z3.And(in_p2m(p, f), z3.ULT(p.m2p[f], p.nr_mapped)))
+    """Every mapped page: the tables by validation, the rest as writable pages; and the
+    pages Xen shares (share_xen_page_with_guest sets PGT_validated)."""
+    return _frame_map(lambda f: z3.If(in_p2m(p, f), z3.ULT(p.m2p[f], p.nr_mapped),
+                                      p.xen_written[f]))
 
 
 def pinned(p: BuildParams) -> Any:
@@ -248,7 +265,7 @@ def initial_state(p: BuildParams) -> SymState:
         kernel_ss=_vcpu0(p, bv(abi.FLAT_KERNEL_SS)), kernel_sp=_vcpu0(p, p.kernel_sp),
         gdt_frame=_zero2(), gdt_ents=_zero1(), gdt_ref=z3.K(W, z3.BoolVal(False)),
         nr_frames=p.nr_frames, vcpu_domain=p.vcpu_domain, privileged=p.privileged,
-        xen_l2e=p.xen_l2e,
+        xen_l2e=p.xen_l2e, xen_written=p.xen_written,
     )
 
 
@@ -337,8 +354,30 @@ def layout(p: BuildParams) -> Bool:
     )
 
 
+def xen_page(p: BuildParams, f: Word) -> Bool:
+    """Frame ``f``, if the hypervisor writes into it, is a page of the domain below its page
+    tables (a ring a back end maps: build_domain puts the store and console frames there), or
+    no page of the domain and on no free list (a Xen heap page Xen shares: shared_info, a
+    grant frame)."""
+    return z3.Implies(p.xen_written[f], z3.If(
+        in_p2m(p, f), z3.ULT(p.m2p[f], pt_base(p)),
+        z3.Select(owner(p), f) != bv(FREE_FRAME_OWNER & 0xFFFFFFFF)))
+
+
+def shared_info_written(p: BuildParams) -> Bool:
+    """The domain's shared_info frame, if it has one, is written by Xen (arch_domain_create)."""
+    return z3.Implies(p.shared_info != 0, p.xen_written[p.shared_info])
+
+
+def xen_pages(p: BuildParams) -> Bool:
+    """What the builder and Xen make of the frames the hypervisor writes into: ``xen_page``
+    for every frame, and shared_info among them."""
+    f = z3.BitVec("xf", 32)
+    return z3.And(z3.ForAll([f], xen_page(p, f)), shared_info_written(p))
+
+
 def constraints(p: BuildParams, pfns: list[int] | None = None) -> Bool:
-    return z3.And(machine(p), allocation(p, pfns), layout(p))
+    return z3.And(machine(p), allocation(p, pfns), layout(p), xen_pages(p))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -474,10 +513,18 @@ def satisfies(inv: Invariant, p: BuildParams | None = None) -> z3.Solver:
     p = symbolic_params() if p is None else p
     s = initial_state(p)
     view = SymView(s, witness=True)
-    goal = z3.And(z3.Not(inv.check(view)), *named_facts(p, s, view.witnesses))
+    goal = z3.And(z3.Not(inv.check(view)), *named_facts(p, s, view.witnesses),
+                  *xen_pages_at(p, view.witnesses))
     solver = z3.Solver()
     solver.add(machine(p), layout(p), allocation_at(p, goal), goal)
     return solver
+
+
+def xen_pages_at(p: BuildParams, witnesses: list[tuple[str, Word]]) -> list[Bool]:
+    """``xen_pages`` where a goal needs it: at each witness frame (instances of its
+    quantified part, as ``allocation_at`` takes them), and shared_info's part."""
+    return [*[xen_page(p, w) for kind, w in witnesses if kind == "frame"],
+            shared_info_written(p)]
 
 
 def named_facts(p: BuildParams, s: SymState, witnesses: list[tuple[str, Word]]) -> list[Bool]:
@@ -517,27 +564,32 @@ def events_factory(inv: EvtInvariant) -> Callable[[], z3.Solver]:
 # ----------------------------------------------------------------------------------------------
 def concrete_params(nr_frames: int, domid: int, p2m: list[int], nr_mapped: int,
                     virt_base: int, shared_info: int = 0, user: bool = True,
-                    tools_ctxt: bool = True) -> BuildParams:
+                    tools_ctxt: bool = True, xen_written: list[int] | None = None) -> BuildParams:
     """Parameters with every value given: the frames not in ``p2m`` (nor shared_info) are
     Xen's, non-table memory is 0, the domain is vCPU 0's and unprivileged, and Xen's directory
-    slots are 0."""
+    slots are 0. The hypervisor writes into ``xen_written`` (by default shared_info alone)."""
     p2m_arr, m2p_arr = z3.K(W, bv(0)), z3.K(W, bv(0xFFFFFFFF))
     for pfn, mfn in enumerate(p2m):
         p2m_arr, m2p_arr = z3.Store(p2m_arr, bv(pfn), bv(mfn)), z3.Store(m2p_arr, bv(mfn), bv(pfn))
+    written = z3.K(W, z3.BoolVal(False))
+    for mfn in ([shared_info] if shared_info else []) if xen_written is None else xen_written:
+        written = z3.Store(written, bv(mfn), z3.BoolVal(True))
     return BuildParams(
         nr_frames=bv(nr_frames), domid=bv(domid), vcpu=bv(0), nr_pages=bv(len(p2m)),
         nr_mapped=bv(nr_mapped), virt_base=bv(virt_base), user=z3.BoolVal(user),
         tools_ctxt=z3.BoolVal(tools_ctxt), kernel_sp=bv(virt_base), p2m=p2m_arr, m2p=m2p_arr,
-        shared_info=bv(shared_info), other_owner=z3.K(W, bv(abi.DOMID_XEN)), junk=_zero2(),
+        shared_info=bv(shared_info), xen_written=written,
+        other_owner=z3.K(W, bv(abi.DOMID_XEN)), junk=_zero2(),
         vcpu_domain=z3.K(W, bv(domid)), privileged=z3.K(W, z3.BoolVal(False)),
         xen_l2e=lambda d, i: bv(0),
     )
 
 
 # One domain (1) of 6 pages on a machine of 16 frames, the region 4 pages at 3 GB: pfns 0-1
-# ordinary, 2 the directory, 3 the L1; shared_info in frame 12.
+# ordinary, 2 the directory, 3 the L1; shared_info in frame 12; the hypervisor writes into
+# shared_info and into pfn 1 (frame 4), as a back end does into a ring.
 WITNESS = dict(nr_frames=16, domid=1, p2m=[9, 4, 7, 5, 11, 6], nr_mapped=4,
-               virt_base=0xC0000000, shared_info=12)
+               virt_base=0xC0000000, shared_info=12, xen_written=[12, 4])
 
 
 def in_use(s: SymState, p: BuildParams) -> Bool:

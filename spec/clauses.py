@@ -167,6 +167,10 @@ CLAUSES: tuple[Clause, ...] = (
            "xenspec.spec.invariants:inv_free_ref"),
     Clause("INV-ISO", _I, "No domain reads or writes another's frames without a grant",
            "SOSP'03 s2; mm.c get_page (owner check)", "xenspec.spec.invariants:inv_iso"),
+    Clause("INV-XENPAGE", _I, "A frame Xen writes into for a guest is never a page-table, GDT "
+           "or LDT frame",
+           "x86 mm.c share_xen_page_with_guest, get_page_type; domain.c arch_domain_create; "
+           "grant_table.c grant_table_create", "xenspec.spec.invariants:inv_xenpage"),
     # --- grant tables (grant_table.h; grant_table.c and mm.c of Xen 3.0.4) ---------------------
     Clause("grant_table_op/map_grant_ref", _H, "Map a frame another domain granted",
            "grant_table.h GNTTABOP_map_grant_ref, GNTMAP_*, GTF_*; grant_table.c "

@@ -9,7 +9,9 @@ validated: only then do its entries hold references (mm.c, alloc_l?_table / free
 INV-COUNT relates the reference model's counters to the references that exist. The
 specification abstracts each count to whether references exist (Xen's rules only ever test a
 count against zero), so INV-COUNT and INV-VALID are the refinement relation between the two:
-they are evaluated on every concrete state, not proved symbolically.
+they are evaluated on every concrete state, not proved symbolically. So is the type-reference
+part of INV-XENPAGE: the specification counts Xen's own reference on a frame it writes into
+as a writable type reference, and the concrete check sees that the count is there.
 """
 
 from __future__ import annotations
@@ -312,6 +314,9 @@ def inv_iso(s: StateView) -> Bool:
 # DOMID_NONE: Xen's NULL owner); as a 32-bit word it is no domain id.
 FREE_FRAME_OWNER = -1
 
+XENPAGE_SOURCE = ("x86 mm.c share_xen_page_with_guest, get_page_type; domain.c "
+                  "arch_domain_create; grant_table.c grant_table_create")
+
 
 def inv_free_ref(s: StateView) -> Bool:
     """INV-FREE-REF: nothing references a frame on the heap's free list: no present entry of a
@@ -348,6 +353,47 @@ def inv_free_ref(s: StateView) -> Bool:
     return s.and_(tables, frames, vcpus)
 
 
+def inv_xenpage(s: StateView) -> Bool:
+    """INV-XENPAGE: a frame the hypervisor writes into on a guest's behalf is never a page
+    table, page directory, GDT or LDT frame of any domain: it is a validated frame of the
+    writable type, owned by a domain (never on the heap's free list).
+
+    Xen writes into such frames whatever the guest does: shared_info (vcpu_info, the faulting
+    address cr2 of a page fault, time, event bits), the grant-table frames, and the frames a
+    back end holds mapped (the console ring, the xenstore page). Were one of them an L1, L2,
+    GDT or LDT frame, each such write would plant an entry or descriptor no validation has
+    seen: a domain that pinned its shared_info as an L1 could make Xen write, as cr2, a
+    writable PTE naming another domain's page directory. Xen shuts this out when it shares the
+    page (x86 mm.c, share_xen_page_with_guest, called by domain.c arch_domain_create for
+    shared_info and by grant_table.c grant_table_create through gnttab_create_shared_page,
+    both XENSHARE_writable): the page gets type PGT_writable_page, PGT_validated, and a type
+    count of 1 that Xen never drops while it shares the page, so get_page_type to any other
+    type fails (a type changes only at type count 0). A back end's mapping is a writable
+    foreign mapping, which holds a writable type reference the same way.
+
+    The type reference itself is a count, which the specification abstracts (``has_type_refs``
+    in spec.mm_spec counts Xen's reference on every frame it writes into, so no type
+    acquisition takes one, and decrease_reservation refuses one): on concrete states
+    ``inv_xenpage_ref`` checks that the count is there."""
+    return s.forall_frames(
+        lambda f: s.implies(
+            s.hypervisor_writes(f),
+            lambda: s.and_(s.owner(f) != FREE_FRAME_OWNER,
+                           s.type(f) == int(PGT.writable_page), s.validated(f)),
+        )
+    )
+
+
+def inv_xenpage_ref(s: StateView) -> Bool:
+    """INV-XENPAGE (type reference): a frame the hypervisor writes into holds a type
+    reference (share_xen_page_with_guest: type count 1; a back end's writable mapping: one
+    per mapping), the count the specification's ``has_type_refs`` stands for. A concrete check
+    (the specification abstracts counts)."""
+    return s.forall_frames(
+        lambda f: s.implies(s.hypervisor_writes(f), lambda: s.type_count(f) != 0)
+    )
+
+
 INVARIANTS: tuple[Invariant, ...] = (
     Invariant("INV-HOLE", "No guest-controlled mapping reaches the hypervisor's top 64 MB.",
               "SOSP'03 s2.1.1; xen/arch/x86/mm.c alloc_l2_table, is_guest_l2_slot", inv_hole),
@@ -374,6 +420,8 @@ INVARIANTS: tuple[Invariant, ...] = (
               "increase_reservation", inv_free_ref),
     Invariant("INV-ISO", "No domain's tables, base pointers or GDT name another's frames.",
               "SOSP'03 s2; mm.c get_page (owner check), new_guest_cr3, set_gdt", inv_iso),
+    Invariant("INV-XENPAGE", "A frame Xen writes into for a guest is never a table, GDT or "
+              "LDT frame.", XENPAGE_SOURCE, inv_xenpage),
 )
 
 # The proofs discharge INV-PRIV and INV-OWN conjunct by conjunct: each part is preserved on its
@@ -408,6 +456,8 @@ def proof_invariants() -> tuple[Invariant, ...]:
 COUNTER_INVARIANTS: tuple[Invariant, ...] = (
     Invariant("INV-VALID", "A page-table frame is validated exactly while it has type refs.",
               "mm.c get_page_type / put_page_type", inv_validated),
+    Invariant("INV-XENPAGE", "A frame Xen writes into for a guest holds a type reference.",
+              XENPAGE_SOURCE, inv_xenpage_ref, "type reference"),
 )
 
 

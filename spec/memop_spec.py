@@ -13,6 +13,11 @@ In the spec's terms, "its last reference goes" is: no table in use maps the fram
 base pointer or GDT names it, it is not pinned, not a page table in use, not an installed GDT
 frame (``unreferenced``). Whether a frame returns to the heap is left to a choice, allowed only
 when it is unreferenced: the model frees it exactly then (INV-COUNT checks the model's counts).
+
+Departure from Xen 3.0.4: decrease_reservation refuses a frame the hypervisor writes into on
+the domain's behalf (``spec_decrease_reservation``; INV-XENPAGE), where 3.0.4 drops its
+allocation reference and keeps the page out of the heap. A frame of the free list is never one
+Xen writes into (INV-XENPAGE), so increase_reservation needs no check of its own.
 """
 
 from __future__ import annotations
@@ -66,12 +71,23 @@ def on_free_list(s: SymState, f: Word) -> Bool:
     return s.owner[f] == FREE
 
 
+def xen_page_removable(s: SymState, f: Word) -> Bool:
+    """A frame the hypervisor writes into on the domain's behalf is refused (INV-XENPAGE)."""
+    return z3.Not(s.xen_written[f])
+
+
 def spec_decrease_reservation(s: SymState, v: Word, f: Word) -> Transition:
     """XENMEM_decrease_reservation of frame ``f`` by its own domain: the pin goes (which may
     de-validate tables, as an unpin does); the frame returns to the heap, scrubbed and untyped,
-    if nothing references it any more, and otherwise stays the domain's."""
+    if nothing references it any more, and otherwise stays the domain's. A frame the
+    hypervisor writes into on the domain's behalf (shared_info, a grant frame, a ring a back
+    end maps) is refused and left as it was: in Xen 3.0.4 guest_remove_page drops such a Xen
+    heap page's allocation reference and reports success, but the page never returns to the
+    domain heap (page_alloc.c free_domheap_pages only takes a Xen heap frame off the domain's
+    list) and keeps Xen's writable type reference; refusing it outright is stricter,
+    and leaves every frame Xen writes a writable frame of its domain."""
     d = s.vcpu_domain[v]
-    ok = z3.And(mfn_valid(s, f), s.owner[f] == d)
+    ok = z3.And(mfn_valid(s, f), s.owner[f] == d, xen_page_removable(s, f))
     choice_d, mid = drop_references(s.evolve(pinned=z3.Store(s.pinned, f, False)))
     freed = fresh_bool("freed")
     x, i = z3.BitVecs("x i", 32)

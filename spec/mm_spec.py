@@ -120,21 +120,35 @@ def rw_mapped(s: SymState, g: Word) -> Bool:
     ))
 
 
-def has_type_refs(s: SymState, g: Word) -> Bool:
+def xen_type_ref(s: SymState, g: Word) -> Bool:
+    """Xen holds a writable type reference on ``g`` because it writes into the frame on a
+    guest's behalf (x86 mm.c, share_xen_page_with_guest: type count 1, never dropped while the
+    page is shared; a back end's writable mapping holds one the same way)."""
+    return s.xen_written[g]
+
+
+def has_type_refs(s: SymState, g: Word, xen: bool = True) -> Bool:
     """Type count non-zero: a writable frame mapped RW, a GDT frame some vCPU has installed
-    (``gdt_ref``, kept by set_gdt; INV-PRIV says every installed frame has it), or a page-table
-    frame in use (INV-VALID). LDT frames take no type references in the model (Xen takes them
-    when it maps an LDT page on a fault, which is not modelled)."""
+    (``gdt_ref``, kept by set_gdt; INV-PRIV says every installed frame has it), a page-table
+    frame in use (INV-VALID), or (unless ``xen`` is False) a frame Xen writes into
+    (``xen_type_ref``: Xen's own reference, of the writable type INV-XENPAGE keeps it at).
+    LDT frames take no type references in the model (Xen takes them when it maps an LDT page
+    on a fault, which is not modelled)."""
     page_table_refs = z3.If(
         s.type[g] == int(PGT.writable_page), rw_mapped(s, g),
         z3.Or(in_use(s, g, PGT.l1_page_table), in_use(s, g, PGT.l2_page_table)),
     )
-    return z3.Or(page_table_refs, z3.And(s.type[g] == int(PGT.gdt_page), s.gdt_ref[g]))
+    refs = [page_table_refs, z3.And(s.type[g] == int(PGT.gdt_page), s.gdt_ref[g])]
+    return z3.Or(*refs, *([xen_type_ref(s, g)] if xen else []))
 
 
 def can_take_type(s: SymState, g: Word, t: PGT) -> Bool:
-    """get_page_type: the type is the frame's type already, or the frame has no type refs."""
-    return z3.Or(s.type[g] == int(t), z3.Not(has_type_refs(s, g)))
+    """get_page_type: the type is the frame's type already, or the frame has no type refs.
+    Xen's reference on a frame it writes into is a writable one: it stops every other type,
+    and is left out for the writable type itself, which such a frame has already
+    (INV-XENPAGE)."""
+    return z3.Or(s.type[g] == int(t),
+                 z3.Not(has_type_refs(s, g, xen=t != PGT.writable_page)))
 
 
 def l1e_ok(s: SymState, e: Word, fd: Word) -> Bool:
@@ -200,9 +214,10 @@ def validate_tables(
     l1_entries_ok = forall(("frame", "index"), lambda n, j: z3.Implies(
         z3.And(l1s[n], z3.ULT(j, bv(1024))), l1e_ok(mid, entry(s, n, j), d)
     ))
+    # A new L1 has no type reference: none from tables, GDTs or mappings, and not Xen's.
     l1s_fresh = forall(("frame",), lambda n: z3.Implies(l1s[n], z3.And(
-        mfn_valid(s, n), s.owner[n] == d, z3.Not(has_type_refs(s, n)),
-        n != l2 if l2 is not None else z3.BoolVal(True),
+        mfn_valid(s, n), s.owner[n] == d, z3.Not(has_type_refs(s, n, xen=False)),
+        z3.Not(xen_type_ref(s, n)), n != l2 if l2 is not None else z3.BoolVal(True),
     )))
     ok = z3.And(l1_entries_ok, l1s_fresh)
     if l2 is not None:

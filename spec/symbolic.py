@@ -181,6 +181,12 @@ class SymState:
     vcpu_domain: z3.ArrayRef  # vcpu -> domid
     privileged: z3.ArrayRef  # domid -> Bool
     xen_l2e: Callable[[Word, Word], Word]  # (domid, index) -> the entry Xen keeps there
+    # The frames the hypervisor writes into on a guest's behalf (shared_info, grant frames,
+    # frames a back end maps): Xen shares them when it creates a domain or its grant table,
+    # which no hypercall of the specification does, so no hypercall changes the set. A ghost
+    # of Xen's own writable type reference on each (share_xen_page_with_guest): mm_spec's
+    # has_type_refs counts it.
+    xen_written: z3.ArrayRef  # frame -> Bool
     # Grant tables (grant_table.c). A grantee's handles (maptrack): flags (0: free), the frame
     # and the PTE its host mapping wrote; ghost ``gnt_slot``: which handle a PTE belongs to.
     # Granters: their shared frames.
@@ -216,6 +222,7 @@ class SymState:
             vcpu_domain=z3.Array("vcpu_domain", W, W),
             privileged=z3.Array("privileged", W, z3.BoolSort()),
             xen_l2e=z3.Function("xen_l2e", W, W, W),
+            xen_written=z3.Array("xen_written", W, z3.BoolSort()),
             gnt_slot=z3.Array(f"{name}.gnt_slot", W, W, W),
             mt_flags=z3.Array(f"{name}.mt_flags", W, W, W),
             mt_dom=z3.Array(f"{name}.mt_dom", W, W, W),
@@ -232,7 +239,7 @@ class SymState:
 # The fields a hypercall may change (the others are fixed for the life of a state).
 STATE_FIELDS: tuple[str, ...] = tuple(
     f.name for f in fields(SymState)
-    if f.name not in ("nr_frames", "vcpu_domain", "privileged", "xen_l2e")
+    if f.name not in ("nr_frames", "vcpu_domain", "privileged", "xen_l2e", "xen_written")
 )
 
 
@@ -282,6 +289,9 @@ class SymView:
 
     def is_privileged(self, domid: Word) -> Bool:
         return self.s.privileged[domid]
+
+    def hypervisor_writes(self, mfn: Word) -> Bool:
+        return self.s.xen_written[mfn]
 
     # memory
     def entry(self, mfn: Word, index: Word) -> Word:
