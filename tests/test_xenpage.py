@@ -5,9 +5,8 @@ share_xen_page_with_guest).
 
 States are made by hand through the frame table, as share_xen_page_with_guest leaves a page
 (PGC_xen_heap, PGT_writable_page | PGT_validated, type count 1), and then broken one way at a
-time: the concrete check must name INV-XENPAGE. The tests marked ``needs_xen_heap_sharing``
-ask the model itself to share shared_info and the back ends' rings that way; they fail until
-the model does.
+time: the concrete check must name INV-XENPAGE. Other tests ask the model itself to share
+shared_info and the back ends' rings that way.
 """
 
 from __future__ import annotations
@@ -32,11 +31,6 @@ from xenspec.refmodel.view import ConcreteView, check_invariants
 from xenspec.spec import abi, mm_spec
 from xenspec.spec.invariants import inv_xenpage, inv_xenpage_ref
 from xenspec.spec.pagetable import PGT
-
-needs_xen_heap_sharing = pytest.mark.xfail(
-    strict=True,
-    reason="the model does not share these frames with the guest as Xen heap pages yet "
-           "(PGC_xen_heap / Hypervisor.backend_maps, share_xen_page_with_guest)")
 
 
 def share(hv: Hypervisor, mfn: int) -> None:
@@ -140,7 +134,6 @@ def _booted(devices: bool) -> tuple[Hypervisor, PVPlatform, Domain, list[int]]:
     return hv, pv, d, list(struct.unpack("<1024I", raw))
 
 
-@needs_xen_heap_sharing
 def test_a_built_domains_shared_info_is_a_xen_page() -> None:
     hv, pv, d, _ = _booted(devices=False)
     si = pv.darch(d).shared_info_mfn
@@ -149,7 +142,6 @@ def test_a_built_domains_shared_info_is_a_xen_page() -> None:
     assert check_invariants(hv) == []
 
 
-@needs_xen_heap_sharing
 def test_the_rings_the_back_ends_map_are_written_by_them() -> None:
     hv, _, _, start_info = _booted(devices=True)
     for offset in (abi.START_INFO_console_mfn, abi.START_INFO_store_mfn):
