@@ -19,6 +19,7 @@ from xenspec.refmodel.domain import Domain
 from xenspec.refmodel.hypervisor import HYPERCALL_NAMES, HYPERCALL_NUMBERS, Hypervisor
 from xenspec.refmodel.memory import PGC_allocated, PGT_pinned, PGT_validated
 from xenspec.refmodel.platform import PVPlatform
+from xenspec.refmodel.pvguest import issue
 from xenspec.spec import abi
 
 Setup = Callable[[Hypervisor, PVPlatform], None]
@@ -92,7 +93,8 @@ class ReferenceImplementation:
         nr = HYPERCALL_NUMBERS.get(name)
         if nr is None:
             raise ValueError(f"no hypercall {name!r}")
-        return self.hv.hypercall(self.domain(domid).vcpus[0], nr, *args)
+        # The guest's int $0x82, executed again while the hypercall is continued.
+        return issue(self.hv, self.domain(domid).vcpus[0], nr, *args)
 
     def is_running(self, domid: int) -> bool:
         return self.domain(domid).is_running

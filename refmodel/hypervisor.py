@@ -7,6 +7,17 @@ contiguous, as the paper stresses), keeps the machine-to-physical table in Xen-o
 subsystem that implements them, returning Xen's negative errno values. A Python exception that
 escapes a subsystem is a bug in the model and is raised as ``HypervisorBug``.
 Sources: xen/common/page_alloc.c, xen/arch/x86/x86_32/entry.S (hypercall_table), xen/arch/x86/mm.c.
+
+Long hypercalls are preempted and continued as Xen does it (xen/arch/x86/domain.c,
+hypercall_create_continuation, x86_32): the handler rewrites the guest's argument registers
+with what is left to do (EBX, ECX, EDX, ESI, EDI, EBP in order), puts the hypercall number in
+EAX and moves EIP back by 2, so that the guest executes the same ``int $0x82`` again once it
+is resumed; between the pieces it may take events and the scheduler may run other domains.
+Xen preempts when ``hypercall_preempt_check()`` sees a softirq or an event pending, which
+depends on timing; the model preempts deterministically, once an invocation has done
+``HYPERCALL_BUDGET`` units of work (see ``hypercall_preempt_check``). A vCPU without a CPU (a
+Python-driven guest, refmodel/pvguest.py) gets the continuation in ``Vcpu.continuation`` and
+issues it again itself, as a guest's re-executed instruction would.
 """
 
 from __future__ import annotations
@@ -35,6 +46,28 @@ if TYPE_CHECKING:
 
 DEFAULT_MACHINE_FRAMES = 1 << 16  # 256 MB of machine memory
 
+# The units of work (batch entries, trap-table entries, extents' frames, console bytes / 128)
+# one hypercall invocation does before it is continued. Xen checks for preemption before each
+# unit and preempts when a softirq or an event is pending; where a check is not free, later
+# Xen checks every 256 units (xen/arch/x86/mm/p2m.c, relinquish_shared_pages and
+# p2m_finish_type_change: ``!(++count & 0xff) && hypercall_preempt_check()``). The model takes
+# that granularity as its fixed budget: one invocation costs at most a few milliseconds of the
+# model's own time (an mmu_update entry takes about 2 us to check, an INVLPG about 3 us), so
+# no guest keeps the machine for longer than that between two scheduling points.
+HYPERCALL_BUDGET = 256
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """A preempted hypercall: the number and the argument registers it is re-executed with."""
+
+    nr: int
+    args: tuple[int, ...]
+
+
+# hypercall_create_continuation (x86_32): argument i goes into these registers.
+CONTINUATION_REGISTERS = ("ebx", "ecx", "edx", "esi", "edi", "ebp")
+
 
 class HypervisorBug(RuntimeError):
     """An exception escaped the model while it handled a guest request."""
@@ -52,10 +85,13 @@ class HypercallRecord:
     nr: int
     args: tuple[int, ...]
     rc: int
+    continued: bool = False  # preempted: the guest executes it again with new arguments
 
     def __str__(self) -> str:
         name = HYPERCALL_NAMES.get(self.nr, f"hypercall_{self.nr}")
         args = ", ".join(f"{a:#x}" for a in self.args)
+        if self.continued:
+            return f"d{self.domid} {name}({args}) preempted, continues"
         return f"d{self.domid} {name}({args}) = {self.rc}"
 
 
@@ -99,6 +135,9 @@ class Hypervisor:
         # Frames the model's back ends (xenconsoled, xenstored, blkback) hold a writable
         # mapping of, as the real ones do through foreign mappings, with how many they hold.
         self.backend_maps: dict[int, int] = {}
+        # Charged with the units of work a hypercall did (the platform adds their time to the
+        # running vCPU's slice, refmodel/clock.py); nothing without a platform.
+        self.charge_work: Callable[[int], None] = lambda units: None
         # Frame 0 is never a guest's: a base pointer of 0 means "no page table", as in Xen.
         reserved = self._reserve_xen_frames(nr_frames)
         free = [mfn for mfn in range(nr_frames) if mfn not in reserved]
@@ -223,6 +262,7 @@ class Hypervisor:
         signed value (a negative errno on failure)."""
         if v.domain.shutdown_reason is not None:
             raise RuntimeError(f"domain {v.domain.domain_id} is not running")
+        v.continuation = None
         handler = self.hypercall_table.get(nr)
         if handler is None:
             rc = -abi.ENOSYS
@@ -241,7 +281,43 @@ class Hypervisor:
                     f"{HYPERCALL_NAMES.get(nr, nr)}{tuple(padded)} from domain "
                     f"{v.domain.domain_id} raised {type(exc).__name__}: {exc}"
                 ) from exc
+        continued = v.continuation is not None
+        if continued:
+            self._continue_in_guest(v)
         if self.trace is not None:
             record_args = tuple(a & 0xFFFFFFFF for a in args)
-            self.trace.append(HypercallRecord(v.domain.domain_id, nr, record_args, rc))
+            self.trace.append(
+                HypercallRecord(v.domain.domain_id, nr, record_args, rc, continued))
         return rc
+
+    # ----------------------------------------------------------------------------------------
+    # Preemption (xen/include/xen/sched.h, hypercall_preempt_check; x86 domain.c,
+    # hypercall_create_continuation).
+    # ----------------------------------------------------------------------------------------
+    @staticmethod
+    def hypercall_preempt_check(units_done: int) -> bool:
+        """Asked before each unit of work: True once this invocation has done its budget."""
+        return units_done >= HYPERCALL_BUDGET
+
+    def hypercall_create_continuation(self, v: Vcpu, nr: int, *args: int) -> int:
+        """The hypercall ``nr`` stops here and is executed again with ``args`` (the guest's
+        argument registers in order); returns what the handler returns, ``nr``, which goes
+        into EAX as Xen's does."""
+        v.continuation = Continuation(nr, tuple(a & 0xFFFFFFFF for a in args))
+        return nr
+
+    def _continue_in_guest(self, v: Vcpu) -> None:
+        """Rewrite the registers of a vCPU that runs on a CPU: EIP back over ``int $0x82``
+        (2 bytes), the arguments in their registers, the number in EAX. A vCPU without one
+        keeps the continuation for its Python driver."""
+        arch = self.arch_vcpu(v)
+        cpu = arch.cpu if arch is not None else None
+        c = v.continuation
+        if cpu is None or c is None:
+            return
+        regs = cpu.user_regs()
+        regs.eip = (regs.eip - 2) & 0xFFFFFFFF
+        regs.eax = c.nr
+        for name, value in zip(CONTINUATION_REGISTERS, c.args, strict=False):
+            setattr(regs, name, value)
+        v.continuation = None

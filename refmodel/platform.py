@@ -56,6 +56,7 @@ class PVPlatform:
         self.hv = hv
         # System time and run times (refmodel/clock.py); the scheduler advances it.
         self.clock = Clock()
+        hv.charge_work = self.clock.charge_work  # long hypercalls' work uses the slice
         self.arch_v: dict[tuple[int, int], ArchVcpu] = {}
         self.arch_d: dict[int, ArchDomain] = {}
         self.console_out: Callable[[int, bytes], None] | None = None

@@ -1,0 +1,210 @@
+"""Bounded work and bounded memory: no hypercall keeps the machine or grows the model's memory
+without bound (docs/guide/bounded.rst).
+
+A long batch is preempted after ``HYPERCALL_BUDGET`` units and continued as Xen continues it
+(xen/arch/x86/domain.c, hypercall_create_continuation; mm.c, do_mmu_update and do_mmuext_op
+with MMU_UPDATE_PREEMPTED; traps.c, do_set_trap_table; memory.c, START_EXTENT_SHIFT); a
+Python-driven guest issues the continuation again, as a real guest's ``int $0x82`` is executed
+again. Huge batches are built over an aliased window: one frame mapped at every entry of an L1
+table, so that a few frames look like megabytes of arguments.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from xenspec.conformance.guests.build import build_guest, toolchain_available
+from xenspec.refmodel.boot import Machine, boot
+from xenspec.refmodel.domain import INVLPG_MAX
+from xenspec.refmodel.hypervisor import (
+    HYPERCALL_BUDGET,
+    HYPERCALL_NUMBERS,
+    HypercallRecord,
+    Hypervisor,
+)
+from xenspec.refmodel.pvguest import PVGuest
+from xenspec.spec import abi
+
+MMU_UPDATE = HYPERCALL_NUMBERS["mmu_update"]
+MMUEXT_OP = HYPERCALL_NUMBERS["mmuext_op"]
+WINDOW = 0x40000000  # the aliased window's guest address: 4 MB per L2 slot
+PREEMPTED = abi.MMU_UPDATE_PREEMPTED
+
+
+@pytest.fixture
+def hv() -> Hypervisor:
+    return Hypervisor(1 << 12)
+
+
+@pytest.fixture
+def g(hv: Hypervisor) -> PVGuest:
+    return PVGuest(hv, 256)
+
+
+def aliased_window(g: PVGuest, page: bytes, slots: int = 1) -> int:
+    """Map ``page`` (4096 bytes, in a free frame) at every page of ``slots`` x 4 MB from
+    WINDOW, read-only, through one L1 table named by ``slots`` page-directory entries."""
+    assert len(page) == abi.PAGE_SIZE
+    free = list(g.free_pfns())
+    data, l1 = g.mfn(free[0]), g.mfn(free[1])
+    g.hv.memory.write(data << abi.PAGE_SHIFT, page)
+    for i in range(abi.L1_PAGETABLE_ENTRIES):
+        g.hv.memory.write_entry(l1, i, g.pte(data, abi._PAGE_PRESENT))
+    assert g.pin(l1, 1) == 0
+    first = WINDOW >> abi.L2_PAGETABLE_SHIFT
+    for k in range(slots):
+        assert g.set_entry(g.l2_mfn, first + k, g.pte(l1)) == 0
+    return WINDOW
+
+
+def pieces(hv: Hypervisor, nr: int) -> list[HypercallRecord]:
+    assert hv.trace is not None
+    return [r for r in hv.trace if r.nr == nr]
+
+
+# --- mmu_update ----------------------------------------------------------------------------------
+def machphys_page(frames: list[int]) -> bytes:
+    """256 MMU_MACHPHYS_UPDATE requests: request j sets M2P[frames[j % len]] = j."""
+    return b"".join(abi.MMU_UPDATE_T.pack(frames[j % len(frames)] << abi.PAGE_SHIFT
+                                          | abi.MMU_MACHPHYS_UPDATE, j) for j in range(256))
+
+
+def test_mmu_update_of_100000_entries_completes_across_continuations(hv, g):
+    """do_mmu_update: each invocation does HYPERCALL_BUDGET entries, then continues with the
+    entries left (pointer advanced, count | MMU_UPDATE_PREEMPTED); *pdone counts them all and
+    the M2P holds what the last request for each frame wrote."""
+    frames = [g.mfn(p) for p in list(g.free_pfns())[10:18]]
+    n = 100_000
+    va = aliased_window(g, machphys_page(frames))
+    hv.trace = []
+    done_va = g.done_va
+    g.write_args(b"\xff" * 4, done_va - g.arg_va)
+    rc = g.hypercall("mmu_update", va, n, done_va, abi.DOMID_SELF)
+    assert (rc, g.read_done()) == (0, n)
+    want = {frames[(i % 256) % 8]: i % 256 for i in range(n - 256, n)}
+    assert {f: hv.m2p[f] for f in frames} == want
+    calls = pieces(hv, MMU_UPDATE)
+    assert len(calls) == -(-n // HYPERCALL_BUDGET)
+    assert all(c.continued for c in calls[:-1]) and not calls[-1].continued
+    size = abi.MMU_UPDATE_T.size
+    for k, c in enumerate(calls[1:], 1):
+        left = n - k * HYPERCALL_BUDGET
+        assert c.args[:4] == (va + k * HYPERCALL_BUDGET * size, left | PREEMPTED, done_va,
+                              abi.DOMID_SELF)
+
+
+def test_one_invocation_does_a_budget_and_leaves_the_continuation(hv, g):
+    """hypercall_create_continuation: the handler returns the hypercall's number, the vCPU
+    holds the arguments it is re-executed with, and *pdone has the entries done so far."""
+    frames = [g.mfn(p) for p in list(g.free_pfns())[10:18]]
+    va = aliased_window(g, machphys_page(frames))
+    rc = hv.hypercall(g.vcpu, MMU_UPDATE, va, 10_000, g.done_va, abi.DOMID_SELF)
+    assert rc == MMU_UPDATE
+    assert g.read_done() == HYPERCALL_BUDGET
+    c = g.vcpu.continuation
+    assert c is not None and c.nr == MMU_UPDATE
+    assert c.args == (va + HYPERCALL_BUDGET * abi.MMU_UPDATE_T.size,
+                      (10_000 - HYPERCALL_BUDGET) | PREEMPTED, g.done_va, abi.DOMID_SELF)
+    # A guest that never resumes it abandons it: the next hypercall starts afresh.
+    assert g.hypercall("update_va_mapping", 0x400000, 0, 0, 0) == -abi.EINVAL
+    assert g.vcpu.continuation is None
+
+
+def test_continued_batch_stops_at_a_failure_in_a_later_piece(hv, g):
+    """The done count adds up over the pieces up to the failing entry, and the error is the
+    failing entry's (mm.c: done += i at out:)."""
+    frames = [g.mfn(p) for p in list(g.free_pfns())[10:18]]
+    reqs = [(f << abi.PAGE_SHIFT | abi.MMU_MACHPHYS_UPDATE, 1) for f in frames] * 200
+    bad = 3 * HYPERCALL_BUDGET + 5
+    reqs[bad] = (0 << abi.PAGE_SHIFT | abi.MMU_MACHPHYS_UPDATE, 1)  # Xen's frame 0
+    assert g.mmu_update(reqs) == (-abi.EINVAL, bad)
+
+
+def test_continuation_without_pdone(hv, g):
+    """A NULL pdone is neither read nor written; the continuation still completes."""
+    frames = [g.mfn(p) for p in list(g.free_pfns())[10:18]]
+    va = aliased_window(g, machphys_page(frames))
+    assert g.hypercall("mmu_update", va, 3 * HYPERCALL_BUDGET + 1, 0, abi.DOMID_SELF) == 0
+
+
+# --- mmuext_op and the INVLPG record -----------------------------------------------------------
+def test_invlpg_batch_over_an_aliased_window_keeps_a_bounded_record(hv, g):
+    """MMUEXT_INVLPG_LOCAL 300,000 times (every 12-byte op of the window reads as cmd 7, va 7):
+    the batch is continued, and the vCPU keeps at most INVLPG_MAX addresses, the rest having
+    become full flushes."""
+    word = abi.MMUEXT_INVLPG_LOCAL.to_bytes(4, "little")
+    va = aliased_window(g, word * 1024)
+    v, flushes = g.vcpu, g.vcpu.tlb_flushes
+    hv.trace = []
+    n = 300_000
+    assert g.hypercall("mmuext_op", va, n, g.done_va, abi.DOMID_SELF) == 0
+    assert g.read_done() == n
+    assert len(pieces(hv, MMUEXT_OP)) == -(-n // HYPERCALL_BUDGET)
+    assert len(v.tlb_invlpgs) <= INVLPG_MAX
+    assert v.tlb_flushes - flushes == n // (INVLPG_MAX + 1)
+
+
+def test_invlpg_past_the_threshold_is_a_full_flush(g):
+    """Vcpu.flush_tlb_one: INVLPG_MAX addresses are kept, the next one flushes everything
+    (and empties the record, so what the CPU substrate compares always changes)."""
+    v = g.vcpu
+    v.flush_tlb()
+    n = v.tlb_flushes
+    for i in range(INVLPG_MAX):
+        v.flush_tlb_one(i << 12)
+    assert (v.tlb_flushes, len(v.tlb_invlpgs)) == (n, INVLPG_MAX)
+    v.flush_tlb_one(0xC0000000)
+    assert (v.tlb_flushes, v.tlb_invlpgs) == (n + 1, [])
+
+
+
+# --- a real guest: the registers are rewritten and int $0x82 runs again ---------------------
+needs_gcc = pytest.mark.skipif(not toolchain_available(), reason="needs gcc and ld")
+
+
+@needs_gcc
+def test_guest_batches_complete_across_continuations():
+    """The preempt kernel's 100,000-entry mmu_update, 300,000-op INVLPG batch and 523,776-
+    entry trap table complete with their full done counts and results (the kernel checks
+    them), each in many pieces: the substrate re-executes the rewound int $0x82."""
+    r = boot(str(build_guest("preempt")), trace=True, timeout_s=120.0)
+    assert r.test_result == "SUCCESS", r.console
+    for name in ("mmu_update", "mmuext_op", "set_trap_table"):
+        nr = HYPERCALL_NUMBERS[name]
+        continued = [t for t in r.trace if t.nr == nr and t.continued]
+        assert len(continued) > 300, name
+
+
+@needs_gcc
+def test_another_domain_runs_between_the_pieces_of_a_batch():
+    """The work a batch does is charged to its domain's slice: when the slice ends between
+    two pieces the scheduler runs the other domain, whose hypercalls appear in the trace
+    between the batch's pieces."""
+    m = Machine(64, trace=True)
+    a = m.add_guest(str(build_guest("preempt")), 16)
+    b = m.add_guest(str(build_guest("spin")), 16, "yields 2000")
+    assert m.run(timeout_s=120.0) == "shutdown"
+    assert m.result(a).test_result == "SUCCESS"
+    tr = list(m.hv.trace or [])
+    mine = [i for i, t in enumerate(tr) if t.domid == a.domain_id and t.nr == MMU_UPDATE]
+    first = next(i for i in mine if tr[i].continued)
+    last = next(i for i in mine if i > first and not tr[i].continued)
+    assert all(tr[i].continued for i in mine if first <= i < last)
+    assert any(t.domid == b.domain_id for t in tr[first:last])
+
+
+@needs_gcc
+@pytest.mark.parametrize("what", ["huge-mmu", "huge-invlpg", "huge-traps"])
+def test_run_with_a_timeout_returns_during_a_huge_batch(what):
+    """``xenspec run --timeout 2`` of a guest whose one hypercall has minutes of work: the
+    batch is preempted, its work uses up slices, and the wall-clock guard, checked between
+    slices, ends the run (a generous bound on the whole command, not a speed assertion)."""
+    cmd = [sys.executable, "-m", "xenspec.cli", "run", str(build_guest("preempt")),
+           "--cmdline", what, "--timeout", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 4, proc.stderr
+    assert "issuing one" in proc.stdout
+    assert "domain 0 timed out" in proc.stderr
