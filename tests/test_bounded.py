@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tracemalloc
 
 import pytest
 
@@ -25,6 +26,8 @@ from xenspec.refmodel.hypervisor import (
     HypercallRecord,
     Hypervisor,
 )
+from xenspec.refmodel.memop import MAX_ORDER, MemOp
+from xenspec.refmodel.platform import PVPlatform
 from xenspec.refmodel.pvguest import PVGuest
 from xenspec.spec import abi
 
@@ -159,6 +162,109 @@ def test_invlpg_past_the_threshold_is_a_full_flush(g):
     v.flush_tlb_one(0xC0000000)
     assert (v.tlb_flushes, v.tlb_invlpgs) == (n + 1, [])
 
+
+
+# --- memory_op ---------------------------------------------------------------------------------
+MEMORY_OP = HYPERCALL_NUMBERS["memory_op"]
+RESERVATION = abi.XEN_MEMORY_RESERVATION_T
+
+
+def balloon_guest(pages: int = 1024, privileged: bool = False) -> PVGuest:
+    hv = Hypervisor(1 << 13)
+    pv = PVPlatform(hv)
+    hv.hypercall_table.update(MemOp(pv).hypercalls())
+    g = PVGuest(hv, pages, privileged=privileged)
+    pv.setup_domain(g.domain)
+    return g
+
+
+def reservation(g: PVGuest, extents: int, nr: int, order: int) -> int:
+    return g.write_args(RESERVATION.pack(extents, nr, order, 0, abi.DOMID_SELF), 0xF000)
+
+
+@pytest.mark.parametrize("order", [MAX_ORDER + 1, 0xFFFFFFFF])
+def test_decrease_reservation_above_max_order_gives_nothing_back(order):
+    """XSA-31: an extent order above MAX_ORDER does nothing (3.0.4 looped on 1 << order; the
+    model computed that number, 512 MB for order 2^32-1, and removed the first frame)."""
+    g = balloon_guest(256)
+    mfn = g.mfn(g.free_pfns()[0])
+    extents = g.write_args(mfn.to_bytes(4, "little"))
+    tot = g.domain.tot_pages
+    tracemalloc.start()
+    try:
+        rc = g.hypercall("memory_op", abi.XENMEM_decrease_reservation,
+                         reservation(g, extents, 1, order))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert rc == 0
+    assert g.domain.tot_pages == tot and mfn in g.domain.page_list
+    assert peak < 1 << 20
+
+
+@pytest.mark.parametrize("op", [abi.XENMEM_increase_reservation, abi.XENMEM_populate_physmap])
+def test_allocation_above_max_order_computes_nothing(op):
+    """page_alloc.c: an order above MAX_ORDER is never satisfied, and the model refuses it
+    before computing 2^order (a privileged caller may ask for multi-page extents)."""
+    g = balloon_guest(256, privileged=True)
+    g.domain.max_pages = 1 << 20
+    extents = g.write_args(bytes(4))
+    tot = g.domain.tot_pages
+    tracemalloc.start()
+    try:
+        rc = g.hypercall("memory_op", op, reservation(g, extents, 1, 0xFFFFFFFF))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (rc, g.domain.tot_pages) == (0, tot)
+    assert peak < 1 << 20
+
+
+def test_decrease_reservation_is_continued_with_start_extent():
+    """memory.c: after HYPERCALL_BUDGET frames the call continues as op | done <<
+    START_EXTENT_SHIFT with the same reservation; the guest sees the total."""
+    g = balloon_guest(1024)
+    mfns = [g.mfn(p) for p in list(g.free_pfns())[:600]]
+    extents = g.write_args(b"".join(m.to_bytes(4, "little") for m in mfns))
+    res = reservation(g, extents, len(mfns), 0)
+    tot = g.domain.tot_pages
+    g.hv.trace = []
+    assert g.hypercall("memory_op", abi.XENMEM_decrease_reservation, res) == 600
+    assert g.domain.tot_pages == tot - 600
+    calls = pieces(g.hv, MEMORY_OP)
+    shift = abi.XENMEM_START_EXTENT_SHIFT
+    assert [c.args[:2] for c in calls] == [
+        (abi.XENMEM_decrease_reservation | k * HYPERCALL_BUDGET << shift, res)
+        for k in range(3)]
+    assert [c.continued for c in calls] == [True, True, False]
+
+
+def test_increase_reservation_continuation_in_one_invocation():
+    """One invocation: the handler returns memory_op's number and leaves the continuation."""
+    g = balloon_guest(256)
+    g.domain.max_pages += 1000
+    res = reservation(g, 0, 1000, 0)
+    rc = g.hv.hypercall(g.vcpu, MEMORY_OP, abi.XENMEM_increase_reservation, res)
+    assert rc == MEMORY_OP
+    assert g.domain.tot_pages == 256 + HYPERCALL_BUDGET
+    c = g.vcpu.continuation
+    assert c is not None and c.args == (
+        abi.XENMEM_increase_reservation | HYPERCALL_BUDGET << abi.XENMEM_START_EXTENT_SHIFT,
+        res)
+    assert g.hypercall("memory_op", *c.args) == 1000
+    assert g.domain.tot_pages == 1256
+
+
+def test_multipage_extents_count_their_frames():
+    """A privileged caller's order-3 extents: 8 frames each against the budget, so an
+    invocation does 32 of them."""
+    g = balloon_guest(256, privileged=True)
+    g.domain.max_pages += 8 * 100
+    g.hv.trace = []
+    assert g.hypercall("memory_op", abi.XENMEM_increase_reservation,
+                       reservation(g, 0, 100, 3)) == 100
+    assert g.domain.tot_pages == 256 + 800
+    assert len(pieces(g.hv, MEMORY_OP)) == -(-100 // (HYPERCALL_BUDGET // 8))
 
 
 # --- a real guest: the registers are rewritten and int $0x82 runs again ---------------------
