@@ -125,6 +125,7 @@ class DomCtl:
         self._relinquish_memory(d)
         self._free_xen_pages(d)
         self.m.cpus.pop(domid, None)
+        self.pv.darch(d).console = bytearray()  # the console log goes with the domain
         if not d.page_list:
             del self.hv.domains[domid]
 

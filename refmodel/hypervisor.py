@@ -23,7 +23,7 @@ issues it again itself, as a guest's re-executed instruction would.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, MutableSequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -121,7 +121,9 @@ class Hypervisor:
         self.dom_xen = Domain(abi.DOMID_XEN, is_privileged=False, max_pages=0)
         self.special_domains = {abi.DOMID_IO: self.dom_io, abi.DOMID_XEN: self.dom_xen}
         self.next_domid = 0
-        self.trace: list[HypercallRecord] | None = None
+        # --trace: the records of handled hypercalls (a machine keeps a bounded log of them,
+        # refmodel/boot.py, HypercallLog).
+        self.trace: MutableSequence[HypercallRecord] | None = None
         self._arity: dict[Callable[..., int], int] = {}
         # The GDT frames a vCPU has installed (each holds a general and a type reference); the
         # descriptor subsystem provides them, for INV-COUNT.

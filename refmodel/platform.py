@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from xenspec.refmodel.arch import ArchDomain, ArchVcpu
+from xenspec.refmodel.arch import CONSOLE_LOG_SIZE, ArchDomain, ArchVcpu
 from xenspec.refmodel.domain import Domain, Vcpu
 from xenspec.refmodel.hypervisor import Hypervisor
 from xenspec.spec import abi
@@ -150,6 +150,11 @@ class PVPlatform:
         self.hv.memory.write(self.vcpu_info_maddr(v) + off, data)
 
     def write_console(self, d: Domain, data: bytes) -> None:
-        self.darch(d).console += data
+        """Output of ``d`` (console_io, the console ring): printed as it comes; the domain's
+        log keeps the last CONSOLE_LOG_SIZE bytes (refmodel/arch.py)."""
+        log = self.darch(d).console
+        log += data
+        if len(log) > CONSOLE_LOG_SIZE:
+            del log[: len(log) - CONSOLE_LOG_SIZE]
         if self.console_out is not None:
             self.console_out(d.domain_id, data)

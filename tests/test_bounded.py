@@ -14,11 +14,16 @@ from __future__ import annotations
 import subprocess
 import sys
 import tracemalloc
+from pathlib import Path
 
 import pytest
 
 from xenspec.conformance.guests.build import build_guest, toolchain_available
-from xenspec.refmodel.boot import Machine, boot
+from xenspec.refmodel.arch import CONSOLE_LOG_SIZE
+from xenspec.refmodel.backend import BACKEND_DOMID
+from xenspec.refmodel.blkback import MAX_MESSAGES
+from xenspec.refmodel.boot import TRACE_RECORDS, Machine, boot
+from xenspec.refmodel.console import CONSOLE_CHUNK
 from xenspec.refmodel.domain import INVLPG_MAX
 from xenspec.refmodel.hypervisor import (
     HYPERCALL_BUDGET,
@@ -29,10 +34,13 @@ from xenspec.refmodel.hypervisor import (
 from xenspec.refmodel.memop import MAX_ORDER, MemOp
 from xenspec.refmodel.platform import PVPlatform
 from xenspec.refmodel.pvguest import PVGuest
+from xenspec.refmodel.xenstore import QUOTA_MAX_ENTRY_SIZE, QUOTA_NB_ENTRY_PER_DOMAIN, XsError
 from xenspec.spec import abi
 
 MMU_UPDATE = HYPERCALL_NUMBERS["mmu_update"]
 MMUEXT_OP = HYPERCALL_NUMBERS["mmuext_op"]
+needs_gcc = needs_gcc_early = pytest.mark.skipif(not toolchain_available(),
+                                                 reason="needs gcc and ld")
 WINDOW = 0x40000000  # the aliased window's guest address: 4 MB per L2 slot
 PREEMPTED = abi.MMU_UPDATE_PREEMPTED
 
@@ -267,8 +275,149 @@ def test_multipage_extents_count_their_frames():
     assert len(pieces(g.hv, MEMORY_OP)) == -(-100 // (HYPERCALL_BUDGET // 8))
 
 
+# --- console_io and the console log -------------------------------------------------------------
+CONSOLE_IO = HYPERCALL_NUMBERS["console_io"]
+
+
+def console_guest() -> tuple[PVGuest, PVPlatform, list[bytes]]:
+    hv = Hypervisor(1 << 12)
+    pv = PVPlatform(hv)
+    g = PVGuest(hv, 256)
+    pv.setup_domain(g.domain)
+    out: list[bytes] = []
+    pv.console_out = lambda _domid, data: out.append(data)
+    return g, pv, out
+
+
+def test_console_write_of_4_mb_is_continued_and_the_log_keeps_a_tail():
+    """guest_console_write: 127-byte chunks, the budget of them per invocation, then a
+    continuation with the count left and the buffer advanced. Everything is printed as it
+    comes; the domain's log keeps the last CONSOLE_LOG_SIZE bytes."""
+    g, pv, out = console_guest()
+    text = bytes(ord("a") + i % 26 for i in range(abi.PAGE_SIZE))
+    va = aliased_window(g, text)
+    n = 4 << 20
+    g.hv.trace = []
+    assert g.hypercall("console_io", abi.CONSOLEIO_write, n, va) == 0
+    assert sum(map(len, out)) == n
+    log = bytes(pv.darch(g.domain).console)
+    assert len(log) == CONSOLE_LOG_SIZE
+    assert log == text * (CONSOLE_LOG_SIZE // abi.PAGE_SIZE)  # the stream's last bytes
+    calls = pieces(g.hv, CONSOLE_IO)
+    per_piece = HYPERCALL_BUDGET * CONSOLE_CHUNK
+    assert len(calls) == -(-n // per_piece)
+    assert calls[1].args[:3] == (abi.CONSOLEIO_write, n - per_piece, va + per_piece)
+
+
+def test_console_write_count_is_a_signed_int():
+    """do_console_io's count is an int: a negative one writes nothing and returns 0."""
+    g, pv, out = console_guest()
+    assert g.hypercall("console_io", abi.CONSOLEIO_write, 0x80000000, g.arg_va) == 0
+    assert out == [] and pv.darch(g.domain).console == b""
+
+
+def test_console_write_stops_at_an_unreadable_chunk():
+    """The chunks before an unreadable one are out; the call is -EFAULT."""
+    g, _, out = console_guest()
+    assert g.update_va_mapping(g.va(6), 0) == 0  # the page after pfn 5 is unmapped
+    va = g.write_args(b"y" * 300, 6 * abi.PAGE_SIZE - 300)
+    assert g.hypercall("console_io", abi.CONSOLEIO_write, 400, va) == -abi.EFAULT
+    assert b"".join(out) == b"y" * (2 * CONSOLE_CHUNK)
+
+
+@needs_gcc_early
+def test_destroy_frees_the_console_log():
+    m = Machine(32)
+    d = m.add_guest(str(build_guest("hello")), 8)
+    m.run(timeout_s=60.0)
+    assert b"Test result" in m.pv.darch(d).console
+    m.domctl.destroy(d.domain_id)
+    assert m.pv.darch(d).console == b""
+
+
+# --- the trace, the store, the block back end -----------------------------------------------
+@needs_gcc_early
+def test_trace_keeps_the_last_records_and_counts_every_call():
+    """A traced machine keeps the last TRACE_RECORDS records; BootResult.calls counts all."""
+    r = boot(str(build_guest("spin")), cmdline=f"yields {TRACE_RECORDS + 1000}", trace=True,
+             timeout_s=300.0)
+    assert r.test_result == "SUCCESS", r.console
+    assert len(r.trace) == TRACE_RECORDS
+    assert r.calls[HYPERCALL_NUMBERS["sched_op"]] == TRACE_RECORDS + 1000 + 1  # + shutdown
+
+
+def store_domain() -> tuple[PVPlatform, int]:
+    hv = Hypervisor(2048)
+    pv = PVPlatform(hv)
+    d = hv.create_domain(16)
+    pv.setup_domain(d)
+    pv.xenstore.introduce(d, d.page_list[3])
+    return pv, d.domain_id
+
+
+def test_xenstore_node_quota():
+    """xenstored's quota_nb_entry_per_domain: an unprivileged domain owns at most 1000 nodes
+    (the tools' keys in its home count); past that ENOSPC, all or nothing; rm gives them
+    back."""
+    pv, domid = store_domain()
+    xs = pv.xenstore
+    for j in range(10):  # ten directories of about 100 leaves: no record is too large
+        xs.mkdir(domid, f"data/d{j}")
+    i = 0
+    while xs.entries[domid] < QUOTA_NB_ENTRY_PER_DOMAIN - 1:
+        xs.write(domid, f"data/d{i % 10}/k{i}", "v")
+        i += 1
+    with pytest.raises(XsError) as e:
+        xs.write(domid, "more/and/more", "v")  # three nodes, one left
+    assert e.value.errno == abi.ENOSPC and xs.read(domid, "more") is None
+    xs.write(domid, "last", "v")
+    assert xs.entries[domid] == QUOTA_NB_ENTRY_PER_DOMAIN
+    with pytest.raises(XsError):
+        xs.mkdir(domid, "one/more")
+    xs.rm(domid, "data")
+    xs.write(domid, "more/and/more", "v")
+    assert xs.entries[domid] == 7
+
+
+def test_xenstore_entry_size_quota():
+    """quota_max_entry_size: a node record of 2048 bytes (value, permissions, children's
+    names) is ENOSPC for an unprivileged domain, the old value stays; the tools may."""
+    pv, domid = store_domain()
+    xs = pv.xenstore
+    fits = QUOTA_MAX_ENTRY_SIZE - 12 - 8 - 1
+    xs.write(domid, "big", b"x" * fits)
+    with pytest.raises(XsError) as e:
+        xs.write(domid, "big", b"x" * (fits + 1))
+    assert e.value.errno == abi.ENOSPC and xs.read(domid, "big") == b"x" * fits
+    with pytest.raises(XsError):
+        xs.write(domid, "new", b"x" * (fits + 1))
+    assert xs.read(domid, "new") is None
+    xs.write(BACKEND_DOMID, f"/local/domain/{domid}/tools", b"x" * 3000)  # the tools may
+    # Children's names count in the parent's record: 20 + 10 x 202 bytes fit, 11 do not.
+    for i in range(10):
+        xs.mkdir(domid, f"dir/{'n' * 200}{i}")
+    with pytest.raises(XsError):
+        xs.mkdir(domid, f"dir/{'n' * 200}a")
+
+
+@needs_gcc_early
+def test_block_back_end_keeps_a_bounded_log(tmp_path: Path):
+    """Each failed handshake a front end drives is one log line of the back end: it keeps
+    the last MAX_MESSAGES."""
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(512 * 16))
+    m = Machine(64, devices=True)
+    d = m.add_guest(str(build_guest("hello")), 16, paused=True)
+    dev = m.attach_disk(d.domain_id, str(image))
+    xs = m.pv.xenstore
+    for i in range(3 * MAX_MESSAGES):
+        xs.write(d.domain_id, f"{dev.fe}/ring-ref", f"bad{i}")
+        xs.write(d.domain_id, f"{dev.fe}/state", str(abi.XenbusStateInitialised))
+    assert len(dev.messages) == MAX_MESSAGES
+    assert "ring-ref" in dev.messages[-1]
+
+
 # --- a real guest: the registers are rewritten and int $0x82 runs again ---------------------
-needs_gcc = pytest.mark.skipif(not toolchain_available(), reason="needs gcc and ld")
 
 
 @needs_gcc
