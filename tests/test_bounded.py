@@ -131,14 +131,19 @@ def test_continued_batch_stops_at_a_failure_in_a_later_piece(hv, g):
     reqs = [(f << abi.PAGE_SHIFT | abi.MMU_MACHPHYS_UPDATE, 1) for f in frames] * 200
     bad = 3 * HYPERCALL_BUDGET + 5
     reqs[bad] = (0 << abi.PAGE_SHIFT | abi.MMU_MACHPHYS_UPDATE, 1)  # Xen's frame 0
+    hv.trace = []
     assert g.mmu_update(reqs) == (-abi.EINVAL, bad)
+    assert [c.continued for c in pieces(hv, MMU_UPDATE)] == [True, True, True, False]
 
 
 def test_continuation_without_pdone(hv, g):
     """A NULL pdone is neither read nor written; the continuation still completes."""
     frames = [g.mfn(p) for p in list(g.free_pfns())[10:18]]
     va = aliased_window(g, machphys_page(frames))
+    hv.trace = []
     assert g.hypercall("mmu_update", va, 3 * HYPERCALL_BUDGET + 1, 0, abi.DOMID_SELF) == 0
+    calls = pieces(hv, MMU_UPDATE)
+    assert len(calls) == 4 and calls[-1].args[1:3] == (1 | PREEMPTED, 0)
 
 
 # --- mmuext_op and the INVLPG record -----------------------------------------------------------
@@ -361,22 +366,26 @@ def test_xenstore_node_quota():
     back."""
     pv, domid = store_domain()
     xs = pv.xenstore
+
+    def owned() -> int:
+        return sum(1 for n in xs.nodes.values() if n.owner == domid)
+
     for j in range(10):  # ten directories of about 100 leaves: no record is too large
         xs.mkdir(domid, f"data/d{j}")
     i = 0
-    while xs.entries[domid] < QUOTA_NB_ENTRY_PER_DOMAIN - 1:
+    while owned() < QUOTA_NB_ENTRY_PER_DOMAIN - 1:
         xs.write(domid, f"data/d{i % 10}/k{i}", "v")
         i += 1
     with pytest.raises(XsError) as e:
         xs.write(domid, "more/and/more", "v")  # three nodes, one left
     assert e.value.errno == abi.ENOSPC and xs.read(domid, "more") is None
     xs.write(domid, "last", "v")
-    assert xs.entries[domid] == QUOTA_NB_ENTRY_PER_DOMAIN
+    assert owned() == xs.entries[domid] == QUOTA_NB_ENTRY_PER_DOMAIN
     with pytest.raises(XsError):
         xs.mkdir(domid, "one/more")
     xs.rm(domid, "data")
     xs.write(domid, "more/and/more", "v")
-    assert xs.entries[domid] == 7
+    assert owned() == xs.entries[domid] == 7
 
 
 def test_xenstore_entry_size_quota():
