@@ -46,13 +46,13 @@ if TYPE_CHECKING:
 
 DEFAULT_MACHINE_FRAMES = 1 << 16  # 256 MB of machine memory
 
-# The units of work (batch entries, trap-table entries, extents' frames, console bytes / 128)
-# one hypercall invocation does before it is continued. Xen checks for preemption before each
-# unit and preempts when a softirq or an event is pending; where a check is not free, later
-# Xen checks every 256 units (xen/arch/x86/mm/p2m.c, relinquish_shared_pages and
+# The units of work (batch entries, trap-table entries, extents' frames, 127-byte console
+# chunks) one hypercall invocation does before it is continued. Xen checks for preemption
+# before each unit and preempts when a softirq or an event is pending; where a check is not
+# free, later Xen checks every 256 units (xen/arch/x86/mm/p2m.c, relinquish_shared_pages and
 # p2m_finish_type_change: ``!(++count & 0xff) && hypercall_preempt_check()``). The model takes
 # that granularity as its fixed budget: one invocation costs at most a few milliseconds of the
-# model's own time (an mmu_update entry takes about 2 us to check, an INVLPG about 3 us), so
+# model's own time (an mmu_update entry takes about 2-3 us to check, an INVLPG about 4 us), so
 # no guest keeps the machine for longer than that between two scheduling points.
 HYPERCALL_BUDGET = 256
 
