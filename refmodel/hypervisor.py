@@ -51,9 +51,10 @@ DEFAULT_MACHINE_FRAMES = 1 << 16  # 256 MB of machine memory
 # before each unit and preempts when a softirq or an event is pending; where a check is not
 # free, later Xen checks every 256 units (xen/arch/x86/mm/p2m.c, relinquish_shared_pages and
 # p2m_finish_type_change: ``!(++count & 0xff) && hypercall_preempt_check()``). The model takes
-# that granularity as its fixed budget: one invocation costs at most a few milliseconds of the
-# model's own time (an mmu_update entry takes about 2-3 us to check, an INVLPG about 4 us), so
-# no guest keeps the machine for longer than that between two scheduling points.
+# that granularity as its fixed budget: one invocation of the model takes about a millisecond
+# (an mmu_update entry takes 2-3 us to check, an INVLPG about 4 us; a decrease_reservation
+# piece of a 64 MB domain, whose page list is searched per frame, about 20 ms), so no guest
+# keeps the machine for longer than that between two scheduling points.
 HYPERCALL_BUDGET = 256
 
 
