@@ -431,7 +431,7 @@ def test_block_back_end_keeps_a_bounded_log(tmp_path: Path):
 
 @needs_gcc
 def test_guest_batches_complete_across_continuations():
-    """The preempt kernel's 100,000-entry mmu_update, 300,000-op INVLPG batch and 523,776-
+    """The preempt kernel's 100,000-entry mmu_update, 100,000-op INVLPG batch and 102,400-
     entry trap table complete with their full done counts and results (the kernel checks
     them), each in many pieces: the substrate re-executes the rewound int $0x82."""
     r = boot(str(build_guest("preempt")), trace=True, timeout_s=120.0)

@@ -4,8 +4,8 @@
  * The batches are read through an aliased window: one frame mapped at every page of several
  * 4 MB page-directory slots, so a few frames are megabytes of arguments.
  * The command line picks what to do:
- *   (empty)      a 100,000-entry mmu_update, a 300,000-op INVLPG batch and a trap table of
- *                523,776 entries: each completes with its full done count and result
+ *   (empty)      a 100,000-entry mmu_update, a 100,000-op INVLPG batch and a trap table of
+ *                102,400 entries: each completes with its full done count and result
  *   huge-mmu     one mmu_update of 67 million entries (minutes of work)
  *   huge-invlpg  one mmuext_op of 89 million INVLPGs
  *   huge-traps   one set_trap_table of 134 million entries */
@@ -56,9 +56,9 @@ static u32 frame_with(const void *page)
     return mfn;
 }
 
-/* Map ``page_mfn`` read-only at every page of ``slots`` x 4 MB from WINDOW, except the very
- * last page, which maps ``last_mfn`` (0: the same frame). */
-static void map_window(u32 slots, u32 page_mfn, u32 last_mfn)
+/* Map ``page_mfn`` read-only at every page of ``slots`` x 4 MB from WINDOW, except page
+ * ``last`` of the last slot, which maps ``last_mfn`` (0: none). */
+static void map_window(u32 slots, u32 page_mfn, u32 last_mfn, u32 last)
 {
     u32 l1 = pfn_to_mfn(alloc_page_pfn());
     u32 *e = map_edit(l1);
@@ -71,7 +71,7 @@ static void map_window(u32 slots, u32 page_mfn, u32 last_mfn)
         e = map_edit(l1_last);
         for (int i = 0; i < 1024; i++)
             e[i] = (page_mfn << PAGE_SHIFT) | _PAGE_PRESENT;
-        e[1023] = (last_mfn << PAGE_SHIFT) | _PAGE_PRESENT;
+        e[last] = (last_mfn << PAGE_SHIFT) | _PAGE_PRESENT;
         unmap_edit();
     }
     struct mmuext_op pin = { MMUEXT_PIN_L1_TABLE, l1, 0 };
@@ -135,7 +135,7 @@ static void batches(void)
     u32 *m2p = (u32 *)MACH2PHYS_VIRT_START;
 
     machphys_page(target);
-    map_window(1, frame_with(page), 0);
+    map_window(1, frame_with(page), 0, 0);
     u32 n = 100000;
     long rc = HYPERVISOR_mmu_update((void *)WINDOW, n, &done, DOMID_SELF);
     check(rc == 0 && done == n, "mmu_update of %u: rc %d, done %u", n, (int)rc, done);
@@ -146,8 +146,7 @@ static void batches(void)
     unmap_window(1);
 
     invlpg_page();
-    map_window(1, frame_with(page), 0);
-    n = 300000;
+    map_window(1, frame_with(page), 0, 0);
     done = 0;
     rc = HYPERVISOR_mmuext_op((void *)WINDOW, n, &done, DOMID_SELF);
     check(rc == 0 && done == n, "INVLPG batch of %u: rc %d, done %u", n, (int)rc, done);
@@ -156,16 +155,15 @@ static void batches(void)
     trap_page();
     memset(edit, 0, PAGE_SIZE_BYTES);
     u32 zero = virt_to_mfn(edit);  /* the terminator: an entry with address 0 */
-    map_window(1, frame_with(page), zero);
+    map_window(1, frame_with(page), zero, 200);  /* 200 pages of 512 entries, then 0 */
     rc = HYPERVISOR_set_trap_table((void *)WINDOW);
-    check(rc == 0, "set_trap_table of 523776 entries: rc %d", (int)rc);
+    check(rc == 0, "set_trap_table of 102400 entries: rc %d", (int)rc);
     unmap_window(1);
     /* Vector 32 still works: the runtime's entry takes the int $0x20. */
     set_trap_handler(32, int20);
     asm volatile("int $0x20" ::: "memory");
     check(int20s == 1, "int $0x20 reached its handler %u times", int20s);
-    printk("batches: %u mmu_update entries, %u INVLPGs, 523776 trap entries\n", 100000,
-           300000);
+    printk("batches: %u mmu_update entries, %u INVLPGs, 102400 trap entries\n", n, n);
 }
 
 static void huge(const char *what)
@@ -174,18 +172,18 @@ static void huge(const char *what)
     long rc;
     if (!strcmp(what, "huge-mmu")) {
         machphys_page(pfn_to_mfn(alloc_page_pfn()));
-        map_window(HUGE_SLOTS, frame_with(page), 0);
+        map_window(HUGE_SLOTS, frame_with(page), 0, 0);
         printk("issuing one mmu_update of %u entries\n", HUGE_SLOTS << 18);
         rc = HYPERVISOR_mmu_update((void *)WINDOW, HUGE_SLOTS << 18, &done, DOMID_SELF);
     } else if (!strcmp(what, "huge-invlpg")) {
         invlpg_page();
-        map_window(HUGE_SLOTS, frame_with(page), 0);
+        map_window(HUGE_SLOTS, frame_with(page), 0, 0);
         u32 n = (HUGE_SLOTS << 22) / 12;
         printk("issuing one mmuext_op of %u INVLPGs\n", n);
         rc = HYPERVISOR_mmuext_op((void *)WINDOW, n, &done, DOMID_SELF);
     } else {
         trap_page();
-        map_window(HUGE_SLOTS, frame_with(page), 0);
+        map_window(HUGE_SLOTS, frame_with(page), 0, 0);
         printk("issuing one set_trap_table of %u entries\n", HUGE_SLOTS << 19);
         rc = HYPERVISOR_set_trap_table((void *)WINDOW);  /* ends at the unmapped 0x80000000 */
     }
