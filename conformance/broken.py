@@ -21,7 +21,7 @@ from typing import Any
 from xenspec.conformance.reference import ReferenceImplementation
 from xenspec.refmodel.arch import CpuUserRegs
 from xenspec.refmodel.domain import Domain, Vcpu
-from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS, Hypervisor
+from xenspec.refmodel.hypervisor import HYPERCALL_BUDGET, HYPERCALL_NUMBERS, Hypervisor
 from xenspec.refmodel.mm import MM
 from xenspec.refmodel.platform import PVPlatform
 from xenspec.spec import abi
@@ -207,9 +207,10 @@ def _handler_selector_unfixed(hv: Hypervisor, pv: PVPlatform) -> None:
     original = pv.traps.do_set_trap_table
 
     def do_set_trap_table(self: object, v: Vcpu, traps: int) -> int:
-        rc = original(v, traps)
+        rc = original(v, traps)  # 0 also when continued (set_trap_table's number is 0)
         size, va = abi.TRAP_INFO_T.size, traps
-        while rc == 0 and traps:
+        # The entries this invocation loaded: up to a terminator or the budget of one piece.
+        for _ in range(HYPERCALL_BUDGET if rc == 0 and traps else 0):
             raw = hv.copy_from_guest(v, va, size)
             if raw is None:
                 break

@@ -8,7 +8,6 @@ levels of ``xenspec.conformance.adapter``. ``setup`` (a function of the new ``Hy
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -19,12 +18,18 @@ from xenspec.refmodel.domain import Domain
 from xenspec.refmodel.hypervisor import HYPERCALL_NAMES, HYPERCALL_NUMBERS, Hypervisor
 from xenspec.refmodel.memory import PGC_allocated, PGC_xen_heap, PGT_pinned, PGT_validated
 from xenspec.refmodel.platform import PVPlatform
+from xenspec.refmodel.pvguest import issue
 from xenspec.spec import abi
 
 Setup = Callable[[Hypervisor, PVPlatform], None]
 
 MACHINE_FRAMES = 1024  # 4 MB: room for a few small domains
 GUEST_MACHINE_MB, GUEST_DOMAIN_MB = 64, 16
+
+
+def _call_names(calls: dict[int, int]) -> dict[str, int]:
+    """The machine's completed hypercalls by name (BootResult.calls)."""
+    return {HYPERCALL_NAMES.get(nr, str(nr)): n for nr, n in calls.items()}
 
 
 class ReferenceImplementation:
@@ -44,9 +49,8 @@ class ReferenceImplementation:
         r = boot(str(elf), memory_mb=GUEST_MACHINE_MB, domain_mb=GUEST_DOMAIN_MB,
                  cmdline=cmdline, timeout_s=timeout_s, trace=True, setup=self.setup,
                  devices=True)  # store and console rings, as Xen's tools give every guest
-        calls = Counter(HYPERCALL_NAMES.get(t.nr, str(t.nr)) for t in r.trace)
         return GuestRun(r.console, r.reason.name if r.reason else None, r.crash_reason or "",
-                        dict(calls))
+                        _call_names(r.calls))
 
     def boot_guest_with_disk(self, elf: Path, cmdline: str, timeout_s: float,
                              disk: Path) -> GuestRun:
@@ -55,10 +59,9 @@ class ReferenceImplementation:
         m.attach_disk(d.domain_id, str(disk))
         m.run(timeout_s=timeout_s)
         r = m.result(d)
-        calls = Counter(HYPERCALL_NAMES.get(t.nr, str(t.nr)) for t in r.trace)
         detail = "; ".join([r.crash_reason or "", *(x for dev in m.disks for x in dev.messages)])
         return GuestRun(r.console, r.reason.name if r.reason else None, detail.strip("; "),
-                        dict(calls))
+                        _call_names(r.calls))
 
     # --- hypercall level: the machine ----------------------------------------------------------
     @property
@@ -92,7 +95,8 @@ class ReferenceImplementation:
         nr = HYPERCALL_NUMBERS.get(name)
         if nr is None:
             raise ValueError(f"no hypercall {name!r}")
-        return self.hv.hypercall(self.domain(domid).vcpus[0], nr, *args)
+        # The guest's int $0x82, executed again while the hypercall is continued.
+        return issue(self.hv, self.domain(domid).vcpus[0], nr, *args)
 
     def is_running(self, domid: int) -> bool:
         return self.domain(domid).is_running

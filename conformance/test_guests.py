@@ -83,6 +83,8 @@ GUESTS = [
     ("ring", ["io/ring", "event_channel_op/send", "event/upcall"]),
     ("xenstore", ["io/xenstore", "start_of_day", "event_channel_op/send", "sched_op"]),
     ("consring", ["io/console_ring", "start_of_day", "event_channel_op/send"]),
+    ("preempt", ["mmu_update/MACHPHYS_UPDATE", "mmuext_op/TLB_FLUSH", "mmuext_op/PIN_L1_TABLE",
+                 "set_trap_table"]),
 ]
 
 

@@ -25,6 +25,10 @@ IN_OPCODES = {0xE4: 1, 0xE5: 0, 0xEC: 1, 0xED: 0}  # imm8 or DX
 OUT_OPCODES = {0xE6: 1, 0xE7: 0, 0xEE: 1, 0xEF: 0}
 IO_IMM8_OPCODES = frozenset({0xE4, 0xE5, 0xE6, 0xE7})
 
+# The bytes of a domain's console output the model keeps (ArchDomain.console): the size of
+# Xen's own console ring (xen/drivers/char/console.c, CONRING_SIZE).
+CONSOLE_LOG_SIZE = 16384
+
 
 @dataclass
 class CpuUserRegs:
@@ -120,4 +124,5 @@ class ArchDomain:
     # The model's stub page (Xen-owned, mapped read-only in the per-domain area): the ring-0
     # ``iret`` the substrate enters guest rings through, and the frames it returns with.
     stub_mfn: int = 0
+    # The last CONSOLE_LOG_SIZE bytes the domain wrote to its console (PVPlatform.write_console).
     console: bytearray = field(default_factory=bytearray)

@@ -31,12 +31,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Protocol
 
 from xenspec.refmodel.ring import BackRing, RingMemory, RingOverflow, SharedRing
 from xenspec.spec import abi
+
+MAX_MESSAGES = 64
 
 if TYPE_CHECKING:
     from xenspec.refmodel.platform import PVPlatform
@@ -306,7 +309,9 @@ class VbdDevice:
         self.image = image
         self.vdev = vdev
         self.barrier = barrier
-        self.messages: list[str] = []
+        # The back end's log lines (a front end can cause one per handshake it drives): the
+        # last MAX_MESSAGES, each also handed to ``log`` as it comes.
+        self.messages: deque[str] = deque(maxlen=MAX_MESSAGES)
         self._log = log
         self.backend = BACKEND_DOMID
         self.fe = frontend_path(domid, vdev)

@@ -12,6 +12,7 @@ D6).
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -25,12 +26,16 @@ from xenspec.refmodel.hypervisor import (
     HypervisorBug,
 )
 from xenspec.refmodel.platform import STUB_VIRT, PVPlatform, gdt_virt_start
+from xenspec.spec import abi
 
 if TYPE_CHECKING:
     from xenspec.refmodel.blkback import VbdDevice
     from xenspec.refmodel.cpu import UnicornCPU
 
 _RESULT = re.compile(rb"Test result: (SUCCESS|SKIP|ERROR|FAILURE)")
+# The hypercall records a traced machine keeps (BootResult.trace): the last TRACE_RECORDS; a
+# printed trace (``on_trace``) sees every record as it happens, and ``calls`` counts them all.
+TRACE_RECORDS = 1 << 16
 
 
 @dataclass
@@ -41,7 +46,8 @@ class BootResult:
     timed_out: bool
     traps: int
     bounces: int
-    trace: list[HypercallRecord] = field(default_factory=list)
+    trace: list[HypercallRecord] = field(default_factory=list)  # the last TRACE_RECORDS
+    calls: dict[int, int] = field(default_factory=dict)  # completed hypercalls by number
     hv: Hypervisor | None = None  # the machine, for checks after the run
     violations: list[str] = field(default_factory=list)
     domid: int = 0
@@ -84,7 +90,7 @@ class Machine:
         if console is not None:
             pv.console_out = console
         if trace or on_trace is not None:
-            hv.trace = [] if on_trace is None else _Streaming(on_trace)
+            hv.trace = HypercallLog(on_trace)
         from xenspec.refmodel.domctl import DomCtl
         from xenspec.refmodel.memop import MemOp
 
@@ -177,6 +183,7 @@ class Machine:
             traps=cpu.traps if cpu is not None else 0,
             bounces=self.pv.traps.bounces,
             trace=list(self.hv.trace or []),
+            calls=dict(self.hv.trace.calls) if isinstance(self.hv.trace, HypercallLog) else {},
             hv=self.hv,
             violations=list(self.violations),
             domid=d.domain_id,
@@ -232,13 +239,20 @@ def boot(
     return m.result(d)
 
 
-class _Streaming(list[HypercallRecord]):
-    """A trace list that also hands each record on as it is appended."""
+class HypercallLog(deque[HypercallRecord]):
+    """A machine's hypercall trace: the last TRACE_RECORDS records, each also handed to
+    ``sink`` as it is appended, and the number of completed hypercalls of each number (the
+    numbers past the hypercall table counted together, as NR_hypercalls)."""
 
-    def __init__(self, sink: Callable[[HypercallRecord], None]) -> None:
-        super().__init__()
+    def __init__(self, sink: Callable[[HypercallRecord], None] | None = None) -> None:
+        super().__init__(maxlen=TRACE_RECORDS)
         self.sink = sink
+        self.calls: dict[int, int] = {}
 
     def append(self, record: HypercallRecord) -> None:
         super().append(record)
-        self.sink(record)
+        if not record.continued:
+            nr = min(record.nr, abi.NR_hypercalls)
+            self.calls[nr] = self.calls.get(nr, 0) + 1
+        if self.sink is not None:
+            self.sink(record)

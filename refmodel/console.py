@@ -1,11 +1,22 @@
 """The emergency console: ``console_io`` (hypercall 18).
 
 Rule from Xen 3.0.4 xen/drivers/char/console.c (do_console_io, guest_console_write):
-CONSOLEIO_write copies ``count`` bytes from the guest and returns 0; a buffer the guest cannot
-read is -EFAULT; CONSOLEIO_read returns the number of bytes taken from the receive ring (the
-model's ring is always empty); any other command is -ENOSYS. Release builds refuse the console
-to unprivileged domains (-EPERM); the model is the verbose (debug) build every test setup
-uses, so every domain may write.
+CONSOLEIO_write copies the guest's ``count`` bytes (a signed int: none for a count of 0 or
+less) in chunks of 127 bytes, each going out as it is read, and returns 0; a chunk the guest
+cannot read ends the call with -EFAULT (the chunks before it are out). Before each chunk the
+preemption check may end the invocation with a continuation of the write for what is left
+(CONSOLEIO_write, the count left, the buffer advanced): a long write is as preemptible as a
+batch, its unit the chunk (refmodel/hypervisor.py, HYPERCALL_BUDGET: 32 KB per invocation).
+CONSOLEIO_read returns the number of bytes taken from the receive ring (the model's ring is
+always empty); any other command is -ENOSYS. Release builds refuse the console to unprivileged
+domains (-EPERM); the model is the verbose (debug) build every test setup uses, so every
+domain may write.
+
+What a domain wrote is printed as it comes (``PVPlatform.console_out``) and the model keeps
+only its last CONSOLE_LOG_SIZE bytes per domain (``ArchDomain.console``; Xen keeps none of a
+guest's console output, and its own console ring is CONRING_SIZE bytes), freed when the domain
+is destroyed. Departure: Xen prints a chunk up to its first NUL byte (sercon_puts of a
+NUL-terminated buffer); the model keeps the bytes as they are.
 """
 
 from __future__ import annotations
@@ -13,15 +24,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from xenspec.refmodel.arch import CONSOLE_LOG_SIZE
 from xenspec.refmodel.domain import Vcpu
 from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS
 from xenspec.spec import abi
 
+__all__ = ["CONSOLE_CHUNK", "CONSOLE_LOG_SIZE", "Console"]
+
 if TYPE_CHECKING:
     from xenspec.refmodel.platform import PVPlatform
 
-# Xen copies the buffer in chunks of 128 bytes; the model bounds one call at 1 MB of output.
-CONSOLE_WRITE_MAX = 1 << 20
+# guest_console_write: kbuf[128], a NUL after at most 127 bytes.
+CONSOLE_CHUNK = 127
+_NR_CONSOLE_IO: int = abi.__HYPERVISOR_console_io
 
 
 class Console:
@@ -34,15 +49,28 @@ class Console:
 
     def do_console_io(self, v: Vcpu, cmd: int, count: int, buffer: int) -> int:
         if cmd == abi.CONSOLEIO_write:
-            if count > CONSOLE_WRITE_MAX:
-                return -abi.EFAULT
-            data = self.hv.copy_from_guest(v, buffer, count) if count else b""
-            if data is None:
-                return -abi.EFAULT
-            self.pv.write_console(v.domain, data)
-            return 0
+            return self.guest_console_write(v, count, buffer)
         if cmd == abi.CONSOLEIO_read:
             if count and not self.hv.array_access_ok(buffer, count, 1):
                 return -abi.EFAULT
             return 0
         return -abi.ENOSYS
+
+    def guest_console_write(self, v: Vcpu, count: int, buffer: int) -> int:
+        """console.c, guest_console_write: chunk by chunk, preemptible before each."""
+        left = count - (1 << 32) if count & 0x80000000 else count  # an int
+        chunks = 0
+        try:
+            while left > 0:
+                if self.hv.hypercall_preempt_check(chunks):
+                    return self.hv.hypercall_create_continuation(
+                        v, _NR_CONSOLE_IO, abi.CONSOLEIO_write, left, buffer)
+                n = min(left, CONSOLE_CHUNK)
+                data = self.hv.copy_from_guest(v, buffer, n)
+                if data is None:
+                    return -abi.EFAULT
+                self.pv.write_console(v.domain, data)
+                buffer, left, chunks = buffer + n, left - n, chunks + 1
+            return 0
+        finally:
+            self.hv.charge_work(chunks)

@@ -1020,9 +1020,6 @@ class UnicornCPU:
         elif v.tlb_flushes != self._flushes or len(v.tlb_invlpgs) != self._invlpgs:
             self._flushes, self._invlpgs = v.tlb_flushes, len(v.tlb_invlpgs)
             eng.flush_tlb()
-        if len(v.tlb_invlpgs) > 4096:
-            del v.tlb_invlpgs[:]
-            self._invlpgs = 0
         want_ts = self.virtual_ts()
         if want_ts != self._real_ts:
             self._set_ts(want_ts)

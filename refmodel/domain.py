@@ -10,6 +10,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from xenspec.refmodel.hypervisor import Continuation
+
+
+# Single-address invalidations a vCPU keeps before the next one becomes a full flush. Xen
+# 3.0.4 executes each INVLPG at once and keeps nothing; the model records them for its CPU
+# substrate and must keep that record bounded. Real flush logic makes the same trade: Linux's
+# x86 flush_tlb_mm_range flushes the whole TLB past tlb_single_page_flush_ceiling (33) pages.
+INVLPG_MAX = 32
 
 
 class ShutdownReason(Enum):
@@ -30,19 +41,30 @@ class Vcpu:
     guest_table: int = 0
     ldt_base: int = 0
     ldt_ents: int = 0
-    # What the TLB has been told: full flushes and single-address invalidations. The CPU
-    # substrate acts on them; the MMU model counts them so that tests can see them happen.
+    # What the TLB has been told: full flushes, and the single-address invalidations since the
+    # last one (at most INVLPG_MAX). The CPU substrate acts on them (any change of the pair
+    # (tlb_flushes, len(tlb_invlpgs)) is news to it: the list only empties with a new full
+    # flush); the MMU model counts them so that tests can see them happen.
     tlb_flushes: int = 0
     tlb_invlpgs: list[int] = field(default_factory=list)
     # Set when a descriptor this vCPU may hold in a segment register changed (update_descriptor,
     # set_gdt, set_ldt, a shadow LDT page unmapped): Xen reloads DS/ES/FS/GS on every return to
     # the guest (x86_32/entry.S, restore_all_guest); the CPU substrate re-checks them then.
     reload_segments: bool = False
+    # The hypercall this vCPU's last one was preempted into (hypercall_create_continuation),
+    # until it is re-issued; only a vCPU without a CPU keeps it (refmodel/hypervisor.py).
+    continuation: Continuation | None = None
 
     def flush_tlb(self) -> None:
         self.tlb_flushes += 1
+        self.tlb_invlpgs.clear()
 
     def flush_tlb_one(self, va: int) -> None:
+        """Invalidate one address; past INVLPG_MAX of them the TLB is flushed whole instead,
+        so a batch of any length keeps a bounded record."""
+        if len(self.tlb_invlpgs) >= INVLPG_MAX:
+            self.flush_tlb()
+            return
         self.tlb_invlpgs.append(va)
 
 

@@ -128,6 +128,7 @@ class DomCtl:
         self.hv.relinquish_memory(d, d.page_list)
         self._free_xen_pages(d)
         self.m.cpus.pop(domid, None)
+        self.pv.darch(d).console = bytearray()  # the console log goes with the domain
         if not d.page_list and not d.xenpage_list:
             del self.hv.domains[domid]
 

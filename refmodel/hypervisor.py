@@ -25,12 +25,23 @@ separate Xen heap; the model has one heap and tells the two kinds apart by the f
   the Xen heap page itself is freed by arch_domain_destroy or grant_table_destroy, which Xen
   reaches only after the domain's last shared page lost its last reference: xenheap_pages
   holds a reference to the domain). The type reference goes with it.
+
+Long hypercalls are preempted and continued as Xen does it (xen/arch/x86/domain.c,
+hypercall_create_continuation, x86_32): the handler rewrites the guest's argument registers
+with what is left to do (EBX, ECX, EDX, ESI, EDI, EBP in order), puts the hypercall number in
+EAX and moves EIP back by 2, so that the guest executes the same ``int $0x82`` again once it
+is resumed; between the pieces it may take events and the scheduler may run other domains.
+Xen preempts when ``hypercall_preempt_check()`` sees a softirq or an event pending, which
+depends on timing; the model preempts deterministically, once an invocation has done
+``HYPERCALL_BUDGET`` units of work (see ``hypercall_preempt_check``). A vCPU without a CPU (a
+Python-driven guest, refmodel/pvguest.py) gets the continuation in ``Vcpu.continuation`` and
+issues it again itself, as a guest's re-executed instruction would.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, MutableSequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -55,6 +66,29 @@ if TYPE_CHECKING:
 
 DEFAULT_MACHINE_FRAMES = 1 << 16  # 256 MB of machine memory
 
+# The units of work (batch entries, trap-table entries, extents' frames, 127-byte console
+# chunks) one hypercall invocation does before it is continued. Xen checks for preemption
+# before each unit and preempts when a softirq or an event is pending; where a check is not
+# free, later Xen checks every 256 units (xen/arch/x86/mm/p2m.c, relinquish_shared_pages and
+# p2m_finish_type_change: ``!(++count & 0xff) && hypercall_preempt_check()``). The model takes
+# that granularity as its fixed budget: one invocation of the model takes about a millisecond
+# (an mmu_update entry takes 2-3 us to check, an INVLPG about 4 us; a decrease_reservation
+# piece of a 64 MB domain, whose page list is searched per frame, about 20 ms), so no guest
+# keeps the machine for longer than that between two scheduling points.
+HYPERCALL_BUDGET = 256
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """A preempted hypercall: the number and the argument registers it is re-executed with."""
+
+    nr: int
+    args: tuple[int, ...]
+
+
+# hypercall_create_continuation (x86_32): argument i goes into these registers.
+CONTINUATION_REGISTERS = ("ebx", "ecx", "edx", "esi", "edi", "ebp")
+
 
 class HypervisorBug(RuntimeError):
     """An exception escaped the model while it handled a guest request."""
@@ -72,10 +106,13 @@ class HypercallRecord:
     nr: int
     args: tuple[int, ...]
     rc: int
+    continued: bool = False  # preempted: the guest executes it again with new arguments
 
     def __str__(self) -> str:
         name = HYPERCALL_NAMES.get(self.nr, f"hypercall_{self.nr}")
         args = ", ".join(f"{a:#x}" for a in self.args)
+        if self.continued:
+            return f"d{self.domid} {name}({args}) preempted, continues"
         return f"d{self.domid} {name}({args}) = {self.rc}"
 
 
@@ -105,7 +142,9 @@ class Hypervisor:
         self.dom_xen = Domain(abi.DOMID_XEN, is_privileged=False, max_pages=0)
         self.special_domains = {abi.DOMID_IO: self.dom_io, abi.DOMID_XEN: self.dom_xen}
         self.next_domid = 0
-        self.trace: list[HypercallRecord] | None = None
+        # --trace: the records of handled hypercalls (a machine keeps a bounded log of them,
+        # refmodel/boot.py, HypercallLog).
+        self.trace: MutableSequence[HypercallRecord] | None = None
         self._arity: dict[Callable[..., int], int] = {}
         # The GDT frames a vCPU has installed (each holds a general and a type reference); the
         # descriptor subsystem provides them, for INV-COUNT.
@@ -119,6 +158,9 @@ class Hypervisor:
         # Frames the model's back ends (xenconsoled, xenstored, blkback) hold a writable
         # mapping of, as the real ones do through foreign mappings, with how many they hold.
         self.backend_maps: dict[int, int] = {}
+        # Charged with the units of work a hypercall did (the platform adds their time to the
+        # running vCPU's slice, refmodel/clock.py); nothing without a platform.
+        self.charge_work: Callable[[int], None] = lambda units: None
         # Frame 0 is never a guest's: a base pointer of 0 means "no page table", as in Xen.
         reserved = self._reserve_xen_frames(nr_frames)
         free = [mfn for mfn in range(nr_frames) if mfn not in reserved]
@@ -315,6 +357,7 @@ class Hypervisor:
         signed value (a negative errno on failure)."""
         if v.domain.shutdown_reason is not None:
             raise RuntimeError(f"domain {v.domain.domain_id} is not running")
+        v.continuation = None
         handler = self.hypercall_table.get(nr)
         if handler is None:
             rc = -abi.ENOSYS
@@ -333,7 +376,43 @@ class Hypervisor:
                     f"{HYPERCALL_NAMES.get(nr, nr)}{tuple(padded)} from domain "
                     f"{v.domain.domain_id} raised {type(exc).__name__}: {exc}"
                 ) from exc
+        continued = v.continuation is not None
+        if continued:
+            self._continue_in_guest(v)
         if self.trace is not None:
             record_args = tuple(a & 0xFFFFFFFF for a in args)
-            self.trace.append(HypercallRecord(v.domain.domain_id, nr, record_args, rc))
+            self.trace.append(
+                HypercallRecord(v.domain.domain_id, nr, record_args, rc, continued))
         return rc
+
+    # ----------------------------------------------------------------------------------------
+    # Preemption (xen/include/xen/sched.h, hypercall_preempt_check; x86 domain.c,
+    # hypercall_create_continuation).
+    # ----------------------------------------------------------------------------------------
+    @staticmethod
+    def hypercall_preempt_check(units_done: int) -> bool:
+        """Asked before each unit of work: True once this invocation has done its budget."""
+        return units_done >= HYPERCALL_BUDGET
+
+    def hypercall_create_continuation(self, v: Vcpu, nr: int, *args: int) -> int:
+        """The hypercall ``nr`` stops here and is executed again with ``args`` (the guest's
+        argument registers in order); returns what the handler returns, ``nr``, which goes
+        into EAX as Xen's does."""
+        v.continuation = Continuation(nr, tuple(a & 0xFFFFFFFF for a in args))
+        return nr
+
+    def _continue_in_guest(self, v: Vcpu) -> None:
+        """Rewrite the registers of a vCPU that runs on a CPU: EIP back over ``int $0x82``
+        (2 bytes), the arguments in their registers, the number in EAX. A vCPU without one
+        keeps the continuation for its Python driver."""
+        arch = self.arch_vcpu(v)
+        cpu = arch.cpu if arch is not None else None
+        c = v.continuation
+        if cpu is None or c is None:
+            return
+        regs = cpu.user_regs()
+        regs.eip = (regs.eip - 2) & 0xFFFFFFFF
+        regs.eax = c.nr
+        for name, value in zip(CONTINUATION_REGISTERS, c.args, strict=False):
+            setattr(regs, name, value)
+        v.continuation = None

@@ -17,7 +17,15 @@ decrease_reservation, populate_physmap, guest_remove_page) and xen/include/publi
   unreadable or unwritable list entry, a full reservation (alloc_domheap_pages: tot_pages may
   not exceed max_pages), an empty heap, a frame that is not the domain's;
 * an extent order above 0 needs a privileged caller (multipage_allocation_permitted: I/O
-  memory capabilities), else nothing is done;
+  memory capabilities), else nothing is done; an order above MAX_ORDER (20, xen/mm.h) is never
+  satisfied (page_alloc.c, alloc_heap_pages) and, following XSA-31 (a later fix: 3.0.4 loops
+  on ``1 << extent_order`` whatever the order), gives nothing back either: the order is
+  checked before anything is computed from it;
+* each operation is preempted as memory.c preempts it: the check comes before each extent,
+  and once an invocation has handled HYPERCALL_BUDGET frames (refmodel/hypervisor.py) the
+  call is continued with the extents done so far in the command's high bits
+  (``op | done << START_EXTENT_SHIFT``); the guest's registers are rewritten so that it
+  resumes there;
 * guest_remove_page takes a reference (get_page: the frame must be the domain's and in use),
   drops the pin (with its type reference) and the allocation reference, and drops its own. A
   frame that is still mapped, typed or otherwise referenced is therefore not freed at once: it
@@ -40,19 +48,19 @@ freeing one), and the hypervisor keeps writing it (shared_info's vcpu_info, say)
 model has a single heap, where freeing it would hand a frame the hypervisor still writes to
 the next domain (as a page table, say), so it keeps the frame with its domain instead.
 
-Not modelled: preemption and the continuation (every extent is done in one call), the other
-operations (machphys_mfn_list, add_to_physmap, translate_gpfn_list, the memory maps, exchange
-of later versions): -ENOSYS.
+Not modelled: the other operations (machphys_mfn_list, add_to_physmap, translate_gpfn_list,
+the memory maps, exchange of later versions): -ENOSYS.
 """
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from xenspec.refmodel.domain import Domain, Vcpu
-from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS
-from xenspec.refmodel.memory import PGC_allocated, PGC_xen_heap, PGT_pinned
+from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS, Hypervisor
+from xenspec.refmodel.memory import DOMID_NONE, PGC_allocated, PGC_xen_heap, PGT_pinned
 from xenspec.spec import abi
 from xenspec.spec.pagetable import PGT
 
@@ -61,6 +69,32 @@ if TYPE_CHECKING:
 
 _OP_MASK = (1 << abi.XENMEM_START_EXTENT_SHIFT) - 1
 _MAX_EXTENTS = 0xFFFFFFFF >> abi.XENMEM_START_EXTENT_SHIFT
+_NR_MEMORY_OP: int = abi.__HYPERVISOR_memory_op
+# xen/include/xen/mm.h (3.0.4): the largest extent the heap hands out is 2^MAX_ORDER pages.
+MAX_ORDER = 20
+_FREE_OWNER = array("i", [DOMID_NONE]).tobytes()
+# Frames of an extent taken off the free list one by one (each a scan of the list); a larger
+# extent is taken in one pass over it.
+_REMOVE_ONE_BY_ONE = 64
+
+
+class _Work:
+    """The preemption budget of one invocation, counted in frames: the check comes before
+    each extent, as Xen's does, so an extent is never split."""
+
+    def __init__(self, hv: Hypervisor) -> None:
+        self.hv = hv
+        self.units = 0
+
+    def preempt(self) -> bool:
+        return self.hv.hypercall_preempt_check(self.units)
+
+    def add(self, units: int) -> None:
+        self.units += units
+
+    def done(self, nr_done: int, preempted: bool = False) -> tuple[int, bool]:
+        self.hv.charge_work(self.units)
+        return nr_done, preempted
 
 
 class MemOp:
@@ -112,21 +146,21 @@ class MemOp:
         extents, nr, order, address_bits, domid = abi.XEN_MEMORY_RESERVATION_T.unpack(raw)
         if nr > _MAX_EXTENTS or start > nr:
             return -abi.EINVAL
-        if extents:
-            extents += 4 * start
-        nr -= start
         if address_bits and address_bits < self._machine_bits() and address_bits < 31:
             return -abi.ENOMEM
         d = self._target(v, domid)
         if isinstance(d, int):
             return d
         if op == abi.XENMEM_increase_reservation:
-            done = self.increase_reservation(v, d, extents, nr, order)
+            done, preempted = self.increase_reservation(v, d, extents, start, nr, order)
         elif op == abi.XENMEM_decrease_reservation:
-            done = self.decrease_reservation(v, d, extents, nr, order)
+            done, preempted = self.decrease_reservation(v, d, extents, start, nr, order)
         else:
-            done = self.populate_physmap(v, d, extents, nr, order)
-        return done + start
+            done, preempted = self.populate_physmap(v, d, extents, start, nr, order)
+        if preempted:
+            return self.hv.hypercall_create_continuation(
+                v, _NR_MEMORY_OP, op | done << abi.XENMEM_START_EXTENT_SHIFT, arg)
+        return done
 
     def _machine_bits(self) -> int:
         """get_order_from_pages(max_page) + PAGE_SHIFT."""
@@ -135,52 +169,68 @@ class MemOp:
     # ----------------------------------------------------------------------------------------
     # The three reservation operations.
     # ----------------------------------------------------------------------------------------
-    def increase_reservation(self, v: Vcpu, d: Domain, extents: int, nr: int,
-                             order: int) -> int:
+    def increase_reservation(self, v: Vcpu, d: Domain, extents: int, start: int, nr: int,
+                             order: int) -> tuple[int, bool]:
+        """Extents [start, nr); returns (extents done, preempted)."""
         if extents and not self.hv.array_access_ok(extents, nr, 4):
-            return 0
+            return start, False
         if order and not v.domain.is_privileged:
-            return 0
+            return start, False
         self._gained_frames(d)
-        for i in range(nr):
+        work = _Work(self.hv)
+        for i in range(start, nr):
+            if work.preempt():
+                return work.done(i, True)
             mfn = self.alloc_extent(d, order)
             if mfn is None:
-                return i
+                return work.done(i)
+            work.add(1 << order)
             if extents and not self._put_word(v, extents + 4 * i, mfn):
-                return i
-        return nr
+                return work.done(i)
+        return work.done(nr)
 
-    def populate_physmap(self, v: Vcpu, d: Domain, extents: int, nr: int, order: int) -> int:
+    def populate_physmap(self, v: Vcpu, d: Domain, extents: int, start: int, nr: int,
+                         order: int) -> tuple[int, bool]:
         if not self.hv.array_access_ok(extents, nr, 4):
-            return 0
+            return start, False
         if order and not v.domain.is_privileged:
-            return 0
+            return start, False
         self._gained_frames(d)
-        for i in range(nr):
+        work = _Work(self.hv)
+        for i in range(start, nr):
+            if work.preempt():
+                return work.done(i, True)
             gpfn = self._get_word(v, extents + 4 * i)
             if gpfn is None:
-                return i
+                return work.done(i)
             mfn = self.alloc_extent(d, order)
             if mfn is None:
-                return i
+                return work.done(i)
+            work.add(1 << order)
             for j in range(1 << order):
                 self.hv.set_gpfn_from_mfn(mfn + j, gpfn + j)
             if not self._put_word(v, extents + 4 * i, mfn):
-                return i
-        return nr
+                return work.done(i)
+        return work.done(nr)
 
-    def decrease_reservation(self, v: Vcpu, d: Domain, extents: int, nr: int,
-                             order: int) -> int:
-        if not self.hv.array_access_ok(extents, nr, 4):
-            return 0
-        for i in range(nr):
+    def decrease_reservation(self, v: Vcpu, d: Domain, extents: int, start: int, nr: int,
+                             order: int) -> tuple[int, bool]:
+        """Any domain may give back extents of any order up to MAX_ORDER (XSA-31: a larger
+        order does nothing; 3.0.4 looped on 1 << order)."""
+        if not self.hv.array_access_ok(extents, nr, 4) or order > MAX_ORDER:
+            return start, False
+        work = _Work(self.hv)
+        for i in range(start, nr):
+            if work.preempt():
+                return work.done(i, True)
             gmfn = self._get_word(v, extents + 4 * i)
             if gmfn is None:
-                return i
+                return work.done(i)
             for j in range(1 << order):
+                work.add(1)
                 if not self.guest_remove_page(d, gmfn + j):
-                    return i
-        return nr
+                    return work.done(i)
+        return work.done(nr)
 
     # ----------------------------------------------------------------------------------------
     # Frames.
@@ -206,32 +256,44 @@ class MemOp:
 
     def alloc_extent(self, d: Domain, order: int) -> int | None:
         """alloc_domheap_pages + assign_pages: 2^order free machine frames (aligned, for an
-        order above 0) for ``d`` within its max_pages; the first mfn, or None."""
+        order above 0) for ``d`` within its max_pages; the first mfn, or None. An order above
+        MAX_ORDER is refused before anything is computed (page_alloc.c, alloc_heap_pages)."""
+        if order > MAX_ORDER:
+            return None
         n = 1 << order
         if d.tot_pages + n > d.max_pages or n > len(self.hv.free_list):
             return None
         if order == 0:
-            mfn = self.hv.alloc_domheap_page(d)
-        else:
-            found = self._aligned_free_run(n)
-            if found is None:
-                return None
-            mfn = found
-            for j in range(n):
-                self._take_frame(d, mfn + j)
-        return mfn
+            return self.hv.alloc_domheap_page(d)
+        base = self._aligned_free_run(n)
+        if base is None:
+            return None
+        free = self.hv.free_list
+        if n <= _REMOVE_ONE_BY_ONE:
+            for mfn in range(base, base + n):
+                free.remove(mfn)
+        else:  # one pass over the free list, whatever the extent's size
+            free[:] = [f for f in free if not base <= f < base + n]
+        for mfn in range(base, base + n):
+            self._take_frame(d, mfn)
+        return base
 
     def _aligned_free_run(self, n: int) -> int | None:
-        free = set(self.hv.free_list)
-        for base in range(0, self.hv.memory.nr_frames - n + 1, n):
-            if all(base + j in free for j in range(n)):
-                return base
+        """The first n-aligned run of n free frames (owner DOMID_NONE: the free list's frames,
+        INV-FREE), found by a byte search over the frame table's owner column."""
+        owners = self.hv.frames.owner.tobytes()
+        run = _FREE_OWNER * n
+        width = len(_FREE_OWNER) * n
+        at = owners.find(run)
+        while at >= 0:
+            if at % width == 0:
+                return at // len(_FREE_OWNER)
+            at = owners.find(run, (at // width + 1) * width)
         return None
 
     def _take_frame(self, d: Domain, mfn: int) -> None:
-        """hypervisor.alloc_domheap_page for one given free frame."""
+        """hypervisor.alloc_domheap_page for one given frame, already off the free list."""
         hv = self.hv
-        hv.free_list.remove(mfn)
         hv.frames.owner[mfn] = d.domain_id
         hv.frames.count[mfn] = 1
         hv.frames.flags[mfn] = PGC_allocated

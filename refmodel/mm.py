@@ -15,9 +15,17 @@ Deliberate departures from 3.0.4, each following a later Xen security fix:
 * ``update_va_mapping`` only modifies an L1 entry when the L2 slot names a frame of type L1
   (later Xen's ``guest_map_l1e`` checks; in 3.0.4 a linear-mapped L2 could be reached).
 
+A batch is preempted as do_mmu_update and do_mmuext_op preempt it: before each entry the
+preemption check (``Hypervisor.hypercall_preempt_check``, a fixed budget of entries per
+invocation) may end the invocation with a continuation of the same hypercall for the entries
+left, its count carrying MMU_UPDATE_PREEMPTED, and the entries done so far are added to
+``*pdone`` (read back from it when the continuation starts). The validation of one table (a
+pin, a base pointer, a first L2 entry naming an L1) is one entry and is not preempted, as in
+3.0.4 (later Xen made it preemptible, XSA-45): it is bounded by the tables' size.
+
 Not modelled yet: I/O memory mappings (no domain has iomem permission, so a frame number beyond
-machine RAM is refused), shadow and translated paging modes, hypercall preemption (a batch is
-always processed whole), and TLB flush filtering (every type change is counted as a flush).
+machine RAM is refused), shadow and translated paging modes, and TLB flush filtering (every
+type change is counted as a flush).
 """
 
 from __future__ import annotations
@@ -49,6 +57,12 @@ from xenspec.spec.pagetable import (
 
 if TYPE_CHECKING:
     from xenspec.refmodel.hypervisor import Hypervisor
+
+# _run_batch's answer for a batch the preemption check stopped (never a hypercall's result).
+_PREEMPTED = 1 << 32
+# Hypercall numbers (xen.h), outside the class: Python would mangle __HYPERVISOR_* inside it.
+_NR_MMU_UPDATE: int = abi.__HYPERVISOR_mmu_update
+_NR_MMUEXT_OP: int = abi.__HYPERVISOR_mmuext_op
 
 
 class MM:
@@ -347,6 +361,10 @@ class MM:
             v, d, foreigndom, ureqs, count, abi.MMU_UPDATE_T.size,
             lambda buf: self.mmu_update_one(d, buf),
         )
+        if rc == _PREEMPTED:
+            rc = self.hv.hypercall_create_continuation(
+                v, _NR_MMU_UPDATE, ureqs + i * abi.MMU_UPDATE_T.size,
+                (count - i) | abi.MMU_UPDATE_PREEMPTED, pdone, foreigndom)
         return self._finish_batch(v, pdone, done + i, rc)
 
     def mmu_update_one(self, d: Domain, buf: bytes) -> int:
@@ -405,6 +423,10 @@ class MM:
             v, v.domain, foreigndom, uops, count, abi.MMUEXT_OP_T.size,
             lambda buf: self.mmuext_op_one(v, *abi.MMUEXT_OP_T.unpack(buf)),
         )
+        if rc == _PREEMPTED:
+            rc = self.hv.hypercall_create_continuation(
+                v, _NR_MMUEXT_OP, uops + i * abi.MMUEXT_OP_T.size,
+                (count - i) | abi.MMU_UPDATE_PREEMPTED, pdone, foreigndom)
         if self.deferred_flush:
             v.flush_tlb()
         self.deferred_flush = False
@@ -601,20 +623,29 @@ class MM:
         one: Callable[[bytes], int],
     ) -> tuple[int, int]:
         """Process ``count`` records of ``size`` bytes at guest address ``uptr`` until the
-        first failure; return (records completed, rc)."""
+        first failure or the preemption check; return (records completed, rc), rc being
+        ``_PREEMPTED`` when the caller is to create the continuation."""
         if not self.set_foreigndom(d, foreigndom):
             return 0, -abi.ESRCH
         if not self.hv.array_access_ok(uptr, count, size):
             return 0, -abi.EFAULT
         reader = self.hv.guest_reader(v, uptr)
-        for i in range(count):
+        i, rc = 0, 0
+        preempt = self.hv.hypercall_preempt_check
+        while i < count:
+            if preempt(i):
+                rc = _PREEMPTED
+                break
             buf = reader.read(size)
             if buf is None:
-                return i, -abi.EFAULT
+                rc = -abi.EFAULT
+                break
             rc = one(buf)
             if rc:
-                return i, rc
-        return count, 0
+                break
+            i += 1
+        self.hv.charge_work(i)
+        return i, rc
 
     def _read_done(self, v: Vcpu, pdone: int) -> int:
         if not pdone:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from xenspec.refmodel.arch import ArchDomain, ArchVcpu
+from xenspec.refmodel.arch import CONSOLE_LOG_SIZE, ArchDomain, ArchVcpu
 from xenspec.refmodel.domain import Domain, Vcpu
 from xenspec.refmodel.hypervisor import Hypervisor
 from xenspec.spec import abi
@@ -58,6 +58,7 @@ class PVPlatform:
         self.hv = hv
         # System time and run times (refmodel/clock.py); the scheduler advances it.
         self.clock = Clock()
+        hv.charge_work = self.clock.charge_work  # long hypercalls' work uses the slice
         self.arch_v: dict[tuple[int, int], ArchVcpu] = {}
         self.arch_d: dict[int, ArchDomain] = {}
         self.console_out: Callable[[int, bytes], None] | None = None
@@ -152,6 +153,11 @@ class PVPlatform:
         self.hv.memory.write(self.vcpu_info_maddr(v) + off, data)
 
     def write_console(self, d: Domain, data: bytes) -> None:
-        self.darch(d).console += data
+        """Output of ``d`` (console_io, the console ring): printed as it comes; the domain's
+        log keeps the last CONSOLE_LOG_SIZE bytes (refmodel/arch.py)."""
+        log = self.darch(d).console
+        log += data
+        if len(log) > CONSOLE_LOG_SIZE:
+            del log[: len(log) - CONSOLE_LOG_SIZE]
         if self.console_out is not None:
             self.console_out(d.domain_id, data)

@@ -3,7 +3,9 @@
 Tests, benchmarks and the built-in scenario use it to issue hypercalls the way a guest kernel
 does: argument arrays are written into the guest's own memory (the first ``ARG_PAGES`` pages of
 the bootstrap region) and passed by guest-virtual address in the argument registers, so every
-call exercises the same copy_from_guest path a real guest does.
+call exercises the same copy_from_guest path a real guest does. A hypercall the hypervisor
+preempts is issued again with the continuation's arguments until it completes (``issue``), as
+a real guest's ``int $0x82`` is executed again without the guest noticing.
 """
 
 from __future__ import annotations
@@ -14,11 +16,21 @@ from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS, Hypervisor
 from xenspec.spec import abi
 from xenspec.spec.guestcalls import PTE_RO, PTE_RW, MMUCalls, pack_mmu_updates, pack_mmuext_ops
 
-__all__ = ["ARG_PAGES", "DONE_OFFSET", "PTE_RO", "PTE_RW", "PVGuest"]
+__all__ = ["ARG_PAGES", "DONE_OFFSET", "PTE_RO", "PTE_RW", "PVGuest", "issue"]
 
 ARG_PAGES = 16  # pfns [0, 16): the argument area (up to 4095 mmu_update requests)
 DONE_OFFSET = ARG_PAGES * abi.PAGE_SIZE - 4  # the last word of the area receives *done
 
+
+def issue(hv: Hypervisor, v: Vcpu, nr: int, *args: int) -> int:
+    """Hypercall ``nr`` from ``v`` to completion: while the hypervisor continues it
+    (``Vcpu.continuation``), issue it again with the registers the continuation left, as the
+    guest's re-executed ``int $0x82`` does. Returns the last piece's result."""
+    rc = hv.hypercall(v, nr, *args)
+    while v.continuation is not None and v.domain.is_running:
+        c = v.continuation
+        rc = hv.hypercall(v, c.nr, *c.args)
+    return rc
 
 
 class PVGuest(MMUCalls):
@@ -64,7 +76,8 @@ class PVGuest(MMUCalls):
 
     # --- raw hypercall -----------------------------------------------------------------------
     def hypercall(self, name: str, *args: int) -> int:
-        return self.hv.hypercall(self.vcpu, HYPERCALL_NUMBERS[name], *args)
+        """Issue a hypercall, continuations included (``issue``)."""
+        return issue(self.hv, self.vcpu, HYPERCALL_NUMBERS[name], *args)
 
     def write_args(self, data: bytes, offset: int = 0) -> int:
         """Place ``data`` in the argument area; return its guest-virtual address."""

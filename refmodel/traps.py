@@ -34,6 +34,9 @@ vCPU's LDT area is a descriptor read: the page is mapped lazily, or the guest ge
 ldt_base + offset (traps.c, handle_gdt_ldt_mapping_fault); one in a GDT page with no frame
 behind it is #GP(selector).
 
+A trap table is read entry by entry until one with address 0, with the preemption check before
+each (do_set_trap_table): a long table is continued from the next entry.
+
 Not modelled yet: the writable-page-table assist, gpf_emulate_4gb (the 4gb_segments assist).
 """
 
@@ -51,6 +54,8 @@ from xenspec.spec.desc import guest_gate_selector_okay
 
 if TYPE_CHECKING:
     from xenspec.refmodel.platform import PVPlatform
+
+_NR_SET_TRAP_TABLE: int = abi.__HYPERVISOR_set_trap_table
 
 # entry.S: the EFLAGS bits Xen clears in the live frame when it bounces.
 _BOUNCE_CLEAR = abi.X86_EFLAGS_TF | abi.X86_EFLAGS_NT | abi.X86_EFLAGS_RF | abi.X86_EFLAGS_VM
@@ -117,22 +122,32 @@ class Traps:
     # Hypercalls.
     # ----------------------------------------------------------------------------------------
     def do_set_trap_table(self, v: Vcpu, traps: int) -> int:
-        """Hypercall 0: load trap_info entries until one with address 0; NULL clears all."""
+        """Hypercall 0: load trap_info entries until one with address 0; NULL clears all.
+        The table has no length: past the preemption budget the rest is a continuation that
+        starts at the next entry (traps.c, hypercall_create_continuation with the advanced
+        handle)."""
         arch = self.pv.arch(v)
         if traps == 0:
             arch.trap_ctxt = [TrapInfo() for _ in range(abi.NR_VECTORS)]
             return 0
         size = abi.TRAP_INFO_T.size
         va = traps
-        while True:
-            raw = self.hv.copy_from_guest(v, va, size) if va + size <= 2**32 else None
-            if raw is None:
-                return -abi.EFAULT
-            vector, flags, cs, address = abi.TRAP_INFO_T.unpack(raw)
-            if address == 0:
-                return 0
-            arch.trap_ctxt[vector] = TrapInfo(flags, fixup_guest_code_selector(cs), address)
-            va += size
+        loaded = 0
+        try:
+            while True:
+                if self.hv.hypercall_preempt_check(loaded):
+                    return self.hv.hypercall_create_continuation(v, _NR_SET_TRAP_TABLE, va)
+                raw = self.hv.copy_from_guest(v, va, size) if va + size <= 2**32 else None
+                if raw is None:
+                    return -abi.EFAULT
+                vector, flags, cs, address = abi.TRAP_INFO_T.unpack(raw)
+                if address == 0:
+                    return 0
+                arch.trap_ctxt[vector] = TrapInfo(flags, fixup_guest_code_selector(cs), address)
+                va += size
+                loaded += 1
+        finally:
+            self.hv.charge_work(loaded)
 
     def do_stack_switch(self, v: Vcpu, ss: int, esp: int) -> int:
         """Hypercall 3: the ring-1 stack for bounces from ring 3 (TSS SS1:ESP1)."""

@@ -30,6 +30,12 @@ tools give a domain its home, so a guest reads and writes only under ``/local/do
 and gets EACCES elsewhere; for a missing node the error is EACCES when the nearest existing
 ancestor is unreadable, else ENOENT (errno_from_parents).
 
+Quotas are xenstored's (xenstored_core.c, 3.0.4 defaults): an unprivileged domain owns at most
+1000 nodes (construct_node: the nodes it creates are its own; the tools' nodes in its home
+count too, as domain_entry_inc charges the owner) and writes no node record of 2048 bytes or
+more (write_node: value, permissions and children's names); past either, ENOSPC and nothing is
+changed. So the store a domain can fill is bounded.
+
 The ring is untrusted. The model never raises on what a guest writes there: indexes further
 apart than the ring (``prod - cons > XENSTORE_RING_SIZE``, xenstored_domain.c check_indexes)
 or a message longer than XENSTORE_PAYLOAD_MAX break the connection, as xenstored drops it: the
@@ -69,6 +75,13 @@ _HDR = abi.XSD_SOCKMSG_T
 _RING_MASK = abi.XENSTORE_RING_SIZE - 1
 _IDX_MASK = 0xFFFFFFFF
 _VALID_PATH = re.compile(r"/|(/[A-Za-z0-9\-_@]+)+")
+# xenstored_core.c (3.0.4), the quotas of an unprivileged domain: the nodes it may own and the
+# size of a node's record (write_node: 3 words, 8 bytes per permission, value, children's
+# names). Past either the request is ENOSPC (3.0.4 sets that errno for the size; for the
+# count it leaves errno as it was, and later xenstored sets ENOSPC, which the model follows).
+QUOTA_NB_ENTRY_PER_DOMAIN = 1000
+QUOTA_MAX_ENTRY_SIZE = 2048
+
 _ERRNO_NAMES = {abi.EINVAL: "EINVAL", abi.EACCES: "EACCES", abi.ENOENT: "ENOENT",
                 abi.ENOSYS: "ENOSYS", abi.EEXIST: "EEXIST", abi.E2BIG: "E2BIG",
                 abi.ENOSPC: "ENOSPC", abi.EIO: "EIO"}
@@ -89,6 +102,12 @@ class Node:
     value: bytes = b""
     owner: int = BACKEND_DOMID
     acl: dict[int, int] = field(default_factory=dict)  # other domains' XS_PERM_* bits
+    childlen: int = 0  # the bytes of its children's names, each with a NUL (node->childlen)
+
+    def size(self, value_len: int | None = None, more_children: int = 0) -> int:
+        """write_node's record size: 3 words, the permissions, the value, the children."""
+        value = len(self.value) if value_len is None else value_len
+        return 12 + 8 * (1 + len(self.acl)) + value + self.childlen + more_children
 
 
 @dataclass
@@ -112,15 +131,20 @@ def parent(path: str) -> str:
     return path.rsplit("/", 1)[0] or "/"
 
 
+def basename(path: str) -> str:
+    return path.rsplit("/", 1)[1]
+
+
 class XenStore:
     """The model's xenstored (``pv.xenstore``)."""
 
     def __init__(self, pv: PVPlatform) -> None:
         self.pv = pv
         self.hv = pv.hv
-        self.nodes: dict[str, Node] = {"/": Node()}
-        for path in ("/local", "/local/domain", "/tool"):
-            self.nodes[path] = Node()
+        self.nodes: dict[str, Node] = {}
+        self.entries: dict[int, int] = {}  # nodes owned, by domain (struct domain, nbentry)
+        for path in ("/", "/local", "/local/domain", "/tool"):
+            self._add(path, Node())
         self.conns: dict[int, Connection] = {}
         self.watches: list[tuple[str, Callable[[str], None]]] = []
 
@@ -145,7 +169,8 @@ class XenStore:
         self.conns[d.domain_id] = conn
         self.pv.backends.listen(bport, lambda: self.service(conn))
         h = home(d.domain_id)
-        self.nodes[h] = Node(owner=d.domain_id)
+        if h not in self.nodes:
+            self._add(h, Node(owner=d.domain_id))
         self.write(BACKEND_DOMID, f"{h}/domid", str(d.domain_id))
         self.write(BACKEND_DOMID, f"{h}/name", f"Domain-{d.domain_id}")
         return gport
@@ -187,8 +212,11 @@ class XenStore:
             raise XsError(abi.EACCES)
         raise XsError(abi.ENOENT)
 
-    def _create(self, domid: int, path: str) -> Node:
-        """Create ``path`` and its missing parents (construct_node)."""
+    def _create(self, domid: int, path: str, value_len: int = 0) -> Node:
+        """Create ``path`` and its missing parents (construct_node, create_node), all or
+        none: an unprivileged domain may own at most QUOTA_NB_ENTRY_PER_DOMAIN nodes, and no
+        record it writes (the new nodes, the existing parent given a child) may reach
+        QUOTA_MAX_ENTRY_SIZE bytes (ENOSPC)."""
         anc = self._ancestor(path)
         if not self._perm(domid, anc) & abi.XS_PERM_WRITE:
             raise XsError(abi.EACCES)
@@ -197,10 +225,37 @@ class XenStore:
         while p not in self.nodes:
             missing.append(p)
             p = parent(p)
+        privileged = self._privileged(domid)
+        owner = anc.owner if privileged else domid
+        if not privileged:
+            if self.entries.get(domid, 0) + len(missing) > QUOTA_NB_ENTRY_PER_DOMAIN:
+                raise XsError(abi.ENOSPC)
+            new = Node(owner=owner, acl=dict(anc.acl))
+            sizes = [anc.size(more_children=len(basename(missing[-1])) + 1),
+                     new.size(value_len=value_len)]
+            sizes += [new.size(more_children=len(basename(c)) + 1) for c in missing[:-1]]
+            if max(sizes) >= QUOTA_MAX_ENTRY_SIZE:
+                raise XsError(abi.ENOSPC)
         for p in reversed(missing):
-            owner = anc.owner if self._privileged(domid) else domid
-            self.nodes[p] = Node(owner=owner, acl=dict(anc.acl))
+            self._add(p, Node(owner=owner, acl=dict(anc.acl)))
         return self.nodes[path]
+
+    def _add(self, path: str, node: Node) -> None:
+        """A new node: its parent's children and its owner's count grow."""
+        self.nodes[path] = node
+        if path != "/":
+            self.nodes[parent(path)].childlen += len(basename(path)) + 1
+        self.entries[node.owner] = self.entries.get(node.owner, 0) + 1
+
+    def _remove(self, path: str) -> None:
+        """Remove ``path`` and everything under it."""
+        below = path + "/"
+        for p in [p for p in self.nodes if p == path or p.startswith(below)]:
+            owner = self.nodes.pop(p).owner
+            self.entries[owner] -= 1
+            if not self.entries[owner]:
+                del self.entries[owner]
+        self.nodes[parent(path)].childlen -= len(basename(path)) + 1
 
     def _changed(self, path: str) -> None:
         for prefix, fn in list(self.watches):
@@ -225,9 +280,11 @@ class XenStore:
         data = value.encode() if isinstance(value, str) else bytes(value)
         node = self.nodes.get(path)
         if node is None:
-            node = self._create(domid, path)
+            node = self._create(domid, path, len(data))
         elif not self._perm(domid, node) & abi.XS_PERM_WRITE:
             raise XsError(abi.EACCES)
+        elif not self._privileged(domid) and node.size(len(data)) >= QUOTA_MAX_ENTRY_SIZE:
+            raise XsError(abi.ENOSPC)  # write_node
         node.value = data
         self._changed(path)
 
@@ -251,9 +308,7 @@ class XenStore:
             if e.errno == abi.ENOENT and parent(path) in self.nodes:
                 return
             raise
-        below = path + "/"
-        for p in [p for p in self.nodes if p == path or p.startswith(below)]:
-            del self.nodes[p]
+        self._remove(path)
         self._changed(path)
 
     def directory(self, domid: int, path: str) -> list[str]:
@@ -266,6 +321,10 @@ class XenStore:
     def set_perms(self, path: str, owner: int, acl: dict[int, int] | None = None) -> None:
         """The tools' xs_set_permissions on an existing absolute path."""
         node = self.nodes[self.canonical(BACKEND_DOMID, path)]
+        self.entries[node.owner] -= 1
+        if not self.entries[node.owner]:
+            del self.entries[node.owner]
+        self.entries[owner] = self.entries.get(owner, 0) + 1
         node.owner, node.acl = owner, dict(acl or {})
 
     def watch(self, prefix: str, fn: Callable[[str], None]) -> None:

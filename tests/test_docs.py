@@ -75,6 +75,7 @@ def test_site_builds_with_warnings_as_errors(tmp_path: Path) -> None:
     for name in ("matrix", "abi", "layout", "page-types", "paths"):
         assert (out / "generated" / f"{name}.html").is_file()
     assert (out / "_images" / "address-space.svg").is_file()
+    assert "HYPERCALL_BUDGET" in (out / "guide" / "bounded.html").read_text()
     assert "sample-impl" in (out / "generated" / "matrix.html").read_text()
 
 

@@ -8,6 +8,7 @@ const char test_title[] = "xenstore: ring protocol, keys, errors, permissions";
 
 static char buf[XENSTORE_PAYLOAD_MAX + 1];
 static char big[3001];
+#define BIG 2000  /* twice the ring, below the 2048-byte node quota */
 
 static void start_of_day(void)
 {
@@ -54,11 +55,18 @@ static void read_write(void)
     check(xenstore_talk(XS_RM, "data/dir", NULL, NULL, 0) >= 0, "rm");
     check(xenstore_read("data/dir", buf, 8) == -ENOENT, "removed");
     /* Longer than the ring both ways: the request and the answer wrap and wait for room. */
-    for (u32 i = 0; i < sizeof(big) - 1; i++)
+    for (u32 i = 0; i < BIG; i++)
         big[i] = 'a' + i % 26;
-    check(xenstore_write("data/big", big) == 0, "write 3000 bytes");
+    check(xenstore_write("data/big", big) == 0, "write %u bytes", BIG);
     n = xenstore_read("data/big", buf, sizeof(buf));
-    check(n == 3000 && !strcmp(buf, big), "read 3000 bytes back: %d", n);
+    check(n == BIG && !strcmp(buf, big), "read %u bytes back: %d", BIG, n);
+    /* A node record of 2048 bytes or more is past an unprivileged domain's quota
+     * (xenstored_core.c, quota_max_entry_size; write_node's ENOSPC): the value stays. */
+    for (u32 i = BIG; i < sizeof(big) - 1; i++)
+        big[i] = 'a' + i % 26;
+    check(xenstore_write("data/big", big) == -ENOSPC, "write 3000 bytes: over the quota");
+    n = xenstore_read("data/big", buf, sizeof(buf));
+    check(n == BIG, "the %u bytes are still there: %d", BIG, n);
     for (u32 i = 0; i < 20; i++)     /* many round trips: the indexes go round the ring */
         check(xenstore_write("data/n", "0123456789") == 0, "write %u", i);
 }
