@@ -4,6 +4,12 @@
 (``xenspec.conformance.adapter.HypercallLevel``): frame information and page-table contents
 are read once per check and cached. ``violations(impl)`` names every invariant that fails, by
 id, with the frames at fault where the invariant can say.
+
+The view is total, so that checking reports and never raises: a frame number beyond the
+implementation's RAM (an I/O frame a privileged domain maps, which Xen allows, or any number
+a table, base pointer or GDT names) reads as I/O memory, owned by DOMID_IO as Xen's dom_io
+owns it, with no type, references, flags or contents; a directory whose owner the
+implementation does not know as a domain has no hypervisor slots to compare (-1).
 """
 
 from __future__ import annotations
@@ -14,7 +20,11 @@ from xenspec.conformance.adapter import FrameInfo, HypercallLevel
 from xenspec.spec import abi
 from xenspec.spec.concrete import ConcreteLogic
 from xenspec.spec.invariants import COUNTER_INVARIANTS, INVARIANTS, count_violations
-from xenspec.spec.pagetable import pte_present
+from xenspec.spec.pagetable import PGT, pte_present
+
+# What the view reads for a frame beyond RAM: I/O memory, dom_io's (mm.c, arch_init_memory).
+IO_FRAME = FrameInfo(owner=abi.DOMID_IO, type=int(PGT.none), type_count=0, count=0,
+                     validated=False, pinned=False, allocated=False)
 
 
 class ImplementationView(ConcreteLogic):
@@ -29,32 +39,37 @@ class ImplementationView(ConcreteLogic):
         self._xen: dict[int, Sequence[int]] = {}
 
     def words(self, mfn: int) -> Sequence[int]:
+        if not self.mfn_valid(mfn):
+            return [0] * abi.L1_PAGETABLE_ENTRIES
         w = self._words.get(mfn)
         if w is None:
             w = self._words[mfn] = self.impl.entries(mfn)
         return w
 
+    def info(self, mfn: int) -> FrameInfo:
+        return self.infos[mfn] if self.mfn_valid(mfn) else IO_FRAME
+
     # frames
     def owner(self, mfn: int) -> int:
-        return self.infos[mfn].owner
+        return self.info(mfn).owner
 
     def type(self, mfn: int) -> int:
-        return self.infos[mfn].type
+        return self.info(mfn).type
 
     def type_count(self, mfn: int) -> int:
-        return self.infos[mfn].type_count
+        return self.info(mfn).type_count
 
     def count(self, mfn: int) -> int:
-        return self.infos[mfn].count
+        return self.info(mfn).count
 
     def validated(self, mfn: int) -> bool:
-        return self.infos[mfn].validated
+        return self.info(mfn).validated
 
     def pinned(self, mfn: int) -> bool:
-        return self.infos[mfn].pinned
+        return self.info(mfn).pinned
 
     def allocated(self, mfn: int) -> bool:
-        return self.infos[mfn].allocated
+        return self.info(mfn).allocated
 
     def mfn_valid(self, mfn: int) -> bool:
         return 0 <= mfn < len(self.infos)
@@ -70,7 +85,11 @@ class ImplementationView(ConcreteLogic):
         domid = self.owner(l2mfn)
         slots = self._xen.get(domid)
         if slots is None:
-            slots = self._xen[domid] = self.impl.xen_l2_slots(domid)
+            try:
+                slots = self.impl.xen_l2_slots(domid)
+            except (ValueError, KeyError, IndexError):  # not a domain the implementation has
+                slots = [-1] * abi.L2_PAGETABLE_XEN_SLOTS
+            self._xen[domid] = slots
         return slots[index - abi.L2_PAGETABLE_FIRST_XEN_SLOT]
 
     # vCPUs
