@@ -111,7 +111,10 @@ class DomCtl:
 
     # --- destruction ------------------------------------------------------------------------
     def destroy(self, domid: int) -> None:
-        """domain_kill: the domain stops for good and gives up its resources."""
+        """domain_kill: the domain stops for good and gives up its resources, in Xen's order
+        (common/domain.c domain_kill: gnttab_release_mappings, then x86 domain.c
+        domain_relinquish_resources: every vCPU's base pointer, every vCPU's GDT, then
+        relinquish_memory of the Xen-heap pages shared with the domain, then of its own)."""
         d = self._find(domid)
         self.dying.add(domid)
         self.pv.sched.pause(d)
@@ -122,10 +125,12 @@ class DomCtl:
         self.pv.grants.destroy_domain(d)  # gnttab_release_mappings, before the memory
         for v in d.vcpus:
             self._release_vcpu(v.domain, v.vcpu_id)
-        self._relinquish_memory(d)
+        self._relinquish_memory(d, self._xenpage_list(d))
+        self._relinquish_memory(d, list(d.page_list))
         self._free_xen_pages(d)
         self.m.cpus.pop(domid, None)
-        if not d.page_list:
+        if not d.page_list and not any(self.hv.frames.owner[m] == domid
+                                       for m in self._xenpage_list(d)):
             del self.hv.domains[domid]
 
     def _release_vcpu(self, d: Domain, vcpu_id: int) -> None:
@@ -137,10 +142,20 @@ class DomCtl:
             self.hv.mm.put_page_and_type(old)
         self.pv.arch(v).cpu = None
 
-    def _relinquish_memory(self, d: Domain) -> None:
-        """x86 domain.c, relinquish_memory."""
+    def _xenpage_list(self, d: Domain) -> list[int]:
+        """d->xenpage_list: the Xen-heap frames shared with the domain (domain.c,
+        share_xen_page_with_guest): its shared_info and its grant-table frames."""
+        si = self.pv.darch(d).shared_info_mfn
+        table = self.pv.grants.tables.get(d.domain_id)
+        return [m for m in [si, *(table.shared if table is not None else [])] if m]
+
+    def _relinquish_memory(self, d: Domain, frames_of: list[int]) -> None:
+        """x86 domain.c, relinquish_memory: for each frame still ``d``'s and in use, drop
+        the pin (with its type reference) and the allocation reference, and force a
+        validated page directory to drop the references its entries hold (which breaks
+        circular linear-page-table references)."""
         mm, frames = self.hv.mm, self.hv.frames
-        for mfn in list(d.page_list):
+        for mfn in frames_of:
             if not mm.get_page(mfn, d):
                 continue
             if frames.flags[mfn] & PGT_pinned:
@@ -156,13 +171,10 @@ class DomCtl:
             mm.put_page(mfn)
 
     def _free_xen_pages(self, d: Domain) -> None:
-        """shared_info (its allocation reference) and the model's per-domain frames."""
+        """The model's per-domain frames (Xen's own: the per-domain area's tables and the
+        stub page)."""
         hv = self.hv
         a = self.pv.darch(d)
-        si = a.shared_info_mfn
-        if si and hv.frames.flags[si] & PGC_allocated:
-            hv.frames.flags[si] &= ~PGC_allocated
-            hv.mm.put_page(si)
         for mfn in [*d.perdomain_pt, a.stub_mfn]:
             if mfn and hv.frames.count[mfn] == 1:
                 hv.frames.count[mfn] = 0
