@@ -110,7 +110,7 @@ class Machine:
         from xenspec.refmodel.cpu import UnicornCPU
 
         if isinstance(image, str):
-            image = load_image_file(image)
+            image = load_image_file(image, domain_mb << 20)
         pv = self.pv
         built = build_domain(self.hv, pv, image, domain_mb * 256, cmdline=cmdline,
                              privileged=privileged,
