@@ -177,7 +177,8 @@ def _run_guests(paths: list[str], cmdlines: list[str], trace: bool, memory_mb: i
     for v in m.violations:
         click.echo(f"(XEN) INVARIANT VIOLATED {v}", err=True)
     if check_invariants and not m.violations:
-        click.echo("(XEN) every invariant held after every hypercall", err=True)
+        until = " until the timeout, and at the end" if m.stop == "timeout" else ""
+        click.echo(f"(XEN) every invariant held after every hypercall{until}", err=True)
     if m.violations:
         return 5
     return next((s for s in statuses if s != 0), 0)
