@@ -76,10 +76,13 @@ class Machine:
         check_invariants: bool = False,
         setup: Callable[[Hypervisor, PVPlatform], None] | None = None,
         devices: bool = False,
+        wallclock_s: int | None = None,
     ) -> None:
         self.devices = devices  # the default of add_guest: store and console rings
         self.hv = hv = Hypervisor(memory_mb * 256)
         self.pv = pv = PVPlatform(hv)
+        if wallclock_s is not None:  # the wall clock at boot (default vtime's fixed one)
+            pv.vtime.set_wallclock(wallclock_s * 1_000_000_000)
         if setup is not None:
             setup(hv, pv)
         if console is not None:
