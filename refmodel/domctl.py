@@ -10,7 +10,8 @@ xen/arch/x86/domain.c (domain_relinquish_resources, relinquish_memory):
   is unpaused, as the tools do; an unknown domain is -ESRCH;
 * pause stops every vCPU of the domain until unpause; a paused domain keeps its state;
 * destroy kills the domain once: its vCPUs never run again, its event channels close, each
-  vCPU's GDT and base pointer are dropped, and every frame it owns loses its pin, its
+  vCPU's GDT and base pointer are dropped, and every frame it owns (the Xen-heap frames
+  shared with it, shared_info and the grant-table frames, then its own) loses its pin, its
   allocation reference and, for a page directory, its validation (which drops the references
   its entries hold, breaking circular linear-page-table references). A frame is freed when its
   last reference goes (the MMU's rule, refmodel/mm.py): one another domain still maps stays
