@@ -29,7 +29,7 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING
 
 from xenspec.refmodel.arch import CpuUserRegs
 from xenspec.refmodel.builder import BuildError, build_initial_tables
@@ -37,6 +37,9 @@ from xenspec.refmodel.domain import Domain
 from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS, Hypervisor, OutOfMemory
 from xenspec.refmodel.platform import PVPlatform
 from xenspec.spec import abi
+
+if TYPE_CHECKING:
+    from elftools.elf.sections import Section
 
 _BOOTSTRAP_SLACK_PAGES = (512 << 10) // abi.PAGE_SIZE
 # The memory an image is parsed for when the caller names no domain: the default domain size.
@@ -130,7 +133,7 @@ def _int(text: str, key: str) -> int:
         raise BuildError(f"__xen_guest: {key}={text} is not a number") from None
 
 
-def _section_data(sec: Any, limit: int, name: str) -> bytes:
+def _section_data(sec: Section, limit: int, name: str) -> bytes:
     """A section's contents as the file holds them, inflated if stored compressed: at most
     ``limit`` bytes, and exactly the size its compression header declares (BuildError)."""
     if sec["sh_type"] == "SHT_NOBITS":
