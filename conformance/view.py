@@ -9,6 +9,12 @@ An invariant needs data an adapter may not offer: INV-XENPAGE the frames the hyp
 into (``XenWrittenFrames``), INV-COUNT Xen's reference counts (``counts_like_xen``). Without
 them the invariant is not evaluated (``not_evaluated`` says why), never taken to hold: the view
 raises ``NotEvaluated`` if anything asks it what the adapter cannot tell.
+
+The view is total, so that checking reports and never raises: a frame number beyond the
+implementation's RAM (an I/O frame a privileged domain maps, which Xen allows, or any number
+a table, base pointer or GDT names) reads as I/O memory, owned by DOMID_IO as Xen's dom_io
+owns it, with no type, references, flags or contents; a directory whose owner the
+implementation does not know as a domain has no hypervisor slots to compare (-1).
 """
 
 from __future__ import annotations
@@ -24,7 +30,11 @@ from xenspec.spec.invariants import (
     Invariant,
     count_violations,
 )
-from xenspec.spec.pagetable import pte_present
+from xenspec.spec.pagetable import PGT, pte_present
+
+# What the view reads for a frame beyond RAM: I/O memory, dom_io's (mm.c, arch_init_memory).
+IO_FRAME = FrameInfo(owner=abi.DOMID_IO, type=int(PGT.none), type_count=0, count=0,
+                     validated=False, pinned=False, allocated=False)
 
 
 class NotEvaluated(Exception):
@@ -62,32 +72,37 @@ class ImplementationView(ConcreteLogic):
                              if isinstance(impl, XenWrittenFrames) else None)
 
     def words(self, mfn: int) -> Sequence[int]:
+        if not self.mfn_valid(mfn):
+            return [0] * abi.L1_PAGETABLE_ENTRIES
         w = self._words.get(mfn)
         if w is None:
             w = self._words[mfn] = self.impl.entries(mfn)
         return w
 
+    def info(self, mfn: int) -> FrameInfo:
+        return self.infos[mfn] if self.mfn_valid(mfn) else IO_FRAME
+
     # frames
     def owner(self, mfn: int) -> int:
-        return self.infos[mfn].owner
+        return self.info(mfn).owner
 
     def type(self, mfn: int) -> int:
-        return self.infos[mfn].type
+        return self.info(mfn).type
 
     def type_count(self, mfn: int) -> int:
-        return self.infos[mfn].type_count
+        return self.info(mfn).type_count
 
     def count(self, mfn: int) -> int:
-        return self.infos[mfn].count
+        return self.info(mfn).count
 
     def validated(self, mfn: int) -> bool:
-        return self.infos[mfn].validated
+        return self.info(mfn).validated
 
     def pinned(self, mfn: int) -> bool:
-        return self.infos[mfn].pinned
+        return self.info(mfn).pinned
 
     def allocated(self, mfn: int) -> bool:
-        return self.infos[mfn].allocated
+        return self.info(mfn).allocated
 
     def mfn_valid(self, mfn: int) -> bool:
         return 0 <= mfn < len(self.infos)
@@ -108,7 +123,11 @@ class ImplementationView(ConcreteLogic):
         domid = self.owner(l2mfn)
         slots = self._xen.get(domid)
         if slots is None:
-            slots = self._xen[domid] = self.impl.xen_l2_slots(domid)
+            try:
+                slots = self.impl.xen_l2_slots(domid)
+            except (ValueError, KeyError, IndexError):  # not a domain the implementation has
+                slots = [-1] * abi.L2_PAGETABLE_XEN_SLOTS
+            self._xen[domid] = slots
         return slots[index - abi.L2_PAGETABLE_FIRST_XEN_SLOT]
 
     # vCPUs

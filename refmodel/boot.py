@@ -12,6 +12,7 @@ D6).
 from __future__ import annotations
 
 import re
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,10 +82,13 @@ class Machine:
         check_invariants: bool = False,
         setup: Callable[[Hypervisor, PVPlatform], None] | None = None,
         devices: bool = False,
+        wallclock_s: int | None = None,
     ) -> None:
         self.devices = devices  # the default of add_guest: store and console rings
         self.hv = hv = Hypervisor(memory_mb * 256)
         self.pv = pv = PVPlatform(hv)
+        if wallclock_s is not None:  # the wall clock at boot (default vtime's fixed one)
+            pv.vtime.set_wallclock(wallclock_s * 1_000_000_000)
         if setup is not None:
             setup(hv, pv)
         if console is not None:
@@ -102,6 +106,8 @@ class Machine:
         self.violations: list[str] = []
         self.check_invariants = check_invariants
         self.stop = ""
+        # The wall-clock end of the run under way (run's timeout_s), None without one.
+        self.wall_end: float | None = None
         if check_invariants:
             self._check_each_hypercall()
 
@@ -116,7 +122,7 @@ class Machine:
         from xenspec.refmodel.cpu import UnicornCPU
 
         if isinstance(image, str):
-            image = load_image_file(image)
+            image = load_image_file(image, domain_mb << 20)
         pv = self.pv
         built = build_domain(self.hv, pv, image, domain_mb * 256, cmdline=cmdline,
                              privileged=privileged,
@@ -159,7 +165,12 @@ class Machine:
 
     def run(self, until_ns: int | None = None, timeout_s: float = 0.0) -> str:
         """Run until every domain has stopped or nothing can run (see ``Sched.run``); raise
-        HypervisorBug if the model failed (KeyboardInterrupt passes through)."""
+        HypervisorBug if the model failed (KeyboardInterrupt passes through). ``timeout_s``
+        bounds the run's wall-clock time whatever it does: the scheduler checks it between
+        slices, and once it has passed the checks of ``check_invariants`` stop until the end
+        of the run (the state is checked once more then), so that the slice under way ends
+        as quickly as it would without them."""
+        self.wall_end = time.monotonic() + timeout_s if timeout_s > 0 else None
         self.stop = self.pv.sched.run(until_ns=until_ns, timeout_s=timeout_s)
         for cpu in self.cpus.values():
             exc = cpu.pending_exception
@@ -191,6 +202,10 @@ class Machine:
             run_ns=self.pv.clock.domain_run_ns(d),
         )
 
+    def timed_out(self) -> bool:
+        """The run under way has passed its wall-clock timeout."""
+        return self.wall_end is not None and time.monotonic() >= self.wall_end
+
     def _check_each_hypercall(self) -> None:
         from xenspec.refmodel.view import check_invariants as check
 
@@ -199,7 +214,7 @@ class Machine:
 
         def checked_hypercall(v: Vcpu, nr: int, *args: int) -> int:
             rc = plain(v, nr, *args)
-            if not violations:
+            if not violations and not self.timed_out():
                 found = check(hv)
                 if found:
                     violations.extend(f"after {HYPERCALL_NAMES.get(nr, nr)}: {f}"

@@ -112,7 +112,10 @@ class DomCtl:
 
     # --- destruction ------------------------------------------------------------------------
     def destroy(self, domid: int) -> None:
-        """domain_kill: the domain stops for good and gives up its resources."""
+        """domain_kill: the domain stops for good and gives up its resources, in Xen's order
+        (common/domain.c domain_kill: gnttab_release_mappings, then x86 domain.c
+        domain_relinquish_resources: every vCPU's base pointer, every vCPU's GDT, then
+        relinquish_memory of the Xen-heap pages shared with the domain, then of its own)."""
         d = self._find(domid)
         self.dying.add(domid)
         self.pv.sched.pause(d)

@@ -16,14 +16,20 @@ xen/include/public/elfnote.h and xen.h):
   ESP = top of the boot stack, ESI = start_info's address, EFLAGS.IF = 1, events masked.
 
 Every malformed input is one ``BuildError`` line; the builder never raises anything else for
-a bad file.
+a bad file. The work a file can cause is bounded by the domain it is built for: a section
+stored compressed (SHF_COMPRESSED, gABI's Elf32_Chdr with ELFCOMPRESS_ZLIB) is inflated
+only if its declared size fits the domain's memory, and never past that size; an image whose
+segments span more than the domain's memory is refused before anything is loaded. (Xen
+3.0.4's loader, xen/common/elf.c, reads no compressed section: the only ones the model reads
+are the notes and ``__xen_guest``, and it reads them whole or refuses them.)
 """
 
 from __future__ import annotations
 
 import struct
+import zlib
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from xenspec.refmodel.arch import CpuUserRegs
 from xenspec.refmodel.builder import BuildError, build_initial_tables
@@ -32,7 +38,15 @@ from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS, Hypervisor, OutOfMemo
 from xenspec.refmodel.platform import PVPlatform
 from xenspec.spec import abi
 
+if TYPE_CHECKING:
+    from elftools.elf.sections import Section
+
 _BOOTSTRAP_SLACK_PAGES = (512 << 10) // abi.PAGE_SIZE
+# The memory an image is parsed for when the caller names no domain: the default domain size.
+DEFAULT_DOMAIN_BYTES = 16 << 20
+_SHF_COMPRESSED = 0x800  # gABI section flag
+_ELFCOMPRESS_ZLIB = 1
+_ELF32_CHDR = struct.Struct("<III")  # ch_type, ch_size, ch_addralign
 _4MB_PAGES = 1 << (abi.L2_PAGETABLE_SHIFT - abi.PAGE_SHIFT)
 
 
@@ -119,8 +133,38 @@ def _int(text: str, key: str) -> int:
         raise BuildError(f"__xen_guest: {key}={text} is not a number") from None
 
 
-def parse_image(stream: IO[bytes], name: str = "kernel") -> GuestImage:
-    """Read a guest kernel image; raise ``BuildError`` with one line on any defect."""
+def _section_data(sec: Section, limit: int, name: str) -> bytes:
+    """A section's contents as the file holds them, inflated if stored compressed: at most
+    ``limit`` bytes, and exactly the size its compression header declares (BuildError)."""
+    if sec["sh_type"] == "SHT_NOBITS":
+        return b""  # no contents in the file (zeros; nothing the builder reads)
+    if not sec["sh_flags"] & _SHF_COMPRESSED:
+        return bytes(sec.data())  # sh_size bytes of the file at most
+    sec.stream.seek(sec["sh_offset"])
+    raw = sec.stream.read(sec["sh_size"])
+    what = f"{name}: compressed section {sec.name or '#?'}"
+    if len(raw) < _ELF32_CHDR.size:
+        raise BuildError(f"{what} has no compression header")
+    ch_type, ch_size, _ = _ELF32_CHDR.unpack_from(raw)
+    if ch_type != _ELFCOMPRESS_ZLIB:
+        raise BuildError(f"{what} uses compression type {ch_type:#x}, not zlib")
+    if ch_size > limit:
+        raise BuildError(f"{what} declares {ch_size} bytes, more than the domain's "
+                         f"{limit} bytes of memory")
+    inflate = zlib.decompressobj()
+    try:
+        out = inflate.decompress(raw[_ELF32_CHDR.size:], ch_size + 1)  # never more
+    except zlib.error as exc:
+        raise BuildError(f"{what}: bad zlib data ({exc})") from None
+    if len(out) != ch_size or not inflate.eof:
+        raise BuildError(f"{what} does not inflate to the {ch_size} bytes it declares")
+    return out
+
+
+def parse_image(stream: IO[bytes], name: str = "kernel",
+                max_bytes: int = DEFAULT_DOMAIN_BYTES) -> GuestImage:
+    """Read a guest kernel image for a domain of ``max_bytes`` of memory; raise
+    ``BuildError`` with one line on any defect."""
     from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
 
@@ -131,7 +175,8 @@ def parse_image(stream: IO[bytes], name: str = "kernel") -> GuestImage:
         sections = list(elf.iter_sections())
         segments = list(elf.iter_segments())
         notes: dict[int, bytes] = {}
-        note_blobs = [s.data() for s in sections if s["sh_type"] == "SHT_NOTE"]
+        note_blobs = [_section_data(s, max_bytes, name) for s in sections
+                      if s["sh_type"] == "SHT_NOTE"]
         if not note_blobs:
             note_blobs = [p.data() for p in segments if p["p_type"] == "PT_NOTE"]
         for blob in note_blobs:
@@ -141,7 +186,7 @@ def parse_image(stream: IO[bytes], name: str = "kernel") -> GuestImage:
         xen_guest: dict[str, str] = {}
         sec = elf.get_section_by_name("__xen_guest")
         if sec is not None:
-            text = sec.data().split(b"\0", 1)[0].decode("latin-1")
+            text = _section_data(sec, max_bytes, name).split(b"\0", 1)[0].decode("latin-1")
             for item in text.split(","):
                 key, _, value = item.partition("=")
                 if key.strip():
@@ -153,9 +198,14 @@ def parse_image(stream: IO[bytes], name: str = "kernel") -> GuestImage:
         e_entry = elf["e_entry"]
     except ELFError as exc:
         raise BuildError(f"{name}: not a valid ELF image ({exc})") from None
-    except (struct.error, ValueError, OSError, EOFError) as exc:
+    except (struct.error, ValueError, OSError, EOFError, zlib.error) as exc:
         raise BuildError(f"{name}: malformed ELF image ({exc})") from None
-    return _identify(name, notes, xen_guest, loads, e_entry)
+    image = _identify(name, notes, xen_guest, loads, e_entry)
+    span = image.kernel_end - image.kernel_start
+    if span > max_bytes:
+        raise BuildError(f"{name}: the image spans {span} bytes, more than the domain's "
+                         f"{max_bytes} bytes of memory")
+    return image
 
 
 def _identify(
@@ -307,9 +357,10 @@ def build_domain(
     return BuiltDomain(d, image, si_va, regs, nr_mapped)
 
 
-def load_image_file(path: str) -> GuestImage:
+def load_image_file(path: str, max_bytes: int = DEFAULT_DOMAIN_BYTES) -> GuestImage:
+    """Parse the kernel image at ``path`` for a domain of ``max_bytes`` of memory."""
     try:
         with open(path, "rb") as f:
-            return parse_image(f, name=path)
+            return parse_image(f, name=path, max_bytes=max_bytes)
     except OSError as exc:
         raise BuildError(f"{path}: {exc.strerror or exc}") from None

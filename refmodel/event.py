@@ -539,16 +539,29 @@ _EVENTS_OF: weakref.WeakKeyDictionary[Hypervisor, weakref.ref[Events]] = (
 
 class ConcreteEvtView(ConcreteLogic):
     """``spec.event_spec.EvtView`` over a running model: domains that exist, their valid
-    ports (ports past them are free by construction), each vCPU's virq_to_evtchn."""
+    ports (ports past them are free by construction), each vCPU's virq_to_evtchn.
+
+    The view only reads: a domain with no event state yet reads as evtchn_init leaves one
+    (without creating it), and a domain id that names no domain as one with no ports, no
+    vCPUs and no privilege, so that checking any state reports and never raises."""
 
     def __init__(self, events: Events) -> None:
         self.ev = events
         self.hv = events.hv
 
+    def _de(self, d: int) -> DomainEvents:
+        de = self.ev.doms.get(d)
+        if de is not None:
+            return de
+        if d not in self.hv.domains:
+            return DomainEvents()
+        fresh = DomainEvents(ports=[Channel() for _ in range(abi.EVTCHNS_PER_BUCKET)])
+        fresh.ports[0].state = abi.ECS_RESERVED
+        return fresh
+
     def _chn(self, d: int, p: int) -> Channel:
-        dom = self.hv.domains.get(d)
-        chn = self.ev.channel(dom, p) if dom is not None else None
-        return chn if chn is not None else Channel()
+        de = self._de(d)
+        return de.ports[p] if de.valid(p) else Channel()
 
     def state(self, d: int, p: int) -> int:
         return self._chn(d, p).state
@@ -566,35 +579,38 @@ class ConcreteEvtView(ConcreteLogic):
         return self._chn(d, p).virq
 
     def pending(self, d: int, p: int) -> bool:
-        return self.ev.port_pending(self.hv.domains[d], p)
+        dom = self.hv.domains.get(d)
+        return dom is not None and self.ev.port_pending(dom, p)
 
     def mask(self, d: int, p: int) -> bool:
-        dom = self.hv.domains[d]
-        return 0 <= p < abi.NR_EVENT_CHANNELS and self.ev._test(
+        dom = self.hv.domains.get(d)
+        return dom is not None and 0 <= p < abi.NR_EVENT_CHANNELS and self.ev._test(
             dom, abi.SHARED_INFO_evtchn_mask, p)
 
     def nports(self, d: int) -> int:
-        return len(self.ev.dom(self.hv.domains[d]).ports)
+        return len(self._de(d).ports)
 
     def virq_port(self, d: int, v: int, q: int) -> int:
-        table = self.ev.dom(self.hv.domains[d]).virq_to_evtchn.get(v)
+        table = self._de(d).virq_to_evtchn.get(v)
         return table[q] if table is not None and 0 <= q < abi.NR_VIRQS else 0
 
     def exists(self, d: int) -> bool:
         return d in self.hv.domains
 
     def nvcpus(self, d: int) -> int:
-        return len(self.hv.domains[d].vcpus)
+        dom = self.hv.domains.get(d)
+        return len(dom.vcpus) if dom is not None else 0
 
     def privileged(self, d: int) -> bool:
-        return self.hv.domains[d].is_privileged
+        dom = self.hv.domains.get(d)
+        return dom is not None and dom.is_privileged
 
     def ult(self, a: int, b: int) -> bool:
         return (a & 0xFFFFFFFF) < (b & 0xFFFFFFFF)
 
     def forall_ports(self, body: Callable[[int, int], bool]) -> bool:
-        return all(body(d.domain_id, p) for d in self.hv.domains.values()
-                   for p in range(len(self.ev.dom(d).ports)))
+        return all(body(d, p) for d in self.hv.domains
+                   for p in range(len(self._de(d).ports)))
 
     def forall_virq_slots(self, body: Callable[[int, int, int], bool]) -> bool:
         return all(body(d.domain_id, v.vcpu_id, q) for d in self.hv.domains.values()

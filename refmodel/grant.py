@@ -38,6 +38,12 @@ Departures and limits, each deliberate:
 * A PTE address for GNTMAP_contains_pte must be 4-byte aligned and name an L1 table in use.
 * The grant table of a domain is created on its first use, not at domain creation (its
   contents are identical: all entries invalid).
+* A map with both GNTMAP_host_map and GNTMAP_device_map takes the device mapping's
+  references before the PTE is written and fails (GNTST_general_error) if it cannot have
+  them, releasing what it took. 3.0.4 takes them after the PTE and ignores the result
+  (``(void)get_page``), so at a type count's limit the device mapping held no reference
+  and its unmap dropped one it never had; this follows the fix of XSA-224
+  (grant_table.c, "gnttab: correct logic to get page references during map requests").
 * GNTTABOP_transfer is not modelled (-ENOSYS). GNTTABOP_query_size (Xen 3.1's interface)
   answers the fixed size. The handle space is MAPTRACK_MAX_ENTRIES per domain.
 
@@ -258,20 +264,27 @@ class Grants:
             return e.status, 0, 0
         readonly = bool(flags & abi.GNTMAP_readonly)
         frame = act.frame
-        if not self._get_frame(frame, rd, readonly):
-            self._unpin(rd, ref, flags)
-            return abi.GNTST_general_error, 0, 0
+        # Each of the host and the device mapping holds references of its own, all taken
+        # before the PTE is written; any that cannot be had (a count at its limit) fails the
+        # map and releases the others (XSA-224, see the module's departures).
+        both = abi.GNTMAP_host_map | abi.GNTMAP_device_map
+        taken = 0
+        for _ in range(2 if flags & both == both else 1):
+            if not self._get_frame(frame, rd, readonly):
+                for _ in range(taken):
+                    self._put_frame(frame, readonly)
+                self._unpin(rd, ref, flags)
+                return abi.GNTST_general_error, 0, 0
+            taken += 1
         pte = (0, 0)
         if flags & abi.GNTMAP_host_map:
             slot = self.create_grant_host_mapping(v, host_addr, frame, flags)
             if slot is None:
-                self._put_frame(frame, readonly)
+                for _ in range(taken):
+                    self._put_frame(frame, readonly)
                 self._unpin(rd, ref, flags)
                 return abi.GNTST_general_error, 0, 0
             pte = slot
-            if flags & abi.GNTMAP_device_map:
-                # The device mapping holds references of its own (the PTE holds the first).
-                self._get_frame(frame, rd, readonly)
         lt.maptrack[handle] = GrantMapping(rd.domain_id, ref, flags, frame, pte)
         if flags & abi.GNTMAP_device_map and not readonly:
             self._device_w[frame] = self._device_w.get(frame, 0) + 1

@@ -5,6 +5,13 @@ entries of a table; connectives are Python's. A vCPU's CPU state (trap table, ca
 selector, GDT frames) is the platform's ``ArchVcpu``; without a platform (the Python-driven
 guests) it is the state a vCPU starts with: no handlers, no stack, no GDT. This lets the
 invariants of ``xenspec.spec`` check every state the running model reaches.
+
+The view is total: whatever a hostile domain makes of the state, checking it reports
+violations and never raises. A frame number beyond machine RAM (in a PTE, a base pointer, a
+GDT frame list) reads as I/O memory, which Xen gives to dom_io (mm.c, arch_init_memory): owned
+by DOMID_IO, no type, no references, no flags, no contents; the invariants that require RAM
+(INV-OWN, INV-BASE, INV-ISO) then fail on it. Xen's slots of a page directory whose owner is
+no longer a domain are no entry at all, so INV-HOLE fails on such a directory.
 """
 
 from __future__ import annotations
@@ -32,27 +39,33 @@ class ConcreteView(ConcreteLogic):
         self._vcpus: list[Vcpu] = [v for d in hv.domains.values() for v in d.vcpus]
         self._xen_l2: dict[int, list[int]] = {}
 
-    # frames
+    # frames: RAM from the frame table; a frame number beyond it is I/O memory (dom_io's)
+    def _ram(self, mfn: int) -> bool:
+        return 0 <= mfn < self.memory.nr_frames
+
     def owner(self, mfn: int) -> int:
-        return int(self.f.owner[mfn])
+        return int(self.f.owner[mfn]) if self._ram(mfn) else abi.DOMID_IO
 
     def type(self, mfn: int) -> int:
-        return int(self.f.type[mfn])
+        return int(self.f.type[mfn]) if self._ram(mfn) else int(PGT.none)
 
     def type_count(self, mfn: int) -> int:
-        return int(self.f.type_count[mfn])
+        return int(self.f.type_count[mfn]) if self._ram(mfn) else 0
 
     def count(self, mfn: int) -> int:
-        return int(self.f.count[mfn])
+        return int(self.f.count[mfn]) if self._ram(mfn) else 0
+
+    def _flag(self, mfn: int, bit: int) -> bool:
+        return self._ram(mfn) and bool(self.f.flags[mfn] & bit)
 
     def validated(self, mfn: int) -> bool:
-        return bool(self.f.flags[mfn] & PGT_validated)
+        return self._flag(mfn, PGT_validated)
 
     def pinned(self, mfn: int) -> bool:
-        return bool(self.f.flags[mfn] & PGT_pinned)
+        return self._flag(mfn, PGT_pinned)
 
     def allocated(self, mfn: int) -> bool:
-        return bool(self.f.flags[mfn] & PGC_allocated)
+        return self._flag(mfn, PGC_allocated)
 
     def mfn_valid(self, mfn: int) -> bool:
         return self.memory.mfn_valid(mfn)
@@ -66,14 +79,17 @@ class ConcreteView(ConcreteLogic):
 
     # memory
     def entry(self, mfn: int, index: int) -> int:
-        return self.memory.read_entry(mfn, index)
+        return self.memory.read_entry(mfn, index) if self._ram(mfn) else 0
 
     def xen_l2e(self, l2mfn: int, index: int) -> int:
-        """Xen's entry in slot ``index`` of a directory: it depends on the owner alone."""
+        """Xen's entry in slot ``index`` of a directory: it depends on the owner alone; -1
+        (no 32-bit entry) when the owner is not a domain."""
         domid = self.owner(l2mfn)
         slots = self._xen_l2.get(domid)
         if slots is None:
-            slots = self._xen_l2[domid] = self.hv.xen_l2_slots(self.hv.domains[domid])
+            d = self.hv.domains.get(domid)
+            slots = self._xen_l2[domid] = (self.hv.xen_l2_slots(d) if d is not None
+                                           else [-1] * abi.L2_PAGETABLE_XEN_SLOTS)
         return slots[index - abi.L2_PAGETABLE_FIRST_XEN_SLOT]
 
     # vCPUs, numbered across all domains
@@ -145,6 +161,8 @@ class ConcreteView(ConcreteLogic):
         return self.hv.descriptor_table_frames(self._vcpus[vcpu])
 
     def present_entries(self, mfn: int, lo: int, hi: int) -> list[tuple[int, int]]:
+        if not self._ram(mfn):
+            return []
         words = self.memory.frame_words(mfn)
         return [(i, words[i]) for i in range(lo, hi) if pte_present(words[i])]
 

@@ -25,6 +25,12 @@ value a guest reads lies between two host RDTSCs around it). Two modes follow:
 
 Timers compare deadlines with ``now_ns()``.
 
+The wall clock. Xen sets it from the platform's RTC at boot (time.c, init_xen_time:
+get_cmos_time) and the tools may set it (DOM0_SETTIME). The model's machine has no RTC: its
+wall-clock time at system time 0 is a parameter, ``DEFAULT_WALLCLOCK_S`` unless set
+(``set_wallclock``; ``xenspec run --wallclock``), never the host's clock, so that two runs of
+the same guest give identical consoles and traces.
+
 Real and virtual time (SOSP'03 s2.3, s3.3.2): Xen 3.0 gives the guest real time (system time,
 wallclock) in shared_info and no separate virtual-time field; a vCPU's run time is reported by
 VCPUOP_get_runstate_info (vcpu_runstate_info.time[RUNSTATE_running]). ``virtual_time_ns``
@@ -131,6 +137,11 @@ GUEST_TSC_HZ = 2 * _NS_PER_S
 GUEST_TSC_SCALE = set_time_scale(GUEST_TSC_HZ)
 
 
+# The wall-clock time at the machine's boot (system time 0) unless set otherwise, in seconds
+# since the Unix epoch: 2023-11-14 22:13:20 UTC, a round 1.7e9 s.
+DEFAULT_WALLCLOCK_S = 1_700_000_000
+
+
 class Clock(Protocol):
     def now_ns(self) -> int: ...
 
@@ -147,8 +158,8 @@ class VTime:
         self.tsc_from_clock = False
         self._host_scale: TimeScale | None = None
         self.boot_tsc = host_tsc()
-        # Wall-clock time at system time 0 (the machine's boot).
-        self.boot_wall_ns = time.time_ns()
+        # Wall-clock time at system time 0 (the machine's boot): fixed, not the host's.
+        self.boot_wall_ns = DEFAULT_WALLCLOCK_S * _NS_PER_S
         self.timers: dict[tuple[int, int], int] = {}  # (domid, vcpu_id) -> deadline
         self.fired = 0
         # Told of every deadline set (the scheduler: a slice must end by then).
@@ -220,6 +231,18 @@ class VTime:
                                            self.scale.mul_frac, self.scale.shift)
         mem.write(base + 4, fields[4:])
         mem.write(base, ((version + 1) & 0xFFFFFFFF).to_bytes(4, "little"))
+
+    def set_wallclock(self, wall_ns: int) -> None:
+        """The wall-clock time at system time 0 becomes ``wall_ns`` ns since the epoch,
+        published to every domain's shared_info (time.c, do_settime for a system_time_base
+        of 0, as DOM0_SETTIME does it)."""
+        if not 0 <= wall_ns < (1 << 32) * _NS_PER_S:
+            raise ValueError("the wall clock must fit wc_sec, 32 bits of seconds")
+        self.boot_wall_ns = wall_ns
+        for d in self.hv.domains.values():
+            a = self.pv.arch_d.get(d.domain_id)
+            if a is not None and a.shared_info_mfn:
+                self.update_wallclock(d)
 
     def update_wallclock(self, d: Domain) -> None:
         """update_domain_wallclock_time: wc_version odd, wc_sec/wc_nsec, wc_version even."""

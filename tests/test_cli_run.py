@@ -3,6 +3,7 @@ built-in MMU scenario."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,35 @@ def test_run_with_devices_prints_the_pv_console_ring() -> None:
     assert "ring line 099" in r.output and "Test result: SUCCESS" in r.output
     r = CliRunner().invoke(main, ["run", str(build_guest("consring"))])
     assert "Test result: SKIP" in r.output, "without --devices the guest has no console ring"
+
+
+@needs_gcc
+def test_timeout_is_honoured_while_checking_invariants() -> None:
+    """--timeout bounds the run whatever the options: with --check-invariants after every
+    hypercall, a guest making hypercalls without end used to run on for minutes (the timeout
+    was seen only between slices). 20 s is a generous bound for a 1 s timeout, not a speed
+    measurement."""
+    guest = str(build_guest("bench"))
+    start = time.monotonic()
+    r = CliRunner().invoke(main, ["run", guest, "--cmdline", "hypercall 100000000",
+                                  "--check-invariants", "--timeout", "1", "--memory", "32",
+                                  "--domain-memory", "8"])
+    elapsed = time.monotonic() - start
+    assert r.exit_code == 4, r.output  # no shutdown
+    assert "timed out" in r.output
+    assert "every invariant held after every hypercall until the timeout" in r.output
+    assert elapsed < 20, f"--timeout 1 returned after {elapsed:.0f} s"
+
+
+@needs_gcc
+def test_runs_are_reproducible_with_a_fixed_wall_clock() -> None:
+    """shared_info's wall clock is the machine's start-of-day time, fixed by default (was the
+    host's clock): two runs of the same guest print the same console and trace."""
+    guest = str(build_guest("time"))
+    first, second = (CliRunner().invoke(main, ["run", guest, "--trace"]) for _ in range(2))
+    assert first.exit_code == 0, first.output
+    assert "wallclock at system time 0: 1700000000 s 0 ns" in first.output
+    assert first.output == second.output
+    r = CliRunner().invoke(main, ["run", guest, "--wallclock", "1600000001"])
+    assert r.exit_code == 0, r.output
+    assert "wallclock at system time 0: 1600000001 s 0 ns" in r.output

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from xenspec import __version__
+from xenspec.refmodel.vtime import DEFAULT_WALLCLOCK_S
 
 if TYPE_CHECKING:
     from xenspec.refmodel.boot import Machine
@@ -43,12 +44,17 @@ def main() -> None:
 @click.option("--disk", default=None, metavar="IMAGE",
               help="Give the first GUEST a virtual block device (blkif, vbd 768) backed by "
                    "this image file (it gets the store and console rings too).")
+@click.option("--wallclock", "wallclock_s", default=None, type=click.IntRange(0, 2**32 - 1),
+              metavar="SECONDS",
+              help="The wall-clock time at the machine's boot, in seconds since the Unix "
+                   f"epoch (shared_info's wc_sec) [default: {DEFAULT_WALLCLOCK_S}, fixed so "
+                   "that runs are reproducible].")
 @click.option("--devices", is_flag=True,
               help="Give every GUEST the store and console rings of start_info, as Xen's "
                    "tools do; the PV console's output is printed like console_io's.")
 def run(guests: tuple[str, ...], scenario: str | None, trace: bool, check_invariants: bool,
         memory_mb: int, domain_mb: int | None, cmdlines: tuple[str, ...],
-        timeout_s: float, disk: str | None, devices: bool) -> None:
+        timeout_s: float, disk: str | None, devices: bool, wallclock_s: int | None) -> None:
     """Boot each GUEST (a Xen 3.0 x86_32 non-PAE kernel ELF) as a domain of one machine
     (domain ids 0, 1, ... in order), share the CPU between them (borrowed virtual time),
     print their consoles (with several guests each line starts with [dN]) and exit with their
@@ -88,7 +94,7 @@ def run(guests: tuple[str, ...], scenario: str | None, trace: bool, check_invari
     elif not guests:
         guests = (_built_guest("demo"),)
     sys.exit(_run_guests(list(guests), list(cmdlines), trace, memory_mb, domain_mb or 16,
-                         timeout_s, check_invariants, stats, disk, devices))
+                         timeout_s, check_invariants, stats, disk, devices, wallclock_s))
 
 
 def _built_guest(name: str) -> str:
@@ -134,7 +140,8 @@ class _Consoles:
 
 def _run_guests(paths: list[str], cmdlines: list[str], trace: bool, memory_mb: int,
                 domain_mb: int, timeout_s: float, check_invariants: bool, stats: bool,
-                disk: str | None = None, devices: bool = False) -> int:
+                disk: str | None = None, devices: bool = False,
+                wallclock_s: int | None = None) -> int:
     from xenspec.refmodel.blkback import ImageError
     from xenspec.refmodel.boot import Machine
     from xenspec.refmodel.builder import BuildError
@@ -150,7 +157,8 @@ def _run_guests(paths: list[str], cmdlines: list[str], trace: bool, memory_mb: i
     consoles = _Consoles(prefix=len(paths) > 1)
     try:
         m = Machine(memory_mb, trace=trace, console=consoles.write,
-                    on_trace=on_trace if trace else None, check_invariants=check_invariants)
+                    on_trace=on_trace if trace else None, check_invariants=check_invariants,
+                    wallclock_s=wallclock_s)
         domains = [m.add_guest(p, domain_mb, cmdlines[i] if i < len(cmdlines) else "",
                                devices=True if devices or (disk is not None and i == 0)
                                else None)
@@ -177,7 +185,8 @@ def _run_guests(paths: list[str], cmdlines: list[str], trace: bool, memory_mb: i
     for v in m.violations:
         click.echo(f"(XEN) INVARIANT VIOLATED {v}", err=True)
     if check_invariants and not m.violations:
-        click.echo("(XEN) every invariant held after every hypercall", err=True)
+        until = " until the timeout, and at the end" if m.stop == "timeout" else ""
+        click.echo(f"(XEN) every invariant held after every hypercall{until}", err=True)
     if m.violations:
         return 5
     return next((s for s in statuses if s != 0), 0)

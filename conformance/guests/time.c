@@ -37,4 +37,5 @@ void test_main(void)
     check(wc_version != 0 && (wc_version & 1) == 0, "wc_version %u: even", wc_version);
     check(sec > 1577836800u, "wallclock after 2020: %u", sec);
     check(nsec < 1000000000u, "wc_nsec below one second: %u", nsec);
+    printk("wallclock at system time 0: %u s %u ns\n", sec, nsec);
 }
