@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 import struct
+import tempfile
 import zlib
 from dataclasses import dataclass
 from functools import cache
@@ -229,8 +230,12 @@ class MutantResult:
         return f"check_mutant({self.name!r}, {self.seed}) (tests/hostile/elfmut.py)"
 
 
-def check_mutant(name: str, seed: int, path: Path) -> MutantResult:
-    """Build (and briefly run) one mutant through the builder API; the problem, if any."""
+def check_mutant(name: str, seed: int, path: Path | None = None) -> MutantResult:
+    """Build (and briefly run) one mutant through the builder API; the problem, if any. The
+    image is written to ``path`` (default: a temporary file, removed after)."""
+    if path is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            return check_mutant(name, seed, Path(tmp) / f"{name}-{seed}.elf")
     data, what = mutant(name, seed)
     path.write_bytes(data)
     memory = MemoryMeter()
@@ -248,8 +253,9 @@ def check_mutant(name: str, seed: int, path: Path) -> MutantResult:
             problem = f"rejecting the image took {memory.last_peak >> 20} MB"
         return MutantResult(name, seed, what, f"rejected: {text}", problem, memory.last_peak)
     except Exception as exc:
-        return MutantResult(name, seed, what, "exception", f"{type(exc).__name__} escaped the "
-                            f"builder: {exc}", memory.last_peak)
+        kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        return MutantResult(name, seed, what, "exception", f"{kind} escaped the builder: {exc}",
+                            memory.last_peak)
     problem = None
     if memory.last_peak > BUILD_PEAK_BOUND:
         problem = f"building took {memory.last_peak >> 20} MB"

@@ -26,6 +26,7 @@ checks:
 
 from __future__ import annotations
 
+import gc
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -185,6 +186,7 @@ def random_code_run(seeds: tuple[int, ...], ring: int, traps: int = TRAPS,
     """The victim and one attacker per seed, one after the other; the checks."""
     run = RandomCodeRun(tuple(seeds), ring)
     elf = str(build_guest(GUEST))
+    gc.collect()  # the engines of earlier runs, so that the RSS measured is this run's
     m = Machine(MACHINE_MB)
     victim = m.add_guest(elf, DOMAIN_MB, "victim 100000")
     checks = _Checks(run, m)
