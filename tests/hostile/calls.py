@@ -556,7 +556,9 @@ groups: SS[list[Call]] = st.one_of(alias_attack(), build_tables(), grant_chain()
                                    xen_page_as_table())
 
 
-def runs(max_groups: int) -> SS[list[Call]]:
-    """Runs of up to ``max_groups`` single calls or attack groups (a group is 2-12 calls)."""
+def runs(min_groups: int, max_groups: int) -> SS[list[Call]]:
+    """Runs of ``min_groups`` to ``max_groups`` single calls or attack groups (a group is
+    2-12 calls)."""
     return st.lists(mostly(single_calls.map(lambda c: [c]), groups, 3),
-                    min_size=1, max_size=max_groups).map(lambda gs: [c for g in gs for c in g])
+                    min_size=min_groups, max_size=max_groups).map(
+                        lambda gs: [c for g in gs for c in g])

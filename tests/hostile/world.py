@@ -15,7 +15,8 @@ pass to ``replay``:
 * ``("grant", slot, ref, flags, domid, frame)``: the attacker writes entry ``ref`` of its
   grant table (a Xen page shared with it, which a guest writes directly).
 * ``("destroy", slot)`` and ``("create", slot, reuse_id)``: the tools destroy an attacker,
-  or create a new one in that slot (reusing the old domain id once it is free, if asked).
+  or create a new one in that slot (destroying first one that has shut down; reusing the
+  old domain id once it is free, if asked). ``slot`` counts attackers from 0.
 
 Arguments and fields are *values*, resolved when the call runs against the machine as it is
 then, so that a shrunk run means the same thing: an int is itself; ``("va", pfn, off)`` is an
@@ -37,6 +38,7 @@ process's resident set grew by at most ``RSS_BOUND`` in the run.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,8 +50,8 @@ from xenspec.refmodel.builder import DEFAULT_VIRT_BASE, InitialLayout, build_ini
 from xenspec.refmodel.domain import Domain
 from xenspec.refmodel.domctl import DomctlError
 from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS as NR
-from xenspec.refmodel.hypervisor import HypervisorBug, OutOfMemory
-from xenspec.refmodel.platform import STUB_VIRT
+from xenspec.refmodel.hypervisor import Hypervisor, HypervisorBug, OutOfMemory
+from xenspec.refmodel.platform import STUB_VIRT, PVPlatform
 from xenspec.refmodel.view import check_invariants
 from xenspec.spec import abi
 from xenspec.spec.pagetable import PGT
@@ -93,9 +95,18 @@ HOLE = (
 )
 
 
+# Where a Python-driven guest's hypercall "is": just after an ``int $0x82`` at CALL_EIP - 2.
+CALL_EIP = DEFAULT_VIRT_BASE + 0x1002
+# A preempted hypercall leaves its continuation in the registers and EIP on the ``int $0x82``
+# again (xen/arch/x86/domain.c, hypercall_create_continuation), so the guest re-issues it;
+# the harness follows at most this many continuations of one call.
+MAX_CONTINUATIONS = 64
+
+
 class GuestRegs:
-    """The registers of a Python-driven vCPU at its hypercall, for ``iret`` (which pops its
-    frame from the guest stack): ring 1 on the flat selectors, as a guest kernel runs."""
+    """The registers of a Python-driven vCPU at its hypercall: for ``iret`` (which pops its
+    frame from the guest stack) and a continuation; ring 1 on the flat selectors, as a guest
+    kernel runs."""
 
     def __init__(self) -> None:
         self.regs = self.fresh(0)
@@ -103,7 +114,7 @@ class GuestRegs:
     @staticmethod
     def fresh(esp: int) -> CpuUserRegs:
         return CpuUserRegs(cs=abi.FLAT_KERNEL_CS, ss=abi.FLAT_KERNEL_SS, ds=abi.FLAT_KERNEL_DS,
-                           es=abi.FLAT_KERNEL_DS, esp=esp,
+                           es=abi.FLAT_KERNEL_DS, esp=esp, eip=CALL_EIP,
                            eflags=abi.X86_EFLAGS_IF | abi.X86_EFLAGS_MBS)
 
     def user_regs(self) -> CpuUserRegs:
@@ -139,8 +150,9 @@ class HostileFailure(AssertionError):
 class World:
     """One machine: a victim, attackers, and the checks made after each call."""
 
-    def __init__(self, check_memory: bool = True) -> None:
-        self.m = Machine(memory_mb=MACHINE_MB)
+    def __init__(self, check_memory: bool = True,
+                 setup: Callable[[Hypervisor, PVPlatform], None] | None = None) -> None:
+        self.m = Machine(memory_mb=MACHINE_MB, setup=setup)
         self.hv, self.pv = self.m.hv, self.m.pv
         self.stats = Stats()
         self.rcs: list[int | None] = []  # what each call returned (None: not a hypercall)
@@ -317,7 +329,16 @@ class World:
             s.regs.regs = GuestRegs.fresh(regs[0])
             v = s.domain.vcpus[0]
             self.stats.hypercalls += 1
-            return self.measured(lambda: self.hv.hypercall(v, nr, *regs))
+            rc = self.measured(lambda: self.hv.hypercall(v, nr, *regs))
+            for _ in range(MAX_CONTINUATIONS if nr != NR["iret"] else 0):
+                r = s.regs.regs
+                if r.eip != CALL_EIP - 2 or not s.domain.is_running:
+                    break
+                r.eip = CALL_EIP
+                nr2, more = r.eax, (r.ebx, r.ecx, r.edx, r.esi, r.edi)
+                self.stats.hypercalls += 1
+                rc = self.measured(functools.partial(self.hv.hypercall, v, nr2, *more))
+            return rc
         if kind == "grant":
             _, i, ref, flags, dom, frame = call
             s = self.slot(i)
@@ -345,8 +366,11 @@ class World:
             return None
         if kind == "create":
             i = ATTACKERS[call[1] % len(ATTACKERS)]
-            if self.slots[i] is not None:
+            s = self.slots[i]
+            if s is not None and s.domain.is_running:
                 return None
+            if s is not None:  # shut down or crashed: the tools destroy it first
+                self.perform(("destroy", call[1]))
             old = self.last[i].domain.domain_id
             reuse = call[2] and old not in self.hv.domains
             if reuse:
