@@ -546,14 +546,63 @@ def xen_page_as_table(draw: st.DrawFn) -> list[Call]:
         draw(st.sampled_from([p for p in ATTACKERS if p != c])))
 
 
+# --- focused single calls: the rules a guest most wants broken ------------------------------------
+# Entries of its own page directory (mostly) and table: guest slots, the hypervisor's slots
+# (HYPERVISOR_VIRT_START >> 22 = 1008 on), linear maps; the values mostly its own free frames
+# (which validate as tables: they hold zeros).
+own_tables = st.tuples(st.just("frame"), st.just("self"), st.just("table"),
+                       st.sampled_from([0, 0, 0, 1]))
+free_frames = st.tuples(st.just("frame"), st.just("self"), st.just("pfn"),
+                        st.integers(ATTACKER_MAPPED, ATTACKER_PAGES - 1))
+table_slots = mostly(st.integers(abi.L2_PAGETABLE_FIRST_XEN_SLOT, 1023),
+                     st.one_of(st.sampled_from([0, 1, 767, 768, 769]), st.integers(0, 1023)), 1)
+table_values = mostly(st.tuples(st.just("pte"), free_frames, st.sampled_from(
+                          [PRESENT | RW | A_D, PRESENT, PRESENT | RW | USER | A_D])),
+                      st.tuples(st.just("pte"), st.one_of(own_tables, own_frames, frames),
+                                st.sampled_from(PTE_FLAGS)), 1)
+table_update = st.builds(
+    lambda c, recs: hc(c, "mmu_update", (ARGS, len(recs), DONE, abi.DOMID_SELF),
+                       tuple((16 * i, "<QQ", r) for i, r in enumerate(recs))),
+    callers, st.lists(st.tuples(st.tuples(st.just("ma"), own_tables, table_slots.map(
+        lambda i: 4 * i)), table_values), min_size=1, max_size=3))
+# MMU_MACHPHYS_UPDATE, mostly of the victim's and the peer's frames.
+machphys = st.builds(
+    lambda c, f, v: hc(c, "mmu_update", (ARGS, 1, DONE, abi.DOMID_SELF),
+                       ((0, "<QQ", (("ma", f, abi.MMU_MACHPHYS_UPDATE), v)),)),
+    callers, mostly(st.tuples(st.just("frame"), st.sampled_from(["victim", "peer"]),
+                              st.just("pfn"), st.integers(0, 30)), frames, 2),
+    st.one_of(st.integers(0, 100), st.sampled_from(EDGE_INTS)))
+# Pins, unpins and base pointers, mostly of its own free frames and tables.
+own_mmuext = st.builds(
+    lambda c, cmd, f: hc(c, "mmuext_op", (ARGS, 1, DONE, abi.DOMID_SELF),
+                         ((0, "<III", (cmd, f, 0)),)),
+    callers, st.sampled_from([abi.MMUEXT_PIN_L1_TABLE, abi.MMUEXT_PIN_L2_TABLE,
+                              abi.MMUEXT_UNPIN_TABLE, abi.MMUEXT_NEW_BASEPTR,
+                              abi.MMUEXT_NEW_BASEPTR, abi.MMUEXT_NEW_USER_BASEPTR]),
+    mostly(st.one_of(free_frames, own_tables), st.one_of(own_frames, frames), 2))
+
+
+@st.composite
+def gdt_descriptors(draw: st.DrawFn) -> list[Call]:
+    """A GDT of one of its own free frames, then descriptors written into it."""
+    c = draw(callers)
+    frame = ("frame", "self", "pfn", draw(st.integers(ATTACKER_MAPPED, ATTACKER_PAGES - 1)))
+    calls = [hc(c, "set_gdt", (ARGS, draw(st.sampled_from([16, 512]))), ((0, "<I", (frame,)),))]
+    for i, lo, hi in draw(st.lists(st.tuples(st.integers(0, 15), desc_words, desc_words),
+                                   min_size=1, max_size=3)):
+        calls.append(hc(c, "update_descriptor", (("ma", frame, 8 * i), 0, lo, hi)))
+    return calls
+
+
 single_calls: SS[Call] = st.one_of(
+    table_update, machphys, own_mmuext,
     raw_calls, raw_calls, mmu_update(), mmu_update(), mmuext_op(), mmuext_op(),
     update_va_mapping, set_gdt(), update_descriptor, set_trap_table(), set_callbacks,
     stack_switch, iret, event_channel_op(), event_channel_op(), grant_table_op(),
     grant_table_op(), grant_entries, memory_op(), memory_op(), sched_op(), set_timer_op,
     console_io, xen_version, vm_assist, physdev_op(), debugreg, fpu_taskswitch, tools)
 groups: SS[list[Call]] = st.one_of(alias_attack(), build_tables(), grant_chain(),
-                                   xen_page_as_table())
+                                   xen_page_as_table(), gdt_descriptors())
 
 
 def runs(min_groups: int, max_groups: int) -> SS[list[Call]]:

@@ -255,10 +255,10 @@ class World:
         return self.hv.hypercall(self.victim.domain.vcpus[0], nr, *args)
 
     def victim_snapshot(self) -> tuple[Any, ...]:
-        """Everything of the victim another domain must not change: its frames (contents and
-        frame-table entries), Xen's per-domain tables of it, its vCPU's base pointer and LDT,
-        trap table and callbacks, its size and its run state. shared_info is left out: the
-        hypervisor itself writes the time there."""
+        """Everything of the victim another domain must not change: its frames (contents,
+        frame-table entries and machine-to-physical entries), Xen's per-domain tables of it,
+        its vCPU's base pointer and LDT, trap table and callbacks, its size and its run state.
+        shared_info is left out: the hypervisor itself writes the time there."""
         assert self.victim is not None
         d, hv = self.victim.domain, self.hv
         f = hv.frames
@@ -268,7 +268,8 @@ class World:
         return (
             tuple(d.page_list), d.max_pages, d.shutdown_reason,
             tuple((int(f.owner[m]), int(f.type[m]), int(f.type_count[m]), int(f.count[m]),
-                   int(f.flags[m]), hv.memory.read(m << abi.PAGE_SHIFT, abi.PAGE_SIZE))
+                   int(f.flags[m]), int(hv.m2p[m]),
+                   hv.memory.read(m << abi.PAGE_SHIFT, abi.PAGE_SIZE))
                   for m in frames),
             v.guest_table, v.ldt_base, v.ldt_ents,
             tuple((t.cs, t.address, t.flags) for t in a.trap_ctxt),
