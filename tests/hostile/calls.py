@@ -356,9 +356,12 @@ fpu_taskswitch = st.builds(lambda c, s: hc(c, "fpu_taskswitch", (s,)), callers,
                            st.sampled_from([0, 1, M32]))
 
 # --- the tools ------------------------------------------------------------------------------------
-tools = st.one_of(st.builds(lambda s: ("destroy", s), st.integers(0, len(ATTACKERS) - 1)),
-                  st.builds(lambda s, r: ("create", s, r), st.integers(0, len(ATTACKERS) - 1),
-                            st.booleans()))
+# Destroying an attacker, or re-creating one whose slot is empty or shut down (three times
+# as often, so that attackers are seldom missing for long).
+destroy = st.builds(lambda s: ("destroy", s), st.integers(0, len(ATTACKERS) - 1))
+create = st.builds(lambda s, r: ("create", s, r), st.integers(0, len(ATTACKERS) - 1),
+                   st.booleans())
+tools = mostly(create, destroy, 3)
 
 
 # --- the alias attack --------------------------------------------------------------------------
@@ -600,7 +603,8 @@ single_calls: SS[Call] = st.one_of(
     update_va_mapping, set_gdt(), update_descriptor, set_trap_table(), set_callbacks,
     stack_switch, iret, event_channel_op(), event_channel_op(), grant_table_op(),
     grant_table_op(), grant_entries, memory_op(), memory_op(), sched_op(), set_timer_op,
-    console_io, xen_version, vm_assist, physdev_op(), debugreg, fpu_taskswitch, tools)
+    console_io, xen_version, vm_assist, physdev_op(), debugreg, fpu_taskswitch, tools, tools,
+    tools)
 groups: SS[list[Call]] = st.one_of(alias_attack(), build_tables(), grant_chain(),
                                    xen_page_as_table(), gdt_descriptors())
 
