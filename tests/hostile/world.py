@@ -350,7 +350,8 @@ class World:
             per = abi.PAGE_SIZE // abi.GRANT_ENTRY_T.size
             ref %= len(t.shared) * per
             mfn = t.shared[ref // per]
-            if self.hv.frames.type[mfn] not in (PGT.none, PGT.writable_page):
+            if (self.hv.frames.owner[mfn] != s.domain.domain_id
+                    or self.hv.frames.type[mfn] not in (PGT.none, PGT.writable_page)):
                 return None  # a guest can map its grant frame writable only while it is data
             maddr = (mfn << abi.PAGE_SHIFT) + ref % per * abi.GRANT_ENTRY_T.size
             self.hv.memory.write(maddr, abi.GRANT_ENTRY_T.pack(
