@@ -1,0 +1,160 @@
+"""Hostile guests against the reference model: a guest must never crash the hypervisor, break
+an invariant, touch another domain, or make the hypervisor do unbounded work or hold
+unbounded memory (design decision D8; the paper's isolation, SOSP'03 s2).
+
+A. Random and edge-case hypercalls, and well-formed attacks built of legal ones, from three
+   unprivileged Python-driven domains next to a victim, with domains destroyed and re-created
+   in the middle (tests/hostile/world.py, calls.py). Hypothesis shrinks a failing run and
+   prints it as ``replay([...])``, a list of calls ``tests/hostile/world.replay`` runs again.
+B. Random x86-32 code in ring 1 and ring 3 next to a victim guest, on the Unicorn CPU
+   (conformance/guests/hostile_code.c, tests/hostile/randcode.py).
+C. Seeded mutations of real guest kernel images (tests/hostile/elfmut.py): one BuildError
+   line (``xenspec run``: exit status 2), never a traceback, bounded memory.
+
+Profiles: ``XENSPEC_PROFILE=ci`` (the default: about a minute in all) and ``long`` (many
+times more runs; A explores afresh each time instead of a fixed set of runs).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+# tests/ is on sys.path (pytest's rootdir-relative import of test modules): the harness.
+from hostile.calls import ARGS, alias_calls, hc, runs, xen_page_calls
+from hostile.elfmut import CORPUS, check_mutant
+from hostile.randcode import random_code_run, run_seeds
+from hostile.world import ATTACKER_MAPPED, World, replay
+from hypothesis import HealthCheck, given, settings
+
+from xenspec.cli import main
+from xenspec.conformance.guests.build import toolchain_available
+from xenspec.spec import abi
+
+LONG = os.environ.get("XENSPEC_PROFILE", "ci") == "long"
+needs_gcc = pytest.mark.skipif(not toolchain_available(), reason="needs gcc -m32 and ld")
+
+# Part A: runs of MIN_GROUPS to MAX_GROUPS single calls or attack groups.
+A_EXAMPLES, A_MIN_GROUPS, A_MAX_GROUPS = (400, 20, 80) if LONG else (30, 10, 24)
+B_RUNS = 40 if LONG else 3  # each: a victim and six attackers, in ring 1 and in ring 3
+C_SEEDS = 300 if LONG else 20  # mutants per corpus image
+
+STATS = {"hypercalls": 0, "guests": 0, "mutants": 0, "peak_call": 0}
+SECONDS = {"a": 0.0, "b": 0.0}
+
+
+# ----------------------------------------------------------------------------------------------
+# A. Hypercalls.
+# ----------------------------------------------------------------------------------------------
+# The short profile tests a fixed set of runs (derandomized, no example database), so that two
+# runs of the suite test the same thing; the long one explores afresh.
+A_SETTINGS = settings(
+    max_examples=A_EXAMPLES, deadline=None, derandomize=not LONG,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                           HealthCheck.filter_too_much, HealthCheck.large_base_example])
+if not LONG:
+    A_SETTINGS = settings(A_SETTINGS, database=None)
+
+
+@A_SETTINGS
+@given(calls=runs(A_MIN_GROUPS, A_MAX_GROUPS))
+def test_hostile_hypercalls(calls: list[tuple[object, ...]]) -> None:
+    """Every call of the run is followed by every check of World.check."""
+    start = time.perf_counter()
+    w = World()
+    try:
+        w.run(calls)
+    finally:
+        STATS["hypercalls"] += w.stats.hypercalls
+        SECONDS["a"] += time.perf_counter() - start
+        if w.memory is not None:
+            STATS["peak_call"] = max(STATS["peak_call"], w.memory.peak)
+
+
+@pytest.mark.parametrize("kind", ["mmu_update", "machphys", "set_trap_table"])
+def test_batch_over_aliased_memory_is_bounded(kind: str) -> None:
+    """A batch whose every request is valid (one frame mapped 700 x 1024 times) with a huge
+    count: Xen preempts it (hypercall_preempt_check in do_mmu_update and do_set_trap_table);
+    one call may do only bounded work. The set-up calls all succeed."""
+    w = replay(alias_calls(1, ATTACKER_MAPPED + 1, 3, 700, 1, kind))
+    assert w.rcs[:4] == [0, 0, 0, 0], f"the attack could not be set up: {w.rcs}"
+
+
+@pytest.mark.parametrize("kind, level", [("si", abi.MMUEXT_PIN_L1_TABLE),
+                                         ("si", abi.MMUEXT_PIN_L2_TABLE),
+                                         ("gnt", abi.MMUEXT_PIN_L1_TABLE)])
+def test_pages_the_hypervisor_writes_are_never_page_tables(kind: str, level: int) -> None:
+    """shared_info and grant frames may not be pinned as tables: the hypervisor's own writes
+    into them (event bits, grant flags) would be unvalidated page-table entries."""
+    w = replay(xen_page_calls(1, kind, level, 5, [1, 2], 2))
+    assert w.rcs[:2] == [0, 0], f"the page could not be mapped and cleared: {w.rcs}"
+
+
+@pytest.mark.parametrize("order", [0, 31, 1 << 28])
+def test_decrease_reservation_extent_order_is_bounded(order: int) -> None:
+    """decrease_reservation of one extent of a huge order: Xen 3.0.4 loops over
+    ``1 << extent_order`` frames (an int shift); the call must stay within the work and memory
+    bounds whatever the order."""
+    w = replay([hc(1, "memory_op", (abi.XENMEM_decrease_reservation, ARGS),
+                   ((0, "<IIIIH2x", (("va", 8, 0), 1, order, 0, abi.DOMID_SELF)),
+                    (8 * abi.PAGE_SIZE, "<I", (("frame", "self", "pfn", ATTACKER_MAPPED),))))])
+    assert w.rcs[0] is not None and w.rcs[0] >= 0
+
+
+# ----------------------------------------------------------------------------------------------
+# B. Random code.
+# ----------------------------------------------------------------------------------------------
+# Runs kept for what they once found: (6, 1) destroys an attacker while it is the running
+# vCPU, and the scheduler later ran it again.
+B_CASES = [(n, r) for n in range(B_RUNS) for r in (1, 3)] + ([] if LONG else [(6, 1)])
+
+
+@needs_gcc
+@pytest.mark.parametrize("run, ring", B_CASES)
+def test_random_code(run: int, ring: int) -> None:
+    start = time.perf_counter()
+    r = random_code_run(run_seeds(run), ring)
+    STATS["guests"] += len(r.attackers)
+    SECONDS["b"] += time.perf_counter() - start
+    assert not r.problems, "\n".join([*r.problems, f"attackers: {r.attackers}",
+                                      f"replay: {r.replay}"])
+
+
+# ----------------------------------------------------------------------------------------------
+# C. Malformed kernel images.
+# ----------------------------------------------------------------------------------------------
+@needs_gcc
+@pytest.mark.parametrize("name", CORPUS)
+def test_mutated_images(name: str, tmp_path: Path) -> None:
+    problems = []
+    for seed in range(C_SEEDS):
+        path = tmp_path / f"{name}-{seed}.elf"
+        r = check_mutant(name, seed, path)
+        STATS["mutants"] += 1
+        problem = r.problem
+        if problem is None and r.outcome.startswith("rejected"):
+            cli = CliRunner().invoke(main, ["run", "--memory", "16", "--domain-memory", "4",
+                                            str(path)])
+            lines = cli.output.strip().splitlines()
+            if cli.exit_code != 2 or len(lines) != 1 or "Traceback" in cli.output:
+                problem = f"xenspec run: exit {cli.exit_code}, output {cli.output[-300:]!r}"
+        if problem is not None:
+            problems.append(f"{problem} [{'; '.join(r.mutations)}] replay: {r.replay}")
+        path.unlink()
+    assert not problems, "\n".join(problems)
+
+
+def teardown_module() -> None:
+    a, b = SECONDS["a"], SECONDS["b"]
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10
+    print(f"\nhostile guests: {STATS['hypercalls']} hypercalls checked"
+          + (f" ({STATS['hypercalls'] / a:.0f}/s)" if a else "")
+          + f", {STATS['guests']} random-code guests"
+          + (f" ({STATS['guests'] / b * 60:.0f}/min)" if b else "")
+          + f", {STATS['mutants']} mutated images; largest call peak "
+          f"{STATS['peak_call'] >> 10} KB, process peak RSS {peak_rss} MB")
