@@ -134,6 +134,7 @@ class DomCtl:
         self.pv.darch(d).console = bytearray()  # the console log goes with the domain
         if not d.page_list and not d.xenpage_list:
             del self.hv.domains[domid]
+            self.pv.grants.domain_destroyed(domid)
 
     def _release_backends(self, d: Domain) -> None:
         """The dom0 daemons and blkback let go of a dying domain: xenconsoled and xenstored

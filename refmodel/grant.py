@@ -645,6 +645,13 @@ class Grants:
             mt.flags = 0
         t.dying = True
 
+    def domain_destroyed(self, domid: int) -> None:
+        """grant_table_destroy (common/domain.c, domain_destroy): the table goes with the
+        domain structure, once nothing of the domain is left, so that a later domain given
+        the same id starts without one (and not with the dead one's, whose frames went back
+        to the heap)."""
+        self.tables.pop(domid, None)
+
     # ----------------------------------------------------------------------------------------
     # What the invariants ask of the grant state (refmodel/view.py).
     # ----------------------------------------------------------------------------------------

@@ -365,3 +365,22 @@ def test_no_grant_table_is_made_for_a_dead_domain() -> None:
     m.pv.backends.unmap_foreign(mfn)
     assert owned_by(m, domid) == []
     assert check_invariants(m.hv) == []
+
+
+@needs_gcc
+def test_a_new_domain_with_a_dead_domains_id_gets_a_grant_table_of_its_own() -> None:
+    """Once a destroyed domain is gone, its id may be given again (DOM0_CREATEDOMAIN with a
+    domid): the new domain's grant table is new, shared with it, not the dead one's."""
+    m = Machine(memory_mb=32)
+    domid = m.domctl.create(str(build_guest("hello")), memory_mb=4)
+    m.pv.grants.table(m.hv.domains[domid])
+    m.domctl.destroy(domid)
+    assert domid not in m.hv.domains
+    m.domctl.dying.discard(domid)
+    d = m.hv.create_domain(4, domid=domid)
+    m.pv.setup_domain(d)
+    t = m.pv.grants.table(d)
+    assert not t.dying and len(t.shared) == abi.NR_GRANT_FRAMES
+    for mfn in t.shared:
+        assert m.hv.frames.owner[mfn] == domid and m.hv.frames.flags[mfn] & PGC_xen_heap
+    assert sorted(d.xenpage_list) == sorted([m.pv.darch(d).shared_info_mfn, *t.shared])
