@@ -137,6 +137,9 @@ class DomCtl:
         if not d.page_list:
             del self.hv.domains[domid]
             self.pv.forget_domain(d)
+            # Its grant table too (grant_table_destroy, at the domain's final put): a table
+            # left under the id would be a new domain's, with frames back in the heap.
+            self.pv.grants.tables.pop(domid, None)
 
     def _release_vcpu(self, d: Domain, vcpu_id: int) -> None:
         v = d.vcpus[vcpu_id]

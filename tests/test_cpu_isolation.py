@@ -219,11 +219,15 @@ def test_a_new_domain_with_a_dead_domains_id_can_be_paused_and_destroyed() -> No
     m, _victim, attacker = spinning_machine()
     old = m.hv.domains[attacker]
     m.pv.arch(old.vcpus[0]).kernel_sp = 0x1234
+    old_table = m.pv.grants.table(old)
     m.domctl.destroy(attacker)
     assert attacker not in m.hv.domains
     new = m.hv.create_domain(64, domid=attacker)
     m.pv.setup_domain(new)
     assert m.pv.arch(new.vcpus[0]).kernel_sp == 0
+    table = m.pv.grants.table(new)
+    assert not table.dying and table is not old_table
+    assert all(m.hv.frames.owner[mfn] == attacker for mfn in table.shared)
     assert attacker not in m.domctl.dying
     m.domctl.pause(attacker)
     assert m.domctl.info(attacker).paused
