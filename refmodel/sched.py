@@ -209,6 +209,9 @@ class Sched:
             if e is None or e.v is not v:
                 continue
             del self.vcpus[key]
+            release = getattr(e.cpu, "release", None)
+            if release is not None:
+                release()  # its processor's resources (the CPU substrate's engine)
             if e in self.runqueue:
                 self.runqueue.remove(e)
             if e is self.current:

@@ -135,6 +135,11 @@ def spinning_machine() -> tuple[Machine, int, int]:
     return m, victim.domain_id, attacker
 
 
+def engine_open(c: Any) -> bool:
+    """The vCPU's Unicorn engine is not closed yet (the binding's finalizer has not run)."""
+    return bool(c.uc._Uc__finalizer.alive)
+
+
 def current_domid(m: Machine) -> int | None:
     cur = m.pv.sched.current
     return None if cur is None else cur.v.domain.domain_id
@@ -155,6 +160,7 @@ def test_a_domain_destroyed_while_current_never_runs_again() -> None:
     m.domctl.destroy(attacker)
     m.run(until_ns=m.pv.clock.now_ns() + 20_000_000)
     assert cpu_of.instructions == ran, "the destroyed domain ran again"
+    assert not engine_open(cpu_of), "the destroyed domain's engine was kept"
     assert attacker not in m.pv.sched.domains
     assert all(k[0] != attacker for k in m.pv.sched.vcpus)
     assert d.is_dying and m.hv.domains[victim].is_running
@@ -191,6 +197,7 @@ def test_a_domain_destroyed_inside_its_own_hypercall_never_resumes() -> None:
     c.run_slice = counted_slice  # type: ignore[method-assign]
     m.run(until_ns=30_000_000)
     assert destroyed and slices_after == []
+    assert not engine_open(c), "the destroyed domain's engine was kept"
     assert attacker not in m.pv.sched.domains
     assert check_invariants(m.hv) == []
 
