@@ -11,6 +11,11 @@
  * (or remapped without either) into a block of the same address and size keeps the count
  * cached for the old one: still deterministic, not exact.
  *
+ * Before counting, the callback reads the engine's EFLAGS (env->eflags, at an address the
+ * substrate found): a block about to run with a flag the guest may never have (VM, IOPL) is
+ * refused, the engine is asked to stop and the flags are kept for the substrate to see, so
+ * that no instruction of it runs (the substrate crashes the domain).
+ *
  * The engine's functions are called through pointers the substrate fills in, so this file
  * needs no Unicorn header and no link against the library: the process has one copy of it.
  */
@@ -36,6 +41,9 @@ struct xs_counter {
     xs_uc_emu_stop_t uc_emu_stop;
     int request_cache;           /* UC_CTL_READ_WRITE(UC_CTL_TB_REQUEST_CACHE, 2) */
     int pad;
+    const volatile uint64_t *eflags;  /* the engine's env->eflags, or NULL */
+    uint64_t eflags_never;       /* flags no guest block may start with */
+    uint64_t eflags_refused;     /* the flags of the block refused, 0 if none */
     uint64_t tag[XS_SLOTS];      /* address << 16 | size, plus one (0: empty) */
     uint64_t gen[XS_SLOTS];      /* the generation the slot was filled in */
     uint32_t count[XS_SLOTS];
@@ -62,6 +70,11 @@ void xs_count_block(void *uc, uint64_t addr, uint32_t size, void *user)
 {
     struct xs_counter *c = user;
 
+    if (c->eflags && (*c->eflags & c->eflags_never)) {
+        c->eflags_refused = *c->eflags;
+        c->uc_emu_stop(uc);
+        return;
+    }
     /* A block whose hook asks the engine to stop does not run (the exit check follows the
      * hook), so it is not counted. */
     if (c->insns >= c->limit) {

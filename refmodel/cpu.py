@@ -72,7 +72,35 @@ What Unicorn 2.1.4 does not do, and what this module does instead (measured on U
   a scratch engine; the port and size must be the hook's), and its #GP(0) is delivered as a
   real one; the slice goes on with the instructions left. Departure: INS has already stored
   a zero at ES:EDI when the hook runs (the emulator's probe store before the port access),
-  and those bytes stay zero.
+  and those bytes stay zero. The emulator keeps the arithmetic flags lazily (an operation and
+  its operands) and does not store that state before IN/OUT, so EFLAGS read in the hook can
+  hold any 32 bits (VM, IOPL, bits 22-31 were seen): the substrate loads the exact flags
+  instead, every flag but the arithmetic ones from the CPU state itself (env->eflags and
+  env->df, read in place: ``_find_env``). Departure: the arithmetic flags (OF SF ZF AF PF
+  CF) in the #GP(0) frame of an I/O instruction are those of the last point where the
+  emulator stored its flag state (the start of the block, or an earlier instruction of it),
+  not always those right before the I/O instruction.
+
+* Virtual-8086 mode: the emulator's ``iret`` enters it whenever the popped EFLAGS has VM set
+  (Unicorn 2.1.4, qemu/target/i386/seg_helper.c, helper_ret_protected: ``goto
+  return_to_vm86``, which also loads IOPL), while the processor does so only at CPL 0 and at
+  CPL 1 or 3 makes an ordinary protected-mode return with VM ignored and IOPL unchanged
+  (Intel SDM, IRET). Xen never runs a PV guest in virtual-8086 mode or with IOPL above 0
+  (x86_32/traps.c do_iret and entry.S create_bounce_frame clear VM and IOPL in every frame),
+  and guest code cannot take a virtual-8086 frame through Xen either. So the block counter
+  reads the engine's EFLAGS in place before each block and refuses to start a block with VM
+  or IOPL set (the engine stops; no instruction of it runs), and every entry into the
+  hypervisor (a trap, an I/O instruction, the end of a slice) checks the same flags before
+  any register is read for the hypervisor: either way the domain is crashed with the reason.
+  Departure: on the processor the iret would have returned normally (or faulted on its CS).
+  Without the native counter (no gcc), the guest may run in virtual-8086 mode until its next
+  entry; what it can reach there is what its own ring 3 can: CPL 3 accesses through its own
+  page tables to linear addresses below 1 MB + 64 KB (far below the hypervisor hole at
+  HYPERVISOR_VIRT_START), no hypercall (``int $0x82`` from virtual-8086 mode is a #GP with
+  IOPL below 3, and any interrupt is an entry, which crashes the domain), and I/O
+  instructions are trapped as everywhere. No register state with VM or IOPL set is ever
+  handed to the hypervisor's handlers, and every register write-back clears both
+  (``_check_eflags``).
 
 Several domains: each vCPU has its own engine, and every engine maps the same machine memory
 (``mem_map_ptr``), so a context switch is only a change of engine; measured on Unicorn 2.1.4,
@@ -80,7 +108,9 @@ an engine costs about 3 MB and 1 ms to create (benchmarks/bench_sched.py compare
 design, one engine with a full context save and restore, CR3 and GDTR included, and a TLB
 flush). Each engine has its own translation cache: a frame that held code, left this vCPU's
 domain and came back rewritten by someone else could run from a stale translation, so a
-domain that gains frames has its vCPUs' caches flushed (``flush_code_cache``).
+domain that gains frames has its vCPUs' caches flushed (``flush_code_cache``). A destroyed
+domain's engine is closed at once (``release``), not when the garbage collector finds its
+reference cycles: a translation cache of random code measured about 220 MB.
 
 A start-up self-test checks the version and the context offsets; a mismatch is one clear
 error (``SubstrateError``), never a wrong emulation.
@@ -125,6 +155,9 @@ _OFF_HFLAGS = 216  # env->hflags; bits 0-1 are the CPL
 _OFF_ERROR_CODE = 5424  # env->error_code of the last exception
 _OFF_EXCEPTION_IS_INT = 5428  # env->exception_is_int: 1 for a software int n
 _OFF_OLD_EXCEPTION = 5536  # env->old_exception (issue #1883)
+_OFF_ENV = 40  # env (CPUX86State) itself: its copy starts here
+_OFF_EFLAGS = 176  # env->eflags: every flag but the arithmetic ones and DF (those are lazy)
+_OFF_DF = 212  # env->df: 1, or -1 when EFLAGS.DF is set
 # Offset in struct uc_struct (the engine handle) of emu_counter: the instructions the count
 # hook has seen in this emu_start, the one it stopped before included (found by experiment).
 _OFF_EMU_COUNTER = 1368
@@ -137,6 +170,10 @@ _CR0_NE = 0x20
 _CR0_WP = 0x10000
 _CR0_PG = 0x80000000
 _CR4_TSD = 0x4
+# EFLAGS: the arithmetic flags (kept lazily by the emulator, cc_op/cc_src), and the flags a
+# guest never runs with (Xen runs guests with IOPL 0 and never in virtual-8086 mode).
+_EFLAGS_ARITH = 0x8D5  # OF SF ZF AF PF CF
+_EFLAGS_NEVER = abi.X86_EFLAGS_VM | abi.X86_EFLAGS_IOPL
 _RDTSC = b"\x0f\x31"
 _CR0_BASE = _CR0_PE | _CR0_MP | _CR0_ET | _CR0_NE | _CR0_WP | _CR0_PG
 
@@ -186,6 +223,8 @@ class _Counter(ctypes.Structure):
         ("generation", ctypes.c_uint64), ("misses", ctypes.c_uint64),
         ("uc_ctl", ctypes.c_void_p), ("uc_emu_stop", ctypes.c_void_p),
         ("request_cache", ctypes.c_int), ("pad", ctypes.c_int),
+        ("eflags", ctypes.c_void_p), ("eflags_never", ctypes.c_uint64),
+        ("eflags_refused", ctypes.c_uint64),
         ("tag", ctypes.c_uint64 * _COUNTER_SLOTS), ("gen", ctypes.c_uint64 * _COUNTER_SLOTS),
         ("count", ctypes.c_uint32 * _COUNTER_SLOTS),
     ]
@@ -323,6 +362,105 @@ class TrapHandlers(Protocol):
     def invalid_opcode(self, v: Vcpu, regs: CpuUserRegs) -> None: ...
 
 
+# Where an engine's live env->eflags is: the offset in struct uc_struct of a pointer to the
+# CPU object, and the offset of env in that object (found once per process, _find_env).
+_env_offsets: list[tuple[int, int]] = []
+_ENV_PATTERN_REGS = (x86.UC_X86_REG_EAX, x86.UC_X86_REG_ECX, x86.UC_X86_REG_EDX,
+                     x86.UC_X86_REG_EBX)
+_ENV_SEARCH = 1 << 18  # bytes of a CPU object searched for env
+
+
+def _readable_ranges() -> list[tuple[int, int]]:
+    """The process's readable mappings (Linux: /proc/self/maps); none elsewhere."""
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return []
+    ranges = []
+    for line in lines:
+        span, perms = line.split()[:2]
+        if perms.startswith("r"):
+            lo, hi = (int(x, 16) for x in span.split("-"))
+            ranges.append((lo, hi))
+    return ranges
+
+
+def _env_candidates(uch: int, pattern: bytes, known: list[tuple[int, int]],
+                    ) -> dict[int, list[tuple[int, int]]] | None:
+    """Where ``pattern`` is, behind the pointers ``known`` (offset in uc_struct, offset behind
+    the pointer) or, with ``known`` empty, behind every pointer of uc_struct into a readable
+    mapping (None if the mappings cannot be read); by address, with the pointers that lead
+    there."""
+    places: dict[int, list[tuple[int, int]]] = {}
+    for at, inside in known:
+        env = ctypes.c_uint64.from_address(uch + at).value + inside
+        if ctypes.string_at(env, len(pattern)) == pattern:
+            places.setdefault(env, []).append((at, inside))
+    if known:
+        return places
+    ranges = _readable_ranges()
+    if not ranges:
+        return None
+    for at in range(0, _OFF_EMU_COUNTER, 8):
+        ptr = ctypes.c_uint64.from_address(uch + at).value
+        for lo, hi in ranges:
+            if lo <= ptr < hi:
+                window = ctypes.string_at(ptr, min(hi - ptr, _ENV_SEARCH))
+                inside = window.find(pattern)
+                while inside >= 0:
+                    if inside % 8 == 0:
+                        places.setdefault(ptr + inside, []).append((at, inside))
+                    inside = window.find(pattern, inside + 1)
+                break
+    return places
+
+
+def _find_env(eng: _Engine) -> int | None:
+    """The address of the live env (CPUX86State) of the fresh engine ``eng``, or None where
+    the process's mappings cannot be read. Its first registers are set to a pattern, and the
+    pattern is looked for behind the pointers of the engine's uc_struct; of the places found,
+    the one that follows a write of EAX is env, and a write of EFLAGS must show at its
+    eflags. The pointers that led there are kept: the next engines look behind them first,
+    and search again if none leads to their env."""
+    global _env_offsets
+    for i, reg in enumerate(_ENV_PATTERN_REGS):
+        eng.write(reg, 0x5A170000 + 0x10 * (eng.handle % 4093) + i)
+    eng.save()
+    pattern = ctypes.string_at(eng.blob + _OFF_ENV, 8 * len(_ENV_PATTERN_REGS))
+    live: list[int] = []
+    places: dict[int, list[tuple[int, int]]] = {}
+    for known in ([_env_offsets, []] if _env_offsets else [[]]):
+        found = _env_candidates(eng.handle, pattern, known)
+        if found is None:
+            return None
+        places = found
+        eng.write(x86.UC_X86_REG_EAX, 0x1DE5C0DE)
+        live = [env for env in places
+                if ctypes.string_at(env + 8, len(pattern) - 8) == pattern[8:]
+                and ctypes.c_uint64.from_address(env).value == 0x1DE5C0DE]
+        eng.write(x86.UC_X86_REG_EAX, 0x5A170000 + 0x10 * (eng.handle % 4093))
+        if len(live) == 1:
+            break
+    if len(live) != 1:
+        raise SubstrateError(f"the engine's CPU state was found at {len(live)} places; "
+                             f"xenspec needs unicorn=={UNICORN_VERSION}")
+    env = live[0]
+    eflags = ctypes.c_uint64.from_address(env + _OFF_EFLAGS - _OFF_ENV)
+    probe = abi.X86_EFLAGS_ID | abi.X86_EFLAGS_AC | abi.X86_EFLAGS_MBS
+    eng.write(x86.UC_X86_REG_EFLAGS, probe | abi.X86_EFLAGS_DF)
+    eng.save()
+    seen = (eflags.value & ~(_EFLAGS_ARITH | abi.X86_EFLAGS_DF), eng.saved_df)
+    for reg in (*_ENV_PATTERN_REGS, x86.UC_X86_REG_EFLAGS):
+        eng.write(reg, abi.X86_EFLAGS_MBS if reg == x86.UC_X86_REG_EFLAGS else 0)
+    eng.save()
+    if seen != (probe, -1) or eng.saved_df != 1:
+        raise SubstrateError(f"the engine's EFLAGS and DF are not at offsets {_OFF_EFLAGS} and "
+                             f"{_OFF_DF} of the saved context; xenspec needs "
+                             f"unicorn=={UNICORN_VERSION}")
+    _env_offsets = places[env]
+    return env
+
+
 class _Engine:
     """A Unicorn x86-32 engine with fast register access and saved-context patching."""
 
@@ -344,6 +482,9 @@ class _Engine:
         self._error_code = ctypes.c_int32.from_address(base + _OFF_ERROR_CODE)
         self._exception_is_int = ctypes.c_int32.from_address(base + _OFF_EXCEPTION_IS_INT)
         self._old_exception = ctypes.c_int32.from_address(base + _OFF_OLD_EXCEPTION)
+        self._saved_eflags = ctypes.c_uint64.from_address(base + _OFF_EFLAGS)
+        self._saved_df = ctypes.c_int32.from_address(base + _OFF_DF)
+        self.blob = base
         self._val = ctypes.c_uint64(0)
         self._val_ref = ctypes.byref(self._val)
         n = len(_REG_NAMES)
@@ -363,7 +504,12 @@ class _Engine:
         )
         uch = ctypes.cast(self._uch, ctypes.c_void_p).value
         assert uch is not None
+        self.handle = uch
         self._emu_counter = ctypes.c_uint64.from_address(uch + _OFF_EMU_COUNTER)
+        env = _find_env(self)
+        # The live env->eflags (None where it cannot be found: then read through a save).
+        self._live_eflags = (None if env is None else
+                             ctypes.c_uint64.from_address(env + _OFF_EFLAGS - _OFF_ENV))
         self._counter: _Counter | None = None
         lib = native_counter()
         if lib is not None:
@@ -406,6 +552,9 @@ class _Engine:
         c.request_cache = (ucc.UC_CTL_IO_READ_WRITE << 30) | (2 << 26) | (
             ucc.UC_CTL_TB_REQUEST_CACHE)
         c.limit = 2**64 - 1
+        if self._live_eflags is not None:
+            c.eflags = ctypes.addressof(self._live_eflags)
+            c.eflags_never = _EFLAGS_NEVER
         self._counter_hook = ctypes.c_size_t()
         err = self._lib.uc_hook_add(
             self._uch, ctypes.byref(self._counter_hook), ucc.UC_HOOK_BLOCK,
@@ -440,6 +589,36 @@ class _Engine:
         finally:
             c.limit = 2**64 - 1
         return int(c.insns)
+
+    def mode_flags(self) -> int:
+        """The flags among VM and IOPL the engine runs with now (env->eflags: exact, whatever
+        the lazy arithmetic flags hold). Read in place, or through a context save."""
+        live = self._live_eflags
+        if live is None:
+            self.save()
+            live = self._saved_eflags
+        return live.value & _EFLAGS_NEVER
+
+    def take_refused(self) -> int:
+        """The EFLAGS of a block the counter refused to start (0 if none), and forget it."""
+        c = self._counter
+        if c is None or not c.eflags_refused:
+            return 0
+        flags, c.eflags_refused = int(c.eflags_refused), 0
+        return flags
+
+    def exact_eflags(self) -> int:
+        """EFLAGS where the lazy arithmetic flags may be stale (in an I/O hook: the emulator
+        stores its flag state before an instruction that may fault, not before IN/OUT): every
+        flag but the arithmetic ones from env->eflags and env->df, which are exact; the
+        arithmetic ones as the emulator computes them, kept to their 6 bits (with a stale
+        operation its computation can return any 32 bits)."""
+        computed = self.read(x86.UC_X86_REG_EFLAGS)
+        self.save()
+        flags = self._saved_eflags.value & ~(_EFLAGS_ARITH | abi.X86_EFLAGS_DF) & 0xFFFFFFFF
+        if self.saved_df < 0:
+            flags |= abi.X86_EFLAGS_DF
+        return flags | (computed & _EFLAGS_ARITH) | abi.X86_EFLAGS_MBS
 
     def counted_so_far(self) -> int:
         """Instructions run so far in the current ``run_counted`` (read from a hook)."""
@@ -479,6 +658,11 @@ class _Engine:
 
     def set_saved_cpl(self, cpl: int) -> None:
         self._hflags.value = (self._hflags.value & ~3) | cpl
+
+    @property
+    def saved_df(self) -> int:
+        """env->df of the saved context: 1, or -1 with EFLAGS.DF set."""
+        return int(self._saved_df.value)
 
     @property
     def saved_error_code(self) -> int:
@@ -715,11 +899,35 @@ class UnicornCPU:
         self._cpl_lowered = False
         return True
 
+    def _guest_mode_ok(self) -> bool:
+        """The engine is not in virtual-8086 mode and its IOPL is 0, as Xen runs every guest:
+        asked at every entry from guest code (a trap, an I/O instruction, the end of a slice)
+        before any register reaches the hypervisor. Otherwise the domain is crashed with the
+        reason (False): see the module docstring, "virtual-8086 mode"."""
+        eng = self.engine
+        refused = eng.take_refused()
+        bad = eng.mode_flags()
+        if not bad:
+            return True
+        what = (f"virtual-8086 mode (IOPL {(bad & abi.X86_EFLAGS_IOPL) >> 12})"
+                if bad & abi.X86_EFLAGS_VM else f"IOPL {(bad & abi.X86_EFLAGS_IOPL) >> 12}")
+        when = ("stopped before its first instruction there" if refused
+                else "seen at its next entry into the hypervisor")
+        cs, eip = eng.read(x86.UC_X86_REG_CS), eng.read(x86.UC_X86_REG_EIP)
+        self._regs = self._orig = None
+        self.v.domain.crash(
+            f"the guest entered {what} at {cs:#x}:{eip:#x}: the emulator's iret took VM and "
+            f"IOPL from the popped EFLAGS at CPL 1 or 3, where the processor ignores them "
+            f"(substrate departure; {when})")
+        return False
+
     # --- time slices (the scheduler's interface) -------------------------------------------
     def run_slice(self, max_instructions: int) -> int:
         """Run the vCPU for at most ``max_instructions`` (> 0); return how many ran. The slice
         ends early when the domain stops or ``should_stop`` says so after a trap."""
         d = self.v.domain
+        if d.is_dying:  # destroyed: its vCPUs never run again (domain_kill)
+            return 0
         if self._flush_code:
             self._flush_code = False
             self.engine.flush_code_cache()
@@ -728,6 +936,7 @@ class UnicornCPU:
         if not self._entry_pending and not self._guest_cpl_ok():
             return 0
         traps_before = self._slice_start_traps = self.traps
+        self._running = True
         try:
             ran = self._run_counted(eip, max_instructions)
         except unicorn.UcError as exc:
@@ -737,9 +946,34 @@ class UnicornCPU:
                         f" {exc}")
         if self._entry_pending and self.engine.read(x86.UC_X86_REG_EIP) != self.stub_va:
             self._entry_pending = False  # the stub ran and no trap followed
+        self._running = False
+        if d.is_running:
+            self._guest_mode_ok()
+        if self._release_pending:
+            self.release()
         self.instructions += ran
         self.slice_traps = self.traps - traps_before
         return ran
+
+    _running = False  # inside run_slice: the engine may be running
+    _release_pending = False
+
+    def release(self) -> None:
+        """The vCPU's domain was destroyed: close its engine now (or, from inside a slice,
+        once the slice has ended) rather than whenever the garbage collector finds the
+        engine's reference cycles (its hooks are bound methods): an engine's translation
+        cache can hold hundreds of MB. The vCPU never runs again (``run_slice`` of a dying
+        domain runs nothing, and nothing else here touches the engine then)."""
+        if not self.v.domain.is_dying:
+            return
+        if self._running:
+            self._release_pending = True
+            return
+        self._release_pending = False
+        self._regs = self._orig = None
+        finalizer = getattr(self.uc, "_Uc__finalizer", None)
+        if finalizer is not None:
+            finalizer()  # the binding's own uc_close, run once
 
     def set_rdtsc(self, source: Callable[[], int]) -> None:
         """RDTSC from the guest returns ``source()`` (a 64-bit count)."""
@@ -786,6 +1020,9 @@ class UnicornCPU:
         try:
             self.traps += 1
             eng = self.engine
+            if not self._guest_mode_ok():
+                self._return_to_guest()
+                return
             if intno >= 32:  # an int n: never the stub's iret, so the stub has run
                 self._entry_pending = False
                 args = eng.read_hypercall_args()
@@ -838,6 +1075,9 @@ class UnicornCPU:
         try:
             self.traps += 1
             self._entry_pending = False
+            if not self._guest_mode_ok():
+                self._return_to_guest()
+                return True
             self.handlers.invalid_opcode(self.v, self.user_regs())
             self._return_to_guest()
         except BaseException as exc:
@@ -908,6 +1148,13 @@ class UnicornCPU:
         self.engine.flush_tlb()
         try:
             self.traps += 1
+            if not self._guest_mode_ok():
+                self._return_to_guest()
+                return
+            # The emulator's lazy flag state is stale here: EFLAGS as it reads it could hold
+            # any bits (VM, IOPL, bits 22-31). Load the exact flags, so that the hypervisor
+            # and the guest after it see them.
+            self.engine.write(x86.UC_X86_REG_EFLAGS, self.engine.exact_eflags())
             eip = self._io_instruction()
             if eip is None:
                 self.v.domain.crash(f"the substrate lost the I/O instruction after "
@@ -982,7 +1229,7 @@ class UnicornCPU:
         the upcall hook (unless Xen was not ``xen_entered``: an interrupt the processor
         delivered itself); with ``stop``, end the slice if the scheduler asks."""
         v = self.v
-        if not v.domain.is_running:
+        if not v.domain.is_running or v.domain.is_dying:
             self._regs = self._orig = None
             if stop:
                 self.uc.emu_stop()

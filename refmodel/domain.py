@@ -84,6 +84,9 @@ class Domain:
     perdomain_pt: list[int] = field(default_factory=list)  # Xen-owned L1s of the per-domain area
     shutdown_reason: ShutdownReason | None = None
     crash_reason: str | None = None
+    # domain_kill has run (3.0.4 sched.h, _DOMF_dying): the domain is being torn down, its
+    # vCPUs never run again and no state is created for it any more (refmodel/domctl.py).
+    is_dying: bool = False
 
     @property
     def tot_pages(self) -> int:

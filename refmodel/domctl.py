@@ -18,7 +18,11 @@ xen/arch/x86/domain.c (domain_relinquish_resources, relinquish_memory):
   MMU's rule, refmodel/mm.py): one another domain still maps stays allocated, and owned by the
   dead domain, until that mapping goes; a shared Xen heap page keeps its permanent type
   reference until then, so even a dead domain's shared_info never becomes a page table;
-* the memory limit (max_memkb, in KB) may not go below the pages the domain has (-EINVAL).
+* the memory limit (max_memkb, in KB) may not go below the pages the domain has (-EINVAL);
+* a dying domain (``Domain.is_dying``, from the first step of destroy) is -ESRCH to every
+  operation; once it has left the hypervisor its id may name a new domain, which inherits
+  nothing of it (the platform, the scheduler and the grant tables drop what they kept under
+  the id).
 
 Errors are ``DomctlError`` with Xen's errno. The hypercall form (``dom0_op`` from a privileged
 guest) is not modelled: the control software is Python.
@@ -66,11 +70,16 @@ class DomCtl:
         self.m = machine
         self.hv = machine.hv
         self.pv = machine.pv
-        self.dying: set[int] = set()
+
+    @property
+    def dying(self) -> set[int]:
+        """The ids of the destroyed domains the hypervisor still knows (another domain maps
+        one of their frames); an id leaves with its domain and may then name a new one."""
+        return {domid for domid, d in self.hv.domains.items() if d.is_dying}
 
     def _find(self, domid: int) -> Domain:
         d = self.hv.domains.get(domid)
-        if d is None or domid in self.dying:
+        if d is None or d.is_dying:
             raise DomctlError(abi.ESRCH, f"no domain {domid}")
         return d
 
@@ -105,7 +114,7 @@ class DomCtl:
             domid=domid, tot_pages=d.tot_pages, max_pages=d.max_pages,
             paused=domid in sched.domains and sched.is_paused(d),
             blocked=all(sched.is_blocked(v) for v in d.vcpus),
-            dying=domid in self.dying,
+            dying=d.is_dying,
             shutdown=d.shutdown_reason.name if d.shutdown_reason is not None else None,
             cpu_time_ns=self.pv.clock.domain_run_ns(d),
         )
@@ -117,7 +126,7 @@ class DomCtl:
         domain_relinquish_resources: every vCPU's base pointer, every vCPU's GDT, then
         relinquish_memory of the Xen-heap pages shared with the domain, then of its own)."""
         d = self._find(domid)
-        self.dying.add(domid)
+        d.is_dying = True  # domain_kill: _DOMF_dying, then domain_pause (vcpu_sleep_sync)
         self.pv.sched.pause(d)
         self.pv.sched.detach(d)
         events: Any = getattr(self.pv, "events", None)
@@ -132,8 +141,10 @@ class DomCtl:
         self._free_xen_pages(d)
         self.m.cpus.pop(domid, None)
         self.pv.darch(d).console = bytearray()  # the console log goes with the domain
+        self.pv.darch(d).shared_info_mfn = 0  # released: nothing writes it for the dead domain
         if not d.page_list and not d.xenpage_list:
             del self.hv.domains[domid]
+            self.pv.forget_domain(d)
             self.pv.grants.domain_destroyed(domid)
 
     def _release_backends(self, d: Domain) -> None:

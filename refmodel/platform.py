@@ -61,6 +61,8 @@ class PVPlatform:
         hv.charge_work = self.clock.charge_work  # long hypercalls' work uses the slice
         self.arch_v: dict[tuple[int, int], ArchVcpu] = {}
         self.arch_d: dict[int, ArchDomain] = {}
+        # The domain each id's entries of arch_v and arch_d belong to.
+        self._owner: dict[int, Domain] = {}
         self.console_out: Callable[[int, bytes], None] | None = None
         # One machine-wide frame with Xen's reserved GDT entries, mapped read-only everywhere.
         from xenspec.refmodel.cpu import reserved_gdt_page
@@ -93,17 +95,48 @@ class PVPlatform:
         hv.arch_vcpu = self.arch
 
     def arch(self, v: Vcpu) -> ArchVcpu:
+        """The vCPU's state, made on first use. A destroyed domain's lookups never make it
+        again (a fresh one is returned and forgotten), and a domain given the id of one that
+        is gone finds none of its state."""
         key = (v.domain.domain_id, v.vcpu_id)
+        if not self._owns(v.domain):
+            return ArchVcpu()
         a = self.arch_v.get(key)
         if a is None:
             a = self.arch_v[key] = ArchVcpu()
         return a
 
     def darch(self, d: Domain) -> ArchDomain:
+        """The domain's state, made on first use; as ``arch`` for a destroyed domain."""
+        if not self._owns(d):
+            return ArchDomain()
         a = self.arch_d.get(d.domain_id)
         if a is None:
             a = self.arch_d[d.domain_id] = ArchDomain()
         return a
+
+    def _owns(self, d: Domain) -> bool:
+        """The state kept under ``d``'s id is ``d``'s: True once it is, or once it can be (the
+        id is free, or held by a domain that is gone); False for a dying domain without it."""
+        owner = self._owner.get(d.domain_id)
+        if owner is d:
+            return True
+        if d.is_dying:
+            return False
+        if owner is not None:
+            self.forget_domain(owner)
+        self._owner[d.domain_id] = d
+        return True
+
+    def forget_domain(self, d: Domain) -> None:
+        """The destroyed domain ``d`` has left the hypervisor: drop its state, so that its id
+        names nothing until a new domain is given it."""
+        if self._owner.get(d.domain_id) is not d:
+            return
+        del self._owner[d.domain_id]
+        self.arch_d.pop(d.domain_id, None)
+        for key in [k for k in self.arch_v if k[0] == d.domain_id]:
+            del self.arch_v[key]
 
     # --- per-domain pages ---------------------------------------------------------------------
     def perdomain_set(self, d: Domain, va: int, mfn: int | None) -> None:

@@ -23,6 +23,12 @@ once that has run ctx_allow. Warp (latency-sensitive domains borrowing virtual t
 out: ``evt`` is always ``avt``. Xen's r_time adds a difference of virtual times divided by
 mcu_advance (a count of MCUs) to ns; the model keeps that arithmetic.
 
+A destroyed domain (xen/common/domain.c, domain_kill: _DOMF_dying, then domain_pause, which
+waits in vcpu_sleep_sync for each vCPU to leave the CPU) never runs again: ``detach`` drops its
+vCPUs (descheduling the one running) and their timers, a dying domain's vCPU is never
+runnable, and no lookup (``dom``, ``entry``) makes state for a dying domain or finds another
+domain's under the same id.
+
 Time is the machine's ``Clock`` (refmodel/clock.py): a slice is a number of instructions, so a
 run is deterministic. At every scheduling point the timers of ``pv.vtime`` (if installed)
 expire; with every vCPU blocked the clock jumps to the next timer deadline (the idle loop).
@@ -149,14 +155,32 @@ class Sched:
     # The other subsystems' view: pv.sched.wake(v), runnable, pause.
     # ----------------------------------------------------------------------------------------
     def entry(self, v: Vcpu) -> VcpuSched:
+        """The vCPU's scheduling state, made on first use; a dying domain's vCPU gets a
+        blocked one that is not kept (it never runs again, and its id may name a new domain)."""
         key = (v.domain.domain_id, v.vcpu_id)
         e = self.vcpus.get(key)
-        if e is None:
-            e = self.vcpus[key] = VcpuSched(v, None, self.svt, self.svt)
+        if e is None or e.v is not v:
+            e = VcpuSched(v, None, self.svt, self.svt)
+            if v.domain.is_dying:
+                e.blocked = True
+                return e
+            self.vcpus[key] = e
         return e
 
+    def _stored(self, v: Vcpu) -> VcpuSched | None:
+        """The vCPU's kept scheduling state, if any (never another vCPU's under the same id)."""
+        e = self.vcpus.get((v.domain.domain_id, v.vcpu_id))
+        return e if e is not None and e.v is v else None
+
     def dom(self, d: Domain) -> DomainSched:
-        return self.domains.setdefault(d.domain_id, DomainSched())
+        """The domain's scheduling state, made on first use; a dying domain's is paused and
+        not kept: no lookup brings back a destroyed domain (domain_kill, _DOMF_dying)."""
+        ds = self.domains.get(d.domain_id)
+        if ds is None or d.is_dying:
+            ds = DomainSched(paused=d.is_dying)
+            if not d.is_dying:
+                self.domains[d.domain_id] = ds
+        return ds
 
     def attach(self, v: Vcpu, cpu: SliceCPU) -> None:
         """A vCPU with a CPU to run on (a domain starts paused until ``unpause``)."""
@@ -173,26 +197,39 @@ class Sched:
             cpu.upcall_wanted = events.upcall_due(v)  # type: ignore[attr-defined]
 
     def detach(self, d: Domain) -> None:
-        """``d`` is being destroyed: its vCPUs never run again."""
+        """``d`` is being destroyed: its vCPUs never run again (domain_kill: vcpu_sleep_sync
+        on each; a dying domain's vCPU is never runnable) and their timers never fire (the
+        model's timer_event writes into shared_info, which goes back to the heap)."""
+        vtime: Any = getattr(self.pv, "vtime", None)
         for v in d.vcpus:
-            e = self.vcpus.pop((d.domain_id, v.vcpu_id), None)
-            if e is not None and e in self.runqueue:
+            key = (d.domain_id, v.vcpu_id)
+            if vtime is not None:
+                vtime.timers.pop(key, None)
+            e = self.vcpus.get(key)
+            if e is None or e.v is not v:
+                continue
+            del self.vcpus[key]
+            release = getattr(e.cpu, "release", None)
+            if release is not None:
+                release()  # its processor's resources (the CPU substrate's engine)
+            if e in self.runqueue:
                 self.runqueue.remove(e)
-            if e is not None and e is self.current:
+            if e is self.current:
                 self._stop_requested = True
+                self.current = None  # descheduled: nothing charges or picks it again
         self.domains.pop(d.domain_id, None)
 
     def runnable(self, e: VcpuSched) -> bool:
         """sched.h, vcpu_runnable: not blocked, domain not paused and not shut down."""
         d = e.v.domain
         ds = self.domains.get(d.domain_id)
-        return (e.cpu is not None and not e.blocked and d.is_running
+        return (e.cpu is not None and not e.blocked and d.is_running and not d.is_dying
                 and ds is not None and not ds.paused)
 
     def wake(self, v: Vcpu) -> None:
         """An event is pending for ``v`` (evtchn_set_pending -> vcpu_unblock): a blocked or
         polling vCPU becomes runnable."""
-        e = self.vcpus.get((v.domain.domain_id, v.vcpu_id))
+        e = self._stored(v)
         if e is None or not e.blocked:
             return
         e.blocked = e.polling = False
@@ -203,7 +240,7 @@ class Sched:
         """evtchn_set_pending's last step: an event for ``d`` wakes its vCPUs blocked in
         SCHEDOP_poll, whatever the selector and mask bits say (_DOMF_polling)."""
         for v in d.vcpus:
-            e = self.vcpus.get((d.domain_id, v.vcpu_id))
+            e = self._stored(v)
             if e is not None and e.polling:
                 self.wake(v)
 
@@ -211,7 +248,7 @@ class Sched:
         """domain_pause_by_systemcontroller: none of ``d``'s vCPUs runs until unpaused."""
         self.dom(d).paused = True
         for v in d.vcpus:
-            e = self.vcpus.get((d.domain_id, v.vcpu_id))
+            e = self._stored(v)
             if e is None:
                 continue
             self._stop_current(e)
@@ -221,7 +258,7 @@ class Sched:
     def unpause(self, d: Domain) -> None:
         self.dom(d).paused = False
         for v in d.vcpus:
-            e = self.vcpus.get((d.domain_id, v.vcpu_id))
+            e = self._stored(v)
             if e is not None:
                 self._bvt_wake(e)
 
@@ -229,7 +266,7 @@ class Sched:
         return self.dom(d).paused
 
     def is_blocked(self, v: Vcpu) -> bool:
-        e = self.vcpus.get((v.domain.domain_id, v.vcpu_id))
+        e = self._stored(v)
         return e is not None and e.blocked
 
     def set_weight(self, d: Domain, mcu_advance: int) -> None:

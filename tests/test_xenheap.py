@@ -376,7 +376,6 @@ def test_a_new_domain_with_a_dead_domains_id_gets_a_grant_table_of_its_own() -> 
     m.pv.grants.table(m.hv.domains[domid])
     m.domctl.destroy(domid)
     assert domid not in m.hv.domains
-    m.domctl.dying.discard(domid)
     d = m.hv.create_domain(4, domid=domid)
     m.pv.setup_domain(d)
     t = m.pv.grants.table(d)
