@@ -141,7 +141,7 @@ class TeardownMachine(RuleBasedStateMachine):
 
     def live(self, who: int) -> Guest | None:
         g = self.guests[who]
-        ok = g.domid not in self.impl.m.domctl.dying and self.impl.hv.domains[g.domid].is_running
+        ok = self.running(g.domid) and self.impl.hv.domains[g.domid].is_running
         return g if ok else None
 
     def frame(self, g: Guest, kind: str, pick: int) -> int:
@@ -268,8 +268,13 @@ class TeardownMachine(RuleBasedStateMachine):
 
     @rule(who=st.integers(0, 1))
     def destroy(self, who: int) -> None:
-        if self.guests[who].domid not in self.impl.m.domctl.dying:
+        if self.running(self.guests[who].domid):
             self.impl.m.domctl.destroy(self.guests[who].domid)
+
+    def running(self, domid: int) -> bool:
+        """The domain exists and destroy has not begun (Domain.is_dying)."""
+        d = self.impl.hv.domains.get(domid)
+        return d is not None and not d.is_dying
 
     @invariant()
     def invariants_hold(self) -> None:
@@ -281,7 +286,7 @@ class TeardownMachine(RuleBasedStateMachine):
         if not hasattr(self, "impl"):
             return
         for g in self.guests:
-            if g.domid not in self.impl.m.domctl.dying:
+            if self.running(g.domid):
                 self.impl.m.domctl.destroy(g.domid)
         assert check_invariants(self.impl.hv) == []
         assert len(self.impl.hv.free_list) == self.free, "frames outlived both domains"

@@ -246,7 +246,8 @@ class World:
             return d.perdomain_pt[k % len(d.perdomain_pt)] if d.perdomain_pt else 0
         if kind == "gnt":
             t = self.pv.grants.tables.get(d.domain_id)
-            return t.shared[k % len(t.shared)] if t is not None else a.shared_info_mfn
+            return t.shared[k % len(t.shared)] if t is not None and t.shared \
+                else a.shared_info_mfn
         return d.page_list[k % d.tot_pages] if d.tot_pages else k
 
     # --- the victim -----------------------------------------------------------------------------
@@ -374,11 +375,8 @@ class World:
             if s is not None:  # shut down or crashed: the tools destroy it first
                 self.perform(("destroy", call[1]))
             old = self.last[i].domain.domain_id
+            # The tools may give a free id to a new domain (DOM0_CREATEDOMAIN).
             reuse = call[2] and old not in self.hv.domains
-            if reuse:
-                # The tools may give a free id to a new domain (DOM0_CREATEDOMAIN); DomCtl
-                # remembers destroyed ids as dying for good, so forget this one there.
-                self.m.domctl.dying.discard(old)
             try:
                 s = self._create(ATTACKER_PAGES, ATTACKER_MAPPED, old if reuse else None)
             except OutOfMemory:
