@@ -84,6 +84,8 @@ class Domain:
     perdomain_pt: list[int] = field(default_factory=list)  # Xen-owned L1s of the per-domain area
     shutdown_reason: ShutdownReason | None = None
     crash_reason: str | None = None
+    # sched.h _DOMF_dying: destroyed (domain_kill); the record goes with its last frame.
+    is_dying: bool = False
 
     @property
     def tot_pages(self) -> int:

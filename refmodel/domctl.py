@@ -118,6 +118,7 @@ class DomCtl:
         relinquish_memory of the Xen-heap pages shared with the domain, then of its own)."""
         d = self._find(domid)
         self.dying.add(domid)
+        d.is_dying = True
         self.pv.sched.pause(d)
         self.pv.sched.detach(d)
         events: Any = getattr(self.pv, "events", None)
@@ -132,8 +133,8 @@ class DomCtl:
         self._free_xen_pages(d)
         self.m.cpus.pop(domid, None)
         self.pv.darch(d).console = bytearray()  # the console log goes with the domain
-        if not d.page_list and not d.xenpage_list:
-            del self.hv.domains[domid]
+        if not d.page_list and not d.xenpage_list:  # else it goes with its last frame
+            self.hv.domains.pop(domid, None)
 
     def _release_backends(self, d: Domain) -> None:
         """The dom0 daemons and blkback let go of a dying domain: xenconsoled and xenstored

@@ -235,6 +235,11 @@ class Hypervisor:
                 d.xenpage_list.remove(mfn)
             elif mfn in d.page_list:
                 d.page_list.remove(mfn)
+            if d.is_dying and not d.page_list and not d.xenpage_list:
+                # Its last page drops the dying domain's reference (free_domheap_pages:
+                # drop_dom_ref), and with it the domain goes (domain.c, put_domain ->
+                # domain_destroy): no hypercall finds it any more.
+                del self.domains[d.domain_id]
         self._release_frame(mfn)
 
     def relinquish_memory(self, d: Domain, pages: list[int]) -> None:
