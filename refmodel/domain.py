@@ -85,7 +85,8 @@ class Domain:
     shutdown_reason: ShutdownReason | None = None
     crash_reason: str | None = None
     # domain_kill has run (3.0.4 sched.h, _DOMF_dying): the domain is being torn down, its
-    # vCPUs never run again and no state is created for it any more (refmodel/domctl.py).
+    # vCPUs never run again and no state is created for it any more (refmodel/domctl.py); the
+    # record goes with its last frame (Hypervisor.domain_destroy).
     is_dying: bool = False
 
     @property

@@ -142,10 +142,8 @@ class DomCtl:
         self.m.cpus.pop(domid, None)
         self.pv.darch(d).console = bytearray()  # the console log goes with the domain
         self.pv.darch(d).shared_info_mfn = 0  # released: nothing writes it for the dead domain
-        if not d.page_list and not d.xenpage_list:
-            del self.hv.domains[domid]
-            self.pv.forget_domain(d)
-            self.pv.grants.domain_destroyed(domid)
+        if not d.page_list and not d.xenpage_list:  # else it goes with its last frame
+            self.hv.domain_destroy(d)
 
     def _release_backends(self, d: Domain) -> None:
         """The dom0 daemons and blkback let go of a dying domain: xenconsoled and xenstored

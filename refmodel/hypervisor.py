@@ -158,6 +158,8 @@ class Hypervisor:
         # Frames the model's back ends (xenconsoled, xenstored, blkback) hold a writable
         # mapping of, as the real ones do through foreign mappings, with how many they hold.
         self.backend_maps: dict[int, int] = {}
+        # What subsystems drop when a domain goes for good (domain_destroy).
+        self.domain_destroy_hooks: list[Callable[[Domain], None]] = []
         # Charged with the units of work a hypercall did (the platform adds their time to the
         # running vCPU's slice, refmodel/clock.py); nothing without a platform.
         self.charge_work: Callable[[int], None] = lambda units: None
@@ -235,7 +237,22 @@ class Hypervisor:
                 d.xenpage_list.remove(mfn)
             elif mfn in d.page_list:
                 d.page_list.remove(mfn)
+            if d.is_dying and not d.page_list and not d.xenpage_list:
+                # Its last page drops the dying domain's reference (free_domheap_pages:
+                # drop_dom_ref), and with it the domain goes (domain.c, put_domain ->
+                # domain_destroy): no hypercall finds it any more.
+                self.domain_destroy(d)
         self._release_frame(mfn)
+
+    def domain_destroy(self, d: Domain) -> None:
+        """domain.c domain_destroy: the last reference to a dying domain went. It leaves the
+        domain list, and every subsystem drops what it kept under its id
+        (``domain_destroy_hooks``: the platform's per-domain state, the grant table), so that
+        a new domain given the id inherits nothing of it."""
+        if self.domains.get(d.domain_id) is d:
+            del self.domains[d.domain_id]
+        for hook in self.domain_destroy_hooks:
+            hook(d)
 
     def relinquish_memory(self, d: Domain, pages: list[int]) -> None:
         """x86 domain.c, relinquish_memory, for a dying domain over its xenpage_list or its

@@ -78,6 +78,8 @@ class PVPlatform:
         self.vtime = vtime.VTime(self)
         self.grants = grant.Grants(self)
         hv.grants = self.grants
+        hv.domain_destroy_hooks += [self.forget_domain,
+                                    lambda d: self.grants.domain_destroyed(d.domain_id)]
         self.emulate = emulate.Emulate(self)  # privileged instructions, debug registers
         self.physdev = physdev.Physdev(self)
         for sub in (self.traps, self.console, self.sched, self.kernel, self.desc, self.events,

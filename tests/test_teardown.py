@@ -119,6 +119,31 @@ def test_device_and_host_map_at_the_type_count_limit() -> None:
     destroy_all(impl, free, b, a)
 
 
+def test_a_dead_domain_goes_with_its_last_frame() -> None:
+    """A destroyed domain whose frame another domain still maps stays, as Xen's struct domain
+    does, until that frame is freed; then it is gone (page_alloc.c free_domheap_pages drops
+    the domain's reference with its last page; domain.c put_domain -> domain_destroy), and
+    no hypercall can name it any more (event_channel.c find_domain_by_id: -ESRCH)."""
+    impl = MachineImpl()
+    free = len(impl.hv.free_list)
+    a, b = Guest(impl, 40, 24), Guest(impl, 40, 24)
+    frame = a.mfn(30)
+    grant(impl, a, 1, b.domid, frame)
+    vb = impl.hv.domains[b.domid].vcpus[0]
+    status, handle, _ = impl.pv.grants.map_grant_ref(vb, b.va(20), abi.GNTMAP_host_map, 1,
+                                                     a.domid)
+    assert status == abi.GNTST_okay
+    impl.m.domctl.destroy(a.domid)
+    assert impl.hv.domains[a.domid].page_list == [frame]  # kept alive by b's mapping
+    assert impl.pv.grants.unmap_grant_ref(vb, b.va(20), 0, handle) == abi.GNTST_okay
+    assert a.domid not in impl.hv.domains
+    assert b.hypercall("event_channel_op", abi.EVTCHNOP_bind_interdomain,
+                       b.write_args(abi.EVTCHN_BIND_INTERDOMAIN_T.pack(a.domid, 1, 0))) == (
+        -abi.ESRCH)
+    assert check_invariants(impl.hv) == []
+    destroy_all(impl, free, b)
+
+
 # ------------------------------------------------------------------------------------------
 # Hostile sequences from two unprivileged domains, with destruction at any point.
 # ------------------------------------------------------------------------------------------
