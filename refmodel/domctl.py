@@ -33,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from xenspec.refmodel.arch import ArchDomain
 from xenspec.refmodel.domain import Domain
 from xenspec.refmodel.elfbuild import GuestImage
 from xenspec.spec import abi
@@ -126,6 +127,8 @@ class DomCtl:
         domain_relinquish_resources: every vCPU's base pointer, every vCPU's GDT, then
         relinquish_memory of the Xen-heap pages shared with the domain, then of its own)."""
         d = self._find(domid)
+        # Its state, read before its last frame may take the domain (and the state) with it.
+        a = self.pv.darch(d)
         d.is_dying = True  # domain_kill: _DOMF_dying, then domain_pause (vcpu_sleep_sync)
         self.pv.sched.pause(d)
         self.pv.sched.detach(d)
@@ -138,12 +141,12 @@ class DomCtl:
             self._release_vcpu(v.domain, v.vcpu_id)
         self.hv.relinquish_memory(d, d.xenpage_list)  # x86 domain.c, domain_relinquish_resources
         self.hv.relinquish_memory(d, d.page_list)
-        self._free_xen_pages(d)
+        self._free_xen_pages(d, a)
         self.m.cpus.pop(domid, None)
-        self.pv.darch(d).console = bytearray()  # the console log goes with the domain
-        self.pv.darch(d).shared_info_mfn = 0  # released: nothing writes it for the dead domain
-        if not d.page_list and not d.xenpage_list:  # else it goes with its last frame
-            self.hv.domain_destroy(d)
+        a.console = bytearray()  # the console log goes with the domain
+        a.shared_info_mfn = 0  # released: nothing writes it for the dead domain
+        if self.hv.domains.get(domid) is d and not d.page_list and not d.xenpage_list:
+            self.hv.domain_destroy(d)  # else it goes with its last frame
 
     def _release_backends(self, d: Domain) -> None:
         """The dom0 daemons and blkback let go of a dying domain: xenconsoled and xenstored
@@ -164,11 +167,10 @@ class DomCtl:
             self.hv.mm.put_page_and_type(old)
         self.pv.arch(v).cpu = None
 
-    def _free_xen_pages(self, d: Domain) -> None:
+    def _free_xen_pages(self, d: Domain, a: ArchDomain) -> None:
         """The Xen-private per-domain frames (arch_domain_destroy: free_xenheap_pages of the
         per-domain page tables; and the model's stub page), which no guest can reference."""
         hv = self.hv
-        a = self.pv.darch(d)
         for mfn in [*d.perdomain_pt, a.stub_mfn]:
             if mfn:
                 hv.free_xenheap_page(mfn)

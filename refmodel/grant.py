@@ -153,6 +153,10 @@ class Grants:
     def table(self, d: Domain) -> GrantTable:
         """grant_table_create: the shared frames (Xen heap pages given to the domain)."""
         t = self.tables.get(d.domain_id)
+        if t is None and d.is_dying:
+            # No Xen page is ever shared with a dying domain (it would never be relinquished):
+            # one that never had a table, or whose table went with it, has an empty dying one.
+            return GrantTable(d.domain_id, [], dying=True)
         if t is None:
             shared = []
             for _ in range(abi.NR_GRANT_FRAMES):  # gnttab_create_shared_page
@@ -217,8 +221,12 @@ class Grants:
 
     def _unpin(self, rd: Domain, ref: int, flags: int) -> None:
         """Drop one pin; the last writable pin clears GTF_writing, the last pin GTF_reading."""
-        rt = self.table(rd)
-        act = rt.active[ref]
+        rt = self.tables.get(rd.domain_id)
+        act = rt.active.get(ref) if rt is not None else None
+        if rt is None or act is None:
+            # The granter was dying and went with its last frame, the one this handle held
+            # (Hypervisor.domain_destroy): its table, and the pin, went with it.
+            return
         act.add(flags, -1)
         sflags = self.shared_entry(rt, ref)[0]
         if not flags & abi.GNTMAP_readonly and not act.write_pinned:
