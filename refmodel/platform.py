@@ -181,11 +181,13 @@ class PVPlatform:
         return self.hv.memory.read(self.vcpu_info_maddr(v) + off, 1)[0]
 
     def vcpu_info_write8(self, v: Vcpu, off: int, value: int) -> None:
-        self.hv.memory.write(self.vcpu_info_maddr(v) + off, bytes([value & 0xFF]))
+        if self.darch(v.domain).shared_info_mfn:  # a dying domain's was released
+            self.hv.memory.write(self.vcpu_info_maddr(v) + off, bytes([value & 0xFF]))
 
     def vcpu_info_write32(self, v: Vcpu, off: int, value: int) -> None:
-        data = (value & 0xFFFFFFFF).to_bytes(4, "little")
-        self.hv.memory.write(self.vcpu_info_maddr(v) + off, data)
+        if self.darch(v.domain).shared_info_mfn:  # a dying domain's was released
+            data = (value & 0xFFFFFFFF).to_bytes(4, "little")
+            self.hv.memory.write(self.vcpu_info_maddr(v) + off, data)
 
     def write_console(self, d: Domain, data: bytes) -> None:
         """Output of ``d`` (console_io, the console ring): printed as it comes; the domain's

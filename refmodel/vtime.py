@@ -220,7 +220,10 @@ class VTime:
             self.update_vcpu_time(v)
 
     def update_vcpu_time(self, v: Vcpu) -> None:
-        """update_vcpu_system_time: version odd, the fields, version even."""
+        """update_vcpu_system_time: version odd, the fields, version even. A dying domain
+        has no shared_info any more: nothing is written."""
+        if not self.pv.darch(v.domain).shared_info_mfn:
+            return
         base = self.pv.vcpu_info_maddr(v) + abi.VCPU_INFO_time
         mem = self.hv.memory
         version = int.from_bytes(mem.read(base, 4), "little")

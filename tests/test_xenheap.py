@@ -383,3 +383,21 @@ def test_a_new_domain_with_a_dead_domains_id_gets_a_grant_table_of_its_own() -> 
     for mfn in t.shared:
         assert m.hv.frames.owner[mfn] == domid and m.hv.frames.flags[mfn] & PGC_xen_heap
     assert sorted(d.xenpage_list) == sorted([m.pv.darch(d).shared_info_mfn, *t.shared])
+
+
+@needs_gcc
+def test_nothing_writes_a_dying_domains_released_shared_info() -> None:
+    """A destroyed domain kept known by a frame another domain maps has released its
+    shared_info: the time and event writes that would go there write nothing (they went to
+    machine frame 0 once its shared_info_mfn was cleared)."""
+    m = Machine(memory_mb=32)
+    domid = m.domctl.create(str(build_guest("hello")), memory_mb=4)
+    d = m.hv.domains[domid]
+    m.pv.backends.map_foreign(d, d.page_list[0])
+    m.domctl.destroy(domid)
+    assert domid in m.hv.domains and m.pv.darch(d).shared_info_mfn == 0
+    m.hv.memory.scrub_frame(0)
+    m.pv.vtime.use_guest_tsc()
+    m.pv.vcpu_info_write8(d.vcpus[0], abi.VCPU_INFO_evtchn_upcall_pending, 1)
+    m.pv.vcpu_info_write32(d.vcpus[0], abi.VCPU_INFO_arch_cr2, 0x1234)
+    assert m.hv.memory.read(0, abi.PAGE_SIZE) == bytes(abi.PAGE_SIZE)
