@@ -26,6 +26,7 @@ are the notes and ``__xen_guest``, and it reads them whole or refuses them.)
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from xenspec.spec import abi
 
 if TYPE_CHECKING:
     from elftools.elf.sections import Section
+    from elftools.elf.segments import Segment
 
 _BOOTSTRAP_SLACK_PAGES = (512 << 10) // abi.PAGE_SIZE
 # The memory an image is parsed for when the caller names no domain: the default domain size.
@@ -133,16 +135,33 @@ def _int(text: str, key: str) -> int:
         raise BuildError(f"__xen_guest: {key}={text} is not a number") from None
 
 
+def _file_bytes(stream: IO[bytes], offset: int, size: int, what: str) -> bytes:
+    """``size`` bytes of the image file at ``offset``. A header naming bytes the file does not
+    hold is a BuildError, found before anything is read (a read of the size a header declares
+    would allocate it first: 1.6 GB for one mutated p_filesz)."""
+    end = stream.seek(0, io.SEEK_END)
+    if offset < 0 or size < 0 or offset + size > end:
+        raise BuildError(f"{what} lies outside the file ({size} bytes at {offset:#x}, the "
+                         f"file has {end})")
+    stream.seek(offset)
+    return stream.read(size)
+
+
+def _segment_data(seg: Segment, name: str) -> bytes:
+    return _file_bytes(seg.stream, seg["p_offset"], seg["p_filesz"],
+                       f"{name}: a program header's contents")
+
+
 def _section_data(sec: Section, limit: int, name: str) -> bytes:
     """A section's contents as the file holds them, inflated if stored compressed: at most
     ``limit`` bytes, and exactly the size its compression header declares (BuildError)."""
     if sec["sh_type"] == "SHT_NOBITS":
         return b""  # no contents in the file (zeros; nothing the builder reads)
     if not sec["sh_flags"] & _SHF_COMPRESSED:
-        return bytes(sec.data())  # sh_size bytes of the file at most
-    sec.stream.seek(sec["sh_offset"])
-    raw = sec.stream.read(sec["sh_size"])
+        return _file_bytes(sec.stream, sec["sh_offset"], sec["sh_size"],
+                           f"{name}: section {sec.name or '#?'}")
     what = f"{name}: compressed section {sec.name or '#?'}"
+    raw = _file_bytes(sec.stream, sec["sh_offset"], sec["sh_size"], what)
     if len(raw) < _ELF32_CHDR.size:
         raise BuildError(f"{what} has no compression header")
     ch_type, ch_size, _ = _ELF32_CHDR.unpack_from(raw)
@@ -178,7 +197,7 @@ def parse_image(stream: IO[bytes], name: str = "kernel",
         note_blobs = [_section_data(s, max_bytes, name) for s in sections
                       if s["sh_type"] == "SHT_NOTE"]
         if not note_blobs:
-            note_blobs = [p.data() for p in segments if p["p_type"] == "PT_NOTE"]
+            note_blobs = [_segment_data(p, name) for p in segments if p["p_type"] == "PT_NOTE"]
         for blob in note_blobs:
             for owner, ntype, desc in _parse_notes(blob):
                 if owner == "Xen":
@@ -192,7 +211,7 @@ def parse_image(stream: IO[bytes], name: str = "kernel",
                 if key.strip():
                     xen_guest[key.strip()] = value.strip()
         loads = [
-            (p["p_paddr"], p.data(), p["p_memsz"]) for p in segments
+            (p["p_paddr"], _segment_data(p, name), p["p_memsz"]) for p in segments
             if p["p_type"] == "PT_LOAD" and p["p_memsz"]
         ]
         e_entry = elf["e_entry"]

@@ -197,3 +197,22 @@ def test_cli_reports_one_line_and_exit_2(seed: bytes, tmp_path: Path, case: str)
     assert r.exit_code == 2, r.output
     assert "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1, r.output
+
+
+@pytest.mark.parametrize("field", ["p_filesz", "sh_size"])
+def test_a_size_beyond_the_file_is_refused_before_it_is_read(seed: bytes, tmp_path: Path,
+                                                               field: str) -> None:
+    """A program or section header naming 1.6 GB in a 26 KB file: a read of that size from a
+    file allocates it first, so the bounds are checked before anything is read."""
+    e_phoff, _, _, _, _, _ = headers(seed)
+    offset = e_phoff + 16 if field == "p_filesz" else note_section(seed) + 20
+    path = tmp_path / "huge.elf"
+    path.write_bytes(patched(seed, offset, "<I", 0x6474E551))
+    tracemalloc.start()
+    try:
+        with pytest.raises(BuildError, match="outside the file"), path.open("rb") as f:
+            parse_image(f, "huge")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * MB
