@@ -54,7 +54,6 @@ from xenspec.refmodel.memory import (
     MachineMemory,
     PGC_allocated,
     PGC_xen_heap,
-    PGT_pinned,
     PGT_validated,
 )
 from xenspec.refmodel.mm import MM, xen_l2_entries
@@ -264,12 +263,7 @@ class Hypervisor:
         for mfn in list(pages):
             if not mm.get_page(mfn, d):
                 continue
-            if frames.flags[mfn] & PGT_pinned:
-                frames.flags[mfn] &= ~PGT_pinned
-                mm.put_page_and_type(mfn)
-            if frames.flags[mfn] & PGC_allocated:
-                frames.flags[mfn] &= ~PGC_allocated
-                mm.put_page(mfn)
+            mm.put_pin_and_allocation(mfn)
             base = frames.type[mfn] == PGT.l2_page_table
             if base and frames.flags[mfn] & PGT_validated:
                 frames.flags[mfn] &= ~PGT_validated

@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING
 
 from xenspec.refmodel.domain import Domain, Vcpu
 from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS, Hypervisor
-from xenspec.refmodel.memory import DOMID_NONE, PGC_allocated, PGC_xen_heap, PGT_pinned
+from xenspec.refmodel.memory import DOMID_NONE, PGC_allocated, PGC_xen_heap
 from xenspec.spec import abi
 from xenspec.spec.pagetable import PGT
 
@@ -245,12 +245,7 @@ class MemOp:
         if frames.flags[mfn] & PGC_xen_heap:
             mm.put_page(mfn)  # shared_info or a grant frame: the domain keeps it
             return False
-        if frames.flags[mfn] & PGT_pinned:
-            frames.flags[mfn] &= ~PGT_pinned
-            mm.put_page_and_type(mfn)
-        if frames.flags[mfn] & PGC_allocated:
-            frames.flags[mfn] &= ~PGC_allocated
-            mm.put_page(mfn)
+        mm.put_pin_and_allocation(mfn)
         mm.put_page(mfn)
         return True
 

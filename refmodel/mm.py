@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from xenspec.refmodel.domain import Domain, Vcpu
 from xenspec.refmodel.memory import (
+    PGC_allocated,
     PGC_count_mask,
     PGT_count_mask,
     PGT_pinned,
@@ -162,6 +163,18 @@ class MM:
     def put_page_and_type(self, mfn: int) -> None:
         self.put_page_type(mfn)
         self.put_page(mfn)
+
+    def put_pin_and_allocation(self, mfn: int) -> None:
+        """What relinquish_memory (x86 domain.c) and guest_remove_page (memory.c) both drop:
+        the pin, with the type and general reference it holds, and the allocation
+        reference (test_and_clear_bit of _PGT_pinned and _PGC_allocated)."""
+        frames = self.frames
+        if frames.flags[mfn] & PGT_pinned:
+            frames.flags[mfn] &= ~PGT_pinned
+            self.put_page_and_type(mfn)
+        if frames.flags[mfn] & PGC_allocated:
+            frames.flags[mfn] &= ~PGC_allocated
+            self.put_page(mfn)
 
     def type_change_flush(self, mfn: int) -> None:
         """A frame changing type: flush the TLBs of its owner's vCPUs (mm.c, tlbflush_filter)."""
