@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import pytest
 
-from xenspec.conformance.adapter import HypercallLevel
+from xenspec.conformance.adapter import HypercallLevel, XenWrittenFrames
 from xenspec.conformance.checks import Frame, assert_frame, assert_invariants, frame_of
 from xenspec.conformance.driver import (
     DONE_OFFSET,
@@ -181,6 +181,27 @@ def test_writably_mapped_frame_cannot_be_pinned(g: Guest, cmd: int) -> None:
     assert g.mmuext_op([(cmd, m, 0)]) == (EINVAL, 0), \
         "INV-NOWRPT: a frame mapped writable was pinned as a page table"
     assert_frame(impl, m, before, "get_page_type: the refused pin changed the frame")
+    assert_invariants(impl, [g])
+
+
+@pytest.mark.clauses("mmuext_op/PIN_L1_TABLE", "mmuext_op/PIN_L2_TABLE", "INV-XENPAGE")
+@pytest.mark.parametrize("cmd", [abi.MMUEXT_PIN_L1_TABLE, abi.MMUEXT_PIN_L2_TABLE],
+                         ids=["L1", "L2"])
+def test_a_frame_the_hypervisor_writes_cannot_be_pinned(g: Guest, cmd: int) -> None:
+    """share_xen_page_with_guest: shared_info (and every frame the hypervisor writes into on
+    the domain's behalf) holds Xen's writable type reference, so it never becomes a page table
+    (a pinned shared_info L1 would take the faulting address the hypervisor stores in cr2 as
+    an entry)."""
+    impl = g.impl
+    if not isinstance(impl, XenWrittenFrames):
+        pytest.skip("the adapter does not say which frames the hypervisor writes into")
+    mine = [m for m in impl.xen_written_frames() if impl.frame(m).owner == g.domid]
+    assert mine, "the domain has no frame the hypervisor writes into (shared_info is one)"
+    for m in mine:
+        before = frame_of(impl, m)
+        assert g.mmuext_op([(cmd, m, 0)]) == (EINVAL, 0), \
+            f"INV-XENPAGE: mfn {m:#x}, which the hypervisor writes into, was pinned"
+        assert_frame(impl, m, before, "get_page_type: the refused pin changed the frame")
     assert_invariants(impl, [g])
 
 
