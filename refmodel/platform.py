@@ -173,21 +173,32 @@ class PVPlatform:
         return a
 
     # --- shared_info ----------------------------------------------------------------------------
+    @staticmethod
+    def _vcpu_info_in(shared_info_mfn: int, v: Vcpu) -> int:
+        return ((shared_info_mfn << abi.PAGE_SHIFT) + abi.SHARED_INFO_vcpu_info
+                + v.vcpu_id * abi.SIZEOF_VCPU_INFO)
+
     def vcpu_info_maddr(self, v: Vcpu) -> int:
-        base = self.darch(v.domain).shared_info_mfn << abi.PAGE_SHIFT
-        return base + abi.SHARED_INFO_vcpu_info + v.vcpu_id * abi.SIZEOF_VCPU_INFO
+        return self._vcpu_info_in(self.darch(v.domain).shared_info_mfn, v)
 
     def vcpu_info_read8(self, v: Vcpu, off: int) -> int:
         return self.hv.memory.read(self.vcpu_info_maddr(v) + off, 1)[0]
 
+    def vcpu_info_if_shared(self, v: Vcpu) -> int | None:
+        """``vcpu_info_maddr``, or None once a dying domain has released its shared_info
+        (nothing is written for it then); one lookup of the domain's state."""
+        si = self.darch(v.domain).shared_info_mfn
+        return self._vcpu_info_in(si, v) if si else None
+
     def vcpu_info_write8(self, v: Vcpu, off: int, value: int) -> None:
-        if self.darch(v.domain).shared_info_mfn:  # a dying domain's was released
-            self.hv.memory.write(self.vcpu_info_maddr(v) + off, bytes([value & 0xFF]))
+        at = self.vcpu_info_if_shared(v)
+        if at is not None:
+            self.hv.memory.write(at + off, bytes([value & 0xFF]))
 
     def vcpu_info_write32(self, v: Vcpu, off: int, value: int) -> None:
-        if self.darch(v.domain).shared_info_mfn:  # a dying domain's was released
-            data = (value & 0xFFFFFFFF).to_bytes(4, "little")
-            self.hv.memory.write(self.vcpu_info_maddr(v) + off, data)
+        at = self.vcpu_info_if_shared(v)
+        if at is not None:
+            self.hv.memory.write(at + off, (value & 0xFFFFFFFF).to_bytes(4, "little"))
 
     def write_console(self, d: Domain, data: bytes) -> None:
         """Output of ``d`` (console_io, the console ring): printed as it comes; the domain's

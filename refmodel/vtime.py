@@ -222,9 +222,10 @@ class VTime:
     def update_vcpu_time(self, v: Vcpu) -> None:
         """update_vcpu_system_time: version odd, the fields, version even. A dying domain
         has no shared_info any more: nothing is written."""
-        if not self.pv.darch(v.domain).shared_info_mfn:
+        info = self.pv.vcpu_info_if_shared(v)
+        if info is None:
             return
-        base = self.pv.vcpu_info_maddr(v) + abi.VCPU_INFO_time
+        base = info + abi.VCPU_INFO_time
         mem = self.hv.memory
         version = int.from_bytes(mem.read(base, 4), "little")
         version = (version + 1) | 1  # odd while the fields change

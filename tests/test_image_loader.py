@@ -13,7 +13,7 @@ import io
 import struct
 import tracemalloc
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -50,6 +50,17 @@ def note_section(data: bytes) -> int:
         if struct.unpack_from("<I", data, shoff + i * shentsize + 4)[0] == SHT_NOTE:
             return shoff + i * shentsize
     raise AssertionError("the guest has no note section")
+
+
+def refused_peak(build: Callable[[], object], why: str) -> int:
+    """``build`` raises a BuildError matching ``why``; the peak of Python memory it traced."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(BuildError, match=why):
+            build()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 def patched(data: bytes, offset: int, fmt: str, value: int) -> bytes:
@@ -157,23 +168,13 @@ def test_compressed_section_is_bounded_by_the_domain(seed: bytes) -> None:
     size = struct.unpack_from("<I", seed, sh + 20)[0]
     bomb = compressed_notes(seed, zeros_stream(64 * MB), 64 * MB)
     assert len(bomb) - len(seed) < 128 << 10
-    tracemalloc.start()
-    try:
-        with pytest.raises(BuildError, match="more than the domain"):
-            parse_image(io.BytesIO(bomb), "bomb", max_bytes=4 * MB)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    peak = refused_peak(lambda: parse_image(io.BytesIO(bomb), "bomb", max_bytes=4 * MB),
+                        "more than the domain")
     assert peak < 16 * MB  # a generous bound: the inflated data would be 64 MB
     # Declaring a small size does not help: inflation stops one byte past it.
     liar = compressed_notes(seed, zeros_stream(64 * MB), size)
-    tracemalloc.start()
-    try:
-        with pytest.raises(BuildError, match="does not inflate"):
-            parse_image(io.BytesIO(liar), "liar", max_bytes=4 * MB)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    peak = refused_peak(lambda: parse_image(io.BytesIO(liar), "liar", max_bytes=4 * MB),
+                        "does not inflate")
     assert peak < 16 * MB
 
 
@@ -208,11 +209,6 @@ def test_a_size_beyond_the_file_is_refused_before_it_is_read(seed: bytes, tmp_pa
     offset = e_phoff + 16 if field == "p_filesz" else note_section(seed) + 20
     path = tmp_path / "huge.elf"
     path.write_bytes(patched(seed, offset, "<I", 0x6474E551))
-    tracemalloc.start()
-    try:
-        with pytest.raises(BuildError, match="outside the file"), path.open("rb") as f:
-            parse_image(f, "huge")
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    with path.open("rb") as f:
+        peak = refused_peak(lambda: parse_image(f, "huge"), "outside the file")
     assert peak < 64 * MB
