@@ -5,10 +5,13 @@ decrease_reservation, populate_physmap, guest_remove_page) and xen/include/publi
 (struct xen_memory_reservation: extent_start, nr_extents, extent_order, address_bits, domid):
 
 * the command's low 4 bits are the operation, the rest (START_EXTENT_SHIFT) the extent to
-  resume from; the reservation must be readable (-EFAULT), nr_extents below 2^28 and the start
-  no later than nr_extents (-EINVAL); address_bits below 31 and below the machine's width is
-  -ENOMEM (a wider DMA restriction is accepted and ignored: the model has no DMA zone); another
-  domain than DOMID_SELF needs privilege (-EPERM) and must exist (-ESRCH);
+  resume from. A reservation operation answers every refusal of its arguments with that start
+  extent, never an errno (do_memory_op: ``return start_extent``): the reservation must be
+  readable, nr_extents at most ULONG_MAX >> START_EXTENT_SHIFT and the start no later than
+  nr_extents; a non-zero address_bits below the machine's width asks for DMA memory, refused
+  below dma_bitsize (30: CONFIG_DMA_BITSIZE, xen/include/asm-x86/config.h, page_alloc.c) and
+  otherwise accepted (MEMF_dma; the model's machine lies below 2^30, so every frame
+  qualifies); another domain than DOMID_SELF needs privilege and must exist;
 * increase_reservation allocates extents of 2^extent_order frames and writes each one's
   machine frame number to extent_start (which may be NULL); decrease_reservation reads machine
   frame numbers (a paravirtual guest names its frames by mfn) and removes each; populate_physmap
@@ -34,7 +37,8 @@ decrease_reservation, populate_physmap, guest_remove_page) and xen/include/publi
   (the invariant INV-FREE, spec/invariants.py). None of the three ever names a Xen heap page:
   the new frames come from the free list, and a shared page is refused (below).
 * maximum_ram_page is max_page; current_reservation and maximum_reservation read a domid_t and
-  return tot_pages and max_pages.
+  return tot_pages and max_pages, and these two do answer with errnos: -EFAULT for an
+  unreadable domid, -EPERM for another domain without privilege, -ESRCH for none.
 
 Departure from 3.0.4, deliberate: decrease_reservation refuses a Xen heap page shared with the
 domain (shared_info, a grant-table frame; refmodel/hypervisor.py share_xen_page_with_guest):
@@ -69,6 +73,7 @@ if TYPE_CHECKING:
 
 _OP_MASK = (1 << abi.XENMEM_START_EXTENT_SHIFT) - 1
 _MAX_EXTENTS = 0xFFFFFFFF >> abi.XENMEM_START_EXTENT_SHIFT
+DMA_BITSIZE = 30  # CONFIG_DMA_BITSIZE, xen/include/asm-x86/config.h (page_alloc.c dma_bitsize)
 _NR_MEMORY_OP: int = abi.__HYPERVISOR_memory_op
 # xen/include/xen/mm.h (3.0.4): the largest extent the heap hands out is 2^MAX_ORDER pages.
 MAX_ORDER = 20
@@ -140,17 +145,18 @@ class MemOp:
         return d.tot_pages if op == abi.XENMEM_current_reservation else d.max_pages
 
     def _reservation_op(self, v: Vcpu, op: int, start: int, arg: int) -> int:
+        """do_memory_op's reservation case: every refusal of the arguments answers ``start``."""
         raw = self.hv.copy_from_guest(v, arg, abi.XEN_MEMORY_RESERVATION_T.size)
         if raw is None:
-            return -abi.EFAULT
+            return start
         extents, nr, order, address_bits, domid = abi.XEN_MEMORY_RESERVATION_T.unpack(raw)
         if nr > _MAX_EXTENTS or start > nr:
-            return -abi.EINVAL
-        if address_bits and address_bits < self._machine_bits() and address_bits < 31:
-            return -abi.ENOMEM
+            return start
+        if address_bits and address_bits < self._machine_bits() and address_bits < DMA_BITSIZE:
+            return start
         d = self._target(v, domid)
         if isinstance(d, int):
-            return d
+            return start
         if op == abi.XENMEM_increase_reservation:
             done, preempted = self.increase_reservation(v, d, extents, start, nr, order)
         elif op == abi.XENMEM_decrease_reservation:

@@ -472,3 +472,43 @@ def test_run_with_a_timeout_returns_during_a_huge_batch(what):
     assert proc.returncode == 4, proc.stderr
     assert "issuing one" in proc.stdout
     assert "domain 0 timed out" in proc.stderr
+
+
+# --- do_memory_op's refusals -------------------------------------------------------------------
+def dma_guest(machine_frames: int) -> PVGuest:
+    hv = Hypervisor(machine_frames)
+    pv = PVPlatform(hv)
+    hv.hypercall_table.update(MemOp(pv).hypercalls())
+    g = PVGuest(hv, 256)
+    pv.setup_domain(g.domain)
+    return g
+
+
+@pytest.mark.parametrize(("address_bits", "done"), [(29, 0), (30, 1), (31, 1), (0, 1)])
+def test_a_dma_restriction_below_dma_bitsize_is_refused(address_bits, done):
+    """memory.c do_memory_op: on a machine wider than 2^30 bytes, an address_bits below
+    dma_bitsize (30, CONFIG_DMA_BITSIZE) answers the start extent; 30 and up ask for DMA
+    memory, which every frame of the model's heap below 2^30 bytes satisfies."""
+    g = dma_guest(1 << 19)  # 2 GB: 31 address bits
+    mfn = g.mfn(g.free_pfns()[0])
+    extents = g.write_args(mfn.to_bytes(4, "little"))
+    arg = g.write_args(RESERVATION.pack(extents, 1, 0, address_bits, abi.DOMID_SELF), 0xF000)
+    assert g.hypercall("memory_op", abi.XENMEM_decrease_reservation, arg) == done
+    assert (mfn not in g.domain.page_list) == bool(done)
+
+
+@pytest.mark.parametrize("start", [0, 3])
+def test_refused_reservation_arguments_answer_the_start_extent(start):
+    """do_memory_op answers each refusal of a reservation's arguments with start_extent, not an
+    errno: an unreadable reservation, a start beyond nr_extents, another domain named by an
+    unprivileged caller, a domain that does not exist."""
+    g = balloon_guest(256)
+    cmd = abi.XENMEM_increase_reservation | start << abi.XENMEM_START_EXTENT_SHIFT
+    assert g.hypercall("memory_op", cmd, 0x1000) == start  # not mapped: unreadable
+    beyond = g.write_args(RESERVATION.pack(0, start - 1 if start else 0, 0, 0, abi.DOMID_SELF))
+    if start:
+        assert g.hypercall("memory_op", cmd, beyond) == start
+    for domid in (0, 1, 0x7FEF):
+        other = g.write_args(RESERVATION.pack(0, 8, 0, 0, domid))
+        assert g.hypercall("memory_op", cmd, other) == start
+    assert g.domain.tot_pages == 256

@@ -1,7 +1,8 @@
 /* memory_op, the balloon (xen/common/memory.c and public/memory.h, Xen 3.0.4): give frames
  * back, see the reservation shrink, ask for frames again up to max_pages; a frame that is still
  * mapped is accepted but stays the domain's until its mapping goes (guest_remove_page); the
- * errors of do_memory_op. */
+ * refusals of do_memory_op, which answer the start extent for a reservation operation and an
+ * errno for the reservation sizes. */
 #include "xenrt.h"
 
 const char test_title[] = "memory_op: balloon down and up";
@@ -64,18 +65,31 @@ void test_main(void)
     check(reservation(XENMEM_increase_reservation, NULL, 1, 0, 0, DOMID_SELF) == 0,
           "full: nothing more");
 
-    /* Errors. */
-    check(memory_op(XENMEM_increase_reservation, (void *)0x1000) == -EFAULT, "unreadable");
-    check(reservation(XENMEM_increase_reservation, NULL, 1, 0, 20, DOMID_SELF) == -ENOMEM,
-          "address_bits 20");
-    check(reservation(XENMEM_increase_reservation, NULL, 1, 0, 0, other) == -EPERM,
+    /* Refused arguments: a reservation operation answers with the extent it was to start
+     * from, never with an errno (do_memory_op: "return start_extent"). */
+    check(memory_op(XENMEM_increase_reservation, (void *)0x1000) == 0, "unreadable");
+    check(memory_op(XENMEM_decrease_reservation | (3 << XENMEM_START_EXTENT_SHIFT),
+                    (void *)0x1000) == 3, "unreadable, resumed at extent 3");
+    check(memory_op(XENMEM_decrease_reservation | (5 << XENMEM_START_EXTENT_SHIFT), &(struct
+          reservation){ 0, 1, 0, 0, DOMID_SELF, 0 }) == 5, "start beyond nr_extents");
+    check(reservation(XENMEM_increase_reservation, NULL, 1, 0, 0, other) == 0,
           "another domain, unprivileged");
     check(memory_op(XENMEM_current_reservation, &other) == -EPERM, "another domain's size");
     check(reservation(XENMEM_increase_reservation, NULL, 1, 1, 0, DOMID_SELF) == 0,
           "order 1 needs privilege");
     check(reservation(XENMEM_decrease_reservation, (u32 *)0xFF000000, 1, 0, 0, DOMID_SELF)
           == 0, "a list in the hole");
-    check(memory_op(XENMEM_decrease_reservation | (5 << XENMEM_START_EXTENT_SHIFT), &(struct
-          reservation){ 0, 1, 0, 0, DOMID_SELF, 0 }) == -EINVAL, "start beyond nr_extents");
+
+    /* address_bits: a width below the machine's asks for DMA memory, refused below
+     * dma_bitsize (30); the machine's own width or more is no restriction. */
+    list[0] = pfn_to_mfn(alloc_page_pfn());
+    check(reservation(XENMEM_decrease_reservation, list, 1, 0, 20, DOMID_SELF) == 0,
+          "address_bits 20");
+    check(current_pages() == (long)nr, "nothing given back: %d", (int)current_pages());
+    check(reservation(XENMEM_decrease_reservation, list, 1, 0, 32, DOMID_SELF) == 1,
+          "address_bits 32");
+    check(reservation(XENMEM_increase_reservation, NULL, 1, 0, 32, DOMID_SELF) == 1,
+          "and one frame back");
+    check(current_pages() == (long)nr, "back to %u pages", nr);
     check(memory_op(15, NULL) == -ENOSYS, "unknown operation");
 }
