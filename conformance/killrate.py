@@ -6,8 +6,9 @@ stopping after a few failures). A broken implementation is *killed* when the sui
 a failure is charged to the broken rule: the clause is among those the plugin charged the
 failure to (the clauses of the check that failed, ``checks.attribute``), as its summary does.
 An adapter error counts when it is charged (the implementation failed while carrying out a
-hypercall: charged to that hypercall's clause); a failure charged to other clauses does not. ``python -m xenspec.conformance.killrate`` (or ``xenspec kill-rate``)
-prints the table and exits non-zero unless every one is killed.
+hypercall: charged to that hypercall's clause); a failure charged to other clauses does not.
+``python -m xenspec.conformance.killrate`` (or ``xenspec kill-rate``) prints the table and
+exits non-zero unless every one is killed.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ from xenspec.conformance.adapter import (
     missing,
 )
 from xenspec.conformance.checked import AdapterError, Checked
-from xenspec.conformance.checks import attribute
+from xenspec.conformance.checks import ClauseFailure, attribute
 from xenspec.conformance.loader import ImplementationError, load
 from xenspec.spec.clauses import BY_ID, CLAUSES, Kind
 
@@ -282,9 +282,10 @@ def pytest_runtest_makereport(
         if adapter is not None and (report.when == "setup" or exc is adapter):
             # An implementation that fails while carrying out a hypercall fails that
             # hypercall's clause: the error is charged to it.
-            charged = [coverage.LAST] if adapter.method == "hypercall" and coverage.LAST else []
+            in_flight = adapter.method == "hypercall" and coverage.LAST
             record.update(outcome="error", method=adapter.method, message=str(adapter),
-                          charged=charged, attribution="hypercall in flight" if charged else "")
+                          charged=[coverage.LAST] if in_flight else [],
+                          attribution="hypercall in flight" if in_flight else "")
             report.sections.append(("adapter error", str(adapter)))
         else:
             charged, how = attribute(exc, clauses) if exc is not None else (tuple(clauses),
@@ -311,6 +312,8 @@ def _crash_message(report: pytest.TestReport) -> str:
     """The failure's own message (the assertion text), at most a few hundred characters."""
     crash = getattr(report.longrepr, "reprcrash", None)
     text = getattr(crash, "message", None) or str(report.longrepr).strip().splitlines()[-1:]
+    for ours in (ClauseFailure, AdapterError):
+        text = str(text).removeprefix(f"{ours.__module__}.{ours.__name__}: ")
     return str(text)[:600]
 
 

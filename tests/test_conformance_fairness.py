@@ -74,6 +74,13 @@ class Undeclared(Delegate):
     absent = ("offers", "machphys")
 
 
+class NoFreePorts(Delegate):
+    def hypercall(self, domid, name, *args):
+        if name == "event_channel_op" and args[0] == 6:  # EVTCHNOP_alloc_unbound
+            return -28  # -ENOSPC
+        return self._ref.hypercall(domid, name, *args)
+
+
 def exploding():
     raise OSError("cannot reach the test harness")
 '''
@@ -214,6 +221,17 @@ def test_an_implementation_that_fails_in_a_hypercall_errs_on_its_clause(tmp_path
                                                          ["mmuext_op/UNPIN_TABLE"])
     assert doc["clauses"]["mmuext_op/UNPIN_TABLE"]["status"] == "error"
     assert doc["clauses"]["INV-PIN"]["status"] == "unfinished"
+
+
+def test_an_errno_where_a_port_was_due_fails_on_that_command(tmp_path: Path) -> None:
+    """alloc_unbound answering -ENOSPC: the next command that takes the port fails the test
+    on alloc_unbound's clause, instead of crashing it packing a negative port."""
+    proc, doc = suite(tmp_path, A + "NoFreePorts", "-k", "test_loopback_interdomain_channel")
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    (t,) = doc["tests"]
+    assert (t["outcome"], t["charged"]) == ("failed", ["event_channel_op/alloc_unbound"])
+    assert "port -28: the command that was to give this port failed" in t["message"]
+    assert "struct.error" not in proc.stdout
 
 
 def test_an_invariant_failure_names_its_witness_in_hex() -> None:
