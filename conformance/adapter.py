@@ -157,6 +157,75 @@ class XenWrittenFrames(Protocol):
     def xen_written_frames(self) -> Sequence[int]: ...
 
 
+# --- what an implementation offers -----------------------------------------------------------
+# An adapter says what it offers with an ``offers`` attribute: a set of these names. A test that
+# needs something not offered is reported as *not offered*, never as passed; an offered part
+# whose methods are missing is an error of every test that needs it, naming the method.
+OFFERINGS: dict[str, str] = {
+    "guest": "boot guest kernels (GuestLevel)",
+    "guest-disk": "boot a guest with a virtual block device (DiskGuestLevel)",
+    "hypercall": "domains, hypercalls and frame state: the MMU and descriptor tests and the "
+                 "differential suite (HypercallLevel)",
+    "events": "event channels and the timer at the hypercall level (test_events.py)",
+    "xen-written-frames": "the frames the hypervisor writes into (XenWrittenFrames), which "
+                          "INV-XENPAGE needs",
+}
+# The methods each offering needs (an offering may also need another offering).
+METHODS: dict[str, tuple[str, ...]] = {
+    "guest": ("boot_guest",),
+    "guest-disk": ("boot_guest_with_disk",),
+    "hypercall": ("counts_like_xen", "create_domain", "hypercall", "is_running", "write_pfn",
+                  "read_pfn", "nr_frames", "frame", "entries", "machphys", "xen_l2_slots",
+                  "vcpu_bases", "descriptor_frames"),
+    "events": (),
+    "xen-written-frames": ("xen_written_frames",),
+}
+REQUIRES: dict[str, str] = {"guest-disk": "guest", "events": "hypercall",
+                            "xen-written-frames": "hypercall"}
+
+
+class OffersError(ValueError):
+    """An adapter's ``offers`` declaration is not a set of known names."""
+
+
+def declared(impl: object) -> frozenset[str] | None:
+    """The adapter's ``offers`` declaration, checked; None if it makes none."""
+    raw = getattr(impl, "offers", None)
+    if raw is None:
+        return None
+    if isinstance(raw, str) or not isinstance(raw, (set, frozenset, list, tuple)):
+        raise OffersError(f"offers must be a set of names, not {raw!r}")
+    names = frozenset(raw)
+    unknown = sorted(str(n) for n in names - OFFERINGS.keys())
+    if unknown:
+        raise OffersError(f"offers names {', '.join(unknown)}; known: {', '.join(OFFERINGS)}")
+    lacking = sorted(f"{n} (needs {REQUIRES[n]})" for n in names
+                     if n in REQUIRES and REQUIRES[n] not in names)
+    if lacking:
+        raise OffersError(f"offers {', '.join(lacking)}")
+    return names
+
+
+def offered(impl: object) -> frozenset[str]:
+    """What ``impl`` offers: its ``offers`` declaration or, for an adapter that makes none,
+    every offering of which it has at least one method (so that a missing method is an error,
+    not a silently skipped level); such an adapter is taken to offer events with the
+    hypercall level."""
+    names = declared(impl)
+    if names is not None:
+        return names
+    out = {o for o, methods in METHODS.items()
+           if any(hasattr(impl, m) for m in methods if m != "counts_like_xen")}
+    if "hypercall" in out:
+        out.add("events")
+    return frozenset(out)
+
+
+def missing(impl: object, offering: str) -> list[str]:
+    """The methods (and attributes) of ``offering`` that ``impl`` lacks."""
+    return [m for m in METHODS[offering] if not hasattr(impl, m)]
+
+
 def describe(impl: object) -> str:
     """A short name for an implementation, for reports."""
     name = getattr(impl, "name", None)

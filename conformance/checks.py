@@ -1,12 +1,17 @@
 """Checks shared by the hypercall-level conformance tests.
 
 ``assert_invariants`` evaluates every invariant of ``xenspec.spec.invariants`` on an
-implementation (through ``xenspec.conformance.view``) and fails naming the invariants broken;
-each invariant checked counts once in ``xenspec.conformance.coverage``, and one the adapter
-gives no data for is recorded there as not evaluated. ``Frame`` and
+implementation (through ``xenspec.conformance.view``) and fails naming the invariants broken,
+each with its witness; each invariant checked counts once in ``xenspec.conformance.coverage``,
+and one the adapter gives no data for is recorded there as not evaluated. ``Frame`` and
 ``assert_frame`` compare one frame's ``page_info`` with what the rule says it must be: type,
 counts and flags, or only the type and flags when the implementation does not keep Xen's
 reference counts (``HypercallLevel.counts_like_xen`` False).
+
+A failing check raises ``ClauseFailure``, which names the clauses whose check failed: the
+invariants broken; for ``assert_frame``, the clause its message starts with or else the
+clause of the hypercall the test issued last, and INV-COUNT too when the counts are wrong.
+The plugin charges the failure to those clauses only (``attribute``).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import dataclass
 from xenspec.conformance import coverage
 from xenspec.conformance.adapter import HypercallLevel
 from xenspec.conformance.driver import Guest
-from xenspec.conformance.view import evaluated, not_evaluated, violations
+from xenspec.conformance.view import evaluated, not_evaluated, violation_records
 from xenspec.spec.clauses import BY_ID
 from xenspec.spec.pagetable import PGT
 
@@ -30,6 +35,36 @@ def invariants_checked(impl: HypercallLevel) -> list[str]:
     return ids
 
 
+class ClauseFailure(AssertionError):
+    """A check failed; ``clauses`` are the clauses whose check it is."""
+
+    def __init__(self, message: str, clauses: Iterable[str]) -> None:
+        super().__init__(message)
+        self.clauses = tuple(dict.fromkeys(clauses))
+
+
+def named_clause(message: str) -> str | None:
+    """The clause id a failure message starts with (the suite's convention: "INV-NOWRPT: ...",
+    "mmu_update/NORMAL_PT_UPDATE dom0 ..."), if it starts with one."""
+    head = message.lstrip().split(None, 1)[0].rstrip(":,") if message.strip() else ""
+    return head if head in BY_ID else None
+
+
+def attribute(exc: BaseException, fallback: Iterable[str]) -> tuple[tuple[str, ...], str]:
+    """The clauses a test failure is charged to, and how they were found: the failed check's
+    own clauses ("check"), the clause the message starts with ("message"), the clause of the
+    hypercall the test issued last ("last hypercall"), or, when none says, ``fallback``, the
+    test's own clauses ("test")."""
+    if isinstance(exc, ClauseFailure) and exc.clauses:
+        return exc.clauses, "check"
+    named = named_clause(str(exc))
+    if named:
+        return (named,), "message"
+    if coverage.LAST:
+        return (coverage.LAST,), "last hypercall"
+    return tuple(fallback), "test"
+
+
 def assert_invariants(impl: HypercallLevel, guests: Iterable[Guest] = ()) -> None:
     """Every invariant holds on ``impl``'s current state. ``guests`` are the domains the test
     created; the privileged ones among them may map frames of another domain (FOREIGNDOM)."""
@@ -39,13 +74,13 @@ def assert_invariants(impl: HypercallLevel, guests: Iterable[Guest] = ()) -> Non
             coverage.hit(cid)
     for cid, why in not_evaluated(impl).items():
         coverage.not_evaluated(cid, why)
-    found = violations(impl, privileged)
+    found = violation_records(impl, privileged)
     if found:
-        broken = sorted({line.split(":", 1)[0] for line in found})
-        detail = "\n  ".join(found[:20]) + ("\n  ..." if len(found) > 20 else "")
-        raise AssertionError(
+        broken = sorted({v.id for v in found})
+        detail = "\n  ".join(str(v) for v in found[:20]) + ("\n  ..." if len(found) > 20 else "")
+        raise ClauseFailure(
             f"invariant(s) {', '.join(broken)} broken by the state the hypercalls left:\n"
-            f"  {detail}")
+            f"  {detail}", broken)
 
 
 @dataclass(frozen=True)
@@ -64,7 +99,7 @@ class Frame:
         except ValueError:
             name = f"type {self.type}"
         flags = "".join([" validated" if self.validated else "", " pinned" if self.pinned else ""])
-        return f"{name} type_count={self.type_count} count={self.count}{flags}"
+        return f"{name} type_count={self.type_count:#x} count={self.count:#x}{flags}"
 
 
 def frame_of(impl: HypercallLevel, mfn: int) -> Frame:
@@ -83,4 +118,9 @@ def same_frame(impl: HypercallLevel, got: Frame, want: Frame) -> bool:
 def assert_frame(impl: HypercallLevel, mfn: int, want: Frame, rule: str) -> None:
     """Frame ``mfn`` is in state ``want``; otherwise fail with ``rule`` (the rule broken)."""
     got = frame_of(impl, mfn)
-    assert same_frame(impl, got, want), f"{rule}: frame {mfn:#x} is {got}, expected {want}"
+    if same_frame(impl, got, want):
+        return
+    clause = named_clause(rule) or coverage.LAST
+    counts = (got.type_count, got.count) != (want.type_count, want.count)
+    raise ClauseFailure(f"{rule}: frame {mfn:#x} is {got}, expected {want}",
+                        [c for c in (clause, "INV-COUNT" if counts else None) if c])

@@ -89,6 +89,10 @@ class Guest(MMUCalls):
 
     # --- hypercalls ---------------------------------------------------------------------------
     def hypercall(self, name: str, *args: int) -> int:
+        coverage.issuing(coverage.call_clause(name, args))
+        return self._issue(name, *args)
+
+    def _issue(self, name: str, *args: int) -> int:
         coverage.called(name)
         return self.impl.hypercall(self.domid, name, *(a & 0xFFFFFFFF for a in args))
 
@@ -98,19 +102,21 @@ class Guest(MMUCalls):
             raise ValueError("the batch does not fit the argument area")
         self.write_args(UNSET.to_bytes(4, "little"), DONE_OFFSET)
         ptr = self.write_args(buf)
-        rc = self.hypercall(name, ptr, count, self.done_va, foreigndom)
+        rc = self._issue(name, ptr, count, self.done_va, foreigndom)  # clause: the requests
         return rc, self.read_done()
 
     def mmu_update(self, reqs: list[tuple[int, int]],
                    foreigndom: int = abi.DOMID_SELF) -> tuple[int, int]:
         for ptr, _ in reqs:
             coverage.hit(coverage.mmu_update_clause(ptr))
+            coverage.issuing(coverage.mmu_update_clause(ptr))
         return self.batch("mmu_update", pack_mmu_updates(reqs), len(reqs), foreigndom)
 
     def mmuext_op(self, ops: list[tuple[int, int, int]],
                   foreigndom: int = abi.DOMID_SELF) -> tuple[int, int]:
         for cmd, _, _ in ops:
             coverage.hit(coverage.mmuext_clause(cmd))
+            coverage.issuing(coverage.mmuext_clause(cmd))
         return self.batch("mmuext_op", pack_mmuext_ops(ops), len(ops), foreigndom)
 
     def update_va_mapping(self, va: int, pte: int, flags: int = abi.UVMF_NONE) -> int:

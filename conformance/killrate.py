@@ -3,9 +3,12 @@
 For each implementation of ``xenspec.conformance.broken`` the suite runs in its own pytest
 process (``--implementation=xenspec.conformance.broken:<name>``, the quick Hypothesis profile,
 stopping after a few failures). A broken implementation is *killed* when the suite fails and
-a failing test points at the broken rule: the clause is among the failing test's clauses or
-named in its message. ``python -m xenspec.conformance.killrate`` (or ``xenspec kill-rate``)
-prints the table and exits non-zero unless every one is killed.
+a failure is charged to the broken rule: the clause is among those the plugin charged the
+failure to (the clauses of the check that failed, ``checks.attribute``), as its summary does.
+An adapter error counts when it is charged (the implementation failed while carrying out a
+hypercall: charged to that hypercall's clause); a failure charged to other clauses does not.
+``python -m xenspec.conformance.killrate`` (or ``xenspec kill-rate``) prints the table and
+exits non-zero unless every one is killed.
 """
 
 from __future__ import annotations
@@ -32,17 +35,14 @@ MAXFAIL = 20  # enough for the directed tests' failures to show which rule broke
 @dataclass(frozen=True)
 class Verdict:
     broken: Broken
-    failed: list[dict[str, Any]]  # the failing tests' records from the conformance report
+    failed: list[dict[str, Any]]  # the failed and errored tests' records from the report
     seconds: float
     error: str = ""  # the run itself went wrong (no report)
 
     @property
     def pointing(self) -> list[dict[str, Any]]:
-        """The failing tests that name the broken clause."""
-        def names(t: dict[str, Any], cid: str) -> bool:
-            return cid in t["clauses"] or cid in t.get("message", "")
-
-        return [t for t in self.failed if any(names(t, c) for c in self.broken.breaks)]
+        """The failed tests charged to a broken clause."""
+        return [t for t in self.failed if set(t.get("charged", ())) & set(self.broken.breaks)]
 
     @property
     def killed(self) -> bool:
@@ -55,8 +55,10 @@ class Verdict:
         if not self.failed:
             return f"SURVIVED {b.name:28} the suite passed ({b.what})"
         if not self.pointing:
-            return (f"MISSED   {b.name:28} failed, but no failure names {' or '.join(b.breaks)}: "
-                    f"{self.failed[0]['nodeid']}")
+            t = self.failed[0]
+            return (f"MISSED   {b.name:28} failed, but no failure is charged to "
+                    f"{' or '.join(b.breaks)}: {t['nodeid']} charged to "
+                    f"{', '.join(t.get('charged', ())) or 'nothing'}")
         t = self.pointing[0]
         msg = t.get("message", "").splitlines()[0][:90] if t.get("message") else ""
         return f"KILLED   {b.name:28} {t['nodeid'].split('::')[-1]}: {msg}"
@@ -76,7 +78,7 @@ def run_one(b: Broken, workdir: Path, extra: Iterable[str] = ()) -> Verdict:
     except (OSError, ValueError):
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or ["no output"]
         return Verdict(b, [], seconds, f"no report (exit {proc.returncode}): {tail[0]}")
-    failed = [t for t in doc["tests"] if t["outcome"] == "failed"]
+    failed = [t for t in doc["tests"] if t["outcome"] in ("failed", "error")]
     return Verdict(b, failed, seconds)
 
 

@@ -42,6 +42,8 @@ class CommandImplementation:
     killed and counts as no shutdown.
     """
 
+    offers = frozenset({"guest"})
+
     def __init__(self, template: str) -> None:
         self.template = template
         self.name = f"command {template!r}"

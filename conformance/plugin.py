@@ -1,11 +1,31 @@
 """The pytest plugin of the conformance suite (entry point ``pytest11``).
 
 Adds ``--implementation`` (which implementation the suite runs against; the reference model by
-default) and ``--conformance-report`` (where the JSON report goes), the ``clauses`` marker a
-conformance test names its clauses with, the fixtures that hand a test a fresh implementation
-at the level it needs (``guest_impl``, ``hv_impl``) and the reference model (``reference``),
-and, at the end of a session that ran conformance tests, the summary: clauses covered, passed,
-failed and skipped. A failing test's report names its clauses.
+default) and ``--conformance-report`` (where the JSON record goes), the ``clauses`` marker a
+conformance test names its clauses with and the ``needs`` marker naming what it needs of an
+implementation beyond its level (``xenspec.conformance.adapter.OFFERINGS``), the fixtures that
+hand a test a fresh implementation at the level it needs (``guest_impl``, ``hv_impl``,
+``hv_factory``; every adapter call checked, ``xenspec.conformance.checked``), and, at the end
+of a session that ran conformance tests, the summary and the record.
+
+No false greens:
+
+- the implementation is loaded once, before any test runs (when the session starts if
+  ``--implementation`` is given): a name that does not resolve, a factory that raises or a
+  malformed ``offers`` declaration is one usage error (exit 4), one line;
+- a test needing what the implementation does not offer is *not offered* (a skip, never a
+  pass); one needing what it offers but whose adapter lacks a method is an error naming it,
+  and so is an adapter call that raises or returns the wrong type;
+- a failure is charged to the clauses whose check failed (``checks.attribute``), and the
+  summary reports each clause passed, failed, error, unfinished, skipped or not offered;
+- a run in which no conformance test was checked (every one skipped or not offered) fails.
+
+The record (``--conformance-report``; by default the one the documentation's traceability
+matrix reads) is written by a *complete* run only: the implementation loaded, every test of
+every module of the suite collected and none deselected (no ``-k``, ``-m``, ``--lf`` or node
+ids), and each one run to an outcome (no ``-x``/``--maxfail`` stop, no interrupt). A partial
+run writes only a report path given explicitly on the command line, marked
+``"complete": false``.
 """
 
 from __future__ import annotations
@@ -13,14 +33,24 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Generator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from xenspec.conformance import coverage
-from xenspec.conformance.adapter import GuestLevel, HypercallLevel, describe
+from xenspec.conformance.adapter import (
+    OFFERINGS,
+    GuestLevel,
+    HypercallLevel,
+    OffersError,
+    describe,
+    missing,
+)
+from xenspec.conformance.checked import AdapterError, Checked
+from xenspec.conformance.checks import ClauseFailure, attribute
 from xenspec.conformance.loader import ImplementationError, load
 from xenspec.spec.clauses import BY_ID, CLAUSES, Kind
 
@@ -28,32 +58,66 @@ DEFAULT_REPORT = Path(os.environ.get("XENSPEC_CACHE_DIR", ".xenspec-cache")) / "
 _STATE = pytest.StashKey["_Session"]()
 
 
+SUITE = Path(__file__).resolve().parent
+FIXTURE_NEEDS = {"guest_impl": "guest", "hv_impl": "hypercall", "hv_factory": "hypercall"}
+NOT_OFFERED = "not offered: "
+CHECKED = ("passed", "failed", "error")  # outcomes of a test that ran against the implementation
+
+
 class _Session:
-    def __init__(self, spec: str, report: Path) -> None:
+    def __init__(self, spec: str, report: Path, explicit: bool) -> None:
         self.spec = spec
         self.report = report
+        self.explicit = explicit  # --conformance-report given on the command line
         self._factory: Callable[[], object] | None = None
+        self.probe: object = None  # the implementation made when loading, for its methods
+        self.offers: frozenset[str] = frozenset()
         self.name = spec
         self.results: list[dict[str, Any]] = []
+        self.items: list[str] = []  # the conformance tests collected
+        self.deselected = 0
+        self.partial_args = False
+        self.modules_missing: list[str] = []
+        self.summary: list[tuple[str, dict[str, bool]]] = []
 
-    def factory(self) -> Callable[[], object]:
-        if self._factory is None:
-            try:
-                self._factory = load(self.spec)
-            except ImplementationError as exc:
-                raise pytest.UsageError(f"--implementation: {exc}") from None
-        return self._factory
+    @property
+    def loaded(self) -> bool:
+        return self._factory is not None
 
-    def fresh(self) -> object:
+    def load(self) -> None:
+        """Find the factory and make one implementation; every way this fails is one usage
+        error (exit 4), raised once, before any test runs."""
         try:
-            impl = self.factory()()
-        except pytest.UsageError:
-            raise
+            factory = load(self.spec)
+        except ImplementationError as exc:
+            raise pytest.UsageError(f"--implementation: {exc}") from None
+        try:
+            impl = factory()
         except Exception as exc:
-            raise pytest.UsageError(
-                f"--implementation={self.spec}: the factory failed: {exc}") from None
+            raise pytest.UsageError(f"--implementation={self.spec}: the factory failed: "
+                                    f"{_one_line(exc)}") from None
+        try:
+            self.offers = Checked(impl).offers
+        except OffersError as exc:
+            raise pytest.UsageError(f"--implementation={self.spec}: {describe(impl)} "
+                                    f"declares {exc}") from None
         self.name = describe(impl)
-        return impl
+        self.probe = impl
+        self._factory = factory
+
+    def fresh(self) -> Checked:
+        """A fresh implementation, every call checked; a factory that fails now is an
+        adapter error of the test."""
+        assert self._factory is not None
+        try:
+            return Checked(self._factory())
+        except Exception as exc:
+            raise AdapterError("the factory", _one_line(exc)) from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -64,21 +128,40 @@ def pytest_addoption(parser: pytest.Parser) -> None:
              "xenspec.implementations, or a command template with {elf} (guest level). "
              "Default: reference (the reference model).")
     group.addoption(
-        "--conformance-report", default=str(DEFAULT_REPORT), metavar="PATH",
-        help="where to write the JSON report of a conformance run (default %(default)s).")
+        "--conformance-report", default=None, metavar="PATH",
+        help=f"where to write the JSON record of a conformance run (default {DEFAULT_REPORT}, "
+             "written by complete runs only; a path given here is also written by a partial "
+             "run, marked incomplete).")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "clauses(*ids): the specification clauses (xenspec.spec.clauses) a "
                    "conformance test exercises")
+    config.addinivalue_line(
+        "markers", "needs(*offerings): what a conformance test needs an implementation to "
+                   f"offer besides its level ({', '.join(OFFERINGS)})")
+    report = config.getoption("--conformance-report")
     config.stash[_STATE] = _Session(config.getoption("--implementation"),
-                                    Path(config.getoption("--conformance-report")))
+                                    Path(report) if report else DEFAULT_REPORT, bool(report))
 
 
 def clauses_of(item: pytest.Item) -> list[str]:
     marker = item.get_closest_marker("clauses")
     return list(marker.args) if marker else []
+
+
+def needs_of(item: pytest.Item) -> list[str]:
+    """What a test needs the implementation to offer: its level and its ``needs`` marks."""
+    fixtures = getattr(item, "fixturenames", ())
+    out = [need for fixture, need in FIXTURE_NEEDS.items() if fixture in fixtures]
+    for marker in item.iter_markers("needs"):
+        out += marker.args
+    return list(dict.fromkeys(out))
+
+
+def _is_conformance(item: pytest.Item) -> bool:
+    return bool(needs_of(item) or clauses_of(item))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -89,77 +172,215 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         unknown = [c for c in clauses_of(item) if c not in BY_ID]
         if unknown:
             raise pytest.UsageError(f"{item.nodeid}: unknown clause(s) {', '.join(unknown)}")
+        bad = [n for n in needs_of(item) if n not in OFFERINGS]
+        if bad:
+            raise pytest.UsageError(f"{item.nodeid}: unknown offering(s) {', '.join(bad)}")
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    if items:
+        state = items[0].config.stash[_STATE]
+        state.deselected += sum(_is_conformance(i) for i in items)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    state: _Session = session.config.stash[_STATE]
+    mine = [i for i in session.items if _is_conformance(i)]
+    if not mine:
+        return
+    state.items = [i.nodeid for i in mine]
+    collected = {Path(str(i.path)).resolve() for i in mine}
+    state.modules_missing = sorted(p.name for p in SUITE.glob("test_*.py") if p not in collected)
+    state.partial_args = any("::" in str(a) for a in session.config.args)
+    if not state.loaded:
+        state.load()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    coverage.reset()
+    state: _Session = session.config.stash[_STATE]
+    if state.spec != "reference":
+        # Named on the command line: load it now, so that a name that does not resolve or a
+        # factory that fails is the run's one line (pytest prints a usage error alone
+        # before the session has started).
+        state.load()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    needs = needs_of(item)
+    if not needs:
+        return
+    coverage.LAST = ""
+    state: _Session = item.config.stash[_STATE]
+    if not state.loaded:  # collected by a session that did not call collection_finish
+        state.load()
+    absent = [n for n in needs if n not in state.offers]
+    if absent:
+        pytest.skip(NOT_OFFERED + "; ".join(f"{n} ({OFFERINGS[n]})" for n in absent))
+    for need in needs:
+        lacking = missing(state.probe, need)
+        if lacking:
+            raise AdapterError(lacking[0], f"{state.name} offers {need!r} but has no "
+                                           f"{', '.join(repr(m) for m in lacking)}")
 
 
 # --- fixtures --------------------------------------------------------------------------------
 @pytest.fixture
 def guest_impl(request: pytest.FixtureRequest) -> GuestLevel:
-    """A fresh implementation offering the guest level (the test is skipped otherwise)."""
-    impl = request.config.stash[_STATE].fresh()
-    if not isinstance(impl, GuestLevel):
-        pytest.skip(f"{describe(impl)} does not offer the guest level")
-    return impl
+    """A fresh implementation offering the guest level (the test is not offered otherwise)."""
+    return cast(GuestLevel, request.config.stash[_STATE].fresh())
 
 
 @pytest.fixture
 def hv_impl(request: pytest.FixtureRequest) -> HypercallLevel:
-    """A fresh implementation offering the hypercall level (the test is skipped otherwise)."""
-    impl = request.config.stash[_STATE].fresh()
-    if not isinstance(impl, HypercallLevel):
-        pytest.skip(f"{describe(impl)} does not offer the hypercall level")
-    return impl
+    """A fresh implementation offering the hypercall level (not offered otherwise)."""
+    return cast(HypercallLevel, request.config.stash[_STATE].fresh())
 
 
 @pytest.fixture
 def hv_factory(request: pytest.FixtureRequest) -> Callable[[], HypercallLevel]:
     """Makes fresh hypercall-level implementations (for tests that need several machines)."""
-    state = request.config.stash[_STATE]
-    if not isinstance(state.fresh(), HypercallLevel):
-        pytest.skip(f"{state.name} does not offer the hypercall level")
-    return state.factory()  # type: ignore[return-value]
+    state: _Session = request.config.stash[_STATE]
+    return lambda: cast(HypercallLevel, state.fresh())
 
 
 # --- outcomes, messages, summary ---------------------------------------------------------------
+def _adapter_error(exc: BaseException | None) -> AdapterError | None:
+    """The adapter error behind an exception, if one is (its cause or context chain)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, AdapterError):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, Any, None]:
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
-    clauses = clauses_of(item)
-    if not clauses:
+    if not _is_conformance(item) or report.when == "teardown":
         return
-    if report.failed:
-        titles = "\n".join(f"  {c}: {BY_ID[c].title}  [{BY_ID[c].source}]" for c in clauses)
-        report.sections.append(("specification clauses of this test", titles))
-    if report.when == "call" or (report.when == "setup" and not report.passed):
-        state: _Session = item.config.stash[_STATE]
-        record = {"nodeid": item.nodeid, "outcome": report.outcome, "clauses": clauses,
-                  "duration": round(report.duration, 4)}
-        if report.failed:
-            record["message"] = _crash_message(report)
-        state.results.append(record)
+    if report.when == "setup" and report.passed:
+        return
+    clauses = clauses_of(item)
+    record: dict[str, Any] = {"nodeid": item.nodeid, "clauses": clauses, "charged": [],
+                              "duration": round(report.duration, 4)}
+    if report.skipped:
+        reason = _skip_reason(report)
+        record["outcome"] = "not offered" if reason.startswith(NOT_OFFERED) else "skipped"
+        record["message"] = reason
+    elif report.passed:
+        record["outcome"] = "passed"
+    else:
+        exc = call.excinfo.value if call.excinfo else None
+        adapter = _adapter_error(exc)
+        record["message"] = _crash_message(report)
+        if adapter is not None and (report.when == "setup" or exc is adapter):
+            # An implementation that fails while carrying out a hypercall fails that
+            # hypercall's clause: the error is charged to it.
+            in_flight = adapter.method == "hypercall" and coverage.LAST
+            record.update(outcome="error", method=adapter.method, message=str(adapter),
+                          charged=[coverage.LAST] if in_flight else [],
+                          attribution="hypercall in flight" if in_flight else "")
+            report.sections.append(("adapter error", str(adapter)))
+        else:
+            charged, how = attribute(exc, clauses) if exc is not None else (tuple(clauses),
+                                                                             "test")
+            record.update(outcome="failed", charged=list(charged), attribution=how)
+            titles = "\n".join(f"  {c}: {BY_ID[c].title}  [{BY_ID[c].source}]"
+                               for c in charged if c in BY_ID)
+            others = [c for c in clauses if c not in charged]
+            report.sections.append((f"charged to (found by {how})", titles))
+            if others:
+                report.sections.append(("other clauses of this test, not judged",
+                                        "  " + ", ".join(others)))
+    item.config.stash[_STATE].results.append(record)
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
 
 
 def _crash_message(report: pytest.TestReport) -> str:
     """The failure's own message (the assertion text), at most a few hundred characters."""
     crash = getattr(report.longrepr, "reprcrash", None)
     text = getattr(crash, "message", None) or str(report.longrepr).strip().splitlines()[-1:]
+    for ours in (ClauseFailure, AdapterError):
+        text = str(text).removeprefix(f"{ours.__module__}.{ours.__name__}: ")
     return str(text)[:600]
 
 
-def _per_clause(results: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    table = {c.id: {"tests": 0, "passed": 0, "failed": 0, "skipped": 0,
-                    "hits": coverage.HITS.get(c.id, 0)} for c in CLAUSES}
+STATUSES = ("failed", "error", "passed", "unfinished", "skipped", "not offered", "not covered")
+
+
+def _per_clause(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per clause: its tests and what became of them. A failure counts for the clauses it is
+    charged to, and so does an adapter error charged to the hypercall in flight; the test's
+    other clauses count it as unfinished (not judged)."""
+    table: dict[str, dict[str, Any]] = {
+        c.id: {"tests": 0, "passed": 0, "failed": 0, "error": 0, "unfinished": 0,
+               "skipped": 0, "not_offered": 0, "hits": coverage.HITS.get(c.id, 0)}
+        for c in CLAUSES}
     for r in results:
-        for cid in r["clauses"]:
-            table[cid]["tests"] += 1
-            table[cid][r["outcome"]] += 1
+        charged = [c for c in r.get("charged", []) if c in table]
+        for cid in dict.fromkeys([*r["clauses"], *charged]):
+            t = table[cid]
+            t["tests"] += 1
+            if r["outcome"] == "failed":
+                t["failed" if cid in charged else "unfinished"] += 1
+            elif r["outcome"] == "error" and charged:
+                t["error" if cid in charged else "unfinished"] += 1
+            else:
+                t[r["outcome"].replace(" ", "_")] += 1
+    for t in table.values():
+        t["status"] = _status(t)
     return table
 
 
-def _write_report(state: _Session, table: dict[str, dict[str, int]]) -> None:
-    doc = {"implementation": state.name, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+def _status(t: dict[str, Any]) -> str:
+    if t["failed"]:
+        return "failed"
+    if t["error"]:
+        return "error"
+    if t["passed"]:
+        return "passed"
+    if t["unfinished"]:
+        return "unfinished"
+    if t["skipped"]:
+        return "skipped"
+    if t["not_offered"]:
+        return "not offered"
+    return "not covered"
+
+
+def _complete(state: _Session, session: pytest.Session, exitstatus: int) -> list[str]:
+    """Why the run is not complete (nothing: it is)."""
+    why = []
+    if state.deselected:
+        why.append(f"{state.deselected} tests deselected")
+    if state.partial_args:
+        why.append("tests chosen by node id")
+    if state.modules_missing:
+        why.append(f"not collected: {', '.join(state.modules_missing)}")
+    ran = {r["nodeid"] for r in state.results}
+    unrun = [n for n in state.items if n not in ran]
+    if unrun:
+        why.append(f"{len(unrun)} tests not run")
+    if exitstatus == pytest.ExitCode.INTERRUPTED or session.shouldstop or session.shouldfail:
+        why.append("the run was stopped")
+    return why
+
+
+def _write_report(state: _Session, table: dict[str, dict[str, Any]], complete: bool) -> None:
+    doc = {"implementation": state.name, "spec": state.spec, "offers": sorted(state.offers),
+           "complete": complete, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "tests": state.results, "clauses": table, "hypercalls": dict(coverage.CALLS),
            "not_evaluated": dict(coverage.NOT_EVALUATED)}
     try:
@@ -171,34 +392,59 @@ def _write_report(state: _Session, table: dict[str, dict[str, int]]) -> None:
         print(f"xenspec: cannot write the conformance report {state.report}: {exc}")
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    coverage.reset()
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Write the record and make up the summary; a run that checked nothing fails."""
+    state: _Session = session.config.stash[_STATE]
+    if not state.results or not state.loaded:
+        return
+    table = _per_clause(state.results)
+    incomplete = _complete(state, session, exitstatus)
+    out = state.summary
+    for kind in Kind:
+        rows = {cid: t for cid, t in table.items() if BY_ID[cid].kind is kind}
+        tally = Counter(t["status"] for t in rows.values())
+        out.append((f"{kind.value + 's':11} " + ", ".join(
+            f"{tally[s]} {s}" for s in STATUSES if tally[s] or s in ("passed", "failed"))
+            + f" (of {len(rows)})", {}))
+        for cid, t in rows.items():
+            if t["status"] == "failed":
+                out.append((f"    FAILED {cid}: {t['failed']} of {t['tests']} tests "
+                            f"({BY_ID[cid].title})", {"red": True}))
+            elif t["status"] == "error":
+                out.append((f"    ERROR  {cid}: {t['error']} of {t['tests']} tests",
+                            {"red": True}))
+        for status in ("unfinished", "skipped", "not offered", "not covered"):
+            named = [cid for cid, t in rows.items() if t["status"] == status]
+            if named:
+                out.append((f"    {status}: {', '.join(named)}", {"yellow": True}))
+        for cid, why in coverage.NOT_EVALUATED.items():
+            if cid in rows:
+                out.append((f"    not evaluated: {cid}: {why}", {"yellow": True}))
+    errors = Counter(r.get("method", "") for r in state.results if r["outcome"] == "error")
+    for method, n in errors.items():
+        first = next(r["message"] for r in state.results if r.get("method") == method)
+        out.append((f"adapter error, {n} tests: {first.splitlines()[0][:200]}", {"red": True}))
+    outcomes = Counter(r["outcome"] for r in state.results)
+    out.append(("tests: " + ", ".join(f"{n} {o}" for o, n in sorted(outcomes.items())), {}))
+    if not any(outcomes[o] for o in CHECKED):
+        out.append((f"NOTHING WAS CHECKED against {state.name}: every conformance test was "
+                    "skipped or not offered; the run fails", {"red": True, "bold": True}))
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if not incomplete or state.explicit:
+        _write_report(state, table, not incomplete)
+        out.append((f"record: {state.report}"
+                    + ("" if not incomplete else f" (partial run: {'; '.join(incomplete)})"),
+                    {}))
+    else:
+        out.append((f"record not written (partial run: {'; '.join(incomplete)}); "
+                    f"{state.report} is unchanged", {"yellow": True}))
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     state: _Session = config.stash[_STATE]
-    if not state.results:
+    if not state.summary:
         return
-    table = _per_clause(state.results)
-    _write_report(state, table)
-    tr = terminalreporter
-    tr.section(f"xenspec conformance: {state.name}")
-    for kind in Kind:
-        rows = [(cid, t) for cid, t in table.items() if BY_ID[cid].kind is kind]
-        covered = [cid for cid, t in rows if t["tests"]]
-        failed = [cid for cid, t in rows if t["failed"]]
-        passed = [cid for cid, t in rows if t["tests"] and t["passed"] == t["tests"]]
-        skipped = [cid for cid, t in rows if t["tests"] and t["skipped"] == t["tests"]]
-        tr.write_line(f"{kind.value + 's':11} {len(covered):3}/{len(rows)} covered, "
-                      f"{len(passed)} passed, {len(failed)} failed, {len(skipped)} skipped")
-        for cid in failed:
-            t = table[cid]
-            tr.write_line(f"    FAILED {cid}: {t['failed']} of {t['tests']} tests "
-                          f"({BY_ID[cid].title})", red=True)
-        missing = [cid for cid, t in rows if not t["tests"]]
-        if missing:
-            tr.write_line(f"    not covered: {', '.join(missing)}", yellow=True)
-        for cid, why in coverage.NOT_EVALUATED.items():
-            if cid in BY_ID and BY_ID[cid].kind is kind:
-                tr.write_line(f"    not evaluated: {cid}: {why}", yellow=True)
-    tr.write_line(f"report: {state.report}")
+    terminalreporter.section(f"xenspec conformance: {state.name}")
+    for line, markup in state.summary:
+        terminalreporter.write_line(line, **markup)

@@ -36,6 +36,7 @@ class ReferenceImplementation:
     """The reference hypervisor, guest level and hypercall level."""
 
     name = "reference"
+    offers = frozenset({"guest", "guest-disk", "hypercall", "events", "xen-written-frames"})
     counts_like_xen = True
 
     def __init__(self, setup: Setup | None = None, machine_frames: int = MACHINE_FRAMES) -> None:

@@ -15,6 +15,8 @@ from xenspec.conformance.adapter import HypercallLevel
 from xenspec.conformance.driver import Guest
 from xenspec.spec import abi
 
+pytestmark = pytest.mark.needs("events")
+
 SELF = abi.DOMID_SELF
 EINVAL, ENOENT, EEXIST, EPERM, ESRCH, EFAULT, ENOSYS, ENOSPC = (
     -abi.EINVAL, -abi.ENOENT, -abi.EEXIST, -abi.EPERM, -abi.ESRCH, -abi.EFAULT, -abi.ENOSYS,
@@ -32,6 +34,13 @@ class Ev:
         rc = self.g.hypercall("event_channel_op", cmd, va)
         return rc, self.g.read_args(0, len(data))
 
+    @staticmethod
+    def port(port: int) -> int:
+        """A port argument; a negative one is the errno a binding command gave instead of a
+        port, which fails here (charged to that command) rather than as a packing error."""
+        assert port >= 0, f"port {port}: the command that was to give this port failed"
+        return port
+
     def port_of(self, cmd: int, data: bytes, at: int) -> int:
         """Run a binding command; its port (OUT field at ``at``) or its negative errno."""
         rc, out = self.op(cmd, data)
@@ -43,7 +52,7 @@ class Ev:
 
     def bind_interdomain(self, rdom: int, rport: int) -> int:
         return self.port_of(abi.EVTCHNOP_bind_interdomain,
-                            abi.EVTCHN_BIND_INTERDOMAIN_T.pack(rdom, rport, 0), 8)
+                            abi.EVTCHN_BIND_INTERDOMAIN_T.pack(rdom, self.port(rport), 0), 8)
 
     def bind_virq(self, virq: int, vcpu: int = 0) -> int:
         return self.port_of(abi.EVTCHNOP_bind_virq, abi.EVTCHN_BIND_VIRQ_T.pack(virq, vcpu, 0),
@@ -53,7 +62,7 @@ class Ev:
         return self.port_of(abi.EVTCHNOP_bind_ipi, abi.EVTCHN_BIND_IPI_T.pack(vcpu, 0), 4)
 
     def simple(self, cmd: int, port: int) -> int:
-        return self.op(cmd, abi.EVTCHN_PORT_T.pack(port))[0]
+        return self.op(cmd, abi.EVTCHN_PORT_T.pack(self.port(port)))[0]
 
     def close(self, port: int) -> int:
         return self.simple(abi.EVTCHNOP_close, port)
@@ -66,7 +75,8 @@ class Ev:
 
     def status(self, port: int, dom: int = SELF) -> tuple[int, int, int, int, int]:
         """(rc, status, vcpu, u word 0, u word 1)."""
-        rc, out = self.op(abi.EVTCHNOP_status, abi.EVTCHN_STATUS_T.pack(dom, port, 0, 0, 0, 0))
+        rc, out = self.op(abi.EVTCHNOP_status,
+                          abi.EVTCHN_STATUS_T.pack(dom, self.port(port), 0, 0, 0, 0))
         _, _, status, vcpu, u0, u1 = abi.EVTCHN_STATUS_T.unpack(out)
         return rc, status, vcpu, u0, u1
 

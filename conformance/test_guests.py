@@ -118,9 +118,9 @@ DISK_MODES = [
 @pytest.mark.parametrize(
     "mode", [pytest.param(m, marks=pytest.mark.clauses(*c), id=m or "write-read")
              for m, c in DISK_MODES])
+@pytest.mark.needs("guest-disk")
 def test_block_device_kernel(guest_impl: GuestLevel, tmp_path: Path, mode: str) -> None:
-    if not isinstance(guest_impl, DiskGuestLevel):
-        pytest.skip("the implementation offers no block device")
+    assert isinstance(guest_impl, DiskGuestLevel)  # it offers guest-disk (the needs mark)
     image = tmp_path / "disk.img"
     original = bytes((i * 31 + (i >> 9)) & 0xFF for i in range(256 * 512))
     image.write_bytes(original)

@@ -2,8 +2,9 @@
 
 ``ImplementationView`` is a concrete ``StateView`` whose data come through the adapter
 (``xenspec.conformance.adapter.HypercallLevel``): frame information and page-table contents
-are read once per check and cached. ``violations(impl)`` names every invariant that fails, by
-id, with the frames at fault where the invariant can say.
+are read once per check and cached. ``violation_records(impl)`` gives every invariant that
+fails as a ``Violation``: its id, its statement and its witness, the binding the check failed
+on (the frame, slot, entry or vCPU, with the values there in hex; ``spec.concrete``).
 
 An invariant needs data an adapter may not offer: INV-XENPAGE the frames the hypervisor writes
 into (``XenWrittenFrames``), INV-COUNT Xen's reference counts (``counts_like_xen``). Without
@@ -20,8 +21,10 @@ implementation does not know as a domain has no hypervisor slots to compare (-1)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from xenspec.conformance.adapter import FrameInfo, HypercallLevel, XenWrittenFrames
+from xenspec.conformance.checked import AdapterError
 from xenspec.spec import abi
 from xenspec.spec.concrete import ConcreteLogic
 from xenspec.spec.invariants import (
@@ -127,6 +130,10 @@ class ImplementationView(ConcreteLogic):
                 slots = self.impl.xen_l2_slots(domid)
             except (ValueError, KeyError, IndexError):  # not a domain the implementation has
                 slots = [-1] * abi.L2_PAGETABLE_XEN_SLOTS
+            except AdapterError as exc:  # the same, through the checked adapter
+                if not isinstance(exc.__cause__, (ValueError, KeyError, IndexError)):
+                    raise
+                slots = [-1] * abi.L2_PAGETABLE_XEN_SLOTS
             self._xen[domid] = slots
         return slots[index - abi.L2_PAGETABLE_FIRST_XEN_SLOT]
 
@@ -186,11 +193,34 @@ class CountingView(ImplementationView):
         return self.infos[mfn].type_count - self.infos[mfn].xen_heap
 
 
-def violations(impl: HypercallLevel, privileged: frozenset[int] = frozenset()) -> list[str]:
-    """Every invariant that fails on the implementation's current state, as 'ID: detail'
-    (of those the suite can evaluate on it: ``evaluated``)."""
+@dataclass(frozen=True)
+class Violation:
+    """One invariant that fails: its id, its statement, and where (the witness, in hex)."""
+
+    id: str
+    statement: str
+    witness: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.id}: {self.statement}" + (f" At {self.witness}." if self.witness else "")
+
+
+def violation_records(impl: HypercallLevel,
+                      privileged: frozenset[int] = frozenset()) -> list[Violation]:
+    """Every invariant that fails on the implementation's current state (of those the suite
+    can evaluate on it: ``evaluated``), each with its witness."""
     view = ImplementationView(impl, privileged)
-    found = [f"{inv.id}: {inv.statement}" for inv in evaluated(impl) if not inv.check(view)]
+    found = []
+    for inv in evaluated(impl):
+        view.witness.clear()
+        if not inv.check(view):
+            found.append(Violation(inv.id, inv.statement, view.witness_text()))
     if "INV-COUNT" not in not_evaluated(impl):
-        found += [f"INV-COUNT: {line}" for line in count_violations(CountingView(view))]
+        found += [Violation("INV-COUNT", "Reference counts equal the references that exist.",
+                            line) for line in count_violations(CountingView(view))]
     return found
+
+
+def violations(impl: HypercallLevel, privileged: frozenset[int] = frozenset()) -> list[str]:
+    """``violation_records`` as 'ID: statement At witness.' lines."""
+    return [str(v) for v in violation_records(impl, privileged)]

@@ -182,11 +182,11 @@ class CountingView(ConcreteView):
 def check_invariants(hv: Hypervisor) -> list[str]:
     """Evaluate every invariant on the model's current state; the ids that fail, with detail."""
     view = ConcreteView(hv)
-    failures = [
-        f"{inv.id}: {inv.statement}"
-        for inv in INVARIANTS + COUNTER_INVARIANTS
-        if not inv.check(view)
-    ]
+    failures = []
+    for inv in INVARIANTS + COUNTER_INVARIANTS:
+        view.witness.clear()
+        if not inv.check(view):  # the witness: where it fails, in hex (spec.concrete)
+            failures.append(f"{inv.id}: {inv.statement} At {view.witness_text()}.")
     failures += [f"INV-COUNT: {line}" for line in count_violations(CountingView(hv))]
     failures += check_event_invariants(hv)  # INV-EVT-* (refmodel.event)
     return failures

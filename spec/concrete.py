@@ -4,11 +4,22 @@ Quantifiers are loops over what exists (frames, vCPUs, the present entries of a 
 connectives are Python's. The reference model's view (``xenspec.refmodel.view``) and the
 conformance suite's view of any implementation (``xenspec.conformance.view``) both derive from
 it and provide the data: ``frames``, ``vcpus`` and ``present_entries``.
+
+A quantifier that fails records its witness, the binding it failed on (a frame, an entry with
+its value, a vCPU, an index, a descriptor), innermost first, in ``witness``; a binding under
+which the body held is dropped again, so after a failed check ``witness_text`` names the
+frame, slot or vCPU at fault and the values there, in hex.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
+
+from xenspec.spec import abi
+from xenspec.spec.pagetable import PGT
+
+Binding = tuple[str, tuple[int, ...]]
 
 
 class ConcreteLogic:
@@ -47,22 +58,104 @@ class ConcreteLogic:
         return False
 
     # quantifiers
+    @property
+    def witness(self) -> list[Binding]:
+        """The bindings the last failed quantifiers failed on, innermost first."""
+        found: list[Binding] | None = self.__dict__.get("_witness")
+        if found is None:
+            found = self.__dict__["_witness"] = []
+        return found
+
+    def _forall(self, kind: str, items: Iterable[tuple[int, ...]],
+                body: Callable[..., bool]) -> bool:
+        found = self.witness
+        mark = len(found)
+        for binding in items:
+            if not body(*binding):
+                found.append((kind, binding))
+                return False
+            del found[mark:]  # what a holding body's inner quantifiers left
+        return True
+
     def forall_frames(self, body: Callable[[int], bool]) -> bool:
-        return all(body(f) for f in self.frames())
+        return self._forall("frame", ((f,) for f in self.frames()), body)
 
     def forall_vcpus(self, body: Callable[[int], bool]) -> bool:
-        return all(body(v) for v in self.vcpus())
+        return self._forall("vcpu", ((v,) for v in self.vcpus()), body)
 
     def forall_present_entries(
         self, mfn: int, lo: int, hi: int, body: Callable[[int, int], bool]
     ) -> bool:
-        return all(body(i, e) for i, e in self.present_entries(mfn, lo, hi))
+        return self._forall("entry", self.present_entries(mfn, lo, hi), body)
 
     def forall_indices(self, lo: int, hi: int, body: Callable[[int], bool]) -> bool:
-        return all(body(i) for i in range(lo, hi))
+        return self._forall("index", ((i,) for i in range(lo, hi)), body)
 
     def forall_descriptors(self, mfn: int, body: Callable[[int, int], bool]) -> bool:
-        return all(body(self.entry(mfn, j), self.entry(mfn, j + 1)) for j in range(0, 1024, 2))
+        return self._forall(
+            "descriptor",
+            ((j, self.entry(mfn, j), self.entry(mfn, j + 1))
+             for j in range(0, abi.L1_PAGETABLE_ENTRIES, 2)),
+            lambda j, lo, hi: body(lo, hi))
+
+    # the witness, in words
+    def frame_text(self, mfn: int) -> str:
+        """A frame's owner, type, counts and flags, in hex."""
+        v: Any = self
+        try:
+            try:
+                kind = PGT(v.type(mfn)).name
+            except ValueError:
+                kind = f"type {v.type(mfn):#x}"
+            flags = "".join([", validated" if v.validated(mfn) else "",
+                             ", pinned" if v.pinned(mfn) else ""])
+            return (f"owner {v.owner(mfn):#x}, {kind}, type_count {v.type_count(mfn):#x}, "
+                    f"count {v.count(mfn):#x}{flags}")
+        except Exception as exc:  # the witness never hides the violation it explains
+            return f"unreadable: {exc}"
+
+    def witness_text(self) -> str:
+        """The recorded witness, outermost binding first, with the values at it in hex."""
+        parts: list[str] = []
+        frame: int | None = None
+        for kind, b in reversed(self.witness):
+            if kind == "frame":
+                frame = b[0]
+                parts.append(f"mfn {frame:#x} ({self.frame_text(frame)})")
+            elif kind == "entry":
+                index, e = b
+                target = e >> abi.PAGE_SHIFT
+                parts.append(f"entry {index:#x} = {e:#010x} -> mfn {target:#x} "
+                             f"({self.frame_text(target)})")
+            elif kind == "vcpu":
+                parts.append(self._vcpu_text(b[0]))
+            elif kind == "index" and frame is not None:
+                parts.append(self._slot_text(frame, b[0]))
+            elif kind == "index":
+                parts.append(f"index {b[0]:#x}")
+            elif kind == "descriptor":
+                j, lo, hi = b
+                parts.append(f"descriptor {j // 2:#x} = {hi:#010x}{lo:08x}")
+        return "; ".join(parts)
+
+    def _vcpu_text(self, vcpu: int) -> str:
+        v: Any = self
+        try:
+            return (f"vcpu {vcpu:#x} of domain {v.vcpu_domain(vcpu):#x}, base pointer "
+                    f"{v.base(vcpu):#x}")
+        except Exception:
+            return f"vcpu {vcpu:#x}"
+
+    def _slot_text(self, frame: int, index: int) -> str:
+        v: Any = self
+        try:
+            text = f"slot {index:#x} = {self.entry(frame, index):#010x}"
+            if (v.type(frame) == PGT.l2_page_table
+                    and abi.L2_PAGETABLE_FIRST_XEN_SLOT <= index < abi.L2_PAGETABLE_ENTRIES):
+                text += f", the hypervisor's {v.xen_l2e(frame, index):#010x}"
+            return text
+        except Exception:
+            return f"index {index:#x}"
 
     # connectives
     def and_(self, *terms: bool) -> bool:

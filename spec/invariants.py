@@ -530,8 +530,8 @@ def count_violations(s: EnumerableState) -> list[str]:
     for f in s.frames():
         if s.count(f) != general.get(f, 0) or s.type_count(f) != typed.get(f, 0):
             bad.append(
-                f"mfn {f:#x}: count {s.count(f)} (references {general.get(f, 0)}), "
-                f"type count {s.type_count(f)} (references {typed.get(f, 0)})"
+                f"mfn {f:#x}: count {s.count(f):#x} (references {general.get(f, 0):#x}), "
+                f"type count {s.type_count(f):#x} (references {typed.get(f, 0):#x})"
             )
     return bad
 

@@ -73,7 +73,8 @@ def test_a_written_frame_of_another_type_is_a_violation(
     hv.frames.type[mfn] = type
     assert not inv_xenpage(ConcreteView(hv))
     assert xenpage_failures(hv) == [
-        "INV-XENPAGE: A frame Xen writes into for a guest is never a table, GDT or LDT frame."]
+        "INV-XENPAGE: A frame Xen writes into for a guest is never a table, GDT or LDT frame. "
+        f"At mfn {mfn:#x} (owner 0x0, {type.name}, type_count 0x1, count 0x1, validated)."]
 
 
 def test_an_unvalidated_or_freed_written_frame_is_a_violation(
@@ -96,7 +97,8 @@ def test_a_written_frame_without_xen_type_reference_is_a_violation(
     view = ConcreteView(hv)
     assert inv_xenpage(view) and not inv_xenpage_ref(view)
     assert xenpage_failures(hv) == [
-        "INV-XENPAGE: A frame Xen writes into for a guest holds a type reference."]
+        "INV-XENPAGE: A frame Xen writes into for a guest holds a type reference. "
+        f"At mfn {mfn:#x} (owner 0x0, writable_page, type_count 0x0, count 0x1, validated)."]
 
 
 def test_a_frame_a_back_end_maps_counts_as_written() -> None:

@@ -47,7 +47,10 @@ def _test_cells(cid: str, status: Status) -> tuple[str, str]:
         return "no test", str(tally.hits)
     failed = f", **{tally.failed} failed**" if tally.failed else ""
     skipped = f", {tally.skipped} skipped" if tally.skipped else ""
-    return f"{tally.passed}/{tally.tests} passed{failed}{skipped}", str(tally.hits)
+    error = f", **{tally.error} error**" if tally.error else ""
+    offered = f", {tally.not_offered} not offered" if tally.not_offered else ""
+    return (f"{tally.passed}/{tally.tests} passed{failed}{error}{skipped}{offered}",
+            str(tally.hits))
 
 
 def _tally_from_tests(cid: str, tests: list[TestRecord]) -> ClauseTally:

@@ -91,6 +91,8 @@ class ClauseTally:
     failed: int = 0
     skipped: int = 0
     hits: int = 0
+    error: int = 0  # adapter errors charged to the clause
+    not_offered: int = 0  # tests the implementation does not offer what they need for
 
 
 @dataclass
@@ -128,7 +130,7 @@ def _proofs(data: Any) -> dict[str, ProofStatus] | None:
 
 def _tally(e: dict[str, Any]) -> ClauseTally:
     return ClauseTally(*(int(e.get(k, 0)) for k in ("tests", "passed", "failed", "skipped",
-                                                    "hits")))
+                                                    "hits", "error", "not_offered")))
 
 
 def _conformance(data: Any) -> Conformance | None:
