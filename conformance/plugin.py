@@ -126,6 +126,7 @@ def pytest_runtest_makereport(
 ) -> Generator[None, Any, None]:
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
+    _not_offered_is_a_skip(item, call, report)
     clauses = clauses_of(item)
     if not clauses:
         return
@@ -139,6 +140,16 @@ def pytest_runtest_makereport(
         if report.failed:
             record["message"] = _crash_message(report)
         state.results.append(record)
+
+
+def _not_offered_is_a_skip(item: pytest.Item, call: pytest.CallInfo[None],
+                           report: pytest.TestReport) -> None:
+    """An adapter method raising NotImplementedError says the implementation does not offer
+    that part of its level (a hypercall, a query): the test is skipped with its message."""
+    if call.excinfo is not None and call.excinfo.errisinstance(NotImplementedError):
+        path, line, _ = item.location
+        report.outcome = "skipped"
+        report.longrepr = (path, (line or 0) + 1, f"Skipped: {call.excinfo.value}")
 
 
 def _crash_message(report: pytest.TestReport) -> str:
