@@ -30,12 +30,13 @@ class Guest(MMUCalls):
     """One domain of an implementation, with its kernel's hypercall wrappers."""
 
     def __init__(self, impl: HypercallLevel, nr_pages: int = 128, nr_mapped: int = 64,
-                 privileged: bool = False) -> None:
+                 privileged: bool = False, info: DomainInfo | None = None) -> None:
+        """Create a domain, or (``info``) drive one the implementation already has."""
         if nr_mapped < ARG_PAGES + 4:
             raise ValueError(f"a guest needs at least {ARG_PAGES + 4} mapped pages")
         self.impl = impl
         self.privileged = privileged
-        self.info: DomainInfo = impl.create_domain(nr_pages, nr_mapped, privileged)
+        self.info: DomainInfo = info or impl.create_domain(nr_pages, nr_mapped, privileged)
         self._writable = [p for p in range(self.info.nr_mapped) if self._maps_writable(p)]
         runs = [p for p in self._writable
                 if all(q in self._writable for q in range(p, p + ARG_PAGES))]
