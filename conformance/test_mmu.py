@@ -420,6 +420,28 @@ def test_foreigndom_domid_io_accepted_for_domu(g: Guest) -> None:
     assert_invariants(g.impl, [g])
 
 
+@pytest.mark.clauses("mmu_update/NORMAL_PT_UPDATE", "mmu_update/MACHPHYS_UPDATE",
+                     "mmuext_op/PIN_L1_TABLE", "INV-OWN")
+def test_foreigndom_domid_io_reaches_no_ram(g: Guest, l1: int) -> None:
+    """set_foreigndom: DOMID_IO makes dom_io FOREIGNDOM, which owns no RAM: get_page_from_l1e
+    takes the references of a RAM frame from dom_io and fails (only I/O memory reverts to the
+    caller for the permission check), and so do MMUEXT_PIN_* and MMU_MACHPHYS_UPDATE
+    (get_page_from_pagenr(mfn, FOREIGNDOM)) on the domain's own frames."""
+    impl, (a, t) = g.impl, data_frames(g, 2)
+    io = abi.DOMID_IO
+    for flags in (PTE_RO, PTE_RW):
+        assert g.mmu_update([(g.entry_maddr(l1, 0), g.pte(a, flags))], foreigndom=io) == \
+            (EINVAL, 0), "get_page_from_l1e: with FOREIGNDOM=DOMID_IO a domain mapped its own RAM"
+    assert g.entry(l1, 0) == 0, "get_page_from_l1e: the refused DOMID_IO mapping was written"
+    assert g.mmuext_op([(abi.MMUEXT_PIN_L1_TABLE, t, 0)], foreigndom=io) == (EINVAL, 0), \
+        "MMUEXT_PIN_L1_TABLE: with FOREIGNDOM=DOMID_IO a domain pinned its own frame"
+    assert g.mmu_update([(a << 12 | MACHPHYS, 0x99)], foreigndom=io) == (EINVAL, 0), \
+        "MMU_MACHPHYS_UPDATE: with FOREIGNDOM=DOMID_IO a domain's own M2P entry was updated"
+    for m in (a, t):
+        assert_frame(impl, m, FREE, "set_foreigndom DOMID_IO: refused requests changed a frame")
+    assert_invariants(impl, [g])
+
+
 @pytest.mark.clauses("mmu_update/MACHPHYS_UPDATE", "INV-ISO")
 def test_machphys_update(g: Guest) -> None:
     """MMU_MACHPHYS_UPDATE: M2P[mfn] = val for a frame the (foreign) domain owns, else -EINVAL."""
@@ -688,6 +710,28 @@ def test_uvm_without_l1_refused(g: Guest) -> None:
     assert g.update_va_mapping(0x00400000, g.pte(a, PTE_RO)) == EINVAL, \
         "guest_map_l1e: update_va_mapping of an address with no L1 table must be -EINVAL"
     assert_frame(impl, a, FREE, "guest_map_l1e: a refused update took refs")
+    assert_invariants(impl, [g])
+
+
+@pytest.mark.clauses("update_va_mapping", "INV-L2REF")
+def test_uvm_through_linear_slot_refused(g: Guest) -> None:
+    """do_update_va_mapping acts only on an L1 table: through a directory slot holding a
+    read-only linear map of the directory, the "L1 entry" would be a directory entry, written
+    without get_page_from_l2e's validation. Later Xen checks the type of the frame
+    guest_map_l1e returns (-EINVAL); Xen 3.0.4 did not (the specification follows the fix)."""
+    impl, (a,) = g.impl, g.free_mfns(1)
+    empty = [s for s in range(abi.L2_PAGETABLE_FIRST_XEN_SLOT) if not g.entry(g.l2_mfn, s)]
+    linear, target = empty[-1], empty[0]  # the linear slot, and the slot the write would hit
+    assert g.mmu_update([(g.entry_maddr(g.l2_mfn, linear), g.pte(g.l2_mfn, PTE_RO))]) == \
+        (0, 1), "get_linear_pagetable: a read-only self-map was refused"
+    before = frame_of(impl, g.l2_mfn)
+    va = linear << abi.L2_PAGETABLE_SHIFT | target << abi.PAGE_SHIFT
+    assert g.update_va_mapping(va, g.pte(a, PTE_RW)) == EINVAL, \
+        "do_update_va_mapping: an entry was written through a linear page-directory slot"
+    assert g.entry(g.l2_mfn, target) == 0, \
+        "do_update_va_mapping: an unvalidated entry was written into the page directory"
+    assert_frame(impl, a, FREE, "do_update_va_mapping: a refused update took refs")
+    assert_frame(impl, g.l2_mfn, before, "do_update_va_mapping: the directory changed")
     assert_invariants(impl, [g])
 
 
