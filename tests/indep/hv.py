@@ -90,8 +90,8 @@ class Machine:
         # Xen's own frames: the M2P table and the L1 mapping it read-only (frame 0 never used).
         m2p_frames = -(-nr_frames * 4 // abi.PAGE_SIZE)
         self.m2p_l1 = self.alloc_xen()
-        for _ in range(m2p_frames):
-            self.words(self.m2p_l1)[_] = self.alloc_xen() << abi.PAGE_SHIFT | PAGE_HYPERVISOR_RO
+        for k in range(m2p_frames):
+            self.words(self.m2p_l1)[k] = self.alloc_xen() << abi.PAGE_SHIFT | PAGE_HYPERVISOR_RO
         self.idle_l2 = [0] * (abi.L2_PAGETABLE_ENTRIES - FIRST_XEN_SLOT)
         self.idle_l2[(abi.MACH2PHYS_VIRT_START >> abi.L2_PAGETABLE_SHIFT) - FIRST_XEN_SLOT] = (
             self.m2p_l1 << abi.PAGE_SHIFT | PAGE_HYPERVISOR_RO)
