@@ -1,11 +1,15 @@
 """A guest kernel stand-in that drives a hypercall-level implementation.
 
 ``Guest`` is one domain created through the adapter; its methods issue hypercalls the way a
-guest kernel does: argument arrays are written into the domain's own memory (the first
-``ARG_PAGES`` pseudo-physical frames, mapped at the start of its bootstrap region) and passed
-by guest-virtual address. Structure layouts are xen.h's (``mmu_update_t``, ``mmuext_op_t``,
-``trap_info_t``), from ``xenspec.spec.abi``. Every call is counted in
-``xenspec.conformance.coverage``.
+guest kernel does: argument arrays are written into the domain's own memory (``ARG_PAGES``
+consecutive pseudo-physical frames the builder mapped writable, the first such run of the
+bootstrap region) and passed by guest-virtual address.
+
+Nothing here assumes where the builder put things: the page directory, the L1 tables, which
+frames are mapped writable and where an entry is are read from the adapter's ``DomainInfo``
+and from the start-of-day page tables themselves (``mapping``, ``arg_pfn``, ``data_pfns``).
+Structure layouts are xen.h's (``mmu_update_t``, ``mmuext_op_t``, ``trap_info_t``), from
+``xenspec.spec.abi``. Every call is counted in ``xenspec.conformance.coverage``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from xenspec.spec.guestcalls import PTE_RO, PTE_RW, MMUCalls, pack_mmu_updates, 
 __all__ = ["ARG_PAGES", "DONE_OFFSET", "PTE_RO", "PTE_RW", "UNSET", "Guest", "pack_mmu_updates",
            "pack_mmuext_ops"]
 
-ARG_PAGES = 16  # pfns [0, 16): up to 4095 mmu_update requests and *done in the last word
+ARG_PAGES = 16  # up to 4095 mmu_update requests and *done in the last word
 DONE_OFFSET = ARG_PAGES * abi.PAGE_SIZE - 4
 UNSET = 0xFFFFFFFF  # *done is preset to this before each batch
 
@@ -26,12 +30,51 @@ class Guest(MMUCalls):
     """One domain of an implementation, with its kernel's hypercall wrappers."""
 
     def __init__(self, impl: HypercallLevel, nr_pages: int = 128, nr_mapped: int = 64,
-                 privileged: bool = False) -> None:
+                 privileged: bool = False, info: DomainInfo | None = None) -> None:
+        """Create a domain, or (``info``) drive one the implementation already has."""
         if nr_mapped < ARG_PAGES + 4:
             raise ValueError(f"a guest needs at least {ARG_PAGES + 4} mapped pages")
         self.impl = impl
         self.privileged = privileged
-        self.info: DomainInfo = impl.create_domain(nr_pages, nr_mapped, privileged)
+        self.info: DomainInfo = info or impl.create_domain(nr_pages, nr_mapped, privileged)
+        self._writable = [p for p in range(self.info.nr_mapped) if self._maps_writable(p)]
+        runs = [p for p in self._writable
+                if all(q in self._writable for q in range(p, p + ARG_PAGES))]
+        if not runs:
+            raise ValueError(f"the builder mapped no {ARG_PAGES} consecutive pfns writable")
+        self.arg_pfn = runs[0]
+
+    def _maps_writable(self, pfn: int) -> bool:
+        at = self.mapping(pfn)
+        return at is not None and (
+            self.entry(*at) & (abi._PAGE_PRESENT | abi._PAGE_RW | ~0xFFF)
+            == self.mfn(pfn) << abi.PAGE_SHIFT | abi._PAGE_PRESENT | abi._PAGE_RW)
+
+    def mapping(self, pfn: int) -> tuple[int, int] | None:
+        """(L1 table mfn, index) of the entry that maps ``va(pfn)`` in the start-of-day
+        directory, or None if its directory slot is empty."""
+        va = self.va(pfn)
+        l2e = self.entry(self.l2_mfn, va >> abi.L2_PAGETABLE_SHIFT)
+        if not l2e & abi._PAGE_PRESENT:
+            return None
+        return l2e >> abi.PAGE_SHIFT, (va >> abi.PAGE_SHIFT) & (abi.L1_PAGETABLE_ENTRIES - 1)
+
+    def l1e_of(self, pfn: int) -> tuple[int, int]:
+        """Like ``mapping``, for a pfn of the bootstrap region."""
+        at = self.mapping(pfn)
+        assert at is not None, f"start of day: pfn {pfn} of the bootstrap region is not mapped"
+        return at
+
+    @property
+    def data_pfns(self) -> list[int]:
+        """Pfns the builder mapped writable, outside the argument area: plain data pages."""
+        args = range(self.arg_pfn, self.arg_pfn + ARG_PAGES)
+        return [p for p in self._writable if p not in args]
+
+    @property
+    def data_pfn(self) -> int:
+        """One plain data page, mapped writable by the builder."""
+        return self.data_pfns[0]
 
     # --- addresses ----------------------------------------------------------------------------
     @property
@@ -71,18 +114,23 @@ class Guest(MMUCalls):
         pos = 0
         while pos < len(data):
             pfn, off = divmod(offset + pos, abi.PAGE_SIZE)
+            pfn += self.arg_pfn
             chunk = min(len(data) - pos, abi.PAGE_SIZE - off)
             self.impl.write_pfn(self.domid, pfn, off, data[pos : pos + chunk])
             pos += chunk
-        return self.va(0) + offset
+        return self.va(self.arg_pfn) + offset
 
     def read_args(self, offset: int, length: int) -> bytes:
         pfn, off = divmod(offset, abi.PAGE_SIZE)
-        return self.impl.read_pfn(self.domid, pfn, off, length)
+        return self.impl.read_pfn(self.domid, self.arg_pfn + pfn, off, length)
+
+    @property
+    def arg_pfns(self) -> range:
+        return range(self.arg_pfn, self.arg_pfn + ARG_PAGES)
 
     @property
     def done_va(self) -> int:
-        return self.va(0) + DONE_OFFSET
+        return self.va(self.arg_pfn) + DONE_OFFSET
 
     def read_done(self) -> int:
         return int.from_bytes(self.read_args(DONE_OFFSET, 4), "little")

@@ -262,6 +262,7 @@ def pytest_runtest_makereport(
 ) -> Generator[None, Any, None]:
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
+    _not_offered_is_a_skip(item, call, report)
     if not _is_conformance(item) or report.when == "teardown":
         return
     if report.when == "setup" and report.passed:
@@ -306,6 +307,22 @@ def _skip_reason(report: pytest.TestReport) -> str:
     if isinstance(longrepr, tuple) and len(longrepr) == 3:
         return str(longrepr[2]).removeprefix("Skipped: ")
     return str(longrepr)
+
+
+def _not_offered_is_a_skip(item: pytest.Item, call: pytest.CallInfo[None],
+                           report: pytest.TestReport) -> None:
+    """An adapter method raising NotImplementedError says the implementation does not offer
+    that part of its level (a hypercall, a query): the test is reported as not offered, with
+    the adapter's message (never as passed; a run where nothing else was checked fails)."""
+    if call.excinfo is None:
+        return
+    exc = call.excinfo.value
+    if isinstance(exc, AdapterError) and isinstance(exc.__cause__, NotImplementedError):
+        exc = exc.__cause__
+    if isinstance(exc, NotImplementedError):
+        path, line, _ = item.location
+        report.outcome = "skipped"
+        report.longrepr = (path, (line or 0) + 1, f"Skipped: {NOT_OFFERED}{exc}")
 
 
 def _crash_message(report: pytest.TestReport) -> str:

@@ -8,7 +8,7 @@ levels of ``xenspec.conformance.adapter``. ``setup`` (a function of the new ``Hy
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from xenspec.conformance.adapter import DomainInfo, FrameInfo, GuestRun
@@ -20,6 +20,7 @@ from xenspec.refmodel.memory import PGC_allocated, PGC_xen_heap, PGT_pinned, PGT
 from xenspec.refmodel.platform import PVPlatform
 from xenspec.refmodel.pvguest import issue
 from xenspec.spec import abi
+from xenspec.spec.pagetable import PGT_root_page_table
 
 Setup = Callable[[Hypervisor, PVPlatform], None]
 
@@ -91,6 +92,31 @@ class ReferenceImplementation:
         lay = build_initial_tables(self.hv, d, nr_mapped, DEFAULT_VIRT_BASE)
         return DomainInfo(d.domain_id, tuple(d.page_list), lay.virt_base, lay.nr_mapped,
                           lay.pt_base_pfn, lay.l1_pfns)
+
+    def create_domain_with_tables(
+        self, nr_pages: int, privileged: bool, layout: DomainInfo,
+        tables: Mapping[int, Mapping[int, tuple[int | None, int]]],
+    ) -> DomainInfo:
+        """A domain whose start-of-day page tables are given rather than built: ``layout``'s
+        virt_base, nr_mapped, pt_base_pfn and l1_pfns, and ``tables`` {pfn: {index: (target
+        pfn, low 12 bits)}} (target None: the word is the low bits alone). The directory is
+        pinned and loaded as the builder does, so the model validates them; ValueError if it
+        refuses. The differential run gives the reference model an implementation's layout
+        and builder flags this way, which ``DomainInfo`` leaves to the implementation."""
+        d = self.hv.create_domain(nr_pages, privileged=privileged)
+        self.pv.setup_domain(d)
+        mfn = d.page_list
+        for pfn, entries in tables.items():
+            for index, (target, low) in entries.items():
+                word = low if target is None else mfn[target] << abi.PAGE_SHIFT | low
+                self.hv.memory.write_entry(mfn[pfn], index, word)
+        v, l2 = d.vcpus[0], mfn[layout.pt_base_pfn]
+        if not self.hv.mm.pin_page(v, l2, PGT_root_page_table):
+            raise ValueError("the page directory does not validate (MMUEXT_PIN_L2_TABLE)")
+        if not self.hv.mm.new_guest_cr3(v, l2):
+            raise ValueError("the page directory cannot be loaded (new_guest_cr3)")
+        return DomainInfo(d.domain_id, tuple(mfn), layout.virt_base, layout.nr_mapped,
+                          layout.pt_base_pfn, layout.l1_pfns)
 
     def hypercall(self, domid: int, name: str, *args: int) -> int:
         nr = HYPERCALL_NUMBERS.get(name)

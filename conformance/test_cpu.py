@@ -66,7 +66,7 @@ def test_set_gdt_refuses_writable_and_foreign_frames(g: Guest, hv_impl: Hypercal
     """do_set_gdt: get_page_and_type(PGT_gdt_page) fails on a frame mapped writable (INV-NOWRPT)
     or owned by another domain."""
     other = Guest(hv_impl, 48, 32)
-    mapped = g.mfn(20)  # mapped read-write by the domain builder
+    mapped = g.mfn(g.data_pfn)  # mapped read-write by the domain builder
     for frame, why in ((mapped, "a frame mapped writable"), (other.free_mfns(1)[0],
                                                            "another domain's frame")):
         assert g.set_gdt([frame], 512) == EINVAL, f"INV-NOWRPT: set_gdt accepted {why}"
@@ -140,7 +140,7 @@ def test_gdt_frame_cannot_be_mapped_writable(g: Guest) -> None:
     """get_page_from_l1e: a GDT frame takes read-only mappings only (INV-NOWRPT)."""
     (a,) = g.free_mfns(1)
     assert g.set_gdt([a], 512) == 0
-    va = g.va(21)
+    va = g.va(g.data_pfns[1])
     assert g.update_va_mapping(va, g.pte(a)) == EINVAL, (
         "INV-NOWRPT: a writable mapping of a live GDT frame was accepted")
     assert g.update_va_mapping(va, g.pte(a, PTE_RO)) == 0, "a read-only map of a GDT frame"

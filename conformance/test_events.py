@@ -223,7 +223,7 @@ def test_bind_pirq_refused(ev: Ev) -> None:
 def test_argument_errors_and_compat(ev: Ev, g: Guest) -> None:
     """do_event_channel_op: unknown command -ENOSYS, unreadable argument -EFAULT; the compat
     call runs the command of a struct evtchn_op."""
-    assert g.hypercall("event_channel_op", 10, g.va(0)) == ENOSYS
+    assert g.hypercall("event_channel_op", 10, g.va(g.arg_pfn)) == ENOSYS
     assert g.hypercall("event_channel_op", abi.EVTCHNOP_send, 0x1000) == EFAULT
     assert g.hypercall("event_channel_op", abi.EVTCHNOP_send, 0xFFFFF000) == EFAULT
     port = ev.bind_ipi(0)

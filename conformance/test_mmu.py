@@ -27,6 +27,7 @@ from xenspec.conformance.driver import (
     Guest,
     pack_mmu_updates,
 )
+from xenspec.conformance.view import xen_slots
 from xenspec.spec import abi
 from xenspec.spec.pagetable import PGT
 
@@ -133,7 +134,7 @@ def test_l1_entry_must_map_own_ram(g: Guest, l1: int) -> None:
     """get_page_from_l1e: foreign, Xen-owned and beyond-RAM (I/O, no permission) frames refused."""
     impl = g.impl
     other = Guest(impl, 32, 32)
-    targets = [other.mfn(20), impl.nr_frames(), 0x3FFFF, *xen_frames(impl)]
+    targets = [other.mfn(other.data_pfn), impl.nr_frames(), 0x3FFFF, *xen_frames(impl)]
     for t in targets:
         before = impl.frame(t) if t < impl.nr_frames() else None
         for flags in (PTE_RO, PTE_RW):
@@ -174,7 +175,7 @@ def test_page_table_frames_only_map_read_only(g: Guest, l1: int) -> None:
 def test_writably_mapped_frame_cannot_be_pinned(g: Guest, cmd: int) -> None:
     """get_page_type: a frame with writable type count > 0 cannot become a page table."""
     impl = g.impl
-    m = g.mfn(20)  # mapped read-write by the domain builder
+    m = g.mfn(g.data_pfn)  # mapped read-write by the domain builder
     before = frame_of(impl, m)
     assert_frame(impl, m, Frame(WRITABLE, 1, 2, validated=True),
                  "start of day: a bootstrap data frame is mapped once, read-write")
@@ -251,7 +252,7 @@ def test_l2_disallowed_flags(g: Guest, flag: int) -> None:
 def test_l2_xen_slots_cannot_be_written(g: Guest) -> None:
     """mod_l2_entry, is_guest_l2_slot: slots 1008..1023 are Xen's, even a write of 0."""
     impl, (t,) = g.impl, g.free_mfns(1)
-    xen = list(impl.xen_l2_slots(g.domid))
+    xen = list(xen_slots(impl, g.domid, g.l2_mfn))
     for slot in (abi.L2_PAGETABLE_FIRST_XEN_SLOT, abi.LINEAR_PT_SLOT, 1023):
         for val in (0, g.pte(t, PTE_RW)):
             assert g.mmu_update([(g.entry_maddr(g.l2_mfn, slot), val)]) == (EINVAL, 0), \
@@ -379,7 +380,7 @@ def test_foreigndom_unprivileged(g: Guest) -> None:
     """set_foreigndom: DOMID_SELF ok; own domid or another domain from a domU -> -ESRCH."""
     impl = g.impl
     other = Guest(impl, 32, 32)
-    m = g.mfn(20)
+    m = g.mfn(g.data_pfn)
     assert g.mmu_update([(m << 12 | MACHPHYS, 0x100)]) == (0, 1), \
         "MMU_MACHPHYS_UPDATE: an update of the domain's own frame was refused"
     for fd in (g.domid, other.domid):
@@ -394,7 +395,7 @@ def test_foreigndom_privileged(g: Guest) -> None:
     """set_foreigndom: a privileged domain may act on an existing domain; unknown -> -ESRCH."""
     impl = g.impl
     priv = Guest(impl, 64, privileged=True)
-    m = g.mfn(20)
+    m = g.mfn(g.data_pfn)
     req = [(m << 12 | MACHPHYS, 0x300)]
     assert priv.mmu_update(req) == (EINVAL, 0), \
         "INV-ISO: without FOREIGNDOM a privileged domain updated another domain's M2P entry"
@@ -402,7 +403,7 @@ def test_foreigndom_privileged(g: Guest) -> None:
         "set_foreigndom: naming itself as foreign domain must be -ESRCH"
     assert priv.mmu_update(req, foreigndom=0x1234) == (ESRCH, 0), \
         "set_foreigndom: naming a domain that does not exist must be -ESRCH"
-    assert impl.machphys(m) == 20, "set_foreigndom: a refused batch changed the M2P"
+    assert impl.machphys(m) == g.data_pfn, "set_foreigndom: a refused batch changed the M2P"
     assert priv.mmu_update(req, foreigndom=g.domid) == (0, 1), \
         "MMU_MACHPHYS_UPDATE: a privileged domain with FOREIGNDOM was refused"
     assert impl.machphys(m) == 0x300, "MMU_MACHPHYS_UPDATE: the M2P entry was not written"
@@ -419,18 +420,40 @@ def test_foreigndom_domid_io_accepted_for_domu(g: Guest) -> None:
     assert_invariants(g.impl, [g])
 
 
+@pytest.mark.clauses("mmu_update/NORMAL_PT_UPDATE", "mmu_update/MACHPHYS_UPDATE",
+                     "mmuext_op/PIN_L1_TABLE", "INV-OWN")
+def test_foreigndom_domid_io_reaches_no_ram(g: Guest, l1: int) -> None:
+    """set_foreigndom: DOMID_IO makes dom_io FOREIGNDOM, which owns no RAM: get_page_from_l1e
+    takes the references of a RAM frame from dom_io and fails (only I/O memory reverts to the
+    caller for the permission check), and so do MMUEXT_PIN_* and MMU_MACHPHYS_UPDATE
+    (get_page_from_pagenr(mfn, FOREIGNDOM)) on the domain's own frames."""
+    impl, (a, t) = g.impl, data_frames(g, 2)
+    io = abi.DOMID_IO
+    for flags in (PTE_RO, PTE_RW):
+        assert g.mmu_update([(g.entry_maddr(l1, 0), g.pte(a, flags))], foreigndom=io) == \
+            (EINVAL, 0), "get_page_from_l1e: with FOREIGNDOM=DOMID_IO a domain mapped its own RAM"
+    assert g.entry(l1, 0) == 0, "get_page_from_l1e: the refused DOMID_IO mapping was written"
+    assert g.mmuext_op([(abi.MMUEXT_PIN_L1_TABLE, t, 0)], foreigndom=io) == (EINVAL, 0), \
+        "MMUEXT_PIN_L1_TABLE: with FOREIGNDOM=DOMID_IO a domain pinned its own frame"
+    assert g.mmu_update([(a << 12 | MACHPHYS, 0x99)], foreigndom=io) == (EINVAL, 0), \
+        "MMU_MACHPHYS_UPDATE: with FOREIGNDOM=DOMID_IO a domain's own M2P entry was updated"
+    for m in (a, t):
+        assert_frame(impl, m, FREE, "set_foreigndom DOMID_IO: refused requests changed a frame")
+    assert_invariants(impl, [g])
+
+
 @pytest.mark.clauses("mmu_update/MACHPHYS_UPDATE", "INV-ISO")
 def test_machphys_update(g: Guest) -> None:
     """MMU_MACHPHYS_UPDATE: M2P[mfn] = val for a frame the (foreign) domain owns, else -EINVAL."""
     impl = g.impl
     other = Guest(impl, 32, 32)
-    m = g.mfn(20)
+    m = g.mfn(g.data_pfn)
     assert g.mmu_update([(m << 12 | MACHPHYS, 0x77)]) == (0, 1), \
         "MMU_MACHPHYS_UPDATE: an update of the domain's own frame was refused"
     assert impl.machphys(m) == 0x77, "MMU_MACHPHYS_UPDATE: the M2P entry was not written"
     assert_frame(impl, m, Frame(WRITABLE, 1, 2, validated=True),
                  "MMU_MACHPHYS_UPDATE: the frame's own state must not change")
-    for t in (other.mfn(20), *xen_frames(impl)):
+    for t in (other.mfn(other.data_pfn), *xen_frames(impl)):
         old = impl.machphys(t)
         assert g.mmu_update([(t << 12 | MACHPHYS, 0x77)]) == (EINVAL, 0), \
             f"INV-ISO: the M2P entry of frame {t:#x}, not the domain's, was updated"
@@ -462,7 +485,7 @@ def test_pin_l1_and_l2(g: Guest) -> None:
     assert_frame(impl, b, Frame(L2, 1, 2, True, True),
                  "INV-PIN: a pinned L2 must be a validated L2 with a type ref")
     assert [g.entry(b, i) for i in range(abi.L2_PAGETABLE_FIRST_XEN_SLOT, 1024)] == \
-        list(impl.xen_l2_slots(g.domid)), \
+        list(xen_slots(impl, g.domid, b)), \
         "INV-HOLE: alloc_l2_table must fill the hypervisor slots of a new page directory"
     assert_invariants(impl, [g])
 
@@ -539,18 +562,24 @@ def test_unpin_releases_table_and_its_references(g: Guest, l1: int) -> None:
 def test_new_baseptr_switches_tables(g: Guest) -> None:
     """new_guest_cr3: a type ref on the new directory, the old one's dropped."""
     impl, (new,) = g.impl, g.free_mfns(1)
-    slot = g.info.virt_base >> abi.L2_PAGETABLE_SHIFT  # keep the kernel mapping reachable
-    assert g.mmu_update([(g.entry_maddr(new, slot), g.entry(g.l2_mfn, slot))]) == (0, 1), \
+    # The new directory names the L1 tables of every slot of the bootstrap region, so that the
+    # argument area stays reachable.
+    first = g.va(0) >> abi.L2_PAGETABLE_SHIFT
+    last = g.va(g.info.nr_mapped - 1) >> abi.L2_PAGETABLE_SHIFT
+    reqs = [(g.entry_maddr(new, s), g.entry(g.l2_mfn, s)) for s in range(first, last + 1)]
+    assert g.mmu_update(reqs) == (0, len(reqs)), \
         "do_mmu_update: a write into an untyped frame of the domain was refused"
     assert g.pin(new, 2) == 0, "MMUEXT_PIN_L2_TABLE: a valid page directory was refused"
     old = g.l2_mfn
     assert base_of(impl, g.domid) == [old], "start of day: the base pointer is pt_base"
-    assert_frame(impl, old, Frame(L2, 2, 4, True, True),
-                 "start of day: pt_base is pinned and the base pointer")
+    before = frame_of(impl, old)  # pinned, the base pointer, and whatever maps it
+    assert (before.type, before.validated, before.pinned) == (L2, True, True), \
+        f"start of day: pt_base must be a pinned, validated page directory, is {before}"
     assert g.mmuext_op([(abi.MMUEXT_NEW_BASEPTR, new, 0)]) == (0, 1), \
         "new_guest_cr3: switching to a pinned, valid page directory was refused"
     assert base_of(impl, g.domid) == [new], "INV-BASE: the vCPU's base pointer did not switch"
-    assert_frame(impl, old, Frame(L2, 1, 3, True, True),
+    assert_frame(impl, old, replace(before, type_count=before.type_count - 1,
+                                    count=before.count - 1),
                  "new_guest_cr3: the old directory's base refs must be dropped")
     assert_frame(impl, new, Frame(L2, 2, 3, True, True),
                  "new_guest_cr3: the new directory takes a general and a type ref")
@@ -565,12 +594,14 @@ def test_new_baseptr_to_invalid_directory_crashes_domain(g: Guest) -> None:
     assert g.mmu_update([(g.entry_maddr(bad, 0), pse_entry)]) == (0, 1), \
         "do_mmu_update: a write into an untyped frame of the domain was refused"
     old = g.l2_mfn
+    before = frame_of(impl, old)
     rc, done = g.mmuext_op([(abi.MMUEXT_NEW_BASEPTR, bad, 0)])
     assert rc == EINVAL, "new_guest_cr3: an invalid page directory must fail with -EINVAL"
     assert done == UNSET, "new_guest_cr3: *done written with no page table left to write it"
     assert not g.running, "new_guest_cr3: the second validation failure must crash the domain"
     assert base_of(impl, g.domid) == [0], "INV-BASE: the crashed vCPU must have no base pointer"
-    assert_frame(impl, old, Frame(L2, 1, 3, True, True),
+    assert_frame(impl, old, replace(before, type_count=before.type_count - 1,
+                                    count=before.count - 1),
                  "new_guest_cr3: the old base's reference must be dropped before the retry")
     assert_frame(impl, bad, FREE, "get_page_type: failed alloc_l2_table must leave it untyped")
     assert_invariants(impl, [g])
@@ -682,14 +713,36 @@ def test_uvm_without_l1_refused(g: Guest) -> None:
     assert_invariants(impl, [g])
 
 
+@pytest.mark.clauses("update_va_mapping", "INV-L2REF")
+def test_uvm_through_linear_slot_refused(g: Guest) -> None:
+    """do_update_va_mapping acts only on an L1 table: through a directory slot holding a
+    read-only linear map of the directory, the "L1 entry" would be a directory entry, written
+    without get_page_from_l2e's validation. Later Xen checks the type of the frame
+    guest_map_l1e returns (-EINVAL); Xen 3.0.4 did not (the specification follows the fix)."""
+    impl, (a,) = g.impl, g.free_mfns(1)
+    empty = [s for s in range(abi.L2_PAGETABLE_FIRST_XEN_SLOT) if not g.entry(g.l2_mfn, s)]
+    linear, target = empty[-1], empty[0]  # the linear slot, and the slot the write would hit
+    assert g.mmu_update([(g.entry_maddr(g.l2_mfn, linear), g.pte(g.l2_mfn, PTE_RO))]) == \
+        (0, 1), "get_linear_pagetable: a read-only self-map was refused"
+    before = frame_of(impl, g.l2_mfn)
+    va = linear << abi.L2_PAGETABLE_SHIFT | target << abi.PAGE_SHIFT
+    assert g.update_va_mapping(va, g.pte(a, PTE_RW)) == EINVAL, \
+        "do_update_va_mapping: an entry was written through a linear page-directory slot"
+    assert g.entry(g.l2_mfn, target) == 0, \
+        "do_update_va_mapping: an unvalidated entry was written into the page directory"
+    assert_frame(impl, a, FREE, "do_update_va_mapping: a refused update took refs")
+    assert_frame(impl, g.l2_mfn, before, "do_update_va_mapping: the directory changed")
+    assert_invariants(impl, [g])
+
+
 @pytest.mark.clauses("update_va_mapping", "INV-COUNT")
 def test_uvm_updates_entry_and_references(g: Guest) -> None:
     """do_update_va_mapping -> mod_l1_entry: new refs taken, the old entry's dropped."""
     impl, (new,) = g.impl, g.free_mfns(1)
-    va, old = g.va(20), g.mfn(20)
+    va, old = g.va(g.data_pfn), g.mfn(g.data_pfn)
     assert g.update_va_mapping(va, g.pte(new, PTE_RO)) == 0, \
         "do_update_va_mapping: an RO map of the domain's own free frame was refused"
-    assert g.entry(g.l1_mfns[0], 20) == g.pte(new, PTE_RO), \
+    assert g.entry(*g.l1e_of(g.data_pfn)) == g.pte(new, PTE_RO), \
         "do_update_va_mapping: the entry mapping va was not written"
     assert_frame(impl, old, Frame(WRITABLE, 0, 1, validated=True),
                  "put_page_from_l1e: the replaced entry's refs must be dropped")
@@ -701,12 +754,12 @@ def test_uvm_updates_entry_and_references(g: Guest) -> None:
 def test_uvm_bad_vcpu_bitmap_faults(g: Guest) -> None:
     """do_update_va_mapping: get_user(vmask, bmap_ptr) fails -> -EFAULT after the update."""
     impl = g.impl
-    pte = g.pte(g.mfn(20), PTE_RO)  # was mapped RW
-    assert g.update_va_mapping(g.va(20), pte, 0x1000 | abi.UVMF_TLB_FLUSH) == EFAULT, \
+    pte = g.pte(g.mfn(g.data_pfn), PTE_RO)  # was mapped RW
+    assert g.update_va_mapping(g.va(g.data_pfn), pte, 0x1000 | abi.UVMF_TLB_FLUSH) == EFAULT, \
         "do_update_va_mapping: an unreadable vCPU bitmap must be -EFAULT"
-    assert g.entry(g.l1_mfns[0], 20) == pte, \
+    assert g.entry(*g.l1e_of(g.data_pfn)) == pte, \
         "do_update_va_mapping: the update is made before the vCPU bitmap is read"
-    assert_frame(impl, g.mfn(20), Frame(WRITABLE, 0, 2, validated=True),
+    assert_frame(impl, g.mfn(g.data_pfn), Frame(WRITABLE, 0, 2, validated=True),
                  "mod_l1_entry: RW -> RO drops the writable type ref, keeps the general one")
     assert_invariants(impl, [g])
 
@@ -793,16 +846,17 @@ def test_domain_cannot_reach_another_domains_frames(g: Guest, l1: int) -> None:
     other = Guest(impl, 48, 32)
     data, pinned = other.free_mfns(2)
     assert other.pin(pinned, 1) == 0, "MMUEXT_PIN_L1_TABLE: an empty L1 table was refused"
-    targets = {"a free frame": data, "a data frame": other.mfn(20), "a pinned L1": pinned,
+    targets = {"a free frame": data, "a data frame": other.mfn(other.data_pfn),
+               "a pinned L1": pinned,
                "its L1 table": other.l1_mfns[0], "its page directory": other.l2_mfn}
     state = {m: (impl.frame(m), list(impl.entries(m)), impl.machphys(m))
              for m in targets.values()}
-    own_entry = g.entry(g.l1_mfns[0], 20)
+    own_entry = g.entry(*g.l1e_of(g.data_pfn))
     for what, t in targets.items():
         for flags in (PTE_RO, PTE_RW):
             assert g.mmu_update([(g.entry_maddr(l1, 0), g.pte(t, flags))]) == (EINVAL, 0), \
                 f"INV-ISO: a domain mapped {what} of another domain (mmu_update)"
-            assert g.update_va_mapping(g.va(20), g.pte(t, flags)) == EINVAL, \
+            assert g.update_va_mapping(g.va(g.data_pfn), g.pte(t, flags)) == EINVAL, \
                 f"INV-ISO: a domain mapped {what} of another domain (update_va_mapping)"
         assert g.mmu_update([(g.entry_maddr(t, 0), 0x1234)]) == (EINVAL, 0), \
             f"INV-ISO: a domain wrote into {what} of another domain (mmu_update)"
@@ -815,7 +869,7 @@ def test_domain_cannot_reach_another_domains_frames(g: Guest, l1: int) -> None:
                             foreigndom=other.domid) == (ESRCH, 0), \
             "set_foreigndom: an unprivileged domain named another domain as FOREIGNDOM"
     assert g.entry(l1, 0) == 0, "INV-ISO: a refused foreign mapping was written"
-    assert g.entry(g.l1_mfns[0], 20) == own_entry, \
+    assert g.entry(*g.l1e_of(g.data_pfn)) == own_entry, \
         "INV-ISO: a refused update_va_mapping changed the entry"
     for what, t in targets.items():
         assert (impl.frame(t), list(impl.entries(t)), impl.machphys(t)) == state[t], \

@@ -40,6 +40,27 @@ IO_FRAME = FrameInfo(owner=abi.DOMID_IO, type=int(PGT.none), type_count=0, count
                      validated=False, pinned=False, allocated=False)
 
 
+def xen_slots(impl: HypercallLevel, domid: int, l2mfn: int) -> Sequence[int]:
+    """What the hypervisor keeps in slots L2_PAGETABLE_FIRST_XEN_SLOT.. of directory ``l2mfn``
+    of ``domid``; all -1 (nothing to compare) if the implementation has no such domain.
+
+    Xen's alloc_l2_table writes a linear self-map there (the directory at LINEAR_PT_VIRT_START),
+    so the slots differ from one directory to the next: an adapter that keeps them so offers
+    ``xen_l2_slots_of(l2mfn)``, and ``xen_l2_slots(domid)`` is asked otherwise.
+    """
+    per_directory = getattr(impl, "xen_l2_slots_of", None)
+    try:
+        if per_directory is not None:
+            return list(per_directory(l2mfn))
+        return impl.xen_l2_slots(domid)
+    except (ValueError, KeyError, IndexError):  # not a domain the implementation has
+        return [-1] * abi.L2_PAGETABLE_XEN_SLOTS
+    except AdapterError as exc:  # the same, through the checked adapter
+        if not isinstance(exc.__cause__, (ValueError, KeyError, IndexError)):
+            raise
+        return [-1] * abi.L2_PAGETABLE_XEN_SLOTS
+
+
 class NotEvaluated(Exception):
     """The adapter cannot supply what an invariant asks of the state."""
 
@@ -70,7 +91,7 @@ class ImplementationView(ConcreteLogic):
         self.infos: list[FrameInfo] = [impl.frame(m) for m in range(impl.nr_frames())]
         self._bases = list(impl.vcpu_bases())
         self._words: dict[int, Sequence[int]] = {}
-        self._xen: dict[int, Sequence[int]] = {}
+        self._xen: dict[object, Sequence[int]] = {}
         self._xen_written = (frozenset(impl.xen_written_frames())
                              if isinstance(impl, XenWrittenFrames) else None)
 
@@ -123,18 +144,12 @@ class ImplementationView(ConcreteLogic):
         return self.words(mfn)[index]
 
     def xen_l2e(self, l2mfn: int, index: int) -> int:
-        domid = self.owner(l2mfn)
-        slots = self._xen.get(domid)
+        per_directory = getattr(self.impl, "xen_l2_slots_of", None)
+        key = ("dir", l2mfn) if per_directory is not None else self.owner(l2mfn)
+        slots = self._xen.get(key)
         if slots is None:
-            try:
-                slots = self.impl.xen_l2_slots(domid)
-            except (ValueError, KeyError, IndexError):  # not a domain the implementation has
-                slots = [-1] * abi.L2_PAGETABLE_XEN_SLOTS
-            except AdapterError as exc:  # the same, through the checked adapter
-                if not isinstance(exc.__cause__, (ValueError, KeyError, IndexError)):
-                    raise
-                slots = [-1] * abi.L2_PAGETABLE_XEN_SLOTS
-            self._xen[domid] = slots
+            slots = xen_slots(self.impl, self.owner(l2mfn), l2mfn)
+            self._xen[key] = slots
         return slots[index - abi.L2_PAGETABLE_FIRST_XEN_SLOT]
 
     # vCPUs
