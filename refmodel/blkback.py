@@ -313,8 +313,6 @@ class VbdDevice:
     def __init__(self, pv: PVPlatform, domid: int, image: DiskImage,
                  vdev: int = abi.BLKIF_VDEV_HDA, barrier: bool = True,
                  log: Callable[[str], None] | None = None, dev: str = "hda") -> None:
-        from xenspec.refmodel.backend import BACKEND_DOMID
-
         self.pv = pv
         self.store = pv.xenstore
         self.domid = domid
@@ -326,9 +324,9 @@ class VbdDevice:
         # last MAX_MESSAGES, each also handed to ``log`` as it comes.
         self.messages: deque[str] = deque(maxlen=MAX_MESSAGES)
         self._log = log
-        self.backend = BACKEND_DOMID
+        self.backend = pv.backends.domid
         self.fe = frontend_path(domid, vdev)
-        self.be = backend_path(BACKEND_DOMID, domid, vdev)
+        self.be = backend_path(self.backend, domid, vdev)
         self.ring: BlkifRing | None = None
         self.port = 0
         self._ring_map: tuple[int, int] | None = None  # (handle, dev_bus_addr)

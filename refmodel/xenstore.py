@@ -229,8 +229,9 @@ class XenStore:
         h = home(d.domain_id)
         if h not in self.nodes:
             self._add(h, Node(owner=d.domain_id))
-        self.write(BACKEND_DOMID, f"{h}/domid", str(d.domain_id))
-        self.write(BACKEND_DOMID, f"{h}/name", f"Domain-{d.domain_id}")
+        tools = self.pv.backends.domid
+        self.write(tools, f"{h}/domid", str(d.domain_id))
+        self.write(tools, f"{h}/name", f"Domain-{d.domain_id}")
         self._fire("@introduceDomain")  # xenstored_domain.c, do_introduce
         return gport
 
@@ -239,7 +240,7 @@ class XenStore:
     # ----------------------------------------------------------------------------------------
     def _privileged(self, domid: int) -> bool:
         d = self.hv.domains.get(domid)
-        return domid == BACKEND_DOMID or (d is not None and d.is_privileged)
+        return domid == self.pv.backends.domid or (d is not None and d.is_privileged)
 
     def _perm(self, domid: int, node: Node) -> int:
         """perm_for_conn: owners and privileged domains get everything."""
@@ -380,7 +381,7 @@ class XenStore:
 
     def set_perms(self, path: str, owner: int, acl: dict[int, int] | None = None) -> None:
         """The tools' xs_set_permissions on an existing absolute path."""
-        path = self.canonical(BACKEND_DOMID, path)
+        path = self.canonical(self.pv.backends.domid, path)
         node = self.nodes[path]
         self.entries[node.owner] -= 1
         if not self.entries[node.owner]:
