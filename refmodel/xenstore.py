@@ -398,8 +398,8 @@ class XenStore:
     # Guests' watches (xenstored_watch.c).
     # ----------------------------------------------------------------------------------------
     def add_watch(self, conn: Connection, path: str, token: bytes) -> None:
-        """do_watch, up to its answer (XsError for EINVAL, EEXIST, E2BIG); the caller sends
-        the answer, then ``first_event``."""
+        """do_watch, up to its answer (XsError for EINVAL, EEXIST, E2BIG); the ring's side
+        (``_one_request``) sends the answer, then the first event."""
         relative_path = None
         if not path.startswith("@"):
             if not path.startswith("/"):
