@@ -5,7 +5,9 @@ privileged domain, dom0, and meet each guest through an event channel and a shar
 (SOSP'03 s2.2 and s3.2: asynchronous I/O rings and event notifications). The model has no
 dom0 kernel: its backends are Python code acting for a real ``Domain``, created with
 ``Hypervisor.create_domain(..., privileged=True)`` under the fixed id ``BACKEND_DOMID``
-(DOMID_FIRST_RESERVED - 1, so booted guests keep the ids 0, 1, ...). It has one vCPU that is
+(DOMID_FIRST_RESERVED - 1, so booted guests keep the ids 0, 1, ...) unless the machine names
+another (``Backends.domid``, set before first use: ``xenspec run`` makes it domain 0, as dom0
+runs Xen's back ends, and its guests domains 1, 2, ...). It has one vCPU that is
 never given to the scheduler (refmodel/sched.py only runs vCPUs ``attach``-ed by the Machine):
 it is never scheduled, never counted as runnable or blocked, and a run ends without it.
 
@@ -59,11 +61,12 @@ class Backends:
         self.pv = pv
         self.hv = pv.hv
         self._domain: Domain | None = None
+        self.domid: int = BACKEND_DOMID  # the backend domain's id (set before first use)
 
     def domain(self) -> Domain:
         """The backend domain, created on first use (privileged, one vCPU, never scheduled)."""
         if self._domain is None:
-            d = self.hv.create_domain(_BACKEND_PAGES, privileged=True, domid=BACKEND_DOMID)
+            d = self.hv.create_domain(_BACKEND_PAGES, privileged=True, domid=self.domid)
             self.pv.setup_domain(d)
             self._domain = d
         return self._domain
@@ -99,7 +102,7 @@ class Backends:
         self.pv.events.listeners[(self.domain().domain_id, port)] = fn
 
     def unlisten(self, port: int) -> None:
-        self.pv.events.listeners.pop((BACKEND_DOMID, port), None)
+        self.pv.events.listeners.pop((self.domid, port), None)
 
     def disconnect(self, backend_port: int) -> None:
         """A daemon lets go of a guest's channel: no more upcalls, and its port closes
@@ -114,7 +117,7 @@ class Backends:
         to it. Returns (guest port, backend port); EventError if ``d`` has no free port."""
         v = self.vcpu()
         events = self.pv.events
-        guest_port = events.alloc_unbound(v, d.domain_id, BACKEND_DOMID)
+        guest_port = events.alloc_unbound(v, d.domain_id, self.domid)
         backend_port = events.bind_interdomain(v, d.domain_id, guest_port)
         return guest_port, backend_port
 

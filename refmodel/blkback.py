@@ -288,34 +288,45 @@ class _BackendGrants:
 class VbdDevice:
     """Virtual block device ``vdev`` of domain ``domid``, backed by ``image``.
 
-    The tools' part (``attach``): the frontend's ``device/vbd/<vdev>/{backend, backend-id,
-    virtual-device, state}`` and the backend directory ``backend/vbd/<domid>/<vdev>`` with
-    ``frontend``, ``frontend-id``, readable by the front end. The back end's part: it writes
-    ``sectors``, ``info`` (VDISK_READONLY), ``sector-size``, ``feature-barrier`` and ``state`` =
-    InitWait, and watches the front end's ``state``. When that becomes Initialised it reads
-    ``ring-ref`` and ``event-channel`` (untrusted text), maps the ring's grant, binds the event
-    channel and listens on it, and sets ``state`` = Connected. A front end that closes
-    (Closing, Closed) is disconnected. A failure along the way is logged, the back end's
-    ``state`` becomes Closing (Linux's xenbus_dev_fatal) and nothing is connected."""
+    The tools' part (``attach``), as xend writes it (tools/python/xen/xend/server/blkif.py,
+    getDeviceDetails, and DevController.py, addStoreEntries, at 3.0.4): the front end's
+    directory ``device/vbd/<vdev>`` with ``backend``, ``backend-id``, ``state`` =
+    Initialising, ``virtual-device`` and ``device-type`` ("disk"), owned by the guest and
+    readable by the back end; the back end's ``backend/vbd/<domid>/<vdev>`` with ``domain``,
+    ``frontend``, ``frontend-id``, ``online`` ("1"), ``state`` = Initialising, ``dev`` (the
+    guest's name for the disk), ``type`` ("file"), ``params`` (the image's path) and ``mode``
+    ("w", or "r" for a read-only image), readable by the front end.
+
+    The back end's part, as Linux's blkback (linux-2.6-xen-sparse/drivers/xen/blkback/xenbus.c
+    at 3.0.4): the probe sets ``state`` = InitWait (blkback_probe) and watches the front end's
+    ``state`` (frontend_changed). When that becomes Initialised or Connected (a front end such
+    as Mini-OS's writes its ring-ref and event-channel and goes straight to Connected), unless
+    the back end is Connected already, it reads ``ring-ref`` and ``event-channel`` (untrusted
+    text), maps the ring's grant, binds the event channel and listens on it (connect_ring),
+    then writes ``feature-barrier``, ``sectors``, ``info`` (VDISK_READONLY) and
+    ``sector-size`` and sets ``state`` = Connected (connect). A front end that closes (Closing,
+    Closed) is disconnected; one that is Initialising again after that finds the back end in
+    InitWait ("prepare for reconnect"). A failure along the way is logged, the back end's
+    ``state`` becomes Closing (Linux's xenbus_dev_fatal) and nothing is connected. The
+    model's back end needs no hotplug script (``physical-device``): the image is open."""
 
     def __init__(self, pv: PVPlatform, domid: int, image: DiskImage,
                  vdev: int = abi.BLKIF_VDEV_HDA, barrier: bool = True,
-                 log: Callable[[str], None] | None = None) -> None:
-        from xenspec.refmodel.backend import BACKEND_DOMID
-
+                 log: Callable[[str], None] | None = None, dev: str = "hda") -> None:
         self.pv = pv
         self.store = pv.xenstore
         self.domid = domid
         self.image = image
         self.vdev = vdev
+        self.dev = dev
         self.barrier = barrier
         # The back end's log lines (a front end can cause one per handshake it drives): the
         # last MAX_MESSAGES, each also handed to ``log`` as it comes.
         self.messages: deque[str] = deque(maxlen=MAX_MESSAGES)
         self._log = log
-        self.backend = BACKEND_DOMID
+        self.backend = pv.backends.domid
         self.fe = frontend_path(domid, vdev)
-        self.be = backend_path(BACKEND_DOMID, domid, vdev)
+        self.be = backend_path(self.backend, domid, vdev)
         self.ring: BlkifRing | None = None
         self.port = 0
         self._ring_map: tuple[int, int] | None = None  # (handle, dev_bus_addr)
@@ -328,21 +339,21 @@ class VbdDevice:
     # --- the tools and the back end's probe ----------------------------------------------------
     def attach(self) -> None:
         s, be, fe, me = self.store, self.be, self.fe, self.backend
+        initialising = str(abi.XenbusStateInitialising)
         s.mkdir(me, be)
         s.set_perms(be, me, {self.domid: abi.XS_PERM_READ})
-        s.write(me, f"{be}/frontend", fe)
-        s.write(me, f"{be}/frontend-id", str(self.domid))
+        for key, value in (("domain", f"Domain-{self.domid}"), ("frontend", fe),
+                           ("frontend-id", str(self.domid)), ("online", "1"),
+                           ("state", initialising), ("dev", self.dev), ("type", "file"),
+                           ("params", self.image.path),
+                           ("mode", "r" if self.image.readonly else "w")):
+            s.write(me, f"{be}/{key}", value)
         s.mkdir(me, fe)
         s.set_perms(fe, self.domid, {me: abi.XS_PERM_READ})
-        s.write(me, f"{fe}/backend", be)
-        s.write(me, f"{fe}/backend-id", str(me))
-        s.write(me, f"{fe}/virtual-device", str(self.vdev))
-        s.write(me, f"{fe}/state", str(abi.XenbusStateInitialising))
-        s.write(me, f"{be}/sectors", str(self.image.sectors))
-        s.write(me, f"{be}/info", str(abi.VDISK_READONLY if self.image.readonly else 0))
-        s.write(me, f"{be}/sector-size", str(abi.BLKIF_SECTOR_SIZE))
-        s.write(me, f"{be}/feature-barrier", "1" if self.barrier else "0")
-        s.write(me, f"{be}/state", str(abi.XenbusStateInitWait))
+        for key, value in (("backend", be), ("backend-id", str(me)), ("state", initialising),
+                           ("virtual-device", str(self.vdev)), ("device-type", "disk")):
+            s.write(me, f"{fe}/{key}", value)
+        self._set_state(abi.XenbusStateInitWait)  # blkback_probe
         s.watch(f"{fe}/state", self._frontend_changed)
 
     def _read_int(self, path: str) -> int | None:
@@ -357,12 +368,21 @@ class VbdDevice:
         self.store.write(self.backend, f"{self.be}/state", str(state))
 
     def _frontend_changed(self, _path: str) -> None:
+        """frontend_changed: connect on Initialised or Connected (once: a back end that is
+        Connected stays so, as two watch events may show one state), close on Closing or
+        Closed, InitWait again for a front end Initialising after a close."""
         state = self._read_int(f"{self.fe}/state")
-        if state == abi.XenbusStateInitialised and self.ring is None:
-            self.connect()
+        if state in (abi.XenbusStateInitialised, abi.XenbusStateConnected):
+            if self.ring is None and self._state() != abi.XenbusStateConnected:
+                self.connect()
         elif state in (abi.XenbusStateClosing, abi.XenbusStateClosed) and self.ring is not None:
             self.disconnect()
             self._set_state(abi.XenbusStateClosed)
+        elif state == abi.XenbusStateInitialising and self._state() == abi.XenbusStateClosed:
+            self._set_state(abi.XenbusStateInitWait)
+
+    def _state(self) -> int | None:
+        return self._read_int(f"{self.be}/state")
 
     def _fatal(self, why: str) -> None:
         self.log(f"blkback: vbd {self.vdev} of domain {self.domid}: {why}")
@@ -393,6 +413,13 @@ class VbdDevice:
                               lambda: self.pv.backends.notify(port), self.log,
                               barrier=self.barrier)
         self.pv.backends.listen(port, self.ring.kick)
+        # connect: what the front end needs to know of the disk, then Connected.
+        st, be = self.store, self.be
+        st.write(self.backend, f"{be}/feature-barrier", "1" if self.barrier else "0")
+        st.write(self.backend, f"{be}/sectors", str(self.image.sectors))
+        st.write(self.backend, f"{be}/info",
+                 str(abi.VDISK_READONLY if self.image.readonly else 0))
+        st.write(self.backend, f"{be}/sector-size", str(abi.BLKIF_SECTOR_SIZE))
         self._set_state(abi.XenbusStateConnected)
 
     def disconnect(self) -> None:

@@ -83,7 +83,15 @@ class Machine:
         setup: Callable[[Hypervisor, PVPlatform], None] | None = None,
         devices: bool = False,
         wallclock_s: int | None = None,
+        backend_domid: int | None = None,
+        ring_console: Callable[[int, bytes], None] | None = None,
+        verbose_console: bool = True,
     ) -> None:
+        """``backend_domid``: the id of the domain the model's back ends act for, created at
+        once (refmodel/backend.py; default: created on first use as BACKEND_DOMID).
+        ``console`` receives console_io output and ``ring_console`` the console rings' (both
+        go to ``console`` without it). ``verbose_console`` False is a release build of Xen:
+        console_io is domain 0's only (refmodel/console.py)."""
         self.devices = devices  # the default of add_guest: store and console rings
         self.hv = hv = Hypervisor(memory_mb * 256)
         self.pv = pv = PVPlatform(hv)
@@ -93,6 +101,11 @@ class Machine:
             setup(hv, pv)
         if console is not None:
             pv.console_out = console
+        pv.ring_out = ring_console
+        pv.console.verbose = verbose_console
+        if backend_domid is not None:
+            pv.backends.domid = backend_domid
+            pv.backends.domain()
         if trace or on_trace is not None:
             hv.trace = HypercallLog(on_trace)
         from xenspec.refmodel.domctl import DomCtl

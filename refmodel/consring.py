@@ -11,8 +11,9 @@ xenconsoled (tools/console/daemon/io.c) binds the port and maps the frame. The f
 at in_prod as far as there is room (handle_tty_read), then a notification.
 
 The model (``pv.consrings``) does that synchronously when the guest notifies
-(refmodel/backend.py) and writes the text to the same console output as console_io
-(``PVPlatform.write_console``). ``console_input(domid, data)`` is the tty side: it returns how
+(refmodel/backend.py) and writes the text to the domain's console output
+(``PVPlatform.write_console`` with ``ring``: ``ring_out``, apart from console_io's if the
+machine asks). ``console_input(domid, data)`` is the tty side: it returns how
 many bytes fitted. The ring is untrusted: as buffer_append, indexes further apart than the ring
 (``out_prod - out_cons > 2048``) are ignored for that notification (nothing is consumed; the
 guest may repair them); input is not written while ``in_prod - in_cons > 1024``. A domain that
@@ -120,7 +121,7 @@ class ConsoleRings:
             cons = (cons + n) & _MASK32
             size -= n
         self._set_idx(conn, abi.XENCONS_out_cons, cons)
-        self.pv.write_console(d, bytes(data))
+        self.pv.write_console(d, bytes(data), ring=True)
         self.pv.backends.notify(conn.backend_port)
 
     def console_input(self, domid: int, data: bytes) -> int:

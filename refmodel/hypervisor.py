@@ -333,7 +333,9 @@ class Hypervisor:
             raise OutOfMemory(
                 f"{nr_pages} pages asked, {len(self.free_list)} machine frames free"
             )
-        if domid is None:
+        if domid is None:  # domctl.c, XEN_DOMCTL_createdomain: the next id not in use
+            while self.next_domid in self.domains:
+                self.next_domid += 1
             domid = self.next_domid
             self.next_domid += 1
         d = Domain(domid, privileged, max_pages=nr_pages)

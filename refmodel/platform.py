@@ -64,6 +64,7 @@ class PVPlatform:
         # The domain each id's entries of arch_v and arch_d belong to.
         self._owner: dict[int, Domain] = {}
         self.console_out: Callable[[int, bytes], None] | None = None
+        self.ring_out: Callable[[int, bytes], None] | None = None  # console rings' output
         # One machine-wide frame with Xen's reserved GDT entries, mapped read-only everywhere.
         from xenspec.refmodel.cpu import reserved_gdt_page
 
@@ -200,12 +201,15 @@ class PVPlatform:
         if at is not None:
             self.hv.memory.write(at + off, (value & 0xFFFFFFFF).to_bytes(4, "little"))
 
-    def write_console(self, d: Domain, data: bytes) -> None:
-        """Output of ``d`` (console_io, the console ring): printed as it comes; the domain's
-        log keeps the last CONSOLE_LOG_SIZE bytes (refmodel/arch.py)."""
+    def write_console(self, d: Domain, data: bytes, ring: bool = False) -> None:
+        """Output of ``d``: through console_io (Xen's console, ``console_out``) or, with
+        ``ring``, its console ring (the domain's console as xenconsoled serves it,
+        ``ring_out``, or ``console_out`` without one). The domain's log keeps the last
+        CONSOLE_LOG_SIZE bytes of both, as they come (refmodel/arch.py)."""
         log = self.darch(d).console
         log += data
         if len(log) > CONSOLE_LOG_SIZE:
             del log[: len(log) - CONSOLE_LOG_SIZE]
-        if self.console_out is not None:
-            self.console_out(d.domain_id, data)
+        out = self.ring_out if ring and self.ring_out is not None else self.console_out
+        if out is not None:
+            out(d.domain_id, data)

@@ -14,8 +14,9 @@ The model (``pv.xenstore``) keeps the tree in Python and serves, synchronously w
 notifies (refmodel/backend.py): XS_READ (the value, no terminator), XS_WRITE ("path\\0value",
 creating missing parents), XS_MKDIR, XS_RM (a missing node whose parent exists is OK, as
 do_rm), XS_DIRECTORY (each child's name and a NUL, in creation order). Transactions are not
-isolated: XS_TRANSACTION_START answers the id "0\\0" and XS_TRANSACTION_END "OK\\0". Guest
-watches are not modelled: XS_WATCH and XS_UNWATCH answer ENOSYS. Any other type is EINVAL, as is
+isolated: XS_TRANSACTION_START answers the id "0\\0" and XS_TRANSACTION_END "OK\\0" (so
+watches fire at each write, not at the transaction's end). XS_WATCH and XS_UNWATCH are below.
+Any other type is EINVAL, as is
 a request without the NUL-terminated arguments it needs or a malformed path
 (xenstored_core.c, is_valid_nodename: "/"-separated names of [A-Za-z0-9-/_@], no "//", no
 trailing "/"). A path not starting with "/" is relative to the domain's home
@@ -50,6 +51,32 @@ the guest can neither make the ring a page table, GDT or LDT frame nor hand it b
 heap while it is served (given back with memory_op, it stays the guest's until the daemon
 lets go).
 
+Watches are xenstored's (xenstored_watch.c, do_watch, do_unwatch, add_event, fire_watches):
+XS_WATCH takes exactly two strings, "path\\0token\\0" (else EINVAL); a path not starting
+with "/" is relative to the home and its events name paths relative to it; a path starting with
+"@" names a special event (@introduceDomain, @releaseDomain: fired when the tools introduce a
+domain and when its store is released) and is not checked; any other malformed path is
+EINVAL. The same path and token twice is EEXIST; an unprivileged domain with more than
+QUOTA_NB_WATCH_PER_DOMAIN watches is E2BIG (the 3.0.4 test, ``nbwatch > 128`` before adding,
+lets it have 129). The answer is "OK\\0", followed at once by a first event for the watched
+path ("We fire once up front"). After every change (XS_WRITE, a creating XS_MKDIR, an XS_RM that
+removes, the tools' writes and permission changes) each watch whose path is the changed node or
+an ancestor of it (is_child; a watch on "/" sees every change, "@" names included) gets an
+event naming the changed node; an XS_RM also fires the watches below the removed node, naming
+the watched path. An event is the message XS_WATCH_EVENT with req_id and tx_id 0 (send_reply
+zeroes the header) and the payload "path\\0token\\0"; it is queued behind what the
+connection has pending, so a guest's own write's events come before its answer. A watcher
+that can neither read the node nor see that it does not exist (EACCES) gets no event
+(add_event). XS_UNWATCH takes the same two strings and removes that watch ("OK\\0"), or is
+ENOENT (3.0.4's do_unwatch makes an "@" name relative to the home like any other, so a domain
+cannot remove its watch on one: ENOENT; later xenstored fixed that).
+
+Departure: xenstored 3.0.4 queues events without bound; the model drops an event while a
+connection already has MAX_PENDING_EVENTS_BYTES of answers and events waiting for the guest to
+read them (``Connection.dropped_events`` counts them), as later xenstored bounds the events it
+holds for a connection (XSA-326), so a guest that never reads its ring cannot make the store
+grow.
+
 Python side: ``read``, ``write``, ``mkdir``, ``rm``, ``directory`` act as a domain (the
 backend domain's id for the privileged tools), and ``watch(prefix, fn)`` calls ``fn(path)``
 after every change at or under the absolute path ``prefix`` (or above it, by a removal),
@@ -81,6 +108,9 @@ _VALID_PATH = re.compile(r"/|(/[A-Za-z0-9\-_@]+)+")
 # count it leaves errno as it was, and later xenstored sets ENOSPC, which the model follows).
 QUOTA_NB_ENTRY_PER_DOMAIN = 1000
 QUOTA_MAX_ENTRY_SIZE = 2048
+QUOTA_NB_WATCH_PER_DOMAIN = 128  # xenstored_core.c, quota_nb_watch_per_domain
+# The model's bound on what waits in a connection for the guest to read (module docstring).
+MAX_PENDING_EVENTS_BYTES = 16 * abi.XENSTORE_RING_SIZE
 
 _ERRNO_NAMES = {abi.EINVAL: "EINVAL", abi.EACCES: "EACCES", abi.ENOENT: "ENOENT",
                 abi.ENOSYS: "ENOSYS", abi.EEXIST: "EEXIST", abi.E2BIG: "E2BIG",
@@ -121,6 +151,18 @@ class Connection:
     inbuf: bytearray = field(default_factory=bytearray)  # a request arriving in pieces
     outbuf: bytearray = field(default_factory=bytearray)  # responses waiting for room
     broken: str | None = None  # why the daemon stopped serving it
+    watches: list[Watch] = field(default_factory=list)  # in registration order
+    dropped_events: int = 0  # watch events not queued (MAX_PENDING_EVENTS_BYTES)
+
+
+@dataclass(frozen=True)
+class Watch:
+    """A guest's watch (xenstored_watch.c's struct watch): the canonical path or "@" name,
+    the token, and the home its events are named relative to (None for an absolute one)."""
+
+    node: str
+    token: bytes
+    relative_path: str | None
 
 
 def home(domid: int) -> str:
@@ -135,6 +177,21 @@ def basename(path: str) -> str:
     return path.rsplit("/", 1)[1]
 
 
+def is_child(child: str, parent_path: str) -> bool:
+    """xenstored_core.c, is_child: ``child`` is ``parent_path`` or below it; everything is
+    below "/"."""
+    if parent_path == "/":
+        return True
+    return child.startswith(parent_path) and child[len(parent_path):len(parent_path) + 1] in (
+        "/", "")
+
+
+def strings(payload: bytes) -> list[bytes]:
+    """xenstored_core.c, get_strings: the NUL-terminated strings of a payload (bytes after
+    the last NUL are not one)."""
+    return payload.split(b"\0")[:-1]
+
+
 class XenStore:
     """The model's xenstored (``pv.xenstore``)."""
 
@@ -147,6 +204,7 @@ class XenStore:
             self._add(path, Node())
         self.conns: dict[int, Connection] = {}
         self.watches: list[tuple[str, Callable[[str], None]]] = []
+        self._serving: Connection | None = None  # the connection whose requests are served
 
     # ----------------------------------------------------------------------------------------
     # Domains: introduction by the tools (the domain builder calls this).
@@ -171,8 +229,10 @@ class XenStore:
         h = home(d.domain_id)
         if h not in self.nodes:
             self._add(h, Node(owner=d.domain_id))
-        self.write(BACKEND_DOMID, f"{h}/domid", str(d.domain_id))
-        self.write(BACKEND_DOMID, f"{h}/name", f"Domain-{d.domain_id}")
+        tools = self.pv.backends.domid
+        self.write(tools, f"{h}/domid", str(d.domain_id))
+        self.write(tools, f"{h}/name", f"Domain-{d.domain_id}")
+        self._fire("@introduceDomain")  # xenstored_domain.c, do_introduce
         return gport
 
     # ----------------------------------------------------------------------------------------
@@ -180,7 +240,7 @@ class XenStore:
     # ----------------------------------------------------------------------------------------
     def _privileged(self, domid: int) -> bool:
         d = self.hv.domains.get(domid)
-        return domid == BACKEND_DOMID or (d is not None and d.is_privileged)
+        return domid == self.pv.backends.domid or (d is not None and d.is_privileged)
 
     def _perm(self, domid: int, node: Node) -> int:
         """perm_for_conn: owners and privileged domains get everything."""
@@ -257,7 +317,8 @@ class XenStore:
                 del self.entries[owner]
         self.nodes[parent(path)].childlen -= len(basename(path)) + 1
 
-    def _changed(self, path: str) -> None:
+    def _changed(self, path: str, recurse: bool = False) -> None:
+        self._fire(path, recurse)
         for prefix, fn in list(self.watches):
             if path == prefix or path.startswith(prefix.rstrip("/") + "/") or \
                     prefix.startswith(path.rstrip("/") + "/"):
@@ -309,7 +370,7 @@ class XenStore:
                 return
             raise
         self._remove(path)
-        self._changed(path)
+        self._changed(path, recurse=True)
 
     def directory(self, domid: int, path: str) -> list[str]:
         path = self.canonical(domid, path)
@@ -320,16 +381,80 @@ class XenStore:
 
     def set_perms(self, path: str, owner: int, acl: dict[int, int] | None = None) -> None:
         """The tools' xs_set_permissions on an existing absolute path."""
-        node = self.nodes[self.canonical(BACKEND_DOMID, path)]
+        path = self.canonical(self.pv.backends.domid, path)
+        node = self.nodes[path]
         self.entries[node.owner] -= 1
         if not self.entries[node.owner]:
             del self.entries[node.owner]
         self.entries[owner] = self.entries.get(owner, 0) + 1
         node.owner, node.acl = owner, dict(acl or {})
+        self._fire(path)  # do_set_perms fires the node's watches
 
     def watch(self, prefix: str, fn: Callable[[str], None]) -> None:
         """Call ``fn(path)`` after each change at, under or above the absolute ``prefix``."""
         self.watches.append((prefix, fn))
+
+    # ----------------------------------------------------------------------------------------
+    # Guests' watches (xenstored_watch.c).
+    # ----------------------------------------------------------------------------------------
+    def add_watch(self, conn: Connection, path: str, token: bytes) -> None:
+        """do_watch, up to its answer (XsError for EINVAL, EEXIST, E2BIG); the ring's side
+        (``_one_request``) sends the answer, then the first event."""
+        relative_path = None
+        if not path.startswith("@"):
+            if not path.startswith("/"):
+                relative_path = home(conn.domid)
+            path = self.canonical(conn.domid, path)
+        if any(w.node == path and w.token == token for w in conn.watches):
+            raise XsError(abi.EEXIST)
+        if not self._privileged(conn.domid) and len(conn.watches) > QUOTA_NB_WATCH_PER_DOMAIN:
+            raise XsError(abi.E2BIG)
+        conn.watches.append(Watch(path, token, relative_path))
+
+    def remove_watch(self, conn: Connection, path: str, token: bytes) -> None:
+        """do_unwatch: the watch on the canonical ``path`` with ``token`` goes (ENOENT if
+        there is none). The path is not checked further; as in 3.0.4 (canonicalize), an "@"
+        name is made relative to the home too, so a domain cannot unwatch one (ENOENT)."""
+        if not path.startswith("/"):
+            path = f"{home(conn.domid)}/{path}"
+        for w in conn.watches:
+            if w.node == path and w.token == token:
+                conn.watches.remove(w)
+                return
+        raise XsError(abi.ENOENT)
+
+    def _event(self, conn: Connection, watch: Watch, name: str) -> None:
+        """add_event: queue "name\\0token\\0" for ``conn``, if it may see the node."""
+        if not name.startswith("@"):
+            try:
+                self._get(conn.domid, name, abi.XS_PERM_READ)
+            except XsError as e:
+                if e.errno != abi.ENOENT:
+                    return
+        if watch.relative_path is not None:
+            name = name[len(watch.relative_path):]
+            name = name[1:] if name.startswith("/") else name
+        payload = name.encode() + b"\0" + watch.token + b"\0"
+        if len(conn.outbuf) >= MAX_PENDING_EVENTS_BYTES:
+            conn.dropped_events += 1
+            return
+        conn.outbuf += _HDR.pack(abi.XS_WATCH_EVENT, 0, 0, len(payload)) + payload
+
+    def _fire(self, name: str, recurse: bool = False) -> None:
+        """fire_watches: an event for each guest watch at or above ``name`` (and, with
+        ``recurse``, below it); a connection not being served right now gets what fits at
+        once, with a notification."""
+        for conn in list(self.conns.values()):
+            if not conn.watches or not self._usable(conn):
+                continue
+            queued = len(conn.outbuf)
+            for w in list(conn.watches):
+                if is_child(name, w.node):
+                    self._event(conn, w, name)
+                elif recurse and is_child(w.node, name):
+                    self._event(conn, w, w.node)
+            if len(conn.outbuf) != queued and conn is not self._serving and self._flush(conn):
+                self.pv.backends.notify(conn.backend_port)
 
     # ----------------------------------------------------------------------------------------
     # The ring (xenstored_domain.c readchn/writechn, xenstored_core.c handle_input).
@@ -348,6 +473,7 @@ class XenStore:
         if conn is not None:
             self.pv.backends.disconnect(conn.backend_port)
             self.pv.backends.unmap_foreign(conn.mfn)
+            self._fire("@releaseDomain")  # domain_cleanup; the domain's watches went with it
 
     def _usable(self, conn: Connection) -> bool:
         """The connection is served: not broken, its domain running, its mapping held."""
@@ -368,14 +494,18 @@ class XenStore:
         never reads its answers stops being read: the buffers stay bounded.)"""
         if not self._usable(conn):
             return
-        moved = self._flush(conn)
-        while not conn.outbuf and conn.broken is None:
-            if self._one_request(conn):
-                moved = self._flush(conn) or moved
-            elif self._read_requests(conn):
-                moved = True
-            else:
-                break
+        outer, self._serving = self._serving, conn
+        try:
+            moved = self._flush(conn)
+            while not conn.outbuf and conn.broken is None:
+                if self._one_request(conn):
+                    moved = self._flush(conn) or moved
+                elif self._read_requests(conn):
+                    moved = True
+                else:
+                    break
+        finally:
+            self._serving = outer
         if moved:
             self.pv.backends.notify(conn.backend_port)
 
@@ -412,8 +542,11 @@ class XenStore:
             return False
         payload = bytes(conn.inbuf[_HDR.size : _HDR.size + length])
         del conn.inbuf[: _HDR.size + length]
-        rtype, reply = self._request(conn.domid, mtype, payload)
+        rtype, reply = self._request(conn, mtype, payload)
         conn.outbuf += _HDR.pack(rtype, req_id, tx_id, len(reply)) + reply
+        if mtype == abi.XS_WATCH and rtype == abi.XS_WATCH:
+            w = conn.watches[-1]  # do_watch fires once up front, after its answer
+            self._event(conn, w, w.node)
         return True
 
     def _flush(self, conn: Connection) -> bool:
@@ -441,10 +574,20 @@ class XenStore:
             self._set_idx(conn, abi.XENSTORE_rsp_prod, prod)
         return wrote
 
-    def _request(self, domid: int, mtype: int, payload: bytes) -> tuple[int, bytes]:
+    def _request(self, conn: Connection, mtype: int, payload: bytes) -> tuple[int, bytes]:
         """process_message: (response type, response payload) for one request."""
         try:
-            return mtype, self._answer(domid, mtype, payload)
+            if mtype in (abi.XS_WATCH, abi.XS_UNWATCH):
+                args = strings(payload)
+                if len(args) != 2:
+                    raise XsError(abi.EINVAL)
+                path = _text(args[0])
+                if mtype == abi.XS_WATCH:
+                    self.add_watch(conn, path, args[1])
+                else:
+                    self.remove_watch(conn, path, args[1])
+                return mtype, b"OK\0"
+            return mtype, self._answer(conn.domid, mtype, payload)
         except XsError as e:
             return abi.XS_ERROR, _ERRNO_NAMES.get(e.errno, "EINVAL").encode() + b"\0"
 
@@ -460,8 +603,6 @@ class XenStore:
             return b"0\0"
         if mtype == abi.XS_TRANSACTION_END:
             return ok
-        if mtype in (abi.XS_WATCH, abi.XS_UNWATCH):
-            raise XsError(abi.ENOSYS)
         if mtype not in (abi.XS_READ, abi.XS_DIRECTORY, abi.XS_MKDIR, abi.XS_RM):
             raise XsError(abi.EINVAL)
         # onearg: exactly one NUL-terminated string.

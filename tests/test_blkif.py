@@ -6,6 +6,7 @@ in the file at the right offsets and nowhere else."""
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from pathlib import Path
 
 import pytest
@@ -367,3 +368,89 @@ def test_cli_runs_the_guest_with_a_disk(tmp_path: Path) -> None:
     assert "Test result: SUCCESS" in res.output
     assert image.read_bytes()[2 * SECTOR : 3 * SECTOR] == bytes(
         guest_pattern(2, o) for o in range(SECTOR))
+
+
+# --- the handshake (xend's keys, blkback's frontend_changed), driven from Python ---------------
+class Handshake:
+    """A domain with a store, a disk attached as the tools do, and its front end's moves
+    written from Python: a granted ring frame and an unbound port for the back end."""
+
+    def __init__(self, tmp: Path, readonly: bool = False) -> None:
+        from xenspec.refmodel.hypervisor import Hypervisor
+        from xenspec.refmodel.platform import PVPlatform
+
+        self.hv = Hypervisor(2048)
+        self.pv = pv = PVPlatform(self.hv)
+        self.d = self.hv.create_domain(16)
+        pv.setup_domain(self.d)
+        pv.xenstore.introduce(self.d, self.d.page_list[3])
+        image = tmp / "disk.img"
+        image.write_bytes(bytes(SECTOR * 32))
+        self.dev = VbdDevice(pv, self.d.domain_id, DiskImage(image, readonly))
+        self.dev.attach()
+        self.xs = pv.xenstore
+
+    def be(self, key: str) -> bytes | None:
+        return self.xs.read(self.d.domain_id, f"{self.dev.be}/{key}")
+
+    def fe_write(self, key: str, value: str) -> None:
+        self.xs.write(self.d.domain_id, f"{self.dev.fe}/{key}", value)
+
+    def offer_ring(self) -> None:
+        """blkfront's part before its state moves: ring-ref and event-channel."""
+        backend = self.dev.backend
+        ring_mfn = self.d.page_list[5]
+        t = self.pv.grants.table(self.d)
+        self.hv.memory.write(t.shared[0] << abi.PAGE_SHIFT,
+                             abi.GRANT_ENTRY_T.pack(abi.GTF_permit_access, backend, ring_mfn))
+        port = self.pv.events.alloc_unbound(self.d.vcpus[0], abi.DOMID_SELF, backend)
+        self.fe_write("ring-ref", "0")
+        self.fe_write("event-channel", str(port))
+
+
+def test_tools_write_what_xend_writes(tmp_path: Path) -> None:
+    h = Handshake(tmp_path)
+    assert {k: h.be(k) for k in ("frontend", "frontend-id", "online", "dev", "type",
+                                 "params", "mode", "domain")} == {
+        "frontend": h.dev.fe.encode(), "frontend-id": b"0", "online": b"1", "dev": b"hda",
+        "type": b"file", "params": str(tmp_path / "disk.img").encode(), "mode": b"w",
+        "domain": b"Domain-0"}
+    fe = {k: h.xs.read(0, f"{h.dev.fe}/{k}") for k in ("backend", "backend-id", "state",
+                                                       "virtual-device", "device-type")}
+    assert fe == {"backend": h.dev.be.encode(), "backend-id": str(h.dev.backend).encode(),
+                  "state": b"1", "virtual-device": b"768", "device-type": b"disk"}
+    assert h.be("state") == str(abi.XenbusStateInitWait).encode()  # blkback_probe
+    assert h.be("sectors") is None  # written at connect
+    assert Handshake(tmp_path, readonly=True).be("mode") == b"r"
+
+
+def test_back_end_waits_for_the_front_end(tmp_path: Path) -> None:
+    h = Handshake(tmp_path)
+    h.offer_ring()  # ring-ref and event-channel written, the state still Initialising
+    h.fe_write("state", str(abi.XenbusStateInitialising))
+    assert h.dev.ring is None and h.be("state") == str(abi.XenbusStateInitWait).encode()
+    h.fe_write("state", str(abi.XenbusStateInitialised))
+    assert h.dev.ring is not None and h.be("state") == str(abi.XenbusStateConnected).encode()
+    assert h.be("sectors") == b"32" and h.be("sector-size") == b"512" and h.be("info") == b"0"
+
+
+def test_a_front_end_straight_to_connected_gets_connected(tmp_path: Path) -> None:
+    """Mini-OS's blkfront writes ring-ref, event-channel and state = Connected, then waits
+    for the back end's Connected."""
+    h = Handshake(tmp_path)
+    h.offer_ring()
+    h.fe_write("state", str(abi.XenbusStateConnected))
+    assert h.dev.ring is not None and h.be("state") == str(abi.XenbusStateConnected).encode()
+    ring = h.dev.ring
+    h.fe_write("state", str(abi.XenbusStateConnected))  # a second event: no second connect
+    assert h.dev.ring is ring and h.dev.messages == deque()
+
+
+def test_a_closed_front_end_can_come_back(tmp_path: Path) -> None:
+    h = Handshake(tmp_path)
+    h.offer_ring()
+    h.fe_write("state", str(abi.XenbusStateInitialised))
+    h.fe_write("state", str(abi.XenbusStateClosing))
+    assert h.dev.ring is None and h.be("state") == str(abi.XenbusStateClosed).encode()
+    h.fe_write("state", str(abi.XenbusStateInitialising))
+    assert h.be("state") == str(abi.XenbusStateInitWait).encode()  # prepare for reconnect

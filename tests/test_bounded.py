@@ -471,7 +471,7 @@ def test_run_with_a_timeout_returns_during_a_huge_batch(what):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 4, proc.stderr
     assert "issuing one" in proc.stdout
-    assert "domain 0 timed out" in proc.stderr
+    assert "domain 1 timed out" in proc.stderr
 
 
 # --- do_memory_op's refusals -------------------------------------------------------------------

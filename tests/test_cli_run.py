@@ -55,13 +55,43 @@ def test_run_without_a_guest_boots_the_demo() -> None:
 
 
 @needs_gcc
-def test_run_with_devices_prints_the_pv_console_ring() -> None:
-    """--devices gives the guest the console ring: what it writes there reaches the output."""
-    r = CliRunner().invoke(main, ["run", "--devices", str(build_guest("consring"))])
+def test_a_guest_is_domain_1_with_its_rings_and_two_consoles() -> None:
+    """As the tools create a domain: domain 1, with its console ring; a line written to Xen's
+    console (console_io) and to the ring shows once on each, told apart by "(d1) "."""
+    r = CliRunner().invoke(main, ["run", str(build_guest("consring")), "--cmdline", "both"])
     assert r.exit_code == 0, r.output
-    assert "ring line 099" in r.output and "Test result: SUCCESS" in r.output
-    r = CliRunner().invoke(main, ["run", str(build_guest("consring"))])
-    assert "Test result: SKIP" in r.output, "without --devices the guest has no console ring"
+    lines = r.output.splitlines()
+    assert "(d1) --- xenspec test: console ring: output, wrap, input ---" in lines
+    assert "ring line 099 abcdefghijklmnopqrstuvwxyz012345678" in lines  # the ring, as it is
+    assert lines.count("(d1) the same line on both consoles") == 1
+    assert lines.count("the same line on both consoles") == 1  # "\n\r": the \r dropped
+    assert "Test result: SUCCESS" in lines and "(XEN) domain 1 shut down: poweroff" in lines
+    # --devices is accepted and changes nothing.
+    again = CliRunner().invoke(main, ["run", "--devices", str(build_guest("consring")),
+                                      "--cmdline", "both"])
+    assert again.exit_code == 0 and again.output == r.output
+
+
+@needs_gcc
+def test_dom0_has_no_rings() -> None:
+    r = CliRunner().invoke(main, ["run", "--dom0", str(build_guest("consring"))])
+    assert "(d0) Test result: SKIP" in r.output, "domain 0 has no console ring"
+    assert "(XEN) domain 0 shut down: poweroff" in r.output
+
+
+@needs_gcc
+def test_a_release_build_keeps_console_io_to_domain_0() -> None:
+    """do_console_io without VERBOSE: -EPERM for every domain but domain 0; the ring is
+    still heard."""
+    r = CliRunner().invoke(main, ["run", "--xen-build", "release", str(build_guest("consring")),
+                                  "--cmdline", "both"])
+    assert r.exit_code == 0, r.output
+    assert "(d1)" not in r.output
+    assert "the same line on both consoles" in r.output.splitlines()
+    assert "Test result: SUCCESS" in r.output
+    r = CliRunner().invoke(main, ["run", "--xen-build", "release", "--dom0",
+                                  str(build_guest("hello"))])
+    assert "(d0) Test result: SUCCESS" in r.output, r.output
 
 
 @needs_gcc

@@ -117,3 +117,39 @@ def test_consring_guest_reads_an_input_line() -> None:
     assert r.test_result == "SUCCESS", r.console
     assert "got: hello from the tty" in r.console.splitlines()
     assert check_invariants(m.hv) == []
+
+
+def test_console_io_of_a_release_build_is_domain_0s() -> None:
+    """console.c, do_console_io without VERBOSE: -EPERM, before the command is looked at, for
+    every domain whose id is not 0 (privileged or not); a verbose build lets all write."""
+    hv = Hypervisor(2048)
+    pv = PVPlatform(hv)
+    d0, d1 = hv.create_domain(16), hv.create_domain(16, privileged=True)
+    for d in (d0, d1):
+        pv.setup_domain(d)
+    io = pv.console.do_console_io
+    pv.console.verbose = False
+    assert io(d1.vcpus[0], abi.CONSOLEIO_write, 0, 0) == -abi.EPERM
+    assert io(d1.vcpus[0], 99, 0, 0) == -abi.EPERM
+    assert io(d0.vcpus[0], abi.CONSOLEIO_write, 0, 0) == 0
+    assert io(d0.vcpus[0], 99, 0, 0) == -abi.ENOSYS
+    pv.console.verbose = True
+    assert io(d1.vcpus[0], abi.CONSOLEIO_write, 0, 0) == 0
+
+
+@needs_gcc
+def test_ring_output_can_go_apart_from_console_io() -> None:
+    """A machine whose back ends are domain 0: its guests are domains 1, 2, ...; what they
+    write to the ring goes to ``ring_console``, console_io's to ``console``."""
+    xen: list[tuple[int, bytes]] = []
+    ring: list[tuple[int, bytes]] = []
+    m = Machine(64, backend_domid=0, console=lambda i, b: xen.append((i, b)),
+                ring_console=lambda i, b: ring.append((i, b)))
+    assert m.pv.backends.domain().domain_id == 0 and m.hv.domains[0].is_privileged
+    d = m.add_guest(str(build_guest("consring")), 16, devices=True)
+    assert d.domain_id == 1 and not d.is_privileged
+    m.run(timeout_s=60.0)
+    assert m.result(d).test_result == "SUCCESS"
+    assert {i for i, _ in xen} == {i for i, _ in ring} == {1}
+    assert b"ring line 099" in b"".join(b for _, b in ring)
+    assert b"ring line" not in b"".join(b for _, b in xen)

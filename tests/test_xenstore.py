@@ -13,7 +13,11 @@ from xenspec.refmodel.domain import Domain, ShutdownReason
 from xenspec.refmodel.hypervisor import Hypervisor
 from xenspec.refmodel.platform import PVPlatform
 from xenspec.refmodel.view import check_invariants
-from xenspec.refmodel.xenstore import XsError
+from xenspec.refmodel.xenstore import (
+    MAX_PENDING_EVENTS_BYTES,
+    QUOTA_NB_WATCH_PER_DOMAIN,
+    XsError,
+)
 from xenspec.spec import abi
 
 HDR = abi.XSD_SOCKMSG_T
@@ -65,6 +69,20 @@ class Guest:
         self.req_id += 1
         return HDR.pack(mtype, self.req_id, 7, len(payload)) + payload
 
+    def messages(self) -> list[tuple[int, int, int, bytes]]:
+        """Every message the response ring holds: (type, req_id, tx_id, payload)."""
+        raw, out = self.take(), []
+        while raw:
+            mtype, req_id, tx_id, length = HDR.unpack_from(raw)
+            out.append((mtype, req_id, tx_id, raw[HDR.size : HDR.size + length]))
+            raw = raw[HDR.size + length:]
+        return out
+
+    def send(self, mtype: int, payload: bytes) -> list[tuple[int, int, int, bytes]]:
+        """One request; every message that answers it or comes with it."""
+        self.put(self.message(mtype, payload))
+        return self.messages()
+
     def ask(self, mtype: int, payload: bytes) -> tuple[int, bytes]:
         self.put(self.message(mtype, payload))
         raw = b""
@@ -100,7 +118,6 @@ def test_read_write_directory_mkdir_rm_over_the_ring() -> None:
     assert g.ask(abi.XS_RM, b"no/such\0") == (abi.XS_ERROR, b"ENOENT\0")
     assert g.ask(abi.XS_TRANSACTION_START, b"\0") == (abi.XS_TRANSACTION_START, b"0\0")
     assert g.ask(abi.XS_TRANSACTION_END, b"T\0") == (abi.XS_TRANSACTION_END, b"OK\0")
-    assert g.ask(abi.XS_WATCH, b"data\0tok\0") == (abi.XS_ERROR, b"ENOSYS\0")
 
 
 @pytest.mark.parametrize(("mtype", "payload", "error"), [
@@ -228,3 +245,115 @@ def test_without_devices_start_info_has_no_store() -> None:
     r = boot(str(build_guest("xenstore")), timeout_s=60.0)
     assert r.test_result == "SKIP"
     assert r.hv is not None and BACKEND_DOMID not in r.hv.domains
+
+
+# ----------------------------------------------------------------------------------------------
+# Watches (xenstored_watch.c).
+# ----------------------------------------------------------------------------------------------
+def _event(path: bytes, token: bytes) -> tuple[int, int, int, bytes]:
+    """An XS_WATCH_EVENT as xenstored sends it: header zeroed but type and length."""
+    return (abi.XS_WATCH_EVENT, 0, 0, path + b"\0" + token + b"\0")
+
+
+def _ack(g: Guest, mtype: int) -> tuple[int, int, int, bytes]:
+    return (mtype, g.req_id, 7, b"OK\0")
+
+
+def test_watch_answers_ok_then_fires_once_up_front() -> None:
+    g = Guest()
+    assert g.send(abi.XS_WATCH, b"/local/domain/0/data\0tok\0") == [
+        _ack(g, abi.XS_WATCH), _event(b"/local/domain/0/data", b"tok")]
+    # A relative watch: its events name paths relative to the home.
+    assert g.send(abi.XS_WATCH, b"device\0t2\0") == [_ack(g, abi.XS_WATCH),
+                                                     _event(b"device", b"t2")]
+
+
+def test_a_change_at_or_below_the_watched_path_fires_it() -> None:
+    g = Guest()
+    g.send(abi.XS_WATCH, b"data\0tok\0")
+    # The guest's own write: its event comes before the answer (fire_watches, then send_ack).
+    assert g.send(abi.XS_WRITE, b"data/x/y\0v") == [_event(b"data/x/y", b"tok"),
+                                                   _ack(g, abi.XS_WRITE)]
+    assert g.send(abi.XS_WRITE, b"other\0v") == [_ack(g, abi.XS_WRITE)]  # not below
+    assert g.send(abi.XS_WRITE, b"database\0v") == [_ack(g, abi.XS_WRITE)]  # a prefix only
+    assert g.send(abi.XS_MKDIR, b"data/x\0") == [_ack(g, abi.XS_MKDIR)]  # exists: no change
+    # The tools' write reaches the guest by itself, with a notification.
+    g.pv.xenstore.write(BACKEND_DOMID, "/local/domain/0/data/z", "w")
+    assert g.pv.events.port_pending(g.d, g.port)
+    assert g.messages() == [_event(b"data/z", b"tok")]
+    # A removal fires the watches below the removed node too, naming the watched path.
+    g.send(abi.XS_WATCH, b"data/x/y\0deep\0")
+    assert g.send(abi.XS_RM, b"data/x\0") == [_event(b"data/x", b"tok"),
+                                             _event(b"data/x/y", b"deep"), _ack(g, abi.XS_RM)]
+
+
+def test_no_event_after_unwatch() -> None:
+    g = Guest()
+    g.send(abi.XS_WATCH, b"data\0tok\0")
+    assert g.send(abi.XS_UNWATCH, b"data\0other\0") == [(abi.XS_ERROR, g.req_id, 7,
+                                                          b"ENOENT\0")]
+    assert g.send(abi.XS_UNWATCH, b"/local/domain/0/data\0tok\0") == [_ack(g, abi.XS_UNWATCH)]
+    assert g.send(abi.XS_WRITE, b"data\0v") == [_ack(g, abi.XS_WRITE)]
+    g.pv.xenstore.write(BACKEND_DOMID, "/local/domain/0/data", "w")
+    assert g.messages() == []
+    assert g.send(abi.XS_UNWATCH, b"data\0tok\0") == [(abi.XS_ERROR, g.req_id, 7,
+                                                        b"ENOENT\0")]
+
+
+@pytest.mark.parametrize(("payload", "error"), [
+    (b"data\0", b"EINVAL\0"),              # one string
+    (b"data\0tok", b"EINVAL\0"),           # the token has no NUL
+    (b"data\0tok\0x\0", b"EINVAL\0"),      # three strings
+    (b"data//x\0tok\0", b"EINVAL\0"),       # not a node name
+    (b"data\0dup\0", b"EEXIST\0"),         # the same path and token again
+])
+def test_watch_errors(payload: bytes, error: bytes) -> None:
+    g = Guest()
+    g.send(abi.XS_WATCH, b"data\0dup\0")
+    assert g.send(abi.XS_WATCH, payload) == [(abi.XS_ERROR, g.req_id, 7, error)]
+
+
+def test_watch_quota_is_129_as_3_0_4_counts() -> None:
+    g = Guest()
+    for i in range(QUOTA_NB_WATCH_PER_DOMAIN + 1):
+        assert g.send(abi.XS_WATCH, b"data\0%d\0" % i)[0] == _ack(g, abi.XS_WATCH)
+    assert g.send(abi.XS_WATCH, b"data\0last\0") == [(abi.XS_ERROR, g.req_id, 7, b"E2BIG\0")]
+
+
+def test_events_only_for_nodes_the_watcher_may_see() -> None:
+    g = Guest()
+    # "/" is the tools': no first event; a change in /tool neither; one in the home does.
+    assert g.send(abi.XS_WATCH, b"/\0all\0") == [_ack(g, abi.XS_WATCH)]
+    g.pv.xenstore.write(BACKEND_DOMID, "/tool/secret", "x")
+    assert g.messages() == []
+    g.pv.xenstore.write(BACKEND_DOMID, "/local/domain/0/seen", "x")
+    assert g.messages() == [_event(b"/local/domain/0/seen", b"all")]
+    # A removed node the watcher could read: the event names it (ENOENT is fine).
+    g.pv.xenstore.rm(BACKEND_DOMID, "/local/domain/0/seen")
+    assert g.messages() == [_event(b"/local/domain/0/seen", b"all")]
+
+
+def test_special_watches_fire_on_introduce_and_release() -> None:
+    g = Guest()
+    assert g.send(abi.XS_WATCH, b"@introduceDomain\0i\0") == [
+        _ack(g, abi.XS_WATCH), _event(b"@introduceDomain", b"i")]
+    assert g.send(abi.XS_WATCH, b"@releaseDomain\0r\0")[1] == _event(b"@releaseDomain", b"r")
+    other = g.hv.create_domain(16)
+    g.pv.setup_domain(other)
+    g.pv.xenstore.introduce(other, other.page_list[3])
+    assert g.messages() == [_event(b"@introduceDomain", b"i")]
+    g.pv.xenstore.release(other)
+    assert g.messages() == [_event(b"@releaseDomain", b"r")]
+    # 3.0.4's do_unwatch makes the name relative: the watch cannot be removed.
+    assert g.send(abi.XS_UNWATCH, b"@releaseDomain\0r\0") == [(abi.XS_ERROR, g.req_id, 7,
+                                                                b"ENOENT\0")]
+
+
+def test_a_guest_that_never_reads_its_events_holds_a_bounded_queue() -> None:
+    g = Guest()
+    g.send(abi.XS_WATCH, b"data\0tok\0")
+    for i in range(4000):  # never consumed: the response ring fills, then the queue
+        g.pv.xenstore.write(BACKEND_DOMID, "/local/domain/0/data", str(i))
+    assert len(g.conn.outbuf) <= MAX_PENDING_EVENTS_BYTES + 64
+    assert g.conn.dropped_events > 0
+    assert check_invariants(g.hv) == []

@@ -42,26 +42,46 @@ def main() -> None:
 @click.option("--timeout", "timeout_s", default=0.0, type=click.FloatRange(0),
               help="Stop guests that have not shut down after this many seconds (0: never).")
 @click.option("--disk", default=None, metavar="IMAGE",
-              help="Give the first GUEST a virtual block device (blkif, vbd 768) backed by "
-                   "this image file (it gets the store and console rings too).")
+              help="Give the first GUEST that is not domain 0 a virtual block device (blkif, "
+                   "vbd 768) backed by this image file.")
 @click.option("--wallclock", "wallclock_s", default=None, type=click.IntRange(0, 2**32 - 1),
               metavar="SECONDS",
               help="The wall-clock time at the machine's boot, in seconds since the Unix "
                    f"epoch (shared_info's wc_sec) [default: {DEFAULT_WALLCLOCK_S}, fixed so "
                    "that runs are reproducible].")
+@click.option("--dom0", is_flag=True,
+              help="Boot the first GUEST as domain 0, privileged (SIF_PRIVILEGED, "
+                   "SIF_INITDOMAIN) and without store or console ring, as Xen boots its first "
+                   "kernel; the back ends then act as a domain of a reserved id.")
+@click.option("--xen-build", "xen_build", type=click.Choice(["debug", "release"]),
+              default="debug", show_default=True,
+              help="The Xen build to behave as: debug (verbose=y) lets every domain write to "
+                   "Xen's console (console_io); release refuses it (-EPERM) to every domain "
+                   "but domain 0, so a domain U is heard only through its console ring.")
 @click.option("--devices", is_flag=True,
-              help="Give every GUEST the store and console rings of start_info, as Xen's "
-                   "tools do; the PV console's output is printed like console_io's.")
+              help="No effect, kept for old command lines: every GUEST but a --dom0 one has "
+                   "its store and console rings.")
 def run(guests: tuple[str, ...], scenario: str | None, trace: bool, check_invariants: bool,
         memory_mb: int, domain_mb: int | None, cmdlines: tuple[str, ...],
-        timeout_s: float, disk: str | None, devices: bool, wallclock_s: int | None) -> None:
-    """Boot each GUEST (a Xen 3.0 x86_32 non-PAE kernel ELF) as a domain of one machine
-    (domain ids 0, 1, ... in order), share the CPU between them (borrowed virtual time),
-    print their consoles (with several guests each line starts with [dN]) and exit with their
-    shutdown reasons: poweroff 0, crash 1, reboot 2, suspend 3, no shutdown 4. With several
-    guests the status is 0 if every one powered off, else that of the first guest (in domain
-    id order) that did not. 5 if --check-invariants found a violation; 2 for an image that
+        timeout_s: float, disk: str | None, wallclock_s: int | None, dom0: bool,
+        xen_build: str, devices: bool) -> None:
+    """Boot each GUEST (a Xen 3.0 x86_32 non-PAE kernel ELF) as a domain of one machine, as
+    Xen's tools (xend, xc_linux_build) create one: an unprivileged domain (domains 1, 2, ...
+    in order) with its store and console rings and their event channels, served by the
+    model's back ends acting as domain 0 (with --dom0 the first GUEST is domain 0 instead).
+    The CPU is shared between them (borrowed virtual time). The exit status is their shutdown
+    reasons: poweroff 0, crash 1, reboot 2, suspend 3, no shutdown 4. With several guests
+    the status is 0 if every one powered off, else that of the first guest (in domain id
+    order) that did not. 5 if --check-invariants found a violation; 2 for an image that
     cannot be built.
+
+    Each domain has two consoles, both printed on standard output a line at a time: Xen's
+    console (what the domain writes with console_io, which Xen prints on its serial line),
+    each line starting with "(dN) ", and the domain's own console (its console ring, what
+    `xm console` shows), printed as it is, or with each line starting with "[dN] " when
+    there are several guests. A kernel that writes to both, as Mini-OS does, shows each line
+    once on each. Carriage returns are dropped. The hypervisor's own messages go to standard
+    error, starting with "(XEN) ".
 
     With no GUEST, boot the demo guest (``--scenario demo``, built from
     conformance/guests/demo.c with the machine's gcc): a ring-1 kernel runs a ring-3 process
@@ -83,6 +103,9 @@ def run(guests: tuple[str, ...], scenario: str | None, trace: bool, check_invari
         raise click.UsageError(f"{len(cmdlines)} --cmdline for {len(guests)} guest(s)")
     if disk is not None and scenario is not None:
         raise click.UsageError("--disk needs GUESTs, not a --scenario")
+    del devices  # every domain U has its rings now
+    if disk is not None and dom0 and len(guests) < 2:
+        raise click.UsageError("--disk needs a GUEST that is not domain 0 (--dom0)")
     if scenario == "mmu":
         _run_mmu_scenario(trace, check_invariants, memory_mb, domain_mb or 64)
         return
@@ -94,7 +117,8 @@ def run(guests: tuple[str, ...], scenario: str | None, trace: bool, check_invari
     elif not guests:
         guests = (_built_guest("demo"),)
     sys.exit(_run_guests(list(guests), list(cmdlines), trace, memory_mb, domain_mb or 16,
-                         timeout_s, check_invariants, stats, disk, devices, wallclock_s))
+                         timeout_s, check_invariants, stats, disk, wallclock_s, dom0,
+                         xen_build == "release"))
 
 
 def _built_guest(name: str) -> str:
@@ -113,35 +137,41 @@ def _built_guest(name: str) -> str:
 
 
 class _Consoles:
-    """Console output: as it comes for one guest; whole lines prefixed [dN] for several."""
+    """The consoles of the run's domains on standard output, whole lines: console_io's
+    prefixed "(dN) ", the console rings' prefixed "[dN] " with several guests (else as they
+    are). Carriage returns are dropped (Mini-OS ends its ring lines with "\\n\\r")."""
 
-    def __init__(self, prefix: bool) -> None:
-        self.prefix = prefix
-        self.partial: dict[int, str] = {}
+    def __init__(self, several: bool) -> None:
+        self.several = several
+        self.partial: dict[tuple[str, int], str] = {}
 
-    def write(self, domid: int, data: bytes) -> None:
-        text = data.decode("latin-1")
-        if not self.prefix:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-            return
-        *lines, rest = (self.partial.pop(domid, "") + text).split("\n")
+    def xen(self, domid: int, data: bytes) -> None:
+        self._write(f"(d{domid}) ", ("xen", domid), data)
+
+    def ring(self, domid: int, data: bytes) -> None:
+        self._write(f"[d{domid}] " if self.several else "", ("ring", domid), data)
+
+    def _write(self, prefix: str, key: tuple[str, int], data: bytes) -> None:
+        text = data.decode("latin-1").replace("\r", "")
+        *lines, rest = (self.partial.pop(key, "") + text).split("\n")
         for line in lines:
-            sys.stdout.write(f"[d{domid}] {line}\n")
+            sys.stdout.write(f"{prefix}{line}\n")
         if rest:
-            self.partial[domid] = rest
+            self.partial[key] = rest
         sys.stdout.flush()
 
     def flush(self) -> None:
-        for domid, rest in sorted(self.partial.items()):
-            sys.stdout.write(f"[d{domid}] {rest}\n")
+        for (source, domid), rest in sorted(self.partial.items()):
+            prefix = f"(d{domid}) " if source == "xen" else f"[d{domid}] " if self.several \
+                else ""
+            sys.stdout.write(f"{prefix}{rest}\n")
         self.partial.clear()
 
 
 def _run_guests(paths: list[str], cmdlines: list[str], trace: bool, memory_mb: int,
                 domain_mb: int, timeout_s: float, check_invariants: bool, stats: bool,
-                disk: str | None = None, devices: bool = False,
-                wallclock_s: int | None = None) -> int:
+                disk: str | None = None, wallclock_s: int | None = None,
+                dom0: bool = False, release: bool = False) -> int:
     from xenspec.refmodel.blkback import ImageError
     from xenspec.refmodel.boot import Machine
     from xenspec.refmodel.builder import BuildError
@@ -154,17 +184,18 @@ def _run_guests(paths: list[str], cmdlines: list[str], trace: bool, memory_mb: i
     def on_trace(record: HypercallRecord) -> None:
         click.echo(f"(XEN) {record}", err=True)
 
-    consoles = _Consoles(prefix=len(paths) > 1)
+    consoles = _Consoles(several=len(paths) > 1)
     try:
-        m = Machine(memory_mb, trace=trace, console=consoles.write,
+        # The back ends are domain 0 unless a guest is (then they take a reserved id).
+        m = Machine(memory_mb, trace=trace, console=consoles.xen, ring_console=consoles.ring,
                     on_trace=on_trace if trace else None, check_invariants=check_invariants,
-                    wallclock_s=wallclock_s)
+                    wallclock_s=wallclock_s, backend_domid=None if dom0 else 0,
+                    verbose_console=not release)
         domains = [m.add_guest(p, domain_mb, cmdlines[i] if i < len(cmdlines) else "",
-                               devices=True if devices or (disk is not None and i == 0)
-                               else None)
+                               privileged=dom0 and i == 0, devices=not (dom0 and i == 0))
                    for i, p in enumerate(paths)]
         if disk is not None:
-            m.attach_disk(domains[0].domain_id, disk)
+            m.attach_disk(domains[1 if dom0 else 0].domain_id, disk)
         m.run(timeout_s=timeout_s)
     except ImageError as exc:
         click.echo(f"xenspec: {exc}", err=True)

@@ -137,9 +137,16 @@ static void connect(void)
     if (xenstore_read("device/vbd/768/backend", be, sizeof(be)) < 0)
         panic("no device/vbd/768/backend");
     check(read_u32(be, "state") == XenbusStateInitWait, "back end in InitWait");
-    sectors = read_u32(be, "sectors");
-    check(read_u32(be, "sector-size") == BLKIF_SECTOR_SIZE, "512-byte sectors");
-    check(sectors >= 128, "a disk of at least 128 sectors: %u", sectors);
+    /* What xend writes (blkif.py, DevController.py); the disk's size comes at connect. */
+    char key[80];
+    snprintf(key, sizeof(key), "%s/mode", be);
+    check(xenstore_read(key, buf, sizeof(buf)) == 1 && buf[0] == 'w', "mode w");
+    snprintf(key, sizeof(key), "%s/online", be);
+    check(xenstore_read(key, buf, sizeof(buf)) == 1 && buf[0] == '1', "online 1");
+    snprintf(key, sizeof(key), "%s/sectors", be);
+    check(xenstore_read(key, buf, sizeof(buf)) == -ENOENT, "no sectors before connect");
+    check(xenstore_read("device/vbd/768/device-type", buf, sizeof(buf)) == 4
+          && !strcmp(buf, "disk"), "device-type disk");
 
     gnttab_init();
     void *page = alloc_scratch_page();
@@ -171,6 +178,9 @@ static void connect(void)
     }
     if (state != XenbusStateConnected)
         panic("the back end did not connect: state %u", state);
+    sectors = read_u32(be, "sectors");
+    check(read_u32(be, "sector-size") == BLKIF_SECTOR_SIZE, "512-byte sectors");
+    check(sectors >= 128, "a disk of at least 128 sectors: %u", sectors);
     printk("connected to %s: %u sectors, event channel %u\n", be, sectors, port);
 }
 

@@ -1,7 +1,8 @@
 /* The PV console ring (io/console.h; xenconsoled, tools/console/daemon/io.c, Xen 3.0.4): every
  * line of this kernel after its title goes through the ring in the frame start_info names,
  * including a write longer than the ring (it wraps and waits for room). With the command line
- * "input" it then waits for a line from the console and echoes it. */
+ * "input" it then waits for a line from the console and echoes it; with "both" it writes one
+ * line to console_io and to the ring, as Mini-OS's printk does (the ring's copy ends "\n\r"). */
 #include "xenrt.h"
 
 const char test_title[] = "console ring: output, wrap, input";
@@ -42,6 +43,11 @@ void test_main(void)
     check(*(volatile u32 *)(page + XENCONS_out_cons) == *(volatile u32 *)(page + XENCONS_out_prod),
           "the daemon took everything");
     printk("printk through the ring: %u\n", 42u);
+    if (!strcmp((const char *)(start_info + START_INFO_cmd_line), "both")) {
+        static char line[] = "the same line on both consoles\n\r";
+        HYPERVISOR_console_io(CONSOLEIO_write, sizeof(line) - 2, line);
+        check(xencons_write(line, sizeof(line) - 1) == (int)sizeof(line) - 1, "ring copy");
+    }
     if (!strcmp((const char *)(start_info + START_INFO_cmd_line), "input")) {
         char line[128];
         printk("waiting for input\n");

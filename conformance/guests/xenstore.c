@@ -4,7 +4,7 @@
  * permission rule (a domain reads and writes only under /local/domain/<domid>). */
 #include "xenrt.h"
 
-const char test_title[] = "xenstore: ring protocol, keys, errors, permissions";
+const char test_title[] = "xenstore: ring protocol, keys, errors, permissions, watches";
 
 static char buf[XENSTORE_PAYLOAD_MAX + 1];
 static char big[3001];
@@ -80,9 +80,39 @@ static void errors(void)
     check(xenstore_write("/tool/x", "1") == -EACCES, "write outside home: EACCES");
     check(xenstore_talk(XS_RM, "/local", NULL, NULL, 0) == -EACCES, "rm outside home");
     check(xenstore_read("data//x", buf, 8) == -EINVAL, "a malformed path: EINVAL");
-    check(xenstore_talk(XS_WATCH, "data", "tok", NULL, 0) == -ENOSYS, "watch: ENOSYS");
     check(xenstore_talk(99, "data", NULL, NULL, 0) == -EINVAL, "unknown type: EINVAL");
     check(xenstore_talk(XS_TRANSACTION_START, "", NULL, buf, 8) >= 0, "transaction start");
+}
+
+/* "path\0token\0" of the next event equals path and token. */
+static int event_is(const char *path, const char *token, int wait)
+{
+    int n = xenstore_event(buf, sizeof(buf) - 1, wait);
+    if (n < 0)
+        return 0;
+    u32 plen = strlen(path);
+    return (u32)n == plen + strlen(token) + 2 && !memcmp(buf, path, plen + 1)
+        && !strcmp(buf + plen + 1, token);
+}
+
+/* xenstored_watch.c: XS_WATCH answers OK and fires once up front; a write at or below the
+ * path fires it (the guest's own write: the event comes before the answer); XS_UNWATCH. */
+static void watches(void)
+{
+    check(xenstore_watch(XS_WATCH, "wdir", "tok") == 0, "watch a relative path");
+    check(event_is("wdir", "tok", 0), "the first event, named relative to the home");
+    check(xenstore_event(buf, sizeof(buf), 0) == -EAGAIN, "one first event only");
+    check(xenstore_write("wdir/a/b", "1") == 0, "write below the watched path");
+    check(event_is("wdir/a/b", "tok", 0), "an event names the node written");
+    check(xenstore_write("wdirx", "1") == 0 && xenstore_event(buf, sizeof(buf), 0) == -EAGAIN,
+          "a sibling with the same prefix fires nothing");
+    check(xenstore_watch(XS_WATCH, "wdir", "tok") == -EEXIST, "the same watch twice: EEXIST");
+    check(xenstore_talk(XS_WATCH, "wdir", "tok", NULL, 0) == -EINVAL,
+          "a token without its NUL: EINVAL");
+    check(xenstore_watch(XS_UNWATCH, "wdir", "tok") == 0, "unwatch");
+    check(xenstore_write("wdir/a", "2") == 0 && xenstore_event(buf, sizeof(buf), 0) == -EAGAIN,
+          "no event after unwatch");
+    check(xenstore_watch(XS_UNWATCH, "wdir", "tok") == -ENOENT, "unwatch again: ENOENT");
 }
 
 void test_main(void)
@@ -91,4 +121,5 @@ void test_main(void)
     tools_keys();
     read_write();
     errors();
+    watches();
 }

@@ -467,24 +467,54 @@ static const struct { const char *name; int errno; } xs_errors[] = {
     { "EAGAIN", EAGAIN }, { "EPERM", EPERM }, { "EBUSY", EBUSY },
 };
 
-int xenstore_talk(u32 type, const char *path, const char *value, char *buf, u32 len)
+struct xsd_hdr { u32 type, req_id, tx_id, len; };   /* io/xs_wire.h, struct xsd_sockmsg */
+
+/* Watch events that arrive while an answer is awaited, kept for xenstore_event (the first
+ * XS_EVENTS, each cut to XS_EVENT_MAX bytes; later ones are counted and dropped). */
+#define XS_EVENTS 8
+#define XS_EVENT_MAX 128
+static struct { u32 len; char data[XS_EVENT_MAX]; } xs_event_q[XS_EVENTS];
+static u32 xs_event_head, xs_event_count, xs_events_lost;
+static char answer[XENSTORE_PAYLOAD_MAX + 1];
+
+/* The next message from the ring: its header, its payload in answer (cut, NUL-terminated). */
+static u32 xs_next(struct xsd_hdr *rsp)
+{
+    xs_recv(rsp, sizeof(*rsp));
+    u32 keep = rsp->len > XENSTORE_PAYLOAD_MAX ? XENSTORE_PAYLOAD_MAX : rsp->len;
+    xs_recv(answer, keep);
+    xs_recv(NULL, rsp->len - keep);
+    answer[keep] = 0;
+    return keep;
+}
+
+static void xs_keep_event(u32 keep)
+{
+    if (xs_event_count == XS_EVENTS) {
+        xs_events_lost++;
+        return;
+    }
+    u32 slot = (xs_event_head + xs_event_count++) % XS_EVENTS;
+    u32 n = keep < XS_EVENT_MAX ? keep : XS_EVENT_MAX;
+    memcpy(xs_event_q[slot].data, answer, n);
+    xs_event_q[slot].len = n;
+}
+
+static int xs_talk(u32 type, const char *path, const char *value, u32 vlen, char *buf, u32 len)
 {
     static u32 req_id;
-    static char answer[XENSTORE_PAYLOAD_MAX + 1];
-    u32 plen = strlen(path) + 1, vlen = value ? strlen(value) : 0;
+    u32 plen = strlen(path) + 1;
     if (plen + vlen > XENSTORE_PAYLOAD_MAX)
         return -E2BIG;
-    struct { u32 type, req_id, tx_id, len; } hdr = { type, ++req_id, 0, plen + vlen };
+    struct xsd_hdr hdr = { type, ++req_id, 0, plen + vlen };
     xs_send(&hdr, sizeof(hdr));
     xs_send(path, plen);
     if (vlen)
         xs_send(value, vlen);
-    struct { u32 type, req_id, tx_id, len; } rsp;
-    xs_recv(&rsp, sizeof(rsp));
-    u32 keep = rsp.len > XENSTORE_PAYLOAD_MAX ? XENSTORE_PAYLOAD_MAX : rsp.len;
-    xs_recv(answer, keep);
-    xs_recv(NULL, rsp.len - keep);
-    answer[keep] = 0;
+    struct xsd_hdr rsp;
+    u32 keep;
+    while ((keep = xs_next(&rsp)), rsp.type == XS_WATCH_EVENT && rsp.req_id == 0)
+        xs_keep_event(keep);
     if (rsp.req_id != hdr.req_id)
         return -EIO;
     if (rsp.type == XS_ERROR) {
@@ -499,6 +529,36 @@ int xenstore_talk(u32 type, const char *path, const char *value, char *buf, u32 
         buf[n] = 0;
     }
     return (int)keep;
+}
+
+int xenstore_talk(u32 type, const char *path, const char *value, char *buf, u32 len)
+{
+    return xs_talk(type, path, value, value ? strlen(value) : 0, buf, len);
+}
+
+int xenstore_watch(u32 type, const char *path, const char *token)
+{
+    int rc = xs_talk(type, path, token, strlen(token) + 1, NULL, 0);
+    return rc < 0 ? rc : 0;
+}
+
+int xenstore_event(char *buf, u32 len, int wait)
+{
+    volatile u8 *page = xs_page();
+    while (!xs_event_count) {
+        if (!wait && XS_IDX(page, XENSTORE_rsp_prod) == XS_IDX(page, XENSTORE_rsp_cons))
+            return -EAGAIN;
+        struct xsd_hdr rsp;
+        u32 keep = xs_next(&rsp);
+        if (rsp.type != XS_WATCH_EVENT || rsp.req_id != 0)
+            return -EIO;                             /* no request is waiting for an answer */
+        xs_keep_event(keep);
+    }
+    u32 slot = xs_event_head, n = xs_event_q[slot].len < len ? xs_event_q[slot].len : len;
+    memcpy(buf, xs_event_q[slot].data, n);
+    xs_event_head = (xs_event_head + 1) % XS_EVENTS;
+    xs_event_count--;
+    return (int)n;
 }
 
 int xenstore_read(const char *path, char *buf, u32 len)

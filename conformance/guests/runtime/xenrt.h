@@ -154,6 +154,12 @@ void evtchn_wait(u32 port);         /* poll the port with upcalls masked, then c
 int xenstore_talk(u32 type, const char *path, const char *value, char *buf, u32 len);
 int xenstore_read(const char *path, char *buf, u32 len);  /* the value's length or -errno */
 int xenstore_write(const char *path, const char *value);  /* 0 or -errno */
+/* XS_WATCH or XS_UNWATCH of path with token ("path\0token\0"): 0 or -errno. Watch events
+ * (XS_WATCH_EVENT, req_id 0) that come while an answer is awaited are kept, in order;
+ * xenstore_event takes the next one ("path\0token\0", cut to len; its length), waiting for
+ * one if wait is nonzero, else -EAGAIN when there is none. */
+int xenstore_watch(u32 type, const char *path, const char *token);
+int xenstore_event(char *buf, u32 len, int wait);
 /* The console ring: write all of buf (waiting for room); read what has arrived (no wait). */
 int xencons_write(const char *buf, u32 len);              /* len, or -ENODEV without a ring */
 int xencons_read(char *buf, u32 len);                     /* bytes read, or -ENODEV */
