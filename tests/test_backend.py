@@ -4,6 +4,8 @@ ports call Python listeners when the backend domain runs, after the sender."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from xenspec.conformance.guests.build import build_guest, toolchain_available
@@ -124,4 +126,23 @@ def test_backend_domain_is_never_scheduled() -> None:
     assert (BACKEND_DOMID, 0) not in pv.sched.vcpus
     assert all(e.v.domain is not b for e in pv.sched.runqueue)
     assert m.domctl.info(BACKEND_DOMID).cpu_time_ns == 0
+    assert check_invariants(m.hv) == []
+
+
+@pytest.mark.skipif(not toolchain_available(), reason="needs gcc -m32 and ld")
+def test_a_front_end_sees_responses_only_after_it_gives_up_the_cpu(tmp_path: Path) -> None:
+    """blkfront.c "defer": requests pushed get no response while the front end runs on; it
+    blocks and is woken with all answered; a ring's worth pushed one at a time fills the
+    ring (one notification: the back end has not run to move req_event)."""
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(128 * 512))
+    m = Machine(64, devices=True)
+    d = m.add_guest(str(build_guest("blkfront")), 16, "defer")
+    m.attach_disk(d.domain_id, str(image))
+    assert m.run(timeout_s=60.0) == "shutdown"
+    r = m.result(d)
+    assert r.test_result == "SUCCESS", r.console
+    lines = r.console.splitlines()
+    assert "defer: 0 of 8 answered before blocking, response producer 0" in lines
+    assert "defer: ring full 1 after 32 pushes, 1 notification(s), 0 answered" in lines
     assert check_invariants(m.hv) == []
