@@ -7,19 +7,26 @@ dom0 kernel: its backends are Python code acting for a real ``Domain``, created 
 ``Hypervisor.create_domain(..., privileged=True)`` under the fixed id ``BACKEND_DOMID``
 (DOMID_FIRST_RESERVED - 1, so booted guests keep the ids 0, 1, ...) unless the machine names
 another (``Backends.domid``, set before first use: ``xenspec run`` makes it domain 0, as dom0
-runs Xen's back ends, and its guests domains 1, 2, ...). It has one vCPU that is
-never given to the scheduler (refmodel/sched.py only runs vCPUs ``attach``-ed by the Machine):
-it is never scheduled, never counted as runnable or blocked, and a run ends without it.
+runs Xen's back ends, and its guests domains 1, 2, ...). It has one vCPU that is never given
+to the scheduler's run queue (refmodel/sched.py only runs vCPUs ``attach``-ed by the Machine):
+it is never counted as runnable or blocked, and a run ends without it; the scheduler runs its
+back ends (``run_pending``) at each scheduling point instead.
 
 Its event channels are the real ones (refmodel/event.py): ``connect`` does what a dom0 daemon
 does for a new guest (the tools' xc_evtchn_alloc_unbound in the guest, offered to the
 backend, then the daemon's xc_evtchn_bind_interdomain to it: event_channel.c
 evtchn_alloc_unbound and evtchn_bind_interdomain, with the backend's vCPU as the caller), and
 ``notify`` is evtchn_send from the backend. An event the guest sends to a backend port with a
-listener (``listen``) calls the listener synchronously, inside the guest's hypercall, instead
-of marking the port pending in the backend domain's shared_info: the listener is the
-backend's upcall. Backends read and write guest frames by machine address, as dom0 does
-through its foreign mappings; everything they read there is untrusted.
+listener (``listen``) marks that port pending in the backend domain's shared_info, as
+evtchn_set_pending does, and nothing more: the back end is another domain, which runs later.
+``run_pending`` is that domain's turn on the CPU: each back end with a pending port runs once
+(its listener is the backend's upcall handler), however many events it was sent meanwhile (a
+pending bit is one bit). The scheduler gives the backend domain its turn at every scheduling
+point, before it chooses the next guest vCPU (refmodel/sched.py says why, with Xen's credit
+scheduler), so a front end never sees a response inside its own hypercall: its ring can fill,
+it can block or yield for the answer, and its other threads run meanwhile. A back end's work
+takes no system time in the model. Backends read and write guest frames by machine address,
+as dom0 does through its foreign mappings; everything they read there is untrusted.
 
 A daemon's foreign mapping of a guest frame (xenconsoled's of the console ring, xenstored's of
 the store ring: libxc xc_map_foreign_range, an mmu_update from dom0 naming the guest as
@@ -97,12 +104,24 @@ class Backends:
         hv.mm.put_page_and_type(mfn)
 
     def listen(self, port: int, fn: Callable[[], None]) -> None:
-        """Call ``fn`` (synchronously, in the sender's hypercall) for every event sent to
-        ``port`` of the backend domain."""
+        """Call ``fn`` when the backend domain runs (``run_pending``) after events were sent
+        to ``port`` of the backend domain: once for all those sent since its last call."""
         self.pv.events.listeners[(self.domain().domain_id, port)] = fn
 
     def unlisten(self, port: int) -> None:
-        self.pv.events.listeners.pop((self.domid, port), None)
+        key = (self.domid, port)
+        self.pv.events.listeners.pop(key, None)
+        self.pv.events.listeners_due.pop(key, None)
+
+    def has_pending(self) -> bool:
+        """An event is waiting for a back end: the backend domain has work to do."""
+        return bool(self.pv.events.listeners_due)
+
+    def run_pending(self) -> int:
+        """The backend domain runs: every back end with an event pending serves its ring, in
+        the order the events came. Events its work raises for back ends wait for the next
+        turn. Returns how many back ends ran."""
+        return self.pv.events.run_listeners()
 
     def disconnect(self, backend_port: int) -> None:
         """A daemon lets go of a guest's channel: no more upcalls, and its port closes

@@ -10,14 +10,16 @@ xenconsoled (tools/console/daemon/io.c) binds the port and maps the frame. The f
 (buffer_append), sets out_cons and notifies the guest; input from the console goes into ``in``
 at in_prod as far as there is room (handle_tty_read), then a notification.
 
-The model (``pv.consrings``) does that synchronously when the guest notifies
+The model (``pv.consrings``) does that when the backend domain runs after the guest notified
 (refmodel/backend.py) and writes the text to the domain's console output
 (``PVPlatform.write_console`` with ``ring``: ``ring_out``, apart from console_io's if the
 machine asks). ``console_input(domid, data)`` is the tty side: it returns how
 many bytes fitted. The ring is untrusted: as buffer_append, indexes further apart than the ring
 (``out_prod - out_cons > 2048``) are ignored for that notification (nothing is consumed; the
-guest may repair them); input is not written while ``in_prod - in_cons > 1024``. A domain that
-is not running is not served.
+guest may repair them); input is not written while ``in_prod - in_cons > 1024``. A domain is
+served until it is destroyed, shut down or crashed or not (io.c, enum_domains: the daemon
+lets a domain go only once it is dying or gone), so what a guest wrote just before it shut
+down still reaches the console.
 
 The daemon holds its foreign mapping of the ring (``Backends.map_foreign``: a general and a
 writable type reference) from ``attach`` until ``release`` (domain destruction: io.c,
@@ -92,9 +94,10 @@ class ConsoleRings:
             self.pv.backends.unmap_foreign(conn.mfn)
 
     def _domain(self, conn: ConsoleConnection) -> Domain | None:
-        """The running domain ``conn`` serves, if the daemon still holds its mapping."""
+        """The domain ``conn`` serves, if it is not dying and the daemon still holds its
+        mapping."""
         d = self.hv.domains.get(conn.domid)
-        if d is None or not d.is_running or self.conns.get(conn.domid) is not conn \
+        if d is None or d.is_dying or self.conns.get(conn.domid) is not conn \
                 or conn.mfn not in self.hv.backend_maps \
                 or self.hv.frames.owner[conn.mfn] != conn.domid:  # cannot happen while mapped
             return None

@@ -101,9 +101,11 @@ class Events:
         self.hv = pv.hv
         self.doms: dict[int, DomainEvents] = {}
         self.upcalls = 0
-        # Python listeners, by (domain id, port): an event for such a port calls the listener
-        # instead of marking it pending (the model's backend domain, refmodel/backend.py).
+        # Python listeners, by (domain id, port): the model's backend domain
+        # (refmodel/backend.py). An event for such a port marks it pending and queues it in
+        # ``listeners_due`` (in order of arrival); ``run_listeners`` calls them later.
         self.listeners: dict[tuple[int, int], Callable[[], None]] = {}
+        self.listeners_due: dict[tuple[int, int], None] = {}
         _EVENTS_OF[pv.hv] = weakref.ref(self)  # weak both ways: machines must be freed
         self._ops: dict[int, tuple[int, Callable[[Vcpu, bytes], bytes | None]]] = {
             abi.EVTCHNOP_alloc_unbound: (abi.EVTCHN_ALLOC_UNBOUND_T.size, self._op_alloc_unbound),
@@ -325,9 +327,13 @@ class Events:
     # ----------------------------------------------------------------------------------------
     def set_pending(self, v: Vcpu, port: int) -> None:
         d = v.domain
-        listener = self.listeners.get((d.domain_id, port))
-        if listener is not None:
-            listener()  # synchronously, inside the sender's hypercall
+        key = (d.domain_id, port)
+        if key in self.listeners:
+            # A back end's port: pending in its domain, served when that domain runs. Its
+            # vCPU takes no upcall (the model's back ends are not guest code).
+            if self.pv.darch(d).shared_info_mfn:
+                self._test_and_set(d, abi.SHARED_INFO_evtchn_pending, port)
+            self.listeners_due[key] = None
             return
         if not self.pv.darch(d).shared_info_mfn:
             return  # a domain the platform never set up has no shared_info to mark
@@ -338,6 +344,25 @@ class Events:
         wake_polling = getattr(self.pv.sched, "wake_polling", None)
         if wake_polling is not None:
             wake_polling(d)  # vCPUs polling are woken even when the selector was set
+
+    def run_listeners(self) -> int:
+        """The listeners of the ports that became pending since the last call, once each
+        and in order of arrival, each port's pending bit cleared first (the handling of an
+        event by the domain's kernel: evtchn_do_upcall clears the bit, then calls the
+        handler). An event raised meanwhile waits for the next call. Returns how many ran."""
+        due = list(self.listeners_due)
+        self.listeners_due.clear()
+        ran = 0
+        for domid, port in due:
+            listener = self.listeners.get((domid, port))
+            if listener is None:
+                continue  # no longer listened to (the back end let go of the port)
+            d = self.hv.domains.get(domid)
+            if d is not None and self.pv.darch(d).shared_info_mfn:
+                self._test_and_clear(d, abi.SHARED_INFO_evtchn_pending, port)
+            listener()
+            ran += 1
+        return ran
 
     def _mark_selector(self, v: Vcpu, port: int) -> None:
         sel = self.pv.vcpu_info_maddr(v) + abi.VCPU_INFO_evtchn_pending_sel

@@ -32,6 +32,28 @@ domain's under the same id.
 Time is the machine's ``Clock`` (refmodel/clock.py): a slice is a number of instructions, so a
 run is deterministic. At every scheduling point the timers of ``pv.vtime`` (if installed)
 expire; with every vCPU blocked the clock jumps to the next timer deadline (the idle loop).
+
+The periodic tick (schedule.c, t_timer_fn: one timer per physical CPU, first run by
+schedulers_start at boot, re-armed each time at NOW() + 10 ms): each tick counts
+``schedule_data.tick`` and sends VIRQ_TIMER, after refreshing its time info, to the vCPU
+running at that moment, and to nobody while the CPU is idle; a blocked vCPU is therefore never
+woken by it. A slice ends at the next tick, so the running vCPU gets it at its time; the tick
+runs at the scheduling point that follows and is re-armed 10 ms after that point (after an
+idle stretch the ticks kept their 10 ms beat, each at its deadline). On a context switch
+(schedule(): ``prev->sleep_tick = sd->tick``; ``next->sleep_tick != sd->tick`` sends a
+timer event) a vCPU switched in after missing one or more ticks gets one timer event, not one
+per tick missed. The idle loop does not stop at ticks: they send nothing, so a machine whose
+vCPUs are all blocked with no timer set is idle ("idle"), as before.
+
+The back ends (refmodel/backend.py) live in the backend domain, which is not one of the
+scheduler's vCPUs: a notification to a back end marks its port pending there, and at every
+scheduling point, before the timers and the choice of the next vCPU, the back ends with a
+pending port run (``Backends.run_pending``), in zero system time. So a front end sees no
+response before its slice ends (it blocks, yields or polls, its slice or a timer ends it: the
+tick at the latest), and a back end's answer wakes it before the scheduler chooses. This is
+how Xen 3.0.4's credit scheduler treats an I/O domain (sched_credit.c, csched_vcpu_wake: a
+waking vCPU is boosted, __runq_tickle: it preempts the running one at the next scheduling
+softirq), with the model's fixed choice of when that softirq comes: the end of the slice.
 """
 
 from __future__ import annotations
@@ -101,6 +123,7 @@ class VcpuSched:
     blocked: bool = False
     poll_deadline: int | None = None  # the poll timer (absolute ns), while polling
     polling: bool = False  # _VCPUF_polling: blocked in SCHEDOP_poll
+    sleep_tick: int = 0  # struct vcpu sleep_tick: the tick count when it left the CPU
 
 
 @dataclass
@@ -144,6 +167,9 @@ class Sched:
         self._stop_requested = False
         self._resched = False
         self._planned_end = 0
+        # The periodic tick (t_timer_fn): schedulers_start runs it once at boot (time 0).
+        self.tick = 1
+        self.next_tick_ns = abi.TIMER_TICK_NS
 
     def hypercalls(self) -> dict[int, Callable[..., int]]:
         return {
@@ -325,6 +351,8 @@ class Sched:
             self.svt = min(e.avt for e in self.runqueue)
         self.current = nxt
         self._resched = False
+        if nxt is not prev:
+            self._switch_tick(prev, nxt)
         if nxt is None:
             return None
         if second is None:
@@ -338,6 +366,16 @@ class Sched:
             self.stats.context_switches += 1
             self.stats.log.append(Switch(now, nxt.v.domain.domain_id, nxt.v.vcpu_id))
         return nxt
+
+    def _switch_tick(self, prev: VcpuSched | None, nxt: VcpuSched | None) -> None:
+        """schedule(), on a context switch: the vCPU leaving records the tick count; the one
+        switched in gets a timer event if a tick passed since it left (one, however many)."""
+        if prev is not None:
+            prev.sleep_tick = self.tick
+        if nxt is not None and nxt.sleep_tick != self.tick:
+            vtime: Any = getattr(self.pv, "vtime", None)
+            if vtime is not None:
+                vtime.timer_event(nxt.v)
 
     def _should_stop(self, e: VcpuSched) -> bool:
         """Asked after every trap (so it is two comparisons): end the slice if the scheduler
@@ -368,6 +406,25 @@ class Sched:
         for e in list(self.vcpus.values()):
             if e.blocked and e.poll_deadline is not None and e.poll_deadline <= now:
                 self.wake(e.v)
+        self._t_timer(now, vtime)
+
+    def _t_timer(self, now: int, vtime: Any) -> None:
+        """t_timer_fn, if the tick is due: to the vCPU that ran up to now (the slice ends at
+        the tick) a timer event, and the next tick 10 ms from now; with nothing running (the
+        idle loop, or the vCPU that ran blocked or stopped) every tick that fell due counts,
+        each at its own deadline, and sends nothing."""
+        if now < self.next_tick_ns:
+            return
+        cur = self.current
+        if cur is not None and self.runnable(cur):
+            self.tick += 1
+            self.next_tick_ns = now + abi.TIMER_TICK_NS
+            if vtime is not None:
+                vtime.tick(cur.v)
+            return
+        missed = (now - self.next_tick_ns) // abi.TIMER_TICK_NS + 1
+        self.tick += missed
+        self.next_tick_ns += missed * abi.TIMER_TICK_NS
 
     def next_deadline_ns(self) -> int | None:
         found: list[int] = []
@@ -388,7 +445,10 @@ class Sched:
         run and no timer is set ("idle"), system time reaches ``until_ns`` ("limit"), the
         wall-clock guard ``timeout_s`` passes ("timeout"), or the model fails ("bug")."""
         wall_end = time.monotonic() + timeout_s if timeout_s > 0 else None
+        backends: Any = getattr(self.pv, "backends", None)
         while True:
+            if backends is not None:
+                backends.run_pending()  # the backend domain's turn (the module's docstring)
             stop = self._loop_check(until_ns, wall_end)
             if stop is not None:
                 return stop
@@ -415,6 +475,9 @@ class Sched:
         return None
 
     def _idle(self, until_ns: int | None) -> str | None:
+        backends: Any = getattr(self.pv, "backends", None)
+        if backends is not None and backends.has_pending():
+            return None  # a back end was sent an event meanwhile: it runs first
         t = self.next_deadline_ns()
         if t is None:
             return "idle"
@@ -435,6 +498,7 @@ class Sched:
         deadline = self.next_deadline_ns()
         if deadline is not None and deadline > now:
             end = min(end, deadline)
+        end = min(end, self.next_tick_ns)  # the tick goes to the vCPU running at its time
         if until_ns is not None:
             end = min(end, until_ns)
         self._stop_requested = False

@@ -10,7 +10,9 @@ its own RDTSC; update_domain_wallclock_time publishes wc_sec/wc_nsec, the wall-c
 system time 0, under wc_version the same way. xen/common/schedule.c: do_set_timer_op sets the
 vCPU's one-shot timer to an absolute system time (0 stops it; a deadline that is negative or
 2^50 ns or more ahead becomes now + 1 ms); vcpu_timer_fn and the 10 ms per-CPU tick
-(t_timer_fn) send VIRQ_TIMER (send_timer_event).
+(t_timer_fn) send VIRQ_TIMER (send_timer_event). The scheduler (refmodel/sched.py) runs the
+tick: ``tick`` for the vCPU running when it falls due, ``timer_event`` for a vCPU switched in
+after missing ticks (schedule(), sleep_tick).
 
 The TSC the guest reads. Unicorn 2.1.4 executes RDTSC as the host's own TSC (measured: the
 value a guest reads lies between two host RDTSCs around it). Two modes follow:

@@ -10,16 +10,15 @@ and a response ring of XENSTORE_RING_SIZE bytes with free-running indexes, carry
 answers each request with the request's type, req_id and tx_id, or XS_ERROR with the errno's
 name ("ENOENT\\0") (xenstored_core.c, send_reply, send_error, send_ack: "OK\\0").
 
-The model (``pv.xenstore``) keeps the tree in Python and serves, synchronously when the guest
-notifies (refmodel/backend.py): XS_READ (the value, no terminator), XS_WRITE ("path\\0value",
-creating missing parents), XS_MKDIR, XS_RM (a missing node whose parent exists is OK, as
-do_rm), XS_DIRECTORY (each child's name and a NUL, in creation order). Transactions are not
-isolated: XS_TRANSACTION_START answers the id "0\\0" and XS_TRANSACTION_END "OK\\0" (so
+The model (``pv.xenstore``) keeps the tree in Python and serves when the backend domain runs
+after the guest notified (refmodel/backend.py): XS_READ (the value, no terminator), XS_WRITE
+("path\\0value", creating missing parents), XS_MKDIR, XS_RM (a missing node whose parent exists
+is OK, as do_rm), XS_DIRECTORY (each child's name and a NUL, in creation order). Transactions
+are not isolated: XS_TRANSACTION_START answers the id "0\\0" and XS_TRANSACTION_END "OK\\0" (so
 watches fire at each write, not at the transaction's end). XS_WATCH and XS_UNWATCH are below.
-Any other type is EINVAL, as is
-a request without the NUL-terminated arguments it needs or a malformed path
-(xenstored_core.c, is_valid_nodename: "/"-separated names of [A-Za-z0-9-/_@], no "//", no
-trailing "/"). A path not starting with "/" is relative to the domain's home
+Any other type is EINVAL, as is a request without the NUL-terminated arguments it needs or a
+malformed path (xenstored_core.c, is_valid_nodename: "/"-separated names of [A-Za-z0-9-/_@], no
+"//", no trailing "/"). A path not starting with "/" is relative to the domain's home
 ``/local/domain/<domid>`` (canonicalize).
 
 Permissions are xenstored's rule (xenstored_core.c, perm_for_conn and get_node) in its

@@ -7,6 +7,8 @@
  *                      (one event for a batch)
  *   hostile            requests the back end must refuse, each with BLKIF_RSP_ERROR
  *   overflow           a request producer index far ahead: the back end stops serving
+ *   defer              the back end is another domain: no response before we give up the
+ *                      CPU, all of them once we block; the ring fills while it has not run
  * The Python test (tests/test_blkif.py) checks the image file afterwards. */
 #include "xenrt.h"
 #include "ring.h"
@@ -320,6 +322,54 @@ static void overflow(void)
     check(!answered(20), "nor served again later");
 }
 
+/* The back end runs in another domain, after we give up the CPU: pushed requests get no
+ * response while we run on; blocked (SCHEDOP_block), we are woken by the response event with
+ * every one answered. A request reads one sector into a data page. */
+static u32 answered_count(u32 first, u32 n)
+{
+    u32 k = 0;
+    for (u32 id = first; id < first + n; id++)
+        k += answered(id);
+    return k;
+}
+
+static void block_until_answered(u32 first, u32 n)
+{
+    for (int i = 0; i < 100 && answered_count(first, n) < n; i++)
+        HYPERVISOR_sched_op(SCHEDOP_block, NULL);   /* event delivery on: blk_interrupt */
+    check(answered_count(first, n) == n, "answered after blocking: %u of %u",
+          answered_count(first, n), n);
+}
+
+static void defer(void)
+{
+    for (u32 id = 0; id < 8; id++) {
+        struct blkif_request *r = queue(BLKIF_OP_READ, id, id, 1);
+        seg(r, 0, REF_DATA + id, 0, 0);
+    }
+    push();
+    for (volatile u32 spin = 0; spin < 10000; spin++)
+        ;                                            /* other work, in our own slice */
+    take_responses();
+    printk("defer: %u of 8 answered before blocking, response producer %u\n",
+           answered_count(0, 8), ring.sring->rsp_prod);
+    block_until_answered(0, 8);
+
+    /* A ring's worth, one push each: nothing is consumed until we block, so it fills. */
+    u32 n0 = notifies;
+    for (u32 i = 0; i < BLKIF_RING_SIZE; i++) {
+        struct blkif_request *r = queue(BLKIF_OP_READ, 8 + i, i, 1);
+        seg(r, 0, REF_DATA + i % NPAGES, 0, 0);
+        push();
+    }
+    printk("defer: ring full %d after %u pushes, %u notification(s), %u answered\n",
+           ring_full(&ring), BLKIF_RING_SIZE, notifies - n0, answered_count(8, BLKIF_RING_SIZE));
+    block_until_answered(8, BLKIF_RING_SIZE);
+    check(!ring_full(&ring), "room again once the responses are taken");
+    for (u32 id = 0; id < 8 + BLKIF_RING_SIZE; id++)
+        check(status_of[id] == BLKIF_RSP_OKAY, "request %u: status %d", id, status_of[id]);
+}
+
 /* Benchmarks (benchmarks/bench_io.py): n null round trips (a request the back end refuses
  * at its first check: nr_segments 0), or kb KB written or read in requests of 11 whole
  * pages, four in flight per push. */
@@ -371,8 +421,10 @@ void test_main(void)
         hostile();
     else if (!strcmp(c, "overflow"))
         overflow();
+    else if (!strcmp(c, "defer"))
+        defer();
     else if (!c[0])
         write_and_read_back();
     else
-        xtf_error("command line: (none), hostile or overflow");
+        xtf_error("command line: (none), hostile, overflow or defer");
 }

@@ -40,6 +40,14 @@ void test_main(void)
         snprintf(big + 50 * i, 51, "ring line %03u %s\n", i,
                  "abcdefghijklmnopqrstuvwxyz012345678");
     check(xencons_write(big, 5000) == 5000, "long write");
+    /* The daemon runs in another domain, later: wait until it has taken everything. */
+    u32 port = si_u32(START_INFO_console_evtchn);
+    for (int i = 0; i < 100 && *(volatile u32 *)(page + XENCONS_out_cons)
+                               != *(volatile u32 *)(page + XENCONS_out_prod); i++) {
+        evtchn_clear(port);     /* then look again, so that no notification is lost */
+        if (*(volatile u32 *)(page + XENCONS_out_cons) != *(volatile u32 *)(page + XENCONS_out_prod))
+            evtchn_wait(port);
+    }
     check(*(volatile u32 *)(page + XENCONS_out_cons) == *(volatile u32 *)(page + XENCONS_out_prod),
           "the daemon took everything");
     printk("printk through the ring: %u\n", 42u);
