@@ -540,11 +540,11 @@ VCPU_TIME_tsc_shift: Final = 28
 # set_timer_op (15): xen.h; on x86_32 the 64-bit absolute system-time deadline comes in two
 # registers, low word first (x86_32/entry.S, hypercall_args_table: 2). 0 cancels the timer.
 # xen/common/schedule.c (3.0.4), do_set_timer_op: a deadline that is negative or more than
-# 2^50 ns ahead is replaced by now + 1 ms (TIMER_SLOP_HUGE below). The per-CPU 10 ms tick of
+# 2^50 ns ahead is replaced by now + 100 ms (MILLISECS(100)). The per-CPU 10 ms tick of
 # 3.0.4 (schedule.c, t_timer_fn) sends VIRQ_TIMER to the running vCPU as well.
 # --------------------------------------------------------------------------------------------
 TIMER_HUGE_SHIFT: Final = 50
-TIMER_HUGE_DELAY_NS: Final = 1_000_000
+TIMER_HUGE_DELAY_NS: Final = 100_000_000
 TIMER_TICK_NS: Final = 10_000_000
 
 # --------------------------------------------------------------------------------------------
