@@ -82,7 +82,8 @@ class Side:
 
     def mfn(self, r: Ref) -> int:
         if r.kind == "xen":
-            return int(pte_get_pfn(self.impl.xen_l2_slots(self.guests[0].domid)[0]))
+            g = self.guests[0]
+            return int(pte_get_pfn(self.impl.xen_l2_slots(g.domid, g.l2_mfn)[0]))
         if r.kind == "beyond":
             return self.impl.nr_frames() + 7
         g = self.guests[r.dom]

@@ -28,7 +28,7 @@ from xenspec.conformance.driver import (
     pack_mmu_updates,
 )
 from xenspec.spec import abi
-from xenspec.spec.pagetable import PGT
+from xenspec.spec.pagetable import PGT, pte_get_pfn
 
 EINVAL, ENOSYS, EFAULT, ESRCH = -abi.EINVAL, -abi.ENOSYS, -abi.EFAULT, -abi.ESRCH
 NONE, L1, L2, WRITABLE = PGT.none, PGT.l1_page_table, PGT.l2_page_table, PGT.writable_page
@@ -251,7 +251,7 @@ def test_l2_disallowed_flags(g: Guest, flag: int) -> None:
 def test_l2_xen_slots_cannot_be_written(g: Guest) -> None:
     """mod_l2_entry, is_guest_l2_slot: slots 1008..1023 are Xen's, even a write of 0."""
     impl, (t,) = g.impl, g.free_mfns(1)
-    xen = list(impl.xen_l2_slots(g.domid))
+    xen = list(impl.xen_l2_slots(g.domid, g.l2_mfn))
     for slot in (abi.L2_PAGETABLE_FIRST_XEN_SLOT, abi.LINEAR_PT_SLOT, 1023):
         for val in (0, g.pte(t, PTE_RW)):
             assert g.mmu_update([(g.entry_maddr(g.l2_mfn, slot), val)]) == (EINVAL, 0), \
@@ -462,8 +462,10 @@ def test_pin_l1_and_l2(g: Guest) -> None:
     assert_frame(impl, b, Frame(L2, 1, 2, True, True),
                  "INV-PIN: a pinned L2 must be a validated L2 with a type ref")
     assert [g.entry(b, i) for i in range(abi.L2_PAGETABLE_FIRST_XEN_SLOT, 1024)] == \
-        list(impl.xen_l2_slots(g.domid)), \
+        list(impl.xen_l2_slots(g.domid, b)), \
         "INV-HOLE: alloc_l2_table must fill the hypervisor slots of a new page directory"
+    assert pte_get_pfn(g.entry(b, abi.LINEAR_PT_SLOT)) == b, \
+        "alloc_l2_table: the linear page-table slot must map the new directory itself"
     assert_invariants(impl, [g])
 
 

@@ -67,7 +67,7 @@ class ImplementationView(ConcreteLogic):
         self.infos: list[FrameInfo] = [impl.frame(m) for m in range(impl.nr_frames())]
         self._bases = list(impl.vcpu_bases())
         self._words: dict[int, Sequence[int]] = {}
-        self._xen: dict[int, Sequence[int]] = {}
+        self._xen: dict[int, Sequence[int]] = {}  # directory -> Xen's slots in it
         self._xen_written = (frozenset(impl.xen_written_frames())
                              if isinstance(impl, XenWrittenFrames) else None)
 
@@ -120,14 +120,15 @@ class ImplementationView(ConcreteLogic):
         return self.words(mfn)[index]
 
     def xen_l2e(self, l2mfn: int, index: int) -> int:
-        domid = self.owner(l2mfn)
-        slots = self._xen.get(domid)
+        """Xen's entry in slot ``index`` of directory ``l2mfn``, as the implementation says it
+        wrote it there (its domain's entries, and the directory's map of itself)."""
+        slots = self._xen.get(l2mfn)
         if slots is None:
             try:
-                slots = self.impl.xen_l2_slots(domid)
+                slots = self.impl.xen_l2_slots(self.owner(l2mfn), l2mfn)
             except (ValueError, KeyError, IndexError):  # not a domain the implementation has
                 slots = [-1] * abi.L2_PAGETABLE_XEN_SLOTS
-            self._xen[domid] = slots
+            self._xen[l2mfn] = slots
         return slots[index - abi.L2_PAGETABLE_FIRST_XEN_SLOT]
 
     # vCPUs

@@ -37,7 +37,7 @@ class ConcreteView(ConcreteLogic):
         self.f = hv.frames
         self.memory = hv.memory
         self._vcpus: list[Vcpu] = [v for d in hv.domains.values() for v in d.vcpus]
-        self._xen_l2: dict[int, list[int]] = {}
+        self._xen_l2: dict[int, list[int]] = {}  # directory -> Xen's slots
 
     # frames: RAM from the frame table; a frame number beyond it is I/O memory (dom_io's)
     def _ram(self, mfn: int) -> bool:
@@ -82,13 +82,13 @@ class ConcreteView(ConcreteLogic):
         return self.memory.read_entry(mfn, index) if self._ram(mfn) else 0
 
     def xen_l2e(self, l2mfn: int, index: int) -> int:
-        """Xen's entry in slot ``index`` of a directory: it depends on the owner alone; -1
-        (no 32-bit entry) when the owner is not a domain."""
-        domid = self.owner(l2mfn)
-        slots = self._xen_l2.get(domid)
+        """Xen's entry in slot ``index`` of a directory: it depends on the owner and, in the
+        linear page-table slot, on the directory itself; -1 (no 32-bit entry) when the owner
+        is not a domain."""
+        slots = self._xen_l2.get(l2mfn)
         if slots is None:
-            d = self.hv.domains.get(domid)
-            slots = self._xen_l2[domid] = (self.hv.xen_l2_slots(d) if d is not None
+            d = self.hv.domains.get(self.owner(l2mfn))
+            slots = self._xen_l2[l2mfn] = (self.hv.xen_l2_slots(d, l2mfn) if d is not None
                                            else [-1] * abi.L2_PAGETABLE_XEN_SLOTS)
         return slots[index - abi.L2_PAGETABLE_FIRST_XEN_SLOT]
 
