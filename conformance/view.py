@@ -30,7 +30,7 @@ from xenspec.spec.invariants import (
     Invariant,
     count_violations,
 )
-from xenspec.spec.pagetable import PGT, pte_present
+from xenspec.spec.pagetable import PGT, pte_present, xen_l2e_of
 
 # What the view reads for a frame beyond RAM: I/O memory, dom_io's (mm.c, arch_init_memory).
 IO_FRAME = FrameInfo(owner=abi.DOMID_IO, type=int(PGT.none), type_count=0, count=0,
@@ -120,8 +120,9 @@ class ImplementationView(ConcreteLogic):
         return self.words(mfn)[index]
 
     def xen_l2e(self, l2mfn: int, index: int) -> int:
-        """Xen's entry in slot ``index`` of directory ``l2mfn``, as the implementation says it
-        wrote it there (its domain's entries, and the directory's map of itself)."""
+        """Xen's entry in slot ``index`` of directory ``l2mfn``: the implementation's account
+        of the slots it wrote there, but in the linear page-table slot the directory's own
+        frame (``spec.pagetable.xen_l2e_of``: only the account's flags are taken there)."""
         slots = self._xen.get(l2mfn)
         if slots is None:
             try:
@@ -129,7 +130,7 @@ class ImplementationView(ConcreteLogic):
             except (ValueError, KeyError, IndexError):  # not a domain the implementation has
                 slots = [-1] * abi.L2_PAGETABLE_XEN_SLOTS
             self._xen[l2mfn] = slots
-        return slots[index - abi.L2_PAGETABLE_FIRST_XEN_SLOT]
+        return xen_l2e_of(slots, l2mfn, index)
 
     # vCPUs
     def base(self, vcpu: int) -> int:

@@ -30,8 +30,8 @@ from xenspec.refmodel.view import check_invariants
 from xenspec.spec import abi
 from xenspec.spec.invariants import inv_hole
 from xenspec.spec.pagetable import (
-    PGT,
     __PAGE_HYPERVISOR,
+    PGT,
     l2e_from_pfn,
     pte_get_pfn,
     xen_l2_slot,
@@ -136,9 +136,9 @@ class Declares(ReferenceImplementation):
 
 def test_view_accepts_xens_slots_and_refuses_a_wrong_self_map() -> None:
     """INV-HOLE on the conformance view: Xen's real slots (each directory's own linear entry,
-    with Xen's flags) pass; a directory whose linear slot names another frame fails, whether
-    the implementation's account of Xen's slots disagrees with the directory or agrees with
-    it (the self-map clause)."""
+    with Xen's flags) pass; a directory whose linear slot names another frame, or none, fails,
+    whatever the implementation's account of its slots says (the view takes only the flags
+    from the account there: spec.pagetable.xen_l2e_of)."""
     impl = Declares()
     g = Guest(impl, 64, 32)
     a, b = g.l2_mfn, pinned_directory(g)
@@ -149,14 +149,18 @@ def test_view_accepts_xens_slots_and_refuses_a_wrong_self_map() -> None:
     impl.hv.memory.write_entry(b, LINEAR, xen[LINEAR - FIRST])
     impl.claims[b] = xen
     assert inv_hole(ImplementationView(impl))
-    # The account names another directory: the directory no longer holds Xen's entries.
-    impl.claims[b] = [*xen[: LINEAR - FIRST], l2e_from_pfn(a, __PAGE_HYPERVISOR),
-                      *xen[LINEAR - FIRST + 1:]]
-    assert not inv_hole(ImplementationView(impl))
-    # Directory and account agree on the other directory: the self-map clause refuses it.
-    impl.hv.memory.write_entry(b, LINEAR, l2e_from_pfn(a, __PAGE_HYPERVISOR))
-    assert not inv_hole(ImplementationView(impl))
+    assert not violations(impl, frozenset())
+    # The directory maps another directory, or nothing: refused, even when the account agrees.
+    for wrong in (l2e_from_pfn(a, __PAGE_HYPERVISOR), 0):
+        impl.hv.memory.write_entry(b, LINEAR, wrong)
+        for claim in (xen[LINEAR - FIRST], wrong):
+            impl.claims[b] = [*xen[: LINEAR - FIRST], claim, *xen[LINEAR - FIRST + 1:]]
+            assert not inv_hole(ImplementationView(impl)), (hex(wrong), hex(claim))
     assert any(line.startswith("INV-HOLE") for line in violations(impl, frozenset()))
+    # The directory's own frame with flags other than the account's (0x61, not 0x63): refused.
+    impl.claims[b] = xen
+    impl.hv.memory.write_entry(b, LINEAR, l2e_from_pfn(b, LINEAR_PT_FLAGS))
+    assert not inv_hole(ImplementationView(impl))
 
 
 def test_model_check_refuses_a_wrong_self_map() -> None:
