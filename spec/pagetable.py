@@ -117,7 +117,9 @@ def xen_l2_slot(shared: Word, l2mfn: Word, index: Word, linear_flags: Word) -> W
     The self-map's flags are ``linear_flags``: Xen's __PAGE_HYPERVISOR, the reference model's
     read-only form (refmodel/mm.py says why)."""
     frame = l2mfn << abi.PAGE_SHIFT
-    mine = (frame if isinstance(frame, z3.ExprRef) else frame & 0xFFFFFFFF) | (linear_flags & 0xFFF)
+    if not isinstance(frame, z3.ExprRef):
+        frame &= 0xFFFFFFFF
+    mine = frame | (linear_flags & 0xFFF)
     if isinstance(index, int):
         return mine if index == abi.LINEAR_PT_SLOT else shared
     as_bv = [z3.BitVecVal(x, 32) if isinstance(x, int) else x for x in (mine, shared)]
