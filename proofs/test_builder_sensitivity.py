@@ -18,6 +18,7 @@ from xenspec.proofs.obligations import obligation_names
 from xenspec.proofs.runner import prove_one
 from xenspec.spec import abi, builder_spec
 from xenspec.spec.builder_spec import BuildParams
+from xenspec.spec.pagetable import xen_l2_slot
 
 NAMES = obligation_names()
 SATISFIABLE = ("the invariants together are satisfiable (not vacuous): a start_of_day machine "
@@ -71,9 +72,8 @@ def shared_page_untyped(mp: pytest.MonkeyPatch) -> None:
 def linear_slot_names_next_frame(mp: pytest.MonkeyPatch) -> None:
     """The boot directory's linear page-table slot names the machine frame after the
     directory's, not the directory (mm.c alloc_l2_table maps the directory itself there)."""
-    slot = builder_spec.xen_l2_slot
     mp.setattr(builder_spec, "xen_l2_slot",
-               lambda shared, l2, index, flags: slot(shared, l2 + 1, index, flags))
+               lambda shared, l2, index, flags: xen_l2_slot(shared, l2 + 1, index, flags))
 
 
 def broken_witness(mp: pytest.MonkeyPatch) -> None:
