@@ -133,9 +133,15 @@ class HypercallLevel(Protocol):
         """The machine-to-physical table's entry for ``mfn`` (xen.h machine_to_phys_mapping)."""
         ...
 
-    def xen_l2_slots(self, domid: int) -> Sequence[int]:
-        """The entries the hypervisor itself keeps in slots L2_PAGETABLE_FIRST_XEN_SLOT..1023
-        of the domain's page directories."""
+    def xen_l2_slots(self, domid: int, l2_mfn: int) -> Sequence[int]:
+        """The 1024 - L2_PAGETABLE_FIRST_XEN_SLOT entries the hypervisor itself keeps in slots
+        L2_PAGETABLE_FIRST_XEN_SLOT..1023 of page directory ``l2_mfn`` of domain ``domid``,
+        as it wrote them when it validated that directory (mm.c, alloc_l2_table). They
+        depend on the directory, not only on its domain: Xen's slot of LINEAR_PT_VIRT_START
+        (slot 1016) maps the directory itself (``l2e_from_pfn(l2_mfn, __PAGE_HYPERVISOR)``),
+        and INV-HOLE checks that the entry there names ``l2_mfn``. Raise ValueError, KeyError
+        or IndexError for a domain the implementation does not have. (Before the linear slot
+        was modelled this method took the domain alone.)"""
         ...
 
     def vcpu_bases(self) -> Sequence[tuple[int, int]]:

@@ -67,6 +67,20 @@ def _xen_slots_writable(hv: Hypervisor, pv: PVPlatform) -> None:
     _patch(hv.mm, "mod_l2_entry", mod_l2_entry)
 
 
+def _linear_slot_shared(hv: Hypervisor, pv: PVPlatform) -> None:
+    """alloc_l2_table writes one linear page-table entry into all of a domain's directories
+    (vCPU 0's page directory once it has one) instead of each directory's map of itself; the
+    implementation's own account of Xen's slots (``xen_l2_slots``) says the same, so only
+    INV-HOLE's self-map clause can tell."""
+    original = hv.xen_l2_slots
+
+    def xen_l2_slots(self: Hypervisor, d: Domain, l2mfn: int) -> list[int]:
+        base = d.vcpus[0].guest_table if d.vcpus else 0
+        return original(d, base or l2mfn)
+
+    _patch(hv, "xen_l2_slots", xen_l2_slots)
+
+
 def _rw_map_takes_no_type(hv: Hypervisor, pv: PVPlatform) -> None:
     """get_page_from_l1e: a writable entry takes a general reference only, so a page table
     can be mapped writable."""
@@ -290,6 +304,10 @@ def _user_mode_emulated_as_kernel(hv: Hypervisor, pv: PVPlatform) -> None:
 xen_slots_writable = Broken(
     "xen_slots_writable", ("mmu_update/NORMAL_PT_UPDATE", "INV-HOLE"),
     "a guest may write the hypervisor's page-directory slots", _xen_slots_writable)
+linear_slot_shared = Broken(
+    "linear_slot_shared", ("mmuext_op/PIN_L2_TABLE", "INV-HOLE"),
+    "every page directory of a domain gets the same linear page-table entry, not its own",
+    _linear_slot_shared)
 pagetable_mapped_writable = Broken(
     "pagetable_mapped_writable", ("mmu_update/NORMAL_PT_UPDATE", "INV-NOWRPT"),
     "a writable mapping takes no writable type: page tables can be mapped writable",
@@ -346,6 +364,7 @@ user_mode_emulated_as_kernel = Broken(
 
 BROKEN: tuple[Broken, ...] = (
     xen_slots_writable,
+    linear_slot_shared,
     pagetable_mapped_writable,
     linear_map_writable,
     owner_unchecked,

@@ -157,8 +157,8 @@ class ReferenceImplementation:
     def machphys(self, mfn: int) -> int:
         return int(self.hv.m2p[mfn])
 
-    def xen_l2_slots(self, domid: int) -> Sequence[int]:
-        return self.hv.xen_l2_slots(self.domain(domid))
+    def xen_l2_slots(self, domid: int, l2_mfn: int) -> Sequence[int]:
+        return self.hv.xen_l2_slots(self.domain(domid), l2_mfn)
 
     def vcpu_bases(self) -> Sequence[tuple[int, int]]:
         return [(d.domain_id, v.guest_table) for d in self.hv.domains.values() for v in d.vcpus]

@@ -29,7 +29,7 @@ from xenspec.conformance.driver import (
 )
 from xenspec.conformance.view import xen_slots
 from xenspec.spec import abi
-from xenspec.spec.pagetable import PGT
+from xenspec.spec.pagetable import PGT, pte_get_pfn
 
 EINVAL, ENOSYS, EFAULT, ESRCH = -abi.EINVAL, -abi.ENOSYS, -abi.EFAULT, -abi.ESRCH
 NONE, L1, L2, WRITABLE = PGT.none, PGT.l1_page_table, PGT.l2_page_table, PGT.writable_page
@@ -487,6 +487,8 @@ def test_pin_l1_and_l2(g: Guest) -> None:
     assert [g.entry(b, i) for i in range(abi.L2_PAGETABLE_FIRST_XEN_SLOT, 1024)] == \
         list(xen_slots(impl, g.domid, b)), \
         "INV-HOLE: alloc_l2_table must fill the hypervisor slots of a new page directory"
+    assert pte_get_pfn(g.entry(b, abi.LINEAR_PT_SLOT)) == b, \
+        "alloc_l2_table: the linear page-table slot must map the new directory itself"
     assert_invariants(impl, [g])
 
 

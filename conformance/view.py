@@ -33,7 +33,7 @@ from xenspec.spec.invariants import (
     Invariant,
     count_violations,
 )
-from xenspec.spec.pagetable import PGT, pte_present
+from xenspec.spec.pagetable import PGT, pte_present, xen_l2e_of
 
 # What the view reads for a frame beyond RAM: I/O memory, dom_io's (mm.c, arch_init_memory).
 IO_FRAME = FrameInfo(owner=abi.DOMID_IO, type=int(PGT.none), type_count=0, count=0,
@@ -42,44 +42,16 @@ IO_FRAME = FrameInfo(owner=abi.DOMID_IO, type=int(PGT.none), type_count=0, count
 
 def xen_slots(impl: HypercallLevel, domid: int, l2mfn: int) -> Sequence[int]:
     """What the hypervisor keeps in slots L2_PAGETABLE_FIRST_XEN_SLOT.. of directory ``l2mfn``
-    of ``domid``; all -1 (nothing to compare) if the implementation has no such domain.
-
-    Xen's alloc_l2_table writes a linear self-map there (the directory at LINEAR_PT_VIRT_START),
-    so the slots differ from one directory to the next: an adapter that keeps them so offers
-    ``xen_l2_slots_of(l2mfn)``, and ``xen_l2_slots(domid)`` is asked otherwise.
-    """
-    per_directory = getattr(impl, "xen_l2_slots_of", None)
+    of ``domid`` (the adapter's ``xen_l2_slots``); all -1 (nothing to compare) if the
+    implementation has no such domain."""
     try:
-        if per_directory is not None:
-            return list(per_directory(l2mfn))
-        return impl.xen_l2_slots(domid)
+        return list(impl.xen_l2_slots(domid, l2mfn))
     except (ValueError, KeyError, IndexError):  # not a domain the implementation has
         return [-1] * abi.L2_PAGETABLE_XEN_SLOTS
     except AdapterError as exc:  # the same, through the checked adapter
         if not isinstance(exc.__cause__, (ValueError, KeyError, IndexError)):
             raise
         return [-1] * abi.L2_PAGETABLE_XEN_SLOTS
-
-
-class NotEvaluated(Exception):
-    """The adapter cannot supply what an invariant asks of the state."""
-
-
-def not_evaluated(impl: HypercallLevel) -> dict[str, str]:
-    """The invariants (by id) the suite cannot evaluate on ``impl``, with the reason."""
-    out = {}
-    if not isinstance(impl, XenWrittenFrames):
-        out["INV-XENPAGE"] = ("the adapter does not say which frames the hypervisor writes "
-                              "into (xen_written_frames)")
-    if not impl.counts_like_xen:
-        out["INV-COUNT"] = "the implementation does not count references like Xen"
-    return out
-
-
-def evaluated(impl: HypercallLevel) -> tuple[Invariant, ...]:
-    """The invariants of the specification ``violations`` evaluates on ``impl``."""
-    skip = not_evaluated(impl)
-    return tuple(inv for inv in INVARIANTS + COUNTER_INVARIANTS if inv.id not in skip)
 
 
 class ImplementationView(ConcreteLogic):
@@ -91,7 +63,7 @@ class ImplementationView(ConcreteLogic):
         self.infos: list[FrameInfo] = [impl.frame(m) for m in range(impl.nr_frames())]
         self._bases = list(impl.vcpu_bases())
         self._words: dict[int, Sequence[int]] = {}
-        self._xen: dict[object, Sequence[int]] = {}
+        self._xen: dict[int, Sequence[int]] = {}  # directory -> Xen's slots in it
         self._xen_written = (frozenset(impl.xen_written_frames())
                              if isinstance(impl, XenWrittenFrames) else None)
 
@@ -144,13 +116,13 @@ class ImplementationView(ConcreteLogic):
         return self.words(mfn)[index]
 
     def xen_l2e(self, l2mfn: int, index: int) -> int:
-        per_directory = getattr(self.impl, "xen_l2_slots_of", None)
-        key = ("dir", l2mfn) if per_directory is not None else self.owner(l2mfn)
-        slots = self._xen.get(key)
+        """Xen's entry in slot ``index`` of directory ``l2mfn``: the implementation's account
+        of the slots it wrote there, but in the linear page-table slot the directory's own
+        frame (``spec.pagetable.xen_l2e_of``: only the account's flags are taken there)."""
+        slots = self._xen.get(l2mfn)
         if slots is None:
-            slots = xen_slots(self.impl, self.owner(l2mfn), l2mfn)
-            self._xen[key] = slots
-        return slots[index - abi.L2_PAGETABLE_FIRST_XEN_SLOT]
+            slots = self._xen[l2mfn] = xen_slots(self.impl, self.owner(l2mfn), l2mfn)
+        return xen_l2e_of(slots, l2mfn, index)
 
     # vCPUs
     def base(self, vcpu: int) -> int:

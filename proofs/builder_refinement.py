@@ -64,7 +64,7 @@ def model_params(hv: Hypervisor, d: Domain, nr_mapped: int, virt_base: int, user
         shared_info=bv(shared_info), xen_written=enc.xen_written,
         other_owner=_array({m: snap.owner[m] for m in range(n)}, abi.DOMID_XEN),
         junk=z3.Array("junk", W, W, W), vcpu_domain=enc.vcpu_domain,
-        privileged=enc.privileged, xen_l2e=enc.xen_l2e,
+        privileged=enc.privileged, xen_l2e=enc.xen_l2e, linear_pt_flags=enc.linear_pt_flags,
     )
 
 

@@ -26,6 +26,7 @@ import z3
 from xenspec.refmodel.arch import ArchVcpu
 from xenspec.refmodel.hypervisor import Hypervisor
 from xenspec.refmodel.memory import PGT_pinned, PGT_validated
+from xenspec.refmodel.mm import LINEAR_PT_FLAGS
 from xenspec.spec import abi, mm_spec, symbolic
 from xenspec.spec.invariants import FREE_FRAME_OWNER
 from xenspec.spec.mm_spec import GDT_FRAMES, Transition
@@ -81,7 +82,7 @@ class Snapshot:
     bases: tuple[int, ...]
     vcpu_domains: tuple[int, ...]
     privileged: frozenset[int]
-    xen_slots: dict[tuple[int, int], int]  # (domid, index) -> Xen's entry
+    xen_slots: dict[tuple[int, int], int]  # (domid, index) -> Xen's entry (not the linear slot)
     cpus: tuple[CpuSnapshot, ...]
     gdt_ref: tuple[bool, ...]  # a GDT frame with type references
     xen_written: tuple[bool, ...]  # the hypervisor writes into the frame for a guest
@@ -110,11 +111,15 @@ class Snapshot:
                 if words[i]:
                     entries[(mfn, i)] = int(words[i])
         vcpus = [v for d in hv.domains.values() for v in d.vcpus]
+        # Xen's entries of each domain, the same in all its directories but for the linear
+        # page-table slot, where each maps itself (spec.pagetable.xen_l2_slot); any frame
+        # stands for the directory here, and that slot is left out.
         xen_slots = {}
         for d in hv.domains.values():
-            for k, e in enumerate(hv.xen_l2_slots(d)):
-                if e:
-                    xen_slots[(d.domain_id, abi.L2_PAGETABLE_FIRST_XEN_SLOT + k)] = e
+            for k, e in enumerate(hv.xen_l2_slots(d, 0)):
+                i = abi.L2_PAGETABLE_FIRST_XEN_SLOT + k
+                if e and i != abi.LINEAR_PT_SLOT:
+                    xen_slots[(d.domain_id, i)] = e
         return Snapshot(
             nr_frames=n,
             owner=tuple(int(x) & 0xFFFFFFFF for x in f.owner),
@@ -181,6 +186,7 @@ class Snapshot:
             pinned=array(self.pinned, z3.BoolSort()), mem=flat,
             base=array(self.bases, W), nr_frames=bv(self.nr_frames),
             vcpu_domain=array(self.vcpu_domains, W), privileged=privileged, xen_l2e=xen_l2e,
+            linear_pt_flags=bv(LINEAR_PT_FLAGS),
             xen_written=array(self.xen_written, z3.BoolSort()),
             **self.encode_cpus(array), **self.encode_grants(),
         )

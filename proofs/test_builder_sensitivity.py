@@ -18,6 +18,7 @@ from xenspec.proofs.obligations import obligation_names
 from xenspec.proofs.runner import prove_one
 from xenspec.spec import abi, builder_spec
 from xenspec.spec.builder_spec import BuildParams
+from xenspec.spec.pagetable import xen_l2_slot
 
 NAMES = obligation_names()
 SATISFIABLE = ("the invariants together are satisfiable (not vacuous): a start_of_day machine "
@@ -68,6 +69,13 @@ def shared_page_untyped(mp: pytest.MonkeyPatch) -> None:
         builder_spec.in_p2m(p, f), builder_spec.pfn_type(p, p.m2p[f]), z3.BitVecVal(0, 32))))
 
 
+def linear_slot_names_next_frame(mp: pytest.MonkeyPatch) -> None:
+    """The boot directory's linear page-table slot names the machine frame after the
+    directory's, not the directory (mm.c alloc_l2_table maps the directory itself there)."""
+    mp.setattr(builder_spec, "xen_l2_slot",
+               lambda shared, l2, index, flags: xen_l2_slot(shared, l2 + 1, index, flags))
+
+
 def broken_witness(mp: pytest.MonkeyPatch) -> None:
     """The witness machine gives its domain frame 7 twice: it is no machine the builder makes."""
     mp.setitem(builder_spec.WITNESS, "p2m", [9, 4, 7, 7, 11, 6])
@@ -102,6 +110,8 @@ MUTANTS: list[tuple[str, str, Callable[[pytest.MonkeyPatch], None]]] = [
      _initial("INV-OWN (L1 entries)"), machine_contiguous),
     ("the same frame given for two pfns", _initial("INV-NOWRPT"), frame_given_twice),
     ("base pointer names an L1", _initial("INV-BASE"), base_is_first_l1),
+    ("the boot directory's linear slot names another frame", _initial("INV-HOLE"),
+     linear_slot_names_next_frame),
     ("a page Xen shares left untyped", _initial("INV-XENPAGE"), shared_page_untyped),
     ("the witness is no builder's machine", SATISFIABLE, broken_witness),
     ("the ELF builder's room check dropped: the stack overlaps the tables",

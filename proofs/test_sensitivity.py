@@ -23,6 +23,7 @@ from xenspec.spec.pagetable import (
     pte_get_pfn,
     pte_present,
     pte_writable,
+    xen_l2_slot,
 )
 
 NAMES = obligation_names()
@@ -46,6 +47,11 @@ def l2e_ok_linear_writable(s: Any, l2: Any, e: Any, d: Any) -> Any:
     ))
 
 
+def self_map_of_next_frame(shared: Any, l2: Any, index: Any, flags: Any) -> Any:
+    """Xen's slots with the linear page-table slot naming the frame after the directory."""
+    return xen_l2_slot(shared, l2 + 1, index, flags)
+
+
 def drop_references_ignoring_roots(s: Any) -> tuple[Any, Any]:
     gone = mm_spec.fresh_set("devalidated")
     h = z3.BitVec("h", 32)
@@ -57,6 +63,11 @@ MUTANTS: list[tuple[str, str, Callable[[pytest.MonkeyPatch], None], str]] = [
     ("guest may write the hypervisor's page-directory slots",
      "mmu_update/NORMAL_PT_UPDATE preserves INV-HOLE",
      lambda mp: mp.setattr(mm_spec, "FIRST_XEN_SLOT", 1024), "INV-HOLE"),
+    # alloc_l2_table maps each new directory at LINEAR_PT_VIRT_START: a spec whose new
+    # directory maps another frame there breaks INV-HOLE.
+    ("a new directory's linear slot maps another frame",
+     "mmuext_op/PIN_L2_TABLE preserves INV-HOLE",
+     lambda mp: mp.setattr(mm_spec, "xen_l2_slot", self_map_of_next_frame), "INV-HOLE"),
     ("read-write linear page-table entries accepted",
      "mmu_update/NORMAL_PT_UPDATE preserves INV-NOWRPT",
      lambda mp: mp.setattr(mm_spec, "l2e_ok", l2e_ok_linear_writable), "INV-NOWRPT"),

@@ -205,8 +205,10 @@ class Hypervisor:
     def set_gpfn_from_mfn(self, mfn: int, gpfn: int) -> None:
         self.m2p[mfn] = gpfn & 0xFFFFFFFF
 
-    def xen_l2_slots(self, d: Domain) -> list[int]:
-        return xen_l2_entries([self.m2p_l1], d.perdomain_pt)
+    def xen_l2_slots(self, d: Domain, l2mfn: int) -> list[int]:
+        """Xen's entries in slots L2_PAGETABLE_FIRST_XEN_SLOT..1023 of ``d``'s page directory
+        ``l2mfn`` (mm.c, alloc_l2_table): the domain's, and the directory's map of itself."""
+        return xen_l2_entries([self.m2p_l1], d.perdomain_pt, l2mfn)
 
     # ----------------------------------------------------------------------------------------
     # The domain heap (xen/common/page_alloc.c).

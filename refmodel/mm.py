@@ -15,6 +15,10 @@ Deliberate departures from 3.0.4, each following a later Xen security fix:
 * ``update_va_mapping`` only modifies an L1 entry when the L2 slot names a frame of type L1
   (later Xen's ``guest_map_l1e`` checks; in 3.0.4 a linear-mapped L2 could be reached).
 
+One departure forced by the emulator, not by a later Xen: the linear page table each page
+directory maps at LINEAR_PT_VIRT_START (alloc_l2_table) is read-only in the model, where Xen's
+is read-write (``LINEAR_PT_FLAGS``, ``xen_l2_entries``).
+
 A batch is preempted as do_mmu_update and do_mmuext_op preempt it: before each entry the
 preemption check (``Hypervisor.hypercall_preempt_check``, a fixed budget of entries per
 invocation) may end the invocation with a continuation of the same hypercall for the entries
@@ -283,7 +287,8 @@ class MM:
                 for j in range(i):
                     self.put_page_from_l2e(words[j], mfn)
                 return False
-        for k, e in enumerate(self.hv.xen_l2_slots(d)):
+        # Xen's private mappings, this directory's own map of itself among them.
+        for k, e in enumerate(self.hv.xen_l2_slots(d, mfn)):
             words[first_xen + k] = e
         return True
 
@@ -673,21 +678,38 @@ class MM:
         return rc
 
 
-def xen_l2_entries(m2p_l1: list[int], perdomain_pt: list[int]) -> list[int]:
-    """What the hypervisor writes into slots 1008..1023 of a page directory it validates
-    (mm.c, alloc_l2_table): the machine-to-physical table at MACH2PHYS_VIRT_START and the
-    per-domain area at PERDOMAIN_VIRT_START, both read-only.
+# The flags of each page directory's map of itself at LINEAR_PT_VIRT_START. Xen's are
+# __PAGE_HYPERVISOR (asm-x86/page.h: PRESENT | RW | DIRTY | ACCESSED): its linear page table is
+# writable by Xen, and the guest cannot reach it because the guest's flat segments end at
+# GUEST_SEGMENT_MAX_ADDR (asm-x86/config.h), below it. The emulator checks no segment limits
+# (refmodel/cpu.py), so there the RW bit would let ring 1 write its own page tables through
+# the linear map, past every validation; the model's hypervisor runs in Python and never
+# writes through the map, so the model gives it the read-only form, and only RW differs.
+LINEAR_PT_FLAGS = __PAGE_HYPERVISOR_RO
 
-    Xen also maps its linear page table read-write at LINEAR_PT_VIRT_START and its own heap
-    in these slots. The model's hypervisor runs in Python and needs neither; under an emulator
-    that does not enforce segment limits they would let ring 1 write page tables, so those
-    slots stay empty and the per-domain area is read-only (see refmodel docs on the substrate).
+
+def xen_l2_entries(m2p_l1: list[int], perdomain_pt: list[int], l2mfn: int) -> list[int]:
+    """What the hypervisor writes into slots 1008..1023 of page directory ``l2mfn`` when it
+    validates it (mm.c, alloc_l2_table, 2-level paging): the entries of the domain (the
+    machine-to-physical table at MACH2PHYS_VIRT_START, which Xen copies from idle_pg_table,
+    and the domain's per-domain tables at PERDOMAIN_VIRT_START), then the directory's map of
+    itself at LINEAR_PT_VIRT_START, ``l2e_from_pfn(pfn, __PAGE_HYPERVISOR)``, for which no
+    reference is taken (it is not a guest slot: get_page_from_l2e never sees it, nor does
+    free_l2_table's put_page_from_l2e). So two directories of one domain differ in that slot.
+
+    Departures: the self-map is read-only (``LINEAR_PT_FLAGS`` says why), and so is the
+    per-domain area (Xen's __PAGE_HYPERVISOR is RW there too: the model's hypervisor writes the
+    per-domain tables directly, never through this mapping). Xen's other slots (its heap, the
+    frame table, the writable M2P, the map cache, ioremap) stay empty: the model's hypervisor
+    runs in Python and needs none of them, and under an emulator that enforces no segment
+    limits they would expose Xen's memory to ring 1.
     """
     slots = [0] * abi.L2_PAGETABLE_XEN_SLOTS
     first = abi.L2_PAGETABLE_FIRST_XEN_SLOT
     m2p_slot = abi.MACH2PHYS_VIRT_START >> abi.L2_PAGETABLE_SHIFT
     for k, l1 in enumerate(m2p_l1):
         slots[m2p_slot - first + k] = l2e_from_pfn(l1, __PAGE_HYPERVISOR_RO)
+    slots[abi.LINEAR_PT_SLOT - first] = l2e_from_pfn(l2mfn, LINEAR_PT_FLAGS)
     for k, l1 in enumerate(perdomain_pt):
         slots[abi.PERDOMAIN_SLOT - first + k] = l2e_from_pfn(l1, __PAGE_HYPERVISOR_RO)
     return slots

@@ -24,7 +24,7 @@ from xenspec.refmodel.memory import PGC_allocated, PGC_xen_heap, PGT_pinned, PGT
 from xenspec.spec import abi
 from xenspec.spec.concrete import ConcreteLogic
 from xenspec.spec.invariants import COUNTER_INVARIANTS, INVARIANTS, count_violations
-from xenspec.spec.pagetable import PGT, pte_present
+from xenspec.spec.pagetable import PGT, pte_present, xen_l2e_of
 
 _INITIAL_ARCH = ArchVcpu()
 
@@ -37,7 +37,7 @@ class ConcreteView(ConcreteLogic):
         self.f = hv.frames
         self.memory = hv.memory
         self._vcpus: list[Vcpu] = [v for d in hv.domains.values() for v in d.vcpus]
-        self._xen_l2: dict[int, list[int]] = {}
+        self._xen_l2: dict[int, list[int]] = {}  # directory -> Xen's slots
 
     # frames: RAM from the frame table; a frame number beyond it is I/O memory (dom_io's)
     def _ram(self, mfn: int) -> bool:
@@ -82,15 +82,15 @@ class ConcreteView(ConcreteLogic):
         return self.memory.read_entry(mfn, index) if self._ram(mfn) else 0
 
     def xen_l2e(self, l2mfn: int, index: int) -> int:
-        """Xen's entry in slot ``index`` of a directory: it depends on the owner alone; -1
+        """Xen's entry in slot ``index`` of a directory: it depends on the owner and, in the
+        linear page-table slot, on the directory itself (``spec.pagetable.xen_l2e_of``); -1
         (no 32-bit entry) when the owner is not a domain."""
-        domid = self.owner(l2mfn)
-        slots = self._xen_l2.get(domid)
+        slots = self._xen_l2.get(l2mfn)
         if slots is None:
-            d = self.hv.domains.get(domid)
-            slots = self._xen_l2[domid] = (self.hv.xen_l2_slots(d) if d is not None
+            d = self.hv.domains.get(self.owner(l2mfn))
+            slots = self._xen_l2[l2mfn] = (self.hv.xen_l2_slots(d, l2mfn) if d is not None
                                            else [-1] * abi.L2_PAGETABLE_XEN_SLOTS)
-        return slots[index - abi.L2_PAGETABLE_FIRST_XEN_SLOT]
+        return xen_l2e_of(slots, l2mfn, index)
 
     # vCPUs, numbered across all domains
     def base(self, vcpu: int) -> int:

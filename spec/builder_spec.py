@@ -18,7 +18,8 @@ xen/arch/x86/domain_build.c construct_dom0 lay a domain out the same way):
   mapped pfn (kernel, p2m list, start_info, store and console rings, boot stack) is mapped
   read-write; entries carry _PAGE_USER when ``user`` (x86_32 L1_PROT/L2_PROT);
 * the directory's guest slots first_slot .. first_slot + nr_l1 - 1 name the L1s; its slots from
-  L2_PAGETABLE_FIRST_XEN_SLOT are Xen's (mm.c alloc_l2_table copies them in); the rest are 0;
+  L2_PAGETABLE_FIRST_XEN_SLOT are Xen's for this directory (mm.c alloc_l2_table copies the
+  domain's in and maps the directory itself at LINEAR_PT_VIRT_START); the rest are 0;
 * the directory is pinned (MMUEXT_PIN_L2_TABLE) and vCPU 0's base pointer: validating it types
   the L1s, and they type every frame they map writable (mm.c get_page_from_l1e), so the mapped
   frames below ``pt_base`` are writable pages, all validated; the other frames are untyped;
@@ -65,7 +66,7 @@ from xenspec.spec import abi
 from xenspec.spec.event_spec import EVT_INVARIANTS, EvtInvariant, EvtState, SymEvtView
 from xenspec.spec.event_spec import machine as event_machine
 from xenspec.spec.invariants import FREE_FRAME_OWNER, INVARIANTS, Invariant, proof_invariants
-from xenspec.spec.pagetable import PGT
+from xenspec.spec.pagetable import PGT, xen_l2_slot
 from xenspec.spec.symbolic import SymState, SymView, W, bv, fresh_name, reset_fresh
 
 Word = Any
@@ -100,6 +101,7 @@ class BuildParams:
     vcpu_domain: Any  # vcpu -> domid (the state's fixed arrays)
     privileged: Any  # domid -> Bool
     xen_l2e: Callable[[Word, Word], Word]  # (domid, index) -> Xen's directory entry
+    linear_pt_flags: Word  # the flags of a directory's map of itself (SymState's)
 
     def evolve(self, **changes: Any) -> BuildParams:
         return replace(self, **changes)
@@ -118,6 +120,7 @@ def symbolic_params() -> BuildParams:
         vcpu_domain=z3.Array("vcpu_domain", W, W),
         privileged=z3.Array("privileged", W, z3.BoolSort()),
         xen_l2e=z3.Function("xen_l2e", W, W, W),
+        linear_pt_flags=z3.BitVec("linear_pt_flags", 32),
     )
 
 
@@ -180,13 +183,14 @@ def l1_entry(p: BuildParams, k: Word, i: Word) -> Word:
 
 
 def l2_entry(p: BuildParams, i: Word) -> Word:
-    """Entry ``i`` of the page directory: the L1s, then Xen's slots, else 0. (Below
+    """Entry ``i`` of the page directory: the L1s, then Xen's slots for it, else 0. (Below
     first_slot, ``k`` wraps past every nr_l1 the layout allows: at most 1024.)"""
     k = i - first_slot(p)
     guest = (p.p2m[pt_base(p) + 1 + k] << abi.PAGE_SHIFT) | PAGE_KERNEL | user_bit(p)
     xen = z3.And(z3.ULE(bv(abi.L2_PAGETABLE_FIRST_XEN_SLOT), i),
                  z3.ULT(i, bv(abi.L2_PAGETABLE_ENTRIES)))
-    return z3.If(z3.ULT(k, nr_l1(p)), guest, z3.If(xen, p.xen_l2e(p.domid, i), bv(0)))
+    mine = xen_l2_slot(p.xen_l2e(p.domid, i), p.p2m[pt_base(p)], i, p.linear_pt_flags)
+    return z3.If(z3.ULT(k, nr_l1(p)), guest, z3.If(xen, mine, bv(0)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -265,7 +269,7 @@ def initial_state(p: BuildParams) -> SymState:
         kernel_ss=_vcpu0(p, bv(abi.FLAT_KERNEL_SS)), kernel_sp=_vcpu0(p, p.kernel_sp),
         gdt_frame=_zero2(), gdt_ents=_zero1(), gdt_ref=z3.K(W, z3.BoolVal(False)),
         nr_frames=p.nr_frames, vcpu_domain=p.vcpu_domain, privileged=p.privileged,
-        xen_l2e=p.xen_l2e, xen_written=p.xen_written,
+        xen_l2e=p.xen_l2e, linear_pt_flags=p.linear_pt_flags, xen_written=p.xen_written,
     )
 
 
@@ -581,7 +585,7 @@ def concrete_params(nr_frames: int, domid: int, p2m: list[int], nr_mapped: int,
         shared_info=bv(shared_info), xen_written=written,
         other_owner=z3.K(W, bv(abi.DOMID_XEN)), junk=_zero2(),
         vcpu_domain=z3.K(W, bv(domid)), privileged=z3.K(W, z3.BoolVal(False)),
-        xen_l2e=lambda d, i: bv(0),
+        xen_l2e=lambda d, i: bv(0), linear_pt_flags=bv(0),
     )
 
 

@@ -45,7 +45,12 @@ def in_use_table(s: StateView, f: Word, type: PGT) -> Bool:
 
 def inv_hole(s: StateView) -> Bool:
     """INV-HOLE: the hypervisor slots 1008..1023 of every page directory in use hold Xen's own
-    entries, so no guest-controlled entry translates an address in [HYPERVISOR_VIRT_START, 4G)."""
+    entries for that directory, so no guest-controlled entry translates an address in
+    [HYPERVISOR_VIRT_START, 4G). Xen's entries are a function of the directory, not only of
+    its domain: the slot of LINEAR_PT_VIRT_START maps the directory itself (mm.c,
+    alloc_l2_table: ``l2e_from_pfn(pfn, __PAGE_HYPERVISOR)``). Every view gives ``xen_l2e``
+    by the one rule ``spec.pagetable.xen_l2_slot``, so the frame in that slot is the
+    directory's own whatever an implementation says its slots are."""
     return s.forall_frames(
         lambda f: s.implies(
             in_use_table(s, f, PGT.l2_page_table),
@@ -395,7 +400,9 @@ def inv_xenpage_ref(s: StateView) -> Bool:
 
 
 INVARIANTS: tuple[Invariant, ...] = (
-    Invariant("INV-HOLE", "No guest-controlled mapping reaches the hypervisor's top 64 MB.",
+    Invariant("INV-HOLE", "No guest-controlled mapping reaches the hypervisor's top 64 MB: "
+              "every page directory in use holds Xen's entries for it there, its own frame in "
+              "the linear page-table slot.",
               "SOSP'03 s2.1.1; xen/arch/x86/mm.c alloc_l2_table, is_guest_l2_slot", inv_hole),
     Invariant("INV-NOWRPT", "No page-table, GDT or LDT frame is mapped writable.",
               "SOSP'03 s3.3.3; mm.c get_page_from_l1e, get_linear_pagetable", inv_nowrpt),

@@ -40,6 +40,7 @@ from xenspec.spec.pagetable import (
     pte_get_pfn,
     pte_present,
     pte_writable,
+    xen_l2_slot,
 )
 from xenspec.spec.symbolic import STATE_FIELDS, SymState, bv, exists, forall, fresh_name
 
@@ -201,7 +202,8 @@ def validate_tables(
     alloc_l2_table / alloc_l1_table do: (entries pass, choice constraints, resulting state).
 
     ``l1s`` are frames with no type references that become L1 tables; their RW targets take
-    the writable type (the fresh set ``r``)."""
+    the writable type (the fresh set ``r``). The directory's hypervisor slots become Xen's
+    entries for it (``xen_l2_slot``: the domain's, and its own frame at LINEAR_PT_SLOT)."""
     h = z3.BitVec("h", 32)
     is_new = z3.Lambda([h], z3.Or(l1s[h], h == l2) if l2 is not None else l1s[h])
     mid = s.evolve(
@@ -231,7 +233,8 @@ def validate_tables(
         x, k = z3.BitVec("x", 32), z3.BitVec("k", 32)
         xen_slots = z3.Lambda([x, k], z3.If(
             z3.And(x == l2, z3.ULE(bv(FIRST_XEN_SLOT), k), z3.ULT(k, bv(1024))),
-            s.xen_l2e(s.owner[l2], k), z3.Select(s.mem, x, k),
+            xen_l2_slot(s.xen_l2e(s.owner[l2], k), l2, k, s.linear_pt_flags),
+            z3.Select(s.mem, x, k),
         ))
         new = new.evolve(mem=xen_slots)
     return ok, choice, new

@@ -11,6 +11,7 @@ here and nowhere else (xen/arch/x86/mm.c, get_page_from_l1e / get_page_from_l2e)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import IntEnum
 from typing import Any
 
@@ -103,3 +104,35 @@ def l2e_from_pfn(pfn: int, flags: int) -> int:
 def is_guest_l2_slot(i: int) -> bool:
     """Slots below L2_PAGETABLE_FIRST_XEN_SLOT are the guest's (mm.c, is_guest_l2_slot)."""
     return i < abi.L2_PAGETABLE_FIRST_XEN_SLOT
+
+
+def xen_l2_slot(shared: Word, l2mfn: Word, index: Word, linear_flags: Word) -> Word:
+    """Xen's entry in hypervisor slot ``index`` of page directory ``l2mfn``: what
+    alloc_l2_table (mm.c, 3.0.4, CONFIG_PAGING_LEVELS == 2) leaves there once it has copied
+    the domain's entries in (``shared``: idle_pg_table's slots L2_PAGETABLE_FIRST_XEN_SLOT..1023
+    and the domain's per-domain tables at PERDOMAIN_VIRT_START, the same in every directory of
+    the domain) and then written the directory's map of itself at LINEAR_PT_VIRT_START,
+    ``l2e_from_pfn(pfn, __PAGE_HYPERVISOR)``: no reference is taken for it (the slot is not a
+    guest slot, so neither get_page_from_l2e nor, in free_l2_table, put_page_from_l2e sees it).
+    The self-map's flags are ``linear_flags``: Xen's __PAGE_HYPERVISOR, the reference model's
+    read-only form (refmodel/mm.py says why)."""
+    frame = l2mfn << abi.PAGE_SHIFT
+    if not isinstance(frame, z3.ExprRef):
+        frame &= 0xFFFFFFFF
+    mine = frame | (linear_flags & 0xFFF)
+    if isinstance(index, int):
+        return mine if index == abi.LINEAR_PT_SLOT else shared
+    as_bv = [z3.BitVecVal(x, 32) if isinstance(x, int) else x for x in (mine, shared)]
+    return z3.If(index == abi.LINEAR_PT_SLOT, as_bv[0], as_bv[1])
+
+
+def xen_l2e_of(slots: Sequence[int], l2mfn: int, index: int) -> int:
+    """Xen's entry in slot ``index`` of directory ``l2mfn``, from an implementation's account
+    of the hypervisor slots it wrote there (``slots``: the L2_PAGETABLE_XEN_SLOTS entries from
+    L2_PAGETABLE_FIRST_XEN_SLOT): the account's entry, except in the linear page-table slot,
+    where the rule (``xen_l2_slot``) puts the directory's own frame and only the account's
+    flags are taken. So an account that names another frame there, or none, still expects the
+    directory to map itself, and a directory that does not fails INV-HOLE."""
+    first = abi.L2_PAGETABLE_FIRST_XEN_SLOT
+    return int(xen_l2_slot(slots[index - first], l2mfn, index,
+                           slots[abi.LINEAR_PT_SLOT - first] & 0xFFF))

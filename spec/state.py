@@ -44,7 +44,9 @@ class StateView(Protocol):
     # --- memory ------------------------------------------------------------------------------
     def entry(self, mfn: Word, index: Word) -> Word: ...
     def xen_l2e(self, l2mfn: Word, index: Word) -> Word:
-        """The entry Xen itself keeps in hypervisor slot ``index`` of page directory ``l2mfn``."""
+        """The entry Xen itself keeps in hypervisor slot ``index`` of page directory ``l2mfn``:
+        its domain's entry, except that the linear page-table slot maps the directory itself
+        (the rule is ``spec.pagetable.xen_l2_slot``)."""
         ...
 
     # --- vCPUs -------------------------------------------------------------------------------

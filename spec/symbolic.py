@@ -26,6 +26,7 @@ from typing import Any
 import z3
 
 from xenspec.spec import abi
+from xenspec.spec.pagetable import xen_l2_slot
 
 W = z3.BitVecSort(32)
 Word = Any
@@ -180,7 +181,11 @@ class SymState:
     nr_frames: z3.BitVecRef
     vcpu_domain: z3.ArrayRef  # vcpu -> domid
     privileged: z3.ArrayRef  # domid -> Bool
-    xen_l2e: Callable[[Word, Word], Word]  # (domid, index) -> the entry Xen keeps there
+    # (domid, index) -> the entry Xen copies into hypervisor slot ``index`` of each of the
+    # domain's page directories; at LINEAR_PT_SLOT each directory maps itself instead, with the
+    # flags ``linear_pt_flags`` (pagetable.xen_l2_slot: Xen's slots are per directory).
+    xen_l2e: Callable[[Word, Word], Word]
+    linear_pt_flags: z3.BitVecRef
     # The frames the hypervisor writes into on a guest's behalf (shared_info, grant frames,
     # frames a back end maps): Xen shares them when it creates a domain or its grant table,
     # which no hypercall of the specification does, so no hypercall changes the set. A ghost
@@ -222,6 +227,7 @@ class SymState:
             vcpu_domain=z3.Array("vcpu_domain", W, W),
             privileged=z3.Array("privileged", W, z3.BoolSort()),
             xen_l2e=z3.Function("xen_l2e", W, W, W),
+            linear_pt_flags=z3.BitVec("linear_pt_flags", 32),
             xen_written=z3.Array("xen_written", W, z3.BoolSort()),
             gnt_slot=z3.Array(f"{name}.gnt_slot", W, W, W),
             mt_flags=z3.Array(f"{name}.mt_flags", W, W, W),
@@ -239,7 +245,8 @@ class SymState:
 # The fields a hypercall may change (the others are fixed for the life of a state).
 STATE_FIELDS: tuple[str, ...] = tuple(
     f.name for f in fields(SymState)
-    if f.name not in ("nr_frames", "vcpu_domain", "privileged", "xen_l2e", "xen_written")
+    if f.name not in ("nr_frames", "vcpu_domain", "privileged", "xen_l2e", "linear_pt_flags",
+                      "xen_written")
 )
 
 
@@ -298,7 +305,8 @@ class SymView:
         return z3.Select(self.s.mem, mfn, index)
 
     def xen_l2e(self, l2mfn: Word, index: Word) -> Word:
-        return self.s.xen_l2e(self.s.owner[l2mfn], index)
+        return xen_l2_slot(self.s.xen_l2e(self.s.owner[l2mfn], index), l2mfn, index,
+                           self.s.linear_pt_flags)
 
     # vCPUs
     def base(self, vcpu: Word) -> Word:

@@ -30,7 +30,7 @@ EXAMPLES = 300 if os.environ.get("XENSPEC_PROFILE") == "long" else 40
 V0 = bv(0)  # the calling vCPU: the only one
 FLAGS = st.sampled_from([0, 1, 3, 7, 0x23, 0x67, 0x101, 0x81, 0xE03, 2])
 frame_pick = st.integers(0, 63)
-index_pick = st.one_of(st.integers(0, 24), st.sampled_from([768, 1007, 1008, 1019, 1023]))
+index_pick = st.one_of(st.integers(0, 24), st.sampled_from([768, 1007, 1008, 1016, 1019, 1023]))
 OPS = st.one_of(
     st.tuples(st.just("mmu_update"), frame_pick, index_pick, frame_pick, FLAGS),
     st.tuples(st.just("update_va_mapping"), st.integers(0, 24), st.just(0), frame_pick, FLAGS),

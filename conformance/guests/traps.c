@@ -73,6 +73,12 @@ void test_main(void)
     check(last_trap.error_code == 0, "#GP error code %x", last_trap.error_code);
     /* (A read of the read-only pages the CPU needs, such as Xen's GDT page, succeeds in the
      * model: the emulator has no segment limits; see refmodel/cpu.py.) */
+    /* Xen's linear page table: the page directory maps itself at LINEAR_PT_VIRT_START, so
+     * the L1 mapping the page directory's own address is at this address. Xen maps it
+     * read-write for itself; the guest's segments end below it, so a write is a #GP(0). */
+    r = probe_write(LINEAR_PT_VIRT_START + ((pt >> 22) << 12), 0);
+    check(r == (FAULT_FLAG | TRAP_gp_fault), "write to the linear page table: %x", r);
+    check(last_trap.error_code == 0, "#GP error code %x", last_trap.error_code);
     check(probe_read(0xFF000000) == (FAULT_FLAG | TRAP_gp_fault), "read of Xen's heap");
     check(probe_read(0xFFFFF000) == (FAULT_FLAG | TRAP_gp_fault), "read at the top");
 

@@ -92,8 +92,8 @@ class RemoteImplementation:
     def machphys(self, mfn: int) -> int:
         return int(self.call("machphys", mfn))
 
-    def xen_l2_slots(self, domid: int) -> list[int]:
-        return list(self.call("xen_l2_slots", domid))
+    def xen_l2_slots(self, domid: int, l2_mfn: int) -> list[int]:
+        return list(self.call("xen_l2_slots", domid, l2_mfn))
 
     def vcpu_bases(self) -> list[tuple[int, int]]:
         return [(d, b) for d, b in self.call("vcpu_bases")]

@@ -88,15 +88,10 @@ class IndepImplementation:
     def machphys(self, mfn: int) -> int:
         return self.m.m2p[mfn]
 
-    def xen_l2_slots(self, domid: int) -> Sequence[int]:
-        """Slots L2_PAGETABLE_FIRST_XEN_SLOT.. of the domain's current page directory: the
-        linear self-map differs from one directory to the next (``xen_l2_slots_of``)."""
-        d = self.domain(domid)
-        return self.m.xen_slots(d, d.base)
-
-    def xen_l2_slots_of(self, l2mfn: int) -> Sequence[int]:
-        """Slots L2_PAGETABLE_FIRST_XEN_SLOT.. as alloc_l2_table writes them into ``l2mfn``."""
-        return self.m.xen_slots(self.domain(self.m.pages[l2mfn].owner), l2mfn)
+    def xen_l2_slots(self, domid: int, l2_mfn: int) -> Sequence[int]:
+        """Slots L2_PAGETABLE_FIRST_XEN_SLOT.. as alloc_l2_table writes them into ``l2_mfn``
+        (the linear self-map differs from one directory to the next)."""
+        return self.m.xen_slots(self.domain(domid), l2_mfn)
 
     def vcpu_bases(self) -> Sequence[tuple[int, int]]:
         return [(d.domid, d.base) for d in self.m.domains.values()]

@@ -23,6 +23,7 @@ class Region:
     name: str
     what: str
     xen: bool
+    per: str = ""  # whose entry the slot holds, where it differs: "directory" or "domain"
 
 
 def regions() -> list[Region]:
@@ -35,10 +36,15 @@ def regions() -> list[Region]:
         Region(abi.MACH2PHYS_VIRT_START, abi.MACH2PHYS_VIRT_END, "M2P (read-only)",
                "machine-to-physical table, mapped read-only for guests", True),
         Region(abi.LINEAR_PT_VIRT_START, abi.LINEAR_PT_VIRT_START + SLOT_BYTES,
-               "linear page table", "the current page directory mapped as a table", True),
+               "linear page table",
+               "the page directory itself, used as a page table: each directory's slot "
+               f"{abi.LINEAR_PT_SLOT} names its own frame (mm.c alloc_l2_table), so the "
+               "directory's L1 tables appear here; Xen maps it read-write for itself "
+               "(__PAGE_HYPERVISOR), the reference model read-only", True, "directory"),
         Region(abi.PERDOMAIN_VIRT_START,
                abi.PERDOMAIN_VIRT_START + (abi.PERDOMAIN_MBYTES << 20),
-               "per-domain area", "each vCPU's GDT and LDT mappings", True),
+               "per-domain area", "each vCPU's GDT and LDT mappings: the domain's own page "
+               "tables, the same in all its directories", True, "domain"),
     ]
     out, at = [], 0
     for r in known:
@@ -93,10 +99,11 @@ def _hole_bar(x: float, w: float, y0: float, y1: float) -> list[str]:
     for r in regions()[1:]:
         top, bottom = y(r.end), y(r.start)
         fill = "#f4c7c3" if r.name == "Xen" else "#f9e0a8"
+        per = f": per {r.per}" if r.per else ""
         body += [svg.rect(x, top, w, bottom - top, fill),
                  svg.text(x + w / 2, (top + bottom) / 2 + 4, r.name, "middle", size=11),
                  svg.text(x - 6, bottom - 2, f"{r.start:#010x}", "end", size=10),
-                 svg.text(x + w + 8, (top + bottom) / 2 + 4, slots(r), size=10)]
+                 svg.text(x + w + 8, (top + bottom) / 2 + 4, slots(r) + per, size=10)]
     limit = y(abi.GUEST_SEGMENT_MAX_ADDR)
     body += [svg.line(x - 70, limit, x + w + 120, limit, "#1a5fb4", dash="6 3", width=1.6),
              svg.text(x + w + 120, limit - 4, "GUEST_SEGMENT_MAX_ADDR", "end", size=10,
@@ -115,7 +122,12 @@ def layout_page() -> str:
         "needs no address-space switch (SOSP'03 s2.1.1). The guest owns everything below "
         f"``HYPERVISOR_VIRT_START`` = {abi.HYPERVISOR_VIRT_START:#x}; the page-directory "
         f"slots from {abi.L2_PAGETABLE_FIRST_XEN_SLOT} up hold Xen's entries, which no guest "
-        f"can change ({rst.ref(target('INV-HOLE'), 'INV-HOLE')}). The guest's flat segments "
+        f"can change ({rst.ref(target('INV-HOLE'), 'INV-HOLE')}). Xen writes them when it "
+        "validates a directory (mm.c, ``alloc_l2_table``), and they are Xen's entries *for "
+        f"that directory*: slot {abi.LINEAR_PT_SLOT} (``LINEAR_PT_VIRT_START``) names the "
+        "directory's own frame, so two directories of one domain differ there, and the "
+        "per-domain slots name the domain's own tables; no reference is taken for any of "
+        "them. The guest's flat segments "
         f"end at ``GUEST_SEGMENT_MAX_ADDR`` = {abi.GUEST_SEGMENT_MAX_ADDR:#x}, so the "
         "read-only machine-to-physical table is the only part of the hole a guest can read. "
         "Computed from ``spec.abi`` (arch-x86_32.h, asm-x86/config.h, Xen 3.0.4 non-PAE).",
