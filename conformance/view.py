@@ -54,6 +54,27 @@ def xen_slots(impl: HypercallLevel, domid: int, l2mfn: int) -> Sequence[int]:
         return [-1] * abi.L2_PAGETABLE_XEN_SLOTS
 
 
+class NotEvaluated(Exception):
+    """The adapter cannot supply what an invariant asks of the state."""
+
+
+def not_evaluated(impl: HypercallLevel) -> dict[str, str]:
+    """The invariants (by id) the suite cannot evaluate on ``impl``, with the reason."""
+    out = {}
+    if not isinstance(impl, XenWrittenFrames):
+        out["INV-XENPAGE"] = ("the adapter does not say which frames the hypervisor writes "
+                              "into (xen_written_frames)")
+    if not impl.counts_like_xen:
+        out["INV-COUNT"] = "the implementation does not count references like Xen"
+    return out
+
+
+def evaluated(impl: HypercallLevel) -> tuple[Invariant, ...]:
+    """The invariants of the specification ``violations`` evaluates on ``impl``."""
+    skip = not_evaluated(impl)
+    return tuple(inv for inv in INVARIANTS + COUNTER_INVARIANTS if inv.id not in skip)
+
+
 class ImplementationView(ConcreteLogic):
     """A read-only ``StateView`` of an implementation, through its adapter."""
 
