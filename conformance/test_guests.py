@@ -94,6 +94,43 @@ def test_guest_kernel(guest_impl: GuestLevel, name: str) -> None:
     verdict(boot(guest_impl, name), name)
 
 
+@pytest.mark.clauses("time/periodic_tick", "set_timer_op", "event_channel_op/bind_virq",
+                     "sched_op")
+@pytest.mark.parametrize("cmdline", ["periodic", "sleep"])
+def test_periodic_tick(guest_impl: GuestLevel, cmdline: str) -> None:
+    """schedule.c t_timer_fn: the running vCPU gets VIRQ_TIMER every 10 ms (periodic); a vCPU
+    blocked with a one-shot timer set is woken by that timer and no tick before it (sleep)."""
+    verdict(boot(guest_impl, "tick", cmdline), f"tick {cmdline}")
+
+
+# An iret whose frame names a code (and stack) selector, as the kernel's command line gives it
+# (conformance/guests/iret_selectors.c), and what Xen 3.0.4 does (x86_32/traps.c do_iret,
+# entry.S restore_all_guest's fixup to the failsafe callback, create_bounce_frame): the guest
+# runs there, gets a failsafe callback, or is crashed. A kernel that ever finds itself at CPL
+# 0 proves it by writing a hypervisor slot and fails.
+IRET_CASES = [
+    ("e019", "ran cs=e019"), ("5", "ran cs=5"), ("e021", "failsafe cs=e021"),
+    ("e009", "failsafe cs=e009"), ("1", "failsafe cs=1"), ("e008", "crash"), ("10", "crash"),
+    ("e02b:e033", "ran cs=e02b"), ("e02b:e021", "failsafe cs=e02b ss=e021"),
+    ("e02b:e010", "failsafe cs=e02b ss=e010"), ("e02a:e033", "failsafe cs=e02a ss=e033"),
+    ("stack:e021", "trap"), ("stack:0", "crash"), ("handler:e008", "failsafe cs=e009"),
+]
+
+
+@pytest.mark.clauses("iret", "bounce/failsafe", "set_callbacks", "INV-PRIV")
+@pytest.mark.parametrize(("cmdline", "expected"), IRET_CASES, ids=[c for c, _ in IRET_CASES])
+def test_iret_selectors(guest_impl: GuestLevel, cmdline: str, expected: str) -> None:
+    run = boot(guest_impl, "iret_selectors", cmdline)
+    assert "CPL 0" not in run.console, f"INV-PRIV: iret {cmdline} left the guest in ring 0"
+    if expected == "crash":
+        assert run.shutdown == "crash", \
+            f"iret: an iret to {cmdline} must crash the domain, not {run.shutdown}"
+        return
+    assert f"outcome: {expected}" in run.console.splitlines(), \
+        f"iret: to {cmdline} Xen gives 'outcome: {expected}'; the console:\n{run.console[-600:]}"
+    verdict(run, f"iret_selectors {cmdline}")
+
+
 @pytest.mark.clauses("sched_op", "sched_op_compat")
 @pytest.mark.parametrize(
     ("cmdline", "reason"),

@@ -221,6 +221,10 @@ CLAUSES: tuple[Clause, ...] = (
     Clause("set_timer_op", _H, "Set or cancel the vCPU's one-shot timer (VIRQ_TIMER)",
            "SOSP'03 s2.3 (timers); xen.h __HYPERVISOR_set_timer_op; schedule.c "
            "do_set_timer_op"),
+    Clause("time/periodic_tick", _B, "VIRQ_TIMER every 10 ms to the running vCPU; a blocked "
+           "vCPU is woken by its one-shot timer, not by the tick",
+           "SOSP'03 s2.3 (timers); schedule.c (3.0.4) t_timer_fn, schedule (the timer event "
+           "on a switch-in)"),
     Clause("time/vcpu_time_info", _B, "System time from the TSC, published per vCPU",
            "SOSP'03 s2.3 (real time, virtual time); xen.h vcpu_time_info; time.c "
            "update_vcpu_system_time"),
