@@ -148,7 +148,7 @@ static u32 tramp_entry(void)
 }
 
 /* Ring 3 may touch only the code pages, its stack and user_area: clear _PAGE_USER on every
- * other page of the image (the builder maps the bootstrap region with it). */
+ * other page of the image (the runtime gives ring 3 the whole image at start of day). */
 static void protect_kernel(void)
 {
     for (u32 va = 0xC0000000u; va < (u32)_end; va += 4096) {
