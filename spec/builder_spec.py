@@ -383,11 +383,16 @@ def shared_info_written(p: BuildParams) -> Bool:
     return z3.Implies(p.shared_info != 0, p.xen_written[p.shared_info])
 
 
-def xen_pages(p: BuildParams) -> Bool:
+def xen_pages(p: BuildParams, frames: list[int] | None = None) -> Bool:
     """What the builder and Xen make of the frames the hypervisor writes into: ``xen_page``
-    for every frame, and shared_info among them."""
-    f = z3.BitVec("xf", 32)
-    return z3.And(z3.ForAll([f], xen_page(p, f)), shared_info_written(p))
+    for every frame (or for ``frames``, when the caller knows the machine: concrete), and
+    shared_info among them."""
+    if frames is None:
+        f = z3.BitVec("xf", 32)
+        each = z3.ForAll([f], xen_page(p, f))
+    else:
+        each = z3.And(*[xen_page(p, bv(x)) for x in frames])
+    return z3.And(each, shared_info_written(p))
 
 
 def constraints(p: BuildParams, pfns: list[int] | None = None) -> Bool:
