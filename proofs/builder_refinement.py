@@ -13,7 +13,8 @@ side has in use, on every vCPU's base pointer and on every vCPU's CPU state. Mem
 page table (kernel, start_info, Xen's data) is the spec's free ``junk`` and is not compared.
 Where the model refuses a layout (BuildError), the spec's ``layout`` must be false. The ELF
 builder's own arithmetic (the region's size, start_info, the page tables, their number and the
-boot stack) is checked against ``elf_layout`` in the same way, and a new domain's event channels against ``initial_events``.
+boot stack) is checked against ``elf_layout`` in the same way, and a new domain's event
+channels against ``initial_events``.
 """
 
 from __future__ import annotations

@@ -35,8 +35,9 @@ xen/arch/x86/domain_build.c construct_dom0 lay a domain out the same way):
   frames (grant_table.c grant_table_create, likewise; the model creates a domain's grant
   table on first use, so the builder's domain has none yet), other domains' shared_info, and
   pages of the domain a back end maps (its store and console rings, which build_domain puts
-  after start_info, below the page tables). Those Xen shares have the writable type, validated, and Xen's type
-  reference (share_xen_page_with_guest: PGT_writable_page | PGT_validated, count 1); they
+  after start_info, below the page tables). Those Xen shares have the writable type,
+  validated, and Xen's type reference (share_xen_page_with_guest: PGT_writable_page |
+  PGT_validated, count 1); they
   are no page of the domain and not on the free list (``xen_pages``).
 
 The builder's own limits (builder.py BuildError checks) are ``layout``; the machine's are
@@ -52,10 +53,11 @@ parameter), concrete for the refinement check against the model's builder and fo
 witness that the invariants together are satisfiable. The obligations (``obligation_list``):
 the initial state satisfies each invariant; build_domain's region meets ``layout``, puts
 everything it loads below the page tables and the boot stack after them with at least 512 KB
-of the region after it, and its number of table frames is the least the search accepts; the new domain's event channels satisfy the event
-invariants; and (``invariants_satisfiable``) one concrete machine the builder makes, with
-tables in use, satisfies all invariants at once, so that none of the obligations that assume
-them holds vacuously.
+of the region after it, and its number of table frames is the least the search accepts;
+the new domain's event channels satisfy the event invariants; and
+(``invariants_satisfiable``) one concrete machine the builder makes, with tables in use,
+satisfies all invariants at once, so that none of the obligations that assume them holds
+vacuously.
 """
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ def test_too_much_space_is_refused() -> None:
 ])
 def test_at_least_512kb_after_the_boot_stack(kernel_pages: int, nr_pages: int, region: int,
                                              stack_end: int) -> None:
-    hv, b = build(kernel_pages, nr_pages)
+    _, b = build(kernel_pages, nr_pages)
     assert b.regs.esp == BASE + stack_end * PAGE
     assert b.nr_mapped == region
     assert region - stack_end >= 128
@@ -131,7 +131,7 @@ def test_entry_flags_are_l1_prot_and_l2_prot(privileged: bool) -> None:
 def test_initial_registers() -> None:
     """xc_linux_build_internal: flat ring-1 selectors, EIP the entry, ESP the top of the boot
     stack, ESI start_info, the other general registers 0, EFLAGS.IF."""
-    hv, b = build(10, 1024)
+    _, b = build(10, 1024)
     r = b.regs
     assert (r.cs, r.ss, r.ds, r.es, r.fs, r.gs) == (
         abi.FLAT_KERNEL_CS, abi.FLAT_KERNEL_SS, *[abi.FLAT_KERNEL_DS] * 4)
