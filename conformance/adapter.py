@@ -87,8 +87,9 @@ class DomainInfo:
     """A new domain and where its builder put the start-of-day page tables.
 
     Pfns [0, nr_mapped) are mapped at ``virt_base``; the page directory is pfn ``pt_base_pfn``
-    and the L1 tables are ``l1_pfns``, all mapped read-only, the directory pinned and loaded
-    as the vCPU's base pointer (Xen's x86_32 domain builder). ``p2m`` maps pfn -> mfn.
+    and the L1 tables are ``l1_pfns``, all mapped read-only and followed by the boot stack's
+    page, the directory pinned and loaded as the vCPU's base pointer (Xen's x86_32 domain
+    builders). ``p2m`` maps pfn -> mfn.
     """
 
     domid: int

@@ -46,6 +46,7 @@ def verdict(run: GuestRun, what: str) -> None:
 
 GUESTS = [
     ("hello", ["start_of_day", "console_io", "sched_op"]),
+    ("bootlayout", ["start_of_day", "mmu_update/NORMAL_PT_UPDATE"]),
     ("xen_version", ["xen_version", "vm_assist"]),
     ("console_sched", ["console_io", "sched_op", "sched_op_compat"]),
     ("traps", ["set_trap_table", "bounce/exception", "bounce/page_fault", "iret",

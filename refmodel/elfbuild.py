@@ -8,9 +8,10 @@ xen/include/public/elfnote.h and xen.h):
 * a PAE-only kernel (``PAE=yes``, or the PAE_MODE note "yes") cannot run on non-PAE Xen;
 * segments load at ``p_paddr - ELF_PADDR_OFFSET + VIRT_BASE``;
 * the bootstrap region starts at VIRT_BASE and maps pseudo-physical frames 1:1 from 0: the
-  kernel, the p2m list, start_info, a boot stack and the page tables (mapped read-only,
-  the page directory pinned and loaded; the model puts the tables last, Xen before the
-  stack); it ends on a 4 MB boundary with at least 512 KB free after the last element;
+  kernel, the p2m list, start_info, the store and console pages (tools/libxc/
+  xc_linux_build.c; not for the initial domain, domain_build.c), the page tables (mapped
+  read-only, the page directory pinned and loaded), the boot stack; it ends on a 4 MB
+  boundary with at least 512 KB after the stack (refmodel/builder.py bootstrap_layout);
 * the hypercall page is filled with ``int $0x82`` stubs (the iret stub in slot 23);
 * registers: CS = FLAT_KERNEL_CS, SS/DS/ES/FS/GS = FLAT_KERNEL_DS, EIP = entry,
   ESP = top of the boot stack, ESI = start_info's address, EFLAGS.IF = 1, events masked.
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING
 
 from xenspec.refmodel.arch import CpuUserRegs
-from xenspec.refmodel.builder import BuildError, build_initial_tables
+from xenspec.refmodel.builder import BuildError, bootstrap_layout, build_initial_tables
 from xenspec.refmodel.domain import Domain
 from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS, Hypervisor, OutOfMemory
 from xenspec.refmodel.platform import PVPlatform
@@ -43,13 +44,11 @@ if TYPE_CHECKING:
     from elftools.elf.sections import Section
     from elftools.elf.segments import Segment
 
-_BOOTSTRAP_SLACK_PAGES = (512 << 10) // abi.PAGE_SIZE
 # The memory an image is parsed for when the caller names no domain: the default domain size.
 DEFAULT_DOMAIN_BYTES = 16 << 20
 _SHF_COMPRESSED = 0x800  # gABI section flag
 _ELFCOMPRESS_ZLIB = 1
 _ELF32_CHDR = struct.Struct("<III")  # ch_type, ch_size, ch_addralign
-_4MB_PAGES = 1 << (abi.L2_PAGETABLE_SHIFT - abi.PAGE_SHIFT)
 
 
 @dataclass
@@ -298,29 +297,19 @@ def build_domain(
     hv: Hypervisor, pv: PVPlatform, image: GuestImage, nr_pages: int,
     cmdline: str = "", privileged: bool = False, devices: bool = False,
 ) -> BuiltDomain:
-    """Create a domain of ``nr_pages`` and lay ``image`` out in it as Xen does. With
-    ``devices``, the tools' part too (tools/libxc/xc_linux_build.c, setup_guest): the store
-    and console frames follow start_info in the bootstrap region, and start_info names them
-    and their event channels, bound to the backend domain (refmodel/xenstore.py,
-    refmodel/consring.py). Without, those fields are 0 and the ports stay free."""
+    """Create a domain of ``nr_pages`` and lay ``image`` out in it as Xen 3.0.4 does
+    (refmodel/builder.py bootstrap_layout): as tools/libxc/xc_linux_build.c setup_guest
+    builds a domain, with the store and console pages after start_info; for a privileged
+    domain without devices as xen/arch/x86/domain_build.c construct_dom0 builds the initial
+    domain, without them. With ``devices`` start_info names the store and console frames and
+    their event channels, bound to the backend domain (refmodel/xenstore.py,
+    refmodel/consring.py); without, those fields are 0, the ports stay free and the two pages
+    are ordinary memory of the region. No initial ram disk: mod_start and mod_len are 0."""
     base = image.virt_base
-    kernel_pages = -(-(image.kernel_end - base) // abi.PAGE_SIZE)
-    p2m_pages = -(-nr_pages * 4 // abi.PAGE_SIZE)
-    p2m_pfn = kernel_pages
-    start_info_pfn = p2m_pfn + p2m_pages
-    store_pfn, console_pfn = start_info_pfn + 1, start_info_pfn + 2
-    stack_pfn = start_info_pfn + (3 if devices else 1)
-    used = stack_pfn + 1
-    # Page tables: one L2 plus one L1 per 4 MB mapped; round the region to 4 MB with 512 KB
-    # of slack (domain_build.c); never more than the domain has.
-    nr_mapped = -(-(used + _BOOTSTRAP_SLACK_PAGES + 2) // _4MB_PAGES) * _4MB_PAGES
-    nr_mapped += -(-nr_mapped // abi.L1_PAGETABLE_ENTRIES) + 1
-    nr_mapped = -(-nr_mapped // _4MB_PAGES) * _4MB_PAGES
-    nr_mapped = min(nr_mapped, nr_pages)
-    nr_l1 = -(-nr_mapped // abi.L1_PAGETABLE_ENTRIES)
-    if used + nr_l1 + 1 > nr_mapped:
-        raise BuildError(f"the kernel needs more than the domain's {nr_pages} pages")
-    if base + nr_mapped * abi.PAGE_SIZE > abi.HYPERVISOR_VIRT_START:
+    tools = devices or not privileged
+    lay = bootstrap_layout(base, image.kernel_end, nr_pages, store_and_console=tools)
+    nr_mapped = lay.nr_mapped
+    if lay.v_end > abi.HYPERVISOR_VIRT_START:
         raise BuildError("the bootstrap region would reach the hypervisor hole")
     try:
         d = hv.create_domain(nr_pages, privileged=privileged)
@@ -342,9 +331,9 @@ def build_domain(
         write_va(va, data[:memsz] + bytes(max(0, memsz - len(data))))
     if image.hypercall_page is not None:
         write_va(image.hypercall_page, hypercall_page_contents())
-    write_va(base + p2m_pfn * abi.PAGE_SIZE, struct.pack(f"<{nr_pages}I", *mfns))
-    layout = build_initial_tables(hv, d, nr_mapped, base, user=True)
-    si_va = base + start_info_pfn * abi.PAGE_SIZE
+    write_va(lay.vphysmap_start, struct.pack(f"<{nr_pages}I", *mfns))
+    build_initial_tables(hv, d, nr_mapped, base, pt_base_pfn=lay.pfn(lay.vpt_start))
+    si_va = lay.vstartinfo_start
     si = bytearray(abi.SIZEOF_START_INFO)
     si[0 : len(abi.XEN_START_INFO_MAGIC)] = abi.XEN_START_INFO_MAGIC
 
@@ -354,14 +343,15 @@ def build_domain(
     put(abi.START_INFO_nr_pages, nr_pages)
     put(abi.START_INFO_shared_info, pv.darch(d).shared_info_mfn << abi.PAGE_SHIFT)
     put(abi.START_INFO_flags, (abi.SIF_PRIVILEGED | abi.SIF_INITDOMAIN) if privileged else 0)
-    put(abi.START_INFO_pt_base, layout.va(layout.pt_base_pfn))
-    put(abi.START_INFO_nr_pt_frames, len(layout.pt_pfns))
-    put(abi.START_INFO_mfn_list, base + p2m_pfn * abi.PAGE_SIZE)
+    put(abi.START_INFO_pt_base, lay.vpt_start)
+    put(abi.START_INFO_nr_pt_frames, lay.nr_pt_pages)
+    put(abi.START_INFO_mfn_list, lay.vphysmap_start)
     if devices:
-        store_mfn = mfns[store_pfn]
+        assert lay.vstore_start is not None and lay.vconsole_start is not None
+        store_mfn = mfns[lay.pfn(lay.vstore_start)]
         put(abi.START_INFO_store_mfn, store_mfn)
         put(abi.START_INFO_store_evtchn, pv.xenstore.introduce(d, store_mfn))
-        console_mfn = mfns[console_pfn]
+        console_mfn = mfns[lay.pfn(lay.vconsole_start)]
         put(abi.START_INFO_console_mfn, console_mfn)
         put(abi.START_INFO_console_evtchn, pv.consrings.attach(d, console_mfn))
     cmd = cmdline.encode()[: abi.MAX_GUEST_CMDLINE - 1]
@@ -370,8 +360,7 @@ def build_domain(
     regs = CpuUserRegs(
         eip=image.entry, cs=abi.FLAT_KERNEL_CS, ss=abi.FLAT_KERNEL_SS, ds=abi.FLAT_KERNEL_DS,
         es=abi.FLAT_KERNEL_DS, fs=abi.FLAT_KERNEL_DS, gs=abi.FLAT_KERNEL_DS,
-        esp=base + (stack_pfn + 1) * abi.PAGE_SIZE, esi=si_va,
-        eflags=abi.X86_EFLAGS_IF | abi.X86_EFLAGS_MBS,
+        esp=lay.stack_top, esi=si_va, eflags=abi.X86_EFLAGS_IF | abi.X86_EFLAGS_MBS,
     )
     return BuiltDomain(d, image, si_va, regs, nr_mapped)
 

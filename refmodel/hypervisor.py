@@ -26,6 +26,14 @@ separate Xen heap; the model has one heap and tells the two kinds apart by the f
   reaches only after the domain's last shared page lost its last reference: xenheap_pages
   holds a reference to the domain). The type reference goes with it.
 
+The M2P table starts filled with 0x55555555 (x86_32/mm.c paging_init, "an obvious debug
+pattern"): that is what a guest reads at MACH2PHYS_VIRT_START for every frame no domain has
+been given; an allocation writes the frame's pfn (set_gpfn_from_mfn), sharing a Xen heap page
+writes INVALID_M2P_ENTRY (mm.c share_xen_page_with_guest). Where the model departs: a frame
+returned to the heap gets INVALID_M2P_ENTRY, where Xen 3.0.4 leaves the last owner's pfn
+(neither page_alloc.c free_domheap_pages nor memory.c guest_remove_page touches the M2P), so
+that no entry names a pfn for a frame its domain no longer has.
+
 Long hypercalls are preempted and continued as Xen does it (xen/arch/x86/domain.c,
 hypercall_create_continuation, x86_32): the handler rewrites the guest's argument registers
 with what is left to do (EBX, ECX, EDX, ESI, EDI, EBP in order), puts the hypercall number in
@@ -124,6 +132,10 @@ HYPERCALL_NUMBERS: dict[str, int] = {
 HYPERCALL_NAMES = {nr: name for name, nr in HYPERCALL_NUMBERS.items()}
 
 
+# x86_32/mm.c paging_init: every M2P entry before any allocation.
+M2P_UNUSED_ENTRY = 0x55555555
+
+
 class Hypervisor:
     """A machine running the reference hypervisor."""
 
@@ -187,8 +199,9 @@ class Hypervisor:
         self.m2p = self.memory.words[
             self.m2p_start * 1024 : self.m2p_start * 1024 + nr_frames
         ]
-        for i in range(nr_frames):
-            self.m2p[i] = abi.INVALID_M2P_ENTRY
+        # paging_init's debug pattern, in every entry of the table's frames.
+        self.memory.write(self.m2p_start << abi.PAGE_SHIFT, M2P_UNUSED_ENTRY.to_bytes(4, "little")
+                          * (m2p_frames * abi.L1_PAGETABLE_ENTRIES))
         for k in range(m2p_frames):
             self.memory.write_entry(
                 self.m2p_l1, k, (self.m2p_start + k) << abi.PAGE_SHIFT | abi._PAGE_PRESENT

@@ -13,16 +13,18 @@ xen/arch/x86/domain_build.c construct_dom0 lay a domain out the same way):
 * the domain also owns its shared_info frame, which is not one of its pages
   (share_xen_page_with_guest; 0 when there is none, as for builder.py alone);
 * the bootstrap region maps pfns [0, nr_mapped) at ``virt_base`` (4 MB aligned); the page
-  directory is pfn ``pt_base`` = nr_mapped - 1 - nr_l1, followed by the ``nr_l1`` L1 tables,
-  all at the end of the region and mapped read-only (L1_PROT without _PAGE_RW); every other
-  mapped pfn (kernel, p2m list, start_info, store and console rings, boot stack) is mapped
-  read-write; entries carry _PAGE_USER when ``user`` (x86_32 L1_PROT/L2_PROT);
+  directory is pfn ``pt_base``, followed by the ``nr_l1`` L1 tables (one per 4 MB), mapped
+  read-only (L1_PROT without _PAGE_RW), and then by at least one page, the boot stack; every
+  other mapped pfn (kernel, p2m list, start_info, store and console pages, boot stack, the
+  padding) is mapped read-write. L1 entries are L1_PROT (no _PAGE_USER: no ring-3 access),
+  directory entries L2_PROT (with _PAGE_USER), the x86_32 values of both builders;
 * the directory's guest slots first_slot .. first_slot + nr_l1 - 1 name the L1s; its slots from
   L2_PAGETABLE_FIRST_XEN_SLOT are Xen's for this directory (mm.c alloc_l2_table copies the
   domain's in and maps the directory itself at LINEAR_PT_VIRT_START); the rest are 0;
 * the directory is pinned (MMUEXT_PIN_L2_TABLE) and vCPU 0's base pointer: validating it types
   the L1s, and they type every frame they map writable (mm.c get_page_from_l1e), so the mapped
-  frames below ``pt_base`` are writable pages, all validated; the other frames are untyped;
+  frames other than the tables are writable pages, all validated; the other frames are
+  untyped;
 * vCPU 0's context is all zeros (the model), or what xc_linux_build.c writes (``tools_ctxt``):
   every virtual IDT entry and both callbacks with FLAT_KERNEL_CS, kernel_ss FLAT_KERNEL_SS;
   no GDT frames (gdt_ents 0), no grant handles, no other vCPU has a base pointer;
@@ -34,24 +36,29 @@ xen/arch/x86/domain_build.c construct_dom0 lay a domain out the same way):
   frames (grant_table.c grant_table_create, likewise; the model creates a domain's grant
   table on first use, so the builder's domain has none yet), other domains' shared_info, and
   pages of the domain a back end maps (its store and console rings, which build_domain puts
-  below the page tables). Those Xen shares have the writable type, validated, and Xen's type
-  reference (share_xen_page_with_guest: PGT_writable_page | PGT_validated, count 1); they
+  after start_info, below the page tables). Those Xen shares have the writable type,
+  validated, and Xen's type reference (share_xen_page_with_guest: PGT_writable_page |
+  PGT_validated, count 1); they
   are no page of the domain and not on the free list (``xen_pages``).
 
 The builder's own limits (builder.py BuildError checks) are ``layout``; the machine's are
 ``machine`` and ``allocation``. Memory that is not a page table (the kernel image, the p2m list,
 start_info, Xen's frames) is an arbitrary ``junk`` array: no invariant may depend on it. Where
-build_domain puts the kernel, the p2m list, start_info and the boot stack is ``elf_layout``
-(its own arithmetic), and a new domain's event channels are ``initial_events``.
+build_domain puts the kernel, the p2m list, start_info, the store and console pages, the page
+tables and the boot stack is ``elf_layout`` (xc_linux_build.c setup_guest's arithmetic, the
+search for the number of table frames included), and a new domain's event channels are
+``initial_events``.
 
 Everything is a function of ``BuildParams``: symbolic for the proofs (unbounded over every
 parameter), concrete for the refinement check against the model's builder and for the
 witness that the invariants together are satisfiable. The obligations (``obligation_list``):
-the initial state satisfies each invariant; build_domain's region meets ``layout`` and puts
-everything it loads below the page tables; the new domain's event channels satisfy the event
-invariants; and (``invariants_satisfiable``) one concrete machine the builder makes, with
-tables in use, satisfies all invariants at once, so that none of the obligations that assume
-them holds vacuously.
+the initial state satisfies each invariant; build_domain's region meets ``layout``, puts
+everything it loads below the page tables and the boot stack after them with at least 512 KB
+of the region after it, and its number of table frames is the least the search accepts;
+the new domain's event channels satisfy the event invariants; and
+(``invariants_satisfiable``) one concrete machine the builder makes, with tables in use,
+satisfies all invariants at once, so that none of the obligations that assume them holds
+vacuously.
 """
 
 from __future__ import annotations
@@ -72,9 +79,12 @@ from xenspec.spec.symbolic import SymState, SymView, W, bv, fresh_name, reset_fr
 Word = Any
 Bool = Any
 
-# The entry flags of refmodel/builder.py (x86_32 domain_build.c L1_PROT, L2_PROT).
-PAGE_KERNEL = abi._PAGE_PRESENT | abi._PAGE_RW | abi._PAGE_ACCESSED | abi._PAGE_DIRTY
-PAGE_KERNEL_RO = abi._PAGE_PRESENT | abi._PAGE_ACCESSED
+# The entry flags of both x86_32 builders (xc_linux_build.c and domain_build.c, L1_PROT and
+# L2_PROT); the page tables' own L1 entries lose _PAGE_RW (setup_pg_tables).
+L1_PROT = abi._PAGE_PRESENT | abi._PAGE_RW | abi._PAGE_ACCESSED
+L1_PROT_RO = L1_PROT & ~abi._PAGE_RW
+L2_PROT = (abi._PAGE_PRESENT | abi._PAGE_RW | abi._PAGE_ACCESSED | abi._PAGE_DIRTY
+           | abi._PAGE_USER)
 # A non-PAE x86_32 PTE holds a 20-bit frame number: the machine has at most 2^20 frames.
 MAX_FRAMES = 1 << (32 - abi.PAGE_SHIFT)
 
@@ -89,7 +99,7 @@ class BuildParams:
     nr_pages: Word  # the domain's pages (tot_pages)
     nr_mapped: Word  # pages of the bootstrap region
     virt_base: Word
-    user: Bool  # entries carry _PAGE_USER
+    pt_base: Word  # the page directory's pfn; the L1s follow it, then the boot stack
     tools_ctxt: Bool  # vCPU 0's context as xc_linux_build.c writes it (else zeros)
     kernel_sp: Word  # the boot stack's top (tools_ctxt)
     p2m: Any  # pfn -> mfn
@@ -110,9 +120,9 @@ class BuildParams:
 def symbolic_params() -> BuildParams:
     """Every parameter free; the fixed arrays under the names ``SymState.fresh`` gives them."""
     bvs = {n: z3.BitVec(n, 32) for n in ("nr_frames", "domid", "vcpu", "nr_pages", "nr_mapped",
-                                         "virt_base", "kernel_sp", "shared_info")}
+                                         "virt_base", "pt_base", "kernel_sp", "shared_info")}
     return BuildParams(
-        **bvs, user=z3.Bool("user"), tools_ctxt=z3.Bool("tools_ctxt"),
+        **bvs, tools_ctxt=z3.Bool("tools_ctxt"),
         p2m=z3.Array("p2m", W, W), m2p=z3.Array("m2p", W, W),
         other_owner=z3.Array("other_owner", W, W),
         xen_written=z3.Array("xen_written", W, z3.BoolSort()),
@@ -133,8 +143,13 @@ def nr_l1(p: BuildParams) -> Word:
 
 
 def pt_base(p: BuildParams) -> Word:
-    """The page directory's pfn; the L1s follow it to the end of the region."""
-    return p.nr_mapped - 1 - nr_l1(p)
+    """The page directory's pfn; the L1s follow it."""
+    return p.pt_base
+
+
+def pt_end(p: BuildParams) -> Word:
+    """The first pfn after the tables: the boot stack's (xc_linux_build.c vstack_start)."""
+    return p.pt_base + 1 + nr_l1(p)
 
 
 def first_slot(p: BuildParams) -> Word:
@@ -155,24 +170,24 @@ def is_l2_pfn(p: BuildParams, pfn: Word) -> Bool:
 
 
 def is_l1_pfn(p: BuildParams, pfn: Word) -> Bool:
-    return z3.And(z3.ULT(pt_base(p), pfn), z3.ULT(pfn, p.nr_mapped))
+    return z3.And(z3.ULT(pt_base(p), pfn), z3.ULT(pfn, pt_end(p)))
+
+
+def is_pt_pfn(p: BuildParams, pfn: Word) -> Bool:
+    return z3.And(z3.ULE(pt_base(p), pfn), z3.ULT(pfn, pt_end(p)))
 
 
 def pfn_type(p: BuildParams, pfn: Word) -> Word:
     """The type a page of the domain has once the directory is pinned."""
     return z3.If(is_l2_pfn(p, pfn), bv(PGT.l2_page_table),
                  z3.If(is_l1_pfn(p, pfn), bv(PGT.l1_page_table),
-                       z3.If(z3.ULT(pfn, pt_base(p)), bv(PGT.writable_page), bv(PGT.none))))
-
-
-def user_bit(p: BuildParams) -> Word:
-    return z3.If(p.user, bv(abi._PAGE_USER), bv(0))
+                       z3.If(z3.ULT(pfn, p.nr_mapped), bv(PGT.writable_page), bv(PGT.none))))
 
 
 def l1e(p: BuildParams, pfn: Word) -> Word:
-    """The entry mapping ``pfn``: read-only from the page directory on."""
-    flags = z3.If(z3.ULE(pt_base(p), pfn), bv(PAGE_KERNEL_RO), bv(PAGE_KERNEL))
-    return (p.p2m[pfn] << abi.PAGE_SHIFT) | flags | user_bit(p)
+    """The entry mapping ``pfn``: L1_PROT, read-only for the page tables."""
+    flags = z3.If(is_pt_pfn(p, pfn), bv(L1_PROT_RO), bv(L1_PROT))
+    return (p.p2m[pfn] << abi.PAGE_SHIFT) | flags
 
 
 def l1_entry(p: BuildParams, k: Word, i: Word) -> Word:
@@ -186,7 +201,7 @@ def l2_entry(p: BuildParams, i: Word) -> Word:
     """Entry ``i`` of the page directory: the L1s, then Xen's slots for it, else 0. (Below
     first_slot, ``k`` wraps past every nr_l1 the layout allows: at most 1024.)"""
     k = i - first_slot(p)
-    guest = (p.p2m[pt_base(p) + 1 + k] << abi.PAGE_SHIFT) | PAGE_KERNEL | user_bit(p)
+    guest = (p.p2m[pt_base(p) + 1 + k] << abi.PAGE_SHIFT) | L2_PROT
     xen = z3.And(z3.ULE(bv(abi.L2_PAGETABLE_FIRST_XEN_SLOT), i),
                  z3.ULT(i, bv(abi.L2_PAGETABLE_ENTRIES)))
     mine = xen_l2_slot(p.xen_l2e(p.domid, i), p.p2m[pt_base(p)], i, p.linear_pt_flags)
@@ -347,14 +362,15 @@ def allocation_at(p: BuildParams, formula: Bool) -> Bool:
 
 
 def layout(p: BuildParams) -> Bool:
-    """builder.py's checks: a 4 MB aligned base; room for at least one ordinary page, the
-    directory and the L1s; no more than the domain's pages; nothing at or above
+    """builder.py's checks: a 4 MB aligned base; the directory, the L1s and the boot stack's
+    page inside the region; no more than the domain's pages; nothing at or above
     HYPERVISOR_VIRT_START (each a BuildError)."""
     room = z3.LShR(bv(abi.HYPERVISOR_VIRT_START) - p.virt_base, abi.PAGE_SHIFT)
     return z3.And(
         p.virt_base & ((1 << abi.L2_PAGETABLE_SHIFT) - 1) == 0,
         z3.ULE(p.virt_base, bv(abi.HYPERVISOR_VIRT_START)), z3.ULE(p.nr_mapped, room),
-        z3.UGE(p.nr_mapped, nr_l1(p) + 2), z3.ULE(p.nr_mapped, p.nr_pages),
+        z3.ULT(p.pt_base, p.nr_mapped), z3.ULE(nr_l1(p) + 2, p.nr_mapped - p.pt_base),
+        z3.ULE(p.nr_mapped, p.nr_pages),
     )
 
 
@@ -373,11 +389,16 @@ def shared_info_written(p: BuildParams) -> Bool:
     return z3.Implies(p.shared_info != 0, p.xen_written[p.shared_info])
 
 
-def xen_pages(p: BuildParams) -> Bool:
+def xen_pages(p: BuildParams, frames: list[int] | None = None) -> Bool:
     """What the builder and Xen make of the frames the hypervisor writes into: ``xen_page``
-    for every frame, and shared_info among them."""
-    f = z3.BitVec("xf", 32)
-    return z3.And(z3.ForAll([f], xen_page(p, f)), shared_info_written(p))
+    for every frame (or for ``frames``, when the caller knows the machine: concrete), and
+    shared_info among them."""
+    if frames is None:
+        f = z3.BitVec("xf", 32)
+        each = z3.ForAll([f], xen_page(p, f))
+    else:
+        each = z3.And(*[xen_page(p, bv(x)) for x in frames])
+    return z3.And(each, shared_info_written(p))
 
 
 def constraints(p: BuildParams, pfns: list[int] | None = None) -> Bool:
@@ -385,12 +406,15 @@ def constraints(p: BuildParams, pfns: list[int] | None = None) -> Bool:
 
 
 # ----------------------------------------------------------------------------------------------
-# The ELF builder's bootstrap region (refmodel/elfbuild.py build_domain; xc_linux_build.c
-# setup_guest): the kernel from pfn 0, then the p2m list, start_info, the store and console
-# frames (with devices) and the boot stack; the region rounded up to 4 MB with 512 KB of slack
-# and room for its page tables, at most the domain's pages.
+# The ELF builder's bootstrap region (refmodel/elfbuild.py build_domain, refmodel/builder.py
+# bootstrap_layout; tools/libxc/xc_linux_build.c setup_guest, xen/arch/x86/domain_build.c
+# construct_dom0): the kernel from pfn 0, then the p2m list, start_info, the store and console
+# pages (``tools``: xc_linux_build.c; construct_dom0 has none), the page tables, the boot stack;
+# the region rounded up to 4 MB with at least 512 KB after the stack; the number of table
+# frames found by the builders' exhaustive search.
 # ----------------------------------------------------------------------------------------------
-_SLACK_PAGES = (512 << 10) >> abi.PAGE_SHIFT
+_PADDING_PAGES = (512 << 10) >> abi.PAGE_SHIFT
+_SLOT_PAGES = 1 << (abi.L2_PAGETABLE_SHIFT - abi.PAGE_SHIFT)
 
 
 def _wide(x: Word) -> Word:
@@ -407,68 +431,104 @@ def _round_4mb(x: Word) -> Word:
     return _ceil_div(x, 10) << 10
 
 
+def _w64(x: int) -> Word:
+    return z3.BitVecVal(x, 64)
+
+
+def region_pages(pt_pfn: Word, nr_pt: Word) -> Word:
+    """The region's pages for ``nr_pt`` table frames from ``pt_pfn``: the boot stack follows
+    them; v_end is the stack's end rounded up to 4 MB, and 4 MB more if less than 512 KB would
+    follow the stack (setup_guest's loop body)."""
+    stack_end = pt_pfn + nr_pt + 1
+    v_end = _round_4mb(stack_end)
+    return z3.If(z3.ULT(v_end - stack_end, _w64(_PADDING_PAGES)), v_end + _SLOT_PAGES, v_end)
+
+
+def tables_needed(pt_pfn: Word, nr_pt: Word) -> Word:
+    """1 + NR(v_start, v_end, L2_PAGETABLE_SHIFT): the directory and one L1 per 4 MB slot of
+    the region ``nr_pt`` frames give (v_start is 4 MB aligned)."""
+    return 1 + z3.LShR(region_pages(pt_pfn, nr_pt), 10)
+
+
 @dataclass(frozen=True)
 class ElfLayout:
     """Where build_domain puts things, in pfns of the region (64-bit terms); ``nr_mapped`` is
-    the region's size, ``nr_l1`` its L1 tables."""
+    the region's size, ``nr_pt`` its table frames (the directory and ``nr_pt - 1`` L1s)."""
 
     kernel_pages: Word
     p2m_pfn: Word
     start_info_pfn: Word
+    store_pfn: Word  # == start_info_pfn + 1 with ``tools``; the console page follows
+    pt_pfn: Word
+    nr_pt: Word
     stack_pfn: Word
-    used: Word
     nr_mapped: Word
-    nr_l1: Word
 
 
-def elf_layout(virt_base: Word, kernel_end: Word, nr_pages: Word, devices: Bool) -> ElfLayout:
+def elf_layout(virt_base: Word, kernel_end: Word, nr_pages: Word, tools: Bool) -> ElfLayout:
+    """setup_guest's arithmetic (``tools``) or construct_dom0's. The number of table frames is
+    the search's answer in closed form: with ``need`` = ``tables_needed``, need(need(2)). The
+    search tries 2, 3, ... and stops at the first n with need(n) <= n; need never decreases and
+    grows by at most one per 1024 frames, so the answer is need(2) or need(2) + 1 = need(need(2))
+    (the obligation ``elf_layout_fits("search")`` proves it is the search's answer)."""
     kernel_pages = _ceil_div(_wide(kernel_end) - _wide(virt_base), abi.PAGE_SHIFT)
     p2m_pfn = kernel_pages
     start_info_pfn = p2m_pfn + _ceil_div(_wide(nr_pages), 10)  # 4-byte entries, 1024 a page
-    stack_pfn = start_info_pfn + z3.If(devices, z3.BitVecVal(3, 64), z3.BitVecVal(1, 64))
-    used = stack_pfn + 1
-    mapped = _round_4mb(used + _SLACK_PAGES + 2)
-    mapped = _round_4mb(mapped + _ceil_div(mapped, 10) + 1)
-    mapped = z3.If(z3.ULE(mapped, _wide(nr_pages)), mapped, _wide(nr_pages))
-    return ElfLayout(kernel_pages, p2m_pfn, start_info_pfn, stack_pfn, used, mapped,
-                     _ceil_div(mapped, 10))
+    pt_pfn = start_info_pfn + z3.If(tools, _w64(3), _w64(1))
+    nr_pt = tables_needed(pt_pfn, tables_needed(pt_pfn, _w64(2)))
+    return ElfLayout(kernel_pages, p2m_pfn, start_info_pfn, start_info_pfn + 1, pt_pfn, nr_pt,
+                     pt_pfn + nr_pt, region_pages(pt_pfn, nr_pt))
 
 
-def elf_accepts(virt_base: Word, kernel_end: Word, lay: ElfLayout) -> Bool:
+def elf_accepts(virt_base: Word, kernel_end: Word, nr_pages: Word, lay: ElfLayout) -> Bool:
     """The checks parse_image and build_domain make before building: VIRT_BASE 4 MB aligned,
-    the image (with its entry point) inside [VIRT_BASE, HYPERVISOR_VIRT_START), room for the
-    tables after the stack, the region below the hole."""
+    the image (with its entry point) inside [VIRT_BASE, HYPERVISOR_VIRT_START), the region no
+    larger than the domain ("Initial guest OS requires too much space") and below the hole."""
     top = _wide(virt_base) + (lay.nr_mapped << abi.PAGE_SHIFT)
     return z3.And(virt_base & ((1 << abi.L2_PAGETABLE_SHIFT) - 1) == 0,
                   z3.ULT(virt_base, kernel_end),
                   z3.ULE(kernel_end, bv(abi.HYPERVISOR_VIRT_START)),
-                  z3.ULE(lay.used + lay.nr_l1 + 1, lay.nr_mapped),
-                  z3.ULE(top, z3.BitVecVal(abi.HYPERVISOR_VIRT_START, 64)))
+                  z3.ULE(lay.nr_mapped, _wide(nr_pages)),
+                  z3.ULE(top, _w64(abi.HYPERVISOR_VIRT_START)))
 
 
 def elf_layout_fits(part: str) -> z3.Solver:
     """Unsatisfiable iff for every image and size build_domain accepts: (``limits``) the region
-    it asks build_initial_tables for meets the builder's limits (``layout``), so the initial
-    state is one ``initial_state`` describes, with the page directory where build_domain's own
-    arithmetic puts it; (``placed``) the kernel, the p2m list, start_info, the store and
-    console frames and the boot stack lie in that order in ordinary pages of the region, below
-    the page directory: mapped read-write, none of them a page table."""
+    it asks build_initial_tables for meets the builder's limits (``layout``), with the page
+    directory where build_domain's own arithmetic puts it and exactly the table frames the
+    search counted, so the initial state is one ``initial_state`` describes; (``placed``) the
+    kernel, the p2m list, start_info, the store and console pages lie in that order in
+    ordinary pages below the page directory, the boot stack is the page after the tables and
+    at least 512 KB of the region follow it; (``search``) the number of table frames is the
+    first n from 2 up with tables_needed(n) <= n, the answer of the builders' exhaustive
+    search."""
     reset_fresh()
     virt_base, kernel_end, nr_pages = z3.BitVecs("virt_base kernel_end nr_pages", 32)
-    devices = z3.Bool("devices")
-    lay = elf_layout(virt_base, kernel_end, nr_pages, devices)
+    tools = z3.Bool("tools")
+    lay = elf_layout(virt_base, kernel_end, nr_pages, tools)
     p = symbolic_params().evolve(virt_base=virt_base, nr_pages=nr_pages,
-                                 nr_mapped=z3.Extract(31, 0, lay.nr_mapped))
-    pt_base64 = lay.nr_mapped - 1 - lay.nr_l1
+                                 nr_mapped=z3.Extract(31, 0, lay.nr_mapped),
+                                 pt_base=z3.Extract(31, 0, lay.pt_pfn))
+    m = z3.BitVec("smaller nr_pt", 64)
     goal = {
-        "limits": z3.And(layout(p), _wide(pt_base(p)) == pt_base64),
-        "placed": z3.And(z3.ULT(lay.p2m_pfn, lay.start_info_pfn),
-                         z3.ULT(lay.start_info_pfn, lay.stack_pfn), z3.ULE(lay.used, pt_base64)),
+        "limits": z3.And(layout(p), _wide(pt_base(p)) == lay.pt_pfn,
+                         _wide(nr_l1(p)) + 1 == lay.nr_pt),
+        "placed": z3.And(z3.ULE(lay.kernel_pages, lay.p2m_pfn),
+                         z3.ULT(lay.p2m_pfn, lay.start_info_pfn),
+                         z3.Implies(tools, lay.store_pfn + 1 < lay.pt_pfn),
+                         z3.ULT(lay.start_info_pfn, lay.pt_pfn),
+                         lay.stack_pfn == lay.pt_pfn + lay.nr_pt,
+                         z3.ULE(lay.stack_pfn + 1 + _PADDING_PAGES, lay.nr_mapped)),
+        "search": z3.And(z3.ULE(tables_needed(lay.pt_pfn, lay.nr_pt), lay.nr_pt),
+                         z3.ULE(_w64(2), lay.nr_pt),
+                         z3.Implies(z3.And(z3.ULE(_w64(2), m), z3.ULT(m, lay.nr_pt)),
+                                    z3.UGT(tables_needed(lay.pt_pfn, m), m))),
     }[part]
     solver = z3.Solver()
-    solver.add(elf_accepts(virt_base, kernel_end, lay), z3.ULT(0, nr_pages), z3.Not(goal))
+    solver.add(elf_accepts(virt_base, kernel_end, nr_pages, lay), z3.ULT(0, nr_pages),
+               z3.Not(goal))
     solver.add(z3.BitVec("elf nr_mapped", 64) == lay.nr_mapped,
-               z3.BitVec("elf used", 64) == lay.used)
+               z3.BitVec("elf pt_pfn", 64) == lay.pt_pfn, z3.BitVec("elf nr_pt", 64) == lay.nr_pt)
     return solver
 
 
@@ -534,7 +594,7 @@ def xen_pages_at(p: BuildParams, witnesses: list[tuple[str, Word]]) -> list[Bool
 def named_facts(p: BuildParams, s: SymState, witnesses: list[tuple[str, Word]]) -> list[Bool]:
     """Definitions that name what a counterexample is about, so that the printed model shows
     it: the layout, and each witness frame's pfn, owner and type (they constrain nothing)."""
-    facts = [z3.BitVec("pt_base", 32) == pt_base(p), z3.BitVec("nr_l1", 32) == nr_l1(p)]
+    facts = [z3.BitVec("pt_end", 32) == pt_end(p), z3.BitVec("nr_l1", 32) == nr_l1(p)]
     for kind, w in witnesses:
         if kind == "frame":
             facts += [z3.BitVec(f"pfn of {w}", 32) == p.m2p[w],
@@ -552,8 +612,11 @@ def obligation_list() -> list[tuple[str, Callable[[], z3.Solver]]]:
                factory(inv)) for inv in proof_invariants()],
             ("start_of_day: the ELF builder's region meets the domain builder's limits",
              lambda: elf_layout_fits("limits")),
-            ("start_of_day: the ELF builder puts the kernel, p2m list, start_info and boot "
-             "stack in ordinary pages below the page tables", lambda: elf_layout_fits("placed")),
+            ("start_of_day: the ELF builder puts the kernel, p2m list, start_info, store and "
+             "console pages below the page tables and the boot stack after them, with 512 KB "
+             "of the region after it", lambda: elf_layout_fits("placed")),
+            ("start_of_day: the ELF builder's number of page-table frames is the answer of "
+             "Xen's exhaustive search", lambda: elf_layout_fits("search")),
             *[(f"start_of_day: a new domain's event channels satisfy {inv.id}",
                events_factory(inv)) for inv in EVT_INVARIANTS]]
 
@@ -567,7 +630,7 @@ def events_factory(inv: EvtInvariant) -> Callable[[], z3.Solver]:
 # of them at once, with tables in use (so no invariant holds only because nothing is in use).
 # ----------------------------------------------------------------------------------------------
 def concrete_params(nr_frames: int, domid: int, p2m: list[int], nr_mapped: int,
-                    virt_base: int, shared_info: int = 0, user: bool = True,
+                    virt_base: int, pt_base: int, shared_info: int = 0,
                     tools_ctxt: bool = True, xen_written: list[int] | None = None) -> BuildParams:
     """Parameters with every value given: the frames not in ``p2m`` (nor shared_info) are
     Xen's, non-table memory is 0, the domain is vCPU 0's and unprivileged, and Xen's directory
@@ -580,7 +643,7 @@ def concrete_params(nr_frames: int, domid: int, p2m: list[int], nr_mapped: int,
         written = z3.Store(written, bv(mfn), z3.BoolVal(True))
     return BuildParams(
         nr_frames=bv(nr_frames), domid=bv(domid), vcpu=bv(0), nr_pages=bv(len(p2m)),
-        nr_mapped=bv(nr_mapped), virt_base=bv(virt_base), user=z3.BoolVal(user),
+        nr_mapped=bv(nr_mapped), virt_base=bv(virt_base), pt_base=bv(pt_base),
         tools_ctxt=z3.BoolVal(tools_ctxt), kernel_sp=bv(virt_base), p2m=p2m_arr, m2p=m2p_arr,
         shared_info=bv(shared_info), xen_written=written,
         other_owner=z3.K(W, bv(abi.DOMID_XEN)), junk=_zero2(),
@@ -589,11 +652,11 @@ def concrete_params(nr_frames: int, domid: int, p2m: list[int], nr_mapped: int,
     )
 
 
-# One domain (1) of 6 pages on a machine of 16 frames, the region 4 pages at 3 GB: pfns 0-1
-# ordinary, 2 the directory, 3 the L1; shared_info in frame 12; the hypervisor writes into
-# shared_info and into pfn 1 (frame 4), as a back end does into a ring.
-WITNESS = dict(nr_frames=16, domid=1, p2m=[9, 4, 7, 5, 11, 6], nr_mapped=4,
-               virt_base=0xC0000000, shared_info=12, xen_written=[12, 4])
+# One domain (1) of 6 pages on a machine of 16 frames, the region 5 pages at 3 GB: pfns 0-1
+# ordinary, 2 the directory, 3 the L1, 4 the boot stack; shared_info in frame 12; the
+# hypervisor writes into shared_info and into pfn 1 (frame 4), as a back end does into a ring.
+WITNESS = dict(nr_frames=16, domid=1, p2m=[9, 4, 7, 5, 11, 6], nr_mapped=5,
+               virt_base=0xC0000000, pt_base=2, shared_info=12, xen_written=[12, 4])
 
 
 def in_use(s: SymState, p: BuildParams) -> Bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from xenspec.conformance.guests.build import build_guest, toolchain_available
-from xenspec.refmodel.boot import BootResult, boot
+from xenspec.refmodel.boot import BootResult, Machine, boot
 from xenspec.refmodel.builder import BuildError
 from xenspec.refmodel.domain import ShutdownReason
 from xenspec.refmodel.view import check_invariants
@@ -28,7 +28,7 @@ def run(name: str, cmdline: str = "", **kw: object) -> BootResult:
 @pytest.mark.parametrize(
     "name",
     ["hello", "xen_version", "console_sched", "traps", "ring3", "desc", "demo", "hostile_mm",
-     "xen_guest_section", "ldt", "failsafe", "segbase"],
+     "xen_guest_section", "ldt", "failsafe", "segbase", "bootlayout"],
 )
 def test_guest_succeeds(name: str) -> None:
     r = run(name)
@@ -37,6 +37,23 @@ def test_guest_succeeds(name: str) -> None:
     assert r.exit_status == 0
     assert r.hv is not None
     assert check_invariants(r.hv) == []
+
+
+@pytest.mark.parametrize("domain_mb", [4, 12])
+@pytest.mark.parametrize("devices", [False, True])
+@pytest.mark.parametrize("privileged", [False, True])
+def test_start_of_day_contract_from_inside(domain_mb: int, devices: bool,
+                                           privileged: bool) -> None:
+    """The bootlayout kernel checks the bootstrap region as the guest sees it (xen.h's
+    start-of-day layout): with and without the store and console pages, for the initial
+    domain's layout (privileged, no devices) and in a domain of exactly one 4 MB region."""
+    m = Machine(memory_mb=32)
+    d = m.add_guest(str(build_guest("bootlayout")), domain_mb, privileged=privileged,
+                    devices=devices)
+    m.run(timeout_s=HANG_GUARD_S)
+    r = m.result(d)
+    assert r.test_result == "SUCCESS", r.console
+    assert check_invariants(m.hv) == []
 
 
 @pytest.mark.parametrize(
@@ -107,7 +124,8 @@ def test_spinning_guest_is_stopped_by_the_guard() -> None:
 def test_trace_records_hypercalls() -> None:
     r = run("hello", trace=True)
     names = [str(t).split()[1].split("(")[0] for t in r.trace]
-    assert names[:2] == ["update_va_mapping", "set_trap_table"]
+    # The runtime gives ring 3 the image (mmu_update), maps shared_info, sets its traps.
+    assert names[:3] == ["mmu_update", "update_va_mapping", "set_trap_table"]
     assert names[-1] == "sched_op"
 
 

@@ -126,10 +126,10 @@ def test_the_model_refuses_to_pin_a_shared_page(
 # --- the model shares its frames (needs the model's sharing: PGC_xen_heap, backend_maps) ---
 def _booted(devices: bool) -> tuple[Hypervisor, PVPlatform, Domain, list[int]]:
     """The hello guest built as the tools build it; the words of its start_info."""
-    hv = Hypervisor(64 + 100)
+    hv = Hypervisor(1024 + 100)
     pv = PVPlatform(hv)
     image = load_image_file(str(build_guest("hello")))
-    built = build_domain(hv, pv, image, 64, devices=devices)
+    built = build_domain(hv, pv, image, 1024, devices=devices)  # one 4 MB region
     d = built.domain
     pfn = (built.start_info_va - image.virt_base) >> abi.PAGE_SHIFT
     raw = hv.memory.read(d.page_list[pfn] << abi.PAGE_SHIFT, abi.PAGE_SIZE)

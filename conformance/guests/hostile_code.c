@@ -148,10 +148,10 @@ static u32 tramp_entry(void)
 }
 
 /* Ring 3 may touch only the code pages, its stack and user_area: clear _PAGE_USER on every
- * other page of the image (the builder maps the bootstrap region with it). */
+ * other page of the image (the runtime gives ring 3 the whole image at start of day). */
 static void protect_kernel(void)
 {
-    for (u32 va = 0xC0000000u; va < (u32)_end; va += 4096) {
+    for (u32 va = KERNEL_VIRT_BASE; va < (u32)_end; va += 4096) {
         int user = (va >= (u32)code && va < (u32)code + CODE_BYTES)
             || (va >= (u32)user_stack && va < (u32)user_stack + sizeof(user_stack))
             || va == (u32)user_area;

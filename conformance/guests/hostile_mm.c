@@ -17,7 +17,7 @@ void test_main(void)
 {
     u32 l2 = si_u32(START_INFO_pt_base);
     u32 l2_mfn = virt_to_mfn((void *)l2);
-    u32 slot = 0xC0000000u >> L2_PAGETABLE_SHIFT;
+    u32 slot = KERNEL_VIRT_BASE >> L2_PAGETABLE_SHIFT;
     u32 l1_mfn = ((u32 *)l2)[slot] >> PAGE_SHIFT;
     u32 *scratch = alloc_scratch_page();
     u32 va = (u32)scratch, idx = (va >> PAGE_SHIFT) & 0x3ff;

@@ -57,6 +57,7 @@
     .globl _start
 _start:
     cld
+    movl %esp, boot_esp             /* the boot stack's top, as the builder left it */
     movl $kernel_stack + KERNEL_STACK_SIZE, %esp
     pushl %esi                      /* start_info */
     call start_kernel

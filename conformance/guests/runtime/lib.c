@@ -10,6 +10,7 @@ static u8 shared_info_page[4096] __attribute__((aligned(4096)));
 static u8 scratch[16][4096] __attribute__((aligned(4096)));
 static unsigned scratch_used;
 static u32 next_free_pfn;
+u32 boot_esp;                       /* ESP at entry (head.S): the top of the boot stack */
 
 u32 si_u32(unsigned offset) { return *(u32 *)(start_info + offset); }
 
@@ -183,14 +184,14 @@ void do_trap(struct trap_frame *f)
 
 /* ---- memory -------------------------------------------------------------------- */
 u32 pfn_to_mfn(u32 pfn) { return ((u32 *)si_u32(START_INFO_mfn_list))[pfn]; }
-u32 virt_to_mfn(const void *va) { return pfn_to_mfn(((u32)va - 0xC0000000u) >> PAGE_SHIFT); }
+u32 virt_to_mfn(const void *va) { return pfn_to_mfn(((u32)va - KERNEL_VIRT_BASE) >> PAGE_SHIFT); }
 
 static u32 l1_va_of(u32 l2e)
 {
     /* The bootstrap L1s are mapped in the bootstrap region; find the pfn from the M2P. */
     u32 mfn = l2e >> PAGE_SHIFT;
     u32 pfn = ((u32 *)MACH2PHYS_VIRT_START)[mfn];
-    return 0xC0000000u + (pfn << PAGE_SHIFT);
+    return KERNEL_VIRT_BASE + (pfn << PAGE_SHIFT);
 }
 u32 virt_to_pte_maddr(u32 va)
 {
@@ -220,12 +221,57 @@ u32 *alloc_scratch_page(void)
 }
 
 /* ---- start of day ---------------------------------------------------------------- */
+/* The bootstrap region, from what the ABI promises (xen.h, "Start-of-day memory layout"):
+ * it starts at the image's base, maps pfns 1:1 from 0, ends on a 4 MB boundary, and the
+ * bootstrap page tables (pt_base, nr_pt_frames) map it and nothing else: its end is the
+ * first directory slot from the base that maps nothing. */
+u32 bootstrap_end(void)
+{
+    const u32 *l2 = (const u32 *)si_u32(START_INFO_pt_base);
+    u32 slot = KERNEL_VIRT_BASE >> L2_PAGETABLE_SHIFT;
+    while (slot < (HYPERVISOR_VIRT_START >> L2_PAGETABLE_SHIFT) && (l2[slot] & _PAGE_PRESENT))
+        slot++;
+    return slot << L2_PAGETABLE_SHIFT;
+}
+
+/* Let ring 3 reach the image: Xen's builders map the region without _PAGE_USER in the L1
+ * entries (domain_build.c L1_PROT: "no ring-3 access in initial leaf page tables"), so the
+ * kernel grants it itself, page by page, and in the directory entries that lack it. */
+static void image_user_access(void)
+{
+    struct { u64 ptr, val; } req[32];
+    u32 n = 0;
+    u32 *l2 = (u32 *)si_u32(START_INFO_pt_base);
+    u32 l2_mfn = virt_to_mfn(l2);
+    for (u32 va = KERNEL_VIRT_BASE; va < (u32)_end; va += PAGE_SIZE_BYTES) {
+        u32 slot = va >> L2_PAGETABLE_SHIFT;
+        if (!(l2[slot] & _PAGE_USER)) {
+            struct { u64 ptr, val; } u = { ((u64)l2_mfn << PAGE_SHIFT) | (slot * 4),
+                                            l2[slot] | _PAGE_USER };
+            if (HYPERVISOR_mmu_update(&u, 1, NULL, DOMID_SELF))
+                panic("cannot give ring 3 directory slot %u", slot);
+        }
+        u32 pte = virt_to_pte(va);
+        if (pte & _PAGE_USER)
+            continue;
+        req[n].ptr = virt_to_pte_maddr(va);
+        req[n].val = pte | _PAGE_USER;
+        if (++n == 32) {
+            if (HYPERVISOR_mmu_update(req, n, NULL, DOMID_SELF))
+                panic("cannot give ring 3 the image");
+            n = 0;
+        }
+    }
+    if (n && HYPERVISOR_mmu_update(req, n, NULL, DOMID_SELF))
+        panic("cannot give ring 3 the image");
+}
+
 void start_kernel(u8 *si)
 {
     start_info = si;
-    /* The bootstrap region ends where the page tables end. */
-    u32 pt_end = si_u32(START_INFO_pt_base) + si_u32(START_INFO_nr_pt_frames) * 4096u;
-    next_free_pfn = (pt_end - 0xC0000000u) >> PAGE_SHIFT;
+    /* Frames beyond the bootstrap region are unmapped: the ones alloc_page_pfn hands out. */
+    next_free_pfn = (bootstrap_end() - KERNEL_VIRT_BASE) >> PAGE_SHIFT;
+    image_user_access();
     if (HYPERVISOR_update_va_mapping((u32)shared_info_page,
                                      si_u32(START_INFO_shared_info) | _PAGE_PRESENT | _PAGE_RW,
                                      UVMF_INVLPG))
@@ -389,7 +435,7 @@ void wallclock(u32 *sec, u32 *nsec, u32 *version)
 
 /* ---- the store ring (io/xs_wire.h; the client side of xenstored's protocol) ------------- */
 volatile u8 *mfn_to_virt(u32 mfn)
-{ return (volatile u8 *)(0xC0000000u + (((u32 *)MACH2PHYS_VIRT_START)[mfn] << PAGE_SHIFT)); }
+{ return (volatile u8 *)(KERNEL_VIRT_BASE + (((u32 *)MACH2PHYS_VIRT_START)[mfn] << PAGE_SHIFT)); }
 
 void evtchn_wait(u32 port)
 {

@@ -26,6 +26,7 @@ struct trap_frame {
 
 #define FAULT_FLAG 0x80000000u
 #define PAGE_SIZE_BYTES 4096u
+#define KERNEL_VIRT_BASE 0xC0000000u  /* the image's VIRT_BASE (head.S notes, link.ld) */
 
 /* head.S */
 long hypercall(unsigned nr, u32 a1, u32 a2, u32 a3, u32 a4, u32 a5);
@@ -143,6 +144,8 @@ u32 virt_to_mfn(const void *va);
 u32 virt_to_pte(u32 va);          /* read through the L2 at pt_base; 0 if not mapped */
 u32 virt_to_pte_maddr(u32 va);    /* machine address of that L1 entry; 0 if none */
 u32 alloc_page_pfn(void);         /* a pseudo-physical frame outside the bootstrap region */
+u32 bootstrap_end(void);          /* the end of the bootstrap region (a 4 MB boundary) */
+extern u32 boot_esp;              /* ESP at entry: the top of the boot stack */
 u32 *alloc_scratch_page(void);    /* a zeroed writable page inside the image */
 
 /* The store (io/xs_wire.h) and the PV console ring (io/console.h), in the frames start_info
