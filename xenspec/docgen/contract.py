@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -21,6 +23,7 @@ from xenspec.conformance.profiles import FIXES, PROFILES
 from xenspec.docgen import rst
 from xenspec.docgen.clausepages import hypercall_number
 from xenspec.docgen.matrix import target
+from xenspec.spec import abi
 from xenspec.spec.clauses import BY_ID, Kind
 
 MODULES = ("test_mmu", "test_cpu", "test_events", "test_differential", "test_guests")
@@ -62,6 +65,8 @@ class ModuleContract:
     needs: list[str]
     clauses: list[str] = field(default_factory=list)
     fixes: dict[str, list[str]] = field(default_factory=dict)  # fix -> tests marked with it
+    # Hypercalls the module's source issues that no marker names (set-up: pins, mappings).
+    setup: list[str] = field(default_factory=list)
 
     @property
     def hypercalls(self) -> dict[str, list[str]]:
@@ -75,6 +80,32 @@ class ModuleContract:
 
     def of_kind(self, kind: Kind) -> list[str]:
         return [c for c in self.clauses if BY_ID[c].kind is kind]
+
+
+HYPERCALLS = [n.removeprefix("__HYPERVISOR_") for n, v in vars(abi).items()
+              if n.startswith("__HYPERVISOR_") and isinstance(v, int)]
+# The driver's wrappers (conformance/driver.py, spec/guestcalls.py MMUCalls) and the hypercall
+# each issues.
+WRAPPERS = {"set_entry": "mmu_update", "pin": "mmuext_op", "unpin": "mmuext_op",
+            "new_baseptr": "mmuext_op"}
+
+
+def issued_in(source: str) -> list[str]:
+    """The hypercalls a test module's source issues: by name in a string, through the
+    driver's method of that name, or through a wrapper."""
+    out = [h for h in HYPERCALLS if re.search(rf'"{h}"|\.{h}\(', source)]
+    out += [h for w, h in WRAPPERS.items() if re.search(rf"\.{w}\(", source)]
+    return sorted(set(out), key=HYPERCALLS.index)
+
+
+def kernels_issue() -> list[str]:
+    """The hypercalls the guest test kernels' C and assembly sources issue."""
+    from xenspec.conformance.guests import build
+
+    root = Path(build.__file__).resolve().parent
+    text = "".join(p.read_text() for p in sorted(root.rglob("*"))
+                   if p.suffix in (".c", ".h", ".S"))
+    return [h for h in HYPERCALLS if re.search(rf"HYPERVISOR_{h}\b", text)]
 
 
 def _marks(obj: object) -> list[Any]:
@@ -119,6 +150,9 @@ def module_contract(name: str) -> ModuleContract:
                 for fix in mark.args:
                     out.fixes.setdefault(fix, []).append(test)
     out.clauses.sort(key=lambda c: (list(Kind).index(BY_ID[c].kind), c))
+    issued = kernels_issue() if needs == ["guest"] or "guest_impl" in source else \
+        issued_in(source)
+    out.setup = [h for h in issued if h not in out.hypercalls]
     return out
 
 
@@ -135,6 +169,10 @@ def module_section(m: ModuleContract) -> str:
     rows = [[rst.literal(h), str(hypercall_number(h)), _links(cids),
              rst.escape(GUEST_ARGUMENTS if guest else ARGUMENTS.get(h, "not documented"))]
             for h, cids in m.hypercalls.items()]
+    rows += [[rst.literal(h), str(hypercall_number(h)),
+              "none named: " + ("issued by the kernels" if guest else "set-up only"),
+              rst.escape(GUEST_ARGUMENTS if guest else ARGUMENTS.get(h, "not documented"))]
+             for h in m.setup]
     fixes = rst.bullets(f"{rst.literal(fix)}: " + ", ".join(rst.literal(t) for t in tests)
                         for fix, tests in sorted(m.fixes.items()))
     return rst.page(
