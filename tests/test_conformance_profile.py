@@ -24,9 +24,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_suite(tmp: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """Run the suite (or the modules named in ``args``) as a third party does."""
     report = tmp / "conformance.json"
+    where = [] if any(a.startswith("conformance/") for a in args) else ["conformance"]
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "conformance", "-q", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", *where, "-q", "-p", "no:cacheprovider",
          "--conformance-report", str(report), *args],
         cwd=ROOT, capture_output=True, text=True, check=False, timeout=600,
         env={**os.environ, "XENSPEC_PROFILE": "quick", "XENSPEC_CACHE_DIR": str(tmp)})
@@ -109,3 +111,28 @@ def test_the_differential_suite_issues_only_what_it_names(tmp_path: Path) -> Non
     (m,) = [m for m in contract.contracts() if m.name == "test_differential"]
     issued = record["issued"]["test_differential"]
     assert set(issued["hypercalls"]) <= {*m.hypercalls, *m.setup}
+
+
+XEN304 = "--implementation=xenspec.conformance.xen304:Xen304"
+
+
+def test_xen_3_0_4_page_tables_pass_every_unmarked_test_under_3_0_4(tmp_path: Path) -> None:
+    """The model with the page-table fixes undone (xen304.py) passes every hypercall-level
+    MMU and CPU test under the strict profile: no test lacks its fix marker."""
+    run, record = run_suite(tmp_path, XEN304, "--xen-profile=3.0.4", "conformance/test_mmu.py",
+                            "conformance/test_cpu.py")
+    assert run.returncode == 0, run.stdout[-3000:]
+    na = {r["nodeid"].removeprefix("conformance/") for r in record["tests"]
+          if r["outcome"] == "not applicable"}
+    assert na == {t for t in marked() if t.startswith(("test_mmu.py", "test_cpu.py"))}
+
+
+def test_xen_3_0_4_page_tables_fail_the_marked_tests_under_the_fixes(tmp_path: Path) -> None:
+    """With the default profile the same model fails exactly the tests marked with a fix:
+    each marker is needed."""
+    run, record = run_suite(tmp_path, XEN304, "conformance/test_mmu.py",
+                            "-k", "flipped_writable or through_linear_slot")
+    assert run.returncode == 1
+    failed = {r["nodeid"].removeprefix("conformance/") for r in record["tests"]
+              if r["outcome"] == "failed"}
+    assert failed == {t for t in marked() if t.startswith("test_mmu.py")}
