@@ -136,3 +136,19 @@ def test_xen_3_0_4_page_tables_fail_the_marked_tests_under_the_fixes(tmp_path: P
     failed = {r["nodeid"].removeprefix("conformance/") for r in record["tests"]
               if r["outcome"] == "failed"}
     assert failed == {t for t in marked() if t.startswith("test_mmu.py")}
+
+
+def test_the_matrix_states_the_profile_and_the_tests_not_applicable(tmp_path: Path) -> None:
+    from xenspec.docgen import generate
+
+    record = {"implementation": "impl", "finished": "2026-01-01T00:00:00+00:00",
+              "profile": "3.0.4", "fixes": [],
+              "tests": [{"nodeid": "conformance/test_mmu.py::t", "outcome": "not applicable",
+                         "clauses": ["update_va_mapping"], "duration": 0.0}],
+              "clauses": {"update_va_mapping": {"tests": 1, "not_applicable": 1}}}
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "conformance.json").write_text(json.dumps(record))
+    generate(tmp_path / "gen", tmp_path / "cache")
+    matrix = (tmp_path / "gen" / "matrix.rst").read_text()
+    assert "under profile ``3.0.4``" in matrix
+    assert "0/1 passed, 1 not applicable" in matrix
