@@ -1,9 +1,11 @@
 """The pytest plugin of the conformance suite (entry point ``pytest11``).
 
 Adds ``--implementation`` (which implementation the suite runs against; the reference model by
-default) and ``--conformance-report`` (where the JSON record goes), the ``clauses`` marker a
-conformance test names its clauses with and the ``needs`` marker naming what it needs of an
-implementation beyond its level (``xenspec.conformance.adapter.OFFERINGS``), the fixtures that
+default), ``--xen-profile`` (strict Xen 3.0.4 or 3.0.4 with the later fixes the model follows,
+``xenspec.conformance.profiles``) and ``--conformance-report`` (where the JSON record goes), the
+``clauses`` marker a conformance test names its clauses with, the ``needs`` marker naming what
+it needs of an implementation beyond its level (``xenspec.conformance.adapter.OFFERINGS``) and
+the ``fix`` marker naming the later Xen fixes its expected outcome depends on, the fixtures that
 hand a test a fresh implementation at the level it needs (``guest_impl``, ``hv_impl``,
 ``hv_factory``; every adapter call checked, ``xenspec.conformance.checked``), and, at the end
 of a session that ran conformance tests, the summary and the record.
@@ -14,7 +16,8 @@ No false greens:
   ``--implementation`` is given): a name that does not resolve, a factory that raises or a
   malformed ``offers`` declaration is one usage error (exit 4), one line;
 - a test needing what the implementation does not offer is *not offered* (a skip, never a
-  pass); one needing what it offers but whose adapter lacks a method is an error naming it,
+  pass); a test marked with a fix the profile lacks is *not applicable* (likewise); one
+  needing what it offers but whose adapter lacks a method is an error naming it,
   and so is an adapter call that raises or returns the wrong type;
 - a failure is charged to the clauses whose check failed (``checks.attribute``), and the
   summary reports each clause passed, failed, error, unfinished, skipped or not offered;
@@ -40,7 +43,7 @@ from typing import Any, cast
 
 import pytest
 
-from xenspec.conformance import coverage
+from xenspec.conformance import coverage, profiles
 from xenspec.conformance.adapter import (
     OFFERINGS,
     GuestLevel,
@@ -61,12 +64,15 @@ _STATE = pytest.StashKey["_Session"]()
 SUITE = Path(__file__).resolve().parent
 FIXTURE_NEEDS = {"guest_impl": "guest", "hv_impl": "hypercall", "hv_factory": "hypercall"}
 NOT_OFFERED = "not offered: "
+NOT_APPLICABLE = "not applicable under profile "
 CHECKED = ("passed", "failed", "error")  # outcomes of a test that ran against the implementation
 
 
 class _Session:
-    def __init__(self, spec: str, report: Path, explicit: bool) -> None:
+    def __init__(self, spec: str, report: Path, explicit: bool,
+                 profile: str = profiles.DEFAULT) -> None:
         self.spec = spec
+        self.profile = profile
         self.report = report
         self.explicit = explicit  # --conformance-report given on the command line
         self._factory: Callable[[], object] | None = None
@@ -79,6 +85,9 @@ class _Session:
         self.partial_args = False
         self.modules_missing: list[str] = []
         self.summary: list[tuple[str, dict[str, bool]]] = []
+        # Per test module: the hypercalls (by name) and their clauses issued while its tests
+        # ran, the guest kernels' own included; the documented contract must name each.
+        self.issued: dict[str, dict[str, Counter[str]]] = {}
 
     @property
     def loaded(self) -> bool:
@@ -128,6 +137,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
              "xenspec.implementations, or a command template with {elf} (guest level). "
              "Default: reference (the reference model).")
     group.addoption(
+        "--xen-profile", default=profiles.DEFAULT, metavar="PROFILE",
+        help=f"the Xen the implementation is: {' or '.join(profiles.PROFILES)} (default "
+             f"{profiles.DEFAULT}, what the reference model implements). Under 3.0.4 a test "
+             "marked with a later fix is reported as not applicable.")
+    group.addoption(
         "--conformance-report", default=None, metavar="PATH",
         help=f"where to write the JSON record of a conformance run (default {DEFAULT_REPORT}, "
              "written by complete runs only; a path given here is also written by a partial "
@@ -141,14 +155,31 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "needs(*offerings): what a conformance test needs an implementation to "
                    f"offer besides its level ({', '.join(OFFERINGS)})")
+    config.addinivalue_line(
+        "markers", "fix(*ids): the later Xen fixes (xenspec.conformance.profiles.FIXES) a "
+                   "conformance test's expected outcome depends on; not applicable under a "
+                   "profile without them")
+    profile = config.getoption("--xen-profile", profiles.DEFAULT)
+    if profile not in profiles.PROFILES:
+        raise pytest.UsageError(f"--xen-profile={profile}: unknown profile; known: "
+                                f"{', '.join(profiles.PROFILES)}")
     report = config.getoption("--conformance-report")
     config.stash[_STATE] = _Session(config.getoption("--implementation"),
-                                    Path(report) if report else DEFAULT_REPORT, bool(report))
+                                    Path(report) if report else DEFAULT_REPORT, bool(report),
+                                    profile)
 
 
 def clauses_of(item: pytest.Item) -> list[str]:
     marker = item.get_closest_marker("clauses")
     return list(marker.args) if marker else []
+
+
+def fixes_of(item: pytest.Item) -> list[str]:
+    """The later fixes a test's expected outcome depends on (its ``fix`` marks)."""
+    out: list[str] = []
+    for marker in item.iter_markers("fix"):
+        out += marker.args
+    return list(dict.fromkeys(out))
 
 
 def needs_of(item: pytest.Item) -> list[str]:
@@ -175,6 +206,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         bad = [n for n in needs_of(item) if n not in OFFERINGS]
         if bad:
             raise pytest.UsageError(f"{item.nodeid}: unknown offering(s) {', '.join(bad)}")
+        bad = [f for f in fixes_of(item) if f not in profiles.FIXES]
+        if bad:
+            raise pytest.UsageError(f"{item.nodeid}: unknown fix(es) {', '.join(bad)}")
 
 
 def pytest_deselected(items: list[pytest.Item]) -> None:
@@ -208,11 +242,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    state: _Session = item.config.stash[_STATE]
+    if _is_conformance(item):
+        why = profiles.not_applicable(state.profile, tuple(fixes_of(item)))
+        if why:
+            pytest.skip(why)
     needs = needs_of(item)
     if not needs:
         return
     coverage.LAST = ""
-    state: _Session = item.config.stash[_STATE]
     if not state.loaded:  # collected by a session that did not call collection_finish
         state.load()
     absent = [n for n in needs if n not in state.offers]
@@ -223,6 +261,19 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         if lacking:
             raise AdapterError(lacking[0], f"{state.name} offers {need!r} but has no "
                                            f"{', '.join(repr(m) for m in lacking)}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, None]:
+    calls, hits = Counter(coverage.CALLS), Counter(coverage.HITS)
+    yield
+    if not _is_conformance(item):
+        return
+    mine = item.config.stash[_STATE].issued.setdefault(
+        Path(str(item.path)).stem, {"hypercalls": Counter(), "clauses": Counter()})
+    mine["hypercalls"].update(coverage.CALLS - calls)
+    mine["clauses"].update({c: n for c, n in (coverage.HITS - hits).items()
+                            if c in BY_ID and BY_ID[c].kind is Kind.hypercall})
 
 
 # --- fixtures --------------------------------------------------------------------------------
@@ -272,7 +323,9 @@ def pytest_runtest_makereport(
                               "duration": round(report.duration, 4)}
     if report.skipped:
         reason = _skip_reason(report)
-        record["outcome"] = "not offered" if reason.startswith(NOT_OFFERED) else "skipped"
+        record["outcome"] = ("not offered" if reason.startswith(NOT_OFFERED) else
+                             "not applicable" if reason.startswith(NOT_APPLICABLE) else
+                             "skipped")
         record["message"] = reason
     elif report.passed:
         record["outcome"] = "passed"
@@ -334,7 +387,8 @@ def _crash_message(report: pytest.TestReport) -> str:
     return str(text)[:600]
 
 
-STATUSES = ("failed", "error", "passed", "unfinished", "skipped", "not offered", "not covered")
+STATUSES = ("failed", "error", "passed", "unfinished", "skipped", "not offered",
+            "not applicable", "not covered")
 
 
 def _per_clause(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -343,7 +397,8 @@ def _per_clause(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     other clauses count it as unfinished (not judged)."""
     table: dict[str, dict[str, Any]] = {
         c.id: {"tests": 0, "passed": 0, "failed": 0, "error": 0, "unfinished": 0,
-               "skipped": 0, "not_offered": 0, "hits": coverage.HITS.get(c.id, 0)}
+               "skipped": 0, "not_offered": 0, "not_applicable": 0,
+               "hits": coverage.HITS.get(c.id, 0)}
         for c in CLAUSES}
     for r in results:
         charged = [c for c in r.get("charged", []) if c in table]
@@ -374,6 +429,8 @@ def _status(t: dict[str, Any]) -> str:
         return "skipped"
     if t["not_offered"]:
         return "not offered"
+    if t["not_applicable"]:
+        return "not applicable"
     return "not covered"
 
 
@@ -397,9 +454,12 @@ def _complete(state: _Session, session: pytest.Session, exitstatus: int) -> list
 
 def _write_report(state: _Session, table: dict[str, dict[str, Any]], complete: bool) -> None:
     doc = {"implementation": state.name, "spec": state.spec, "offers": sorted(state.offers),
+           "profile": state.profile, "fixes": sorted(profiles.PROFILES[state.profile]),
            "complete": complete, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "tests": state.results, "clauses": table, "hypercalls": dict(coverage.CALLS),
-           "not_evaluated": dict(coverage.NOT_EVALUATED)}
+           "not_evaluated": dict(coverage.NOT_EVALUATED),
+           "issued": {m: {k: dict(v) for k, v in t.items()}
+                      for m, t in sorted(state.issued.items())}}
     try:
         state.report.parent.mkdir(parents=True, exist_ok=True)
         tmp = state.report.with_suffix(".tmp")
@@ -417,6 +477,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     table = _per_clause(state.results)
     incomplete = _complete(state, session, exitstatus)
     out = state.summary
+    fixes = profiles.PROFILES[state.profile]
+    out.append((f"profile {state.profile}: "
+                + (f"Xen 3.0.4 with the later fixes {', '.join(sorted(fixes))}" if fixes else
+                   "Xen 3.0.4 as released; tests of a later fix are not applicable"), {}))
     for kind in Kind:
         rows = {cid: t for cid, t in table.items() if BY_ID[cid].kind is kind}
         tally = Counter(t["status"] for t in rows.values())
@@ -430,7 +494,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             elif t["status"] == "error":
                 out.append((f"    ERROR  {cid}: {t['error']} of {t['tests']} tests",
                             {"red": True}))
-        for status in ("unfinished", "skipped", "not offered", "not covered"):
+        for status in ("unfinished", "skipped", "not offered", "not applicable",
+                       "not covered"):
             named = [cid for cid, t in rows.items() if t["status"] == status]
             if named:
                 out.append((f"    {status}: {', '.join(named)}", {"yellow": True}))
@@ -441,6 +506,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     for method, n in errors.items():
         first = next(r["message"] for r in state.results if r.get("method") == method)
         out.append((f"adapter error, {n} tests: {first.splitlines()[0][:200]}", {"red": True}))
+    na = [r for r in state.results if r["outcome"] == "not applicable"]
+    if na:
+        out.append((f"not applicable under profile {state.profile}, {len(na)} tests: "
+                    + ", ".join(f"{r['nodeid'].split('::')[-1]} "
+                                f"({r['message'].rsplit('(', 1)[-1]}" for r in na),
+                    {"yellow": True}))
     outcomes = Counter(r["outcome"] for r in state.results)
     out.append(("tests: " + ", ".join(f"{n} {o}" for o, n in sorted(outcomes.items())), {}))
     if not any(outcomes[o] for o in CHECKED):

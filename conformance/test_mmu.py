@@ -302,6 +302,7 @@ def test_linear_map_of_other_l2(g: Guest) -> None:
 
 
 @pytest.mark.clauses("mmu_update/NORMAL_PT_UPDATE", "INV-NOWRPT")
+@pytest.mark.fix("XSA-182")
 def test_ro_linear_entry_cannot_be_flipped_writable(g: Guest) -> None:
     """mod_l2_entry fast path (XSA-182 fix): an RO linear entry cannot become RW in place."""
     impl, (other,) = g.impl, g.free_mfns(1)
@@ -716,6 +717,7 @@ def test_uvm_without_l1_refused(g: Guest) -> None:
 
 
 @pytest.mark.clauses("update_va_mapping", "INV-L2REF")
+@pytest.mark.fix("uva-l1-only")
 def test_uvm_through_linear_slot_refused(g: Guest) -> None:
     """do_update_va_mapping acts only on an L1 table: through a directory slot holding a
     read-only linear map of the directory, the "L1 entry" would be a directory entry, written

@@ -77,6 +77,10 @@ def test_site_builds_with_warnings_as_errors(tmp_path: Path) -> None:
     assert (out / "_images" / "address-space.svg").is_file()
     assert "HYPERCALL_BUDGET" in (out / "guide" / "bounded.html").read_text()
     assert "sample-impl" in (out / "generated" / "matrix.html").read_text()
+    contract = (out / "guide" / "contract.html").read_text()
+    for name in ("test_mmu.py", "test_cpu.py", "test_events.py", "test_differential.py",
+                 "test_guests.py", "XSA-182", "--xen-profile"):
+        assert name in contract, name
 
 
 def test_docs_command_help() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from xenspec.docgen import abitables, clausepages, figures, matrix, rst, status
+from xenspec.docgen import abitables, clausepages, contract, figures, matrix, rst, status
 from xenspec.docgen.clausepages import hypercall_number
 from xenspec.docgen.matrix import slug, target
 from xenspec.spec import abi
@@ -44,6 +44,9 @@ def generate(outdir: Path, cache_dir: Path) -> list[Path]:
         "matrix.rst": matrix.matrix_page(obligations, st),
     }
     out += [rst.write_if_changed(outdir / name, text) for name, text in pages.items()]
+    # Included by the guide's contract page (not pages of their own: .inc is not a source).
+    out += [rst.write_if_changed(outdir / "contract-modules.inc", contract.contract_include()),
+            rst.write_if_changed(outdir / "contract-fixes.inc", contract.fixes_include())]
     out += [rst.write_if_changed(outdir / "images" / name, draw())
             for name, draw in figures.FIGURES.items()]
     return out

@@ -49,7 +49,8 @@ def _test_cells(cid: str, status: Status) -> tuple[str, str]:
     skipped = f", {tally.skipped} skipped" if tally.skipped else ""
     error = f", **{tally.error} error**" if tally.error else ""
     offered = f", {tally.not_offered} not offered" if tally.not_offered else ""
-    return (f"{tally.passed}/{tally.tests} passed{failed}{error}{skipped}{offered}",
+    na = f", {tally.not_applicable} not applicable" if tally.not_applicable else ""
+    return (f"{tally.passed}/{tally.tests} passed{failed}{error}{skipped}{offered}{na}",
             str(tally.hits))
 
 
@@ -71,8 +72,10 @@ def sources_line(status: Status) -> str:
         tests = f"Conformance: {NOT_RUN} (``pytest conformance`` records the run)."
     else:
         c = status.conformance
+        profile = f" under profile {rst.literal(c.profile)}" if c.profile else ""
         tests = (f"Conformance: {len(c.tests)} tests against "
-                 f"{rst.literal(c.implementation)}, finished {rst.escape(c.finished)}.")
+                 f"{rst.literal(c.implementation)}{profile}, finished "
+                 f"{rst.escape(c.finished)}.")
     notes = rst.bullets(rst.escape(p) for p in status.problems)
     return rst.page(proofs + "\n" + tests, notes)
 

@@ -93,6 +93,7 @@ class ClauseTally:
     hits: int = 0
     error: int = 0  # adapter errors charged to the clause
     not_offered: int = 0  # tests the implementation does not offer what they need for
+    not_applicable: int = 0  # tests of a later Xen fix the run's --xen-profile lacks
 
 
 @dataclass
@@ -101,6 +102,7 @@ class Conformance:
     finished: str
     tests: list[TestRecord] = field(default_factory=list)
     clauses: dict[str, ClauseTally] = field(default_factory=dict)
+    profile: str = ""  # --xen-profile of the run ('' in records made before it existed)
 
 
 @dataclass
@@ -130,7 +132,8 @@ def _proofs(data: Any) -> dict[str, ProofStatus] | None:
 
 def _tally(e: dict[str, Any]) -> ClauseTally:
     return ClauseTally(*(int(e.get(k, 0)) for k in ("tests", "passed", "failed", "skipped",
-                                                    "hits", "error", "not_offered")))
+                                                    "hits", "error", "not_offered",
+                                                    "not_applicable")))
 
 
 def _conformance(data: Any) -> Conformance | None:
@@ -143,7 +146,7 @@ def _conformance(data: Any) -> Conformance | None:
     clauses = {str(k): _tally(v) for k, v in data.get("clauses", {}).items()
                if isinstance(v, dict)}
     return Conformance(str(data.get("implementation", "?")), str(data.get("finished", "?")),
-                       tests, clauses)
+                       tests, clauses, str(data.get("profile", "")))
 
 
 def load(cache_dir: Path) -> Status:
