@@ -62,8 +62,8 @@ FIXES: dict[str, Fix] = {f.id: f for f in (
         "refmodel/grant.py"),
     Fix("XSA-326", "xenstored watch events bounded",
         "tools/xenstore/xenstored_watch.c, add_event: events are queued without bound",
-        "XSA-326 (CVE-2020-29570), tools/xenstore: the events held for a connection are "
-        "bounded, later ones dropped",
+        "XSA-326 (CVE-2022-42311 to CVE-2022-42318), tools/xenstore: the events held for a "
+        "connection are bounded, later ones dropped",
         "refmodel/xenstore.py MAX_PENDING_EVENTS_BYTES"),
 )}
 
