@@ -74,6 +74,21 @@ def test_set_gdt_refuses_writable_and_foreign_frames(g: Guest, hv_impl: Hypercal
     assert_invariants(hv_impl, [g, other])
 
 
+@pytest.mark.clauses("set_gdt", "INV-COUNT")
+def test_set_gdt_of_several_frames(g: Guest) -> None:
+    """do_set_gdt: the frame list holds one frame number per 512 entries, each taken in
+    order (copy_from_guest of the list, then each frame gets a GDT type reference)."""
+    frames = g.free_mfns(3)
+    assert g.set_gdt(frames, 3 * 512) == 0, "set_gdt: three clean frames must be accepted"
+    assert g.impl.descriptor_frames(g.domid) == frames, \
+        "set_gdt: the vCPU's GDT must be the listed frames, in order"
+    for m in frames:
+        assert_frame(g.impl, m, Frame(PGT.gdt_page, 1, 2, validated=True),
+                     "set_gdt: each installed frame holds one GDT type and one general reference")
+    assert g.set_gdt([], 0) == 0, "set_gdt: an empty GDT"
+    assert_invariants(g.impl, [g])
+
+
 @pytest.mark.clauses("set_gdt")
 def test_set_gdt_argument_errors(g: Guest) -> None:
     """do_set_gdt: too many entries -EINVAL; an unreadable frame list -EFAULT; a frame holding
@@ -118,6 +133,23 @@ def test_update_descriptor_applies_the_rule(g: Guest) -> None:
         assert g.update_descriptor(addr, value) == EINVAL, (
             f"INV-PRIV: update_descriptor accepted {why}")
     assert descriptor(g, a, 5) == before, "a refused update_descriptor must not write"
+    assert_invariants(g.impl, [g])
+
+
+@pytest.mark.clauses("update_descriptor")
+def test_update_descriptor_address_above_4gb_refused(g: Guest) -> None:
+    """do_update_descriptor: the machine address is 64 bits (pa_lo, pa_hi); its frame number,
+    pa >> PAGE_SHIFT, is beyond the machine's RAM when pa_hi is not 0 (here 4: 16 GB up),
+    -EINVAL, and the frame its low word names is left alone."""
+    (plain,) = g.free_mfns(1)
+    value = mkdesc(0, 0xFFF, DATA_RW | dpl(3))
+    before = descriptor(g, plain, 2)
+    assert g.update_descriptor(4 << 32 | (plain << abi.PAGE_SHIFT) + 16, value) == EINVAL, (
+        "update_descriptor: a machine address above 4 GB was accepted")
+    assert descriptor(g, plain, 2) == before, (
+        "update_descriptor: the frame named by the address's low word was written")
+    assert g.update_descriptor((plain << abi.PAGE_SHIFT) + 16, value) == 0, (
+        "update_descriptor on plain memory must succeed")
     assert_invariants(g.impl, [g])
 
 

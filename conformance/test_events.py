@@ -237,6 +237,22 @@ def test_argument_errors_and_compat(ev: Ev, g: Guest) -> None:
     assert g.hypercall("event_channel_op_compat", 0x1000) == EFAULT
 
 
+@pytest.mark.clauses("event_channel_op/bind_ipi", "event_channel_op/status")
+def test_unwritable_argument_faults_after_the_command(ev: Ev, g: Guest) -> None:
+    """do_event_channel_op: the structure is copied back after the command ran; when that
+    copy fails (here: the page directory, which the guest maps read-only and whose first
+    words are 0, so vCPU 0 is asked for) the result is -EFAULT, and the port stays bound."""
+    pd = g.va(g.info.pt_base_pfn)
+    assert int.from_bytes(g.impl.read_pfn(g.domid, g.info.pt_base_pfn, 0, 8), "little") == 0, \
+        "the first words of the page directory are expected to be empty"
+    assert g.hypercall("event_channel_op", abi.EVTCHNOP_bind_ipi, pd) == EFAULT, \
+        "do_event_channel_op: an unwritable structure must give -EFAULT on the copy back"
+    port = ev.bind_ipi(0)
+    assert port > 1, "evtchn_bind_ipi: the port bound before the copy back failed was reused"
+    assert ev.status(port - 1)[:3] == (0, abi.EVTCHNSTAT_ipi, 0), \
+        "evtchn_bind_ipi: the port stays bound to vCPU 0 when the copy back fails"
+
+
 @pytest.mark.clauses("set_timer_op")
 def test_set_timer_op_returns_zero(g: Guest) -> None:
     """do_set_timer_op always returns 0: a deadline, a cancel (0), a past and a huge one."""

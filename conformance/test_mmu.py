@@ -26,6 +26,7 @@ from xenspec.conformance.driver import (
     UNSET,
     Guest,
     pack_mmu_updates,
+    pack_mmuext_ops,
 )
 from xenspec.conformance.view import xen_slots
 from xenspec.spec import abi
@@ -375,6 +376,49 @@ def test_preempted_batch_adds_previous_done(g: Guest, l1: int) -> None:
     assert_invariants(impl, [g])
 
 
+@pytest.mark.clauses("mmu_update/NORMAL_PT_UPDATE")
+def test_long_batch_is_continued_where_it_stopped(g: Guest, l1: int) -> None:
+    """do_mmu_update, hypercall_create_continuation: a batch preempted part way is continued
+    with the request pointer advanced past the entries done (the loop's
+    guest_handle_add_offset), so every entry lands once and ``*done`` counts all of them."""
+    impl, (a,) = g.impl, data_frames(g, 1)
+    n = 600  # longer than any one invocation's budget: preempted and continued at least once
+    reqs = [(g.entry_maddr(l1, i), g.pte(a, PTE_RO)) for i in range(n)]
+    assert g.mmu_update(reqs) == (0, n), \
+        "do_mmu_update: a long batch continued after preemption did not complete every entry"
+    assert [g.entry(l1, i) for i in range(n)] == [g.pte(a, PTE_RO)] * n, \
+        "do_mmu_update: an entry of a continued batch did not land in its own slot"
+    assert_frame(impl, a, Frame(NONE, 0, 1 + n),
+                 "get_page_from_l1e: each RO entry of a continued batch takes one general ref")
+    assert_invariants(impl, [g])
+
+
+@pytest.mark.clauses("mmuext_op/TLB_FLUSH", "mmuext_op/PIN_L1_TABLE")
+def test_preempted_mmuext_batch_adds_previous_done(g: Guest) -> None:
+    """do_mmuext_op, MMU_UPDATE_PREEMPTED: the flag is cleared from the count and the old
+    *done is added to this call's, as in do_mmu_update."""
+    ops = pack_mmuext_ops([(abi.MMUEXT_TLB_FLUSH_LOCAL, 0, 0)] * 2)
+    uptr = g.write_args(ops)
+    assert raw_batch(g, "mmuext_op", uptr, 2 | abi.MMU_UPDATE_PREEMPTED, done=5) == (0, 7), \
+        "do_mmuext_op MMU_UPDATE_PREEMPTED: *done must be the old *done plus this call's"
+    assert_invariants(g.impl, [g])
+
+
+@pytest.mark.clauses("mmuext_op/TLB_FLUSH", "mmuext_op/PIN_L1_TABLE", "INV-PIN")
+def test_long_mmuext_batch_is_continued_where_it_stopped(g: Guest) -> None:
+    """do_mmuext_op, hypercall_create_continuation: a preempted batch continues with the
+    operation pointer advanced past the operations done, so the last operation (a pin) is
+    carried out once, at the end, and ``*done`` counts every operation."""
+    impl, (t,) = g.impl, g.free_mfns(1)
+    n = 600  # longer than any one invocation's budget: preempted and continued at least once
+    ops = [(abi.MMUEXT_INVLPG_LOCAL, 0xC0005000, 0)] * (n - 1) + [(abi.MMUEXT_PIN_L1_TABLE, t, 0)]
+    assert g.mmuext_op(ops) == (0, n), \
+        "do_mmuext_op: a long batch continued after preemption did not complete every operation"
+    assert_frame(impl, t, Frame(L1, 1, 2, True, True),
+                 "do_mmuext_op: the last operation of a continued batch (a pin) was not done once")
+    assert_invariants(impl, [g])
+
+
 # --- 13-14. foreign domain and the M2P ---------------------------------------------------------
 @pytest.mark.clauses("mmu_update/MACHPHYS_UPDATE", "INV-ISO")
 def test_foreigndom_unprivileged(g: Guest) -> None:
@@ -493,6 +537,52 @@ def test_pin_l1_and_l2(g: Guest) -> None:
     assert_invariants(impl, [g])
 
 
+@pytest.mark.clauses("mmuext_op/PIN_L1_TABLE", "INV-PIN")
+def test_pin_l1_with_non_present_entries(g: Guest) -> None:
+    """alloc_l1_table -> get_page_from_l1e: an entry without _PAGE_PRESENT is the guest's
+    (a swap entry, say) and is accepted whatever its other bits; a present entry in the same
+    table naming a frame the domain does not own makes the pin fail."""
+    impl, (t, u) = g.impl, g.free_mfns(2)
+    junk = 0xFFFFF000 | abi._PAGE_RW | abi._PAGE_USER  # not present; frame and bits are junk
+    xen = xen_frames(impl)[0]
+    assert g.mmu_update([(g.entry_maddr(u, 0), junk), (g.entry_maddr(u, 1), g.pte(xen, PTE_RO))]) \
+        == (0, 2), "do_mmu_update: writes into an untyped frame were refused"
+    assert g.pin(u, 1) == EINVAL, \
+        "get_page_from_l1e: an L1 table with an entry mapping a Xen frame was pinned"
+    assert_frame(impl, u, FREE, "alloc_l1_table: a table that fails validation keeps no refs")
+    assert g.mmu_update([(g.entry_maddr(t, 0), junk)]) == (0, 1), \
+        "do_mmu_update: a write into an untyped frame was refused"
+    assert g.pin(t, 1) == 0, \
+        "get_page_from_l1e: an L1 table whose only entry is not present was refused"
+    assert_frame(impl, t, Frame(L1, 1, 2, True, True),
+                 "INV-PIN: the pinned L1 must be validated, with a type ref")
+    assert g.entry(t, 0) == junk, "alloc_l1_table: a non-present entry must be kept as it is"
+    assert_invariants(impl, [g])
+
+
+@pytest.mark.clauses("mmuext_op/PIN_L2_TABLE", "INV-PIN")
+def test_pin_l2_with_non_present_entries(g: Guest) -> None:
+    """alloc_l2_table -> get_page_from_l2e: a guest slot without _PAGE_PRESENT is accepted
+    whatever its other bits, and kept as it is; a present slot naming a Xen frame makes the
+    pin fail."""
+    impl, (t, u) = g.impl, g.free_mfns(2)
+    junk = 0xFFFFF000 | abi._PAGE_RW | abi._PAGE_USER  # not present; frame and bits are junk
+    xen = xen_frames(impl)[0]
+    assert g.mmu_update([(g.entry_maddr(t, 0), junk), (g.entry_maddr(u, 0), junk),
+                         (g.entry_maddr(u, 1), g.pte(xen, PTE_RO))]) == (0, 3), \
+        "do_mmu_update: writes into untyped frames were refused"
+    assert g.pin(u, 2) == EINVAL, \
+        "get_page_from_l2e: a page directory with a slot naming a Xen frame was pinned"
+    assert_frame(impl, u, FREE, "alloc_l2_table: a table that fails validation keeps no refs")
+    assert g.pin(t, 2) == 0, \
+        "get_page_from_l2e: a page directory whose only guest slot in use is not present was " \
+        "refused"
+    assert_frame(impl, t, Frame(L2, 1, 2, True, True),
+                 "INV-PIN: the pinned L2 must be validated, with a type ref")
+    assert g.entry(t, 0) == junk, "alloc_l2_table: a non-present slot must be kept as it is"
+    assert_invariants(impl, [g])
+
+
 @pytest.mark.clauses("mmuext_op/PIN_L1_TABLE", "mmuext_op/PIN_L2_TABLE", "INV-PIN")
 def test_pin_twice_refused(g: Guest, l1: int) -> None:
     """MMUEXT_PIN_*: "already pinned" drops the new refs and fails; so does a type mismatch."""
@@ -557,6 +647,27 @@ def test_unpin_releases_table_and_its_references(g: Guest, l1: int) -> None:
     assert_frame(impl, d, Frame(WRITABLE, 0, 1, validated=True),
                  "free_l1_table: the entries of a released L1 must drop their refs")
     assert g.entry(l1, 0) == g.pte(d, PTE_RW), "free_l1_table: the table's contents must stay"
+    assert_invariants(impl, [g])
+
+
+@pytest.mark.clauses("mmuext_op/UNPIN_TABLE", "INV-VALID", "INV-L2REF")
+def test_unpin_l2_releases_its_l1_tables(g: Guest, l1: int) -> None:
+    """MMUEXT_UNPIN_TABLE -> put_page_type -> free_l2_table: each guest slot of a released
+    page directory drops the references its entry holds (put_page_from_l2e), here the type
+    ref on the L1 table it names."""
+    impl, (p,) = g.impl, data_frames(g, 1)
+    assert g.pin(p, 2) == 0, "MMUEXT_PIN_L2_TABLE: an empty page directory was refused"
+    assert g.mmu_update([(g.entry_maddr(p, 3), g.pte(l1, PTE_RW))]) == (0, 1), \
+        "get_page_from_l2e: an entry naming a pinned L1 was refused"
+    assert_frame(impl, l1, Frame(L1, 2, 3, True, True),
+                 "get_page_from_l2e: the entry takes a general and a type ref on the L1")
+    assert g.mmuext_op([(abi.MMUEXT_UNPIN_TABLE, p, 0)]) == (0, 1), \
+        "MMUEXT_UNPIN_TABLE: unpinning a pinned page directory was refused"
+    assert_frame(impl, p, Frame(L2, 0, 1),
+                 "INV-VALID: an unpinned, unused page directory loses its pin, type ref and "
+                 "validation")
+    assert_frame(impl, l1, Frame(L1, 1, 2, True, True),
+                 "free_l2_table: the entries of a released page directory must drop their refs")
     assert_invariants(impl, [g])
 
 
@@ -765,6 +876,23 @@ def test_uvm_bad_vcpu_bitmap_faults(g: Guest) -> None:
         "do_update_va_mapping: the update is made before the vCPU bitmap is read"
     assert_frame(impl, g.mfn(g.data_pfn), Frame(WRITABLE, 0, 2, validated=True),
                  "mod_l1_entry: RW -> RO drops the writable type ref, keeps the general one")
+    assert_invariants(impl, [g])
+
+
+@pytest.mark.clauses("update_va_mapping")
+@pytest.mark.parametrize("flush", [abi.UVMF_TLB_FLUSH, abi.UVMF_INVLPG], ids=["TLB", "INVLPG"])
+def test_uvm_flush_targets(g: Guest, flush: int) -> None:
+    """do_update_va_mapping: the flush's targets are flags & ~UVMF_FLUSHTYPE_MASK, UVMF_LOCAL,
+    UVMF_ALL or a pointer to a vCPU bitmap; each readable one is accepted (rc 0)."""
+    impl, va = g.impl, g.va(g.data_pfn)
+    mask = g.write_args((1).to_bytes(4, "little"), 0x2000)  # vCPU 0
+    frames = g.free_mfns(3)
+    for target, new in zip((abi.UVMF_LOCAL, abi.UVMF_ALL, mask), frames, strict=True):
+        assert g.update_va_mapping(va, g.pte(new, PTE_RO), flush | target) == 0, \
+            f"do_update_va_mapping: flush {flush} to targets {target:#x} was refused"
+        assert g.entry(*g.l1e_of(g.data_pfn)) == g.pte(new, PTE_RO), \
+            "do_update_va_mapping: the entry mapping va was not written"
+        assert_frame(impl, new, Frame(NONE, 0, 2), "get_page_from_l1e: an RO entry takes a ref")
     assert_invariants(impl, [g])
 
 
