@@ -42,9 +42,10 @@ def test_a_spinning_guest_is_preempted_and_the_other_finishes() -> None:
     spinner, short = (m.result(m.hv.domains[i]) for i in (0, 1))
     assert spinner.reason is None and "spinning" in spinner.console
     assert short.test_result == "SUCCESS", short.console
-    # The spinner kept the CPU for the context-switch allowance after the wake-up, no more.
+    # The spinner kept the CPU for the context-switch allowance after the wake-up, no more
+    # than the translation block under way (a slice ends at a block's end: blockcount.c).
     switch = next(s for s in m.pv.sched.stats.log if s.domid == 1)
-    assert switch.now_ns == CTX_ALLOW_NS
+    assert CTX_ALLOW_NS <= switch.now_ns <= CTX_ALLOW_NS + 100, switch
     assert spinner.run_ns + short.run_ns + m.pv.clock.idle_ns == m.pv.clock.now_ns()
 
 

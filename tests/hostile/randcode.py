@@ -43,7 +43,7 @@ from .meters import MemoryMeter, WorkBoundExceeded, WorkMeter
 from .world import ACCESS_BOUND, CALL_BOUND, PAGE, STEP_PEAK_BOUND, STEP_RETAINED_BOUND
 
 GUEST = "hostile_code"
-MACHINE_MB, DOMAIN_MB = 8, 2
+MACHINE_MB, DOMAIN_MB = 16, 4  # a domain maps at least one 4 MB region (xc_linux_build.c)
 ATTACKERS_PER_RUN = 6
 TRAPS = 400  # an attacker powers off after this many traps
 BUDGET_NS = 80_000_000  # system time of a run: about 80 million instructions
