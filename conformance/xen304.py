@@ -23,17 +23,13 @@ from __future__ import annotations
 from types import MethodType
 
 from xenspec.conformance.reference import ReferenceImplementation
-from xenspec.refmodel.domain import Domain, Vcpu
+from xenspec.refmodel.domain import Vcpu
 from xenspec.refmodel.hypervisor import Hypervisor
 from xenspec.refmodel.mm import MM
 from xenspec.refmodel.platform import PVPlatform
 from xenspec.spec import abi
 from xenspec.spec.pagetable import (
-    is_guest_l2_slot,
-    l1e_disallowed,
-    l2e_disallowed,
     pte_get_pfn,
-    pte_present,
 )
 
 
@@ -42,36 +38,11 @@ def l1e_has_changed(old: int, new: int, flags: int) -> bool:
     return ((old ^ new) & (abi.PAGE_MASK | flags)) != 0
 
 
-def mod_l1_entry(self: MM, l1mfn: int, index: int, nl1e: int, d: Domain) -> bool:
-    ol1e = self.memory.read_entry(l1mfn, index)
-    if pte_present(nl1e):
-        if l1e_disallowed(nl1e):
-            return False
-        if not l1e_has_changed(ol1e, nl1e, abi._PAGE_RW | abi._PAGE_PRESENT):
-            self.memory.write_entry(l1mfn, index, nl1e)
-            return True
-        if not self.get_page_from_l1e(nl1e, d):
-            return False
-    self.memory.write_entry(l1mfn, index, nl1e)
-    self.put_page_from_l1e(ol1e)
-    return True
-
-
-def mod_l2_entry(self: MM, l2mfn: int, index: int, nl2e: int, d: Domain) -> bool:
-    if not is_guest_l2_slot(index):
-        return False
-    ol2e = self.memory.read_entry(l2mfn, index)
-    if pte_present(nl2e):
-        if l2e_disallowed(nl2e):
-            return False
-        if not l1e_has_changed(ol2e, nl2e, abi._PAGE_PRESENT):
-            self.memory.write_entry(l2mfn, index, nl2e)
-            return True
-        if not self.get_page_from_l2e(nl2e, l2mfn, d):
-            return False
-    self.memory.write_entry(l2mfn, index, nl2e)
-    self.put_page_from_l2e(ol2e, l2mfn)
-    return True
+def fast_path(self: MM, old: int, new: int, level: int) -> bool:
+    """mm.c (3.0.4) mod_l1_entry / mod_l2_entry: the fast path keeps only the frame and
+    _PAGE_PRESENT (and, for an L1 entry, _PAGE_RW), whatever the other bits do."""
+    return not l1e_has_changed(old, new, abi._PAGE_RW | abi._PAGE_PRESENT if level == 1
+                               else abi._PAGE_PRESENT)
 
 
 def guest_map_l1e(self: MM, v: Vcpu, va: int) -> int | None:
@@ -85,8 +56,7 @@ def guest_map_l1e(self: MM, v: Vcpu, va: int) -> int | None:
 
 
 def undo_fixes(hv: Hypervisor, pv: PVPlatform) -> None:
-    for name, fn in (("mod_l1_entry", mod_l1_entry), ("mod_l2_entry", mod_l2_entry),
-                     ("guest_map_l1e", guest_map_l1e)):
+    for name, fn in (("fast_path", fast_path), ("guest_map_l1e", guest_map_l1e)):
         setattr(hv.mm, name, MethodType(fn, hv.mm))
 
 

@@ -308,13 +308,18 @@ class MM:
     # ----------------------------------------------------------------------------------------
     # Single-entry updates (mm.c, mod_l1_entry / mod_l2_entry).
     # ----------------------------------------------------------------------------------------
+    def fast_path(self, old: int, new: int, level: int) -> bool:
+        """mod_l1_entry / mod_l2_entry: the update keeps the entry's references (only bits of
+        the XSA-182 whitelist change), so it is written without reference handling."""
+        return not entry_has_changed(old, new)
+
     def mod_l1_entry(self, l1mfn: int, index: int, nl1e: int, d: Domain) -> bool:
         """Replace entry ``index`` of L1 table ``l1mfn``; new references are taken in ``d``."""
         ol1e = self.memory.read_entry(l1mfn, index)
         if pte_present(nl1e):
             if l1e_disallowed(nl1e):
                 return False
-            if not entry_has_changed(ol1e, nl1e):
+            if self.fast_path(ol1e, nl1e, 1):
                 self.memory.write_entry(l1mfn, index, nl1e)
                 return True
             if not self.get_page_from_l1e(nl1e, d):
@@ -330,7 +335,7 @@ class MM:
         if pte_present(nl2e):
             if l2e_disallowed(nl2e):
                 return False
-            if not entry_has_changed(ol2e, nl2e):
+            if self.fast_path(ol2e, nl2e, 2):
                 self.memory.write_entry(l2mfn, index, nl2e)
                 return True
             if not self.get_page_from_l2e(nl2e, l2mfn, d):
