@@ -7,8 +7,9 @@ cannot read ends the call with -EFAULT (the chunks before it are out). Before ea
 preemption check may end the invocation with a continuation of the write for what is left
 (CONSOLEIO_write, the count left, the buffer advanced): a long write is as preemptible as a
 batch, its unit the chunk (refmodel/hypervisor.py, HYPERCALL_BUDGET: 32 KB per invocation).
-CONSOLEIO_read returns the number of bytes taken from the receive ring (the model's ring is
-always empty); any other command is -ENOSYS.
+CONSOLEIO_read returns the number of bytes taken from the receive ring; the model's ring is
+always empty, so it returns 0 and, as do_console_io copies nothing then, never looks at the
+buffer (an unmapped one is not -EFAULT). Any other command is -ENOSYS.
 
 Who may use it depends on how Xen was built (do_console_io: ``#ifndef VERBOSE``, "Only domain
 0 may access the emergency console"): a release build answers -EPERM, before looking at the
@@ -61,9 +62,7 @@ class Console:
         if cmd == abi.CONSOLEIO_write:
             return self.guest_console_write(v, count, buffer)
         if cmd == abi.CONSOLEIO_read:
-            if count and not self.hv.array_access_ok(buffer, count, 1):
-                return -abi.EFAULT
-            return 0
+            return 0  # the receive ring is empty: nothing is copied to ``buffer``
         return -abi.ENOSYS
 
     def guest_console_write(self, v: Vcpu, count: int, buffer: int) -> int:

@@ -330,6 +330,15 @@ def test_console_write_stops_at_an_unreadable_chunk():
     assert b"".join(out) == b"y" * (2 * CONSOLE_CHUNK)
 
 
+def test_console_read_of_an_empty_ring_ignores_the_buffer():
+    """do_console_io's CONSOLEIO_read copies only while the receive ring holds bytes; with it
+    empty the answer is 0 whatever the buffer, an unmapped or hypervisor address included."""
+    g, _, _ = console_guest()
+    assert g.update_va_mapping(g.va(6), 0) == 0
+    for buffer in (g.va(6), abi.HYPERVISOR_VIRT_START, g.arg_va):
+        assert g.hypercall("console_io", abi.CONSOLEIO_read, 64, buffer) == 0
+
+
 @needs_gcc_early
 def test_destroy_frees_the_console_log():
     m = Machine(32)
