@@ -369,13 +369,17 @@ class Sched:
 
     def _switch_tick(self, prev: VcpuSched | None, nxt: VcpuSched | None) -> None:
         """schedule(), on a context switch: the vCPU leaving records the tick count; the one
-        switched in gets a timer event if a tick passed since it left (one, however many)."""
+        switched in has its time info refreshed (update_vcpu_system_time) and gets a timer
+        event if a tick passed since it left (one, however many)."""
         if prev is not None:
             prev.sleep_tick = self.tick
-        if nxt is not None and nxt.sleep_tick != self.tick:
-            vtime: Any = getattr(self.pv, "vtime", None)
-            if vtime is not None:
-                vtime.timer_event(nxt.v)
+        vtime: Any = getattr(self.pv, "vtime", None)
+        if nxt is None or vtime is None:
+            return
+        if nxt.sleep_tick != self.tick:
+            vtime.timer_event(nxt.v)  # send_timer_event, which refreshes the time info too
+        else:
+            vtime.update_vcpu_time(nxt.v)
 
     def _should_stop(self, e: VcpuSched) -> bool:
         """Asked after every trap (so it is two comparisons): end the slice if the scheduler

@@ -82,3 +82,26 @@ def test_a_descheduled_vcpu_gets_one_timer_event_per_tick_at_most() -> None:
     assert sched.stats.context_switches > 4
     # One tick per 10 ms (each re-armed 10 ms after it ran), the first at boot.
     assert 200 * MS // abi.TIMER_TICK_NS - 1 <= sched.tick <= 200 * MS // abi.TIMER_TICK_NS + 1
+
+
+def test_a_vcpu_switched_in_has_its_time_info_refreshed() -> None:
+    """schedule() calls update_vcpu_system_time for the vCPU it switches in, whether or not a
+    tick passed while it was off the CPU: two domains yielding to each other (switches with no
+    tick between them) each find their vcpu_info time stamped at the switch."""
+    m = Machine(memory_mb=64)
+    for _ in range(2):
+        m.add_guest(str(build_guest("spin")), domain_mb=4, cmdline="yields 200")
+    vtime = m.pv.vtime
+    updated: list[tuple[int, int]] = []  # (clock time, domain)
+    plain = vtime.update_vcpu_time
+
+    def recorded(v: Vcpu) -> None:
+        updated.append((m.pv.clock.now_ns(), v.domain.domain_id))
+        plain(v)
+
+    vtime.update_vcpu_time = recorded  # type: ignore[method-assign]
+    assert m.run(timeout_s=HANG_GUARD_S) == "shutdown"
+    switches = [(s.now_ns, s.domid) for s in m.pv.sched.stats.log if s.now_ns > 0]
+    assert len(switches) >= 100  # the yields switched the CPU back and forth
+    missing = [s for s in switches if s not in updated]
+    assert missing == [], missing[:5]
