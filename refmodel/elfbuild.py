@@ -5,7 +5,11 @@ xen/include/public/elfnote.h and xen.h):
 
 * the kernel identifies itself with a ``__xen_guest`` section (``KEY=VALUE,...``) or with
   ``XEN_ELFNOTE_*`` notes named "Xen"; one of them must be present and say ``xen-3.0``;
-* a PAE-only kernel (``PAE=yes``, or the PAE_MODE note "yes") cannot run on non-PAE Xen;
+* the image's PAE mode (``PAE=`` in ``__xen_guest``, or the PAE_MODE note) decides its
+  guest type, which must be the ABI profile's (spec/abi_profiles.py): a PAE-only kernel
+  (``PAE=yes``, the note "yes") cannot run on non-PAE Xen, a non-PAE one not on the
+  compat-pae profile, a "bimodal" one on either; the compat-pae profile is not modelled yet,
+  and an image for it is refused with that reason;
 * segments load at ``p_paddr - ELF_PADDR_OFFSET + VIRT_BASE``;
 * the bootstrap region starts at VIRT_BASE and maps pseudo-physical frames 1:1 from 0: the
   kernel, the p2m list, start_info, the store and console pages (tools/libxc/
@@ -39,6 +43,13 @@ from xenspec.refmodel.domain import Domain
 from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS, Hypervisor, OutOfMemory
 from xenspec.refmodel.platform import PVPlatform
 from xenspec.spec import abi
+from xenspec.spec.abi_profiles import (
+    DEFAULT_PROFILE,
+    AbiProfile,
+    PaeMode,
+    pae_mode_of_note,
+    pae_mode_of_xen_guest,
+)
 
 if TYPE_CHECKING:
     from elftools.elf.sections import Section
@@ -65,6 +76,7 @@ class GuestImage:
     features: str = ""
     notes: dict[int, bytes] = field(default_factory=dict)
     xen_guest: dict[str, str] = field(default_factory=dict)
+    pae: PaeMode = PaeMode.no
 
     @property
     def kernel_start(self) -> int:
@@ -180,9 +192,11 @@ def _section_data(sec: Section, limit: int, name: str) -> bytes:
 
 
 def parse_image(stream: IO[bytes], name: str = "kernel",
-                max_bytes: int = DEFAULT_DOMAIN_BYTES) -> GuestImage:
-    """Read a guest kernel image for a domain of ``max_bytes`` of memory; raise
-    ``BuildError`` with one line on any defect."""
+                max_bytes: int = DEFAULT_DOMAIN_BYTES,
+                profile: AbiProfile = DEFAULT_PROFILE) -> GuestImage:
+    """Read a guest kernel image for a domain of ``max_bytes`` of memory on a machine of ABI
+    ``profile``; raise ``BuildError`` with one line on any defect, or if the image is not
+    for that profile."""
     from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
 
@@ -218,7 +232,7 @@ def parse_image(stream: IO[bytes], name: str = "kernel",
         raise BuildError(f"{name}: not a valid ELF image ({exc})") from None
     except (struct.error, ValueError, OSError, EOFError, zlib.error) as exc:
         raise BuildError(f"{name}: malformed ELF image ({exc})") from None
-    image = _identify(name, notes, xen_guest, loads, e_entry)
+    image = _identify(name, notes, xen_guest, loads, e_entry, profile)
     span = image.kernel_end - image.kernel_start
     if span > max_bytes:
         raise BuildError(f"{name}: the image spans {span} bytes, more than the domain's "
@@ -228,7 +242,7 @@ def parse_image(stream: IO[bytes], name: str = "kernel",
 
 def _identify(
     name: str, notes: dict[int, bytes], xen_guest: dict[str, str],
-    loads: list[tuple[int, bytes, int]], e_entry: int,
+    loads: list[tuple[int, bytes, int]], e_entry: int, profile: AbiProfile = DEFAULT_PROFILE,
 ) -> GuestImage:
     if not notes and not xen_guest:
         raise BuildError(
@@ -236,7 +250,8 @@ def _identify(
         )
     if notes:
         xen_ver = _note_str(notes.get(abi.XEN_ELFNOTE_XEN_VERSION, b""))
-        pae = _note_str(notes.get(abi.XEN_ELFNOTE_PAE_MODE, b"no"))
+        pae_text = _note_str(notes.get(abi.XEN_ELFNOTE_PAE_MODE, b"no"))
+        pae = pae_mode_of_note(pae_text)
         virt_base = _note_int(notes[abi.XEN_ELFNOTE_VIRT_BASE]) \
             if abi.XEN_ELFNOTE_VIRT_BASE in notes else 0
         paddr_offset = _note_int(notes[abi.XEN_ELFNOTE_PADDR_OFFSET]) \
@@ -250,7 +265,8 @@ def _identify(
         features = _note_str(notes.get(abi.XEN_ELFNOTE_FEATURES, b""))
     else:
         xen_ver = xen_guest.get("XEN_VER", "")
-        pae = xen_guest.get("PAE", "no")
+        pae_text = xen_guest.get("PAE", "no")
+        pae = pae_mode_of_xen_guest(pae_text)
         virt_base = _int(xen_guest["VIRT_BASE"], "VIRT_BASE") if "VIRT_BASE" in xen_guest else 0
         paddr_offset = (_int(xen_guest["ELF_PADDR_OFFSET"], "ELF_PADDR_OFFSET")
                         if "ELF_PADDR_OFFSET" in xen_guest else virt_base)
@@ -265,16 +281,22 @@ def _identify(
         features = xen_guest.get("FEATURES", "")
     if not xen_ver.startswith("xen-3.0"):
         raise BuildError(f"{name}: built for {xen_ver or 'an unnamed Xen'}, not xen-3.0")
-    if pae.startswith("yes"):
+    how = f"PAE_MODE note {pae_text!r}" if notes else f"__xen_guest PAE={pae_text}"
+    wrong = profile.mismatch(pae, how)
+    if wrong is not None:
+        raise BuildError(f"{name}: {wrong}")
+    if not profile.modelled:
         raise BuildError(
-            f"{name}: a PAE-only kernel (PAE={pae}); xenspec models non-PAE Xen 3.0 x86_32"
+            f"{name}: a {profile.image_guest_type(pae)} kernel ({how}) for the "
+            f"{profile.name} profile: PAE paging is not modelled yet; the model boots only "
+            f"the {DEFAULT_PROFILE.name} profile's guests"
         )
     if not loads:
         raise BuildError(f"{name}: no loadable segments")
     segments = [((p - paddr_offset + virt_base) & 0xFFFFFFFF, data, memsz)
                 for p, data, memsz in loads]
     image = GuestImage(segments, entry, virt_base, hypercall_page, guest_os, xen_ver,
-                       loader, features, notes, xen_guest)
+                       loader, features, notes, xen_guest, pae)
     if virt_base & ((1 << abi.L2_PAGETABLE_SHIFT) - 1):
         raise BuildError(f"{name}: VIRT_BASE {virt_base:#x} is not 4 MB aligned")
     if image.kernel_start < virt_base or image.kernel_end > abi.HYPERVISOR_VIRT_START:
@@ -365,10 +387,12 @@ def build_domain(
     return BuiltDomain(d, image, si_va, regs, nr_mapped)
 
 
-def load_image_file(path: str, max_bytes: int = DEFAULT_DOMAIN_BYTES) -> GuestImage:
-    """Parse the kernel image at ``path`` for a domain of ``max_bytes`` of memory."""
+def load_image_file(path: str, max_bytes: int = DEFAULT_DOMAIN_BYTES,
+                    profile: AbiProfile = DEFAULT_PROFILE) -> GuestImage:
+    """Parse the kernel image at ``path`` for a domain of ``max_bytes`` of memory on a
+    machine of ABI ``profile``."""
     try:
         with open(path, "rb") as f:
-            return parse_image(f, name=path, max_bytes=max_bytes)
+            return parse_image(f, name=path, max_bytes=max_bytes, profile=profile)
     except OSError as exc:
         raise BuildError(f"{path}: {exc.strerror or exc}") from None

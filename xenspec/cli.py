@@ -16,6 +16,7 @@ from xenspec.refmodel.vtime import DEFAULT_WALLCLOCK_S
 if TYPE_CHECKING:
     from xenspec.refmodel.boot import Machine
     from xenspec.refmodel.domain import Domain
+    from xenspec.spec.abi_profiles import AbiProfile
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -61,10 +62,18 @@ def main() -> None:
 @click.option("--devices", is_flag=True,
               help="No effect, kept for old command lines: every GUEST but a --dom0 one has "
                    "its store and console rings.")
+@click.option("--abi", "abi_name", type=click.Choice(["native-3.0.4", "compat-pae"]),
+              default="native-3.0.4", show_default=True,
+              help="The ABI profile of the machine (spec/abi_profiles.py): native-3.0.4 is "
+                   "Xen 3.0.4 x86_32 without PAE (guest type xen-3.0-x86_32); compat-pae is "
+                   "a 32-bit PAE guest on 64-bit Xen 4.x (xen-3.0-x86_32p), not modelled "
+                   "yet: its images are recognised and refused. A GUEST whose PAE mode "
+                   "(PAE_MODE note or __xen_guest PAE=) does not fit the profile is refused "
+                   "(exit 2).")
 def run(guests: tuple[str, ...], scenario: str | None, trace: bool, check_invariants: bool,
         memory_mb: int, domain_mb: int | None, cmdlines: tuple[str, ...],
         timeout_s: float, disk: str | None, wallclock_s: int | None, dom0: bool,
-        xen_build: str, devices: bool) -> None:
+        xen_build: str, devices: bool, abi_name: str) -> None:
     """Boot each GUEST (a Xen 3.0 x86_32 non-PAE kernel ELF) as a domain of one machine, as
     Xen's tools (xend, xc_linux_build) create one: an unprivileged domain (domains 1, 2, ...
     in order) with its store and console rings and their event channels, served by the
@@ -106,6 +115,13 @@ def run(guests: tuple[str, ...], scenario: str | None, trace: bool, check_invari
     del devices  # every domain U has its rings now
     if disk is not None and dom0 and len(guests) < 2:
         raise click.UsageError("--disk needs a GUEST that is not domain 0 (--dom0)")
+    from xenspec.spec.abi_profiles import PROFILES
+
+    profile = PROFILES[abi_name]
+    if scenario == "mmu" and not profile.modelled:
+        click.echo(f"xenspec: the mmu scenario needs a modelled profile; {profile.name}: "
+                   "PAE paging is not modelled yet", err=True)
+        sys.exit(2)
     if scenario == "mmu":
         _run_mmu_scenario(trace, check_invariants, memory_mb, domain_mb or 64)
         return
@@ -118,7 +134,7 @@ def run(guests: tuple[str, ...], scenario: str | None, trace: bool, check_invari
         guests = (_built_guest("demo"),)
     sys.exit(_run_guests(list(guests), list(cmdlines), trace, memory_mb, domain_mb or 16,
                          timeout_s, check_invariants, stats, disk, wallclock_s, dom0,
-                         xen_build == "release"))
+                         xen_build == "release", profile))
 
 
 def _built_guest(name: str) -> str:
@@ -171,11 +187,14 @@ class _Consoles:
 def _run_guests(paths: list[str], cmdlines: list[str], trace: bool, memory_mb: int,
                 domain_mb: int, timeout_s: float, check_invariants: bool, stats: bool,
                 disk: str | None = None, wallclock_s: int | None = None,
-                dom0: bool = False, release: bool = False) -> int:
+                dom0: bool = False, release: bool = False,
+                profile: AbiProfile | None = None) -> int:
     from xenspec.refmodel.blkback import ImageError
     from xenspec.refmodel.boot import Machine
     from xenspec.refmodel.builder import BuildError
+    from xenspec.refmodel.elfbuild import load_image_file
     from xenspec.refmodel.hypervisor import HypercallRecord, HypervisorBug
+    from xenspec.spec.abi_profiles import DEFAULT_PROFILE
 
     if domain_mb * len(paths) + 4 >= memory_mb:
         raise click.UsageError(f"{len(paths)} domain(s) of {domain_mb} MB do not fit a "
@@ -186,14 +205,18 @@ def _run_guests(paths: list[str], cmdlines: list[str], trace: bool, memory_mb: i
 
     consoles = _Consoles(several=len(paths) > 1)
     try:
+        # Each image is read for the machine's ABI profile before any domain exists: one
+        # that does not fit it is refused (refmodel/elfbuild.py).
+        images = [load_image_file(p, domain_mb << 20, profile or DEFAULT_PROFILE)
+                  for p in paths]
         # The back ends are domain 0 unless a guest is (then they take a reserved id).
         m = Machine(memory_mb, trace=trace, console=consoles.xen, ring_console=consoles.ring,
                     on_trace=on_trace if trace else None, check_invariants=check_invariants,
                     wallclock_s=wallclock_s, backend_domid=None if dom0 else 0,
                     verbose_console=not release)
-        domains = [m.add_guest(p, domain_mb, cmdlines[i] if i < len(cmdlines) else "",
+        domains = [m.add_guest(img, domain_mb, cmdlines[i] if i < len(cmdlines) else "",
                                privileged=dom0 and i == 0, devices=not (dom0 and i == 0))
-                   for i, p in enumerate(paths)]
+                   for i, img in enumerate(images)]
         if disk is not None:
             m.attach_disk(domains[1 if dom0 else 0].domain_id, disk)
         m.run(timeout_s=timeout_s)
