@@ -28,7 +28,7 @@ def run_suite(tmp: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], 
     report = tmp / "conformance.json"
     where = [] if any(a.startswith("conformance/") for a in args) else ["conformance"]
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", *where, "-q", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", *where, "-q", "-n0", "-p", "no:cacheprovider",
          "--conformance-report", str(report), *args],
         cwd=ROOT, capture_output=True, text=True, check=False, timeout=600,
         env={**os.environ, "XENSPEC_PROFILE": "quick", "XENSPEC_CACHE_DIR": str(tmp)})

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def suite(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     report = tmp_path / "report.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "conformance", "-q", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", "conformance", "-q", "-n0", "-p", "no:cacheprovider",
          f"--conformance-report={report}", *args],
         cwd=ROOT, capture_output=True, text=True, env={**os.environ, "XENSPEC_PROFILE": "quick"})
     doc = json.loads(report.read_text()) if report.exists() else {}
