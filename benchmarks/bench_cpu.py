@@ -6,7 +6,11 @@
   processor's own iret as XenoLinux does; and the same returning through the iret hypercall;
 * guest compute vs raw Unicorn: the same register loop in a booted guest (paging, ring 1)
   and in a bare Unicorn engine with flat memory and no hooks;
-* demo boot: ``xenspec run`` of the demo guest, start to poweroff.
+* demo boot: ``xenspec run`` of the demo guest, start to poweroff;
+* the floors, measured in the same run: a bare engine (flat 32-bit code, no paging) looping on
+  ``int $0x82`` with an interrupt hook that only returns (what any hypercall costs on Unicorn),
+  and with a hook that also moves the hypercall's registers as the substrate does (one
+  7-register batch read, the EAX write). Each figure is printed with its ratio to its floor.
 
 Each figure is the median of several runs; a per-iteration cost is (t(N) - t(0)) / N, so
 machine and domain set-up is not counted.
@@ -14,6 +18,7 @@ machine and domain set-up is not counted.
 
 from __future__ import annotations
 
+import importlib
 import statistics
 import time
 from collections.abc import Callable
@@ -35,8 +40,6 @@ def raw_unicorn_compute(n: int, counted: bool = False) -> float:
     """The compute loop's body on a bare engine: flat 32-bit code, no paging, no hooks; with
     ``counted``, the substrate's engine with its instruction counter (refmodel/blockcount.c,
     a callback per translation block) and nothing else: the floor deterministic time sets."""
-    import importlib
-
     from xenspec.refmodel import cpu
 
     uc_mod = importlib.import_module("unicorn")
@@ -55,12 +58,52 @@ def raw_unicorn_compute(n: int, counted: bool = False) -> float:
     return time.perf_counter() - t
 
 
+def hook_floor(n: int, registers: bool) -> float:
+    """Seconds per ``int $0x82`` on a bare engine whose interrupt hook only returns, or with
+    ``registers`` also does the substrate's register traffic of a hypercall."""
+    from xenspec.refmodel import cpu
+
+    x86 = importlib.import_module("unicorn.x86_const")
+    ucc = importlib.import_module("unicorn.unicorn_const")
+    # loop: int $0x82; dec %ecx; jnz loop
+    code = bytes.fromhex("cd82" "49" "75fb")
+    engine = cpu.counting_engine()
+
+    def only_returns(_uch: object, _intno: int, _user: object) -> None:
+        return None
+
+    def with_registers(_uch: object, _intno: int, _user: object) -> None:
+        engine.write(x86.UC_X86_REG_EAX, sum(engine.read_hypercall_args()[1:2]))
+
+    callback = cpu._HOOK_INTR_CFUNC(with_registers if registers else only_returns)
+    engine.hook_add_raw(ucc.UC_HOOK_INTR, callback)
+    uc = engine.uc
+    uc.mem_map(0x1000, 0x1000)
+    uc.mem_write(0x1000, code)
+
+    def run(k: int) -> float:
+        uc.reg_write(x86.UC_X86_REG_ECX, k)
+        t = time.perf_counter()
+        uc.emu_start(0x1000, 0x1000 + len(code))
+        return time.perf_counter() - t
+
+    t = statistics.median(run(n) for _ in range(3)) - statistics.median(run(1) for _ in range(3))
+    del callback
+    return t / (n - 1)
+
+
 def main() -> None:
     hc = str(build_guest("bench"))
     demo = str(build_guest("demo"))
     n_hc, n_sys, n_comp = 20000, 5000, 50_000_000
+    t_floor = hook_floor(n_hc, registers=False)
+    t_floor_regs = hook_floor(n_hc, registers=True)
+    print(f"floor: int $0x82, hook only returns:    {t_floor * 1e6:7.2f} us")
+    print(f"floor: ... and the hypercall registers: {t_floor_regs * 1e6:7.2f} us "
+          f"(ratio {t_floor_regs / t_floor:.2f})")
     t_hc = per_iteration(hc, "hypercall", n_hc)
-    print(f"hypercall round trip (xen_version):     {t_hc * 1e6:7.2f} us")
+    print(f"hypercall round trip (xen_version):     {t_hc * 1e6:7.2f} us "
+          f"(ratio {t_hc / t_floor:.2f} to the bare hook, target 2)")
     t_sys = per_iteration(hc, "syscall", n_sys)
     print(f"int 0x80 round trip (ring 3, iret):     {t_sys * 1e6:7.2f} us")
     t_hc_iret = per_iteration(hc, "syscall-hypercall-iret", n_sys)

@@ -88,6 +88,9 @@ def main() -> None:
         t_py = statistics.median(python_round_trips(image, 20000) for _ in range(5))
         print(f"ring round trip, Python front end:      {t_py * 1e6:8.1f} us "
               f"({1 / t_py:8.0f} per second)")
+        print(f"  guest / Python front end:             {t_null / t_py:8.1f} "
+              f"(the guest's event, hypercall and upcall path; target 20 us: ratio "
+              f"{t_null / 20e-6:.2f})")
         t_w = per_iteration(elf, image, "bench-write", kb) * kb
         print(f"guest block write, 1 MB:                {1 / t_w:8.1f} MB/s "
               f"({t_w * 1e3:.1f} ms per MB)")

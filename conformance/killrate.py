@@ -14,6 +14,7 @@ exits non-zero unless every one is killed.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -30,6 +31,9 @@ from xenspec.conformance.broken import BROKEN, Broken
 
 SUITE = Path(__file__).resolve().parent
 MAXFAIL = 20  # enough for the directed tests' failures to show which rule broke
+# Each suite run is one process (the runs themselves go ``jobs`` at a time): where
+# pytest-xdist is installed, a source checkout's configuration would make each run parallel.
+ONE_PROCESS = ["-n0"] if importlib.util.find_spec("xdist") is not None else []
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,7 @@ class Verdict:
 
 def run_one(b: Broken, workdir: Path, extra: Iterable[str] = ()) -> Verdict:
     report = workdir / f"{b.name}.json"
-    cmd = [sys.executable, "-m", "pytest", str(SUITE), "-q", "-p", "no:cacheprovider",
+    cmd = [sys.executable, "-m", "pytest", str(SUITE), "-q", *ONE_PROCESS, "-p", "no:cacheprovider",
            f"--maxfail={MAXFAIL}", f"--implementation=xenspec.conformance.broken:{b.name}",
            f"--conformance-report={report}", *extra]
     env = {**os.environ, "XENSPEC_PROFILE": "quick"}

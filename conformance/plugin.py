@@ -29,6 +29,12 @@ every module of the suite collected and none deselected (no ``-k``, ``-m``, ``--
 ids), and each one run to an outcome (no ``-x``/``--maxfail`` stop, no interrupt). A partial
 run writes only a report path given explicitly on the command line, marked
 ``"complete": false``.
+
+In a parallel run (pytest-xdist, ``-n``) each worker process runs part of the suite: at its
+end it hands its records, what it collected and its coverage counts to the controlling
+process (``workeroutput``), which merges them and judges, summarises and writes the record
+once, exactly as a single process does. A worker that dies leaves its tests unrun, and the
+run is then not complete.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ from xenspec.conformance.checks import ClauseFailure, attribute
 from xenspec.conformance.loader import ImplementationError, load
 from xenspec.spec.clauses import BY_ID, CLAUSES, Kind
 
+WORKER_KEY = "xenspec_conformance"  # the plugin's entry in an xdist worker's workeroutput
 DEFAULT_REPORT = Path(os.environ.get("XENSPEC_CACHE_DIR", ".xenspec-cache")) / "conformance.json"
 _STATE = pytest.StashKey["_Session"]()
 
@@ -88,10 +95,43 @@ class _Session:
         # Per test module: the hypercalls (by name) and their clauses issued while its tests
         # ran, the guest kernels' own included; the documented contract must name each.
         self.issued: dict[str, dict[str, Counter[str]]] = {}
+        self.workers = 0  # parallel workers whose part was merged (pytest-xdist controller)
 
     @property
     def loaded(self) -> bool:
-        return self._factory is not None
+        return self._factory is not None or self.workers > 0
+
+    def export(self) -> str:
+        """What a parallel worker ran and saw, for the controlling process (``merge``)."""
+        return json.dumps({
+            "loaded": self._factory is not None, "name": self.name,
+            "offers": sorted(self.offers), "results": self.results, "items": self.items,
+            "deselected": self.deselected, "partial_args": self.partial_args,
+            "modules_missing": self.modules_missing,
+            "issued": {m: {k: dict(v) for k, v in t.items()} for m, t in self.issued.items()},
+            "hits": dict(coverage.HITS), "calls": dict(coverage.CALLS),
+            "not_evaluated": coverage.NOT_EVALUATED})
+
+    def merge(self, text: str) -> None:
+        """Add one worker's part (``export``): its records, the tests it collected (every
+        worker collects the whole session), its coverage counts."""
+        part = json.loads(text)
+        self.workers += 1
+        if part["loaded"]:
+            self.name, self.offers = part["name"], frozenset(part["offers"])
+        self.results += part["results"]
+        self.items = list(dict.fromkeys([*self.items, *part["items"]]))
+        self.deselected = max(self.deselected, part["deselected"])
+        self.partial_args = self.partial_args or part["partial_args"]
+        self.modules_missing = sorted({*self.modules_missing, *part["modules_missing"]})
+        for module, kinds in part["issued"].items():
+            mine = self.issued.setdefault(module, {"hypercalls": Counter(),
+                                                   "clauses": Counter()})
+            for kind, counts in kinds.items():
+                mine[kind].update(counts)
+        coverage.HITS.update(part["hits"])
+        coverage.CALLS.update(part["calls"])
+        coverage.NOT_EVALUATED.update(part["not_evaluated"])
 
     def load(self) -> None:
         """Find the factory and make one implementation; every way this fails is one usage
@@ -469,9 +509,22 @@ def _write_report(state: _Session, table: dict[str, dict[str, Any]], complete: b
         print(f"xenspec: cannot write the conformance report {state.report}: {exc}")
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """pytest-xdist, in the controlling process: a worker finished; merge its part."""
+    part = getattr(node, "workeroutput", {}).get(WORKER_KEY)
+    if part is not None:
+        node.config.stash[_STATE].merge(part)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Write the record and make up the summary; a run that checked nothing fails."""
+    """Write the record and make up the summary; a run that checked nothing fails. A
+    parallel worker only hands its part to the controlling process, which does this."""
     state: _Session = session.config.stash[_STATE]
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput[WORKER_KEY] = state.export()
+        return
     if not state.results or not state.loaded:
         return
     table = _per_clause(state.results)

@@ -19,7 +19,6 @@ reads it).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from xenspec.proofs.obligations import (
     build,
     obligation_names,
 )
+from xenspec.sharedfiles import read_json_dict, update_json_dict
 from xenspec.spec import symbolic
 
 DEFAULT_TIMEOUT_S = 600
@@ -93,41 +93,26 @@ def last_run_path() -> Path:
 
 
 def load_cache() -> dict[str, dict[str, float | str]]:
-    try:
-        data = json.loads(cache_path().read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    return read_json_dict(cache_path())
 
 
-def save_cache(entries: dict[str, dict[str, float | str]]) -> None:
-    _write_json(cache_path(), entries)
+def cache_proved(key: str, title: str, seconds: float) -> None:
+    """Add one proved obligation to the cache (under its lock: the processes of a parallel
+    test run or of ``prove_all`` add theirs at the same time)."""
+    entry = {"name": title, "status": "proved", "seconds": round(seconds, 3)}
+    update_json_dict(cache_path(), lambda cache: cache.__setitem__(key, entry))
 
 
 def record_last_run(results: list[Result]) -> None:
     """Merge ``results`` into prove-last.json: name -> status, seconds, cached, timestamp."""
-    path = last_run_path()
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        data = {}
-    if not isinstance(data, dict):
-        data = {}
     now = datetime.now(UTC).isoformat(timespec="seconds")
-    for r in results:
-        data[r.name] = {"status": r.status, "seconds": round(r.seconds, 3),
-                        "cached": r.cached, "timestamp": now}
-    _write_json(path, data)
 
+    def merge(data: dict[str, object]) -> None:
+        for r in results:
+            data[r.name] = {"status": r.status, "seconds": round(r.seconds, 3),
+                            "cached": r.cached, "timestamp": now}
 
-def _write_json(path: Path, data: object) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        tmp.replace(path)
-    except OSError:
-        pass  # a read-only tree only loses the cache
+    update_json_dict(last_run_path(), merge)
 
 
 def obligation_key(solver: z3.Solver, params: dict[str, bool | int]) -> str:
@@ -170,9 +155,7 @@ def prove_one(index: int, use_cache: bool = True, timeout_s: int = DEFAULT_TIMEO
     seconds = time.perf_counter() - start
     if answer == z3.unsat:
         if use_cache:
-            cache = load_cache()
-            cache[key] = {"name": title, "status": "proved", "seconds": round(seconds, 3)}
-            save_cache(cache)
+            cache_proved(key, title, seconds)
         return Result(title, "proved", seconds)
     if index >= len(hypercall_obligations):
         lines = ([f"{d.name()} = {solver.model()[d]}" for d in solver.model().decls()]

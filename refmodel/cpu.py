@@ -1032,6 +1032,8 @@ class UnicornCPU:
                         self._regs.eax = rc
                     else:
                         eng.write(x86.UC_X86_REG_EAX, rc)
+                    self._apply(stop=True)  # _return_to_guest, one call less on this path
+                    return
                 elif not self.handlers.software_interrupt(self.v, intno, self.user_regs()):
                     self._apply(stop=False, xen_entered=False)  # the processor delivered it
                     return

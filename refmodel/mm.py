@@ -34,6 +34,7 @@ type change is counted as a flush).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
@@ -68,6 +69,8 @@ _PREEMPTED = 1 << 32
 # Hypercall numbers (xen.h), outside the class: Python would mangle __HYPERVISOR_* inside it.
 _NR_MMU_UPDATE: int = abi.__HYPERVISOR_mmu_update
 _NR_MMUEXT_OP: int = abi.__HYPERVISOR_mmuext_op
+# The frame types by their value (the frame table stores the value): PGT(t) is _PGT[t].
+_PGT: tuple[PGT, ...] = tuple(sorted(PGT))
 
 
 class MM:
@@ -382,7 +385,7 @@ class MM:
             done = self._read_done(v, pdone)
         i, rc = self._run_batch(
             v, d, foreigndom, ureqs, count, abi.MMU_UPDATE_T.size,
-            lambda buf: self.mmu_update_one(d, buf),
+            functools.partial(self.mmu_update_one, d),
         )
         if rc == _PREEMPTED:
             rc = self.hv.hypercall_create_continuation(
@@ -411,7 +414,7 @@ class MM:
         if not self.get_page_from_pagenr(mfn, d):
             return False
         ok = False
-        type = PGT(self.frames.type[mfn])
+        type = _PGT[self.frames.type[mfn]]
         if type in PAGE_TABLE_TYPES and self.get_page_type(mfn, type):
             if type == PGT.l1_page_table:
                 ok = self.mod_l1_entry(mfn, index, val, self.foreigndom(d))
@@ -652,14 +655,14 @@ class MM:
             return 0, -abi.ESRCH
         if not self.hv.array_access_ok(uptr, count, size):
             return 0, -abi.EFAULT
-        reader = self.hv.guest_reader(v, uptr)
+        read = self.hv.guest_reader(v, uptr).read
         i, rc = 0, 0
         preempt = self.hv.hypercall_preempt_check
         while i < count:
             if preempt(i):
                 rc = _PREEMPTED
                 break
-            buf = reader.read(size)
+            buf = read(size)
             if buf is None:
                 rc = -abi.EFAULT
                 break

@@ -55,9 +55,12 @@ def _is_set(x: Word, mask: int) -> Any:
     return (x & mask) != 0
 
 
+_PRESENT, _L1_DISALLOW = abi._PAGE_PRESENT, abi.L1_DISALLOW_MASK
+
+
 def pte_get_pfn(e: Word) -> Word:
     """The machine frame an entry names (page-2level.h, l1e_get_pfn / l2e_get_pfn)."""
-    return _lshr(e, abi.PAGE_SHIFT)
+    return e >> abi.PAGE_SHIFT if isinstance(e, int) else _lshr(e, abi.PAGE_SHIFT)
 
 
 def pte_get_flags(e: Word) -> Word:
@@ -66,7 +69,7 @@ def pte_get_flags(e: Word) -> Word:
 
 
 def pte_present(e: Word) -> Any:
-    return _is_set(e, abi._PAGE_PRESENT)
+    return (e & _PRESENT) != 0  # _is_set, written out: asked for every entry validated
 
 
 def pte_writable(e: Word) -> Any:
@@ -77,7 +80,7 @@ def pte_writable(e: Word) -> Any:
 
 def l1e_disallowed(e: Word) -> Any:
     """A present L1 entry with PAT or GLOBAL is refused (mm.c, L1_DISALLOW_MASK)."""
-    return _is_set(e, abi.L1_DISALLOW_MASK)
+    return (e & _L1_DISALLOW) != 0
 
 
 def l2e_disallowed(e: Word) -> Any:

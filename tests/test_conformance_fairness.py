@@ -98,7 +98,7 @@ def suite(tmp_path: Path, impl: str, *args: str,
     env = {**os.environ, "XENSPEC_PROFILE": "quick", "XENSPEC_CACHE_DIR": str(tmp_path / "cache"),
            "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT),
                                           os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "pytest", "conformance", "-q", "-p", "no:cacheprovider",
+    cmd = [sys.executable, "-m", "pytest", "conformance", "-q", "-n0", "-p", "no:cacheprovider",
            f"--implementation={impl}", *args]
     if report:
         cmd.append(f"--conformance-report={path}")

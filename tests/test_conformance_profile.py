@@ -19,6 +19,7 @@ import pytest
 
 from xenspec.conformance import profiles
 from xenspec.docgen import contract
+from xenspec.sharedfiles import locked, write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,18 +29,34 @@ def run_suite(tmp: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], 
     report = tmp / "conformance.json"
     where = [] if any(a.startswith("conformance/") for a in args) else ["conformance"]
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", *where, "-q", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", *where, "-q", "-n0", "-p", "no:cacheprovider",
          "--conformance-report", str(report), *args],
         cwd=ROOT, capture_output=True, text=True, check=False, timeout=600,
         env={**os.environ, "XENSPEC_PROFILE": "quick", "XENSPEC_CACHE_DIR": str(tmp)})
     return run, json.loads(report.read_text()) if report.exists() else {}
 
 
-@pytest.fixture(scope="module")
-def strict(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
-    run, record = run_suite(tmp_path_factory.mktemp("strict"), "--xen-profile=3.0.4")
+def strict_run(tmp: Path) -> tuple[str, dict[str, Any]]:
+    run, record = run_suite(tmp, "--xen-profile=3.0.4")
     assert record, run.stdout[-2000:] + run.stderr[-2000:]
     return run.stdout, record
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
+    """The whole suite's run under 3.0.4, once per test run: in a parallel run (xdist) the
+    first worker to need it runs it under a lock in the run's shared temporary folder, and
+    the others read its result there."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return strict_run(tmp_path_factory.mktemp("strict"))
+    shared = tmp_path_factory.getbasetemp().parent / "strict-profile"
+    shared.mkdir(exist_ok=True)
+    result = shared / "result.json"
+    with locked(result):
+        if not result.exists():
+            write_atomic(result, json.dumps(strict_run(shared)))
+        stdout, record = json.loads(result.read_text())
+    return stdout, record
 
 
 def marked() -> dict[str, list[str]]:

@@ -31,7 +31,7 @@ def suite(tmp_path: Path, impl: str, *args: str) -> tuple[subprocess.CompletedPr
                                                           dict[str, Any]]:
     report = tmp_path / "report.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", *args, "-q", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", *args, "-q", "-n0", "-p", "no:cacheprovider",
          f"--implementation={INDEP}:{impl}", f"--conformance-report={report}"],
         cwd=ROOT, capture_output=True, text=True, env={**os.environ, "XENSPEC_PROFILE": "quick"},
         timeout=600)

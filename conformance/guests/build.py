@@ -4,7 +4,10 @@
 ``build/guests/hello.elf`` (the repository's gitignored build directory, or
 ``XENSPEC_BUILD_DIR``) and returns its path;
 it rebuilds only what changed. The ABI header is generated first from ``xenspec.spec.abi``
-(``xenspec.spec.cheader``). Run ``python -m conformance.guests.build [NAME...]`` to build by hand.
+(``xenspec.spec.cheader``). The processes of a parallel test run build under one lock, and
+every output (header, object, image) appears whole, by rename (``xenspec.sharedfiles``): no
+process links a half-written object or boots a half-written image.
+Run ``python -m conformance.guests.build [NAME...]`` to build by hand.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from xenspec.sharedfiles import locked, temporary_beside, write_atomic
 from xenspec.spec import cheader
 
 HERE = Path(__file__).resolve().parent
@@ -52,6 +56,16 @@ def _run(cmd: list[str]) -> None:
         raise GuestBuildError(f"{' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
 
 
+def _run_into(cmd: list[str], target: Path) -> None:
+    """Run ``cmd`` with ``-o`` a temporary file, then rename it to ``target``."""
+    tmp = temporary_beside(target)
+    try:
+        _run([*cmd, "-o", str(tmp)])
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _stale(target: Path, sources: list[Path]) -> bool:
     if not target.exists():
         return True
@@ -64,7 +78,7 @@ def abi_header() -> Path:
     header = BUILD / "xen_abi.h"
     text = cheader.render()
     if not header.exists() or header.read_text() != text:
-        header.write_text(text)
+        write_atomic(header, text)
     return header
 
 
@@ -74,6 +88,12 @@ def guest_names() -> list[str]:
 
 def build_guest(name: str) -> Path:
     """The path of the built ELF for guest ``name``."""
+    BUILD.mkdir(parents=True, exist_ok=True)
+    with locked(BUILD / "guests"):
+        return _build_guest(name)
+
+
+def _build_guest(name: str) -> Path:
     source, defines = VARIANTS.get(name, (name, []))
     src = HERE / f"{source}.c"
     if not src.exists():
@@ -87,13 +107,13 @@ def build_guest(name: str) -> Path:
     for unit in (RUNTIME / "head.S", RUNTIME / "lib.c", src):
         obj = out_dir / (unit.stem + ".o")
         if _stale(obj, [unit, *common]):
-            _run(["gcc", *CFLAGS, *defines, *inc, "-c", str(unit), "-o", str(obj)])
+            _run_into(["gcc", *CFLAGS, *defines, *inc, "-c", str(unit)], obj)
         objs.append(obj)
     elf = BUILD / f"{name}.elf"
     script = RUNTIME / "link.ld"
     if _stale(elf, [*objs, script]):
-        _run(["ld", "-m", "elf_i386", "-nostdlib", "-T", str(script), "-o", str(elf),
-              *map(str, objs)])
+        _run_into(["ld", "-m", "elf_i386", "-nostdlib", "-T", str(script), *map(str, objs)],
+                  elf)
     return elf
 
 
