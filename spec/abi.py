@@ -341,6 +341,11 @@ RUNSTATE_runnable: Final = 1
 RUNSTATE_blocked: Final = 2
 RUNSTATE_offline: Final = 3
 VCPU_RUNSTATE_INFO_T: Final = struct.Struct("<iQ4Q")
+# struct vcpu_guest_context (arch-x86_32.h, 3.0.4): fpu_ctxt[512], flags, cpu_user_regs (60),
+# trap_ctxt[256] (8 each), ldt_base, ldt_ents, gdt_frames[16], gdt_ents, kernel_ss,
+# kernel_sp, ctrlreg[8], debugreg[8], the two callbacks (cs, eip), vm_assist.
+SIZEOF_VCPU_GUEST_CONTEXT: Final = 512 + 4 + 60 + 256 * 8 + 2 * 4 + 17 * 4 + 2 * 4 + 8 * 4 \
+    + 8 * 4 + 4 * 4 + 4
 
 # The forced-emulation prefix: arch-x86_32.h, XEN_EMULATE_PREFIX ".byte 0x0f,0x0b,0x78,0x65,0x6e"
 # (ud2a; .ascii "xen") before cpuid makes Xen emulate it.
