@@ -86,6 +86,9 @@ GUESTS = [
     ("consring", ["io/console_ring", "start_of_day", "event_channel_op/send"]),
     ("preempt", ["mmu_update/MACHPHYS_UPDATE", "mmuext_op/TLB_FLUSH", "mmuext_op/PIN_L1_TABLE",
                  "set_trap_table"]),
+    ("multicall", ["multicall", "callback_op/register", "callback_op/unregister", "vcpu_op",
+                   "event/upcall", "update_va_mapping", "mmu_update/MACHPHYS_UPDATE",
+                   "privileged/emulation"]),
 ]
 
 

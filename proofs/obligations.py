@@ -93,6 +93,11 @@ def _set_callbacks(s: SymState) -> Transition:
     return cpu_spec.spec_set_callbacks(s, v, ecs, eeip, fcs, feip)
 
 
+def _callback_op_register(s: SymState) -> Transition:
+    v, type_, cs, eip = _args("v", "type", "cs", "eip")
+    return cpu_spec.spec_callback_op_register(s, v, type_, cs, eip)
+
+
 def _stack_switch(s: SymState) -> Transition:
     v, ss, esp = _args("v", "ss", "esp")
     return cpu_spec.spec_stack_switch(s, v, ss, esp)
@@ -168,6 +173,7 @@ HYPERCALL_SPECS: tuple[tuple[str, SpecBuilder], ...] = (
     ("set_trap_table", _set_trap_table),
     ("set_trap_table/NULL", _set_trap_table_null),
     ("set_callbacks", _set_callbacks),
+    ("callback_op/register", _callback_op_register),
     ("stack_switch", _stack_switch),
     ("iret", _iret),
     ("set_gdt", _set_gdt),

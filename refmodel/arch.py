@@ -94,6 +94,11 @@ class ArchVcpu:
     event_callback_eip: int = 0
     failsafe_callback_cs: int = 0
     failsafe_callback_eip: int = 0
+    # guest_context.flags VGCF_failsafe_disables_events: the failsafe callback masks events
+    # (callback_op with CALLBACKF_mask_events; x86_32/entry.S failsafe_callback, TBF_INTERRUPT).
+    failsafe_disables_events: bool = False
+    # vcpu.nmi_addr: the NMI callback (common/kernel.c, register_guest_nmi_callback).
+    nmi_addr: int = 0
     # fpu_taskswitch: the virtual CR0.TS (guest_context.ctrlreg[0] & X86_CR0_TS).
     virtual_ts: bool = False
     # guest_context.ctrlreg[2]: the last page fault's address propagated to the guest, or

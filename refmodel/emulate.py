@@ -72,9 +72,13 @@ MACHINE_CR4: int = 0
 
 # The model processor's MSRs (Intel SDM vol. 4 numbers): the local APIC at its default base,
 # enabled, on the boot processor; no microcode update loaded; SYSENTER unused (Xen 3.0 x86_32
-# does not program it).
+# does not program it); DEBUGCTL (asm-x86/msr.h MSR_IA32_DEBUGCTLMSR) 0, its value at reset,
+# which Xen 3.0.4 never changes for a PV guest (no last-branch recording, no BTF): 3.0.4's
+# RDMSR emulation reads it from the processor (traps.c emulate_privileged_op, the default
+# case: rdmsr_safe), and every P6-family or later processor has it.
 MSR_IA32_APICBASE = 0x1B
 MSR_IA32_UCODE_REV = 0x8B
+MSR_IA32_DEBUGCTLMSR = 0x1D9
 MSR_IA32_SYSENTER_CS = 0x174
 MSR_IA32_SYSENTER_ESP = 0x175
 MSR_IA32_SYSENTER_EIP = 0x176
@@ -84,6 +88,7 @@ MACHINE_MSRS: dict[int, int] = {
     MSR_IA32_SYSENTER_CS: 0,
     MSR_IA32_SYSENTER_ESP: 0,
     MSR_IA32_SYSENTER_EIP: 0,
+    MSR_IA32_DEBUGCTLMSR: 0,
 }
 
 # traps.c: the error codes of the page faults the emulator propagates.

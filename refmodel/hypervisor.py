@@ -65,6 +65,7 @@ from xenspec.refmodel.memory import (
     PGT_validated,
 )
 from xenspec.refmodel.mm import MM, xen_l2_entries
+from xenspec.refmodel.multicall import Multicall
 from xenspec.spec import abi
 from xenspec.spec.pagetable import PGT
 
@@ -185,6 +186,8 @@ class Hypervisor:
             HYPERCALL_NUMBERS["update_va_mapping"]: self.mm.do_update_va_mapping,
             HYPERCALL_NUMBERS["mmuext_op"]: self.mm.do_mmuext_op,
         }
+        self.multicall = Multicall(self)  # xen/common/multicall.c
+        self.hypercall_table.update(self.multicall.hypercalls())
 
     # ----------------------------------------------------------------------------------------
     # Xen's own frames: the M2P table and the L1 that maps it read-only into every guest.

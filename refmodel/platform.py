@@ -51,6 +51,7 @@ class PVPlatform:
             physdev,
             sched,
             traps,
+            vcpuop,
             vtime,
         )
         from xenspec.refmodel.clock import Clock
@@ -83,8 +84,9 @@ class PVPlatform:
                                     lambda d: self.grants.domain_destroyed(d.domain_id)]
         self.emulate = emulate.Emulate(self)  # privileged instructions, debug registers
         self.physdev = physdev.Physdev(self)
+        self.vcpuop = vcpuop.VcpuOp(self)
         for sub in (self.traps, self.console, self.sched, self.kernel, self.desc, self.events,
-                    self.vtime, self.grants, self.emulate, self.physdev):
+                    self.vtime, self.grants, self.emulate, self.physdev, self.vcpuop):
             hv.hypercall_table.update(sub.hypercalls())
         from xenspec.refmodel.backend import Backends
 

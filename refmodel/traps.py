@@ -1,5 +1,5 @@
 """Traps: the guest's virtual IDT, exception bounces, software interrupts and the trap-related
-hypercalls (set_trap_table, stack_switch, set_callbacks, fpu_taskswitch, iret).
+hypercalls (set_trap_table, stack_switch, set_callbacks, callback_op, fpu_taskswitch, iret).
 
 Rules from Xen 3.0.4: xen/arch/x86/traps.c (do_set_trap_table, do_fpu_taskswitch,
 do_trap/do_page_fault/do_general_protection propagation, permit_softint,
@@ -28,11 +28,22 @@ The failsafe callback (x86_32/entry.S): Xen reloads DS, ES, FS, GS on every retu
 (restore_all_guest, FLT1-FLT4; the check is refmodel/desc.py, reload_data_segments), and when a
 load faults, or its own iret does (a CS or SS the CPU refuses, FLT5), it bounces to the
 failsafe callback: create_bounce_frame with TBF_FAILSAFE pushes, from low to high, DS, ES, FS,
-GS, then EIP, CS with the saved event mask, EFLAGS [, ESP, SS], does not mask events, and the
-four selectors are zeroed; with no callback address the domain is crashed. A page fault in the
-vCPU's LDT area is a descriptor read: the page is mapped lazily, or the guest gets a #PF at
-ldt_base + offset (traps.c, handle_gdt_ldt_mapping_fault); one in a GDT page with no frame
-behind it is #GP(selector).
+GS, then EIP, CS with the saved event mask, EFLAGS [, ESP, SS], masks events only when the
+callback was registered with CALLBACKF_mask_events (VGCF_failsafe_disables_events: entry.S adds
+TBF_INTERRUPT), and the four selectors are zeroed; with no callback address the domain is
+crashed. A page fault in the vCPU's LDT area is a descriptor read: the page is mapped lazily, or
+the guest gets a #PF at ldt_base + offset (traps.c, handle_gdt_ldt_mapping_fault); one in a GDT
+page with no frame behind it is #GP(selector).
+
+Callbacks (x86_32/traps.c, register_guest_callback, shared by set_callbacks and callback_op;
+public/callback.h): the code selector is fixed up; ``CALLBACKTYPE_event`` and ``_failsafe``
+are stored (the failsafe one with its CALLBACKF_mask_events flag; set_callbacks passes no
+flags, so it clears it); ``CALLBACKTYPE_nmi`` is common/kernel.c register_guest_nmi_callback:
+-EINVAL unless the caller is vCPU 0 of domain 0 (the model delivers no NMI, so the address is
+only recorded). ``CALLBACKTYPE_sysenter`` exists only with CONFIG_X86_SUPERVISOR_MODE_KERNEL,
+which a default 3.0.4 build lacks, and ``syscall`` only on x86_64: both, and any other type,
+are -ENOSYS. Unregistering the event or failsafe callback is -EINVAL, the NMI one always
+succeeds; any other command is -ENOSYS; an unreadable argument is -EFAULT.
 
 A trap table is read entry by entry until one with address 0, with the preemption check before
 each (do_set_trap_table): a long table is continued from the next entry.
@@ -114,6 +125,7 @@ class Traps:
             HYPERCALL_NUMBERS["set_trap_table"]: self.do_set_trap_table,
             HYPERCALL_NUMBERS["stack_switch"]: self.do_stack_switch,
             HYPERCALL_NUMBERS["set_callbacks"]: self.do_set_callbacks,
+            HYPERCALL_NUMBERS["callback_op"]: self.do_callback_op,
             HYPERCALL_NUMBERS["fpu_taskswitch"]: self.do_fpu_taskswitch,
             HYPERCALL_NUMBERS["iret"]: self.do_iret,
         }
@@ -159,13 +171,57 @@ class Traps:
     def do_set_callbacks(
         self, v: Vcpu, event_cs: int, event_eip: int, failsafe_cs: int, failsafe_eip: int
     ) -> int:
-        """Hypercall 4: the event-upcall and failsafe entry points."""
-        arch = self.pv.arch(v)
-        arch.event_callback_cs = fixup_guest_code_selector(event_cs)
-        arch.event_callback_eip = event_eip
-        arch.failsafe_callback_cs = fixup_guest_code_selector(failsafe_cs)
-        arch.failsafe_callback_eip = failsafe_eip
+        """Hypercall 4: the event-upcall and failsafe entry points, registered as callback_op
+        registers them, with no flags (x86_32/traps.c, do_set_callbacks)."""
+        self.register_guest_callback(v, abi.CALLBACKTYPE_event, 0, event_cs, event_eip)
+        self.register_guest_callback(v, abi.CALLBACKTYPE_failsafe, 0, failsafe_cs, failsafe_eip)
         return 0
+
+    def do_callback_op(self, v: Vcpu, cmd: int, arg: int) -> int:
+        """Hypercall 30 (x86_32/traps.c, do_callback_op): CALLBACKOP_register of a
+        ``callback_register`` or CALLBACKOP_unregister of a ``callback_unregister`` at
+        ``arg``."""
+        if cmd == abi.CALLBACKOP_register:
+            raw = self.hv.copy_from_guest(v, arg, abi.CALLBACK_REGISTER_T.size)
+            if raw is None:
+                return -abi.EFAULT
+            type_, flags, cs, eip = abi.CALLBACK_REGISTER_T.unpack(raw)
+            return self.register_guest_callback(v, type_, flags, cs, eip)
+        if cmd == abi.CALLBACKOP_unregister:
+            raw = self.hv.copy_from_guest(v, arg, abi.CALLBACK_UNREGISTER_T.size)
+            if raw is None:
+                return -abi.EFAULT
+            type_, _ = abi.CALLBACK_UNREGISTER_T.unpack(raw)
+            return self.unregister_guest_callback(v, type_)
+        return -abi.ENOSYS
+
+    def register_guest_callback(self, v: Vcpu, type_: int, flags: int, cs: int,
+                                eip: int) -> int:
+        """x86_32/traps.c, register_guest_callback (see the module docstring)."""
+        arch = self.pv.arch(v)
+        cs = fixup_guest_code_selector(cs)
+        if type_ == abi.CALLBACKTYPE_event:
+            arch.event_callback_cs, arch.event_callback_eip = cs, eip
+        elif type_ == abi.CALLBACKTYPE_failsafe:
+            arch.failsafe_callback_cs, arch.failsafe_callback_eip = cs, eip
+            arch.failsafe_disables_events = bool(flags & abi.CALLBACKF_mask_events)
+        elif type_ == abi.CALLBACKTYPE_nmi:
+            if v.domain.domain_id != 0 or v.vcpu_id != 0:
+                return -abi.EINVAL
+            arch.nmi_addr = eip
+        else:
+            return -abi.ENOSYS
+        return 0
+
+    def unregister_guest_callback(self, v: Vcpu, type_: int) -> int:
+        """x86_32/traps.c, unregister_guest_callback: the event and failsafe callbacks cannot
+        be unregistered (-EINVAL); the NMI one can (unregister_guest_nmi_callback)."""
+        if type_ in (abi.CALLBACKTYPE_event, abi.CALLBACKTYPE_failsafe):
+            return -abi.EINVAL
+        if type_ == abi.CALLBACKTYPE_nmi:
+            self.pv.arch(v).nmi_addr = 0
+            return 0
+        return -abi.ENOSYS
 
     def do_fpu_taskswitch(self, v: Vcpu, set: int) -> int:
         """Hypercall 5: set (non-zero) or clear the virtual CR0.TS."""
@@ -343,7 +399,8 @@ class Traps:
         """entry.S failsafe_callback: Xen's reload of a data segment faulted on the way back
         to the guest (restore_all_guest FLT1-FLT4). create_bounce_frame with TBF_FAILSAFE puts
         DS, ES, FS, GS below the return frame and the four selectors are zeroed; events are
-        not masked; no callback address is domain_crash_synchronous."""
+        masked only for a callback registered with CALLBACKF_mask_events (TBF_INTERRUPT); no
+        callback address is domain_crash_synchronous."""
         arch = self.pv.arch(v)
         where = f"{regs.cs:#x}:{regs.eip:#x}"
         if arch.failsafe_callback_eip == 0:
@@ -355,6 +412,8 @@ class Traps:
                                     arch.failsafe_callback_eip, "failsafe callback"):
             regs.ds = regs.es = regs.fs = regs.gs = 0
             self.bounces += 1
+            if arch.failsafe_disables_events:
+                self.pv.vcpu_info_write8(v, abi.VCPU_INFO_evtchn_upcall_mask, 1)
 
     def return_words(self, v: Vcpu, regs: CpuUserRegs) -> list[int]:
         """The return part of Xen's bounce frame: EIP, CS with the saved event mask in bits

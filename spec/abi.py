@@ -309,6 +309,44 @@ TI_DPL_MASK: Final = 3  # TI_GET_DPL: flags & 3
 TI_IF_FLAG: Final = 4  # TI_GET_IF: flags & 4, "clear event enable" (interrupt gate)
 NR_VECTORS: Final = 256
 
+# struct multicall_entry (xen.h, x86_32): unsigned long op, result, args[6]. do_multicall
+# passes args[0..4] to the call (asm-x86/multicall.h, x86_32 do_multicall_call: five pushes).
+MULTICALL_ENTRY_T: Final = struct.Struct("<8I")
+MULTICALL_NR_ARGS: Final = 5
+
+# callback_op (public/callback.h, 3.0.4): struct callback_register { u16 type; u16 flags;
+# xen_callback_t address; } with xen_callback_t { unsigned long cs, eip; } on x86_32
+# (arch-x86_32.h); struct callback_unregister { u16 type; u16 _unused; }.
+CALLBACKOP_register: Final = 0
+CALLBACKOP_unregister: Final = 1
+CALLBACKTYPE_event: Final = 0
+CALLBACKTYPE_failsafe: Final = 1
+CALLBACKTYPE_syscall: Final = 2  # x86_64 only
+CALLBACKTYPE_sysenter: Final = 3  # only with CONFIG_X86_SUPERVISOR_MODE_KERNEL
+CALLBACKTYPE_nmi: Final = 4
+CALLBACKF_mask_events: Final = 1
+CALLBACK_REGISTER_T: Final = struct.Struct("<HHII")
+CALLBACK_UNREGISTER_T: Final = struct.Struct("<HH")
+
+# vcpu_op (public/vcpu.h, 3.0.4) and struct vcpu_runstate_info: int state; uint64_t
+# state_entry_time; uint64_t time[4] (4-byte alignment of uint64_t on x86_32: 44 bytes).
+VCPUOP_initialise: Final = 0
+VCPUOP_up: Final = 1
+VCPUOP_down: Final = 2
+VCPUOP_is_up: Final = 3
+VCPUOP_get_runstate_info: Final = 4
+VCPUOP_register_runstate_memory_area: Final = 5
+RUNSTATE_running: Final = 0
+RUNSTATE_runnable: Final = 1
+RUNSTATE_blocked: Final = 2
+RUNSTATE_offline: Final = 3
+VCPU_RUNSTATE_INFO_T: Final = struct.Struct("<iQ4Q")
+# struct vcpu_guest_context (arch-x86_32.h, 3.0.4): fpu_ctxt[512], flags, cpu_user_regs (60),
+# trap_ctxt[256] (8 each), ldt_base, ldt_ents, gdt_frames[16], gdt_ents, kernel_ss,
+# kernel_sp, ctrlreg[8], debugreg[8], the two callbacks (cs, eip), vm_assist.
+SIZEOF_VCPU_GUEST_CONTEXT: Final = 512 + 4 + 60 + 256 * 8 + 2 * 4 + 17 * 4 + 2 * 4 + 8 * 4 \
+    + 8 * 4 + 4 * 4 + 4
+
 # The forced-emulation prefix: arch-x86_32.h, XEN_EMULATE_PREFIX ".byte 0x0f,0x0b,0x78,0x65,0x6e"
 # (ud2a; .ascii "xen") before cpuid makes Xen emulate it.
 XEN_EMULATE_PREFIX: Final = b"\x0f\x0b\x78\x65\x6e"

@@ -303,3 +303,22 @@ def spec_update_descriptor(s: SymState, v: Word, pa: Word, lo: Word, hi: Word) -
     new = retype_writable(s, r).evolve(mem=written)
     return Transition(ok, new, bv(0), bv(-abi.EINVAL))
 
+
+
+def spec_callback_op_register(
+    s: SymState, v: Word, type_: Word, cs: Word, eip: Word
+) -> Transition:
+    """callback_op(CALLBACKOP_register) (x86_32/traps.c, do_callback_op and
+    register_guest_callback, 3.0.4): an event or failsafe callback is stored as set_callbacks
+    stores it, the other callback kept; the call returns 0. Every other type stores nothing the
+    spec holds and fails (-ENOSYS; the NMI callback's address and its -EINVAL for any caller
+    but domain 0's vCPU 0 are outside the spec's state)."""
+    kind = type_ & 0xFFFF
+    event, failsafe = kind == abi.CALLBACKTYPE_event, kind == abi.CALLBACKTYPE_failsafe
+    both = spec_set_callbacks(s, v, cs, eip, cs, eip).new
+    return Transition(z3.Or(event, failsafe), s.evolve(
+        event_cs=z3.If(event, both.event_cs, s.event_cs),
+        event_eip=z3.If(event, both.event_eip, s.event_eip),
+        failsafe_cs=z3.If(failsafe, both.failsafe_cs, s.failsafe_cs),
+        failsafe_eip=z3.If(failsafe, both.failsafe_eip, s.failsafe_eip),
+    ), bv(0), bv(-abi.ENOSYS))

@@ -106,6 +106,12 @@ static inline long HYPERVISOR_event_channel_op(u32 cmd, void *arg)
 { return hypercall(__HYPERVISOR_event_channel_op, cmd, (u32)arg, 0, 0, 0); }
 static inline long HYPERVISOR_event_channel_op_compat(void *op)
 { return hypercall(__HYPERVISOR_event_channel_op_compat, (u32)op, 0, 0, 0, 0); }
+static inline long HYPERVISOR_multicall(void *call_list, u32 nr_calls)
+{ return hypercall(__HYPERVISOR_multicall, (u32)call_list, nr_calls, 0, 0, 0); }
+static inline long HYPERVISOR_callback_op(u32 cmd, void *arg)
+{ return hypercall(__HYPERVISOR_callback_op, cmd, (u32)arg, 0, 0, 0); }
+static inline long HYPERVISOR_vcpu_op(u32 cmd, u32 vcpuid, void *arg)
+{ return hypercall(__HYPERVISOR_vcpu_op, cmd, vcpuid, (u32)arg, 0, 0); }
 static inline long HYPERVISOR_set_timer_op(u64 deadline)
 { return hypercall(__HYPERVISOR_set_timer_op, (u32)deadline, (u32)(deadline >> 32), 0, 0, 0); }
 struct evtchn_status { u16 dom, pad; u32 port, status, vcpu; union { u16 dom;
