@@ -84,8 +84,8 @@ GUESTS = [
     ("ring", ["io/ring", "event_channel_op/send", "event/upcall"]),
     ("xenstore", ["io/xenstore", "start_of_day", "event_channel_op/send", "sched_op"]),
     ("consring", ["io/console_ring", "start_of_day", "event_channel_op/send"]),
-    ("bounce_edges", ["bounce/exception", "event/upcall", "set_trap_table",
-                      "syscall/fast_path", "set_gdt", "update_descriptor"]),
+    ("bounce_edges", ["bounce/exception", "event/upcall", "set_trap_table", "syscall/fast_path",
+                      "set_gdt", "update_descriptor", "mmuext_op/SET_LDT", "ldt/lazy_mapping"]),
     ("preempt", ["mmu_update/MACHPHYS_UPDATE", "mmuext_op/TLB_FLUSH", "mmuext_op/PIN_L1_TABLE",
                  "set_trap_table"]),
 ]

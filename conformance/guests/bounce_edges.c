@@ -9,14 +9,19 @@
  *    ring 1 a #GP with error code (0x80 << 3) | 2;
  *  - a bounce onto a stack segment of the guest's own GDT (writable data, base 0, DPL 1)
  *    goes through it like one onto the flat selector;
- *  - a read-only data segment in %fs survives Xen's segment reload on the way back
- *    (restore_all_guest), a data load needing no write permission. */
+ *  - a read-only data segment, and a readable code segment, in %fs survive Xen's segment
+ *    reload on the way back (restore_all_guest): a data load needs no write permission, and
+ *    a code segment only its readable bit;
+ *  - set_ldt drops every LDT page mapped so far (mm.c, invalidate_shadow_ldt): a descriptor
+ *    of the second page of the new LDT is the new one's, never the old one's. */
 #include "xenrt.h"
 
 const char test_title[] = "bounce edges: live EFLAGS, the CS word, the int 0x80 gate's DPL, stacks";
 
 #define DATA_RW (_SEGMENT_S | _SEGMENT_P | _SEGMENT_DB | _SEGMENT_G | 0x200)
 #define DATA_RO (_SEGMENT_S | _SEGMENT_P | _SEGMENT_DB | _SEGMENT_G)
+#define CODE_RX (_SEGMENT_S | _SEGMENT_P | _SEGMENT_DB | _SEGMENT_G | 0xA00)
+#define LDT_SEL(i, rpl) (((i) << 3) | 4 | (rpl))
 #define DPL(n) ((u32)(n) << 13)
 #define SET_FLAGS (X86_EFLAGS_NT | X86_EFLAGS_AC)
 
@@ -139,7 +144,38 @@ void test_main(void)
     u32 fs;
     asm volatile("mov %%fs, %0" : "=r"(fs));
     check((fs & 0xffff) == ro, "a read-only data segment in %%fs after the reload: %x", fs);
+    /* A readable code segment in %fs, its descriptor rewritten (accessed bit clear). */
+    u32 rx = (4 << 3) | 1;
+    u64 ma4 = ((u64)frame << PAGE_SHIFT) + 4 * 8;
+    check(HYPERVISOR_update_descriptor(ma4, mkdesc(0, 0xfffff, CODE_RX | DPL(1))) == 0,
+          "update_descriptor: a readable code segment");
+    asm volatile("mov %0, %%fs" :: "r"(rx));
+    check(HYPERVISOR_update_descriptor(ma4, mkdesc(0, 0xfffff, CODE_RX | DPL(1))) == 0,
+          "update_descriptor under the live %%fs");
+    asm volatile("mov %%fs, %0" : "=r"(fs));
+    check((fs & 0xffff) == rx, "a readable code segment in %%fs after the reload: %x", fs);
     asm volatile("mov %0, %%fs" :: "r"(0));
+
+    /* 6. Two LDTs of two pages each; a descriptor of the second page. */
+    static volatile u32 word_a = 0xaaaa0001, word_b = 0xbbbb0002;
+    u32 *a0 = alloc_scratch_page(), *a1 = alloc_scratch_page();
+    u32 *b0 = alloc_scratch_page(), *b1 = alloc_scratch_page();
+    check(a1 == a0 + 1024 && b1 == b0 + 1024, "scratch pages are consecutive");
+    set_desc(a1, 0, mkdesc((u32)&word_a, 0xfff, DATA_RW | DPL(1)));
+    set_desc(b1, 0, mkdesc((u32)&word_b, 0xfff, DATA_RW | DPL(1)));
+    u32 *pages[4] = { a0, a1, b0, b1 };
+    for (int i = 0; i < 4; i++)
+        readonly_page(pages[i]);
+    u32 sel = LDT_SEL(512, 1), w;
+    check(set_ldt((u32)a0, 1024) == 0, "set_ldt A");
+    asm volatile("mov %1, %%fs\n movl %%fs:0, %0\n mov %2, %%fs"
+                 : "=r"(w) : "r"(sel), "r"(0) : "memory");
+    check(w == word_a, "LDT A, entry 512: %x", w);
+    check(set_ldt((u32)b0, 1024) == 0, "set_ldt B");
+    asm volatile("mov %1, %%fs\n movl %%fs:0, %0\n mov %2, %%fs"
+                 : "=r"(w) : "r"(sel), "r"(0) : "memory");
+    check(w == word_b, "LDT B, entry 512: %x (LDT A's page still mapped?)", w);
+    check(set_ldt(0, 0) == 0, "set_ldt none");
 
     /* 5. The event upcall's live EFLAGS. */
     long port = evtchn_bind_ipi(0);
