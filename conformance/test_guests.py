@@ -184,6 +184,8 @@ HOSTILE = [
     ("guest-crash", ["sched_op_compat"]),
     ("unknown-reason", ["sched_op_compat"]),
     ("bad-cr3", ["privileged/emulation", "mmuext_op/NEW_BASEPTR"]),
+    ("null-event-callback", ["event/upcall", "set_callbacks"]),
+    ("iret-frame-at-hole", ["iret", "INV-HOLE"]),
 ]
 
 
@@ -195,3 +197,6 @@ def test_hostile_kernel_is_crashed(guest_impl: GuestLevel, mode: str) -> None:
         f"crash mode {mode}: the domain should have been crashed, got {run.shutdown} "
         f"({run.result})\n{run.console[-800:]}")
     assert run.result == "CRASH", f"crash mode {mode}: the kernel ran on to {run.result}"
+    assert "PANIC" not in run.console, \
+        f"crash mode {mode}: the kernel crashed itself (panic) before the hypervisor could:\n" \
+        f"{run.console[-800:]}"
