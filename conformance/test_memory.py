@@ -147,6 +147,10 @@ def test_referenced_frames_stay_until_released(hv_impl: HypercallLevel) -> None:
     assert not owned(hv_impl, pinned, a.domid), f"{DEC_C}: the pinned table was not freed"
     assert m.size(abi.XENMEM_current_reservation) == 47, \
         f"{DEC_C}: the mapped frame counts until its last reference goes"
+    assert m.reservation(DEC, [mapped]) == 1, f"{DEC_C}: the mapped frame again"
+    assert_frame(hv_impl, mapped, Frame(PGT.writable_page, 1, 1, validated=True),
+                 f"{DEC_C}: a frame whose allocation is gone keeps its mapping's references "
+                 "(guest_remove_page drops the allocation reference only once)")
     assert_invariants(hv_impl, [a, b])
     assert a.set_entry(*at, 0) == 0
     assert not owned(hv_impl, mapped, a.domid), f"{DEC_C}: freed with its last reference"
