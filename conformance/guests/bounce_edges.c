@@ -1,7 +1,8 @@
 /* Edges of the bounce into the guest (Xen 3.0.4 x86_32/entry.S create_bounce_frame, x86_32/
  * traps.c do_general_protection and init_int80_direct_trap):
  *  - the handler runs with TF, NT, RF and VM cleared in its live EFLAGS and every other flag
- *    kept (AC here); the frame holds them all as they were. The same for the event upcall;
+ *    kept (AC here); the frame holds them all as they were (with TF set, the one single
+ *    step is the guest's instruction after the return). The same for the event upcall;
  *  - a software interrupt Xen bounces (int $0x20, a trap-table entry of DPL 1) carries the
  *    saved event mask in bits 16-23 of the frame's CS word; only vector 0x80 can get the
  *    direct gate, whose frame is the processor's;
@@ -64,6 +65,28 @@ static void on_gp(struct trap_frame *f)
 
 static void on_int80(struct trap_frame *f) { hits += 0x10000; }
 
+/* Single steps: each #DB clears TF in the frame it returns to, so that one step is taken. */
+static volatile u32 steps, step_eip;
+static void on_debug(struct trap_frame *f)
+{
+    steps++;
+    step_eip = f->eip;
+    f->eflags &= ~X86_EFLAGS_TF;
+}
+
+/* Run ``int3`` with TF set: the handler must run without it (a single step in the handler
+ * would be a second #DB); the one step is the instruction after int3, once the iret
+ * hypercall has restored TF. */
+static void int3_with_tf(void)
+{
+    asm volatile("pushf; orl %0, (%%esp); popf\n"
+                 "int3\n"
+                 ".globl after_int3\nafter_int3: nop\n"
+                 "nop\n"
+                 :: "i"(X86_EFLAGS_TF) : "memory", "cc");
+}
+extern char after_int3[], after_send[];
+
 /* Run ``int3`` with NT and AC set, then clear them again. */
 static void int3_with_flags(void)
 {
@@ -99,6 +122,14 @@ void test_main(void)
     set_trap_handler(TRAP_int3, on_int3);
     int3_with_flags();
     live_flags("int3");
+    hits = 0;
+    set_trap_handler(TRAP_debug, on_debug);
+    int3_with_tf();
+    check(hits == 1, "int3 with TF: the handler ran %u times", hits);
+    check(steps == 1 && step_eip == (u32)after_int3 + 1,
+          "int3 with TF: %u single steps, the last at %x (expected one, at %x)", steps,
+          step_eip, (u32)after_int3 + 1);
+    set_trap_handler(TRAP_debug, NULL);
 
     /* 2. Xen's bounce of int $0x20 (DPL 1): the CS word has the saved mask (1: events are
      * masked at boot); the direct gate's frame would not. */
@@ -187,4 +218,28 @@ void test_main(void)
     evtchn_send(port);
     asm volatile("pushf; andl %0, (%%esp); popf" :: "i"(~SET_FLAGS) : "memory", "cc");
     live_flags("event upcall");
+
+    /* The upcall with TF set: the send (int $0x82 itself, not the hypercall page's stub,
+     * which would be stepped through) returns through the upcall, which must run without
+     * TF; the one single step is the instruction after the send. */
+    static struct { u32 port; } send_arg;
+    send_arg.port = port;
+    hits = 0;
+    steps = 0;
+    set_trap_handler(TRAP_debug, on_debug);
+    long rc;
+    asm volatile("pushf; orl %4, (%%esp); popf\n"
+                 "int $0x82\n"
+                 ".globl after_send\nafter_send: nop\n"
+                 "nop\n"
+                 : "=a"(rc)
+                 : "a"(__HYPERVISOR_event_channel_op), "b"(EVTCHNOP_send), "c"(&send_arg),
+                   "i"(X86_EFLAGS_TF)
+                 : "memory", "cc");
+    check(rc == 0, "send with TF: %d", (int)rc);
+    check(hits == 1, "send with TF: the upcall ran %u times", hits);
+    check(steps == 1 && step_eip == (u32)after_send + 1,
+          "send with TF: %u single steps, the last at %x (expected one, at %x)", steps,
+          step_eip, (u32)after_send + 1);
+    set_trap_handler(TRAP_debug, NULL);
 }
