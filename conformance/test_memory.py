@@ -221,7 +221,8 @@ def test_refusals_answer_the_start_extent(hv_impl: HypercallLevel) -> None:
 def test_orders_and_populate_physmap(hv_impl: HypercallLevel) -> None:
     """A privileged domain's extent of order 1 is two aligned frames, both its own;
     decrease_reservation of order 1 gives back both; populate_physmap reads a pfn per
-    extent, allocates, records the M2P entry and writes the mfn back."""
+    extent, allocates, records the M2P entry of each frame (gpfn + j, the pfn need not be
+    aligned) and writes the mfn back."""
     g = Guest(hv_impl, 64, 32, privileged=True)
     m = Mem(g)
     give = g.free_mfns(6)
@@ -239,9 +240,10 @@ def test_orders_and_populate_physmap(hv_impl: HypercallLevel) -> None:
         assert owned(hv_impl, mfn, g.domid), f"{INC_C}: populate_physmap: {mfn:#x}"
         assert hv_impl.machphys(mfn) == pfn, \
             f"{INC_C}: populate_physmap: M2P of {mfn:#x} is {hv_impl.machphys(mfn):#x}"
-    assert m.reservation(POP, [0xA00], order=1) == 1
+    assert m.reservation(POP, [0xA01], order=1) == 1, "populate_physmap of order 1"
     (pair,) = m.extents(1)
-    assert [hv_impl.machphys(pair), hv_impl.machphys(pair + 1)] == [0xA00, 0xA01]
+    assert [hv_impl.machphys(pair), hv_impl.machphys(pair + 1)] == [0xA01, 0xA02], \
+        f"{INC_C}: populate_physmap: the M2P of an extent's frames is gpfn + j"
     assert m.size(abi.XENMEM_current_reservation) == 62
     assert_invariants(hv_impl, [g])
 
