@@ -164,6 +164,33 @@ class XenWrittenFrames(Protocol):
     def xen_written_frames(self) -> Sequence[int]: ...
 
 
+@dataclass(frozen=True)
+class GrantHandle:
+    """One grant handle of a grantee in use, as Xen's maptrack entry holds it (grant_table.c,
+    ``struct grant_mapping``): what the invariants need to tell a grant mapping of another
+    domain's frame from a stolen one."""
+
+    handle: int  # the handle map_grant_ref returned
+    flags: int  # GNTMAP_* of the mapping (host_map, device_map, readonly, ...)
+    domid: int  # the granting domain
+    frame: int  # the granted machine frame
+    # (L1 table mfn, index) of the PTE the host mapping wrote; (0, 0) for a device mapping
+    pte: tuple[int, int] = (0, 0)
+
+
+@runtime_checkable
+class GrantState(Protocol):
+    """Optional, at the hypercall level, with ``grant_table_op``: the handles a domain holds.
+    INV-OWN, INV-GNT-RO and INV-COUNT read them once a test maps a grant: a PTE of another
+    domain's frame is allowed only as the host mapping of one of its table owner's handles,
+    and a device mapping holds references of its own."""
+
+    def grant_handles(self, domid: int) -> Sequence[GrantHandle]:
+        """The handles of grantee ``domid`` in use (flags not 0), any order; empty for a
+        domain that has none (or that the implementation does not know)."""
+        ...
+
+
 # --- what an implementation offers -----------------------------------------------------------
 # An adapter says what it offers with an ``offers`` attribute: a set of these names. A test that
 # needs something not offered is reported as *not offered*, never as passed; an offered part
@@ -176,6 +203,9 @@ OFFERINGS: dict[str, str] = {
     "events": "event channels and the timer at the hypercall level (test_events.py)",
     "xen-written-frames": "the frames the hypervisor writes into (XenWrittenFrames), which "
                           "INV-XENPAGE needs",
+    "grants": "grant tables at the hypercall level (test_grants.py): grant_table_op, and the "
+              "grantee's handles (GrantState), which the invariants read",
+    "memory": "the balloon at the hypercall level (test_memory.py): memory_op",
 }
 # The methods each offering needs (an offering may also need another offering).
 METHODS: dict[str, tuple[str, ...]] = {
@@ -186,9 +216,12 @@ METHODS: dict[str, tuple[str, ...]] = {
                   "vcpu_bases", "descriptor_frames"),
     "events": (),
     "xen-written-frames": ("xen_written_frames",),
+    "grants": ("grant_handles",),
+    "memory": (),
 }
 REQUIRES: dict[str, str] = {"guest-disk": "guest", "events": "hypercall",
-                            "xen-written-frames": "hypercall"}
+                            "xen-written-frames": "hypercall", "grants": "hypercall",
+                            "memory": "hypercall"}
 
 
 class OffersError(ValueError):

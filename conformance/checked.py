@@ -20,6 +20,7 @@ from xenspec.conformance.adapter import (
     SHUTDOWN_REASONS,
     DomainInfo,
     FrameInfo,
+    GrantHandle,
     GuestRun,
     describe,
     offered,
@@ -92,6 +93,23 @@ def _guest_run(value: Any) -> GuestRun:
                     dict(getattr(value, "hypercalls", {})))
 
 
+_HANDLE_FIELDS = ("handle", "flags", "domid", "frame")
+
+
+def _handles(value: Any) -> list[GrantHandle]:
+    if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
+        raise TypeError("expected a sequence of GrantHandle")
+    out = []
+    for h in value:
+        wrong = _fields(h, _HANDLE_FIELDS)
+        if wrong or not _ints(getattr(h, "pte", None), 2):
+            raise TypeError(f"a GrantHandle has int fields {', '.join(_HANDLE_FIELDS)} and a "
+                            f"pte pair of ints; this one has {wrong or 'no such pair'}")
+        out.append(h if isinstance(h, GrantHandle) else
+                   GrantHandle(h.handle, h.flags, h.domid, h.frame, tuple(h.pte)))
+    return out
+
+
 def _is(kind: type, what: str) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         if not isinstance(value, kind):
@@ -135,6 +153,7 @@ RESULTS: dict[str, Callable[[Any], Any]] = {
     "vcpu_bases": _pairs,
     "descriptor_frames": _words(None, "a sequence of ints"),
     "xen_written_frames": _words(None, "a sequence of ints"),
+    "grant_handles": _handles,
 }
 
 

@@ -31,6 +31,13 @@ _EVTCHNOP = {getattr(abi, f"EVTCHNOP_{c.id.split('/')[1]}"): c.id for c in BY_ID
              if c.id.startswith("event_channel_op/")}
 
 
+_GNTTABOP = {getattr(abi, f"GNTTABOP_{c.id.split('/')[1]}"): c.id for c in BY_ID.values()
+             if c.id.startswith("grant_table_op/")}
+_XENMEM = {abi.XENMEM_increase_reservation: "memory_op/increase_reservation",
+           abi.XENMEM_populate_physmap: "memory_op/increase_reservation",
+           abi.XENMEM_decrease_reservation: "memory_op/decrease_reservation"}
+
+
 # A batch hypercall issued whole (its requests unread by the suite): the clause its entry
 # checks (copying the array, *done) belong to.
 _BATCH = {"mmu_update": "mmu_update/NORMAL_PT_UPDATE", "mmuext_op": "mmuext_op/TLB_FLUSH"}
@@ -40,6 +47,10 @@ def call_clause(name: str, args: tuple[int, ...]) -> str:
     """The clause a hypercall belongs to, where its name and arguments say ('' otherwise)."""
     if name == "event_channel_op" and args:
         return _EVTCHNOP.get(args[0], "")
+    if name == "grant_table_op" and args:
+        return _GNTTABOP.get(args[0], "")
+    if name == "memory_op" and args:
+        return _XENMEM.get(args[0] & ((1 << abi.XENMEM_START_EXTENT_SHIFT) - 1), "memory_op")
     return name if name in BY_ID else _BATCH.get(name, "")
 
 

@@ -121,8 +121,13 @@ class Guest(MMUCalls):
         return self.va(self.arg_pfn) + offset
 
     def read_args(self, offset: int, length: int) -> bytes:
-        pfn, off = divmod(offset, abi.PAGE_SIZE)
-        return self.impl.read_pfn(self.domid, self.arg_pfn + pfn, off, length)
+        """``length`` bytes of the argument area from ``offset``, frame by frame."""
+        out = b""
+        while len(out) < length:
+            pfn, off = divmod(offset + len(out), abi.PAGE_SIZE)
+            chunk = min(length - len(out), abi.PAGE_SIZE - off)
+            out += self.impl.read_pfn(self.domid, self.arg_pfn + pfn, off, chunk)
+        return out
 
     @property
     def arg_pfns(self) -> range:

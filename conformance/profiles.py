@@ -60,6 +60,13 @@ FIXES: dict[str, Fix] = {f.id: f for f in (
         "XSA-224 (CVE-2017-10920..10922), xen/common/grant_table.c, map_grant_ref: the "
         "references are taken first and a map that cannot have them fails",
         "refmodel/grant.py"),
+    Fix("XSA-227", "grant PTE addresses aligned",
+        "xen/arch/x86/mm.c, create_grant_pte_mapping and destroy_grant_pte_mapping: the PTE "
+        "address of a GNTMAP_contains_pte map is used as given, so a misaligned one writes "
+        "a grant PTE across two entries of the L1 table",
+        "XSA-227 (CVE-2017-12137), xen/arch/x86/mm.c: a PTE address that is not aligned to "
+        "an entry is refused (GNTST_general_error)",
+        "refmodel/grant.py _grant_pte_slot"),
     Fix("XSA-326", "xenstored watch events bounded",
         "tools/xenstore/xenstored_watch.c, add_event: events are queued without bound",
         "XSA-326 (CVE-2022-42311 to CVE-2022-42318), tools/xenstore: the events held for a "

@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from xenspec.conformance.adapter import DomainInfo, FrameInfo, GuestRun
+from xenspec.conformance.adapter import DomainInfo, FrameInfo, GrantHandle, GuestRun
 from xenspec.refmodel.boot import Machine, boot
 from xenspec.refmodel.builder import DEFAULT_VIRT_BASE, build_initial_tables
 from xenspec.refmodel.domain import Domain
 from xenspec.refmodel.hypervisor import HYPERCALL_NAMES, HYPERCALL_NUMBERS, Hypervisor
+from xenspec.refmodel.memop import MemOp
 from xenspec.refmodel.memory import PGC_allocated, PGC_xen_heap, PGT_pinned, PGT_validated
 from xenspec.refmodel.platform import PVPlatform
 from xenspec.refmodel.pvguest import issue
@@ -37,7 +38,8 @@ class ReferenceImplementation:
     """The reference hypervisor, guest level and hypercall level."""
 
     name = "reference"
-    offers = frozenset({"guest", "guest-disk", "hypercall", "events", "xen-written-frames"})
+    offers = frozenset({"guest", "guest-disk", "hypercall", "events", "xen-written-frames",
+                        "grants", "memory"})
     counts_like_xen = True
 
     def __init__(self, setup: Setup | None = None, machine_frames: int = MACHINE_FRAMES) -> None:
@@ -71,6 +73,8 @@ class ReferenceImplementation:
         if self._hv is None:
             self._hv = Hypervisor(self.machine_frames)
             self._pv = PVPlatform(self._hv)
+            # memory_op, as a booted machine has it (refmodel/boot.py, Machine)
+            self._hv.hypercall_table.update(MemOp(self._pv).hypercalls())
             if self.setup is not None:
                 self.setup(self._hv, self._pv)
         return self._hv
@@ -165,6 +169,14 @@ class ReferenceImplementation:
 
     def descriptor_frames(self, domid: int) -> Sequence[int]:
         return self.hv.descriptor_table_frames(self.domain(domid).vcpus[0])
+
+    def grant_handles(self, domid: int) -> Sequence[GrantHandle]:
+        """The grantee's handles in use (``GrantState``), from its maptrack."""
+        t = self.pv.grants.tables.get(domid)
+        if t is None:
+            return []
+        return [GrantHandle(h, mt.flags, mt.domid, mt.frame, mt.pte)
+                for h, mt in enumerate(t.maptrack) if mt.flags]
 
     def xen_written_frames(self) -> Sequence[int]:
         """The frames the model writes into on a guest's behalf (``XenWrittenFrames``)."""

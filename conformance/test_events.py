@@ -275,3 +275,19 @@ def test_send_only_on_own_bound_ports(hv_impl: HypercallLevel) -> None:
     assert ea.close(pa) == 0
     assert eb.status(pb)[1] == abi.EVTCHNSTAT_unbound, "__evtchn_close unbinds the peer's end"
     assert eb.send(pb) == 0, "evtchn_send on an unbound port drops the event (returns 0)"
+
+
+@pytest.mark.clauses("event_channel_op/status", "event_channel_op/bind_interdomain")
+def test_status_writes_back_only_its_structure(ev: Ev, g: Guest) -> None:
+    """do_event_channel_op copies back struct evtchn_status and nothing past it: the guest's
+    bytes after the structure are as they were, for every kind of port."""
+    a = ev.alloc_unbound(SELF)
+    b = ev.bind_interdomain(SELF, a)
+    v = ev.bind_virq(abi.VIRQ_TIMER)
+    after = bytes(range(0xA0, 0xB0))
+    T = abi.EVTCHN_STATUS_T
+    for port in (0, a, b, v, ev.bind_ipi(0)):
+        va = g.write_args(T.pack(SELF, ev.port(port), 0, 0, 0, 0) + after)
+        assert g.hypercall("event_channel_op", abi.EVTCHNOP_status, va) == 0
+        assert g.read_args(T.size, len(after)) == after, \
+            f"evtchn_status of port {port}: bytes past the structure were written"

@@ -84,6 +84,8 @@ GUESTS = [
     ("ring", ["io/ring", "event_channel_op/send", "event/upcall"]),
     ("xenstore", ["io/xenstore", "start_of_day", "event_channel_op/send", "sched_op"]),
     ("consring", ["io/console_ring", "start_of_day", "event_channel_op/send"]),
+    ("bounce_edges", ["bounce/exception", "event/upcall", "set_trap_table", "syscall/fast_path",
+                      "set_gdt", "update_descriptor", "mmuext_op/SET_LDT", "ldt/lazy_mapping"]),
     ("preempt", ["mmu_update/MACHPHYS_UPDATE", "mmuext_op/TLB_FLUSH", "mmuext_op/PIN_L1_TABLE",
                  "set_trap_table"]),
     ("multicall", ["multicall", "callback_op/register", "callback_op/unregister", "vcpu_op",
@@ -185,6 +187,8 @@ HOSTILE = [
     ("guest-crash", ["sched_op_compat"]),
     ("unknown-reason", ["sched_op_compat"]),
     ("bad-cr3", ["privileged/emulation", "mmuext_op/NEW_BASEPTR"]),
+    ("null-event-callback", ["event/upcall", "set_callbacks"]),
+    ("iret-frame-at-hole", ["iret", "INV-HOLE"]),
 ]
 
 
@@ -196,3 +200,6 @@ def test_hostile_kernel_is_crashed(guest_impl: GuestLevel, mode: str) -> None:
         f"crash mode {mode}: the domain should have been crashed, got {run.shutdown} "
         f"({run.result})\n{run.console[-800:]}")
     assert run.result == "CRASH", f"crash mode {mode}: the kernel ran on to {run.result}"
+    assert "PANIC" not in run.console, \
+        f"crash mode {mode}: the kernel crashed itself (panic) before the hypervisor could:\n" \
+        f"{run.console[-800:]}"

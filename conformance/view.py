@@ -23,7 +23,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from xenspec.conformance.adapter import FrameInfo, HypercallLevel, XenWrittenFrames
+from xenspec.conformance.adapter import (
+    FrameInfo,
+    GrantHandle,
+    GrantState,
+    HypercallLevel,
+    XenWrittenFrames,
+)
 from xenspec.conformance.checked import AdapterError
 from xenspec.spec import abi
 from xenspec.spec.concrete import ConcreteLogic
@@ -35,6 +41,7 @@ from xenspec.spec.invariants import (
 )
 from xenspec.spec.pagetable import PGT, pte_present, xen_l2e_of
 
+_NO_HANDLE = GrantHandle(handle=-1, flags=0, domid=0, frame=0)
 # What the view reads for a frame beyond RAM: I/O memory, dom_io's (mm.c, arch_init_memory).
 IO_FRAME = FrameInfo(owner=abi.DOMID_IO, type=int(PGT.none), type_count=0, count=0,
                      validated=False, pinned=False, allocated=False)
@@ -87,6 +94,7 @@ class ImplementationView(ConcreteLogic):
         self._xen: dict[int, Sequence[int]] = {}  # directory -> Xen's slots in it
         self._xen_written = (frozenset(impl.xen_written_frames())
                              if isinstance(impl, XenWrittenFrames) else None)
+        self._handles: dict[int, dict[int, GrantHandle]] = {}  # grantee -> handle -> entry
 
     def words(self, mfn: int) -> Sequence[int]:
         if not self.mfn_valid(mfn):
@@ -155,26 +163,52 @@ class ImplementationView(ConcreteLogic):
     def descriptor_frames(self, vcpu: int) -> list[int]:
         return list(self.impl.descriptor_frames(self._bases[vcpu][0]))
 
-    # grant tables: the hypercall-level adapter has no grant queries yet, so the view knows
-    # of no handle; a grant-mapped PTE of another domain's frame reads as a violation of
-    # INV-OWN (the reference model's own checks, refmodel/view.py, see its grant handles).
+    # grant tables: the grantee's handles, from an adapter that offers them (GrantState);
+    # without them the view knows of no handle, and a PTE of another domain's frame reads as
+    # a violation of INV-OWN (an implementation that maps grants must say which handles it
+    # holds: "grants" in its offers).
+    def handles(self, domid: int) -> dict[int, GrantHandle]:
+        found = self._handles.get(domid)
+        if found is None:
+            found = {}
+            if isinstance(self.impl, GrantState):
+                found = {h.handle: h for h in self.impl.grant_handles(domid) if h.flags}
+            self._handles[domid] = found
+        return found
+
+    def _handle(self, domid: int, handle: int) -> GrantHandle:
+        return self.handles(domid).get(handle, _NO_HANDLE)
+
     def gnt_slot(self, mfn: int, index: int) -> int:
-        return -1
+        """The table owner's host-mapping handle that wrote PTE (mfn, index) for the frame
+        it names, a writable one if there is one; -1 if none (refmodel/grant.py,
+        slot_handle)."""
+        frame = self.entry(mfn, index) >> abi.PAGE_SHIFT
+        found = -1
+        for h in sorted(self.handles(self.owner(mfn)).values(), key=lambda h: h.handle):
+            if h.flags & abi.GNTMAP_host_map and h.pte == (mfn, index) and h.frame == frame:
+                if not h.flags & abi.GNTMAP_readonly:
+                    return h.handle
+                found = h.handle
+        return found
 
     def mt_flags(self, domid: int, handle: int) -> int:
-        return 0
+        return self._handle(domid, handle).flags
 
     def mt_dom(self, domid: int, handle: int) -> int:
-        return 0
+        return self._handle(domid, handle).domid
 
     def mt_frame(self, domid: int, handle: int) -> int:
-        return 0
+        return self._handle(domid, handle).frame
 
     def mt_pte(self, domid: int, handle: int) -> tuple[int, int]:
-        return (0, 0)
+        return self._handle(domid, handle).pte
 
     def device_refs(self) -> list[tuple[int, bool]]:
-        return []
+        """(frame, writable) of every device mapping of the domains with a vCPU."""
+        return [(h.frame, not h.flags & abi.GNTMAP_readonly)
+                for d in dict.fromkeys(d for d, _ in self._bases)
+                for h in self.handles(d).values() if h.flags & abi.GNTMAP_device_map]
 
     # what exists
     def frames(self) -> range:

@@ -4,7 +4,9 @@
 (chosen with ``random.Random(S)`` from the mutants sorted by position and operator, so the
 sample is the same on every machine); ``... summary SESSION`` prints run / killed / survived /
 timeout and the kill rate, then every survivor (line, function, operator; ``--diff`` adds
-the change).
+the change); ``... survivors SESSION EARLIER`` keeps only the mutants of SESSION that survived
+in the executed session EARLIER (the same mutant: position, operator, occurrence), to judge
+them again after new tests.
 """
 
 from __future__ import annotations
@@ -31,6 +33,22 @@ def keep(session: str, n: int, seed: int) -> None:
     db.executemany("DELETE FROM work_items WHERE job_id = ?", drop)
     db.commit()
     print(f"kept {len(chosen)} of {len(specs)} mutants (seed {seed})")
+
+
+def survivors(session: str, earlier: str) -> None:
+    old = sqlite3.connect(earlier)
+    survived = set(old.execute(
+        "SELECT m.start_pos_row, m.start_pos_col, m.operator_name, m.occurrence "
+        "FROM mutation_specs m JOIN work_results r USING (job_id) "
+        "WHERE lower(r.test_outcome) = 'survived'").fetchall())
+    db = sqlite3.connect(session)
+    rows = db.execute("SELECT start_pos_row, start_pos_col, operator_name, occurrence, job_id "
+                      "FROM mutation_specs").fetchall()
+    drop = [(r[4],) for r in rows if tuple(r[:4]) not in survived]
+    for table in ("work_results", "mutation_specs", "work_items"):
+        db.executemany(f"DELETE FROM {table} WHERE job_id = ?", drop)
+    db.commit()
+    print(f"kept {len(rows) - len(drop)} of {len(rows)} mutants: the survivors of {earlier}")
 
 
 def summary(session: str, diff: bool) -> None:
@@ -62,12 +80,17 @@ def main() -> None:
     k.add_argument("session")
     k.add_argument("n", type=int)
     k.add_argument("--seed", type=int, default=0)
+    v = sub.add_parser("survivors")
+    v.add_argument("session")
+    v.add_argument("earlier")
     s = sub.add_parser("summary")
     s.add_argument("session")
     s.add_argument("--diff", action="store_true", help="show each survivor's change")
     a = p.parse_args()
     if a.cmd == "keep":
         keep(a.session, a.n, a.seed)
+    elif a.cmd == "survivors":
+        survivors(a.session, a.earlier)
     else:
         summary(a.session, a.diff)
 

@@ -107,10 +107,48 @@ static void errors(void)
           "compat send delivers");
 }
 
+/* evtchn_unmask marks the vCPU only for a port it did unmask (event_channel.c: the mask bit
+ * test_and_clear_bit'ed, then the pending bit): unmasking a port that was not masked marks
+ * nothing, though the port is pending and its neighbour in the same byte of the mask is
+ * masked. A port past the first byte has its own pending bit (xen.h: arrays of unsigned
+ * longs, bit n of the bitmap). */
+static void unmask_rules(void)
+{
+    volatile u8 *vi = vcpu0_info();
+    volatile u32 *sel = (volatile u32 *)(vi + VCPU_INFO_evtchn_pending_sel);
+    long ports[16];
+    int n = 0;
+    long p;
+    events_mask_upcalls(1);
+    do {
+        p = ports[n++] = evtchn_bind_ipi(0);
+    } while (p > 0 && n < 16 && (p < 9 || p % 8 == 7));
+    check(p >= 9 && p % 8 != 7, "bind_ipi up to a port past the first byte: %d", (int)p);
+    evtchn_mask(p + 1);
+    check(evtchn_send(p) == 0, "send on port %d", (int)p);
+    check(evtchn_pending(p), "port %d is pending after the send", (int)p);
+    check(vi[VCPU_INFO_evtchn_upcall_pending] == 1 && (*sel & (1u << (p / 32))),
+          "the send marked the vCPU: upcall_pending %u, selector %x",
+          vi[VCPU_INFO_evtchn_upcall_pending], *sel);
+    vi[VCPU_INFO_evtchn_upcall_pending] = 0;    /* as an upcall handler would, port left */
+    *sel = 0;
+    check(evtchn_unmask(p) == 0, "unmask of a port that is not masked");
+    check(vi[VCPU_INFO_evtchn_upcall_pending] == 0 && *sel == 0,
+          "unmasking a port that was not masked marked the vCPU: %u, %x",
+          vi[VCPU_INFO_evtchn_upcall_pending], *sel);
+    check(evtchn_unmask(p + 1) == 0, "unmask the neighbour");
+    evtchn_clear(p);
+    for (int i = 0; i < n; i++)
+        if (ports[i] > 0)
+            evtchn_close(ports[i]);
+    events_mask_upcalls(0);
+}
+
 void test_main(void)
 {
     events_enable();
     ipi_delivery();
     loopback();
     errors();
+    unmask_rules();
 }

@@ -9,6 +9,7 @@ const char test_title[] = "failsafe callback: segment reload on return to the gu
 
 #define DATA_RW (_SEGMENT_S | _SEGMENT_P | _SEGMENT_DB | 0x200)
 #define DPL(n) ((u32)(n) << 13)
+#define LDT_SEL0 (4 | 1)
 
 extern char event_entry[], fs_entry[];
 volatile u32 fs_frame[9], fs_count, fs_resume, fs_saved_esp;
@@ -175,6 +176,27 @@ void test_main(void)
     check_frame("LDT page unmapped", before, sels3, stub(__HYPERVISOR_update_va_mapping),
                 stub(__HYPERVISOR_update_va_mapping + 1), FLAT_KERNEL_CS);
 
+    /* The LDT shrunk under a live selector of an entry beyond the new limit: the descriptor
+     * read of the reload is beyond the LDT limit (a #GP at CPL 0): failsafe. */
+    u32 *ldt2 = alloc_scratch_page();
+    set_desc(ldt2, 0, mkdesc((u32)buf, 0xfff, DATA_RW | DPL(1)));
+    set_desc(ldt2, 1, mkdesc((u32)buf, 0xfff, DATA_RW | DPL(1)));
+    make_readonly(ldt2);
+    check(set_ldt((u32)ldt2, 2) == 0, "set_ldt of two entries");
+    u32 lsel1 = (1 << 3) | 4 | 1;
+    load_fs_gs(0, lsel1);
+    before = fs_count;
+    check(set_ldt((u32)ldt2, 1) == 0, "set_ldt of one entry");
+    u32 sels5[4] = { FLAT_KERNEL_DS, FLAT_KERNEL_DS, 0, lsel1 };
+    check_frame("LDT shrunk under %gs", before, sels5, stub(__HYPERVISOR_mmuext_op),
+                stub(__HYPERVISOR_mmuext_op + 1), FLAT_KERNEL_CS);
+    load_fs_gs(0, LDT_SEL0);
+    before = fs_count;
+    check(set_ldt((u32)ldt2, 1) == 0 && fs_count == before,
+          "the last entry within the limit reloads");
+    load_fs_gs(0, 0);
+    check(set_ldt(0, 0) == 0, "set_ldt to no LDT");
+
     /* The iret hypercall to a code segment: a good one, then a not-present one (Xen's own
      * iret faults: failsafe, with the frame it was returning with). */
     u32 cs2 = (2 << 3) | 1, cs3 = (3 << 3) | 1;
@@ -185,6 +207,8 @@ void test_main(void)
     rc = iret_to(cs3);
     check(rc == 0x1234, "eax through the failsafe callback: %x", (u32)rc);
     check_frame("iret to a not-present CS", before, sels4, 0, 0xffffffff, cs3);
+    check(!(gdt[2 * 3 + 1] & _SEGMENT_ACCESSED),
+          "the not-present code segment's accessed bit was set: %x", gdt[2 * 3 + 1]);
 
     /* The iret hypercall to ring 3 with a DPL 1 stack segment: the frame goes on the
      * stack_switch stack, with ESP and SS above it, and %ds still the kernel's (Xen's iret

@@ -26,7 +26,8 @@ from xenspec.docgen.matrix import target
 from xenspec.spec import abi
 from xenspec.spec.clauses import BY_ID, Kind
 
-MODULES = ("test_mmu", "test_cpu", "test_events", "test_differential", "test_guests")
+MODULES = ("test_mmu", "test_cpu", "test_events", "test_grants", "test_memory",
+           "test_differential", "test_guests")
 
 # How the hypercall-level suite (conformance/driver.py) passes each hypercall's arguments. A
 # "buffer" is written with write_pfn into the argument area (the first 16 consecutive pfns the
@@ -54,6 +55,17 @@ ARGUMENTS: dict[str, str] = {
     "event_channel_op_compat": "(op): an ``evtchn_op_t`` {cmd, union} in the argument area; "
                                "OUT fields read back from the union",
     "set_timer_op": "(timeout low, timeout high): registers only, a 64-bit system time in ns",
+    "grant_table_op": "(cmd, uop, count): an array of the command's ``gnttab_*`` structures "
+                      "at the start of the argument area (setup_table's frame list further "
+                      "in); OUT fields (status, handle, dev_bus_addr, the frame list) are read "
+                      "back with read_pfn. A granting domain writes its entries with "
+                      "mmu_update into the frames setup_table gives; the suite reads their "
+                      "flags back with entries",
+    "memory_op": "(cmd, arg): for the reservation operations cmd is the operation with the "
+                 "start extent in its high bits and arg a ``xen_memory_reservation`` at the "
+                 "start of the argument area, its extent list further in (or NULL, or a "
+                 "hand-made address); for the size queries arg points at a domid_t; "
+                 "maximum_ram_page takes none",
 }
 GUEST_ARGUMENTS = "issued by the guest kernel itself, as xen.h defines (not through the adapter)"
 
