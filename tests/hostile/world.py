@@ -52,7 +52,7 @@ from xenspec.refmodel.domctl import DomctlError
 from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS as NR
 from xenspec.refmodel.hypervisor import Hypervisor, HypervisorBug, OutOfMemory
 from xenspec.refmodel.platform import STUB_VIRT, PVPlatform
-from xenspec.refmodel.view import check_invariants
+from xenspec.refmodel.view import IncrementalChecker
 from xenspec.spec import abi
 from xenspec.spec.pagetable import PGT
 
@@ -171,6 +171,7 @@ class World:
                                                 abi.XENVER_version, 0)
         self.probe_count = 0
         self.victim_state = self.victim_snapshot()
+        self.checker = IncrementalChecker(self.hv)  # check_invariants, step after step
         self.work = WorkMeter(CALL_BOUND, ACCESS_BOUND)
         self.work.instrument(self.hv)
         self.memory = MemoryMeter() if check_memory else None
@@ -388,7 +389,7 @@ class World:
     def check(self, call: Call, running_before: dict[int, bool]) -> str | None:
         """The checks after one call (the first problem found, or None)."""
         try:
-            violations = check_invariants(self.hv)
+            violations = self.checker.check()
         except Exception as exc:
             return f"the invariant checker raised {type(exc).__name__}: {exc}"
         if violations:

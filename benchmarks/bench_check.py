@@ -1,0 +1,82 @@
+"""Benchmark of the invariant check after every step of the hostile-guest harness (a script,
+not a test).
+
+The harness (tests/test_hostile.py, part A) checks every invariant after every hypercall on a
+256-frame machine with a victim and three attackers. This script runs hostile runs drawn with
+a fixed seed from the harness's own strategy (tests/hostile/calls.py) and, after every call,
+times both checks on the same state: the full ``check_invariants`` (every quantifier over
+every frame) and the ``IncrementalChecker`` the harness uses (re-evaluating only what changed).
+It also asserts that both give the same list of violations, and profiles a few full checks
+(``--profile``).
+
+Usage: python benchmarks/bench_check.py [--runs N] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from hostile.calls import runs
+from hostile.world import World
+from hypothesis import HealthCheck, given, seed, settings
+
+from xenspec.refmodel.view import check_invariants
+
+
+class TimedWorld(World):
+    """A World that times the full and the incremental check after every call."""
+
+    full: ClassVar[list[float]] = []
+    fast: ClassVar[list[float]] = []
+
+    def check(self, call: Any, running_before: dict[int, bool]) -> str | None:
+        t = time.perf_counter()
+        full = check_invariants(self.hv)
+        t1 = time.perf_counter()
+        fast = self.checker.check()
+        t2 = time.perf_counter()
+        assert fast == full, (fast, full)
+        self.full.append(t1 - t)
+        self.fast.append(t2 - t1)
+        return super().check(call, running_before)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=4, help="hostile runs (10-24 call groups each)")
+    p.add_argument("--profile", action="store_true", help="profile 5 full checks")
+    a = p.parse_args()
+
+    @seed(20261206)
+    @settings(max_examples=a.runs, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(calls=runs(10, 24))
+    def one(calls: list[Any]) -> None:
+        TimedWorld(check_memory=False).run(calls)
+
+    one()
+    full, fast = TimedWorld.full, TimedWorld.fast
+    print(f"{len(full)} checked steps on a {World().hv.memory.nr_frames}-frame machine")
+    print(f"full check:        median {statistics.median(full) * 1e3:8.2f} ms, "
+          f"mean {statistics.mean(full) * 1e3:8.2f} ms")
+    print(f"incremental check: median {statistics.median(fast) * 1e3:8.2f} ms, "
+          f"mean {statistics.mean(fast) * 1e3:8.2f} ms")
+    print(f"speed-up (means): {statistics.mean(full) / statistics.mean(fast):.1f}x")
+    if a.profile:
+        w = World(check_memory=False)
+        prof = cProfile.Profile()
+        prof.runcall(lambda: [check_invariants(w.hv) for _ in range(5)])
+        pstats.Stats(prof).sort_stats("tottime").print_stats(15)
+
+
+if __name__ == "__main__":
+    main()
