@@ -139,8 +139,7 @@ def test_hostile_hypercalls(chunk: int, calls: list[tuple[object, ...]]) -> None
         STATS["max_accesses"] = max(STATS["max_accesses"], w.work.max_accesses)
         if w.memory is not None:
             STATS["peak_call"] = max(STATS["peak_call"], w.memory.peak)
-        if STATS["a_runs"] % 20 == 0:
-            _record()
+        _record()
 
 
 @pytest.mark.parametrize("kind", ["mmu_update", "machphys", "set_trap_table"])
