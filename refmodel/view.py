@@ -556,8 +556,8 @@ class IncrementalChecker:
         for i, d in hv.domains.items():
             si = events.pv.darch(d).shared_info_mfn << abi.PAGE_SHIFT
             doms.append((i, d.is_privileged, len(d.vcpus), si,
-                         mem.read(si + abi.SHARED_INFO_evtchn_pending, size) if si else b"",
-                         mem.read(si + abi.SHARED_INFO_evtchn_mask, size) if si else b""))
+                         mem.read(si + abi.SHARED_INFO_evtchn_pending, size),
+                         mem.read(si + abi.SHARED_INFO_evtchn_mask, size)))
         ports = tuple((i, tuple((c.state, c.notify_vcpu, c.remote_dom, c.remote_port, c.virq)
                                 for c in de.ports),
                        tuple(sorted((v, tuple(t)) for v, t in de.virq_to_evtchn.items())))
