@@ -198,6 +198,18 @@ def test_random_code(run: int, ring: int) -> None:
                                       f"replay: {r.replay}"])
 
 
+@needs_gcc
+def test_random_code_crashed_during_int80_runs_no_further() -> None:
+    """Found by the long profile (run 20, ring 1): attacker 120 runs ``int $0x80`` through
+    the direct trap gate with its ring-1 stack pointer at the top of the address space; the
+    frame cannot be written and the domain is crashed (traps.py, int80_direct_trap), but the
+    CPU went on running its code until its next ``int $0x82`` reached the dispatcher of a
+    domain that is shut down (HypervisorBug). A crashed domain runs no further instruction
+    (Xen: domain_crash_synchronous does not return to the guest)."""
+    r = random_code_run((120,), 1)
+    assert not r.problems, "\n".join([*r.problems, f"replay: {r.replay}"])
+
+
 # ----------------------------------------------------------------------------------------------
 # C. Malformed kernel images.
 # ----------------------------------------------------------------------------------------------
