@@ -12,6 +12,13 @@ GDT frame list) reads as I/O memory, which Xen gives to dom_io (mm.c, arch_init_
 by DOMID_IO, no type, no references, no flags, no contents; the invariants that require RAM
 (INV-OWN, INV-BASE, INV-ISO) then fail on it. Xen's slots of a page directory whose owner is
 no longer a domain are no entry at all, so INV-HOLE fails on such a directory.
+
+``check_invariants`` evaluates every invariant on the whole state. ``IncrementalChecker`` is
+the same check for a machine checked after every step (the hostile-guest harness): the same
+definitions from ``spec.invariants`` and ``spec.event_spec`` on a view that remembers, per
+frame and vCPU quantifier, where the body held and what it read, and evaluates it again only
+where that changed; it returns exactly what ``check_invariants`` returns (tests/
+test_incremental_check.py).
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ machine frame (``who``: ``self``, ``peer``, ``victim`` or ``xen``); ``("pte", fr
 domain id; ``("q", lo, hi)`` a 64-bit value.
 
 After every call ``World.check`` asks: no exception escaped the hypervisor (``HypervisorBug``),
-every invariant holds (refmodel/view.py, including the event invariants), the victim's frames,
+every invariant holds (refmodel/view.py, including the event invariants; ``IncrementalChecker``
+returns exactly what the full check would, re-evaluating only what changed), the victim's frames,
 frame-table entries, page tables and vCPU state are exactly as before and it still gets its
 hypercalls answered, no other domain was shut down by the caller's request, ``iret`` never
 resumes ring 0 or IOPL above 0, the call did at most ``CALL_BOUND`` function calls and
