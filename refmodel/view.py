@@ -256,10 +256,12 @@ class _TrackingView(ConcreteView):
     frames its body has been seen to hold for and what each of those evaluations read; a frame
     whose reads have not changed since is not evaluated again (``IncrementalChecker``)."""
 
-    def __init__(self, hv: Hypervisor, contents: dict[int, bytes]) -> None:
+    def __init__(self, hv: Hypervisor, contents: dict[int, bytes],
+                 parsed: dict[tuple[int, int, int], list[tuple[int, int]]]) -> None:
         super().__init__(hv)
         self.reads: set[int] | None = None  # what the body under evaluation read
         self.contents = contents  # snapshots of the frames whose contents a body read
+        self.parsed = parsed  # present entries of a frame, while its contents stay the same
         self.inv: int | None = None
         self._occurrence: dict[object, int] = {}
         self._invs = INVARIANTS + COUNTER_INVARIANTS
@@ -340,7 +342,13 @@ class _TrackingView(ConcreteView):
 
     def present_entries(self, mfn: int, lo: int, hi: int) -> list[tuple[int, int]]:
         self._read_contents(mfn)
-        return super().present_entries(mfn, lo, hi)
+        if mfn not in self.contents:  # read outside a body: nothing watches its contents
+            return super().present_entries(mfn, lo, hi)
+        key = (mfn, lo, hi)
+        found = self.parsed.get(key)
+        if found is None:
+            found = self.parsed[key] = super().present_entries(mfn, lo, hi)
+        return found
 
     def xen_l2e(self, l2mfn: int, index: int) -> int:
         self._read(DOMAINS)
@@ -500,8 +508,9 @@ class IncrementalChecker:
     def __init__(self, hv: Hypervisor) -> None:
         self.hv = hv
         self.contents: dict[int, bytes] = {}
-        self.view = _TrackingView(hv, self.contents)
-        self.counting = _MemoCountingView(hv, self.contents)
+        parsed: dict[tuple[int, int, int], list[tuple[int, int]]] = {}
+        self.view = _TrackingView(hv, self.contents, parsed)
+        self.counting = _MemoCountingView(hv, self.contents, parsed)
         f = hv.frames
         self._fields = (f.owner, f.type, f.type_count, f.count, f.flags)
         self._snap: list[array[int]] | None = None
@@ -588,13 +597,14 @@ class IncrementalChecker:
         """Every invariant on the model's current state: what ``check_invariants`` returns."""
         dirty = self.dirty()
         self.view.invalidate(dirty)
-        return _evaluate(self.view, self._count(dirty), self._event_failures())
+        tables_changed = self.counting.refresh(dirty)
+        return _evaluate(self.view, self._count(dirty, tables_changed),
+                         self._event_failures())
 
-    def _count(self, dirty: set[int]) -> CountingView | list[str]:
+    def _count(self, dirty: set[int], tables_changed: bool) -> CountingView | list[str]:
         """INV-COUNT's view, or what it found last time if nothing it reads has changed: no
         frame-table field, no contents of a table it parsed, no vCPU's base pointer or
         descriptor-table frames, no device or back-end mapping."""
-        tables_changed = self.counting.refresh(dirty)
         view = self.view
         refs = (tuple((view.base(v), tuple(view.descriptor_frames(v))) for v in view.vcpus()),
                 sorted(view.device_refs()))
@@ -609,13 +619,15 @@ class _MemoCountingView(CountingView):
     """The counting view of ``IncrementalChecker``: a table's present entries are parsed
     again only when its contents changed."""
 
-    def __init__(self, hv: Hypervisor, contents: dict[int, bytes]) -> None:
+    def __init__(self, hv: Hypervisor, contents: dict[int, bytes],
+                 parsed: dict[tuple[int, int, int], list[tuple[int, int]]]) -> None:
         super().__init__(hv)
         self.contents = contents
-        self._parsed: dict[tuple[int, int, int], list[tuple[int, int]]] = {}
+        self._parsed = parsed
 
     def refresh(self, dirty: set[int]) -> bool:
-        """Forget the entries of the tables whose contents changed; whether there were any."""
+        """Forget the entries of the frames whose contents changed (for both views); whether
+        there were any."""
         self._vcpus = [v for d in self.hv.domains.values() for v in d.vcpus]
         self._xen_l2.clear()
         stale = [k for k in self._parsed if CONTENT + k[0] in dirty]
