@@ -287,8 +287,9 @@ class _TrackingView(ConcreteView):
                 if reads is None:
                     continue
                 for k in reads:
-                    if k != key:
-                        self.rdeps[k].discard(site_f)
+                    others = self.rdeps.get(k)
+                    if others is not None:
+                        others.discard(site_f)
                 site, x = site_f
                 if site[0] == "frame":
                     self.pending[site].add(x)
