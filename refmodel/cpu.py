@@ -1035,7 +1035,10 @@ class UnicornCPU:
                     self._apply(stop=True)  # _return_to_guest, one call less on this path
                     return
                 elif not self.handlers.software_interrupt(self.v, intno, self.user_regs()):
-                    self._apply(stop=False, xen_entered=False)  # the processor delivered it
+                    # The processor delivered it (Xen not entered), unless writing its frame
+                    # crashed the domain: then the slice ends, as a crashed domain runs no
+                    # further instruction (domain_crash_synchronous never returns to it).
+                    self._apply(stop=not self.v.domain.is_running, xen_entered=False)
                     return
             else:
                 eng.save()

@@ -36,7 +36,7 @@ from xenspec.refmodel.arch import CpuUserRegs
 from xenspec.refmodel.boot import Machine
 from xenspec.refmodel.domain import Domain, Vcpu
 from xenspec.refmodel.hypervisor import HypervisorBug
-from xenspec.refmodel.view import check_invariants
+from xenspec.refmodel.view import IncrementalChecker
 from xenspec.spec import abi
 
 from .meters import MemoryMeter, WorkBoundExceeded, WorkMeter
@@ -66,6 +66,10 @@ class RandomCodeRun:
     traps: int = 0
     instructions: int = 0
     victim_rounds: int = 0
+    max_calls: int = 0  # the most function calls one hypercall made (WorkMeter)
+    max_accesses: int = 0  # the most guest-memory accesses one hypercall made
+    peak_call: int = 0  # the highest traced allocation peak of one hypercall, in bytes
+    rss_growth: int = 0  # the process's resident-set growth over the run, in bytes
 
     @property
     def replay(self) -> str:
@@ -142,6 +146,7 @@ class _Checks:
         self.work = WorkMeter(CALL_BOUND, ACCESS_BOUND)
         self.work.instrument(m.hv)
         self.memory = MemoryMeter()
+        self.checker = IncrementalChecker(m.hv)  # check_invariants, step after step
         self.plain = m.pv.traps.hypercall
         m.pv.traps.hypercall = self.hypercall
 
@@ -160,7 +165,7 @@ class _Checks:
         if self.run.problems:
             return
         try:
-            violations = check_invariants(self.m.hv)
+            violations = self.checker.check()
         except Exception as exc:
             violations = [f"the invariant checker raised {type(exc).__name__}: {exc}"]
         if violations:
@@ -233,6 +238,8 @@ def random_code_run(seeds: tuple[int, ...], ring: int, traps: int = TRAPS,
     elif run.victim_rounds < VICTIM_MIN_ROUNDS and not run.problems:
         run.problems.append(f"the victim completed {run.victim_rounds} rounds")
     run.instructions += m.cpus[victim.domain_id].instructions
+    run.max_calls, run.max_accesses = checks.work.max_calls, checks.work.max_accesses
+    run.peak_call, run.rss_growth = checks.memory.peak, checks.memory.rss_growth()
     if checks.memory.rss_growth() > RSS_BOUND:
         run.problems.append(f"the process grew by {checks.memory.rss_growth() >> 20} MB")
     return run

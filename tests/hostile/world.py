@@ -27,7 +27,8 @@ machine frame (``who``: ``self``, ``peer``, ``victim`` or ``xen``); ``("pte", fr
 domain id; ``("q", lo, hi)`` a 64-bit value.
 
 After every call ``World.check`` asks: no exception escaped the hypervisor (``HypervisorBug``),
-every invariant holds (refmodel/view.py, including the event invariants), the victim's frames,
+every invariant holds (refmodel/view.py, including the event invariants; ``IncrementalChecker``
+returns exactly what the full check would, re-evaluating only what changed), the victim's frames,
 frame-table entries, page tables and vCPU state are exactly as before and it still gets its
 hypercalls answered, no other domain was shut down by the caller's request, ``iret`` never
 resumes ring 0 or IOPL above 0, the call did at most ``CALL_BOUND`` function calls and
@@ -52,7 +53,7 @@ from xenspec.refmodel.domctl import DomctlError
 from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS as NR
 from xenspec.refmodel.hypervisor import Hypervisor, HypervisorBug, OutOfMemory
 from xenspec.refmodel.platform import STUB_VIRT, PVPlatform
-from xenspec.refmodel.view import check_invariants
+from xenspec.refmodel.view import IncrementalChecker
 from xenspec.spec import abi
 from xenspec.spec.pagetable import PGT
 
@@ -171,6 +172,7 @@ class World:
                                                 abi.XENVER_version, 0)
         self.probe_count = 0
         self.victim_state = self.victim_snapshot()
+        self.checker = IncrementalChecker(self.hv)  # check_invariants, step after step
         self.work = WorkMeter(CALL_BOUND, ACCESS_BOUND)
         self.work.instrument(self.hv)
         self.memory = MemoryMeter() if check_memory else None
@@ -388,7 +390,7 @@ class World:
     def check(self, call: Call, running_before: dict[int, bool]) -> str | None:
         """The checks after one call (the first problem found, or None)."""
         try:
-            violations = check_invariants(self.hv)
+            violations = self.checker.check()
         except Exception as exc:
             return f"the invariant checker raised {type(exc).__name__}: {exc}"
         if violations:
