@@ -29,12 +29,15 @@ the call reads), so that one branch is exercised on each kind of frame that can 
 
 from __future__ import annotations
 
+import datetime
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import z3
 
+from xenspec.proofs import runner
 from xenspec.proofs.obligations import HYPERCALL_SPECS
 from xenspec.proofs.refinement import Snapshot, check_refinement, observed_choices, same_state
 from xenspec.refmodel.domain import Domain, Vcpu
@@ -102,6 +105,9 @@ class Family:
     # Constraints on the arguments: they touch only the machine's indices, name frames near it.
     domain: Callable[[dict[str, z3.ExprRef]], list[z3.BoolRef]]
     hints: Callable[[dict[str, z3.ExprRef]], list[z3.BoolRef]] = lambda a: []
+    # The argument that names a frame, as (argument, its frame as a function of it, a way to
+    # write the argument with the frame fixed).
+    frame: str = ""
     signature: Callable[[SymState, dict[str, z3.ExprRef]], list[z3.ExprRef]] = (
         lambda s, a: [])
 
@@ -306,9 +312,7 @@ def _ptr_hints(a: dict[str, z3.ExprRef]) -> list[z3.BoolRef]:
 
 
 def _ptr_signature(s: SymState, a: dict[str, z3.ExprRef]) -> list[z3.ExprRef]:
-    f = z3.Extract(43, 12, a["ptr"])
-    g = pte_get_pfn(a["val"])
-    return [s.type[f], s.validated[f], s.type[g], s.validated[g], a["val"] & 3]
+    return [s.type[z3.Extract(43, 12, a["ptr"])], s.type[pte_get_pfn(a["val"])]]
 
 
 def _va_domain(a: dict[str, z3.ExprRef]) -> list[z3.BoolRef]:
@@ -318,33 +322,36 @@ def _va_domain(a: dict[str, z3.ExprRef]) -> list[z3.BoolRef]:
 
 def _va_signature(s: SymState, a: dict[str, z3.ExprRef]) -> list[z3.ExprRef]:
     l2e = z3.Select(s.mem, s.base[bv(0)], z3.LShR(a["va"], 22))
-    t, g = pte_get_pfn(l2e), pte_get_pfn(a["val"])
-    return [s.type[t], s.validated[t], s.type[g], a["val"] & 3]
+    return [s.type[pte_get_pfn(l2e)]]
 
 
 def _mfn_signature(s: SymState, a: dict[str, z3.ExprRef]) -> list[z3.ExprRef]:
-    f = a["mfn"]
-    return [s.type[f], s.validated[f], s.pinned[f], s.base[bv(0)] == f]
+    return [s.type[a["mfn"]]]
 
 
 FAMILIES: tuple[Family, ...] = (
     Family("mmu_update/NORMAL_PT_UPDATE", _mmu_update, ("ptr", "val", "v", "fd"),
-           lambda a: _ptr_domain(a, abi.MMU_NORMAL_PT_UPDATE), _ptr_hints, _ptr_signature),
+           lambda a: _ptr_domain(a, abi.MMU_NORMAL_PT_UPDATE), _ptr_hints, _ptr_signature,
+           "ptr"),
     Family("mmu_update/MACHPHYS_UPDATE", _mmu_update, ("ptr", "val", "v", "fd"),
            lambda a: _ptr_domain(a, abi.MMU_MACHPHYS_UPDATE),
-           lambda a: _frame_hints(z3.Extract(43, 12, a["ptr"]))),
+           lambda a: _frame_hints(z3.Extract(43, 12, a["ptr"])), frame="ptr"),
     Family("update_va_mapping", _update_va_mapping, ("va", "val", "v"), _va_domain,
            lambda a: [a["va"] == abi.HYPERVISOR_VIRT_START - 1,
                       a["va"] == abi.HYPERVISOR_VIRT_START],
            _va_signature),
     Family("mmuext_op/PIN_L1_TABLE", _mmuext(abi.MMUEXT_PIN_L1_TABLE), ("mfn", "fd"),
-           lambda a: _frame_arg(a["mfn"]), lambda a: _frame_hints(a["mfn"]), _mfn_signature),
+           lambda a: _frame_arg(a["mfn"]), lambda a: _frame_hints(a["mfn"]), _mfn_signature,
+           "mfn"),
     Family("mmuext_op/PIN_L2_TABLE", _mmuext(abi.MMUEXT_PIN_L2_TABLE), ("mfn", "fd"),
-           lambda a: _frame_arg(a["mfn"]), lambda a: _frame_hints(a["mfn"]), _mfn_signature),
+           lambda a: _frame_arg(a["mfn"]), lambda a: _frame_hints(a["mfn"]), _mfn_signature,
+           "mfn"),
     Family("mmuext_op/UNPIN_TABLE", _mmuext(abi.MMUEXT_UNPIN_TABLE), ("mfn", "v"),
-           lambda a: _frame_arg(a["mfn"]), lambda a: _frame_hints(a["mfn"]), _mfn_signature),
+           lambda a: _frame_arg(a["mfn"]), lambda a: _frame_hints(a["mfn"]), _mfn_signature,
+           "mfn"),
     Family("mmuext_op/NEW_BASEPTR", _mmuext(abi.MMUEXT_NEW_BASEPTR), ("mfn", "v"),
-           lambda a: _frame_arg(a["mfn"]), lambda a: _frame_hints(a["mfn"]), _mfn_signature),
+           lambda a: _frame_arg(a["mfn"]), lambda a: _frame_hints(a["mfn"]), _mfn_signature,
+           "mfn"),
     Family("mmuext_op/flushes,SET_LDT,PIN_L3/L4", _mmuext(abi.MMUEXT_TLB_FLUSH_LOCAL), (),
            lambda a: []),
 )
@@ -455,16 +462,24 @@ def check_branch(before: Snapshot, after: Snapshot, rc: int,
     return f"the model's outcome is not that of branch {name} (solver: {answer})"
 
 
-def solve_branch(solver: z3.Solver, b: NamedBranch, extra: list[z3.BoolRef],
-                 choice: z3.BoolRef) -> z3.ModelRef | None:
-    """A model of the family's common constraints (already in ``solver``), the branch and
-    ``extra``; None if there is none."""
-    solver.push()
-    try:
-        solver.add(*[z3.simplify(c) for c in (b.cond, choice, *extra)])
-        return solver.model() if solver.check() == z3.sat else None
-    finally:
-        solver.pop()
+def solve_branch(common: list[z3.BoolRef], b: NamedBranch, extra: list[z3.BoolRef],
+                 choice: z3.BoolRef, pins: list[list[tuple[z3.ExprRef, z3.ExprRef]]] | None = None,
+                 ) -> z3.ModelRef | None:
+    """A model of the family's common constraints, the branch and ``extra``; None if there
+    is none. A fresh solver each time (Z3's incremental mode is much slower on these). The
+    frame an argument names is tried one value at a time (``pins``: substitutions), which
+    lets every read of the state simplify to the frame's own fields."""
+    if pins is None:
+        pins = [[]]
+    for pin in pins:
+        solver = _solver(20)
+        terms = [b.cond, choice, *extra]
+        if pin:
+            terms = [z3.substitute(c, *pin) for c in terms] + [x == y for x, y in pin]
+        solver.add(*common, *[z3.simplify(c) for c in terms])
+        if solver.check() == z3.sat:
+            return solver.model()
+    return None
 
 
 def _args(family: Family) -> dict[str, z3.ExprRef]:
@@ -472,57 +487,148 @@ def _args(family: Family) -> dict[str, z3.ExprRef]:
                                                                   "mfn")}
 
 
-def check_family(family: Family, report: Report, per_branch: int = 3,
-                 only: Callable[[str], bool] = lambda name: True) -> None:
-    """Check every branch of ``family`` (those ``only`` selects) on the model."""
+@dataclass
+class Context:
+    """One family's solver set up once: the template machine, the open state, the spec on it
+    (under the bounded scope), and a solver holding the invariants and argument ranges."""
+
+    family: Family
+    scope: Scope
+    s: SymState
+    unknown: dict[str, Any]
+    t: Transition
+    args: dict[str, z3.ExprRef]
+    common: list[z3.BoolRef]
+    branches: dict[str, NamedBranch]
+
+
+_CONTEXTS: dict[str, Context] = {}
+
+
+def context(family: Family) -> Context:
+    ctx = _CONTEXTS.get(family.name)
+    if ctx is not None:
+        return ctx
     template = Machine.build()
     base = Snapshot.take(template.hv)
-    interesting = sorted({0, template.hv.m2p_l1, *template.d.page_list,
-                          *template.d.perdomain_pt, template.hv.free_list[-1]})
-    gen_scope = FrameScope(frames=MACHINE_FRAMES, vcpus=1, indices=INDICES,
-                           frame_list=tuple(interesting))
-    symbolic.set_scope(gen_scope)
+    # Frame quantifiers range over the domain's frames, frame 0 and one free frame: only the
+    # domain's frames can be tables, hold references or take a type.
+    interesting = sorted({0, *template.d.page_list, template.hv.free_list[-1]})
+    scope = FrameScope(frames=MACHINE_FRAMES, vcpus=1, indices=INDICES,
+                       frame_list=tuple(interesting))
+    previous = symbolic.SCOPE
+    symbolic.set_scope(scope)
     try:
         symbolic.reset_fresh()
         s, unknown = open_state(template, base)
-        t = _builders()[family.name](s)
+        mm_spec.CHOOSE = _choices(scope.frame_list)
+        try:
+            t = _builders()[family.name](s)
+        finally:
+            mm_spec.CHOOSE = None
         a = _args(family)
-        domid = template.d.domain_id
-        common = [*invariants(s), *model_facts(s, unknown), a["v"] == 0, a["fd"] == domid,
-                  *family.domain(a)]
-        solver = _solver()
-        solver.add(*[z3.simplify(c) for c in common])
-        for b in branches(t):
-            key = f"{family.name} {b.name}"
-            if not only(key):
-                continue
-            choice = _choice_of(t, b)
-            found: list[z3.ModelRef] = []
-            hints = family.hints(a)
-            blocked: list[z3.BoolRef] = []
-            model = None
-            for h in hints:
-                model = solve_branch(solver, b, [h], choice)
-                if model is not None:
-                    break
-            if model is None:
-                model = solve_branch(solver, b, [], choice)
-            while model is not None and len(found) < per_branch:
-                found.append(model)
-                sig = family.signature(s, a)
-                if not sig:
-                    break
-                blocked.append(z3.Or(*[x != model.eval(x, model_completion=True) for x in sig]))
-                model = solve_branch(solver, b, blocked, choice)
-            if not found:
-                report.unreachable.setdefault(key, UNREACHABLE.get(key, "no state found"))
-                report.hit.setdefault(key, [])
-                continue
-            for model in found:
-                case = run_case(family, b.name, unknown, model, a)
-                report.hit.setdefault(key, []).append(case)
+        common = [*invariants(s), *model_facts(s, unknown), a["v"] == 0,
+                  a["fd"] == template.d.domain_id, *family.domain(a)]
+        common = [z3.simplify(c) for c in common]
+        named = {b.name: b for b in branches(t)}
     finally:
-        symbolic.set_scope(Scope())
+        symbolic.set_scope(previous)
+    ctx = _CONTEXTS[family.name] = Context(family, scope, s, unknown, t, a, common, named)
+    return ctx
+
+
+def _choices(frames: tuple[int, ...]) -> Callable[[str], Any]:
+    """The spec's choices as fresh Booleans, one per frame that can be chosen (instead of
+    fresh arrays): the solver then sees bit-vectors and Booleans only."""
+    count = iter(range(1 << 30))
+
+    def choose(name: str) -> Any:
+        k = next(count)
+        if name in ("validate_target", "freed"):
+            return z3.Bool(f"choice.{name}.{k}")
+        return _table({f: z3.Bool(f"choice.{name}.{k}.{f}") for f in frames},
+                      z3.BoolVal(False))
+
+    return choose
+
+
+def branch_names(family: Family) -> list[str]:
+    """The names of ``family``'s branches, from its spec (``spec.branches``)."""
+    symbolic.reset_fresh()
+    return [b.name for b in branches(_builders()[family.name](SymState.fresh("old")))]
+
+
+def family(name: str) -> Family:
+    (f,) = [f for f in FAMILIES if f.name == name]
+    return f
+
+
+def _pins(ctx: Context) -> list[list[tuple[z3.ExprRef, z3.ExprRef]]]:
+    """One substitution per frame the call's frame argument may name: the domain's frames
+    first, then the others of the scope, then the first frame beyond the machine."""
+    name = ctx.family.frame
+    if not name:
+        return [[]]
+    assert isinstance(ctx.scope, FrameScope)
+    frames = [*ctx.unknown["frames"], *[f for f in ctx.scope.frame_list
+                                         if f not in ctx.unknown["frames"]], MACHINE_FRAMES]
+    if name == "mfn":
+        return [[(ctx.args["mfn"], bv(f))] for f in frames]
+    ptr = ctx.args["ptr"]
+    low = z3.BitVec("ptr.low", 12)
+    return [[(ptr, z3.Concat(z3.BitVecVal(0, 20), bv(f), low))] for f in frames]
+
+
+def states_for(ctx: Context, b: NamedBranch, per_branch: int) -> list[z3.ModelRef]:
+    """Up to ``per_branch`` states taking branch ``b``: the first on a boundary of the
+    family's hints where one is, the others differing in the family's signature. A failure's
+    state need not meet the spec's choice constraints (no choice lets the call succeed)."""
+    choice = _choice_of(ctx.t, b) if b.kind != "fail" else z3.BoolVal(True)
+    pins = _pins(ctx)
+    model = None
+    hints = ctx.family.hints(ctx.args)
+    if hints:
+        model = solve_branch(ctx.common, b, [z3.Or(*hints)], choice, pins)
+    if model is None:
+        model = solve_branch(ctx.common, b, [], choice, pins)
+    found: list[z3.ModelRef] = []
+    blocked: list[z3.BoolRef] = []
+    sig = ctx.family.signature(ctx.s, ctx.args)
+    while model is not None and len(found) < per_branch:
+        found.append(model)
+        if not sig:
+            break
+        blocked.append(z3.Or(*[x != model.eval(x, model_completion=True) for x in sig]))
+        model = solve_branch(ctx.common, b, blocked, choice, pins)
+    return found
+
+
+def check_one(family: Family, branch: str, per_branch: int = 3) -> list[Case]:
+    """Check branch ``branch`` of ``family`` on the model: one case per state found (none:
+    no state of the small machine takes the branch)."""
+    ctx = context(family)
+    previous = symbolic.SCOPE
+    symbolic.set_scope(ctx.scope)
+    try:
+        found = states_for(ctx, ctx.branches[branch], per_branch)
+    finally:
+        symbolic.set_scope(previous)
+    # The checks on concrete states use the unbounded scope, as check_refinement's other
+    # callers do: over concrete arrays the solver decides it, and the terms stay small.
+    return [run_case(family, branch, ctx.unknown, m, ctx.args) for m in found]
+
+
+def check_family(family: Family, report: Report, per_branch: int = 3,
+                 only: Callable[[str], bool] = lambda name: True) -> None:
+    """Check every branch of ``family`` (those ``only`` selects) on the model."""
+    for name in branch_names(family):
+        key = f"{family.name} {name}"
+        if not only(key):
+            continue
+        cases = check_one(family, name, per_branch)
+        report.hit[key] = cases
+        if not cases:
+            report.unreachable[key] = UNREACHABLE.get(key, "no state found")
 
 
 def _choice_of(t: Transition, b: NamedBranch) -> z3.BoolRef:
@@ -558,6 +664,24 @@ def run_case(family: Family, branch: str, unknown: dict[str, Any], model: z3.Mod
     if problem is None:
         problem = check_branch(before, after, rc, spec, branch)
     return Case(family.name, branch, values, problem)
+
+
+BRANCHES_FILE = "branches-last.json"
+
+
+def record(key: str, cases: list[Case]) -> None:
+    """Merge one branch's result into the cache's ``branches-last.json`` (read by the
+    documentation's traceability matrix): how often it was hit, how many checks failed, and
+    why a branch no state takes is not hit."""
+    path = runner.cache_dir() / BRANCHES_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    data[key] = {"hit": len(cases), "failed": sum(c.problem is not None for c in cases),
+                 "reason": "" if cases else UNREACHABLE.get(key, "no state found"),
+                 "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    runner._write_json(path, data)
 
 
 def check_all(families: tuple[Family, ...] = FAMILIES, per_branch: int = 3,

@@ -91,7 +91,7 @@ def cases(*alternatives: tuple[str, Bool | None, Check]) -> Check:
         passes += [(_join(label, n), z3.And(*path, p)) for n, p in c.passes]
         fails += [(_join(label, n), z3.And(*path, f)) for n, f in c.fails]
         if guard is not None:
-            earlier = earlier + [z3.Not(guard)]
+            earlier = [*earlier, z3.Not(guard)]
     return Check(holds, tuple(passes), tuple(fails))
 
 
