@@ -105,11 +105,11 @@ class Family:
     # Constraints on the arguments: they touch only the machine's indices, name frames near it.
     domain: Callable[[dict[str, z3.ExprRef]], list[z3.BoolRef]]
     hints: Callable[[dict[str, z3.ExprRef]], list[z3.BoolRef]] = lambda a: []
-    # The argument that names a frame, as (argument, its frame as a function of it, a way to
-    # write the argument with the frame fixed).
-    frame: str = ""
     signature: Callable[[SymState, dict[str, z3.ExprRef]], list[z3.ExprRef]] = (
         lambda s, a: [])
+    # The argument that names the frame the call acts on ("ptr" or "mfn"), tried one frame
+    # at a time; "" if none.
+    frame: str = ""
 
 
 @dataclass
@@ -156,12 +156,12 @@ def _table(values: dict[int, Any], default: Any) -> z3.ArrayRef:
     return z3.Lambda([x], body)
 
 
-def open_state(m: Machine, base: Snapshot) -> tuple[SymState, dict[str, Any]]:
+def open_state(m: Machine, base: Snapshot) -> tuple[SymState, dict[Any, Any]]:
     """The model's state with the domain's frames (types, flags, entries at ``INDICES``) and
     the vCPU's base pointer left to the solver; (state, the unknowns by frame)."""
     fixed = base.encode()
     frames = list(m.d.page_list)
-    unknown: dict[str, Any] = {"frames": frames}
+    unknown: dict[Any, Any] = {"frames": frames}
     n = base.nr_frames
     typ: dict[int, Any] = {f: bv(base.type[f]) for f in range(n)}
     val: dict[int, Any] = {f: z3.BoolVal(base.validated[f]) for f in range(n)}
@@ -191,7 +191,7 @@ def open_state(m: Machine, base: Snapshot) -> tuple[SymState, dict[str, Any]]:
     return s, unknown
 
 
-def model_facts(s: SymState, unknown: dict[str, Any]) -> list[z3.BoolRef]:
+def model_facts(s: SymState, unknown: dict[Any, Any]) -> list[z3.BoolRef]:
     """What the model's frame table adds to the invariants: the types in use; a writable
     frame is validated and an untyped one is not; a page-table frame is validated exactly
     when something holds a type reference on it (INV-VALID): a pin, the base pointer, or an
@@ -235,7 +235,7 @@ def invariants(s: SymState) -> list[z3.BoolRef]:
 # ----------------------------------------------------------------------------------------------
 # The model's side: put a solver's state into the model.
 # ----------------------------------------------------------------------------------------------
-def install(m: Machine, unknown: dict[str, Any], model: z3.ModelRef) -> None:
+def install(m: Machine, unknown: dict[Any, Any], model: z3.ModelRef) -> None:
     """Write the solver's state into the model's frame table, memory and vCPU, and set every
     count to the references that exist."""
     hv, frames = m.hv, unknown["frames"]
@@ -502,7 +502,7 @@ class Context:
     family: Family
     scope: Scope
     s: SymState
-    unknown: dict[str, Any]
+    unknown: dict[Any, Any]
     t: Transition
     args: dict[str, z3.ExprRef]
     common: list[z3.BoolRef]
@@ -647,7 +647,7 @@ def _choice_of(t: Transition, b: NamedBranch) -> z3.BoolRef:
     return o.choice
 
 
-def run_case(family: Family, branch: str, unknown: dict[str, Any], model: z3.ModelRef,
+def run_case(family: Family, branch: str, unknown: dict[Any, Any], model: z3.ModelRef,
              a: dict[str, z3.ExprRef]) -> Case:
     """Build the solver's state in a fresh machine, run the handler, check the outcome."""
     m = Machine.build()
