@@ -480,7 +480,7 @@ def solve_branch(common: list[z3.BoolRef], b: NamedBranch, extra: list[z3.BoolRe
         pins = [[]]
     for pin in pins:
         solver = _solver(20)
-        terms = [b.cond, choice, *extra]
+        terms = [z3.BoolVal(x) if isinstance(x, bool) else x for x in (b.cond, choice, *extra)]
         if pin:
             terms = [z3.substitute(c, *pin) for c in terms] + [x == y for x, y in pin]
         solver.add(*common, *[z3.simplify(c) for c in terms])
