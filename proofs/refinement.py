@@ -287,7 +287,10 @@ def observed_choices(before: Snapshot, after: Snapshot) -> Callable[[str], z3.Ex
     gone = [f for f in range(n) if before.validated[f] and not after.validated[f]]
     new_l1 = [f for f in range(n) if not (before.validated[f] and before.type[f] == 1)
               and after.validated[f] and after.type[f] == 1]
-    retyped = [f for f in range(n) if before.type[f] != 7 and after.type[f] == 7]
+    # The frames of the writable type after the call: the spec's retyped sets must hold
+    # every RW target of a newly validated table, including one that had the type already
+    # (retyping it changes nothing).
+    retyped = [f for f in range(n) if after.type[f] == 7]
     kept = [f for f in range(n) if before.type[f] in (1, 2) and after.type[f] == before.type[f]]
     gdt = int(PGT.gdt_page)
     gdt_typed = [f for f in range(n) if after.type[f] == gdt
