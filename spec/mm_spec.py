@@ -32,6 +32,7 @@ from typing import Any
 import z3
 
 from xenspec.spec import abi
+from xenspec.spec.branches import PASS, Check, all_of, any_of, cases, require
 from xenspec.spec.pagetable import (
     PGT,
     entry_has_changed,
@@ -60,6 +61,8 @@ class Branch:
     new: SymState
     rc: Word
     choice: Bool
+    # Why it ends this way, when there are several reasons (spec.branches): (name, condition).
+    reasons: tuple[tuple[str, Bool], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,8 @@ class Transition:
     err: Word
     choice: Bool = True  # constraints on this transition's fresh choice symbols
     others: tuple[Branch, ...] = ()  # outcomes besides "ok" and "fails leaving state alone"
+    # ``ok`` with its named ways to pass and fail (spec.branches); ``ok`` is ``check.holds``.
+    check: Check | None = None
 
 
 # A refinement check against a concrete outcome fixes the spec's choices to what the model
@@ -107,6 +112,12 @@ def mfn_valid(s: SymState, f: Word) -> Bool:
 
 def in_use(s: SymState, f: Word, t: PGT) -> Bool:
     return z3.And(s.type[f] == int(t), s.validated[f])
+
+
+def in_use_check(s: SymState, f: Word, t: PGT, name: str) -> Check:
+    """``in_use`` with its two named conditions: ``name``_type and ``name``_validated."""
+    return all_of(require(f"{name}_type", s.type[f] == int(t)),
+                  require(f"{name}_validated", s.validated[f]))
 
 
 def entry(s: SymState, f: Word, i: Word) -> Word:
@@ -154,15 +165,20 @@ def can_take_type(s: SymState, g: Word, t: PGT) -> Bool:
 
 def l1e_ok(s: SymState, e: Word, fd: Word) -> Bool:
     """get_page_from_l1e: a present entry maps RAM of FOREIGNDOM, RW only a writable-able frame."""
+    return l1e_check(s, e, fd).holds
+
+
+def l1e_check(s: SymState, e: Word, fd: Word) -> Check:
     g = pte_get_pfn(e)
-    return z3.Or(
-        z3.Not(pte_present(e)),
-        z3.And(
-            z3.Not(l1e_disallowed(e)),
-            mfn_valid(s, g),
-            s.owner[g] == fd,
-            z3.Implies(pte_writable(e), can_take_type(s, g, PGT.writable_page)),
-        ),
+    return any_of(
+        ("absent", require("l1e_present", z3.Not(pte_present(e)))),
+        ("present", all_of(
+            require("l1e_flags", z3.Not(l1e_disallowed(e))),
+            require("l1e_mfn", mfn_valid(s, g)),
+            require("l1e_owner", s.owner[g] == fd),
+            require("l1e_rw_type",
+                    z3.Implies(pte_writable(e), can_take_type(s, g, PGT.writable_page))),
+        )),
     )
 
 
@@ -198,6 +214,13 @@ def covers_rw_targets(s: SymState, tables: Any, r: z3.ArrayRef, hi: int) -> Bool
 def validate_tables(
     s: SymState, l2: Word | None, l1s: z3.ArrayRef, d: Word
 ) -> tuple[Bool, Bool, SymState]:
+    ok, choice, new = validate_tables_check(s, l2, l1s, d)
+    return ok.holds, choice, new
+
+
+def validate_tables_check(
+    s: SymState, l2: Word | None, l1s: z3.ArrayRef, d: Word
+) -> tuple[Check, Bool, SymState]:
     """Make ``l2`` (if given) a page directory and the frames of ``l1s`` L1 tables in use, as
     alloc_l2_table / alloc_l1_table do: (entries pass, choice constraints, resulting state).
 
@@ -221,11 +244,11 @@ def validate_tables(
         mfn_valid(s, n), s.owner[n] == d, z3.Not(has_type_refs(s, n, xen=False)),
         z3.Not(xen_type_ref(s, n)), n != l2 if l2 is not None else z3.BoolVal(True),
     )))
-    ok = z3.And(l1_entries_ok, l1s_fresh)
+    ok = all_of(require("new_l1_entries", l1_entries_ok), require("new_l1_fresh", l1s_fresh))
     if l2 is not None:
-        ok = z3.And(ok, forall(("index",), lambda j: z3.Implies(
+        ok = all_of(ok, require("l2_entries", forall(("index",), lambda j: z3.Implies(
             z3.ULT(j, bv(FIRST_XEN_SLOT)), l2e_ok(mid, l2, entry(s, l2, j), d)
-        )))
+        ))))
     r = fresh_set("retyped")
     choice = z3.And(covers_rw_targets(s, lambda t: l1s[t], r, 1024), retypable(mid, r))
     new = retype_writable(mid, r)
@@ -242,19 +265,26 @@ def validate_tables(
 
 def l2e_ok(s: SymState, l2: Word, e: Word, d: Word) -> Bool:
     """get_page_from_l2e: an L1 in use, or a read-only map of this or another directory."""
+    return l2e_check(s, l2, e, d).holds
+
+
+def l2e_check(s: SymState, l2: Word, e: Word, d: Word) -> Check:
     g = pte_get_pfn(e)
-    return z3.Or(
-        z3.Not(pte_present(e)),
-        z3.And(
-            z3.Not(l2e_disallowed(e)),
-            z3.Or(
-                z3.And(mfn_valid(s, g), s.owner[g] == d, in_use(s, g, PGT.l1_page_table)),
-                z3.And(z3.Not(pte_writable(e)), z3.Or(
-                    g == l2,
-                    z3.And(mfn_valid(s, g), s.owner[g] == d, in_use(s, g, PGT.l2_page_table)),
-                )),
+    return any_of(
+        ("absent", require("l2e_present", z3.Not(pte_present(e)))),
+        ("present", all_of(
+            require("l2e_flags", z3.Not(l2e_disallowed(e))),
+            any_of(
+                ("l1", require("l2e_l1", z3.And(mfn_valid(s, g), s.owner[g] == d,
+                                                in_use(s, g, PGT.l1_page_table)))),
+                ("linear", all_of(require("l2e_linear_ro", z3.Not(pte_writable(e))), any_of(
+                    ("self", require("l2e_self", g == l2)),
+                    ("other", all_of(require("l2e_mfn", mfn_valid(s, g)),
+                                     require("l2e_owner", s.owner[g] == d),
+                                     in_use_check(s, g, PGT.l2_page_table, "l2e_l2"))),
+                ))),
             ),
-        ),
+        )),
     )
 
 
@@ -291,9 +321,16 @@ def drop_references(s: SymState) -> tuple[Bool, SymState]:
 # ----------------------------------------------------------------------------------------------
 def mod_l1_entry(s: SymState, t: Word, i: Word, e: Word, fd: Word) -> tuple[Bool, Bool, SymState]:
     """Replace entry ``i`` of the L1 in use ``t``: (ok, choice, new state)."""
+    ok, choice, new = mod_l1_entry_check(s, t, i, e, fd)
+    return ok.holds, choice, new
+
+
+def mod_l1_entry_check(
+    s: SymState, t: Word, i: Word, e: Word, fd: Word
+) -> tuple[Check, Bool, SymState]:
     old = entry(s, t, i)
     fast = z3.And(pte_present(e), z3.Not(l1e_disallowed(e)), z3.Not(entry_has_changed(old, e)))
-    ok = z3.Or(fast, l1e_ok(s, e, fd))
+    ok = any_of(("fast", require("fast", fast)), ("", l1e_check(s, e, fd)))
     g = pte_get_pfn(e)
     h = z3.BitVec("h", 32)
     # The new RW target takes the writable type if it has not got it.
@@ -306,6 +343,13 @@ def mod_l1_entry(s: SymState, t: Word, i: Word, e: Word, fd: Word) -> tuple[Bool
 
 def mod_l2_entry(s: SymState, t: Word, i: Word, e: Word, d: Word) -> tuple[Bool, Bool, SymState]:
     """Replace guest entry ``i`` of the page directory in use ``t``: (ok, choice, new)."""
+    ok, choice, new = mod_l2_entry_check(s, t, i, e, d)
+    return ok.holds, choice, new
+
+
+def mod_l2_entry_check(
+    s: SymState, t: Word, i: Word, e: Word, d: Word
+) -> tuple[Check, Bool, SymState]:
     old = entry(s, t, i)
     g = pte_get_pfn(e)
     fast = z3.And(pte_present(e), z3.Not(l2e_disallowed(e)), z3.Not(entry_has_changed(old, e)))
@@ -313,14 +357,10 @@ def mod_l2_entry(s: SymState, t: Word, i: Word, e: Word, d: Word) -> tuple[Bool,
     h = z3.BitVec("h", 32)
     validate_g = fresh_bool("validate_target")
     l1s = z3.Lambda([h], z3.And(validate_g, z3.Not(fast), h == g))
-    valid_l1s, choice_v, mid = validate_tables(s, None, l1s, d)
-    slow_ok = z3.And(
-        valid_l1s,
-        z3.Or(z3.Not(pte_present(e)), z3.And(
-            z3.Not(l2e_disallowed(e)), l2e_ok(mid, t, e, d),
-        )),
-    )
-    ok = z3.And(z3.ULT(i, bv(FIRST_XEN_SLOT)), z3.Or(fast, slow_ok))
+    valid_l1s, choice_v, mid = validate_tables_check(s, None, l1s, d)
+    slow_ok = all_of(valid_l1s, l2e_check(mid, t, e, d))
+    ok = all_of(require("guest_slot", z3.ULT(i, bv(FIRST_XEN_SLOT))),
+                any_of(("fast", require("fast", fast)), ("", slow_ok)))
     written = mid.evolve(mem=set_entry(mid, t, i, e))
     choice_d, new = drop_references(written)
     choice = z3.And(choice_v, choice_d)
@@ -341,9 +381,10 @@ def spec_mmu_update(s: SymState, v: Word, ptr: Word, val: Word, fd: Word) -> Tra
     of a frame the caller owns, through the checks its frame's type calls for."""
     d = s.vcpu_domain[v]
     f, i, cmd = decode_ptr(ptr)
-    owned = z3.And(mfn_valid(s, f), s.owner[f] == d, cmd == abi.MMU_NORMAL_PT_UPDATE)
-    l1_ok, l1_choice, l1_new = mod_l1_entry(s, f, i, val, fd)
-    l2_ok, l2_choice, l2_new = mod_l2_entry(s, f, i, val, d)
+    owned = all_of(require("mfn_valid", mfn_valid(s, f)), require("owner", s.owner[f] == d),
+                   require("cmd", cmd == abi.MMU_NORMAL_PT_UPDATE))
+    l1_ok, l1_choice, l1_new = mod_l1_entry_check(s, f, i, val, fd)
+    l2_ok, l2_choice, l2_new = mod_l2_entry_check(s, f, i, val, d)
     # A frame that is no table in use is written as plain memory once it takes the writable
     # type ("not_a_pt"). A table not in use is validated for the write and de-validated after
     # it: it keeps its type (the set ``kept``), its RW targets may have taken the writable type
@@ -362,17 +403,19 @@ def spec_mmu_update(s: SymState, v: Word, ptr: Word, val: Word, fd: Word) -> Tra
     plain_new = retype_writable(s, r).evolve(mem=set_entry(s, f, i, val))
     is_l1 = in_use(s, f, PGT.l1_page_table)
     is_l2 = in_use(s, f, PGT.l2_page_table)
-    ok = z3.And(owned, z3.If(is_l1, l1_ok, z3.If(is_l2, l2_ok, plain_ok)))
+    ok = all_of(owned, cases(("l1", is_l1, l1_ok), ("l2", is_l2, l2_ok),
+                             ("plain", None, require("writable_type", plain_ok))))
     new = pick(is_l1, l1_new, pick(is_l2, l2_new, plain_new))
     choice = z3.If(is_l1, l1_choice, z3.If(is_l2, l2_choice, plain_choice))
-    return Transition(ok, new, bv(0), bv(-abi.EINVAL), choice)
+    return Transition(ok.holds, new, bv(0), bv(-abi.EINVAL), choice, check=ok)
 
 
 def spec_machphys_update(s: SymState, v: Word, ptr: Word, val: Word, fd: Word) -> Transition:
     """MMU_MACHPHYS_UPDATE: M2P[mfn] = val for a frame FOREIGNDOM owns (no page-table state)."""
     f, _, cmd = decode_ptr(ptr)
-    ok = z3.And(mfn_valid(s, f), s.owner[f] == fd, cmd == abi.MMU_MACHPHYS_UPDATE)
-    return Transition(ok, s, bv(0), bv(-abi.EINVAL))
+    ok = all_of(require("mfn_valid", mfn_valid(s, f)), require("owner", s.owner[f] == fd),
+                require("cmd", cmd == abi.MMU_MACHPHYS_UPDATE))
+    return Transition(ok.holds, s, bv(0), bv(-abi.EINVAL), check=ok)
 
 
 def spec_update_va_mapping(s: SymState, v: Word, va: Word, val: Word) -> Transition:
@@ -382,12 +425,13 @@ def spec_update_va_mapping(s: SymState, v: Word, va: Word, val: Word) -> Transit
     l2e = entry(s, base, z3.LShR(va, abi.L2_PAGETABLE_SHIFT))
     t = pte_get_pfn(l2e)
     i = z3.LShR(va, abi.PAGE_SHIFT) & 0x3FF
-    ok_l1, choice, new = mod_l1_entry(s, t, i, val, d)
-    ok = z3.And(
-        z3.ULT(va, bv(abi.HYPERVISOR_VIRT_START)), base != 0, pte_present(l2e),
-        mfn_valid(s, t), in_use(s, t, PGT.l1_page_table), ok_l1,
+    ok_l1, choice, new = mod_l1_entry_check(s, t, i, val, d)
+    ok = all_of(
+        require("guest_va", z3.ULT(va, bv(abi.HYPERVISOR_VIRT_START))), require("base", base != 0),
+        require("l2e_present", pte_present(l2e)), require("l1_mfn", mfn_valid(s, t)),
+        in_use_check(s, t, PGT.l1_page_table, "l1"), ok_l1,
     )
-    return Transition(ok, new, bv(0), bv(-abi.EINVAL), choice)
+    return Transition(ok.holds, new, bv(0), bv(-abi.EINVAL), choice, check=ok)
 
 
 def spec_pin_table(s: SymState, f: Word, level: int, fd: Word) -> Transition:
@@ -397,36 +441,39 @@ def spec_pin_table(s: SymState, f: Word, level: int, fd: Word) -> Transition:
     n = z3.BitVec("n", 32)
     if level == 1:
         l1s = z3.Lambda([n], z3.And(n == f, z3.Not(already)))
-        valid, choice, validated = validate_tables(s, None, l1s, fd)
+        valid, choice, validated = validate_tables_check(s, None, l1s, fd)
         fresh_ok = valid
     else:
         l1s = new_l1_set(already)
-        valid, choice, validated = validate_tables(s, f, l1s, fd)
-        fresh_ok = z3.And(valid, z3.Not(has_type_refs(s, f)))
-    ok = z3.And(
-        mfn_valid(s, f), s.owner[f] == fd, z3.Not(s.pinned[f]),
-        z3.Or(already, fresh_ok),
+        valid, choice, validated = validate_tables_check(s, f, l1s, fd)
+        fresh_ok = all_of(valid, require("no_type_refs", z3.Not(has_type_refs(s, f))))
+    ok = all_of(
+        require("mfn_valid", mfn_valid(s, f)), require("owner", s.owner[f] == fd),
+        require("not_pinned", z3.Not(s.pinned[f])),
+        any_of(("in_use", require("in_use", already)), ("validate", fresh_ok)),
     )
     after = pick(already, s, validated)
     new = after.evolve(pinned=z3.Store(after.pinned, f, True))
-    return Transition(ok, new, bv(0), bv(-abi.EINVAL), choice)
+    return Transition(ok.holds, new, bv(0), bv(-abi.EINVAL), choice, check=ok)
 
 
 def spec_unpin_table(s: SymState, d: Word, f: Word) -> Transition:
     """MMUEXT_UNPIN_TABLE: drop the pin's references; the table may lose its validation."""
-    ok = z3.And(mfn_valid(s, f), s.owner[f] == d, s.pinned[f])
+    ok = all_of(require("mfn_valid", mfn_valid(s, f)), require("owner", s.owner[f] == d),
+                require("pinned", s.pinned[f]))
     choice, new = drop_references(s.evolve(pinned=z3.Store(s.pinned, f, False)))
-    return Transition(ok, new, bv(0), bv(-abi.EINVAL), choice)
+    return Transition(ok.holds, new, bv(0), bv(-abi.EINVAL), choice, check=ok)
 
 
-def take_root(s: SymState, v: Word, f: Word) -> tuple[Bool, Bool, SymState]:
+def take_root(s: SymState, v: Word, f: Word) -> tuple[Check, Bool, SymState]:
     """get_page_and_type(f, PGT_root_page_table) and install ``f`` as ``v``'s base."""
     d = s.vcpu_domain[v]
     already = in_use(s, f, PGT.l2_page_table)
     l1s = new_l1_set(already)
-    valid, choice, validated = validate_tables(s, f, l1s, d)
-    ok = z3.And(mfn_valid(s, f), s.owner[f] == d,
-                z3.Or(already, z3.And(valid, z3.Not(has_type_refs(s, f)))))
+    valid, choice, validated = validate_tables_check(s, f, l1s, d)
+    ok = all_of(require("mfn_valid", mfn_valid(s, f)), require("owner", s.owner[f] == d),
+                any_of(("in_use", require("in_use", already)), ("validate", all_of(
+                    valid, require("no_type_refs", z3.Not(has_type_refs(s, f)))))))
     after = pick(already, s, validated)
     return ok, choice, after.evolve(base=z3.Store(after.base, v, f))
 
@@ -439,16 +486,18 @@ def spec_new_baseptr(s: SymState, v: Word, f: Word) -> Transition:
     choice1d, new1 = drop_references(new1)
     choice_c, without_old = drop_references(s.evolve(base=z3.Store(s.base, v, bv(0))))
     ok2, choice2, new2 = take_root(without_old, v, f)
-    retry = Branch("retry", z3.And(z3.Not(ok1), ok2), new2, bv(0), z3.And(choice_c, choice2))
-    crash = Branch("crash", z3.And(z3.Not(ok1), z3.Not(ok2)), without_old, bv(-abi.EINVAL),
-                   z3.And(choice_c, choice2))
-    return Transition(ok1, new1, bv(0), bv(-abi.EINVAL), z3.And(choice1, choice1d),
-                      others=(retry, crash))
+    retry = Branch("retry", z3.And(z3.Not(ok1.holds), ok2.holds), new2, bv(0),
+                   z3.And(choice_c, choice2), reasons=ok2.passes)
+    crash = Branch("crash", z3.And(z3.Not(ok1.holds), z3.Not(ok2.holds)), without_old,
+                   bv(-abi.EINVAL), z3.And(choice_c, choice2), reasons=ok2.fails)
+    # A first failure is always a retry or a crash: the call has no failure of its own.
+    return Transition(ok1.holds, new1, bv(0), bv(-abi.EINVAL), z3.And(choice1, choice1d),
+                      others=(retry, crash), check=Check(ok1.holds, ok1.passes, ()))
 
 
 def spec_mmuext_no_state(s: SymState) -> Transition:
     """TLB and cache flushes, SET_LDT, PIN_L3/L4 on non-PAE: no page-table state changes."""
-    return Transition(z3.BoolVal(True), s, bv(0), bv(-abi.EINVAL))
+    return Transition(z3.BoolVal(True), s, bv(0), bv(-abi.EINVAL), check=PASS)
 
 
 def pick(cond: Bool, a: SymState, b: SymState) -> SymState:

@@ -18,6 +18,7 @@ on a ``SymView`` are the formulas the proofs use.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
@@ -143,7 +144,9 @@ def reset_fresh() -> None:
     _fresh = itertools.count()
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def bv(x: int) -> z3.BitVecRef:
+    """A 32-bit constant (cached: specs and snapshots make the same few constants often)."""
     return z3.BitVecVal(x, 32)
 
 

@@ -22,6 +22,7 @@ from xenspec.spec.clauses import CLAUSES, Clause
 
 PROVE_FILE = "prove-last.json"
 CONFORMANCE_FILE = "conformance.json"
+BRANCHES_FILE = "branches-last.json"  # proofs.branchcheck.BRANCHES_FILE
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,6 +111,9 @@ class Status:
     proofs: dict[str, ProofStatus] | None  # None: never proved here
     conformance: Conformance | None  # None: the suite never ran here
     problems: list[str] = field(default_factory=list)  # unreadable files, unknown clause ids
+    # The last branch checks (proofs.branchcheck, tests/test_branches.py): "family branch" ->
+    # hit (states checked), failed, reason (why not hit), timestamp. None: never run here.
+    branches: dict[str, dict[str, Any]] | None = None
 
 
 def _read_json(path: Path, problems: list[str]) -> Any:
@@ -158,7 +162,10 @@ def load(cache_dir: Path) -> Status:
         named = set(conf.clauses) | {c for t in conf.tests for c in t.clauses}
         problems += [f"the conformance run names clause {cid!r}, which the registry lacks"
                      for cid in sorted(named - known)]
-    return Status(proofs, conf, problems)
+    branches = _read_json(cache_dir / BRANCHES_FILE, problems)
+    return Status(proofs, conf, problems,
+                  {str(k): v for k, v in branches.items() if isinstance(v, dict)}
+                  if isinstance(branches, dict) else None)
 
 
 def builders_by_clause() -> dict[str, list[tuple[str, Callable[..., Any]]]]:

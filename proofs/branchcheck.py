@@ -1,0 +1,702 @@
+"""Spec-guided refinement: every named branch of a transition spec, checked on the model.
+
+For each branch of a hypercall's spec (``spec.branches``) the solver is asked for a small
+machine state and arguments that take exactly that branch: the machine is a small reference
+model (``Machine``: Xen's frames, one domain of a few frames with one vCPU, free frames), its
+fixed part is what the model built, and the solver chooses the domain's frames' types,
+validated and pinned bits, their entries at a few indices (``INDICES``: the first slots, the
+last guest slot, the Xen slots), the vCPU's base pointer and the call's arguments. The state
+satisfies the invariants (``spec.invariants``, expanded over the machine), and the
+reference-count abstraction holds of it (a page-table frame is validated exactly when a pin,
+a base pointer or a page directory in use references it: INV-VALID).
+
+That state is then put into the model directly: the frame table's types and flags, machine
+memory, the vCPU's ``guest_table``, and counts recomputed from the references that exist
+(``spec.invariants.references``, as INV-COUNT defines them). The model must then satisfy every
+invariant, counters included. Its handler runs (one mmu_update request, one mmuext_op, one
+update_va_mapping), and the outcome is compared with the spec twice: ``check_refinement``
+(some outcome the spec allows), and the branch itself: the spec, on the state the model was
+in and with the choices the model made, takes that branch and produces the model's return
+value and state. A model that takes another branch fails the second check even where the
+first would pass.
+
+Where a branch has a boundary (``Family.hints``: a virtual address just below or at
+HYPERVISOR_VIRT_START, the last guest slot against the first Xen slot, the last machine frame
+against the first beyond RAM), the first state asked for sits on it when it can. Further
+states are asked for with different values of ``Family.signature`` (the types of the frames
+the call reads), so that one branch is exercised on each kind of frame that can take it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import z3
+
+from xenspec.proofs import runner
+from xenspec.proofs.obligations import HYPERCALL_SPECS
+from xenspec.proofs.refinement import Snapshot, check_refinement, observed_choices, same_state
+from xenspec.refmodel.domain import Domain, Vcpu
+from xenspec.refmodel.hypervisor import Hypervisor
+from xenspec.refmodel.memory import PGT_pinned, PGT_validated
+from xenspec.refmodel.view import ConcreteView, check_invariants
+from xenspec.spec import abi, mm_spec, symbolic
+from xenspec.spec.branches import NamedBranch, branches
+from xenspec.spec.invariants import proof_invariants, references
+from xenspec.spec.mm_spec import Transition
+from xenspec.spec.pagetable import PGT, pte_get_pfn, pte_present
+from xenspec.spec.symbolic import Scope, SymState, SymView, bv
+
+W = z3.BitVecSort(32)
+FIRST_XEN_SLOT = abi.L2_PAGETABLE_FIRST_XEN_SLOT
+# The entry indices the solver may fill: the first two, the last guest slot of a directory,
+# the first Xen slot, Xen's slots in use (M2P, linear, per-domain) and the last entry.
+INDICES: tuple[int, ...] = (0, 1, FIRST_XEN_SLOT - 1, FIRST_XEN_SLOT, abi.LINEAR_PT_SLOT,
+                            abi.PERDOMAIN_SLOT, abi.PERDOMAIN_SLOT + 1, 1023)
+MACHINE_FRAMES = 16
+DOMAIN_PAGES = 5
+TYPES = (PGT.none, PGT.l1_page_table, PGT.l2_page_table, PGT.writable_page)
+
+
+@dataclass(frozen=True)
+class FrameScope(Scope):
+    """A bounded scope whose frame quantifiers range over ``frame_list`` only: the frames the
+    solver may change and those their entries may name. The others are Xen's and free frames
+    the model built, whose invariants the concrete check (``check_invariants``) covers."""
+
+    frame_list: tuple[int, ...] = ()
+
+    def domain(self, kind: str) -> list[int] | None:
+        if kind == "frame":
+            return list(self.frame_list)
+        return super().domain(kind)
+
+
+@dataclass
+class Machine:
+    """The small machine: Xen's frames, one domain of ``DOMAIN_PAGES`` frames, free frames."""
+
+    hv: Hypervisor
+    d: Domain
+
+    @staticmethod
+    def build() -> Machine:
+        hv = Hypervisor(MACHINE_FRAMES)
+        return Machine(hv, hv.create_domain(DOMAIN_PAGES))
+
+    @property
+    def v(self) -> Vcpu:
+        return self.d.vcpus[0]
+
+
+@dataclass(frozen=True)
+class Family:
+    """How to check one hypercall spec on the model: its builder (obligations.HYPERCALL_SPECS,
+    arguments as named constants), how to run the model's handler with those arguments, and
+    which terms distinguish the states worth trying."""
+
+    name: str
+    run: Callable[[Machine, dict[str, int]], int]
+    args: tuple[str, ...]
+    # Constraints on the arguments: they touch only the machine's indices, name frames near it.
+    domain: Callable[[dict[str, z3.ExprRef]], list[z3.BoolRef]]
+    hints: Callable[[dict[str, z3.ExprRef]], list[z3.BoolRef]] = lambda a: []
+    signature: Callable[[SymState, dict[str, z3.ExprRef]], list[z3.ExprRef]] = (
+        lambda s, a: [])
+    # The argument that names the frame the call acts on ("ptr" or "mfn"), tried one frame
+    # at a time; "" if none.
+    frame: str = ""
+
+
+@dataclass
+class Case:
+    """One branch taken once: the state and arguments the solver chose, and the verdict."""
+
+    family: str
+    branch: str
+    args: dict[str, int]
+    problem: str | None
+
+
+@dataclass
+class Report:
+    """Which branches the checks took (``hit``) and which they could not reach."""
+
+    hit: dict[str, list[Case]] = field(default_factory=dict)
+    unreachable: dict[str, str] = field(default_factory=dict)
+
+    def failures(self) -> list[Case]:
+        return [c for cs in self.hit.values() for c in cs if c.problem is not None]
+
+    def lines(self) -> list[str]:
+        out = []
+        for name in sorted(set(self.hit) | set(self.unreachable)):
+            cases = self.hit.get(name, [])
+            if cases:
+                out.append(f"hit {len(cases)}x  {name}")
+            else:
+                out.append(f"NOT HIT    {name}: {self.unreachable.get(name, '?')}")
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The solver's side: a machine state with the domain's frames left open.
+# ----------------------------------------------------------------------------------------------
+def _table(values: dict[int, Any], default: Any) -> z3.ArrayRef:
+    """An array given by its values at a few points, as an If-chain under a lambda: a read at
+    any index simplifies to bit-vector terms (no array theory for the solver)."""
+    x = z3.BitVec("x", 32)
+    body = default
+    for i, v in sorted(values.items(), reverse=True):
+        body = z3.If(x == i, v, body)
+    return z3.Lambda([x], body)
+
+
+def open_state(m: Machine, base: Snapshot) -> tuple[SymState, dict[Any, Any]]:
+    """The model's state with the domain's frames (types, flags, entries at ``INDICES``) and
+    the vCPU's base pointer left to the solver; (state, the unknowns by frame)."""
+    fixed = base.encode()
+    frames = list(m.d.page_list)
+    unknown: dict[Any, Any] = {"frames": frames}
+    n = base.nr_frames
+    typ: dict[int, Any] = {f: bv(base.type[f]) for f in range(n)}
+    val: dict[int, Any] = {f: z3.BoolVal(base.validated[f]) for f in range(n)}
+    pin: dict[int, Any] = {f: z3.BoolVal(base.pinned[f]) for f in range(n)}
+    for f in frames:
+        t, vd, p = z3.BitVec(f"gen.type{f}", 32), z3.Bool(f"gen.valid{f}"), z3.Bool(f"gen.pin{f}")
+        unknown[f] = (t, vd, p)
+        typ[f], val[f], pin[f] = t, vd, p
+    words = {(f, i): z3.BitVec(f"gen.mem{f}.{i}", 32) for f in frames for i in INDICES}
+    fixed_words = {k: bv(e) for k, e in base.entries.items() if k[0] not in frames}
+    unknown["mem"] = words
+    x, k = z3.BitVec("x", 32), z3.BitVec("k", 32)
+    body: Any = bv(0)
+    for (f, i), e in sorted({**fixed_words, **words}.items(), reverse=True):
+        body = z3.If(z3.And(x == f, k == i), e, body)
+    mem = z3.Lambda([x, k], body)
+    b = z3.BitVec("gen.base", 32)
+    unknown["base"] = b
+    s = fixed.evolve(
+        owner=_table({f: bv(o) for f, o in enumerate(base.owner)}, bv(0)),
+        type=_table(typ, bv(0)), validated=_table(val, z3.BoolVal(False)),
+        pinned=_table(pin, z3.BoolVal(False)), mem=mem, base=_table({0: b}, bv(0)),
+        xen_written=_table({f: z3.BoolVal(w) for f, w in enumerate(base.xen_written)},
+                           z3.BoolVal(False)),
+        gdt_ref=_table({}, z3.BoolVal(False)),
+    )
+    return s, unknown
+
+
+def model_facts(s: SymState, unknown: dict[Any, Any]) -> list[z3.BoolRef]:
+    """What the model's frame table adds to the invariants: the types in use; a writable
+    frame is validated and an untyped one is not; a page-table frame is validated exactly
+    when something holds a type reference on it (INV-VALID): a pin, the base pointer, or an
+    entry of a page directory in use (other than the directory's map of itself)."""
+    frames: list[int] = unknown["frames"]
+    out = []
+    b = unknown["base"]
+    out.append(z3.Or(b == 0, *[b == f for f in frames]))
+    for f in frames:
+        t, vd, p = unknown[f]
+        out.append(z3.Or(*[t == int(x) for x in TYPES]))
+        out.append(z3.Implies(t == int(PGT.writable_page), vd))
+        out.append(z3.Implies(t == int(PGT.none), z3.Not(vd)))
+        referenced = [p, b == f]
+        for g in frames:
+            if g == f:
+                continue
+            for i in INDICES:
+                if i >= FIRST_XEN_SLOT:
+                    continue
+                e = z3.Select(s.mem, bv(g), bv(i))
+                referenced.append(z3.And(mm_spec.in_use(s, bv(g), PGT.l2_page_table),
+                                         pte_present(e), pte_get_pfn(e) == f))
+        table = z3.Or(t == int(PGT.l1_page_table), t == int(PGT.l2_page_table))
+        out.append(z3.Implies(table, vd == z3.Or(*referenced)))
+    return out
+
+
+# The invariants that constrain the states asked for: those about page tables and base
+# pointers. The machine has no grant, CPU-interface or Xen-written state for the others to
+# speak of (and the concrete check of the state built covers them all).
+GENERATION_INVARIANTS = ("INV-HOLE", "INV-NOWRPT", "INV-OWN (L1 entries)",
+                         "INV-OWN (L2 entries)", "INV-PIN", "INV-BASE", "INV-L2REF")
+
+
+def invariants(s: SymState) -> list[z3.BoolRef]:
+    view = SymView(s)
+    return [inv.check(view) for inv in proof_invariants() if inv.label in GENERATION_INVARIANTS]
+
+
+# ----------------------------------------------------------------------------------------------
+# The model's side: put a solver's state into the model.
+# ----------------------------------------------------------------------------------------------
+def install(m: Machine, unknown: dict[Any, Any], model: z3.ModelRef) -> None:
+    """Write the solver's state into the model's frame table, memory and vCPU, and set every
+    count to the references that exist."""
+    hv, frames = m.hv, unknown["frames"]
+
+    def num(term: z3.ExprRef) -> int:
+        return int(model.eval(term, model_completion=True).as_long())
+
+    for f in frames:
+        t, vd, p = unknown[f]
+        hv.frames.type[f] = num(t)
+        flags = int(hv.frames.flags[f]) & ~(PGT_validated | PGT_pinned)
+        flags |= PGT_validated if z3.is_true(model.eval(vd, model_completion=True)) else 0
+        flags |= PGT_pinned if z3.is_true(model.eval(p, model_completion=True)) else 0
+        hv.frames.flags[f] = flags
+        for i in INDICES:
+            hv.memory.write_entry(f, i, num(unknown["mem"][(f, i)]))
+    m.v.guest_table = num(unknown["base"])
+    general, typed = references(ConcreteView(hv))
+    for f in frames:
+        hv.frames.count[f] = general.get(f, 0)
+        hv.frames.type_count[f] = typed.get(f, 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# The hypercall families.
+# ----------------------------------------------------------------------------------------------
+def _mmuext(cmd: int) -> Callable[[Machine, dict[str, int]], int]:
+    def run(m: Machine, a: dict[str, int]) -> int:
+        m.hv.mm.set_foreigndom(m.d, abi.DOMID_SELF)
+        try:
+            return m.hv.mm.mmuext_op_one(m.v, cmd, a.get("mfn", 0), 0)
+        finally:
+            m.hv.mm.foreign = None
+
+    return run
+
+
+def _mmu_update(m: Machine, a: dict[str, int]) -> int:
+    m.hv.mm.set_foreigndom(m.d, abi.DOMID_SELF)
+    try:
+        return m.hv.mm.mmu_update_one(m.d, abi.MMU_UPDATE_T.pack(a["ptr"], a["val"]))
+    finally:
+        m.hv.mm.foreign = None
+
+
+def _update_va_mapping(m: Machine, a: dict[str, int]) -> int:
+    return m.hv.mm.do_update_va_mapping(m.v, a["va"], a["val"], 0, abi.UVMF_NONE)
+
+
+def _one_of(x: z3.ExprRef, values: tuple[int, ...]) -> z3.BoolRef:
+    return z3.Or(*[x == i for i in values])
+
+
+def _frame_arg(f: z3.ExprRef) -> list[z3.BoolRef]:
+    return [z3.ULE(f, bv(MACHINE_FRAMES + 1))]
+
+
+def _frame_hints(f: z3.ExprRef) -> list[z3.BoolRef]:
+    return [f == MACHINE_FRAMES - 1, f == MACHINE_FRAMES]
+
+
+def _ptr_domain(a: dict[str, z3.ExprRef], cmd: int) -> list[z3.BoolRef]:
+    ptr = a["ptr"]
+    return [z3.Extract(63, 44, ptr) == 0, z3.ULE(z3.Extract(43, 12, ptr), bv(MACHINE_FRAMES + 1)),
+            _one_of(z3.ZeroExt(22, z3.Extract(11, 2, ptr)), INDICES),
+            z3.Extract(1, 0, ptr) == cmd]
+
+
+def _ptr_hints(a: dict[str, z3.ExprRef]) -> list[z3.BoolRef]:
+    index = z3.ZeroExt(22, z3.Extract(11, 2, a["ptr"]))
+    frame = z3.Extract(43, 12, a["ptr"])
+    return [index == FIRST_XEN_SLOT - 1, index == FIRST_XEN_SLOT, index == 1023,
+            *_frame_hints(frame)]
+
+
+def _ptr_signature(s: SymState, a: dict[str, z3.ExprRef]) -> list[z3.ExprRef]:
+    return [s.type[z3.Extract(43, 12, a["ptr"])], s.type[pte_get_pfn(a["val"])]]
+
+
+def _va_domain(a: dict[str, z3.ExprRef]) -> list[z3.BoolRef]:
+    va = a["va"]
+    return [_one_of(z3.LShR(va, 22), INDICES), _one_of(z3.LShR(va, 12) & 0x3FF, INDICES)]
+
+
+def _va_signature(s: SymState, a: dict[str, z3.ExprRef]) -> list[z3.ExprRef]:
+    l2e = z3.Select(s.mem, s.base[bv(0)], z3.LShR(a["va"], 22))
+    return [s.type[pte_get_pfn(l2e)]]
+
+
+def _mfn_signature(s: SymState, a: dict[str, z3.ExprRef]) -> list[z3.ExprRef]:
+    return [s.type[a["mfn"]]]
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family("mmu_update/NORMAL_PT_UPDATE", _mmu_update, ("ptr", "val", "v", "fd"),
+           lambda a: _ptr_domain(a, abi.MMU_NORMAL_PT_UPDATE), _ptr_hints, _ptr_signature,
+           "ptr"),
+    Family("mmu_update/MACHPHYS_UPDATE", _mmu_update, ("ptr", "val", "v", "fd"),
+           lambda a: _ptr_domain(a, abi.MMU_MACHPHYS_UPDATE),
+           lambda a: _frame_hints(z3.Extract(43, 12, a["ptr"])), frame="ptr"),
+    Family("update_va_mapping", _update_va_mapping, ("va", "val", "v"), _va_domain,
+           lambda a: [a["va"] == abi.HYPERVISOR_VIRT_START - 1,
+                      a["va"] == abi.HYPERVISOR_VIRT_START],
+           _va_signature),
+    Family("mmuext_op/PIN_L1_TABLE", _mmuext(abi.MMUEXT_PIN_L1_TABLE), ("mfn", "fd"),
+           lambda a: _frame_arg(a["mfn"]), lambda a: _frame_hints(a["mfn"]), _mfn_signature,
+           "mfn"),
+    Family("mmuext_op/PIN_L2_TABLE", _mmuext(abi.MMUEXT_PIN_L2_TABLE), ("mfn", "fd"),
+           lambda a: _frame_arg(a["mfn"]), lambda a: _frame_hints(a["mfn"]), _mfn_signature,
+           "mfn"),
+    Family("mmuext_op/UNPIN_TABLE", _mmuext(abi.MMUEXT_UNPIN_TABLE), ("mfn", "v"),
+           lambda a: _frame_arg(a["mfn"]), lambda a: _frame_hints(a["mfn"]), _mfn_signature,
+           "mfn"),
+    Family("mmuext_op/NEW_BASEPTR", _mmuext(abi.MMUEXT_NEW_BASEPTR), ("mfn", "v"),
+           lambda a: _frame_arg(a["mfn"]), lambda a: _frame_hints(a["mfn"]), _mfn_signature,
+           "mfn"),
+    Family("mmuext_op/flushes,SET_LDT,PIN_L3/L4", _mmuext(abi.MMUEXT_TLB_FLUSH_LOCAL), (),
+           lambda a: []),
+)
+
+# Branches no check can take, and why. A condition the model decides before the spec's
+# handler is reached (the dispatch on the request's command) is not a branch of the handler.
+UNREACHABLE: dict[str, str] = {
+    "mmu_update/NORMAL_PT_UPDATE fail/cmd":
+        "the model dispatches on the command (mm.c do_mmu_update's switch): a request with "
+        "another command reaches another handler, not this one",
+    "mmu_update/MACHPHYS_UPDATE fail/cmd":
+        "the model dispatches on the command (mm.c do_mmu_update's switch)",
+    # The base pointer is a directory in use (INV-BASE), whose present guest entries name
+    # frames in use it owns (INV-OWN, INV-L2REF): the checks stay, as in Xen's
+    # guest_map_l1e, but no state satisfying the invariants fails them.
+    "update_va_mapping fail/l1_mfn":
+        "implied by INV-BASE, INV-OWN and INV-L2REF: a directory in use names RAM only",
+    "update_va_mapping fail/l1_validated":
+        "implied by INV-L2REF: a directory in use names only tables in use",
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Checking one branch.
+# ----------------------------------------------------------------------------------------------
+def _builders() -> dict[str, Callable[[SymState], Transition]]:
+    return dict(HYPERCALL_SPECS)
+
+
+def spec_with_args(family: Family, values: dict[str, int]) -> Callable[[SymState], Transition]:
+    """The family's spec with its argument constants replaced by the concrete values."""
+    builder = _builders()[family.name]
+
+    def spec(s: SymState) -> Transition:
+        t = builder(s)
+        return _substitute_transition(t, values)
+
+    return spec
+
+
+def _subst(x: Any, pairs: list[tuple[z3.ExprRef, z3.ExprRef]]) -> Any:
+    return z3.substitute(x, *pairs) if pairs and isinstance(x, z3.ExprRef) else x
+
+
+def _pairs(values: dict[str, int]) -> list[tuple[z3.ExprRef, z3.ExprRef]]:
+    out = []
+    for name, x in values.items():
+        width = 64 if name == "ptr" else 32
+        out.append((z3.BitVec(name, width), z3.BitVecVal(x, width)))
+    return out
+
+
+def _substitute_transition(t: Transition, values: dict[str, int]) -> Transition:
+    pairs = _pairs(values)
+
+    def state(s: SymState) -> SymState:
+        return s.evolve(**{f: _subst(getattr(s, f), pairs) for f in symbolic.STATE_FIELDS})
+
+    others = tuple(mm_spec.Branch(b.name, _subst(b.cond, pairs), state(b.new),
+                                  _subst(b.rc, pairs), _subst(b.choice, pairs),
+                                  tuple((n, _subst(c, pairs)) for n, c in b.reasons))
+                   for b in t.others)
+    check = t.check
+    if check is not None:
+        from xenspec.spec.branches import Check
+        check = Check(_subst(check.holds, pairs),
+                      tuple((n, _subst(c, pairs)) for n, c in check.passes),
+                      tuple((n, _subst(c, pairs)) for n, c in check.fails))
+    return Transition(_subst(t.ok, pairs), state(t.new), _subst(t.rc, pairs),
+                      _subst(t.err, pairs), _subst(t.choice, pairs), others, check)
+
+
+def _solver(timeout_s: int = 30) -> z3.Solver:
+    solver = z3.Solver()
+    solver.set("timeout", timeout_s * 1000)
+    return solver
+
+
+def check_branch(before: Snapshot, after: Snapshot, rc: int,
+                 spec: Callable[[SymState], Transition], name: str) -> str | None:
+    """None if the spec, on the model's state before the call and with the choices the model
+    made, takes branch ``name`` and ends as the model did; else what differs."""
+    indices = sorted(before.indices() | after.indices() | set(INDICES))
+    symbolic.reset_fresh()
+    old = before.encode()
+    if name.startswith("fail"):
+        # A failure: which reason the spec gives is not observable; the model must fail
+        # with the spec's errno and leave the state alone, on a state where the spec takes
+        # this branch (for some choice: the choice the model would have made is undone).
+        t = spec(old)
+        (b,) = [x for x in branches(t) if x.name == name]
+        if not z3.is_true(z3.simplify(t.err == rc)):
+            return f"branch {name}: the model returned {rc}, the spec {z3.simplify(t.err)}"
+        query = z3.And(b.cond, t.choice, same_state(old, after, indices, (old, before)))
+    else:
+        mm_spec.CHOOSE = observed_choices(before, after)
+        try:
+            t = spec(old)
+            (b,) = [x for x in branches(t) if x.name == name]
+            if name.startswith("ok"):
+                rc_spec, new, choice = t.rc, t.new, t.choice
+            else:
+                (o,) = [x for x in t.others if name.startswith(f"other/{x.name}")]
+                rc_spec, new, choice = o.rc, o.new, o.choice
+            if not z3.is_true(z3.simplify(rc_spec == rc)):
+                return f"branch {name}: the model returned {rc}, the spec {z3.simplify(rc_spec)}"
+            query = z3.And(b.cond, choice, same_state(new, after, indices, (old, before)))
+        finally:
+            mm_spec.CHOOSE = None
+    solver = _solver(60)
+    solver.add(query)
+    answer = solver.check()
+    if answer == z3.sat:
+        return None
+    return f"the model's outcome is not that of branch {name} (solver: {answer})"
+
+
+def solve_branch(common: list[z3.BoolRef], b: NamedBranch, extra: list[z3.BoolRef],
+                 choice: z3.BoolRef, pins: list[list[tuple[z3.ExprRef, z3.ExprRef]]] | None = None,
+                 ) -> z3.ModelRef | None:
+    """A model of the family's common constraints, the branch and ``extra``; None if there
+    is none. A fresh solver each time (Z3's incremental mode is much slower on these). The
+    frame an argument names is tried one value at a time (``pins``: substitutions), which
+    lets every read of the state simplify to the frame's own fields."""
+    if pins is None:
+        pins = [[]]
+    for pin in pins:
+        solver = _solver(20)
+        terms = [z3.BoolVal(x) if isinstance(x, bool) else x for x in (b.cond, choice, *extra)]
+        if pin:
+            terms = [z3.substitute(c, *pin) for c in terms] + [x == y for x, y in pin]
+        solver.add(*common, *[z3.simplify(c) for c in terms])
+        if solver.check() == z3.sat:
+            return solver.model()
+    return None
+
+
+def _args(family: Family) -> dict[str, z3.ExprRef]:
+    return {n: z3.BitVec(n, 64 if n == "ptr" else 32) for n in ("ptr", "val", "v", "fd", "va",
+                                                                  "mfn")}
+
+
+@dataclass
+class Context:
+    """One family's solver set up once: the template machine, the open state, the spec on it
+    (under the bounded scope), and a solver holding the invariants and argument ranges."""
+
+    family: Family
+    scope: Scope
+    s: SymState
+    unknown: dict[Any, Any]
+    t: Transition
+    args: dict[str, z3.ExprRef]
+    common: list[z3.BoolRef]
+    branches: dict[str, NamedBranch]
+
+
+_CONTEXTS: dict[str, Context] = {}
+
+
+def context(family: Family) -> Context:
+    ctx = _CONTEXTS.get(family.name)
+    if ctx is not None:
+        return ctx
+    template = Machine.build()
+    base = Snapshot.take(template.hv)
+    # Frame quantifiers range over the domain's frames, frame 0 and one free frame: only the
+    # domain's frames can be tables, hold references or take a type.
+    interesting = sorted({0, *template.d.page_list, template.hv.free_list[-1]})
+    scope = FrameScope(frames=MACHINE_FRAMES, vcpus=1, indices=INDICES,
+                       frame_list=tuple(interesting))
+    previous = symbolic.SCOPE
+    symbolic.set_scope(scope)
+    try:
+        symbolic.reset_fresh()
+        s, unknown = open_state(template, base)
+        mm_spec.CHOOSE = _choices(scope.frame_list)
+        try:
+            t = _builders()[family.name](s)
+        finally:
+            mm_spec.CHOOSE = None
+        a = _args(family)
+        common = [*invariants(s), *model_facts(s, unknown), a["v"] == 0,
+                  a["fd"] == template.d.domain_id, *family.domain(a)]
+        common = [z3.simplify(c) for c in common]
+        named = {b.name: b for b in branches(t)}
+    finally:
+        symbolic.set_scope(previous)
+    ctx = _CONTEXTS[family.name] = Context(family, scope, s, unknown, t, a, common, named)
+    return ctx
+
+
+def _choices(frames: tuple[int, ...]) -> Callable[[str], Any]:
+    """The spec's choices as fresh Booleans, one per frame that can be chosen (instead of
+    fresh arrays): the solver then sees bit-vectors and Booleans only."""
+    count = iter(range(1 << 30))
+
+    def choose(name: str) -> Any:
+        k = next(count)
+        if name in ("validate_target", "freed"):
+            return z3.Bool(f"choice.{name}.{k}")
+        return _table({f: z3.Bool(f"choice.{name}.{k}.{f}") for f in frames},
+                      z3.BoolVal(False))
+
+    return choose
+
+
+def branch_names(family: Family) -> list[str]:
+    """The names of ``family``'s branches, from its spec (``spec.branches``)."""
+    symbolic.reset_fresh()
+    return [b.name for b in branches(_builders()[family.name](SymState.fresh("old")))]
+
+
+def family(name: str) -> Family:
+    (f,) = [f for f in FAMILIES if f.name == name]
+    return f
+
+
+def _pins(ctx: Context) -> list[list[tuple[z3.ExprRef, z3.ExprRef]]]:
+    """One substitution per frame the call's frame argument may name: the domain's frames
+    first, then the others of the scope, then the first frame beyond the machine."""
+    name = ctx.family.frame
+    if not name:
+        return [[]]
+    assert isinstance(ctx.scope, FrameScope)
+    frames = [*ctx.unknown["frames"], *[f for f in ctx.scope.frame_list
+                                         if f not in ctx.unknown["frames"]], MACHINE_FRAMES]
+    if name == "mfn":
+        return [[(ctx.args["mfn"], bv(f))] for f in frames]
+    ptr = ctx.args["ptr"]
+    low = z3.BitVec("ptr.low", 12)
+    return [[(ptr, z3.Concat(z3.BitVecVal(0, 20), bv(f), low))] for f in frames]
+
+
+def states_for(ctx: Context, b: NamedBranch, per_branch: int) -> list[z3.ModelRef]:
+    """Up to ``per_branch`` states taking branch ``b``: the first on a boundary of the
+    family's hints where one is, the others differing in the family's signature. A failure's
+    state need not meet the spec's choice constraints (no choice lets the call succeed)."""
+    choice = _choice_of(ctx.t, b) if b.kind != "fail" else z3.BoolVal(True)
+    pins = _pins(ctx)
+    model = None
+    hints = ctx.family.hints(ctx.args)
+    if hints:
+        model = solve_branch(ctx.common, b, [z3.Or(*hints)], choice, pins)
+    if model is None:
+        model = solve_branch(ctx.common, b, [], choice, pins)
+    found: list[z3.ModelRef] = []
+    blocked: list[z3.BoolRef] = []
+    sig = ctx.family.signature(ctx.s, ctx.args)
+    while model is not None and len(found) < per_branch:
+        found.append(model)
+        if not sig:
+            break
+        blocked.append(z3.Or(*[x != model.eval(x, model_completion=True) for x in sig]))
+        model = solve_branch(ctx.common, b, blocked, choice, pins)
+    return found
+
+
+def check_one(family: Family, branch: str, per_branch: int = 3) -> list[Case]:
+    """Check branch ``branch`` of ``family`` on the model: one case per state found (none:
+    no state of the small machine takes the branch)."""
+    ctx = context(family)
+    previous = symbolic.SCOPE
+    symbolic.set_scope(ctx.scope)
+    try:
+        found = states_for(ctx, ctx.branches[branch], per_branch)
+    finally:
+        symbolic.set_scope(previous)
+    # The checks on concrete states use the unbounded scope, as check_refinement's other
+    # callers do: over concrete arrays the solver decides it, and the terms stay small.
+    return [run_case(family, branch, ctx.unknown, m, ctx.args) for m in found]
+
+
+def check_family(family: Family, report: Report, per_branch: int = 3,
+                 only: Callable[[str], bool] = lambda name: True) -> None:
+    """Check every branch of ``family`` (those ``only`` selects) on the model."""
+    for name in branch_names(family):
+        key = f"{family.name} {name}"
+        if not only(key):
+            continue
+        cases = check_one(family, name, per_branch)
+        report.hit[key] = cases
+        if not cases:
+            report.unreachable[key] = UNREACHABLE.get(key, "no state found")
+
+
+def _choice_of(t: Transition, b: NamedBranch) -> z3.BoolRef:
+    if b.kind == "ok":
+        return t.choice
+    if b.kind == "fail":
+        return t.choice
+    (o,) = [x for x in t.others if b.name.startswith(f"other/{x.name}")]
+    return o.choice
+
+
+def run_case(family: Family, branch: str, unknown: dict[Any, Any], model: z3.ModelRef,
+             a: dict[str, z3.ExprRef]) -> Case:
+    """Build the solver's state in a fresh machine, run the handler, check the outcome."""
+    m = Machine.build()
+    values = {n: int(model.eval(a[n], model_completion=True).as_long()) for n in family.args}
+    # The fresh machine is the template again (same seed): the same frames, the same domain.
+    install(m, unknown, model)
+    bad = check_invariants(m.hv)
+    if bad:
+        return Case(family.name, branch, values, "the state built breaks: " + "; ".join(bad))
+    before = Snapshot.take(m.hv)
+    rc = family.run(m, values)
+    after = Snapshot.take(m.hv)
+    spec = spec_with_args(family, {k: x for k, x in values.items() if k != "fd"} |
+                          {"fd": m.d.domain_id})
+    # A failure: no choice of the spec's may succeed (check_refinement); every branch: the
+    # spec takes it on this state and ends as the model did (check_branch, which for a
+    # success or another outcome implies what check_refinement asks).
+    problem = None
+    if branch.startswith("fail"):
+        problem = check_refinement(before, after, rc, spec, tuple(INDICES))
+    if problem is None:
+        problem = check_branch(before, after, rc, spec, branch)
+    return Case(family.name, branch, values, problem)
+
+
+BRANCHES_FILE = "branches-last.json"
+
+
+def record(key: str, cases: list[Case]) -> None:
+    """Merge one branch's result into the cache's ``branches-last.json`` (read by the
+    documentation's traceability matrix): how often it was hit, how many checks failed, and
+    why a branch no state takes is not hit."""
+    path = runner.cache_dir() / BRANCHES_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    data[key] = {"hit": len(cases), "failed": sum(c.problem is not None for c in cases),
+                 "reason": "" if cases else UNREACHABLE.get(key, "no state found"),
+                 "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    runner._write_json(path, data)
+
+
+def check_all(families: tuple[Family, ...] = FAMILIES, per_branch: int = 3,
+              only: Callable[[str], bool] = lambda name: True) -> Report:
+    report = Report()
+    for family in families:
+        check_family(family, report, per_branch, only)
+    for key, why in UNREACHABLE.items():
+        if not report.hit.get(key):
+            report.unreachable[key] = why
+    return report
