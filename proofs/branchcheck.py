@@ -30,7 +30,6 @@ the call reads), so that one branch is exercised on each kind of frame that can 
 from __future__ import annotations
 
 import datetime
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +43,7 @@ from xenspec.refmodel.domain import Domain, Vcpu
 from xenspec.refmodel.hypervisor import Hypervisor
 from xenspec.refmodel.memory import PGT_pinned, PGT_validated
 from xenspec.refmodel.view import ConcreteView, check_invariants
+from xenspec.sharedfiles import update_json_dict
 from xenspec.spec import abi, mm_spec, symbolic
 from xenspec.spec.branches import NamedBranch, branches
 from xenspec.spec.invariants import proof_invariants, references
@@ -680,15 +680,14 @@ def record(key: str, cases: list[Case]) -> None:
     """Merge one branch's result into the cache's ``branches-last.json`` (read by the
     documentation's traceability matrix): how often it was hit, how many checks failed, and
     why a branch no state takes is not hit."""
-    path = runner.cache_dir() / BRANCHES_FILE
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        data = {}
-    data[key] = {"hit": len(cases), "failed": sum(c.problem is not None for c in cases),
-                 "reason": "" if cases else UNREACHABLE.get(key, "no state found"),
-                 "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
-    runner._write_json(path, data)
+    entry = {"hit": len(cases), "failed": sum(c.problem is not None for c in cases),
+             "reason": "" if cases else UNREACHABLE.get(key, "no state found"),
+             "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+
+    def merge(data: dict[str, Any]) -> None:
+        data[key] = entry
+
+    update_json_dict(runner.cache_dir() / BRANCHES_FILE, merge)  # workers run in parallel
 
 
 def check_all(families: tuple[Family, ...] = FAMILIES, per_branch: int = 3,
