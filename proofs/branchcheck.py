@@ -658,7 +658,11 @@ def run_case(family: Family, branch: str, unknown: dict[Any, Any], model: z3.Mod
     if bad:
         return Case(family.name, branch, values, "the state built breaks: " + "; ".join(bad))
     before = Snapshot.take(m.hv)
-    rc = family.run(m, values)
+    try:
+        rc = family.run(m, values)
+    except Exception as e:  # a model that fails internally has left the spec's behaviours
+        return Case(family.name, branch, values,
+                    f"the model raised {type(e).__name__}: {e}")
     after = Snapshot.take(m.hv)
     spec = spec_with_args(family, {k: x for k, x in values.items() if k != "fd"} |
                           {"fd": m.d.domain_id})
