@@ -16,6 +16,7 @@ import z3
 from xenspec.proofs.obligations import RULE_OBLIGATIONS, obligation_names
 from xenspec.proofs.runner import find_counterexample
 from xenspec.spec import abi, cpu_spec, grant_spec, memop_spec, mm_spec, symbolic
+from xenspec.spec.branches import all_of, any_of, require
 from xenspec.spec.pagetable import (
     PGT,
     l1e_disallowed,
@@ -29,22 +30,33 @@ from xenspec.spec.pagetable import (
 NAMES = obligation_names()
 
 
-def l1e_ok_without_owner_check(s: Any, e: Any, fd: Any) -> Any:
+def l1e_check_without_owner_check(s: Any, e: Any, fd: Any) -> Any:
+    """mm_spec.l1e_check without its ``l1e_owner`` requirement."""
     g = pte_get_pfn(e)
-    return z3.Or(z3.Not(pte_present(e)), z3.And(
-        z3.Not(l1e_disallowed(e)), mm_spec.mfn_valid(s, g),
-        z3.Implies(pte_writable(e), mm_spec.can_take_type(s, g, PGT.writable_page)),
-    ))
+    return any_of(
+        ("absent", require("l1e_present", z3.Not(pte_present(e)))),
+        ("present", all_of(
+            require("l1e_flags", z3.Not(l1e_disallowed(e))),
+            require("l1e_mfn", mm_spec.mfn_valid(s, g)),
+            require("l1e_rw_type", z3.Implies(
+                pte_writable(e), mm_spec.can_take_type(s, g, PGT.writable_page))),
+        )),
+    )
 
 
-def l2e_ok_linear_writable(s: Any, l2: Any, e: Any, d: Any) -> Any:
+def l2e_check_linear_writable(s: Any, l2: Any, e: Any, d: Any) -> Any:
+    """mm_spec.l2e_check without its ``l2e_linear_ro`` requirement."""
     g = pte_get_pfn(e)
     mine = z3.And(mm_spec.mfn_valid(s, g), s.owner[g] == d)
-    return z3.Or(z3.Not(pte_present(e)), z3.And(
-        z3.Not(l2e_disallowed(e)),
-        z3.Or(z3.And(mine, mm_spec.in_use(s, g, PGT.l1_page_table)),
-              g == l2, z3.And(mine, mm_spec.in_use(s, g, PGT.l2_page_table))),
-    ))
+    return any_of(
+        ("absent", require("l2e_present", z3.Not(pte_present(e)))),
+        ("present", all_of(
+            require("l2e_flags", z3.Not(l2e_disallowed(e))),
+            require("l2e_target", z3.Or(
+                z3.And(mine, mm_spec.in_use(s, g, PGT.l1_page_table)),
+                g == l2, z3.And(mine, mm_spec.in_use(s, g, PGT.l2_page_table)))),
+        )),
+    )
 
 
 def self_map_of_next_frame(shared: Any, l2: Any, index: Any, flags: Any) -> Any:
@@ -70,10 +82,10 @@ MUTANTS: list[tuple[str, str, Callable[[pytest.MonkeyPatch], None], str]] = [
      lambda mp: mp.setattr(mm_spec, "xen_l2_slot", self_map_of_next_frame), "INV-HOLE"),
     ("read-write linear page-table entries accepted",
      "mmu_update/NORMAL_PT_UPDATE preserves INV-NOWRPT",
-     lambda mp: mp.setattr(mm_spec, "l2e_ok", l2e_ok_linear_writable), "INV-NOWRPT"),
+     lambda mp: mp.setattr(mm_spec, "l2e_check", l2e_check_linear_writable), "INV-NOWRPT"),
     ("L1 entries may name another domain's frames",
      "update_va_mapping preserves INV-OWN (L1 entries)",
-     lambda mp: mp.setattr(mm_spec, "l1e_ok", l1e_ok_without_owner_check), "INV-OWN"),
+     lambda mp: mp.setattr(mm_spec, "l1e_check", l1e_check_without_owner_check), "INV-OWN"),
     ("a frame may change type while it has type references",
      "update_va_mapping preserves INV-PIN",
      lambda mp: mp.setattr(mm_spec, "can_take_type", lambda s, g, t: z3.BoolVal(True)),

@@ -66,7 +66,8 @@ def sections() -> list[Section]:
 def _constant(text: str, node: ast.AnnAssign, comments: dict[int, tuple[int, str]],
               pending: list[str]) -> Constant:
     assert isinstance(node.target, ast.Name) and node.value is not None
-    expr = ast.get_source_segment(text, node.value) or ""
+    # A definition continued over several lines is shown on one (a table cell is one line).
+    expr = " ".join((ast.get_source_segment(text, node.value) or "").replace("\\\n", " ").split())
     trailing = [comments[n][1] for n in range(node.lineno, (node.end_lineno or node.lineno) + 1)
                 if n in comments and comments[n][0] > 0]
     return Constant(node.target.id, expr, " ".join([*pending, *trailing]))
