@@ -329,6 +329,13 @@ def _mfn_signature(s: SymState, a: dict[str, z3.ExprRef]) -> list[z3.ExprRef]:
     return [s.type[a["mfn"]]]
 
 
+def _mmuext_on_frame(cmd: str, args: tuple[str, ...]) -> Family:
+    """The family of an mmuext_op command that acts on the frame ``mfn``."""
+    return Family(f"mmuext_op/{cmd}", _mmuext(getattr(abi, f"MMUEXT_{cmd}")), args,
+                  lambda a: _frame_arg(a["mfn"]), lambda a: _frame_hints(a["mfn"]),
+                  _mfn_signature, "mfn")
+
+
 FAMILIES: tuple[Family, ...] = (
     Family("mmu_update/NORMAL_PT_UPDATE", _mmu_update, ("ptr", "val", "v", "fd"),
            lambda a: _ptr_domain(a, abi.MMU_NORMAL_PT_UPDATE), _ptr_hints, _ptr_signature,
@@ -340,18 +347,10 @@ FAMILIES: tuple[Family, ...] = (
            lambda a: [a["va"] == abi.HYPERVISOR_VIRT_START - 1,
                       a["va"] == abi.HYPERVISOR_VIRT_START],
            _va_signature),
-    Family("mmuext_op/PIN_L1_TABLE", _mmuext(abi.MMUEXT_PIN_L1_TABLE), ("mfn", "fd"),
-           lambda a: _frame_arg(a["mfn"]), lambda a: _frame_hints(a["mfn"]), _mfn_signature,
-           "mfn"),
-    Family("mmuext_op/PIN_L2_TABLE", _mmuext(abi.MMUEXT_PIN_L2_TABLE), ("mfn", "fd"),
-           lambda a: _frame_arg(a["mfn"]), lambda a: _frame_hints(a["mfn"]), _mfn_signature,
-           "mfn"),
-    Family("mmuext_op/UNPIN_TABLE", _mmuext(abi.MMUEXT_UNPIN_TABLE), ("mfn", "v"),
-           lambda a: _frame_arg(a["mfn"]), lambda a: _frame_hints(a["mfn"]), _mfn_signature,
-           "mfn"),
-    Family("mmuext_op/NEW_BASEPTR", _mmuext(abi.MMUEXT_NEW_BASEPTR), ("mfn", "v"),
-           lambda a: _frame_arg(a["mfn"]), lambda a: _frame_hints(a["mfn"]), _mfn_signature,
-           "mfn"),
+    _mmuext_on_frame("PIN_L1_TABLE", ("mfn", "fd")),
+    _mmuext_on_frame("PIN_L2_TABLE", ("mfn", "fd")),
+    _mmuext_on_frame("UNPIN_TABLE", ("mfn", "v")),
+    _mmuext_on_frame("NEW_BASEPTR", ("mfn", "v")),
     Family("mmuext_op/flushes,SET_LDT,PIN_L3/L4", _mmuext(abi.MMUEXT_TLB_FLUSH_LOCAL), (),
            lambda a: []),
 )
