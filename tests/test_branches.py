@@ -11,15 +11,13 @@ refmodel/mm.py (``MUTANTS``), each applied in turn, must fail some branch check.
 
 from __future__ import annotations
 
-import inspect
-import textwrap
 from typing import Any
 
 import pytest
+from mm_mutants import UVA_ANY_TABLE, mutated
 
 from xenspec.proofs import branchcheck
 from xenspec.proofs.branchcheck import FAMILIES, UNREACHABLE, branch_names, check_one, family
-from xenspec.refmodel import mm
 from xenspec.refmodel.mm import MM
 
 PER_BRANCH = 3
@@ -89,12 +87,8 @@ def test_branch_refines(name: str, branch: str) -> None:
 # (method of MM, the line as the model has it, the mutated line, the family and branch whose
 # check must catch it)
 MUTANTS: list[tuple[str, str, str, str, str]] = [
-    # update_va_mapping writes through any page-table frame the L2 slot names: a directory
-    # reached through its read-only linear slot gets an unvalidated entry.
-    ("guest_map_l1e",
-     "self.frames.type[l1mfn] != PGT.l1_page_table",
-     "self.frames.type[l1mfn] not in (PGT.l1_page_table, PGT.l2_page_table)",
-     "update_va_mapping", "fail/l1_type"),
+    # update_va_mapping writes through any page-table frame the L2 slot names.
+    (*UVA_ANY_TABLE, "update_va_mapping", "fail/l1_type"),
     # mod_l2_entry lets the guest write Xen's slots of a page directory.
     ("mod_l2_entry",
      "if not is_guest_l2_slot(index):",
@@ -111,16 +105,6 @@ MUTANTS: list[tuple[str, str, str, str, str]] = [
      "if False:",
      "mmuext_op/PIN_L1_TABLE", "fail/not_pinned"),
 ]
-
-
-def mutated(method: str, line: str, replacement: str) -> object:
-    """MM.``method`` with ``line`` replaced (compiled in mm's namespace)."""
-    source = textwrap.dedent(inspect.getsource(getattr(MM, method)))
-    assert source.count(line) == 1, f"{method}: {line!r} not found once"
-    namespace: dict[str, object] = {}
-    exec(compile(source.replace(line, replacement), mm.__file__, "exec"),
-         vars(mm), namespace)
-    return namespace[method]
 
 
 def _mutant_param(m: tuple[str, str, str, str, str]) -> Any:

@@ -56,16 +56,15 @@ from dataclasses import dataclass, field
 
 import pytest
 import z3
+from mm_mutants import UVA_ANY_TABLE, mutated
 
 from xenspec.proofs.refinement import Snapshot, check_refinement
-from xenspec.refmodel.domain import Vcpu
 from xenspec.refmodel.hypervisor import Hypervisor
 from xenspec.refmodel.mm import MM
 from xenspec.refmodel.pvguest import ARG_PAGES, PTE_RO, PTE_RW, PVGuest
 from xenspec.refmodel.view import check_invariants
 from xenspec.spec import abi, mm_spec
 from xenspec.spec.mm_spec import Transition
-from xenspec.spec.pagetable import PAGE_TABLE_TYPES, pte_get_pfn, pte_present
 from xenspec.spec.symbolic import SymState, bv
 
 LONG = os.environ.get("XENSPEC_PROFILE") == "long"
@@ -281,27 +280,12 @@ def test_bounded_exhaustive_mmu(capsys: pytest.CaptureFixture[str]) -> None:
     assert res.problems == [], "\n".join(res.problems[:10])
 
 
-def guest_map_any_table(self: MM, v: Vcpu, va: int) -> int | None:
-    """refmodel.mm's guest_map_l1e with one rule weakened: the L2 slot may name any
-    page-table frame, so a directory reached through a read-only linear slot would be written
-    as if it were an L1 table (the bug class later Xen's guest_map_l1e check closes)."""
-    if not v.guest_table:
-        return None
-    l2e = self.memory.read_entry(v.guest_table, va >> abi.L2_PAGETABLE_SHIFT)
-    if not pte_present(l2e):
-        return None
-    l1mfn = pte_get_pfn(l2e)
-    if not self.memory.mfn_valid(l1mfn) or self.frames.type[l1mfn] not in PAGE_TABLE_TYPES:
-        return None
-    return int(l1mfn)
-
-
 def test_slice_catches_update_va_mapping_through_any_table(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The default slice has teeth: with update_va_mapping writing through any page-table
     frame, the linear map of the live directory in slot 0 followed by update_va_mapping in that
     slot succeeds in the model where the spec refuses it."""
-    monkeypatch.setattr(MM, "guest_map_l1e", guest_map_any_table)
+    monkeypatch.setattr(MM, "guest_map_l1e", mutated(*UVA_ANY_TABLE))
     res = enumerate_sequences(SLICE, SLICE_DEPTH, first_problem=True)
     assert res.problems, "the weakened update_va_mapping went unnoticed"
     assert res.problems[0].startswith(str(SLICE[0])), res.problems[0]
