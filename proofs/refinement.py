@@ -336,6 +336,16 @@ def check_refinement(
         return f"the frames the hypervisor writes into changed: {changed[:8]}"
     indices = sorted(before.indices() | after.indices() | set(extra_indices))
     symbolic.reset_fresh()
+    symbolic.set_concrete(True)
+    try:
+        return _check_outcome(before, after, rc, spec, indices, success_rc)
+    finally:
+        symbolic.set_concrete(False)
+
+
+def _check_outcome(before: Snapshot, after: Snapshot, rc: int,
+                   spec: Callable[[SymState], Transition], indices: list[int],
+                   success_rc: int) -> str | None:
     old = before.encode()
     if rc != success_rc:
         # A failing call: no choice at all may let the spec succeed.

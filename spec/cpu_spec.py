@@ -39,7 +39,7 @@ from typing import Any
 
 import z3
 
-from xenspec.spec import abi
+from xenspec.spec import abi, symbolic
 from xenspec.spec.desc import descriptor_rule
 from xenspec.spec.mm_spec import (
     GDT_FRAMES,
@@ -199,14 +199,28 @@ def take_gdt_type(s: SymState, typed: Any, failed: Any) -> tuple[SymState, Bool]
     def fresh(x: Word) -> Bool:
         return z3.And(typed(x), z3.Not(in_use(s, x, PGT.gdt_page)))
 
-    mem = z3.Array(fresh_name("gdt_mem"), W, W, W)
+    concrete = symbolic.CONCRETE
+    mem = fixed_up_words(s, fresh) if concrete else z3.Array(fresh_name("gdt_mem"), W, W, W)
     new = s.evolve(
         type=z3.Lambda([h], z3.If(typed(h), bv(PGT.gdt_page),
                                   z3.If(failed(h), bv(PGT.none), s.type[h]))),
         validated=z3.Lambda([h], z3.And(z3.Or(typed(h), s.validated[h]), z3.Not(failed(h)))),
         mem=mem,
     )
-    return new, fixed_up_memory(s, mem, fresh)
+    return new, z3.BoolVal(True) if concrete else fixed_up_memory(s, mem, fresh)
+
+
+def fixed_up_words(s: SymState, fresh: Any) -> z3.ArrayRef:
+    """The array that ``fixed_up_memory`` defines, as a function of ``s`` (for concrete
+    states, ``symbolic.CONCRETE``): a word of a frame in ``fresh`` below entry 1024 is its
+    descriptor's fixed-up word, any other word is the old one."""
+    h, j = z3.BitVec("h", 32), z3.BitVec("j", 32)
+    even = j & ~1
+    _, fixed_lo, fixed_hi = descriptor_rule(z3.Select(s.mem, h, even),
+                                            z3.Select(s.mem, h, even + 1))
+    return z3.Lambda([h, j], z3.If(
+        z3.And(fresh(h), z3.ULT(j, bv(abi.L1_PAGETABLE_ENTRIES))),
+        z3.If((j & 1) == 0, fixed_lo, fixed_hi), z3.Select(s.mem, h, j)))
 
 
 def fixed_up_memory(s: SymState, mem: z3.ArrayRef, fresh: Any) -> Bool:
