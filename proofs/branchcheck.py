@@ -38,7 +38,13 @@ import z3
 
 from xenspec.proofs import runner
 from xenspec.proofs.obligations import HYPERCALL_SPECS
-from xenspec.proofs.refinement import Snapshot, check_refinement, observed_choices, same_state
+from xenspec.proofs.refinement import (
+    Snapshot,
+    check_refinement,
+    observed_choices,
+    possible_outcomes,
+    same_state,
+)
 from xenspec.refmodel.domain import Domain, Vcpu
 from xenspec.refmodel.hypervisor import Hypervisor
 from xenspec.refmodel.memory import PGT_pinned, PGT_validated
@@ -322,7 +328,7 @@ def _va_domain(a: dict[str, z3.ExprRef]) -> list[z3.BoolRef]:
 
 def _va_signature(s: SymState, a: dict[str, z3.ExprRef]) -> list[z3.ExprRef]:
     l2e = z3.Select(s.mem, s.base[bv(0)], z3.LShR(a["va"], 22))
-    return [s.type[pte_get_pfn(l2e)]]
+    return [s.type[pte_get_pfn(l2e)], a["val"] & abi._PAGE_PRESENT]
 
 
 def _mfn_signature(s: SymState, a: dict[str, z3.ExprRef]) -> list[z3.ExprRef]:
@@ -370,6 +376,13 @@ UNREACHABLE: dict[str, str] = {
         "implied by INV-BASE, INV-OWN and INV-L2REF: a directory in use names RAM only",
     "update_va_mapping fail/l1_validated":
         "implied by INV-L2REF: a directory in use names only tables in use",
+    # A frame that is no table in use and cannot take the writable type has a reference of
+    # another type (has_type_refs): only a GDT some vCPU has installed, Xen's own reference
+    # being of the writable type. The machine these checks build installs no GDT (gdt_ref is
+    # False in open_state); the CPU-interface checks are where GDTs are installed.
+    "mmu_update/NORMAL_PT_UPDATE fail/plain/writable_type":
+        "only a frame of an installed GDT is refused the writable type outside tables in use, "
+        "and the MMU checks' machine installs no GDT",
 }
 
 
@@ -460,15 +473,34 @@ def check_branch(before: Snapshot, after: Snapshot, rc: int,
                 rc_spec, new, choice = o.rc, o.new, o.choice
             if not z3.is_true(z3.simplify(rc_spec == rc)):
                 return f"branch {name}: the model returned {rc}, the spec {z3.simplify(rc_spec)}"
-            query = z3.And(b.cond, choice, same_state(new, after, indices, (old, before)))
+            if name.startswith("ok"):
+                query = z3.And(b.cond, choice, same_state(new, after, indices, (old, before)))
+            else:
+                # Another outcome (NEW_BASEPTR's retry or crash): it ends as the model did
+                # with the model's choices; why it ends so (which check of the retried
+                # validation failed or passed) is asked for some choice, as for a failure: a
+                # failed validation leaves no trace of the choices it made.
+                query = z3.And(z3.Not(t.ok), o.cond, choice,
+                               same_state(new, after, indices, (old, before)))
         finally:
             mm_spec.CHOOSE = None
+        if not name.startswith("ok") and not _holds_for_some_choice(old, spec, name):
+            return f"the spec does not take branch {name} on this state for any choice"
     solver = _solver(60)
     solver.add(query)
     answer = solver.check()
     if answer == z3.sat:
         return None
     return f"the model's outcome is not that of branch {name} (solver: {answer})"
+
+
+def _holds_for_some_choice(old: SymState, spec: Callable[[SymState], Transition],
+                           name: str) -> bool:
+    t = spec(old)
+    (b,) = [x for x in branches(t) if x.name == name]
+    solver = _solver(60)
+    solver.add(b.cond)
+    return bool(solver.check() == z3.sat)
 
 
 def solve_branch(common: list[z3.BoolRef], b: NamedBranch, extra: list[z3.BoolRef],
@@ -588,27 +620,34 @@ def _pins(ctx: Context) -> list[list[tuple[z3.ExprRef, z3.ExprRef]]]:
     return [[(ptr, z3.Concat(z3.BitVecVal(0, 20), bv(f), low))] for f in frames]
 
 
-def states_for(ctx: Context, b: NamedBranch, per_branch: int) -> list[z3.ModelRef]:
-    """Up to ``per_branch`` states taking branch ``b``: the first on a boundary of the
-    family's hints where one is, the others differing in the family's signature. A failure's
-    state need not meet the spec's choice constraints (no choice lets the call succeed)."""
+def states_for(ctx: Context, b: NamedBranch, per_branch: int,
+               accept: Callable[[z3.ModelRef], bool] = lambda m: True) -> list[z3.ModelRef]:
+    """Up to ``per_branch`` states taking branch ``b`` that ``accept`` takes (at most twice as
+    many more are tried): the first on a boundary of the family's hints where one is, the
+    others differing in the family's signature. No outcome before ``b``'s may be possible for
+    any choice of the spec (``_no_earlier_outcome``); a failure's state need not meet the
+    spec's choice constraints (no choice lets the call succeed)."""
     choice = _choice_of(ctx.t, b) if b.kind != "fail" else z3.BoolVal(True)
     pins = _pins(ctx)
+    first = _no_earlier_outcome(ctx.t, b)
     model = None
     hints = ctx.family.hints(ctx.args)
     if hints:
-        model = solve_branch(ctx.common, b, [z3.Or(*hints)], choice, pins)
+        model = solve_branch(ctx.common, b, [*first, z3.Or(*hints)], choice, pins)
     if model is None:
-        model = solve_branch(ctx.common, b, [], choice, pins)
+        model = solve_branch(ctx.common, b, first, choice, pins)
     found: list[z3.ModelRef] = []
     blocked: list[z3.BoolRef] = []
     sig = ctx.family.signature(ctx.s, ctx.args)
-    while model is not None and len(found) < per_branch:
-        found.append(model)
+    tries = 3 * per_branch
+    while model is not None and len(found) < per_branch and tries > 0:
+        tries -= 1
+        if accept(model):
+            found.append(model)
         if not sig:
             break
         blocked.append(z3.Or(*[x != model.eval(x, model_completion=True) for x in sig]))
-        model = solve_branch(ctx.common, b, blocked, choice, pins)
+        model = solve_branch(ctx.common, b, [*first, *blocked], choice, pins)
     return found
 
 
@@ -616,15 +655,80 @@ def check_one(family: Family, branch: str, per_branch: int = 3) -> list[Case]:
     """Check branch ``branch`` of ``family`` on the model: one case per state found (none:
     no state of the small machine takes the branch)."""
     ctx = context(family)
+    b = ctx.branches[branch]
     previous = symbolic.SCOPE
     symbolic.set_scope(ctx.scope)
     try:
-        found = states_for(ctx, ctx.branches[branch], per_branch)
+        found = states_for(ctx, b, per_branch, _first_outcome_is(family, ctx, b)
+                           if b.kind != "ok" else lambda m: True)
     finally:
         symbolic.set_scope(previous)
     # The checks on concrete states use the unbounded scope, as check_refinement's other
     # callers do: over concrete arrays the solver decides it, and the terms stay small.
     return [run_case(family, branch, ctx.unknown, m, ctx.args) for m in found]
+
+
+def _no_earlier_outcome(t: Transition, b: NamedBranch) -> list[z3.BoolRef]:
+    """For a branch other than success: whatever the spec's choices (the per-frame Booleans
+    of ``_choices``), no outcome the spec puts before ``b``'s is possible; a failure comes
+    after every outcome. A branch holds for some choice, while Xen makes one: without this,
+    the solver picks a state where the call fails for its choice and succeeds for Xen's."""
+    if b.kind == "ok":
+        return []
+    outcomes = [z3.And(t.ok, t.choice)]
+    for o in t.others:
+        if b.kind == "other" and b.name.split("/")[1] == o.name:
+            break
+        outcomes.append(z3.And(z3.Not(t.ok), o.cond, o.choice))
+    out = []
+    for outcome in outcomes:
+        xs = _choice_booleans(outcome)
+        out.append(z3.ForAll(xs, z3.Not(outcome)) if xs else z3.Not(outcome))
+    return out
+
+
+def _choice_booleans(e: z3.ExprRef) -> list[z3.ExprRef]:
+    """The choice Booleans (``_choices``) that ``e`` reads."""
+    found: dict[int, z3.ExprRef] = {}
+    seen: set[int] = set()
+    todo = [e]
+    while todo:
+        x = todo.pop()
+        if x.get_id() in seen:
+            continue
+        seen.add(x.get_id())
+        if (z3.is_const(x) and x.decl().kind() == z3.Z3_OP_UNINTERPRETED
+                and x.decl().name().startswith("choice.")):
+            found[x.get_id()] = x
+        todo.extend(x.children())
+    return list(found.values())
+
+
+def _first_outcome_is(family: Family, ctx: Context,
+                      b: NamedBranch) -> Callable[[z3.ModelRef], bool]:
+    """Whether, on the state a model of the solver describes, the first outcome the spec
+    allows for any of its choices is the one of ``b`` (a failure: none). A branch holds for
+    some choice of the sets the spec leaves to Xen's iteration (say, which L1 tables a
+    directory's validation validates), while Xen makes one choice: get_page_from_l2e tries
+    the L1 type first (mm.c), so a state where the entry's frame validates as an L1 is no
+    failure at all; NEW_BASEPTR retries only where the first attempt fails whatever the
+    choice. States where an earlier outcome is possible are not checks of this branch."""
+    want = [] if b.kind == "fail" else [b.name.split("/")[1]]
+
+    def accept(model: z3.ModelRef) -> bool:
+        m = Machine.build()
+        install(m, ctx.unknown, model)
+        values = {n: int(model.eval(ctx.args[n], model_completion=True).as_long())
+                  for n in family.args}
+        spec = spec_with_args(family, {k: x for k, x in values.items() if k != "fd"} |
+                              {"fd": m.d.domain_id})
+        previous = symbolic.SCOPE
+        symbolic.set_scope(Scope())
+        try:
+            return possible_outcomes(Snapshot.take(m.hv), spec)[:1] == want
+        finally:
+            symbolic.set_scope(previous)
+    return accept
 
 
 def check_family(family: Family, report: Report, per_branch: int = 3,

@@ -85,6 +85,7 @@ class Snapshot:
     xen_slots: dict[tuple[int, int], int]  # (domid, index) -> Xen's entry (not the linear slot)
     cpus: tuple[CpuSnapshot, ...]
     gdt_ref: tuple[bool, ...]  # a GDT frame with type references
+    no_type_refs: tuple[bool, ...]  # the frame's type count is 0
     xen_written: tuple[bool, ...]  # the hypervisor writes into the frame for a guest
     # Grant tables: the handles in use, (domid, handle) -> (flags, granter, frame, PTE frame,
     # PTE index); the handle each grant PTE belongs to; each domain's shared grant frames.
@@ -134,6 +135,7 @@ class Snapshot:
             cpus=tuple(CpuSnapshot.take(hv.arch_vcpu(v) or ArchVcpu()) for v in vcpus),
             gdt_ref=tuple(int(f.type[m]) == PGT.gdt_page and int(f.type_count[m]) > 0
                           for m in range(n)),
+            no_type_refs=tuple(int(f.type_count[m]) == 0 for m in range(n)),
             xen_written=tuple(hv.hypervisor_writes(m) for m in range(n)),
             **Snapshot.take_grants(hv, entries),
         )
@@ -226,12 +228,8 @@ class Snapshot:
 
 def same_state(s: SymState, after: Snapshot, indices: list[int],
                old: tuple[SymState, Snapshot] | None = None) -> z3.BoolRef:
-    """``s`` agrees with the concrete ``after`` on every frame, entry in use and base. A frame's
-    type is compared only while the frame is validated: Xen leaves a type behind with no
-    PGT_validated when the last type reference goes (mm.c, put_page_type) and clears the
-    whole type_info when a validation fails (get_page_type: ``type_info = 0``), and neither is
-    observable, since get_page_type retypes or revalidates a frame with no type references
-    whatever type it had (so the spec does not track which of the two Xen left). The words
+    """``s`` agrees with the concrete ``after`` on every frame (its type as ``same_type``
+    says), entry in use and base. The words
     of grant-table frames are not compared: Xen keeps GTF_reading and GTF_writing there by pin
     counts, which the spec abstracts away. Given ``old`` (the encoded state before the call
     and its snapshot), the vCPUs' CPU state is not compared where the spec left it as it was
@@ -242,12 +240,8 @@ def same_state(s: SymState, after: Snapshot, indices: list[int],
     terms = []
     grant_frames = set(after.gnt_tables.values())
     for f in range(after.nr_frames):
-        terms += [
-            s.owner[bv(f)] == after.owner[f],
-            s.validated[bv(f)] == after.validated[f], s.pinned[bv(f)] == after.pinned[f],
-        ]
-        if after.validated[f]:
-            terms.append(s.type[bv(f)] == after.type[f])
+        terms += [s.owner[bv(f)] == after.owner[f], s.pinned[bv(f)] == after.pinned[f],
+                  same_type(s, after, f)]
         for i in indices if f not in grant_frames else ():
             terms.append(z3.Select(s.mem, bv(f), bv(i)) == after.entries.get((f, i), 0))
         terms.append(s.gdt_ref[bv(f)] == after.gdt_ref[f])
@@ -256,6 +250,24 @@ def same_state(s: SymState, after: Snapshot, indices: list[int],
     for v, c in enumerate(after.cpus):
         terms += same_cpu(s, bv(v), c)
     return z3.And(*terms)
+
+
+def same_type(s: SymState, after: Snapshot, f: int) -> z3.BoolRef:
+    """``s`` agrees with ``after`` on frame ``f``'s type and validation, up to what no call
+    can observe. A frame with no type references takes any type at its next get_page_type
+    (x86 mm.c: a type count of 0 lets the type change, and an unvalidated type is validated
+    again), so its type_info is left over: Xen keeps a table's type without PGT_validated
+    when the last reference goes (put_page_type), keeps the writable type validated, and
+    clears the whole type_info when a validation fails (get_page_type: ``type_info = 0``).
+    The spec does not track which of these Xen left: for such a frame, any unvalidated type
+    and the validated writable type are one state."""
+    t, valid = s.type[bv(f)], s.validated[bv(f)]
+    writable = int(PGT.writable_page)
+    left_over = after.no_type_refs[f] and (
+        not after.validated[f] or after.type[f] == writable)
+    if left_over:
+        return z3.Or(z3.Not(valid), z3.And(valid, t == writable))
+    return z3.And(valid == after.validated[f], t == after.type[f])
 
 
 CPU_FIELDS = ("trap_cs", "trap_addr", "trap_flags", "event_cs", "event_eip", "failsafe_cs",
@@ -291,7 +303,13 @@ def observed_choices(before: Snapshot, after: Snapshot) -> Callable[[str], z3.Ex
     """The spec's choices as the model made them: which tables lost their validation, which
     became newly validated L1 tables, which frames took the writable type."""
     n = before.nr_frames
-    gone = [f for f in range(n) if before.validated[f] and not after.validated[f]]
+    # Tables that lost their validation, including one validated again as another type in the
+    # same call (NEW_BASEPTR's retry: an L1 of the old directory becomes the new one). A frame
+    # of another type that lost it is a left-over type_info a failed validation cleared
+    # (same_type).
+    gone = [f for f in range(n) if before.validated[f]
+            and before.type[f] in (PGT.l1_page_table, PGT.l2_page_table)
+            and (not after.validated[f] or after.type[f] != before.type[f])]
     new_l1 = [f for f in range(n) if not (before.validated[f] and before.type[f] == 1)
               and after.validated[f] and after.type[f] == 1]
     # The frames of the writable type after the call: the spec's retyped sets must hold
@@ -347,11 +365,9 @@ def _check_outcome(before: Snapshot, after: Snapshot, rc: int,
                    spec: Callable[[SymState], Transition], indices: list[int],
                    success_rc: int) -> str | None:
     old = before.encode()
-    if rc != success_rc:
+    if rc != success_rc and _may_succeed(old, spec):
         # A failing call: no choice at all may let the spec succeed.
-        t = spec(old)
-        if _sat(z3.And(t.ok, t.choice), timeout_s=5) == z3.sat:
-            return f"the model failed with {rc} where the spec can succeed"
+        return f"the model failed with {rc} where the spec can succeed"
     mm_spec.CHOOSE = observed_choices(before, after)
     try:
         t = spec(old)
@@ -370,6 +386,30 @@ def _check_outcome(before: Snapshot, after: Snapshot, rc: int,
     if answer == z3.sat:
         return None
     return f"the spec does not allow the model's outcome (rc {rc}; solver: {answer})"
+
+
+def possible_outcomes(before: Snapshot, spec: Callable[[SymState], Transition]) -> list[str]:
+    """The outcomes the spec allows on the concrete state ``before`` for some choice of its
+    own (the sets it leaves to Xen's iteration), in the spec's order: "ok" for a success,
+    then the names of its other outcomes (NEW_BASEPTR's "retry" and "crash"). None of them
+    means the call fails leaving the state alone."""
+    symbolic.reset_fresh()
+    symbolic.set_concrete(True)
+    try:
+        old = before.encode()
+        t = spec(old)
+        # An answer the solver could not give in time counts as possible: the caller sets
+        # aside states where an outcome might be possible.
+        out = ["ok"] if _sat(z3.And(t.ok, t.choice), timeout_s=30) != z3.unsat else []
+        return out + [b.name for b in t.others if _sat(
+            z3.And(z3.Not(t.ok), b.cond, b.choice), timeout_s=30) != z3.unsat]
+    finally:
+        symbolic.set_concrete(False)
+
+
+def _may_succeed(old: SymState, spec: Callable[[SymState], Transition]) -> bool:
+    t = spec(old)
+    return _sat(z3.And(t.ok, t.choice), timeout_s=5) == z3.sat
 
 
 def _sat(formula: z3.BoolRef, timeout_s: int = 60) -> z3.CheckSatResult:

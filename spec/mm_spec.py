@@ -486,8 +486,11 @@ def spec_new_baseptr(s: SymState, v: Word, f: Word) -> Transition:
     choice1d, new1 = drop_references(new1)
     choice_c, without_old = drop_references(s.evolve(base=z3.Store(s.base, v, bv(0))))
     ok2, choice2, new2 = take_root(without_old, v, f)
+    # A retry always validates: dropping references only de-validates, so a frame in use as a
+    # directory once the old base is gone was in use before, and the first attempt took it.
     retry = Branch("retry", z3.And(z3.Not(ok1.holds), ok2.holds), new2, bv(0),
-                   z3.And(choice_c, choice2), reasons=ok2.passes)
+                   z3.And(choice_c, choice2),
+                   reasons=tuple(r for r in ok2.passes if not r[0].startswith("in_use")))
     # The crash leaves ``without_old``: only the choices of dropping the old base bind it. The
     # retry's validation choices (which RW targets take the writable type) describe a state
     # that never comes to be, and may have no solution at all (the frame that failed to

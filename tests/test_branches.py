@@ -26,29 +26,7 @@ PER_BRANCH = 3
 # the solver built for the branch, the model and the spec disagree, and it is not yet known
 # whether the spec, the model or the state's construction (proofs.branchcheck) is at fault.
 # They run and are reported as expected failures until each is explained and fixed.
-_VALIDATION = ("validating a new table: the model refuses where the spec, on the same state, "
-               "could succeed (or the reverse); unexplained")
-OPEN: dict[str, str] = {
-    "mmuext_op/PIN_L1_TABLE fail/validate/new_l1_entries": _VALIDATION,
-    "mmuext_op/PIN_L2_TABLE fail/validate/new_l1_entries": _VALIDATION,
-    "mmuext_op/PIN_L2_TABLE fail/validate/new_l1_fresh": _VALIDATION,
-    "mmuext_op/PIN_L2_TABLE fail/validate/l2_entries": _VALIDATION,
-    "mmu_update/NORMAL_PT_UPDATE fail/l2/new_l1_entries": _VALIDATION,
-    "mmu_update/NORMAL_PT_UPDATE fail/l2/new_l1_fresh": _VALIDATION,
-    "mmu_update/NORMAL_PT_UPDATE fail/l2/present/linear/l2e_linear_ro": (
-        "a writable L2 entry naming a directory: the model answers 0 (the frame validated as "
-        "an L1, get_page_from_l2e's first attempt), the spec -EINVAL; unexplained"),
-    "mmu_update/NORMAL_PT_UPDATE fail/l2/present/linear/other/l2e_l2_type": _VALIDATION,
-    "mmu_update/NORMAL_PT_UPDATE fail/l2/present/linear/other/l2e_l2_validated": _VALIDATION,
-    "mmu_update/NORMAL_PT_UPDATE fail/plain/writable_type": (
-        "no state of the small machine found and no reason given yet"),
-    "mmuext_op/NEW_BASEPTR other/retry/in_use": _VALIDATION,
-    "mmuext_op/NEW_BASEPTR other/retry/validate": _VALIDATION,
-    "mmuext_op/NEW_BASEPTR other/crash/validate/new_l1_entries": _VALIDATION,
-    "mmuext_op/NEW_BASEPTR other/crash/validate/new_l1_fresh": _VALIDATION,
-    "mmuext_op/NEW_BASEPTR other/crash/validate/l2_entries": _VALIDATION,
-    "mmuext_op/NEW_BASEPTR other/crash/validate/no_type_refs": _VALIDATION,
-}
+OPEN: dict[str, str] = {}
 
 
 def _param(name: str, branch: str) -> Any:

@@ -129,6 +129,27 @@ def test_failed_validation_of_a_typed_frame_refines_spec() -> None:
     assert check_refinement(before, after, rc, spec, (5,)) is None
 
 
+def test_new_base_pointer_to_a_bad_writable_page_crashes_as_the_spec_says() -> None:
+    """A page of the writable type with no mapping left, holding an entry that names no RAM,
+    fails both validations of NEW_BASEPTR: the domain is crashed with no base pointer, and
+    Xen clears the page's type_info (mm.c, get_page_type). The spec's crash branch allows
+    this outcome: the page's lost validation is a left-over, not a table de-validated."""
+    hv = Hypervisor(48)
+    g = PVGuest(hv, 30, nr_mapped=21)
+    skip = frozenset(g.mfn(p) for p in range(ARG_PAGES))
+    p = next(p for p in range(ARG_PAGES, 21) if int(hv.frames.type[g.mfn(p)]) == 7)
+    f = g.mfn(p)
+    hv.memory.write_entry(f, 0, (hv.memory.nr_frames + 5) << 12 | abi._PAGE_PRESENT)
+    assert g.update_va_mapping(g.va(p), 0) == 0
+    before = Snapshot.take(hv, skip)
+    assert (before.type[f], before.validated[f], before.no_type_refs[f]) == (7, True, True)
+    rc = g.new_baseptr(f)
+    after = Snapshot.take(hv, skip)
+    assert rc == -abi.EINVAL and not g.domain.is_running and after.bases == (0,)
+    spec: Spec = lambda s: mm_spec.spec_new_baseptr(s, V0, bv(f))  # noqa: E731
+    assert check_refinement(before, after, rc, spec, (0,)) is None
+
+
 # ------------------------------------------------------------------------------------------------
 # The CPU-interface hypercalls (spec.cpu_spec).
 # ------------------------------------------------------------------------------------------------
