@@ -184,9 +184,10 @@ def _in(x: z3.ExprRef, values: list[int]) -> z3.BoolRef:
 
 
 def _domids(w: GrantWorld) -> list[int]:
-    """The granting domain as a caller may name it: A, B itself, DOMID_SELF, an id that names
-    no domain, and the first id above the specials' range."""
-    return [w.a.domid, w.b.domid, abi.DOMID_SELF, 7, abi.DOMID_FIRST_RESERVED - 1]
+    """The granting domain as a caller may name it: A, B itself, DOMID_SELF, DOMID_IO, an id
+    that names no domain, and the last id below the specials' range."""
+    return [w.a.domid, w.b.domid, abi.DOMID_SELF, abi.DOMID_IO, 7,
+            abi.DOMID_FIRST_RESERVED - 1]
 
 
 def _refs() -> list[int]:

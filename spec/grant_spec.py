@@ -212,11 +212,14 @@ def copy_side(s: SymState, d: Word, is_gref: bool, ref_or_mfn: Word, dom: Word,
     if not is_gref:
         return all_of(require("self", dom == abi.DOMID_SELF),
                       frame_owned_check(s, ref_or_mfn, d)), ref_or_mfn
-    sflags, sdomid, t = grant_entry(s, dom, ref_or_mfn)
-    return all_of(require("domain", granter_found(dom)),
+    # DOMID_SELF names the caller's own domain, for a grant reference too (__gnttab_copy:
+    # "if ( op->source.domid == DOMID_SELF ) sd = current->domain").
+    g = z3.If(dom == abi.DOMID_SELF, d, dom)
+    sflags, sdomid, t = grant_entry(s, g, ref_or_mfn)
+    return all_of(require("domain", granter_found(g)),
                   require("ref", z3.ULT(ref_or_mfn, bv(abi.NR_GRANT_ENTRIES))),
                   permits_check(sflags, sdomid, d, readonly if readonly else z3.BoolVal(False)),
-                  frame_owned_check(s, t, dom)), t
+                  frame_owned_check(s, t, g)), t
 
 
 def _side(name: str, c: Check) -> Check:

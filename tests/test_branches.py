@@ -20,6 +20,7 @@ from xenspec.proofs import branchcheck
 from xenspec.proofs import branchcheck_gem as gem
 from xenspec.proofs.branchcheck import FAMILIES, UNREACHABLE, branch_names, check_one, family
 from xenspec.refmodel.mm import MM
+from xenspec.spec import abi
 
 PER_BRANCH = 3
 
@@ -166,3 +167,32 @@ def test_gem_branch_refines(name: str, branch: str) -> None:
     assert key not in gem.UNREACHABLE, f"{key} is hit: remove it from UNREACHABLE"
     problems = [f"{c.args}: {c.problem}" for c in cases if c.problem is not None]
     assert not problems, f"{key}:\n" + "\n".join(problems)
+
+
+def test_gem_copy_from_own_grant_by_domid_self() -> None:
+    """A copy from the caller's own grant, its domain named DOMID_SELF, succeeds: __gnttab_copy
+    (grant_table.c) resolves DOMID_SELF to the caller for a grant reference too. The spec
+    must take its success branch on it."""
+    w = gem.build_grant_world()
+    values = {"v": 1, "src": gem.SELF_REF, "src_dom": abi.DOMID_SELF,
+              "dst": w.frames["b_data"], "dst_dom": abi.DOMID_SELF}
+    case = gem.run_case(gem.family("grant_table_op/copy"), "ok", values, {})
+    assert case.problem is None, case.problem
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "open: the spec reads the granter's entry on every map, Xen 3.0.4 only for a first pin or "
+    "a first writable pin (__gnttab_map_grant_ref), and then maps the frame pinned first: "
+    "a second read-only map of an entry the granter rewrote meanwhile succeeds in Xen and the "
+    "model, and the spec refuses it. The spec's state has no active grant entries (which "
+    "domain pinned a reference, its frame, its pin counts) to state Xen's rule"))
+def test_gem_map_of_a_pinned_entry_the_granter_rewrote() -> None:
+    w = gem.build_grant_world()
+    frame, word = w.entry_words(w.a, gem.RO_REF)
+    flags = abi.GNTMAP_host_map | abi.GNTMAP_readonly
+    values = {"v": 1, "host_addr": w.b.va(gem.ARG_PAGES + 2), "flags": flags,
+              "ref": gem.RO_REF, "dom": w.a.domid, "handle": w.next_handle}
+    # A revokes the entry (flags 0) while B's read-only pin of it stands.
+    case = gem.run_case(gem.family("grant_table_op/map_grant_ref"), "fail/permit", values,
+                        {(frame, word): 0, (frame, word + 1): 0})
+    assert case.problem is None, case.problem
