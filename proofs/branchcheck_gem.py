@@ -23,19 +23,22 @@ A branch no state of these machines takes is listed in ``UNREACHABLE`` with the 
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import z3
 
-from xenspec.proofs import branchcheck
+from xenspec.proofs import branchcheck, runner
 from xenspec.proofs.branchcheck import Case
 from xenspec.proofs.refinement import Snapshot, check_refinement
 from xenspec.refmodel.hypervisor import Hypervisor
+from xenspec.refmodel.memop import MemOp
 from xenspec.refmodel.platform import PVPlatform
 from xenspec.refmodel.pvguest import ARG_PAGES, PVGuest
 from xenspec.refmodel.view import check_invariants
+from xenspec.sharedfiles import update_json_dict
 from xenspec.spec import abi, symbolic
 from xenspec.spec.branches import NamedBranch, branches
 from xenspec.spec.symbolic import SymState, bv
@@ -177,6 +180,12 @@ class GemFamily:
     signature: Callable[[SymState, Args], list[z3.ExprRef]] = lambda s, a: []
     # The grant entries (granter, ref) the solver writes; "" for none.
     open_entries: tuple[tuple[str, int], ...] = ()
+    # The machine (``WORLDS``), and the argument naming a frame, tried one representative
+    # frame at a time ("" for none: the open entries' frame words are, if any).
+    world: str = "grant"
+    frame: str = ""
+    success_rc: int = 0  # what the call returns when it succeeds (memory_op: extents done)
+    per_branch: int = 2  # states asked for per branch
 
 
 def _in(x: z3.ExprRef, values: list[int]) -> z3.BoolRef:
@@ -328,13 +337,95 @@ UNREACHABLE: dict[str, str] = {
 
 
 # ----------------------------------------------------------------------------------------------
+# memory_op: one guest returns frames and asks for more (spec.memop_spec).
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class MemopWorld:
+    """Guest G (domain 0, vCPU 0) with memory_op, another domain, and G's frames by role."""
+
+    hv: Hypervisor
+    g: PVGuest
+    skip: frozenset[int]
+    frames: dict[str, int] = field(default_factory=dict)
+
+
+def build_memop_world() -> MemopWorld:
+    """G of 30 frames, 21 mapped (its directory, L1 and boot stack are pfns 18..20); it pins
+    its unmapped pfn 24 as an L1 table. Another domain owns two frames."""
+    hv = Hypervisor(64)
+    pv = PVPlatform(hv)
+    g = PVGuest(hv, 30, nr_mapped=ARG_PAGES + 5)
+    pv.setup_domain(g.domain)
+    hv.hypercall_table.update(MemOp(pv).hypercalls())
+    other = hv.create_domain(2)
+    assert g.mmuext_op([(abi.MMUEXT_PIN_L1_TABLE, g.mfn(24), 0)])[0] == 0
+    shared = [m for m in range(hv.memory.nr_frames) if hv.hypervisor_writes(m)
+              and int(hv.frames.owner[m]) == g.domid]
+    w = MemopWorld(hv, g, frozenset(g.mfn(p) for p in range(ARG_PAGES)))
+    w.frames = {
+        "mapped": g.mfn(ARG_PAGES),  # mapped writable: stays referenced
+        "idle": g.mfn(26),  # not mapped, untyped: returns to the heap
+        "pinned_l1": g.mfn(24),  # its pin goes, then it returns to the heap
+        "l1": g.first_l1_mfn, "l2": g.l2_mfn,  # in use: stay
+        "xen_written": shared[0],  # shared_info: refused
+        "other": other.page_list[0], "xen": 0,
+        "free": hv.free_list[-1], "free_low": hv.free_list[0], "no_ram": 64,
+    }
+    return w
+
+
+def _memop(cmd: int, w: MemopWorld, mfn: int) -> tuple[int, int]:
+    """One extent of ``cmd`` through the hypercall: (extents done, the extent's word after)."""
+    g = w.g
+    extents = g.write_args(mfn.to_bytes(4, "little"), offset=64)
+    args = abi.XEN_MEMORY_RESERVATION_T.pack(extents, 1, 0, 0, abi.DOMID_SELF)
+    rc = g.hypercall("memory_op", cmd, g.write_args(args))
+    got = w.hv.copy_from_guest(g.vcpu, extents, 4) or bytes(4)
+    return rc, int.from_bytes(got, "little")
+
+
+def _decrease(w: Any, a: dict[str, int]) -> int:
+    return _memop(abi.XENMEM_decrease_reservation, w, a["mfn"])[0]
+
+
+def _increase(w: Any, a: dict[str, int]) -> int:
+    """The heap gives the frame the solver named if it is free (it is put where
+    alloc_domheap_pages takes the next frame, with room in the reservation); otherwise the
+    reservation is full and the call gives nothing. The spec is then asked about the frame
+    the model gave (``a["mfn"]`` becomes it)."""
+    hv, d = w.hv, w.g.domain
+    f = a["mfn"]
+    if f in hv.free_list:
+        hv.free_list.remove(f)
+        hv.free_list.append(f)
+        d.max_pages = d.tot_pages + 1
+    else:
+        d.max_pages = d.tot_pages
+    rc, got = _memop(abi.XENMEM_increase_reservation, w, 0)
+    if rc == 1:
+        a["mfn"] = got
+    return rc
+
+
+MEMOP_FAMILIES: tuple[GemFamily, ...] = (
+    # One state per kind of frame: mapped (stays the domain's), idle (freed), pinned (freed
+    # once its pin goes), a page table in use (stays).
+    GemFamily("memory_op/decrease_reservation", ("v", "mfn"), _decrease,
+              lambda w, a: [a["v"] == 0], lambda s, a: [s.type[a["mfn"]], s.pinned[a["mfn"]]],
+              world="memop", frame="mfn", success_rc=1, per_branch=4),
+    GemFamily("memory_op/increase_reservation", ("v", "mfn"), _increase,
+              lambda w, a: [a["v"] == 0], world="memop", frame="mfn", success_rc=1),
+)
+
+
+# ----------------------------------------------------------------------------------------------
 # The solver's side.
 # ----------------------------------------------------------------------------------------------
 def _args(family: GemFamily) -> Args:
     return {n: z3.BitVec(n, 32) for n in family.args}
 
 
-def open_words(w: GrantWorld, family: GemFamily) -> dict[tuple[int, int], z3.BitVecRef]:
+def open_words(w: Any, family: GemFamily) -> dict[tuple[int, int], z3.BitVecRef]:
     """The words the solver writes: each open grant entry's two words."""
     out = {}
     for who, ref in family.open_entries:
@@ -394,11 +485,13 @@ def _entry_values(words: dict[tuple[int, int], z3.BitVecRef]) -> list[z3.BoolRef
     return [e & 0xFFFF & ~mask == 0 for (f, i), e in words.items() if i % 2 == 0]
 
 
-def solve(w: GrantWorld, family: GemFamily, s: SymState, a: Args,
+def solve(w: Any, family: GemFamily, s: SymState, a: Args,
           words: dict[tuple[int, int], z3.BitVecRef], b: NamedBranch,
           blocked: list[z3.BoolRef]) -> z3.ModelRef | None:
     common = [*family.domain(w, a), *_entry_values(words)]
-    for pin in _pins(w, words):
+    pins = ([[(a[family.frame], bv(f))] for f in w.frames.values()] if family.frame
+            else _pins(w, words))
+    for pin in pins:
         solver = z3.Solver()
         solver.set("timeout", 20000)
         terms = [b.cond, *blocked]
@@ -413,14 +506,14 @@ def solve(w: GrantWorld, family: GemFamily, s: SymState, a: Args,
 # ----------------------------------------------------------------------------------------------
 # Checking one branch.
 # ----------------------------------------------------------------------------------------------
-_WORLD: dict[str, tuple[GrantWorld, Snapshot]] = {}
+_WORLD: dict[str, tuple[Any, Snapshot]] = {}
 
 
-def _template() -> tuple[GrantWorld, Snapshot]:
-    if "grant" not in _WORLD:
-        w = build_grant_world()
-        _WORLD["grant"] = (w, Snapshot.take(w.hv, w.skip))
-    return _WORLD["grant"]
+def _template(world: str) -> tuple[Any, Snapshot]:
+    if world not in _WORLD:
+        w = WORLDS[world]()
+        _WORLD[world] = (w, Snapshot.take(w.hv, w.skip))
+    return _WORLD[world]
 
 
 def branch_names(family: GemFamily) -> list[str]:
@@ -452,7 +545,7 @@ def context(family: GemFamily) -> Context:
     ctx = _CONTEXTS.get(family.name)
     if ctx is not None:
         return ctx
-    w, before = _template()
+    w, before = _template(family.world)
     words = open_words(w, family)
     symbolic.reset_fresh()
     s = open_state(before, words)
@@ -481,7 +574,7 @@ def states_for(family: GemFamily, branch: str, per_branch: int
                ) -> list[tuple[dict[str, int], dict[tuple[int, int], int]]]:
     """Up to ``per_branch`` (arguments, open words) that take ``branch`` on the machine,
     differing in the family's signature."""
-    w, _ = _template()
+    w, _ = _template(family.world)
     ctx = context(family)
     a, words, b = ctx.args, ctx.words, ctx.branches[branch]
     found: list[tuple[dict[str, int], dict[tuple[int, int], int]]] = []
@@ -506,7 +599,7 @@ def states_for(family: GemFamily, branch: str, per_branch: int
 def run_case(family: GemFamily, branch: str, values: dict[str, int],
              words: dict[tuple[int, int], int]) -> Case:
     """Build the machine, write the chosen words, run the handler, check the outcome."""
-    w = build_grant_world()
+    w = WORLDS[family.world]()
     for (f, i), e in words.items():
         w.hv.memory.write_entry(f, i, e)
     bad = check_invariants(w.hv)
@@ -524,26 +617,34 @@ def run_case(family: GemFamily, branch: str, values: dict[str, int],
     spec = branchcheck.spec_with_args(family, values)  # type: ignore[arg-type]
     problem = None
     if branch.startswith("fail"):
-        problem = check_refinement(before, after, rc, spec)
+        problem = check_refinement(before, after, rc, spec, success_rc=family.success_rc)
     if problem is None:
         problem = branchcheck.check_branch(before, after, rc, spec, branch)
     return Case(family.name, branch, values | {f"word{f}.{i}": e for (f, i), e in words.items()},
                 problem)
 
 
-def check_one(family: GemFamily, branch: str, per_branch: int = 2) -> list[Case]:
+def check_one(family: GemFamily, branch: str, per_branch: int | None = None) -> list[Case]:
     """Check branch ``branch`` of ``family``: one case per state found (none: no state of the
-    machine takes the branch)."""
+    machine takes the branch); ``per_branch`` states at most (the family's number if None)."""
+    n = family.per_branch if per_branch is None else per_branch
     return [run_case(family, branch, values, words)
-            for values, words in states_for(family, branch, per_branch)]
+            for values, words in states_for(family, branch, n)]
 
 
-FAMILIES: tuple[GemFamily, ...] = GRANT_FAMILIES
+FAMILIES: tuple[GemFamily, ...] = GRANT_FAMILIES + MEMOP_FAMILIES
+WORLDS: dict[str, Callable[[], Any]] = {"grant": build_grant_world,
+                                        "memop": build_memop_world}
 
 
 def record(key: str, cases: list[Case]) -> None:
-    """``branchcheck.record`` with this module's reasons for branches not hit."""
-    reason = UNREACHABLE.get(key)
-    if reason is not None and not cases:
-        branchcheck.UNREACHABLE.setdefault(key, reason)
-    branchcheck.record(key, cases)
+    """Merge one branch's result into ``branchcheck.BRANCHES_FILE`` (the documentation's
+    traceability matrix), in ``branchcheck.record``'s form, with this module's reasons."""
+    entry = {"hit": len(cases), "failed": sum(c.problem is not None for c in cases),
+             "reason": "" if cases else UNREACHABLE.get(key, "no state found"),
+             "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+
+    def merge(data: dict[str, Any]) -> None:
+        data[key] = entry
+
+    update_json_dict(runner.cache_dir() / branchcheck.BRANCHES_FILE, merge)
