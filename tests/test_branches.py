@@ -11,6 +11,8 @@ refmodel/mm.py (``MUTANTS``), each applied in turn, must fail some branch check.
 
 from __future__ import annotations
 
+import inspect
+import textwrap
 from typing import Any
 
 import pytest
@@ -19,6 +21,10 @@ from mm_mutants import UVA_ANY_TABLE, mutated
 from xenspec.proofs import branchcheck
 from xenspec.proofs import branchcheck_gem as gem
 from xenspec.proofs.branchcheck import FAMILIES, UNREACHABLE, branch_names, check_one, family
+from xenspec.refmodel import event as event_model
+from xenspec.refmodel import grant as grant_model
+from xenspec.refmodel.event import Events
+from xenspec.refmodel.grant import Grants
 from xenspec.refmodel.mm import MM
 from xenspec.spec import abi
 
@@ -166,6 +172,80 @@ def test_gem_branch_refines(name: str, branch: str) -> None:
     assert key not in gem.UNREACHABLE, f"{key} is hit: remove it from UNREACHABLE"
     problems = [f"{c.args}: {c.problem}" for c in cases if c.problem is not None]
     assert not problems, f"{key}:\n" + "\n".join(problems)
+
+
+EVT_BRANCHES = [pytest.param(f.name, b, id=f"{f.name} {b}")
+                for f in gem.EVT_FAMILIES for b in gem.evt_branch_names(f)]
+
+
+@pytest.mark.parametrize(("name", "branch"), EVT_BRANCHES)
+def test_gem_event_branch_refines(name: str, branch: str) -> None:
+    key = f"{name} {branch}"
+    cases = gem.evt_check_one(gem.evt_family(name), branch)
+    gem.record(key, cases)
+    if not cases:
+        assert key in gem.UNREACHABLE, (
+            f"{key}: no state of the event machine takes this branch; it is dead in the spec "
+            "(remove it) or out of the machine's reach (explain it in UNREACHABLE)")
+        pytest.skip(f"not hit: {gem.UNREACHABLE[key]}")
+    assert key not in gem.UNREACHABLE, f"{key} is hit: remove it from UNREACHABLE"
+    problems = [f"{c.args}: {c.problem}" for c in cases if c.problem is not None]
+    assert not problems, f"{key}:\n" + "\n".join(problems)
+
+
+# Single-line mutants of the grant, memory_op and event models, each a rule the specs have:
+# (module, class, method, the line as the model has it, the mutated line, family, branch).
+GEM_MUTANTS: list[tuple[Any, type, str, str, str, str, str]] = [
+    # A first writable pin ignores GTF_readonly.
+    (grant_model, Grants, "_pin",
+     "if not act.pinned and not permits(sflags, sdomid, ld.domain_id, readonly):",
+     "if not act.pinned and not permits(sflags, sdomid, ld.domain_id, True):",
+     "grant_table_op/map_grant_ref", "fail/readonly"),
+    # An unmap does not check the PTE's writability against the handle's.
+    (grant_model, Grants, "destroy_grant_host_mapping",
+     "or bool(old & abi._PAGE_RW) != writable):",
+     "):",
+     "grant_table_op/unmap_grant_ref", "fail/host/pte_rw"),
+    # An IPI raises the port after its own.
+    (event_model, Events, "send",
+     "self.set_pending(d.vcpus[chn.notify_vcpu], port)",
+     "self.set_pending(d.vcpus[chn.notify_vcpu], port + 1)",
+     "event_channel_op/send", "ok/ipi"),
+    # Closing a VIRQ port leaves it in the VIRQ table.
+    (event_model, Events, "close",
+     "table[chn.virq] = 0",
+     "pass",
+     "event_channel_op/close", "ok/virq"),
+]
+
+
+def _mutated_method(module: Any, cls: type, method: str, line: str, replacement: str) -> Any:
+    """``cls.method`` recompiled from its source with ``line`` replaced (``mm_mutants``)."""
+    source = textwrap.dedent(inspect.getsource(getattr(cls, method)))
+    assert source.count(line) == 1, f"{method}: {line!r} not found once"
+    namespace: dict[str, Any] = {}
+    exec(compile(source.replace(line, replacement), module.__file__, "exec"), vars(module),
+         namespace)
+    return namespace[method]
+
+
+def _gem_cases(name: str, branch: str) -> list[Any]:
+    if name.startswith("event_channel_op"):
+        return gem.evt_check_one(gem.evt_family(name), branch)
+    return gem.check_one(gem.family(name), branch)
+
+
+@pytest.mark.parametrize("mutant", GEM_MUTANTS,
+                         ids=[f"{m[1].__name__}.{m[2]}" for m in GEM_MUTANTS])
+def test_gem_mutant_is_caught(mutant: tuple[Any, type, str, str, str, str, str],
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    module, cls, method, line, replacement, name, branch = mutant
+    cases = _gem_cases(name, branch)
+    assert cases and all(c.problem is None for c in cases), "the unmutated model passes"
+    monkeypatch.setattr(cls, method, _mutated_method(module, cls, method, line, replacement))
+    cases = _gem_cases(name, branch)
+    assert any(c.problem is not None for c in cases), (
+        f"mutant of {cls.__name__}.{method} ({replacement}) survives {name} {branch}")
 
 
 def test_gem_copy_from_own_grant_by_domid_self() -> None:
