@@ -7,6 +7,10 @@ is recorded for the documentation's traceability matrix (``branches-last.json``)
 
 The checks must catch a model that takes another branch: single-line mutants of
 refmodel/mm.py (``MUTANTS``), each applied in turn, must fail some branch check.
+
+The grant-table, memory_op and event-channel specs are checked the same way in their own
+section below (``proofs.branchcheck_gem``), on machines the model builds through its own
+calls, with mutants of refmodel/grant.py, memop.py and event.py (``GEM_MUTANTS``).
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from xenspec.proofs import branchcheck_gem as gem
 from xenspec.proofs.branchcheck import FAMILIES, UNREACHABLE, branch_names, check_one, family
 from xenspec.refmodel import event as event_model
 from xenspec.refmodel import grant as grant_model
+from xenspec.refmodel import memop as memop_model
 from xenspec.refmodel.event import Events
 from xenspec.refmodel.grant import Grants
+from xenspec.refmodel.memop import MemOp
 from xenspec.refmodel.mm import MM
 from xenspec.spec import abi
 
@@ -155,6 +161,7 @@ GEM_BRANCHES = [_gem_param(f.name, b) for f in gem.FAMILIES for b in gem.branch_
 def test_gem_lists_name_real_branches() -> None:
     """Every open or unreachable item names a branch the specs have."""
     known = {f"{f.name} {b}" for f in gem.FAMILIES for b in gem.branch_names(f)}
+    known |= {f"{f.name} {b}" for f in gem.EVT_FAMILIES for b in gem.evt_branch_names(f)}
     assert set(GEM_OPEN) <= known, sorted(set(GEM_OPEN) - known)
     assert set(gem.UNREACHABLE) <= known, sorted(set(gem.UNREACHABLE) - known)
 
@@ -206,6 +213,11 @@ GEM_MUTANTS: list[tuple[Any, type, str, str, str, str, str]] = [
      "or bool(old & abi._PAGE_RW) != writable):",
      "):",
      "grant_table_op/unmap_grant_ref", "fail/host/pte_rw"),
+    # decrease_reservation gives back a Xen heap page shared with the domain.
+    (memop_model, MemOp, "guest_remove_page",
+     "if frames.flags[mfn] & PGC_xen_heap:",
+     "if False:",
+     "memory_op/decrease_reservation", "fail/xen_page"),
     # An IPI raises the port after its own.
     (event_model, Events, "send",
      "self.set_pending(d.vcpus[chn.notify_vcpu], port)",
