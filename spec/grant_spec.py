@@ -11,7 +11,11 @@ in word 2r + 1 of frame r / 512).
 Simplifications, each making the spec stricter than Xen where a guest breaks the protocol of
 grant_table.h: the spec reads the granter's entry on every map (Xen reads it only for a first
 pin or a first writable pin, and then maps the frame it pinned first), so a map is allowed
-only while the entry permits it. Device mappings (GNTMAP_device_map) hold references outside
+only while the entry permits it. The model does as Xen does, so a map of an entry pinned
+already that its granter has rewritten since is an open disagreement (the spec refuses what
+the model and Xen do: tests/test_branches.py, an expected failure): stating Xen's rule needs
+the active grant entries (who pinned a reference, its frame, its pin counts) in the state.
+Device mappings (GNTMAP_device_map) hold references outside
 this state and are checked on concrete states only (INV-COUNT); a copy changes nothing here
 but the destination frame's contents, which must take the writable type. setup_table,
 query_size and dump_table change no state.
