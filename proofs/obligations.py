@@ -395,16 +395,17 @@ def _writes_need_writable_grant() -> z3.Solver:
                                          "src")
     d = s.vcpu_domain[v]
 
-    def allowed() -> z3.BoolRef:
-        sflags, sdomid, _ = grant_spec.grant_entry(s, g, ref)
+    def allowed(granter: z3.BitVecRef) -> z3.BoolRef:
+        sflags, sdomid, _ = grant_spec.grant_entry(s, granter, ref)
         return z3.And(sflags & abi.GTF_type_mask == abi.GTF_permit_access, sdomid == d,
                       sflags & abi.GTF_readonly == 0)
 
     goals = [z3.And(grant_spec.spec_map_grant_ref(s, v, addr, flags, ref, g, h, by_pte).ok,
-                    flags & abi.GNTMAP_readonly == 0, z3.Not(allowed()))
+                    flags & abi.GNTMAP_readonly == 0, z3.Not(allowed(g)))
              for by_pte in (False, True)]
+    # A copy's DOMID_SELF names the caller's own table (grant_table.c, __gnttab_copy).
     copy = grant_spec.spec_copy(s, v, (False, src, bv(abi.DOMID_SELF)), (True, ref, g))
-    goals.append(z3.And(copy.ok, z3.Not(allowed())))
+    goals.append(z3.And(copy.ok, z3.Not(allowed(z3.If(g == abi.DOMID_SELF, d, g)))))
     solver = z3.Solver()
     solver.add(z3.Or(*goals))
     return solver

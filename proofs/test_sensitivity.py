@@ -214,7 +214,8 @@ def _pte_form_any_table(mp: pytest.MonkeyPatch) -> None:
         if not by_pte:
             return slot(s, v, addr, by_pte)
         l1 = z3.LShR(addr, 12)
-        return (mm_spec.in_use(s, l1, PGT.l1_page_table), l1, z3.LShR(addr & 0xFFF, 2))
+        return (require("l1", mm_spec.in_use(s, l1, PGT.l1_page_table)), l1,
+                z3.LShR(addr & 0xFFF, 2))
 
     mp.setattr(grant_spec, "grant_pte_slot", anyone)
 
@@ -233,7 +234,8 @@ GRANT_MEMOP_MUTANTS: list[tuple[str, str, Callable[[pytest.MonkeyPatch], None]]]
      "grant_table_op/map_grant_ref preserves INV-GNT-RO", _map_writable_pte),
     ("map_grant_ref maps a frame the granter does not own",
      "grant_table_op/map_grant_ref preserves INV-OWN (L1 entries)",
-     lambda mp: mp.setattr(grant_spec, "granter_owns", lambda s, t, g: z3.BoolVal(True))),
+     lambda mp: mp.setattr(grant_spec, "frame_owned_check",
+                           lambda s, t, g: require("frame", z3.BoolVal(True)))),
     ("map_grant_ref by PTE address writes another domain's table",
      "grant_table_op/map_grant_ref/contains_pte by another domain leaves a grantee's mapping "
      "in place: grants not revoked", _pte_form_any_table),

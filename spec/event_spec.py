@@ -40,6 +40,7 @@ from typing import Any, Protocol
 import z3
 
 from xenspec.spec import abi
+from xenspec.spec.branches import PASS, Check, all_of, cases, require
 from xenspec.spec.symbolic import bv, fresh_name, quantify
 
 W = z3.BitVecSort(32)
@@ -330,6 +331,16 @@ class EvtTransition:
     err: Word
     fail: EvtState
     choice: Bool = True
+    # ``ok`` with its named ways to pass and fail (spec.branches; ``named_error``).
+    check: Check | None = None
+    others: tuple[Any, ...] = ()  # no outcome besides success and failure
+
+
+def named_error(checks: list[tuple[str, Bool, int]]) -> tuple[Check, Word]:
+    """``first_error`` with each check named (spec.branches): (the success condition with
+    its named failures, the errno of the first that fails)."""
+    _, err = first_error([(f, e) for _, f, e in checks])
+    return all_of(*[require(name, z3.Not(f)) for name, f, _ in checks]), err
 
 
 def first_error(checks: list[tuple[Bool, int]]) -> tuple[Bool, Word]:
@@ -388,14 +399,14 @@ def spec_alloc_unbound(s: EvtState, c: Word, dom: Word, remote_dom: Word) -> Evt
     """evtchn_alloc_unbound: a port of ``dom`` offered to ``remote_dom``."""
     d = resolve(c, dom)
     fp = get_free_port(s, d)
-    ok, err = first_error([
-        (z3.And(dom != abi.DOMID_SELF, z3.Not(s.privileged[c])), abi.EPERM),
-        (z3.Not(s.exists[d]), abi.ESRCH),
-        (fp.none, abi.ENOSPC),
+    ok, err = named_error([
+        ("perm", z3.And(dom != abi.DOMID_SELF, z3.Not(s.privileged[c])), abi.EPERM),
+        ("domain", z3.Not(s.exists[d]), abi.ESRCH),
+        ("no_port", fp.none, abi.ENOSPC),
     ])
     new = s.evolve(nports=fp.nports, state=store2(s.state, d, fp.port, bv(UNBOUND)),
                    rdom=store2(s.rdom, d, fp.port, resolve(c, remote_dom)))
-    return EvtTransition(ok, new, fp.port, err, s, fp.choice)
+    return EvtTransition(ok.holds, new, fp.port, err, s, fp.choice, check=ok)
 
 
 def spec_bind_interdomain(s: EvtState, c: Word, remote_dom: Word,
@@ -407,11 +418,12 @@ def spec_bind_interdomain(s: EvtState, c: Word, remote_dom: Word,
     lp = fp.port
     grown = s.evolve(nports=fp.nports)
     remote_state = z3.Select(s.state, rd, remote_port)
-    ok, err = first_error([
-        (z3.Not(s.exists[rd]), abi.ESRCH),
-        (fp.none, abi.ENOSPC),
-        (_invalid(grown, rd, remote_port), abi.EINVAL),
-        (z3.Or(remote_state != UNBOUND, z3.Select(s.rdom, rd, remote_port) != c), abi.EINVAL),
+    ok, err = named_error([
+        ("domain", z3.Not(s.exists[rd]), abi.ESRCH),
+        ("no_port", fp.none, abi.ENOSPC),
+        ("remote_port", _invalid(grown, rd, remote_port), abi.EINVAL),
+        ("remote_unbound", z3.Or(remote_state != UNBOUND,
+                                 z3.Select(s.rdom, rd, remote_port) != c), abi.EINVAL),
     ])
     state = store2(store2(s.state, c, lp, bv(INTERDOMAIN)), rd, remote_port, bv(INTERDOMAIN))
     rdom = store2(store2(s.rdom, c, lp, rd), rd, remote_port, c)
@@ -419,7 +431,8 @@ def spec_bind_interdomain(s: EvtState, c: Word, remote_dom: Word,
     new = grown.evolve(state=state, rdom=rdom, rport=rport,
                        pending=store2(s.pending, c, lp, z3.BoolVal(True)))
     grew = z3.And(s.exists[rd], z3.Not(fp.none))  # the checks after get_free_port failed
-    return EvtTransition(ok, new, lp, err, _keep_nports(s, grown, grew), fp.choice)
+    return EvtTransition(ok.holds, new, lp, err, _keep_nports(s, grown, grew), fp.choice,
+                         check=ok)
 
 
 def _keep_nports(s: EvtState, grown: EvtState, grew: Bool) -> EvtState:
@@ -430,42 +443,47 @@ def _keep_nports(s: EvtState, grown: EvtState, grew: Bool) -> EvtState:
 def spec_bind_virq(s: EvtState, c: Word, virq: Word, vcpu: Word) -> EvtTransition:
     """evtchn_bind_virq: a port for ``virq`` on ``vcpu`` (vCPU 0 for a global VIRQ)."""
     fp = get_free_port(s, c)
-    ok, err = first_error([
-        (z3.Not(z3.ULT(virq, abi.NR_VIRQS)), abi.EINVAL),
-        (z3.And(_virq_global(virq), vcpu != 0), abi.EINVAL),
-        (_no_vcpu(s, c, vcpu), abi.ENOENT),
-        (z3.Select(s.virq_port, c, vcpu, virq) != 0, abi.EEXIST),
-        (fp.none, abi.ENOSPC),
+    ok, err = named_error([
+        ("virq", z3.Not(z3.ULT(virq, abi.NR_VIRQS)), abi.EINVAL),
+        ("global_vcpu", z3.And(_virq_global(virq), vcpu != 0), abi.EINVAL),
+        ("vcpu", _no_vcpu(s, c, vcpu), abi.ENOENT),
+        ("bound", z3.Select(s.virq_port, c, vcpu, virq) != 0, abi.EEXIST),
+        ("no_port", fp.none, abi.ENOSPC),
     ])
     new = s.evolve(nports=fp.nports, state=store2(s.state, c, fp.port, bv(VIRQ)),
                    notify=store2(s.notify, c, fp.port, vcpu),
                    virq=store2(s.virq, c, fp.port, virq),
                    virq_port=z3.Store(s.virq_port, c, vcpu, virq, fp.port))
-    return EvtTransition(ok, new, fp.port, err, s, fp.choice)
+    return EvtTransition(ok.holds, new, fp.port, err, s, fp.choice, check=ok)
 
 
 def spec_bind_ipi(s: EvtState, c: Word, vcpu: Word) -> EvtTransition:
     """evtchn_bind_ipi: a port that notifies ``vcpu`` of the caller's own domain."""
     fp = get_free_port(s, c)
-    ok, err = first_error([(_no_vcpu(s, c, vcpu), abi.ENOENT), (fp.none, abi.ENOSPC)])
+    ok, err = named_error([("vcpu", _no_vcpu(s, c, vcpu), abi.ENOENT),
+                           ("no_port", fp.none, abi.ENOSPC)])
     new = s.evolve(nports=fp.nports, state=store2(s.state, c, fp.port, bv(IPI)),
                    notify=store2(s.notify, c, fp.port, vcpu))
-    return EvtTransition(ok, new, fp.port, err, s, fp.choice)
+    return EvtTransition(ok.holds, new, fp.port, err, s, fp.choice, check=ok)
 
 
 def spec_bind_pirq(s: EvtState, c: Word, pirq: Word) -> EvtTransition:
     """evtchn_bind_pirq: -EINVAL out of range, else -EPERM (no domain is granted an IRQ)."""
-    ok, err = first_error([(z3.Not(z3.ULT(pirq, abi.NR_PIRQS)), abi.EINVAL),
-                           (z3.BoolVal(True), abi.EPERM)])
-    return EvtTransition(ok, s, bv(0), err, s)
+    ok, err = named_error([("pirq", z3.Not(z3.ULT(pirq, abi.NR_PIRQS)), abi.EINVAL),
+                           ("permitted", z3.BoolVal(True), abi.EPERM)])
+    return EvtTransition(ok.holds, s, bv(0), err, s, check=ok)
 
 
 def spec_close(s: EvtState, c: Word, port: Word) -> EvtTransition:
     """__evtchn_close: the port becomes free (notifying vCPU 0); a VIRQ port leaves the VIRQ
     tables; an interdomain peer becomes unbound, offered to the caller again."""
     st = z3.Select(s.state, c, port)
-    ok, err = first_error([(z3.Or(_invalid(s, c, port), st == FREE, st == RESERVED),
-                            abi.EINVAL)])
+    ok, err = named_error([("port", _invalid(s, c, port), abi.EINVAL),
+                           ("state", z3.Or(st == FREE, st == RESERVED), abi.EINVAL)])
+    # Its ways to succeed: an interdomain port (the peer is unbound again), a VIRQ port (its
+    # table entry goes), any other.
+    ok = all_of(ok, cases(("interdomain", st == INTERDOMAIN, PASS), ("virq", st == VIRQ, PASS),
+                          ("other", None, PASS)))
     dv, vv, qv = (z3.BitVec(fresh_name(n), 32) for n in ("d", "v", "q"))
     virq = z3.Select(s.virq, c, port)
     cleared = z3.Lambda([dv, vv, qv], z3.If(
@@ -477,32 +495,38 @@ def spec_close(s: EvtState, c: Word, port: Word) -> EvtTransition:
     rdom = z3.If(inter, store2(s.rdom, rd, rp, c), s.rdom)
     new = s.evolve(state=store2(state, c, port, bv(FREE)), rdom=rdom, virq_port=cleared,
                    notify=store2(s.notify, c, port, bv(0)))
-    return EvtTransition(ok, new, bv(0), err, s)
+    return EvtTransition(ok.holds, new, bv(0), err, s, check=ok)
 
 
 def spec_send(s: EvtState, c: Word, port: Word) -> EvtTransition:
     """evtchn_send: an interdomain port raises its peer, an IPI port itself; an unbound port
     drops the event; other states are -EINVAL."""
     st = z3.Select(s.state, c, port)
-    ok, err = first_error([
+    _, err = first_error([
         (_invalid(s, c, port), abi.EINVAL),
         (z3.Not(z3.Or(st == INTERDOMAIN, st == IPI, st == UNBOUND)), abi.EINVAL),
     ])
+    # Named: an interdomain port raises its peer, an IPI port itself, an unbound port
+    # nothing; any other state fails.
+    refused = Check(z3.BoolVal(False), (), (("state", z3.BoolVal(True)),))
+    ok = all_of(require("port", z3.Not(_invalid(s, c, port))), cases(
+        ("interdomain", st == INTERDOMAIN, PASS), ("ipi", st == IPI, PASS),
+        ("unbound", st == UNBOUND, PASS), ("", None, refused)))
     rd, rp = z3.Select(s.rdom, c, port), z3.Select(s.rport, c, port)
     pending = z3.If(st == INTERDOMAIN, store2(s.pending, rd, rp, z3.BoolVal(True)),
                     z3.If(st == IPI, store2(s.pending, c, port, z3.BoolVal(True)), s.pending))
-    return EvtTransition(ok, s.evolve(pending=pending), bv(0), err, s)
+    return EvtTransition(ok.holds, s.evolve(pending=pending), bv(0), err, s, check=ok)
 
 
 def spec_status(s: EvtState, c: Word, dom: Word, port: Word) -> EvtTransition:
     """evtchn_status: reads only (the status words are checked by the conformance tests)."""
     d = resolve(c, dom)
-    ok, err = first_error([
-        (z3.And(dom != abi.DOMID_SELF, z3.Not(s.privileged[c])), abi.EPERM),
-        (z3.Not(s.exists[d]), abi.ESRCH),
-        (_invalid(s, d, port), abi.EINVAL),
+    ok, err = named_error([
+        ("perm", z3.And(dom != abi.DOMID_SELF, z3.Not(s.privileged[c])), abi.EPERM),
+        ("domain", z3.Not(s.exists[d]), abi.ESRCH),
+        ("port", _invalid(s, d, port), abi.EINVAL),
     ])
-    return EvtTransition(ok, s, bv(0), err, s)
+    return EvtTransition(ok.holds, s, bv(0), err, s, check=ok)
 
 
 def spec_bind_vcpu(s: EvtState, c: Word, port: Word, vcpu: Word) -> EvtTransition:
@@ -511,19 +535,20 @@ def spec_bind_vcpu(s: EvtState, c: Word, port: Word, vcpu: Word) -> EvtTransitio
     st = z3.Select(s.state, c, port)
     movable = z3.Or(st == UNBOUND, st == INTERDOMAIN, st == PIRQ,
                     z3.And(st == VIRQ, _virq_global(z3.Select(s.virq, c, port))))
-    ok, err = first_error([
-        (_no_vcpu(s, c, vcpu), abi.ENOENT),
-        (_invalid(s, c, port), abi.EINVAL),
-        (z3.Not(movable), abi.EINVAL),
+    ok, err = named_error([
+        ("vcpu", _no_vcpu(s, c, vcpu), abi.ENOENT),
+        ("port", _invalid(s, c, port), abi.EINVAL),
+        ("state", z3.Not(movable), abi.EINVAL),
     ])
-    return EvtTransition(ok, s.evolve(notify=store2(s.notify, c, port, vcpu)), bv(0), err, s)
+    return EvtTransition(ok.holds, s.evolve(notify=store2(s.notify, c, port, vcpu)), bv(0),
+                         err, s, check=ok)
 
 
 def spec_unmask(s: EvtState, c: Word, port: Word) -> EvtTransition:
     """evtchn_unmask: clear the mask bit (the selector and upcall bits are the guest's)."""
-    ok, err = first_error([(_invalid(s, c, port), abi.EINVAL)])
+    ok, err = named_error([("port", _invalid(s, c, port), abi.EINVAL)])
     new = s.evolve(mask=store2(s.mask, c, port, z3.BoolVal(False)))
-    return EvtTransition(ok, new, bv(0), err, s)
+    return EvtTransition(ok.holds, new, bv(0), err, s, check=ok)
 
 
 def spec_virq_delivery(s: EvtState, d: Word, v: Word, virq: Word) -> EvtTransition:

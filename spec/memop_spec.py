@@ -27,6 +27,7 @@ from typing import Any
 import z3
 
 from xenspec.spec import abi
+from xenspec.spec.branches import all_of, require
 from xenspec.spec.invariants import FREE_FRAME_OWNER
 from xenspec.spec.mm_spec import (
     Transition,
@@ -87,7 +88,10 @@ def spec_decrease_reservation(s: SymState, v: Word, f: Word) -> Transition:
     list) and keeps Xen's writable type reference; refusing it outright is stricter,
     and leaves every frame Xen writes a writable frame of its domain."""
     d = s.vcpu_domain[v]
-    ok = z3.And(mfn_valid(s, f), s.owner[f] == d, xen_page_removable(s, f))
+    # guest_remove_page's checks, in order: mfn_valid, get_page (the frame is the domain's),
+    # then (a departure, above) not a frame Xen writes into.
+    ok = all_of(require("mfn_valid", mfn_valid(s, f)), require("owner", s.owner[f] == d),
+                require("xen_page", xen_page_removable(s, f)))
     choice_d, mid = drop_references(s.evolve(pinned=z3.Store(s.pinned, f, False)))
     freed = fresh_bool("freed")
     x, i = z3.BitVecs("x i", 32)
@@ -99,16 +103,17 @@ def spec_decrease_reservation(s: SymState, v: Word, f: Word) -> Transition:
     )
     new = pick(freed, gone, mid)
     choice = z3.And(choice_d, z3.Implies(freed, unreferenced(mid, f)))
-    return Transition(ok, new, bv(1), bv(0), choice)  # the number of extents done
+    return Transition(ok.holds, new, bv(1), bv(0), choice, check=ok)  # the extents done
 
 
 def spec_increase_reservation(s: SymState, v: Word, f: Word) -> Transition:
     """XENMEM_increase_reservation / populate_physmap: the heap gives the caller's domain frame
     ``f``, which must be on the free list; it arrives untyped, unpinned, with any contents."""
     d = s.vcpu_domain[v]
-    ok = z3.And(mfn_valid(s, f), on_free_list(s, f))
+    # alloc_domheap_pages gives a frame of the heap (``mfn_valid``) off its free list.
+    ok = all_of(require("mfn_valid", mfn_valid(s, f)), require("free_list", on_free_list(s, f)))
     new = s.evolve(owner=z3.Store(s.owner, f, d),
                    type=z3.Store(s.type, f, bv(int(PGT.none))),
                    validated=z3.Store(s.validated, f, False),
                    pinned=z3.Store(s.pinned, f, False))
-    return Transition(ok, new, bv(1), bv(0))
+    return Transition(ok.holds, new, bv(1), bv(0), check=ok)
