@@ -16,11 +16,12 @@ descriptor part.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import z3
 
 from xenspec.spec import abi
+from xenspec.spec.branches import PASS, Check, all_of, cases, require
 
 _M32 = 0xFFFFFFFF
 Word = Any  # int, or a 32-bit z3.BitVecRef
@@ -79,15 +80,26 @@ def guest_gate_selector_okay(sel: Word) -> Bool:
                _ult(_lshr(sel, 3), abi.FIRST_RESERVED_GDT_ENTRY))
 
 
-def descriptor_rule(lo: Word, hi: Word) -> tuple[Bool, Word, Word]:
-    """(accepted, low word, high word): the descriptor as Xen stores it, fixed up."""
+class _RuleParts(NamedTuple):
+    """check_descriptor's conditions, in its order, and the descriptor as it stores it."""
+
+    present: Bool
+    system: Bool
+    gate_type: Bool  # a 32-bit call gate, the only system descriptor allowed
+    gate_selector: Bool  # its target selector, RPL raised, is one a gate may name
+    gate_reserved: Bool  # its reserved bits (5..7 of the high word) are clear
+    seg_base: Bool  # a code or data segment's base is a page below GUEST_SEGMENT_MAX_ADDR
+    seg_limit: Bool  # its end is truncated to GUEST_SEGMENT_MAX_ADDR, or needs no truncating
+    out_lo: Word
+    out_hi: Word
+
+
+def _rule_parts(lo: Word, hi: Word) -> _RuleParts:
     present = (hi & abi._SEGMENT_P) != 0
     hi1 = _ite((hi & abi._SEGMENT_DPL) == 0, hi | (1 << 13), hi)  # DPL 0 becomes DPL 1
     # A system descriptor: only a 32-bit call gate, its target RPL raised to at least 1.
     sel = _lshr(lo, 16)
     sel1 = _ite((sel & 3) == 0, sel | 1, sel)
-    gate_ok = _and(_lshr(hi1 & abi._SEGMENT_TYPE, 8) == abi.DESC_TYPE_CALL_GATE_32,
-                   guest_gate_selector_okay(sel1), (hi1 & 0xE0) == 0)
     gate_lo = (lo & 0xFFFF) | (sel1 << 16)
     # A code or data segment: the base a page below the ceiling, the end truncated to it.
     base = descriptor_base(lo, hi1)
@@ -102,15 +114,43 @@ def descriptor_rule(lo: Word, hi: Word) -> tuple[Bool, Word, Word]:
     new_limit = _ite(expand_down, (-(base & abi.PAGE_MASK)) & _M32,
                      abi.GUEST_SEGMENT_MAX_ADDR - base)
     pages = (_lshr(new_limit, 12) - 1) & 0xFFFFF
-    seg_ok = _and(_ult(base, abi.GUEST_SEGMENT_MAX_ADDR - abi.PAGE_SIZE),
-                  _or(_not(truncate), (hi1 & abi._SEGMENT_G) != 0))
     seg_lo = _ite(truncate, (lo & 0xFFFF0000) | (pages & 0xFFFF), lo)
     seg_hi = _ite(truncate, (hi1 & 0xFFF0FFFF) | (pages & 0xF0000), hi1)
     system = (hi1 & abi._SEGMENT_S) == 0
-    ok = _or(_not(present), _ite(system, gate_ok, seg_ok))
-    out_lo = _ite(present, _ite(system, gate_lo, seg_lo), lo)
-    out_hi = _ite(present, _ite(system, hi1, seg_hi), hi)
-    return ok, out_lo, out_hi
+    return _RuleParts(
+        present=present, system=system,
+        gate_type=_lshr(hi1 & abi._SEGMENT_TYPE, 8) == abi.DESC_TYPE_CALL_GATE_32,
+        gate_selector=guest_gate_selector_okay(sel1), gate_reserved=(hi1 & 0xE0) == 0,
+        seg_base=_ult(base, abi.GUEST_SEGMENT_MAX_ADDR - abi.PAGE_SIZE),
+        seg_limit=_or(_not(truncate), (hi1 & abi._SEGMENT_G) != 0),
+        out_lo=_ite(present, _ite(system, gate_lo, seg_lo), lo),
+        out_hi=_ite(present, _ite(system, hi1, seg_hi), hi),
+    )
+
+
+def descriptor_rule(lo: Word, hi: Word) -> tuple[Bool, Word, Word]:
+    """(accepted, low word, high word): the descriptor as Xen stores it, fixed up."""
+    p = _rule_parts(lo, hi)
+    gate_ok = _and(p.gate_type, p.gate_selector, p.gate_reserved)
+    seg_ok = _and(p.seg_base, p.seg_limit)
+    ok = _or(_not(p.present), _ite(p.system, gate_ok, seg_ok))
+    return ok, p.out_lo, p.out_hi
+
+
+def descriptor_check(lo: Word, hi: Word) -> Check:
+    """``descriptor_rule``'s acceptance with its named ways (Z3 terms; spec.branches): a
+    descriptor not present passes (``absent``); a system descriptor (``gate``) fails as
+    ``gate_type``, ``gate_selector`` or ``gate_reserved``; a code or data segment
+    (``segment``) as ``seg_base`` or ``seg_limit``. ``holds`` is the rule's condition."""
+    p = _rule_parts(lo, hi)
+    return cases(
+        ("absent", z3.Not(p.present), PASS),
+        ("gate", p.system, all_of(require("gate_type", p.gate_type),
+                                  require("gate_selector", p.gate_selector),
+                                  require("gate_reserved", p.gate_reserved))),
+        ("segment", None, all_of(require("seg_base", p.seg_base),
+                                 require("seg_limit", p.seg_limit))),
+    )
 
 
 def check_descriptor(lo: int, hi: int) -> tuple[int, int] | None:
