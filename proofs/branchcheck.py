@@ -44,7 +44,6 @@ from xenspec.refmodel.arch import CpuUserRegs
 from xenspec.refmodel.domain import Domain, Vcpu
 from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS, Hypervisor
 from xenspec.refmodel.memory import PGT_pinned, PGT_validated
-from xenspec.refmodel.mm import PGT_root_page_table
 from xenspec.refmodel.platform import PVPlatform
 from xenspec.refmodel.pvguest import ARG_PAGES, PVGuest, issue
 from xenspec.refmodel.view import ConcreteView, check_invariants
@@ -54,7 +53,7 @@ from xenspec.spec.branches import NamedBranch, branches
 from xenspec.spec.desc import descriptor_rule
 from xenspec.spec.invariants import proof_invariants, references
 from xenspec.spec.mm_spec import Transition
-from xenspec.spec.pagetable import PGT, pte_get_pfn, pte_present
+from xenspec.spec.pagetable import PGT, PGT_root_page_table, pte_get_pfn, pte_present
 from xenspec.spec.symbolic import Scope, SymState, SymView, bv
 
 W = z3.BitVecSort(32)
@@ -106,7 +105,7 @@ class Family:
     which terms distinguish the states worth trying."""
 
     name: str
-    run: Callable[[Machine, dict[str, int]], int]
+    run: Callable[[Any, dict[str, int]], int]  # (Machine or CpuMachine, arguments) -> rc
     args: tuple[str, ...]
     # Constraints on the arguments: they touch only the machine's indices, name frames near it.
     domain: Callable[[dict[str, z3.ExprRef]], list[z3.BoolRef]]
@@ -559,9 +558,9 @@ def _iret_observed(m: CpuMachine, a: dict[str, int], branch: str) -> str | None:
         return f"branch {branch}: the domain is {'running' if m.d.is_running else 'crashed'}"
     if not ok:
         return None
-    f = cpu_spec.IretFrame(*[bv(a[n]) for n in ("eax", "eip", "cs", "eflags", "outer_esp",
-                                                 "outer_ss")],
-                           z3.BoolVal(bool(a["readable"])), z3.BoolVal(bool(a["outer_readable"])))
+    f = cpu_spec.IretFrame(bv(a["eax"]), bv(a["eip"]), bv(a["cs"]), bv(a["eflags"]),
+                           bv(a["outer_esp"]), bv(a["outer_ss"]), z3.BoolVal(bool(a["readable"])),
+                           z3.BoolVal(bool(a["outer_readable"])))
     r = cpu_spec.iret_result(bv(a["esp"]), bv(a["ss"]), f)
     cpu = m.pv.arch(m.v).cpu
     assert isinstance(cpu, _IretCpu)
@@ -716,23 +715,29 @@ def _pairs(values: dict[str, int]) -> list[tuple[z3.ExprRef, z3.ExprRef]]:
 
 
 def _substitute_transition(t: Transition, values: dict[str, int]) -> Transition:
+    """``t`` with the arguments' values; its conditions, choices and return values simplified
+    as well: a condition the values decide becomes True or False, and with it whatever it
+    guards (set_gdt's quantified choices, in a branch the arguments rule out) leaves the
+    solver's query instead of being instantiated over the whole machine's memory."""
     pairs = _pairs(values)
 
     def state(s: SymState) -> SymState:
         return s.evolve(**{f: _subst(getattr(s, f), pairs) for f in symbolic.STATE_FIELDS})
 
-    others = tuple(mm_spec.Branch(b.name, _subst(b.cond, pairs), state(b.new),
-                                  _subst(b.rc, pairs), _subst(b.choice, pairs),
-                                  tuple((n, _subst(c, pairs)) for n, c in b.reasons))
+    def cond(x: Any) -> Any:
+        x = _subst(x, pairs)
+        return z3.simplify(x) if isinstance(x, z3.ExprRef) else x
+
+    others = tuple(mm_spec.Branch(b.name, cond(b.cond), state(b.new), cond(b.rc),
+                                  cond(b.choice), tuple((n, cond(c)) for n, c in b.reasons))
                    for b in t.others)
     check = t.check
     if check is not None:
         from xenspec.spec.branches import Check
-        check = Check(_subst(check.holds, pairs),
-                      tuple((n, _subst(c, pairs)) for n, c in check.passes),
-                      tuple((n, _subst(c, pairs)) for n, c in check.fails))
-    return Transition(_subst(t.ok, pairs), state(t.new), _subst(t.rc, pairs),
-                      _subst(t.err, pairs), _subst(t.choice, pairs), others, check)
+        check = Check(cond(check.holds), tuple((n, cond(c)) for n, c in check.passes),
+                      tuple((n, cond(c)) for n, c in check.fails))
+    return Transition(cond(t.ok), state(t.new), cond(t.rc), cond(t.err), cond(t.choice),
+                      others, check)
 
 
 def _solver(timeout_s: int = 30) -> z3.Solver:
@@ -971,6 +976,29 @@ def _choice_of(t: Transition, b: NamedBranch) -> z3.BoolRef:
     return o.choice
 
 
+def cpu_check_scope(before: Snapshot, after: Snapshot, values: dict[str, int]) -> FrameScope:
+    """The bounded scope a CPU-interface call is checked over: every vCPU, the indices in use,
+    and the frames the spec's quantifiers must see on this state: the frames the call names,
+    the page tables in use (whose entries hold type references), the GDT frames before and
+    after, and every frame the call changed. A frame outside it is one the spec leaves alone
+    and the model did too."""
+    n = before.nr_frames
+    named = {x for k, x in values.items() if k.startswith("frame")}
+    if "pa" in values:
+        named.add((values["pa"] >> abi.PAGE_SHIFT) & 0xFFFFFFFF)
+    tables = {f for f in range(n) if before.validated[f] and before.type[f] in (1, 2)}
+    gdt = {f for c in (*before.cpus, *after.cpus) for f in c.gdt_frames}
+    changed = {f for f in range(n) if (before.owner[f], before.type[f], before.validated[f],
+                                       before.pinned[f], before.gdt_ref[f]) !=
+               (after.owner[f], after.type[f], after.validated[f], after.pinned[f],
+                after.gdt_ref[f])}
+    changed |= {f for (f, _), _ in set(before.entries.items()) ^ set(after.entries.items())}
+    frames = sorted(f for f in named | tables | gdt | changed | {0} if f < n)
+    in_use = sorted(before.indices() | after.indices() | set(INDICES))
+    return FrameScope(frames=n, vcpus=len(before.bases), indices=tuple(in_use),
+                      frame_list=tuple(frames))
+
+
 def _value(model: z3.ModelRef, x: z3.ExprRef) -> int:
     v = model.eval(x, model_completion=True)
     return int(z3.is_true(v)) if z3.is_bool(v) else int(v.as_long())
@@ -1006,10 +1034,21 @@ def run_case(family: Family, branch: str, unknown: dict[Any, Any], model: z3.Mod
     # success or another outcome implies what check_refinement asks). iret returns 0 both
     # when it crashes the domain and when it pops EAX 0: its outcome is told by ``observe``.
     problem = family.observe(m, values, branch)
-    if problem is None and branch.startswith("fail") and family.name != "iret":
-        problem = check_refinement(before, after, rc, spec, tuple(INDICES))
-    if problem is None:
-        problem = check_branch(before, after, rc, spec, branch)
+    # The CPU-interface specs are built over the concrete machine's frames, vCPUs and words in
+    # use (a bounded scope, exact for a concrete state): set_gdt's quantifiers over frames and
+    # memory are then ground terms the solver decides.
+    previous = symbolic.SCOPE
+    if family.bench == "cpu":
+        symbolic.set_scope(cpu_check_scope(before, after, values))
+    try:
+        # (A CPU-interface spec has no choice a failure's condition depends on: check_branch
+        # below asks all that check_refinement would.)
+        if problem is None and branch.startswith("fail") and family.bench != "cpu":
+            problem = check_refinement(before, after, rc, spec, tuple(INDICES))
+        if problem is None:
+            problem = check_branch(before, after, rc, spec, branch)
+    finally:
+        symbolic.set_scope(previous)
     return Case(family.name, branch, values, problem)
 
 

@@ -39,7 +39,7 @@ from typing import Any
 
 import z3
 
-from xenspec.spec import abi
+from xenspec.spec import abi, symbolic
 from xenspec.spec.branches import PASS, Check, all_of, cases, require
 from xenspec.spec.desc import descriptor_check, descriptor_rule
 from xenspec.spec.mm_spec import (
@@ -232,7 +232,23 @@ def take_gdt_type(s: SymState, typed: Any, failed: Any) -> tuple[SymState, Bool]
 
 def fixed_up_memory(s: SymState, mem: z3.ArrayRef, fresh: Any) -> Bool:
     """``mem`` is ``s.mem`` with every descriptor of the frames in ``fresh`` as
-    alloc_segdesc_page stores it (fixed up by the rule)."""
+    alloc_segdesc_page stores it (fixed up by the rule). Unbounded (the proofs): two
+    quantifiers, triggered by the reads of ``mem`` a goal makes; over a bounded scope (a
+    concrete state's frames and the indices in use) the same statement expanded, which the
+    solver decides without instantiating quantifiers over the machine's memory."""
+    if symbolic.SCOPE.domain("frame") is not None and symbolic.SCOPE.domain("index") is not None:
+        def same_at(h: Word, j: Word) -> Bool:
+            return z3.Implies(z3.Not(fresh(h)), z3.Select(mem, h, j) == z3.Select(s.mem, h, j))
+
+        def fixed_at(h: Word, lo: Word, hi: Word, j: Word) -> Bool:
+            _, fixed_lo, fixed_hi = descriptor_rule(lo, hi)
+            return z3.Implies(fresh(h), z3.And(z3.Select(mem, h, j) == fixed_lo,
+                                               z3.Select(mem, h, j + 1) == fixed_hi))
+
+        evens = sorted({j & ~1 for j in symbolic.SCOPE.domain("index") or ()})
+        return z3.And(forall(("frame", "index"), same_at), forall(("frame",), lambda h: z3.And(
+            *[fixed_at(h, z3.Select(s.mem, h, bv(j)), z3.Select(s.mem, h, bv(j + 1)), bv(j))
+              for j in evens])))
     h, j, j2 = (z3.BitVec(fresh_name("gdt"), 32) for _ in range(3))
     word = z3.Select(mem, h, j)
     same = z3.ForAll([h, j], z3.Implies(z3.Not(fresh(h)), word == z3.Select(s.mem, h, j)),

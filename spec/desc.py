@@ -128,8 +128,27 @@ def _rule_parts(lo: Word, hi: Word) -> _RuleParts:
     )
 
 
+# The rule of Z3 terms already built, by the terms' ids (Z3 shares equal terms): a spec that
+# quantifies over frames and descriptors asks for the same descriptor several times, and the
+# rule is some hundred terms. The terms are kept, so that their ids are not reused.
+_RULES: dict[tuple[int, int], tuple[Word, Word, tuple[Bool, Word, Word]]] = {}
+
+
 def descriptor_rule(lo: Word, hi: Word) -> tuple[Bool, Word, Word]:
     """(accepted, low word, high word): the descriptor as Xen stores it, fixed up."""
+    if isinstance(lo, z3.ExprRef) and isinstance(hi, z3.ExprRef):
+        key = (lo.get_id(), hi.get_id())
+        known = _RULES.get(key)
+        if known is not None and known[0].eq(lo) and known[1].eq(hi):
+            return known[2]
+        if len(_RULES) > 100_000:
+            _RULES.clear()
+        _RULES[key] = (lo, hi, _descriptor_rule(lo, hi))
+        return _RULES[key][2]
+    return _descriptor_rule(lo, hi)
+
+
+def _descriptor_rule(lo: Word, hi: Word) -> tuple[Bool, Word, Word]:
     p = _rule_parts(lo, hi)
     gate_ok = _and(p.gate_type, p.gate_selector, p.gate_reserved)
     seg_ok = _and(p.seg_base, p.seg_limit)

@@ -128,8 +128,8 @@ def branch_section(status: Status) -> str:
         "``tests/test_branches.py``) took it on the reference model: the solver builds a "
         "small state that takes the branch, the model runs the handler from it, and its "
         "outcome must be that branch's. A branch no state takes says why. Families not "
-        "listed (the CPU interface, grants, memory_op, events, the builder) are checked on "
-        "generated runs only (``tests/test_refinement.py``).",
+        "listed (grants, memory_op, events, the builder) are checked on generated runs only "
+        "(``tests/test_refinement.py``).",
         rst.table(["Hypercall", "Branch", "Last run"], rows, widths="30 40 30"),
     )
 
