@@ -86,6 +86,8 @@ GUESTS = [
     ("consring", ["io/console_ring", "start_of_day", "event_channel_op/send"]),
     ("bounce_edges", ["bounce/exception", "event/upcall", "set_trap_table", "syscall/fast_path",
                       "set_gdt", "update_descriptor", "mmuext_op/SET_LDT", "ldt/lazy_mapping"]),
+    ("tlb", ["mmuext_op/TLB_FLUSH", "update_va_mapping", "mmu_update/NORMAL_PT_UPDATE",
+             "mmuext_op/PIN_L1_TABLE", "mmuext_op/SET_LDT", "ldt/lazy_mapping", "INV-NOWRPT"]),
     ("preempt", ["mmu_update/MACHPHYS_UPDATE", "mmuext_op/TLB_FLUSH", "mmuext_op/PIN_L1_TABLE",
                  "set_trap_table"]),
     ("multicall", ["multicall", "callback_op/register", "callback_op/unregister", "vcpu_op",

@@ -20,6 +20,7 @@ from xenspec.conformance.adapter import HypercallLevel
 from xenspec.conformance.checks import Frame, assert_frame, assert_invariants
 from xenspec.conformance.driver import ARG_PAGES, Guest
 from xenspec.spec import abi
+from xenspec.spec.invariants import FREE_FRAME_OWNER
 from xenspec.spec.pagetable import PGT
 
 pytestmark = pytest.mark.needs("memory")
@@ -275,3 +276,43 @@ def test_long_lists_complete(hv_impl: HypercallLevel) -> None:
     assert len(set(got)) == 300 and all(owned(hv_impl, x, g.domid) for x in got)
     assert m.size(abi.XENMEM_current_reservation) == 400
     assert_invariants(hv_impl, [g])
+
+
+@pytest.mark.clauses("memory_op/decrease_reservation", "memory_op/increase_reservation",
+                     "INV-FREE-REF")
+def test_the_heap_runs_out(hv_impl: HypercallLevel) -> None:
+    """alloc_domheap_pages (page_alloc.c) hands each free frame out once, down to the last:
+    the aligned extents of order 1 and 2 a privileged domain takes leave the heap, the last
+    free frames go to the domain that asks (increase_reservation answers the extents done,
+    written to its list), and with none left an extent is refused."""
+    priv, g = Guest(hv_impl, 64, 32, privileged=True), Guest(hv_impl, 48, 32)
+    mp, m = Mem(priv), Mem(g)
+    assert mp.reservation(DEC, priv.free_mfns(16)) == 16, f"{DEC_C}: 16 unused frames"
+    assert m.reservation(DEC, g.free_mfns(8)) == 8, f"{DEC_C}: 8 unused frames"
+    taken: list[int] = []
+    for order in (1, 2, 1, 2, 1, 1):
+        assert mp.reservation(INC, [0], order=order) == 1, f"{INC_C}: an extent of order {order}"
+        (base,) = mp.extents(1)
+        assert base % (1 << order) == 0, f"{INC_C}: extent {base:#x} of order {order} unaligned"
+        taken += range(base, base + (1 << order))
+    assert len(set(taken)) == 16 and all(owned(hv_impl, x, priv.domid) for x in taken), \
+        f"{INC_C}: the extents' frames {[hex(x) for x in taken]} are not all the domain's"
+
+    def free() -> list[int]:
+        return [x for x in range(hv_impl.nr_frames())
+                if hv_impl.frame(x).owner == FREE_FRAME_OWNER]
+
+    filler = Guest(hv_impl, len(free()) - 8, 32)  # the builder's own frames come on top
+    left = free()
+    assert 0 < len(left) < 8, f"the heap should be down to a few frames, not {len(left)}"
+    assert m.reservation(INC, [0] * 8) == len(left), \
+        f"{INC_C}: {len(left)} frames were free, room for 8 below max_pages"
+    got = m.extents(len(left))
+    assert sorted(got) == left, \
+        f"{INC_C}: handed out {[hex(x) for x in got]}, the free frames were " \
+        f"{[hex(x) for x in left]}"
+    assert all(owned(hv_impl, x, g.domid) for x in got) and not free()
+    assert m.reservation(INC, [0]) == 0, f"{INC_C}: an extent with no free frame left"
+    assert m.reservation(DEC, [got[0]]) == 1, f"{DEC_C}: one frame back"
+    assert m.reservation(INC, [0]) == 1, f"{INC_C}: the one free frame"
+    assert_invariants(hv_impl, [priv, g, filler])

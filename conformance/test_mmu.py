@@ -321,6 +321,74 @@ def test_ro_linear_entry_cannot_be_flipped_writable(g: Guest) -> None:
     assert_invariants(impl, [g])
 
 
+# --- 11a. the type-count limit ------------------------------------------------------------------
+# mm.h (3.0.4): PGT_count_mask is (1U<<16)-1, so a frame holds at most 65535 type references.
+# get_page_type refuses the next one ("Type count overflow", mm.c), get_linear_pagetable the
+# next read-only map of a page directory at that count; both answer -EINVAL for the entry.
+TYPE_COUNT_MAX = (1 << 16) - 1
+
+
+def fill_entries(g: Guest, slots: list[tuple[int, int]], pte: int) -> None:
+    """Write ``pte`` into every (table, index) of ``slots``, in batches that fit the argument
+    area; each batch must succeed whole."""
+    step = DONE_OFFSET // abi.MMU_UPDATE_T.size
+    for at in range(0, len(slots), step):
+        reqs = [(g.entry_maddr(t, i), pte) for t, i in slots[at : at + step]]
+        assert g.mmu_update(reqs) == (0, len(reqs)), \
+            f"mod_l?_entry: entries {at}-{at + len(reqs) - 1} of {len(slots)} were refused " \
+            f"before the frame's type count reached {TYPE_COUNT_MAX:#x}"
+
+
+@pytest.mark.clauses("mmu_update/NORMAL_PT_UPDATE", "mmuext_op/PIN_L1_TABLE", "INV-COUNT")
+def test_type_count_limit(hv_impl: HypercallLevel) -> None:
+    """get_page_type: 65535 writable mappings of one frame are accepted (65535 type
+    references), the 65536th is refused; with one mapping gone it is accepted."""
+    g = Guest(hv_impl, 160)
+    impl, tables = g.impl, g.free_mfns(64)
+    (data,) = g.free_mfns(1, skip=64)
+    assert g.mmuext_op([(abi.MMUEXT_PIN_L1_TABLE, t, 0) for t in tables]) == (0, 64), \
+        "MMUEXT_PIN_L1_TABLE: 64 empty L1 tables could not be pinned"
+    slots = [(t, i) for t in tables for i in range(abi.L1_PAGETABLE_ENTRIES)]
+    fill_entries(g, slots[:TYPE_COUNT_MAX], g.pte(data, PTE_RW))
+    full = Frame(WRITABLE, TYPE_COUNT_MAX, TYPE_COUNT_MAX + 1, True)
+    assert_frame(impl, data, full, "get_page_type: 65535 writable mappings")
+    last = g.entry_maddr(*slots[TYPE_COUNT_MAX])
+    assert g.mmu_update([(last, g.pte(data, PTE_RW))]) == (EINVAL, 0), \
+        "get_page_type: a 65536th type reference was taken (type count overflow)"
+    assert_frame(impl, data, full, "get_page_type: a refused mapping took references")
+    assert g.mmu_update([(g.entry_maddr(*slots[0]), 0)]) == (0, 1), \
+        "mod_l1_entry: clearing an entry refused"
+    assert g.mmu_update([(last, g.pte(data, PTE_RW))]) == (0, 1), \
+        "get_page_type: the 65535th type reference was refused"
+    assert_invariants(impl, [g])
+
+
+@pytest.mark.clauses("mmu_update/NORMAL_PT_UPDATE", "mmuext_op/PIN_L2_TABLE", "INV-COUNT")
+def test_linear_map_type_count_limit(hv_impl: HypercallLevel) -> None:
+    """get_linear_pagetable: read-only maps of a pinned page directory in other directories
+    take type references up to 65535 (the pin's included); the next map is refused."""
+    g = Guest(hv_impl, 160)
+    impl, frames = g.impl, g.free_mfns(67)
+    target, dirs = frames[0], frames[1:]
+    ops = [(abi.MMUEXT_PIN_L2_TABLE, m, 0) for m in frames]
+    assert g.mmuext_op(ops) == (0, len(ops)), \
+        "MMUEXT_PIN_L2_TABLE: 67 empty page directories could not be pinned"
+    guest_slots = abi.HYPERVISOR_VIRT_START >> abi.L2_PAGETABLE_SHIFT
+    slots = [(t, i) for t in dirs for i in range(guest_slots)]
+    fill_entries(g, slots[: TYPE_COUNT_MAX - 1], g.pte(target, PTE_RO))
+    full = Frame(L2, TYPE_COUNT_MAX, TYPE_COUNT_MAX + 1, True, True)
+    assert_frame(impl, target, full, "get_linear_pagetable: 65534 read-only maps and the pin")
+    last = g.entry_maddr(*slots[TYPE_COUNT_MAX - 1])
+    assert g.mmu_update([(last, g.pte(target, PTE_RO))]) == (EINVAL, 0), \
+        "get_linear_pagetable: a 65536th type reference was taken (type count overflow)"
+    assert_frame(impl, target, full, "get_linear_pagetable: a refused map took references")
+    assert g.mmu_update([(g.entry_maddr(*slots[0]), 0)]) == (0, 1), \
+        "mod_l2_entry: clearing an entry refused"
+    assert g.mmu_update([(last, g.pte(target, PTE_RO))]) == (0, 1), \
+        "get_linear_pagetable: the 65535th type reference was refused"
+    assert_invariants(impl, [g])
+
+
 # --- 12. batches -------------------------------------------------------------------------------
 @pytest.mark.clauses("mmu_update/NORMAL_PT_UPDATE")
 def test_batch_stops_at_first_failure(g: Guest, l1: int) -> None:

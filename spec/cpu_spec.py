@@ -220,35 +220,33 @@ def take_gdt_type(s: SymState, typed: Any, failed: Any) -> tuple[SymState, Bool]
     def fresh(x: Word) -> Bool:
         return z3.And(typed(x), z3.Not(in_use(s, x, PGT.gdt_page)))
 
-    mem = z3.Array(fresh_name("gdt_mem"), W, W, W)
+    concrete = symbolic.CONCRETE
+    mem = fixed_up_words(s, fresh) if concrete else z3.Array(fresh_name("gdt_mem"), W, W, W)
     new = s.evolve(
         type=z3.Lambda([h], z3.If(typed(h), bv(PGT.gdt_page),
                                   z3.If(failed(h), bv(PGT.none), s.type[h]))),
         validated=z3.Lambda([h], z3.And(z3.Or(typed(h), s.validated[h]), z3.Not(failed(h)))),
         mem=mem,
     )
-    return new, fixed_up_memory(s, mem, fresh)
+    return new, z3.BoolVal(True) if concrete else fixed_up_memory(s, mem, fresh)
+
+
+def fixed_up_words(s: SymState, fresh: Any) -> z3.ArrayRef:
+    """The array that ``fixed_up_memory`` defines, as a function of ``s`` (for concrete
+    states, ``symbolic.CONCRETE``): a word of a frame in ``fresh`` below entry 1024 is its
+    descriptor's fixed-up word, any other word is the old one."""
+    h, j = z3.BitVec("h", 32), z3.BitVec("j", 32)
+    even = j & ~1
+    _, fixed_lo, fixed_hi = descriptor_rule(z3.Select(s.mem, h, even),
+                                            z3.Select(s.mem, h, even + 1))
+    return z3.Lambda([h, j], z3.If(
+        z3.And(fresh(h), z3.ULT(j, bv(abi.L1_PAGETABLE_ENTRIES))),
+        z3.If((j & 1) == 0, fixed_lo, fixed_hi), z3.Select(s.mem, h, j)))
 
 
 def fixed_up_memory(s: SymState, mem: z3.ArrayRef, fresh: Any) -> Bool:
     """``mem`` is ``s.mem`` with every descriptor of the frames in ``fresh`` as
-    alloc_segdesc_page stores it (fixed up by the rule). Unbounded (the proofs): two
-    quantifiers, triggered by the reads of ``mem`` a goal makes; over a bounded scope (a
-    concrete state's frames and the indices in use) the same statement expanded, which the
-    solver decides without instantiating quantifiers over the machine's memory."""
-    if symbolic.SCOPE.domain("frame") is not None and symbolic.SCOPE.domain("index") is not None:
-        def same_at(h: Word, j: Word) -> Bool:
-            return z3.Implies(z3.Not(fresh(h)), z3.Select(mem, h, j) == z3.Select(s.mem, h, j))
-
-        def fixed_at(h: Word, lo: Word, hi: Word, j: Word) -> Bool:
-            _, fixed_lo, fixed_hi = descriptor_rule(lo, hi)
-            return z3.Implies(fresh(h), z3.And(z3.Select(mem, h, j) == fixed_lo,
-                                               z3.Select(mem, h, j + 1) == fixed_hi))
-
-        evens = sorted({j & ~1 for j in symbolic.SCOPE.domain("index") or ()})
-        return z3.And(forall(("frame", "index"), same_at), forall(("frame",), lambda h: z3.And(
-            *[fixed_at(h, z3.Select(s.mem, h, bv(j)), z3.Select(s.mem, h, bv(j + 1)), bv(j))
-              for j in evens])))
+    alloc_segdesc_page stores it (fixed up by the rule)."""
     h, j, j2 = (z3.BitVec(fresh_name("gdt"), 32) for _ in range(3))
     word = z3.Select(mem, h, j)
     same = z3.ForAll([h, j], z3.Implies(z3.Not(fresh(h)), word == z3.Select(s.mem, h, j)),

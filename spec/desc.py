@@ -80,26 +80,15 @@ def guest_gate_selector_okay(sel: Word) -> Bool:
                _ult(_lshr(sel, 3), abi.FIRST_RESERVED_GDT_ENTRY))
 
 
-class _RuleParts(NamedTuple):
-    """check_descriptor's conditions, in its order, and the descriptor as it stores it."""
-
-    present: Bool
-    system: Bool
-    gate_type: Bool  # a 32-bit call gate, the only system descriptor allowed
-    gate_selector: Bool  # its target selector, RPL raised, is one a gate may name
-    gate_reserved: Bool  # its reserved bits (5..7 of the high word) are clear
-    seg_base: Bool  # a code or data segment's base is a page below GUEST_SEGMENT_MAX_ADDR
-    seg_limit: Bool  # its end is truncated to GUEST_SEGMENT_MAX_ADDR, or needs no truncating
-    out_lo: Word
-    out_hi: Word
-
-
-def _rule_parts(lo: Word, hi: Word) -> _RuleParts:
+def descriptor_rule(lo: Word, hi: Word) -> tuple[Bool, Word, Word]:
+    """(accepted, low word, high word): the descriptor as Xen stores it, fixed up."""
     present = (hi & abi._SEGMENT_P) != 0
     hi1 = _ite((hi & abi._SEGMENT_DPL) == 0, hi | (1 << 13), hi)  # DPL 0 becomes DPL 1
     # A system descriptor: only a 32-bit call gate, its target RPL raised to at least 1.
     sel = _lshr(lo, 16)
     sel1 = _ite((sel & 3) == 0, sel | 1, sel)
+    gate_ok = _and(_lshr(hi1 & abi._SEGMENT_TYPE, 8) == abi.DESC_TYPE_CALL_GATE_32,
+                   guest_gate_selector_okay(sel1), (hi1 & 0xE0) == 0)
     gate_lo = (lo & 0xFFFF) | (sel1 << 16)
     # A code or data segment: the base a page below the ceiling, the end truncated to it.
     base = descriptor_base(lo, hi1)
@@ -114,53 +103,56 @@ def _rule_parts(lo: Word, hi: Word) -> _RuleParts:
     new_limit = _ite(expand_down, (-(base & abi.PAGE_MASK)) & _M32,
                      abi.GUEST_SEGMENT_MAX_ADDR - base)
     pages = (_lshr(new_limit, 12) - 1) & 0xFFFFF
+    seg_ok = _and(_ult(base, abi.GUEST_SEGMENT_MAX_ADDR - abi.PAGE_SIZE),
+                  _or(_not(truncate), (hi1 & abi._SEGMENT_G) != 0))
     seg_lo = _ite(truncate, (lo & 0xFFFF0000) | (pages & 0xFFFF), lo)
     seg_hi = _ite(truncate, (hi1 & 0xFFF0FFFF) | (pages & 0xF0000), hi1)
     system = (hi1 & abi._SEGMENT_S) == 0
+    ok = _or(_not(present), _ite(system, gate_ok, seg_ok))
+    out_lo = _ite(present, _ite(system, gate_lo, seg_lo), lo)
+    out_hi = _ite(present, _ite(system, hi1, seg_hi), hi)
+    return ok, out_lo, out_hi
+
+
+class _RuleParts(NamedTuple):
+    """check_descriptor's conditions, in its order (the terms ``descriptor_rule`` builds)."""
+
+    present: Bool
+    system: Bool
+    gate_type: Bool  # a 32-bit call gate, the only system descriptor allowed
+    gate_selector: Bool  # its target selector, RPL raised, is one a gate may name
+    gate_reserved: Bool  # its reserved bits (5..7 of the high word) are clear
+    seg_base: Bool  # a code or data segment's base is a page below GUEST_SEGMENT_MAX_ADDR
+    seg_limit: Bool  # its end is truncated to GUEST_SEGMENT_MAX_ADDR, or needs no truncating
+
+
+def _rule_parts(lo: Word, hi: Word) -> _RuleParts:
+    """The conditions of ``descriptor_rule``, each as it writes it."""
+    hi1 = _ite((hi & abi._SEGMENT_DPL) == 0, hi | (1 << 13), hi)
+    sel = _lshr(lo, 16)
+    sel1 = _ite((sel & 3) == 0, sel | 1, sel)
+    base = descriptor_base(lo, hi1)
+    limit = descriptor_limit_bytes(lo, hi1)
+    limit32 = z3.Extract(31, 0, limit) if _sym(limit) else limit & _M32
+    end = (base + limit32) & _M32
+    expand_down = (hi1 & (abi._SEGMENT_CODE | abi._SEGMENT_EC)) == abi._SEGMENT_EC
+    truncate = _ite(expand_down, _ult(base, end),
+                    _or(_not(_ult(base, end)), _ult(abi.GUEST_SEGMENT_MAX_ADDR, end)))
     return _RuleParts(
-        present=present, system=system,
+        present=(hi & abi._SEGMENT_P) != 0, system=(hi1 & abi._SEGMENT_S) == 0,
         gate_type=_lshr(hi1 & abi._SEGMENT_TYPE, 8) == abi.DESC_TYPE_CALL_GATE_32,
         gate_selector=guest_gate_selector_okay(sel1), gate_reserved=(hi1 & 0xE0) == 0,
         seg_base=_ult(base, abi.GUEST_SEGMENT_MAX_ADDR - abi.PAGE_SIZE),
         seg_limit=_or(_not(truncate), (hi1 & abi._SEGMENT_G) != 0),
-        out_lo=_ite(present, _ite(system, gate_lo, seg_lo), lo),
-        out_hi=_ite(present, _ite(system, hi1, seg_hi), hi),
     )
-
-
-# The rule of Z3 terms already built, by the terms' ids (Z3 shares equal terms): a spec that
-# quantifies over frames and descriptors asks for the same descriptor several times, and the
-# rule is some hundred terms. The terms are kept, so that their ids are not reused.
-_RULES: dict[tuple[int, int], tuple[Word, Word, tuple[Bool, Word, Word]]] = {}
-
-
-def descriptor_rule(lo: Word, hi: Word) -> tuple[Bool, Word, Word]:
-    """(accepted, low word, high word): the descriptor as Xen stores it, fixed up."""
-    if isinstance(lo, z3.ExprRef) and isinstance(hi, z3.ExprRef):
-        key = (lo.get_id(), hi.get_id())
-        known = _RULES.get(key)
-        if known is not None and known[0].eq(lo) and known[1].eq(hi):
-            return known[2]
-        if len(_RULES) > 100_000:
-            _RULES.clear()
-        _RULES[key] = (lo, hi, _descriptor_rule(lo, hi))
-        return _RULES[key][2]
-    return _descriptor_rule(lo, hi)
-
-
-def _descriptor_rule(lo: Word, hi: Word) -> tuple[Bool, Word, Word]:
-    p = _rule_parts(lo, hi)
-    gate_ok = _and(p.gate_type, p.gate_selector, p.gate_reserved)
-    seg_ok = _and(p.seg_base, p.seg_limit)
-    ok = _or(_not(p.present), _ite(p.system, gate_ok, seg_ok))
-    return ok, p.out_lo, p.out_hi
 
 
 def descriptor_check(lo: Word, hi: Word) -> Check:
     """``descriptor_rule``'s acceptance with its named ways (Z3 terms; spec.branches): a
     descriptor not present passes (``absent``); a system descriptor (``gate``) fails as
     ``gate_type``, ``gate_selector`` or ``gate_reserved``; a code or data segment
-    (``segment``) as ``seg_base`` or ``seg_limit``. ``holds`` is the rule's condition."""
+    (``segment``) as ``seg_base`` or ``seg_limit``. ``holds`` is the rule's condition
+    (tests/test_branches.py proves them equal)."""
     p = _rule_parts(lo, hi)
     return cases(
         ("absent", z3.Not(p.present), PASS),

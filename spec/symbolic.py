@@ -56,6 +56,17 @@ class Scope:
 
 SCOPE = Scope()
 
+# True while a spec is evaluated on a concrete state (proofs.refinement checks an outcome of
+# the model): a definition that the proofs state by quantifiers over a fresh array may then be
+# given as a function (a Lambda) of the state instead. Both define the same words; the solver
+# evaluates the function where it would have to search for an array satisfying quantifiers.
+CONCRETE = False
+
+
+def set_concrete(on: bool) -> None:
+    global CONCRETE
+    CONCRETE = on
+
 
 def set_scope(scope: Scope) -> None:
     global SCOPE

@@ -44,6 +44,7 @@ L1_PROT = PRESENT | RW | abi._PAGE_ACCESSED  # xc_linux_build.c, x86_32
 L2_PROT = PRESENT | RW | abi._PAGE_ACCESSED | abi._PAGE_DIRTY | abi._PAGE_USER
 FIRST_XEN_SLOT = abi.HYPERVISOR_VIRT_START >> abi.L2_PAGETABLE_SHIFT
 NOBODY = 0x7FF4  # owner of a free frame (DOMID_INVALID)
+TYPE_COUNT_MAX = (1 << 16) - 1  # asm-x86/mm.h PGT_count_mask: at most 65535 type references
 MASK32 = 0xFFFFFFFF
 
 
@@ -137,6 +138,8 @@ class Machine:
 
     def get_page_type(self, mfn: int, type: int) -> bool:
         p = self.pages[mfn]
+        if p.type_count == TYPE_COUNT_MAX:
+            return False  # "Type count overflow"
         if p.type_count == 0:
             if p.type != type:
                 p.type, p.validated = type, type == WRITABLE
@@ -219,7 +222,7 @@ class Machine:
         if not self.get_page(mfn, d):
             return False
         p = self.pages[mfn]
-        if p.type != L2 or not p.validated:
+        if p.type != L2 or not p.validated or p.type_count == TYPE_COUNT_MAX:
             self.put_page(mfn)
             return False
         p.type_count += 1
