@@ -30,6 +30,7 @@ the call reads), so that one branch is exercised on each kind of frame that can 
 from __future__ import annotations
 
 import datetime
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,16 +46,20 @@ from xenspec.proofs.refinement import (
     possible_outcomes,
     same_state,
 )
+from xenspec.refmodel.arch import CpuUserRegs
 from xenspec.refmodel.domain import Domain, Vcpu
-from xenspec.refmodel.hypervisor import Hypervisor
+from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS, Hypervisor
 from xenspec.refmodel.memory import PGT_pinned, PGT_validated
+from xenspec.refmodel.platform import PVPlatform
+from xenspec.refmodel.pvguest import ARG_PAGES, PVGuest, issue
 from xenspec.refmodel.view import ConcreteView, check_invariants
 from xenspec.sharedfiles import update_json_dict
-from xenspec.spec import abi, mm_spec, symbolic
+from xenspec.spec import abi, cpu_spec, mm_spec, symbolic
 from xenspec.spec.branches import NamedBranch, branches
+from xenspec.spec.desc import descriptor_rule
 from xenspec.spec.invariants import proof_invariants, references
 from xenspec.spec.mm_spec import Transition
-from xenspec.spec.pagetable import PGT, pte_get_pfn, pte_present
+from xenspec.spec.pagetable import PGT, PGT_root_page_table, pte_get_pfn, pte_present
 from xenspec.spec.symbolic import Scope, SymState, SymView, bv
 
 W = z3.BitVecSort(32)
@@ -106,16 +111,26 @@ class Family:
     which terms distinguish the states worth trying."""
 
     name: str
-    run: Callable[[Machine, dict[str, int]], int]
+    run: Callable[[Any, dict[str, int]], int]  # (Machine or CpuMachine, arguments) -> rc
     args: tuple[str, ...]
     # Constraints on the arguments: they touch only the machine's indices, name frames near it.
     domain: Callable[[dict[str, z3.ExprRef]], list[z3.BoolRef]]
     hints: Callable[[dict[str, z3.ExprRef]], list[z3.BoolRef]] = lambda a: []
     signature: Callable[[SymState, dict[str, z3.ExprRef]], list[z3.ExprRef]] = (
         lambda s, a: [])
-    # The argument that names the frame the call acts on ("ptr" or "mfn"), tried one frame
-    # at a time; "" if none.
+    # The argument that names the frame the call acts on ("ptr", "pa" or "mfn"), tried one
+    # frame at a time; "" if none.
     frame: str = ""
+    # The machine the family runs on: "mmu" (``Machine``: the solver chooses the domain's
+    # frames), or "cpu" (``CpuMachine``: a guest with page tables and the CPU interface; the
+    # solver chooses the ``open`` frames of it, or nothing but the arguments).
+    bench: str = "mmu"
+    open: int = 0
+    # Put the arguments where the handler reads them (guest memory), before the state is taken.
+    prepare: Callable[[Any, dict[str, int]], None] = lambda m, a: None
+    # What the spec's state does not hold but the branch decides (iret: the crash and the
+    # registers): None, or what differs.
+    observe: Callable[[Any, dict[str, int], str], str | None] = lambda m, a, b: None
 
 
 @dataclass
@@ -342,6 +357,294 @@ def _mmuext_on_frame(cmd: str, args: tuple[str, ...]) -> Family:
                   _mfn_signature, "mfn")
 
 
+# ----------------------------------------------------------------------------------------------
+# The CPU-interface families (spec.cpu_spec).
+# ----------------------------------------------------------------------------------------------
+GDT_LIST = cpu_spec.MAX_GDT_LIST
+CPU_FRAMES = 64
+# The descriptors the solver may write into an open frame: the first and the last of the page.
+DESC_WORDS = (0, 1, 1022, 1023)
+CPU_TYPES = (PGT.none, PGT.l1_page_table, PGT.writable_page, PGT.gdt_page, PGT.ldt_page)
+
+
+@dataclass
+class CpuMachine:
+    """A guest of 30 frames (21 mapped: argument pages, page tables) on a 64-frame machine with
+    the CPU interface (``PVPlatform``). Its domain (0) has a second vCPU on the same page
+    directory, so that a call can come from a vCPU other than domain 0's first."""
+
+    hv: Hypervisor
+    pv: PVPlatform
+    g: PVGuest
+
+    @staticmethod
+    def build() -> CpuMachine:
+        hv = Hypervisor(CPU_FRAMES)
+        pv = PVPlatform(hv)
+        g = PVGuest(hv, 30, nr_mapped=21)
+        d = g.domain
+        second = Vcpu(1, d)
+        d.vcpus.append(second)
+        pv.setup_domain(d)
+        # Its base pointer holds a root reference on the directory, as VCPUOP_initialise's.
+        assert hv.mm.get_page_and_type_from_pagenr(g.l2_mfn, PGT_root_page_table, d)
+        second.guest_table = g.l2_mfn
+        return CpuMachine(hv, pv, g)
+
+    @property
+    def d(self) -> Domain:
+        return self.g.domain
+
+    @property
+    def v(self) -> Vcpu:
+        return self.g.vcpu
+
+    def open_frames(self, n: int) -> list[int]:
+        """The last ``n`` of the guest's frames: not mapped, no type, no type references."""
+        return list(self.d.page_list[-n:]) if n else []
+
+    def scope_frames(self, n: int) -> list[int]:
+        """The open frames and one frame of each other kind a call may name: the page
+        directory, the L1, an argument page and another mapped page (writable, mapped RW), a
+        frame not mapped, the shared_info frame (Xen writes into it), a frame of Xen's and a
+        free one."""
+        g, hv = self.g, self.hv
+        kinds = [g.l2_mfn, g.first_l1_mfn, g.mfn(0), g.mfn(ARG_PAGES),
+                 self.d.page_list[-n - 1], self.pv.darch(self.d).shared_info_mfn,
+                 self.d.perdomain_pt[0], hv.free_list[-1]]
+        return sorted({*self.open_frames(n), *kinds})
+
+
+def open_cpu_state(m: CpuMachine, base: Snapshot, n: int) -> tuple[SymState, dict[Any, Any]]:
+    """The machine's state with ``n`` of the guest's frames left to the solver: their types,
+    validated bits and the words of ``DESC_WORDS``; (state, the unknowns by frame)."""
+    s = base.encode()
+    frames = m.open_frames(n)
+    unknown: dict[Any, Any] = {"frames": frames}
+    typ, val, mem = s.type, s.validated, s.mem
+    words = {}
+    for f in frames:
+        t, vd = z3.BitVec(f"gen.type{f}", 32), z3.Bool(f"gen.valid{f}")
+        unknown[f] = (t, vd)
+        typ, val = z3.Store(typ, bv(f), t), z3.Store(val, bv(f), vd)
+        for i in DESC_WORDS:
+            words[(f, i)] = z3.BitVec(f"gen.mem{f}.{i}", 32)
+            mem = z3.Store(mem, bv(f), bv(i), words[(f, i)])
+    unknown["mem"] = words
+    return s.evolve(type=typ, validated=val, mem=mem), unknown
+
+
+def cpu_facts(unknown: dict[Any, Any]) -> list[z3.BoolRef]:
+    """An open frame has no type references (nothing maps it): it is validated exactly when
+    its type is one that stays validated at type count 0 (writable, GDT, LDT); a GDT or LDT
+    frame holds its descriptors as the rule stored them (INV-PRIV)."""
+    out = []
+    for f in unknown["frames"]:
+        t, vd = unknown[f]
+        desc = z3.Or(t == int(PGT.gdt_page), t == int(PGT.ldt_page))
+        out.append(z3.Or(*[t == int(x) for x in CPU_TYPES]))
+        out.append(vd == z3.Or(t == int(PGT.writable_page), desc))
+        for j in DESC_WORDS[::2]:
+            lo, hi = unknown["mem"][(f, j)], unknown["mem"][(f, j + 1)]
+            ok, fixed_lo, fixed_hi = descriptor_rule(lo, hi)
+            out.append(z3.Implies(desc, z3.And(ok, fixed_lo == lo, fixed_hi == hi)))
+    return out
+
+
+def install_cpu(m: CpuMachine, unknown: dict[Any, Any], model: z3.ModelRef) -> None:
+    """Write the solver's choices for the open frames into the model."""
+    hv = m.hv
+    for f in unknown["frames"]:
+        t, vd = unknown[f]
+        hv.frames.type[f] = _value(model, t)
+        flags = int(hv.frames.flags[f]) & ~(PGT_validated | PGT_pinned)
+        hv.frames.flags[f] = flags | (PGT_validated if _value(model, vd) else 0)
+        for i in DESC_WORDS:
+            hv.memory.write_entry(f, i, _value(model, unknown["mem"][(f, i)]))
+    general, typed = references(ConcreteView(hv))
+    for f in unknown["frames"]:
+        hv.frames.count[f] = general.get(f, 0)
+        hv.frames.type_count[f] = typed.get(f, 0)
+
+
+def cpu_context(family: Family) -> Context:
+    template = CpuMachine.build()
+    base = Snapshot.take(template.hv)
+    frames = template.scope_frames(family.open)
+    # Index quantifiers range over the words in use in those frames and the open words.
+    indices = sorted({i for (f, i) in base.entries if f in frames} | set(DESC_WORDS))
+    scope = FrameScope(frames=CPU_FRAMES, vcpus=len(base.bases), indices=tuple(indices),
+                       frame_list=tuple(frames))
+    previous = symbolic.SCOPE
+    symbolic.set_scope(scope)
+    try:
+        symbolic.reset_fresh()
+        s, unknown = open_cpu_state(template, base, family.open)
+        mm_spec.CHOOSE = _choices(scope.frame_list)
+        try:
+            t = _builders()[family.name](s)
+        finally:
+            mm_spec.CHOOSE = None
+        a = _args(family)
+        common = [z3.simplify(c) for c in [*cpu_facts(unknown), *family.domain(a)]]
+        named = {b.name: b for b in branches(t)}
+    finally:
+        symbolic.set_scope(previous)
+    return Context(family, scope, s, unknown, t, a, common, named)
+
+
+def _issue(m: CpuMachine, name: str, *args: int, vcpu: int = 0) -> int:
+    return issue(m.hv, m.d.vcpus[vcpu], HYPERCALL_NUMBERS[name], *args)
+
+
+def _byte(x: z3.ExprRef) -> z3.BoolRef:
+    return z3.ULE(x, bv(0xFF))
+
+
+def _in_frames(f: z3.ExprRef, frames: list[int]) -> z3.BoolRef:
+    """``f`` is one of ``frames`` or the first frame beyond the machine."""
+    return _one_of(f, (*frames, CPU_FRAMES))
+
+
+def _trap_entry_args(m: CpuMachine, a: dict[str, int]) -> None:
+    entry = abi.TRAP_INFO_T.pack(a["vector"], a["flags"], a["cs"], a["address"])
+    m.g.write_args(entry + abi.TRAP_INFO_T.pack(0, 0, 0, 0))
+
+
+def _callback_args(m: CpuMachine, a: dict[str, int]) -> None:
+    m.g.write_args(abi.CALLBACK_REGISTER_T.pack(a["type"], 0, a["cs"], a["eip"]))
+
+
+def _gdt_args(m: CpuMachine, a: dict[str, int]) -> None:
+    m.g.write_args(b"".join(a[f"frame{k}"].to_bytes(4, "little") for k in range(GDT_LIST)))
+
+
+class _IretCpu:
+    """The registers of the vCPU at its iret hypercall (the model reads them through
+    ``ArchVcpu.cpu``)."""
+
+    def __init__(self, regs: CpuUserRegs) -> None:
+        self.regs = regs
+
+    def user_regs(self) -> CpuUserRegs:
+        return self.regs
+
+
+def _iret_stacks(m: CpuMachine) -> list[tuple[int, bool, bool]]:
+    """Where iret's frame may be, with whether its four words and the outer two can be read:
+    in the argument area; the last 16 bytes before the first page not mapped; that page; the
+    highest address whose 40 bytes end at HYPERVISOR_VIRT_START (access_ok holds, nothing is
+    mapped there) and the next one (access_ok fails)."""
+    end = m.g.va(21)  # the guest maps pages 0..20
+    top = abi.HYPERVISOR_VIRT_START - 40
+    return [(m.g.arg_va + 0x100, True, True), (end - 16, True, False), (end, False, False),
+            (top, False, False), (top + 1, False, False)]
+
+
+def _iret_domain(a: dict[str, z3.ExprRef], stacks: list[tuple[int, bool, bool]]
+                 ) -> list[z3.BoolRef]:
+    return [a["v"] == 0, z3.ULE(a["ss"], bv(0xFFFF)), z3.Or(*[
+        z3.And(a["esp"] == esp, a["readable"] == r, a["outer_readable"] == o)
+        for esp, r, o in stacks])]
+
+
+def _iret_frame(m: CpuMachine, a: dict[str, int]) -> None:
+    words = [a[n] for n in ("eax", "eip", "cs", "eflags", "outer_esp", "outer_ss")]
+    frame = b"".join(w.to_bytes(4, "little") for w in words)
+    if a["readable"]:
+        assert m.hv.copy_to_guest(m.v, a["esp"], frame[: 24 if a["outer_readable"] else 16])
+    regs = CpuUserRegs(esp=a["esp"], ss=a["ss"], cs=abi.FLAT_RING1_CS)
+    m.pv.arch(m.v).cpu = _IretCpu(regs)
+
+
+def _iret_observed(m: CpuMachine, a: dict[str, int], branch: str) -> str | None:
+    """The domain is crashed exactly on a failure; on success the registers are the spec's."""
+    ok = branch.startswith("ok")
+    if m.d.is_running != ok:
+        return f"branch {branch}: the domain is {'running' if m.d.is_running else 'crashed'}"
+    if not ok:
+        return None
+    f = cpu_spec.IretFrame(bv(a["eax"]), bv(a["eip"]), bv(a["cs"]), bv(a["eflags"]),
+                           bv(a["outer_esp"]), bv(a["outer_ss"]), z3.BoolVal(bool(a["readable"])),
+                           z3.BoolVal(bool(a["outer_readable"])))
+    r = cpu_spec.iret_result(bv(a["esp"]), bv(a["ss"]), f)
+    cpu = m.pv.arch(m.v).cpu
+    assert isinstance(cpu, _IretCpu)
+    regs = cpu.regs
+    got = (regs.eip, regs.cs, regs.eflags, regs.esp, regs.ss)
+    want = tuple(z3.simplify(x).as_long() for x in (r.eip, r.cs, r.eflags, r.esp, r.ss))
+    mask = m.pv.vcpu_info_read8(m.v, abi.VCPU_INFO_evtchn_upcall_mask)
+    if got != want or mask != z3.simplify(r.upcall_mask).as_long():
+        return f"iret resumed at {got}, mask {mask}; the spec says {want}"
+    return None
+
+
+@functools.cache
+def _template() -> CpuMachine:
+    """The CPU machine as built (the argument domains name its frames and addresses)."""
+    return CpuMachine.build()
+
+
+def _pa_frame(a: dict[str, z3.ExprRef]) -> z3.ExprRef:
+    return z3.Extract(43, 12, a["pa"])
+
+
+CPU_FAMILIES: tuple[Family, ...] = (
+    Family("set_trap_table", lambda m, a: _issue(m, "set_trap_table", m.g.arg_va),
+           ("v", "vector", "flags", "cs", "address"),
+           lambda a: [a["v"] == 0, _byte(a["vector"]), _byte(a["flags"]),
+                      z3.ULE(a["cs"], bv(0xFFFF))],
+           lambda a: [a["cs"] == 0, a["vector"] == 0xFF],
+           lambda s, a: [a["cs"] & 3, a["vector"] == abi.SYSCALL_VECTOR],
+           bench="cpu", prepare=_trap_entry_args),
+    Family("set_trap_table/NULL", lambda m, a: _issue(m, "set_trap_table", 0), ("v",),
+           lambda a: [a["v"] == 0], bench="cpu"),
+    Family("set_callbacks",
+           lambda m, a: _issue(m, "set_callbacks", a["event_cs"], a["event_eip"],
+                               a["failsafe_cs"], a["failsafe_eip"]),
+           ("v", "event_cs", "event_eip", "failsafe_cs", "failsafe_eip"),
+           lambda a: [a["v"] == 0],
+           lambda a: [a["event_cs"] == 0, a["failsafe_cs"] == 0xFFFFFFFF],
+           lambda s, a: [a["event_cs"] & 3, a["failsafe_cs"] & 3], bench="cpu"),
+    Family("callback_op/register",
+           lambda m, a: _issue(m, "callback_op", abi.CALLBACKOP_register, m.g.arg_va,
+                               vcpu=a["v"]),
+           ("v", "vcpu_id", "type", "cs", "eip"),
+           lambda a: [z3.ULE(a["v"], bv(1)), a["vcpu_id"] == a["v"],
+                      z3.ULE(a["type"], bv(0xFFFF))],
+           lambda a: [a["type"] == abi.CALLBACKTYPE_nmi + 1, a["cs"] == 0],
+           lambda s, a: [a["type"], a["cs"] & 3], bench="cpu", prepare=_callback_args),
+    Family("stack_switch", lambda m, a: _issue(m, "stack_switch", a["ss"], a["esp"]),
+           ("v", "ss", "esp"), lambda a: [a["v"] == 0], lambda a: [a["ss"] == 0],
+           lambda s, a: [a["ss"] & 3], bench="cpu"),
+    Family("iret", lambda m, a: _issue(m, "iret"),
+           ("v", "esp", "ss", "eax", "eip", "cs", "eflags", "outer_esp", "outer_ss",
+            "readable", "outer_readable"),
+           lambda a: _iret_domain(a, _iret_stacks(_template())),
+           lambda a: [a["cs"] & 3 == 0, a["cs"] & 3 == 2],
+           lambda s, a: [a["esp"], a["cs"] & 3], bench="cpu", prepare=_iret_frame,
+           observe=_iret_observed),
+    Family("set_gdt", lambda m, a: _issue(m, "set_gdt", m.g.arg_va, a["entries"]),
+           ("v", "entries", *[f"frame{k}" for k in range(GDT_LIST)]),
+           lambda a: [a["v"] == 0, z3.ULE(a["entries"], bv(2 * abi.MAX_GUEST_GDT_ENTRIES)),
+                      *[_in_frames(a[f"frame{k}"], _template().scope_frames(3))
+                        for k in range(GDT_LIST)]],
+           lambda a: [a["entries"] == abi.MAX_GUEST_GDT_ENTRIES,
+                      a["entries"] == abi.MAX_GUEST_GDT_ENTRIES + 1],
+           lambda s, a: [s.type[a["frame0"]], a["entries"] == 0],
+           bench="cpu", open=3, prepare=_gdt_args),
+    Family("update_descriptor",
+           lambda m, a: _issue(m, "update_descriptor", a["pa"] & 0xFFFFFFFF, a["pa"] >> 32,
+                               a["lo"], a["hi"]),
+           ("v", "pa", "lo", "hi"),
+           lambda a: [a["v"] == 0, z3.Extract(63, 44, a["pa"]) == 0,
+                      _in_frames(_pa_frame(a), _template().scope_frames(3))],
+           lambda a: [z3.Extract(11, 3, a["pa"]) == 511],
+           lambda s, a: [s.type[_pa_frame(a)], a["hi"] & (abi._SEGMENT_P | abi._SEGMENT_S)],
+           frame="pa", bench="cpu", open=3),
+)
+
+
 FAMILIES: tuple[Family, ...] = (
     Family("mmu_update/NORMAL_PT_UPDATE", _mmu_update, ("ptr", "val", "v", "fd"),
            lambda a: _ptr_domain(a, abi.MMU_NORMAL_PT_UPDATE), _ptr_hints, _ptr_signature,
@@ -359,6 +662,7 @@ FAMILIES: tuple[Family, ...] = (
     _mmuext_on_frame("NEW_BASEPTR", ("mfn", "v")),
     Family("mmuext_op/flushes,SET_LDT,PIN_L3/L4", _mmuext(abi.MMUEXT_TLB_FLUSH_LOCAL), (),
            lambda a: []),
+    *CPU_FAMILIES,
 )
 
 # Branches no check can take, and why. A condition the model decides before the spec's
@@ -408,32 +712,45 @@ def _subst(x: Any, pairs: list[tuple[z3.ExprRef, z3.ExprRef]]) -> Any:
     return z3.substitute(x, *pairs) if pairs and isinstance(x, z3.ExprRef) else x
 
 
+WIDE_ARGS = ("ptr", "pa")  # 64-bit arguments
+BOOL_ARGS = ("readable", "outer_readable")  # iret: whether the frame's words can be read
+
+
 def _pairs(values: dict[str, int]) -> list[tuple[z3.ExprRef, z3.ExprRef]]:
-    out = []
+    out: list[tuple[z3.ExprRef, z3.ExprRef]] = []
     for name, x in values.items():
-        width = 64 if name == "ptr" else 32
+        if name in BOOL_ARGS:
+            out.append((z3.Bool(name), z3.BoolVal(bool(x))))
+            continue
+        width = 64 if name in WIDE_ARGS else 32
         out.append((z3.BitVec(name, width), z3.BitVecVal(x, width)))
     return out
 
 
 def _substitute_transition(t: Transition, values: dict[str, int]) -> Transition:
+    """``t`` with the arguments' values; its conditions, choices and return values simplified
+    as well: a condition the values decide becomes True or False, and with it whatever it
+    guards (set_gdt's quantified choices, in a branch the arguments rule out) leaves the
+    solver's query instead of being instantiated over the whole machine's memory."""
     pairs = _pairs(values)
 
     def state(s: SymState) -> SymState:
         return s.evolve(**{f: _subst(getattr(s, f), pairs) for f in symbolic.STATE_FIELDS})
 
-    others = tuple(mm_spec.Branch(b.name, _subst(b.cond, pairs), state(b.new),
-                                  _subst(b.rc, pairs), _subst(b.choice, pairs),
-                                  tuple((n, _subst(c, pairs)) for n, c in b.reasons))
+    def cond(x: Any) -> Any:
+        x = _subst(x, pairs)
+        return z3.simplify(x) if isinstance(x, z3.ExprRef) else x
+
+    others = tuple(mm_spec.Branch(b.name, cond(b.cond), state(b.new), cond(b.rc),
+                                  cond(b.choice), tuple((n, cond(c)) for n, c in b.reasons))
                    for b in t.others)
     check = t.check
     if check is not None:
         from xenspec.spec.branches import Check
-        check = Check(_subst(check.holds, pairs),
-                      tuple((n, _subst(c, pairs)) for n, c in check.passes),
-                      tuple((n, _subst(c, pairs)) for n, c in check.fails))
-    return Transition(_subst(t.ok, pairs), state(t.new), _subst(t.rc, pairs),
-                      _subst(t.err, pairs), _subst(t.choice, pairs), others, check)
+        check = Check(cond(check.holds), tuple((n, cond(c)) for n, c in check.passes),
+                      tuple((n, cond(c)) for n, c in check.fails))
+    return Transition(cond(t.ok), state(t.new), cond(t.rc), cond(t.err), cond(t.choice),
+                      others, check)
 
 
 def _solver(timeout_s: int = 30) -> z3.Solver:
@@ -446,6 +763,15 @@ def check_branch(before: Snapshot, after: Snapshot, rc: int,
                  spec: Callable[[SymState], Transition], name: str) -> str | None:
     """None if the spec, on the model's state before the call and with the choices the model
     made, takes branch ``name`` and ends as the model did; else what differs."""
+    symbolic.set_concrete(True)  # a concrete state (as in check_refinement)
+    try:
+        return _check_branch(before, after, rc, spec, name)
+    finally:
+        symbolic.set_concrete(False)
+
+
+def _check_branch(before: Snapshot, after: Snapshot, rc: int,
+                  spec: Callable[[SymState], Transition], name: str) -> str | None:
     indices = sorted(before.indices() | after.indices() | set(INDICES))
     symbolic.reset_fresh()
     old = before.encode()
@@ -523,9 +849,16 @@ def solve_branch(common: list[z3.BoolRef], b: NamedBranch, extra: list[z3.BoolRe
     return None
 
 
+ARG_NAMES = ("ptr", "val", "v", "fd", "va", "mfn", "vector", "flags", "cs", "address",
+             "event_cs", "event_eip", "failsafe_cs", "failsafe_eip", "vcpu_id", "type", "eip",
+             "ss", "esp", "eax", "eflags", "outer_esp", "outer_ss", "readable",
+             "outer_readable", "entries", "lo", "hi", "pa",
+             *[f"frame{k}" for k in range(GDT_LIST)])
+
+
 def _args(family: Family) -> dict[str, z3.ExprRef]:
-    return {n: z3.BitVec(n, 64 if n == "ptr" else 32) for n in ("ptr", "val", "v", "fd", "va",
-                                                                  "mfn")}
+    return {n: z3.Bool(n) if n in BOOL_ARGS else z3.BitVec(n, 64 if n in WIDE_ARGS else 32)
+            for n in ARG_NAMES}
 
 
 @dataclass
@@ -549,6 +882,9 @@ _CONTEXTS: dict[str, Context] = {}
 def context(family: Family) -> Context:
     ctx = _CONTEXTS.get(family.name)
     if ctx is not None:
+        return ctx
+    if family.bench == "cpu":
+        ctx = _CONTEXTS[family.name] = cpu_context(family)
         return ctx
     template = Machine.build()
     base = Snapshot.take(template.hv)
@@ -610,12 +946,12 @@ def _pins(ctx: Context) -> list[list[tuple[z3.ExprRef, z3.ExprRef]]]:
     name = ctx.family.frame
     if not name:
         return [[]]
-    assert isinstance(ctx.scope, FrameScope)
+    assert isinstance(ctx.scope, FrameScope) and ctx.scope.frames is not None
     frames = [*ctx.unknown["frames"], *[f for f in ctx.scope.frame_list
-                                         if f not in ctx.unknown["frames"]], MACHINE_FRAMES]
+                                         if f not in ctx.unknown["frames"]], ctx.scope.frames]
     if name == "mfn":
         return [[(ctx.args["mfn"], bv(f))] for f in frames]
-    ptr = ctx.args["ptr"]
+    ptr = ctx.args[name]
     low = z3.BitVec("ptr.low", 12)
     return [[(ptr, z3.Concat(z3.BitVecVal(0, 20), bv(f), low))] for f in frames]
 
@@ -624,12 +960,15 @@ def states_for(ctx: Context, b: NamedBranch, per_branch: int,
                accept: Callable[[z3.ModelRef], bool] = lambda m: True) -> list[z3.ModelRef]:
     """Up to ``per_branch`` states taking branch ``b`` that ``accept`` takes (at most twice as
     many more are tried): the first on a boundary of the family's hints where one is, the
-    others differing in the family's signature. No outcome before ``b``'s may be possible for
-    any choice of the spec (``_no_earlier_outcome``); a failure's state need not meet the
-    spec's choice constraints (no choice lets the call succeed)."""
-    choice = _choice_of(ctx.t, b) if b.kind != "fail" else z3.BoolVal(True)
+    others differing in the family's signature. For the MMU, no outcome before ``b``'s may be
+    possible for any choice of the spec (``_no_earlier_outcome``). A failure's state need not
+    meet the spec's choice constraints (no choice lets the call succeed); nor need a
+    CPU-interface call's: its choices constrain only the state after it (set_gdt's fixed-up
+    memory and released frames), and some choice fits every state before it."""
+    free = b.kind == "fail" or ctx.family.bench == "cpu"
+    choice = _choice_of(ctx.t, b) if not free else z3.BoolVal(True)
     pins = _pins(ctx)
-    first = _no_earlier_outcome(ctx.t, b)
+    first = _no_earlier_outcome(ctx.t, b) if ctx.family.bench == "mmu" else []
     model = None
     hints = ctx.family.hints(ctx.args)
     if hints:
@@ -660,7 +999,7 @@ def check_one(family: Family, branch: str, per_branch: int = 3) -> list[Case]:
     symbolic.set_scope(ctx.scope)
     try:
         found = states_for(ctx, b, per_branch, _first_outcome_is(family, ctx, b)
-                           if b.kind != "ok" else lambda m: True)
+                           if b.kind != "ok" and family.bench == "mmu" else lambda m: True)
     finally:
         symbolic.set_scope(previous)
     # The checks on concrete states use the unbounded scope, as check_refinement's other
@@ -753,13 +1092,24 @@ def _choice_of(t: Transition, b: NamedBranch) -> z3.BoolRef:
     return o.choice
 
 
+def _value(model: z3.ModelRef, x: z3.ExprRef) -> int:
+    v = model.eval(x, model_completion=True)
+    return int(z3.is_true(v)) if z3.is_bool(v) else int(v.as_long())
+
+
 def run_case(family: Family, branch: str, unknown: dict[Any, Any], model: z3.ModelRef,
              a: dict[str, z3.ExprRef]) -> Case:
     """Build the solver's state in a fresh machine, run the handler, check the outcome."""
-    m = Machine.build()
-    values = {n: int(model.eval(a[n], model_completion=True).as_long()) for n in family.args}
+    values = {n: _value(model, a[n]) for n in family.args}
     # The fresh machine is the template again (same seed): the same frames, the same domain.
-    install(m, unknown, model)
+    m: Any
+    if family.bench == "cpu":
+        m = CpuMachine.build()
+        install_cpu(m, unknown, model)
+    else:
+        m = Machine.build()
+        install(m, unknown, model)
+    family.prepare(m, values)
     bad = check_invariants(m.hv)
     if bad:
         return Case(family.name, branch, values, "the state built breaks: " + "; ".join(bad))
@@ -774,9 +1124,12 @@ def run_case(family: Family, branch: str, unknown: dict[Any, Any], model: z3.Mod
                           {"fd": m.d.domain_id})
     # A failure: no choice of the spec's may succeed (check_refinement); every branch: the
     # spec takes it on this state and ends as the model did (check_branch, which for a
-    # success or another outcome implies what check_refinement asks).
-    problem = None
-    if branch.startswith("fail"):
+    # success or another outcome implies what check_refinement asks). iret returns 0 both
+    # when it crashes the domain and when it pops EAX 0: its outcome is told by ``observe``.
+    problem = family.observe(m, values, branch)
+    # (A CPU-interface spec has no choice a failure's condition depends on: check_branch
+    # below asks all that check_refinement would.)
+    if problem is None and branch.startswith("fail") and family.bench != "cpu":
         problem = check_refinement(before, after, rc, spec, tuple(INDICES))
     if problem is None:
         problem = check_branch(before, after, rc, spec, branch)

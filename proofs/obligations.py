@@ -94,8 +94,8 @@ def _set_callbacks(s: SymState) -> Transition:
 
 
 def _callback_op_register(s: SymState) -> Transition:
-    v, type_, cs, eip = _args("v", "type", "cs", "eip")
-    return cpu_spec.spec_callback_op_register(s, v, type_, cs, eip)
+    v, vcpu_id, type_, cs, eip = _args("v", "vcpu_id", "type", "cs", "eip")
+    return cpu_spec.spec_callback_op_register(s, v, vcpu_id, type_, cs, eip)
 
 
 def _stack_switch(s: SymState) -> Transition:

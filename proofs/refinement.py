@@ -409,7 +409,7 @@ def possible_outcomes(before: Snapshot, spec: Callable[[SymState], Transition]) 
 
 def _may_succeed(old: SymState, spec: Callable[[SymState], Transition]) -> bool:
     t = spec(old)
-    return _sat(z3.And(t.ok, t.choice), timeout_s=5) == z3.sat
+    return bool(_sat(z3.And(t.ok, t.choice), timeout_s=5) == z3.sat)
 
 
 def _sat(formula: z3.BoolRef, timeout_s: int = 60) -> z3.CheckSatResult:

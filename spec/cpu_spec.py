@@ -40,7 +40,8 @@ from typing import Any
 import z3
 
 from xenspec.spec import abi, symbolic
-from xenspec.spec.desc import descriptor_rule
+from xenspec.spec.branches import PASS, Check, all_of, cases, require
+from xenspec.spec.desc import descriptor_check, descriptor_rule
 from xenspec.spec.mm_spec import (
     GDT_FRAMES,
     Branch,
@@ -73,8 +74,15 @@ def _store_row(arr: z3.ArrayRef, v: Word, row: Any) -> z3.ArrayRef:
     return z3.Lambda([x, k], z3.If(x == v, row(k), z3.Select(arr, x, k)))
 
 
-def _always(new: SymState) -> Transition:
-    return Transition(z3.BoolVal(True), new, bv(0), bv(-abi.EFAULT))
+def selector_fixup(name: str, sel: Word) -> Check:
+    """__fixup_guest_selector's two ways: an RPL-0 selector is raised to GUEST_KERNEL_RPL
+    (``<name>_rpl0``), any other is kept (``<name>_rpl``). Neither fails (Xen 3.0.2 and later)."""
+    return cases((f"{name}_rpl0", (sel & 3) == 0, PASS), (f"{name}_rpl", None, PASS))
+
+
+def _always(new: SymState, check: Check = PASS) -> Transition:
+    """A call that cannot fail (reading its arguments aside); ``check`` names its ways."""
+    return Transition(check.holds, new, bv(0), bv(-abi.EFAULT), check=check)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -96,7 +104,7 @@ def spec_set_trap_table_entry(
         trap_addr=put(s.trap_addr, address),
         trap_flags=put(s.trap_flags, flags & 0xFF),
     )
-    return _always(new)
+    return _always(new, cases(("end", end, PASS), ("store", None, selector_fixup("cs", cs))))
 
 
 def spec_set_trap_table_null(s: SymState, v: Word) -> Transition:
@@ -119,7 +127,7 @@ def spec_set_callbacks(
         event_eip=z3.Store(s.event_eip, v, event_eip),
         failsafe_cs=z3.Store(s.failsafe_cs, v, fixup_guest_selector(failsafe_cs)),
         failsafe_eip=z3.Store(s.failsafe_eip, v, failsafe_eip),
-    ))
+    ), all_of(selector_fixup("event_cs", event_cs), selector_fixup("failsafe_cs", failsafe_cs)))
 
 
 def spec_stack_switch(s: SymState, v: Word, ss: Word, esp: Word) -> Transition:
@@ -127,7 +135,7 @@ def spec_stack_switch(s: SymState, v: Word, ss: Word, esp: Word) -> Transition:
     return _always(s.evolve(
         kernel_ss=z3.Store(s.kernel_ss, v, fixup_guest_selector(ss)),
         kernel_sp=z3.Store(s.kernel_sp, v, esp),
-    ))
+    ), selector_fixup("ss", ss))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,13 +166,25 @@ class IretResult:
     upcall_mask: Word  # vcpu_info.evtchn_upcall_mask afterwards
 
 
+def iret_check(esp: Word, f: IretFrame) -> Check:
+    """do_iret's checks in its order: the 40-byte worst-case frame below
+    HYPERVISOR_VIRT_START (access_ok), EAX, EIP, CS and EFLAGS readable, CS not ring 0, and
+    for a return to ring 2 or 3 the outer ESP and SS readable. A failure crashes the domain."""
+    ring = f.cs & 3
+    return all_of(
+        require("fits", z3.ULE(esp, bv(abi.HYPERVISOR_VIRT_START - 40))),
+        require("readable", f.readable), require("ring0", ring != 0),
+        cases(("ring1", ring == 1, PASS),
+              ("outer", None, require("outer_readable", f.outer_readable))),
+    )
+
+
 def iret_result(esp: Word, ss: Word, f: IretFrame) -> IretResult:
     """do_iret on a frame at ``esp`` (the guest's SS ``ss``)."""
     cs = f.cs & 0xFFFF
     ring = cs & 3
     outer = ring != 1
-    fits = z3.ULE(esp, bv(abi.HYPERVISOR_VIRT_START - 40))  # access_ok(esp, 40)
-    ok = z3.And(fits, f.readable, ring != 0, z3.Implies(outer, f.outer_readable))
+    ok = iret_check(esp, f).holds
     # Xen clears IOPL only; VM86 returns are not modelled, so VM is cleared as well.
     eflags = (f.eflags & ~(abi.X86_EFLAGS_IOPL | abi.X86_EFLAGS_VM)) | abi.X86_EFLAGS_IF
     return IretResult(
@@ -177,7 +197,8 @@ def iret_result(esp: Word, ss: Word, f: IretFrame) -> IretResult:
 def spec_iret(s: SymState, v: Word, esp: Word, ss: Word, f: IretFrame) -> Transition:
     """iret changes the guest's registers, none of the spec's state; on success it returns
     the popped EAX; otherwise the domain is crashed (the call returns 0)."""
-    return Transition(iret_result(esp, ss, f).ok, s, f.eax, bv(0))
+    check = iret_check(esp, f)
+    return Transition(check.holds, s, f.eax, bv(0), check=check)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -293,46 +314,80 @@ def spec_set_gdt(s: SymState, v: Word, frames: list[Word], entries: Word) -> Tra
                                    can_take_type(s, h, PGT.gdt_page))),
     ))
     partial, partial_memory = take_gdt_type(s, lambda h: kept[h], lambda h: lost[h])
+    # Why a list within the limit is refused, named by the first of set_gdt's checks that
+    # some listed frame fails (the frame Xen stops at fails that check or an earlier one of
+    # its own): not a machine frame (mfn_valid), not the caller's (get_page), held with
+    # another type (get_page_type), or a descriptor the rule refuses (alloc_segdesc_page).
+    def each_listed(cond: Any) -> Bool:
+        return forall(("frame",), lambda h: z3.Implies(is_listed(h), cond(h)))
+
+    # (Named aside: the proofs use only ``ok``, and their obligations keep their names.)
+    with symbolic.aside():
+        why = all_of(
+            require("mfn_valid", z3.And(*valid)),
+            require("owner", each_listed(lambda h: s.owner[h] == d)),
+            require("type", each_listed(lambda h: can_take_type(s, h, PGT.gdt_page))),
+            require("descriptors", each_listed(lambda h: z3.Or(in_use(s, h, PGT.gdt_page),
+                                                                descriptors_pass(s, h)))),
+        )
     refused = Branch("refused", z3.And(fits, z3.Not(ok)), partial, bv(-abi.EINVAL),
-                     z3.And(choice, partial_memory))
+                     z3.And(choice, partial_memory), reasons=why.fails)
+    # Beyond FIRST_RESERVED_GDT_ENTRY entries the call fails before it reads a frame.
+    check = Check(ok, (("", ok),), (("entries", z3.Not(fits)),))
     return Transition(ok, installed, bv(0), bv(-abi.EINVAL), z3.And(release_ok, memory),
-                      others=(refused,))
+                      others=(refused,), check=check)
 
 
 def spec_update_descriptor(s: SymState, v: Word, pa: Word, lo: Word, hi: Word) -> Transition:
     """Write the fixed-up descriptor (lo, hi) at machine address ``pa`` (64 bits; x86_32 Xen
-    keeps the frame number in an unsigned long, so bits 12..43 name the frame)."""
+    keeps the frame number in an unsigned long, so bits 12..43 name the frame). The checks in
+    do_update_descriptor's order: 8-aligned, a machine frame, the descriptor rule, a frame of
+    the caller (get_page), then the frame's type: a GDT or LDT frame keeps it (its type count
+    is taken, which cannot fail: such a frame is validated, INV-PRIV), any other frame must
+    take the writable type (get_page_type)."""
     d = s.vcpu_domain[v]
     f = z3.Extract(43, 12, pa)
     i = z3.ZeroExt(22, z3.Extract(11, 2, pa))
-    rule_ok, new_lo, new_hi = descriptor_rule(lo, hi)
+    _, new_lo, new_hi = descriptor_rule(lo, hi)
     is_desc = z3.Or(s.type[f] == int(PGT.gdt_page), s.type[f] == int(PGT.ldt_page))
-    ok = z3.And(
-        z3.Extract(2, 0, pa) == 0, mfn_valid(s, f), rule_ok, s.owner[f] == d,
-        z3.Or(is_desc, can_take_type(s, f, PGT.writable_page)),
+    check = all_of(
+        require("align", z3.Extract(2, 0, pa) == 0), require("mfn_valid", mfn_valid(s, f)),
+        descriptor_check(lo, hi), require("owner", s.owner[f] == d),
+        cases(("gdt", s.type[f] == int(PGT.gdt_page), PASS),
+              ("ldt", s.type[f] == int(PGT.ldt_page), PASS),
+              ("writable", s.type[f] == int(PGT.writable_page), PASS),
+              ("retype", None, require("writable_type",
+                                        can_take_type(s, f, PGT.writable_page)))),
     )
     h = z3.BitVec("h", 32)
     r = z3.Lambda([h], z3.And(h == f, z3.Not(is_desc), s.type[f] != int(PGT.writable_page)))
     written = z3.Store(z3.Store(s.mem, f, i, new_lo), f, i + 1, new_hi)
     new = retype_writable(s, r).evolve(mem=written)
-    return Transition(ok, new, bv(0), bv(-abi.EINVAL))
-
+    return Transition(check.holds, new, bv(0), bv(-abi.EINVAL), check=check)
 
 
 def spec_callback_op_register(
-    s: SymState, v: Word, type_: Word, cs: Word, eip: Word
+    s: SymState, v: Word, vcpu_id: Word, type_: Word, cs: Word, eip: Word
 ) -> Transition:
     """callback_op(CALLBACKOP_register) (x86_32/traps.c, do_callback_op and
-    register_guest_callback, 3.0.4): an event or failsafe callback is stored as set_callbacks
-    stores it, the other callback kept; the call returns 0. Every other type stores nothing the
-    spec holds and fails (-ENOSYS; the NMI callback's address and its -EINVAL for any caller
-    but domain 0's vCPU 0 are outside the spec's state)."""
+    register_guest_callback, 3.0.4) from vCPU ``v``, number ``vcpu_id`` of its domain: an
+    event or failsafe callback is stored as set_callbacks stores it, the other callback kept;
+    the call returns 0. The NMI callback (common/kernel.c, register_guest_nmi_callback) is
+    taken from vCPU 0 of domain 0 only, and refused (-EINVAL) from any other; its address is
+    outside the spec's state. Every other type (sysenter needs
+    CONFIG_X86_SUPERVISOR_MODE_KERNEL, syscall is x86_64's) is -ENOSYS."""
     kind = type_ & 0xFFFF
     event, failsafe = kind == abi.CALLBACKTYPE_event, kind == abi.CALLBACKTYPE_failsafe
+    nmi = kind == abi.CALLBACKTYPE_nmi
+    check = all_of(require("type", z3.Or(event, failsafe, nmi)), cases(
+        ("event", event, selector_fixup("cs", cs)),
+        ("failsafe", failsafe, selector_fixup("cs", cs)),
+        ("nmi", None, require("dom0_vcpu0", z3.And(s.vcpu_domain[v] == 0, vcpu_id == 0))),
+    ))
     both = spec_set_callbacks(s, v, cs, eip, cs, eip).new
-    return Transition(z3.Or(event, failsafe), s.evolve(
+    return Transition(check.holds, s.evolve(
         event_cs=z3.If(event, both.event_cs, s.event_cs),
         event_eip=z3.If(event, both.event_eip, s.event_eip),
         failsafe_cs=z3.If(failsafe, both.failsafe_cs, s.failsafe_cs),
         failsafe_eip=z3.If(failsafe, both.failsafe_eip, s.failsafe_eip),
-    ), bv(0), bv(-abi.ENOSYS))
+    ), bv(0), z3.If(nmi, bv(-abi.EINVAL), bv(-abi.ENOSYS)), check=check)

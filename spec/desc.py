@@ -16,11 +16,12 @@ descriptor part.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import z3
 
 from xenspec.spec import abi
+from xenspec.spec.branches import PASS, Check, all_of, cases, require
 
 _M32 = 0xFFFFFFFF
 Word = Any  # int, or a 32-bit z3.BitVecRef
@@ -111,6 +112,56 @@ def descriptor_rule(lo: Word, hi: Word) -> tuple[Bool, Word, Word]:
     out_lo = _ite(present, _ite(system, gate_lo, seg_lo), lo)
     out_hi = _ite(present, _ite(system, hi1, seg_hi), hi)
     return ok, out_lo, out_hi
+
+
+class _RuleParts(NamedTuple):
+    """check_descriptor's conditions, in its order (the terms ``descriptor_rule`` builds)."""
+
+    present: Bool
+    system: Bool
+    gate_type: Bool  # a 32-bit call gate, the only system descriptor allowed
+    gate_selector: Bool  # its target selector, RPL raised, is one a gate may name
+    gate_reserved: Bool  # its reserved bits (5..7 of the high word) are clear
+    seg_base: Bool  # a code or data segment's base is a page below GUEST_SEGMENT_MAX_ADDR
+    seg_limit: Bool  # its end is truncated to GUEST_SEGMENT_MAX_ADDR, or needs no truncating
+
+
+def _rule_parts(lo: Word, hi: Word) -> _RuleParts:
+    """The conditions of ``descriptor_rule``, each as it writes it."""
+    hi1 = _ite((hi & abi._SEGMENT_DPL) == 0, hi | (1 << 13), hi)
+    sel = _lshr(lo, 16)
+    sel1 = _ite((sel & 3) == 0, sel | 1, sel)
+    base = descriptor_base(lo, hi1)
+    limit = descriptor_limit_bytes(lo, hi1)
+    limit32 = z3.Extract(31, 0, limit) if _sym(limit) else limit & _M32
+    end = (base + limit32) & _M32
+    expand_down = (hi1 & (abi._SEGMENT_CODE | abi._SEGMENT_EC)) == abi._SEGMENT_EC
+    truncate = _ite(expand_down, _ult(base, end),
+                    _or(_not(_ult(base, end)), _ult(abi.GUEST_SEGMENT_MAX_ADDR, end)))
+    return _RuleParts(
+        present=(hi & abi._SEGMENT_P) != 0, system=(hi1 & abi._SEGMENT_S) == 0,
+        gate_type=_lshr(hi1 & abi._SEGMENT_TYPE, 8) == abi.DESC_TYPE_CALL_GATE_32,
+        gate_selector=guest_gate_selector_okay(sel1), gate_reserved=(hi1 & 0xE0) == 0,
+        seg_base=_ult(base, abi.GUEST_SEGMENT_MAX_ADDR - abi.PAGE_SIZE),
+        seg_limit=_or(_not(truncate), (hi1 & abi._SEGMENT_G) != 0),
+    )
+
+
+def descriptor_check(lo: Word, hi: Word) -> Check:
+    """``descriptor_rule``'s acceptance with its named ways (Z3 terms; spec.branches): a
+    descriptor not present passes (``absent``); a system descriptor (``gate``) fails as
+    ``gate_type``, ``gate_selector`` or ``gate_reserved``; a code or data segment
+    (``segment``) as ``seg_base`` or ``seg_limit``. ``holds`` is the rule's condition
+    (tests/test_branches.py proves them equal)."""
+    p = _rule_parts(lo, hi)
+    return cases(
+        ("absent", z3.Not(p.present), PASS),
+        ("gate", p.system, all_of(require("gate_type", p.gate_type),
+                                  require("gate_selector", p.gate_selector),
+                                  require("gate_reserved", p.gate_reserved))),
+        ("segment", None, all_of(require("seg_base", p.seg_base),
+                                 require("seg_limit", p.seg_limit))),
+    )
 
 
 def check_descriptor(lo: int, hi: int) -> tuple[int, int] | None:

@@ -18,9 +18,10 @@ on a ``SymView`` are the formulas the proofs use.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -147,6 +148,21 @@ def scope_constraints(s: SymState, witnesses: list[tuple[str, z3.BitVecRef]]) ->
 def fresh_name(prefix: str) -> str:
     """A name no other symbol of the obligation under construction has."""
     return f"{prefix}!{next(_fresh)}"
+
+
+@contextlib.contextmanager
+def aside() -> Iterator[None]:
+    """Names made inside are numbered apart and leave the obligation's numbering where it was:
+    for terms a proof does not use (a failure's named reasons), so that the obligation, and
+    the solver's search on it, stays the same. Only for bound variables (a name made inside
+    may be made again)."""
+    global _fresh
+    saved = _fresh
+    _fresh = itertools.count(1 << 30)
+    try:
+        yield
+    finally:
+        _fresh = saved
 
 
 def reset_fresh() -> None:

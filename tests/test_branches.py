@@ -1,12 +1,13 @@
-"""Every named branch of every MMU transition spec, checked on the reference model
-(``proofs.branchcheck``): the solver builds a small state that takes the branch, the model is
+"""Every named branch of every MMU and CPU-interface transition spec, checked on the reference
+model (``proofs.branchcheck``): the solver builds a small state that takes the branch, the model is
 put in it and runs the handler, and the outcome must be that branch's. The test ids list the
 branches by name (``pytest tests/test_branches.py -v``); a branch no state takes is skipped
 with the reason from ``branchcheck.UNREACHABLE`` (any other fails: dead in the spec). The run
 is recorded for the documentation's traceability matrix (``branches-last.json``).
 
 The checks must catch a model that takes another branch: single-line mutants of
-refmodel/mm.py (``MUTANTS``), each applied in turn, must fail some branch check.
+refmodel/mm.py (``MUTANTS``) and of refmodel/traps.py and desc.py (``CPU_MUTANTS``), each
+applied in turn, must fail some branch check.
 
 The grant-table, memory_op and event-channel specs are checked the same way in their own
 section below (``proofs.branchcheck_gem``), on machines the model builds through its own
@@ -25,6 +26,7 @@ from mm_mutants import UVA_ANY_TABLE, mutated
 from xenspec.proofs import branchcheck
 from xenspec.proofs import branchcheck_gem as gem
 from xenspec.proofs.branchcheck import FAMILIES, UNREACHABLE, branch_names, check_one, family
+from xenspec.refmodel import desc, traps
 from xenspec.refmodel import event as event_model
 from xenspec.refmodel import grant as grant_model
 from xenspec.refmodel import memop as memop_model
@@ -116,6 +118,73 @@ def test_mutant_is_caught(mutant: tuple[str, str, str, str, str],
     cases = check_one(family(name), branch, PER_BRANCH)
     assert any(c.problem is not None for c in cases), (
         f"mutant of MM.{method} ({replacement}) survives the checks of {name} {branch}")
+
+
+# ----------------------------------------------------------------------------------------------
+# CPU-interface mutants: one line of refmodel/traps.py or desc.py changed.
+# ----------------------------------------------------------------------------------------------
+# (module, class or None for a module function, function, the line, the mutated line, the family
+# and branch whose check must catch it)
+CPU_MUTANTS: list[tuple[Any, str | None, str, str, str, str, str]] = [
+    # A code selector's RPL 0 is kept (no fix-up): the trap table gains a ring-0 handler.
+    (traps, None, "fixup_guest_code_selector",
+     "return sel | 1 if sel & 3 == 0 else sel", "return sel",
+     "set_trap_table", "ok/store/cs_rpl0"),
+    # The NMI callback is taken from any vCPU of domain 0.
+    (traps, "Traps", "register_guest_callback",
+     "if v.domain.domain_id != 0 or v.vcpu_id != 0:", "if v.domain.domain_id != 0:",
+     "callback_op/register", "fail/nmi/dom0_vcpu0"),
+    # iret to ring 0 is let through.
+    (traps, "Traps", "do_iret", "if cs & 3 == 0:", "if False:", "iret", "fail/ring0"),
+    # A GDT frame must take the writable type to be updated.
+    (desc, "Desc", "do_update_descriptor",
+     "want = t if t in (PGT.gdt_page, PGT.ldt_page) else PGT.writable_page",
+     "want = PGT.writable_page", "update_descriptor", "ok/absent/gdt"),
+    # set_gdt types its frames writable, not GDT (a guest could then map its GDT writable).
+    (desc, "Desc", "do_set_gdt",
+     "if not mm.get_page_and_type_from_pagenr(mfn, PGT.gdt_page, v.domain):",
+     "if not mm.get_page_and_type_from_pagenr(mfn, PGT.writable_page, v.domain):",
+     "set_gdt", "ok"),
+]
+
+
+def cpu_mutated(module: Any, owner: str | None, name: str, line: str, replacement: str) -> Any:
+    """``name`` of ``module`` (a function, or a method of class ``owner``) recompiled from its
+    own source with ``line`` replaced."""
+    holder = getattr(module, owner) if owner else module
+    source = textwrap.dedent(inspect.getsource(getattr(holder, name)))
+    assert source.count(line) == 1, f"{name}: {line!r} not found once"
+    namespace: dict[str, Any] = {}
+    exec(compile(source.replace(line, replacement), module.__file__, "exec"), vars(module),
+         namespace)
+    return namespace[name]
+
+
+@pytest.mark.parametrize("mutant", [pytest.param(m, id=f"{m[1] or m[0].__name__}.{m[2]}")
+                                    for m in CPU_MUTANTS])
+def test_cpu_mutant_is_caught(mutant: tuple[Any, str | None, str, str, str, str, str],
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    module, owner, name, line, replacement, fam, branch = mutant
+    cases = check_one(family(fam), branch, PER_BRANCH)
+    assert cases and all(c.problem is None for c in cases), "the unmutated model passes"
+    holder = getattr(module, owner) if owner else module
+    monkeypatch.setattr(holder, name, cpu_mutated(module, owner, name, line, replacement))
+    cases = check_one(family(fam), branch, PER_BRANCH)
+    assert any(c.problem is not None for c in cases), (
+        f"mutant of {name} ({replacement}) survives the checks of {fam} {branch}")
+
+
+def test_descriptor_check_is_the_rule() -> None:
+    """The descriptor rule's named conditions (spec.desc.descriptor_check, the branches of
+    update_descriptor) hold exactly where the rule accepts a descriptor."""
+    import z3
+
+    from xenspec.spec.desc import descriptor_check, descriptor_rule
+
+    lo, hi = z3.BitVecs("lo hi", 32)
+    solver = z3.Solver()
+    solver.add(descriptor_rule(lo, hi)[0] != descriptor_check(lo, hi).holds)
+    assert solver.check() == z3.unsat
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import z3
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -243,6 +244,34 @@ def test_model_cpu_hypercalls_refine_spec(ops: list[tuple[Any, ...]]) -> None:
         after = Snapshot.take(hv, skip)
         problem = check_refinement(before, after, rc, spec)
         assert problem is None, f"{op}: {problem}"
+
+
+@pytest.mark.parametrize("type_", [abi.CALLBACKTYPE_event, abi.CALLBACKTYPE_nmi,
+                                   abi.CALLBACKTYPE_sysenter, 0x104])
+@pytest.mark.parametrize("second_domain", [False, True])
+def test_callback_op_register_refines_spec(type_: int, second_domain: bool) -> None:
+    """callback_op(CALLBACKOP_register) from domain 0's vCPU 0 and from another domain's: the
+    NMI callback is taken from the first only (common/kernel.c, register_guest_nmi_callback:
+    0, else -EINVAL), the event callback from both, sysenter (not built into 3.0.4) and an
+    unknown type from neither (-ENOSYS)."""
+    hv = Hypervisor(96)
+    pv = PVPlatform(hv)
+    guests = [PVGuest(hv, 24, nr_mapped=21) for _ in range(2 if second_domain else 1)]
+    for x in guests:
+        pv.setup_domain(x.domain)
+    g = guests[-1]
+    skip = frozenset(x.mfn(p) for x in guests for p in range(ARG_PAGES))
+    v = bv(len(hv.domains) - 1)  # vCPUs are numbered across domains: the caller's is the last
+    g.write_args(abi.CALLBACK_REGISTER_T.pack(type_, 0, 0xE019, 0x1234))
+    before = Snapshot.take(hv, skip)
+    rc = g.hypercall("callback_op", abi.CALLBACKOP_register, g.arg_va)
+    after = Snapshot.take(hv, skip)
+    expected = {abi.CALLBACKTYPE_event: 0,
+                abi.CALLBACKTYPE_nmi: -abi.EINVAL if second_domain else 0}.get(type_, -abi.ENOSYS)
+    assert rc == expected
+    problem = check_refinement(before, after, rc, lambda s: cpu_spec.spec_callback_op_register(
+        s, v, bv(g.vcpu.vcpu_id), bv(type_), bv(0xE019), bv(0x1234)))
+    assert problem is None, problem
 
 
 class FakeCPU:

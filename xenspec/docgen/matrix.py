@@ -142,8 +142,8 @@ def branch_section(status: Status) -> str:
         "outcome must be that branch's. A branch no state takes says why. The grant-table, "
         "memory_op and event-channel specs are checked on machines the model builds through "
         "its own calls, the solver choosing the arguments and the grant entries "
-        "(``proofs.branchcheck_gem``). Families not listed (the CPU interface, the builder) "
-        "are checked on generated runs only (``tests/test_refinement.py``).",
+        "(``proofs.branchcheck_gem``). The builder's spec is checked on generated runs only "
+        "(``tests/test_builder_refinement.py``).",
         rst.table(["Hypercall", "Branch", "Last run"], rows, widths="30 40 30"),
     )
 
