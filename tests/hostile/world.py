@@ -33,8 +33,8 @@ frame-table entries, page tables and vCPU state are exactly as before and it sti
 hypercalls answered, no other domain was shut down by the caller's request, ``iret`` never
 resumes ring 0 or IOPL above 0, the call did at most ``CALL_BOUND`` function calls and
 ``ACCESS_BOUND`` guest-memory accesses and entered at most ``FRAME_BOUND`` Python frames
-(tests/hostile/meters.py; on one call in ``SAMPLE``, chosen by the call's own text so that a
-replay samples it again, at most ``CALL_BOUND`` function calls in all), it held at most
+(tests/hostile/meters.py; on one call in ``SAMPLE``, chosen by its position and text so that
+a replay samples it again, at most ``CALL_BOUND`` function calls in all), it held at most
 ``STEP_PEAK_BOUND`` more at its peak and left at most ``STEP_RETAINED_BOUND`` and
 ``STEP_RETAINED_BLOCKS`` Python objects allocated, and the process's resident set grew by at
 most ``RSS_BOUND`` in the run.
@@ -327,8 +327,9 @@ class World:
                 for k in range(n))
             self.hv.copy_to_guest(v, DEFAULT_VIRT_BASE + offset, data)
 
-    def perform(self, call: Call) -> int | None:
-        """Run one call; the hypercall's return value, or None for a tools' action."""
+    def perform(self, call: Call, index: int = 0) -> int | None:
+        """Run one call, the ``index``-th of its run; the hypercall's return value, or None
+        for a tools' action."""
         kind = call[0]
         if kind == "hc":
             _, i, nr, args, mem = call
@@ -341,7 +342,7 @@ class World:
             s.regs.regs = GuestRegs.fresh(regs[0])
             v = s.domain.vcpus[0]
             self.stats.hypercalls += 1
-            sample = sampled(call)
+            sample = sampled(call, index)
             rc = self.measured(lambda: self.hv.hypercall(v, nr, *regs), sample)
             for _ in range(MAX_CONTINUATIONS if nr != NR["iret"] else 0):
                 r = s.regs.regs
@@ -462,7 +463,7 @@ class World:
                        if s is not None}
             self.stats.calls += 1
             try:
-                self.rcs.append(self.perform(call))
+                self.rcs.append(self.perform(call, index))
             except HypervisorBug as exc:
                 raise HostileFailure(index, calls, f"HypervisorBug: {exc}") from exc
             except WorkBoundExceeded as exc:
@@ -484,10 +485,12 @@ class World:
                     del s.domain.vcpus[0].tlb_invlpgs[:]
 
 
-def sampled(call: Call) -> bool:
-    """Whether ``call`` is one of the calls fully counted and traced (one in ``SAMPLE``): by a
-    checksum of its text, so that the same call is sampled wherever it stands in a run."""
-    return zlib.crc32(repr(call).encode()) % SAMPLE == 0
+def sampled(call: Call, index: int) -> bool:
+    """Whether ``call``, the ``index``-th of its run, is one of the calls fully counted and
+    traced (one in ``SAMPLE``): by a checksum of its position and text, so that a replay of
+    the run samples the same calls, and a call a run repeats is sampled at some of its
+    places."""
+    return zlib.crc32(f"{index}:{call!r}".encode()) % SAMPLE == 0
 
 
 def _field_codes(fmt: str) -> list[str]:
