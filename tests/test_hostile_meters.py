@@ -1,18 +1,21 @@
 """The hostile-guest harness's meters catch what they are there to catch (tests/hostile/
-meters.py): a hypercall planted into a machine of tests/hostile/world.py does unbounded work,
-touches a huge object for a moment or keeps ever more memory, on a call that is fully counted
-and traced (one in ``SAMPLE``) and on one that is not, and the harness reports it as a failure
-of its kind instead of running for hours or letting the process grow.
+meters.py): a hypercall planted into a machine of tests/hostile/world.py (and of the
+random-code runs, tests/hostile/randcode.py) does unbounded work, touches a huge object for a
+moment or keeps ever more memory, on a call that is fully counted and traced (one in
+``SAMPLE``) and on one that is not, and the harness reports it as a failure of its kind
+instead of running for hours or letting the process grow.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from hostile.calls import hc
-from hostile.meters import MemoryMeter, WorkBoundExceeded, WorkMeter, reset_peak_rss
+from hostile.meters import SAMPLE, MemoryMeter, WorkBoundExceeded, WorkMeter, reset_peak_rss
+from hostile.randcode import DOMAIN_MB, GUEST, MACHINE_MB, RandomCodeRun, _Checks
 from hostile.world import (
     ACCESS_BOUND,
     CALL_BOUND,
@@ -24,6 +27,8 @@ from hostile.world import (
     sampled,
 )
 
+from xenspec.conformance.guests.build import build_guest, toolchain_available
+from xenspec.refmodel.boot import Machine
 from xenspec.refmodel.builder import DEFAULT_VIRT_BASE
 from xenspec.spec import abi
 
@@ -178,3 +183,32 @@ def test_a_stopped_call_restores_the_hooks() -> None:
         work.measure(lambda: _python_loop(None, None, 0))  # type: ignore[arg-type]
     import sys
     assert sys.gettrace() is None and sys.getprofile() is None
+
+
+@pytest.mark.skipif(not toolchain_available(), reason="needs gcc -m32 and ld")
+@pytest.mark.parametrize("sample", [False, True])
+def test_random_code_checks_catch_planted_hypercalls(sample: bool) -> None:
+    """The checks of a random-code run (every hypercall of every guest metered): a planted
+    endless loop is stopped, a planted leak of objects is reported, on the sampled calls
+    (every SAMPLE-th hypercall of the run) and on the others."""
+    m = Machine(MACHINE_MB)
+    victim = m.add_guest(str(build_guest(GUEST)), DOMAIN_MB, "victim 100000")
+    run = RandomCodeRun((0,), 1)
+    checks = _Checks(run, m)
+    v = victim.vcpus[0]
+    planted: list[Planted] = []
+    checks.plain = lambda v, nr, *args: planted[0](None, v, nr, *args)
+    if sample:  # the next hypercall is the SAMPLE-th
+        planted.append(lambda w, v, nr, *args: 0)
+        for _ in range(SAMPLE - 1):
+            checks.hypercall(v, abi.__HYPERVISOR_xen_version, 0)
+        planted.clear()
+    planted.append(lambda w, v, nr, *args: _python_loop(w, v, nr))
+    with pytest.raises(WorkBoundExceeded):
+        checks.hypercall(v, abi.__HYPERVISOR_xen_version, 0)
+    leak: list[int] = []
+    run.hypercalls -= 1  # the same place in the sample again
+    planted[0] = lambda w, v, nr, *args: leak.extend(i + 1000 for i in range(60_000)) or 0
+    checks.hypercall(v, abi.__HYPERVISOR_xen_version, 0)
+    found = re.search(r"and (\d+) objects allocated", run.problems[0] if run.problems else "")
+    assert found is not None and int(found[1]) >= 60_000, run.problems
