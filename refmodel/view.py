@@ -64,10 +64,10 @@ class ConcreteView(ConcreteLogic):
         return 0 <= mfn < self.memory.nr_frames
 
     def owner(self, mfn: int) -> int:
-        return int(self.f.owner[mfn]) if self._ram(mfn) else abi.DOMID_IO
+        return int(self.f.owner[mfn]) if 0 <= mfn < self.memory.nr_frames else abi.DOMID_IO
 
     def type(self, mfn: int) -> int:
-        return int(self.f.type[mfn]) if self._ram(mfn) else int(PGT.none)
+        return int(self.f.type[mfn]) if 0 <= mfn < self.memory.nr_frames else int(PGT.none)
 
     def type_count(self, mfn: int) -> int:
         return int(self.f.type_count[mfn]) if self._ram(mfn) else 0
@@ -76,7 +76,7 @@ class ConcreteView(ConcreteLogic):
         return int(self.f.count[mfn]) if self._ram(mfn) else 0
 
     def _flag(self, mfn: int, bit: int) -> bool:
-        return self._ram(mfn) and bool(self.f.flags[mfn] & bit)
+        return 0 <= mfn < self.memory.nr_frames and bool(self.f.flags[mfn] & bit)
 
     def validated(self, mfn: int) -> bool:
         return self._flag(mfn, PGT_validated)
@@ -249,6 +249,9 @@ VCPUS = -4  # vCPU state not in a vCPU's key (its LDT pages): taken as changed a
 VCPU0 = -16  # VCPU0 - v: vCPU number v (which vCPU, its domain, base pointer, CPU state)
 
 Site = tuple[str, int, object, int]  # (quantifier, invariant's position, body's code, occurrence)
+# A (quantifier, frame or vCPU) pair is one int: the quantifier's number, shifted, and the item.
+ITEM_BITS = 32
+ITEM_MASK = (1 << ITEM_BITS) - 1
 
 
 class _TrackingView(ConcreteView):
@@ -267,8 +270,10 @@ class _TrackingView(ConcreteView):
         self._invs = INVARIANTS + COUNTER_INVARIANTS
         self.pending: dict[Site, set[int]] = {}  # frames not known to hold, per quantifier
         self.held: dict[Site, set[int]] = {}  # vCPUs known to hold, per quantifier
-        self.deps: dict[tuple[Site, int], set[int]] = {}
-        self.rdeps: dict[int, set[tuple[Site, int]]] = {}
+        self._site_ids: dict[Site, int] = {}
+        self._marks: list[tuple[bool, set[int]]] = []  # per number: (frames?, pending or held)
+        self.deps: dict[int, set[int]] = {}  # (quantifier, item) -> what its body read
+        self.rdeps: dict[int, set[int]] = {}  # what was read -> the (quantifier, item) pairs
 
     def refresh(self) -> None:
         """Before a check: the vCPUs and Xen's directory slots as they are now."""
@@ -281,20 +286,32 @@ class _TrackingView(ConcreteView):
 
     def invalidate(self, dirty: set[int]) -> None:
         """Every (quantifier, frame) whose evaluation read a key in ``dirty`` is pending."""
+        rdeps, deps, marks = self.rdeps, self.deps, self._marks
         for key in dirty:
-            for site_f in self.rdeps.pop(key, ()):
-                reads = self.deps.pop(site_f, None)
+            pairs = rdeps.pop(key, None)
+            if not pairs:
+                continue
+            for pair in pairs:
+                reads = deps.pop(pair, None)
                 if reads is None:
                     continue
                 for k in reads:
-                    others = self.rdeps.get(k)
+                    others = rdeps.get(k)
                     if others is not None:
-                        others.discard(site_f)
-                site, x = site_f
-                if site[0] == "frame":
-                    self.pending[site].add(x)
+                        others.discard(pair)
+                is_frame, items = marks[pair >> ITEM_BITS]
+                if is_frame:
+                    items.add(pair & ITEM_MASK)
                 else:
-                    self.held[site].discard(x)
+                    items.discard(pair & ITEM_MASK)
+
+    def _site_id(self, site: Site, items: set[int]) -> int:
+        """The number of a quantifier site (``items``: its pending frames or held vCPUs)."""
+        sid = self._site_ids.get(site)
+        if sid is None:
+            sid = self._site_ids[site] = len(self._marks)
+            self._marks.append((site[0] == "frame", items))
+        return sid
 
     # the reads
     def _read(self, key: int) -> None:
@@ -309,24 +326,34 @@ class _TrackingView(ConcreteView):
                 self.contents[mfn] = self.memory.ram[base : base + abi.PAGE_SIZE]
 
     def owner(self, mfn: int) -> int:
-        self._read(mfn)
-        return super().owner(mfn)
+        reads = self.reads
+        if reads is not None:
+            reads.add(mfn)
+        return ConcreteView.owner(self, mfn)
 
     def type(self, mfn: int) -> int:
-        self._read(mfn)
-        return super().type(mfn)
+        reads = self.reads
+        if reads is not None:
+            reads.add(mfn)
+        return ConcreteView.type(self, mfn)
 
     def type_count(self, mfn: int) -> int:
-        self._read(mfn)
-        return super().type_count(mfn)
+        reads = self.reads
+        if reads is not None:
+            reads.add(mfn)
+        return ConcreteView.type_count(self, mfn)
 
     def count(self, mfn: int) -> int:
-        self._read(mfn)
-        return super().count(mfn)
+        reads = self.reads
+        if reads is not None:
+            reads.add(mfn)
+        return ConcreteView.count(self, mfn)
 
     def _flag(self, mfn: int, bit: int) -> bool:
-        self._read(mfn)
-        return super()._flag(mfn, bit)
+        reads = self.reads
+        if reads is not None:
+            reads.add(mfn)
+        return ConcreteView._flag(self, mfn, bit)
 
     def is_privileged(self, domid: int) -> bool:
         self._read(DOMAINS)
@@ -417,10 +444,12 @@ class _TrackingView(ConcreteView):
         pending = self.pending.get(site)
         if pending is None:
             pending = self.pending[site] = set(self.frames())
+        sid = self._site_id(site, pending)
         found = self.witness
         mark = len(found)
         for f in sorted(pending):
-            self.reads = reads = set[int]()
+            reads: set[int] = set()
+            self.reads = reads
             try:
                 ok = body(f)
             finally:
@@ -430,8 +459,7 @@ class _TrackingView(ConcreteView):
                 return False
             del found[mark:]
             pending.discard(f)
-            self.deps[(site, f)] = reads
-            self._remember(site, f, reads)
+            self._remember(sid, f, reads)
         return True
 
     def forall_vcpus(self, body: Callable[[int], bool]) -> bool:
@@ -444,12 +472,14 @@ class _TrackingView(ConcreteView):
         self._occurrence[code] = n + 1
         site: Site = ("vcpu", self.inv, code, n)
         held = self.held.setdefault(site, set())
+        sid = self._site_id(site, held)
         found = self.witness
         mark = len(found)
         for v in self.vcpus():
             if v in held:
                 continue
-            self.reads = reads = set[int]()
+            reads: set[int] = set()
+            self.reads = reads
             try:
                 ok = body(v)
             finally:
@@ -459,13 +489,20 @@ class _TrackingView(ConcreteView):
                 return False
             del found[mark:]
             held.add(v)
-            self._remember(site, v, reads | {VCPU0 - v})
+            reads.add(VCPU0 - v)
+            self._remember(sid, v, reads)
         return True
 
-    def _remember(self, site: Site, x: int, reads: set[int]) -> None:
-        self.deps[(site, x)] = reads
+    def _remember(self, sid: int, x: int, reads: set[int]) -> None:
+        pair = sid << ITEM_BITS | x
+        self.deps[pair] = reads
+        rdeps = self.rdeps
         for key in reads:
-            self.rdeps.setdefault(key, set()).add((site, x))
+            pairs = rdeps.get(key)
+            if pairs is None:
+                rdeps[key] = {pair}
+            else:
+                pairs.add(pair)
 
 
 class _EventsView(ConcreteEvtView):

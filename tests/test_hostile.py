@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import time
 from collections import Counter
 from pathlib import Path
@@ -36,12 +35,16 @@ from click.testing import CliRunner
 # tests/ is on sys.path (pytest's rootdir-relative import of test modules): the harness.
 from hostile.calls import ARGS, alias_calls, hc, runs, xen_page_calls
 from hostile.elfmut import CORPUS, check_mutant
+from hostile.meters import SAMPLE, process_peak_rss
 from hostile.randcode import random_code_run, run_seeds
 from hostile.world import (
     ACCESS_BOUND,
     ATTACKER_MAPPED,
     CALL_BOUND,
+    FRAME_BOUND,
     STEP_PEAK_BOUND,
+    STEP_RETAINED_BLOCKS,
+    STEP_RETAINED_BOUND,
     HostileFailure,
     World,
     replay,
@@ -67,7 +70,8 @@ C_SEEDS = 300 if LONG else 20  # mutants per corpus image
 TARGETS = {"hypercalls": 1_000_000, "guests": 10_000} if LONG else {}
 
 STATS = {"hypercalls": 0, "a_runs": 0, "guests": 0, "b_runs": 0, "mutants": 0, "peak_call": 0,
-         "max_calls": 0, "max_accesses": 0}
+         "retained_call": 0, "retained_blocks": 0, "max_frames": 0, "max_calls": 0,
+         "max_accesses": 0, "sampled_calls": 0}
 SECONDS = {"a": 0.0, "b": 0.0}
 FAILURES: Counter[str] = Counter()  # by kind (Hypothesis's replays of a failure included)
 FIRST_FAILURES: list[str] = []
@@ -94,11 +98,26 @@ def figures() -> dict[str, object]:
     return {
         "profile": "long" if LONG else "ci", **STATS, "targets": TARGETS,
         "failures": dict(FAILURES), "first_failures": FIRST_FAILURES,
-        "call_bound": CALL_BOUND, "access_bound": ACCESS_BOUND,
-        "step_peak_bound": STEP_PEAK_BOUND,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10,
+        "frame_bound": FRAME_BOUND, "call_bound": CALL_BOUND, "access_bound": ACCESS_BOUND,
+        "sample": SAMPLE, "step_peak_bound": STEP_PEAK_BOUND,
+        "step_retained_bound": STEP_RETAINED_BOUND,
+        "step_retained_blocks": STEP_RETAINED_BLOCKS,
+        "peak_rss_mb": process_peak_rss() >> 20,
         "seconds": {k: round(v, 1) for k, v in SECONDS.items()},
     }
+
+
+def _work(frames: int, calls: int, accesses: int, sampled: int) -> None:
+    for key, value in (("max_frames", frames), ("max_calls", calls),
+                       ("max_accesses", accesses)):
+        STATS[key] = max(STATS[key], value)
+    STATS["sampled_calls"] += sampled
+
+
+def _memory(peak: int, retained: int, blocks: int) -> None:
+    for key, value in (("peak_call", peak), ("retained_call", retained),
+                       ("retained_blocks", blocks)):
+        STATS[key] = max(STATS[key], value)
 
 
 def _record() -> None:
@@ -138,10 +157,9 @@ def test_hostile_hypercalls(chunk: int, calls: list[tuple[object, ...]]) -> None
         STATS["hypercalls"] += w.stats.hypercalls
         STATS["a_runs"] += 1
         SECONDS["a"] += time.perf_counter() - start
-        STATS["max_calls"] = max(STATS["max_calls"], w.work.max_calls)
-        STATS["max_accesses"] = max(STATS["max_accesses"], w.work.max_accesses)
+        _work(w.work.max_frames, w.work.max_calls, w.work.max_accesses, w.work.sampled)
         if w.memory is not None:
-            STATS["peak_call"] = max(STATS["peak_call"], w.memory.peak)
+            _memory(w.memory.peak, w.memory.retained, w.memory.blocks)
         _record()
 
 
@@ -191,9 +209,8 @@ def test_random_code(run: int, ring: int) -> None:
     STATS["guests"] += len(r.attackers)
     STATS["b_runs"] += 1
     SECONDS["b"] += time.perf_counter() - start
-    STATS["max_calls"] = max(STATS["max_calls"], r.max_calls)
-    STATS["max_accesses"] = max(STATS["max_accesses"], r.max_accesses)
-    STATS["peak_call"] = max(STATS["peak_call"], r.peak_call)
+    _work(r.max_frames, r.max_calls, r.max_accesses, r.sampled_calls)
+    _memory(r.peak_call, r.retained_call, r.retained_blocks)
     for problem in r.problems:
         _failed(f"{problem} [{r.replay}]")
     _record()
@@ -249,7 +266,9 @@ def teardown_module() -> None:
           + f", {STATS['guests']} random-code guests"
           + (f" ({STATS['guests'] / b * 60:.0f}/min)" if b else "")
           + f", {STATS['mutants']} mutated images; failures {dict(FAILURES) or 'none'}; "
-          f"largest call {STATS['max_calls']} function calls (bound {CALL_BOUND}), "
-          f"{STATS['max_accesses']} guest accesses (bound {ACCESS_BOUND}), allocation peak "
-          f"{STATS['peak_call'] >> 10} KB (bound {STEP_PEAK_BOUND >> 10} KB); "
+          f"largest call {STATS['max_frames']} Python frames (bound {FRAME_BOUND}), "
+          f"{STATS['max_calls']} function calls in {STATS['sampled_calls']} sampled calls "
+          f"(bound {CALL_BOUND}), {STATS['max_accesses']} guest accesses (bound "
+          f"{ACCESS_BOUND}), allocation peak {STATS['peak_call'] >> 10} KB (bound "
+          f"{STEP_PEAK_BOUND >> 10} KB); "
           f"process peak RSS {fig['peak_rss_mb']} MB")

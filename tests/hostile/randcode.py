@@ -16,8 +16,9 @@ checks:
   privilege level (the engine's, from its saved context) and its CS and SS are not ring 0;
 * every invariant holds after every ``CHECK_EVERY``-th hypercall, after each attacker and at
   the end of the run;
-* each hypercall stays within the work and memory bounds of ``tests/hostile/world.py``, and
-  the process's resident set grows by at most ``RSS_BOUND`` in a run;
+* each hypercall stays within the work and memory bounds of ``tests/hostile/world.py`` (one
+  in ``SAMPLE`` fully counted and traced: tests/hostile/meters.py), and the process's
+  resident set grows by at most ``RSS_BOUND`` in a run;
 * the victim is still running, printed only its own round lines (each one its check of its
   memory and tables), and completed at least ``VICTIM_MIN_ROUNDS`` rounds.
 
@@ -39,8 +40,16 @@ from xenspec.refmodel.hypervisor import HypervisorBug
 from xenspec.refmodel.view import IncrementalChecker
 from xenspec.spec import abi
 
-from .meters import MemoryMeter, WorkBoundExceeded, WorkMeter
-from .world import ACCESS_BOUND, CALL_BOUND, PAGE, STEP_PEAK_BOUND, STEP_RETAINED_BOUND
+from .meters import SAMPLE, MemoryMeter, WorkBoundExceeded, WorkMeter
+from .world import (
+    ACCESS_BOUND,
+    CALL_BOUND,
+    FRAME_BOUND,
+    PAGE,
+    STEP_PEAK_BOUND,
+    STEP_RETAINED_BLOCKS,
+    STEP_RETAINED_BOUND,
+)
 
 GUEST = "hostile_code"
 MACHINE_MB, DOMAIN_MB = 16, 4  # a domain maps at least one 4 MB region (xc_linux_build.c)
@@ -66,9 +75,13 @@ class RandomCodeRun:
     traps: int = 0
     instructions: int = 0
     victim_rounds: int = 0
-    max_calls: int = 0  # the most function calls one hypercall made (WorkMeter)
+    max_calls: int = 0  # the most function calls one sampled hypercall made (WorkMeter)
+    max_frames: int = 0  # the most Python frames one hypercall entered
     max_accesses: int = 0  # the most guest-memory accesses one hypercall made
-    peak_call: int = 0  # the highest traced allocation peak of one hypercall, in bytes
+    sampled_calls: int = 0  # hypercalls fully counted and traced
+    peak_call: int = 0  # the highest allocation peak of one hypercall, in bytes
+    retained_call: int = 0  # the most one hypercall left allocated, in bytes
+    retained_blocks: int = 0  # the most Python objects one hypercall left allocated
     rss_growth: int = 0  # the process's resident-set growth over the run, in bytes
 
     @property
@@ -143,7 +156,7 @@ class _Checks:
 
     def __init__(self, run: RandomCodeRun, m: Machine) -> None:
         self.run, self.m = run, m
-        self.work = WorkMeter(CALL_BOUND, ACCESS_BOUND)
+        self.work = WorkMeter(CALL_BOUND, ACCESS_BOUND, FRAME_BOUND)
         self.work.instrument(m.hv)
         self.memory = MemoryMeter()
         self.checker = IncrementalChecker(m.hv)  # check_invariants, step after step
@@ -153,10 +166,14 @@ class _Checks:
     def hypercall(self, v: Vcpu, nr: int, *args: int) -> int:
         run, memory = self.run, self.memory
         run.hypercalls += 1
-        rc = memory.measure(lambda: self.work.measure(lambda: self.plain(v, nr, *args)))
-        if memory.last_peak > STEP_PEAK_BOUND or memory.last_retained > STEP_RETAINED_BOUND:
+        sample = run.hypercalls % SAMPLE == 0
+        rc = memory.measure(lambda: self.work.measure(lambda: self.plain(v, nr, *args), sample),
+                            traced=sample)
+        if (memory.last_peak > STEP_PEAK_BOUND or memory.last_retained > STEP_RETAINED_BOUND
+                or memory.last_blocks > STEP_RETAINED_BLOCKS):
             run.problems.append(f"hypercall {nr}{args} peaked at {memory.last_peak} bytes and "
-                                f"left {memory.last_retained} allocated")
+                                f"left {memory.last_retained} bytes and {memory.last_blocks} "
+                                f"objects allocated")
         if run.hypercalls % CHECK_EVERY == 0:
             self.invariants(f"after hypercall {run.hypercalls} ({nr})")
         return int(rc)
@@ -239,6 +256,8 @@ def random_code_run(seeds: tuple[int, ...], ring: int, traps: int = TRAPS,
         run.problems.append(f"the victim completed {run.victim_rounds} rounds")
     run.instructions += m.cpus[victim.domain_id].instructions
     run.max_calls, run.max_accesses = checks.work.max_calls, checks.work.max_accesses
+    run.max_frames, run.sampled_calls = checks.work.max_frames, checks.work.sampled
+    run.retained_call, run.retained_blocks = checks.memory.retained, checks.memory.blocks
     run.peak_call, run.rss_growth = checks.memory.peak, checks.memory.rss_growth()
     if checks.memory.rss_growth() > RSS_BOUND:
         run.problems.append(f"the process grew by {checks.memory.rss_growth() >> 20} MB")

@@ -32,15 +32,19 @@ returns exactly what the full check would, re-evaluating only what changed), the
 frame-table entries, page tables and vCPU state are exactly as before and it still gets its
 hypercalls answered, no other domain was shut down by the caller's request, ``iret`` never
 resumes ring 0 or IOPL above 0, the call did at most ``CALL_BOUND`` function calls and
-``ACCESS_BOUND`` guest-memory accesses (tests/hostile/meters.py), it allocated at most
-``STEP_PEAK_BOUND`` at its peak and left at most ``STEP_RETAINED_BOUND`` allocated, and the
-process's resident set grew by at most ``RSS_BOUND`` in the run.
+``ACCESS_BOUND`` guest-memory accesses and entered at most ``FRAME_BOUND`` Python frames
+(tests/hostile/meters.py; on one call in ``SAMPLE``, chosen by its position and text so that
+a replay samples it again, at most ``CALL_BOUND`` function calls in all), it held at most
+``STEP_PEAK_BOUND`` more at its peak and left at most ``STEP_RETAINED_BOUND`` and
+``STEP_RETAINED_BLOCKS`` Python objects allocated, and the process's resident set grew by at
+most ``RSS_BOUND`` in the run.
 """
 
 from __future__ import annotations
 
 import functools
 import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -57,7 +61,7 @@ from xenspec.refmodel.view import IncrementalChecker
 from xenspec.spec import abi
 from xenspec.spec.pagetable import PGT
 
-from .meters import MemoryMeter, WorkBoundExceeded, WorkMeter
+from .meters import SAMPLE, MemoryMeter, WorkBoundExceeded, WorkMeter
 
 Val = Any  # int | tuple: see the module docstring
 Call = tuple[Any, ...]
@@ -73,18 +77,22 @@ ATTACKER_PAGES, ATTACKER_MAPPED = 28, 21
 VICTIM_PAGES, VICTIM_MAPPED = 24, 20
 VICTIM_DATA_PFN = VICTIM_MAPPED + 2  # unmapped: the victim's probe writes it via mmu_update
 
-# Work bounds of one hypercall. Xen preempts a long batch and continues it later
-# (hypercall_preempt_check, hypercall_create_continuation), so no single call does unbounded
-# work. Measured on the model: an mmu_update request is about 15 function calls and one
-# guest read (a full argument area, 4,096 requests, about 62,000 calls); the largest bounded
-# call is set_gdt of 14 frames, whose 7,168 descriptors take about 850,000 calls.
-CALL_BOUND = 2_000_000
+# Work bounds of one hypercall (tests/hostile/meters.py). Xen preempts a long batch and
+# continues it later (hypercall_preempt_check, hypercall_create_continuation), so no single
+# call does unbounded work. Measured on the model: an mmu_update request is about 15 function
+# calls and one guest read (a full argument area, 4,096 requests, about 62,000 calls); the
+# largest bounded call is set_gdt: of 7 frames (3,584 descriptors) it makes about 842,000
+# calls, 534,000 of them Python frames entered, so about twice that for a full GDT of 14
+# frames (FIRST_RESERVED_GDT_PAGE, xen/include/asm-x86/desc.h).
+CALL_BOUND = 2_000_000  # function calls, built-in ones included (sampled calls)
+FRAME_BOUND = 1_250_000  # Python frames entered (every call)
 ACCESS_BOUND = 20_000  # guest records read or written: five full argument areas
-# Memory: the traced peak of one hypercall, what one hypercall may leave allocated (a guest
-# may make the hypervisor keep bounded state only: Xen's console ring is 16 KB, its tables
-# have fixed sizes), and the process's resident-set growth over a run.
+# Memory: the peak of one hypercall, what one hypercall may leave allocated (a guest may make
+# the hypervisor keep bounded state only: Xen's console ring is 16 KB, its tables have fixed
+# sizes), in bytes and in Python objects, and the process's resident-set growth over a run.
 STEP_PEAK_BOUND = 16 << 20
 STEP_RETAINED_BOUND = 4 << 20
+STEP_RETAINED_BLOCKS = 50_000
 RSS_BOUND = 96 << 20
 
 # Addresses in and around the hypervisor hole (xen/include/asm-x86/config.h, x86_32 non-PAE).
@@ -173,7 +181,7 @@ class World:
         self.probe_count = 0
         self.victim_state = self.victim_snapshot()
         self.checker = IncrementalChecker(self.hv)  # check_invariants, step after step
-        self.work = WorkMeter(CALL_BOUND, ACCESS_BOUND)
+        self.work = WorkMeter(CALL_BOUND, ACCESS_BOUND, FRAME_BOUND)
         self.work.instrument(self.hv)
         self.memory = MemoryMeter() if check_memory else None
 
@@ -319,8 +327,9 @@ class World:
                 for k in range(n))
             self.hv.copy_to_guest(v, DEFAULT_VIRT_BASE + offset, data)
 
-    def perform(self, call: Call) -> int | None:
-        """Run one call; the hypercall's return value, or None for a tools' action."""
+    def perform(self, call: Call, index: int = 0) -> int | None:
+        """Run one call, the ``index``-th of its run; the hypercall's return value, or None
+        for a tools' action."""
         kind = call[0]
         if kind == "hc":
             _, i, nr, args, mem = call
@@ -333,7 +342,8 @@ class World:
             s.regs.regs = GuestRegs.fresh(regs[0])
             v = s.domain.vcpus[0]
             self.stats.hypercalls += 1
-            rc = self.measured(lambda: self.hv.hypercall(v, nr, *regs))
+            sample = sampled(call, index)
+            rc = self.measured(lambda: self.hv.hypercall(v, nr, *regs), sample)
             for _ in range(MAX_CONTINUATIONS if nr != NR["iret"] else 0):
                 r = s.regs.regs
                 if r.eip != CALL_EIP - 2 or not s.domain.is_running:
@@ -341,7 +351,7 @@ class World:
                 r.eip = CALL_EIP
                 nr2, more = r.eax, (r.ebx, r.ecx, r.edx, r.esi, r.edi)
                 self.stats.hypercalls += 1
-                rc = self.measured(functools.partial(self.hv.hypercall, v, nr2, *more))
+                rc = self.measured(functools.partial(self.hv.hypercall, v, nr2, *more), sample)
             return rc
         if kind == "grant":
             _, i, ref, flags, dom, frame = call
@@ -421,15 +431,21 @@ class World:
             if mem.last_retained > STEP_RETAINED_BOUND:
                 return (f"the call left {mem.last_retained >> 20} MB allocated "
                         f"(bound {STEP_RETAINED_BOUND >> 20} MB)")
+            if mem.last_blocks > STEP_RETAINED_BLOCKS:
+                return (f"the call left {mem.last_blocks} more objects allocated "
+                        f"(bound {STEP_RETAINED_BLOCKS}; grew)")
             if mem.rss_growth() > RSS_BOUND:
                 return (f"the process grew by {mem.rss_growth() >> 20} MB during the run "
                         f"(bound {RSS_BOUND >> 20} MB)")
         return None
 
-    def measured(self, fn: Callable[[], int]) -> int:
-        if self.memory is None:
-            return self.work.measure(fn)
-        return self.memory.measure(lambda: self.work.measure(fn))
+    def measured(self, fn: Callable[[], int], sample: bool) -> int:
+        """``fn()`` under the work meter and the memory meter, fully counted and traced if
+        ``sample``."""
+        memory = self.memory
+        if memory is None:
+            return self.work.measure(fn, sample)
+        return memory.measure(lambda: self.work.measure(fn, sample), traced=sample)
 
     def _victim_diff(self) -> str:
         names = ("page_list", "max_pages", "shutdown", "frames", "guest_table", "ldt_base",
@@ -447,7 +463,7 @@ class World:
                        if s is not None}
             self.stats.calls += 1
             try:
-                self.rcs.append(self.perform(call))
+                self.rcs.append(self.perform(call, index))
             except HypervisorBug as exc:
                 raise HostileFailure(index, calls, f"HypervisorBug: {exc}") from exc
             except WorkBoundExceeded as exc:
@@ -467,6 +483,14 @@ class World:
             for s in self.slots:
                 if s is not None and len(s.domain.vcpus[0].tlb_invlpgs) > 4096:
                     del s.domain.vcpus[0].tlb_invlpgs[:]
+
+
+def sampled(call: Call, index: int) -> bool:
+    """Whether ``call``, the ``index``-th of its run, is one of the calls fully counted and
+    traced (one in ``SAMPLE``): by a checksum of its position and text, so that a replay of
+    the run samples the same calls, and a call a run repeats is sampled at some of its
+    places."""
+    return zlib.crc32(f"{index}:{call!r}".encode()) % SAMPLE == 0
 
 
 def _field_codes(fmt: str) -> list[str]:
