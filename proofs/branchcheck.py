@@ -55,6 +55,7 @@ from xenspec.refmodel.pvguest import ARG_PAGES, PVGuest, issue
 from xenspec.refmodel.view import ConcreteView, check_invariants
 from xenspec.sharedfiles import update_json_dict
 from xenspec.spec import abi, cpu_spec, mm_spec, symbolic
+from xenspec.spec import branches as spec_branches
 from xenspec.spec.branches import NamedBranch, branches
 from xenspec.spec.desc import descriptor_rule
 from xenspec.spec.invariants import proof_invariants, references
@@ -968,13 +969,18 @@ def states_for(ctx: Context, b: NamedBranch, per_branch: int,
     free = b.kind == "fail" or ctx.family.bench == "cpu"
     choice = _choice_of(ctx.t, b) if not free else z3.BoolVal(True)
     pins = _pins(ctx)
-    first = _no_earlier_outcome(ctx.t, b) if ctx.family.bench == "mmu" else []
-    model = None
+    mmu = ctx.family.bench == "mmu"
+    first = _no_earlier_outcome(ctx.t, b) if mmu else []
     hints = ctx.family.hints(ctx.args)
-    if hints:
-        model = solve_branch(ctx.common, b, [*first, z3.Or(*hints)], choice, pins)
-    if model is None:
-        model = solve_branch(ctx.common, b, first, choice, pins)
+    # The first state tried: one where the branch's check is the only one that fails, so that
+    # a model without that check lets the call through; then one on a boundary of the hints.
+    attempts = [[*first, *_sole_failure(ctx, b)]] if mmu and b.kind == "fail" else []
+    attempts += [[*first, z3.Or(*hints)]] if hints else []
+    model = None
+    for extra in [*attempts, first]:
+        model = solve_branch(ctx.common, b, extra, choice, pins)
+        if model is not None:
+            break
     found: list[z3.ModelRef] = []
     blocked: list[z3.BoolRef] = []
     sig = ctx.family.signature(ctx.s, ctx.args)
@@ -1005,6 +1011,20 @@ def check_one(family: Family, branch: str, per_branch: int = 3) -> list[Case]:
     # The checks on concrete states use the unbounded scope, as check_refinement's other
     # callers do: over concrete arrays the solver decides it, and the terms stay small.
     return [run_case(family, branch, ctx.unknown, m, ctx.args) for m in found]
+
+
+def _sole_failure(ctx: Context, b: NamedBranch) -> list[z3.BoolRef]:
+    """The spec built with the requirement that fails ``b`` negated (``spec.branches.FLIP``)
+    succeeds: on such a state that requirement is the only one that fails."""
+    assert isinstance(ctx.scope, FrameScope), "the MMU checks' scope"
+    spec_branches.FLIP = b.name.split("/")[-1]
+    mm_spec.CHOOSE = _choices(ctx.scope.frame_list)
+    try:
+        flipped = _builders()[ctx.family.name](ctx.s)
+    finally:
+        spec_branches.FLIP = None
+        mm_spec.CHOOSE = None
+    return [z3.simplify(z3.And(flipped.ok, flipped.choice))]
 
 
 def _no_earlier_outcome(t: Transition, b: NamedBranch) -> list[z3.BoolRef]:
