@@ -257,7 +257,9 @@ class Grants:
                       dom: int) -> tuple[int, int, int]:
         """__gnttab_map_grant_ref: (status, handle, dev_bus_addr)."""
         ld = v.domain
-        if not flags & (abi.GNTMAP_device_map | abi.GNTMAP_host_map):
+        # The reference and the flags first, then the domain (3.0.4's order).
+        if not 0 <= ref < abi.NR_GRANT_ENTRIES or not flags & (abi.GNTMAP_device_map |
+                                                                abi.GNTMAP_host_map):
             return abi.GNTST_bad_gntref, 0, 0
         rd = self.hv.domains.get(dom)
         if rd is None:

@@ -164,6 +164,8 @@ def test_read_only_grant_is_never_mapped_writable(impl: ReferenceImplementation)
     (0, 1, "a", abi.GNTST_bad_gntref),                      # neither host nor device map
     (abi.GNTMAP_host_map, abi.NR_GRANT_ENTRIES, "a", abi.GNTST_bad_gntref),
     (abi.GNTMAP_host_map, 1, "nobody", abi.GNTST_bad_domain),
+    # The reference is checked with the flags, before the domain (grant_table.c, 3.0.4).
+    (abi.GNTMAP_host_map, abi.NR_GRANT_ENTRIES, "nobody", abi.GNTST_bad_gntref),
     (abi.GNTMAP_host_map, 2, "a", abi.GNTST_general_error),  # entry 2 is not granted
     (abi.GNTMAP_host_map, 3, "a", abi.GNTST_general_error),  # granted to another domain
 ])
