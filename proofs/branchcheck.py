@@ -1048,19 +1048,8 @@ def _no_earlier_outcome(t: Transition, b: NamedBranch) -> list[z3.BoolRef]:
 
 def _choice_booleans(e: z3.ExprRef) -> list[z3.ExprRef]:
     """The choice Booleans (``_choices``) that ``e`` reads."""
-    found: dict[int, z3.ExprRef] = {}
-    seen: set[int] = set()
-    todo = [e]
-    while todo:
-        x = todo.pop()
-        if x.get_id() in seen:
-            continue
-        seen.add(x.get_id())
-        if (z3.is_const(x) and x.decl().kind() == z3.Z3_OP_UNINTERPRETED
-                and x.decl().name().startswith("choice.")):
-            found[x.get_id()] = x
-        todo.extend(x.children())
-    return list(found.values())
+    return [x for x in symbolic.uninterpreted_constants(e)
+            if x.decl().name().startswith("choice.")]
 
 
 def _first_outcome_is(family: Family, ctx: Context,

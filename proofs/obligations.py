@@ -290,22 +290,8 @@ def _conjuncts(e: z3.BoolRef) -> list[z3.BoolRef]:
 
 def _fresh_symbols(e: z3.ExprRef) -> set[str]:
     """The names of the fresh symbols (``symbolic.fresh_name``: a spec's choices) in ``e``."""
-    out: set[str] = set()
-    seen: set[int] = set()
-    todo = [e]
-    while todo:
-        x = todo.pop()
-        if x.get_id() in seen:
-            continue
-        seen.add(x.get_id())
-        if z3.is_quantifier(x):
-            todo.append(x.body())
-            continue
-        if z3.is_app(x):
-            if x.decl().kind() == z3.Z3_OP_UNINTERPRETED and "!" in x.decl().name():
-                out.add(x.decl().name())
-            todo.extend(x.children())
-    return out
+    return {x.decl().name() for x in symbolic.uninterpreted_constants(e)
+            if "!" in x.decl().name()}
 
 
 def read_choices(choice: z3.BoolRef, rest: z3.BoolRef) -> list[z3.BoolRef]:

@@ -69,6 +69,30 @@ def set_concrete(on: bool) -> None:
     CONCRETE = on
 
 
+def subterms(e: z3.ExprRef) -> list[z3.ExprRef]:
+    """Every distinct subterm of ``e`` (quantifier bodies included), each once."""
+    out: list[z3.ExprRef] = []
+    seen: set[int] = set()
+    todo = [e]
+    while todo:
+        x = todo.pop()
+        if x.get_id() in seen:
+            continue
+        seen.add(x.get_id())
+        out.append(x)
+        if z3.is_quantifier(x):
+            todo.append(x.body())
+        elif z3.is_app(x):
+            todo.extend(x.children())
+    return out
+
+
+def uninterpreted_constants(e: z3.ExprRef) -> list[z3.ExprRef]:
+    """The uninterpreted constants ``e`` reads (a spec's fresh symbols, its choices)."""
+    return [x for x in subterms(e) if z3.is_const(x)
+            and x.decl().kind() == z3.Z3_OP_UNINTERPRETED]
+
+
 def set_scope(scope: Scope) -> None:
     global SCOPE
     SCOPE = scope

@@ -1,24 +1,32 @@
-"""Single-line mutants of the reference MMU (refmodel/mm.py) for the tests that must catch
-them: a method of ``MM`` recompiled from its own source with one line replaced, so that a
-mutant is stated as the line it changes rather than as a copy of the method."""
+"""Single-line mutants of the reference model for the tests that must catch them: a function
+or method recompiled from its own source with one line replaced, so that a mutant is stated as
+the line it changes rather than as a copy of the function."""
 
 from __future__ import annotations
 
 import inspect
 import textwrap
+from types import ModuleType
+from typing import Any
 
 from xenspec.refmodel import mm
 from xenspec.refmodel.mm import MM
 
 
-def mutated(method: str, line: str, replacement: str) -> object:
+def recompiled(module: ModuleType, holder: Any, name: str, line: str, replacement: str) -> Any:
+    """``holder.name`` (a function of ``module``, or a method of a class of it) with ``line``
+    replaced, compiled in ``module``'s namespace."""
+    source = textwrap.dedent(inspect.getsource(getattr(holder, name)))
+    assert source.count(line) == 1, f"{name}: {line!r} not found once"
+    namespace: dict[str, Any] = {}
+    exec(compile(source.replace(line, replacement), str(module.__file__), "exec"),
+         vars(module), namespace)
+    return namespace[name]
+
+
+def mutated(method: str, line: str, replacement: str) -> Any:
     """MM.``method`` with ``line`` replaced (compiled in mm's namespace)."""
-    source = textwrap.dedent(inspect.getsource(getattr(MM, method)))
-    assert source.count(line) == 1, f"{method}: {line!r} not found once"
-    namespace: dict[str, object] = {}
-    exec(compile(source.replace(line, replacement), mm.__file__, "exec"),
-         vars(mm), namespace)
-    return namespace[method]
+    return recompiled(mm, MM, method, line, replacement)
 
 
 # update_va_mapping writes through any page-table frame its L2 slot names: a directory reached

@@ -16,12 +16,10 @@ calls, with mutants of refmodel/grant.py, memop.py and event.py (``GEM_MUTANTS``
 
 from __future__ import annotations
 
-import inspect
-import textwrap
 from typing import Any
 
 import pytest
-from mm_mutants import UVA_ANY_TABLE, mutated
+from mm_mutants import UVA_ANY_TABLE, mutated, recompiled
 
 from xenspec.proofs import branchcheck
 from xenspec.proofs import branchcheck_gem as gem
@@ -60,19 +58,24 @@ def test_open_list_names_real_branches() -> None:
     assert set(OPEN) <= known, sorted(set(OPEN) - known)
 
 
+def judge(key: str, cases: list[Any], unreachable: dict[str, str]) -> None:
+    """A branch's verdict: hit, every check passed; or not hit, with the reason given."""
+    if not cases:
+        assert key in unreachable, (
+            f"{key}: no state of the machine takes this branch; it is dead in the spec "
+            "(remove it) or out of the machine's reach (explain it in UNREACHABLE)")
+        pytest.skip(f"not hit: {unreachable[key]}")
+    assert key not in unreachable, f"{key} is hit: remove it from UNREACHABLE"
+    problems = [f"{c.args}: {c.problem}" for c in cases if c.problem is not None]
+    assert not problems, f"{key}:\n" + "\n".join(problems)
+
+
 @pytest.mark.parametrize(("name", "branch"), BRANCHES)
 def test_branch_refines(name: str, branch: str) -> None:
     key = f"{name} {branch}"
     cases = check_one(family(name), branch, PER_BRANCH)
     branchcheck.record(key, cases)
-    if not cases:
-        assert key in UNREACHABLE, (
-            f"{key}: no state of the small machine takes this branch; it is dead in the spec "
-            "(remove it) or out of the machine's reach (explain it in UNREACHABLE)")
-        pytest.skip(f"not hit: {UNREACHABLE[key]}")
-    assert key not in UNREACHABLE, f"{key} is hit: remove it from UNREACHABLE"
-    problems = [f"{c.args}: {c.problem}" for c in cases if c.problem is not None]
-    assert not problems, f"{key}:\n" + "\n".join(problems)
+    judge(key, cases, UNREACHABLE)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,18 +151,6 @@ CPU_MUTANTS: list[tuple[Any, str | None, str, str, str, str, str]] = [
 ]
 
 
-def cpu_mutated(module: Any, owner: str | None, name: str, line: str, replacement: str) -> Any:
-    """``name`` of ``module`` (a function, or a method of class ``owner``) recompiled from its
-    own source with ``line`` replaced."""
-    holder = getattr(module, owner) if owner else module
-    source = textwrap.dedent(inspect.getsource(getattr(holder, name)))
-    assert source.count(line) == 1, f"{name}: {line!r} not found once"
-    namespace: dict[str, Any] = {}
-    exec(compile(source.replace(line, replacement), module.__file__, "exec"), vars(module),
-         namespace)
-    return namespace[name]
-
-
 @pytest.mark.parametrize("mutant", [pytest.param(m, id=f"{m[1] or m[0].__name__}.{m[2]}")
                                     for m in CPU_MUTANTS])
 def test_cpu_mutant_is_caught(mutant: tuple[Any, str | None, str, str, str, str, str],
@@ -168,7 +159,7 @@ def test_cpu_mutant_is_caught(mutant: tuple[Any, str | None, str, str, str, str,
     cases = check_one(family(fam), branch, PER_BRANCH)
     assert cases and all(c.problem is None for c in cases), "the unmutated model passes"
     holder = getattr(module, owner) if owner else module
-    monkeypatch.setattr(holder, name, cpu_mutated(module, owner, name, line, replacement))
+    monkeypatch.setattr(holder, name, recompiled(module, holder, name, line, replacement))
     cases = check_one(family(fam), branch, PER_BRANCH)
     assert any(c.problem is not None for c in cases), (
         f"mutant of {name} ({replacement}) survives the checks of {fam} {branch}")
@@ -218,14 +209,7 @@ def test_gem_branch_refines(name: str, branch: str) -> None:
     key = f"{name} {branch}"
     cases = gem.check_one(gem.family(name), branch)
     gem.record(key, cases)
-    if not cases:
-        assert key in gem.UNREACHABLE, (
-            f"{key}: no state of the machine takes this branch; it is dead in the spec "
-            "(remove it) or out of the machine's reach (explain it in UNREACHABLE)")
-        pytest.skip(f"not hit: {gem.UNREACHABLE[key]}")
-    assert key not in gem.UNREACHABLE, f"{key} is hit: remove it from UNREACHABLE"
-    problems = [f"{c.args}: {c.problem}" for c in cases if c.problem is not None]
-    assert not problems, f"{key}:\n" + "\n".join(problems)
+    judge(key, cases, gem.UNREACHABLE)
 
 
 EVT_BRANCHES = [pytest.param(f.name, b, id=f"{f.name} {b}")
@@ -237,14 +221,7 @@ def test_gem_event_branch_refines(name: str, branch: str) -> None:
     key = f"{name} {branch}"
     cases = gem.evt_check_one(gem.evt_family(name), branch)
     gem.record(key, cases)
-    if not cases:
-        assert key in gem.UNREACHABLE, (
-            f"{key}: no state of the event machine takes this branch; it is dead in the spec "
-            "(remove it) or out of the machine's reach (explain it in UNREACHABLE)")
-        pytest.skip(f"not hit: {gem.UNREACHABLE[key]}")
-    assert key not in gem.UNREACHABLE, f"{key} is hit: remove it from UNREACHABLE"
-    problems = [f"{c.args}: {c.problem}" for c in cases if c.problem is not None]
-    assert not problems, f"{key}:\n" + "\n".join(problems)
+    judge(key, cases, gem.UNREACHABLE)
 
 
 # Single-line mutants of the grant, memory_op and event models, each a rule the specs have:
@@ -278,16 +255,6 @@ GEM_MUTANTS: list[tuple[Any, type, str, str, str, str, str]] = [
 ]
 
 
-def _mutated_method(module: Any, cls: type, method: str, line: str, replacement: str) -> Any:
-    """``cls.method`` recompiled from its source with ``line`` replaced (``mm_mutants``)."""
-    source = textwrap.dedent(inspect.getsource(getattr(cls, method)))
-    assert source.count(line) == 1, f"{method}: {line!r} not found once"
-    namespace: dict[str, Any] = {}
-    exec(compile(source.replace(line, replacement), module.__file__, "exec"), vars(module),
-         namespace)
-    return namespace[method]
-
-
 def _gem_cases(name: str, branch: str) -> list[Any]:
     if name.startswith("event_channel_op"):
         return gem.evt_check_one(gem.evt_family(name), branch)
@@ -301,7 +268,7 @@ def test_gem_mutant_is_caught(mutant: tuple[Any, type, str, str, str, str, str],
     module, cls, method, line, replacement, name, branch = mutant
     cases = _gem_cases(name, branch)
     assert cases and all(c.problem is None for c in cases), "the unmutated model passes"
-    monkeypatch.setattr(cls, method, _mutated_method(module, cls, method, line, replacement))
+    monkeypatch.setattr(cls, method, recompiled(module, cls, method, line, replacement))
     cases = _gem_cases(name, branch)
     assert any(c.problem is not None for c in cases), (
         f"mutant of {cls.__name__}.{method} ({replacement}) survives {name} {branch}")
