@@ -173,14 +173,26 @@ def spec_error_rows(c: Clause) -> list[list[str]]:
     for label, builder in builders_by_clause().get(c.id, []):
         symbolic.reset_fresh()
         t = builder(SymState.fresh("s"))
-        err = source.errno_name(z3.simplify(t.err).as_signed_long())
-        rows.append([rst.literal(err), f"specification ({rst.escape(label)}): the validity "
-                     "condition is false; the MMU state is unchanged"])
+        for err in _values(t.err):
+            rows.append([rst.literal(source.errno_name(err)), f"specification "
+                         f"({rst.escape(label)}): the validity condition is false; the MMU "
+                         "state is unchanged"])
         for b in t.others:
-            rc = source.errno_name(z3.simplify(b.rc).as_signed_long())
-            rows.append([rst.literal(rc), f"specification: outcome ``{b.name}``, which "
-                         "changes the state (see the spec source)"])
+            for rc in _values(b.rc):
+                rows.append([rst.literal(source.errno_name(rc)), f"specification: outcome "
+                             f"``{b.name}``, which changes the state (see the spec source)"])
     return rows
+
+
+def _values(term: z3.ExprRef) -> list[int]:
+    """The values a return code can take: a constant, or each arm of an If-chain (callback_op
+    answers -EINVAL for an NMI callback and -ENOSYS for other types)."""
+    term = z3.simplify(term)
+    if z3.is_bv_value(term):
+        return [term.as_signed_long()]
+    if z3.is_app_of(term, z3.Z3_OP_ITE):
+        return [v for arm in term.children()[1:] for v in _values(arm)]
+    raise ValueError(f"a return code that is neither a constant nor an If-chain: {term}")
 
 
 def spec_source(spec: Callable[..., Any] | None) -> str:
