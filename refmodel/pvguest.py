@@ -100,9 +100,13 @@ class PVGuest(MMUCalls):
         return self.write_args(buf)
 
     def read_done(self) -> int:
-        pfn, off = divmod(DONE_OFFSET, abi.PAGE_SIZE)
-        raw = self.hv.memory.read((self.mfn(pfn) << abi.PAGE_SHIFT) + off, 4)
-        return int.from_bytes(raw, "little")
+        """The count the batch call stored at ``done_va``, read as the guest reads it: through
+        its page tables (a batch may remap the page), 0xFFFFFFFF, as _write_batch left it,
+        when nothing maps the address any more."""
+        if not self.vcpu.guest_table:  # crashed with no page table (new_guest_cr3)
+            return 0xFFFFFFFF
+        raw = self.hv.copy_from_guest(self.vcpu, self.done_va, 4)
+        return 0xFFFFFFFF if raw is None else int.from_bytes(raw, "little")
 
     # --- the MMU hypercalls ------------------------------------------------------------------
     def mmu_update(

@@ -19,6 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from xenspec.refmodel.hypervisor import Hypervisor
 from xenspec.refmodel.pvguest import PVGuest
+from xenspec.refmodel.uaccess import translate
 from xenspec.refmodel.view import check_invariants
 from xenspec.spec import abi
 from xenspec.spec.pagetable import PGT
@@ -120,7 +121,11 @@ class MMUMachine(RuleBasedStateMachine):
                              g.pte(self.frame(g, kind, tgt), flags)))
         rc, done = g.mmu_update(reqs)
         self.call(rc)
-        assert (rc == 0) == (done == len(reqs)), (rc, done)
+        # The count is stored through the guest's tables after the batch, and a failed store is
+        # ignored (mm.c, do_mmu_update: copy_to_guest(pdone) at "out"): a batch that unmapped
+        # its own argument page, or left it read-only, succeeds with no count stored.
+        if translate(self.hv.memory, g.vcpu.guest_table, g.done_va, True) is not None:
+            assert (rc == 0) == (done == len(reqs)), (rc, done)
 
     @rule(who=st.integers(0, 1), cmd=st.sampled_from(
         [abi.MMUEXT_PIN_L1_TABLE, abi.MMUEXT_PIN_L2_TABLE, abi.MMUEXT_UNPIN_TABLE,
