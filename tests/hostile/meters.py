@@ -20,7 +20,8 @@ Memory, for every measured call: the process's resident set at its highest durin
 (Linux resets the high-water mark on request, /proc/self/clear_refs ``5``), above what it was
 when the call began, so that no single request makes the hypervisor touch a huge object even
 briefly; and what the call leaves behind, as the growth of the Python heap's allocated blocks
-(``sys.getallocatedblocks``, the objects still alive) and of the resident set (large buffers).
+(``sys.getallocatedblocks``, the objects still alive) and of the C heap's bytes in use (glibc's
+mallinfo2: large buffers, however the allocator reuses memory; the resident set without glibc).
 On the sampled calls, ``tracemalloc`` traces the call as well (the peak and what stays
 allocated, byte for byte). Over a whole run the resident set's growth is bounded too, which
 catches slow growth across many requests. Machine memory is one fixed mapping
@@ -29,6 +30,7 @@ catches slow growth across many requests. Machine memory is one fixed mapping
 
 from __future__ import annotations
 
+import ctypes
 import os
 import resource
 import sys
@@ -160,7 +162,8 @@ class MemoryMeter:
     ``measure`` gives, for one call: ``last_peak``, the most it held at once (bytes: the
     traced peak when traced, else the resident set's high-water mark during the call above
     the resident set when it began), ``last_retained``, what it left allocated (bytes: traced,
-    else the resident set's growth), and ``last_blocks``, the growth of the Python heap's
+    else the growth of the C heap's bytes in use, ``heap_in_use``, or where that cannot be
+    read the resident set's growth), and ``last_blocks``, the growth of the Python heap's
     allocated blocks (objects it made that are still alive). Tracing only the
     calls keeps the invariant checks between them at full speed. ``rss_growth`` is the
     resident set's growth since the meter was made: what the run holds in all, machine memory
@@ -179,12 +182,13 @@ class MemoryMeter:
         mark cannot be reset."""
         if traced or not reset_peak_rss():
             return self._traced(fn)
-        rss, blocks = rss_bytes(), sys.getallocatedblocks()
+        rss, heap, blocks = rss_bytes(), heap_in_use(), sys.getallocatedblocks()
         try:
             return fn()
         finally:
             self.last_blocks = sys.getallocatedblocks() - blocks
-            self.last_retained = rss_bytes() - rss
+            self.last_retained = (heap_in_use() - heap if heap is not None
+                                  else rss_bytes() - rss)
             self.last_peak = peak_rss() - rss
             self._record()
 
@@ -248,6 +252,37 @@ def rss_bytes() -> int:
         return int(os.pread(p.statm, 128, 0).split()[1]) * p.page
     except (OSError, ValueError, IndexError):
         return 0
+
+
+class _MallInfo2(ctypes.Structure):
+    """glibc's struct mallinfo2 (malloc.h, glibc 2.33 and later)."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def _mallinfo2() -> Callable[[], _MallInfo2] | None:
+    try:
+        fn = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fn.restype = _MallInfo2
+    return fn  # type: ignore[no-any-return]
+
+
+_MALLINFO2 = _mallinfo2()
+
+
+def heap_in_use() -> int | None:
+    """The bytes malloc has handed out and not had back (glibc mallinfo2: the chunks in use
+    plus the mmapped ones), or None without glibc. Unlike the resident set, it grows with a
+    buffer kept even when the buffer reuses memory freed earlier; Python's small objects live
+    in pymalloc arenas outside it, and ``sys.getallocatedblocks`` counts those."""
+    if _MALLINFO2 is None:
+        return None
+    info = _MALLINFO2()
+    return int(info.uordblks + info.hblkhd)
 
 
 def peak_rss() -> int:
