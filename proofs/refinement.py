@@ -229,11 +229,11 @@ class Snapshot:
 def same_state(s: SymState, after: Snapshot, indices: list[int],
                old: tuple[SymState, Snapshot] | None = None) -> z3.BoolRef:
     """``s`` agrees with the concrete ``after`` on every frame (its type as ``same_type``
-    says), entry in use and base. The words
-    of grant-table frames are not compared: Xen keeps GTF_reading and GTF_writing there by pin
-    counts, which the spec abstracts away. Given ``old`` (the encoded state before the call
-    and its snapshot), the vCPUs' CPU state is not compared where the spec left it as it was
-    (the very same terms) and the model did too: they agree by construction."""
+    says), entry in use and base. The words of grant-table frames are not compared: Xen keeps
+    GTF_reading and GTF_writing there by pin counts, which the spec abstracts away. Given
+    ``old`` (the encoded state before the call and its snapshot), the vCPUs' CPU state is not
+    compared where the spec left it as it was (the very same terms) and the model did too:
+    they agree by construction."""
     if old is not None and old[1].cpus == after.cpus and all(
             getattr(s, f).eq(getattr(old[0], f)) for f in CPU_FIELDS):
         after = replace(after, cpus=())
