@@ -813,21 +813,32 @@ def _check_branch(before: Snapshot, after: Snapshot, rc: int,
             mm_spec.CHOOSE = None
         if not name.startswith("ok") and not _holds_for_some_choice(old, spec, name):
             return f"the spec does not take branch {name} on this state for any choice"
-    solver = _solver(60)
-    solver.add(query)
-    answer = solver.check()
+    answer = _decide(query)
     if answer == z3.sat:
         return None
     return f"the model's outcome is not that of branch {name} (solver: {answer})"
+
+
+def _decide(query: z3.BoolRef) -> z3.CheckSatResult:
+    """sat or unsat for a query on a concrete state; an "unknown" (a time limit reached on a
+    busy machine, or a search gone astray) is asked again once, with another random seed
+    and a longer limit, before it is reported."""
+    solver = _solver(60)
+    solver.add(query)
+    answer = solver.check()
+    if answer != z3.unknown:
+        return answer
+    solver = _solver(300)
+    solver.set("random_seed", 7)
+    solver.add(query)
+    return solver.check()
 
 
 def _holds_for_some_choice(old: SymState, spec: Callable[[SymState], Transition],
                            name: str) -> bool:
     t = spec(old)
     (b,) = [x for x in branches(t) if x.name == name]
-    solver = _solver(60)
-    solver.add(b.cond)
-    return bool(solver.check() == z3.sat)
+    return bool(_decide(b.cond) == z3.sat)
 
 
 def solve_branch(common: list[z3.BoolRef], b: NamedBranch, extra: list[z3.BoolRef],
