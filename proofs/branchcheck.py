@@ -481,11 +481,7 @@ def cpu_context(family: Family) -> Context:
     try:
         symbolic.reset_fresh()
         s, unknown = open_cpu_state(template, base, family.open)
-        mm_spec.CHOOSE = _choices(scope.frame_list)
-        try:
-            t = _builders()[family.name](s)
-        finally:
-            mm_spec.CHOOSE = None
+        t = _spec_with_choices(family.name, s, scope.frame_list)
         a = _args(family)
         common = [z3.simplify(c) for c in [*cpu_facts(unknown), *family.domain(a)]]
         named = {b.name: b for b in branches(t)}
@@ -910,11 +906,7 @@ def context(family: Family) -> Context:
     try:
         symbolic.reset_fresh()
         s, unknown = open_state(template, base)
-        mm_spec.CHOOSE = _choices(scope.frame_list)
-        try:
-            t = _builders()[family.name](s)
-        finally:
-            mm_spec.CHOOSE = None
+        t = _spec_with_choices(family.name, s, scope.frame_list)
         a = _args(family)
         common = [*invariants(s), *model_facts(s, unknown), a["v"] == 0,
                   a["fd"] == template.d.domain_id, *family.domain(a)]
@@ -924,6 +916,15 @@ def context(family: Family) -> Context:
         symbolic.set_scope(previous)
     ctx = _CONTEXTS[family.name] = Context(family, scope, s, unknown, t, a, common, named)
     return ctx
+
+
+def _spec_with_choices(name: str, s: SymState, frames: tuple[int, ...]) -> Transition:
+    """Family ``name``'s spec on ``s``, its choices fresh Booleans over ``frames``."""
+    mm_spec.CHOOSE = _choices(frames)
+    try:
+        return _builders()[name](s)
+    finally:
+        mm_spec.CHOOSE = None
 
 
 def _choices(frames: tuple[int, ...]) -> Callable[[str], Any]:
@@ -1029,12 +1030,10 @@ def _sole_failure(ctx: Context, b: NamedBranch) -> list[z3.BoolRef]:
     succeeds: on such a state that requirement is the only one that fails."""
     assert isinstance(ctx.scope, FrameScope), "the MMU checks' scope"
     spec_branches.FLIP = b.name.split("/")[-1]
-    mm_spec.CHOOSE = _choices(ctx.scope.frame_list)
     try:
-        flipped = _builders()[ctx.family.name](ctx.s)
+        flipped = _spec_with_choices(ctx.family.name, ctx.s, ctx.scope.frame_list)
     finally:
         spec_branches.FLIP = None
-        mm_spec.CHOOSE = None
     return [z3.simplify(z3.And(flipped.ok, flipped.choice))]
 
 

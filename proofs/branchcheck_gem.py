@@ -495,16 +495,7 @@ def solve(w: Any, family: GemFamily, s: SymState, a: Args,
     common = [*family.domain(w, a), *_entry_values(words)]
     pins = ([[(a[family.frame], bv(f))] for f in w.frames.values()] if family.frame
             else _pins(w, words))
-    for pin in pins:
-        solver = z3.Solver()
-        solver.set("timeout", 20000)
-        terms = [b.cond, *blocked]
-        if pin:
-            terms = [z3.substitute(c, *pin) for c in terms] + [x == y for x, y in pin]
-        solver.add(*common, *[z3.simplify(c) for c in terms])
-        if solver.check() == z3.sat:
-            return solver.model()
-    return None
+    return branchcheck.solve_branch(common, b, blocked, z3.BoolVal(True), pins)
 
 
 # ----------------------------------------------------------------------------------------------
