@@ -1011,6 +1011,13 @@ def states_for(ctx: Context, b: NamedBranch, per_branch: int,
 def check_one(family: Family, branch: str, per_branch: int = 3) -> list[Case]:
     """Check branch ``branch`` of ``family`` on the model: one case per state found (none:
     no state of the small machine takes the branch)."""
+    return [run() for run in cases_for(family, branch, per_branch)]
+
+
+def cases_for(family: Family, branch: str, per_branch: int = 3) -> list[Callable[[], Case]]:
+    """The checks of branch ``branch`` of ``family``, one per state the solver finds, each to
+    run on the model: the states depend on the spec alone, so a check can be run again on a
+    changed model (benchmarks/mutation/branch_judge.py runs them on mutants)."""
     ctx = context(family)
     b = ctx.branches[branch]
     previous = symbolic.SCOPE
@@ -1022,7 +1029,8 @@ def check_one(family: Family, branch: str, per_branch: int = 3) -> list[Case]:
         symbolic.set_scope(previous)
     # The checks on concrete states use the unbounded scope, as check_refinement's other
     # callers do: over concrete arrays the solver decides it, and the terms stay small.
-    return [run_case(family, branch, ctx.unknown, m, ctx.args) for m in found]
+    return [functools.partial(run_case, family, branch, ctx.unknown, m, ctx.args)
+            for m in found]
 
 
 def _sole_failure(ctx: Context, b: NamedBranch) -> list[z3.BoolRef]:

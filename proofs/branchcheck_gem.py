@@ -24,6 +24,7 @@ A branch no state of these machines takes is listed in ``UNREACHABLE`` with the 
 from __future__ import annotations
 
 import datetime
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -646,8 +647,14 @@ def run_case(family: GemFamily, branch: str, values: dict[str, int],
 def check_one(family: GemFamily, branch: str, per_branch: int | None = None) -> list[Case]:
     """Check branch ``branch`` of ``family``: one case per state found (none: no state of the
     machine takes the branch); ``per_branch`` states at most (the family's number if None)."""
+    return [run() for run in cases_for(family, branch, per_branch)]
+
+
+def cases_for(family: GemFamily, branch: str, per_branch: int | None = None
+              ) -> list[Callable[[], Case]]:
+    """The checks of ``check_one``, each to run (again, on a changed model)."""
     n = family.per_branch if per_branch is None else per_branch
-    return [run_case(family, branch, values, words)
+    return [functools.partial(run_case, family, branch, values, words)
             for values, words in states_for(family, branch, n)]
 
 
@@ -1002,7 +1009,13 @@ def evt_run_case(family: EvtFamily, branch: str, values: dict[str, int]) -> Case
 
 
 def evt_check_one(family: EvtFamily, branch: str, per_branch: int = 2) -> list[Case]:
-    return [evt_run_case(family, branch, values)
+    return [run() for run in evt_cases_for(family, branch, per_branch)]
+
+
+def evt_cases_for(family: EvtFamily, branch: str, per_branch: int = 2
+                  ) -> list[Callable[[], Case]]:
+    """The checks of ``evt_check_one``, each to run (again, on a changed model)."""
+    return [functools.partial(evt_run_case, family, branch, values)
             for values in evt_states_for(family, branch, per_branch)]
 
 
