@@ -992,6 +992,13 @@ def evt_run_case(family: EvtFamily, branch: str, values: dict[str, int]) -> Case
     bad = check_invariants(w.hv)
     if bad:
         return Case(family.name, branch, values, "the state after breaks: " + "; ".join(bad))
+    return Case(family.name, branch, values, evt_verdict(family, branch, values, before, rc, w))
+
+
+def evt_verdict(family: EvtFamily, branch: str, values: dict[str, int], before: EvtState,
+                rc: int, w: EventWorld) -> str | None:
+    """The spec's verdict: on ``before``, it takes ``branch`` and ends as the model's world
+    ``w`` did, with return value ``rc``; None if so, else the problem."""
     t = _evt_spec(family, before, bv(values["caller"]),
                   {n: x for n, x in values.items() if n != "caller"})
     (b,) = [x for x in branches(t) if x.name == branch]
@@ -1005,7 +1012,7 @@ def evt_run_case(family: EvtFamily, branch: str, values: dict[str, int]) -> Case
     if answer != z3.sat:
         problem = (f"the model's outcome (rc {rc:#x}) is not that of branch {branch} "
                    f"(solver: {answer})")
-    return Case(family.name, branch, values, problem)
+    return problem
 
 
 def evt_check_one(family: EvtFamily, branch: str, per_branch: int = 2) -> list[Case]:

@@ -32,6 +32,7 @@ import __future__
 
 import argparse
 import ast
+import dataclasses
 import difflib
 import functools
 import pickle
@@ -41,7 +42,6 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
@@ -55,6 +55,7 @@ from xenspec.proofs import branchcheck
 from xenspec.proofs import branchcheck_gem as gem
 from xenspec.proofs.branchcheck import Case
 from xenspec.refmodel import desc, event, grant, memop, mm, traps
+from xenspec.spec.event_spec import EvtState
 
 Check = Callable[[], Case]
 
@@ -93,7 +94,7 @@ MODULES: dict[str, tuple[ModuleType, Callable[[], list[tuple[str, Check]]]]] = {
 # ----------------------------------------------------------------------------------------------
 # Verdicts reused: the solver's answer for a check and an outcome is asked once.
 # ----------------------------------------------------------------------------------------------
-@dataclass
+@dataclasses.dataclass
 class Verdicts:
     current: str = ""
     asked: int = 0
@@ -102,18 +103,33 @@ class Verdicts:
     def __post_init__(self) -> None:
         self.memo: dict[tuple[str, str, bytes], str | None] = {}
 
+    def ask(self, key: tuple[str, str, bytes], fn: Callable[[], str | None]) -> str | None:
+        if key in self.memo:
+            self.reused += 1
+            return self.memo[key]
+        self.asked += 1
+        self.memo[key] = answer = fn()
+        return answer
+
     def wrap(self, name: str, fn: Callable[..., str | None]) -> Callable[..., str | None]:
         def judged(before: Any, after: Any, rc: int, spec: Any, *rest: Any,
                    **kw: Any) -> str | None:
             key = (self.current, name, pickle.dumps((before, after, rc, rest, sorted(kw.items()))))
-            if key in self.memo:
-                self.reused += 1
-                return self.memo[key]
-            self.asked += 1
-            answer = fn(before, after, rc, spec, *rest, **kw)
-            self.memo[key] = answer
-            return answer
+            return self.ask(key, lambda: fn(before, after, rc, spec, *rest, **kw))
         return judged
+
+    def wrap_evt(self, fn: Callable[..., str | None]) -> Callable[..., str | None]:
+        """evt_verdict's answer by the event states before and after, as the spec sees them."""
+        def judged(family: Any, branch: str, values: dict[str, int], before: EvtState, rc: int,
+                   w: Any) -> str | None:
+            seen = (_sexprs(before), _sexprs(gem.encode_events(w)))
+            key = (self.current, "evt_verdict", pickle.dumps((values, rc, seen)))
+            return self.ask(key, lambda: fn(family, branch, values, before, rc, w))
+        return judged
+
+
+def _sexprs(s: EvtState) -> tuple[str, ...]:
+    return tuple(getattr(s, f.name).sexpr() for f in dataclasses.fields(s))
 
 
 @contextmanager
@@ -124,11 +140,14 @@ def reused_verdicts(v: Verdicts) -> Iterator[None]:
     saved = [getattr(m, n) for m, n in places]
     for (m, n), fn in zip(places, saved, strict=True):
         setattr(m, n, v.wrap(n, fn))
+    evt_verdict = gem.evt_verdict
+    gem.evt_verdict = v.wrap_evt(evt_verdict)
     try:
         yield
     finally:
         for (m, n), fn in zip(places, saved, strict=True):
             setattr(m, n, fn)
+        gem.evt_verdict = evt_verdict
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,7 +264,12 @@ def judge(checks: list[tuple[str, Check]], v: Verdicts) -> str | None:
     """The first check that fails, with its problem; None if all pass."""
     for key, check in checks:
         v.current = key + f"#{id(check)}"
-        problem = check().problem
+        try:
+            problem = check().problem
+        except Timeout:
+            raise
+        except Exception as e:  # the machine the check starts from cannot be built any more
+            problem = f"building its machine raised {type(e).__name__}: {e}"
         if problem is not None:
             return f"{key}: {problem}"
     return None
