@@ -204,13 +204,12 @@ def replacements(module: ModuleType, original: str, mutated: str,
     """(holder, name, new value) that put the mutant of line ``row`` in place: the function
     or method holding it, or the module-level binding, compiled from the mutated source in
     ``module``'s namespace; each module-level binding also where another module imported it."""
-    cls, node = _holder(ast.parse(original), row)
+    tree, new_tree = ast.parse(original), ast.parse(mutated)
+    cls, node = _holder(tree, row)
     names = _bound_names(node)
-    if isinstance(node, ast.ClassDef):
-        raise NotRecompiled(f"class {node.name} as a whole")
-    new_node = _named(ast.parse(mutated), cls, names[0]) if hasattr(node, "name") else None
-    code = _segment(mutated, new_node) if new_node is not None else _segment(
-        mutated, ast.parse(mutated).body[ast.parse(original).body.index(node)])
+    new_node = (_named(new_tree, cls, names[0]) if cls is not None
+                else new_tree.body[tree.body.index(node)])
+    code = _segment(mutated, new_node)
     if cls is not None and "super()" in code:
         raise NotRecompiled(f"{cls}.{names[0]} calls super()")
     namespace: dict[str, Any] = {}
@@ -297,8 +296,8 @@ def judge_one(module: ModuleType, original: str, item: Any, checks: list[tuple[s
                                         mutated.splitlines(keepends=True), n=0))
     try:
         changes = replacements(module, original, mutated, spec.start_pos[0])
-    except NotRecompiled as e:
-        return _not_run(f"not run: {e}"), f"not run ({e})"
+    except (NotRecompiled, SyntaxError, ValueError) as e:  # SyntaxError: a mutant that
+        return _not_run(f"not run: {e}"), f"not run ({e})"  # does not compile alone
     try:
         with applied(changes), time_limit(timeout):
             killer = judge(checks, v)
