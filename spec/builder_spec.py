@@ -529,6 +529,10 @@ def elf_requirements(virt_base: Word, kernel_end: Word, nr_pages: Word, lay: Elf
       reach the hypervisor hole"; a region that wraps past 4 GB is refused earlier, by
       bootstrap_layout, as setup_guest's increment_ulong does: "Value wrapped to zero").
 
+    Not here, as the model does not check them: x86_32 construct_dom0 also refuses an
+    initial domain below 1 GB ("Initial loading isn't allowed to lowest 1GB of memory"),
+    and parseelfimage accepts an entry point at the image's end, which _identify refuses.
+
     ``elf_accepts`` is its ``holds``."""
     top = _wide(virt_base) + (lay.nr_mapped << abi.PAGE_SHIFT)
     return all_of(
