@@ -1166,12 +1166,13 @@ def run_case(family: Family, branch: str, unknown: dict[Any, Any], model: z3.Mod
 BRANCHES_FILE = "branches-last.json"
 
 
-def record(key: str, cases: list[Case]) -> None:
+def record(key: str, cases: list[Case], unreachable: dict[str, str] | None = None) -> None:
     """Merge one branch's result into the cache's ``branches-last.json`` (read by the
     documentation's traceability matrix): how often it was hit, how many checks failed, and
-    why a branch no state takes is not hit."""
+    why a branch no state takes is not hit (``unreachable``, by default this module's)."""
+    reasons = UNREACHABLE if unreachable is None else unreachable
     entry = {"hit": len(cases), "failed": sum(c.problem is not None for c in cases),
-             "reason": "" if cases else UNREACHABLE.get(key, "no state found"),
+             "reason": "" if cases else reasons.get(key, "no state found"),
              "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
 
     def merge(data: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ import z3
 
 from xenspec.proofs.refinement import Snapshot, same_cpu
 from xenspec.refmodel.domain import Domain
+from xenspec.refmodel.elfbuild import BuiltDomain
 from xenspec.refmodel.event import ConcreteEvtView, Events
 from xenspec.refmodel.hypervisor import M2P_UNUSED_ENTRY, Hypervisor
 from xenspec.spec import abi
@@ -145,13 +146,17 @@ def check_build(hv: Hypervisor, p: BuildParams) -> list[str]:
     nr_frames = _value(p.nr_frames)
     assert isinstance(nr_pages, int) and isinstance(nr_frames, int)
     # builder_spec.constraints, over the machine's pfns and frames: concrete, so simplified.
+    # xen_page holds of a frame the hypervisor does not write into (``p.xen_written`` is the
+    # model's: model_params): only the others are stated.
+    snap = Snapshot.take(hv)
+    written = [f for f in range(nr_frames) if snap.xen_written[f]]
     parts = {"machine": machine(p), "allocation": allocation(p, list(range(nr_pages))),
-             "layout": layout(p), "xen_pages": xen_pages(p, list(range(nr_frames)))}
+             "layout": layout(p), "xen_pages": xen_pages(p, written)}
     broken = [name for name, c in parts.items()
               if not (z3.is_true(z3.simplify(c)) or _holds(c))]
     if broken:
         return [f"the model built a domain outside the spec's constraints: {', '.join(broken)}"]
-    return state_mismatches(initial_state(p), Snapshot.take(hv))
+    return state_mismatches(initial_state(p), snap)
 
 
 def check_refusal(p: BuildParams) -> list[str]:
@@ -180,6 +185,28 @@ def check_elf_layout(image_base: int, kernel_end: int, nr_pages: int, tools: boo
     names = ("nr_mapped", "start_info address", "pt_base", "nr_pt_frames", "boot stack top")
     return [f"{n}: spec {e}, model {b}" for n, e, b in zip(names, expected, built, strict=True)
             if e != b]
+
+
+def start_info_word(hv: Hypervisor, built: BuiltDomain, offset: int) -> int:
+    """The word at ``offset`` of the start_info page build_domain wrote."""
+    d = built.domain
+    pfn = (built.start_info_va - built.image.virt_base) >> abi.PAGE_SHIFT
+    raw = hv.memory.read((d.page_list[pfn] << abi.PAGE_SHIFT) + offset, 4)
+    return int.from_bytes(raw, "little")
+
+
+def pt_base_pfn(hv: Hypervisor, built: BuiltDomain) -> int:
+    """The page directory's pfn, from the domain's start_info."""
+    return (start_info_word(hv, built, abi.START_INFO_pt_base) - built.image.virt_base) \
+        >> abi.PAGE_SHIFT
+
+
+def elf_outcome(hv: Hypervisor, built: BuiltDomain) -> tuple[int, int, int, int, int]:
+    """What ``check_elf_layout`` compares of a built domain: (nr_mapped, start_info VA,
+    pt_base, nr_pt_frames, initial ESP), the last three as the domain finds them."""
+    return (built.nr_mapped, built.start_info_va,
+            start_info_word(hv, built, abi.START_INFO_pt_base),
+            start_info_word(hv, built, abi.START_INFO_nr_pt_frames), built.regs.esp)
 
 
 def _int(term: z3.ExprRef) -> int:

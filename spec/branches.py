@@ -115,6 +115,13 @@ class NamedBranch:
     cond: Bool  # over the state, the arguments and the transition's choice symbols
 
 
+def check_branches(check: Check) -> list[NamedBranch]:
+    """The named branches of a success condition alone, a call with no other outcome (the
+    domain builder's checks: spec.builder_spec), in order: its ways to pass, then to fail."""
+    return [*[NamedBranch(_join("ok", n), "ok", c) for n, c in check.passes],
+            *[NamedBranch(_join("fail", n), "fail", c) for n, c in check.fails]]
+
+
 def branches(t: Any) -> list[NamedBranch]:
     """The named branches of transition ``t`` (an ``mm_spec.Transition``), in spec order."""
     out: list[NamedBranch] = []

@@ -70,6 +70,7 @@ from typing import Any
 import z3
 
 from xenspec.spec import abi
+from xenspec.spec.branches import Check, all_of, require
 from xenspec.spec.event_spec import EVT_INVARIANTS, EvtInvariant, EvtState, SymEvtView
 from xenspec.spec.event_spec import machine as event_machine
 from xenspec.spec.invariants import FREE_FRAME_OWNER, INVARIANTS, Invariant, proof_invariants
@@ -361,17 +362,43 @@ def allocation_at(p: BuildParams, formula: Bool) -> Bool:
     return z3.And(*instances, allocation_bounds(p))
 
 
+def layout_check(p: BuildParams) -> Check:
+    """build_initial_tables' checks by name, in its order (each a BuildError; the branches of
+    ``start_of_day/build_initial_tables``):
+
+    * ``aligned``: the virtual base is 4 MB aligned. The model's own check: setup_guest
+      (xc_linux_build.c) refuses only a base that is not page aligned ("Guest OS must load
+      to a page boundary"), and construct_dom0 (domain_build.c) rounds v_start down to 4 MB;
+      the model's tables give the region whole L1s, one per 4 MB slot, as both then do;
+    * ``pt_base``: the page directory lies in the region; ``tables_fit``: so do the L1s and
+      the boot stack's page after them; ``pages``: the region is no larger than the domain.
+      One check of the model (one message); in Xen the search for the number of table
+      frames puts the tables and the stack inside the region by construction
+      (xc_linux_build.c setup_guest, domain_build.c construct_dom0), and the region must
+      fit the domain ("Initial guest OS requires too much space");
+    * ``below_hole``: the base is not above HYPERVISOR_VIRT_START; ``room``: the region
+      ends at or below it. One check of the model ("would reach the hypervisor hole"). Xen
+      3.0.4's x86_32 builders make no such check (setup_pg_tables would write the guest's
+      L1s into Xen's directory slots, which alloc_l2_table then overwrites); its x86_64
+      construct_dom0 refuses "DOM0 image overlaps with Xen private area".
+
+    ``layout`` is its ``holds``: the conjunction in this order."""
+    room = z3.LShR(bv(abi.HYPERVISOR_VIRT_START) - p.virt_base, abi.PAGE_SHIFT)
+    return all_of(
+        require("aligned", p.virt_base & ((1 << abi.L2_PAGETABLE_SHIFT) - 1) == 0),
+        require("pt_base", z3.ULT(p.pt_base, p.nr_mapped)),
+        require("tables_fit", z3.ULE(nr_l1(p) + 2, p.nr_mapped - p.pt_base)),
+        require("pages", z3.ULE(p.nr_mapped, p.nr_pages)),
+        require("below_hole", z3.ULE(p.virt_base, bv(abi.HYPERVISOR_VIRT_START))),
+        require("room", z3.ULE(p.nr_mapped, room)),
+    )
+
+
 def layout(p: BuildParams) -> Bool:
     """builder.py's checks: a 4 MB aligned base; the directory, the L1s and the boot stack's
     page inside the region; no more than the domain's pages; nothing at or above
-    HYPERVISOR_VIRT_START (each a BuildError)."""
-    room = z3.LShR(bv(abi.HYPERVISOR_VIRT_START) - p.virt_base, abi.PAGE_SHIFT)
-    return z3.And(
-        p.virt_base & ((1 << abi.L2_PAGETABLE_SHIFT) - 1) == 0,
-        z3.ULE(p.virt_base, bv(abi.HYPERVISOR_VIRT_START)), z3.ULE(p.nr_mapped, room),
-        z3.ULT(p.pt_base, p.nr_mapped), z3.ULE(nr_l1(p) + 2, p.nr_mapped - p.pt_base),
-        z3.ULE(p.nr_mapped, p.nr_pages),
-    )
+    HYPERVISOR_VIRT_START (each a BuildError; by name: ``layout_check``)."""
+    return layout_check(p).holds
 
 
 def xen_page(p: BuildParams, f: Word) -> Bool:
@@ -480,16 +507,60 @@ def elf_layout(virt_base: Word, kernel_end: Word, nr_pages: Word, tools: Bool) -
                      pt_pfn + nr_pt, region_pages(pt_pfn, nr_pt))
 
 
+def elf_requirements(virt_base: Word, kernel_end: Word, nr_pages: Word, lay: ElfLayout
+                     ) -> Check:
+    """The checks parse_image and build_domain (refmodel/elfbuild.py) make before building,
+    by name and in the model's order, for an image [start, ``kernel_end``) with its entry
+    point (the start is VIRT_BASE or above, else ``image_above_base`` fails):
+
+    * ``aligned``: VIRT_BASE is 4 MB aligned (elfbuild.py _identify). The model's own check,
+      as ``layout_check``'s: setup_guest (xc_linux_build.c) asks only for page alignment,
+      construct_dom0 (domain_build.c) rounds v_start down to 4 MB;
+    * ``image_above_base``: the image, with its entry point, lies above VIRT_BASE
+      (parseelfimage in xen/common/elf.c and tools/libxc/xc_load_elf.c: "ELF start or
+      entries are out of bounds" when v_start > kernstart or the entry is outside the image;
+      the model: _identify, "lies outside [VIRT_BASE, HYPERVISOR_VIRT_START)");
+    * ``image_below_hole``: the image ends at or below HYPERVISOR_VIRT_START (_identify, the
+      same message; the model's own, as ``layout_check``'s ``room``);
+    * ``pages``: the region is no larger than the domain (setup_guest and construct_dom0:
+      "Initial guest OS requires too much space"; the model's bootstrap_layout; an image
+      that alone spans more than the domain's memory is refused earlier, by parse_image);
+    * ``room``: the region ends at or below HYPERVISOR_VIRT_START (build_domain: "would
+      reach the hypervisor hole"; a region that wraps past 4 GB is refused earlier, by
+      bootstrap_layout, as setup_guest's increment_ulong does: "Value wrapped to zero").
+
+    Not here, as the model does not check them: x86_32 construct_dom0 also refuses an
+    initial domain below 1 GB ("Initial loading isn't allowed to lowest 1GB of memory"),
+    and parseelfimage accepts an entry point at the image's end, which _identify refuses.
+
+    ``elf_accepts`` is its ``holds``."""
+    top = _wide(virt_base) + (lay.nr_mapped << abi.PAGE_SHIFT)
+    return all_of(
+        require("aligned", virt_base & ((1 << abi.L2_PAGETABLE_SHIFT) - 1) == 0),
+        require("image_above_base", z3.ULT(virt_base, kernel_end)),
+        require("image_below_hole", z3.ULE(kernel_end, bv(abi.HYPERVISOR_VIRT_START))),
+        require("pages", z3.ULE(lay.nr_mapped, _wide(nr_pages))),
+        require("room", z3.ULE(top, _w64(abi.HYPERVISOR_VIRT_START))),
+    )
+
+
 def elf_accepts(virt_base: Word, kernel_end: Word, nr_pages: Word, lay: ElfLayout) -> Bool:
     """The checks parse_image and build_domain make before building: VIRT_BASE 4 MB aligned,
     the image (with its entry point) inside [VIRT_BASE, HYPERVISOR_VIRT_START), the region no
-    larger than the domain ("Initial guest OS requires too much space") and below the hole."""
-    top = _wide(virt_base) + (lay.nr_mapped << abi.PAGE_SHIFT)
-    return z3.And(virt_base & ((1 << abi.L2_PAGETABLE_SHIFT) - 1) == 0,
-                  z3.ULT(virt_base, kernel_end),
-                  z3.ULE(kernel_end, bv(abi.HYPERVISOR_VIRT_START)),
-                  z3.ULE(lay.nr_mapped, _wide(nr_pages)),
-                  z3.ULE(top, _w64(abi.HYPERVISOR_VIRT_START)))
+    larger than the domain ("Initial guest OS requires too much space") and below the hole
+    (by name: ``elf_requirements``)."""
+    return elf_requirements(virt_base, kernel_end, nr_pages, lay).holds
+
+
+def elf_check(virt_base: Word, kernel_end: Word, nr_pages: Word, tools: Bool) -> Check:
+    """build_domain's branches (``start_of_day/build_domain``): ``elf_requirements`` for the
+    layout ``tools`` gives, the success split by builder: ``tools``, a domain the tools build
+    (xc_linux_build.c setup_guest: the store and console pages after start_info), or
+    ``dom0``, the initial domain (domain_build.c construct_dom0: none)."""
+    req = elf_requirements(virt_base, kernel_end, nr_pages,
+                           elf_layout(virt_base, kernel_end, nr_pages, tools))
+    passes = (("tools", z3.And(tools, req.holds)), ("dom0", z3.And(z3.Not(tools), req.holds)))
+    return Check(req.holds, passes, req.fails)
 
 
 def elf_layout_fits(part: str) -> z3.Solver:

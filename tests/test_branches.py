@@ -11,7 +11,9 @@ applied in turn, must fail some branch check.
 
 The grant-table, memory_op and event-channel specs are checked the same way in their own
 section below (``proofs.branchcheck_gem``), on machines the model builds through its own
-calls, with mutants of refmodel/grant.py, memop.py and event.py (``GEM_MUTANTS``).
+calls, with mutants of refmodel/grant.py, memop.py and event.py (``GEM_MUTANTS``); and the
+domain builder's start-of-day spec in the last section (``proofs.branchcheck_builder``), with
+mutants of refmodel/builder.py and elfbuild.py (``SOD_MUTANTS``).
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ import pytest
 from mm_mutants import UVA_ANY_TABLE, mutated, recompiled
 
 from xenspec.proofs import branchcheck
+from xenspec.proofs import branchcheck_builder as sod
 from xenspec.proofs import branchcheck_gem as gem
 from xenspec.proofs.branchcheck import FAMILIES, UNREACHABLE, branch_names, check_one, family
+from xenspec.refmodel import builder as builder_model
 from xenspec.refmodel import desc, traps
+from xenspec.refmodel import elfbuild as elfbuild_model
 from xenspec.refmodel import event as event_model
 from xenspec.refmodel import grant as grant_model
 from xenspec.refmodel import memop as memop_model
@@ -301,3 +306,93 @@ def test_gem_map_of_a_pinned_entry_the_granter_rewrote() -> None:
     case = gem.run_case(gem.family("grant_table_op/map_grant_ref"), "fail/permit", values,
                         {(frame, word): 0, (frame, word + 1): 0})
     assert case.problem is None, case.problem
+
+
+# ----------------------------------------------------------------------------------------------
+# The start-of-day spec (proofs.branchcheck_builder): every named check of spec.builder_spec's
+# layout_check (build_initial_tables) and elf_check (parse_image and build_domain), with the
+# parameters the solver chooses, the smallest and at each check's boundaries.
+# ----------------------------------------------------------------------------------------------
+SOD_BRANCHES = [pytest.param(f.name, b, id=f"{f.name} {b}")
+                for f in sod.FAMILIES for b in sod.branch_names(f)]
+
+
+def test_sod_lists_name_real_branches() -> None:
+    """Every reason and unreachable item names a check the builder's spec has."""
+    known = {f"{f.name} {b}" for f in sod.FAMILIES for b in sod.branch_names(f)}
+    assert set(sod.UNREACHABLE) <= known, sorted(set(sod.UNREACHABLE) - known)
+    for f in sod.FAMILIES:
+        fails = {b.removeprefix("fail/") for b in sod.branch_names(f) if b.startswith("fail/")}
+        assert set(sod.REASONS[f.name]) == fails, f.name
+
+
+# The unmodified model's cases by branch, kept for the mutant tests in the same process (a
+# built domain of 4 MB takes seconds to compare).
+_SOD_CLEAN: dict[tuple[str, str], list[Any]] = {}
+
+
+def _sod_clean(name: str, branch: str) -> list[Any]:
+    if (name, branch) not in _SOD_CLEAN:
+        _SOD_CLEAN[name, branch] = sod.check_one(sod.family(name), branch)
+    return _SOD_CLEAN[name, branch]
+
+
+@pytest.mark.parametrize(("name", "branch"), SOD_BRANCHES)
+def test_start_of_day_branch_refines(name: str, branch: str) -> None:
+    key = f"{name} {branch}"
+    _SOD_CLEAN.pop((name, branch), None)
+    cases = _sod_clean(name, branch)
+    branchcheck.record(key, cases, sod.UNREACHABLE)
+    judge(key, cases, sod.UNREACHABLE)
+
+
+# Single-line mutants of the builders, each a check the spec names: (module, function, the line
+# as the model has it, the mutated line, family, branch whose check must catch it). The function
+# is replaced wherever the model calls it by name (elfbuild imports bootstrap_layout).
+_TABLES, _ELF = "start_of_day/build_initial_tables", "start_of_day/build_domain"
+SOD_MUTANTS: list[tuple[Any, str, str, str, str, str]] = [
+    # A base aligned to a page only, as setup_guest asks.
+    (builder_model, "build_initial_tables", "if virt_base & (_4MB - 1):",
+     "if virt_base & (abi.PAGE_SIZE - 1):", _TABLES, "fail/aligned"),
+    # No page left for the boot stack after the tables.
+    (builder_model, "build_initial_tables", "pt_base_pfn + nr_pt + 1 > nr_mapped",
+     "pt_base_pfn + nr_pt > nr_mapped", _TABLES, "fail/tables_fit"),
+    # A region one page larger than the domain.
+    (builder_model, "build_initial_tables", "nr_mapped > d.tot_pages:",
+     "nr_mapped > d.tot_pages + 1:", _TABLES, "fail/pages"),
+    # A region that ends exactly at the hole refused (the limit test made strict).
+    (builder_model, "build_initial_tables",
+     "if virt_base + (nr_mapped << abi.PAGE_SHIFT) > abi.HYPERVISOR_VIRT_START:",
+     "if virt_base + (nr_mapped << abi.PAGE_SHIFT) >= abi.HYPERVISOR_VIRT_START:",
+     _TABLES, "ok"),
+    # VIRT_BASE aligned to a page only.
+    (elfbuild_model, "_identify", "if virt_base & ((1 << abi.L2_PAGETABLE_SHIFT) - 1):",
+     "if virt_base & (abi.PAGE_SIZE - 1):", _ELF, "fail/aligned"),
+    # An image reaching into the hole accepted.
+    (elfbuild_model, "_identify",
+     "if image.kernel_start < virt_base or image.kernel_end > abi.HYPERVISOR_VIRT_START:",
+     "if image.kernel_start < virt_base:", _ELF, "fail/image_below_hole"),
+    # A region of exactly the domain's pages refused.
+    (builder_model, "bootstrap_layout", "if lay.nr_mapped > nr_pages:",
+     "if lay.nr_mapped >= nr_pages:", _ELF, "ok/tools"),
+    # The region's end not checked against the hole.
+    (elfbuild_model, "build_domain", "if lay.v_end > abi.HYPERVISOR_VIRT_START:", "if False:",
+     _ELF, "fail/room"),
+]
+
+
+@pytest.mark.parametrize("mutant", SOD_MUTANTS,
+                         ids=[f"{m[1]}: {m[3]}" for m in SOD_MUTANTS])
+def test_sod_mutant_is_caught(mutant: tuple[Any, str, str, str, str, str],
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    module, name, line, replacement, fam, branch = mutant
+    cases = _sod_clean(fam, branch)
+    assert cases and all(c.problem is None for c in cases), "the unmutated model passes"
+    original = getattr(module, name)
+    patched = recompiled(module, module, name, line, replacement)
+    for m in (builder_model, elfbuild_model):
+        if getattr(m, name, None) is original:
+            monkeypatch.setattr(m, name, patched)
+    cases = sod.check_one(sod.family(fam), branch)
+    assert any(c.problem is not None for c in cases), (
+        f"mutant of {name} ({replacement}) survives {fam} {branch}")

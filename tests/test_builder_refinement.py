@@ -16,11 +16,13 @@ from xenspec.proofs.builder_refinement import (
     check_build,
     check_elf_layout,
     check_refusal,
+    elf_outcome,
     event_mismatches,
     model_params,
+    pt_base_pfn,
 )
 from xenspec.refmodel.builder import BuildError, build_initial_tables
-from xenspec.refmodel.elfbuild import BuiltDomain, GuestImage, build_domain, load_image_file
+from xenspec.refmodel.elfbuild import GuestImage, build_domain, load_image_file
 from xenspec.refmodel.hypervisor import Hypervisor
 from xenspec.refmodel.platform import PVPlatform
 from xenspec.spec import abi
@@ -76,19 +78,6 @@ def test_elf_builder_refines_spec(guest: str, nr_pages: int, devices: bool) -> N
         assert event_mismatches(pv.events, p, len(d.vcpus)) == []
 
 
-def pt_base_pfn(hv: Hypervisor, built: BuiltDomain) -> int:
-    """The page directory's pfn, from the domain's start_info."""
-    return (start_info_word(hv, built, abi.START_INFO_pt_base) - built.image.virt_base) \
-        >> abi.PAGE_SHIFT
-
-
-def start_info_word(hv: Hypervisor, built: BuiltDomain, offset: int) -> int:
-    d = built.domain
-    pfn = (built.start_info_va - built.image.virt_base) >> abi.PAGE_SHIFT
-    raw = hv.memory.read((d.page_list[pfn] << abi.PAGE_SHIFT) + offset, 4)
-    return int.from_bytes(raw, "little")
-
-
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(kernel_bytes=st.integers(1, 40 * abi.PAGE_SIZE), nr_pages=st.integers(900, 2200),
        devices=st.booleans(), privileged=st.booleans(),
@@ -119,10 +108,7 @@ def test_elf_layout_refines_spec(kernel_bytes: int, nr_pages: int, devices: bool
     except BuildError:
         assert check_elf_layout(virt_base, kernel_end, nr_pages, tools, None) == []
         return
-    outcome = (built.nr_mapped, built.start_info_va,
-               start_info_word(hv, built, abi.START_INFO_pt_base),
-               start_info_word(hv, built, abi.START_INFO_nr_pt_frames), built.regs.esp)
-    assert check_elf_layout(virt_base, kernel_end, nr_pages, tools, outcome) == []
+    assert check_elf_layout(virt_base, kernel_end, nr_pages, tools, elf_outcome(hv, built)) == []
     d = built.domain
     if nr_pages <= 1100:
         p = model_params(hv, d, built.nr_mapped, virt_base, pt_base_pfn(hv, built),

@@ -112,6 +112,14 @@ def gem_branch_keys() -> list[tuple[str, str, dict[str, str]]]:
     return keys
 
 
+def builder_branch_keys() -> list[tuple[str, str, dict[str, str]]]:
+    """(family, branch, reasons for branches not hit) of the start-of-day spec's branch
+    checks (proofs.branchcheck_builder)."""
+    from xenspec.proofs import branchcheck_builder as sod
+
+    return [(f.name, b, sod.UNREACHABLE) for f in sod.FAMILIES for b in sod.branch_names(f)]
+
+
 def branch_section(status: Status) -> str:
     """Branch coverage: every named branch of every transition spec that the spec-guided
     refinement checks (proofs.branchcheck), with how often the last run took it."""
@@ -120,7 +128,7 @@ def branch_section(status: Status) -> str:
     last = status.branches
     rows = []
     keys = [(f.name, b, UNREACHABLE) for f in FAMILIES for b in branch_names(f)]
-    keys += gem_branch_keys()
+    keys += gem_branch_keys() + builder_branch_keys()
     for name, b, unreachable in keys:
         key = f"{name} {b}"
         r = last.get(key) if last is not None else None
@@ -142,8 +150,9 @@ def branch_section(status: Status) -> str:
         "outcome must be that branch's. A branch no state takes says why. The grant-table, "
         "memory_op and event-channel specs are checked on machines the model builds through "
         "its own calls, the solver choosing the arguments and the grant entries "
-        "(``proofs.branchcheck_gem``). The builder's spec is checked on generated runs only "
-        "(``tests/test_builder_refinement.py``).",
+        "(``proofs.branchcheck_gem``). The domain builder's start-of-day spec is checked the "
+        "same way, each of its checks with the builder's parameters the solver chooses, the "
+        "smallest and at the check's boundaries (``proofs.branchcheck_builder``).",
         rst.table(["Hypercall", "Branch", "Last run"], rows, widths="30 40 30"),
     )
 
