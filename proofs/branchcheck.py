@@ -132,6 +132,9 @@ class Family:
     # What the spec's state does not hold but the branch decides (iret: the crash and the
     # registers): None, or what differs.
     observe: Callable[[Any, dict[str, int], str], str | None] = lambda m, a, b: None
+    # Boundaries each branch is tried at, one at a time, beside its other states (a limit
+    # and one past it): a state for every one the branch can take.
+    boundaries: Callable[[dict[str, z3.ExprRef]], list[z3.BoolRef]] = lambda a: []
 
 
 @dataclass
@@ -284,15 +287,27 @@ def install(m: Machine, unknown: dict[Any, Any], model: z3.ModelRef) -> None:
 # ----------------------------------------------------------------------------------------------
 # The hypercall families.
 # ----------------------------------------------------------------------------------------------
-def _mmuext(cmd: int) -> Callable[[Machine, dict[str, int]], int]:
+def _mmuext(cmd: int, arg1: str = "mfn", arg2: str = ""
+            ) -> Callable[[Machine, dict[str, int]], int]:
+    """mmuext_op command ``cmd`` with the arguments named ``arg1`` and ``arg2`` (0 if none)."""
     def run(m: Machine, a: dict[str, int]) -> int:
         m.hv.mm.set_foreigndom(m.d, abi.DOMID_SELF)
         try:
-            return m.hv.mm.mmuext_op_one(m.v, cmd, a.get("mfn", 0), 0)
+            return m.hv.mm.mmuext_op_one(m.v, cmd, a.get(arg1, 0), a.get(arg2, 0))
         finally:
             m.hv.mm.foreign = None
 
     return run
+
+
+def _set_ldt_boundaries(a: dict[str, z3.ExprRef]) -> list[z3.BoolRef]:
+    """SET_LDT's: 8192 entries and one more; a table ending at the hole and one entry past
+    it; a base one byte off a page boundary."""
+    ptr, ents = (z3.ZeroExt(32, a[n]) for n in ("linear_addr", "nr_ents"))
+    end = ptr + ents * abi.LDT_ENTRY_SIZE
+    return [ents == abi.MAX_LDT_ENTRIES, ents == abi.MAX_LDT_ENTRIES + 1,
+            end == abi.HYPERVISOR_VIRT_START, end == abi.HYPERVISOR_VIRT_START + 8,
+            ptr & (abi.PAGE_SIZE - 1) == 1]
 
 
 def _mmu_update(m: Machine, a: dict[str, int]) -> int:
@@ -657,8 +672,10 @@ FAMILIES: tuple[Family, ...] = (
     _mmuext_on_frame("PIN_L2_TABLE", ("mfn", "fd")),
     _mmuext_on_frame("UNPIN_TABLE", ("mfn", "v")),
     _mmuext_on_frame("NEW_BASEPTR", ("mfn", "v")),
-    Family("mmuext_op/flushes,SET_LDT,PIN_L3/L4", _mmuext(abi.MMUEXT_TLB_FLUSH_LOCAL), (),
+    Family("mmuext_op/flushes,PIN_L3/L4", _mmuext(abi.MMUEXT_TLB_FLUSH_LOCAL), (),
            lambda a: []),
+    Family("mmuext_op/SET_LDT", _mmuext(abi.MMUEXT_SET_LDT, "linear_addr", "nr_ents"),
+           ("linear_addr", "nr_ents"), lambda a: [], boundaries=_set_ldt_boundaries),
     *CPU_FAMILIES,
 )
 
@@ -860,7 +877,7 @@ def solve_branch(common: list[z3.BoolRef], b: NamedBranch, extra: list[z3.BoolRe
 ARG_NAMES = ("ptr", "val", "v", "fd", "va", "mfn", "vector", "flags", "cs", "address",
              "event_cs", "event_eip", "failsafe_cs", "failsafe_eip", "vcpu_id", "type", "eip",
              "ss", "esp", "eax", "eflags", "outer_esp", "outer_ss", "readable",
-             "outer_readable", "entries", "lo", "hi", "pa",
+             "outer_readable", "entries", "lo", "hi", "pa", "linear_addr", "nr_ents",
              *[f"frame{k}" for k in range(GDT_LIST)])
 
 
@@ -1005,6 +1022,11 @@ def states_for(ctx: Context, b: NamedBranch, per_branch: int,
             break
         blocked.append(z3.Or(*[x != model.eval(x, model_completion=True) for x in sig]))
         model = solve_branch(ctx.common, b, [*first, *blocked], choice, pins)
+    # Then a state on each of the family's boundaries the branch can take, each on its own.
+    for edge in ctx.family.boundaries(ctx.args):
+        model = solve_branch(ctx.common, b, [*first, edge], choice, pins)
+        if model is not None and accept(model):
+            found.append(model)
     return found
 
 
@@ -1146,6 +1168,11 @@ def run_case(family: Family, branch: str, unknown: dict[Any, Any], model: z3.Mod
     except Exception as e:  # a model that fails internally has left the spec's behaviours
         return Case(family.name, branch, values,
                     f"the model raised {type(e).__name__}: {e}")
+    # The invariants after the call too: INV-COUNT (the model's counters are the references
+    # that exist) sees what the spec abstracts away, a count the call left wrong.
+    bad = check_invariants(m.hv)
+    if bad:
+        return Case(family.name, branch, values, "the state after breaks: " + "; ".join(bad))
     after = Snapshot.take(m.hv)
     spec = spec_with_args(family, {k: x for k, x in values.items() if k != "fd"} |
                           {"fd": m.d.domain_id})

@@ -78,6 +78,11 @@ def _no_state(s: SymState) -> Transition:
     return mm_spec.spec_mmuext_no_state(s)
 
 
+def _set_ldt(s: SymState) -> Transition:
+    ptr, ents = _args("linear_addr", "nr_ents")  # mmuext_op's arg1 and arg2 (xen.h)
+    return mm_spec.spec_mmuext_set_ldt(s, ptr, ents)
+
+
 def _set_trap_table(s: SymState) -> Transition:
     v, vector, flags, cs, address = _args("v", "vector", "flags", "cs", "address")
     return cpu_spec.spec_set_trap_table_entry(s, v, vector, flags, cs, address)
@@ -169,7 +174,8 @@ HYPERCALL_SPECS: tuple[tuple[str, SpecBuilder], ...] = (
     ("mmuext_op/PIN_L2_TABLE", _pin(2)),
     ("mmuext_op/UNPIN_TABLE", _unpin),
     ("mmuext_op/NEW_BASEPTR", _new_baseptr),
-    ("mmuext_op/flushes,SET_LDT,PIN_L3/L4", _no_state),
+    ("mmuext_op/flushes,PIN_L3/L4", _no_state),
+    ("mmuext_op/SET_LDT", _set_ldt),
     ("set_trap_table", _set_trap_table),
     ("set_trap_table/NULL", _set_trap_table_null),
     ("set_callbacks", _set_callbacks),

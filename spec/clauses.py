@@ -68,7 +68,7 @@ CLAUSES: tuple[Clause, ...] = (
            "xen.h MMUEXT_TLB_FLUSH_LOCAL, MMUEXT_INVLPG_LOCAL, ...; mm.c do_mmuext_op",
            f"{_MM}:spec_mmuext_no_state"),
     Clause("mmuext_op/SET_LDT", _H, "Install a local descriptor table",
-           "xen.h MMUEXT_SET_LDT; mm.c do_mmuext_op", f"{_MM}:spec_mmuext_no_state"),
+           "xen.h MMUEXT_SET_LDT; mm.c do_mmuext_op", f"{_MM}:spec_mmuext_set_ldt"),
     # --- segmentation (paper s2.1.1) ---------------------------------------------------------
     Clause("set_gdt", _H, "Install a global descriptor table from validated frames",
            "SOSP'03 s2.1.1; xen.h __HYPERVISOR_set_gdt; mm.c do_set_gdt",

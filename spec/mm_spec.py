@@ -503,8 +503,27 @@ def spec_new_baseptr(s: SymState, v: Word, f: Word) -> Transition:
 
 
 def spec_mmuext_no_state(s: SymState) -> Transition:
-    """TLB and cache flushes, SET_LDT, PIN_L3/L4 on non-PAE: no page-table state changes."""
+    """TLB flushes and INVLPG, PIN_L3/L4 on non-PAE ("Ignore pinning of subdirectories"):
+    no page-table state changes, and the call succeeds. (The flushes of a vCPU set named by
+    a guest bitmap fail with -EINVAL when the bitmap cannot be read, and MMUEXT_FLUSH_CACHE
+    without physical-device privilege; neither is described here.)"""
     return Transition(z3.BoolVal(True), s, bv(0), bv(-abi.EINVAL), check=PASS)
+
+
+def spec_mmuext_set_ldt(s: SymState, ptr: Word, ents: Word) -> Transition:
+    """MMUEXT_SET_LDT (mm.c do_mmuext_op, Xen 3.0.4): the LDT at linear address ``ptr`` with
+    ``ents`` entries becomes the vCPU's. Named conditions, in Xen's order ("Bad args to
+    SET_LDT", -EINVAL): ``aligned`` (the base is page aligned), ``ents`` (at most 8192
+    entries), ``access_ok`` (array_access_ok: the table ends at or below
+    HYPERVISOR_VIRT_START, x86_32 uaccess.h; with at most 8192 entries of 8 bytes its size
+    cannot wrap). The base and size are the vCPU's (guest_context.ldt_base, ldt_ents), not in
+    this state, nor the shadow LDT mappings the change drops (invalidate_shadow_ldt): no state
+    here changes."""
+    end = z3.ZeroExt(32, ptr) + z3.ZeroExt(32, ents) * abi.LDT_ENTRY_SIZE
+    ok = all_of(require("aligned", ptr & (abi.PAGE_SIZE - 1) == 0),
+                require("ents", z3.ULE(ents, bv(abi.MAX_LDT_ENTRIES))),
+                require("access_ok", z3.ULE(end, z3.BitVecVal(abi.HYPERVISOR_VIRT_START, 64))))
+    return Transition(ok.holds, s, bv(0), bv(-abi.EINVAL), check=ok)
 
 
 def pick(cond: Bool, a: SymState, b: SymState) -> SymState:

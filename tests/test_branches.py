@@ -106,6 +106,17 @@ MUTANTS: list[tuple[str, str, str, str, str]] = [
      "if self.frames.flags[mfn] & PGT_pinned:",
      "if False:",
      "mmuext_op/PIN_L1_TABLE", "fail/not_pinned"),
+    # SET_LDT refuses every page-aligned base but 4095 (a mutant cosmic-ray made: the
+    # branch checks let it through while SET_LDT had no spec of its own).
+    ("mmuext_set_ldt",
+     "if ptr & (abi.PAGE_SIZE - 1) or ents > abi.MAX_LDT_ENTRIES:",
+     "if ptr - (abi.PAGE_SIZE - 1) or ents > abi.MAX_LDT_ENTRIES:",
+     "mmuext_op/SET_LDT", "ok"),
+    # SET_LDT accepts 8193 entries.
+    ("mmuext_set_ldt",
+     "if ptr & (abi.PAGE_SIZE - 1) or ents > abi.MAX_LDT_ENTRIES:",
+     "if ptr & (abi.PAGE_SIZE - 1) or ents > abi.MAX_LDT_ENTRIES + 1:",
+     "mmuext_op/SET_LDT", "fail/ents"),
 ]
 
 
@@ -122,7 +133,11 @@ def test_mutant_is_caught(mutant: tuple[str, str, str, str, str],
     method, line, replacement, name, branch = mutant
     cases = check_one(family(name), branch, PER_BRANCH)
     assert cases and all(c.problem is None for c in cases), "the unmutated model passes"
-    monkeypatch.setattr(MM, method, mutated(method, line, replacement))
+    new = mutated(method, line, replacement)
+    for cmd, handler in MM._mmuext_handlers.items():  # mmuext_op's dispatch table
+        if handler is vars(MM)[method]:
+            monkeypatch.setitem(MM._mmuext_handlers, cmd, new)
+    monkeypatch.setattr(MM, method, new)
     cases = check_one(family(name), branch, PER_BRANCH)
     assert any(c.problem is not None for c in cases), (
         f"mutant of MM.{method} ({replacement}) survives the checks of {name} {branch}")

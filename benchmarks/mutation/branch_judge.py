@@ -200,7 +200,7 @@ def _bound_names(node: ast.stmt) -> list[str]:
 
 
 def replacements(module: ModuleType, original: str, mutated: str,
-                 row: int) -> list[tuple[Any, str, Any]]:
+                 row: int) -> list[tuple[Any, Any, Any]]:
     """(holder, name, new value) that put the mutant of line ``row`` in place: the function
     or method holding it, or the module-level binding, compiled from the mutated source in
     ``module``'s namespace; each module-level binding also where another module imported it."""
@@ -217,7 +217,9 @@ def replacements(module: ModuleType, original: str, mutated: str,
                  flags=__future__.annotations.compiler_flag, dont_inherit=True),
          vars(module), namespace)
     if cls is not None:
-        return [(getattr(module, cls), names[0], namespace[names[0]])]
+        holder = getattr(module, cls)
+        old_method, new_method = vars(holder)[names[0]], namespace[names[0]]
+        return [(holder, names[0], new_method), *_in_tables(module, old_method, new_method)]
     out = []
     for n in names:
         old = getattr(module, n)
@@ -226,17 +228,42 @@ def replacements(module: ModuleType, original: str, mutated: str,
     return out
 
 
+def _in_tables(module: ModuleType, old: Any, new: Any) -> list[tuple[Any, Any, Any]]:
+    """(table, key, ``new``) for each dispatch table of ``module`` (a dict at module level or
+    in a class body, such as MM._mmuext_handlers) that holds ``old``: the mutant must be
+    called from there too."""
+    classes = [c for c in vars(module).values()
+               if isinstance(c, type) and c.__module__ == module.__name__]
+    tables = [t for space in (vars(module), *map(vars, classes)) for t in space.values()
+              if isinstance(t, dict)]
+    return [(t, k, new) for t in tables for k, f in list(t.items()) if f is old]
+
+
+def _get(holder: Any, name: Any) -> Any:
+    if isinstance(holder, dict):
+        return holder[name]
+    return vars(holder)[name] if isinstance(holder, type) else getattr(holder, name)
+
+
+def _set(holder: Any, name: Any, value: Any) -> None:
+    if isinstance(holder, dict):
+        holder[name] = value
+    else:
+        setattr(holder, name, value)
+
+
 @contextmanager
-def applied(changes: list[tuple[Any, str, Any]]) -> Iterator[None]:
-    saved = [(h, n, h.__dict__[n] if isinstance(h, type) else getattr(h, n))
-             for h, n, _ in changes]
+def applied(changes: list[tuple[Any, Any, Any]]) -> Iterator[None]:
+    """The changes (holder: a module, class or table; name or key; new value) in place for
+    the block, and the old values back after it."""
+    saved = [(h, n, _get(h, n)) for h, n, _ in changes]
     for h, n, value in changes:
-        setattr(h, n, value)
+        _set(h, n, value)
     try:
         yield
     finally:
         for h, n, value in reversed(saved):
-            setattr(h, n, value)
+            _set(h, n, value)
 
 
 class Timeout(Exception):
