@@ -201,21 +201,28 @@ def run_tables(branch: str, v: dict[str, int]) -> str | None:
 _NOTE_NAME = b"Xen\0"
 
 
-def _note(ntype: int, desc: bytes) -> bytes:
+def xen_note(ntype: int, desc: bytes) -> bytes:
+    """One Xen ELF note (name "Xen", type ``ntype``), padded to four bytes."""
     pad = b"\0" * (-len(desc) % 4)
     return struct.pack("<III", len(_NOTE_NAME), len(desc), ntype) + _NOTE_NAME + desc + pad
+
+
+def xen_notes(virt_base: int, entry: int) -> bytes:
+    """The notes of a xen-3.0 kernel: XEN_VERSION, VIRT_BASE and ELF_PADDR_OFFSET
+    ``virt_base`` (so a segment loads at its p_paddr), ENTRY ``entry``."""
+    return b"".join([
+        xen_note(abi.XEN_ELFNOTE_XEN_VERSION, b"xen-3.0\0"),
+        xen_note(abi.XEN_ELFNOTE_VIRT_BASE, struct.pack("<I", virt_base)),
+        xen_note(abi.XEN_ELFNOTE_PADDR_OFFSET, struct.pack("<I", virt_base)),
+        xen_note(abi.XEN_ELFNOTE_ENTRY, struct.pack("<I", entry)),
+    ])
 
 
 def kernel_image(virt_base: int, start: int, end: int) -> bytes:
     """A 32-bit x86 ELF kernel with one loadable segment [start, end) (one byte of it in the
     file), its entry point at ``start``, and Xen ELF notes: xen-3.0, VIRT_BASE and
     ELF_PADDR_OFFSET ``virt_base`` (so a segment loads at its p_paddr), ENTRY."""
-    notes = b"".join([
-        _note(abi.XEN_ELFNOTE_XEN_VERSION, b"xen-3.0\0"),
-        _note(abi.XEN_ELFNOTE_VIRT_BASE, struct.pack("<I", virt_base)),
-        _note(abi.XEN_ELFNOTE_PADDR_OFFSET, struct.pack("<I", virt_base)),
-        _note(abi.XEN_ELFNOTE_ENTRY, struct.pack("<I", start)),
-    ])
+    notes = xen_notes(virt_base, start)
     ehsize, phentsize = 52, 32
     notes_at = ehsize + 2 * phentsize
     data_at = notes_at + len(notes)

@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from xenspec.cli import main
+from xenspec.proofs.branchcheck_builder import xen_note, xen_notes
 from xenspec.refmodel.builder import BuildError
 from xenspec.refmodel.elfbuild import parse_image
 from xenspec.spec import abi
@@ -40,11 +41,6 @@ BASE = 0xC0000000
 PAGE = 0x1000
 
 
-def _note(ntype: int, desc: bytes) -> bytes:
-    pad = (-len(desc)) % 4
-    return struct.pack("<III", 4, len(desc), ntype) + b"Xen\0" + desc + bytes(pad)
-
-
 def make_image(pae_note: str | None = None, xen_guest: str | None = None) -> bytes:
     """A 32-bit x86 ELF kernel image loading one page at BASE (its entry), identified by Xen
     ELF notes (with ``pae_note`` as XEN_ELFNOTE_PAE_MODE if given) or, with ``xen_guest``,
@@ -54,12 +50,9 @@ def make_image(pae_note: str | None = None, xen_guest: str | None = None) -> byt
         info = xen_guest.encode() + b"\0"
     else:
         info_name, info_type = b".note", 7  # SHT_NOTE
-        info = (_note(abi.XEN_ELFNOTE_XEN_VERSION, b"xen-3.0\0")
-                + _note(abi.XEN_ELFNOTE_VIRT_BASE, struct.pack("<I", BASE))
-                + _note(abi.XEN_ELFNOTE_PADDR_OFFSET, struct.pack("<I", BASE))
-                + _note(abi.XEN_ELFNOTE_ENTRY, struct.pack("<I", BASE)))
+        info = xen_notes(BASE, BASE)
         if pae_note is not None:
-            info += _note(abi.XEN_ELFNOTE_PAE_MODE, pae_note.encode() + b"\0")
+            info += xen_note(abi.XEN_ELFNOTE_PAE_MODE, pae_note.encode() + b"\0")
     shstrtab = b"\0.text\0" + info_name + b"\0.shstrtab\0"
     text = b"\xeb\xfe".ljust(PAGE, b"\0")  # jmp .
     info_off = 2 * PAGE

@@ -99,9 +99,7 @@ class Verdicts:
     current: str = ""
     asked: int = 0
     reused: int = 0
-
-    def __post_init__(self) -> None:
-        self.memo: dict[tuple[str, str, bytes], str | None] = {}
+    memo: dict[tuple[str, str, bytes], str | None] = dataclasses.field(default_factory=dict)
 
     def ask(self, key: tuple[str, str, bytes], fn: Callable[[], str | None]) -> str | None:
         if key in self.memo:
