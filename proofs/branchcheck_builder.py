@@ -57,6 +57,7 @@ from xenspec.refmodel.builder import BuildError
 from xenspec.refmodel.hypervisor import Hypervisor
 from xenspec.refmodel.platform import PVPlatform
 from xenspec.spec import abi
+from xenspec.spec import branches as spec_branches
 from xenspec.spec.branches import Check, NamedBranch, check_branches
 from xenspec.spec.builder_spec import (
     BuildParams,
@@ -335,21 +336,45 @@ def _values(f: Family, a: Args, model: z3.ModelRef) -> dict[str, int]:
     return out
 
 
+def sole_failure(f: Family, a: Args, branch: str) -> list[z3.BoolRef]:
+    """For a failure branch, the condition that its check fails and every other check holds
+    (spec.branches.FLIP): parameters refused for that reason alone, so that a model that
+    drops the check is not refused by a later one with the same message (``REASONS``)."""
+    if not branch.startswith("fail/"):
+        return []
+    spec_branches.FLIP = branch.removeprefix("fail/")
+    try:
+        return [f.check(a).holds]
+    finally:
+        spec_branches.FLIP = None
+
+
+def _solve(f: Family, a: Args, b: NamedBranch, extra: list[z3.BoolRef]) -> z3.ModelRef | None:
+    """The smallest tier's model of the branch with ``extra``, for the check's failure alone
+    where there is one, else with any later check failing too."""
+    sole = sole_failure(f, a, b.name)
+    for alone in ([sole, []] if sole else [[]]):
+        for tier in f.tiers:
+            model = branchcheck.solve_branch(tier(a), b, [*extra, *alone], z3.BoolVal(True))
+            if model is not None:
+                return model
+    return None
+
+
 def parameters_for(f: Family, branch: str) -> list[dict[str, int]]:
     """The parameters tried for ``branch``: the smallest that take it, then one set at each
-    of its boundaries that can be taken (each the smallest the tiers allow), without
+    of its boundaries that can be taken (each the smallest the tiers allow, and for a
+    failure, refused for that check alone where it can be: ``sole_failure``), without
     repeats."""
     a = _vars(f)
     b = next(x for x in named_branches(f) if x.name == branch)
     found: list[dict[str, int]] = []
     for edge in [[], *f.edges(a).get(branch, [])]:
-        for tier in f.tiers:
-            model = branchcheck.solve_branch(tier(a), b, edge, z3.BoolVal(True))
-            if model is not None:
-                values = _values(f, a, model)
-                if values not in found:
-                    found.append(values)
-                break
+        model = _solve(f, a, b, edge)
+        if model is not None:
+            values = _values(f, a, model)
+            if values not in found:
+                found.append(values)
     return found
 
 
