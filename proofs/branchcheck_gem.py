@@ -469,7 +469,7 @@ def open_state(before: Snapshot, words: dict[tuple[int, int], z3.BitVecRef]) -> 
                           z3.BoolVal(False)),
         gdt_ref=table({f: z3.BoolVal(x) for f, x in enumerate(before.gdt_ref)}, z3.BoolVal(False)),
         gnt_table=_table2({k: bv(m) for k, m in before.gnt_tables.items()}, bv(0)),
-        gnt_slot=_table2({k: bv(h) for k, h in before.gnt_slots.items()}, bv(0)),
+        gnt_slot=_table2({k: bv(hs[0]) for k, hs in before.gnt_slots.items()}, bv(0)),
         **handles,
     )
 

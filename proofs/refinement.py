@@ -88,9 +88,11 @@ class Snapshot:
     no_type_refs: tuple[bool, ...]  # the frame's type count is 0
     xen_written: tuple[bool, ...]  # the hypervisor writes into the frame for a guest
     # Grant tables: the handles in use, (domid, handle) -> (flags, granter, frame, PTE frame,
-    # PTE index); the handle each grant PTE belongs to; each domain's shared grant frames.
+    # PTE index); the handles that wrote each grant PTE (Grants.slot_writers: the first is the
+    # one the ghost gnt_slot names in the encoded state, and any of them may be the one the
+    # spec's ghost names after a call); each domain's shared grant frames.
     handles: dict[tuple[int, int], tuple[int, int, int, int, int]] = field(default_factory=dict)
-    gnt_slots: dict[tuple[int, int], int] = field(default_factory=dict)
+    gnt_slots: dict[tuple[int, int], tuple[int, ...]] = field(default_factory=dict)
     gnt_tables: dict[tuple[int, int], int] = field(default_factory=dict)
 
     @staticmethod
@@ -150,9 +152,9 @@ class Snapshot:
                    for h, mt in enumerate(t.maptrack)}
         slots = {}
         for (mfn, i), e in entries.items():
-            h = grants.slot_handle(int(hv.frames.owner[mfn]), mfn, i, e >> abi.PAGE_SHIFT)
-            if h >= 0:
-                slots[(mfn, i)] = h
+            hs = grants.slot_writers(int(hv.frames.owner[mfn]), mfn, i, e >> abi.PAGE_SHIFT)
+            if hs:
+                slots[(mfn, i)] = tuple(hs)
         tables = {(domid, k): mfn for domid, t in grants.tables.items()
                   for k, mfn in enumerate(t.shared)}
         return {"handles": handles, "gnt_slots": slots, "gnt_tables": tables}
@@ -203,7 +205,8 @@ class Snapshot:
         fields = ("mt_flags", "mt_dom", "mt_frame", "mt_l1", "mt_idx")
         out = {name: table({k: v[j] for k, v in self.handles.items()})
                for j, name in enumerate(fields)}
-        return {**out, "gnt_slot": table(self.gnt_slots), "gnt_table": table(self.gnt_tables)}
+        first = {k: hs[0] for k, hs in self.gnt_slots.items()}
+        return {**out, "gnt_slot": table(first), "gnt_table": table(self.gnt_tables)}
 
     def encode_cpus(self, array: Any) -> dict[str, z3.ArrayRef]:
         c = self.cpus
@@ -276,13 +279,17 @@ CPU_FIELDS = ("trap_cs", "trap_addr", "trap_flags", "event_cs", "event_eip", "fa
 
 def same_grants(s: SymState, after: Snapshot) -> list[z3.BoolRef]:
     """``s`` agrees with the model's grant handles (every one in use, and a freed one reads
-    flags 0) and with the handle of every grant PTE."""
+    flags 0), and the ghost names, for every grant PTE, a handle that wrote it. The ghost is
+    the spec's alone: it names the last handle to write a PTE, and the model does not order
+    its handles' writes (a second map of the same PTE with the same value leaves the memory
+    as it was)."""
     terms = []
     for (domid, h), values in after.handles.items():
         for name, x in zip(("mt_flags", "mt_dom", "mt_frame", "mt_l1", "mt_idx"), values,
                            strict=True):
             terms.append(z3.Select(getattr(s, name), bv(domid), bv(h)) == x)
-    terms += [z3.Select(s.gnt_slot, bv(m), bv(i)) == h for (m, i), h in after.gnt_slots.items()]
+    terms += [z3.Or(*[z3.Select(s.gnt_slot, bv(m), bv(i)) == h for h in hs])
+              for (m, i), hs in after.gnt_slots.items()]
     return terms
 
 

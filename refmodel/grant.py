@@ -665,20 +665,24 @@ class Grants:
     # ----------------------------------------------------------------------------------------
     # What the invariants ask of the grant state (refmodel/view.py).
     # ----------------------------------------------------------------------------------------
-    def slot_handle(self, grantee: int, l1: int, index: int, frame: int) -> int:
-        """The handle a present PTE (l1, index) mapping ``frame`` belongs to: one of the
-        grantee's host-mapping handles that wrote that PTE for that frame, a writable one if
-        there is one; -1 if none (the symbolic state's ghost ``slot_handle``)."""
+    def slot_writers(self, grantee: int, l1: int, index: int, frame: int) -> list[int]:
+        """The grantee's host-mapping handles that wrote the present PTE (l1, index) for
+        ``frame``, writable ones first: several when a later map wrote the same PTE again
+        (with GNTMAP_contains_pte, the same value), each of which the symbolic state's ghost
+        ``gnt_slot`` may name."""
         t = self.tables.get(grantee)
         if t is None:
-            return -1
-        found = -1
-        for h, mt in enumerate(t.maptrack):
-            if mt.flags & abi.GNTMAP_host_map and mt.pte == (l1, index) and mt.frame == frame:
-                if not mt.flags & abi.GNTMAP_readonly:
-                    return h
-                found = h
-        return found
+            return []
+        hs = [h for h, mt in enumerate(t.maptrack)
+              if mt.flags & abi.GNTMAP_host_map and mt.pte == (l1, index) and mt.frame == frame]
+        return sorted(hs, key=lambda h: bool(t.maptrack[h].flags & abi.GNTMAP_readonly))
+
+    def slot_handle(self, grantee: int, l1: int, index: int, frame: int) -> int:
+        """The handle a present PTE (l1, index) mapping ``frame`` belongs to: the first of
+        ``slot_writers``, a writable one if there is one; -1 if none (the symbolic state's
+        ghost ``gnt_slot``)."""
+        writers = self.slot_writers(grantee, l1, index, frame)
+        return writers[0] if writers else -1
 
     def mapping(self, grantee: int, handle: int) -> GrantMapping:
         t = self.tables.get(grantee)

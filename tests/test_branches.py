@@ -204,19 +204,7 @@ def test_descriptor_check_is_the_rule() -> None:
 # its own hypercalls, with the arguments and the guest-written words the solver chooses.
 # ----------------------------------------------------------------------------------------------
 # Branch checks that do not pass yet (open questions, as OPEN above).
-GEM_OPEN: dict[str, str] = {
-    # Found when the solver's states changed with the spec's variable names (the state it
-    # returns is not stable across spec changes): B maps, with GNTMAP_contains_pte, a grant
-    # PTE that an earlier writable handle of B already wrote with the same frame and flags.
-    # The memory is unchanged and the spec's ghost gnt_slot names the new handle; the
-    # model's snapshot derives the slot's handle from the maptrack (Grants.slot_handle: the
-    # first writable handle that wrote that PTE for that frame) and names the old one. Open:
-    # whether the snapshot should admit any handle that wrote the PTE, or the model record
-    # the last writer.
-    "grant_table_op/map_grant_ref/contains_pte ok":
-        "a grant PTE rewritten by a second handle with the same value: the snapshot's "
-        "slot handle is the first writer, the spec's the last (open)",
-}
+GEM_OPEN: dict[str, str] = {}
 
 
 def _gem_param(name: str, branch: str) -> Any:
@@ -332,6 +320,21 @@ def test_gem_map_of_a_pinned_entry_the_granter_rewrote() -> None:
     # A revokes the entry (flags 0) while B's read-only pin of it stands.
     case = gem.run_case(gem.family("grant_table_op/map_grant_ref"), "fail/permit", values,
                         {(frame, word): 0, (frame, word + 1): 0})
+    assert case.problem is None, case.problem
+
+
+def test_gem_map_of_a_grant_pte_a_handle_already_wrote() -> None:
+    """B maps ref 1 writable again, with GNTMAP_contains_pte, at the very PTE its handle 0
+    already wrote with the same frame and flags: the memory is unchanged, the spec's ghost
+    names the new handle, and the model's snapshot must admit it (Grants.slot_writers).
+    Found by the full run on a state the solver chose; it failed while the snapshot named
+    only the first writer."""
+    w = gem.build_grant_world()
+    values = {"v": 1, "host_addr": (w.b.first_l1_mfn << abi.PAGE_SHIFT) + 4 * gem.ARG_PAGES,
+              "flags": abi.GNTMAP_host_map | abi.GNTMAP_contains_pte, "ref": gem.RW_REF,
+              "dom": w.a.domid, "handle": w.next_handle}
+    case = gem.run_case(gem.family("grant_table_op/map_grant_ref/contains_pte"), "ok",
+                        values, {})
     assert case.problem is None, case.problem
 
 
