@@ -29,8 +29,10 @@ SATISFIABLE = ("the invariants together are satisfiable (not vacuous): a start_o
 PLACED = ("start_of_day: the ELF builder puts the kernel, p2m list, start_info, store and "
           "console pages below the page tables and the boot stack after them, with 512 KB of "
           "the region after it")
-SEARCH = ("start_of_day: the ELF builder's number of page-table frames is the answer of Xen's "
-          "exhaustive search")
+CLOSED = ("start_of_day: the ELF builder puts its page directory below the hole's first pfn "
+          "and counts its table frames by the search's closed form")
+PADDING = ("start_of_day: the ELF builder's region leaves 512 KB after the boot stack for any "
+           "tables below the hole's first pfn")
 
 
 def _initial(label: str) -> str:
@@ -98,6 +100,17 @@ def no_padding_rule(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(builder_spec, "region_pages", region)
 
 
+def no_room_for_store_and_console(mp: pytest.MonkeyPatch) -> None:
+    """The tools' layout forgets the store and console pages: the page directory follows
+    start_info, as construct_dom0's does."""
+    layout = builder_spec.elf_layout
+
+    def elf_layout(virt_base: Any, kernel_end: Any, nr_pages: Any, tools: Any) -> Any:
+        return layout(virt_base, kernel_end, nr_pages, z3.BoolVal(False))
+
+    mp.setattr(builder_spec, "elf_layout", elf_layout)
+
+
 def one_search_step(mp: pytest.MonkeyPatch) -> None:
     """The number of table frames is what two frames would need, without looking again at
     the region that number gives (a table frame can push it past a 4 MB boundary)."""
@@ -133,8 +146,9 @@ MUTANTS: list[tuple[str, str, Callable[[pytest.MonkeyPatch], None]]] = [
      linear_slot_names_next_frame),
     ("a page Xen shares left untyped", _initial("INV-XENPAGE"), shared_page_untyped),
     ("the witness is no builder's machine", SATISFIABLE, broken_witness),
-    ("the 512 KB rule dropped", PLACED, no_padding_rule),
-    ("one step of the table-frame search", SEARCH, one_search_step),
+    ("the 512 KB rule dropped", PADDING, no_padding_rule),
+    ("no store and console pages", PLACED, no_room_for_store_and_console),
+    ("one step of the table-frame search", CLOSED, one_search_step),
     ("port 0 not reserved", "start_of_day: a new domain's event channels satisfy INV-EVT-PORT",
      port0_free),
 ]
@@ -156,5 +170,7 @@ def test_builder_mutant_breaks_the_proof(
         assert any(n.startswith(("frame!", "vcpu!")) for n in names), result.counterexample
     elif "event channels" in obligation:  # the witness domain and port
         assert any(n.startswith("w_port") for n in names), names
+    elif obligation == PADDING:  # the tables
+        assert {"pt_pfn", "nr_pt"} <= names, names
     elif obligation != SATISFIABLE:  # the image and the layout
         assert {"kernel_end", "nr_pages", "elf pt_pfn", "elf nr_mapped"} <= names, names

@@ -477,6 +477,31 @@ def tables_needed(pt_pfn: Word, nr_pt: Word) -> Word:
     return 1 + z3.LShR(region_pages(pt_pfn, nr_pt), 10)
 
 
+def table_search(pt_pfn: Word) -> Word:
+    """The builders' search for the number of table frames, in closed form: with ``need`` =
+    ``tables_needed``, need(need(2)). The search tries 2, 3, ... and stops at the first n with
+    need(n) <= n; need never decreases and, for a directory below ``PT_PFN_LIMIT``, grows by
+    at most one from 2 to need(2), so the answer is need(2) or need(2) + 1 = need(need(2))
+    (the obligation ``elf_layout_fits("search")`` proves it is the search's answer)."""
+    return tables_needed(pt_pfn, tables_needed(pt_pfn, _w64(2)))
+
+
+# The hole's first pfn: no region below the hole has more pages, so every accepted image's
+# directory pfn is below it (the obligation ``elf_layout_fits("closed")``).
+PT_PFN_LIMIT = abi.HYPERVISOR_VIRT_START >> abi.PAGE_SHIFT
+
+
+def search_facts(pt_pfn: Word, nr_pt: Word) -> list[Bool]:
+    """What the search obligations prove of every accepted image's tables: its directory below
+    ``PT_PFN_LIMIT`` (``closed``); ``nr_pt`` below it too and a fixed point of
+    ``tables_needed`` (``search``); the region leaving 512 KB after the boot stack
+    (``padding``). The ``limits`` and ``placed`` obligations take them as hypotheses: without
+    them the solver rederives them through three nested adder circuits, for minutes."""
+    limit = _w64(PT_PFN_LIMIT)
+    return [z3.ULT(pt_pfn, limit), z3.ULT(nr_pt, limit), tables_needed(pt_pfn, nr_pt) == nr_pt,
+            z3.ULE(pt_pfn + nr_pt + 1 + _PADDING_PAGES, region_pages(pt_pfn, nr_pt))]
+
+
 @dataclass(frozen=True)
 class ElfLayout:
     """Where build_domain puts things, in pfns of the region (64-bit terms); ``nr_mapped`` is
@@ -494,15 +519,12 @@ class ElfLayout:
 
 def elf_layout(virt_base: Word, kernel_end: Word, nr_pages: Word, tools: Bool) -> ElfLayout:
     """setup_guest's arithmetic (``tools``) or construct_dom0's. The number of table frames is
-    the search's answer in closed form: with ``need`` = ``tables_needed``, need(need(2)). The
-    search tries 2, 3, ... and stops at the first n with need(n) <= n; need never decreases and
-    grows by at most one per 1024 frames, so the answer is need(2) or need(2) + 1 = need(need(2))
-    (the obligation ``elf_layout_fits("search")`` proves it is the search's answer)."""
+    the search's answer in closed form (``table_search``)."""
     kernel_pages = _ceil_div(_wide(kernel_end) - _wide(virt_base), abi.PAGE_SHIFT)
     p2m_pfn = kernel_pages
     start_info_pfn = p2m_pfn + _ceil_div(_wide(nr_pages), 10)  # 4-byte entries, 1024 a page
     pt_pfn = start_info_pfn + z3.If(tools, _w64(3), _w64(1))
-    nr_pt = tables_needed(pt_pfn, tables_needed(pt_pfn, _w64(2)))
+    nr_pt = table_search(pt_pfn)
     return ElfLayout(kernel_pages, p2m_pfn, start_info_pfn, start_info_pfn + 1, pt_pfn, nr_pt,
                      pt_pfn + nr_pt, region_pages(pt_pfn, nr_pt))
 
@@ -564,23 +586,34 @@ def elf_check(virt_base: Word, kernel_end: Word, nr_pages: Word, tools: Bool) ->
 
 
 def elf_layout_fits(part: str) -> z3.Solver:
-    """Unsatisfiable iff for every image and size build_domain accepts: (``limits``) the region
-    it asks build_initial_tables for meets the builder's limits (``layout``), with the page
-    directory where build_domain's own arithmetic puts it and exactly the table frames the
-    search counted, so the initial state is one ``initial_state`` describes; (``placed``) the
-    kernel, the p2m list, start_info, the store and console pages lie in that order in
-    ordinary pages below the page directory, the boot stack is the page after the tables and
-    at least 512 KB of the region follow it; (``search``) the number of table frames is the
-    first n from 2 up with tables_needed(n) <= n, the answer of the builders' exhaustive
-    search."""
+    """Unsatisfiable iff the ELF builder's layout has property ``part``:
+
+    * ``limits``: for every image and size build_domain accepts, the region it asks
+      build_initial_tables for meets the builder's limits (``layout``), with the page
+      directory where build_domain's own arithmetic puts it and exactly the table frames the
+      search counted, so the initial state is one ``initial_state`` describes;
+    * ``placed``: for every accepted image, the kernel, the p2m list, start_info, the store
+      and console pages lie in that order in ordinary pages below the page directory, the boot
+      stack is the page after the tables and at least 512 KB of the region follow it;
+    * ``closed``: every accepted image's directory pfn is below ``PT_PFN_LIMIT`` and its
+      number of table frames is ``table_search``'s;
+    * ``search``: for every directory pfn below ``PT_PFN_LIMIT``, ``table_search``'s answer is
+      the first n from 2 up with tables_needed(n) <= n, the answer of the builders'
+      exhaustive search; it is below the limit and tables_needed(n) == n;
+    * ``padding``: for every directory pfn and number of tables below the limit,
+      ``region_pages`` leaves 512 KB after the boot stack.
+
+    ``limits`` and ``placed`` assume ``search_facts`` of the image's tables, which
+    ``closed``, ``search`` and ``padding`` prove for every accepted image."""
     reset_fresh()
+    if part in ("search", "padding"):
+        return _search_lemma(part)
     virt_base, kernel_end, nr_pages = z3.BitVecs("virt_base kernel_end nr_pages", 32)
     tools = z3.Bool("tools")
     lay = elf_layout(virt_base, kernel_end, nr_pages, tools)
     p = symbolic_params().evolve(virt_base=virt_base, nr_pages=nr_pages,
                                  nr_mapped=z3.Extract(31, 0, lay.nr_mapped),
                                  pt_base=z3.Extract(31, 0, lay.pt_pfn))
-    m = z3.BitVec("smaller nr_pt", 64)
     goal = {
         "limits": z3.And(layout(p), _wide(pt_base(p)) == lay.pt_pfn,
                          _wide(nr_l1(p)) + 1 == lay.nr_pt),
@@ -590,16 +623,34 @@ def elf_layout_fits(part: str) -> z3.Solver:
                          z3.ULT(lay.start_info_pfn, lay.pt_pfn),
                          lay.stack_pfn == lay.pt_pfn + lay.nr_pt,
                          z3.ULE(lay.stack_pfn + 1 + _PADDING_PAGES, lay.nr_mapped)),
-        "search": z3.And(z3.ULE(tables_needed(lay.pt_pfn, lay.nr_pt), lay.nr_pt),
-                         z3.ULE(_w64(2), lay.nr_pt),
-                         z3.Implies(z3.And(z3.ULE(_w64(2), m), z3.ULT(m, lay.nr_pt)),
-                                    z3.UGT(tables_needed(lay.pt_pfn, m), m))),
+        "closed": z3.And(z3.ULT(lay.pt_pfn, _w64(PT_PFN_LIMIT)),
+                         lay.nr_pt == table_search(lay.pt_pfn)),
     }[part]
+    facts = [] if part == "closed" else search_facts(lay.pt_pfn, lay.nr_pt)
     solver = z3.Solver()
-    solver.add(elf_accepts(virt_base, kernel_end, nr_pages, lay), z3.ULT(0, nr_pages),
+    solver.add(elf_accepts(virt_base, kernel_end, nr_pages, lay), z3.ULT(0, nr_pages), *facts,
                z3.Not(goal))
     solver.add(z3.BitVec("elf nr_mapped", 64) == lay.nr_mapped,
                z3.BitVec("elf pt_pfn", 64) == lay.pt_pfn, z3.BitVec("elf nr_pt", 64) == lay.nr_pt)
+    return solver
+
+
+def _search_lemma(part: str) -> z3.Solver:
+    """``search`` and ``padding`` (``elf_layout_fits``): over a free directory pfn (and number
+    of tables) below ``PT_PFN_LIMIT``."""
+    pt, n, m = z3.BitVecs("pt_pfn nr_pt smaller_nr_pt", 64)
+    limit = _w64(PT_PFN_LIMIT)
+    if part == "search":
+        a = table_search(pt)
+        goal = z3.And(z3.ULE(_w64(2), a), z3.ULT(a, limit), tables_needed(pt, a) == a,
+                      z3.Implies(z3.And(z3.ULE(_w64(2), m), z3.ULT(m, a)),
+                                 z3.UGT(tables_needed(pt, m), m)))
+        bounds = [z3.ULT(pt, limit)]
+    else:
+        goal = z3.ULE(pt + n + 1 + _PADDING_PAGES, region_pages(pt, n))
+        bounds = [z3.ULT(pt, limit), z3.ULT(n, limit)]
+    solver = z3.Solver()
+    solver.add(*bounds, z3.Not(goal))
     return solver
 
 
@@ -686,8 +737,13 @@ def obligation_list() -> list[tuple[str, Callable[[], z3.Solver]]]:
             ("start_of_day: the ELF builder puts the kernel, p2m list, start_info, store and "
              "console pages below the page tables and the boot stack after them, with 512 KB "
              "of the region after it", lambda: elf_layout_fits("placed")),
+            ("start_of_day: the ELF builder puts its page directory below the hole's first pfn "
+             "and counts its table frames by the search's closed form",
+             lambda: elf_layout_fits("closed")),
             ("start_of_day: the ELF builder's number of page-table frames is the answer of "
              "Xen's exhaustive search", lambda: elf_layout_fits("search")),
+            ("start_of_day: the ELF builder's region leaves 512 KB after the boot stack for "
+             "any tables below the hole's first pfn", lambda: elf_layout_fits("padding")),
             *[(f"start_of_day: a new domain's event channels satisfy {inv.id}",
                events_factory(inv)) for inv in EVT_INVARIANTS]]
 
