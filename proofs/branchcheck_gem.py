@@ -183,6 +183,9 @@ class GemFamily:
     domain: Callable[[GrantWorld, Args], list[z3.BoolRef]]
     # Terms whose values distinguish the states worth trying.
     signature: Callable[[SymState, Args], list[z3.ExprRef]] = lambda s, a: []
+    # Kinds of state the model handles on different paths where the spec has one branch: the
+    # first states asked for are one of each kind, where the branch can be taken so.
+    kinds: Callable[[Args], list[z3.BoolRef]] = lambda a: []
     # The grant entries (granter, ref) the solver writes; "" for none.
     open_entries: tuple[tuple[str, int], ...] = ()
     # The machine (``WORLDS``), and the argument naming a frame, tried one representative
@@ -256,7 +259,15 @@ def _map_family(by_pte: bool) -> GemFamily:
     suffix = "/contains_pte" if by_pte else ""
     return GemFamily(f"grant_table_op/map_grant_ref{suffix}",
                      ("v", "host_addr", "flags", "ref", "dom", "handle"), run, domain, signature,
+                     lambda a: pin_kinds(a["ref"]),
                      (("a", OPEN_REFS[0]), ("a", OPEN_REFS[1]), ("b", 0)))
+
+
+def pin_kinds(ref: z3.ExprRef) -> list[z3.BoolRef]:
+    """A reference no handle has pinned (grant_table.c: a first pin reads and checks the whole
+    shared entry) and one B has pinned already (only a first writable pin reads it again, for
+    GTF_readonly): the spec reads the entry every time, the model takes two paths."""
+    return [_in(ref, list(OPEN_REFS)), _in(ref, [RW_REF, RO_REF])]
 
 
 def _unmap_family(by_pte: bool) -> GemFamily:
@@ -304,6 +315,7 @@ def _copy_family(to_grant: bool) -> GemFamily:
 
     return GemFamily("grant_table_op/copy/to_grant" if to_grant else "grant_table_op/copy",
                      ("v", "src", "src_dom", "dst", "dst_dom"), run, domain, signature,
+                     lambda a: pin_kinds(a["dst" if to_grant else "src"]),
                      (("a", OPEN_REFS[0]), ("a", OPEN_REFS[1]), ("b", 0)))
 
 
@@ -588,8 +600,9 @@ def sole_failure(family: GemFamily, branch: str) -> z3.BoolRef:
 def states_for(family: GemFamily, branch: str, per_branch: int
                ) -> list[tuple[dict[str, int], dict[tuple[int, int], int]]]:
     """Up to ``per_branch`` (arguments, open words) that take ``branch`` on the machine,
-    differing in the family's signature; for a failure, states where it fails for that
-    reason alone first (``sole_failure``), when there are."""
+    differing in the family's signature, one of each of the family's ``kinds`` first; for a
+    failure, states where it fails for that reason alone first (``sole_failure``), when there
+    are."""
     w, _ = _template(family.world)
     ctx = context(family)
     a, words, b = ctx.args, ctx.words, ctx.branches[branch]
@@ -597,10 +610,15 @@ def states_for(family: GemFamily, branch: str, per_branch: int
     blocked: list[z3.BoolRef] = []
     sig = family.signature(ctx.s, a)
     sole = [sole_failure(family, branch)] if b.kind == "fail" else []
+    kinds = family.kinds(a)
     while len(found) < per_branch:
-        model = solve(w, family, ctx.s, a, words, b, [*blocked, *sole])
+        kind = kinds[:1]
+        model = solve(w, family, ctx.s, a, words, b, [*blocked, *sole, *kind])
+        kinds = kinds[1:]
+        if model is None and kind:  # no state of this kind takes the branch (so)
+            continue
         if model is None and sole:
-            sole = []
+            sole, kinds = [], family.kinds(a)
             continue
         if model is None:
             break
