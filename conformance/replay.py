@@ -42,6 +42,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import compress
 from pathlib import Path
 from typing import Any
 
@@ -228,7 +229,8 @@ class Side:
                 words = impl.entries(mfn)
                 if f.type != PGT.l1_page_table:
                     words = words[:XEN_SLOT]
-                out[("words", k, pfn)] = tuple((i, word(w)) for i, w in enumerate(words) if w)
+                out[("words", k, pfn)] = tuple(  # the non-zero words, found by a C loop
+                    (i, word(w)) for i, w in compress(enumerate(words), words))
         return out
 
 
