@@ -248,8 +248,15 @@ SPEC_ASSUMES: dict[str, tuple[str, ...]] = {
 }
 
 
-def assumed(inv: Invariant, hypercall: str = "") -> tuple[str, ...]:
-    return (*ASSUMES.get(inv.label, MMU_INVARIANTS), *SPEC_ASSUMES.get(hypercall, ()))
+def assumed(inv: Invariant, hypercall: str = "", bounded: bool = False) -> tuple[str, ...]:
+    """The invariants an obligation assumes of the state before the call. The counterexample
+    search in small machines (``bounded``) assumes every MMU invariant too: its quantifiers
+    range over the machine's frames only, so without INV-OWN's L1 part (entries name the
+    table owner's frames, which are in the machine) an entry may name a frame outside it
+    that no invariant constrains, and the search reports states no domain can reach. Its
+    counterexamples are states that satisfy every invariant."""
+    extra = MMU_INVARIANTS if bounded else ()
+    return (*ASSUMES.get(inv.label, MMU_INVARIANTS), *SPEC_ASSUMES.get(hypercall, ()), *extra)
 
 
 @dataclass
@@ -280,12 +287,13 @@ def build(hypercall: str, builder: SpecBuilder, inv: Invariant, branch: str) -> 
         (other,) = [b for b in t.others if b.name == branch]
         cond, new, choice = other.cond, other.new, other.choice
     solver = z3.Solver()
+    bounded = symbolic.SCOPE.frames is not None
     for known in proof_invariants():
-        if known.label in assumed(inv, hypercall):
+        if known.label in assumed(inv, hypercall, bounded):
             solver.add(known.check(SymView(old)))
     goal = SymView(new, witness=True)
     negated = z3.Not(inv.check(goal))
-    if symbolic.SCOPE.frames is None:  # the unbounded proof, not the counterexample search
+    if not bounded:  # the unbounded proof, not the counterexample search
         choice = z3.And(*read_choices(choice, z3.And(cond, negated)))
     solver.add(assumptions(old), choice, cond)
     solver.add(negated)
