@@ -615,7 +615,7 @@ def states_for(family: GemFamily, branch: str, per_branch: int
         kind = kinds[:1]
         model = solve(w, family, ctx.s, a, words, b, [*blocked, *sole, *kind])
         kinds = kinds[1:]
-        if model is None and kind:  # no state of this kind takes the branch (so)
+        if model is None and kind:  # no state of this kind takes the branch: the next kind
             continue
         if model is None and sole:
             sole, kinds = [], family.kinds(a)
