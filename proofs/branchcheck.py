@@ -1059,12 +1059,9 @@ def _sole_failure(ctx: Context, b: NamedBranch) -> list[z3.BoolRef]:
     """The spec built with the requirement that fails ``b`` negated (``spec.branches.FLIP``)
     succeeds: on such a state that requirement is the only one that fails."""
     assert isinstance(ctx.scope, FrameScope), "the MMU checks' scope"
-    spec_branches.FLIP = b.name.split("/")[-1]
-    try:
-        flipped = _spec_with_choices(ctx.family.name, ctx.s, ctx.scope.frame_list)
-    finally:
-        spec_branches.FLIP = None
-    return [z3.simplify(z3.And(flipped.ok, flipped.choice))]
+    with spec_branches.flipped(b.name.split("/")[-1]):
+        t = _spec_with_choices(ctx.family.name, ctx.s, ctx.scope.frame_list)
+    return [z3.simplify(z3.And(t.ok, t.choice))]
 
 
 def _no_earlier_outcome(t: Transition, b: NamedBranch) -> list[z3.BoolRef]:

@@ -342,11 +342,8 @@ def sole_failure(f: Family, a: Args, branch: str) -> list[z3.BoolRef]:
     drops the check is not refused by a later one with the same message (``REASONS``)."""
     if not branch.startswith("fail/"):
         return []
-    spec_branches.FLIP = branch.removeprefix("fail/")
-    try:
+    with spec_branches.flipped(branch.removeprefix("fail/")):
         return [f.check(a).holds]
-    finally:
-        spec_branches.FLIP = None
 
 
 def _solve(f: Family, a: Args, b: NamedBranch, extra: list[z3.BoolRef]) -> z3.ModelRef | None:

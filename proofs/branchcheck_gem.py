@@ -481,7 +481,7 @@ def open_state(before: Snapshot, words: dict[tuple[int, int], z3.BitVecRef]) -> 
                           z3.BoolVal(False)),
         gdt_ref=table({f: z3.BoolVal(x) for f, x in enumerate(before.gdt_ref)}, z3.BoolVal(False)),
         gnt_table=_table2({k: bv(m) for k, m in before.gnt_tables.items()}, bv(0)),
-        gnt_slot=_table2({k: bv(hs[0]) for k, hs in before.gnt_slots.items()}, bv(0)),
+        gnt_slot=_table2({k: bv(h) for k, h in before.ghost_slots().items()}, bv(0)),
         **handles,
     )
 
@@ -561,11 +561,10 @@ def _build(family: GemFamily, before: Snapshot, s: SymState,
     previous = symbolic.SCOPE
     symbolic.set_scope(branchcheck.FrameScope(frames=before.nr_frames, vcpus=len(before.bases),
                                               indices=indices, frame_list=tables))
-    spec_branches.FLIP = flip
     try:
-        return builder(s)
+        with spec_branches.flipped(flip):
+            return builder(s)
     finally:
-        spec_branches.FLIP = None
         symbolic.set_scope(previous)
 
 
@@ -965,11 +964,8 @@ def evt_states_for(family: EvtFamily, branch: str, per_branch: int = 2
     (b,) = [x for x in branches(t) if x.name == branch]
     sole: list[z3.BoolRef] = []
     if b.kind == "fail":  # for this reason alone first (``sole_failure``)
-        spec_branches.FLIP = branch.split("/")[-1]
-        try:
+        with spec_branches.flipped(branch.split("/")[-1]):
             sole = [_evt_spec(family, s, caller, {}).ok]
-        finally:
-            spec_branches.FLIP = None
     domain = [z3.Or(*[caller == d.domain_id for d in w.doms.values()])]
     domain += [z3.Or(*[args[n] == x for x in xs]) for n, xs in family.values(w).items()]
     found: list[dict[str, int]] = []

@@ -205,8 +205,13 @@ class Snapshot:
         fields = ("mt_flags", "mt_dom", "mt_frame", "mt_l1", "mt_idx")
         out = {name: table({k: v[j] for k, v in self.handles.items()})
                for j, name in enumerate(fields)}
-        first = {k: hs[0] for k, hs in self.gnt_slots.items()}
-        return {**out, "gnt_slot": table(first), "gnt_table": table(self.gnt_tables)}
+        return {**out, "gnt_slot": table(self.ghost_slots()),
+                "gnt_table": table(self.gnt_tables)}
+
+    def ghost_slots(self) -> dict[tuple[int, int], int]:
+        """The handle the encoded state's ghost gnt_slot names for each grant PTE: the first
+        of its writers (Grants.slot_handle's choice)."""
+        return {k: hs[0] for k, hs in self.gnt_slots.items()}
 
     def encode_cpus(self, array: Any) -> dict[str, z3.ArrayRef]:
         c = self.cpus

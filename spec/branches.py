@@ -23,7 +23,9 @@ conditions are pairwise exclusive and together cover every state and argument.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +51,17 @@ def _join(*names: str) -> str:
 # the spec in which exactly that requirement fails and the others hold: a state where the
 # call fails for that reason alone (proofs.branchcheck_gem).
 FLIP: str | None = None
+
+
+@contextlib.contextmanager
+def flipped(name: str | None) -> Iterator[None]:
+    """Specs built inside are built with requirement ``name`` negated (``FLIP``)."""
+    global FLIP
+    FLIP = name
+    try:
+        yield
+    finally:
+        FLIP = None
 
 
 def require(name: str, cond: Bool) -> Check:
