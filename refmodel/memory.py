@@ -28,12 +28,17 @@ PGC_allocated = 0x4  # mm.h, _PGC_allocated: the owning domain's allocation refe
 # grant-table frames). 3.0.4 tells them by address (IS_XEN_HEAP_FRAME); later Xen has the flag
 # PGC_xen_heap. The hypervisor writes into these frames on the guest's behalf.
 PGC_xen_heap = 0x8
+# Xen 4.x mm.h, _PGT_pae_xen_l2 (compat-pae profile only): this L2 is the one slot 3 of a 32-bit
+# PAE domain's L3 names, holding Xen's slots; it is part of the frame's type (get_page_type
+# compares it with the type asked for).
+PGT_pae_xen_l2 = 0x10
 
 # Counter widths: mm.h (3.0.4), PGC_count_mask is 29 bits and PGT_count_mask 16 bits.
 PGC_count_mask = (1 << 29) - 1
 PGT_count_mask = (1 << 16) - 1
 
 ENTRIES_PER_FRAME = abi.PAGE_SIZE // abi.PTE_SIZE
+ENTRIES64_PER_FRAME = abi.PAGE_SIZE // 8
 
 
 class MachineMemory:
@@ -46,6 +51,8 @@ class MachineMemory:
         self.ram = mmap.mmap(-1, nr_frames * abi.PAGE_SIZE)
         # 32-bit little-endian words: entry i of frame f is words[f * 1024 + i].
         self.words = memoryview(self.ram).cast("I")
+        # The same memory as 64-bit words, the entries of PAE tables (compat-pae profile).
+        self.qwords = memoryview(self.ram).cast("Q")
 
     def mfn_valid(self, mfn: int) -> bool:
         """mm.h, mfn_valid: the frame number names machine RAM."""
@@ -56,6 +63,17 @@ class MachineMemory:
 
     def write_entry(self, mfn: int, index: int, value: int) -> None:
         self.words[mfn * ENTRIES_PER_FRAME + index] = value & 0xFFFFFFFF
+
+    def read_entry64(self, mfn: int, index: int) -> int:
+        """Entry ``index`` of a PAE table (512 eight-byte entries a frame)."""
+        return int(self.qwords[mfn * ENTRIES64_PER_FRAME + index])
+
+    def write_entry64(self, mfn: int, index: int, value: int) -> None:
+        self.qwords[mfn * ENTRIES64_PER_FRAME + index] = value & 0xFFFFFFFFFFFFFFFF
+
+    def frame_qwords(self, mfn: int) -> memoryview:
+        base = mfn * ENTRIES64_PER_FRAME
+        return self.qwords[base : base + ENTRIES64_PER_FRAME]
 
     def frame_words(self, mfn: int) -> memoryview:
         base = mfn * ENTRIES_PER_FRAME
@@ -98,7 +116,8 @@ class FrameTable:
         flags = [
             name
             for bit, name in ((PGT_validated, "validated"), (PGT_pinned, "pinned"),
-                              (PGC_allocated, "allocated"), (PGC_xen_heap, "xen_heap"))
+                              (PGC_allocated, "allocated"), (PGC_xen_heap, "xen_heap"),
+                              (PGT_pae_xen_l2, "pae_xen_l2"))
             if self.flags[mfn] & bit
         ]
         return (

@@ -73,8 +73,10 @@ _NR_MMUEXT_OP: int = abi.__HYPERVISOR_mmuext_op
 _PGT: tuple[PGT, ...] = tuple(sorted(PGT))
 
 
-class MM:
-    """The MMU of the reference hypervisor; one instance per hypervisor."""
+class MMCore:
+    """What the MMU of every paging mode shares: general and type references, the foreign
+    domain of a batch, the batch loops of mmu_update and mmuext_op, and the mmuext_op
+    commands that do not depend on the page-table format (flushes, SET_LDT, UNPIN_TABLE)."""
 
     def __init__(self, hv: Hypervisor) -> None:
         self.hv = hv
@@ -90,6 +92,7 @@ class MM:
         self.invalidate_shadow_ldt: Callable[[Vcpu], None] = lambda v: None
         self.deferred_flush = False
 
+
     # ----------------------------------------------------------------------------------------
     # General references: get_page / put_page (mm.h, mm.c).
     # ----------------------------------------------------------------------------------------
@@ -102,8 +105,10 @@ class MM:
         frames.count[mfn] = count + 1
         return True
 
+
     def get_page_from_pagenr(self, mfn: int, d: Domain) -> bool:
         return self.memory.mfn_valid(mfn) and self.get_page(mfn, d)
+
 
     def put_page(self, mfn: int) -> None:
         frames = self.frames
@@ -113,33 +118,6 @@ class MM:
         if count == 0:
             self.hv.free_domheap_page(mfn)
 
-    # ----------------------------------------------------------------------------------------
-    # Type references: get_page_type / put_page_type (mm.c).
-    # ----------------------------------------------------------------------------------------
-    def get_page_type(self, mfn: int, type: PGT) -> bool:
-        """Take a type reference; the first one on a page-table type validates the frame."""
-        frames = self.frames
-        tc = frames.type_count[mfn]
-        if tc >= PGT_count_mask:
-            return False  # type-count overflow
-        if tc == 0:
-            if frames.type[mfn] != type:
-                # A type change is safe only at type count 0; stale TLB entries must go.
-                self.type_change_flush(mfn)
-                frames.type[mfn] = type
-                frames.flags[mfn] &= ~PGT_validated
-                if type == PGT.writable_page:
-                    frames.flags[mfn] |= PGT_validated
-        elif frames.type[mfn] != type:
-            return False
-        frames.type_count[mfn] = tc + 1
-        if not frames.flags[mfn] & PGT_validated:
-            if not self.alloc_page_type(mfn, type):
-                frames.type[mfn] = PGT.none
-                frames.type_count[mfn] = 0
-                return False
-            frames.flags[mfn] |= PGT_validated
-        return True
 
     def put_page_type(self, mfn: int) -> None:
         frames = self.frames
@@ -156,6 +134,7 @@ class MM:
             frames.flags[mfn] &= ~PGT_validated
             self.free_page_type(mfn, PGT(frames.type[mfn]))
 
+
     def get_page_and_type(self, mfn: int, d: Domain, type: PGT) -> bool:
         if not self.get_page(mfn, d):
             return False
@@ -164,12 +143,15 @@ class MM:
             return False
         return True
 
+
     def get_page_and_type_from_pagenr(self, mfn: int, type: PGT, d: Domain) -> bool:
         return self.memory.mfn_valid(mfn) and self.get_page_and_type(mfn, d, type)
+
 
     def put_page_and_type(self, mfn: int) -> None:
         self.put_page_type(mfn)
         self.put_page(mfn)
+
 
     def put_pin_and_allocation(self, mfn: int) -> None:
         """What relinquish_memory (x86 domain.c) and guest_remove_page (memory.c) both drop:
@@ -183,6 +165,7 @@ class MM:
             frames.flags[mfn] &= ~PGC_allocated
             self.put_page(mfn)
 
+
     def type_change_flush(self, mfn: int) -> None:
         """A frame changing type: flush the TLBs of its owner's vCPUs (mm.c, tlbflush_filter)."""
         owner = self.hv.domains.get(self.frames.owner[mfn])
@@ -190,162 +173,6 @@ class MM:
             for v in owner.vcpus:
                 v.flush_tlb()
 
-    # ----------------------------------------------------------------------------------------
-    # Validation of entries and whole tables (mm.c, get_page_from_l?e, alloc_l?_table).
-    # ----------------------------------------------------------------------------------------
-    def get_page_from_l1e(self, l1e: int, d: Domain) -> bool:
-        """A present L1 entry references a frame of ``d``; RW takes a writable type ref."""
-        if not pte_present(l1e):
-            return True
-        if l1e_disallowed(l1e):
-            return False
-        mfn = pte_get_pfn(l1e)
-        if not self.memory.mfn_valid(mfn):
-            return False  # I/O memory: no domain has iomem permission in this model
-        if l1e & abi._PAGE_RW:
-            return self.get_page_and_type(mfn, d, PGT.writable_page)
-        return self.get_page(mfn, d)
-
-    def put_page_from_l1e(self, l1e: int) -> None:
-        if not pte_present(l1e):
-            return
-        mfn = pte_get_pfn(l1e)
-        if not self.memory.mfn_valid(mfn):
-            return
-        if l1e & abi._PAGE_RW:
-            self.put_page_and_type(mfn)
-        else:
-            frames = self.frames
-            if frames.type[mfn] == PGT.ldt_page and frames.type_count[mfn]:
-                # mm.c: a read-only mapping of an LDT frame in use goes away: Xen blows the
-                # shadow LDT of its domain's vCPUs (Xen only when the L1's domain owns it).
-                owner = self.hv.domains.get(frames.owner[mfn])
-                for w in owner.vcpus if owner is not None else ():
-                    self.invalidate_shadow_ldt(w)
-            self.put_page(mfn)
-
-    def get_page_from_l2e(self, l2e: int, pfn: int, d: Domain) -> bool:
-        """A present L2 entry references an L1 table, or is a read-only linear map."""
-        if not pte_present(l2e):
-            return True
-        if l2e_disallowed(l2e):
-            return False
-        mfn = pte_get_pfn(l2e)
-        if self.get_page_and_type_from_pagenr(mfn, PGT.l1_page_table, d):
-            return True
-        return self.get_linear_pagetable(l2e, pfn, d)
-
-    def get_linear_pagetable(self, l2e: int, pfn: int, d: Domain) -> bool:
-        """mm.c, get_linear_pagetable: a read-only map of this or another validated L2."""
-        if l2e & abi._PAGE_RW:
-            return False
-        mfn = pte_get_pfn(l2e)
-        if mfn == pfn:
-            return True  # a self-map holds no reference
-        if not self.get_page_from_pagenr(mfn, d):
-            return False
-        frames = self.frames
-        if (
-            frames.type_count[mfn] >= PGT_count_mask
-            or frames.type[mfn] != PGT.l2_page_table
-            or not frames.flags[mfn] & PGT_validated
-        ):
-            self.put_page(mfn)
-            return False
-        frames.type_count[mfn] += 1
-        return True
-
-    def put_page_from_l2e(self, l2e: int, pfn: int) -> None:
-        if pte_present(l2e) and pte_get_pfn(l2e) != pfn:
-            self.put_page_and_type(pte_get_pfn(l2e))
-
-    def alloc_page_type(self, mfn: int, type: PGT) -> bool:
-        d = self.hv.domains.get(self.frames.owner[mfn])
-        if d is None:
-            return False
-        if type == PGT.l1_page_table:
-            return self.alloc_l1_table(mfn, d)
-        if type == PGT.l2_page_table:
-            return self.alloc_l2_table(mfn, d)
-        if type in (PGT.gdt_page, PGT.ldt_page) and self.alloc_segdesc_page is not None:
-            return self.alloc_segdesc_page(mfn)
-        return False
-
-    def alloc_l1_table(self, mfn: int, d: Domain) -> bool:
-        words = self.memory.frame_words(mfn)
-        for i in range(abi.L1_PAGETABLE_ENTRIES):
-            e = words[i]
-            if e and not self.get_page_from_l1e(e, d):
-                for j in range(i):
-                    self.put_page_from_l1e(words[j])
-                return False
-        return True
-
-    def alloc_l2_table(self, mfn: int, d: Domain) -> bool:
-        words = self.memory.frame_words(mfn)
-        first_xen = abi.L2_PAGETABLE_FIRST_XEN_SLOT
-        for i in range(first_xen):
-            e = words[i]
-            if e and not self.get_page_from_l2e(e, mfn, d):
-                for j in range(i):
-                    self.put_page_from_l2e(words[j], mfn)
-                return False
-        # Xen's private mappings, this directory's own map of itself among them.
-        for k, e in enumerate(self.hv.xen_l2_slots(d, mfn)):
-            words[first_xen + k] = e
-        return True
-
-    def free_page_type(self, mfn: int, type: PGT) -> None:
-        words = self.memory.frame_words(mfn)
-        if type == PGT.l1_page_table:
-            for e in words:
-                if e:
-                    self.put_page_from_l1e(e)
-        elif type == PGT.l2_page_table:
-            for i in range(abi.L2_PAGETABLE_FIRST_XEN_SLOT):
-                if words[i]:
-                    self.put_page_from_l2e(words[i], mfn)
-        # A de-validated table's stale translations must go: flush the owner's TLBs.
-        self.type_change_flush(mfn)
-
-    # ----------------------------------------------------------------------------------------
-    # Single-entry updates (mm.c, mod_l1_entry / mod_l2_entry).
-    # ----------------------------------------------------------------------------------------
-    def fast_path(self, old: int, new: int, level: int) -> bool:
-        """mod_l1_entry / mod_l2_entry: the update keeps the entry's references (only bits of
-        the XSA-182 whitelist change), so it is written without reference handling."""
-        return not entry_has_changed(old, new)
-
-    def mod_l1_entry(self, l1mfn: int, index: int, nl1e: int, d: Domain) -> bool:
-        """Replace entry ``index`` of L1 table ``l1mfn``; new references are taken in ``d``."""
-        ol1e = self.memory.read_entry(l1mfn, index)
-        if pte_present(nl1e):
-            if l1e_disallowed(nl1e):
-                return False
-            if self.fast_path(ol1e, nl1e, 1):
-                self.memory.write_entry(l1mfn, index, nl1e)
-                return True
-            if not self.get_page_from_l1e(nl1e, d):
-                return False
-        self.memory.write_entry(l1mfn, index, nl1e)
-        self.put_page_from_l1e(ol1e)
-        return True
-
-    def mod_l2_entry(self, l2mfn: int, index: int, nl2e: int, d: Domain) -> bool:
-        if not is_guest_l2_slot(index):
-            return False  # "Illegal L2 update attempt in Xen-private area"
-        ol2e = self.memory.read_entry(l2mfn, index)
-        if pte_present(nl2e):
-            if l2e_disallowed(nl2e):
-                return False
-            if self.fast_path(ol2e, nl2e, 2):
-                self.memory.write_entry(l2mfn, index, nl2e)
-                return True
-            if not self.get_page_from_l2e(nl2e, l2mfn, d):
-                return False
-        self.memory.write_entry(l2mfn, index, nl2e)
-        self.put_page_from_l2e(ol2e, l2mfn)
-        return True
 
     # ----------------------------------------------------------------------------------------
     # The foreign domain of a batch (mm.c, set_foreigndom; FOREIGNDOM).
@@ -368,8 +195,10 @@ class MM:
         self.foreign = e
         return True
 
+
     def foreigndom(self, d: Domain) -> Domain:
         return self.foreign if self.foreign is not None else d
+
 
     # ----------------------------------------------------------------------------------------
     # Hypercalls.
@@ -393,49 +222,6 @@ class MM:
                 (count - i) | abi.MMU_UPDATE_PREEMPTED, pdone, foreigndom)
         return self._finish_batch(v, pdone, done + i, rc)
 
-    def mmu_update_one(self, d: Domain, buf: bytes) -> int:
-        """One ``struct mmu_update``: 0 on success or the negative errno that stops the batch."""
-        ptr, val = abi.MMU_UPDATE_T.unpack(buf)
-        cmd = ptr & abi.MMU_UPDATE_CMD_MASK
-        # x86_32 Xen keeps the frame number and the value in unsigned longs: bits of ptr above
-        # 43, and of val above 31, are dropped.
-        mfn = (ptr >> abi.PAGE_SHIFT) & 0xFFFFFFFF
-        val &= 0xFFFFFFFF
-        if cmd == abi.MMU_NORMAL_PT_UPDATE:
-            ok = self.normal_pt_update(d, mfn, (ptr & (abi.PAGE_SIZE - 1)) >> 2, val)
-        elif cmd == abi.MMU_MACHPHYS_UPDATE:
-            ok = self.machphys_update(mfn, val, d)
-        else:
-            return -abi.ENOSYS
-        return 0 if ok else -abi.EINVAL
-
-    def normal_pt_update(self, d: Domain, mfn: int, index: int, val: int) -> bool:
-        """MMU_NORMAL_PT_UPDATE: write ``val`` into word ``index`` of a frame ``d`` owns."""
-        if not self.get_page_from_pagenr(mfn, d):
-            return False
-        ok = False
-        type = _PGT[self.frames.type[mfn]]
-        if type in PAGE_TABLE_TYPES and self.get_page_type(mfn, type):
-            if type == PGT.l1_page_table:
-                ok = self.mod_l1_entry(mfn, index, val, self.foreigndom(d))
-            else:
-                ok = self.mod_l2_entry(mfn, index, val, d)
-            self.put_page_type(mfn)
-        elif self.get_page_type(mfn, PGT.writable_page):
-            # "not_a_pt": any other frame, or a table that no longer validates, is plain data.
-            self.memory.write_entry(mfn, index, val)
-            ok = True
-            self.put_page_type(mfn)
-        self.put_page(mfn)
-        return ok
-
-    def machphys_update(self, mfn: int, gpfn: int, d: Domain) -> bool:
-        """MMU_MACHPHYS_UPDATE: M2P[mfn] = gpfn, for a frame the foreign domain owns."""
-        if not self.get_page_from_pagenr(mfn, self.foreigndom(d)):
-            return False
-        self.hv.set_gpfn_from_mfn(mfn, gpfn)
-        self.put_page(mfn)
-        return True
 
     def do_mmuext_op(
         self, v: Vcpu, uops: int, count: int, pdone: int, foreigndom: int
@@ -458,31 +244,6 @@ class MM:
         self.deferred_flush = False
         return self._finish_batch(v, pdone, done + i, rc)
 
-    def mmuext_op_one(self, v: Vcpu, cmd: int, arg1: int, arg2: int) -> int:
-        handler = self._mmuext_handlers.get(cmd)
-        if handler is None:
-            return -abi.ENOSYS
-        return 0 if handler(self, v, arg1, arg2) else -abi.EINVAL
-
-    def pin_page(self, v: Vcpu, mfn: int, type: PGT) -> bool:
-        fd = self.foreigndom(v.domain)
-        if not self.get_page_and_type_from_pagenr(mfn, type, fd):
-            return False
-        if self.frames.flags[mfn] & PGT_pinned:
-            self.put_page_and_type(mfn)  # "already pinned"
-            return False
-        self.frames.flags[mfn] |= PGT_pinned
-        return True
-
-    def mmuext_pin_l1_table(self, v: Vcpu, mfn: int, _arg2: int) -> bool:
-        return self.pin_page(v, mfn, PGT.l1_page_table)
-
-    def mmuext_pin_l2_table(self, v: Vcpu, mfn: int, _arg2: int) -> bool:
-        return self.pin_page(v, mfn, PGT_root_page_table)
-
-    def mmuext_pin_subdirectory(self, _v: Vcpu, _mfn: int, _arg2: int) -> bool:
-        """PIN_L3/L4 on non-PAE: "Ignore pinning of subdirectories" (3.0.2-3.0.4)."""
-        return True
 
     def mmuext_unpin_table(self, v: Vcpu, mfn: int, _arg2: int) -> bool:
         if not self.get_page_from_pagenr(mfn, v.domain):
@@ -495,38 +256,16 @@ class MM:
         self.put_page(mfn)
         return True
 
-    def mmuext_new_baseptr(self, v: Vcpu, mfn: int, _arg2: int) -> bool:
-        ok = self.new_guest_cr3(v, mfn)
-        self.deferred_flush = False  # loading the base pointer flushed the TLB
-        return ok
-
-    def new_guest_cr3(self, v: Vcpu, mfn: int) -> bool:
-        """mm.c, new_guest_cr3 (3.0.4): a failed switch retries without the old base, and a
-        second failure crashes the domain, which is left with no page table."""
-        d = v.domain
-        if not self.get_page_and_type_from_pagenr(mfn, PGT_root_page_table, d):
-            old = v.guest_table
-            v.guest_table = 0
-            if old:
-                self.put_page_and_type(old)
-            if not self.get_page_and_type_from_pagenr(mfn, PGT_root_page_table, d):
-                d.crash(f"NEW_BASEPTR to mfn {mfn:#x}, which does not validate as a page directory")
-                return False
-        self.invalidate_shadow_ldt(v)
-        old = v.guest_table
-        v.guest_table = mfn
-        v.flush_tlb()
-        if old:
-            self.put_page_and_type(old)
-        return True
 
     def mmuext_tlb_flush_local(self, _v: Vcpu, _arg1: int, _arg2: int) -> bool:
         self.deferred_flush = True
         return True
 
+
     def mmuext_invlpg_local(self, v: Vcpu, va: int, _arg2: int) -> bool:
         v.flush_tlb_one(va)
         return True
+
 
     def mmuext_flush_multi(self, v: Vcpu, _arg1: int, vcpumask: int) -> bool:
         """TLB_FLUSH_MULTI: arg2 points to a bitmap of vCPUs; a bad pointer is -EINVAL."""
@@ -535,11 +274,13 @@ class MM:
             w.flush_tlb()
         return targets is not None
 
+
     def mmuext_invlpg_multi(self, v: Vcpu, va: int, vcpumask: int) -> bool:
         targets = self.vcpus_in_mask(v, vcpumask)
         for w in targets or ():
             w.flush_tlb_one(va)
         return targets is not None
+
 
     def vcpus_in_mask(self, v: Vcpu, vcpumask: int) -> list[Vcpu] | None:
         """The vCPUs of ``v``'s domain named by the guest bitmap at ``vcpumask``, or None."""
@@ -549,19 +290,23 @@ class MM:
         bits = int.from_bytes(mask, "little")
         return [w for w in v.domain.vcpus if bits >> w.vcpu_id & 1]
 
+
     def mmuext_tlb_flush_all(self, v: Vcpu, _arg1: int, _arg2: int) -> bool:
         for w in v.domain.vcpus:
             w.flush_tlb()
         return True
+
 
     def mmuext_invlpg_all(self, v: Vcpu, va: int, _arg2: int) -> bool:
         for w in v.domain.vcpus:
             w.flush_tlb_one(va)
         return True
 
+
     def mmuext_flush_cache(self, v: Vcpu, _arg1: int, _arg2: int) -> bool:
         """wbinvd needs physical-device privilege (cache_flush_permitted): none here."""
         return False
+
 
     def mmuext_set_ldt(self, v: Vcpu, ptr: int, ents: int) -> bool:
         if ptr & (abi.PAGE_SIZE - 1) or ents > abi.MAX_LDT_ENTRIES:
@@ -575,46 +320,6 @@ class MM:
             v.reload_segments = True  # load_LDT: the LDTR changes under the loaded selectors
         return True
 
-    _mmuext_handlers: ClassVar[dict[int, Callable[[MM, Vcpu, int, int], bool]]] = {
-        abi.MMUEXT_PIN_L1_TABLE: mmuext_pin_l1_table,
-        abi.MMUEXT_PIN_L2_TABLE: mmuext_pin_l2_table,
-        abi.MMUEXT_PIN_L3_TABLE: mmuext_pin_subdirectory,
-        abi.MMUEXT_PIN_L4_TABLE: mmuext_pin_subdirectory,
-        abi.MMUEXT_UNPIN_TABLE: mmuext_unpin_table,
-        abi.MMUEXT_NEW_BASEPTR: mmuext_new_baseptr,
-        abi.MMUEXT_TLB_FLUSH_LOCAL: mmuext_tlb_flush_local,
-        abi.MMUEXT_INVLPG_LOCAL: mmuext_invlpg_local,
-        abi.MMUEXT_TLB_FLUSH_MULTI: mmuext_flush_multi,
-        abi.MMUEXT_INVLPG_MULTI: mmuext_invlpg_multi,
-        abi.MMUEXT_TLB_FLUSH_ALL: mmuext_tlb_flush_all,
-        abi.MMUEXT_INVLPG_ALL: mmuext_invlpg_all,
-        abi.MMUEXT_FLUSH_CACHE: mmuext_flush_cache,
-        abi.MMUEXT_SET_LDT: mmuext_set_ldt,
-    }
-
-    def do_update_va_mapping(self, v: Vcpu, va: int, val: int, val_hi: int, flags: int) -> int:
-        """Hypercall 14: set the L1 entry that maps ``va`` in the current page table, then
-        flush as ``flags`` asks (3.0.4 flushes even when the update failed). The entry comes
-        in two registers, low word first; a non-PAE entry is the low word alone."""
-        rc = 0
-        if va >= abi.HYPERVISOR_VIRT_START:
-            return -abi.EINVAL
-        l1mfn = self.guest_map_l1e(v, va)
-        index = (va >> abi.L1_PAGETABLE_SHIFT) & (abi.L1_PAGETABLE_ENTRIES - 1)
-        if l1mfn is None or not self.mod_l1_entry(l1mfn, index, val, v.domain):
-            rc = -abi.EINVAL
-        flush = flags & abi.UVMF_FLUSHTYPE_MASK
-        if flush in (abi.UVMF_TLB_FLUSH, abi.UVMF_INVLPG):
-            targets = self._uvmf_targets(v, flags & ~abi.UVMF_FLUSHTYPE_MASK)
-            if targets is None:
-                rc = -abi.EFAULT
-            else:
-                for w in targets:
-                    if flush == abi.UVMF_TLB_FLUSH:
-                        w.flush_tlb()
-                    else:
-                        w.flush_tlb_one(va)
-        return rc
 
     def _uvmf_targets(self, v: Vcpu, bmap_ptr: int) -> list[Vcpu] | None:
         if bmap_ptr == abi.UVMF_LOCAL:
@@ -623,17 +328,6 @@ class MM:
             return list(v.domain.vcpus)
         return self.vcpus_in_mask(v, bmap_ptr)
 
-    def guest_map_l1e(self, v: Vcpu, va: int) -> int | None:
-        """The L1 table mapping ``va`` in ``v``'s page table, if the L2 slot names one."""
-        if not v.guest_table:
-            return None
-        l2e = self.memory.read_entry(v.guest_table, va >> abi.L2_PAGETABLE_SHIFT)
-        if not pte_present(l2e):
-            return None
-        l1mfn = pte_get_pfn(l2e)
-        if not self.memory.mfn_valid(l1mfn) or self.frames.type[l1mfn] != PGT.l1_page_table:
-            return None
-        return int(l1mfn)
 
     # ----------------------------------------------------------------------------------------
     # The batch loop shared by mmu_update and mmuext_op.
@@ -673,11 +367,13 @@ class MM:
         self.hv.charge_work(i)
         return i, rc
 
+
     def _read_done(self, v: Vcpu, pdone: int) -> int:
         if not pdone:
             return 0
         raw = self.hv.copy_from_guest(v, pdone, 4)
         return int.from_bytes(raw, "little") if raw is not None else 0
+
 
     def _finish_batch(self, v: Vcpu, pdone: int, done: int, rc: int) -> int:
         self.foreign = None
@@ -685,6 +381,387 @@ class MM:
             self.hv.copy_to_guest(v, pdone, (done & 0xFFFFFFFF).to_bytes(4, "little"))
         return rc
 
+    # ----------------------------------------------------------------------------------------
+    # What each paging mode defines (refmodel/mm.py for 2-level, refmodel/mm_pae.py for PAE).
+    # ----------------------------------------------------------------------------------------
+    def get_page_type(self, mfn: int, type: PGT) -> bool:
+        """Take a type reference (mm.c get_page_type); the first one on a page-table type
+        validates the frame."""
+        raise NotImplementedError
+
+    def free_page_type(self, mfn: int, type: PGT) -> None:
+        """A page-table frame lost its last type reference: drop its entries' references."""
+        raise NotImplementedError
+
+    def mmu_update_one(self, d: Domain, buf: bytes) -> int:
+        """One ``struct mmu_update``: 0 or the negative errno that stops the batch."""
+        raise NotImplementedError
+
+    def mmuext_op_one(self, v: Vcpu, cmd: int, arg1: int, arg2: int) -> int:
+        """One ``struct mmuext_op``: 0 or the negative errno that stops the batch."""
+        raise NotImplementedError
+
+
+class MM(MMCore):
+    """The 2-level MMU of Xen 3.0.4 x86_32 (the native-3.0.4 profile); one per hypervisor."""
+
+    # ----------------------------------------------------------------------------------------
+    # Type references: get_page_type (mm.c).
+    # ----------------------------------------------------------------------------------------
+    def get_page_type(self, mfn: int, type: PGT) -> bool:
+        """Take a type reference; the first one on a page-table type validates the frame."""
+        frames = self.frames
+        tc = frames.type_count[mfn]
+        if tc >= PGT_count_mask:
+            return False  # type-count overflow
+        if tc == 0:
+            if frames.type[mfn] != type:
+                # A type change is safe only at type count 0; stale TLB entries must go.
+                self.type_change_flush(mfn)
+                frames.type[mfn] = type
+                frames.flags[mfn] &= ~PGT_validated
+                if type == PGT.writable_page:
+                    frames.flags[mfn] |= PGT_validated
+        elif frames.type[mfn] != type:
+            return False
+        frames.type_count[mfn] = tc + 1
+        if not frames.flags[mfn] & PGT_validated:
+            if not self.alloc_page_type(mfn, type):
+                frames.type[mfn] = PGT.none
+                frames.type_count[mfn] = 0
+                return False
+            frames.flags[mfn] |= PGT_validated
+        return True
+
+
+    # ----------------------------------------------------------------------------------------
+    # Validation of entries and whole tables (mm.c, get_page_from_l?e, alloc_l?_table).
+    # ----------------------------------------------------------------------------------------
+    def get_page_from_l1e(self, l1e: int, d: Domain) -> bool:
+        """A present L1 entry references a frame of ``d``; RW takes a writable type ref."""
+        if not pte_present(l1e):
+            return True
+        if l1e_disallowed(l1e):
+            return False
+        mfn = pte_get_pfn(l1e)
+        if not self.memory.mfn_valid(mfn):
+            return False  # I/O memory: no domain has iomem permission in this model
+        if l1e & abi._PAGE_RW:
+            return self.get_page_and_type(mfn, d, PGT.writable_page)
+        return self.get_page(mfn, d)
+
+
+    def put_page_from_l1e(self, l1e: int) -> None:
+        if not pte_present(l1e):
+            return
+        mfn = pte_get_pfn(l1e)
+        if not self.memory.mfn_valid(mfn):
+            return
+        if l1e & abi._PAGE_RW:
+            self.put_page_and_type(mfn)
+        else:
+            frames = self.frames
+            if frames.type[mfn] == PGT.ldt_page and frames.type_count[mfn]:
+                # mm.c: a read-only mapping of an LDT frame in use goes away: Xen blows the
+                # shadow LDT of its domain's vCPUs (Xen only when the L1's domain owns it).
+                owner = self.hv.domains.get(frames.owner[mfn])
+                for w in owner.vcpus if owner is not None else ():
+                    self.invalidate_shadow_ldt(w)
+            self.put_page(mfn)
+
+
+    def get_page_from_l2e(self, l2e: int, pfn: int, d: Domain) -> bool:
+        """A present L2 entry references an L1 table, or is a read-only linear map."""
+        if not pte_present(l2e):
+            return True
+        if l2e_disallowed(l2e):
+            return False
+        mfn = pte_get_pfn(l2e)
+        if self.get_page_and_type_from_pagenr(mfn, PGT.l1_page_table, d):
+            return True
+        return self.get_linear_pagetable(l2e, pfn, d)
+
+
+    def get_linear_pagetable(self, l2e: int, pfn: int, d: Domain) -> bool:
+        """mm.c, get_linear_pagetable: a read-only map of this or another validated L2."""
+        if l2e & abi._PAGE_RW:
+            return False
+        mfn = pte_get_pfn(l2e)
+        if mfn == pfn:
+            return True  # a self-map holds no reference
+        if not self.get_page_from_pagenr(mfn, d):
+            return False
+        frames = self.frames
+        if (
+            frames.type_count[mfn] >= PGT_count_mask
+            or frames.type[mfn] != PGT.l2_page_table
+            or not frames.flags[mfn] & PGT_validated
+        ):
+            self.put_page(mfn)
+            return False
+        frames.type_count[mfn] += 1
+        return True
+
+
+    def put_page_from_l2e(self, l2e: int, pfn: int) -> None:
+        if pte_present(l2e) and pte_get_pfn(l2e) != pfn:
+            self.put_page_and_type(pte_get_pfn(l2e))
+
+
+    def alloc_page_type(self, mfn: int, type: PGT) -> bool:
+        d = self.hv.domains.get(self.frames.owner[mfn])
+        if d is None:
+            return False
+        if type == PGT.l1_page_table:
+            return self.alloc_l1_table(mfn, d)
+        if type == PGT.l2_page_table:
+            return self.alloc_l2_table(mfn, d)
+        if type in (PGT.gdt_page, PGT.ldt_page) and self.alloc_segdesc_page is not None:
+            return self.alloc_segdesc_page(mfn)
+        return False
+
+
+    def alloc_l1_table(self, mfn: int, d: Domain) -> bool:
+        words = self.memory.frame_words(mfn)
+        for i in range(abi.L1_PAGETABLE_ENTRIES):
+            e = words[i]
+            if e and not self.get_page_from_l1e(e, d):
+                for j in range(i):
+                    self.put_page_from_l1e(words[j])
+                return False
+        return True
+
+
+    def alloc_l2_table(self, mfn: int, d: Domain) -> bool:
+        words = self.memory.frame_words(mfn)
+        first_xen = abi.L2_PAGETABLE_FIRST_XEN_SLOT
+        for i in range(first_xen):
+            e = words[i]
+            if e and not self.get_page_from_l2e(e, mfn, d):
+                for j in range(i):
+                    self.put_page_from_l2e(words[j], mfn)
+                return False
+        # Xen's private mappings, this directory's own map of itself among them.
+        for k, e in enumerate(self.hv.xen_l2_slots(d, mfn)):
+            words[first_xen + k] = e
+        return True
+
+
+    def free_page_type(self, mfn: int, type: PGT) -> None:
+        words = self.memory.frame_words(mfn)
+        if type == PGT.l1_page_table:
+            for e in words:
+                if e:
+                    self.put_page_from_l1e(e)
+        elif type == PGT.l2_page_table:
+            for i in range(abi.L2_PAGETABLE_FIRST_XEN_SLOT):
+                if words[i]:
+                    self.put_page_from_l2e(words[i], mfn)
+        # A de-validated table's stale translations must go: flush the owner's TLBs.
+        self.type_change_flush(mfn)
+
+
+    # ----------------------------------------------------------------------------------------
+    # Single-entry updates (mm.c, mod_l1_entry / mod_l2_entry).
+    # ----------------------------------------------------------------------------------------
+    def fast_path(self, old: int, new: int, level: int) -> bool:
+        """mod_l1_entry / mod_l2_entry: the update keeps the entry's references (only bits of
+        the XSA-182 whitelist change), so it is written without reference handling."""
+        return not entry_has_changed(old, new)
+
+
+    def mod_l1_entry(self, l1mfn: int, index: int, nl1e: int, d: Domain) -> bool:
+        """Replace entry ``index`` of L1 table ``l1mfn``; new references are taken in ``d``."""
+        ol1e = self.memory.read_entry(l1mfn, index)
+        if pte_present(nl1e):
+            if l1e_disallowed(nl1e):
+                return False
+            if self.fast_path(ol1e, nl1e, 1):
+                self.memory.write_entry(l1mfn, index, nl1e)
+                return True
+            if not self.get_page_from_l1e(nl1e, d):
+                return False
+        self.memory.write_entry(l1mfn, index, nl1e)
+        self.put_page_from_l1e(ol1e)
+        return True
+
+
+    def mod_l2_entry(self, l2mfn: int, index: int, nl2e: int, d: Domain) -> bool:
+        if not is_guest_l2_slot(index):
+            return False  # "Illegal L2 update attempt in Xen-private area"
+        ol2e = self.memory.read_entry(l2mfn, index)
+        if pte_present(nl2e):
+            if l2e_disallowed(nl2e):
+                return False
+            if self.fast_path(ol2e, nl2e, 2):
+                self.memory.write_entry(l2mfn, index, nl2e)
+                return True
+            if not self.get_page_from_l2e(nl2e, l2mfn, d):
+                return False
+        self.memory.write_entry(l2mfn, index, nl2e)
+        self.put_page_from_l2e(ol2e, l2mfn)
+        return True
+
+
+    def mmu_update_one(self, d: Domain, buf: bytes) -> int:
+        """One ``struct mmu_update``: 0 on success or the negative errno that stops the batch."""
+        ptr, val = abi.MMU_UPDATE_T.unpack(buf)
+        cmd = ptr & abi.MMU_UPDATE_CMD_MASK
+        # x86_32 Xen keeps the frame number and the value in unsigned longs: bits of ptr above
+        # 43, and of val above 31, are dropped.
+        mfn = (ptr >> abi.PAGE_SHIFT) & 0xFFFFFFFF
+        val &= 0xFFFFFFFF
+        if cmd == abi.MMU_NORMAL_PT_UPDATE:
+            ok = self.normal_pt_update(d, mfn, (ptr & (abi.PAGE_SIZE - 1)) >> 2, val)
+        elif cmd == abi.MMU_MACHPHYS_UPDATE:
+            ok = self.machphys_update(mfn, val, d)
+        else:
+            return -abi.ENOSYS
+        return 0 if ok else -abi.EINVAL
+
+
+    def normal_pt_update(self, d: Domain, mfn: int, index: int, val: int) -> bool:
+        """MMU_NORMAL_PT_UPDATE: write ``val`` into word ``index`` of a frame ``d`` owns."""
+        if not self.get_page_from_pagenr(mfn, d):
+            return False
+        ok = False
+        type = _PGT[self.frames.type[mfn]]
+        if type in PAGE_TABLE_TYPES and self.get_page_type(mfn, type):
+            if type == PGT.l1_page_table:
+                ok = self.mod_l1_entry(mfn, index, val, self.foreigndom(d))
+            else:
+                ok = self.mod_l2_entry(mfn, index, val, d)
+            self.put_page_type(mfn)
+        elif self.get_page_type(mfn, PGT.writable_page):
+            # "not_a_pt": any other frame, or a table that no longer validates, is plain data.
+            self.memory.write_entry(mfn, index, val)
+            ok = True
+            self.put_page_type(mfn)
+        self.put_page(mfn)
+        return ok
+
+
+    def machphys_update(self, mfn: int, gpfn: int, d: Domain) -> bool:
+        """MMU_MACHPHYS_UPDATE: M2P[mfn] = gpfn, for a frame the foreign domain owns."""
+        if not self.get_page_from_pagenr(mfn, self.foreigndom(d)):
+            return False
+        self.hv.set_gpfn_from_mfn(mfn, gpfn)
+        self.put_page(mfn)
+        return True
+
+
+    def mmuext_op_one(self, v: Vcpu, cmd: int, arg1: int, arg2: int) -> int:
+        handler = self._mmuext_handlers.get(cmd)
+        if handler is None:
+            return -abi.ENOSYS
+        return 0 if handler(self, v, arg1, arg2) else -abi.EINVAL
+
+
+    def pin_page(self, v: Vcpu, mfn: int, type: PGT) -> bool:
+        fd = self.foreigndom(v.domain)
+        if not self.get_page_and_type_from_pagenr(mfn, type, fd):
+            return False
+        if self.frames.flags[mfn] & PGT_pinned:
+            self.put_page_and_type(mfn)  # "already pinned"
+            return False
+        self.frames.flags[mfn] |= PGT_pinned
+        return True
+
+
+    def mmuext_pin_l1_table(self, v: Vcpu, mfn: int, _arg2: int) -> bool:
+        return self.pin_page(v, mfn, PGT.l1_page_table)
+
+
+    def mmuext_pin_l2_table(self, v: Vcpu, mfn: int, _arg2: int) -> bool:
+        return self.pin_page(v, mfn, PGT_root_page_table)
+
+
+    def mmuext_pin_subdirectory(self, _v: Vcpu, _mfn: int, _arg2: int) -> bool:
+        """PIN_L3/L4 on non-PAE: "Ignore pinning of subdirectories" (3.0.2-3.0.4)."""
+        return True
+
+
+    def mmuext_new_baseptr(self, v: Vcpu, mfn: int, _arg2: int) -> bool:
+        ok = self.new_guest_cr3(v, mfn)
+        self.deferred_flush = False  # loading the base pointer flushed the TLB
+        return ok
+
+
+    def new_guest_cr3(self, v: Vcpu, mfn: int) -> bool:
+        """mm.c, new_guest_cr3 (3.0.4): a failed switch retries without the old base, and a
+        second failure crashes the domain, which is left with no page table."""
+        d = v.domain
+        if not self.get_page_and_type_from_pagenr(mfn, PGT_root_page_table, d):
+            old = v.guest_table
+            v.guest_table = 0
+            if old:
+                self.put_page_and_type(old)
+            if not self.get_page_and_type_from_pagenr(mfn, PGT_root_page_table, d):
+                d.crash(f"NEW_BASEPTR to mfn {mfn:#x}, which does not validate as a page directory")
+                return False
+        self.invalidate_shadow_ldt(v)
+        old = v.guest_table
+        v.guest_table = mfn
+        v.flush_tlb()
+        if old:
+            self.put_page_and_type(old)
+        return True
+
+
+    _mmuext_handlers: ClassVar[dict[int, Callable[[MM, Vcpu, int, int], bool]]] = {
+        abi.MMUEXT_PIN_L1_TABLE: mmuext_pin_l1_table,
+        abi.MMUEXT_PIN_L2_TABLE: mmuext_pin_l2_table,
+        abi.MMUEXT_PIN_L3_TABLE: mmuext_pin_subdirectory,
+        abi.MMUEXT_PIN_L4_TABLE: mmuext_pin_subdirectory,
+        abi.MMUEXT_UNPIN_TABLE: MMCore.mmuext_unpin_table,
+        abi.MMUEXT_NEW_BASEPTR: mmuext_new_baseptr,
+        abi.MMUEXT_TLB_FLUSH_LOCAL: MMCore.mmuext_tlb_flush_local,
+        abi.MMUEXT_INVLPG_LOCAL: MMCore.mmuext_invlpg_local,
+        abi.MMUEXT_TLB_FLUSH_MULTI: MMCore.mmuext_flush_multi,
+        abi.MMUEXT_INVLPG_MULTI: MMCore.mmuext_invlpg_multi,
+        abi.MMUEXT_TLB_FLUSH_ALL: MMCore.mmuext_tlb_flush_all,
+        abi.MMUEXT_INVLPG_ALL: MMCore.mmuext_invlpg_all,
+        abi.MMUEXT_FLUSH_CACHE: MMCore.mmuext_flush_cache,
+        abi.MMUEXT_SET_LDT: MMCore.mmuext_set_ldt,
+    }
+
+
+    def do_update_va_mapping(self, v: Vcpu, va: int, val: int, val_hi: int, flags: int) -> int:
+        """Hypercall 14: set the L1 entry that maps ``va`` in the current page table, then
+        flush as ``flags`` asks (3.0.4 flushes even when the update failed). The entry comes
+        in two registers, low word first; a non-PAE entry is the low word alone."""
+        rc = 0
+        if va >= abi.HYPERVISOR_VIRT_START:
+            return -abi.EINVAL
+        l1mfn = self.guest_map_l1e(v, va)
+        index = (va >> abi.L1_PAGETABLE_SHIFT) & (abi.L1_PAGETABLE_ENTRIES - 1)
+        if l1mfn is None or not self.mod_l1_entry(l1mfn, index, val, v.domain):
+            rc = -abi.EINVAL
+        flush = flags & abi.UVMF_FLUSHTYPE_MASK
+        if flush in (abi.UVMF_TLB_FLUSH, abi.UVMF_INVLPG):
+            targets = self._uvmf_targets(v, flags & ~abi.UVMF_FLUSHTYPE_MASK)
+            if targets is None:
+                rc = -abi.EFAULT
+            else:
+                for w in targets:
+                    if flush == abi.UVMF_TLB_FLUSH:
+                        w.flush_tlb()
+                    else:
+                        w.flush_tlb_one(va)
+        return rc
+
+
+    def guest_map_l1e(self, v: Vcpu, va: int) -> int | None:
+        """The L1 table mapping ``va`` in ``v``'s page table, if the L2 slot names one."""
+        if not v.guest_table:
+            return None
+        l2e = self.memory.read_entry(v.guest_table, va >> abi.L2_PAGETABLE_SHIFT)
+        if not pte_present(l2e):
+            return None
+        l1mfn = pte_get_pfn(l2e)
+        if not self.memory.mfn_valid(l1mfn) or self.frames.type[l1mfn] != PGT.l1_page_table:
+            return None
+        return int(l1mfn)
 
 # The flags of each page directory's map of itself at LINEAR_PT_VIRT_START. Xen's are
 # __PAGE_HYPERVISOR (asm-x86/page.h: PRESENT | RW | DIRTY | ACCESSED): its linear page table is

@@ -4,23 +4,33 @@ Xen reads hypercall arguments through the calling vCPU's own page tables at ring
 access succeeds exactly when the 2-level walk finds present entries and, for a write, RW at
 both levels (Xen runs with CR0.WP set). Addresses at or above HYPERVISOR_VIRT_START are never
 guest memory (xen/include/asm-x86/x86_32/uaccess.h, __addr_ok and access_ok).
+
+The compat-pae profile (a 32-bit PAE guest on 64-bit Xen 4.x) walks three levels of 64-bit
+entries instead (``translate_pae``), and its hole starts at HYPERVISOR_COMPAT_VIRT_START
+(xen/arch/x86/include/asm/x86_64/uaccess.h, __compat_addr_ok and compat_array_access_ok).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from xenspec.refmodel.memory import MachineMemory
-from xenspec.spec import abi
+from xenspec.spec import abi, abi_profiles, pagetable_pae
 from xenspec.spec.pagetable import pte_get_pfn
+
+# A page-table walk: (memory, root frame, linear address, write) -> machine address or None.
+Translate = Callable[[MachineMemory, int, int, bool], "int | None"]
 
 _PRESENT_RW = abi._PAGE_PRESENT | abi._PAGE_RW
 _OFFSET_MASK = abi.PAGE_SIZE - 1
 
 
-def array_access_ok(ptr: int, count: int, size: int) -> bool:
+def array_access_ok(ptr: int, count: int, size: int,
+                    hole: int = abi.HYPERVISOR_VIRT_START) -> bool:
     """uaccess.h, array_access_ok: the whole array lies below the hypervisor hole."""
     if count < 0 or ptr < 0:
         return False
-    return ptr + count * size <= abi.HYPERVISOR_VIRT_START
+    return ptr + count * size <= hole
 
 
 def translate(memory: MachineMemory, l2mfn: int, va: int, write: bool) -> int | None:
@@ -43,11 +53,37 @@ def translate(memory: MachineMemory, l2mfn: int, va: int, write: bool) -> int | 
     return int(mfn << abi.PAGE_SHIFT | (va & _OFFSET_MASK))
 
 
-def copy_from_guest(memory: MachineMemory, l2mfn: int, va: int, length: int) -> bytes | None:
+def translate_pae(memory: MachineMemory, l3mfn: int, va: int, write: bool) -> int | None:
+    """The machine address ``va`` maps to under the PAE L3 ``l3mfn`` (compat-pae), or None.
+
+    The L3 entry needs only PRESENT: a 32-bit domain's L3 entries get RW and USER added by
+    Xen (pv/mm.h adjust_guest_l3e), so the permission is the L2's and the L1's."""
+    if not l3mfn or not 0 <= va < abi_profiles.COMPAT_HYPERVISOR_VIRT_START:
+        return None
+    l3, l2, l1 = pagetable_pae.table_offsets(va)
+    l3e = memory.read_entry64(l3mfn, l3)
+    if not l3e & abi._PAGE_PRESENT:
+        return None
+    mfn = pagetable_pae.pte_get_pfn(l3e)
+    need = _PRESENT_RW if write else abi._PAGE_PRESENT
+    for index in (l2, l1):
+        if not memory.mfn_valid(mfn):
+            return None
+        e = memory.read_entry64(mfn, index)
+        if e & need != need:
+            return None
+        mfn = pagetable_pae.pte_get_pfn(e)
+    if not memory.mfn_valid(mfn):
+        return None
+    return int(mfn << abi.PAGE_SHIFT | (va & _OFFSET_MASK))
+
+
+def copy_from_guest(memory: MachineMemory, l2mfn: int, va: int, length: int,
+                    walk: Translate = translate) -> bytes | None:
     """Read ``length`` bytes at guest address ``va``; None if any byte is unmapped."""
     out = bytearray()
     while length > 0:
-        maddr = translate(memory, l2mfn, va, write=False)
+        maddr = walk(memory, l2mfn, va, False)
         if maddr is None:
             return None
         chunk = min(length, abi.PAGE_SIZE - (va & _OFFSET_MASK))
@@ -57,12 +93,13 @@ def copy_from_guest(memory: MachineMemory, l2mfn: int, va: int, length: int) -> 
     return bytes(out)
 
 
-def copy_to_guest(memory: MachineMemory, l2mfn: int, va: int, data: bytes) -> bool:
+def copy_to_guest(memory: MachineMemory, l2mfn: int, va: int, data: bytes,
+                  walk: Translate = translate) -> bool:
     """Write ``data`` at guest address ``va``; False (nothing written) if any byte faults."""
     pieces: list[tuple[int, int, int]] = []
     pos = 0
     while pos < len(data):
-        maddr = translate(memory, l2mfn, va + pos, write=True)
+        maddr = walk(memory, l2mfn, va + pos, True)
         if maddr is None:
             return False
         chunk = min(len(data) - pos, abi.PAGE_SIZE - ((va + pos) & _OFFSET_MASK))
@@ -76,8 +113,10 @@ def copy_to_guest(memory: MachineMemory, l2mfn: int, va: int, data: bytes) -> bo
 class GuestReader:
     """Reads consecutive records from a guest array, translating each page once."""
 
-    def __init__(self, memory: MachineMemory, l2mfn: int, va: int) -> None:
+    def __init__(self, memory: MachineMemory, l2mfn: int, va: int,
+                 walk: Translate = translate) -> None:
         self.memory = memory
+        self.walk = walk
         self.l2mfn = l2mfn
         self.va = va
         self._page_va = -1
@@ -87,11 +126,11 @@ class GuestReader:
         va = self.va
         offset = va & _OFFSET_MASK
         if offset + size > abi.PAGE_SIZE:
-            data = copy_from_guest(self.memory, self.l2mfn, va, size)
+            data = copy_from_guest(self.memory, self.l2mfn, va, size, self.walk)
         else:
             page_va = va - offset
             if page_va != self._page_va:
-                maddr = translate(self.memory, self.l2mfn, page_va, write=False)
+                maddr = self.walk(self.memory, self.l2mfn, page_va, False)
                 if maddr is None:
                     return None
                 self._page_va, self._page_maddr = page_va, maddr

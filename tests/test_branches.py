@@ -135,7 +135,7 @@ def test_mutant_is_caught(mutant: tuple[str, str, str, str, str],
     assert cases and all(c.problem is None for c in cases), "the unmutated model passes"
     new = mutated(method, line, replacement)
     for cmd, handler in MM._mmuext_handlers.items():  # mmuext_op's dispatch table
-        if handler is vars(MM)[method]:
+        if handler is getattr(MM, method):
             monkeypatch.setitem(MM._mmuext_handlers, cmd, new)
     monkeypatch.setattr(MM, method, new)
     cases = check_one(family(name), branch, PER_BRANCH)
