@@ -54,9 +54,15 @@ def _replace_hypercall(
 
 
 # --- the MMU (mm.c) ------------------------------------------------------------------------------
+def _native_mm(hv: Hypervisor) -> MM:
+    """The 2-level MMU these broken implementations change (native-3.0.4 profile)."""
+    assert isinstance(hv.mm, MM), "broken implementations are of the native-3.0.4 profile"
+    return hv.mm
+
+
 def _xen_slots_writable(hv: Hypervisor, pv: PVPlatform) -> None:
     """mod_l2_entry without is_guest_l2_slot: the hypervisor's slots take guest entries."""
-    original = hv.mm.mod_l2_entry
+    original = _native_mm(hv).mod_l2_entry
 
     def mod_l2_entry(self: MM, l2mfn: int, index: int, nl2e: int, d: Domain) -> bool:
         if not is_guest_l2_slot(index):
@@ -139,9 +145,10 @@ def _unpin_unchecked(hv: Hypervisor, pv: PVPlatform) -> None:
         self.put_page(mfn)
         return True
 
-    handlers = dict(hv.mm._mmuext_handlers)
+    mm = _native_mm(hv)
+    handlers = dict(mm._mmuext_handlers)
     handlers[abi.MMUEXT_UNPIN_TABLE] = unpin
-    hv.mm._mmuext_handlers = handlers  # type: ignore[misc]
+    mm._mmuext_handlers = handlers  # type: ignore[misc]
 
 
 def _baseptr_unvalidated(hv: Hypervisor, pv: PVPlatform) -> None:
@@ -158,9 +165,10 @@ def _baseptr_unvalidated(hv: Hypervisor, pv: PVPlatform) -> None:
             self.put_page_and_type(old)
         return True
 
-    handlers = dict(hv.mm._mmuext_handlers)
+    mm = _native_mm(hv)
+    handlers = dict(mm._mmuext_handlers)
     handlers[abi.MMUEXT_NEW_BASEPTR] = new_baseptr
-    hv.mm._mmuext_handlers = handlers  # type: ignore[misc]
+    mm._mmuext_handlers = handlers  # type: ignore[misc]
 
 
 def _machphys_unchecked(hv: Hypervisor, pv: PVPlatform) -> None:

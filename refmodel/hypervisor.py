@@ -64,10 +64,20 @@ from xenspec.refmodel.memory import (
     PGC_xen_heap,
     PGT_validated,
 )
-from xenspec.refmodel.mm import MM, xen_l2_entries
+from xenspec.refmodel.mm import MM, MMCore, xen_l2_entries
+from xenspec.refmodel.mm_pae import MMPae
 from xenspec.refmodel.multicall import Multicall
 from xenspec.spec import abi
-from xenspec.spec.pagetable import PGT
+from xenspec.spec.abi_profiles import (
+    COMPAT_L2_PAGETABLE_FIRST_XEN_SLOT,
+    DEFAULT_PROFILE,
+    PAE_L2_PAGETABLE_ENTRIES,
+    AbiProfile,
+)
+from xenspec.spec.pagetable import __PAGE_HYPERVISOR_RO, PGT
+
+# The flags of Xen's read-only mappings (a module name: Python mangles __names in a class).
+_XEN_RO_FLAGS = __PAGE_HYPERVISOR_RO
 
 if TYPE_CHECKING:
     from xenspec.refmodel.grant import Grants
@@ -140,13 +150,20 @@ M2P_UNUSED_ENTRY = 0x55555555
 class Hypervisor:
     """A machine running the reference hypervisor."""
 
-    def __init__(self, nr_frames: int = DEFAULT_MACHINE_FRAMES, seed: int = 0) -> None:
+    def __init__(self, nr_frames: int = DEFAULT_MACHINE_FRAMES, seed: int = 0,
+                 profile: AbiProfile = DEFAULT_PROFILE) -> None:
         if nr_frames < 16:
             raise ValueError("the machine needs at least 16 frames")
         if nr_frames > abi.MACH2PHYS_NR_ENTRIES:
             raise ValueError("the M2P table covers at most 4 GB of machine memory")
         self.memory = MachineMemory(nr_frames)
         self.frames = FrameTable(nr_frames)
+        # The ABI profile (spec/abi_profiles.py): the paging mode, the page-table walk of
+        # copy_from_guest and the start of the hole.
+        self.profile = profile
+        pae = profile.paging_levels == 3
+        self.hole = profile.hypervisor_virt_start
+        self.walk: uaccess.Translate = uaccess.translate_pae if pae else uaccess.translate
         self.domains: dict[int, Domain] = {}
         # Xen's pseudo-domains: dom_io owns I/O memory, dom_xen Xen's own shareable frames.
         # They own no RAM in this model, so naming them as FOREIGNDOM maps nothing.
@@ -180,7 +197,7 @@ class Hypervisor:
         free = [mfn for mfn in range(nr_frames) if mfn not in reserved]
         random.Random(seed).shuffle(free)
         self.free_list = free
-        self.mm = MM(self)
+        self.mm: MMCore = MMPae(self) if pae else MM(self)
         self.hypercall_table: dict[int, Callable[..., int]] = {
             HYPERCALL_NUMBERS["mmu_update"]: self.mm.do_mmu_update,
             HYPERCALL_NUMBERS["update_va_mapping"]: self.mm.do_update_va_mapping,
@@ -196,7 +213,10 @@ class Hypervisor:
         m2p_frames = -(-nr_frames * 4 // abi.PAGE_SIZE)
         self.m2p_start = 1
         self.m2p_l1 = 1 + m2p_frames
-        reserved = set(range(0, self.m2p_l1 + 1))
+        # The compat-pae profile maps the M2P with PAE L1s of its own (512 entries each).
+        self.m2p_pae_l1 = [self.m2p_l1 + 1 + k for k in range(-(-m2p_frames // 512))]
+        last = self.m2p_pae_l1[-1] if self.profile.paging_levels == 3 else self.m2p_l1
+        reserved = set(range(0, last + 1))
         for mfn in reserved:
             self.frames.owner[mfn] = abi.DOMID_XEN
         self.m2p = self.memory.words[
@@ -206,9 +226,12 @@ class Hypervisor:
         self.memory.write(self.m2p_start << abi.PAGE_SHIFT, M2P_UNUSED_ENTRY.to_bytes(4, "little")
                           * (m2p_frames * abi.L1_PAGETABLE_ENTRIES))
         for k in range(m2p_frames):
-            self.memory.write_entry(
-                self.m2p_l1, k, (self.m2p_start + k) << abi.PAGE_SHIFT | abi._PAGE_PRESENT
-            )
+            maddr = (self.m2p_start + k) << abi.PAGE_SHIFT
+            if self.profile.paging_levels == 3:
+                self.memory.write_entry64(self.m2p_pae_l1[k // 512], k % 512,
+                                          maddr | _XEN_RO_FLAGS)
+            else:
+                self.memory.write_entry(self.m2p_l1, k, maddr | abi._PAGE_PRESENT)
         return reserved
 
     def hypervisor_writes(self, mfn: int) -> bool:
@@ -225,6 +248,18 @@ class Hypervisor:
         """Xen's entries in slots L2_PAGETABLE_FIRST_XEN_SLOT..1023 of ``d``'s page directory
         ``l2mfn`` (mm.c, alloc_l2_table): the domain's, and the directory's map of itself."""
         return xen_l2_entries([self.m2p_l1], d.perdomain_pt, l2mfn)
+
+    def xen_pae_l2_slots(self) -> list[int]:
+        """The compat-pae profile's Xen slots of the L2 that L3 slot 3 names, from
+        COMPAT_L2_PAGETABLE_FIRST_XEN_SLOT (mm.c init_xen_pae_l2_slots, copied from
+        compat_idle_pg_table_l2): the compat M2P, read-only, from 0xF5800000 (x86_64/mm.c
+        paging_init maps it with 2 MB pages; the model with L1s, as the guest sees the same
+        words either way). The rest of the hole stays empty: a 64-bit Xen's own mappings are
+        outside a compat guest's 4 GB."""
+        slots = [0] * (PAE_L2_PAGETABLE_ENTRIES - COMPAT_L2_PAGETABLE_FIRST_XEN_SLOT)
+        for k, l1 in enumerate(self.m2p_pae_l1):
+            slots[k] = l1 << abi.PAGE_SHIFT | _XEN_RO_FLAGS
+        return slots
 
     # ----------------------------------------------------------------------------------------
     # The domain heap (xen/common/page_alloc.c).
@@ -278,15 +313,15 @@ class Hypervisor:
         freed when its last reference goes, which another domain's mapping may delay. A shared
         Xen heap page keeps its permanent type reference until it is freed."""
         mm, frames = self.mm, self.frames
-        for mfn in list(pages):
-            if not mm.get_page(mfn, d):
-                continue
-            mm.put_pin_and_allocation(mfn)
-            base = frames.type[mfn] == PGT.l2_page_table
-            if base and frames.flags[mfn] & PGT_validated:
-                frames.flags[mfn] &= ~PGT_validated
-                mm.free_page_type(mfn, PGT.l2_page_table)
-            mm.put_page(mfn)
+        for top in mm.RELINQUISH_TYPES:  # 4.x: one pass per level, the highest first
+            for mfn in list(pages):
+                if not mm.get_page(mfn, d):
+                    continue
+                mm.put_pin_and_allocation(mfn)
+                if frames.type[mfn] == top and frames.flags[mfn] & PGT_validated:
+                    frames.flags[mfn] &= ~PGT_validated
+                    mm.free_page_type(mfn, top)
+                mm.put_page(mfn)
 
     def alloc_xenheap_page(self) -> int:
         """page_alloc.c alloc_xenheap_pages: a frame for the hypervisor itself. Xen owns it and
@@ -368,17 +403,16 @@ class Hypervisor:
     # Guest memory, through the calling vCPU's page tables.
     # ----------------------------------------------------------------------------------------
     def copy_from_guest(self, v: Vcpu, va: int, length: int) -> bytes | None:
-        return uaccess.copy_from_guest(self.memory, v.guest_table, va, length)
+        return uaccess.copy_from_guest(self.memory, v.guest_table, va, length, self.walk)
 
     def copy_to_guest(self, v: Vcpu, va: int, data: bytes) -> bool:
-        return uaccess.copy_to_guest(self.memory, v.guest_table, va, data)
+        return uaccess.copy_to_guest(self.memory, v.guest_table, va, data, self.walk)
 
     def guest_reader(self, v: Vcpu, va: int) -> uaccess.GuestReader:
-        return uaccess.GuestReader(self.memory, v.guest_table, va)
+        return uaccess.GuestReader(self.memory, v.guest_table, va, self.walk)
 
-    @staticmethod
-    def array_access_ok(ptr: int, count: int, size: int) -> bool:
-        return uaccess.array_access_ok(ptr, count, size)
+    def array_access_ok(self, ptr: int, count: int, size: int) -> bool:
+        return uaccess.array_access_ok(ptr, count, size, self.hole)
 
     # ----------------------------------------------------------------------------------------
     # Hypercall dispatch (x86_32/entry.S, hypercall_table and hypercall_args_table).

@@ -78,6 +78,10 @@ class MMCore:
     domain of a batch, the batch loops of mmu_update and mmuext_op, and the mmuext_op
     commands that do not depend on the page-table format (flushes, SET_LDT, UNPIN_TABLE)."""
 
+    # The table types relinquish_memory devalidates by force to break circular linear
+    # references, highest level first (x86 domain.c domain_relinquish_resources).
+    RELINQUISH_TYPES: ClassVar[tuple[PGT, ...]] = (PGT.l2_page_table,)
+
     def __init__(self, hv: Hypervisor) -> None:
         self.hv = hv
         self.memory = hv.memory
@@ -165,6 +169,23 @@ class MMCore:
             frames.flags[mfn] &= ~PGC_allocated
             self.put_page(mfn)
 
+
+    def put_l1e_reference(self, mfn: int, writable: bool) -> None:
+        """put_page_from_l1e's references, whatever the entry format: a writable mapping's
+        type and general reference, or a read-only mapping's general one."""
+        if not self.memory.mfn_valid(mfn):
+            return
+        if writable:
+            self.put_page_and_type(mfn)
+            return
+        frames = self.frames
+        if frames.type[mfn] == PGT.ldt_page and frames.type_count[mfn]:
+            # mm.c: a read-only mapping of an LDT frame in use goes away: Xen blows the
+            # shadow LDT of its domain's vCPUs (Xen only when the L1's domain owns it).
+            owner = self.hv.domains.get(frames.owner[mfn])
+            for w in owner.vcpus if owner is not None else ():
+                self.invalidate_shadow_ldt(w)
+        self.put_page(mfn)
 
     def type_change_flush(self, mfn: int) -> None:
         """A frame changing type: flush the TLBs of its owner's vCPUs (mm.c, tlbflush_filter)."""
@@ -401,6 +422,26 @@ class MMCore:
         """One ``struct mmuext_op``: 0 or the negative errno that stops the batch."""
         raise NotImplementedError
 
+    def put_page_from_l1e(self, l1e: int) -> None:
+        """Drop the references a present L1 entry holds."""
+        raise NotImplementedError
+
+    def pin_page(self, v: Vcpu, mfn: int, type: PGT) -> bool:
+        """Pin ``mfn`` as a table of ``type`` (the domain builder's and MMUEXT_PIN_*'s)."""
+        raise NotImplementedError
+
+    def new_guest_cr3(self, v: Vcpu, mfn: int) -> bool:
+        """Make ``mfn`` the base of ``v``'s page tables (MMUEXT_NEW_BASEPTR)."""
+        raise NotImplementedError
+
+    def guest_map_l1e(self, v: Vcpu, va: int) -> int | None:
+        """The L1 frame the current page tables name for ``va``, if any."""
+        raise NotImplementedError
+
+    def do_update_va_mapping(self, v: Vcpu, va: int, val: int, val_hi: int, flags: int) -> int:
+        """Hypercall 14."""
+        raise NotImplementedError
+
 
 class MM(MMCore):
     """The 2-level MMU of Xen 3.0.4 x86_32 (the native-3.0.4 profile); one per hypervisor."""
@@ -452,22 +493,8 @@ class MM(MMCore):
 
 
     def put_page_from_l1e(self, l1e: int) -> None:
-        if not pte_present(l1e):
-            return
-        mfn = pte_get_pfn(l1e)
-        if not self.memory.mfn_valid(mfn):
-            return
-        if l1e & abi._PAGE_RW:
-            self.put_page_and_type(mfn)
-        else:
-            frames = self.frames
-            if frames.type[mfn] == PGT.ldt_page and frames.type_count[mfn]:
-                # mm.c: a read-only mapping of an LDT frame in use goes away: Xen blows the
-                # shadow LDT of its domain's vCPUs (Xen only when the L1's domain owns it).
-                owner = self.hv.domains.get(frames.owner[mfn])
-                for w in owner.vcpus if owner is not None else ():
-                    self.invalidate_shadow_ldt(w)
-            self.put_page(mfn)
+        if pte_present(l1e):
+            self.put_l1e_reference(pte_get_pfn(l1e), bool(l1e & abi._PAGE_RW))
 
 
     def get_page_from_l2e(self, l2e: int, pfn: int, d: Domain) -> bool:

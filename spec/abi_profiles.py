@@ -108,6 +108,15 @@ COMPAT_L2_PAGETABLE_FIRST_XEN_SLOT: Final = (
 )
 COMPAT_L2_PAGETABLE_LAST_XEN_SLOT: Final = PAE_L2_PAGETABLE_ENTRIES - 1
 
+# mmuext_op commands added after 3.0.4 (public/xen.h, 4.19): CLEAR_PAGE and COPY_PAGE (not
+# modelled: -ENOSYS), MARK_SUPER and UNMARK_SUPER (Xen 4.19 answers -EOPNOTSUPP).
+MMUEXT_CLEAR_PAGE: Final = 16
+MMUEXT_COPY_PAGE: Final = 17
+MMUEXT_MARK_SUPER: Final = 19
+MMUEXT_UNMARK_SUPER: Final = 20
+# errno.h (public/errno.h in 4.x): the one code 4.19's MMU adds to 3.0.4's.
+EOPNOTSUPP: Final = 95
+
 
 @dataclass(frozen=True)
 class AbiProfile:
