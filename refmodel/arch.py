@@ -99,6 +99,9 @@ class ArchVcpu:
     failsafe_disables_events: bool = False
     # vcpu.nmi_addr: the NMI callback (common/kernel.c, register_guest_nmi_callback).
     nmi_addr: int = 0
+    # compat-pae: the syscall32 and sysenter callbacks by type, (cs, eip, masks events)
+    # (pv/callback.c compat_register_guest_callback, 4.19).
+    fast_callbacks: dict[int, tuple[int, int, bool]] = field(default_factory=dict)
     # fpu_taskswitch: the virtual CR0.TS (guest_context.ctrlreg[0] & X86_CR0_TS).
     virtual_ts: bool = False
     # guest_context.ctrlreg[2]: the last page fault's address propagated to the guest, or

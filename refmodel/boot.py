@@ -28,6 +28,7 @@ from xenspec.refmodel.hypervisor import (
 )
 from xenspec.refmodel.platform import STUB_VIRT, PVPlatform, gdt_virt_start
 from xenspec.spec import abi
+from xenspec.spec.abi_profiles import DEFAULT_PROFILE, AbiProfile
 
 if TYPE_CHECKING:
     from xenspec.refmodel.blkback import VbdDevice
@@ -86,6 +87,7 @@ class Machine:
         backend_domid: int | None = None,
         ring_console: Callable[[int, bytes], None] | None = None,
         verbose_console: bool = True,
+        profile: AbiProfile = DEFAULT_PROFILE,
     ) -> None:
         """``backend_domid``: the id of the domain the model's back ends act for, created at
         once (refmodel/backend.py; default: created on first use as BACKEND_DOMID).
@@ -93,7 +95,7 @@ class Machine:
         go to ``console`` without it). ``verbose_console`` False is a release build of Xen:
         console_io is domain 0's only (refmodel/console.py)."""
         self.devices = devices  # the default of add_guest: store and console rings
-        self.hv = hv = Hypervisor(memory_mb * 256)
+        self.hv = hv = Hypervisor(memory_mb * 256, profile=profile)
         self.pv = pv = PVPlatform(hv)
         if wallclock_s is not None:  # the wall clock at boot (default vtime's fixed one)
             pv.vtime.set_wallclock(wallclock_s * 1_000_000_000)
@@ -135,7 +137,7 @@ class Machine:
         from xenspec.refmodel.cpu import UnicornCPU
 
         if isinstance(image, str):
-            image = load_image_file(image, domain_mb << 20)
+            image = load_image_file(image, domain_mb << 20, self.hv.profile)
         pv = self.pv
         built = build_domain(self.hv, pv, image, domain_mb * 256, cmdline=cmdline,
                              privileged=privileged,
@@ -144,7 +146,7 @@ class Machine:
         v = d.vcpus[0]
         arch = pv.arch(v)
         cpu = UnicornCPU(self.hv.memory, v, pv.traps, gdt_virt_start(v), STUB_VIRT,
-                         pv.darch(d).stub_mfn << 12)
+                         pv.darch(d).stub_mfn << 12, self.hv.walk)
         cpu.virtual_ts = lambda: arch.virtual_ts
         cpu.reload_segments = pv.desc.reload_data_segments
         cpu.failsafe = pv.traps.failsafe_callback

@@ -139,6 +139,7 @@ from xenspec.refmodel.arch import (
     CpuUserRegs,
 )
 from xenspec.refmodel.domain import Vcpu
+from xenspec.refmodel.uaccess import Translate, copy_from_guest, translate, translate_pae
 from xenspec.spec import abi
 
 # The binding is only partly typed; the substrate treats it as untyped throughout.
@@ -170,6 +171,9 @@ _CR0_NE = 0x20
 _CR0_WP = 0x10000
 _CR0_PG = 0x80000000
 _CR4_TSD = 0x4
+_CR4_PAE = 0x20
+_MSR_EFER = 0xC0000080
+_EFER_NXE = 0x800
 # EFLAGS: the arithmetic flags (kept lazily by the emulator, cc_op/cc_src), and the flags a
 # guest never runs with (Xen runs guests with IOPL 0 and never in virtual-8086 mode).
 _EFLAGS_ARITH = 0x8D5  # OF SF ZF AF PF CF
@@ -471,6 +475,7 @@ class _Engine:
                 f"{unicorn.__version__}: pip install unicorn=={UNICORN_VERSION}"
             )
         self.uc = unicorn.Uc(ucc.UC_ARCH_X86, ucc.UC_MODE_32)
+        self.cr4 = 0  # the CR4 bits every write keeps (PAE for the compat-pae profile)
         self._lib = _uclib
         self._uch = self.uc._uch
         ctx = self.uc.context_save()
@@ -693,9 +698,13 @@ class _Engine:
         self.code_changed()
 
     def setup_protected_mode(self, gdt_base: int, cr3: int) -> None:
-        """Paging on with WP, Xen's GDT loaded, at CPL 0 with Xen's flat ring-0 segments."""
+        """Paging on with WP, Xen's GDT loaded, at CPL 0 with Xen's flat ring-0 segments;
+        with ``cr4`` (CR4.PAE for the compat-pae profile) and, with PAE, EFER.NXE so that
+        entries' bit 63 is NX rather than a reserved bit."""
         self.uc.reg_write(x86.UC_X86_REG_GDTR, (0, gdt_base, abi.GDT_PAGES * abi.PAGE_SIZE - 1, 0))
-        self.write(x86.UC_X86_REG_CR4, 0)
+        self.write(x86.UC_X86_REG_CR4, self.cr4)
+        if self.cr4 & _CR4_PAE:
+            self.uc.reg_write(x86.UC_X86_REG_MSR, (_MSR_EFER, _EFER_NXE))
         self.write(x86.UC_X86_REG_CR3, cr3)
         self.write(x86.UC_X86_REG_CR0, _CR0_BASE)
         self.write(x86.UC_X86_REG_SS, _XEN_DS)
@@ -779,12 +788,16 @@ class UnicornCPU:
         gdt_base: int,
         stub_va: int,
         stub_maddr: int,
+        walk: Translate = translate,
     ) -> None:
         selftest()
         self.v = v
         self.memory = memory
+        self.walk = walk  # the page-table walk of the machine's ABI profile
         self.handlers = handlers
         self.engine = _Engine()
+        if walk is translate_pae:
+            self.engine.cr4 = _CR4_PAE
         self.uc = self.engine.uc
         ram = memory.ram
         self._ram_buf = (ctypes.c_char * len(ram)).from_buffer(ram)
@@ -978,14 +991,12 @@ class UnicornCPU:
     def set_rdtsc(self, source: Callable[[], int]) -> None:
         """RDTSC from the guest returns ``source()`` (a 64-bit count)."""
         self.rdtsc = source
-        self.engine.write(x86.UC_X86_REG_CR4, _CR4_TSD)
+        self.engine.write(x86.UC_X86_REG_CR4, self.engine.cr4 | _CR4_TSD)
 
     def _emulate_rdtsc(self, regs: CpuUserRegs) -> bool:
         if self.rdtsc is None:
             return False
-        from xenspec.refmodel.uaccess import copy_from_guest
-
-        if copy_from_guest(self.memory, self.v.guest_table, regs.eip, 2) != _RDTSC:
+        if copy_from_guest(self.memory, self.v.guest_table, regs.eip, 2, self.walk) != _RDTSC:
             return False
         value = self.rdtsc()
         regs.eax, regs.edx = value & 0xFFFFFFFF, (value >> 32) & 0xFFFFFFFF
@@ -1178,12 +1189,11 @@ class UnicornCPU:
         translated code stored: the instruction itself when every instruction is counted, else
         the start of its block (or a later instruction of it), so the first I/O instruction
         of the straight-line code from there, for the hook's port and size, is the one."""
-        from xenspec.refmodel.uaccess import copy_from_guest
-
         start, port, size = self._io_seen
         code = None
         for end in ((start | 0xFFF) + 0x1001, (start | 0xFFF) + 1):  # 2 pages, else 1
-            code = copy_from_guest(self.memory, self.v.guest_table, start, end - start)
+            code = copy_from_guest(self.memory, self.v.guest_table, start, end - start,
+                                   self.walk)
             if code is not None:
                 break
         if code is None:

@@ -42,7 +42,7 @@ from xenspec.refmodel.domain import Vcpu
 from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS
 from xenspec.spec import abi
 from xenspec.spec.desc import check_descriptor
-from xenspec.spec.pagetable import PGT, pte_get_pfn, pte_present
+from xenspec.spec.pagetable import PGT, pte_present
 
 if TYPE_CHECKING:
     from xenspec.refmodel.platform import PVPlatform
@@ -165,13 +165,7 @@ class Desc:
 
     def guest_l1e(self, v: Vcpu, va: int) -> int:
         """The L1 entry mapping ``va`` in ``v``'s page tables (Xen reads linear_pg_table), or 0."""
-        mem = self.hv.memory
-        if not v.guest_table:
-            return 0
-        l2e = mem.read_entry(v.guest_table, va >> abi.L2_PAGETABLE_SHIFT)
-        if not pte_present(l2e):
-            return 0
-        return mem.read_entry(pte_get_pfn(l2e), (va >> abi.PAGE_SHIFT) & 0x3FF)
+        return self.hv.leaf(self.hv.memory, v.guest_table, va)[1]
 
     def map_ldt_shadow_page(self, v: Vcpu, page: int) -> bool:
         """mm.c, map_ldt_shadow_page: map page ``page`` of ``v``'s LDT area from the frame the
@@ -182,7 +176,7 @@ class Desc:
         l1e = self.guest_l1e(v, (v.ldt_base + (page << abi.PAGE_SHIFT)) & 0xFFFFFFFF)
         if not pte_present(l1e):
             return False
-        mfn = pte_get_pfn(l1e)
+        mfn = self.hv.pte_pfn(l1e)
         if not self.hv.mm.get_page_and_type_from_pagenr(mfn, PGT.ldt_page, v.domain):
             return False
         from xenspec.refmodel.platform import ldt_virt_start

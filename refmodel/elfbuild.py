@@ -1,4 +1,4 @@
-"""The ELF domain builder: a Xen 3.0 x86_32 (non-PAE) guest kernel image to a ready domain.
+"""The ELF domain builder: a Xen 3.0 x86_32 guest kernel image to a ready domain.
 
 Xen 3.0.4's contract (xen/common/elf.c, xen/arch/x86/domain_build.c,
 xen/include/public/elfnote.h and xen.h):
@@ -8,14 +8,16 @@ xen/include/public/elfnote.h and xen.h):
 * the image's PAE mode (``PAE=`` in ``__xen_guest``, or the PAE_MODE note) decides its
   guest type, which must be the ABI profile's (spec/abi_profiles.py): a PAE-only kernel
   (``PAE=yes``, the note "yes") cannot run on non-PAE Xen, a non-PAE one not on the
-  compat-pae profile, a "bimodal" one on either; the compat-pae profile is not modelled yet,
-  and an image for it is refused with that reason;
+  compat-pae profile, a "bimodal" one on either;
 * segments load at ``p_paddr - ELF_PADDR_OFFSET + VIRT_BASE``;
 * the bootstrap region starts at VIRT_BASE and maps pseudo-physical frames 1:1 from 0: the
   kernel, the p2m list, start_info, the store and console pages (tools/libxc/
   xc_linux_build.c; not for the initial domain, domain_build.c), the page tables (mapped
   read-only, the page directory pinned and loaded), the boot stack; it ends on a 4 MB
   boundary with at least 512 KB after the stack (refmodel/builder.py bootstrap_layout);
+  on the compat-pae profile the region is Xen 4.19's tools' (refmodel/builder_pae.py: the
+  same elements, PAE tables, start_info's magic ``xen-3.0-x86_32p``, and the
+  pae_extended_cr3 assist for a kernel whose PAE_MODE note says it understands it);
 * the hypercall page is filled with ``int $0x82`` stubs (the iret stub in slot 23);
 * registers: CS = FLAT_KERNEL_CS, SS/DS/ES/FS/GS = FLAT_KERNEL_DS, EIP = entry,
   ESP = top of the boot stack, ESI = start_info's address, EFLAGS.IF = 1, events masked.
@@ -38,7 +40,13 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING
 
 from xenspec.refmodel.arch import CpuUserRegs
-from xenspec.refmodel.builder import BuildError, bootstrap_layout, build_initial_tables
+from xenspec.refmodel.builder import (
+    BootstrapLayout,
+    BuildError,
+    bootstrap_layout,
+    build_initial_tables,
+)
+from xenspec.refmodel.builder_pae import PaeLayout, bootstrap_layout_pae, build_initial_tables_pae
 from xenspec.refmodel.domain import Domain
 from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS, Hypervisor, OutOfMemory
 from xenspec.refmodel.platform import PVPlatform
@@ -285,12 +293,6 @@ def _identify(
     wrong = profile.mismatch(pae, how)
     if wrong is not None:
         raise BuildError(f"{name}: {wrong}")
-    if not profile.modelled:
-        raise BuildError(
-            f"{name}: a {profile.image_guest_type(pae)} kernel ({how}) for the "
-            f"{profile.name} profile: PAE paging is not modelled yet; the model boots only "
-            f"the {DEFAULT_PROFILE.name} profile's guests"
-        )
     if not loads:
         raise BuildError(f"{name}: no loadable segments")
     segments = [((p - paddr_offset + virt_base) & 0xFFFFFFFF, data, memsz)
@@ -299,7 +301,7 @@ def _identify(
                        loader, features, notes, xen_guest, pae)
     if virt_base & ((1 << abi.L2_PAGETABLE_SHIFT) - 1):
         raise BuildError(f"{name}: VIRT_BASE {virt_base:#x} is not 4 MB aligned")
-    if image.kernel_start < virt_base or image.kernel_end > abi.HYPERVISOR_VIRT_START:
+    if image.kernel_start < virt_base or image.kernel_end > profile.hypervisor_virt_start:
         raise BuildError(f"{name}: the image [{image.kernel_start:#x}, {image.kernel_end:#x})"
                          f" lies outside [VIRT_BASE, HYPERVISOR_VIRT_START)")
     if not image.kernel_start <= entry < image.kernel_end:
@@ -329,9 +331,14 @@ def build_domain(
     are ordinary memory of the region. No initial ram disk: mod_start and mod_len are 0."""
     base = image.virt_base
     tools = devices or not privileged
-    lay = bootstrap_layout(base, image.kernel_end, nr_pages, store_and_console=tools)
+    pae = hv.profile.paging_levels == 3
+    lay: BootstrapLayout | PaeLayout
+    if pae:  # Xen 4.19's tools (refmodel/builder_pae.py), for every domain
+        lay = bootstrap_layout_pae(base, image.kernel_end, nr_pages)
+    else:
+        lay = bootstrap_layout(base, image.kernel_end, nr_pages, store_and_console=tools)
     nr_mapped = lay.nr_mapped
-    if lay.v_end > abi.HYPERVISOR_VIRT_START:
+    if lay.v_end > hv.hole:
         raise BuildError("the bootstrap region would reach the hypervisor hole")
     try:
         d = hv.create_domain(nr_pages, privileged=privileged)
@@ -354,10 +361,16 @@ def build_domain(
     if image.hypercall_page is not None:
         write_va(image.hypercall_page, hypercall_page_contents())
     write_va(lay.vphysmap_start, struct.pack(f"<{nr_pages}I", *mfns))
-    build_initial_tables(hv, d, nr_mapped, base, pt_base_pfn=lay.pfn(lay.vpt_start))
+    if isinstance(lay, PaeLayout):
+        if image.pae is PaeMode.extended_cr3:  # xg_dom_x86.c: the kernel understands it
+            pv.darch(d).vm_assist |= 1 << abi.VMASST_TYPE_pae_extended_cr3
+        build_initial_tables_pae(hv, d, lay)
+    else:
+        build_initial_tables(hv, d, nr_mapped, base, pt_base_pfn=lay.pfn(lay.vpt_start))
     si_va = lay.vstartinfo_start
     si = bytearray(abi.SIZEOF_START_INFO)
-    si[0 : len(abi.XEN_START_INFO_MAGIC)] = abi.XEN_START_INFO_MAGIC
+    magic = hv.profile.guest_type.encode()
+    si[0 : len(magic)] = magic
 
     def put(off: int, value: int) -> None:
         si[off : off + 4] = (value & 0xFFFFFFFF).to_bytes(4, "little")

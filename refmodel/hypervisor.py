@@ -67,14 +67,14 @@ from xenspec.refmodel.memory import (
 from xenspec.refmodel.mm import MM, MMCore, xen_l2_entries
 from xenspec.refmodel.mm_pae import MMPae
 from xenspec.refmodel.multicall import Multicall
-from xenspec.spec import abi
+from xenspec.spec import abi, pagetable_pae
 from xenspec.spec.abi_profiles import (
     COMPAT_L2_PAGETABLE_FIRST_XEN_SLOT,
     DEFAULT_PROFILE,
     PAE_L2_PAGETABLE_ENTRIES,
     AbiProfile,
 )
-from xenspec.spec.pagetable import __PAGE_HYPERVISOR_RO, PGT
+from xenspec.spec.pagetable import __PAGE_HYPERVISOR_RO, PGT, pte_get_pfn
 
 # The flags of Xen's read-only mappings (a module name: Python mangles __names in a class).
 _XEN_RO_FLAGS = __PAGE_HYPERVISOR_RO
@@ -164,6 +164,10 @@ class Hypervisor:
         pae = profile.paging_levels == 3
         self.hole = profile.hypervisor_virt_start
         self.walk: uaccess.Translate = uaccess.translate_pae if pae else uaccess.translate
+        self.leaf: uaccess.Leaf = uaccess.leaf_pae if pae else uaccess.leaf
+        self.pte_pfn: Callable[[int], int] = pagetable_pae.pte_get_pfn if pae else pte_get_pfn
+        # The per-domain area's L1s: one per L2 slot it spans (4 MB, or 2 MB with PAE).
+        self.perdomain_slots = (abi.PERDOMAIN_MBYTES << 20) >> (21 if pae else 22)
         self.domains: dict[int, Domain] = {}
         # Xen's pseudo-domains: dom_io owns I/O memory, dom_xen Xen's own shareable frames.
         # They own no RAM in this model, so naming them as FOREIGNDOM maps nothing.
@@ -249,16 +253,26 @@ class Hypervisor:
         ``l2mfn`` (mm.c, alloc_l2_table): the domain's, and the directory's map of itself."""
         return xen_l2_entries([self.m2p_l1], d.perdomain_pt, l2mfn)
 
-    def xen_pae_l2_slots(self) -> list[int]:
-        """The compat-pae profile's Xen slots of the L2 that L3 slot 3 names, from
+    def xen_pae_l2_slots(self, d: Domain) -> list[int]:
+        """The compat-pae profile's Xen slots of ``d``'s L2 that L3 slot 3 names, from
         COMPAT_L2_PAGETABLE_FIRST_XEN_SLOT (mm.c init_xen_pae_l2_slots, copied from
         compat_idle_pg_table_l2): the compat M2P, read-only, from 0xF5800000 (x86_64/mm.c
         paging_init maps it with 2 MB pages; the model with L1s, as the guest sees the same
-        words either way). The rest of the hole stays empty: a 64-bit Xen's own mappings are
-        outside a compat guest's 4 GB."""
-        slots = [0] * (PAE_L2_PAGETABLE_ENTRIES - COMPAT_L2_PAGETABLE_FIRST_XEN_SLOT)
+        words either way).
+
+        One departure: the model keeps the per-domain area (each vCPU's GDT and LDT, the
+        stub page) where Xen 3.0.4 has it, at PERDOMAIN_VIRT_START = 0xFE800000, inside the
+        compat M2P's range but past any M2P entry of a machine the model runs (that would
+        take 37.7 million frames). A 64-bit Xen maps it in its own address space, outside a
+        compat guest's 4 GB; the emulated CPU needs it mapped where the guest's page tables
+        reach. The guest cannot write those slots either way."""
+        first = COMPAT_L2_PAGETABLE_FIRST_XEN_SLOT
+        slots = [0] * (PAE_L2_PAGETABLE_ENTRIES - first)
         for k, l1 in enumerate(self.m2p_pae_l1):
             slots[k] = l1 << abi.PAGE_SHIFT | _XEN_RO_FLAGS
+        perdomain = (abi.PERDOMAIN_VIRT_START >> 21) % PAE_L2_PAGETABLE_ENTRIES - first
+        for k, l1 in enumerate(d.perdomain_pt):
+            slots[perdomain + k] = l1 << abi.PAGE_SHIFT | _XEN_RO_FLAGS
         return slots
 
     # ----------------------------------------------------------------------------------------
@@ -393,7 +407,7 @@ class Hypervisor:
             self.next_domid += 1
         d = Domain(domid, privileged, max_pages=nr_pages)
         self.domains[d.domain_id] = d
-        d.perdomain_pt = [self.alloc_xenheap_page() for _ in range(abi.PERDOMAIN_SLOTS)]
+        d.perdomain_pt = [self.alloc_xenheap_page() for _ in range(self.perdomain_slots)]
         for _ in range(nr_pages):
             self.alloc_domheap_page(d)
         d.vcpus = [Vcpu(i, d) for i in range(nr_vcpus)]

@@ -41,8 +41,9 @@ class Kernel:
         return 0 if self.hv.copy_to_guest(v, arg, data) else -abi.EFAULT
 
     def do_xen_version(self, v: Vcpu, cmd: int, arg: int) -> int:
+        profile = self.hv.profile
         if cmd == abi.XENVER_version:
-            return (abi.XEN_VERSION_MAJOR << 16) | abi.XEN_VERSION_MINOR
+            return (profile.xen_version[0] << 16) | profile.xen_version[1]
         if cmd == abi.XENVER_extraversion:
             return self._put(v, arg, _padded(abi.XEN_EXTRAVERSION, abi.XEN_EXTRAVERSION_LEN))
         if cmd == abi.XENVER_compile_info:
@@ -50,12 +51,12 @@ class Kernel:
                     + _padded(b"refmodel", 32) + _padded(b"", 32))
             return self._put(v, arg, info)
         if cmd == abi.XENVER_capabilities:
-            caps = abi.XEN_START_INFO_MAGIC + b" "
+            caps = "".join(f"{c} " for c in profile.capabilities).encode()
             return self._put(v, arg, _padded(caps, abi.XEN_CAPABILITIES_INFO_LEN))
         if cmd == abi.XENVER_changeset:
             return self._put(v, arg, _padded(b"xenspec refmodel", abi.XEN_CHANGESET_INFO_LEN))
         if cmd == abi.XENVER_platform_parameters:
-            return self._put(v, arg, abi.HYPERVISOR_VIRT_START.to_bytes(4, "little"))
+            return self._put(v, arg, profile.hypervisor_virt_start.to_bytes(4, "little"))
         if cmd == abi.XENVER_get_features:
             raw = self.hv.copy_from_guest(v, arg, 4)
             if raw is None:

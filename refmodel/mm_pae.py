@@ -283,13 +283,13 @@ class MMPae(MMCore):
                         self.put_page_from_l2e(entries[j], mfn)
                     return rc
         if xen_l2:
-            self.init_xen_pae_l2_slots(mfn)
+            self.init_xen_pae_l2_slots(mfn, d)
         return 0
 
-    def init_xen_pae_l2_slots(self, l2mfn: int) -> None:
+    def init_xen_pae_l2_slots(self, l2mfn: int, d: Domain) -> None:
         """mm.c init_xen_pae_l2_slots: Xen's slots of the L2 that L3 slot 3 names, copied
-        from the compat idle table (the read-only compat M2P)."""
-        for k, e in enumerate(self.hv.xen_pae_l2_slots()):
+        from the compat idle table (the read-only compat M2P; Hypervisor.xen_pae_l2_slots)."""
+        for k, e in enumerate(self.hv.xen_pae_l2_slots(d)):
             self.memory.write_entry64(l2mfn, COMPAT_L2_PAGETABLE_FIRST_XEN_SLOT + k, e)
 
     def promote_l3_table(self, mfn: int, d: Domain) -> int:

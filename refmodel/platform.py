@@ -148,10 +148,13 @@ class PVPlatform:
         """Map (or unmap) one read-only supervisor page of the per-domain area."""
         off = va - abi.PERDOMAIN_VIRT_START
         assert 0 <= off < abi.PERDOMAIN_MBYTES << 20, f"{va:#x} is outside the per-domain area"
-        l1 = d.perdomain_pt[off >> abi.L2_PAGETABLE_SHIFT]
-        index = (off >> abi.PAGE_SHIFT) & (abi.L1_PAGETABLE_ENTRIES - 1)
         entry = 0 if mfn is None else (mfn << abi.PAGE_SHIFT | _XEN_RO)
-        self.hv.memory.write_entry(l1, index, entry)
+        page = off >> abi.PAGE_SHIFT
+        if self.hv.profile.paging_levels == 3:  # 512 eight-byte entries an L1
+            self.hv.memory.write_entry64(d.perdomain_pt[page >> 9], page & 511, entry)
+        else:
+            l1 = d.perdomain_pt[off >> abi.L2_PAGETABLE_SHIFT]
+            self.hv.memory.write_entry(l1, page & (abi.L1_PAGETABLE_ENTRIES - 1), entry)
         for v in d.vcpus:
             v.flush_tlb()
 

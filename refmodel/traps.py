@@ -67,8 +67,8 @@ from typing import TYPE_CHECKING
 from xenspec.refmodel.arch import CpuUserRegs, TrapInfo
 from xenspec.refmodel.domain import Vcpu
 from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS
-from xenspec.refmodel.uaccess import translate
 from xenspec.spec import abi
+from xenspec.spec.abi_profiles import CALLBACKTYPE_syscall32, CALLBACKTYPE_sysenter
 from xenspec.spec.desc import guest_gate_selector_okay
 
 if TYPE_CHECKING:
@@ -217,6 +217,13 @@ class Traps:
             if v.domain.domain_id != 0 or v.vcpu_id != 0:
                 return -abi.EINVAL
             arch.nmi_addr = eip
+        elif self.hv.profile.paging_levels == 3 and type_ in (CALLBACKTYPE_syscall32,
+                                                               CALLBACKTYPE_sysenter):
+            # pv/callback.c compat_register_guest_callback (4.19): the entry points of a
+            # 32-bit application's SYSCALL (AMD) and SYSENTER (Intel). Registered only: the
+            # model's CPU does not deliver SYSCALL/SYSENTER from ring 3 yet.
+            disables = bool(flags & abi.CALLBACKF_mask_events)
+            arch.fast_callbacks[type_] = (cs, eip, disables)
         else:
             return -abi.ENOSYS
         return 0
@@ -368,9 +375,9 @@ class Traps:
     def spurious_page_fault(self, v: Vcpu, cr2: int, error_code: int) -> bool:
         """A fault the current page tables no longer cause (a stale translation): flush and
         let the guest retry, as Xen's spurious_page_fault does."""
-        if not error_code & abi.PFEC_page_present and cr2 < abi.HYPERVISOR_VIRT_START:
+        if not error_code & abi.PFEC_page_present and cr2 < self.hv.hole:
             write = bool(error_code & abi.PFEC_write_access)
-            if translate(self.hv.memory, v.guest_table, cr2, write) is not None:
+            if self.hv.walk(self.hv.memory, v.guest_table, cr2, write) is not None:
                 user = bool(error_code & abi.PFEC_user_mode)
                 if not user or self._user_ok(v, cr2):
                     v.flush_tlb()
@@ -378,9 +385,7 @@ class Traps:
         return False
 
     def _user_ok(self, v: Vcpu, va: int) -> bool:
-        mem = self.hv.memory
-        l2e = mem.read_entry(v.guest_table, va >> abi.L2_PAGETABLE_SHIFT)
-        l1e = mem.read_entry(l2e >> abi.PAGE_SHIFT, (va >> abi.PAGE_SHIFT) & 0x3FF)
+        l2e, l1e = self.hv.leaf(self.hv.memory, v.guest_table, va)
         return bool(l2e & l1e & abi._PAGE_USER)
 
     # ----------------------------------------------------------------------------------------

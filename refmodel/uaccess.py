@@ -20,6 +20,8 @@ from xenspec.spec.pagetable import pte_get_pfn
 
 # A page-table walk: (memory, root frame, linear address, write) -> machine address or None.
 Translate = Callable[[MachineMemory, int, int, bool], "int | None"]
+# The entries of the last two levels of a walk: (memory, root frame, linear address).
+Leaf = Callable[[MachineMemory, int, int], "tuple[int, int]"]
 
 _PRESENT_RW = abi._PAGE_PRESENT | abi._PAGE_RW
 _OFFSET_MASK = abi.PAGE_SIZE - 1
@@ -76,6 +78,28 @@ def translate_pae(memory: MachineMemory, l3mfn: int, va: int, write: bool) -> in
     if not memory.mfn_valid(mfn):
         return None
     return int(mfn << abi.PAGE_SHIFT | (va & _OFFSET_MASK))
+
+
+def leaf(memory: MachineMemory, l2mfn: int, va: int) -> tuple[int, int]:
+    """The (L2, L1) entries the 2-level walk of ``va`` reads; (0, 0) past an absent L2."""
+    l2e = memory.read_entry(l2mfn, va >> abi.L2_PAGETABLE_SHIFT) if l2mfn else 0
+    if not l2e & abi._PAGE_PRESENT or not memory.mfn_valid(pte_get_pfn(l2e)):
+        return 0, 0
+    return l2e, memory.read_entry(pte_get_pfn(l2e), (va >> abi.L1_PAGETABLE_SHIFT) & 0x3FF)
+
+
+def leaf_pae(memory: MachineMemory, l3mfn: int, va: int) -> tuple[int, int]:
+    """The (L2, L1) entries the PAE walk of ``va`` reads; (0, 0) past an absent level."""
+    if not l3mfn:
+        return 0, 0
+    l3, l2, l1 = pagetable_pae.table_offsets(va)
+    l3e = memory.read_entry64(l3mfn, l3)
+    if not l3e & abi._PAGE_PRESENT or not memory.mfn_valid(pagetable_pae.pte_get_pfn(l3e)):
+        return 0, 0
+    l2e = memory.read_entry64(pagetable_pae.pte_get_pfn(l3e), l2)
+    if not l2e & abi._PAGE_PRESENT or not memory.mfn_valid(pagetable_pae.pte_get_pfn(l2e)):
+        return 0, 0
+    return l2e, memory.read_entry64(pagetable_pae.pte_get_pfn(l2e), l1)
 
 
 def copy_from_guest(memory: MachineMemory, l2mfn: int, va: int, length: int,

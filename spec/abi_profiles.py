@@ -114,6 +114,9 @@ MMUEXT_CLEAR_PAGE: Final = 16
 MMUEXT_COPY_PAGE: Final = 17
 MMUEXT_MARK_SUPER: Final = 19
 MMUEXT_UNMARK_SUPER: Final = 20
+# callback.h (4.19): the callbacks a compat guest may register besides event, failsafe, nmi.
+CALLBACKTYPE_sysenter: Final = 5
+CALLBACKTYPE_syscall32: Final = 7
 # errno.h (public/errno.h in 4.x): the one code 4.19's MMU adds to 3.0.4's.
 EOPNOTSUPP: Final = 95
 
@@ -135,6 +138,7 @@ class AbiProfile:
     mach2phys_virt_end: int
     modelled: bool  # whether the reference model can boot guests on it
     source: str  # where its numbers come from
+    xen_version: tuple[int, int] = (abi.XEN_VERSION_MAJOR, abi.XEN_VERSION_MINOR)
 
     def image_guest_type(self, pae: PaeMode) -> str:
         """The guest type a kernel of PAE mode ``pae`` is built as on this hypervisor
@@ -185,8 +189,9 @@ COMPAT_PAE: Final = AbiProfile(
     hypervisor_virt_start=COMPAT_HYPERVISOR_VIRT_START,
     mach2phys_virt_start=COMPAT_MACH2PHYS_VIRT_START,
     mach2phys_virt_end=COMPAT_MACH2PHYS_VIRT_END,
-    modelled=False,
+    modelled=True,
     source="spec/abi_profiles.py (Xen 4.19 asm/config.h, public/arch-x86/xen-x86_32.h)",
+    xen_version=(4, 19),
 )
 
 PROFILES: Final = {p.name: p for p in (NATIVE_3_0_4, COMPAT_PAE)}

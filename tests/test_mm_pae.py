@@ -303,7 +303,7 @@ def recount(m: Pae) -> list[str]:
         if t == PGT.l2_page_table and f.flags[mfn] & PGT_pae_xen_l2:
             xen = [mem.read_entry64(mfn, i) for i in range(COMPAT_L2_PAGETABLE_FIRST_XEN_SLOT,
                                                             512)]
-            if xen != hv.xen_pae_l2_slots():
+            if xen != hv.xen_pae_l2_slots(m.d):
                 problems.append(f"Xen's slots of L2 {mfn:#x} changed")
     if m.v.guest_table:
         ref(m.v.guest_table, True, "the base pointer")

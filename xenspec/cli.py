@@ -213,7 +213,7 @@ def _run_guests(paths: list[str], cmdlines: list[str], trace: bool, memory_mb: i
         m = Machine(memory_mb, trace=trace, console=consoles.xen, ring_console=consoles.ring,
                     on_trace=on_trace if trace else None, check_invariants=check_invariants,
                     wallclock_s=wallclock_s, backend_domid=None if dom0 else 0,
-                    verbose_console=not release)
+                    verbose_console=not release, profile=profile or DEFAULT_PROFILE)
         domains = [m.add_guest(img, domain_mb, cmdlines[i] if i < len(cmdlines) else "",
                                privileged=dom0 and i == 0, devices=not (dom0 and i == 0))
                    for i, img in enumerate(images)]
