@@ -4,7 +4,10 @@ The guest runtime and the test kernels (conformance/guests) include the generate
 ``xen_abi.h``; nothing in them writes an ABI number by hand (design decision D1). Every integer
 constant of ``abi`` becomes a ``#define`` (usable from C and from assembly); structure layouts
 become ``<NAME>_SIZE``; byte strings become C string literals and, for instruction prefixes,
-a ``.byte`` list and an inline-assembly string of it. Run ``python -m xenspec.spec.cheader OUT.h``.
+a ``.byte`` list and an inline-assembly string of it. A kernel built with ``-DPAE_ONLY`` is
+a guest of the compat-pae profile (spec/abi_profiles.py): the header then gives that
+profile's numbers where they differ (the hole, the M2P, start_info's magic, the paging).
+Run ``python -m xenspec.spec.cheader OUT.h``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import struct
 import sys
 
 from xenspec.spec import abi
+from xenspec.spec.abi_profiles import COMPAT_PAE
 
 
 def _c_string(data: bytes) -> str:
@@ -44,8 +48,28 @@ def render() -> str:
             byte_list = ",".join(f"0x{b:02x}" for b in value)
             lines.append(f"#define {name}_BYTES {byte_list}")
             lines.append(f'#define {name}_ASM ".byte {byte_list}"')
+    lines += _compat_pae()
     lines.append("#endif")
     return "\n".join(lines) + "\n"
+
+
+def _compat_pae() -> list[str]:
+    """The compat-pae profile's numbers, for a kernel built with -DPAE_ONLY."""
+    magic = COMPAT_PAE.guest_type.encode()
+    values = {
+        "HYPERVISOR_VIRT_START": f"{COMPAT_PAE.hypervisor_virt_start:#x}",
+        "MACH2PHYS_VIRT_START": f"{COMPAT_PAE.mach2phys_virt_start:#x}",
+        "L2_PAGETABLE_SHIFT": "21",
+        "L1_PAGETABLE_ENTRIES": str(COMPAT_PAE.entries[0]),
+        "L2_PAGETABLE_ENTRIES": str(COMPAT_PAE.entries[1]),
+        "PTE_SIZE": str(COMPAT_PAE.pte_bytes),
+        "XEN_START_INFO_MAGIC_STR": _c_string(magic),
+        "XEN_START_INFO_MAGIC_NBYTES": str(len(magic)),
+    }
+    out = ["#ifdef PAE_ONLY  /* the compat-pae profile (spec/abi_profiles.py) */"]
+    for name, text in values.items():
+        out += [f"#undef {name}", f"#define {name} {text}"]
+    return [*out, "#endif"]
 
 
 def main(argv: list[str]) -> int:

@@ -86,15 +86,18 @@ def guest_names() -> list[str]:
     return sorted(p.stem for p in HERE.glob("*.c")) + sorted(VARIANTS)
 
 
-def build_guest(name: str) -> Path:
-    """The path of the built ELF for guest ``name``."""
+def build_guest(name: str, pae: bool = False) -> Path:
+    """The path of the built ELF for guest ``name``; with ``pae``, built from the same source
+    for the compat-pae profile (``-DPAE_ONLY``: its ELF notes, numbers and page tables)."""
     BUILD.mkdir(parents=True, exist_ok=True)
     with locked(BUILD / "guests"):
-        return _build_guest(name)
+        return _build_guest(name, pae)
 
 
-def _build_guest(name: str) -> Path:
+def _build_guest(name: str, pae: bool = False) -> Path:
     source, defines = VARIANTS.get(name, (name, []))
+    if pae and "-DPAE_ONLY" not in defines:
+        name, defines = f"{name}-pae", [*defines, "-DPAE_ONLY"]
     src = HERE / f"{source}.c"
     if not src.exists():
         raise GuestBuildError(f"no guest source {src}")

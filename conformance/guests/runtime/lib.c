@@ -186,26 +186,48 @@ void do_trap(struct trap_frame *f)
 u32 pfn_to_mfn(u32 pfn) { return ((u32 *)si_u32(START_INFO_mfn_list))[pfn]; }
 u32 virt_to_mfn(const void *va) { return pfn_to_mfn(((u32)va - KERNEL_VIRT_BASE) >> PAGE_SHIFT); }
 
-static u32 l1_va_of(u32 l2e)
+/* Page-table entries are 4 bytes, or 8 with PAE (-DPAE_ONLY: the compat-pae profile, whose
+ * L3 at pt_base names the L2s; xen_abi.h gives that profile's shifts and sizes). */
+#ifdef PAE_ONLY
+typedef u64 pte_t;
+#else
+typedef u32 pte_t;
+#endif
+#define TABLE_INDEX(va, shift) (((va) >> (shift)) & (L1_PAGETABLE_ENTRIES - 1))
+
+static u32 pte_mfn(pte_t e) { return (u32)((e >> PAGE_SHIFT) & 0xFFFFFFF); }
+/* A bootstrap table's address: it is mapped in the bootstrap region; its pfn is the M2P's. */
+static u32 table_va(u32 mfn)
 {
-    /* The bootstrap L1s are mapped in the bootstrap region; find the pfn from the M2P. */
-    u32 mfn = l2e >> PAGE_SHIFT;
-    u32 pfn = ((u32 *)MACH2PHYS_VIRT_START)[mfn];
-    return KERNEL_VIRT_BASE + (pfn << PAGE_SHIFT);
+    return KERNEL_VIRT_BASE + (((u32 *)MACH2PHYS_VIRT_START)[mfn] << PAGE_SHIFT);
+}
+/* The page directory (L2) that maps va, or 0. */
+static pte_t *directory(u32 va)
+{
+#ifdef PAE_ONLY
+    pte_t l3e = ((pte_t *)si_u32(START_INFO_pt_base))[va >> 30];
+    return (l3e & _PAGE_PRESENT) ? (pte_t *)table_va(pte_mfn(l3e)) : 0;
+#else
+    (void)va;
+    return (pte_t *)si_u32(START_INFO_pt_base);
+#endif
+}
+static pte_t l2e_of(u32 va)
+{
+    pte_t *l2 = directory(va);
+    return l2 ? l2[TABLE_INDEX(va, L2_PAGETABLE_SHIFT)] : 0;
 }
 u32 virt_to_pte_maddr(u32 va)
 {
-    u32 *l2 = (u32 *)si_u32(START_INFO_pt_base);
-    u32 l2e = l2[va >> L2_PAGETABLE_SHIFT];
+    pte_t l2e = l2e_of(va);
     if (!(l2e & _PAGE_PRESENT)) return 0;
-    return (l2e & PAGE_MASK) | (((va >> PAGE_SHIFT) & 0x3ff) * 4);
+    return (pte_mfn(l2e) << PAGE_SHIFT) | (TABLE_INDEX(va, PAGE_SHIFT) * sizeof(pte_t));
 }
 u32 virt_to_pte(u32 va)
 {
-    u32 *l2 = (u32 *)si_u32(START_INFO_pt_base);
-    u32 l2e = l2[va >> L2_PAGETABLE_SHIFT];
+    pte_t l2e = l2e_of(va);
     if (!(l2e & _PAGE_PRESENT)) return 0;
-    return ((u32 *)l1_va_of(l2e))[(va >> PAGE_SHIFT) & 0x3ff];
+    return (u32)((pte_t *)table_va(pte_mfn(l2e)))[TABLE_INDEX(va, PAGE_SHIFT)];
 }
 u32 alloc_page_pfn(void)
 {
@@ -227,11 +249,10 @@ u32 *alloc_scratch_page(void)
  * first directory slot from the base that maps nothing. */
 u32 bootstrap_end(void)
 {
-    const u32 *l2 = (const u32 *)si_u32(START_INFO_pt_base);
-    u32 slot = KERNEL_VIRT_BASE >> L2_PAGETABLE_SHIFT;
-    while (slot < (HYPERVISOR_VIRT_START >> L2_PAGETABLE_SHIFT) && (l2[slot] & _PAGE_PRESENT))
-        slot++;
-    return slot << L2_PAGETABLE_SHIFT;
+    u32 va = KERNEL_VIRT_BASE;
+    while (va < HYPERVISOR_VIRT_START && (l2e_of(va) & _PAGE_PRESENT))
+        va += 1u << L2_PAGETABLE_SHIFT;
+    return va;
 }
 
 /* Let ring 3 reach the image: Xen's builders map the region without _PAGE_USER in the L1
@@ -241,13 +262,13 @@ static void image_user_access(void)
 {
     struct { u64 ptr, val; } req[32];
     u32 n = 0;
-    u32 *l2 = (u32 *)si_u32(START_INFO_pt_base);
-    u32 l2_mfn = virt_to_mfn(l2);
     for (u32 va = KERNEL_VIRT_BASE; va < (u32)_end; va += PAGE_SIZE_BYTES) {
-        u32 slot = va >> L2_PAGETABLE_SHIFT;
-        if (!(l2[slot] & _PAGE_USER)) {
-            struct { u64 ptr, val; } u = { ((u64)l2_mfn << PAGE_SHIFT) | (slot * 4),
-                                            l2[slot] | _PAGE_USER };
+        pte_t l2e = l2e_of(va);
+        if (!(l2e & _PAGE_USER)) {
+            u32 slot = TABLE_INDEX(va, L2_PAGETABLE_SHIFT);
+            struct { u64 ptr, val; } u = {
+                ((u64)virt_to_mfn(directory(va)) << PAGE_SHIFT) | (slot * sizeof(pte_t)),
+                l2e | _PAGE_USER };
             if (HYPERVISOR_mmu_update(&u, 1, NULL, DOMID_SELF))
                 panic("cannot give ring 3 directory slot %u", slot);
         }
