@@ -71,6 +71,18 @@ class BootResult:
         }.get(self.reason, 4) if self.reason is not None else 4
 
 
+def invariant_checker(hv: Hypervisor) -> Callable[[Hypervisor], list[str]]:
+    """The checks of ``hv``'s profile: the specification's invariants for the native one,
+    refmodel/view_pae.py's for compat-pae."""
+    if hv.profile.paging_levels == 3:
+        from xenspec.refmodel.view_pae import check_invariants_pae
+
+        return check_invariants_pae
+    from xenspec.refmodel.view import check_invariants
+
+    return check_invariants
+
+
 class Machine:
     """One machine running any number of guest domains on one emulated CPU."""
 
@@ -194,8 +206,7 @@ class Machine:
             if exc is not None:
                 raise HypervisorBug(str(exc)) from exc
         if self.check_invariants and not self.violations:
-            from xenspec.refmodel.view import check_invariants as check
-
+            check = invariant_checker(self.hv)
             self.violations.extend(f"at the end: {f}" for f in check(self.hv))
         return self.stop
 
@@ -222,8 +233,7 @@ class Machine:
         return self.wall_end is not None and time.monotonic() >= self.wall_end
 
     def _check_each_hypercall(self) -> None:
-        from xenspec.refmodel.view import check_invariants as check
-
+        check = invariant_checker(self.hv)
         plain = self.pv.traps.hypercall
         hv, violations = self.hv, self.violations
 
@@ -253,6 +263,7 @@ def boot(
     setup: Callable[[Hypervisor, PVPlatform], None] | None = None,
     until_ns: int | None = None,
     devices: bool = False,
+    profile: AbiProfile = DEFAULT_PROFILE,
 ) -> BootResult:
     """Boot ``image`` (a parsed image or a path) alone on a machine; raises BuildError for a
     bad image and HypervisorBug if the model itself fails. With ``check_invariants`` every
@@ -260,10 +271,12 @@ def boot(
     is reported in ``violations``. ``setup`` is called with the new machine before the domain
     is built (the conformance suite's broken implementations alter one rule there).
     ``timeout_s`` is a wall-clock guard; ``until_ns`` stops at that system time.
-    ``devices`` gives the domain its store and console rings (Machine.add_guest)."""
+    ``devices`` gives the domain its store and console rings (Machine.add_guest);
+    ``profile`` is the machine's ABI profile."""
     out = None if console is None else (lambda _domid, data: console(data))
     m = Machine(memory_mb, trace=trace, console=out, on_trace=on_trace,
-                check_invariants=check_invariants, setup=setup, devices=devices)
+                check_invariants=check_invariants, setup=setup, devices=devices,
+                profile=profile)
     d = m.add_guest(image, domain_mb, cmdline)
     m.run(until_ns=until_ns, timeout_s=timeout_s)
     return m.result(d)

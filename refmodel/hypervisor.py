@@ -378,6 +378,15 @@ class Hypervisor:
         d.xenpage_list.append(mfn)
 
     def _release_frame(self, mfn: int) -> None:
+        """The frame returns to the heap. A guest may still hold a translation of it in its
+        TLB (an L1 update does not flush; flushing is the guest's business), so every vCPU's
+        TLB is flushed before the frame can be handed to anyone else. Xen does it when the
+        frame is allocated again, for the CPUs whose last flush is older than the frame's
+        free (page_alloc.c, tlbflush_filter and tlbflush_timestamp); the model flushes
+        at once, which is never later than Xen."""
+        for d in self.domains.values():
+            for v in d.vcpus:
+                v.flush_tlb()
         self.frames.owner[mfn] = DOMID_NONE
         self.frames.flags[mfn] = 0
         self.frames.type[mfn] = PGT.none

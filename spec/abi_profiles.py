@@ -11,8 +11,10 @@ Two profiles, each number defined once here or in ``spec/abi.py``:
   paging (an L3 of 4 entries, L2 and L1 of 512, eight-byte entries with NX at bit 63); the
   hole from 0xF5800000, the start of the read-only M2P, to 4 GB. Its numbers are defined
   below with the header each comes from (Xen RELEASE-4.19.0 unless a line says otherwise).
-  The model does not run this profile yet: PAE paging is not modelled, and the builder says
-  so (refmodel/elfbuild.py).
+  The model runs it with Xen 4.19's MMU rules for a 32-bit PV domain (refmodel/mm_pae.py)
+  and its tools' start-of-day layout (refmodel/builder_pae.py); the specification's
+  invariants and proofs are still the native profile's (refmodel/view_pae.py checks a
+  running compat-pae machine meanwhile).
 
 Which profile a kernel image needs is Xen's tools' rule (tools/libxc/xc_linux_build.c
 compat_check in 3.0.4; tools/libs/guest/xg_dom_elfloader.c xc_dom_guest_type and
@@ -136,7 +138,6 @@ class AbiProfile:
     hypervisor_virt_start: int
     mach2phys_virt_start: int
     mach2phys_virt_end: int
-    modelled: bool  # whether the reference model can boot guests on it
     source: str  # where its numbers come from
     xen_version: tuple[int, int] = (abi.XEN_VERSION_MAJOR, abi.XEN_VERSION_MINOR)
 
@@ -173,7 +174,6 @@ NATIVE_3_0_4: Final = AbiProfile(
     hypervisor_virt_start=abi.HYPERVISOR_VIRT_START,
     mach2phys_virt_start=abi.MACH2PHYS_VIRT_START,
     mach2phys_virt_end=abi.MACH2PHYS_VIRT_END,
-    modelled=True,
     source="spec/abi.py (Xen 3.0.4 public headers, arch-x86_32.h without CONFIG_X86_PAE)",
 )
 
@@ -189,7 +189,6 @@ COMPAT_PAE: Final = AbiProfile(
     hypervisor_virt_start=COMPAT_HYPERVISOR_VIRT_START,
     mach2phys_virt_start=COMPAT_MACH2PHYS_VIRT_START,
     mach2phys_virt_end=COMPAT_MACH2PHYS_VIRT_END,
-    modelled=True,
     source="spec/abi_profiles.py (Xen 4.19 asm/config.h, public/arch-x86/xen-x86_32.h)",
     xen_version=(4, 19),
 )

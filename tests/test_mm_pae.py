@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 
 from xenspec.refmodel.domain import Domain, Vcpu
 from xenspec.refmodel.hypervisor import Hypervisor
-from xenspec.refmodel.memory import PGC_allocated, PGT_pae_xen_l2, PGT_pinned, PGT_validated
+from xenspec.refmodel.memory import PGT_pae_xen_l2, PGT_pinned
 from xenspec.refmodel.mm_pae import MMPae
 from xenspec.refmodel.uaccess import array_access_ok, translate_pae
+from xenspec.refmodel.view_pae import check_invariants_pae
 from xenspec.spec import abi
 from xenspec.spec.abi_profiles import (
     COMPAT_HYPERVISOR_VIRT_START,
@@ -250,76 +251,10 @@ def test_relinquish_frees_every_frame(m: Pae) -> None:
 # Hostile batches: whatever the guest sends, every reference is accounted for.
 # --------------------------------------------------------------------------------------------
 def recount(m: Pae) -> list[str]:
-    """Count every general and type reference from its holders (validated tables' entries,
-    pins, the base pointer, the allocation) and compare with the frame table; check the
-    isolation rules: no writable mapping of a table (an L1's RW entry, an L2's RW linear
-    entry), Xen's slots intact, slot 3's L2 in one L3 only, no chain of linear L2s."""
-    hv, f, mem = m.hv, m.hv.frames, m.hv.memory
-    general = {mfn: 0 for mfn in m.d.page_list}
-    typed = dict(general)
-    problems: list[str] = []
-    slot3_users: dict[int, int] = {}
-    linear: list[tuple[int, int]] = []  # (an L2, an L2 it maps read-only)
-
-    def ref(mfn: int, with_type: bool, why: str) -> None:
-        if mfn not in general:
-            problems.append(f"{why} names {mfn:#x}, not the domain's")
-            return
-        general[mfn] += 1
-        typed[mfn] += with_type
-
-    for mfn in m.d.page_list:
-        general[mfn] += bool(f.flags[mfn] & PGC_allocated)
-        if f.flags[mfn] & PGT_pinned:
-            ref(mfn, True, "a pin")
-        if not (f.flags[mfn] & PGT_validated and f.type_count[mfn]):
-            continue
-        t = f.type[mfn]
-        for i in range(512 if t != PGT.l3_page_table else 4):
-            e = mem.read_entry64(mfn, i)
-            if not e & P:
-                continue
-            target = e >> 12 & ((1 << 40) - 1)
-            xen_slot = (t == PGT.l2_page_table and f.flags[mfn] & PGT_pae_xen_l2
-                        and i >= COMPAT_L2_PAGETABLE_FIRST_XEN_SLOT)
-            if t == PGT.l1_page_table:
-                ref(target, bool(e & RW), f"L1 {mfn:#x}[{i}]")
-                if e & RW and target in general and f.type[target] != PGT.writable_page:
-                    problems.append(f"L1 {mfn:#x}[{i}] maps a {PGT(f.type[target]).name} RW")
-            elif t in (PGT.l2_page_table, PGT.l3_page_table) and not xen_slot:
-                if target != mfn:
-                    ref(target, True, f"{PGT(t).name} {mfn:#x}[{i}]")
-                if t == PGT.l3_page_table and i == 3:
-                    slot3_users[target] = slot3_users.get(target, 0) + 1
-                if t == PGT.l2_page_table and f.type[target] == PGT.l2_page_table:
-                    if e & RW:
-                        problems.append(f"L2 {mfn:#x}[{i}] maps an L2 writable")
-                    if target != mfn:
-                        linear.append((mfn, target))
-        if t == PGT.l3_page_table:
-            slot3 = mem.read_entry64(mfn, 3) >> 12
-            if not f.flags[slot3] & PGT_pae_xen_l2:
-                problems.append(f"L3 {mfn:#x} slot 3 names a frame without pae_xen_l2")
-        if t == PGT.l2_page_table and f.flags[mfn] & PGT_pae_xen_l2:
-            xen = [mem.read_entry64(mfn, i) for i in range(COMPAT_L2_PAGETABLE_FIRST_XEN_SLOT,
-                                                            512)]
-            if xen != hv.xen_pae_l2_slots(m.d):
-                problems.append(f"Xen's slots of L2 {mfn:#x} changed")
-    if m.v.guest_table:
-        ref(m.v.guest_table, True, "the base pointer")
-    problems += [f"L2 {l2:#x} is slot 3 of {n} L3s" for l2, n in slot3_users.items() if n > 1]
-    holders, mapped = {a for a, _ in linear}, {b for _, b in linear}
-    problems += [f"L2 {x:#x} has linear entries and is mapped linearly (XSA-240)"
-                 for x in holders & mapped]
-    for x in m.d.page_list:
-        want = sum(a == x for a, _ in linear) - sum(b == x for _, b in linear)
-        if m.mm.linear_pt_count[x] != want:
-            problems.append(f"L2 {x:#x}: linear_pt_count {m.mm.linear_pt_count[x]}, "
-                            f"counted {want}")
-    for mfn in m.d.page_list:
-        if (general[mfn], typed[mfn]) != (f.count[mfn], f.type_count[mfn]):
-            problems.append(f"{f.describe(mfn)}: counted {general[mfn]}/{typed[mfn]}")
-    return problems
+    """The compat-pae machine's checks (refmodel/view_pae.py: every reference recounted,
+    no writable mapping of a table, Xen's slots intact, slot 3's L2 in one L3 only, no chain
+    of linear L2s)."""
+    return check_invariants_pae(m.hv)
 
 
 _FLAGS = st.sampled_from([P, P | RW, P | USER, P | RW | A, 0, RW, P | abi._PAGE_PSE,

@@ -66,15 +66,16 @@ def main() -> None:
               default="native-3.0.4", show_default=True,
               help="The ABI profile of the machine (spec/abi_profiles.py): native-3.0.4 is "
                    "Xen 3.0.4 x86_32 without PAE (guest type xen-3.0-x86_32); compat-pae is "
-                   "a 32-bit PAE guest on 64-bit Xen 4.x (xen-3.0-x86_32p), not modelled "
-                   "yet: its images are recognised and refused. A GUEST whose PAE mode "
+                   "a 32-bit PAE guest on 64-bit Xen 4.19 (xen-3.0-x86_32p, refmodel/mm_pae.py). "
+                   "A GUEST whose PAE mode "
                    "(PAE_MODE note or __xen_guest PAE=) does not fit the profile is refused "
                    "(exit 2).")
 def run(guests: tuple[str, ...], scenario: str | None, trace: bool, check_invariants: bool,
         memory_mb: int, domain_mb: int | None, cmdlines: tuple[str, ...],
         timeout_s: float, disk: str | None, wallclock_s: int | None, dom0: bool,
         xen_build: str, devices: bool, abi_name: str) -> None:
-    """Boot each GUEST (a Xen 3.0 x86_32 non-PAE kernel ELF) as a domain of one machine, as
+    """Boot each GUEST (a Xen 3.0 x86_32 kernel ELF: non-PAE, or PAE with --abi compat-pae) as
+    a domain of one machine, as
     Xen's tools (xend, xc_linux_build) create one: an unprivileged domain (domains 1, 2, ...
     in order) with its store and console rings and their event channels, served by the
     model's back ends acting as domain 0 (with --dom0 the first GUEST is domain 0 instead).
@@ -95,7 +96,8 @@ def run(guests: tuple[str, ...], scenario: str | None, trace: bool, check_invari
     With no GUEST, boot the demo guest (``--scenario demo``, built from
     conformance/guests/demo.c with the machine's gcc): a ring-1 kernel runs a ring-3 process
     through int 0x80 system calls and gives it memory on demand from its page-fault handler
-    through mmu_update.
+    through mmu_update. On --abi compat-pae the built-in guest is conformance/guests/hello.c
+    built for that profile (the demo's page tables are 2-level).
 
     ``--scenario two-domains`` boots two guests that compute in rounds and prints their
     interleaved consoles and the scheduler's account: each is preempted at the end of its
@@ -118,26 +120,27 @@ def run(guests: tuple[str, ...], scenario: str | None, trace: bool, check_invari
     from xenspec.spec.abi_profiles import PROFILES
 
     profile = PROFILES[abi_name]
-    if scenario == "mmu" and not profile.modelled:
-        click.echo(f"xenspec: the mmu scenario needs a modelled profile; {profile.name}: "
-                   "PAE paging is not modelled yet", err=True)
+    if scenario == "mmu" and profile.paging_levels != 2:
+        click.echo(f"xenspec: the mmu scenario builds 2-level page tables: it runs on the "
+                   f"native-3.0.4 profile, not {profile.name}", err=True)
         sys.exit(2)
     if scenario == "mmu":
         _run_mmu_scenario(trace, check_invariants, memory_mb, domain_mb or 64)
         return
     stats = False
+    pae = profile.paging_levels == 3
     if scenario == "two-domains":
-        guests = (_built_guest("spin"),) * 2
+        guests = (_built_guest("spin", pae),) * 2
         cmdlines = ("work 12", "work 12")
         stats = True
     elif not guests:
-        guests = (_built_guest("demo"),)
+        guests = (_built_guest("hello" if pae else "demo", pae),)
     sys.exit(_run_guests(list(guests), list(cmdlines), trace, memory_mb, domain_mb or 16,
                          timeout_s, check_invariants, stats, disk, wallclock_s, dom0,
                          xen_build == "release", profile))
 
 
-def _built_guest(name: str) -> str:
+def _built_guest(name: str, pae: bool = False) -> str:
     from xenspec.conformance.guests.build import (
         GuestBuildError,
         build_guest,
@@ -147,7 +150,7 @@ def _built_guest(name: str) -> str:
     if not toolchain_available():
         raise click.ClickException(f"the {name} guest needs gcc and ld to build")
     try:
-        return str(build_guest(name))
+        return str(build_guest(name, pae))
     except GuestBuildError as exc:
         raise click.ClickException(f"building the {name} guest failed: {exc}") from exc
 
