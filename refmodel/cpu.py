@@ -171,6 +171,8 @@ _CR0_NE = 0x20
 _CR0_WP = 0x10000
 _CR0_PG = 0x80000000
 _CR4_TSD = 0x4
+_GATE_CLEARED = (abi.X86_EFLAGS_NT | abi.X86_EFLAGS_TF | abi.X86_EFLAGS_RF
+                 | abi.X86_EFLAGS_VM)
 _CR4_PAE = 0x20
 _MSR_EFER = 0xC0000080
 _EFER_NXE = 0x800
@@ -364,6 +366,8 @@ class TrapHandlers(Protocol):
     ) -> None: ...
 
     def invalid_opcode(self, v: Vcpu, regs: CpuUserRegs) -> None: ...
+
+    def fast_system_call(self, v: Vcpu, insn: str, regs: CpuUserRegs) -> None: ...
 
 
 # Where an engine's live env->eflags is: the offset in struct uc_struct of a pointer to the
@@ -734,6 +738,12 @@ class _Engine:
         True if the engine was put at CPL 0: it stays there until the stub's iret succeeds.
         Whatever the caller does next, the stub must run before any guest code (or, if the
         iret faults, the engine must come back here): the caller checks the frame's CS."""
+        # Entering Xen through a gate clears NT, TF, RF and VM (SDM vol. 3, 6.12.1); the
+        # engine took the trap in a hook, with the guest's flags still live. An IRET with NT
+        # set is a task return, and TF would single-step the stub: clear them.
+        live = self.read(x86.UC_X86_REG_EFLAGS)
+        if live & _GATE_CLEARED:
+            self.write(x86.UC_X86_REG_EFLAGS, live & ~_GATE_CLEARED)
         lowered = not flat or regs.cs & 3 <= cpl
         if lowered:
             self.save()
@@ -837,6 +847,10 @@ class UnicornCPU:
         self._intr_cb = _HOOK_INTR_CFUNC(self._hook_intr)
         self.engine.hook_add_raw(ucc.UC_HOOK_INTR, self._intr_cb)
         self.uc.hook_add(ucc.UC_HOOK_INSN_INVALID, self._hook_insn_invalid)
+        # Unicorn runs SYSENTER and SYSCALL as no-ops (EIP + 2) unless hooked.
+        for insn, name in ((x86.UC_X86_INS_SYSENTER, "sysenter"),
+                           (x86.UC_X86_INS_SYSCALL, "syscall")):
+            self.uc.hook_add(ucc.UC_HOOK_INSN, self._hook_fast_call, name, 1, 0, insn)
         self._io_init(len(ram))
         self.engine.setup_protected_mode(gdt_base, v.guest_table << abi.PAGE_SHIFT)
         self._ldt_ents = v.ldt_ents
@@ -1080,6 +1094,24 @@ class UnicornCPU:
                     self.handlers.exception(self.v, intno, error_code, cr2, regs)
             self._return_to_guest()
         except BaseException as exc:  # never let an exception unwind through Unicorn
+            self.v.domain.crash(f"hypervisor bug: {type(exc).__name__}: {exc}")
+            self.uc.emu_stop()
+            self.pending_exception = exc
+
+    def _hook_fast_call(self, uc: Any, name: str) -> None:
+        """SYSENTER or SYSCALL: the hypervisor's ``fast_system_call`` with EIP at the
+        instruction. Unicorn adds the instruction's two bytes to EIP when the hook returns,
+        so the EIP the guest resumes at is written two bytes short."""
+        try:
+            self.traps += 1
+            self._entry_pending = False
+            if self._guest_mode_ok():
+                self.engine.write(x86.UC_X86_REG_EFLAGS, self.engine.exact_eflags())
+                self.handlers.fast_system_call(self.v, name, self.user_regs())
+            self._return_to_guest()
+            eip = self.engine.read(x86.UC_X86_REG_EIP)
+            self.engine.write(x86.UC_X86_REG_EIP, (eip - 2) & 0xFFFFFFFF)
+        except BaseException as exc:
             self.v.domain.crash(f"hypervisor bug: {type(exc).__name__}: {exc}")
             self.uc.emu_stop()
             self.pending_exception = exc

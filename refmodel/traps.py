@@ -71,6 +71,9 @@ from xenspec.spec import abi
 from xenspec.spec.abi_profiles import CALLBACKTYPE_syscall32, CALLBACKTYPE_sysenter
 from xenspec.spec.desc import guest_gate_selector_okay
 
+# public/arch-x86/xen-x86_32.h (4.19): FLAT_RING3_SS of a compat guest.
+_FLAT_COMPAT_USER_SS = 0xE033
+
 if TYPE_CHECKING:
     from xenspec.refmodel.platform import PVPlatform
 
@@ -220,8 +223,8 @@ class Traps:
         elif self.hv.profile.paging_levels == 3 and type_ in (CALLBACKTYPE_syscall32,
                                                                CALLBACKTYPE_sysenter):
             # pv/callback.c compat_register_guest_callback (4.19): the entry points of a
-            # 32-bit application's SYSCALL (AMD) and SYSENTER (Intel). Registered only: the
-            # model's CPU does not deliver SYSCALL/SYSENTER from ring 3 yet.
+            # 32-bit application's SYSCALL (AMD: the model's processor is Intel, whose
+            # SYSCALL is #UD, so that one is never entered) and SYSENTER (fast_system_call).
             disables = bool(flags & abi.CALLBACKF_mask_events)
             arch.fast_callbacks[type_] = (cs, eip, disables)
         else:
@@ -371,6 +374,35 @@ class Traps:
             regs.eip = (regs.eip + len(abi.XEN_CPUID)) & 0xFFFFFFFF
             return
         self.bounce(v, abi.TRAP_invalid_op, None, regs)
+
+    def fast_system_call(self, v: Vcpu, insn: str, regs: CpuUserRegs) -> None:
+        """SYSENTER or SYSCALL executed by the guest (EIP at the instruction).
+
+        SYSCALL outside 64-bit mode is #UD on the processor the model reports (GenuineIntel,
+        ``_CPUID_LEAVES``). SYSENTER: on Xen 3.0.4 x86_32 the SYSENTER_CS MSR is never set
+        for guests (only with supervisor_mode_kernel), so the processor raises #GP(0), which
+        Xen reflects. On the compat-pae profile, Xen 4.19 takes it (x86_64/entry.S
+        sysenter_entry, compat/entry.S compat_sysenter): a frame of EIP 0, CS 3, ESP 0, SS
+        FLAT_COMPAT_USER_SS with IF set, bounced to the guest's sysenter callback (masking
+        events if it asked), or #GP(0) without one (sysenter_gpf); the NT the guest left set
+        goes with the frame, never into Xen's own IRET (the XSA-44 class, XSA-339's test)."""
+        if insn == "syscall":
+            self.bounce(v, abi.TRAP_invalid_op, None, regs)
+            return
+        if self.hv.profile.paging_levels != 3:
+            self.bounce(v, abi.TRAP_gp_fault, 0, regs)
+            return
+        arch = self.pv.arch(v)
+        regs.eflags |= abi.X86_EFLAGS_IF
+        regs.eip, regs.cs, regs.esp, regs.ss = 0, 3, 0, _FLAT_COMPAT_USER_SS
+        cs, eip, masks = arch.fast_callbacks.get(CALLBACKTYPE_sysenter, (0, 0, False))
+        if eip == 0:
+            self.bounce(v, abi.TRAP_gp_fault, 0, regs)
+            return
+        if self.create_bounce_frame(v, regs, self.return_words(v, regs), cs, eip, "sysenter"):
+            self.bounces += 1
+            if masks:
+                self.pv.vcpu_info_write8(v, abi.VCPU_INFO_evtchn_upcall_mask, 1)
 
     def spurious_page_fault(self, v: Vcpu, cr2: int, error_code: int) -> bool:
         """A fault the current page tables no longer cause (a stale translation): flush and

@@ -6,14 +6,18 @@ reason, never the model. Needs the machine's gcc -m32 and ld (skipped without th
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
 from xenspec.conformance.guests.build import build_guest, toolchain_available
+from xenspec.refmodel.arch import CpuUserRegs
 from xenspec.refmodel.boot import BootResult, Machine, boot
 from xenspec.refmodel.builder import BuildError
 from xenspec.refmodel.domain import ShutdownReason
 from xenspec.refmodel.view import check_invariants
 from xenspec.refmodel.view_pae import check_invariants_pae
+from xenspec.spec import abi
 from xenspec.spec.abi_profiles import COMPAT_PAE
 
 pytestmark = pytest.mark.skipif(not toolchain_available(), reason="needs gcc and ld")
@@ -30,7 +34,7 @@ def run(name: str, cmdline: str = "", **kw: object) -> BootResult:
 @pytest.mark.parametrize(
     "name",
     ["hello", "xen_version", "console_sched", "traps", "ring3", "desc", "demo", "hostile_mm",
-     "xen_guest_section", "ldt", "failsafe", "segbase", "bootlayout", "stale_tlb"],
+     "xen_guest_section", "ldt", "failsafe", "segbase", "bootlayout", "stale_tlb", "fastcall"],
 )
 def test_guest_succeeds(name: str) -> None:
     r = run(name)
@@ -139,7 +143,7 @@ def test_pae_only_kernel_is_refused() -> None:
 # The guests that build for the compat-pae profile from their one source and pass there (the
 # others build their own 2-level page tables or check 3.0.4-only answers: see the docs'
 # "ABI profiles" page).
-PAE_GUESTS = ["hello", "stale_tlb", "events", "traps", "ring3", "desc", "failsafe",
+PAE_GUESTS = ["hello", "stale_tlb", "fastcall", "events", "traps", "ring3", "desc", "failsafe",
               "segbase", "consring", "xenstore", "time", "tlb", "multicall", "balloon",
               "int80_events", "eflags_modes", "bounce_edges", "console_sched"]
 
@@ -195,3 +199,40 @@ def test_invariants_hold_with_a_live_gdt() -> None:
     assert r.test_result == "SUCCESS", r.console
     assert r.hv is not None
     assert check_invariants(r.hv) == []
+
+
+@pytest.mark.parametrize("masks", [False, True])
+def test_compat_sysenter_enters_the_callback(masks: bool) -> None:
+    """compat-pae (x86_64/entry.S sysenter_entry, compat/entry.S compat_sysenter, 4.19): a
+    SYSENTER from ring 3 bounces to the sysenter callback with the frame EIP 0, CS 3 (the
+    saved event mask in bits 16-23), EFLAGS with IF, ESP 0, SS FLAT_COMPAT_USER_SS on the
+    kernel stack, masking events if the callback asked; with no callback it is #GP(0)."""
+    m = Machine(profile=COMPAT_PAE)
+    d = m.add_guest(str(build_guest("hello", pae=True)), paused=True)
+    v, pv = d.vcpus[0], m.pv
+    arch = pv.arch(v)
+    stack = arch.cpu.user_regs().esp if arch.cpu is not None else 0
+    arch.kernel_ss, arch.kernel_sp = abi.FLAT_KERNEL_SS, stack
+    user = CpuUserRegs(eip=0x1000, cs=abi.FLAT_USER_CS, eflags=abi.X86_EFLAGS_MBS | 0x4000,
+                       esp=0x2000, ss=abi.FLAT_USER_SS)
+    pv.vcpu_info_write8(v, abi.VCPU_INFO_evtchn_upcall_mask, 0)
+    bounces = pv.traps.bounces
+    pv.traps.fast_system_call(v, "sysenter", user)  # no callback yet: #GP(0)
+    assert pv.traps.bounces == bounces and d.shutdown_reason is ShutdownReason.crash
+    assert d.crash_reason is not None and "unhandled trap 13" in d.crash_reason
+    m = Machine(profile=COMPAT_PAE)
+    d = m.add_guest(str(build_guest("hello", pae=True)), paused=True)
+    v, pv = d.vcpus[0], m.pv
+    arch = pv.arch(v)
+    arch.kernel_ss, arch.kernel_sp = abi.FLAT_KERNEL_SS, stack
+    flags = abi.CALLBACKF_mask_events if masks else 0
+    assert pv.traps.register_guest_callback(v, 5, flags, abi.FLAT_KERNEL_CS, 0xC0001234) == 0
+    pv.vcpu_info_write8(v, abi.VCPU_INFO_evtchn_upcall_mask, 0)
+    pv.traps.fast_system_call(v, "sysenter", user)
+    assert (user.cs, user.eip, user.esp) == (abi.FLAT_KERNEL_CS, 0xC0001234, stack - 20)
+    frame = m.hv.copy_from_guest(v, stack - 20, 20)
+    assert frame is not None
+    eip, cs, eflags, esp, ss = struct.unpack("<5I", frame)
+    assert (eip, cs, esp, ss) == (0, 3, 0, 0xE033)
+    assert eflags & abi.X86_EFLAGS_IF and eflags & 0x4000  # IF set; the guest's NT kept
+    assert pv.vcpu_info_read8(v, abi.VCPU_INFO_evtchn_upcall_mask) == int(masks)
