@@ -24,6 +24,14 @@ writing that frame crashes the domain (entry.S, the __ex_table entries of create
 lead to domain_crash_synchronous); Xen 3.0.4 uses the failsafe callback only when reloading
 the guest's data segments faults, which this model's ring entry cannot do.
 
+On the compat-pae profile (Xen 4.19) the FIFO ABI's setup commands answer their argument
+checks as 4.19 does (common/event_fifo.c evtchn_fifo_init_control, map_guest_page): a vCPU
+that does not exist is -ENOENT, a control block crossing its page or misaligned -EINVAL, a
+frame the domain cannot map writable -EINVAL; EVTCHNOP_expand_array without FIFO set up is
+-EOPNOTSUPP. Departure: FIFO event channels themselves are not modelled, so a request that
+passes every check is -ENOSYS (guests then keep the 2-level ABI, as Linux does on any
+error); 4.19 would switch the domain to FIFO.
+
 Not modelled: physical IRQs (bind_pirq checks the range, -EINVAL, then refuses every pirq with
 -EPERM as irq_access_permitted does for a domain granted none), ACM hooks (the dummy policy
 allows everything). SCHEDOP_poll's flags are the scheduler's: it asks ``port_pending``, and
@@ -41,7 +49,15 @@ from xenspec.refmodel.arch import CpuUserRegs
 from xenspec.refmodel.domain import Domain, Vcpu
 from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS, Hypervisor
 from xenspec.spec import abi
+from xenspec.spec.abi_profiles import (
+    EOPNOTSUPP,
+    EVTCHN_FIFO_CONTROL_BLOCK_SIZE,
+    EVTCHN_INIT_CONTROL_T,
+    EVTCHNOP_expand_array,
+    EVTCHNOP_init_control,
+)
 from xenspec.spec.concrete import ConcreteLogic
+from xenspec.spec.pagetable import PGT
 
 if TYPE_CHECKING:
     from xenspec.refmodel.platform import PVPlatform
@@ -120,6 +136,10 @@ class Events:
             abi.EVTCHNOP_bind_vcpu: (abi.EVTCHN_BIND_VCPU_T.size, self._op_bind_vcpu),
             abi.EVTCHNOP_unmask: (abi.EVTCHN_PORT_T.size, self._op_unmask),
         }
+        if self.hv.profile.paging_levels == 3:  # Xen 4.19's FIFO setup commands
+            self._ops[EVTCHNOP_init_control] = (EVTCHN_INIT_CONTROL_T.size,
+                                                self._op_init_control)
+            self._ops[EVTCHNOP_expand_array] = (8, self._op_expand_array)
 
     def hypercalls(self) -> dict[int, Callable[..., int]]:
         return {
@@ -461,6 +481,23 @@ class Events:
             return -abi.EFAULT
         cmd = int.from_bytes(raw[0:4], "little")
         return self.do_event_channel_op(v, cmd, (uop + abi.EVTCHN_OP_u) & 0xFFFFFFFF)
+
+    def _op_init_control(self, v: Vcpu, raw: bytes) -> bytes | None:
+        """EVTCHNOP_init_control (4.19 evtchn_fifo_init_control): see the module docstring."""
+        gfn, offset, vcpu = EVTCHN_INIT_CONTROL_T.unpack(raw)[:3]
+        if vcpu >= len(v.domain.vcpus):
+            raise EventError(abi.ENOENT)
+        if offset > abi.PAGE_SIZE - EVTCHN_FIFO_CONTROL_BLOCK_SIZE or offset & 7:
+            raise EventError(abi.EINVAL)
+        mm = self.hv.mm
+        if not mm.get_page_and_type_from_pagenr(gfn, PGT.writable_page, v.domain):
+            raise EventError(abi.EINVAL)  # map_guest_page
+        mm.put_page_and_type(gfn)
+        raise EventError(abi.ENOSYS)  # FIFO event channels are not modelled
+
+    def _op_expand_array(self, v: Vcpu, raw: bytes) -> bytes | None:
+        """EVTCHNOP_expand_array: FIFO is never set up in the model (-EOPNOTSUPP)."""
+        raise EventError(EOPNOTSUPP)
 
     def _op_alloc_unbound(self, v: Vcpu, raw: bytes) -> bytes | None:
         dom, remote_dom, _ = abi.EVTCHN_ALLOC_UNBOUND_T.unpack(raw)

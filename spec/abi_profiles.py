@@ -26,6 +26,7 @@ otherwise.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final
@@ -119,6 +120,13 @@ MMUEXT_UNMARK_SUPER: Final = 20
 # callback.h (4.19): the callbacks a compat guest may register besides event, failsafe, nmi.
 CALLBACKTYPE_sysenter: Final = 5
 CALLBACKTYPE_syscall32: Final = 7
+# public/event_channel.h (4.19): the FIFO ABI's setup commands, struct evtchn_init_control
+# (control_gfn, offset, vcpu; OUT link_bits and 7 bytes of padding) and the size of
+# evtchn_fifo_control_block_t (ready, _rsvd, head[16]: 18 words).
+EVTCHNOP_init_control: Final = 11
+EVTCHNOP_expand_array: Final = 12
+EVTCHN_INIT_CONTROL_T: Final = struct.Struct("<QIIB7x")
+EVTCHN_FIFO_CONTROL_BLOCK_SIZE: Final = 72
 # errno.h (public/errno.h in 4.x): the one code 4.19's MMU adds to 3.0.4's.
 EOPNOTSUPP: Final = 95
 

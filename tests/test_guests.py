@@ -15,10 +15,12 @@ from xenspec.refmodel.arch import CpuUserRegs
 from xenspec.refmodel.boot import BootResult, Machine, boot
 from xenspec.refmodel.builder import BuildError
 from xenspec.refmodel.domain import ShutdownReason
+from xenspec.refmodel.event import EventError
 from xenspec.refmodel.view import check_invariants
 from xenspec.refmodel.view_pae import check_invariants_pae
 from xenspec.spec import abi
-from xenspec.spec.abi_profiles import COMPAT_PAE
+from xenspec.spec.abi_profiles import COMPAT_PAE, EOPNOTSUPP, EVTCHN_INIT_CONTROL_T
+from xenspec.spec.pagetable import PGT
 
 pytestmark = pytest.mark.skipif(not toolchain_available(), reason="needs gcc and ld")
 
@@ -236,3 +238,36 @@ def test_compat_sysenter_enters_the_callback(masks: bool) -> None:
     assert (eip, cs, esp, ss) == (0, 3, 0, 0xE033)
     assert eflags & abi.X86_EFLAGS_IF and eflags & 0x4000  # IF set; the guest's NT kept
     assert pv.vcpu_info_read8(v, abi.VCPU_INFO_evtchn_upcall_mask) == int(masks)
+
+
+def test_compat_fifo_setup_answers_as_xen_4_19() -> None:
+    """compat-pae: EVTCHNOP_init_control's checks (event_fifo.c evtchn_fifo_init_control and
+    map_guest_page, 4.19), each with its errno; a request passing them all is -ENOSYS (FIFO
+    is not modelled); expand_array -EOPNOTSUPP. The native profile has neither (-ENOSYS)."""
+    m = Machine(profile=COMPAT_PAE)
+    d = m.add_guest(str(build_guest("hello", pae=True)), paused=True)
+    v, ev = d.vcpus[0], m.pv.events
+    table = m.hv.frames.type
+    pt, plain = (next(f for f in d.page_list if table[f] == t)
+                 for t in (PGT.l1_page_table, PGT.none))
+
+    def init_control(gfn: int, offset: int, vcpu: int) -> int:
+        try:
+            ev._op_init_control(v, EVTCHN_INIT_CONTROL_T.pack(gfn, offset, vcpu, 0))
+        except EventError as e:
+            return -e.errno
+        return 0
+
+    assert init_control(plain, 0, 1) == -abi.ENOENT
+    assert init_control(plain, abi.PAGE_SIZE - 64, 0) == -abi.EINVAL  # crosses the page
+    assert init_control(plain, 4, 0) == -abi.EINVAL  # misaligned
+    assert init_control((1 << 64) - 2, 0, 0) == -abi.EINVAL  # XSA-188's test
+    assert init_control(pt, 0, 0) == -abi.EINVAL  # not writable: a page table
+    assert init_control(plain, abi.PAGE_SIZE - 72, 0) == -abi.ENOSYS
+    assert m.hv.frames.type_count[plain] == 0  # the frame's reference was given back
+    with pytest.raises(EventError) as e:
+        ev._op_expand_array(v, bytes(8))
+    assert e.value.errno == EOPNOTSUPP
+    native = Machine()
+    dn = native.add_guest(str(build_guest("hello")), paused=True)
+    assert native.pv.events.do_event_channel_op(dn.vcpus[0], 11, 0) == -abi.ENOSYS
