@@ -58,6 +58,7 @@ from xenspec.refmodel.arch import (
 from xenspec.refmodel.domain import Vcpu
 from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS
 from xenspec.spec import abi
+from xenspec.spec.abi_profiles import VMASST_TYPE_architectural_iopl
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -105,6 +106,12 @@ _OUT = OUT_OPCODES
 # decode_register: ModRM register numbers.
 _REGS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 
+
+
+def architectural_iopl(pv: PVPlatform, v: Vcpu) -> bool:
+    """The domain enabled VMASST_TYPE_architectural_iopl (compat-pae only): the kernel runs
+    with IOPL semantics of ring 0, and the virtual IOPL travels in IRET and bounce frames."""
+    return bool(pv.darch(v.domain).vm_assist >> VMASST_TYPE_architectural_iopl & 1)
 
 class _PageFault(Exception):
     """traps.c, PAGE_FAULT(addr, error_code): propagate a page fault and stop emulating."""
@@ -204,7 +211,7 @@ class Emulate:
             regs.eip = f.eip
             return True
         if opcode in (0xFA, 0xFB):  # CLI, STI
-            if self.pv.arch(v).iopl < (1 if kernel_mode(regs) else 3):
+            if self.pv.arch(v).iopl < self.io_cpl(v, regs):
                 return False
             regs.eip = f.eip
             return True
@@ -216,10 +223,17 @@ class Emulate:
         return True
 
     # --- I/O ------------------------------------------------------------------------------------
+    def io_cpl(self, v: Vcpu, regs: CpuUserRegs) -> int:
+        """The privilege the virtual IOPL is compared with: 3 for user mode, 1 for the
+        kernel, or 0 with the architectural_iopl assist (4.19 pv/emul-priv-op.c iopl_ok)."""
+        if not kernel_mode(regs):
+            return 3
+        return 0 if architectural_iopl(self.pv, v) else 1
+
     def guest_io_okay(self, v: Vcpu, regs: CpuUserRegs, port: int, size: int) -> bool:
         """traps.c, guest_io_okay: the virtual IOPL, else the guest's I/O bitmap."""
         a = self.pv.arch(v)
-        if a.iopl >= (1 if kernel_mode(regs) else 3):
+        if a.iopl >= self.io_cpl(v, regs):
             return True
         if a.iobmp_limit > port + size:
             raw = self.hv.copy_from_guest(v, a.iobmp + (port >> 3), 2)

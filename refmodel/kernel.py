@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from xenspec.refmodel.domain import Vcpu
 from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS
 from xenspec.spec import abi
+from xenspec.spec.abi_profiles import VMASST_TYPE_architectural_iopl
 
 if TYPE_CHECKING:
     from xenspec.refmodel.platform import PVPlatform
@@ -75,7 +76,10 @@ class Kernel:
         return -abi.ENOSYS
 
     def do_vm_assist(self, v: Vcpu, cmd: int, type: int) -> int:
-        if type > abi.MAX_VMASST_TYPE:
+        """3.0.4's types 0..MAX_VMASST_TYPE; on the compat-pae profile also
+        architectural_iopl (4.19 common/domain.c do_vm_assist with PV32_VM_ASSIST_MASK)."""
+        compat = self.hv.profile.paging_levels == 3
+        if type > abi.MAX_VMASST_TYPE and not (compat and type == VMASST_TYPE_architectural_iopl):
             return -abi.EINVAL
         a = self.pv.darch(v.domain)
         if cmd == abi.VMASST_CMD_enable:

@@ -66,6 +66,7 @@ from typing import TYPE_CHECKING
 
 from xenspec.refmodel.arch import CpuUserRegs, TrapInfo
 from xenspec.refmodel.domain import Vcpu
+from xenspec.refmodel.emulate import architectural_iopl
 from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS
 from xenspec.spec import abi
 from xenspec.spec.abi_profiles import CALLBACKTYPE_syscall32, CALLBACKTYPE_sysenter
@@ -272,6 +273,8 @@ class Traps:
             esp = int.from_bytes(more[0:4], "little")
             ss = int.from_bytes(more[4:8], "little") & 0xFFFF
         regs.eip, regs.cs, regs.esp, regs.ss = eip, cs, esp, ss
+        if architectural_iopl(self.pv, v):  # 4.19 pv/iret.c: the frame sets the vIOPL
+            self.pv.arch(v).iopl = (eflags & abi.X86_EFLAGS_IOPL) >> 12
         regs.eflags = (eflags & ~(abi.X86_EFLAGS_IOPL | abi.X86_EFLAGS_VM)) | abi.X86_EFLAGS_IF
         self.pv.vcpu_info_write8(
             v, abi.VCPU_INFO_evtchn_upcall_mask, 0 if eflags & abi.X86_EFLAGS_IF else 1
@@ -467,6 +470,8 @@ class Traps:
         eflags = regs.eflags & ~abi.X86_EFLAGS_IF
         if not saved_mask:
             eflags |= abi.X86_EFLAGS_IF
+        if architectural_iopl(self.pv, v):  # 4.19 compat/entry.S: the frame shows the vIOPL
+            eflags = eflags & ~abi.X86_EFLAGS_IOPL | self.pv.arch(v).iopl << 12
         return [regs.eip, regs.cs | (saved_mask << 16), eflags]
 
     def create_bounce_frame(self, v: Vcpu, regs: CpuUserRegs, words: list[int], cs: int,

@@ -127,6 +127,9 @@ EVTCHNOP_init_control: Final = 11
 EVTCHNOP_expand_array: Final = 12
 EVTCHN_INIT_CONTROL_T: Final = struct.Struct("<QIIB7x")
 EVTCHN_FIFO_CONTROL_BLOCK_SIZE: Final = 72
+# public/xen.h (4.19): the vm_assist type a 32-bit PV domain may enable beyond 3.0.4's
+# (asm/domain.h PV32_VM_ASSIST_MASK; runstate_update_flag, 5, is not modelled).
+VMASST_TYPE_architectural_iopl: Final = 4
 # errno.h (public/errno.h in 4.x): the one code 4.19's MMU adds to 3.0.4's.
 EOPNOTSUPP: Final = 95
 

@@ -271,3 +271,30 @@ def test_compat_fifo_setup_answers_as_xen_4_19() -> None:
     native = Machine()
     dn = native.add_guest(str(build_guest("hello")), paused=True)
     assert native.pv.events.do_event_channel_op(dn.vcpus[0], 11, 0) == -abi.ENOSYS
+
+
+def test_compat_architectural_iopl() -> None:
+    """compat-pae: vm_assist accepts VMASST_TYPE_architectural_iopl (4.19
+    PV32_VM_ASSIST_MASK; native 3.0.4 refuses it, -EINVAL). With it the kernel's I/O
+    privilege is ring 0's (iopl_ok), an iret frame's IOPL becomes the virtual IOPL
+    (pv/iret.c) and bounce frames show it (compat/entry.S)."""
+    native = Machine()
+    dn = native.add_guest(str(build_guest("hello")), paused=True)
+    assert native.pv.kernel.do_vm_assist(dn.vcpus[0], abi.VMASST_CMD_enable, 4) == -abi.EINVAL
+    m = Machine(profile=COMPAT_PAE)
+    d = m.add_guest(str(build_guest("hello", pae=True)), paused=True)
+    v, pv = d.vcpus[0], m.pv
+    arch = pv.arch(v)
+    assert arch.cpu is not None
+    kernel = CpuUserRegs(cs=abi.FLAT_KERNEL_CS)
+    assert pv.emulate.io_cpl(v, kernel) == 1
+    assert pv.kernel.do_vm_assist(v, abi.VMASST_CMD_enable, 4) == 0
+    assert pv.emulate.io_cpl(v, kernel) == 0
+    assert pv.emulate.io_cpl(v, CpuUserRegs(cs=abi.FLAT_USER_CS)) == 3
+    regs = arch.cpu.user_regs()
+    frame = struct.pack("<4I", 0, regs.eip, abi.FLAT_KERNEL_CS, 0x2202)  # IOPL 2
+    assert m.hv.copy_to_guest(v, regs.esp - 16, frame)
+    regs.esp -= 16
+    pv.traps.do_iret(v)
+    assert arch.iopl == 2 and d.shutdown_reason is None
+    assert pv.traps.return_words(v, regs)[2] >> 12 & 3 == 2
