@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING
 
 from xenspec.refmodel.arch import CpuUserRegs
+from xenspec.refmodel.bsdsyms import bsd_symtab
 from xenspec.refmodel.builder import (
     BootstrapLayout,
     BuildError,
@@ -85,6 +86,8 @@ class GuestImage:
     notes: dict[int, bytes] = field(default_factory=dict)
     xen_guest: dict[str, str] = field(default_factory=dict)
     pae: PaeMode = PaeMode.no
+    # The BSD_SYMTAB block (refmodel/bsdsyms.py): its address, bytes and reserved size.
+    symtab: tuple[int, bytes, int] | None = None
 
     @property
     def kernel_start(self) -> int:
@@ -92,7 +95,8 @@ class GuestImage:
 
     @property
     def kernel_end(self) -> int:
-        return max(va + memsz for va, _, memsz in self.segments)
+        end = max(va + memsz for va, _, memsz in self.segments)
+        return end if self.symtab is None else self.symtab[0] + self.symtab[2]
 
 
 @dataclass
@@ -236,16 +240,41 @@ def parse_image(stream: IO[bytes], name: str = "kernel",
             if p["p_type"] == "PT_LOAD" and p["p_memsz"]
         ]
         e_entry = elf["e_entry"]
+        image = _identify(name, notes, xen_guest, loads, e_entry, profile)
+        if profile.paging_levels == 3 and _wants_bsd_symtab(notes, xen_guest):
+            image.symtab = _bsd_symtab(stream, sections, image.kernel_end, max_bytes, name)
     except ELFError as exc:
         raise BuildError(f"{name}: not a valid ELF image ({exc})") from None
     except (struct.error, ValueError, OSError, EOFError, zlib.error) as exc:
         raise BuildError(f"{name}: malformed ELF image ({exc})") from None
-    image = _identify(name, notes, xen_guest, loads, e_entry, profile)
     span = image.kernel_end - image.kernel_start
     if span > max_bytes:
         raise BuildError(f"{name}: the image spans {span} bytes, more than the domain's "
                          f"{max_bytes} bytes of memory")
     return image
+
+
+def _wants_bsd_symtab(notes: dict[int, bytes], xen_guest: dict[str, str]) -> bool:
+    """libelf-dominfo.c: the BSD_SYMTAB note "yes", or BSD_SYMTAB in ``__xen_guest``."""
+    if notes:
+        return _note_str(notes.get(abi.XEN_ELFNOTE_BSD_SYMTAB, b"")) == "yes"
+    return "BSD_SYMTAB" in xen_guest
+
+
+def _bsd_symtab(stream: IO[bytes], sections: list[Section], pend: int, max_bytes: int,
+                name: str) -> tuple[int, bytes, int] | None:
+    """The block of refmodel/bsdsyms.py for the first symbol table whose link names a string
+    table (libelf elf_init); None without one (libelf marks the image broken, the tools only
+    say so and build it without the block)."""
+    for sec in sections:
+        if sec["sh_type"] != "SHT_SYMTAB":
+            continue
+        link = sec["sh_link"]
+        if not 0 < link < len(sections) or sections[link]["sh_type"] != "SHT_STRTAB":
+            return None
+        return bsd_symtab(_file_bytes(stream, 0, 52, name), sec, sections[link],
+                          lambda s: _section_data(s, max_bytes, name), pend)
+    return None
 
 
 def _identify(
@@ -358,6 +387,8 @@ def build_domain(
 
     for va, data, memsz in image.segments:
         write_va(va, data[:memsz] + bytes(max(0, memsz - len(data))))
+    if image.symtab is not None:
+        write_va(image.symtab[0], image.symtab[1])
     if image.hypercall_page is not None:
         write_va(image.hypercall_page, hypercall_page_contents())
     write_va(lay.vphysmap_start, struct.pack(f"<{nr_pages}I", *mfns))

@@ -15,6 +15,7 @@ from xenspec.refmodel.arch import CpuUserRegs
 from xenspec.refmodel.boot import BootResult, Machine, boot
 from xenspec.refmodel.builder import BuildError
 from xenspec.refmodel.domain import ShutdownReason
+from xenspec.refmodel.elfbuild import load_image_file
 from xenspec.refmodel.event import EventError
 from xenspec.refmodel.view import check_invariants
 from xenspec.refmodel.view_pae import check_invariants_pae
@@ -298,3 +299,33 @@ def test_compat_architectural_iopl() -> None:
     pv.traps.do_iret(v)
     assert arch.iopl == 2 and d.shutdown_reason is None
     assert pv.traps.return_words(v, regs)[2] >> 12 & 3 == 2
+
+
+def test_bsd_symtab_block_is_libelfs() -> None:
+    """compat-pae: a kernel with the BSD_SYMTAB note gets its symbols after its image in
+    Xen 4.19 libelf's layout (refmodel/bsdsyms.py): size word, the ELF header with 3 section
+    headers at e_shoff 64 and the 12 bytes before them zero (XSA-194), the symbol table at
+    +260 whose header names the string table; the kernel's end is libelf's reserved end."""
+    from elftools.elf.elffile import ELFFile
+
+    path = build_guest("bsd_symtab")
+    image = load_image_file(str(path), profile=COMPAT_PAE)
+    assert image.symtab is not None
+    va, block, reserved = image.symtab
+    assert va % 4 == 0 and image.kernel_end == va + reserved
+    assert reserved == (len(block) - 68 + 3) // 4 * 4  # libelf counts 68 bytes fewer
+    size, = struct.unpack_from("<I", block, 0)
+    assert size == len(block) - 4
+    assert block[1:4] == b"ELF" and block[4 + 52 : 4 + 64] == bytes(12)
+    e_shoff, = struct.unpack_from("<I", block, 4 + 32)
+    e_shentsize, e_shnum, e_shstrndx = struct.unpack_from("<3H", block, 4 + 46)
+    assert (e_shoff, e_shentsize, e_shnum, e_shstrndx) == (64, 40, 3, 0)
+    sym = struct.unpack_from("<10I", block, 4 + 64 + 40)
+    strs = struct.unpack_from("<10I", block, 4 + 64 + 80)
+    assert (sym[1], sym[4], sym[6]) == (2, 256, 2)  # SHT_SYMTAB at +260, linked to section 2
+    assert strs[1] == 3 and strs[4] == (256 + sym[5] + 3) // 4 * 4
+    with open(path, "rb") as f:
+        table = ELFFile(f).get_section_by_name(".symtab").data()
+    assert block[260 : 260 + sym[5]] == table
+    r = boot(str(path), timeout_s=HANG_GUARD_S, profile=COMPAT_PAE)
+    assert r.test_result == "SUCCESS", r.console

@@ -39,6 +39,7 @@ CFLAGS = [
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "xen_guest_section": ("hello", ["-DXEN_GUEST_SECTION"]),
     "pae_only": ("hello", ["-DPAE_ONLY"]),
+    "bsd_symtab": ("hello", ["-DPAE_ONLY", "-DBSD_SYMTAB"]),
 }
 
 
