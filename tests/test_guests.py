@@ -316,7 +316,7 @@ def test_bsd_symtab_block_is_libelfs() -> None:
     assert reserved == (len(block) - 68 + 3) // 4 * 4  # libelf counts 68 bytes fewer
     size, = struct.unpack_from("<I", block, 0)
     assert size == len(block) - 4
-    assert block[1:4] == b"ELF" and block[4 + 52 : 4 + 64] == bytes(12)
+    assert block[5:8] == b"ELF" and block[4 + 52 : 4 + 64] == bytes(12)
     e_shoff, = struct.unpack_from("<I", block, 4 + 32)
     e_shentsize, e_shnum, e_shstrndx = struct.unpack_from("<3H", block, 4 + 46)
     assert (e_shoff, e_shentsize, e_shnum, e_shstrndx) == (64, 40, 3, 0)
