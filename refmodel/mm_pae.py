@@ -346,56 +346,44 @@ class MMPae(MMCore):
     # ----------------------------------------------------------------------------------------
     # Single-entry updates (mm.c mod_l1_entry .. mod_l3_entry).
     # ----------------------------------------------------------------------------------------
-    def mod_l1_entry(self, l1mfn: int, index: int, nl1e: int, d: Domain) -> int:
-        """Replace entry ``index`` of L1 ``l1mfn``; new references are taken in ``d``."""
-        ol1e = self.memory.read_entry64(l1mfn, index)
-        if pte_present(nl1e):
-            if l1e_disallowed(nl1e):
+    def _mod_entry(self, mfn: int, index: int, new: int, disallowed: Callable[[int], bool],
+                   get: Callable[[int], int], put: Callable[[int], None]) -> int:
+        """What mod_l1_entry .. mod_l3_entry share: a present new entry with a refused flag
+        is -EINVAL; one that changes only whitelisted bits is written as it is (the fast
+        path); otherwise it takes its references first; the old entry's go after the write."""
+        old = self.memory.read_entry64(mfn, index)
+        if pte_present(new):
+            if disallowed(new):
                 return -abi.EINVAL
-            if not entry_has_changed(ol1e, nl1e):
-                self.memory.write_entry64(l1mfn, index, nl1e)
+            if not entry_has_changed(old, new):
+                self.memory.write_entry64(mfn, index, new)
                 return 0
-            rc = self.get_page_from_l1e(nl1e, d)
+            rc = get(new)
             if rc:
                 return rc
-        self.memory.write_entry64(l1mfn, index, nl1e)
-        self.put_page_from_l1e(ol1e)
+        self.memory.write_entry64(mfn, index, new)
+        put(old)
         return 0
+
+    def mod_l1_entry(self, l1mfn: int, index: int, nl1e: int, d: Domain) -> int:
+        """Replace entry ``index`` of L1 ``l1mfn``; new references are taken in ``d``."""
+        return self._mod_entry(l1mfn, index, nl1e, l1e_disallowed,
+                               lambda e: self.get_page_from_l1e(e, d), self.put_page_from_l1e)
 
     def mod_l2_entry(self, l2mfn: int, index: int, nl2e: int, d: Domain) -> int:
         if not is_guest_l2_slot(bool(self.frames.flags[l2mfn] & PGT_pae_xen_l2), index):
             return -abi.EPERM  # "L2 update in Xen-private area"
-        ol2e = self.memory.read_entry64(l2mfn, index)
-        if pte_present(nl2e):
-            if l2e_disallowed(nl2e):
-                return -abi.EINVAL
-            if not entry_has_changed(ol2e, nl2e):
-                self.memory.write_entry64(l2mfn, index, nl2e)
-                return 0
-            rc = self.get_page_from_l2e(nl2e, l2mfn, d)
-            if rc:
-                return rc
-        self.memory.write_entry64(l2mfn, index, nl2e)
-        self.put_page_from_l2e(ol2e, l2mfn)
-        return 0
+        return self._mod_entry(l2mfn, index, nl2e, l2e_disallowed,
+                               lambda e: self.get_page_from_l2e(e, l2mfn, d),
+                               lambda e: self.put_page_from_l2e(e, l2mfn))
 
     def mod_l3_entry(self, l3mfn: int, index: int, nl3e: int, d: Domain) -> int:
         """Slot 3 (Xen's L2) and above cannot be updated by a 32-bit domain."""
         if index >= COMPAT_L3_XEN_SLOT:
             return -abi.EINVAL
-        ol3e = self.memory.read_entry64(l3mfn, index)
-        if pte_present(nl3e):
-            if l3e_disallowed(nl3e):
-                return -abi.EINVAL
-            if not entry_has_changed(ol3e, nl3e):
-                self.memory.write_entry64(l3mfn, index, nl3e)
-                return 0
-            rc = self.get_page_from_l3e(nl3e, d)
-            if rc:
-                return rc
-        self.memory.write_entry64(l3mfn, index, nl3e)
-        self.put_page_from_l3e(ol3e, l3mfn)
-        return 0
+        return self._mod_entry(l3mfn, index, nl3e, l3e_disallowed,
+                               lambda e: self.get_page_from_l3e(e, d),
+                               lambda e: self.put_page_from_l3e(e, l3mfn))
 
     # ----------------------------------------------------------------------------------------
     # mmu_update (mm.c do_mmu_update, 4.19).
