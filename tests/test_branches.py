@@ -400,13 +400,13 @@ SOD_MUTANTS: list[tuple[Any, str, str, str, str, str]] = [
      "if virt_base & (abi.PAGE_SIZE - 1):", _ELF, "fail/aligned"),
     # An image reaching into the hole accepted.
     (elfbuild_model, "_identify",
-     "if image.kernel_start < virt_base or image.kernel_end > abi.HYPERVISOR_VIRT_START:",
+     "if image.kernel_start < virt_base or image.kernel_end > profile.hypervisor_virt_start:",
      "if image.kernel_start < virt_base:", _ELF, "fail/image_below_hole"),
     # A region of exactly the domain's pages refused.
     (builder_model, "bootstrap_layout", "if lay.nr_mapped > nr_pages:",
      "if lay.nr_mapped >= nr_pages:", _ELF, "ok/tools"),
     # The region's end not checked against the hole.
-    (elfbuild_model, "build_domain", "if lay.v_end > abi.HYPERVISOR_VIRT_START:", "if False:",
+    (elfbuild_model, "build_domain", "if lay.v_end > hv.hole:", "if False:",
      _ELF, "fail/room"),
 ]
 
