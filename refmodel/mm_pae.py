@@ -55,6 +55,7 @@ from xenspec.spec.abi_profiles import (
     COMPAT_L2_PAGETABLE_FIRST_XEN_SLOT,
     COMPAT_L3_XEN_SLOT,
     EOPNOTSUPP,
+    MMUEXT_FLUSH_CACHE_GLOBAL,
     MMUEXT_MARK_SUPER,
     MMUEXT_UNMARK_SUPER,
     PAE_L1_PAGETABLE_ENTRIES,
@@ -410,10 +411,12 @@ class MMPae(MMCore):
             type = _PGT[frames.type[mfn]]
             if type == PGT.l1_page_table:
                 rc = self.mod_l1_entry(mfn, index, val, pg_owner)
-            elif type == PGT.l2_page_table and pg_owner is d:
-                rc = self.mod_l2_entry(mfn, index, val, d)
-            elif type == PGT.l3_page_table and pg_owner is d:
-                rc = self.mod_l3_entry(mfn, index, val, d)
+            elif type in (PGT.l2_page_table, PGT.l3_page_table) and pg_owner is d:
+                mod = self.mod_l2_entry if type == PGT.l2_page_table else self.mod_l3_entry
+                rc = mod(mfn, index, val, d)
+                if rc == 0:  # flush_linear_pt: every TLB of the domain's vCPUs
+                    for w in d.vcpus:
+                        w.flush_tlb()
             elif type == PGT.writable_page:
                 self.memory.write_entry64(mfn, index, val)
                 rc = 0
@@ -489,9 +492,14 @@ class MMPae(MMCore):
     def mmuext_new_baseptr(self, v: Vcpu, mfn: int, _arg2: int) -> int:
         if self._foreign_owner(v):
             return -abi.EPERM
-        rc = self.new_guest_cr3_pae(v, mfn)
-        self.deferred_flush = False  # write_ptbase flushed the TLB
-        return rc
+        return self.new_guest_cr3_pae(v, mfn)
+
+    def mmuext_tlb_flush_local_pae(self, v: Vcpu, _arg1: int, _arg2: int) -> int:
+        """TLB_FLUSH_LOCAL flushes at once (4.19 flush_tlb_local), not at the batch's end."""
+        if self._foreign_owner(v):
+            return -abi.EPERM
+        v.flush_tlb()
+        return 0
 
     def new_guest_cr3(self, v: Vcpu, mfn: int) -> bool:
         return self.new_guest_cr3_pae(v, mfn) == 0
@@ -501,7 +509,7 @@ class MMPae(MMCore):
         (mod_l4_entry: an unchanged entry takes the fast path, no new reference); the old L3
         loses its references; the LDT is destroyed and the TLB flushed."""
         old = v.guest_table
-        if mfn != old:
+        if mfn != old or not old:  # a new entry, or one naming frame 0 (never a table)
             rc = self.get_page_and_type_from_mfn(mfn, PGT.l3_page_table, v.domain)
             if rc:
                 return rc
@@ -522,19 +530,23 @@ class MMPae(MMCore):
 
     def mmuext_set_ldt_pae(self, v: Vcpu, ptr: int, ents: int) -> int:
         """SET_LDT (4.19): with no entries the base is not checked; otherwise it must be
-        page-aligned and below the hole (__addr_ok of the base)."""
+        page-aligned (a 32-bit base always passes 64-bit Xen's __addr_ok, the hole
+        included: the LDT's pages are mapped from the guest's own L1 entries, on a fault)."""
         if self._foreign_owner(v):
             return -abi.EPERM
         if ents == 0:
             ptr = 0
-        elif (ents > abi.MAX_LDT_ENTRIES or ptr & (abi.PAGE_SIZE - 1)
-              or ptr >= COMPAT_HYPERVISOR_VIRT_START):
+        elif ents > abi.MAX_LDT_ENTRIES or ptr & (abi.PAGE_SIZE - 1):
             return -abi.EINVAL
         if (v.ldt_base, v.ldt_ents) != (ptr, ents):
             self.invalidate_shadow_ldt(v)
             v.ldt_base, v.ldt_ents = ptr, ents
             v.reload_segments = True
         return 0
+
+    def mmuext_flush_cache_global(self, v: Vcpu, _arg1: int, _arg2: int) -> int:
+        """FLUSH_CACHE_GLOBAL (4.19) without cache_flush_permitted: -EINVAL."""
+        return -abi.EPERM if self._foreign_owner(v) else -abi.EINVAL
 
     def mmuext_unsupported(self, _v: Vcpu, _arg1: int, _arg2: int) -> int:
         """MARK_SUPER / UNMARK_SUPER: superpage tracking is gone from Xen (-EOPNOTSUPP)."""
@@ -547,7 +559,7 @@ class MMPae(MMCore):
         abi.MMUEXT_PIN_L4_TABLE: mmuext_pin_l4_table,
         abi.MMUEXT_UNPIN_TABLE: mmuext_unpin_table_pae,
         abi.MMUEXT_NEW_BASEPTR: mmuext_new_baseptr,
-        abi.MMUEXT_TLB_FLUSH_LOCAL: _core(MMCore.mmuext_tlb_flush_local),
+        abi.MMUEXT_TLB_FLUSH_LOCAL: mmuext_tlb_flush_local_pae,
         abi.MMUEXT_INVLPG_LOCAL: _core(MMCore.mmuext_invlpg_local),
         abi.MMUEXT_TLB_FLUSH_MULTI: _core(MMCore.mmuext_flush_multi),
         abi.MMUEXT_INVLPG_MULTI: _core(MMCore.mmuext_invlpg_multi),
@@ -556,6 +568,7 @@ class MMPae(MMCore):
         abi.MMUEXT_FLUSH_CACHE: mmuext_flush_cache_pae,
         abi.MMUEXT_SET_LDT: mmuext_set_ldt_pae,
         abi.MMUEXT_NEW_USER_BASEPTR: mmuext_new_user_baseptr,
+        MMUEXT_FLUSH_CACHE_GLOBAL: mmuext_flush_cache_global,
         MMUEXT_MARK_SUPER: mmuext_unsupported,
         MMUEXT_UNMARK_SUPER: mmuext_unsupported,
     }

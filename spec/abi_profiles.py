@@ -115,6 +115,7 @@ COMPAT_L2_PAGETABLE_LAST_XEN_SLOT: Final = PAE_L2_PAGETABLE_ENTRIES - 1
 # modelled: -ENOSYS), MARK_SUPER and UNMARK_SUPER (Xen 4.19 answers -EOPNOTSUPP).
 MMUEXT_CLEAR_PAGE: Final = 16
 MMUEXT_COPY_PAGE: Final = 17
+MMUEXT_FLUSH_CACHE_GLOBAL: Final = 18  # -EINVAL without cache_flush_permitted
 MMUEXT_MARK_SUPER: Final = 19
 MMUEXT_UNMARK_SUPER: Final = 20
 # callback.h (4.19): the callbacks a compat guest may register besides event, failsafe, nmi.

@@ -21,6 +21,7 @@ from xenspec.spec.abi_profiles import (
     COMPAT_HYPERVISOR_VIRT_START,
     COMPAT_L2_PAGETABLE_FIRST_XEN_SLOT,
     COMPAT_PAE,
+    MMUEXT_FLUSH_CACHE_GLOBAL,
     MMUEXT_MARK_SUPER,
 )
 from xenspec.spec.pagetable import PGT
@@ -213,6 +214,25 @@ def test_update_va_mapping_takes_64_bit_entries(m: Pae) -> None:
     assert mm.do_update_va_mapping(v, 0x40000000, 0, 0, 0) == EINVAL
 
 
+def test_flushes(m: Pae) -> None:
+    """do_mmu_update flushes the domain's TLBs after an L2 or L3 update (flush_linear_pt);
+    TLB_FLUSH_LOCAL flushes at once, and a failing NEW_BASEPTR after it changes nothing
+    of that; NEW_BASEPTR of frame 0 on a vCPU with no base is -EINVAL (mod_l4_entry)."""
+    assert m.op(abi.MMUEXT_NEW_BASEPTR, 0) == EINVAL
+    m.address_space()
+    n = m.v.tlb_flushes
+    assert m.update(3, 2, m.e(6, P)) == 0
+    assert m.v.tlb_flushes == n  # an L1 update: the guest's business
+    assert m.update(1, 5, m.e(1, P)) == 0
+    assert m.v.tlb_flushes == n + 1
+    assert m.update(0, 1, m.e(7, P)) == 0  # frame 7 changes type (a flush), then the L3's
+    assert m.v.tlb_flushes == n + 3
+    assert m.op(abi.MMUEXT_TLB_FLUSH_LOCAL, 0) == 0
+    assert m.v.tlb_flushes == n + 4
+    assert m.op(abi.MMUEXT_NEW_BASEPTR, m.f(1)) == EINVAL
+    assert m.v.tlb_flushes == n + 4
+
+
 def test_new_baseptr_and_other_commands(m: Pae) -> None:
     """new_guest_cr3 takes an L3 type reference and drops the old base's; PIN_L4_TABLE does
     nothing and succeeds; FLUSH_CACHE is -EACCES, NEW_USER_BASEPTR -EINVAL, MARK_SUPER
@@ -227,7 +247,9 @@ def test_new_baseptr_and_other_commands(m: Pae) -> None:
     assert m.op(abi.MMUEXT_FLUSH_CACHE, 0) == -abi.EACCES
     assert m.op(abi.MMUEXT_NEW_USER_BASEPTR, m.f(0)) == EINVAL
     assert m.op(MMUEXT_MARK_SUPER, m.f(0)) == -95
-    assert m.op(abi.MMUEXT_SET_LDT, COMPAT_HYPERVISOR_VIRT_START, 1) == EINVAL
+    assert m.op(abi.MMUEXT_SET_LDT, COMPAT_HYPERVISOR_VIRT_START, 1) == 0  # 64-bit __addr_ok
+    assert m.op(abi.MMUEXT_SET_LDT, 0x1001, 1) == EINVAL
+    assert m.op(MMUEXT_FLUSH_CACHE_GLOBAL, 0) == EINVAL
     assert m.op(abi.MMUEXT_SET_LDT, 0x123, 0) == 0  # no entries: the base is not checked
     assert not array_access_ok(COMPAT_HYPERVISOR_VIRT_START - 8, 2, 8,
                                m.hv.hole) and m.hv.hole == COMPAT_HYPERVISOR_VIRT_START
