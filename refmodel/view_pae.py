@@ -23,11 +23,18 @@ Rules from xen/arch/x86/mm.c, RELEASE-4.19.0 (refmodel/mm_pae.py cites each).
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 
 from xenspec.refmodel.hypervisor import Hypervisor
-from xenspec.refmodel.memory import PGC_xen_heap, PGT_pae_xen_l2, PGT_pinned, PGT_validated
+from xenspec.refmodel.memory import (
+    PGC_allocated,
+    PGC_xen_heap,
+    PGT_pae_xen_l2,
+    PGT_pinned,
+    PGT_validated,
+)
 from xenspec.refmodel.mm_pae import MMPae
 from xenspec.refmodel.view import ConcreteView
 from xenspec.spec import abi
@@ -54,6 +61,7 @@ class _Census:
 
 
 def _in_use(hv: Hypervisor, mfn: int, t: PGT) -> bool:
+    """A validated table of type ``t`` with a type reference (the ones whose entries count)."""
     f = hv.frames
     return f.type[mfn] == t and bool(f.flags[mfn] & PGT_validated) and f.type_count[mfn] > 0
 
@@ -103,15 +111,17 @@ def _l3(hv: Hypervisor, mfn: int, c: _Census) -> None:
 
 def _census(hv: Hypervisor) -> _Census:
     c, f, view = _Census(), hv.frames, ConcreteView(hv)
-    for mfn in range(hv.memory.nr_frames):
-        c.general[mfn] += view.allocated(mfn)
-        c.typed[mfn] += bool(f.flags[mfn] & PGC_xen_heap)  # share_xen_page_with_guest
-        if f.flags[mfn] & PGT_pinned:
+    walks = {PGT.l1_page_table: _l1, PGT.l2_page_table: _l2, PGT.l3_page_table: _l3}
+    for mfn, flags in enumerate(f.flags):  # the frames with a flag: the others hold nothing
+        if not flags:
+            continue
+        c.general[mfn] += bool(flags & PGC_allocated)
+        c.typed[mfn] += bool(flags & PGC_xen_heap)  # share_xen_page_with_guest
+        if flags & PGT_pinned:
             c.ref(mfn, True)
-        for t, walk in ((PGT.l1_page_table, _l1), (PGT.l2_page_table, _l2),
-                        (PGT.l3_page_table, _l3)):
-            if _in_use(hv, mfn, t):
-                walk(hv, mfn, c)
+        walk = walks.get(PGT(f.type[mfn]))
+        if walk is not None and flags & PGT_validated and f.type_count[mfn]:
+            walk(hv, mfn, c)
     for mfn, writable in view.device_refs():
         c.ref(mfn, writable)
     for v in view.vcpus():
@@ -120,6 +130,10 @@ def _census(hv: Hypervisor) -> _Census:
         for mfn in view.descriptor_frames(v):
             c.ref(mfn, True)
     return c
+
+
+def _nonzero(values: array[int]) -> set[int]:
+    return {i for i, x in enumerate(values) if x}
 
 
 def _xen_slots(hv: Hypervisor) -> list[str]:
@@ -141,7 +155,7 @@ def _linear(hv: Hypervisor, c: _Census) -> list[str]:
            for x in sorted(holders & mapped)]
     want = Counter(a for a, _ in c.linear)
     want.subtract(b for _, b in c.linear)
-    for mfn in range(hv.memory.nr_frames):
+    for mfn in sorted(_nonzero(hv.mm.linear_pt_count) | set(want)):
         if hv.mm.linear_pt_count[mfn] != want[mfn]:
             bad.append(f"L2 {mfn:#x}: linear_pt_count {hv.mm.linear_pt_count[mfn]}, "
                        f"counted {want[mfn]}")
@@ -157,7 +171,8 @@ def check_invariants_pae(hv: Hypervisor) -> list[str]:
     problems = list(c.problems)
     problems += [f"L2 {l2:#x} is slot 3 of {n} L3s" for l2, n in c.slot3.items() if n > 1]
     problems += _xen_slots(hv) + _linear(hv, c)
-    for mfn in range(hv.memory.nr_frames):
+    counted = {m for m in (*c.general, *c.typed) if 0 <= m < hv.memory.nr_frames}
+    for mfn in sorted(_nonzero(f.count) | _nonzero(f.type_count) | counted):
         if (f.count[mfn], f.type_count[mfn]) != (c.general[mfn], c.typed[mfn]):
             problems.append(f"INV-COUNT {f.describe(mfn)}: references {c.general[mfn]} "
                             f"general, {c.typed[mfn]} type")
