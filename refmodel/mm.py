@@ -1,5 +1,9 @@
 """The paravirtual MMU: page types, reference counts and validated page-table updates.
 
+``MMCore`` is what every paging mode shares (references, the foreign domain, the batch loops,
+the flushes); ``MM`` below is the native-3.0.4 profile's 2-level MMU, and
+refmodel/mm_pae.py the compat-pae profile's.
+
 This models xen/arch/x86/mm.c of Xen 3.0.4 for x86_32 without PAE (2-level paging): the
 get/put rules for general and type references, the validation of L1 and L2 tables on their
 first type reference, and the three hypercalls that change page tables: ``mmu_update``,
@@ -35,6 +39,7 @@ type change is counted as a flush).
 from __future__ import annotations
 
 import functools
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
@@ -73,7 +78,7 @@ _NR_MMUEXT_OP: int = abi.__HYPERVISOR_mmuext_op
 _PGT: tuple[PGT, ...] = tuple(sorted(PGT))
 
 
-class MMCore:
+class MMCore(ABC):
     """What the MMU of every paging mode shares: general and type references, the foreign
     domain of a batch, the batch loops of mmu_update and mmuext_op, and the mmuext_op
     commands that do not depend on the page-table format (flushes, SET_LDT, UNPIN_TABLE)."""
@@ -96,7 +101,6 @@ class MMCore:
         self.invalidate_shadow_ldt: Callable[[Vcpu], None] = lambda v: None
         self.deferred_flush = False
 
-
     # ----------------------------------------------------------------------------------------
     # General references: get_page / put_page (mm.h, mm.c).
     # ----------------------------------------------------------------------------------------
@@ -109,10 +113,8 @@ class MMCore:
         frames.count[mfn] = count + 1
         return True
 
-
     def get_page_from_pagenr(self, mfn: int, d: Domain) -> bool:
         return self.memory.mfn_valid(mfn) and self.get_page(mfn, d)
-
 
     def put_page(self, mfn: int) -> None:
         frames = self.frames
@@ -122,7 +124,9 @@ class MMCore:
         if count == 0:
             self.hv.free_domheap_page(mfn)
 
-
+    # ----------------------------------------------------------------------------------------
+    # Type references: put_page_type (mm.c); get_page_type is each paging mode's.
+    # ----------------------------------------------------------------------------------------
     def put_page_type(self, mfn: int) -> None:
         frames = self.frames
         tc = frames.type_count[mfn] - 1
@@ -138,7 +142,6 @@ class MMCore:
             frames.flags[mfn] &= ~PGT_validated
             self.free_page_type(mfn, PGT(frames.type[mfn]))
 
-
     def get_page_and_type(self, mfn: int, d: Domain, type: PGT) -> bool:
         if not self.get_page(mfn, d):
             return False
@@ -147,15 +150,12 @@ class MMCore:
             return False
         return True
 
-
     def get_page_and_type_from_pagenr(self, mfn: int, type: PGT, d: Domain) -> bool:
         return self.memory.mfn_valid(mfn) and self.get_page_and_type(mfn, d, type)
-
 
     def put_page_and_type(self, mfn: int) -> None:
         self.put_page_type(mfn)
         self.put_page(mfn)
-
 
     def put_pin_and_allocation(self, mfn: int) -> None:
         """What relinquish_memory (x86 domain.c) and guest_remove_page (memory.c) both drop:
@@ -168,7 +168,6 @@ class MMCore:
         if frames.flags[mfn] & PGC_allocated:
             frames.flags[mfn] &= ~PGC_allocated
             self.put_page(mfn)
-
 
     def put_l1e_reference(self, mfn: int, writable: bool) -> None:
         """put_page_from_l1e's references, whatever the entry format: a writable mapping's
@@ -194,7 +193,6 @@ class MMCore:
             for v in owner.vcpus:
                 v.flush_tlb()
 
-
     # ----------------------------------------------------------------------------------------
     # The foreign domain of a batch (mm.c, set_foreigndom; FOREIGNDOM).
     # ----------------------------------------------------------------------------------------
@@ -216,10 +214,8 @@ class MMCore:
         self.foreign = e
         return True
 
-
     def foreigndom(self, d: Domain) -> Domain:
         return self.foreign if self.foreign is not None else d
-
 
     # ----------------------------------------------------------------------------------------
     # Hypercalls.
@@ -243,7 +239,6 @@ class MMCore:
                 (count - i) | abi.MMU_UPDATE_PREEMPTED, pdone, foreigndom)
         return self._finish_batch(v, pdone, done + i, rc)
 
-
     def do_mmuext_op(
         self, v: Vcpu, uops: int, count: int, pdone: int, foreigndom: int
     ) -> int:
@@ -265,7 +260,6 @@ class MMCore:
         self.deferred_flush = False
         return self._finish_batch(v, pdone, done + i, rc)
 
-
     def mmuext_unpin_table(self, v: Vcpu, mfn: int, _arg2: int) -> bool:
         if not self.get_page_from_pagenr(mfn, v.domain):
             return False
@@ -277,16 +271,13 @@ class MMCore:
         self.put_page(mfn)
         return True
 
-
     def mmuext_tlb_flush_local(self, _v: Vcpu, _arg1: int, _arg2: int) -> bool:
         self.deferred_flush = True
         return True
 
-
     def mmuext_invlpg_local(self, v: Vcpu, va: int, _arg2: int) -> bool:
         v.flush_tlb_one(va)
         return True
-
 
     def mmuext_flush_multi(self, v: Vcpu, _arg1: int, vcpumask: int) -> bool:
         """TLB_FLUSH_MULTI: arg2 points to a bitmap of vCPUs; a bad pointer is -EINVAL."""
@@ -295,13 +286,11 @@ class MMCore:
             w.flush_tlb()
         return targets is not None
 
-
     def mmuext_invlpg_multi(self, v: Vcpu, va: int, vcpumask: int) -> bool:
         targets = self.vcpus_in_mask(v, vcpumask)
         for w in targets or ():
             w.flush_tlb_one(va)
         return targets is not None
-
 
     def vcpus_in_mask(self, v: Vcpu, vcpumask: int) -> list[Vcpu] | None:
         """The vCPUs of ``v``'s domain named by the guest bitmap at ``vcpumask``, or None."""
@@ -311,23 +300,19 @@ class MMCore:
         bits = int.from_bytes(mask, "little")
         return [w for w in v.domain.vcpus if bits >> w.vcpu_id & 1]
 
-
     def mmuext_tlb_flush_all(self, v: Vcpu, _arg1: int, _arg2: int) -> bool:
         for w in v.domain.vcpus:
             w.flush_tlb()
         return True
-
 
     def mmuext_invlpg_all(self, v: Vcpu, va: int, _arg2: int) -> bool:
         for w in v.domain.vcpus:
             w.flush_tlb_one(va)
         return True
 
-
     def mmuext_flush_cache(self, v: Vcpu, _arg1: int, _arg2: int) -> bool:
         """wbinvd needs physical-device privilege (cache_flush_permitted): none here."""
         return False
-
 
     def mmuext_set_ldt(self, v: Vcpu, ptr: int, ents: int) -> bool:
         if ptr & (abi.PAGE_SIZE - 1) or ents > abi.MAX_LDT_ENTRIES:
@@ -341,14 +326,12 @@ class MMCore:
             v.reload_segments = True  # load_LDT: the LDTR changes under the loaded selectors
         return True
 
-
     def _uvmf_targets(self, v: Vcpu, bmap_ptr: int) -> list[Vcpu] | None:
         if bmap_ptr == abi.UVMF_LOCAL:
             return [v]
         if bmap_ptr == abi.UVMF_ALL:
             return list(v.domain.vcpus)
         return self.vcpus_in_mask(v, bmap_ptr)
-
 
     # ----------------------------------------------------------------------------------------
     # The batch loop shared by mmu_update and mmuext_op.
@@ -388,13 +371,11 @@ class MMCore:
         self.hv.charge_work(i)
         return i, rc
 
-
     def _read_done(self, v: Vcpu, pdone: int) -> int:
         if not pdone:
             return 0
         raw = self.hv.copy_from_guest(v, pdone, 4)
         return int.from_bytes(raw, "little") if raw is not None else 0
-
 
     def _finish_batch(self, v: Vcpu, pdone: int, done: int, rc: int) -> int:
         self.foreign = None
@@ -405,42 +386,51 @@ class MMCore:
     # ----------------------------------------------------------------------------------------
     # What each paging mode defines (refmodel/mm.py for 2-level, refmodel/mm_pae.py for PAE).
     # ----------------------------------------------------------------------------------------
+    @abstractmethod
     def get_page_type(self, mfn: int, type: PGT) -> bool:
         """Take a type reference (mm.c get_page_type); the first one on a page-table type
         validates the frame."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def free_page_type(self, mfn: int, type: PGT) -> None:
         """A page-table frame lost its last type reference: drop its entries' references."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def mmu_update_one(self, d: Domain, buf: bytes) -> int:
         """One ``struct mmu_update``: 0 or the negative errno that stops the batch."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def mmuext_op_one(self, v: Vcpu, cmd: int, arg1: int, arg2: int) -> int:
         """One ``struct mmuext_op``: 0 or the negative errno that stops the batch."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def put_page_from_l1e(self, l1e: int) -> None:
         """Drop the references a present L1 entry holds."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def pin_page(self, v: Vcpu, mfn: int, type: PGT) -> bool:
         """Pin ``mfn`` as a table of ``type`` (the domain builder's and MMUEXT_PIN_*'s)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def new_guest_cr3(self, v: Vcpu, mfn: int) -> bool:
         """Make ``mfn`` the base of ``v``'s page tables (MMUEXT_NEW_BASEPTR)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def guest_map_l1e(self, v: Vcpu, va: int) -> int | None:
         """The L1 frame the current page tables name for ``va``, if any."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def do_update_va_mapping(self, v: Vcpu, va: int, val: int, val_hi: int, flags: int) -> int:
         """Hypercall 14."""
-        raise NotImplementedError
+        ...
 
 
 class MM(MMCore):
@@ -474,7 +464,6 @@ class MM(MMCore):
             frames.flags[mfn] |= PGT_validated
         return True
 
-
     # ----------------------------------------------------------------------------------------
     # Validation of entries and whole tables (mm.c, get_page_from_l?e, alloc_l?_table).
     # ----------------------------------------------------------------------------------------
@@ -491,11 +480,9 @@ class MM(MMCore):
             return self.get_page_and_type(mfn, d, PGT.writable_page)
         return self.get_page(mfn, d)
 
-
     def put_page_from_l1e(self, l1e: int) -> None:
         if pte_present(l1e):
             self.put_l1e_reference(pte_get_pfn(l1e), bool(l1e & abi._PAGE_RW))
-
 
     def get_page_from_l2e(self, l2e: int, pfn: int, d: Domain) -> bool:
         """A present L2 entry references an L1 table, or is a read-only linear map."""
@@ -507,7 +494,6 @@ class MM(MMCore):
         if self.get_page_and_type_from_pagenr(mfn, PGT.l1_page_table, d):
             return True
         return self.get_linear_pagetable(l2e, pfn, d)
-
 
     def get_linear_pagetable(self, l2e: int, pfn: int, d: Domain) -> bool:
         """mm.c, get_linear_pagetable: a read-only map of this or another validated L2."""
@@ -529,11 +515,9 @@ class MM(MMCore):
         frames.type_count[mfn] += 1
         return True
 
-
     def put_page_from_l2e(self, l2e: int, pfn: int) -> None:
         if pte_present(l2e) and pte_get_pfn(l2e) != pfn:
             self.put_page_and_type(pte_get_pfn(l2e))
-
 
     def alloc_page_type(self, mfn: int, type: PGT) -> bool:
         d = self.hv.domains.get(self.frames.owner[mfn])
@@ -547,7 +531,6 @@ class MM(MMCore):
             return self.alloc_segdesc_page(mfn)
         return False
 
-
     def alloc_l1_table(self, mfn: int, d: Domain) -> bool:
         words = self.memory.frame_words(mfn)
         for i in range(abi.L1_PAGETABLE_ENTRIES):
@@ -557,7 +540,6 @@ class MM(MMCore):
                     self.put_page_from_l1e(words[j])
                 return False
         return True
-
 
     def alloc_l2_table(self, mfn: int, d: Domain) -> bool:
         words = self.memory.frame_words(mfn)
@@ -573,7 +555,6 @@ class MM(MMCore):
             words[first_xen + k] = e
         return True
 
-
     def free_page_type(self, mfn: int, type: PGT) -> None:
         words = self.memory.frame_words(mfn)
         if type == PGT.l1_page_table:
@@ -587,7 +568,6 @@ class MM(MMCore):
         # A de-validated table's stale translations must go: flush the owner's TLBs.
         self.type_change_flush(mfn)
 
-
     # ----------------------------------------------------------------------------------------
     # Single-entry updates (mm.c, mod_l1_entry / mod_l2_entry).
     # ----------------------------------------------------------------------------------------
@@ -595,7 +575,6 @@ class MM(MMCore):
         """mod_l1_entry / mod_l2_entry: the update keeps the entry's references (only bits of
         the XSA-182 whitelist change), so it is written without reference handling."""
         return not entry_has_changed(old, new)
-
 
     def mod_l1_entry(self, l1mfn: int, index: int, nl1e: int, d: Domain) -> bool:
         """Replace entry ``index`` of L1 table ``l1mfn``; new references are taken in ``d``."""
@@ -611,7 +590,6 @@ class MM(MMCore):
         self.memory.write_entry(l1mfn, index, nl1e)
         self.put_page_from_l1e(ol1e)
         return True
-
 
     def mod_l2_entry(self, l2mfn: int, index: int, nl2e: int, d: Domain) -> bool:
         if not is_guest_l2_slot(index):
@@ -629,7 +607,6 @@ class MM(MMCore):
         self.put_page_from_l2e(ol2e, l2mfn)
         return True
 
-
     def mmu_update_one(self, d: Domain, buf: bytes) -> int:
         """One ``struct mmu_update``: 0 on success or the negative errno that stops the batch."""
         ptr, val = abi.MMU_UPDATE_T.unpack(buf)
@@ -645,7 +622,6 @@ class MM(MMCore):
         else:
             return -abi.ENOSYS
         return 0 if ok else -abi.EINVAL
-
 
     def normal_pt_update(self, d: Domain, mfn: int, index: int, val: int) -> bool:
         """MMU_NORMAL_PT_UPDATE: write ``val`` into word ``index`` of a frame ``d`` owns."""
@@ -667,7 +643,6 @@ class MM(MMCore):
         self.put_page(mfn)
         return ok
 
-
     def machphys_update(self, mfn: int, gpfn: int, d: Domain) -> bool:
         """MMU_MACHPHYS_UPDATE: M2P[mfn] = gpfn, for a frame the foreign domain owns."""
         if not self.get_page_from_pagenr(mfn, self.foreigndom(d)):
@@ -676,13 +651,11 @@ class MM(MMCore):
         self.put_page(mfn)
         return True
 
-
     def mmuext_op_one(self, v: Vcpu, cmd: int, arg1: int, arg2: int) -> int:
         handler = self._mmuext_handlers.get(cmd)
         if handler is None:
             return -abi.ENOSYS
         return 0 if handler(self, v, arg1, arg2) else -abi.EINVAL
-
 
     def pin_page(self, v: Vcpu, mfn: int, type: PGT) -> bool:
         fd = self.foreigndom(v.domain)
@@ -694,25 +667,20 @@ class MM(MMCore):
         self.frames.flags[mfn] |= PGT_pinned
         return True
 
-
     def mmuext_pin_l1_table(self, v: Vcpu, mfn: int, _arg2: int) -> bool:
         return self.pin_page(v, mfn, PGT.l1_page_table)
 
-
     def mmuext_pin_l2_table(self, v: Vcpu, mfn: int, _arg2: int) -> bool:
         return self.pin_page(v, mfn, PGT_root_page_table)
-
 
     def mmuext_pin_subdirectory(self, _v: Vcpu, _mfn: int, _arg2: int) -> bool:
         """PIN_L3/L4 on non-PAE: "Ignore pinning of subdirectories" (3.0.2-3.0.4)."""
         return True
 
-
     def mmuext_new_baseptr(self, v: Vcpu, mfn: int, _arg2: int) -> bool:
         ok = self.new_guest_cr3(v, mfn)
         self.deferred_flush = False  # loading the base pointer flushed the TLB
         return ok
-
 
     def new_guest_cr3(self, v: Vcpu, mfn: int) -> bool:
         """mm.c, new_guest_cr3 (3.0.4): a failed switch retries without the old base, and a
@@ -734,7 +702,6 @@ class MM(MMCore):
             self.put_page_and_type(old)
         return True
 
-
     _mmuext_handlers: ClassVar[dict[int, Callable[[MM, Vcpu, int, int], bool]]] = {
         abi.MMUEXT_PIN_L1_TABLE: mmuext_pin_l1_table,
         abi.MMUEXT_PIN_L2_TABLE: mmuext_pin_l2_table,
@@ -751,7 +718,6 @@ class MM(MMCore):
         abi.MMUEXT_FLUSH_CACHE: MMCore.mmuext_flush_cache,
         abi.MMUEXT_SET_LDT: MMCore.mmuext_set_ldt,
     }
-
 
     def do_update_va_mapping(self, v: Vcpu, va: int, val: int, val_hi: int, flags: int) -> int:
         """Hypercall 14: set the L1 entry that maps ``va`` in the current page table, then
@@ -776,7 +742,6 @@ class MM(MMCore):
                     else:
                         w.flush_tlb_one(va)
         return rc
-
 
     def guest_map_l1e(self, v: Vcpu, va: int) -> int | None:
         """The L1 table mapping ``va`` in ``v``'s page table, if the L2 slot names one."""
