@@ -218,9 +218,10 @@ class Hypervisor:
         self.m2p_start = 1
         self.m2p_l1 = 1 + m2p_frames
         # The compat-pae profile maps the M2P with PAE L1s of its own (512 entries each).
-        self.m2p_pae_l1 = [self.m2p_l1 + 1 + k for k in range(-(-m2p_frames // 512))]
-        last = self.m2p_pae_l1[-1] if self.profile.paging_levels == 3 else self.m2p_l1
-        reserved = set(range(0, last + 1))
+        pae = self.profile.paging_levels == 3
+        self.m2p_pae_l1 = [self.m2p_l1 + 1 + k for k in range(-(-m2p_frames // 512))] \
+            if pae else []
+        reserved = set(range(0, (self.m2p_pae_l1 or [self.m2p_l1])[-1] + 1))
         for mfn in reserved:
             self.frames.owner[mfn] = abi.DOMID_XEN
         self.m2p = self.memory.words[
@@ -231,7 +232,7 @@ class Hypervisor:
                           * (m2p_frames * abi.L1_PAGETABLE_ENTRIES))
         for k in range(m2p_frames):
             maddr = (self.m2p_start + k) << abi.PAGE_SHIFT
-            if self.profile.paging_levels == 3:
+            if pae:
                 self.memory.write_entry64(self.m2p_pae_l1[k // 512], k % 512,
                                           maddr | _XEN_RO_FLAGS)
             else:
