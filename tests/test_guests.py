@@ -6,6 +6,7 @@ reason, never the model. Needs the machine's gcc -m32 and ld (skipped without th
 
 from __future__ import annotations
 
+import re
 import struct
 
 import pytest
@@ -329,3 +330,22 @@ def test_bsd_symtab_block_is_libelfs() -> None:
     assert block[260 : 260 + sym[5]] == table
     r = boot(str(path), timeout_s=HANG_GUARD_S, profile=COMPAT_PAE)
     assert r.test_result == "SUCCESS", r.console
+
+
+@pytest.mark.parametrize(("name", "cmdline"), [
+    ("iret_selectors", "e021"), ("iret_selectors", "e008"), ("iret_selectors", "e02b:e033"),
+    ("crash", "unhandled"), ("crash", "no-kernel-stack"), ("crash", "iret-ring0"),
+    ("tick", "periodic"), ("cs_reload", "")])
+def test_guest_ends_alike_on_both_profiles(name: str, cmdline: str) -> None:
+    """A kernel whose result is a crash or depends on its command line ends the same way
+    built for either profile and run on it: the same shutdown, result and crash reason
+    (addresses aside: the images differ)."""
+    native = run(name, cmdline)
+    pae = boot(str(build_guest(name, pae=True)), cmdline=cmdline, timeout_s=HANG_GUARD_S,
+               profile=COMPAT_PAE)
+
+    def reason(r: BootResult) -> str:
+        return re.sub(r"0x[0-9a-f]+", "", r.crash_reason or "")
+
+    assert (pae.reason, pae.test_result, reason(pae)) == (
+        native.reason, native.test_result, reason(native)), pae.console
