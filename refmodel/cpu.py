@@ -367,8 +367,6 @@ class TrapHandlers(Protocol):
 
     def invalid_opcode(self, v: Vcpu, regs: CpuUserRegs) -> None: ...
 
-    def fast_system_call(self, v: Vcpu, insn: str, regs: CpuUserRegs) -> None: ...
-
 
 # Where an engine's live env->eflags is: the offset in struct uc_struct of a pointer to the
 # CPU object, and the offset of env in that object (found once per process, _find_env).
@@ -847,10 +845,6 @@ class UnicornCPU:
         self._intr_cb = _HOOK_INTR_CFUNC(self._hook_intr)
         self.engine.hook_add_raw(ucc.UC_HOOK_INTR, self._intr_cb)
         self.uc.hook_add(ucc.UC_HOOK_INSN_INVALID, self._hook_insn_invalid)
-        # Unicorn runs SYSENTER and SYSCALL as no-ops (EIP + 2) unless hooked.
-        for insn, name in ((x86.UC_X86_INS_SYSENTER, "sysenter"),
-                           (x86.UC_X86_INS_SYSCALL, "syscall")):
-            self.uc.hook_add(ucc.UC_HOOK_INSN, self._hook_fast_call, name, 1, 0, insn)
         self._io_init(len(ram))
         self.engine.setup_protected_mode(gdt_base, v.guest_table << abi.PAGE_SHIFT)
         self._ldt_ents = v.ldt_ents
@@ -1094,24 +1088,6 @@ class UnicornCPU:
                     self.handlers.exception(self.v, intno, error_code, cr2, regs)
             self._return_to_guest()
         except BaseException as exc:  # never let an exception unwind through Unicorn
-            self.v.domain.crash(f"hypervisor bug: {type(exc).__name__}: {exc}")
-            self.uc.emu_stop()
-            self.pending_exception = exc
-
-    def _hook_fast_call(self, uc: Any, name: str) -> None:
-        """SYSENTER or SYSCALL: the hypervisor's ``fast_system_call`` with EIP at the
-        instruction. Unicorn adds the instruction's two bytes to EIP when the hook returns,
-        so the EIP the guest resumes at is written two bytes short."""
-        try:
-            self.traps += 1
-            self._entry_pending = False
-            if self._guest_mode_ok():
-                self.engine.write(x86.UC_X86_REG_EFLAGS, self.engine.exact_eflags())
-                self.handlers.fast_system_call(self.v, name, self.user_regs())
-            self._return_to_guest()
-            eip = self.engine.read(x86.UC_X86_REG_EIP)
-            self.engine.write(x86.UC_X86_REG_EIP, (eip - 2) & 0xFFFFFFFF)
-        except BaseException as exc:
             self.v.domain.crash(f"hypervisor bug: {type(exc).__name__}: {exc}")
             self.uc.emu_stop()
             self.pending_exception = exc

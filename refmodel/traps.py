@@ -225,7 +225,7 @@ class Traps:
                                                                CALLBACKTYPE_sysenter):
             # pv/callback.c compat_register_guest_callback (4.19): the entry points of a
             # 32-bit application's SYSCALL (AMD: the model's processor is Intel, whose
-            # SYSCALL is #UD, so that one is never entered) and SYSENTER (fast_system_call).
+            # SYSCALL is #UD) and SYSENTER (fast_system_call, not reached from the CPU yet).
             disables = bool(flags & abi.CALLBACKF_mask_events)
             arch.fast_callbacks[type_] = (cs, eip, disables)
         else:
@@ -379,7 +379,12 @@ class Traps:
         self.bounce(v, abi.TRAP_invalid_op, None, regs)
 
     def fast_system_call(self, v: Vcpu, insn: str, regs: CpuUserRegs) -> None:
-        """SYSENTER or SYSCALL executed by the guest (EIP at the instruction).
+        """SYSENTER or SYSCALL executed by the guest (EIP at the instruction), as Xen answers
+        it. Not reached from the CPU yet: Unicorn runs both instructions as no-ops (EIP + 2),
+        and a UC_HOOK_INSN hook on them corrupted the process in the hostile random-code test
+        (tests/test_hostile.py: "super(): __class__ cell not found", then a segfault), so the
+        substrate does not install one; a guest's SYSENTER or SYSCALL falls through (a
+        departure of the CPU substrate). tests/test_guests.py checks this rule directly.
 
         SYSCALL outside 64-bit mode is #UD on the processor the model reports (GenuineIntel,
         ``_CPUID_LEAVES``). SYSENTER: on Xen 3.0.4 x86_32 the SYSENTER_CS MSR is never set

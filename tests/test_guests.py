@@ -38,7 +38,7 @@ def run(name: str, cmdline: str = "", **kw: object) -> BootResult:
 @pytest.mark.parametrize(
     "name",
     ["hello", "xen_version", "console_sched", "traps", "ring3", "desc", "demo", "hostile_mm",
-     "xen_guest_section", "ldt", "failsafe", "segbase", "bootlayout", "stale_tlb", "fastcall"],
+     "xen_guest_section", "ldt", "failsafe", "segbase", "bootlayout", "stale_tlb", "nt_trap"],
 )
 def test_guest_succeeds(name: str) -> None:
     r = run(name)
@@ -147,7 +147,7 @@ def test_pae_only_kernel_is_refused() -> None:
 # The guests that build for the compat-pae profile from their one source and pass there (the
 # others build their own 2-level page tables or check 3.0.4-only answers: see the docs'
 # "ABI profiles" page).
-PAE_GUESTS = ["hello", "stale_tlb", "fastcall", "events", "traps", "ring3", "desc", "failsafe",
+PAE_GUESTS = ["hello", "stale_tlb", "nt_trap", "events", "traps", "ring3", "desc", "failsafe",
               "segbase", "consring", "xenstore", "time", "tlb", "multicall", "balloon",
               "int80_events", "eflags_modes", "bounce_edges", "console_sched"]
 
@@ -207,7 +207,8 @@ def test_invariants_hold_with_a_live_gdt() -> None:
 
 @pytest.mark.parametrize("masks", [False, True])
 def test_compat_sysenter_enters_the_callback(masks: bool) -> None:
-    """compat-pae (x86_64/entry.S sysenter_entry, compat/entry.S compat_sysenter, 4.19): a
+    """compat-pae (x86_64/entry.S sysenter_entry, compat/entry.S compat_sysenter, 4.19), the
+    rule of Traps.fast_system_call (the CPU does not deliver SYSENTER to it yet): a
     SYSENTER from ring 3 bounces to the sysenter callback with the frame EIP 0, CS 3 (the
     saved event mask in bits 16-23), EFLAGS with IF, ESP 0, SS FLAT_COMPAT_USER_SS on the
     kernel stack, masking events if the callback asked; with no callback it is #GP(0)."""
