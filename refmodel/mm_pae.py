@@ -102,8 +102,6 @@ def _core(handler: Callable[[MMCore, Vcpu, int, int], bool]
 class MMPae(MMCore):
     """The compat-pae MMU of the reference hypervisor; one per hypervisor of that profile."""
 
-    # The root of a 32-bit PAE domain's paging hierarchy (what NEW_BASEPTR takes).
-    ROOT_TYPE: ClassVar[PGT] = PGT.l3_page_table
     RELINQUISH_TYPES: ClassVar[tuple[PGT, ...]] = (PGT.l3_page_table, PGT.l2_page_table)
 
     def __init__(self, hv: Hypervisor) -> None:

@@ -40,7 +40,7 @@ from xenspec.refmodel.view import ConcreteView
 from xenspec.spec import abi
 from xenspec.spec.abi_profiles import COMPAT_L2_PAGETABLE_FIRST_XEN_SLOT, COMPAT_L3_XEN_SLOT
 from xenspec.spec.pagetable import PGT
-from xenspec.spec.pagetable_pae import pte_get_pfn
+from xenspec.spec.pagetable_pae import is_guest_l2_slot, pte_get_pfn
 
 _P, _RW = abi._PAGE_PRESENT, abi._PAGE_RW
 
@@ -80,10 +80,8 @@ def _l1(hv: Hypervisor, mfn: int, c: _Census) -> None:
 def _l2(hv: Hypervisor, mfn: int, c: _Census) -> None:
     f = hv.frames
     xen_l2 = bool(f.flags[mfn] & PGT_pae_xen_l2)
-    entries = hv.memory.frame_qwords(mfn)
-    for i in range(COMPAT_L2_PAGETABLE_FIRST_XEN_SLOT if xen_l2 else len(entries)):
-        e = entries[i]
-        if not e & _P:
+    for i, e in enumerate(hv.memory.frame_qwords(mfn)):
+        if not e & _P or not is_guest_l2_slot(xen_l2, i):
             continue
         target = pte_get_pfn(e)
         if target == mfn:
@@ -119,9 +117,9 @@ def _census(hv: Hypervisor) -> _Census:
         c.typed[mfn] += bool(flags & PGC_xen_heap)  # share_xen_page_with_guest
         if flags & PGT_pinned:
             c.ref(mfn, True)
-        walk = walks.get(PGT(f.type[mfn]))
-        if walk is not None and flags & PGT_validated and f.type_count[mfn]:
-            walk(hv, mfn, c)
+        t = PGT(f.type[mfn])
+        if t in walks and _in_use(hv, mfn, t):
+            walks[t](hv, mfn, c)
     for mfn, writable in view.device_refs():
         c.ref(mfn, writable)
     for v in view.vcpus():

@@ -111,10 +111,9 @@ COMPAT_L2_PAGETABLE_FIRST_XEN_SLOT: Final = (
 )
 COMPAT_L2_PAGETABLE_LAST_XEN_SLOT: Final = PAE_L2_PAGETABLE_ENTRIES - 1
 
-# mmuext_op commands added after 3.0.4 (public/xen.h, 4.19): CLEAR_PAGE and COPY_PAGE (not
-# modelled: -ENOSYS), MARK_SUPER and UNMARK_SUPER (Xen 4.19 answers -EOPNOTSUPP).
-MMUEXT_CLEAR_PAGE: Final = 16
-MMUEXT_COPY_PAGE: Final = 17
+# mmuext_op commands added after 3.0.4 (public/xen.h, 4.19) that the model answers: MARK_SUPER
+# and UNMARK_SUPER (Xen 4.19 answers -EOPNOTSUPP). CLEAR_PAGE (16) and COPY_PAGE (17) are not
+# modelled: -ENOSYS, as for any unknown command.
 MMUEXT_FLUSH_CACHE_GLOBAL: Final = 18  # -EINVAL without cache_flush_permitted
 MMUEXT_MARK_SUPER: Final = 19
 MMUEXT_UNMARK_SUPER: Final = 20
