@@ -72,12 +72,12 @@ class BootResult:
 
 
 def invariant_checker(hv: Hypervisor) -> Callable[[Hypervisor], list[str]]:
-    """The checks of ``hv``'s profile: the specification's invariants for the native one,
-    refmodel/view_pae.py's for compat-pae."""
+    """The checks of ``hv``'s profile: the specification's invariants (for compat-pae with
+    refmodel/view_pae.py's count rules, re-evaluated where the state changed)."""
     if hv.profile.paging_levels == 3:
-        from xenspec.refmodel.view_pae import check_invariants_pae
+        from xenspec.refmodel.view_pae import PaeChecker
 
-        return check_invariants_pae
+        return PaeChecker(hv)
     from xenspec.refmodel.view import check_invariants
 
     return check_invariants

@@ -35,8 +35,18 @@ from xenspec.refmodel.event import (
     Events,
 )
 from xenspec.refmodel.hypervisor import Hypervisor
-from xenspec.refmodel.memory import PGC_allocated, PGC_xen_heap, PGT_pinned, PGT_validated
+from xenspec.refmodel.memory import (
+    PGC_allocated,
+    PGC_xen_heap,
+    PGT_pae_xen_l2,
+    PGT_pinned,
+    PGT_validated,
+)
 from xenspec.spec import abi
+from xenspec.spec.abi_profiles import (
+    COMPAT_L2_PAGETABLE_FIRST_XEN_SLOT,
+    PAE_L2_PAGETABLE_ENTRIES,
+)
 from xenspec.spec.concrete import ConcreteLogic
 from xenspec.spec.invariants import (
     COUNTER_INVARIANTS,
@@ -45,6 +55,7 @@ from xenspec.spec.invariants import (
     count_violations,
 )
 from xenspec.spec.pagetable import PGT, pte_present, xen_l2e_of
+from xenspec.spec.paging import COMPAT_PAE, paging_of
 
 _INITIAL_ARCH = ArchVcpu()
 
@@ -58,6 +69,8 @@ class ConcreteView(ConcreteLogic):
         self.memory = hv.memory
         self._vcpus: list[Vcpu] = [v for d in hv.domains.values() for v in d.vcpus]
         self._xen_l2: dict[int, list[int]] = {}  # directory -> Xen's slots
+        self.paging = paging_of(hv.profile)
+        self._pae = self.paging is COMPAT_PAE
 
     # frames: RAM from the frame table; a frame number beyond it is I/O memory (dom_io's)
     def _ram(self, mfn: int) -> bool:
@@ -97,20 +110,43 @@ class ConcreteView(ConcreteLogic):
     def hypervisor_writes(self, mfn: int) -> bool:
         return self.hv.hypervisor_writes(mfn)
 
+    def pae_xen_l2(self, mfn: int) -> bool:
+        return self._flag(mfn, PGT_pae_xen_l2)
+
     # memory
     def entry(self, mfn: int, index: int) -> int:
-        return self.memory.read_entry(mfn, index) if self._ram(mfn) else 0
+        if not self._ram(mfn):
+            return 0
+        if self._pae:
+            return self.memory.read_entry64(mfn, index)
+        return self.memory.read_entry(mfn, index)
+
+    def word(self, mfn: int, j: int) -> int:
+        return self.memory.read_entry(mfn, j) if self._ram(mfn) else 0
 
     def xen_l2e(self, l2mfn: int, index: int) -> int:
         """Xen's entry in slot ``index`` of a directory: it depends on the owner and, in the
         linear page-table slot, on the directory itself (``spec.pagetable.xen_l2e_of``); -1
-        (no 32-bit entry) when the owner is not a domain."""
+        (no entry) when the owner is not a domain. Compat PAE: the slot of the domain's
+        L2 with Xen's slots (Hypervisor.xen_pae_l2_slots)."""
+        if self._pae:
+            return self._xen_pae_l2e(l2mfn, index)
         slots = self._xen_l2.get(l2mfn)
         if slots is None:
             d = self.hv.domains.get(self.owner(l2mfn))
             slots = self._xen_l2[l2mfn] = (self.hv.xen_l2_slots(d, l2mfn) if d is not None
                                            else [-1] * abi.L2_PAGETABLE_XEN_SLOTS)
         return xen_l2e_of(slots, l2mfn, index)
+
+    def _xen_pae_l2e(self, l2mfn: int, index: int) -> int:
+        owner = self.owner(l2mfn)
+        slots = self._xen_l2.get(-1 - owner)  # the same for every such L2 of a domain
+        if slots is None:
+            d = self.hv.domains.get(owner)
+            slots = self._xen_l2[-1 - owner] = (
+                self.hv.xen_pae_l2_slots(d) if d is not None
+                else [-1] * (PAE_L2_PAGETABLE_ENTRIES - COMPAT_L2_PAGETABLE_FIRST_XEN_SLOT))
+        return slots[index - COMPAT_L2_PAGETABLE_FIRST_XEN_SLOT]
 
     # vCPUs, numbered across all domains
     def base(self, vcpu: int) -> int:
@@ -147,7 +183,7 @@ class ConcreteView(ConcreteLogic):
         grants = self.hv.grants
         if grants is None:
             return -1
-        frame = self.memory.read_entry(mfn, index) >> abi.PAGE_SHIFT
+        frame = self.paging.pte_get_pfn(self.entry(mfn, index))
         return grants.slot_handle(self.owner(mfn), mfn, index, frame)
 
     def mt_flags(self, domid: int, handle: int) -> int:
@@ -183,6 +219,9 @@ class ConcreteView(ConcreteLogic):
     def present_entries(self, mfn: int, lo: int, hi: int) -> list[tuple[int, int]]:
         if not self._ram(mfn):
             return []
+        if self._pae:
+            qwords = self.memory.frame_qwords(mfn)
+            return [(i, qwords[i]) for i in range(lo, hi) if qwords[i] & abi._PAGE_PRESENT]
         words = self.memory.frame_words(mfn)
         return [(i, words[i]) for i in range(lo, hi) if pte_present(words[i])]
 
@@ -367,6 +406,14 @@ class _TrackingView(ConcreteView):
     def entry(self, mfn: int, index: int) -> int:
         self._read_contents(mfn)
         return super().entry(mfn, index)
+
+    def word(self, mfn: int, j: int) -> int:
+        self._read_contents(mfn)
+        return super().word(mfn, j)
+
+    def pae_xen_l2(self, mfn: int) -> bool:
+        self._read(mfn)
+        return super().pae_xen_l2(mfn)
 
     def present_entries(self, mfn: int, lo: int, hi: int) -> list[tuple[int, int]]:
         self._read_contents(mfn)
@@ -591,7 +638,7 @@ class IncrementalChecker:
 
     def _domains_state(self) -> object:
         hv = self.hv
-        return (hv.m2p_l1, tuple((i, d.is_privileged, tuple(d.perdomain_pt))
+        return (hv.m2p_l1, hv.m2p_pae_l1, tuple((i, d.is_privileged, tuple(d.perdomain_pt))
                                  for i, d in hv.domains.items()))
 
     def _grants_state(self) -> object:

@@ -18,12 +18,18 @@ from typing import Any
 
 from xenspec.spec import abi
 from xenspec.spec.pagetable import PGT
+from xenspec.spec.paging import NATIVE, Paging
 
 Binding = tuple[str, tuple[int, ...]]
 
 
 class ConcreteLogic:
     """Quantifiers and connectives of a ``StateView`` over a concrete state."""
+
+    paging: Paging = NATIVE  # a view of a compat-pae machine says COMPAT_PAE
+
+    def pae_xen_l2(self, mfn: int) -> bool:
+        return False  # no frame has the flag on a native state
 
     def frames(self) -> Iterable[int]:
         raise NotImplementedError
@@ -36,6 +42,11 @@ class ConcreteLogic:
 
     def entry(self, mfn: int, index: int) -> int:
         raise NotImplementedError
+
+    def word(self, mfn: int, j: int) -> int:
+        """32-bit word ``j`` of a frame (descriptors are pairs of words): its entry, where
+        entries are 4 bytes."""
+        return self.entry(mfn, j)
 
     # vCPU CPU state: by default the state Xen starts a vCPU with (no trap handlers, no
     # callbacks, no stack_switch stack, no GDT); a view that knows more overrides these.
@@ -94,7 +105,7 @@ class ConcreteLogic:
     def forall_descriptors(self, mfn: int, body: Callable[[int, int], bool]) -> bool:
         return self._forall(
             "descriptor",
-            ((j, self.entry(mfn, j), self.entry(mfn, j + 1))
+            ((j, self.word(mfn, j), self.word(mfn, j + 1))
              for j in range(0, abi.L1_PAGETABLE_ENTRIES, 2)),
             lambda j, lo, hi: body(lo, hi))
 

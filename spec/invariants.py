@@ -16,13 +16,22 @@ as a writable type reference, and the concrete check sees that the count is ther
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 from xenspec.spec import abi
 from xenspec.spec.desc import descriptor_is_safe
-from xenspec.spec.pagetable import PGT, pte_get_pfn, pte_writable
+from xenspec.spec.pagetable import PGT
+from xenspec.spec.paging import (
+    Level,
+    XenSlots,
+    conj,
+    disj,
+    guest_entries,
+    has_xen_slots,
+)
 from xenspec.spec.state import Bool, StateView, Word
 
 
@@ -43,52 +52,78 @@ def in_use_table(s: StateView, f: Word, type: PGT) -> Bool:
     return s.and_(s.type(f) == int(type), s.validated(f))
 
 
+def tables_in_use(s: StateView, f: Word, levels: Sequence[Level],
+                  body: Callable[[Level], Bool]) -> list[Bool]:
+    """For each level of ``levels``: if ``f`` is a table of that level in use, body(level)."""
+    return [s.implies(in_use_table(s, f, lv.type), partial(body, lv)) for lv in levels]
+
+
 def inv_hole(s: StateView) -> Bool:
-    """INV-HOLE: the hypervisor slots 1008..1023 of every page directory in use hold Xen's own
-    entries for that directory, so no guest-controlled entry translates an address in
-    [HYPERVISOR_VIRT_START, 4G). Xen's entries are a function of the directory, not only of
-    its domain: the slot of LINEAR_PT_VIRT_START maps the directory itself (mm.c,
-    alloc_l2_table: ``l2e_from_pfn(pfn, __PAGE_HYPERVISOR)``). Every view gives ``xen_l2e``
-    by the one rule ``spec.pagetable.xen_l2_slot``, so the frame in that slot is the
-    directory's own whatever an implementation says its slots are."""
-    return s.forall_frames(
-        lambda f: s.implies(
-            in_use_table(s, f, PGT.l2_page_table),
-            lambda: s.forall_indices(
-                abi.L2_PAGETABLE_FIRST_XEN_SLOT,
-                abi.L2_PAGETABLE_ENTRIES,
-                lambda i: s.entry(f, i) == s.xen_l2e(f, i),
-            ),
-        )
-    )
+    """INV-HOLE: the hypervisor slots of every table in use that has them hold Xen's own
+    entries for that table, so no guest-controlled entry translates an address in
+    [HYPERVISOR_VIRT_START, 4G).
+
+    Native (3.0.4): slots 1008..1023 of every page directory in use. Xen's entries are a
+    function of the directory, not only of its domain: the slot of LINEAR_PT_VIRT_START maps
+    the directory itself (mm.c, alloc_l2_table: ``l2e_from_pfn(pfn, __PAGE_HYPERVISOR)``).
+    Every view gives ``xen_l2e`` by the one rule ``spec.pagetable.xen_l2_slot``, so the frame
+    in that slot is the directory's own whatever an implementation says its slots are.
+
+    Compat PAE (4.19): slots from COMPAT_L2_PAGETABLE_FIRST_XEN_SLOT of every L2 in use of
+    type PGT_pae_xen_l2 (init_xen_pae_l2_slots), and every L3 in use names such an L2 in its
+    slot 3, the slot that translates HYPERVISOR_COMPAT_VIRT_START, and has nothing in
+    entries 4 to 511 (promote_l3_table)."""
+    p = s.paging
+
+    def xen_slots_ok(f: Word, lv: Level) -> Bool:
+        premise = in_use_table(s, f, lv.type)
+        if lv.xen_slots is XenSlots.FLAGGED:
+            premise = s.and_(premise, s.pae_xen_l2(f))
+        return s.implies(premise, lambda: s.forall_indices(
+            lv.first_xen_slot, lv.entries, lambda i: s.entry(f, i) == s.xen_l2e(f, i)))
+
+    def root_ok(f: Word, slot: int) -> Bool:
+        e = s.entry(f, slot)
+        l2 = p.pte_get_pfn(e)
+        return s.implies(in_use_table(s, f, p.root.type), lambda: s.and_(
+            p.pte_present(e), s.mfn_valid(l2), in_use_table(s, l2, p.below(p.root).type),
+            s.pae_xen_l2(l2),
+            s.forall_indices(p.root.entries, p.root.frame_entries,
+                             lambda i: s.entry(f, i) == 0),
+        ))
+
+    def table_ok(f: Word) -> Bool:
+        terms = [xen_slots_ok(f, lv) for lv in p.levels if lv.xen_slots is not XenSlots.NONE]
+        if p.root_xen_slot is not None:
+            terms.append(root_ok(f, p.root_xen_slot))
+        return conj(s, terms)
+
+    return s.forall_frames(table_ok)
 
 
 def inv_nowrpt(s: StateView) -> Bool:
     """INV-NOWRPT: every writable entry of an L1 table in use maps a frame of the writable type
-    (never a page table, page directory, GDT or LDT frame), and every entry of a page directory
-    in use that names another directory (a linear page-table map) is read-only."""
+    (never a page table, GDT or LDT frame), and every guest entry of a table in use above L1
+    that names a table of its own level (a linear page-table map) is read-only."""
+    p = s.paging
 
     def l1_ok(f: Word) -> Bool:
         return s.forall_present_entries(
-            f, 0, abi.L1_PAGETABLE_ENTRIES,
+            f, 0, p.l1.entries,
             lambda i, e: s.implies(
-                pte_writable(e), lambda: s.type(pte_get_pfn(e)) == int(PGT.writable_page)
+                p.pte_writable(e), lambda: s.type(p.pte_get_pfn(e)) == int(PGT.writable_page)
             ),
         )
 
-    def l2_ok(f: Word) -> Bool:
-        return s.forall_present_entries(
-            f, 0, abi.L2_PAGETABLE_FIRST_XEN_SLOT,
-            lambda i, e: s.implies(
-                s.type(pte_get_pfn(e)) == int(PGT.l2_page_table),
-                lambda: s.not_(pte_writable(e)),
-            ),
-        )
+    def linear_ok(f: Word, lv: Level) -> Bool:
+        return guest_entries(s, f, lv, lambda i, e: s.implies(
+            s.type(p.pte_get_pfn(e)) == int(lv.type), lambda: s.not_(p.pte_writable(e))))
 
     return s.forall_frames(
         lambda f: s.and_(
-            s.implies(in_use_table(s, f, PGT.l1_page_table), lambda: l1_ok(f)),
-            s.implies(in_use_table(s, f, PGT.l2_page_table), lambda: l2_ok(f)),
+            s.implies(in_use_table(s, f, p.l1.type), lambda: l1_ok(f)),
+            *tables_in_use(s, f, [lv for lv in p.upper if lv.linear],
+                           lambda lv: linear_ok(f, lv)),
         )
     )
 
@@ -100,7 +135,7 @@ def grant_mapped(s: StateView, f: Word, i: Word, e: Word) -> Bool:
     on the granter's frame; mm.c create_grant_host_mapping)."""
     d, h = s.owner(f), s.gnt_slot(f, i)
     pte_l1, pte_idx = s.mt_pte(d, h)
-    target = pte_get_pfn(e)
+    target = s.paging.pte_get_pfn(e)
     return s.and_(
         (s.mt_flags(d, h) & abi.GNTMAP_host_map) != 0,
         s.mt_frame(d, h) == target, s.owner(target) == s.mt_dom(d, h),
@@ -110,14 +145,15 @@ def grant_mapped(s: StateView, f: Word, i: Word, e: Word) -> Bool:
 
 def foreign_entry(s: StateView, f: Word, e: Word) -> Bool:
     """An entry of ``f`` naming another domain's frame, the table's owner unprivileged."""
-    return s.and_(s.owner(pte_get_pfn(e)) != s.owner(f), s.not_(s.is_privileged(s.owner(f))))
+    return s.and_(s.owner(s.paging.pte_get_pfn(e)) != s.owner(f),
+                  s.not_(s.is_privileged(s.owner(f))))
 
 
 def names_own_frame(s: StateView, f: Word, e: Word,
                     foreign_ok: Callable[[], Bool] | None) -> Bool:
     """Entry ``e`` of table ``f`` names machine RAM of the table's owner (or, where
     ``foreign_ok`` holds, of another domain)."""
-    target = pte_get_pfn(e)
+    target = s.paging.pte_get_pfn(e)
     if foreign_ok is None:
         return s.and_(s.mfn_valid(target), s.owner(target) == s.owner(f))
     return s.and_(s.mfn_valid(target), s.implies(s.owner(target) != s.owner(f), foreign_ok))
@@ -130,7 +166,7 @@ def own_l1(s: StateView) -> Bool:
     return s.forall_frames(lambda f: s.implies(
         in_use_table(s, f, PGT.l1_page_table),
         lambda: s.forall_present_entries(
-            f, 0, abi.L1_PAGETABLE_ENTRIES,
+            f, 0, s.paging.l1.entries,
             lambda i, e: names_own_frame(s, f, e, lambda: s.or_(
                 s.is_privileged(s.owner(f)), grant_mapped(s, f, i, e))),
         ),
@@ -138,15 +174,11 @@ def own_l1(s: StateView) -> Bool:
 
 
 def own_l2(s: StateView) -> Bool:
-    """INV-OWN, page-directory part: a present guest entry of a directory in use names RAM of
-    the directory's owner."""
-    return s.forall_frames(lambda f: s.implies(
-        in_use_table(s, f, PGT.l2_page_table),
-        lambda: s.forall_present_entries(
-            f, 0, abi.L2_PAGETABLE_FIRST_XEN_SLOT,
-            lambda i, e: names_own_frame(s, f, e, None),
-        ),
-    ))
+    """INV-OWN, part of the tables above L1: a present guest entry of a page directory (or, with
+    PAE, of an L2 or L3) in use names RAM of the table's owner."""
+    return s.forall_frames(lambda f: conj(s, tables_in_use(
+        s, f, s.paging.upper,
+        lambda lv: guest_entries(s, f, lv, lambda i, e: names_own_frame(s, f, e, None)))))
 
 
 def inv_own(s: StateView) -> Bool:
@@ -167,8 +199,8 @@ def inv_gnt_ro(s: StateView) -> Bool:
         lambda f: s.implies(
             in_use_table(s, f, PGT.l1_page_table),
             lambda: s.forall_present_entries(
-                f, 0, abi.L1_PAGETABLE_ENTRIES,
-                lambda i, e: s.implies(pte_writable(e), lambda: s.implies(
+                f, 0, s.paging.l1.entries,
+                lambda i, e: s.implies(s.paging.pte_writable(e), lambda: s.implies(
                     foreign_entry(s, f, e),
                     lambda: s.and_(
                         grant_mapped(s, f, i, e),
@@ -181,45 +213,47 @@ def inv_gnt_ro(s: StateView) -> Bool:
 
 
 def inv_pin(s: StateView) -> Bool:
-    """INV-PIN: a pinned frame is a validated L1 or L2 table."""
+    """INV-PIN: a pinned frame is a validated page table (of any level)."""
     return s.forall_frames(
         lambda f: s.implies(
             s.pinned(f),
-            lambda: s.and_(
-                s.or_(s.type(f) == int(PGT.l1_page_table), s.type(f) == int(PGT.l2_page_table)),
-                s.validated(f),
-            ),
+            lambda: s.and_(is_page_table(s, f), s.validated(f)),
         )
     )
+
+
+def is_page_table(s: StateView, f: Word) -> Bool:
+    """Frame ``f`` has one of the paging structure's table types."""
+    return disj(s, [s.type(f) == int(t) for t in s.paging.table_types])
 
 
 def inv_l2ref(s: StateView) -> Bool:
-    """INV-L2REF: a present guest entry of a page directory in use names a validated L1 table,
-    or a validated page directory (a linear map), so tables in use only reference tables in use
-    (mm.c, get_page_from_l2e takes a type reference that keeps its target validated)."""
-    return s.forall_frames(
-        lambda f: s.implies(
-            in_use_table(s, f, PGT.l2_page_table),
-            lambda: s.forall_present_entries(
-                f, 0, abi.L2_PAGETABLE_FIRST_XEN_SLOT,
-                lambda i, e: s.or_(
-                    in_use_table(s, pte_get_pfn(e), PGT.l1_page_table),
-                    in_use_table(s, pte_get_pfn(e), PGT.l2_page_table),
-                ),
-            ),
-        )
-    )
+    """INV-L2REF: a present guest entry of a table in use above L1 names a validated table of
+    the level below, or (a linear map, where the level allows one) a validated table of its
+    own level, so tables in use only reference tables in use (mm.c, get_page_from_l2e and,
+    with PAE, get_page_from_l3e take a type reference that keeps the target validated)."""
+    p = s.paging
+
+    def names_table(lv: Level, e: Word) -> Bool:
+        target = p.pte_get_pfn(e)
+        ok = [in_use_table(s, target, p.below(lv).type)]
+        if lv.linear:
+            ok.append(in_use_table(s, target, lv.type))
+        return disj(s, ok)
+
+    return s.forall_frames(lambda f: conj(s, tables_in_use(
+        s, f, p.upper, lambda lv: guest_entries(s, f, lv, lambda i, e: names_table(lv, e)))))
 
 
 def inv_base(s: StateView) -> Bool:
-    """INV-BASE: every vCPU's page-table base is 0 (none) or a validated page directory owned
-    by the vCPU's domain."""
+    """INV-BASE: every vCPU's page-table base is 0 (none) or a validated root table (a page
+    directory; with PAE an L3) owned by the vCPU's domain."""
     return s.forall_vcpus(
         lambda v: s.implies(
             s.base(v) != 0,
             lambda: s.and_(
                 s.mfn_valid(s.base(v)),
-                in_use_table(s, s.base(v), PGT.l2_page_table),
+                in_use_table(s, s.base(v), s.paging.root.type),
                 s.owner(s.base(v)) == s.vcpu_domain(v),
             ),
         )
@@ -228,10 +262,10 @@ def inv_base(s: StateView) -> Bool:
 
 def inv_validated(s: StateView) -> Bool:
     """INV-COUNT (type part): a page-table frame is validated exactly while its type count is
-    non-zero (mm.c: put_page_type de-validates an L1/L2 at count 0; get_page_type validates)."""
+    non-zero (mm.c: put_page_type de-validates a table at count 0; get_page_type validates)."""
     return s.forall_frames(
         lambda f: s.implies(
-            s.or_(s.type(f) == int(PGT.l1_page_table), s.type(f) == int(PGT.l2_page_table)),
+            is_page_table(s, f),
             lambda: s.validated(f) == (s.type_count(f) != 0),
         )
     )
@@ -335,19 +369,22 @@ def inv_free_ref(s: StateView) -> Bool:
     def not_free(f: Word) -> Bool:
         return s.owner(f) != FREE_FRAME_OWNER
 
-    def entries_ok(f: Word, hi: int) -> Bool:
-        return s.forall_present_entries(f, 0, hi, lambda i, e: not_free(pte_get_pfn(e)))
+    p = s.paging
 
-    tables = s.forall_frames(lambda f: s.and_(
-        s.implies(in_use_table(s, f, PGT.l1_page_table),
-                  lambda: entries_ok(f, abi.L1_PAGETABLE_ENTRIES)),
-        s.implies(in_use_table(s, f, PGT.l2_page_table),
-                  lambda: entries_ok(f, abi.L2_PAGETABLE_FIRST_XEN_SLOT)),
-    ))
+    def entries_ok(f: Word, lv: Level) -> Bool:
+        def body(i: Word, e: Word) -> Bool:
+            return not_free(p.pte_get_pfn(e))
+
+        if lv.n == 1:
+            return s.forall_present_entries(f, 0, lv.entries, body)
+        return guest_entries(s, f, lv, body)
+
+    tables = s.forall_frames(lambda f: s.and_(*tables_in_use(
+        s, f, p.levels, lambda lv: entries_ok(f, lv))))
     frames = s.forall_frames(lambda f: s.implies(
         s.owner(f) == FREE_FRAME_OWNER,
-        lambda: s.and_(s.not_(s.pinned(f)), s.not_(in_use_table(s, f, PGT.l1_page_table)),
-                       s.not_(in_use_table(s, f, PGT.l2_page_table)),
+        lambda: s.and_(s.not_(s.pinned(f)),
+                       *[s.not_(in_use_table(s, f, t)) for t in p.table_types],
                        s.not_(s.gdt_referenced(f))),
     ))
     vcpus = s.forall_vcpus(lambda v: s.and_(
@@ -488,7 +525,9 @@ def references(s: EnumerableState) -> tuple[dict[int, int], dict[int, int]]:
     general and one type reference; a vCPU base pointer holds one of each; a present entry of
     an L1 in use holds a general reference, and a writable type reference when RW; a present
     guest entry of a page directory in use holds a general and a type reference on the L1 (or
-    linear-mapped directory) it names, except a directory's map of itself, which holds none;
+    linear-mapped directory) it names, except a directory's map of itself, which holds none
+    (with PAE, so does a guest entry of an L2 or L3 in use: mm.c RELEASE-4.19.0,
+    get_page_from_l2e, get_page_from_l3e);
     a GDT frame installed by set_gdt holds one of each (mm.c, set_gdt / destroy_gdt), and so
     does an LDT page mapped on a fault (map_ldt_shadow_page / invalidate_shadow_ldt); a grant
     device mapping holds a general reference, and a writable type reference unless read-only
@@ -496,6 +535,7 @@ def references(s: EnumerableState) -> tuple[dict[int, int], dict[int, int]]:
     """
     general: dict[int, int] = {}
     typed: dict[int, int] = {}
+    p = s.paging
 
     def add(table: dict[int, int], mfn: int) -> None:
         table[mfn] = table.get(mfn, 0) + 1
@@ -506,16 +546,18 @@ def references(s: EnumerableState) -> tuple[dict[int, int], dict[int, int]]:
         if s.pinned(f):
             add(general, f)
             add(typed, f)
-        if in_use_table(s, f, PGT.l1_page_table):
-            for _, e in s.present_entries(f, 0, abi.L1_PAGETABLE_ENTRIES):
-                add(general, pte_get_pfn(e))
-                if pte_writable(e):
-                    add(typed, pte_get_pfn(e))
-        elif in_use_table(s, f, PGT.l2_page_table):
-            for _, e in s.present_entries(f, 0, abi.L2_PAGETABLE_FIRST_XEN_SLOT):
-                if pte_get_pfn(e) != f:
-                    add(general, pte_get_pfn(e))
-                    add(typed, pte_get_pfn(e))
+        if in_use_table(s, f, p.l1.type):
+            for _, e in s.present_entries(f, 0, p.l1.entries):
+                add(general, p.pte_get_pfn(e))
+                if p.pte_writable(e):
+                    add(typed, p.pte_get_pfn(e))
+        for lv in p.upper:
+            if in_use_table(s, f, lv.type):
+                hi = lv.first_xen_slot if has_xen_slots(s, f, lv) else lv.entries
+                for _, e in s.present_entries(f, 0, hi):
+                    if p.pte_get_pfn(e) != f:
+                        add(general, p.pte_get_pfn(e))
+                        add(typed, p.pte_get_pfn(e))
     for f, writable in s.device_refs():  # grant device mappings (grant_table.c)
         add(general, f)
         if writable:

@@ -16,7 +16,10 @@ an implication whose premise is false never evaluates its conclusion.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from xenspec.spec.paging import Paging
 
 Word = Any  # int (concrete) or z3.BitVecRef (symbolic)
 Bool = Any  # bool (concrete) or z3.BoolRef (symbolic)
@@ -24,6 +27,9 @@ Bool = Any  # bool (concrete) or z3.BoolRef (symbolic)
 
 class StateView(Protocol):
     """What an invariant may ask of a hypervisor state."""
+
+    # The paging structure of the state's profile (spec.paging: NATIVE or COMPAT_PAE).
+    paging: Paging
 
     # --- frames (page_info) -----------------------------------------------------------------
     def owner(self, mfn: Word) -> Word: ...
@@ -35,6 +41,11 @@ class StateView(Protocol):
     def allocated(self, mfn: Word) -> Bool: ...
     def mfn_valid(self, mfn: Word) -> Bool: ...
     def is_privileged(self, domid: Word) -> Bool: ...
+    def pae_xen_l2(self, mfn: Word) -> Bool:
+        """The frame has the type flag PGT_pae_xen_l2 (compat PAE: the L2 that L3 slot 3
+        names, holding Xen's slots; never set on a native state)."""
+        ...
+
     def hypervisor_writes(self, mfn: Word) -> Bool:
         """The hypervisor writes into the frame on a guest's behalf: a Xen heap page shared
         with a guest (shared_info, grant-table frames: domain.c/mm.c share_xen_page_with_guest)

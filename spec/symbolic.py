@@ -29,6 +29,7 @@ import z3
 
 from xenspec.spec import abi
 from xenspec.spec.pagetable import xen_l2_slot
+from xenspec.spec.paging import NATIVE, Paging
 
 W = z3.BitVecSort(32)
 Word = Any
@@ -256,6 +257,8 @@ class SymState:
     mt_l1: z3.ArrayRef = field(default_factory=lambda: _const2(bv(0)))  # (domid, h) -> PTE frame
     mt_idx: z3.ArrayRef = field(default_factory=lambda: _const2(bv(0)))  # (domid, h) -> PTE index
     gnt_table: z3.ArrayRef = field(default_factory=lambda: _const2(bv(0)))  # (domid, k) -> frame
+    # Compat PAE: the type flag PGT_pae_xen_l2 (spec.paging); no frame has it natively.
+    pae_xen_l2: z3.ArrayRef = field(default_factory=lambda: z3.K(W, z3.BoolVal(False)))
 
     @staticmethod
     def fresh(name: str) -> SymState:
@@ -313,8 +316,9 @@ class SymView:
     so that a model can be read back as the frames and entries involved.
     """
 
-    def __init__(self, s: SymState, witness: bool = False) -> None:
+    def __init__(self, s: SymState, witness: bool = False, paging: Paging = NATIVE) -> None:
         self.s = s
+        self.paging = paging
         self.witness = witness
         self.witnesses: list[tuple[str, z3.BitVecRef]] = []
 
@@ -353,6 +357,9 @@ class SymView:
 
     def hypervisor_writes(self, mfn: Word) -> Bool:
         return self.s.xen_written[mfn]
+
+    def pae_xen_l2(self, mfn: Word) -> Bool:
+        return self.s.pae_xen_l2[mfn]
 
     # memory
     def entry(self, mfn: Word, index: Word) -> Word:

@@ -4,6 +4,7 @@ with random batches and recounts every reference after each (the hostile-guest t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -267,6 +268,58 @@ def test_relinquish_frees_every_frame(m: Pae) -> None:
     m.d.is_dying = True
     m.hv.relinquish_memory(m.d, m.d.page_list)
     assert all(m.hv.frames.count[f] == 0 and m.hv.frames.type_count[f] == 0 for f in frames)
+
+
+# --------------------------------------------------------------------------------------------
+# The specification's invariants, written over the paging structure (spec/paging.py), check a
+# compat-pae state: each break below, made behind the MMU's back, is reported by its id.
+# --------------------------------------------------------------------------------------------
+def _break_xen_slot(m: Pae) -> None:
+    m.put(2, COMPAT_L2_PAGETABLE_FIRST_XEN_SLOT, m.e(6, P | RW))
+
+
+def _break_slot3(m: Pae) -> None:
+    m.put(0, 3, m.e(1, P))  # an L2 without Xen's slots
+
+
+def _break_l3_tail(m: Pae) -> None:
+    m.put(0, 5, m.e(6, P))
+
+
+def _break_rw_table(m: Pae) -> None:
+    m.put(3, 7, m.e(1, P | RW))  # the L1 maps the L2 writable
+
+
+def _break_linear_rw(m: Pae) -> None:
+    m.put(1, 9, m.e(2, P | RW))  # the L2 maps Xen's L2 writable
+
+
+def _break_l3_names_l1(m: Pae) -> None:
+    m.put(0, 1, m.e(3, P))  # an L3 entry naming an L1
+
+
+def _break_foreign(m: Pae) -> None:
+    other = m.hv.create_domain(4)
+    m.put(1, 1, other.page_list[0] << abi.PAGE_SHIFT | P)
+
+
+def _break_pin(m: Pae) -> None:
+    m.hv.frames.flags[m.f(7)] |= PGT_pinned
+
+
+@pytest.mark.parametrize(("breakage", "inv"), [
+    (_break_xen_slot, "INV-HOLE"), (_break_slot3, "INV-HOLE"), (_break_l3_tail, "INV-HOLE"),
+    (_break_rw_table, "INV-NOWRPT"), (_break_linear_rw, "INV-NOWRPT"),
+    (_break_l3_names_l1, "INV-L2REF"), (_break_foreign, "INV-OWN"), (_break_pin, "INV-PIN"),
+])
+def test_the_invariants_check_pae_tables(
+    m: Pae, breakage: Callable[[Pae], None], inv: str
+) -> None:
+    m.address_space()
+    assert check_invariants_pae(m.hv) == []
+    breakage(m)
+    found = check_invariants_pae(m.hv)
+    assert any(line.startswith(inv + ":") for line in found), found
 
 
 # --------------------------------------------------------------------------------------------
