@@ -25,11 +25,13 @@ from xenspec.spec import (
     grant_spec,
     memop_spec,
     mm_spec,
+    mm_spec_pae,
     symbolic,
 )
 from xenspec.spec.invariants import Invariant, proof_invariants
 from xenspec.spec.mm_spec import Transition
 from xenspec.spec.pagetable import PGT, pte_get_pfn, pte_present
+from xenspec.spec.paging import COMPAT_PAE, NATIVE, Paging
 from xenspec.spec.symbolic import SymState, SymView, bv
 
 SpecBuilder = Callable[[SymState], Transition]
@@ -195,6 +197,69 @@ HYPERCALL_SPECS: tuple[tuple[str, SpecBuilder], ...] = (
 )
 
 
+# The compat-pae profile's MMU hypercalls (spec/mm_spec_pae.py), proved against the same
+# invariants over its paging structure (spec/paging.py, COMPAT_PAE); 64-bit entries.
+PAE = "compat-pae: "
+
+
+def _pae_mmu_update(level: int) -> SpecBuilder:
+    def build(s: SymState) -> Transition:
+        v, fd = _args("v", "fd")
+        ptr, val = _args("ptr", "val", width=64)
+        return mm_spec_pae.spec_mmu_update(s, v, ptr, val, fd, level)
+
+    return build
+
+
+def _pae_update_va_mapping(s: SymState) -> Transition:
+    v, va = _args("v", "va")
+    (val,) = _args("val", width=64)
+    return mm_spec_pae.spec_update_va_mapping(s, v, va, val)
+
+
+def _pae_pin(level: int) -> SpecBuilder:
+    def build(s: SymState) -> Transition:
+        f, fd = _args("mfn", "fd")
+        return mm_spec_pae.spec_pin_table(s, f, level, fd)
+
+    return build
+
+
+def _pae_unpin(s: SymState) -> Transition:
+    v, f = _args("v", "mfn")
+    return mm_spec_pae.spec_unpin_table(s, s.vcpu_domain[v], f)
+
+
+def _pae_new_baseptr(s: SymState) -> Transition:
+    v, f = _args("v", "mfn")
+    return mm_spec_pae.spec_new_baseptr(s, v, f)
+
+
+PAE_SPECS: tuple[tuple[str, SpecBuilder], ...] = (
+    (PAE + "mmu_update/NORMAL_PT_UPDATE/L1", _pae_mmu_update(1)),
+    (PAE + "mmu_update/NORMAL_PT_UPDATE/L2", _pae_mmu_update(2)),
+    (PAE + "mmu_update/NORMAL_PT_UPDATE/L3", _pae_mmu_update(3)),
+    (PAE + "mmu_update/NORMAL_PT_UPDATE/data", _pae_mmu_update(0)),
+    (PAE + "update_va_mapping", _pae_update_va_mapping),
+    (PAE + "mmuext_op/PIN_L1_TABLE", _pae_pin(1)),
+    (PAE + "mmuext_op/PIN_L2_TABLE", _pae_pin(2)),
+    (PAE + "mmuext_op/PIN_L3_TABLE", _pae_pin(3)),
+    (PAE + "mmuext_op/UNPIN_TABLE", _pae_unpin),
+    (PAE + "mmuext_op/NEW_BASEPTR", _pae_new_baseptr),
+)
+
+
+def paging_of_spec(hypercall: str) -> Paging:
+    """The paging structure an obligation's states have."""
+    return COMPAT_PAE if hypercall.startswith(PAE) else NATIVE
+
+
+def fresh_state(hypercall: str) -> SymState:
+    """The state before the call, of the hypercall's profile."""
+    pae = paging_of_spec(hypercall) is COMPAT_PAE
+    return SymState.fresh("old", entry_bits=64 if pae else 32)
+
+
 def state_facts(s: SymState) -> tuple[z3.BoolRef, ...]:
     """What holds of every machine state: vCPUs belong to guest domains, no RAM belongs to
     DOMID_IO, frame 0 is Xen's (0 names no frame in a base pointer or GDT slot)."""
@@ -279,7 +344,8 @@ def build(hypercall: str, builder: SpecBuilder, inv: Invariant, branch: str) -> 
     """Assemble one obligation in a fresh solver (fresh names restart for each obligation, so
     its SMT-LIB text, the cache key, does not depend on what was built before)."""
     symbolic.reset_fresh()
-    old = SymState.fresh("old")
+    old = fresh_state(hypercall)
+    paging = paging_of_spec(hypercall)
     t = builder(old)
     if branch == "success":
         cond, new, choice = t.ok, t.new, t.choice
@@ -290,8 +356,8 @@ def build(hypercall: str, builder: SpecBuilder, inv: Invariant, branch: str) -> 
     bounded = symbolic.SCOPE.frames is not None
     for known in proof_invariants():
         if known.label in assumed(inv, hypercall, bounded):
-            solver.add(known.check(SymView(old)))
-    goal = SymView(new, witness=True)
+            solver.add(known.check(SymView(old, paging=paging)))
+    goal = SymView(new, witness=True, paging=paging)
     negated = z3.Not(inv.check(goal))
     if not bounded:  # the unbounded proof, not the counterexample search
         choice = z3.And(*read_choices(choice, z3.And(cond, negated)))
@@ -352,9 +418,9 @@ def read_choices(choice: z3.BoolRef, rest: z3.BoolRef) -> list[z3.BoolRef]:
 def all_obligations() -> tuple[tuple[str, SpecBuilder, Invariant, str], ...]:
     """Every (hypercall, invariant, branch) triple, in a fixed order."""
     out = []
-    for name, builder in HYPERCALL_SPECS:
+    for name, builder in (*HYPERCALL_SPECS, *PAE_SPECS):
         symbolic.reset_fresh()
-        branches = ["success"] + [b.name for b in builder(SymState.fresh("old")).others]
+        branches = ["success"] + [b.name for b in builder(fresh_state(name)).others]
         for branch in branches:
             for inv in proof_invariants():
                 out.append((name, builder, inv, branch))

@@ -15,7 +15,8 @@ import z3
 
 from xenspec.proofs.obligations import RULE_OBLIGATIONS, obligation_names
 from xenspec.proofs.runner import find_counterexample
-from xenspec.spec import abi, cpu_spec, grant_spec, memop_spec, mm_spec, symbolic
+from xenspec.spec import abi, cpu_spec, grant_spec, memop_spec, mm_spec, mm_spec_pae, symbolic
+from xenspec.spec import pagetable_pae as pae
 from xenspec.spec.branches import all_of, any_of, require
 from xenspec.spec.pagetable import (
     PGT,
@@ -26,6 +27,7 @@ from xenspec.spec.pagetable import (
     pte_writable,
     xen_l2_slot,
 )
+from xenspec.spec.paging import pae_frame
 
 NAMES = obligation_names()
 
@@ -106,6 +108,36 @@ MUTANTS: list[tuple[str, str, Callable[[pytest.MonkeyPatch], None], str]] = [
      "INV-XENPAGE"),
 ]
 
+
+# Mutants of the compat-pae MMU specs (spec.mm_spec_pae), against the same invariants written
+# over the PAE paging structure.
+def pae_xen_slot_check_any_l2(s: Any, e: Any, d: Any) -> Any:
+    """mm_spec_pae.xen_slot_check without its ``slot3_xen_l2`` requirement."""
+    g = pae_frame(e)
+    return all_of(require("l3_slot3_present", pae.pte_present(e)),
+                  mm_spec_pae.owned_by(s, g, d, "l3_slot3"),
+                  mm_spec.in_use_check(s, g, PGT.l2_page_table, "slot3"))
+
+
+PAE_MUTANTS: list[tuple[str, str, Callable[[pytest.MonkeyPatch], None], str]] = [
+    ("compat-pae: a frame may change type while it has type references",
+     "compat-pae: mmu_update/NORMAL_PT_UPDATE/L1 preserves INV-PIN",
+     lambda mp: mp.setattr(mm_spec_pae, "can_take_type",
+                           lambda s, g, t, xen_l2=False: z3.BoolVal(True)), "INV-PIN"),
+    ("compat-pae: Xen's L2 slots are the guest's",
+     "compat-pae: mmu_update/NORMAL_PT_UPDATE/L2 preserves INV-HOLE",
+     lambda mp: mp.setattr(mm_spec_pae, "guest_slot",
+                           lambda s, f, i: z3.ULT(i, symbolic.bv(512))), "INV-HOLE"),
+    ("compat-pae: L3 slot 3 may name an L2 without Xen's slots",
+     "compat-pae: mmuext_op/PIN_L3_TABLE preserves INV-HOLE",
+     lambda mp: mp.setattr(mm_spec_pae, "xen_slot_check", pae_xen_slot_check_any_l2),
+     "INV-HOLE"),
+    ("compat-pae: an L3 entry may name another domain's frame",
+     "compat-pae: mmu_update/NORMAL_PT_UPDATE/L3 preserves INV-OWN (L2 entries)",
+     lambda mp: mp.setattr(mm_spec_pae, "owned_by", lambda s, g, d, name: require(
+         f"{name}_mfn", mm_spec.mfn_valid(s, g))), "INV-OWN"),
+]
+MUTANTS += PAE_MUTANTS
 
 # Mutants of the CPU-interface specs: the counterexample names the vCPU (line "vcpu ...").
 CPU_MUTANTS: list[tuple[str, str, Callable[[pytest.MonkeyPatch], None], str]] = [

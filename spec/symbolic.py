@@ -29,7 +29,7 @@ import z3
 
 from xenspec.spec import abi
 from xenspec.spec.pagetable import xen_l2_slot
-from xenspec.spec.paging import NATIVE, Paging
+from xenspec.spec.paging import COMPAT_PAE, NATIVE, Paging
 
 W = z3.BitVecSort(32)
 Word = Any
@@ -261,16 +261,22 @@ class SymState:
     pae_xen_l2: z3.ArrayRef = field(default_factory=lambda: z3.K(W, z3.BoolVal(False)))
 
     @staticmethod
-    def fresh(name: str) -> SymState:
+    def fresh(name: str, entry_bits: int = 32) -> SymState:
+        """A state of free symbols; ``entry_bits`` 64 for the compat-pae profile, whose
+        page-table entries are 64-bit (its ``xen_l2e`` then names Xen's PAE slots)."""
         def arr(field: str, rng: z3.SortRef) -> z3.ArrayRef:
             return z3.Array(f"{name}.{field}", W, rng)
+
+        entry = z3.BitVecSort(entry_bits)
+        pae = {} if entry_bits == 32 else {
+            "pae_xen_l2": arr("pae_xen_l2", z3.BoolSort())}
 
         return SymState(
             owner=arr("owner", W),
             type=arr("type", W),
             validated=arr("validated", z3.BoolSort()),
             pinned=arr("pinned", z3.BoolSort()),
-            mem=z3.Array(f"{name}.mem", W, W, W),
+            mem=z3.Array(f"{name}.mem", W, W, entry),
             base=arr("base", W),
             trap_cs=z3.Array(f"{name}.trap_cs", W, W, W),
             trap_addr=z3.Array(f"{name}.trap_addr", W, W, W),
@@ -283,7 +289,7 @@ class SymState:
             nr_frames=z3.BitVec("nr_frames", 32),
             vcpu_domain=z3.Array("vcpu_domain", W, W),
             privileged=z3.Array("privileged", W, z3.BoolSort()),
-            xen_l2e=z3.Function("xen_l2e", W, W, W),
+            xen_l2e=z3.Function("xen_l2e", W, W, entry),
             linear_pt_flags=z3.BitVec("linear_pt_flags", 32),
             xen_written=z3.Array("xen_written", W, z3.BoolSort()),
             gnt_slot=z3.Array(f"{name}.gnt_slot", W, W, W),
@@ -293,6 +299,7 @@ class SymState:
             mt_l1=z3.Array(f"{name}.mt_l1", W, W, W),
             mt_idx=z3.Array(f"{name}.mt_idx", W, W, W),
             gnt_table=z3.Array(f"{name}.gnt_table", W, W, W),
+            **pae,
         )
 
     def evolve(self, **changes: Any) -> SymState:
@@ -366,6 +373,8 @@ class SymView:
         return z3.Select(self.s.mem, mfn, index)
 
     def xen_l2e(self, l2mfn: Word, index: Word) -> Word:
+        if self.paging is COMPAT_PAE:  # the same in every such L2 of a domain
+            return self.s.xen_l2e(self.s.owner[l2mfn], index)
         return xen_l2_slot(self.s.xen_l2e(self.s.owner[l2mfn], index), l2mfn, index,
                            self.s.linear_pt_flags)
 
@@ -434,6 +443,13 @@ class SymView:
         )
 
     def forall_descriptors(self, mfn: Word, body: Callable[[Word, Word], Bool]) -> Bool:
+        if self.paging is COMPAT_PAE:  # 64-bit words: descriptor k is word k
+            def at(k: Word) -> Bool:
+                e = self.entry(mfn, k)
+                return z3.Implies(z3.ULT(k, bv(abi.L1_PAGETABLE_ENTRIES // 2)),
+                                  body(z3.Extract(31, 0, e), z3.Extract(63, 32, e)))
+
+            return self._forall("index", at)
         if not self.witness:
             return forall_descriptor_words(self.s.mem, mfn, body)
         return quantify(("index", "index"), lambda j, j2: z3.Implies(
