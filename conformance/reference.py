@@ -23,6 +23,7 @@ from xenspec.refmodel.memory import PGC_allocated, PGC_xen_heap, PGT_pinned, PGT
 from xenspec.refmodel.platform import PVPlatform
 from xenspec.refmodel.pvguest import issue
 from xenspec.spec import abi
+from xenspec.spec.abi_profiles import DEFAULT_PROFILE, PROFILES
 from xenspec.spec.pagetable import PGT_root_page_table
 
 Setup = Callable[[Hypervisor, PVPlatform], None]
@@ -65,6 +66,9 @@ class ReferenceImplementation:
 
     def __init__(self, setup: Setup | None = None, machine_frames: int = MACHINE_FRAMES) -> None:
         self.setup = setup
+        # The ABI profile guests boot with (spec/abi_profiles.py; the suite's --abi sets it).
+        # The hypercall level is the native profile's whatever it says.
+        self.abi = DEFAULT_PROFILE.name
         self.machine_frames = machine_frames
         self._hv: Hypervisor | None = None
         self._pv: PVPlatform | None = None
@@ -84,7 +88,7 @@ class ReferenceImplementation:
         text = _Tail(CONSOLE_KEPT)
         lines = ConsoleLines(text.append)
         m = Machine(GUEST_MACHINE_MB, trace=True, setup=self.setup, devices=True,
-                    console=lines.xen, ring_console=lines.ring)
+                    console=lines.xen, ring_console=lines.ring, profile=PROFILES[self.abi])
         d = m.add_guest(str(elf), GUEST_DOMAIN_MB, cmdline)
         if disk is not None:
             m.attach_disk(d.domain_id, str(disk))
