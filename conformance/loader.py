@@ -26,6 +26,7 @@ Factory = Callable[[], object]
 
 # `xenspec run`'s exit status for each shutdown reason; a command must follow it.
 EXIT_STATUS = {0: "poweroff", 1: "crash", 2: "reboot", 3: "suspend"}
+STOP_GRACE_S = 30.0
 
 
 class ImplementationError(Exception):
@@ -39,7 +40,8 @@ class CommandImplementation:
     shell-quoted). The command's standard output is the guest console; its exit status is the
     shutdown reason as ``xenspec run`` reports it (0 poweroff, 1 crash, 2 reboot, 3 suspend;
     anything else: the domain did not shut down). A command that runs past the time limit is
-    killed and counts as no shutdown.
+    sent SIGTERM, then SIGKILL if it is still there STOP_GRACE_S later, and counts as no
+    shutdown.
     """
 
     offers = frozenset({"guest"})
@@ -52,16 +54,30 @@ class CommandImplementation:
         argv = shlex.split(self.template.format(elf=shlex.quote(str(elf)),
                                                 cmdline=shlex.quote(cmdline)))
         try:
-            proc = subprocess.run(argv, capture_output=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired as exc:
-            out = exc.stdout or b""
-            return GuestRun(out.decode("latin-1"), None, "timed out")
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
         except OSError as exc:
             raise ImplementationError(f"cannot run {argv[0]!r}: {exc.strerror}") from None
+        try:
+            out, err = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return GuestRun(_stop(proc).decode("latin-1"), None, "timed out")
         reason = EXIT_STATUS.get(proc.returncode)
-        detail = proc.stderr.decode("latin-1").strip().splitlines()[-1:] or [""]
+        detail = err.decode("latin-1").strip().splitlines()[-1:] or [""]
         assert reason is None or reason in SHUTDOWN_REASONS
-        return GuestRun(proc.stdout.decode("latin-1"), reason, detail[0])
+        return GuestRun(out.decode("latin-1"), reason, detail[0])
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> bytes:
+    """End a command that ran past its time: SIGTERM first, so that it can clean up (a
+    wrapper destroys its domain), then SIGKILL after STOP_GRACE_S; what it printed."""
+    proc.terminate()
+    try:
+        out, _ = proc.communicate(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out
 
 
 def _from_attribute(spec: str) -> Factory:

@@ -2,7 +2,10 @@
 
 Adds ``--implementation`` (which implementation the suite runs against; the reference model by
 default), ``--xen-profile`` (strict Xen 3.0.4 or 3.0.4 with the later fixes the model follows,
-``xenspec.conformance.profiles``) and ``--conformance-report`` (where the JSON record goes), the
+``xenspec.conformance.profiles``), ``--abi`` (the ABI profile the guest-level tests build their
+kernels for and the reference model boots them with: ``native-3.0.4``, the default, or
+``compat-pae``, a 32-bit PAE guest on a 64-bit Xen 4.x; spec/abi_profiles.py) and
+``--conformance-report`` (where the JSON record goes), the
 ``clauses`` marker a conformance test names its clauses with, the ``needs`` marker naming what
 it needs of an implementation beyond its level (``xenspec.conformance.adapter.OFFERINGS``) and
 the ``fix`` marker naming the later Xen fixes its expected outcome depends on, the fixtures that
@@ -28,7 +31,9 @@ matrix reads) is written by a *complete* run only: the implementation loaded, ev
 every module of the suite collected and none deselected (no ``-k``, ``-m``, ``--lf`` or node
 ids), and each one run to an outcome (no ``-x``/``--maxfail`` stop, no interrupt). A partial
 run writes only a report path given explicitly on the command line, marked
-``"complete": false``.
+``"complete": false``; so does a run under ``--abi compat-pae``, whose record is not the
+native specification's (the hypercall-level tests, which are the native profile's, are
+skipped in it with that reason).
 
 In a parallel run (pytest-xdist, ``-n``) each worker process runs part of the suite: at its
 end it hands its records, what it collected and its coverage counts to the controlling
@@ -72,14 +77,19 @@ SUITE = Path(__file__).resolve().parent
 FIXTURE_NEEDS = {"guest_impl": "guest", "hv_impl": "hypercall", "hv_factory": "hypercall"}
 NOT_OFFERED = "not offered: "
 NOT_APPLICABLE = "not applicable under profile "
+DEFAULT_ABI = "native-3.0.4"
+ABIS = (DEFAULT_ABI, "compat-pae")  # spec/abi_profiles.py PROFILES
+NATIVE_LEVEL_ONLY = ("the hypercall level is specified for the native-3.0.4 profile only; "
+                     "under --abi {abi} only the guest-level tests run")
 CHECKED = ("passed", "failed", "error")  # outcomes of a test that ran against the implementation
 
 
 class _Session:
     def __init__(self, spec: str, report: Path, explicit: bool,
-                 profile: str = profiles.DEFAULT) -> None:
+                 profile: str = profiles.DEFAULT, abi: str = DEFAULT_ABI) -> None:
         self.spec = spec
         self.profile = profile
+        self.abi = abi
         self.report = report
         self.explicit = explicit  # --conformance-report given on the command line
         self._factory: Callable[[], object] | None = None
@@ -150,18 +160,27 @@ class _Session:
         except OffersError as exc:
             raise pytest.UsageError(f"--implementation={self.spec}: {describe(impl)} "
                                     f"declares {exc}") from None
+        self._set_abi(impl)
         self.name = describe(impl)
         self.probe = impl
         self._factory = factory
+
+    def _set_abi(self, impl: object) -> None:
+        """Tell an implementation that has an ``abi`` attribute (the reference model and its
+        broken variants) which ABI profile to boot guests with (``--abi``)."""
+        if hasattr(impl, "abi"):
+            impl.abi = self.abi
 
     def fresh(self) -> Checked:
         """A fresh implementation, every call checked; a factory that fails now is an
         adapter error of the test."""
         assert self._factory is not None
         try:
-            return Checked(self._factory())
+            impl = self._factory()
         except Exception as exc:
             raise AdapterError("the factory", _one_line(exc)) from exc
+        self._set_abi(impl)
+        return Checked(impl)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -181,6 +200,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"the Xen the implementation is: {' or '.join(profiles.PROFILES)} (default "
              f"{profiles.DEFAULT}, what the reference model implements). Under 3.0.4 a test "
              "marked with a later fix is reported as not applicable.")
+    group.addoption(
+        "--abi", default=DEFAULT_ABI, choices=ABIS,
+        help="the ABI profile of the guest-level tests (spec/abi_profiles.py): native-3.0.4 "
+             "(default), or compat-pae, a 32-bit PAE guest on a 64-bit Xen 4.x: the guest "
+             "kernels are built for it, the reference model boots them so, the kernels that "
+             "are native-only are skipped, and so are the hypercall-level tests.")
     group.addoption(
         "--conformance-report", default=None, metavar="PATH",
         help=f"where to write the JSON record of a conformance run (default {DEFAULT_REPORT}, "
@@ -206,7 +231,7 @@ def pytest_configure(config: pytest.Config) -> None:
     report = config.getoption("--conformance-report")
     config.stash[_STATE] = _Session(config.getoption("--implementation"),
                                     Path(report) if report else DEFAULT_REPORT, bool(report),
-                                    profile)
+                                    profile, config.getoption("--abi", DEFAULT_ABI))
 
 
 def clauses_of(item: pytest.Item) -> list[str]:
@@ -288,6 +313,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         if why:
             pytest.skip(why)
     needs = needs_of(item)
+    if state.abi != DEFAULT_ABI and "hypercall" in needs:
+        pytest.skip(NATIVE_LEVEL_ONLY.format(abi=state.abi))
     if not needs:
         return
     coverage.LAST = ""
@@ -494,7 +521,8 @@ def _complete(state: _Session, session: pytest.Session, exitstatus: int) -> list
 
 def _write_report(state: _Session, table: dict[str, dict[str, Any]], complete: bool) -> None:
     doc = {"implementation": state.name, "spec": state.spec, "offers": sorted(state.offers),
-           "profile": state.profile, "fixes": sorted(profiles.PROFILES[state.profile]),
+           "profile": state.profile, "abi": state.abi,
+           "fixes": sorted(profiles.PROFILES[state.profile]),
            "complete": complete, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "tests": state.results, "clauses": table, "hypercalls": dict(coverage.CALLS),
            "not_evaluated": dict(coverage.NOT_EVALUATED),
@@ -531,6 +559,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     incomplete = _complete(state, session, exitstatus)
     out = state.summary
     fixes = profiles.PROFILES[state.profile]
+    if state.abi != DEFAULT_ABI:
+        out.append((f"ABI profile {state.abi}: guest-level tests only", {}))
     out.append((f"profile {state.profile}: "
                 + (f"Xen 3.0.4 with the later fixes {', '.join(sorted(fixes))}" if fixes else
                    "Xen 3.0.4 as released; tests of a later fix are not applicable"), {}))
@@ -572,6 +602,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                     "skipped or not offered; the run fails", {"red": True, "bold": True}))
         if session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if state.abi != DEFAULT_ABI:
+        incomplete.append(f"--abi {state.abi}")
     if not incomplete or state.explicit:
         _write_report(state, table, not incomplete)
         out.append((f"record: {state.report}"

@@ -8,12 +8,14 @@ levels of ``xenspec.conformance.adapter``. ``setup`` (a function of the new ``Hy
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from xenspec.conformance.adapter import DomainInfo, FrameInfo, GrantHandle, GuestRun
-from xenspec.refmodel.boot import Machine, boot
+from xenspec.refmodel.boot import Machine
 from xenspec.refmodel.builder import DEFAULT_VIRT_BASE, build_initial_tables
+from xenspec.refmodel.console import ConsoleLines
 from xenspec.refmodel.domain import Domain
 from xenspec.refmodel.hypervisor import HYPERCALL_NAMES, HYPERCALL_NUMBERS, Hypervisor
 from xenspec.refmodel.memop import MemOp
@@ -21,12 +23,32 @@ from xenspec.refmodel.memory import PGC_allocated, PGC_xen_heap, PGT_pinned, PGT
 from xenspec.refmodel.platform import PVPlatform
 from xenspec.refmodel.pvguest import issue
 from xenspec.spec import abi
+from xenspec.spec.abi_profiles import DEFAULT_PROFILE, PROFILES
 from xenspec.spec.pagetable import PGT_root_page_table
 
 Setup = Callable[[Hypervisor, PVPlatform], None]
 
 MACHINE_FRAMES = 1024  # 4 MB: room for a few small domains
 GUEST_MACHINE_MB, GUEST_DOMAIN_MB = 64, 16
+CONSOLE_KEPT = 1 << 20  # a guest run's console text: its last megabyte at most
+
+
+class _Tail:
+    """The last ``size`` characters of a text written a piece at a time."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.parts: deque[str] = deque()
+        self.length = 0
+
+    def append(self, piece: str) -> None:
+        self.parts.append(piece)
+        self.length += len(piece)
+        while self.length - len(self.parts[0]) >= self.size:
+            self.length -= len(self.parts.popleft())
+
+    def value(self) -> str:
+        return "".join(self.parts)[-self.size:]
 
 
 def _call_names(calls: dict[int, int]) -> dict[str, int]:
@@ -44,27 +66,37 @@ class ReferenceImplementation:
 
     def __init__(self, setup: Setup | None = None, machine_frames: int = MACHINE_FRAMES) -> None:
         self.setup = setup
+        # The ABI profile guests boot with (spec/abi_profiles.py; the suite's --abi sets it).
+        # The hypercall level is the native profile's whatever it says.
+        self.abi = DEFAULT_PROFILE.name
         self.machine_frames = machine_frames
         self._hv: Hypervisor | None = None
         self._pv: PVPlatform | None = None
 
     # --- guest level -------------------------------------------------------------------------
     def boot_guest(self, elf: Path, cmdline: str, timeout_s: float) -> GuestRun:
-        r = boot(str(elf), memory_mb=GUEST_MACHINE_MB, domain_mb=GUEST_DOMAIN_MB,
-                 cmdline=cmdline, timeout_s=timeout_s, trace=True, setup=self.setup,
-                 devices=True)  # store and console rings, as Xen's tools give every guest
-        return GuestRun(r.console, r.reason.name if r.reason else None, r.crash_reason or "",
-                        _call_names(r.calls))
+        return self._boot(elf, cmdline, timeout_s, None)
 
     def boot_guest_with_disk(self, elf: Path, cmdline: str, timeout_s: float,
                              disk: Path) -> GuestRun:
-        m = Machine(GUEST_MACHINE_MB, trace=True, setup=self.setup, devices=True)
+        return self._boot(elf, cmdline, timeout_s, disk)
+
+    def _boot(self, elf: Path, cmdline: str, timeout_s: float, disk: Path | None) -> GuestRun:
+        """Boot one guest with its store and console rings, as Xen's tools give every guest.
+        The console is both of the domain's consoles as ``xenspec run`` prints them
+        (``ConsoleLines``): console_io's lines prefixed "(dN) ", the ring's as they are."""
+        text = _Tail(CONSOLE_KEPT)
+        lines = ConsoleLines(text.append)
+        m = Machine(GUEST_MACHINE_MB, trace=True, setup=self.setup, devices=True,
+                    console=lines.xen, ring_console=lines.ring, profile=PROFILES[self.abi])
         d = m.add_guest(str(elf), GUEST_DOMAIN_MB, cmdline)
-        m.attach_disk(d.domain_id, str(disk))
+        if disk is not None:
+            m.attach_disk(d.domain_id, str(disk))
         m.run(timeout_s=timeout_s)
+        lines.flush()
         r = m.result(d)
         detail = "; ".join([r.crash_reason or "", *(x for dev in m.disks for x in dev.messages)])
-        return GuestRun(r.console, r.reason.name if r.reason else None, detail.strip("; "),
+        return GuestRun(text.value(), r.reason.name if r.reason else None, detail.strip("; "),
                         _call_names(r.calls))
 
     # --- hypercall level: the machine ----------------------------------------------------------

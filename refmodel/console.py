@@ -37,7 +37,7 @@ from xenspec.refmodel.domain import Vcpu
 from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS
 from xenspec.spec import abi
 
-__all__ = ["CONSOLE_CHUNK", "CONSOLE_LOG_SIZE", "Console"]
+__all__ = ["CONSOLE_CHUNK", "CONSOLE_LOG_SIZE", "Console", "ConsoleLines"]
 
 if TYPE_CHECKING:
     from xenspec.refmodel.platform import PVPlatform
@@ -83,3 +83,44 @@ class Console:
             return 0
         finally:
             self.hv.charge_work(chunks)
+
+
+class ConsoleLines:
+    """A machine's two consoles as one text, whole lines (``xenspec run`` prints it; the
+    conformance suite's reference implementation reports it): what a domain writes with
+    console_io (``xen``), each line prefixed "(dN) " as Xen prefixes a guest's lines on its
+    serial console, and its console ring (``ring``, what the tools' console shows), as it is,
+    or prefixed "[dN] " when the machine runs ``several`` guests. A line is written once it is
+    complete (``flush`` writes what is left); carriage returns are dropped (Mini-OS ends its ring
+    lines with "\\n\\r"). The guest kernels write each line to both consoles, so the
+    prefix tells the two copies apart."""
+
+    def __init__(self, write: Callable[[str], None], several: bool = False) -> None:
+        self.write = write
+        self.several = several
+        self.partial: dict[tuple[str, int], str] = {}
+
+    def xen(self, domid: int, data: bytes) -> None:
+        self._add(("xen", domid), data)
+
+    def ring(self, domid: int, data: bytes) -> None:
+        self._add(("ring", domid), data)
+
+    def _prefix(self, source: str, domid: int) -> str:
+        if source == "xen":
+            return f"(d{domid}) "
+        return f"[d{domid}] " if self.several else ""
+
+    def _add(self, key: tuple[str, int], data: bytes) -> None:
+        text = data.decode("latin-1").replace("\r", "")
+        *lines, rest = (self.partial.pop(key, "") + text).split("\n")
+        prefix = self._prefix(*key)
+        for line in lines:
+            self.write(f"{prefix}{line}\n")
+        if rest:
+            self.partial[key] = rest
+
+    def flush(self) -> None:
+        for (source, domid), rest in sorted(self.partial.items()):
+            self.write(f"{self._prefix(source, domid)}{rest}\n")
+        self.partial.clear()

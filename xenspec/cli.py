@@ -155,36 +155,9 @@ def _built_guest(name: str, pae: bool = False) -> str:
         raise click.ClickException(f"building the {name} guest failed: {exc}") from exc
 
 
-class _Consoles:
-    """The consoles of the run's domains on standard output, whole lines: console_io's
-    prefixed "(dN) ", the console rings' prefixed "[dN] " with several guests (else as they
-    are). Carriage returns are dropped (Mini-OS ends its ring lines with "\\n\\r")."""
-
-    def __init__(self, several: bool) -> None:
-        self.several = several
-        self.partial: dict[tuple[str, int], str] = {}
-
-    def xen(self, domid: int, data: bytes) -> None:
-        self._write(f"(d{domid}) ", ("xen", domid), data)
-
-    def ring(self, domid: int, data: bytes) -> None:
-        self._write(f"[d{domid}] " if self.several else "", ("ring", domid), data)
-
-    def _write(self, prefix: str, key: tuple[str, int], data: bytes) -> None:
-        text = data.decode("latin-1").replace("\r", "")
-        *lines, rest = (self.partial.pop(key, "") + text).split("\n")
-        for line in lines:
-            sys.stdout.write(f"{prefix}{line}\n")
-        if rest:
-            self.partial[key] = rest
-        sys.stdout.flush()
-
-    def flush(self) -> None:
-        for (source, domid), rest in sorted(self.partial.items()):
-            prefix = f"(d{domid}) " if source == "xen" else f"[d{domid}] " if self.several \
-                else ""
-            sys.stdout.write(f"{prefix}{rest}\n")
-        self.partial.clear()
+def _stdout_write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def _run_guests(paths: list[str], cmdlines: list[str], trace: bool, memory_mb: int,
@@ -206,7 +179,9 @@ def _run_guests(paths: list[str], cmdlines: list[str], trace: bool, memory_mb: i
     def on_trace(record: HypercallRecord) -> None:
         click.echo(f"(XEN) {record}", err=True)
 
-    consoles = _Consoles(several=len(paths) > 1)
+    from xenspec.refmodel.console import ConsoleLines
+
+    consoles = ConsoleLines(_stdout_write, several=len(paths) > 1)
     try:
         # Each image is read for the machine's ABI profile before any domain exists: one
         # that does not fit it is refused (refmodel/elfbuild.py).

@@ -76,20 +76,48 @@ int vsnprintf(char *buf, size_t size, const char *fmt, va_list ap)
 int snprintf(char *buf, size_t size, const char *fmt, ...)
 { va_list ap; va_start(ap, fmt); int n = vsnprintf(buf, size, fmt, ap); va_end(ap); return n; }
 
+/* printk: the text of each call, formatted whole, goes to Xen's console (console_io: the
+ * serial line of a debug Xen; a release Xen refuses it to a domain U) and to the domain's
+ * console ring (what `xl create -c` and `xl console` show; console_line below). printk_ring
+ * nonzero keeps it to the ring alone (console_io without a ring), for a kernel testing the ring. */
 int printk_ring;
-static void vprintk(const char *fmt, va_list ap)
+static void console_out(const char *buf, u32 n)
+{
+    if (!printk_ring || console_line(buf, n) == -ENODEV)
+        HYPERVISOR_console_io(CONSOLEIO_write, n, buf);
+    if (!printk_ring)
+        console_line(buf, n);
+}
+static void vprintk_line(const char *prefix, const char *fmt, va_list ap)
 {
     char buf[512];
-    int n = vsnprintf(buf, sizeof(buf), fmt, ap);
-    if (n > (int)sizeof(buf) - 1) n = sizeof(buf) - 1;
-    if (printk_ring && xencons_write(buf, (u32)n) >= 0)
-        return;
-    HYPERVISOR_console_io(CONSOLEIO_write, (u32)n, buf);
+    int p = prefix ? snprintf(buf, sizeof(buf), "%s", prefix) : 0;
+    int n = p + vsnprintf(buf + p, sizeof(buf) - p, fmt, ap);
+    if (n > (int)sizeof(buf) - 2) n = sizeof(buf) - 2;
+    if (prefix) { buf[n++] = '\n'; buf[n] = 0; }   /* with a prefix: one whole line */
+    console_out(buf, (u32)n);
 }
-void printk(const char *fmt, ...) { va_list ap; va_start(ap, fmt); vprintk(fmt, ap); va_end(ap); }
+void printk(const char *fmt, ...)
+{ va_list ap; va_start(ap, fmt); vprintk_line(NULL, fmt, ap); va_end(ap); }
 
+/* The last line before SCHEDOP_shutdown states the reason, so that a console that is all a
+ * tool shows (`xl create -c`) still tells how the kernel ended: "xenspec: shutdown NAME" with
+ * sched.h's SHUTDOWN_* name, or "xenspec: shutdown reason N" for another number. Lines the
+ * ring had no room for are counted first. A domain Xen crashes prints no such line. */
+static const char *const shutdown_names[] = { "poweroff", "reboot", "suspend", "crash" };
+void shutdown_announce(unsigned reason)
+{
+    if (console_ring_dropped)
+        printk("xenspec: the console ring dropped %u bytes\n", console_ring_dropped);
+    if (reason < sizeof(shutdown_names) / sizeof(shutdown_names[0]))
+        printk("xenspec: shutdown %s\n", shutdown_names[reason]);
+    else
+        printk("xenspec: shutdown reason %u\n", reason);
+    console_flush();
+}
 void shutdown(unsigned reason)
 {
+    shutdown_announce(reason);
     u32 arg = reason;
     HYPERVISOR_sched_op(SCHEDOP_shutdown, &arg);
     HYPERVISOR_sched_op_compat(SCHEDOP_shutdown, reason);
@@ -98,7 +126,7 @@ void shutdown(unsigned reason)
 void panic(const char *fmt, ...)
 {
     va_list ap; va_start(ap, fmt);
-    printk("PANIC: "); vprintk(fmt, ap); printk("\n");
+    vprintk_line("PANIC: ", fmt, ap);
     va_end(ap);
     shutdown(SHUTDOWN_crash);
 }
@@ -107,13 +135,13 @@ void panic(const char *fmt, ...)
 void xtf_failure(const char *fmt, ...)
 {
     va_list ap; va_start(ap, fmt);
-    printk("FAILURE: "); vprintk(fmt, ap); printk("\n");
+    vprintk_line("FAILURE: ", fmt, ap);
     va_end(ap); xtf_failures++;
 }
 void xtf_error(const char *fmt, ...)
 {
     va_list ap; va_start(ap, fmt);
-    printk("ERROR: "); vprintk(fmt, ap); printk("\n");
+    vprintk_line("ERROR: ", fmt, ap);
     va_end(ap); xtf_errors++;
 }
 void xtf_exit(void)
@@ -458,16 +486,19 @@ void wallclock(u32 *sec, u32 *nsec, u32 *version)
 volatile u8 *mfn_to_virt(u32 mfn)
 { return (volatile u8 *)(KERNEL_VIRT_BASE + (((u32 *)MACH2PHYS_VIRT_START)[mfn] << PAGE_SHIFT)); }
 
-void evtchn_wait(u32 port)
+/* SCHEDOP_poll on one port until it is pending or system time reaches deadline (0: none). */
+static void evtchn_poll(u32 port, u64 deadline)
 {
     volatile u8 *vi = vcpu0_info();
     u8 masked = vi[VCPU_INFO_evtchn_upcall_mask];
-    struct { u32 ports, nr_ports, timeout_lo, timeout_hi; } poll = { (u32)&port, 1, 0, 0 };
+    struct { u32 ports, nr_ports, timeout_lo, timeout_hi; } poll =
+        { (u32)&port, 1, (u32)deadline, (u32)(deadline >> 32) };
     vi[VCPU_INFO_evtchn_upcall_mask] = 1;   /* SCHEDOP_poll needs event delivery masked */
     HYPERVISOR_sched_op(SCHEDOP_poll, &poll);
     evtchn_clear(port);
     events_mask_upcalls(masked);
 }
+void evtchn_wait(u32 port) { evtchn_poll(port, 0); }
 
 #define XS_IDX(page, off) (*(volatile u32 *)((page) + (off)))
 static volatile u8 *xs_page(void) { return mfn_to_virt(si_u32(START_INFO_store_mfn)); }
@@ -676,6 +707,89 @@ int xencons_read(char *buf, u32 len)
     if (n)
         evtchn_send(si_u32(START_INFO_console_evtchn));
     return (int)n;
+}
+
+/* printk's copy in the ring. Never blocks for good: a line waits for room at most
+ * CONS_WAIT_NS of system time (SCHEDOP_poll with a timeout, a bounded number of times); a
+ * line the ring has no room for then is dropped and counted, and after such a wait the next
+ * lines that do not fit are dropped at once until the back end is seen to take some. A line
+ * goes in whole or not at all (the back end never sees half of one), and a printk from an
+ * event handler that interrupts one in progress is dropped rather than corrupt the indexes.
+ * The console port is masked once (the kernel polls it; no upcall counts change). */
+#define CONS_WAIT_NS 1000000000ull
+#define CONS_WAIT_POLLS 64
+u32 console_ring_dropped;
+static int cons_busy, cons_stalled, cons_masked;
+
+static volatile u8 *cons_page(void)
+{
+    if (!shared_info || !si_u32(START_INFO_console_mfn)
+        || (si_u32(START_INFO_flags) & SIF_INITDOMAIN))   /* dom0's console field differs */
+        return NULL;
+    return mfn_to_virt(si_u32(START_INFO_console_mfn));
+}
+
+/* Wait (bounded) until the ring's output half has room for len more bytes. */
+static int cons_room(volatile u8 *page, u32 port, u32 len)
+{
+    u64 deadline = 0;
+    for (int polls = 0;; polls++) {
+        u32 cons = CONS_IDX(page, XENCONS_out_cons), prod = CONS_IDX(page, XENCONS_out_prod);
+        if (prod - cons > XENCONS_OUT_SIZE)
+            return 0;                                /* indexes gone wrong: not ours to fix */
+        if (XENCONS_OUT_SIZE - (prod - cons) >= len) {
+            cons_stalled = 0;
+            return 1;
+        }
+        u64 now = system_time_ns();
+        if (!deadline)
+            deadline = now + CONS_WAIT_NS;
+        if (cons_stalled || now >= deadline || polls == CONS_WAIT_POLLS) {
+            cons_stalled = 1;
+            return 0;
+        }
+        evtchn_clear(port);     /* then look again, so that no notification is lost */
+        if (CONS_IDX(page, XENCONS_out_cons) == cons)
+            evtchn_poll(port, deadline);
+    }
+}
+
+int console_line(const char *buf, u32 len)
+{
+    volatile u8 *page = cons_page();
+    if (!page)
+        return -ENODEV;
+    if (cons_busy || len > XENCONS_OUT_SIZE) {
+        console_ring_dropped += len;
+        return -EBUSY;
+    }
+    cons_busy = 1;
+    u32 port = si_u32(START_INFO_console_evtchn);
+    if (!cons_masked) {
+        evtchn_mask(port);
+        cons_masked = 1;
+    }
+    int rc = cons_room(page, port, len);
+    if (rc) {
+        u32 prod = CONS_IDX(page, XENCONS_out_prod);
+        for (u32 i = 0; i < len; i++)
+            page[XENCONS_out + ((prod + i) & (XENCONS_OUT_SIZE - 1))] = buf[i];
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);   /* the bytes before the index */
+        CONS_IDX(page, XENCONS_out_prod) = prod + len;
+        evtchn_send(port);
+    } else {
+        console_ring_dropped += len;
+    }
+    cons_busy = 0;
+    return rc ? (int)len : -EAGAIN;
+}
+
+/* Wait (bounded as above) until the back end has taken everything written to the ring. */
+void console_flush(void)
+{
+    volatile u8 *page = cons_page();
+    if (page && !cons_busy)
+        cons_room(page, si_u32(START_INFO_console_evtchn), XENCONS_OUT_SIZE);
 }
 
 /* ---- grant tables (grant_table.h, grant_table.c) --------------------------------------- */

@@ -50,7 +50,9 @@ void *memcpy(void *d, const void *s, size_t n);
 size_t strlen(const char *s);
 int memcmp(const void *a, const void *b, size_t n);
 int strcmp(const char *a, const char *b);
+/* shutdown prints "xenspec: shutdown NAME" (shutdown_announce) before SCHEDOP_shutdown. */
 void shutdown(unsigned reason) __attribute__((noreturn));
+void shutdown_announce(unsigned reason);
 void panic(const char *fmt, ...) __attribute__((noreturn));
 
 /* Results in XTF's words, then poweroff. */
@@ -172,7 +174,12 @@ int xenstore_event(char *buf, u32 len, int wait);
 /* The console ring: write all of buf (waiting for room); read what has arrived (no wait). */
 int xencons_write(const char *buf, u32 len);              /* len, or -ENODEV without a ring */
 int xencons_read(char *buf, u32 len);                     /* bytes read, or -ENODEV */
-extern int printk_ring;             /* nonzero: printk writes through the console ring */
+extern int printk_ring;             /* nonzero: printk writes to the ring alone */
+/* printk's line in the ring: len, or -ENODEV without a ring, -EAGAIN if dropped for want of
+ * room after a bounded wait, -EBUSY if another is in progress (counted in console_ring_dropped). */
+int console_line(const char *buf, u32 len);
+void console_flush(void);           /* wait (bounded) until the back end took all of the ring */
+extern u32 console_ring_dropped;
 
 /* Grant tables (grant_table.h, version-1 entries). gnttab_init maps the first shared frame
  * (refs 0..511) over a scratch page; an entry is written domid and frame first, flags last. */
