@@ -12,9 +12,9 @@ Two profiles, each number defined once here or in ``spec/abi.py``:
   hole from 0xF5800000, the start of the read-only M2P, to 4 GB. Its numbers are defined
   below with the header each comes from (Xen RELEASE-4.19.0 unless a line says otherwise).
   The model runs it with Xen 4.19's MMU rules for a 32-bit PV domain (refmodel/mm_pae.py)
-  and its tools' start-of-day layout (refmodel/builder_pae.py); the specification's
-  invariants and proofs are still the native profile's (refmodel/view_pae.py checks a
-  running compat-pae machine meanwhile).
+  and its tools' start-of-day layout (refmodel/builder_pae.py); the invariants are
+  written over its paging structure as over the native one (spec/paging.py), and its MMU
+  hypercalls are specified and proved in spec/mm_spec_pae.py.
 
 Which profile a kernel image needs is Xen's tools' rule (tools/libxc/xc_linux_build.c
 compat_check in 3.0.4; tools/libs/guest/xg_dom_elfloader.c xc_dom_guest_type and

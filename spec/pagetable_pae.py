@@ -24,8 +24,9 @@ as 64-bit ``intpte_t``. The rules here are Xen RELEASE-4.19.0's:
   ``FASTPATH_FLAG_WHITELIST``; ``FASTPATH_PDE_FLAG_WHITELIST`` is the same set when guest
   linear page tables are allowed, ``CONFIG_PV_LINEAR_PT``, the default).
 
-The processor is taken to have NX (``cpu_has_nx``): Xen's masks allow NX only then. Nothing
-in the reference model uses this module yet; it is the entry format the PAE MMU will use.
+The processor is taken to have NX (``cpu_has_nx``): Xen's masks allow NX only then. The
+model's PAE MMU (refmodel/mm_pae.py) and the PAE specification (spec/mm_spec_pae.py,
+spec/paging.py) use these definitions.
 Xen 3.0.4's own PAE build (x86_32 with ``CONFIG_X86_PAE``) differs: 44-bit frames, a 32-bit
 flag word (entry bits 44-63 as flag bits 12-31, NX flag bit 31), ``L3_DISALLOW_MASK``
 ``0xFFFFF1E6`` (asm-x86/x86_32/page-3level.h); the profile is the 64-bit hypervisor's.
