@@ -457,11 +457,15 @@ def spec_pin_table(s: SymState, f: Word, level: int, fd: Word) -> Transition:
     return Transition(ok.holds, new, bv(0), bv(-abi.EINVAL), choice, check=ok)
 
 
-def spec_unpin_table(s: SymState, d: Word, f: Word) -> Transition:
-    """MMUEXT_UNPIN_TABLE: drop the pin's references; the table may lose its validation."""
+def spec_unpin_table(s: SymState, d: Word, f: Word,
+                     drop: Callable[[SymState], tuple[Bool, SymState]] | None = None
+                     ) -> Transition:
+    """MMUEXT_UNPIN_TABLE: drop the pin's references; the table may lose its validation
+    (``drop``: the paging mode's de-validation, this module's ``drop_references`` by
+    default)."""
     ok = all_of(require("mfn_valid", mfn_valid(s, f)), require("owner", s.owner[f] == d),
                 require("pinned", s.pinned[f]))
-    choice, new = drop_references(s.evolve(pinned=z3.Store(s.pinned, f, False)))
+    choice, new = (drop or drop_references)(s.evolve(pinned=z3.Store(s.pinned, f, False)))
     return Transition(ok.holds, new, bv(0), bv(-abi.EINVAL), choice, check=ok)
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import z3
 
-from xenspec.spec import abi
+from xenspec.spec import abi, mm_spec
 from xenspec.spec.abi_profiles import (
     COMPAT_HYPERVISOR_VIRT_START,
     COMPAT_L2_PAGETABLE_FIRST_XEN_SLOT,
@@ -414,11 +414,8 @@ def spec_pin_table(s: SymState, f: Word, level: int, fd: Word) -> Transition:
 
 
 def spec_unpin_table(s: SymState, d: Word, f: Word) -> Transition:
-    """MMUEXT_UNPIN_TABLE: drop the pin's references; tables may lose their validation."""
-    ok = all_of(require("mfn_valid", mfn_valid(s, f)), require("owner", s.owner[f] == d),
-                require("pinned", s.pinned[f]))
-    choice, new = drop_references(s.evolve(pinned=z3.Store(s.pinned, f, False)))
-    return Transition(ok.holds, new, bv(0), bv(-abi.EINVAL), choice, check=ok)
+    """MMUEXT_UNPIN_TABLE: spec.mm_spec's, with this profile's de-validation."""
+    return mm_spec.spec_unpin_table(s, d, f, drop_references)
 
 
 def spec_new_baseptr(s: SymState, v: Word, f: Word) -> Transition:
