@@ -202,11 +202,11 @@ HYPERCALL_SPECS: tuple[tuple[str, SpecBuilder], ...] = (
 PAE = "compat-pae: "
 
 
-def _pae_mmu_update(level: int) -> SpecBuilder:
+def _pae_mmu_update(level: int, validating: bool = False) -> SpecBuilder:
     def build(s: SymState) -> Transition:
         v, fd = _args("v", "fd")
         ptr, val = _args("ptr", "val", width=64)
-        return mm_spec_pae.spec_mmu_update(s, v, ptr, val, fd, level)
+        return mm_spec_pae.spec_mmu_update(s, v, ptr, val, fd, level, validating)
 
     return build
 
@@ -238,7 +238,9 @@ def _pae_new_baseptr(s: SymState) -> Transition:
 PAE_SPECS: tuple[tuple[str, SpecBuilder], ...] = (
     (PAE + "mmu_update/NORMAL_PT_UPDATE/L1", _pae_mmu_update(1)),
     (PAE + "mmu_update/NORMAL_PT_UPDATE/L2", _pae_mmu_update(2)),
+    (PAE + "mmu_update/NORMAL_PT_UPDATE/L2/new L1", _pae_mmu_update(2, True)),
     (PAE + "mmu_update/NORMAL_PT_UPDATE/L3", _pae_mmu_update(3)),
+    (PAE + "mmu_update/NORMAL_PT_UPDATE/L3/new L2", _pae_mmu_update(3, True)),
     (PAE + "mmu_update/NORMAL_PT_UPDATE/data", _pae_mmu_update(0)),
     (PAE + "update_va_mapping", _pae_update_va_mapping),
     (PAE + "mmuext_op/PIN_L1_TABLE", _pae_pin(1)),

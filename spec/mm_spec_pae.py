@@ -41,7 +41,6 @@ from xenspec.spec.abi_profiles import (
 from xenspec.spec.branches import Check, all_of, any_of, require
 from xenspec.spec.mm_spec import (
     Transition,
-    fresh_bool,
     fresh_set,
     in_use,
     in_use_check,
@@ -293,29 +292,37 @@ def mod_l1_entry(s: SymState, t: Word, i: Word, e: Word, fd: Word) -> tuple[Chec
     return ok, z3.BoolVal(True), retype_writable(s, r).evolve(mem=set_entry(s, t, i, e))
 
 
-def mod_upper_entry(s: SymState, t: Word, i: Word, e: Word, d: Word,
-                    level: int) -> tuple[Check, Bool, SymState]:
-    """mod_l2_entry / mod_l3_entry: replace guest entry ``i`` of the table in use ``t``. The
-    slow path may validate the new target first (for an L2 entry a new L1; for an L3 entry
-    a new L2 and new L1s under it)."""
-    old = entry(s, t, i)
-    disallowed = l2e_disallowed if level == 2 else l3e_disallowed
-    fast = fast_path(e, old, disallowed)
-    validating = z3.And(fresh_bool("validate_target"), z3.Not(fast), pte_present(e))
-    h = z3.BitVec("h", 32)
-    target = z3.Lambda([h], z3.And(validating, h == pae_frame(e)))
+def mod_upper_entry(s: SymState, t: Word, i: Word, e: Word, d: Word, level: int,
+                    validating: bool) -> tuple[Check, Bool, SymState]:
+    """mod_l2_entry / mod_l3_entry: replace guest entry ``i`` of the table in use ``t``.
+    Without ``validating``, the fast path or a target in use; with it, the slow path that
+    validates the new target first (for an L2 entry a new L1; for an L3 entry a new L2 and
+    the new L1s under it). The two are one call's two ways, proved apart."""
     if level == 2:
-        valid, choice_v, mid = validate(s, d, target, none(), none(), None)
-        entry_ok = l2e_check(mid, t, e, d)
         slot = require("guest_slot", guest_slot(s, t, i))
     else:
-        l1s = chosen("new_l1", validating)
-        valid, choice_v, mid = validate(s, d, l1s, target, none(), None)
-        entry_ok = l3e_check(mid, e, d)
         slot = require("guest_slot", z3.ULT(i, bv(COMPAT_L3_XEN_SLOT)))
-    ok = all_of(slot, any_of(("fast", require("fast", fast)), ("", all_of(valid, entry_ok))))
+    fast = fast_path(e, entry(s, t, i), l2e_disallowed if level == 2 else l3e_disallowed)
+    if not validating:
+        mid, choice_v = s, z3.BoolVal(True)
+        ok = all_of(slot, any_of(("fast", require("fast", fast)), ("", entry_check(s, t, e, d,
+                                                                              level))))
+    else:
+        h = z3.BitVec("h", 32)
+        target = z3.Lambda([h], h == pae_frame(e))
+        if level == 2:
+            valid, choice_v, mid = validate(s, d, target, none(), none(), None)
+        else:
+            valid, choice_v, mid = validate(s, d, chosen("new_l1", z3.BoolVal(True)), target,
+                                            none(), None)
+        ok = all_of(slot, require("slow", z3.Not(fast)), require("present", pte_present(e)),
+                    valid, entry_check(mid, t, e, d, level))
     choice_d, new = drop_references(mid.evolve(mem=set_entry(mid, t, i, e)))
     return ok, z3.And(choice_v, choice_d), new
+
+
+def entry_check(s: SymState, t: Word, e: Word, d: Word, level: int) -> Check:
+    return l2e_check(s, t, e, d) if level == 2 else l3e_check(s, e, d)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -331,12 +338,13 @@ def decode_ptr(ptr: Word) -> tuple[Word, Word, Word]:
 
 
 def spec_mmu_update(s: SymState, v: Word, ptr: Word, val: Word, fd: Word,
-                    level: int) -> Transition:
+                    level: int, validating: bool = False) -> Transition:
     """MMU_NORMAL_PT_UPDATE of a frame the caller owns, one case of do_mmu_update's switch
     at a time: ``level`` 1 to 3, the frame is a table in use of that level, updated through
     its checks (an L2 or L3 only for the caller itself); ``level`` 0, it is no table in use
     and is written as data once it takes the writable type. The call is the union of the
-    four (exactly one case applies to a frame)."""
+    four (exactly one case applies to a frame). For an L2 or L3, ``validating`` is the slow
+    path that validates the entry's target (mod_upper_entry)."""
     d = s.vcpu_domain[v]
     f, i, cmd = decode_ptr(ptr)
     owned = all_of(require("mfn_valid", mfn_valid(s, f)), require("owner", s.owner[f] == d),
@@ -345,7 +353,7 @@ def spec_mmu_update(s: SymState, v: Word, ptr: Word, val: Word, fd: Word,
     if level == 1:
         ok, choice, new = mod_l1_entry(s, f, i, val, fd)
     elif level in (2, 3):
-        ok, choice, new = mod_upper_entry(s, f, i, val, d, level)
+        ok, choice, new = mod_upper_entry(s, f, i, val, d, level, validating)
         ok = all_of(require("pg_owner_is_caller", fd == d), ok)
     else:
         h = z3.BitVec("h", 32)
