@@ -9,6 +9,9 @@ of every vCPU (virtual IDT, callbacks, kernel stack, GDT frames and the GDT refe
 Because the states are concrete and small, the solver decides the question over the machine's
 frames, vCPUs and the entry indices in use: a plain satisfiability check.
 
+A compat-pae machine is taken the same way (64-bit entries, Xen's PAE slots, the
+PGT_pae_xen_l2 flags) and checked against spec/mm_spec_pae.py (tests/test_mm_pae.py).
+
 Counters are not compared: the spec abstracts them, and INV-COUNT checks the model's counters
 against the references that exist after every step. The frames the hypervisor writes into on
 a guest's behalf are a fixed part of the spec's state: a hypercall that changed them does not
@@ -25,9 +28,10 @@ import z3
 
 from xenspec.refmodel.arch import ArchVcpu
 from xenspec.refmodel.hypervisor import Hypervisor
-from xenspec.refmodel.memory import PGT_pinned, PGT_validated
+from xenspec.refmodel.memory import PGT_pae_xen_l2, PGT_pinned, PGT_validated
 from xenspec.refmodel.mm import LINEAR_PT_FLAGS
 from xenspec.spec import abi, mm_spec, symbolic
+from xenspec.spec.abi_profiles import COMPAT_L2_PAGETABLE_FIRST_XEN_SLOT
 from xenspec.spec.invariants import FREE_FRAME_OWNER
 from xenspec.spec.mm_spec import GDT_FRAMES, Transition
 from xenspec.spec.pagetable import PGT
@@ -94,6 +98,9 @@ class Snapshot:
     handles: dict[tuple[int, int], tuple[int, int, int, int, int]] = field(default_factory=dict)
     gnt_slots: dict[tuple[int, int], tuple[int, ...]] = field(default_factory=dict)
     gnt_tables: dict[tuple[int, int], int] = field(default_factory=dict)
+    # The compat-pae profile: 64-bit entries, and the PGT_pae_xen_l2 flag of each frame.
+    entry_bits: int = 32
+    pae_xen_l2: tuple[bool, ...] = ()
 
     @staticmethod
     def take(hv: Hypervisor, skip: frozenset[int] = frozenset()) -> Snapshot:
@@ -102,27 +109,21 @@ class Snapshot:
         describe, such as hypercall argument pages."""
         f = hv.frames
         n = hv.memory.nr_frames
-        m2p = set(range(hv.m2p_start, hv.m2p_l1))
+        pae = hv.profile.paging_levels == 3
+        m2p = set(range(hv.m2p_start, hv.m2p_l1)) | set(hv.m2p_pae_l1)
         # Xen's per-domain page tables (the GDT mappings set_gdt makes) are Xen's own data.
         m2p |= {m for d in hv.domains.values() for m in d.perdomain_pt}
         entries = {}
         for mfn in range(n):
             if mfn in m2p or mfn in skip:
                 continue
-            words = hv.memory.frame_words(mfn)
-            for i in range(1024):
-                if words[i]:
-                    entries[(mfn, i)] = int(words[i])
+            words = hv.memory.frame_qwords(mfn) if pae else hv.memory.frame_words(mfn)
+            for i, w in enumerate(words):
+                if w:
+                    entries[(mfn, i)] = int(w)
         vcpus = [v for d in hv.domains.values() for v in d.vcpus]
-        # Xen's entries of each domain, the same in all its directories but for the linear
-        # page-table slot, where each maps itself (spec.pagetable.xen_l2_slot); any frame
-        # stands for the directory here, and that slot is left out.
-        xen_slots = {}
-        for d in hv.domains.values():
-            for k, e in enumerate(hv.xen_l2_slots(d, 0)):
-                i = abi.L2_PAGETABLE_FIRST_XEN_SLOT + k
-                if e and i != abi.LINEAR_PT_SLOT:
-                    xen_slots[(d.domain_id, i)] = e
+        pae_fields: dict[str, Any] = {} if not pae else {
+            "entry_bits": 64, "pae_xen_l2": tuple(bool(x & PGT_pae_xen_l2) for x in f.flags)}
         return Snapshot(
             nr_frames=n,
             owner=tuple(int(x) & 0xFFFFFFFF for x in f.owner),
@@ -133,13 +134,13 @@ class Snapshot:
             bases=tuple(v.guest_table for v in vcpus),
             vcpu_domains=tuple(v.domain.domain_id for v in vcpus),
             privileged=frozenset(d.domain_id for d in hv.domains.values() if d.is_privileged),
-            xen_slots=xen_slots,
+            xen_slots=_pae_xen_slots(hv) if pae else _xen_slots(hv),
             cpus=tuple(CpuSnapshot.take(hv.arch_vcpu(v) or ArchVcpu()) for v in vcpus),
             gdt_ref=tuple(int(f.type[m]) == PGT.gdt_page and int(f.type_count[m]) > 0
                           for m in range(n)),
             no_type_refs=tuple(int(f.type_count[m]) == 0 for m in range(n)),
             xen_written=tuple(hv.hypervisor_writes(m) for m in range(n)),
-            **Snapshot.take_grants(hv, entries),
+            **Snapshot.take_grants(hv, entries), **pae_fields,
         )
 
     @staticmethod
@@ -170,15 +171,18 @@ class Snapshot:
                 arr = z3.Store(arr, bv(i), z3.BoolVal(x) if isinstance(x, bool) else bv(x))
             return arr
 
-        flat = z3.Lambda([z3.BitVec("x", 32), z3.BitVec("k", 32)], bv(0))
+        def word(x: int) -> z3.BitVecRef:
+            return bv(x) if self.entry_bits == 32 else z3.BitVecVal(x, 64)
+
+        flat = z3.Lambda([z3.BitVec("x", 32), z3.BitVec("k", 32)], word(0))
         for (mfn, i), e in sorted(self.entries.items()):
-            flat = z3.Store(flat, bv(mfn), bv(i), bv(e))
+            flat = z3.Store(flat, bv(mfn), bv(i), word(e))
         slots = dict(self.xen_slots)
 
         def xen_l2e(domid: z3.BitVecRef, index: z3.BitVecRef) -> z3.BitVecRef:
-            out = bv(0)
+            out = word(0)
             for (d, k), e in sorted(slots.items()):
-                out = z3.If(z3.And(domid == d, index == k), bv(e), out)
+                out = z3.If(z3.And(domid == d, index == k), word(e), out)
             return out
 
         privileged = z3.K(W, z3.BoolVal(False))
@@ -193,6 +197,8 @@ class Snapshot:
             linear_pt_flags=bv(LINEAR_PT_FLAGS),
             xen_written=array(self.xen_written, z3.BoolSort()),
             **self.encode_cpus(array), **self.encode_grants(),
+            **({"pae_xen_l2": array(self.pae_xen_l2, z3.BoolSort())} if self.pae_xen_l2
+               else {}),
         )
 
     def encode_grants(self) -> dict[str, z3.ArrayRef]:
@@ -234,6 +240,25 @@ class Snapshot:
         )
 
 
+def _xen_slots(hv: Hypervisor) -> dict[tuple[int, int], int]:
+    """Xen's entries of each domain, the same in all its directories but for the linear
+    page-table slot, where each maps itself (spec.pagetable.xen_l2_slot); any frame stands
+    for the directory here, and that slot is left out."""
+    xen_slots = {}
+    for d in hv.domains.values():
+        for k, e in enumerate(hv.xen_l2_slots(d, 0)):
+            i = abi.L2_PAGETABLE_FIRST_XEN_SLOT + k
+            if e and i != abi.LINEAR_PT_SLOT:
+                xen_slots[(d.domain_id, i)] = e
+    return xen_slots
+
+
+def _pae_xen_slots(hv: Hypervisor) -> dict[tuple[int, int], int]:
+    """compat-pae: Xen's slots of each domain's L2 with PGT_pae_xen_l2."""
+    return {(d.domain_id, COMPAT_L2_PAGETABLE_FIRST_XEN_SLOT + k): e
+            for d in hv.domains.values() for k, e in enumerate(hv.xen_pae_l2_slots(d)) if e}
+
+
 def same_state(s: SymState, after: Snapshot, indices: list[int],
                old: tuple[SymState, Snapshot] | None = None) -> z3.BoolRef:
     """``s`` agrees with the concrete ``after`` on every frame (its type as ``same_type``
@@ -253,6 +278,8 @@ def same_state(s: SymState, after: Snapshot, indices: list[int],
         for i in indices if f not in grant_frames else ():
             terms.append(z3.Select(s.mem, bv(f), bv(i)) == after.entries.get((f, i), 0))
         terms.append(s.gdt_ref[bv(f)] == after.gdt_ref[f])
+        if after.pae_xen_l2 and after.validated[f] and after.type[f] == PGT.l2_page_table:
+            terms.append(s.pae_xen_l2[bv(f)] == after.pae_xen_l2[f])
     terms += [s.base[bv(v)] == b for v, b in enumerate(after.bases)]
     terms += same_grants(s, after)
     for v, c in enumerate(after.cpus):
@@ -320,10 +347,14 @@ def observed_choices(before: Snapshot, after: Snapshot) -> Callable[[str], z3.Ex
     # of another type that lost it is a left-over type_info a failed validation cleared
     # (same_type).
     gone = [f for f in range(n) if before.validated[f]
-            and before.type[f] in (PGT.l1_page_table, PGT.l2_page_table)
+            and before.type[f] in (PGT.l1_page_table, PGT.l2_page_table, PGT.l3_page_table)
             and (not after.validated[f] or after.type[f] != before.type[f])]
     new_l1 = [f for f in range(n) if not (before.validated[f] and before.type[f] == 1)
               and after.validated[f] and after.type[f] == 1]
+    # compat-pae: the L2s a validation made, without and with PGT_pae_xen_l2.
+    new_l2 = [f for f in range(n) if not (before.validated[f] and before.type[f] == 2)
+              and after.validated[f] and after.type[f] == 2]
+    xen_l2 = set(f for f in new_l2 if after.pae_xen_l2 and after.pae_xen_l2[f])
     # The frames of the writable type after the call: the spec's retyped sets must hold
     # every RW target of a newly validated table, including one that had the type already
     # (retyping it changes nothing).
@@ -336,7 +367,8 @@ def observed_choices(before: Snapshot, after: Snapshot) -> Callable[[str], z3.Ex
                   and (before.type[f] != 0 or before.validated[f])]
     released = [f for f in range(n) if before.gdt_ref[f] and not after.gdt_ref[f]]
     sets = {"devalidated": gone, "new_l1": new_l1, "retyped": retyped, "kept_table": kept,
-            "gdt_typed": gdt_typed, "gdt_failed": gdt_failed, "gdt_released": released}
+            "gdt_typed": gdt_typed, "gdt_failed": gdt_failed, "gdt_released": released,
+            "new_l2": [f for f in new_l2 if f not in xen_l2], "new_xen_l2": sorted(xen_l2)}
 
     freed = [f for f in range(n) if before.owner[f] != after.owner[f]
              and after.owner[f] == FREE_FRAME_OWNER & 0xFFFFFFFF]
