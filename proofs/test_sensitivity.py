@@ -132,8 +132,8 @@ PAE_MUTANTS: list[tuple[str, str, Callable[[pytest.MonkeyPatch], None], str]] = 
      "compat-pae: mmuext_op/PIN_L3_TABLE preserves INV-HOLE",
      lambda mp: mp.setattr(mm_spec_pae, "xen_slot_check", pae_xen_slot_check_any_l2),
      "INV-HOLE"),
-    ("compat-pae: an L3 entry may name another domain's frame",
-     "compat-pae: mmu_update/NORMAL_PT_UPDATE/L3 preserves INV-OWN (L2 entries)",
+    ("compat-pae: an L2 entry may name another domain's frame",
+     "compat-pae: mmu_update/NORMAL_PT_UPDATE/L2 preserves INV-OWN (L2 entries)",
      lambda mp: mp.setattr(mm_spec_pae, "owned_by", lambda s, g, d, name: require(
          f"{name}_mfn", mm_spec.mfn_valid(s, g))), "INV-OWN"),
 ]
