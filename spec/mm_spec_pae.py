@@ -32,7 +32,7 @@ from typing import Any
 
 import z3
 
-from xenspec.spec import abi, mm_spec
+from xenspec.spec import abi, mm_spec, symbolic
 from xenspec.spec.abi_profiles import (
     COMPAT_HYPERVISOR_VIRT_START,
     COMPAT_L2_PAGETABLE_FIRST_XEN_SLOT,
@@ -381,9 +381,11 @@ def spec_update_va_mapping(s: SymState, v: Word, va: Word, val: Word) -> Transit
     d = s.vcpu_domain[v]
     base = s.base[v]
     walked, i, reached = walk(s, base, va)
-    # The L1 the walk reaches, named by a constant equal to it: the solver instantiates the
-    # invariants' quantifiers with one term instead of the walk's nested entries.
-    t = z3.BitVec("l1_of_va", 32)
+    # The L1 the walk reaches. In a proof, a constant equal to it: the solver instantiates
+    # the invariants' quantifiers with one term instead of the walk's nested entries. On a
+    # concrete state (the refinement check), the walk itself: a failure must be one for the
+    # L1 the walk reaches, not for a constant chosen to differ from it.
+    t = walked if symbolic.CONCRETE else z3.BitVec("l1_of_va", 32)
     ok_l1, choice, new = mod_l1_entry(s, t, i, val, d)
     ok = all_of(require("guest_va", z3.ULT(va, bv(COMPAT_HYPERVISOR_VIRT_START))),
                 require("base", base != 0), require("walk", z3.And(reached, t == walked)),
