@@ -99,6 +99,17 @@ class Paging:
         return self.levels[lv.n - 2]
 
 
+def pae_frame(e: Word) -> Word:
+    """The frame a PAE entry names (l1e_get_pfn: bits 12 to 51). The specification's frame
+    numbers are 32-bit (16 TB of machine memory): in a formula, an entry naming a frame
+    beyond them names frame 0xFFFFFFFF, which no machine has (``mfn_valid`` is false for
+    it), so the entry is refused or checked as naming no RAM, as the model refuses it."""
+    if not isinstance(e, z3.ExprRef):
+        return pagetable_pae.pte_get_pfn(e)
+    return z3.If(z3.Extract(51, 44, e) == 0, z3.Extract(43, 12, e),
+                 z3.BitVecVal(0xFFFFFFFF, 32))
+
+
 NATIVE = Paging(
     name="2-level, 4-byte entries (Xen 3.0.4 x86_32)",
     levels=(
@@ -124,24 +135,13 @@ COMPAT_PAE = Paging(
         Level(3, PGT.l3_page_table, PAE_L3_PAGETABLE_ENTRIES, PAE_L3_PAGETABLE_ENTRIES,
               XenSlots.NONE, False, PAE_L2_PAGETABLE_ENTRIES),
     ),
-    pte_get_pfn=lambda e: pae_frame(e),
+    pte_get_pfn=pae_frame,
     pte_present=pagetable_pae.pte_present,
     pte_writable=pagetable_pae.pte_writable,
     root_xen_slot=COMPAT_L3_XEN_SLOT,
     source="xen/arch/x86/mm.c (RELEASE-4.19.0) promote_l3_table, init_xen_pae_l2_slots, "
            "get_l2_linear_pagetable, mod_l3_entry; asm/x86_64/page.h is_guest_l2_slot",
 )
-
-
-def pae_frame(e: Word) -> Word:
-    """The frame a PAE entry names (l1e_get_pfn: bits 12 to 51). The specification's frame
-    numbers are 32-bit (16 TB of machine memory): in a formula, an entry naming a frame
-    beyond them names frame 0xFFFFFFFF, which no machine has (``mfn_valid`` is false for
-    it), so the entry is refused or checked as naming no RAM, as the model refuses it."""
-    if not isinstance(e, z3.ExprRef):
-        return pagetable_pae.pte_get_pfn(e)
-    return z3.If(z3.Extract(51, 44, e) == 0, z3.Extract(43, 12, e),
-                 z3.BitVecVal(0xFFFFFFFF, 32))
 
 
 def paging_of(profile: AbiProfile) -> Paging:

@@ -402,7 +402,7 @@ def test_hostile_batches_keep_every_reference_accounted(ops: list[tuple]) -> Non
 # them): a failing call is checked to leave the state alone where no way of the spec succeeds.
 # --------------------------------------------------------------------------------------------
 def _pae_specs(m: Pae, before: Snapshot, op: tuple) -> list[Callable[[SymState], Transition]]:
-    kind, fd = op[0], None
+    kind = op[0]
     v0 = bv(0)
     if kind == "update":
         _, table, slot, val = op
@@ -422,7 +422,6 @@ def _pae_specs(m: Pae, before: Snapshot, op: tuple) -> list[Callable[[SymState],
     if kind == "base":
         return [lambda s: mm_spec_pae.spec_new_baseptr(s, v0, bv(m.f(op[1])))]
     _, va, val = op
-    assert fd is None
     return [lambda s: mm_spec_pae.spec_update_va_mapping(s, v0, bv(va),
                                                          z3.BitVecVal(val, 64))]
 
