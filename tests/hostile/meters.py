@@ -19,13 +19,19 @@ decision D8).
 Memory, for every measured call: the process's resident set at its highest during the call
 (Linux resets the high-water mark on request, /proc/self/clear_refs ``5``), above what it was
 when the call began, so that no single request makes the hypervisor touch a huge object even
-briefly; and what the call leaves behind, as the growth of the Python heap's allocated blocks
-(``sys.getallocatedblocks``, the objects still alive) and of the C heap's bytes in use (glibc's
-mallinfo2: large buffers, however the allocator reuses memory; the resident set without glibc).
-On the sampled calls, ``tracemalloc`` traces the call as well (the peak and what stays
-allocated, byte for byte). Over a whole run the resident set's growth is bounded too, which
-catches slow growth across many requests. Machine memory is one fixed mapping
-(refmodel/memory.py). Where the high-water mark cannot be reset, every call is traced.
+briefly. A call can also reach its peak in memory that is already resident: the C heap's free
+chunks, which glibc keeps mapped after a free (a 64 MB buffer carved from 120 MB freed earlier
+leaves the resident set where it was; a full test run met this). Before such a call, when the C
+heap holds more than ``FREE_HEAP_SLACK`` free, the meter gives the free pages back (glibc's
+malloc_trim), so that reusing them makes them resident again and counts. Python's own small-
+object pools are not given back: a call can reuse the free slots of its arenas unseen (the
+traced calls see them). And what the call leaves behind, as the growth of the Python heap's
+allocated blocks (``sys.getallocatedblocks``, the objects still alive) and of the C heap's
+bytes in use (glibc's mallinfo2: large buffers, however the allocator reuses memory; the
+resident set without glibc). On the sampled calls, ``tracemalloc`` traces the call as well (the
+peak and what stays allocated, byte for byte). Over a whole run the resident set's growth is
+bounded too, which catches slow growth across many requests. Machine memory is one fixed
+mapping (refmodel/memory.py). Where the high-water mark cannot be reset, every call is traced.
 """
 
 from __future__ import annotations
@@ -180,6 +186,8 @@ class MemoryMeter:
     def measure(self, fn: Callable[[], T], traced: bool = True) -> T:
         """``fn()``, measured; traced with tracemalloc if ``traced`` or if the high-water
         mark cannot be reset."""
+        if not traced:
+            release_free_heap(FREE_HEAP_SLACK)  # before the reset: the trim lowers the set
         if traced or not reset_peak_rss():
             return self._traced(fn)
         rss, heap, blocks = rss_bytes(), heap_in_use(), sys.getallocatedblocks()
@@ -283,6 +291,36 @@ def heap_in_use() -> int | None:
         return None
     info = _MALLINFO2()
     return int(info.uordblks + info.hblkhd)
+
+
+FREE_HEAP_SLACK = 4 << 20  # free C heap a call may reuse, unseen, before it is given back
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        fn = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return fn  # type: ignore[no-any-return]
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_free_heap(slack: int) -> bool:
+    """Give the C heap's free pages back to the kernel (glibc malloc_trim(0), which also
+    releases free pages inside the heap, not only at its top) when more than ``slack`` bytes
+    of it are free; whether it did. About 30 us when there is nothing left to give back."""
+    if _MALLOC_TRIM is None or heap_free() <= slack:
+        return False
+    _MALLOC_TRIM(0)
+    return True
+
+
+def heap_free() -> int:
+    """The bytes of the C heap that are free (glibc mallinfo2's fordblks; 0 without glibc)."""
+    return 0 if _MALLINFO2 is None else int(_MALLINFO2().fordblks)
 
 
 def peak_rss() -> int:
