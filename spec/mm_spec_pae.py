@@ -10,8 +10,9 @@ are xen/arch/x86/mm.c at RELEASE-4.19.0 for such a domain, as refmodel/mm_pae.py
   the guest's in the L2 of type PGT_pae_xen_l2 (``mod_l2_entry``: -EPERM);
 * an L3 entry names an L2 without PGT_pae_xen_l2 (``get_page_from_l3e``; no linear L3,
   XSA-185); slots 3 and above cannot be updated (``mod_l3_entry``: -EINVAL); validating an
-  L3 (``promote_l3_table``) clears entries 4 to 511 and needs slot 3 to name an L2 that takes
-  PGT_pae_xen_l2, whose Xen slots ``init_xen_pae_l2_slots`` writes;
+  L3 (``promote_l3_table``) clears entries 4 to 511, first, so that they stay cleared when it
+  fails, and needs slot 3 to name an L2 that takes PGT_pae_xen_l2, whose Xen slots
+  ``init_xen_pae_l2_slots`` writes;
 * ``do_mmu_update``: a validated table in use is updated by its level (an L2 or L3 of the
   caller only), any other frame as data once it takes the writable type.
 
@@ -40,6 +41,7 @@ from xenspec.spec.abi_profiles import (
 )
 from xenspec.spec.branches import Check, all_of, any_of, require
 from xenspec.spec.mm_spec import (
+    Branch,
     Transition,
     fresh_set,
     in_use,
@@ -415,12 +417,28 @@ def take(s: SymState, f: Word, level: int, d: Word) -> tuple[Check, Bool, SymSta
     return ok, choice, pick(already, s, new)
 
 
+def refused_after_clearing(s: SymState, f: Word, d: Word, ok: Bool) -> Branch:
+    """A failed take of ``f`` as an L3 that got as far as promote_l3_table: the frame is RAM
+    of ``d`` with no type reference, so _get_page_type validates it, and promote_l3_table
+    clears entries 4..511 before it looks at slots 0..3 ("most easily achieved by clearing
+    them out"); a slot that fails leaves them cleared (mm.c, 4.19)."""
+    x, k = z3.BitVec("x", 32), z3.BitVec("k", 32)
+    cleared = s.evolve(mem=z3.Lambda([x, k], z3.If(
+        z3.And(x == f, z3.ULE(bv(L3_USED), k)), z3.BitVecVal(0, 64), z3.Select(s.mem, x, k))))
+    promoted = z3.And(mfn_valid(s, f), s.owner[f] == d,
+                      z3.Not(in_use(s, f, PGT.l3_page_table)), z3.Not(has_type_refs(s, f)))
+    return Branch("refused, L3 cleared", z3.And(z3.Not(ok), promoted), cleared,
+                  bv(-abi.EINVAL), z3.BoolVal(True))
+
+
 def spec_pin_table(s: SymState, f: Word, level: int, fd: Word) -> Transition:
-    """MMUEXT_PIN_L1_TABLE .. PIN_L3_TABLE: take a type reference of the level and pin."""
+    """MMUEXT_PIN_L1_TABLE .. PIN_L3_TABLE: take a type reference of the level and pin (an
+    L3 that fails its validation is left with entries 4..511 cleared)."""
     ok, choice, after = take(s, f, level, fd)
     ok = all_of(require("not_pinned", z3.Not(s.pinned[f])), ok)
     new = after.evolve(pinned=z3.Store(after.pinned, f, True))
-    return Transition(ok.holds, new, bv(0), bv(-abi.EINVAL), choice, check=ok)
+    others = (refused_after_clearing(s, f, fd, ok.holds),) if level == 3 else ()
+    return Transition(ok.holds, new, bv(0), bv(-abi.EINVAL), choice, others, check=ok)
 
 
 def spec_unpin_table(s: SymState, d: Word, f: Word) -> Transition:
@@ -430,9 +448,11 @@ def spec_unpin_table(s: SymState, d: Word, f: Word) -> Transition:
 
 def spec_new_baseptr(s: SymState, v: Word, f: Word) -> Transition:
     """MMUEXT_NEW_BASEPTR (new_guest_cr3, 4.19): take an L3 reference on ``f``, install it,
-    drop the old base's. A failure leaves the old base (4.19 does not crash the domain)."""
-    ok, choice, taken = take(s, f, 3, s.vcpu_domain[v])
+    drop the old base's. A failure leaves the old base (4.19 does not crash the domain), and
+    an L3 that failed its validation with entries 4..511 cleared."""
+    d = s.vcpu_domain[v]
+    ok, choice, taken = take(s, f, 3, d)
     choice_d, new = drop_references(taken.evolve(base=z3.Store(taken.base, v, f)))
     return Transition(ok.holds, new, bv(0), bv(-abi.EINVAL), z3.And(choice, choice_d),
-                      check=ok)
+                      (refused_after_clearing(s, f, d, ok.holds),), check=ok)
 
