@@ -207,6 +207,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
              "kernels are built for it, the reference model boots them so, the kernels that "
              "are native-only are skipped, and so are the hypercall-level tests.")
     group.addoption(
+        "--clauses", default=None, metavar="ID,ID",
+        help="run only the tests whose clauses marker names one of these clauses (the others "
+             "are deselected, and the run is partial)")
+    group.addoption(
         "--conformance-report", default=None, metavar="PATH",
         help=f"where to write the JSON record of a conformance run (default {DEFAULT_REPORT}, "
              "written by complete runs only; a path given here is also written by a partial "
@@ -274,6 +278,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         bad = [f for f in fixes_of(item) if f not in profiles.FIXES]
         if bad:
             raise pytest.UsageError(f"{item.nodeid}: unknown fix(es) {', '.join(bad)}")
+    _select_clauses(config, items)
+
+
+def _select_clauses(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """--clauses: keep the tests that name one of the clauses; deselect the others."""
+    option = config.getoption("--clauses")
+    if option is None:
+        return
+    wanted = {c.strip() for c in option.split(",") if c.strip()}
+    unknown = sorted(wanted - set(BY_ID))
+    if unknown or not wanted:
+        raise pytest.UsageError(f"--clauses={option}: unknown clause(s) {', '.join(unknown)}"
+                                if unknown else "--clauses: no clause given")
+    keep = [i for i in items if wanted & set(clauses_of(i))]
+    dropped = [i for i in items if not wanted & set(clauses_of(i))]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 def pytest_deselected(items: list[pytest.Item]) -> None:
@@ -290,7 +312,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     state.items = [i.nodeid for i in mine]
     collected = {Path(str(i.path)).resolve() for i in mine}
     state.modules_missing = sorted(p.name for p in SUITE.glob("test_*.py") if p not in collected)
-    state.partial_args = any("::" in str(a) for a in session.config.args)
+    state.partial_args = (any("::" in str(a) for a in session.config.args)
+                          or session.config.getoption("--clauses") is not None)
     if not state.loaded:
         state.load()
 

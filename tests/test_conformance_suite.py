@@ -76,6 +76,6 @@ def test_bad_implementation_is_one_clear_error(tmp_path: Path, spec: str, messag
 # workers share them out, where one item running them all kept a worker for minutes.
 @pytest.mark.parametrize("broken", BROKEN, ids=[b.name for b in BROKEN])
 def test_every_broken_implementation_is_killed(broken: Broken) -> None:
-    verdicts = kill_rate(jobs=1, only=[broken.name])
+    verdicts = kill_rate(jobs=1, only=[broken.name], focused=True)
     assert [v.broken for v in verdicts] == [broken]
     assert [v.line() for v in verdicts if not v.killed] == []

@@ -354,8 +354,11 @@ def docs(output: str, refresh: bool) -> None:
 @main.command("kill-rate")
 @click.option("--jobs", "-j", default=os.cpu_count() or 1, show_default=True,
               type=click.IntRange(1, 64), help="Suites run in parallel.")
+@click.option("--focused", is_flag=True,
+              help="Run the tests of the broken clauses first; the whole suite only if they "
+                   "do not catch it.")
 @click.argument("names", nargs=-1)
-def kill_rate(jobs: int, names: tuple[str, ...]) -> None:
+def kill_rate(jobs: int, focused: bool, names: tuple[str, ...]) -> None:
     """Run the conformance suite against each deliberately broken implementation.
 
     Each of xenspec.conformance.broken is the reference model with one rule removed or
@@ -364,7 +367,7 @@ def kill_rate(jobs: int, names: tuple[str, ...]) -> None:
     """
     from xenspec.conformance import killrate
 
-    sys.exit(killrate.main(["--jobs", str(jobs), *names]))
+    sys.exit(killrate.main(["--jobs", str(jobs), *(["--focused"] if focused else []), *names]))
 
 
 if __name__ == "__main__":
