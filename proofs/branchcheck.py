@@ -249,7 +249,8 @@ def model_facts(s: SymState, unknown: dict[Any, Any]) -> list[z3.BoolRef]:
 # pointers. The machine has no grant, CPU-interface or Xen-written state for the others to
 # speak of (and the concrete check of the state built covers them all).
 GENERATION_INVARIANTS = ("INV-HOLE", "INV-NOWRPT", "INV-OWN (L1 entries)",
-                         "INV-OWN (L2 entries)", "INV-PIN", "INV-BASE", "INV-L2REF")
+                         "INV-OWN (L2 entries)", "INV-PIN", "INV-BASE",
+                         "INV-L2REF (directories)", "INV-L2REF (L3s)")
 
 
 def invariants(s: SymState) -> list[z3.BoolRef]:

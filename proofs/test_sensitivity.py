@@ -272,7 +272,7 @@ GRANT_MEMOP_MUTANTS: list[tuple[str, str, Callable[[pytest.MonkeyPatch], None]]]
      "grant_table_op/map_grant_ref/contains_pte by another domain leaves a grantee's mapping "
      "in place: grants not revoked", _pte_form_any_table),
     ("copy writes a frame that cannot take the writable type",
-     "grant_table_op/copy preserves INV-L2REF",
+     "grant_table_op/copy preserves INV-L2REF (directories)",
      lambda mp: mp.setattr(grant_spec, "can_take_type", lambda s, g, t: z3.BoolVal(True))),
     ("copy ignores GTF_readonly on its destination",
      "map_grant_ref and copy write only through grants without GTF_readonly: INV-GNT-RO",
