@@ -254,7 +254,7 @@ def _pte_form_any_table(mp: pytest.MonkeyPatch) -> None:
 
 GRANT_MEMOP_MUTANTS: list[tuple[str, str, Callable[[pytest.MonkeyPatch], None]]] = [
     ("decrease_reservation frees a frame that is still referenced",
-     "memory_op/decrease_reservation preserves INV-FREE-REF (tables)",
+     "memory_op/decrease_reservation preserves INV-FREE-REF (frames)",
      lambda mp: mp.setattr(memop_spec, "unreferenced", lambda s, f: z3.BoolVal(True))),
     ("increase_reservation hands out a frame that is not on the free list",
      "memory_op/increase_reservation preserves INV-OWN (L1 entries)",
