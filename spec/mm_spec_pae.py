@@ -421,7 +421,8 @@ def refused_after_clearing(s: SymState, f: Word, d: Word, ok: Bool) -> Branch:
     """A failed take of ``f`` as an L3 that got as far as promote_l3_table: the frame is RAM
     of ``d`` with no type reference, so _get_page_type validates it, and promote_l3_table
     clears entries 4..511 before it looks at slots 0..3 ("most easily achieved by clearing
-    them out"); a slot that fails leaves them cleared (mm.c, 4.19)."""
+    them out"); a slot that fails leaves them cleared (mm.c at RELEASE-4.19.0, lines
+    1526-1534)."""
     x, k = z3.BitVec("x", 32), z3.BitVec("k", 32)
     cleared = s.evolve(mem=z3.Lambda([x, k], z3.If(
         z3.And(x == f, z3.ULE(bv(L3_USED), k)), z3.BitVecVal(0, 64), z3.Select(s.mem, x, k))))
