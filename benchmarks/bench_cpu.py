@@ -9,8 +9,9 @@
 * demo boot: ``xenspec run`` of the demo guest, start to poweroff;
 * the floors, measured in the same run: a bare engine (flat 32-bit code, no paging) looping on
   ``int $0x82`` with an interrupt hook that only returns (what any hypercall costs on Unicorn),
-  and with a hook that also moves the hypercall's registers as the substrate does (one
-  7-register batch read, the EAX write). Each figure is printed with its ratio to its floor.
+  and with a hook that also moves the hypercall's registers as the substrate does (the seven
+  registers read in place from the engine's env, the EAX write; through Unicorn's API where
+  env is not found). Each figure is printed with its ratio to its floor.
 
 Each figure is the median of several runs; a per-iteration cost is (t(N) - t(0)) / N, so
 machine and domain set-up is not counted.
@@ -73,7 +74,7 @@ def hook_floor(n: int, registers: bool) -> float:
         return None
 
     def with_registers(_uch: object, _intno: int, _user: object) -> None:
-        engine.write(x86.UC_X86_REG_EAX, sum(engine.read_hypercall_args()[1:2]))
+        engine.write_eax(sum(engine.read_hypercall_args()[1:2]))
 
     callback = cpu._HOOK_INTR_CFUNC(with_registers if registers else only_returns)
     engine.hook_add_raw(ucc.UC_HOOK_INTR, callback)

@@ -159,6 +159,14 @@ _OFF_OLD_EXCEPTION = 5536  # env->old_exception (issue #1883)
 _OFF_ENV = 40  # env (CPUX86State) itself: its copy starts here
 _OFF_EFLAGS = 176  # env->eflags: every flag but the arithmetic ones and DF (those are lazy)
 _OFF_DF = 212  # env->df: 1, or -1 when EFLAGS.DF is set
+# The hypercall's registers in the live env, read in place (``_Engine.read_hypercall_args``):
+# env->regs[] (target_ulong, EAX ECX EDX EBX ESP EBP ESI EDI) at its start, and the selector
+# of env->segs[R_CS] (struct SegmentCache: selector, base, limit, flags: 24 bytes; the segments
+# follow regs, eip, eflags, cc_dst, cc_src, cc_src2, cc_op, df, hflags and hflags2, so CS, the
+# second, is at byte 208). Checked against Unicorn's own register reads by
+# tests/test_cpu_registers.py at every hypercall of a booted guest.
+_ENV_HYPERCALL = struct.Struct("<4Q16x2Q144xI")
+_ENV_VIEW = _ENV_HYPERCALL.size
 # Offset in struct uc_struct (the engine handle) of emu_counter: the instructions the count
 # hook has seen in this emu_start, the one it stopped before included (found by experiment).
 _OFF_EMU_COUNTER = 1368
@@ -514,9 +522,14 @@ class _Engine:
         self.handle = uch
         self._emu_counter = ctypes.c_uint64.from_address(uch + _OFF_EMU_COUNTER)
         env = _find_env(self)
-        # The live env->eflags (None where it cannot be found: then read through a save).
+        # The live env->eflags (None where it cannot be found: then read through a save),
+        # and the live registers of a hypercall (then read and written through Unicorn's
+        # API, about 1.6 us more a hypercall: benchmarks/bench_cpu.py's floors).
         self._live_eflags = (None if env is None else
                              ctypes.c_uint64.from_address(env + _OFF_EFLAGS - _OFF_ENV))
+        self._live_regs = (None if env is None else memoryview(
+            (ctypes.c_char * _ENV_VIEW).from_address(env)).cast("B"))
+        self._live_eax = None if env is None else ctypes.c_uint32.from_address(env)
         self._counter: _Counter | None = None
         lib = native_counter()
         if lib is not None:
@@ -540,10 +553,31 @@ class _Engine:
             raise unicorn.UcError(err)
 
     def read_hypercall_args(self) -> tuple[int, ...]:
-        """CS, EAX, EBX, ECX, EDX, ESI, EDI in one call. Unicorn writes the low 2 or 4 bytes
-        of each 8-byte slot and the upper bytes are never set, so no masking is needed."""
+        """CS, EAX, EBX, ECX, EDX, ESI, EDI: read in place from the live env (from a hook,
+        where the emulator has stored them), or else in one batch call. The registers' upper
+        halves are zero in 32-bit mode (the emulator zero-extends every 32-bit write), and
+        Unicorn writes the low 2 or 4 bytes of each zeroed slot of a batch, so no masking is
+        needed."""
+        live = self._live_regs
+        if live is not None:
+            eax, ecx, edx, ebx, esi, edi, cs = _ENV_HYPERCALL.unpack_from(live)
+            return cs & 0xFFFF, eax, ebx, ecx, edx, esi, edi
+        return self.read_hypercall_args_api()
+
+    def read_hypercall_args_api(self) -> tuple[int, ...]:
+        """``read_hypercall_args`` through Unicorn's API, whatever the engine: what the
+        in-place read is tested against."""
         _uc_reg_read_batch(self._uch, self._hc_ids, self._hc_ptrs, 7)
         return _SEVEN_SLOTS.unpack_from(self._hc_vals)
+
+    def write_eax(self, value: int) -> None:
+        """A hypercall's result into EAX: in place (from a hook), or through the API. For
+        EAX, Unicorn's uc_reg_write only stores the low 32 bits of env->regs[R_EAX]."""
+        live = self._live_eax
+        if live is None:
+            self.write(x86.UC_X86_REG_EAX, value)
+        else:
+            live.value = value & 0xFFFFFFFF
 
     def read_all(self) -> CpuUserRegs:
         """All of CpuUserRegs in one call (no masking needed: as for the hypercall
@@ -1050,7 +1084,7 @@ class UnicornCPU:
                     if self._regs is not None:
                         self._regs.eax = rc
                     else:
-                        eng.write(x86.UC_X86_REG_EAX, rc)
+                        eng.write_eax(rc)
                     self._apply(stop=True)  # _return_to_guest, one call less on this path
                     return
                 elif not self.handlers.software_interrupt(self.v, intno, self.user_regs()):
