@@ -55,6 +55,13 @@ What Unicorn 2.1.4 does not do, and what this module does instead (measured on U
   gcc the substrate falls back to Unicorn's ``count`` and reads Unicorn's own counter
   (``emu_counter`` of ``struct uc_struct``, offset ``_OFF_EMU_COUNTER``).
 
+* A hypercall's registers are read, and its result written, in place in the engine's live
+  CPU state (env, whose address the substrate finds once per engine by writing a pattern
+  into the registers and looking for it: ``_find_env``): Unicorn's batch read and its write
+  cost about 1.6 us of a round trip (benchmarks/bench_cpu.py, the hook floors). The layout is
+  Unicorn 2.1.4's (``_ENV_HYPERCALL``); tests/test_cpu_registers.py compares it with
+  Unicorn's own reads at every hypercall of four guests. Where env is not found, the API.
+
 * RDTSC reads the host's counter and cannot be hooked in the binding: with a time source
   installed (``set_rdtsc``) CR4.TSD makes it fault outside ring 0, and the #GP is completed
   with the source's value (``0f 31`` at EIP), so a guest reads the machine's deterministic

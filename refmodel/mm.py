@@ -31,6 +31,14 @@ left, its count carrying MMU_UPDATE_PREEMPTED, and the entries done so far are a
 pin, a base pointer, a first L2 entry naming an L1) is one entry and is not preempted, as in
 3.0.4 (later Xen made it preemptible, XSA-45): it is bounded by the tables' size.
 
+A batch entry takes one of two paths. ``mmu_update_one`` and the functions it calls are the
+rules, written as mm.c writes them. ``MM.mmu_update_common`` does the common case (an entry of
+a validated L1 the caller owns, mapped to a frame whose references can be taken and dropped
+without a type change or a free) in one function, about 2.5 times faster an entry; every other
+request, and every request while any of the rules it stands for is replaced (a seeded defect,
+a profile, a mutant), goes through the rules. tests/test_mm_fused.py holds the two to the
+same result, frame table and memory.
+
 Not modelled yet: I/O memory mappings (no domain has iomem permission, so a frame number beyond
 machine RAM is refused), shadow and translated paging modes, and TLB flush filtering (every
 type change is counted as a flush).
