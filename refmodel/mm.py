@@ -663,7 +663,8 @@ class MM(MMCore):
         """``mmu_update_one`` for its common case in one function: MMU_NORMAL_PT_UPDATE of an
         entry of a validated L1 table ``d`` owns and uses, to a value that is not present, or
         that keeps the entry's references (``fast_path``), or that maps a frame of FOREIGNDOM
-        in use (read-only, or writable with the writable type validated already), replacing
+        in use (read-only; writable, a writable page or a frame with no type reference, which
+        takes the writable type as get_page_type gives it, its owner's TLBs flushed), replacing
         an entry whose references can go without freeing or retyping its frame. Everything
         else, and every case that would fail, goes to ``mmu_update_one``. The references
         taken and dropped are those of normal_pt_update -> mod_l1_entry ->
@@ -696,17 +697,23 @@ class MM(MMCore):
             fd = self.foreign if self.foreign is not None else d
             if (new >= self.memory.nr_frames or frames.owner[new] != fd.domain_id
                     or not 0 < frames.count[new] < _COUNT_MAX
-                    or (val & _RW and (frames.type[new] != _WRITABLE
-                                      or frames.type_count[new] >= _TYPE_COUNT_MAX))):
+                    or (val & _RW and (frames.type_count[new] >= _TYPE_COUNT_MAX
+                                       or (frames.type[new] != _WRITABLE
+                                           and frames.type_count[new])))):
                 return self.mmu_update_one(d, buf)
         if old & _PRESENT and not self._drops_plainly(old):
             return self.mmu_update_one(d, buf)
-        # Checked: from here on every step succeeds and none frees or retypes a frame.
+        # Checked: from here on every step succeeds, and none frees a frame or retypes one
+        # but a frame with no type reference that a writable map makes a writable page.
         if val & _PRESENT:
             new = val >> abi.PAGE_SHIFT
-            if val & _RW:
-                frames.type_count[new] += 1
             frames.count[new] += 1
+            if val & _RW:
+                if frames.type[new] != _WRITABLE:  # get_page_type's type change
+                    self.type_change_flush(new)
+                    frames.type[new] = _WRITABLE
+                    frames.flags[new] |= PGT_validated
+                frames.type_count[new] += 1
         words[at] = val
         if old & _PRESENT:
             gone = old >> abi.PAGE_SHIFT
