@@ -25,3 +25,18 @@ def test_obligation(index: int) -> None:
         # counterexample fails below.
         pytest.xfail(f"{result.name}: solver answered unknown in {result.seconds:.0f} s")
     assert result.ok, "\n".join([f"{result.name}: {result.status}", *result.counterexample])
+
+
+def test_every_assumption_names_an_invariant() -> None:
+    """An assumption is named by its label (``obligations.ASSUMES``, ``SPEC_ASSUMES``, the MMU
+    invariants, the branch checks' ``GENERATION_INVARIANTS``): a label no assumable invariant
+    has would be left out of every obligation without a word (a part renamed, split)."""
+    from xenspec.proofs import branchcheck, obligations
+
+    labels = {inv.label for inv in obligations.assumable()}
+    named = {*obligations.MMU_INVARIANTS, *branchcheck.GENERATION_INVARIANTS,
+             *(x for xs in obligations.ASSUMES.values() for x in xs),
+             *(x for xs in obligations.SPEC_ASSUMES.values() for x in xs)}
+    assert named - labels == set()
+    proved = {inv.label for inv in obligations.proof_invariants()}
+    assert set(obligations.ASSUMES) - proved == set(), "an ASSUMES key no obligation has"

@@ -133,7 +133,7 @@ PAE_MUTANTS: list[tuple[str, str, Callable[[pytest.MonkeyPatch], None], str]] = 
      lambda mp: mp.setattr(mm_spec_pae, "xen_slot_check", pae_xen_slot_check_any_l2),
      "INV-HOLE"),
     ("compat-pae: an L2 entry may name another domain's frame",
-     "compat-pae: mmu_update/NORMAL_PT_UPDATE/L2 preserves INV-OWN (L2 entries)",
+     "compat-pae: mmu_update/NORMAL_PT_UPDATE/L2 preserves INV-OWN (directory entries)",
      lambda mp: mp.setattr(mm_spec_pae, "owned_by", lambda s, g, d, name: require(
          f"{name}_mfn", mm_spec.mfn_valid(s, g))), "INV-OWN"),
 ]
