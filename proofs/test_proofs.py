@@ -32,11 +32,12 @@ def test_every_assumption_names_an_invariant() -> None:
     invariants, the branch checks' ``GENERATION_INVARIANTS``): a label no assumable invariant
     has would be left out of every obligation without a word (a part renamed, split)."""
     from xenspec.proofs import branchcheck, obligations
+    from xenspec.spec.invariants import proof_invariants
 
     labels = {inv.label for inv in obligations.assumable()}
     named = {*obligations.MMU_INVARIANTS, *branchcheck.GENERATION_INVARIANTS,
              *(x for xs in obligations.ASSUMES.values() for x in xs),
              *(x for xs in obligations.SPEC_ASSUMES.values() for x in xs)}
     assert named - labels == set()
-    proved = {inv.label for inv in obligations.proof_invariants()}
+    proved = {inv.label for inv in proof_invariants()}
     assert set(obligations.ASSUMES) - proved == set(), "an ASSUMES key no obligation has"
