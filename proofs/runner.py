@@ -163,28 +163,49 @@ def prove_one(index: int, use_cache: bool = True, timeout_s: int = DEFAULT_TIMEO
         lines = ([f"{d.name()} = {solver.model()[d]}" for d in solver.model().decls()]
                  or ["false for every value: the negated obligation has no free symbols"]
                  ) if answer == z3.sat else []
+        searched = ""
     else:
-        lines = find_counterexample(index)
+        lines, answers = bounded_search(index)
+        searched = _searched(answers)
     return Result(title, "FAILED" if lines else "unknown", time.perf_counter() - start,
-                  counterexample=lines or [f"solver answered {answer}; no counterexample found "
-                                           f"in machines of {BOUNDED_FRAMES} frames"])
+                  counterexample=lines or [f"solver answered {answer}; {searched}".rstrip("; ")])
 
 
 def find_counterexample(index: int, timeout_s: int = 60) -> list[str]:
     """Search small machines for a state and arguments that break the obligation."""
+    return bounded_search(index, timeout_s)[0]
+
+
+def bounded_search(index: int, timeout_s: int = 60) -> tuple[list[str], dict[int, str]]:
+    """``find_counterexample``, and what the solver answered for each machine size searched
+    ("sat", "unsat", or "unknown" when it gave up within ``timeout_s``): an empty
+    counterexample is evidence only for the sizes answered "unsat"."""
     name, builder, inv, branch = all_obligations()[index]
+    answers: dict[int, str] = {}
     try:
         for frames in BOUNDED_FRAMES:
             symbolic.set_scope(symbolic.Scope(frames=frames, vcpus=1))
             ob = build(name, builder, inv, branch)
             ob.solver.set("timeout", timeout_s * 1000)
-            if ob.solver.check() == z3.sat:
+            answer = ob.solver.check()
+            answers[frames] = str(answer)
+            if answer == z3.sat:
                 head = (f"counterexample in a machine of {frames} frames, violating "
                         f"{inv.id}: {inv.statement}")
-                return [head, *explain(ob.solver.model(), ob.old, ob.new, ob.witnesses)]
+                return [head, *explain(ob.solver.model(), ob.old, ob.new, ob.witnesses)], answers
     finally:
         symbolic.set_scope(symbolic.Scope())
-    return []
+    return [], answers
+
+
+def _searched(answers: dict[int, str]) -> str:
+    """What a bounded search that found nothing covered, in words."""
+    done = [f for f, a in answers.items() if a == "unsat"]
+    open_ = [f for f, a in answers.items() if a != "unsat"]
+    parts = [f"no counterexample in machines of {', '.join(map(str, done))} frames"] if done else []
+    if open_:
+        parts.append(f"the search undecided for {', '.join(map(str, open_))} frames")
+    return "; ".join(parts)
 
 
 def prove_all(
