@@ -684,7 +684,7 @@ class MM(MMCore):
                 or not 0 < frames.type_count[mfn] < _TYPE_COUNT_MAX):
             return self.mmu_update_one(d, buf)
         val &= 0xFFFFFFFF
-        at = mfn * 1024 + ((ptr & (abi.PAGE_SIZE - 1)) >> 2)
+        at = mfn * abi.L1_PAGETABLE_ENTRIES + ((ptr & (abi.PAGE_SIZE - 1)) >> 2)
         words = self.memory.words
         old = words[at]
         if val & _PRESENT:

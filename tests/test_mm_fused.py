@@ -207,6 +207,11 @@ def test_the_fused_case_is_taken() -> None:
     assert w.a.vcpu.tlb_flushes > flushes_at_start()
     w = run_both([*reqs[:3], ("a", False, "l1", 0, 3, "data", 0, RW | abi._PAGE_GLOBAL, 0)])
     assert w.fallbacks == 1
+    # Not the fused case's: another command, an entry of a directory, of another's L1.
+    w = run_both([*reqs[:3], ("a", False, "l1", 0, 0, "data", 0, RO, abi.MMU_MACHPHYS_UPDATE),
+                  ("a", False, "l2", 0, 1, "l1", 2, RO, 0),
+                  ("a", False, "l1_b", 0, 0, "data", 0, RO, 0)])
+    assert w.fallbacks == 3
     # A writable map of a table in use (another L1, the directory, the L1 itself) is refused.
     w = run_both([("a", False, "l1", 0, 0, "l1", 1, RW, 0),
                   ("a", False, "l1", 0, 1, "l2", 0, RW, 0),
