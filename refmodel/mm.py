@@ -34,7 +34,8 @@ pin, a base pointer, a first L2 entry naming an L1) is one entry and is not pree
 A batch entry takes one of two paths. ``mmu_update_one`` and the functions it calls are the
 rules, written as mm.c writes them. ``MM.mmu_update_common`` does the common case (an entry of
 a validated L1 the caller owns, mapped to a frame whose references can be taken and dropped
-without a type change or a free) in one function, about 2.5 times faster an entry; every other
+without a free or a validation; a first writable map retypes a frame with no type reference,
+as get_page_type does) in one function, about 2.5 times faster an entry; every other
 request, and every request while any of the rules it stands for is replaced (a seeded defect,
 a profile, a mutant), goes through the rules. tests/test_mm_fused.py holds the two to the
 same result, frame table and memory.
