@@ -2,14 +2,16 @@
 
 Two machines are built alike (same seed, same domains, same tables); one request at a time
 goes to ``mmu_update_common`` on the first and to ``mmu_update_one`` on the second, and after
-each the results, the frame tables, machine memory and the vCPUs' TLB flushes must be equal.
-The requests are drawn so that both the fused case and its every way out are reached:
-entries of validated L1 tables, of a page directory and of plain data frames, frames of the
-issuer, of the other domain, the tables themselves and beyond RAM, the flag combinations of
-tests/test_mm_stateful.py, entries overwritten while they map something, with and without a
-foreign domain. ``test_the_fused_case_is_taken`` checks that the fused case really completes
-requests (that the comparison is not between two runs of ``mmu_update_one``), and the
-handler tests that a replaced rule sends every request through the reference.
+each the results, the frame tables, machine memory, the heap's free list, the vCPUs' TLB
+flushes and the shadow-LDT invalidations must be equal. The requests are drawn so that both
+the fused case and its every way out are reached: entries of validated L1 tables, of a page
+directory and of plain data frames, frames of the issuer, of the other domain, the tables
+themselves and beyond RAM, the flag combinations of tests/test_mm_stateful.py, entries
+overwritten while they map something, with and without a foreign domain; between them, data
+frames given back while mapped, typed as LDT frames, and counts set to zero or their limits.
+``test_the_fused_case_is_taken`` checks that the fused case really completes requests (that
+the comparison is not between two runs of ``mmu_update_one``), and the handler tests that a
+replaced rule sends every request through the reference.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ class World:
         flushes = tuple((v.tlb_flushes, tuple(v.tlb_invlpgs))
                         for g in (self.a, self.b) for v in g.domain.vcpus)
         return (bytes(f.owner), bytes(f.count), bytes(f.type), bytes(f.type_count),
-                bytes(f.flags), self.hv.memory.ram[:], flushes, self.ldt_invalidations)
+                bytes(f.flags), self.hv.memory.ram[:], tuple(self.hv.free_list), flushes,
+                self.ldt_invalidations)
 
 
 def build() -> World:
