@@ -48,6 +48,7 @@ type change is counted as a flush).
 from __future__ import annotations
 
 import functools
+import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
@@ -63,7 +64,7 @@ from xenspec.refmodel.memory import (
 from xenspec.spec import abi
 from xenspec.spec.pagetable import (
     __PAGE_HYPERVISOR_RO,
-    FASTPATH_FLAG_WHITELIST,
+    FASTPATH_COMPARE,
     PAGE_TABLE_TYPES,
     PGT,
     PGT_root_page_table,
@@ -93,7 +94,6 @@ _COUNT_MAX = PGC_count_mask - 1
 _TYPE_COUNT_MAX = PGT_count_mask
 _L1, _WRITABLE = int(PGT.l1_page_table), int(PGT.writable_page)
 _PRESENT, _RW = abi._PAGE_PRESENT, abi._PAGE_RW
-_FASTPATH_COMPARE = abi.PAGE_MASK | (0xFFF & ~FASTPATH_FLAG_WHITELIST)  # entry_has_changed
 _MMU_UPDATE_UNPACK = abi.MMU_UPDATE_T.unpack
 
 
@@ -654,11 +654,10 @@ class MM(MMCore):
         """``mmu_update_common`` while every function it stands for is this module's own;
         ``mmu_update_one`` once any of them is replaced (a seeded defect, the 3.0.4 profile's
         fast path, a mutant), so that the replacement is what runs."""
-        cls = type(self)
-        for name, fn in _FUSED_REFERENCE.items():
-            if name in self.__dict__ or getattr(cls, name) is not fn:
-                return self.mmu_update_one
-        return self.mmu_update_common
+        if (self.__dict__.keys().isdisjoint(_FUSED_REFERENCE)
+                and _fused_functions(type(self)) == _FUSED_FUNCTIONS):
+            return self.mmu_update_common
+        return self.mmu_update_one
 
     def mmu_update_common(self, d: Domain, buf: bytes) -> int:
         """``mmu_update_one`` for its common case in one function: MMU_NORMAL_PT_UPDATE of an
@@ -691,7 +690,7 @@ class MM(MMCore):
         if val & _PRESENT:
             if val & abi.L1_DISALLOW_MASK:
                 return self.mmu_update_one(d, buf)
-            if not (old ^ val) & _FASTPATH_COMPARE:
+            if not (old ^ val) & FASTPATH_COMPARE:  # entry_has_changed, written out
                 words[at] = val
                 return 0
             new = val >> abi.PAGE_SHIFT
@@ -918,3 +917,6 @@ _FUSED_REFERENCE: dict[str, object] = {
         "put_l1e_reference", "put_page_and_type", "type_change_flush", "alloc_page_type",
         "free_page_type")
 }
+# The same functions as a class has them now, in one C call: asked at every mmu_update.
+_fused_functions = operator.attrgetter(*_FUSED_REFERENCE)
+_FUSED_FUNCTIONS = tuple(_FUSED_REFERENCE.values())

@@ -90,14 +90,15 @@ def l2e_disallowed(e: Word) -> Any:
 
 # XSA-182 fix (mm.c, FASTPATH_FLAG_WHITELIST): flags whose change needs no reference handling.
 FASTPATH_FLAG_WHITELIST = abi._PAGE_AVAIL | abi._PAGE_DIRTY | abi._PAGE_ACCESSED | abi._PAGE_USER
-_FASTPATH_COMPARE = abi.PAGE_MASK | (0xFFF & ~FASTPATH_FLAG_WHITELIST)
+# The bits entry_has_changed compares: the frame and every flag outside the whitelist.
+FASTPATH_COMPARE = abi.PAGE_MASK | (0xFFF & ~FASTPATH_FLAG_WHITELIST)
 
 
 def entry_has_changed(old: Word, new: Word) -> Any:
     """mod_l1_entry / mod_l2_entry's fast-path test (l1e_has_changed with the XSA-182
     whitelist): the frame, or a flag outside the whitelist, differs. Otherwise the entry is
     rewritten with no reference handling."""
-    return ((old ^ new) & _FASTPATH_COMPARE) != 0
+    return ((old ^ new) & FASTPATH_COMPARE) != 0
 
 
 def l2e_from_pfn(pfn: int, flags: int) -> int:
