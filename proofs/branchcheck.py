@@ -903,6 +903,10 @@ class Context:
     args: dict[str, z3.ExprRef]
     common: list[z3.BoolRef]
     branches: dict[str, NamedBranch]
+    # _no_earlier_outcome's constraints, by the outcome they stop before (the same for
+    # every failure of the family): built once, the choices they quantify found by a walk
+    # of the whole spec.
+    earlier: dict[str, list[z3.BoolRef]] = field(default_factory=dict)
 
 
 _CONTEXTS: dict[str, Context] = {}
@@ -1003,7 +1007,7 @@ def states_for(ctx: Context, b: NamedBranch, per_branch: int,
     choice = _choice_of(ctx.t, b) if not free else z3.BoolVal(True)
     pins = _pins(ctx)
     mmu = ctx.family.bench == "mmu"
-    first = _no_earlier_outcome(ctx.t, b) if mmu else []
+    first = _earlier(ctx, b) if mmu else []
     hints = ctx.family.hints(ctx.args)
     # The first state tried: one where the branch's check is the only one that fails, so that
     # a model without that check lets the call through; then one on a boundary of the hints.
@@ -1066,6 +1070,14 @@ def _sole_failure(ctx: Context, b: NamedBranch) -> list[z3.BoolRef]:
     with spec_branches.flipped(b.name.split("/")[-1]):
         t = _spec_with_choices(ctx.family.name, ctx.s, ctx.scope.frame_list)
     return [z3.simplify(z3.And(t.ok, t.choice))]
+
+
+def _earlier(ctx: Context, b: NamedBranch) -> list[z3.BoolRef]:
+    """``_no_earlier_outcome`` for the family's spec, built once per outcome."""
+    key = b.kind if b.kind != "other" else "other/" + b.name.split("/")[1]
+    if key not in ctx.earlier:
+        ctx.earlier[key] = _no_earlier_outcome(ctx.t, b)
+    return ctx.earlier[key]
 
 
 def _no_earlier_outcome(t: Transition, b: NamedBranch) -> list[z3.BoolRef]:

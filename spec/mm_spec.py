@@ -43,7 +43,16 @@ from xenspec.spec.pagetable import (
     pte_writable,
     xen_l2_slot,
 )
-from xenspec.spec.symbolic import STATE_FIELDS, SymState, bv, exists, forall, fresh_name
+from xenspec.spec.symbolic import (
+    STATE_FIELDS,
+    SymState,
+    bv,
+    exists,
+    forall,
+    fresh_name,
+    memo,
+    memo_expanded,
+)
 
 Word = Any
 Bool = Any
@@ -126,10 +135,24 @@ def entry(s: SymState, f: Word, i: Word) -> Word:
 
 def rw_mapped(s: SymState, g: Word) -> Bool:
     """Some L1 table in use maps ``g`` writable: ``g`` holds a writable type reference."""
-    return exists(("frame", "index"), lambda t, i: z3.And(
-        mfn_valid(s, t), in_use(s, t, PGT.l1_page_table), z3.ULT(i, bv(1024)),
-        pte_writable(entry(s, t, i)), pte_get_pfn(entry(s, t, i)) == g,
-    ))
+    def body(t: Word, i: Word) -> Bool:
+        *conds, frame = rw_entry(s, t, i)
+        return z3.And(*conds, frame == g)
+    return memo_expanded(s, "rw_mapped", g, ("frame", "index"),
+                         lambda: exists(("frame", "index"), body))
+
+
+def rw_entry(s: SymState, t: Word, i: Word) -> tuple[Bool, Bool, Bool, Bool, Word]:
+    """Entry ``i`` of frame ``t`` as ``rw_mapped`` reads it: whether it is a writable entry of
+    an L1 table in use (four conditions), and the frame it maps. Built once per state for an
+    expanded frame and index (``symbolic.memo``)."""
+    def build() -> tuple[Bool, Bool, Bool, Bool, Word]:
+        e = entry(s, t, i)
+        return (mfn_valid(s, t), in_use(s, t, PGT.l1_page_table), z3.ULT(i, bv(1024)),
+                pte_writable(e), pte_get_pfn(e))
+    if z3.is_bv_value(t) and z3.is_bv_value(i):
+        return memo(s, ("rw_entry", t.as_long(), i.as_long()), build)
+    return build()
 
 
 def xen_type_ref(s: SymState, g: Word) -> Bool:

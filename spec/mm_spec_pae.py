@@ -61,7 +61,7 @@ from xenspec.spec.pagetable_pae import (
     pte_writable,
 )
 from xenspec.spec.paging import COMPAT_PAE, pae_frame
-from xenspec.spec.symbolic import SymState, bv, exists, forall
+from xenspec.spec.symbolic import SymState, bv, exists, forall, memo, memo_expanded
 
 Word = Any
 Bool = Any
@@ -94,10 +94,24 @@ def is_table(s: SymState, g: Word) -> Bool:
 # ----------------------------------------------------------------------------------------------
 def rw_mapped(s: SymState, g: Word) -> Bool:
     """Some L1 in use maps ``g`` writable: ``g`` holds a writable type reference."""
-    return exists(("frame", "index"), lambda t, i: z3.And(
-        mfn_valid(s, t), in_use(s, t, PGT.l1_page_table), z3.ULT(i, bv(ENTRIES)),
-        pte_writable(entry(s, t, i)), pae_frame(entry(s, t, i)) == g,
-    ))
+    def body(t: Word, i: Word) -> Bool:
+        *conds, frame = rw_entry(s, t, i)
+        return z3.And(*conds, frame == g)
+    return memo_expanded(s, "rw_mapped", g, ("frame", "index"),
+                         lambda: exists(("frame", "index"), body))
+
+
+def rw_entry(s: SymState, t: Word, i: Word) -> tuple[Bool, Bool, Bool, Bool, Word]:
+    """Entry ``i`` of frame ``t`` as ``rw_mapped`` reads it (mm_spec.rw_entry): whether it is a
+    writable entry of an L1 in use, and the frame it maps; built once per state for an
+    expanded frame and index."""
+    def build() -> tuple[Bool, Bool, Bool, Bool, Word]:
+        e = entry(s, t, i)
+        return (mfn_valid(s, t), in_use(s, t, PGT.l1_page_table), z3.ULT(i, bv(ENTRIES)),
+                pte_writable(e), pae_frame(e))
+    if z3.is_bv_value(t) and z3.is_bv_value(i):
+        return memo(s, ("rw_entry", t.as_long(), i.as_long()), build)
+    return build()
 
 
 def has_type_refs(s: SymState, g: Word, xen: bool = True) -> Bool:

@@ -21,15 +21,17 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import z3
 
 from xenspec.spec import abi
 from xenspec.spec.pagetable import xen_l2_slot
 from xenspec.spec.paging import COMPAT_PAE, NATIVE, Paging
+
+T = TypeVar("T")
 
 W = z3.BitVecSort(32)
 Word = Any
@@ -198,8 +200,42 @@ def reset_fresh() -> None:
 
 @functools.lru_cache(maxsize=1 << 16)
 def bv(x: int) -> z3.BitVecRef:
-    """A 32-bit constant. (Not cached: caching measured no gain, Z3 shares equal terms.)"""
+    """A 32-bit constant (cached: specs and snapshots make the same few constants often)."""
     return z3.BitVecVal(x, 32)
+
+
+# Terms of one state built once (``memo``): a bounded scope expands a quantifier over the
+# machine's frames and indices into one term per value, and a definition such as
+# mm_spec.rw_mapped is expanded again for every frame it is asked about. The parts of its body
+# that depend on the state and the expanded values alone are the same each time.
+_MEMO: dict[int, tuple[Any, dict[Hashable, Any]]] = {}
+MEMO_STATES = 64
+
+
+def memo(s: Any, key: Hashable, compute: Callable[[], T]) -> T:
+    """``compute()``, built once for state ``s`` and ``key``; ``compute`` must depend on ``s``
+    and ``key`` alone (not on the scope, fresh names or choices). Equal terms are the same Z3
+    terms, so the result is the term building it again would give."""
+    slot = _MEMO.get(id(s))
+    if slot is None or slot[0] is not s:  # the state is held in the slot: its id stays its own
+        if len(_MEMO) >= MEMO_STATES:
+            _MEMO.clear()
+        slot = _MEMO[id(s)] = (s, {})
+    table = slot[1]
+    if key not in table:
+        table[key] = compute()
+    return table[key]  # type: ignore[no-any-return]
+
+
+def memo_expanded(s: Any, name: str, x: z3.ExprRef, kinds: tuple[str, ...],
+                  build: Callable[[], T]) -> T:
+    """``build()``, definition ``name`` of state ``s`` and term ``x``, quantified over
+    ``kinds``: built once per state, term and scope where the scope expands every one of
+    ``kinds`` (its terms then have no fresh names); built each time otherwise."""
+    if any(SCOPE.domain(kind) is None for kind in kinds):
+        return build()
+    # ``x`` is held beside the result: while it is, no other term has its id.
+    return memo(s, (name, SCOPE, x.get_id()), lambda: (x, build()))[1]
 
 
 def _const2(x: Any) -> z3.ArrayRef:
