@@ -164,6 +164,18 @@ class XenWrittenFrames(Protocol):
     def xen_written_frames(self) -> Sequence[int]: ...
 
 
+@runtime_checkable
+class FrameTable(Protocol):
+    """Optional, at the hypercall level: the whole frame table in one call. The suite reads
+    every frame's ``FrameInfo`` at each invariant check: through ``frames`` where the adapter
+    has it, else by one ``frame`` call per frame. An adapter whose every call is a round trip
+    to another process (examples/rpc_adapter) saves ``nr_frames`` round trips a check."""
+
+    def frames(self) -> Sequence[FrameInfo]:
+        """What ``frame(mfn)`` gives, for every mfn from 0 to ``nr_frames() - 1``, in order."""
+        ...
+
+
 @dataclass(frozen=True)
 class GrantHandle:
     """One grant handle of a grantee in use, as Xen's maptrack entry holds it (grant_table.c,

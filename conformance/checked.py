@@ -70,6 +70,12 @@ def _frame(value: Any) -> FrameInfo:
                      bool(getattr(value, "xen_heap", False)))
 
 
+def _frame_table(value: Any) -> list[FrameInfo]:
+    if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
+        raise TypeError("expected a sequence of FrameInfo")
+    return [_frame(v) for v in value]
+
+
 def _domain(value: Any) -> DomainInfo:
     wrong = _fields(value, _DOMAIN_FIELDS)
     if wrong or not _ints(getattr(value, "p2m", None)) \
@@ -148,6 +154,7 @@ RESULTS: dict[str, Callable[[Any], Any]] = {
     "read_pfn": _is((bytes, bytearray), "bytes"),  # type: ignore[arg-type]
     "nr_frames": _is(int, "an int"),
     "frame": _frame,
+    "frames": _frame_table,
     "entries": _words(abi.L1_PAGETABLE_ENTRIES, "1024 ints"),
     "machphys": _is(int, "an int"),
     "xen_l2_slots": _words(abi.L2_PAGETABLE_XEN_SLOTS, "16 ints (slots 1008..1023)"),
@@ -206,4 +213,5 @@ class Checked:
                 raise AdapterError(name, f"{name}({_args(args)}) returned {result!r:.120}: "
                                          f"{exc}") from None
 
+        self.__dict__[name] = call  # the next look-up finds it without coming here
         return call

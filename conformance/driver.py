@@ -14,6 +14,8 @@ Structure layouts are xen.h's (``mmu_update_t``, ``mmuext_op_t``, ``trap_info_t`
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from xenspec.conformance import coverage
 from xenspec.conformance.adapter import DomainInfo, HypercallLevel
 from xenspec.spec import abi
@@ -37,24 +39,33 @@ class Guest(MMUCalls):
         self.impl = impl
         self.privileged = privileged
         self.info: DomainInfo = info or impl.create_domain(nr_pages, nr_mapped, privileged)
-        self._writable = [p for p in range(self.info.nr_mapped) if self._maps_writable(p)]
+        tables: dict[int, Sequence[int]] = {}  # each start-of-day table read once
+
+        def read(mfn: int, index: int) -> int:
+            if mfn not in tables:
+                tables[mfn] = impl.entries(mfn)
+            return tables[mfn][index]
+
+        self._writable = [p for p in range(self.info.nr_mapped) if self._maps_writable(p, read)]
         runs = [p for p in self._writable
                 if all(q in self._writable for q in range(p, p + ARG_PAGES))]
         if not runs:
             raise ValueError(f"the builder mapped no {ARG_PAGES} consecutive pfns writable")
         self.arg_pfn = runs[0]
 
-    def _maps_writable(self, pfn: int) -> bool:
-        at = self.mapping(pfn)
+    def _maps_writable(self, pfn: int, read: Callable[[int, int], int]) -> bool:
+        at = self.mapping(pfn, read)
         return at is not None and (
-            self.entry(*at) & (abi._PAGE_PRESENT | abi._PAGE_RW | ~0xFFF)
+            read(*at) & (abi._PAGE_PRESENT | abi._PAGE_RW | ~0xFFF)
             == self.mfn(pfn) << abi.PAGE_SHIFT | abi._PAGE_PRESENT | abi._PAGE_RW)
 
-    def mapping(self, pfn: int) -> tuple[int, int] | None:
+    def mapping(self, pfn: int, read: Callable[[int, int], int] | None = None
+                ) -> tuple[int, int] | None:
         """(L1 table mfn, index) of the entry that maps ``va(pfn)`` in the start-of-day
-        directory, or None if its directory slot is empty."""
+        directory, or None if its directory slot is empty. ``read`` reads an entry (by
+        default ``entry``, from the implementation)."""
         va = self.va(pfn)
-        l2e = self.entry(self.l2_mfn, va >> abi.L2_PAGETABLE_SHIFT)
+        l2e = (read or self.entry)(self.l2_mfn, va >> abi.L2_PAGETABLE_SHIFT)
         if not l2e & abi._PAGE_PRESENT:
             return None
         return l2e >> abi.PAGE_SHIFT, (va >> abi.PAGE_SHIFT) & (abi.L1_PAGETABLE_ENTRIES - 1)

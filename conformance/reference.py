@@ -187,6 +187,15 @@ class ReferenceImplementation:
                          bool(flags & PGT_pinned), bool(flags & PGC_allocated),
                          bool(flags & PGC_xen_heap))
 
+    def frames(self) -> list[FrameInfo]:
+        f, n = self.hv.frames, self.nr_frames()
+        return [FrameInfo(owner, type_, type_count, count, bool(flags & PGT_validated),
+                          bool(flags & PGT_pinned), bool(flags & PGC_allocated),
+                          bool(flags & PGC_xen_heap))
+                for owner, type_, type_count, count, flags
+                in zip(f.owner[:n], f.type[:n], f.type_count[:n], f.count[:n], f.flags[:n],
+                       strict=True)]
+
     def entries(self, mfn: int) -> Sequence[int]:
         return self.hv.memory.frame_words(mfn).tolist()
 

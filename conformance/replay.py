@@ -62,6 +62,7 @@ SIZES = [(96, 40, False), (64, 32, True)]  # (pages, mapped, privileged) of the 
 BOGUS_DOMID = 0x7FE0
 XEN_SLOT = abi.L2_PAGETABLE_FIRST_XEN_SLOT
 PAGE_MASK = (1 << abi.PAGE_SHIFT) - 1
+NAMED_CACHE = 4096  # frames' named words a side keeps (Side.state)
 
 
 class BuilderDifference(Exception):
@@ -129,6 +130,9 @@ class Side:
         self.impl = impl
         self.guests = guests
         self._xen: int | None = None
+        # A frame's named words by its words, where every word names a frame of a domain's
+        # P2M (names that never change): most frames are the same from one step to the next.
+        self._named: dict[tuple[int, ...], tuple[tuple[int, Any], ...]] = {}
 
     def xen_frame(self) -> int:
         if self._xen is None:
@@ -204,6 +208,8 @@ class Side:
     def state(self) -> dict[tuple[Any, ...], Any]:
         """What the comparison looks at, in machine-independent names."""
         impl, name = self.impl, self.namer()
+        if len(self._named) > NAMED_CACHE:
+            self._named = {}
         cache: dict[int, tuple[Any, ...]] = {}
 
         def word(w: int) -> tuple[Any, ...]:
@@ -229,9 +235,26 @@ class Side:
                 words = impl.entries(mfn)
                 if f.type != PGT.l1_page_table:
                     words = words[:XEN_SLOT]
-                out[("words", k, pfn)] = tuple(  # the non-zero words, found by a C loop
-                    (i, word(w)) for i, w in compress(enumerate(words), words))
+                out[("words", k, pfn)] = self.named_words(words, word)
         return out
+
+    def named_words(self, words: Sequence[int], word: Callable[[int], tuple[Any, ...]]
+                    ) -> tuple[tuple[int, Any], ...]:
+        """``named_words``, kept by the words where every word names a frame of a P2M."""
+        key = tuple(words)
+        named = self._named.get(key)
+        if named is None:
+            named = named_words(words, word)
+            if all(n[0] == "dom" for _, (n, _) in named):
+                self._named[key] = named
+        return named
+
+
+def named_words(words: Sequence[int], word: Callable[[int], tuple[Any, ...]]
+                ) -> tuple[tuple[int, Any], ...]:
+    """A frame's non-zero words (found by a C loop), each with its index and named by
+    ``word``."""
+    return tuple((i, word(w)) for i, w in compress(enumerate(words), words))
 
 
 def _type_name(t: int) -> str:

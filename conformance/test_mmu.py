@@ -28,7 +28,7 @@ from xenspec.conformance.driver import (
     pack_mmu_updates,
     pack_mmuext_ops,
 )
-from xenspec.conformance.view import xen_slots
+from xenspec.conformance.view import frame_table, xen_slots
 from xenspec.spec import abi
 from xenspec.spec.pagetable import PGT, pte_get_pfn
 
@@ -46,7 +46,7 @@ def data_frames(g: Guest, n: int) -> list[int]:
 
 def xen_frames(impl: HypercallLevel) -> list[int]:
     """Some frames the hypervisor owns (first, middle, last)."""
-    xen = [m for m in range(impl.nr_frames()) if impl.frame(m).owner == abi.DOMID_XEN]
+    xen = [m for m, f in enumerate(frame_table(impl)) if f.owner == abi.DOMID_XEN]
     return sorted({xen[0], xen[len(xen) // 2], xen[-1]}) if xen else []
 
 

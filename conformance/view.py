@@ -1,8 +1,9 @@
 """The invariants of ``xenspec.spec.invariants`` evaluated on any hypercall-level implementation.
 
 ``ImplementationView`` is a concrete ``StateView`` whose data come through the adapter
-(``xenspec.conformance.adapter.HypercallLevel``): frame information and page-table contents
-are read once per check and cached. ``violation_records(impl)`` gives every invariant that
+(``xenspec.conformance.adapter.HypercallLevel``): frame information (in one call where the
+adapter has ``frames``, ``FrameTable``) and page-table contents are read once per check and
+cached. ``violation_records(impl)`` gives every invariant that
 fails as a ``Violation``: its id, its statement and its witness, the binding the check failed
 on (the frame, slot, entry or vCPU, with the values there in hex; ``spec.concrete``).
 
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 
 from xenspec.conformance.adapter import (
     FrameInfo,
+    FrameTable,
     GrantHandle,
     GrantState,
     HypercallLevel,
@@ -61,6 +63,19 @@ def xen_slots(impl: HypercallLevel, domid: int, l2mfn: int) -> Sequence[int]:
         return [-1] * abi.L2_PAGETABLE_XEN_SLOTS
 
 
+def frame_table(impl: HypercallLevel) -> list[FrameInfo]:
+    """Every frame's ``FrameInfo``: from one ``frames`` call where the adapter has it
+    (``FrameTable``), which must give ``nr_frames`` of them; else one ``frame`` call each."""
+    n = impl.nr_frames()
+    if isinstance(impl, FrameTable):
+        infos = list(impl.frames())
+        if len(infos) != n:
+            raise AdapterError("frames", f"frames() gave {len(infos)} frames where "
+                                         f"nr_frames() says {n}")
+        return infos
+    return [impl.frame(m) for m in range(n)]
+
+
 class NotEvaluated(Exception):
     """The adapter cannot supply what an invariant asks of the state."""
 
@@ -88,7 +103,12 @@ class ImplementationView(ConcreteLogic):
     def __init__(self, impl: HypercallLevel, privileged: frozenset[int] = frozenset()) -> None:
         self.impl = impl
         self.privileged = privileged  # the domains the suite created privileged
-        self.infos: list[FrameInfo] = [impl.frame(m) for m in range(impl.nr_frames())]
+        self.infos = frame_table(impl)
+        # Each field of every frame, for the invariants' millions of reads a check.
+        self._n = len(self.infos)
+        self._owner = [f.owner for f in self.infos]
+        self._type = [f.type for f in self.infos]
+        self._validated = [f.validated for f in self.infos]
         self._bases = list(impl.vcpu_bases())
         self._words: dict[int, Sequence[int]] = {}
         self._xen: dict[int, Sequence[int]] = {}  # directory -> Xen's slots in it
@@ -109,10 +129,10 @@ class ImplementationView(ConcreteLogic):
 
     # frames
     def owner(self, mfn: int) -> int:
-        return self.info(mfn).owner
+        return self._owner[mfn] if 0 <= mfn < self._n else IO_FRAME.owner
 
     def type(self, mfn: int) -> int:
-        return self.info(mfn).type
+        return self._type[mfn] if 0 <= mfn < self._n else IO_FRAME.type
 
     def type_count(self, mfn: int) -> int:
         return self.info(mfn).type_count
@@ -121,7 +141,7 @@ class ImplementationView(ConcreteLogic):
         return self.info(mfn).count
 
     def validated(self, mfn: int) -> bool:
-        return self.info(mfn).validated
+        return self._validated[mfn] if 0 <= mfn < self._n else IO_FRAME.validated
 
     def pinned(self, mfn: int) -> bool:
         return self.info(mfn).pinned
@@ -130,7 +150,7 @@ class ImplementationView(ConcreteLogic):
         return self.info(mfn).allocated
 
     def mfn_valid(self, mfn: int) -> bool:
-        return 0 <= mfn < len(self.infos)
+        return 0 <= mfn < self._n
 
     def is_privileged(self, domid: int) -> bool:
         return domid in self.privileged

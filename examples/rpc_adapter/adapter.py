@@ -86,6 +86,9 @@ class RemoteImplementation:
     def frame(self, mfn: int) -> FrameInfo:
         return FrameInfo(**self.call("frame", mfn))
 
+    def frames(self) -> list[FrameInfo]:  # optional (FrameTable): one round trip a check
+        return [FrameInfo(**f) for f in self.call("frames")]
+
     def entries(self, mfn: int) -> list[int]:
         return list(self.call("entries", mfn))
 
