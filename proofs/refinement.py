@@ -35,7 +35,7 @@ from xenspec.spec.abi_profiles import COMPAT_L2_PAGETABLE_FIRST_XEN_SLOT
 from xenspec.spec.invariants import FREE_FRAME_OWNER
 from xenspec.spec.mm_spec import GDT_FRAMES, Transition
 from xenspec.spec.pagetable import PGT
-from xenspec.spec.symbolic import SymState, bv
+from xenspec.spec.symbolic import SymState, bv, cells_equal
 
 W = z3.BitVecSort(32)
 
@@ -275,11 +275,14 @@ def same_state(s: SymState, after: Snapshot, indices: list[int],
     for f in range(after.nr_frames):
         terms += [s.owner[bv(f)] == after.owner[f], s.pinned[bv(f)] == after.pinned[f],
                   same_type(s, after, f)]
-        for i in indices if f not in grant_frames else ():
-            terms.append(z3.Select(s.mem, bv(f), bv(i)) == after.entries.get((f, i), 0))
         terms.append(s.gdt_ref[bv(f)] == after.gdt_ref[f])
         if after.pae_xen_l2 and after.validated[f] and after.type[f] == PGT.l2_page_table:
             terms.append(s.pae_xen_l2[bv(f)] == after.pae_xen_l2[f])
+    # The entries: s.mem[f][i] == the model's, for every frame but the grant tables' and
+    # every index of ``indices``.
+    terms.append(cells_equal(s.mem, [(f, i, after.entries.get((f, i), 0))
+                                     for f in range(after.nr_frames) if f not in grant_frames
+                                     for i in indices]))
     terms += [s.base[bv(v)] == b for v, b in enumerate(after.bases)]
     terms += same_grants(s, after)
     for v, c in enumerate(after.cpus):

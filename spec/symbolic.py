@@ -21,11 +21,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
 import z3
+from z3 import z3core
 
 from xenspec.spec import abi
 from xenspec.spec.pagetable import xen_l2_slot
@@ -236,6 +237,36 @@ def memo_expanded(s: Any, name: str, x: z3.ExprRef, kinds: tuple[str, ...],
         return build()
     # ``x`` is held beside the result: while it is, no other term has its id.
     return memo(s, (name, SCOPE, x.get_id()), lambda: (x, build()))[1]
+
+
+def cells_equal(mem: z3.ArrayRef, cells: Sequence[tuple[int, int, int]]) -> z3.BoolRef:
+    """``z3.And`` of ``z3.Select(mem, bv(f), bv(i)) == v`` for each ``(f, i, v)`` of
+    ``cells`` (``mem`` indexed by 32-bit frame and index): the same term, its cells built
+    through Z3's C API. A refinement check compares a whole machine's memory, tens of
+    thousands of cells, where z3.py's wrappers cost more than the terms
+    (tests/test_adapter_fast_paths.py compares the two)."""
+    ctx = mem.ctx
+    ref, array = ctx.ref(), mem.as_ast()
+    value_sort = mem.sort().range()
+    values: dict[int, z3.BitVecRef] = {}
+    pair = z3core.Ast * 2
+    terms = (z3core.Ast * len(cells))()
+    # Z3 keeps a term no other holds only until its next call: the numerals are held by
+    # z3.py objects (bv's cache, ``values``), each select by its equation, and each equation
+    # by a reference of its own until the conjunction holds it.
+    try:
+        for k, (f, i, v) in enumerate(cells):
+            value = values.get(v)
+            if value is None:
+                value = values[v] = z3.BitVecVal(v, value_sort)
+            cell = z3core.Z3_mk_select_n(ref, array, 2, pair(bv(f).as_ast(), bv(i).as_ast()))
+            terms[k] = z3core.Z3_mk_eq(ref, cell, value.as_ast())
+            z3core.Z3_inc_ref(ref, terms[k])
+        return z3.BoolRef(z3core.Z3_mk_and(ref, len(cells), terms), ctx)
+    finally:
+        for term in terms:
+            if term:
+                z3core.Z3_dec_ref(ref, term)
 
 
 def _const2(x: Any) -> z3.ArrayRef:

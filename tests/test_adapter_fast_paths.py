@@ -7,6 +7,8 @@
   words: after every step, the state it reads equals the one a side with no such memory reads.
 - A bounded scope builds ``mm_spec.rw_mapped``'s terms once per state (``symbolic.memo``): the
   terms are those built afresh, and another state has its own.
+- The refinement check's comparison of memory (``symbolic.cells_equal``) builds through Z3's
+  C API the conjunction z3.py would.
 """
 
 from __future__ import annotations
@@ -128,3 +130,13 @@ def test_rw_mapped_built_once_per_state_is_built_afresh(
     monkeypatch.setattr(spec, "memo", afresh)
     for s, term in zip((a, b, written), once, strict=True):
         assert term.eq(spec.rw_mapped(s, g))
+
+
+@pytest.mark.parametrize("bits", [32, 64])
+def test_cells_equal_is_the_conjunction_z3py_builds(bits: int) -> None:
+    mem = SymState.fresh("m", bits).mem
+    cells = [(f, i, (f * 1021 + i * 7) % 5 * (2**bits - 1) // 4)
+             for f in range(6) for i in (0, 1, 511, 1023)]
+    built = symbolic.cells_equal(mem, cells)
+    assert built.eq(z3.And(*[z3.Select(mem, bv(f), bv(i)) == v for f, i, v in cells]))
+    assert symbolic.cells_equal(mem, []).eq(z3.And())
