@@ -35,7 +35,7 @@ from xenspec.spec.abi_profiles import COMPAT_L2_PAGETABLE_FIRST_XEN_SLOT
 from xenspec.spec.invariants import FREE_FRAME_OWNER
 from xenspec.spec.mm_spec import GDT_FRAMES, Transition
 from xenspec.spec.pagetable import PGT
-from xenspec.spec.symbolic import SymState, bv, cells_equal
+from xenspec.spec.symbolic import SymState, bv, cells_equal, stores
 
 W = z3.BitVecSort(32)
 
@@ -164,19 +164,20 @@ class Snapshot:
         return {i for _, i in self.entries} | {i for _, i in self.xen_slots}
 
     def encode(self) -> SymState:
+        true, false = z3.BoolVal(True), z3.BoolVal(False)
+
         def array(values: tuple[int, ...] | tuple[bool, ...], sort: z3.SortRef) -> z3.ArrayRef:
-            default = z3.BoolVal(False) if sort == z3.BoolSort() else bv(0)
-            arr = z3.K(W, default)
-            for i, x in enumerate(values):
-                arr = z3.Store(arr, bv(i), z3.BoolVal(x) if isinstance(x, bool) else bv(x))
-            return arr
+            default = false if sort == z3.BoolSort() else bv(0)
+            return stores(z3.K(W, default), [
+                ((bv(i),), (true if x else false) if isinstance(x, bool) else bv(x))
+                for i, x in enumerate(values)])
 
         def word(x: int) -> z3.BitVecRef:
             return bv(x) if self.entry_bits == 32 else z3.BitVecVal(x, 64)
 
-        flat = z3.Lambda([z3.BitVec("x", 32), z3.BitVec("k", 32)], word(0))
-        for (mfn, i), e in sorted(self.entries.items()):
-            flat = z3.Store(flat, bv(mfn), bv(i), word(e))
+        flat = stores(z3.Lambda([z3.BitVec("x", 32), z3.BitVec("k", 32)], word(0)),
+                      [((bv(mfn), bv(i)), word(e))
+                       for (mfn, i), e in sorted(self.entries.items())])
         slots = dict(self.xen_slots)
 
         def xen_l2e(domid: z3.BitVecRef, index: z3.BitVecRef) -> z3.BitVecRef:
@@ -203,10 +204,8 @@ class Snapshot:
 
     def encode_grants(self) -> dict[str, z3.ArrayRef]:
         def table(values: dict[tuple[int, int], int]) -> z3.ArrayRef:
-            arr = z3.Lambda([z3.BitVec("x", 32), z3.BitVec("k", 32)], bv(0))
-            for (a, b), x in sorted(values.items()):
-                arr = z3.Store(arr, bv(a), bv(b), bv(x))
-            return arr
+            return stores(z3.Lambda([z3.BitVec("x", 32), z3.BitVec("k", 32)], bv(0)),
+                          [((bv(a), bv(b)), bv(x)) for (a, b), x in sorted(values.items())])
 
         fields = ("mt_flags", "mt_dom", "mt_frame", "mt_l1", "mt_idx")
         out = {name: table({k: v[j] for k, v in self.handles.items()})
@@ -334,10 +333,10 @@ def same_cpu(s: SymState, v: z3.BitVecRef, c: CpuSnapshot) -> list[z3.BoolRef]:
              s.failsafe_cs[v] == c.failsafe[0], s.failsafe_eip[v] == c.failsafe[1],
              s.kernel_ss[v] == c.kernel_stack[0], s.kernel_sp[v] == c.kernel_stack[1],
              s.gdt_ents[v] == c.gdt_ents]
-    for n, (cs, addr, flags) in enumerate(c.traps):
-        terms += [z3.Select(s.trap_cs, v, bv(n)) == cs, z3.Select(s.trap_addr, v, bv(n)) == addr,
-                  z3.Select(s.trap_flags, v, bv(n)) == flags]
-    terms += [z3.Select(s.gdt_frame, v, bv(k)) == x for k, x in enumerate(c.gdt_frames)]
+    vcpu = v.as_long()
+    for k, table in enumerate((s.trap_cs, s.trap_addr, s.trap_flags)):  # 256 vectors each
+        terms.append(cells_equal(table, [(vcpu, n, trap[k]) for n, trap in enumerate(c.traps)]))
+    terms.append(cells_equal(s.gdt_frame, [(vcpu, k, x) for k, x in enumerate(c.gdt_frames)]))
     return terms
 
 

@@ -269,6 +269,23 @@ def cells_equal(mem: z3.ArrayRef, cells: Sequence[tuple[int, int, int]]) -> z3.B
                 z3core.Z3_dec_ref(ref, term)
 
 
+def stores(base: z3.ArrayRef, cells: Sequence[tuple[tuple[z3.ExprRef, ...], z3.ExprRef]]
+           ) -> z3.ArrayRef:
+    """``base`` with ``z3.Store(arr, *indices, value)`` applied for each ``(indices, value)``
+    of ``cells`` in order: the same term, the chain built through Z3's C API (a snapshot of a
+    machine stores thousands of values; tests/test_adapter_fast_paths.py compares the two).
+    Each store is held by the next, and the numerals by the caller's objects."""
+    ctx = base.ctx
+    ref, array = ctx.ref(), base.as_ast()
+    for indices, value in cells:
+        if len(indices) == 1:
+            array = z3core.Z3_mk_store(ref, array, indices[0].as_ast(), value.as_ast())
+        else:
+            args = (z3core.Ast * len(indices))(*[x.as_ast() for x in indices])
+            array = z3core.Z3_mk_store_n(ref, array, len(indices), args, value.as_ast())
+    return z3.ArrayRef(array, ctx)
+
+
 def _const2(x: Any) -> z3.ArrayRef:
     """A two-dimensional array holding ``x`` everywhere (no grant state: the default)."""
     return z3.Lambda([z3.BitVec("x", 32), z3.BitVec("k", 32)], x)

@@ -7,8 +7,8 @@
   words: after every step, the state it reads equals the one a side with no such memory reads.
 - A bounded scope builds ``mm_spec.rw_mapped``'s terms once per state (``symbolic.memo``): the
   terms are those built afresh, and another state has its own.
-- The refinement check's comparison of memory (``symbolic.cells_equal``) builds through Z3's
-  C API the conjunction z3.py would.
+- The refinement check's comparison of memory (``symbolic.cells_equal``) and its snapshots'
+  arrays (``symbolic.stores``) are built through Z3's C API as the terms z3.py would build.
 """
 
 from __future__ import annotations
@@ -140,3 +140,19 @@ def test_cells_equal_is_the_conjunction_z3py_builds(bits: int) -> None:
     built = symbolic.cells_equal(mem, cells)
     assert built.eq(z3.And(*[z3.Select(mem, bv(f), bv(i)) == v for f, i, v in cells]))
     assert symbolic.cells_equal(mem, []).eq(z3.And())
+
+
+def test_stores_is_the_chain_z3py_builds() -> None:
+    cells = [((bv(f), bv(i)), bv(f ^ i)) for f in range(5) for i in (0, 3, 1023)]
+    base = z3.Lambda([z3.BitVec("x", 32), z3.BitVec("k", 32)], bv(0))
+    chain = base
+    for (f, i), v in cells:
+        chain = z3.Store(chain, f, i, v)
+    assert symbolic.stores(base, cells).eq(chain)
+    flags = z3.K(z3.BitVecSort(32), z3.BoolVal(False))
+    one = [((bv(k),), z3.BoolVal(k % 2 == 0)) for k in range(7)]
+    chain = flags
+    for (k,), x in one:
+        chain = z3.Store(chain, k, x)
+    assert symbolic.stores(flags, one).eq(chain)
+    assert symbolic.stores(flags, []).eq(flags)
