@@ -35,7 +35,7 @@ from xenspec.spec.abi_profiles import COMPAT_L2_PAGETABLE_FIRST_XEN_SLOT
 from xenspec.spec.invariants import FREE_FRAME_OWNER
 from xenspec.spec.mm_spec import GDT_FRAMES, Transition
 from xenspec.spec.pagetable import PGT
-from xenspec.spec.symbolic import SymState, bv, cells_equal, stores
+from xenspec.spec.symbolic import SymState, bv, cell_equations, cells_equal, stores
 
 W = z3.BitVecSort(32)
 
@@ -269,18 +269,26 @@ def same_state(s: SymState, after: Snapshot, indices: list[int],
     if old is not None and old[1].cpus == after.cpus and all(
             getattr(s, f).eq(getattr(old[0], f)) for f in CPU_FIELDS):
         after = replace(after, cpus=())
-    terms = []
     grant_frames = set(after.gnt_tables.values())
-    for f in range(after.nr_frames):
-        terms += [s.owner[bv(f)] == after.owner[f], s.pinned[bv(f)] == after.pinned[f],
-                  same_type(s, after, f)]
-        terms.append(s.gdt_ref[bv(f)] == after.gdt_ref[f])
+    frames = range(after.nr_frames)
+    # Frame by frame (the order of the conjuncts matters to the solver's time): its owner,
+    # pin, type (same_type) and GDT reference, and a PAE directory's pae_xen_l2 flag.
+    owner, pinned, validated, type_, gdt_ref = (
+        cell_equations(array, [((f,), x[f]) for f in frames])
+        for array, x in ((s.owner, after.owner), (s.pinned, after.pinned),
+                         (s.validated, after.validated), (s.type, after.type),
+                         (s.gdt_ref, after.gdt_ref)))
+    terms = []
+    for f in frames:
+        kind = (same_type(s, after, f) if left_over(after, f)
+                else z3.And(validated[f], type_[f]))
+        terms += [owner[f], pinned[f], kind, gdt_ref[f]]
         if after.pae_xen_l2 and after.validated[f] and after.type[f] == PGT.l2_page_table:
             terms.append(s.pae_xen_l2[bv(f)] == after.pae_xen_l2[f])
     # The entries: s.mem[f][i] == the model's, for every frame but the grant tables' and
     # every index of ``indices``.
-    terms.append(cells_equal(s.mem, [(f, i, after.entries.get((f, i), 0))
-                                     for f in range(after.nr_frames) if f not in grant_frames
+    terms.append(cells_equal(s.mem, [((f, i), after.entries.get((f, i), 0))
+                                     for f in frames if f not in grant_frames
                                      for i in indices]))
     terms += [s.base[bv(v)] == b for v, b in enumerate(after.bases)]
     terms += same_grants(s, after)
@@ -299,12 +307,16 @@ def same_type(s: SymState, after: Snapshot, f: int) -> z3.BoolRef:
     The spec does not track which of these Xen left: for such a frame, any unvalidated type
     and the validated writable type are one state."""
     t, valid = s.type[bv(f)], s.validated[bv(f)]
-    writable = int(PGT.writable_page)
-    left_over = after.no_type_refs[f] and (
-        not after.validated[f] or after.type[f] == writable)
-    if left_over:
-        return z3.Or(z3.Not(valid), z3.And(valid, t == writable))
+    if left_over(after, f):
+        return z3.Or(z3.Not(valid), z3.And(valid, t == int(PGT.writable_page)))
     return z3.And(valid == after.validated[f], t == after.type[f])
+
+
+def left_over(after: Snapshot, f: int) -> bool:
+    """Frame ``f``'s type_info is left over (``same_type``): no type references, and not
+    validated or of the writable type."""
+    return bool(after.no_type_refs[f]) and (
+        not after.validated[f] or after.type[f] == int(PGT.writable_page))
 
 
 CPU_FIELDS = ("trap_cs", "trap_addr", "trap_flags", "event_cs", "event_eip", "failsafe_cs",
@@ -334,9 +346,12 @@ def same_cpu(s: SymState, v: z3.BitVecRef, c: CpuSnapshot) -> list[z3.BoolRef]:
              s.kernel_ss[v] == c.kernel_stack[0], s.kernel_sp[v] == c.kernel_stack[1],
              s.gdt_ents[v] == c.gdt_ents]
     vcpu = v.as_long()
-    for k, table in enumerate((s.trap_cs, s.trap_addr, s.trap_flags)):  # 256 vectors each
-        terms.append(cells_equal(table, [(vcpu, n, trap[k]) for n, trap in enumerate(c.traps)]))
-    terms.append(cells_equal(s.gdt_frame, [(vcpu, k, x) for k, x in enumerate(c.gdt_frames)]))
+    cs, addr, flags = (cell_equations(table, [((vcpu, n), trap[k])  # 256 vectors each
+                                              for n, trap in enumerate(c.traps)])
+                       for k, table in enumerate((s.trap_cs, s.trap_addr, s.trap_flags)))
+    for n in range(len(c.traps)):
+        terms += [cs[n], addr[n], flags[n]]
+    terms += cell_equations(s.gdt_frame, [((vcpu, k), x) for k, x in enumerate(c.gdt_frames)])
     return terms
 
 

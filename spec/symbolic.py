@@ -239,27 +239,33 @@ def memo_expanded(s: Any, name: str, x: z3.ExprRef, kinds: tuple[str, ...],
     return memo(s, (name, SCOPE, x.get_id()), lambda: (x, build()))[1]
 
 
-def cells_equal(mem: z3.ArrayRef, cells: Sequence[tuple[int, int, int]]) -> z3.BoolRef:
-    """``z3.And`` of ``z3.Select(mem, bv(f), bv(i)) == v`` for each ``(f, i, v)`` of
-    ``cells`` (``mem`` indexed by 32-bit frame and index): the same term, its cells built
-    through Z3's C API. A refinement check compares a whole machine's memory, tens of
+def cells_equal(array: z3.ArrayRef, cells: Sequence[tuple[tuple[int, ...], int | bool]]
+                ) -> z3.BoolRef:
+    """``z3.And`` of ``z3.Select(array, *map(bv, indices)) == value`` for each
+    ``(indices, value)`` of ``cells`` (``array`` indexed by 32-bit words): the same term, its
+    cells built through Z3's C API. A refinement check compares a whole machine, tens of
     thousands of cells, where z3.py's wrappers cost more than the terms
     (tests/test_adapter_fast_paths.py compares the two)."""
-    ctx = mem.ctx
-    ref, array = ctx.ref(), mem.as_ast()
-    value_sort = mem.sort().range()
-    values: dict[int, z3.BitVecRef] = {}
-    pair = z3core.Ast * 2
+    ctx = array.ctx
+    ref, base = ctx.ref(), array.as_ast()
+    value_sort = array.sort().range()
+    boolean = value_sort.kind() == z3.Z3_BOOL_SORT
+    values: dict[int | bool, z3.ExprRef] = {}
     terms = (z3core.Ast * len(cells))()
     # Z3 keeps a term no other holds only until its next call: the numerals are held by
     # z3.py objects (bv's cache, ``values``), each select by its equation, and each equation
     # by a reference of its own until the conjunction holds it.
     try:
-        for k, (f, i, v) in enumerate(cells):
-            value = values.get(v)
+        for k, (indices, x) in enumerate(cells):
+            value = values.get(x)
             if value is None:
-                value = values[v] = z3.BitVecVal(v, value_sort)
-            cell = z3core.Z3_mk_select_n(ref, array, 2, pair(bv(f).as_ast(), bv(i).as_ast()))
+                value = values[x] = (z3.BoolVal(bool(x)) if boolean
+                                     else z3.BitVecVal(x, value_sort))
+            if len(indices) == 1:
+                cell = z3core.Z3_mk_select(ref, base, bv(indices[0]).as_ast())
+            else:
+                args = (z3core.Ast * len(indices))(*[bv(i).as_ast() for i in indices])
+                cell = z3core.Z3_mk_select_n(ref, base, len(indices), args)
             terms[k] = z3core.Z3_mk_eq(ref, cell, value.as_ast())
             z3core.Z3_inc_ref(ref, terms[k])
         return z3.BoolRef(z3core.Z3_mk_and(ref, len(cells), terms), ctx)
@@ -267,6 +273,14 @@ def cells_equal(mem: z3.ArrayRef, cells: Sequence[tuple[int, int, int]]) -> z3.B
         for term in terms:
             if term:
                 z3core.Z3_dec_ref(ref, term)
+
+
+def cell_equations(array: z3.ArrayRef, cells: Sequence[tuple[tuple[int, ...], int | bool]]
+                   ) -> list[z3.BoolRef]:
+    """The equations of ``cells_equal`` one by one, for a caller that orders them among
+    others (the solver's time on a query depends on the order of its conjuncts)."""
+    conjunction = cells_equal(array, cells)
+    return [conjunction.arg(k) for k in range(conjunction.num_args())] if cells else []
 
 
 def stores(base: z3.ArrayRef, cells: Sequence[tuple[tuple[z3.ExprRef, ...], z3.ExprRef]]

@@ -135,11 +135,18 @@ def test_rw_mapped_built_once_per_state_is_built_afresh(
 @pytest.mark.parametrize("bits", [32, 64])
 def test_cells_equal_is_the_conjunction_z3py_builds(bits: int) -> None:
     mem = SymState.fresh("m", bits).mem
-    cells = [(f, i, (f * 1021 + i * 7) % 5 * (2**bits - 1) // 4)
+    cells = [((f, i), (f * 1021 + i * 7) % 5 * (2**bits - 1) // 4)
              for f in range(6) for i in (0, 1, 511, 1023)]
     built = symbolic.cells_equal(mem, cells)
-    assert built.eq(z3.And(*[z3.Select(mem, bv(f), bv(i)) == v for f, i, v in cells]))
+    assert built.eq(z3.And(*[z3.Select(mem, bv(f), bv(i)) == v for (f, i), v in cells]))
     assert symbolic.cells_equal(mem, []).eq(z3.And())
+    flags = SymState.fresh("n", bits).validated  # one index, Boolean values
+    one = [((f,), f % 3 == 0) for f in range(9)]
+    assert symbolic.cells_equal(flags, one).eq(z3.And(*[flags[bv(f)] == x for (f,), x in one]))
+    equations = symbolic.cell_equations(flags, one)
+    assert len(equations) == len(one)
+    assert all(e.eq(flags[bv(f)] == x) for e, ((f,), x) in zip(equations, one, strict=True))
+    assert symbolic.cell_equations(flags, []) == []
 
 
 def test_stores_is_the_chain_z3py_builds() -> None:
