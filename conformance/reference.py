@@ -181,20 +181,13 @@ class ReferenceImplementation:
 
     def frame(self, mfn: int) -> FrameInfo:
         f = self.hv.frames
-        flags = int(f.flags[mfn])
-        return FrameInfo(int(f.owner[mfn]), int(f.type[mfn]), int(f.type_count[mfn]),
-                         int(f.count[mfn]), bool(flags & PGT_validated),
-                         bool(flags & PGT_pinned), bool(flags & PGC_allocated),
-                         bool(flags & PGC_xen_heap))
+        return _frame_info(f.owner[mfn], f.type[mfn], f.type_count[mfn], f.count[mfn],
+                           f.flags[mfn])
 
     def frames(self) -> list[FrameInfo]:
         f, n = self.hv.frames, self.nr_frames()
-        return [FrameInfo(owner, type_, type_count, count, bool(flags & PGT_validated),
-                          bool(flags & PGT_pinned), bool(flags & PGC_allocated),
-                          bool(flags & PGC_xen_heap))
-                for owner, type_, type_count, count, flags
-                in zip(f.owner[:n], f.type[:n], f.type_count[:n], f.count[:n], f.flags[:n],
-                       strict=True)]
+        return [_frame_info(*fields) for fields in zip(
+            f.owner[:n], f.type[:n], f.type_count[:n], f.count[:n], f.flags[:n], strict=True)]
 
     def entries(self, mfn: int) -> Sequence[int]:
         return self.hv.memory.frame_words(mfn).tolist()
@@ -222,3 +215,10 @@ class ReferenceImplementation:
     def xen_written_frames(self) -> Sequence[int]:
         """The frames the model writes into on a guest's behalf (``XenWrittenFrames``)."""
         return [m for m in range(self.hv.memory.nr_frames) if self.hv.hypervisor_writes(m)]
+
+
+def _frame_info(owner: int, type_: int, type_count: int, count: int, flags: int) -> FrameInfo:
+    """A frame's ``FrameInfo`` from the frame table's fields (refmodel/memory.py)."""
+    return FrameInfo(owner, type_, type_count, count, bool(flags & PGT_validated),
+                     bool(flags & PGT_pinned), bool(flags & PGC_allocated),
+                     bool(flags & PGC_xen_heap))

@@ -50,6 +50,7 @@ from xenspec.conformance.adapter import HypercallLevel
 from xenspec.conformance.coverage import mmuext_clause
 from xenspec.conformance.driver import Guest
 from xenspec.conformance.reference import ReferenceImplementation
+from xenspec.conformance.view import frame_table
 from xenspec.spec import abi
 from xenspec.spec.pagetable import PGT
 
@@ -137,8 +138,8 @@ class Side:
     def xen_frame(self) -> int:
         if self._xen is None:
             # Not frame 0: a word naming it with no flags is 0, as no entry at all.
-            found = [m for m in range(1, self.impl.nr_frames())
-                     if self.impl.frame(m).owner == abi.DOMID_XEN]
+            found = [m for m, f in enumerate(frame_table(self.impl))
+                     if m and f.owner == abi.DOMID_XEN]
             self._xen = found[0] if found else self.impl.nr_frames() + 3
         return self._xen
 
