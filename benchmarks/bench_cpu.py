@@ -6,6 +6,10 @@
   processor's own iret as XenoLinux does; and the same returning through the iret hypercall;
 * guest compute vs raw Unicorn: the same register loop in a booted guest (paging, ring 1)
   and in a bare Unicorn engine with flat memory and no hooks;
+* a guest store: the compute loop with a store in each iteration, less the loop, in a guest
+  and on the bare engine;
+* RDTSC: under the deterministic clock it faults (CR4.TSD) and the hypervisor completes it:
+  the substrate's fast path, and the general fault path it stands for;
 * demo boot: ``xenspec run`` of the demo guest, start to poweroff;
 * the floors, measured in the same run: a bare engine (flat 32-bit code, no paging) looping on
   ``int $0x82`` with an interrupt hook that only returns (what any hypercall costs on Unicorn),
@@ -19,15 +23,17 @@ machine and domain set-up is not counted.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from timing import median_time  # benchmarks/timing.py, beside this script
 
 from xenspec.conformance.guests.build import build_guest
 from xenspec.refmodel.boot import boot
+from xenspec.refmodel.cpu import UNICORN_VERSION
 
 
 def per_iteration(elf: str, mode: str, n: int) -> float:
@@ -37,21 +43,23 @@ def per_iteration(elf: str, mode: str, n: int) -> float:
     return (median_time(go(n)) - median_time(go(0))) / n
 
 
-def raw_unicorn_compute(n: int, counted: bool = False) -> float:
+def raw_unicorn_compute(n: int, counted: bool = False, store: bool = False) -> float:
     """The compute loop's body on a bare engine: flat 32-bit code, no paging, no hooks; with
     ``counted``, the substrate's engine with its instruction counter (refmodel/blockcount.c,
-    a callback per translation block) and nothing else: the floor deterministic time sets."""
+    a callback per translation block) and nothing else: the floor deterministic time sets;
+    with ``store``, the loop also stores EAX to a data page in each iteration."""
     from xenspec.refmodel import cpu
 
     uc_mod = importlib.import_module("unicorn")
     ucc = importlib.import_module("unicorn.unicorn_const")
     x86 = importlib.import_module("unicorn.x86_const")
-    # mov $1,%eax; xor %ecx,%ecx; loop: add %ecx,%eax; rol $3,%eax; inc %ecx; cmp %edx,%ecx;
-    # jb loop; hlt-free end (emu_start stops at 'until').
-    code = bytes.fromhex("b801000000" "31c9" "01c8" "c1c003" "41" "39d1" "72f6")
+    # mov $1,%eax; xor %ecx,%ecx; loop: add %ecx,%eax; rol $3,%eax; [mov %eax,0x2000;]
+    # inc %ecx; cmp %edx,%ecx; jb loop; hlt-free end (emu_start stops at 'until').
+    code = bytes.fromhex("b801000000" "31c9" "01c8" "c1c003" + ("a300200000" if store else "")
+                         + "41" "39d1" + ("72f1" if store else "72f6"))
     engine = cpu.counting_engine() if counted else None  # kept alive while it runs
     uc = engine.uc if engine is not None else uc_mod.Uc(ucc.UC_ARCH_X86, ucc.UC_MODE_32)
-    uc.mem_map(0x1000, 0x1000)
+    uc.mem_map(0x1000, 0x2000)
     uc.mem_write(0x1000, code)
     uc.reg_write(x86.UC_X86_REG_EDX, n)
     t = time.perf_counter()
@@ -93,6 +101,19 @@ def hook_floor(n: int, registers: bool) -> float:
     return t / (n - 1)
 
 
+@contextlib.contextmanager
+def general_rdtsc_path() -> Iterator[None]:
+    """RDTSC through the general fault path (the fast path off), for the comparison."""
+    from xenspec.refmodel import cpu
+
+    fast = cpu.UnicornCPU._rdtsc_in_place
+    cpu.UnicornCPU._rdtsc_in_place = lambda self: False  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        cpu.UnicornCPU._rdtsc_in_place = fast  # type: ignore[method-assign]
+
+
 def main() -> None:
     hc = str(build_guest("bench"))
     demo = str(build_guest("demo"))
@@ -116,6 +137,19 @@ def main() -> None:
           f"(raw Unicorn {t_raw * 1e9:.2f} ns, ratio {t_guest / t_raw:.2f})")
     print(f"  raw Unicorn with the block counter:   {t_cnt * 1e9:7.2f} ns "
           f"(ratio {t_cnt / t_raw:.2f}: what deterministic time costs)")
+    t_store = per_iteration(hc, "store", n_comp // 10) - t_guest
+    t_raw_store = (statistics.median(raw_unicorn_compute(n_comp // 10, store=True)
+                                     for _ in range(3)) / (n_comp // 10) - t_raw)
+    print(f"guest store (the compute loop's extra): {t_store * 1e9:7.2f} ns "
+          f"(raw Unicorn {t_raw_store * 1e9:.2f} ns, ratio {t_store / t_raw_store:.2f}: "
+          f"Unicorn {UNICORN_VERSION} takes every store to RAM it may execute through its "
+          f"slow path)")
+    t_rdtsc = per_iteration(hc, "rdtsc", n_hc)
+    with general_rdtsc_path():
+        t_rdtsc_general = per_iteration(hc, "rdtsc", n_hc)
+    print(f"RDTSC (trapped: the clock's TSC):       {t_rdtsc * 1e6:7.2f} us "
+          f"(ratio {t_rdtsc / t_floor:.2f} to the bare hook; the general fault path "
+          f"{t_rdtsc_general * 1e6:.2f} us)")
     t_demo = median_time(lambda: boot(demo))
     print(f"demo guest boot to poweroff:            {t_demo * 1e3:7.1f} ms")
 

@@ -2,7 +2,9 @@
  * syscall (ring 3 -> int $0x80 -> ring 1 -> back to ring 3 with the runtime's return path,
  * the processor's iret), syscall-hypercall-iret (the same, returning through the iret
  * hypercall: the handler clears IF in the frame, so the runtime leaves events masked and must
- * ask Xen), compute (a register loop). */
+ * ask Xen), compute (a register loop), rdtsc (RDTSC, which traps to the hypervisor under the
+ * model's deterministic clock, CR4.TSD), store (the compute loop with a store to the stack in
+ * each iteration: the emulator's cost of a guest store). */
 #include "xenrt.h"
 
 const char test_title[] = "benchmark loops";
@@ -56,5 +58,18 @@ void test_main(void)
         for (u32 i = 0; i < iterations; i++)
             asm volatile("addl %1, %0\n roll $3, %0" : "+r"(x) : "r"(i));
         printk("%x\n", x);
+    } else if (!memcmp(cmd, "rdtsc", 5)) {
+        u64 t = 0;
+        for (u32 i = 0; i < iterations; i++)
+            t += rdtsc();
+        printk("%x %x\n", (u32)(t >> 32), (u32)t);
+    } else if (!memcmp(cmd, "store", 5)) {
+        volatile u32 slot = 0;
+        u32 x = 1;
+        for (u32 i = 0; i < iterations; i++) {
+            asm volatile("addl %1, %0\n roll $3, %0" : "+r"(x) : "r"(i));
+            slot = x;
+        }
+        printk("%x\n", slot);
     }
 }
