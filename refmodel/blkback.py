@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from xenspec.refmodel.ring import BackRing, RingMemory, RingOverflow, SharedRing
 from xenspec.spec import abi
@@ -63,38 +64,41 @@ class ImageError(Exception):
 
 
 class DiskImage:
-    """An image file on the host: whole 512-byte sectors; nothing is written past them."""
+    """An image file on the host: whole 512-byte sectors; nothing is written past them. Read
+    and written at an offset in one system call each (no buffering in between: a write is in
+    the file when ``write`` returns, as the next read sees it)."""
 
     def __init__(self, path: str | os.PathLike[str], readonly: bool = False) -> None:
         self.path = os.fspath(path)
         self.readonly = readonly
         try:
-            self.file: IO[bytes] = open(self.path, "rb" if readonly else "r+b")  # noqa: SIM115
+            self.fd = os.open(self.path, os.O_RDONLY if readonly else os.O_RDWR)
         except OSError as exc:
             raise ImageError(f"cannot open disk image {self.path}: {exc.strerror}") from exc
-        size = os.fstat(self.file.fileno()).st_size
+        size = os.fstat(self.fd).st_size
         self.sectors = size // abi.BLKIF_SECTOR_SIZE
         if self.sectors == 0:
-            self.file.close()
+            os.close(self.fd)
             raise ImageError(f"disk image {self.path} is smaller than one sector")
+        self._closer = weakref.finalize(self, os.close, self.fd)  # when the image goes
 
     def read(self, sector: int, nbytes: int) -> bytes:
         self._check(sector, nbytes)
-        self.file.seek(sector * abi.BLKIF_SECTOR_SIZE)
-        data = self.file.read(nbytes)
+        data = os.pread(self.fd, nbytes, sector * abi.BLKIF_SECTOR_SIZE)
         return data + bytes(nbytes - len(data))
 
     def write(self, sector: int, data: bytes) -> None:
         if self.readonly:
             raise ImageError("write to a read-only image")
         self._check(sector, len(data))
-        self.file.seek(sector * abi.BLKIF_SECTOR_SIZE)
-        self.file.write(data)
+        view, at = memoryview(data), sector * abi.BLKIF_SECTOR_SIZE
+        while view:
+            n = os.pwrite(self.fd, view, at)
+            view, at = view[n:], at + n
 
     def flush(self) -> None:
-        self.file.flush()
         if not self.readonly:
-            os.fsync(self.file.fileno())
+            os.fsync(self.fd)
 
     def _check(self, sector: int, nbytes: int) -> None:
         end = sector * abi.BLKIF_SECTOR_SIZE + nbytes
@@ -102,11 +106,10 @@ class DiskImage:
             raise ImageError(f"access to sectors past the image's {self.sectors}")
 
     def close(self) -> None:
-        self.file.close()
+        self._closer()  # closes the descriptor once
 
 
-@dataclass(frozen=True)
-class Segment:
+class Segment(NamedTuple):
     gref: int
     first_sect: int
     last_sect: int
@@ -116,8 +119,9 @@ class Segment:
         return self.last_sect - self.first_sect + 1
 
 
-@dataclass(frozen=True)
-class BlkifRequest:
+class BlkifRequest(NamedTuple):
+    """A request as the back end decoded it from its copy of a ring slot (immutable)."""
+
     operation: int
     nr_segments: int
     handle: int

@@ -199,7 +199,9 @@ class Grants:
         rt = self.table(rd)
         if rt.dying:
             raise GrantError(abi.GNTST_bad_domain)
-        act = rt.active.setdefault(ref, ActiveGrant())
+        act = rt.active.get(ref)
+        if act is None:
+            act = rt.active[ref] = ActiveGrant()
         counts = (act.host_r, act.host_w, act.dev_r, act.dev_w)
         if act.pinned and (act.domid != ld.domain_id or max(counts) >= PIN_LIMIT):
             raise GrantError(abi.GNTST_general_error)

@@ -61,8 +61,9 @@ Not modelled yet: the writable-page-table assist, gpf_emulate_4gb (the 4gb_segme
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from xenspec.refmodel.arch import CpuUserRegs, TrapInfo
 from xenspec.refmodel.domain import Vcpu
@@ -120,6 +121,25 @@ def int80_gate_admits(ti: TrapInfo, ring: int) -> bool:
     trap gate when it does not mask events and its selector is one Xen will put into a gate;
     the gate's DPL (the entry's) decides which rings may use it."""
     return not ti.masks_events and bool(guest_gate_selector_okay(ti.cs)) and ti.dpl >= ring
+
+
+class _Where(NamedTuple):
+    """CS:EIP of a trap, for a crash reason."""
+
+    cs: int
+    eip: int
+
+    def __str__(self) -> str:
+        return f"{self.cs:#x}:{self.eip:#x}"
+
+
+class _Trap(NamedTuple):
+    """What a bounce delivers, for a crash reason: trap ``vector``."""
+
+    vector: int
+
+    def __str__(self) -> str:
+        return f"trap {self.vector}"
 
 
 class Traps:
@@ -436,13 +456,13 @@ class Traps:
         arch = self.pv.arch(v)
         ti = arch.trap_ctxt[vector]
         d = v.domain
-        where = f"{regs.cs:#x}:{regs.eip:#x}"
         if selector_is_null(ti.cs):
-            d.crash(f"unhandled trap {vector} (error code {error_code}) at {where}")
+            d.crash(f"unhandled trap {vector} (error code {error_code}) at "
+                    f"{_Where(regs.cs, regs.eip)}")
             return
         words = [] if error_code is None else [error_code]
         words += self.return_words(v, regs)
-        if not self.create_bounce_frame(v, regs, words, ti.cs, ti.address, f"trap {vector}"):
+        if not self.create_bounce_frame(v, regs, words, ti.cs, ti.address, _Trap(vector)):
             return
         self.bounces += 1
         if ti.masks_events:
@@ -480,7 +500,7 @@ class Traps:
         return [regs.eip, regs.cs | (saved_mask << 16), eflags]
 
     def create_bounce_frame(self, v: Vcpu, regs: CpuUserRegs, words: list[int], cs: int,
-                            eip: int, what: str) -> bool:
+                            eip: int, what: object) -> bool:
         """x86_32/entry.S create_bounce_frame: push ``words`` (and, from ring 2 or 3 (bit 1
         of CS, as Xen tests it), ESP and SS, switching to the kernel stack) and enter
         ``cs:eip``; False if the domain was crashed because the frame has nowhere to go.
@@ -493,7 +513,7 @@ class Traps:
         frame at the linear address ESP (the stack segment's base and limit are not applied;
         Xen's flat selectors have base 0)."""
         d = v.domain
-        where = f"{regs.cs:#x}:{regs.eip:#x}"
+        where = _Where(regs.cs, regs.eip)  # formatted only in a crash reason
         arch = self.pv.arch(v)
         if regs.cs & 2:
             if selector_is_null(arch.kernel_ss):
@@ -507,7 +527,7 @@ class Traps:
             d.crash(f"{what} at {where}: stack segment {ss & 0xFFFF:#x} cannot hold the "
                     f"bounce frame")
             return False
-        frame = b"".join((w & 0xFFFFFFFF).to_bytes(4, "little") for w in words)
+        frame = struct.pack(f"<{len(words)}I", *(w & 0xFFFFFFFF for w in words))
         new_esp = (esp - len(frame)) & 0xFFFFFFFF
         if esp < len(frame) or not self.hv.copy_to_guest(v, new_esp, frame):
             d.crash(f"{what} at {where}: cannot write the bounce frame at {new_esp:#x}")

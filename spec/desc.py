@@ -30,7 +30,11 @@ Bool = Any
 
 # Connectives and unsigned arithmetic that work on ints and on Z3 bit-vectors alike.
 def _sym(*xs: Any) -> bool:
-    return any(isinstance(x, z3.ExprRef) for x in xs)
+    # A loop, not any() over a generator (twice as slow): the model calls this on every trap.
+    for x in xs:  # noqa: SIM110
+        if isinstance(x, z3.ExprRef):
+            return True
+    return False
 
 
 def _ite(c: Bool, a: Word, b: Word) -> Word:
