@@ -83,6 +83,39 @@ def test_site_builds_with_warnings_as_errors(tmp_path: Path) -> None:
         assert name in contract, name
 
 
+@pytest.mark.parametrize("module", ["xenspec.spec.abi", "xenspec.refmodel.mm",
+                                    "xenspec.docgen.source"])
+def test_segment_is_the_parsers_source_segment(module: str) -> None:
+    """``source.segment`` (the lines split once per file) gives what ast.get_source_segment
+    gives: for a file's annotated constants, and its functions (padded too) and assignments
+    of more than one line (what the docs' generation reads through it), and for every node of
+    a small text with other line ends, tabs and a non-ASCII character. (Every node of a whole
+    file would take a minute: the parser's function splits the file again for each.)"""
+    import ast
+    import importlib
+    import inspect
+
+    from xenspec.docgen.source import segment, source_lines
+
+    def wanted(node: ast.AST) -> bool:
+        if isinstance(node, ast.AnnAssign):  # the ABI page's constants, one line or more
+            return node.value is not None
+        return isinstance(node, ast.FunctionDef | ast.Assign) and node.lineno != node.end_lineno
+
+    small = "x = (1,\r\n     2)\rif x:\n\tdef f(a='é'):\n\t\treturn {a:\n  2}\n"
+    for text, every in ((inspect.getsource(importlib.import_module(module)), False),
+                        (small, True)):
+        lines = source_lines(text)
+        assert "".join(lines) == text
+        nodes = [n for n in ast.walk(ast.parse(text)) if every or wanted(n)]
+        assert len(nodes) > 10
+        for node in nodes:
+            for padded in (False, True) if every or isinstance(node, ast.FunctionDef) else (
+                    False,):
+                assert segment(lines, node, padded) == (
+                    ast.get_source_segment(text, node, padded=padded) or ""), ast.dump(node)
+
+
 def test_docs_command_help() -> None:
     r = CliRunner().invoke(main, ["docs", "--help"])
     assert r.exit_code == 0

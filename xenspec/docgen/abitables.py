@@ -12,6 +12,7 @@ import tokenize
 from dataclasses import dataclass, field
 
 from xenspec.docgen import rst
+from xenspec.docgen.source import segment, source_lines
 from xenspec.spec import abi
 
 
@@ -43,6 +44,7 @@ def _is_banner(comment: str) -> bool:
 def sections() -> list[Section]:
     """The constants of spec/abi.py grouped under its banners, in source order."""
     text = inspect.getsource(abi)
+    lines = source_lines(text)
     comments = _comments(text)
     assigns = {n.lineno: n for n in ast.parse(text).body if isinstance(n, ast.AnnAssign)}
     out = [Section("Preamble")]
@@ -58,16 +60,16 @@ def sections() -> list[Section]:
         elif col == 0:
             pending.append(comment)
         elif line in assigns:
-            out[-1].constants.append(_constant(text, assigns[line], comments, pending))
+            out[-1].constants.append(_constant(lines, assigns[line], comments, pending))
             pending = []
     return [s for s in out if s.constants]
 
 
-def _constant(text: str, node: ast.AnnAssign, comments: dict[int, tuple[int, str]],
+def _constant(lines: list[str], node: ast.AnnAssign, comments: dict[int, tuple[int, str]],
               pending: list[str]) -> Constant:
     assert isinstance(node.target, ast.Name) and node.value is not None
     # A definition continued over several lines is shown on one (a table cell is one line).
-    expr = " ".join((ast.get_source_segment(text, node.value) or "").replace("\\\n", " ").split())
+    expr = " ".join(segment(lines, node.value).replace("\\\n", " ").split())
     trailing = [comments[n][1] for n in range(node.lineno, (node.end_lineno or node.lineno) + 1)
                 if n in comments and comments[n][0] > 0]
     return Constant(node.target.id, expr, " ".join([*pending, *trailing]))

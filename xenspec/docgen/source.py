@@ -37,7 +37,42 @@ def resolve(target: str) -> Callable[..., Any] | None:
 
 
 def source_of(fn: Callable[..., Any]) -> str:
-    return textwrap.dedent(inspect.getsource(fn))
+    return textwrap.dedent(getsource(fn))
+
+
+@functools.cache
+def getsource(fn: Callable[..., Any]) -> str:
+    """inspect.getsource, read once per function: the docs' generation asks for the same
+    functions thousands of times (which spec each builder calls)."""
+    return inspect.getsource(fn)
+
+
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
+
+
+def source_lines(text: str) -> list[str]:
+    """``text`` split after each line end (\\n, \\r or \\r\\n, the line ends the parser
+    counts), the ends kept: what ``segment`` reads."""
+    return list(_LINE.findall(text))
+
+
+def segment(lines: list[str], node: ast.AST, padded: bool = False) -> str:
+    """The source of ``node`` from its file's ``source_lines``, as ast.get_source_segment
+    gives it ('' where the node has no position), without splitting the whole file again for
+    each node (the ABI page asks for hundreds). The parser's columns count UTF-8 bytes;
+    ``padded`` keeps the first line's indentation, every character but tab and form feed
+    as a space. tests/test_docs.py holds it to ast.get_source_segment."""
+    where = [getattr(node, a, None) for a in ("lineno", "end_lineno", "col_offset",
+                                              "end_col_offset")]
+    if None in where:
+        return ""
+    first, last, start, end = (int(n) for n in where)  # type: ignore[arg-type]
+    head = lines[first - 1].encode()
+    if first == last:
+        return head[start:end].decode()
+    pad = "".join(c if c in "\t\f" else " " for c in head[:start].decode()) if padded else ""
+    return "".join([pad + head[start:].decode(), *lines[first:last - 1],
+                    lines[last - 1].encode()[:end].decode()])
 
 
 def first_line(doc: str | None) -> str:
@@ -52,25 +87,25 @@ def _function_node(fn: Callable[..., Any]) -> ast.FunctionDef:
 
 def assignments(fn: Callable[..., Any], name: str) -> list[str]:
     """The source of every statement in ``fn`` that assigns ``name`` (alone or in a tuple)."""
-    src = source_of(fn)
+    src = source_lines(source_of(fn))
     out = []
     for node in ast.walk(_function_node(fn)):
         if isinstance(node, ast.Assign) and any(name in _names(t) for t in node.targets):
-            out.append(ast.get_source_segment(src, node) or "")
+            out.append(segment(src, node))
     return [s for s in out if s]
 
 
 def condition(fn: Callable[..., Any], name: str) -> list[str]:
     """The statements that assign ``name`` and, transitively, the local names it is built
     from, in source order: the part of a spec function that defines its ``name``."""
-    src = source_of(fn)
+    src = source_lines(source_of(fn))
     stmts = [n for n in _function_node(fn).body if isinstance(n, ast.Assign)]
     wanted, picked = {name}, set()
     for node in reversed(stmts):
         if any(wanted & _names(t) for t in node.targets):
             picked.add(id(node))
             wanted |= _names(node.value)
-    return [ast.get_source_segment(src, n) or "" for n in stmts if id(n) in picked]
+    return [segment(src, n) for n in stmts if id(n) in picked]
 
 
 def returned_field(fn: Callable[..., Any], position: int, keyword: str) -> str:
@@ -138,8 +173,9 @@ def model_functions() -> dict[str, list[ModelFunction]]:
         if path.name in GUEST_SIDE:
             continue
         text = path.read_text()
+        lines = source_lines(text)
         for qualname, node in _functions(ast.parse(text)):
-            src = textwrap.dedent(ast.get_source_segment(text, node, padded=True) or "")
+            src = textwrap.dedent(segment(lines, node, padded=True))
             fn = ModelFunction(f"refmodel/{path.name}", qualname, src, node)
             out.setdefault(node.name, []).append(fn)
     return out

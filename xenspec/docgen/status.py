@@ -4,7 +4,6 @@ run recorded (``conformance.json``). Missing files mean "not run yet"; nothing i
 
 from __future__ import annotations
 
-import inspect
 import json
 import re
 from collections.abc import Callable
@@ -12,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xenspec.docgen.source import getsource
 from xenspec.proofs.obligations import (
     HYPERCALL_SPECS,
     RULE_OBLIGATIONS,
@@ -33,7 +33,7 @@ def _spec_name(c: Clause) -> str:
 
 
 def _calls(fn: Callable[..., Any], name: str) -> bool:
-    return bool(name) and re.search(rf"\b{re.escape(name)}\(", inspect.getsource(fn)) is not None
+    return bool(name) and re.search(rf"\b{re.escape(name)}\(", getsource(fn)) is not None
 
 
 def _hypercall_clauses(spec_label: str, builder: Callable[..., Any]) -> list[str]:
