@@ -49,7 +49,10 @@ class Invariant:
 
 
 def in_use_table(s: StateView, f: Word, type: PGT) -> Bool:
-    return s.and_(s.type(f) == int(type), s.validated(f))
+    of_type = s.type(f) == int(type)
+    if of_type is False:  # a concrete frame of another type: its flag need not be read
+        return False
+    return s.and_(of_type, s.validated(f))
 
 
 def tables_in_use(s: StateView, f: Word, levels: Sequence[Level],
