@@ -68,8 +68,8 @@ What Unicorn 2.1.4 does not do, and what this module does instead (measured on U
   clock. Xen does not set TSD; the guest sees an ordinary RDTSC. (Unicorn 2.1.4 refuses a
   UC_HOOK_INSN for RDTSC: UC_ERR_ARG.) Guests read their clock often (Mini-OS twice per block
   request in its disk loop), so the fault has a fast path that reads and writes the few
-  registers involved in place (``_rdtsc_in_place``): 15 us against 29 us through the general
-  path (benchmarks/bench_cpu.py), tested to give the same runs.
+  registers involved in place (``_rdtsc_in_place``): 11 to 15 us against 27 to 29 us through
+  the general path (benchmarks/bench_cpu.py), tested to give the same runs.
 
 * ``in``/``out``/``ins``/``outs`` are never privilege-checked (Unicorn's translator allows
   every port), while on Xen every I/O instruction of a guest raises #GP(0) (the hardware IOPL
