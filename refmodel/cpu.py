@@ -1095,12 +1095,16 @@ class UnicornCPU:
     def _emulate_rdtsc(self, regs: CpuUserRegs) -> bool:
         if self.rdtsc is None:
             return False
-        if copy_from_guest(self.memory, self.v.guest_table, regs.eip, 2, self.walk) != _RDTSC:
+        if not self._rdtsc_at(regs.eip):
             return False
         value = self.rdtsc()
         regs.eax, regs.edx = value & 0xFFFFFFFF, (value >> 32) & 0xFFFFFFFF
         regs.eip = (regs.eip + 2) & 0xFFFFFFFF
         return True
+
+    def _rdtsc_at(self, eip: int) -> bool:
+        """The guest's bytes at ``eip`` are RDTSC (read through its page tables)."""
+        return copy_from_guest(self.memory, self.v.guest_table, eip, 2, self.walk) == _RDTSC
 
     rdtsc_in_place = 0  # RDTSCs emulated by _rdtsc_in_place
 
@@ -1119,9 +1123,8 @@ class UnicornCPU:
         is_int, error_code, cpl, eip = fault
         if is_int or error_code or cpl == 0:
             return False
-        if _check_eflags(eng.live_flags()) != eng.live_flags() | abi.X86_EFLAGS_MBS:
-            return False
-        if copy_from_guest(self.memory, self.v.guest_table, eip, 2, self.walk) != _RDTSC:
+        flags = eng.live_flags()
+        if _check_eflags(flags) != flags | abi.X86_EFLAGS_MBS or not self._rdtsc_at(eip):
             return False
         self._cpl_lowered = False  # seen in the guest's own ring
         eng.finish_rdtsc(clock_tsc(), (eip + 2) & 0xFFFFFFFF)

@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from xenspec.refmodel.arch import CpuUserRegs, TrapInfo
 from xenspec.refmodel.domain import Vcpu
@@ -123,23 +123,9 @@ def int80_gate_admits(ti: TrapInfo, ring: int) -> bool:
     return not ti.masks_events and bool(guest_gate_selector_okay(ti.cs)) and ti.dpl >= ring
 
 
-class _Where(NamedTuple):
-    """CS:EIP of a trap, for a crash reason."""
-
-    cs: int
-    eip: int
-
-    def __str__(self) -> str:
-        return f"{self.cs:#x}:{self.eip:#x}"
-
-
-class _Trap(NamedTuple):
-    """What a bounce delivers, for a crash reason: trap ``vector``."""
-
-    vector: int
-
-    def __str__(self) -> str:
-        return f"trap {self.vector}"
+def _where(regs: CpuUserRegs) -> str:
+    """CS:EIP of a trap, for a crash reason (formatted only when there is one)."""
+    return f"{regs.cs:#x}:{regs.eip:#x}"
 
 
 class Traps:
@@ -457,12 +443,11 @@ class Traps:
         ti = arch.trap_ctxt[vector]
         d = v.domain
         if selector_is_null(ti.cs):
-            d.crash(f"unhandled trap {vector} (error code {error_code}) at "
-                    f"{_Where(regs.cs, regs.eip)}")
+            d.crash(f"unhandled trap {vector} (error code {error_code}) at {_where(regs)}")
             return
         words = [] if error_code is None else [error_code]
         words += self.return_words(v, regs)
-        if not self.create_bounce_frame(v, regs, words, ti.cs, ti.address, _Trap(vector)):
+        if not self.create_bounce_frame(v, regs, words, ti.cs, ti.address, f"trap {vector}"):
             return
         self.bounces += 1
         if ti.masks_events:
@@ -475,9 +460,8 @@ class Traps:
         masked only for a callback registered with CALLBACKF_mask_events (TBF_INTERRUPT); no
         callback address is domain_crash_synchronous."""
         arch = self.pv.arch(v)
-        where = f"{regs.cs:#x}:{regs.eip:#x}"
         if arch.failsafe_callback_eip == 0:
-            v.domain.crash(f"{what} faulted returning to {where}; no failsafe callback")
+            v.domain.crash(f"{what} faulted returning to {_where(regs)}; no failsafe callback")
             return
         words = [regs.ds & 0xFFFF, regs.es & 0xFFFF, regs.fs & 0xFFFF, regs.gs & 0xFFFF,
                  *self.return_words(v, regs)]
@@ -500,7 +484,7 @@ class Traps:
         return [regs.eip, regs.cs | (saved_mask << 16), eflags]
 
     def create_bounce_frame(self, v: Vcpu, regs: CpuUserRegs, words: list[int], cs: int,
-                            eip: int, what: object) -> bool:
+                            eip: int, what: str) -> bool:
         """x86_32/entry.S create_bounce_frame: push ``words`` (and, from ring 2 or 3 (bit 1
         of CS, as Xen tests it), ESP and SS, switching to the kernel stack) and enter
         ``cs:eip``; False if the domain was crashed because the frame has nowhere to go.
@@ -513,24 +497,23 @@ class Traps:
         frame at the linear address ESP (the stack segment's base and limit are not applied;
         Xen's flat selectors have base 0)."""
         d = v.domain
-        where = _Where(regs.cs, regs.eip)  # formatted only in a crash reason
         arch = self.pv.arch(v)
         if regs.cs & 2:
             if selector_is_null(arch.kernel_ss):
-                d.crash(f"{what} from ring {regs.cs & 3} at {where} with no kernel stack")
+                d.crash(f"{what} from ring {regs.cs & 3} at {_where(regs)} with no kernel stack")
                 return False
             words = [*words, regs.esp, regs.ss]
             esp, ss = arch.kernel_sp, arch.kernel_ss
         else:
             esp, ss = regs.esp, regs.ss
         if not self.stack_segment_writable(v, ss):
-            d.crash(f"{what} at {where}: stack segment {ss & 0xFFFF:#x} cannot hold the "
+            d.crash(f"{what} at {_where(regs)}: stack segment {ss & 0xFFFF:#x} cannot hold the "
                     f"bounce frame")
             return False
         frame = struct.pack(f"<{len(words)}I", *(w & 0xFFFFFFFF for w in words))
         new_esp = (esp - len(frame)) & 0xFFFFFFFF
         if esp < len(frame) or not self.hv.copy_to_guest(v, new_esp, frame):
-            d.crash(f"{what} at {where}: cannot write the bounce frame at {new_esp:#x}")
+            d.crash(f"{what} at {_where(regs)}: cannot write the bounce frame at {new_esp:#x}")
             return False
         regs.esp, regs.ss = new_esp, ss
         regs.cs, regs.eip = cs, eip
