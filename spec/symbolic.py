@@ -73,28 +73,33 @@ def set_concrete(on: bool) -> None:
     CONCRETE = on
 
 
-def subterms(e: z3.ExprRef) -> list[z3.ExprRef]:
-    """Every distinct subterm of ``e`` (quantifier bodies included), each once."""
+def uninterpreted_constants(e: z3.ExprRef) -> list[z3.ExprRef]:
+    """The uninterpreted constants ``e`` reads (a spec's fresh symbols, its choices), each
+    once, in the order of a depth-first walk of every distinct subterm (quantifier bodies
+    included). The walk reads Z3's terms through the C API, without a Python object per
+    subterm: a family's spec (12,663 subterms) took 2.0 s through z3.py's ``children()`` and
+    takes 0.38 s so."""
+    ctx = e.ctx
+    ref = ctx.ref()
     out: list[z3.ExprRef] = []
     seen: set[int] = set()
-    todo = [e]
+    todo = [e.as_ast()]
     while todo:
-        x = todo.pop()
-        if x.get_id() in seen:
+        a = todo.pop()
+        key = z3core.Z3_get_ast_id(ref, a)
+        if key in seen:
             continue
-        seen.add(x.get_id())
-        out.append(x)
-        if z3.is_quantifier(x):
-            todo.append(x.body())
-        elif z3.is_app(x):
-            todo.extend(x.children())
+        seen.add(key)
+        kind = z3core.Z3_get_ast_kind(ref, a)
+        if kind == z3.Z3_QUANTIFIER_AST:
+            todo.append(z3core.Z3_get_quantifier_body(ref, a))
+        elif kind in (z3.Z3_APP_AST, z3.Z3_NUMERAL_AST):
+            n = z3core.Z3_get_app_num_args(ref, a)
+            todo.extend(z3core.Z3_get_app_arg(ref, a, k) for k in range(n))
+            decl = z3core.Z3_get_app_decl(ref, a)
+            if n == 0 and z3core.Z3_get_decl_kind(ref, decl) == z3.Z3_OP_UNINTERPRETED:
+                out.append(z3.z3._to_expr_ref(a, ctx))
     return out
-
-
-def uninterpreted_constants(e: z3.ExprRef) -> list[z3.ExprRef]:
-    """The uninterpreted constants ``e`` reads (a spec's fresh symbols, its choices)."""
-    return [x for x in subterms(e) if z3.is_const(x)
-            and x.decl().kind() == z3.Z3_OP_UNINTERPRETED]
 
 
 def set_scope(scope: Scope) -> None:

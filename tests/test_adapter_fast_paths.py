@@ -9,6 +9,8 @@
   terms are those built afresh, and another state has its own.
 - The refinement check's comparison of memory (``symbolic.cells_equal``) and its snapshots'
   arrays (``symbolic.stores``) are built through Z3's C API as the terms z3.py would build.
+- ``symbolic.uninterpreted_constants`` walks a term through Z3's C API and finds the constants,
+  in the order, that a walk through z3.py finds.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from xenspec.conformance.reference import ReferenceImplementation
 from xenspec.conformance.replay import Side, check_step, make_sides, named_words
 from xenspec.conformance.test_differential import doms, entries, foreign, indices, refs
 from xenspec.conformance.view import ImplementationView
+from xenspec.proofs import branchcheck
 from xenspec.spec import abi, mm_spec, mm_spec_pae, symbolic
 from xenspec.spec.symbolic import Scope, SymState, bv
 
@@ -163,3 +166,36 @@ def test_stores_is_the_chain_z3py_builds() -> None:
         chain = z3.Store(chain, k, x)
     assert symbolic.stores(flags, one).eq(chain)
     assert symbolic.stores(flags, []).eq(flags)
+
+
+def _constants_through_z3py(e: z3.ExprRef) -> list[z3.ExprRef]:
+    """The plain walk ``symbolic.uninterpreted_constants`` stands for: every distinct subterm
+    through z3.py's ``children()`` and ``body()``, depth first."""
+    out, seen, todo = [], set(), [e]
+    while todo:
+        x = todo.pop()
+        if x.get_id() in seen:
+            continue
+        seen.add(x.get_id())
+        if z3.is_quantifier(x):
+            todo.append(x.body())
+        elif z3.is_app(x):
+            todo.extend(x.children())
+            if z3.is_const(x) and x.decl().kind() == z3.Z3_OP_UNINTERPRETED:
+                out.append(x)
+    return out
+
+
+def test_uninterpreted_constants_are_those_z3py_walks_to() -> None:
+    symbolic.reset_fresh()
+    s = SymState.fresh("s")
+    spec = branchcheck._builders()["mmu_update/NORMAL_PT_UPDATE"](s)
+    h = z3.BitVec("h", 32)
+    owner = z3.Lambda([h], s.owner[h + 1])[bv(1)]  # a lambda, its body read too
+    term = z3.And(spec.ok, spec.choice, owner == s.vcpu_domain[bv(0)])
+    found = symbolic.uninterpreted_constants(term)
+    names = {str(x) for x in found}  # the state's arrays, the arguments, the spec's choices
+    assert {"s.mem", "s.owner", "ptr", "val", "fd"} <= names and any("!" in n for n in names)
+    assert [x.sexpr() for x in found] == [x.sexpr() for x in _constants_through_z3py(term)]
+    assert all(a.eq(b) for a, b in zip(found, _constants_through_z3py(term), strict=True))
+    assert symbolic.uninterpreted_constants(bv(7)) == []
