@@ -18,6 +18,7 @@ mutants of refmodel/builder.py and elfbuild.py (``SOD_MUTANTS``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -26,7 +27,14 @@ from mm_mutants import UVA_ANY_TABLE, mutated, recompiled
 from xenspec.proofs import branchcheck
 from xenspec.proofs import branchcheck_builder as sod
 from xenspec.proofs import branchcheck_gem as gem
-from xenspec.proofs.branchcheck import FAMILIES, UNREACHABLE, branch_names, check_one, family
+from xenspec.proofs.branchcheck import (
+    FAMILIES,
+    UNREACHABLE,
+    branch_names,
+    cases_for,
+    check_one,
+    family,
+)
 from xenspec.refmodel import builder as builder_model
 from xenspec.refmodel import desc, traps
 from xenspec.refmodel import elfbuild as elfbuild_model
@@ -131,14 +139,15 @@ def _mutant_param(m: tuple[str, str, str, str, str]) -> Any:
 def test_mutant_is_caught(mutant: tuple[str, str, str, str, str],
                           monkeypatch: pytest.MonkeyPatch) -> None:
     method, line, replacement, name, branch = mutant
-    cases = check_one(family(name), branch, PER_BRANCH)
+    runs = cases_for(family(name), branch, PER_BRANCH)
+    cases = [run() for run in runs]
     assert cases and all(c.problem is None for c in cases), "the unmutated model passes"
     new = mutated(method, line, replacement)
     for cmd, handler in MM._mmuext_handlers.items():  # mmuext_op's dispatch table
         if handler is getattr(MM, method):
             monkeypatch.setitem(MM._mmuext_handlers, cmd, new)
     monkeypatch.setattr(MM, method, new)
-    cases = check_one(family(name), branch, PER_BRANCH)
+    cases = [run() for run in runs]  # the same states, on the mutant
     assert any(c.problem is not None for c in cases), (
         f"mutant of MM.{method} ({replacement}) survives the checks of {name} {branch}")
 
@@ -176,11 +185,12 @@ CPU_MUTANTS: list[tuple[Any, str | None, str, str, str, str, str]] = [
 def test_cpu_mutant_is_caught(mutant: tuple[Any, str | None, str, str, str, str, str],
                               monkeypatch: pytest.MonkeyPatch) -> None:
     module, owner, name, line, replacement, fam, branch = mutant
-    cases = check_one(family(fam), branch, PER_BRANCH)
+    runs = cases_for(family(fam), branch, PER_BRANCH)
+    cases = [run() for run in runs]
     assert cases and all(c.problem is None for c in cases), "the unmutated model passes"
     holder = getattr(module, owner) if owner else module
     monkeypatch.setattr(holder, name, recompiled(module, holder, name, line, replacement))
-    cases = check_one(family(fam), branch, PER_BRANCH)
+    cases = [run() for run in runs]  # the same states, on the mutant
     assert any(c.problem is not None for c in cases), (
         f"mutant of {name} ({replacement}) survives the checks of {fam} {branch}")
 
@@ -275,10 +285,10 @@ GEM_MUTANTS: list[tuple[Any, type, str, str, str, str, str]] = [
 ]
 
 
-def _gem_cases(name: str, branch: str) -> list[Any]:
+def _gem_runs(name: str, branch: str) -> list[Callable[[], Any]]:
     if name.startswith("event_channel_op"):
-        return gem.evt_check_one(gem.evt_family(name), branch)
-    return gem.check_one(gem.family(name), branch)
+        return gem.evt_cases_for(gem.evt_family(name), branch)
+    return gem.cases_for(gem.family(name), branch)
 
 
 @pytest.mark.parametrize("mutant", GEM_MUTANTS,
@@ -286,10 +296,11 @@ def _gem_cases(name: str, branch: str) -> list[Any]:
 def test_gem_mutant_is_caught(mutant: tuple[Any, type, str, str, str, str, str],
                               monkeypatch: pytest.MonkeyPatch) -> None:
     module, cls, method, line, replacement, name, branch = mutant
-    cases = _gem_cases(name, branch)
+    runs = _gem_runs(name, branch)
+    cases = [run() for run in runs]
     assert cases and all(c.problem is None for c in cases), "the unmutated model passes"
     monkeypatch.setattr(cls, method, recompiled(module, cls, method, line, replacement))
-    cases = _gem_cases(name, branch)
+    cases = [run() for run in runs]  # the same states, on the mutant
     assert any(c.problem is not None for c in cases), (
         f"mutant of {cls.__name__}.{method} ({replacement}) survives {name} {branch}")
 
