@@ -474,7 +474,19 @@ def _may_succeed(old: SymState, spec: Callable[[SymState], Transition]) -> bool:
 
 
 def _sat(formula: z3.BoolRef, timeout_s: int = 60) -> z3.CheckSatResult:
+    """Whether ``formula`` is satisfiable. Over a concrete state, with the spec's choices
+    fixed (``observed_choices``), it is most often closed: Z3's simplifier then reduces it to
+    true or false, and only the rest goes to a solver, simplified. On the refinement tests
+    the simplifier decided 262 of 288 (PAE) and 468 of 499 such formulas; the PAE test took
+    45 and 59 s of CPU instead of 83 and 97 s, the others 58 s instead of 76 s (old and new
+    code run alternately): a solver spent most of its time taking in the machine's tens of
+    thousands of cell equations."""
+    simple = z3.simplify(formula)
+    if z3.is_true(simple):
+        return z3.sat
+    if z3.is_false(simple):
+        return z3.unsat
     solver = z3.Solver()
     solver.set("timeout", timeout_s * 1000)
-    solver.add(formula)
+    solver.add(simple)
     return solver.check()

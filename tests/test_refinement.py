@@ -479,3 +479,20 @@ def test_fixed_up_words_define_the_fixed_up_memory() -> None:
         solver = z3.Solver()
         solver.add(z3.Not(z3.substitute(instance, (mem, words))))
         assert solver.check() == z3.unsat, q
+
+
+def test_sat_answers_as_a_solver_does_closed_or_not() -> None:
+    """``refinement._sat`` lets Z3's simplifier decide a closed formula (a concrete state,
+    the spec's choices fixed) and gives the rest to a solver: either way, a solver's answer."""
+    from xenspec.proofs.refinement import _sat
+
+    x = z3.BitVec("x", 32)
+    mem = z3.Store(z3.K(z3.BitVecSort(32), bv(0)), bv(3), bv(7))
+    formulas = [z3.Select(mem, bv(3)) == 7, z3.Select(mem, bv(4)) == 7,
+                z3.And(x * x == 49, z3.ULT(x, 10)), z3.And(z3.Select(mem, x) == 7, x != 3)]
+    answers = []
+    for f in formulas:
+        solver = z3.Solver()
+        solver.add(f)
+        answers.append(solver.check())
+    assert [_sat(f) for f in formulas] == answers == [z3.sat, z3.unsat, z3.sat, z3.unsat]
