@@ -15,9 +15,11 @@ from xenspec.conformance.guests.build import build_guest, toolchain_available
 from xenspec.refmodel.arch import CpuUserRegs
 from xenspec.refmodel.boot import BootResult, Machine, boot
 from xenspec.refmodel.builder import BuildError
-from xenspec.refmodel.domain import ShutdownReason
+from xenspec.refmodel.domain import ShutdownReason, Vcpu
 from xenspec.refmodel.elfbuild import load_image_file
 from xenspec.refmodel.event import EventError
+from xenspec.refmodel.hypervisor import Hypervisor
+from xenspec.refmodel.platform import PVPlatform
 from xenspec.refmodel.view import check_invariants
 from xenspec.refmodel.view_pae import check_invariants_pae
 from xenspec.spec import abi
@@ -350,3 +352,28 @@ def test_guest_ends_alike_on_both_profiles(name: str, cmdline: str) -> None:
 
     assert (pae.reason, pae.test_result, reason(pae)) == (
         native.reason, native.test_result, reason(native)), pae.console
+
+
+def test_check_invariants_names_a_state_broken_mid_run_and_crashes_the_guest() -> None:
+    """With ``check_invariants`` every hypercall is followed by the incremental check: a frame
+    table entry broken in the guest's third hypercall (its page directory given to another
+    domain) is reported after that hypercall, by invariant, and the guest is crashed."""
+    calls: list[int] = []
+
+    def setup(hv: Hypervisor, pv: PVPlatform) -> None:
+        plain = pv.traps.hypercall
+
+        def breaking(v: Vcpu, nr: int, *args: int) -> int:
+            rc = plain(v, nr, *args)
+            calls.append(nr)
+            if len(calls) == 3:
+                hv.frames.owner[v.guest_table] = 0x7FF0
+            return rc
+
+        pv.traps.hypercall = breaking
+
+    r = run("hello", check_invariants=True, setup=setup)
+    assert len(calls) >= 3 and r.violations, r.console
+    assert r.violations[0].startswith("after "), r.violations
+    assert "INV-OWN" in " ".join(r.violations), r.violations
+    assert r.crash_reason is not None and "invariant violated" in r.crash_reason
