@@ -49,12 +49,49 @@ SOLVER_PARAMS: dict[str, bool | int] = {
     # each on an idle machine.
     "smt.relevancy": 0,
 }
-# Obligations (by name prefix) whose search is bit-vector case splitting rather than
-# quantifier instantiation: set_gdt's (16 listed frames, and the descriptor rule in its
-# validity condition) need relevancy filtering, without which INV-PRIV took 40 s or more.
+# Obligations (by name prefix) with parameters of their own. set_gdt's search is bit-vector
+# case splitting rather than quantifier instantiation (16 listed frames, and the descriptor
+# rule in its validity condition): it needs relevancy filtering, without which INV-PRIV took
+# 40 s or more. The others: below.
 SOLVER_PARAMS_FOR: dict[str, dict[str, bool | int]] = {
     "set_gdt ": {"smt.relevancy": 2},
+    "mmuext_op/PIN_L2_TABLE ": {"rewriter.expand_select_ite": True},
+    "mmuext_op/NEW_BASEPTR ": {"rewriter.expand_select_ite": True},
+    "memory_op/decrease_reservation ": {"rewriter.expand_select_ite": True},
+    "compat-pae: mmuext_op/NEW_BASEPTR preserves INV-NOWRPT": {"rewriter.expand_select_ite": True},
+    "compat-pae: mmuext_op/NEW_BASEPTR preserves INV-L2REF": {"rewriter.expand_select_ite": True},
+    "mmu_update/NORMAL_PT_UPDATE preserves INV-L2REF": {"smt.pull_nested_quantifiers": True},
+    "set_gdt preserves INV-PRIV (selectors)": {"smt.pull_nested_quantifiers": True},
 }
+# Native PIN_L2_TABLE, NEW_BASEPTR and decrease_reservation leave a state chosen field by field
+# (mm_spec.pick: ``If(already, old.type, validated.type)``, an array), and read it at frames
+# the quantifiers name. Solved as such, each read of the If is an array case split with the
+# lambda behind it; expanding a read of an If into an If of reads (then reduced through the
+# lambda) before the search leaves plain terms. Measured on their 85 obligations (Z3 5.4.1,
+# random seeds 1 to 4, a loaded 2-core machine): 438 s in all, 272M rlimit, slowest 123 s
+# (unknown within 120 s: NEW_BASEPTR preserves INV-BASE [retry], seed 4); with the expansion
+# 65 s, 52M rlimit, slowest 3.3 s. PIN_L2_TABLE preserves INV-L2REF (directories): 14 s to
+# 70 s over seeds 0 to 4 (8.6M rlimit at seed 0), 0.1 s with it (0.12M). Not for every
+# obligation: at seed 0 mmu_update/NORMAL_PT_UPDATE preserves INV-L2REF (directories) took
+# 45M rlimit instead of 19M, and compat-pae NEW_BASEPTR preserves INV-OWN (L3 entries) was
+# unknown within 120 s instead of 10 s. Of the compat-pae NEW_BASEPTR obligations, those
+# against INV-NOWRPT and INV-L2REF gain (rlimit over seeds 0 to 4: INV-NOWRPT 9.6-14.4M, 8 s
+# at seed 0, to 1.2-1.3M; INV-L2REF (directories) 3.1-8.3M to 1.6-1.8M; INV-L2REF (L3s)
+# 2.0-17.3M to 1.2-4.0M; their [refused, L3 cleared] branches the same either way) and the
+# others not (INV-OWN (L3 entries) above; INV-OWN (directory entries) 1.3M to 2.9M).
+# A quantifier over several kinds (symbolic.forall) is a ForAll nested in a ForAll; the
+# solver instantiates the outer one and takes each instance's inner ForAll as a quantifier of
+# its own. mm_spec.drop_references' choice over (frame, frame, index) in mmu_update's L2 path
+# was instantiated 46K times (smt.qi.profile, seed 0). Pulling nested quantifiers out into
+# one ForAll over all the variables (the same formula) before the search: mmu_update preserves
+# INV-L2REF (directories) 19.2, 2.4, 59.0, 20.6, 5.7M rlimit over seeds 0 to 4 (21 s at seed
+# 0, unknown within 60 s at seed 2) to 1.3, 2.2, 1.1, 1.6, 4.0M; set_gdt preserves INV-PRIV
+# (selectors) 18.3, 25.4, 24.5, 58.0, 10.3M (15 s to 50 s) to 1.5, 2.6, 1.9, 1.4, 5.0M (its
+# [refused] branch, which the prefix takes too: 16.2, 2.5, 2.0, 0.7, 0.2M to 0.3, 11.2, 2.5,
+# 1.6, 7.1M). Not for every obligation: over all of them (seed 0) 365M rlimit went to 300M,
+# but NEW_BASEPTR preserves INV-BASE went from 0.1 s to over 60 s, update_va_mapping preserves
+# INV-GNT-RO gained nothing clear over the seeds (45.9M to 34.0M, slowest 17.8M instead of
+# 15.5M).
 
 
 # The bounded counterexample search (quantifiers expanded over 2 to 4 frames) runs with Z3's
