@@ -5,7 +5,7 @@
 * ``pytest conformance/`` on the reference model (its parallel workers as the project's
   configuration sets them): the wall time beside the 30 s target;
 * with ``--tests``, the README's test command (``python -m pytest``): the wall time beside
-  the 5 min target (about half an hour on two cores).
+  the 5 min target (about 16 minutes on two cores).
 
 Each runs in a subprocess with a cache directory of its own (``XENSPEC_CACHE_DIR``), so that
 nothing cached helps and the project's cache is left alone. Times are wall-clock seconds of
@@ -47,7 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", "-j", type=int, default=2, help="proof workers (default 2)")
     parser.add_argument("--tests", action="store_true",
-                        help="also time the README's test command (about half an hour)")
+                        help="also time the README's test command (about 16 minutes)")
     args = parser.parse_args()
     python = sys.executable
     with tempfile.TemporaryDirectory(prefix="xenspec-bench-") as tmp:
