@@ -104,13 +104,18 @@ BOUNDED_PARAMS_FOR: dict[str, dict[str, bool | int]] = {
 }
 
 
-def solver_params(name: str) -> dict[str, bool | int]:
-    """The parameters obligation ``name`` is solved with."""
-    out = dict(SOLVER_PARAMS)
-    for prefix, params in SOLVER_PARAMS_FOR.items():
+def _by_prefix(table: dict[str, dict[str, bool | int]], name: str) -> dict[str, bool | int]:
+    """The parameters ``table`` gives obligation ``name`` (by name prefix, in table order)."""
+    out: dict[str, bool | int] = {}
+    for prefix, params in table.items():
         if name.startswith(prefix):
             out.update(params)
     return out
+
+
+def solver_params(name: str) -> dict[str, bool | int]:
+    """The parameters obligation ``name`` is solved with."""
+    return {**SOLVER_PARAMS, **_by_prefix(SOLVER_PARAMS_FOR, name)}
 
 
 @dataclass
@@ -233,10 +238,7 @@ def bounded_search(index: int, timeout_s: int = 60) -> tuple[list[str], dict[int
         for frames in BOUNDED_FRAMES:
             symbolic.set_scope(symbolic.Scope(frames=frames, vcpus=1))
             ob = build(name, builder, inv, branch)
-            for prefix, params in BOUNDED_PARAMS_FOR.items():
-                if ob.name.startswith(prefix):
-                    ob.solver.set(**params)
-            ob.solver.set("timeout", timeout_s * 1000)
+            ob.solver.set("timeout", timeout_s * 1000, **_by_prefix(BOUNDED_PARAMS_FOR, ob.name))
             answer = ob.solver.check()
             answers[frames] = str(answer)
             if answer == z3.sat:
