@@ -4,6 +4,7 @@
 * int 0x80 round trip: ring 3 ``int $0x80`` -> the ring-1 handler on the stack_switch stack
   (Xen's direct trap gate, built by the model) -> ring 3 by the runtime's return path, the
   processor's own iret as XenoLinux does; and the same returning through the iret hypercall;
+  beside it, the bare bounce (``bounce_floor``);
 * guest compute vs raw Unicorn: the same register loop in a booted guest (paging, ring 1)
   and in a bare Unicorn engine with flat memory and no hooks;
 * a guest store: the compute loop with a store in each iteration, less the loop, in a guest
@@ -24,8 +25,10 @@ machine and domain set-up is not counted.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
 import statistics
+import struct
 import time
 from collections.abc import Callable, Iterator
 
@@ -101,6 +104,76 @@ def hook_floor(n: int, registers: bool) -> float:
     return t / (n - 1)
 
 
+def bounce_floor(n: int) -> float:
+    """Seconds per bare ``int $0x80`` round trip: a 64 KB machine on the substrate's engine
+    (paging, Xen's GDT, the ``iret`` stub page, as in ``refmodel/cpu.py``'s self-test) whose
+    ring-3 code loops on ``int $0x80`` and whose ring-1 handler is one ``iret``. The
+    interrupt hook does what any Python-hooked bounce must: read the registers, write the
+    five-word frame (EIP, CS, EFLAGS, ESP, SS) on the ring-1 stack, and enter ring 1 through
+    the stub (``_Engine.enter_ring``: the saved CPL patched to 0, the register batch). No
+    trap table, no checks, no guest page-table walk: the floor the model's bounce is held to."""
+    from xenspec.refmodel import cpu
+    from xenspec.refmodel.arch import CpuUserRegs
+    from xenspec.spec import abi
+
+    ucc = importlib.import_module("unicorn.unicorn_const")
+    x86 = importlib.import_module("unicorn.x86_const")
+    engine = cpu.counting_engine()
+    uc = engine.uc
+    # RAM the hook writes in place, as the model's is (mem_map_ptr): a write through Unicorn's
+    # API to the stub's page would throw its translated code away each time.
+    ram = (ctypes.c_char * 0x20000)()
+    uc.mem_map_ptr(0, 0x20000, ucc.UC_PROT_ALL, ctypes.addressof(ram))
+    mem = memoryview(ram).cast("B")
+    pd, l1 = 0x1000, 0x2000
+    gdt_base = 0x10000 - abi.FIRST_RESERVED_GDT_BYTE  # its reserved page lands at 0x10000
+    uc.mem_write(pd, (l1 | 0x7).to_bytes(4, "little"))
+    ro, rw, user = 0x21, 0x23, 0x4
+    # stub 0x4000, ring-1 code 0x5000, ring-3 code 0x6000, ring-1 stack 0x7000, ring-3 0x8000
+    for page, flags in ((0x4, ro), (0x5, rw), (0x6, rw | user), (0x7, rw), (0x8, rw | user)):
+        uc.mem_write(l1 + page * 4, ((page << 12) | flags).to_bytes(4, "little"))
+    uc.mem_write(l1 + 0x10 * 4, ((0x3 << 12) | ro).to_bytes(4, "little"))
+    uc.mem_write(0x3000, cpu.reserved_gdt_page())
+    uc.mem_write(0x4000, cpu.stub_page())
+    uc.mem_write(0x5000, b"\xcf")  # ring 1: iret
+    ring3 = bytes.fromhex("cd80" "49" "75fb")  # loop: int $0x80; dec %ecx; jnz loop
+    uc.mem_write(0x6000, ring3)
+    engine.setup_protected_mode(gdt_base, pd)
+    stub, frame_va = 0x4000, 0x4000 + cpu.FRAME_OFFSET
+
+    def write_frame(frame: bytes) -> None:
+        mem[frame_va : frame_va + len(frame)] = frame
+
+    def bounce(_uch: object, _intno: int, _user: object) -> None:
+        regs = engine.read_all()
+        sp = 0x8000 - 20
+        struct.pack_into("<5I", mem, sp, regs.eip, regs.cs, regs.eflags, regs.esp, regs.ss)
+        regs.cs, regs.ss, regs.eip, regs.esp = abi.FLAT_RING1_CS, abi.FLAT_RING1_DS, 0x5000, sp
+        engine.enter_ring(regs, stub, frame_va, write_frame, cpl=3)
+
+    callback = cpu._HOOK_INTR_CFUNC(bounce)
+    engine.hook_add_raw(ucc.UC_HOOK_INTR, callback)
+
+    def run(k: int) -> float:
+        start = CpuUserRegs(eip=0x6000, cs=abi.FLAT_RING3_CS, ss=abi.FLAT_RING3_DS,
+                                ds=abi.FLAT_RING3_DS, es=abi.FLAT_RING3_DS, esp=0x9000,
+                                ecx=k, eflags=abi.X86_EFLAGS_IF | abi.X86_EFLAGS_MBS)
+        engine.save()
+        engine.set_saved_cpl(0)
+        engine.restore()
+        engine.enter_ring(start, stub, frame_va, write_frame, cpl=0)
+        t = time.perf_counter()
+        uc.emu_start(stub, 0x6000 + len(ring3))
+        elapsed = time.perf_counter() - t
+        if uc.reg_read(x86.UC_X86_REG_ECX) != 0:
+            raise RuntimeError("the bare bounce loop did not run to its end")
+        return elapsed
+
+    t = statistics.median(run(n) for _ in range(3)) - statistics.median(run(1) for _ in range(3))
+    del callback
+    return t / (n - 1)
+
+
 @contextlib.contextmanager
 def general_rdtsc_path() -> Iterator[None]:
     """RDTSC through the general fault path (the fast path off), for the comparison."""
@@ -125,9 +198,13 @@ def main() -> None:
           f"(ratio {t_floor_regs / t_floor:.2f})")
     t_hc = per_iteration(hc, "hypercall", n_hc)
     print(f"hypercall round trip (xen_version):     {t_hc * 1e6:7.2f} us "
-          f"(ratio {t_hc / t_floor:.2f} to the bare hook, target 2)")
+          f"(ratio {t_hc / t_floor:.2f} to the bare hook, {t_hc / t_floor_regs:.2f} to the hook "
+          f"with the registers; target 2)")
+    t_bounce = bounce_floor(n_sys)
+    print(f"floor: bare int $0x80 bounce and iret:  {t_bounce * 1e6:7.2f} us")
     t_sys = per_iteration(hc, "syscall", n_sys)
-    print(f"int 0x80 round trip (ring 3, iret):     {t_sys * 1e6:7.2f} us")
+    print(f"int 0x80 round trip (ring 3, iret):     {t_sys * 1e6:7.2f} us "
+          f"(ratio {t_sys / t_bounce:.2f} to the bare bounce, target 1.2)")
     t_hc_iret = per_iteration(hc, "syscall-hypercall-iret", n_sys)
     print(f"  ... returning by the iret hypercall:  {t_hc_iret * 1e6:7.2f} us")
     t_guest = per_iteration(hc, "compute", n_comp)
