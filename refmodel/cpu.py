@@ -130,17 +130,14 @@ error (``SubstrateError``), never a wrong emulation.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import importlib
-import os
-import shutil
 import struct
-import subprocess
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from xenspec.refmodel import native
 from xenspec.refmodel.arch import (
     IN_OPCODES,
     IO_IMM8_OPCODES,
@@ -259,17 +256,6 @@ class _Counter(ctypes.Structure):
     ]
 
 
-def _counter_build_dir() -> Path:
-    """Beside the guests: the checkout's build/, or XENSPEC_BUILD_DIR, or a user cache."""
-    env = os.environ.get("XENSPEC_BUILD_DIR")
-    if env:
-        return Path(env) / "host"
-    repo = Path(__file__).resolve().parent.parent
-    if (repo / "pyproject.toml").exists():
-        return repo / "build" / "host"
-    return Path.home() / ".cache" / "xenspec" / "host"
-
-
 _native: Any = None  # the loaded counter library, False if it cannot be built
 
 
@@ -278,32 +264,8 @@ def native_counter() -> Any:
     (or if the build fails), and the substrate then counts with Unicorn's ``count``."""
     global _native
     if _native is None:
-        _native = _load_native_counter() or False
+        _native = native.load(_COUNTER_SOURCE, UNICORN_VERSION) or False
     return _native or None
-
-
-def _load_native_counter() -> Any:
-    """Build (once, under a name that changes with the source) and load the counter; None if
-    there is no gcc, the build fails or the build directory cannot be written."""
-    try:
-        source = _COUNTER_SOURCE.read_bytes()
-        digest = hashlib.sha256(source + UNICORN_VERSION.encode()).hexdigest()[:16]
-        target = _counter_build_dir() / f"blockcount-{digest}.so"
-        if not target.exists():
-            gcc = shutil.which("gcc")
-            if gcc is None:
-                return None
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(f".{os.getpid()}.tmp")
-            proc = subprocess.run(
-                [gcc, "-O2", "-shared", "-fPIC", "-Wall", "-o", str(tmp), str(_COUNTER_SOURCE)],
-                capture_output=True, text=True)
-            if proc.returncode:
-                return None
-            os.replace(tmp, target)
-        return ctypes.CDLL(str(target))
-    except OSError:
-        return None
 
 
 def _raw_function(name: str) -> Any:

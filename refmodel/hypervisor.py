@@ -483,6 +483,12 @@ class Hypervisor:
         """Asked before each unit of work: True once this invocation has done its budget."""
         return units_done >= HYPERCALL_BUDGET
 
+    @staticmethod
+    def hypercall_budget_left(units_done: int) -> int:
+        """How many more units ``hypercall_preempt_check`` lets through after ``units_done``
+        (the same budget, counted ahead: for a loop that does a run of units at once)."""
+        return max(0, HYPERCALL_BUDGET - units_done)
+
     def hypercall_create_continuation(self, v: Vcpu, nr: int, *args: int) -> int:
         """The hypercall ``nr`` stops here and is executed again with ``args`` (the guest's
         argument registers in order); returns what the handler returns, ``nr``, which goes

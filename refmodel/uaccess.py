@@ -152,13 +152,34 @@ class GuestReader:
         if offset + size > abi.PAGE_SIZE:
             data = copy_from_guest(self.memory, self.l2mfn, va, size, self.walk)
         else:
-            page_va = va - offset
-            if page_va != self._page_va:
-                maddr = self.walk(self.memory, self.l2mfn, page_va, False)
-                if maddr is None:
-                    return None
-                self._page_va, self._page_maddr = page_va, maddr
-            data = self.memory.read(self._page_maddr + offset, size)
+            maddr = self._page(va - offset)
+            if maddr is None:
+                return None
+            data = self.memory.read(maddr + offset, size)
         if data is not None:
             self.va = va + size
         return data
+
+    def span(self, size: int, n: int) -> tuple[int, int] | None:
+        """Where the next records of ``size`` bytes are while they lie in the page of the
+        first: its machine address and how many (at most ``n``) follow there; None where
+        the first crosses into the next page or its page is not mapped. The records are
+        read where they lie, as ``read`` reads them; ``skip`` moves past those consumed."""
+        offset = self.va & _OFFSET_MASK
+        k = min(n, (abi.PAGE_SIZE - offset) // size)
+        if k <= 0:
+            return None
+        maddr = self._page(self.va - offset)
+        return None if maddr is None else (maddr + offset, k)
+
+    def skip(self, length: int) -> None:
+        self.va += length
+
+    def _page(self, page_va: int) -> int | None:
+        """The machine address of the page at ``page_va``, translated once per page."""
+        if page_va != self._page_va:
+            maddr = self.walk(self.memory, self.l2mfn, page_va, False)
+            if maddr is None:
+                return None
+            self._page_va, self._page_maddr = page_va, maddr
+        return self._page_maddr
