@@ -56,9 +56,12 @@ class CpuUserRegs:
         return self.cs & 3
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrapInfo:
-    """One virtual IDT entry (arch-x86_32.h, trap_info): flags bits 0-1 DPL, bit 2 IF."""
+    """One virtual IDT entry (arch-x86_32.h, trap_info): flags bits 0-1 DPL, bit 2 IF.
+
+    Never changed in place (set_trap_table stores a new entry), so what is derived from an
+    entry can be kept with the entry itself as its key (``ArchVcpu.int80_gate``)."""
 
     flags: int = 0
     cs: int = 0
@@ -121,6 +124,11 @@ class ArchVcpu:
     # mapped there, each holding a general and a PGT_ldt_page type reference.
     shadow_ldt: dict[int, int] = field(default_factory=dict)
     cpu: GuestCPU | None = None
+    # arch_vcpu.int80_desc (x86_32/traps.c, init_int80_direct_trap): the trap-table entry
+    # for vector 0x80 that the direct gate was last built from, and whether Xen builds one for
+    # it; derived from that entry alone, so asked again whenever trap_ctxt[0x80] is another
+    # object (refmodel/traps.py, Traps.int80_gate). Not part of the guest-visible state.
+    int80_gate: tuple[TrapInfo, bool] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass

@@ -599,10 +599,15 @@ class _Engine:
         self.write(x86.UC_X86_REG_EIP, next_eip)
 
     def read_all(self) -> CpuUserRegs:
-        """All of CpuUserRegs in one call (no masking needed: as for the hypercall
-        arguments, Unicorn writes only the low 4 or 2 bytes of each zeroed slot)."""
+        """All of CpuUserRegs in one call."""
+        return CpuUserRegs(*self.read_all_values())
+
+    def read_all_values(self) -> tuple[int, ...]:
+        """The values of CpuUserRegs' fields, in its order, in one call (no masking needed:
+        as for the hypercall arguments, Unicorn writes only the low 4 or 2 bytes of each
+        zeroed slot)."""
         _uc_reg_read_batch(self._uch, self._all_ids, self._all_ptrs, len(_REG_NAMES))
-        return CpuUserRegs(*_ALL_SLOTS.unpack_from(self._all_vals))
+        return _ALL_SLOTS.unpack_from(self._all_vals)
 
     # --- instruction counting ----------------------------------------------------------------
     def _install_counter(self, lib: Any) -> None:
@@ -658,6 +663,13 @@ class _Engine:
             self.save()
             live = self._saved_eflags
         return live.value & _EFLAGS_NEVER
+
+    def gate_flags(self) -> int:
+        """The flags a gate clears (NT, TF, RF, VM) as the engine runs with them now: read in
+        place from env->eflags (no lazy arithmetic flag among them), or through the API."""
+        live = self._live_eflags
+        flags = self.read(x86.UC_X86_REG_EFLAGS) if live is None else live.value
+        return flags & _GATE_CLEARED
 
     def take_refused(self) -> int:
         """The EFLAGS of a block the counter refused to start (0 if none), and forget it."""
@@ -791,9 +803,11 @@ class _Engine:
         iret faults, the engine must come back here): the caller checks the frame's CS."""
         # Entering Xen through a gate clears NT, TF, RF and VM (SDM vol. 3, 6.12.1); the
         # engine took the trap in a hook, with the guest's flags still live. An IRET with NT
-        # set is a task return, and TF would single-step the stub: clear them.
-        live = self.read(x86.UC_X86_REG_EFLAGS)
-        if live & _GATE_CLEARED:
+        # set is a task return, and TF would single-step the stub: clear them. None of the
+        # four is a lazy arithmetic flag or DF, so env->eflags in place shows them exactly
+        # as a read through the API would; only a write needs the computed EFLAGS.
+        if self.gate_flags():
+            live = self.read(x86.UC_X86_REG_EFLAGS)
             self.write(x86.UC_X86_REG_EFLAGS, live & ~_GATE_CLEARED)
         lowered = not flat or regs.cs & 3 <= cpl
         if lowered:
@@ -920,9 +934,9 @@ class UnicornCPU:
         whatever the hypervisor does with these registers (an upcall on top, the failsafe
         callback) goes back to the guest through the stub's iret again."""
         if self._regs is None:
-            regs = self._regs = self.engine.read_all()
-            orig = self._orig = CpuUserRegs.__new__(CpuUserRegs)
-            vars(orig).update(vars(regs))
+            values = self.engine.read_all_values()
+            regs = self._regs = CpuUserRegs(*values)
+            orig = self._orig = CpuUserRegs(*values)
             if self._entry_pending and regs.eip == self.stub_va:
                 eip, cs, eflags, esp, ss = _FRAME.unpack(self.memory.read(self.frame_maddr, 20))
                 regs.eip, regs.cs, regs.eflags, regs.esp, regs.ss = (
@@ -1125,16 +1139,17 @@ class UnicornCPU:
                 return
             if intno >= 32:  # an int n: never the stub's iret, so the stub has run
                 self._entry_pending = False
-                args = eng.read_hypercall_args()
-                if intno == abi.HYPERCALL_VECTOR and args[0] & 3 == 1:
-                    rc = self.handlers.hypercall(self.v, *args[1:])
-                    if self._regs is not None:
-                        self._regs.eax = rc
-                    else:
-                        eng.write_eax(rc)
-                    self._apply(stop=True)  # _return_to_guest, one call less on this path
-                    return
-                elif not self.handlers.software_interrupt(self.v, intno, self.user_regs()):
+                if intno == abi.HYPERCALL_VECTOR:  # a hypercall if it comes from ring 1
+                    args = eng.read_hypercall_args()
+                    if args[0] & 3 == 1:
+                        rc = self.handlers.hypercall(self.v, *args[1:])
+                        if self._regs is not None:
+                            self._regs.eax = rc
+                        else:
+                            eng.write_eax(rc)
+                        self._apply(stop=True)  # _return_to_guest, one call less here
+                        return
+                if not self.handlers.software_interrupt(self.v, intno, self.user_regs()):
                     # The processor delivered it (Xen not entered), unless writing its frame
                     # crashed the domain: then the slice ends, as a crashed domain runs no
                     # further instruction (domain_crash_synchronous never returns to it).

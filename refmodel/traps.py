@@ -65,7 +65,7 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from xenspec.refmodel.arch import CpuUserRegs, TrapInfo
+from xenspec.refmodel.arch import ArchVcpu, CpuUserRegs, TrapInfo
 from xenspec.refmodel.domain import Vcpu
 from xenspec.refmodel.emulate import architectural_iopl
 from xenspec.refmodel.hypervisor import HYPERCALL_NUMBERS
@@ -80,6 +80,10 @@ if TYPE_CHECKING:
     from xenspec.refmodel.platform import PVPlatform
 
 _NR_SET_TRAP_TABLE: int = abi.__HYPERVISOR_set_trap_table
+
+# A bounce frame of n 32-bit words, lowest address first (n up to the failsafe callback's
+# nine: DS, ES, FS, GS, EIP, CS, EFLAGS, ESP, SS).
+_FRAME_WORDS = [struct.Struct(f"<{n}I") for n in range(10)]
 
 # entry.S: the EFLAGS bits Xen clears in the live frame when it bounces.
 _BOUNCE_CLEAR = abi.X86_EFLAGS_TF | abi.X86_EFLAGS_NT | abi.X86_EFLAGS_RF | abi.X86_EFLAGS_VM
@@ -116,11 +120,23 @@ def selector_is_null(sel: int) -> bool:
     return (sel & ~3) == 0
 
 
-def int80_gate_admits(ti: TrapInfo, ring: int) -> bool:
+def int80_direct_gate(ti: TrapInfo) -> bool:
     """x86_32/traps.c, init_int80_direct_trap: the trap table's vector 0x80 becomes an IDT
-    trap gate when it does not mask events and its selector is one Xen will put into a gate;
-    the gate's DPL (the entry's) decides which rings may use it."""
-    return not ti.masks_events and bool(guest_gate_selector_okay(ti.cs)) and ti.dpl >= ring
+    trap gate when it does not mask events and its selector is one Xen will put into a gate
+    (else int80_desc stays empty). A function of the entry alone: guest_gate_selector_okay
+    looks at the selector's value, not at the descriptor it names."""
+    return not ti.masks_events and bool(guest_gate_selector_okay(ti.cs))
+
+
+def _frame_bytes(words: list[int]) -> bytes:
+    """A bounce frame's words as Xen's movl stores them: the low 32 bits of each, lowest
+    address first. Words wider than 32 bits are rare, so they are cut only when packing the
+    words as they are fails."""
+    layout = _FRAME_WORDS[len(words)]
+    try:
+        return layout.pack(*words)
+    except struct.error:
+        return layout.pack(*[w & 0xFFFFFFFF for w in words])
 
 
 def _where(regs: CpuUserRegs) -> str:
@@ -301,8 +317,10 @@ class Traps:
         if vector in (abi.TRAP_int3, abi.TRAP_overflow):
             self.bounce(v, vector, None, regs)
             return True
-        ti = self.pv.arch(v).trap_ctxt[vector]
-        if vector == abi.SYSCALL_VECTOR and int80_gate_admits(ti, ring):
+        arch = self.pv.arch(v)
+        ti = arch.trap_ctxt[vector]
+        # The direct gate's DPL (the entry's) decides which rings may use it.
+        if vector == abi.SYSCALL_VECTOR and self.int80_gate(arch, ti) and ti.dpl >= ring:
             return self.int80_direct_trap(v, ti, regs)
         if vector != abi.HYPERCALL_VECTOR and ti.dpl >= ring:
             self.bounce(v, vector, None, regs)
@@ -310,6 +328,19 @@ class Traps:
         regs.eip = (regs.eip - 2) & 0xFFFFFFFF  # the #GP points at the int instruction
         self.bounce(v, abi.TRAP_gp_fault, (vector << 3) | 2, regs)
         return True
+
+    @staticmethod
+    def int80_gate(arch: ArchVcpu, ti: TrapInfo) -> bool:
+        """Whether Xen built the direct gate for ``ti``, the trap table's vector 0x80
+        (``int80_direct_gate``; Xen builds it, as arch_vcpu.int80_desc, when set_trap_table
+        loads that vector). The answer is kept in ``arch.int80_gate`` with the entry it was
+        computed for, and computed again whenever the table holds another entry there: a
+        table entry is never changed in place (TrapInfo is frozen), and the answer depends on
+        nothing else."""
+        built = arch.int80_gate
+        if built is None or built[0] is not ti:
+            built = arch.int80_gate = (ti, int80_direct_gate(ti))
+        return built[1]
 
     def int80_direct_trap(self, v: Vcpu, ti: TrapInfo, regs: CpuUserRegs) -> bool:
         """``int $0x80`` through the trap gate of init_int80_direct_trap: the processor's frame
@@ -510,7 +541,7 @@ class Traps:
             d.crash(f"{what} at {_where(regs)}: stack segment {ss & 0xFFFF:#x} cannot hold the "
                     f"bounce frame")
             return False
-        frame = struct.pack(f"<{len(words)}I", *(w & 0xFFFFFFFF for w in words))
+        frame = _frame_bytes(words)
         new_esp = (esp - len(frame)) & 0xFFFFFFFF
         if esp < len(frame) or not self.hv.copy_to_guest(v, new_esp, frame):
             d.crash(f"{what} at {_where(regs)}: cannot write the bounce frame at {new_esp:#x}")

@@ -120,6 +120,12 @@ def copy_from_guest(memory: MachineMemory, l2mfn: int, va: int, length: int,
 def copy_to_guest(memory: MachineMemory, l2mfn: int, va: int, data: bytes,
                   walk: Translate = translate) -> bool:
     """Write ``data`` at guest address ``va``; False (nothing written) if any byte faults."""
+    if data and (va & _OFFSET_MASK) + len(data) <= abi.PAGE_SIZE:  # one page: one walk
+        maddr = walk(memory, l2mfn, va, True)
+        if maddr is None:
+            return False
+        memory.write(maddr, data)
+        return True
     pieces: list[tuple[int, int, int]] = []
     pos = 0
     while pos < len(data):
