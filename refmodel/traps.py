@@ -132,7 +132,8 @@ def _frame_bytes(words: list[int]) -> bytes:
     """A bounce frame's words as Xen's movl stores them: the low 32 bits of each, lowest
     address first. Words wider than 32 bits are rare, so they are cut only when packing the
     words as they are fails."""
-    layout = _FRAME_WORDS[len(words)]
+    n = len(words)
+    layout = _FRAME_WORDS[n] if n < len(_FRAME_WORDS) else struct.Struct(f"<{n}I")
     try:
         return layout.pack(*words)
     except struct.error:

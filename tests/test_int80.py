@@ -14,6 +14,7 @@ from xenspec.conformance.guests.build import build_guest
 from xenspec.conformance.reference import ReferenceImplementation
 from xenspec.refmodel.arch import CpuUserRegs, TrapInfo
 from xenspec.refmodel.boot import boot
+from xenspec.refmodel.traps import _frame_bytes
 from xenspec.spec import abi
 
 
@@ -102,3 +103,12 @@ def test_trap_table_entries_are_never_changed_in_place() -> None:
     ti = TrapInfo(3, abi.FLAT_RING1_CS, 0x1000)
     with pytest.raises(dataclasses.FrozenInstanceError):
         ti.flags = abi.TI_IF_FLAG  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("words", [
+    [1, 2, 3], [0xFFFFFFFF, -1, 1 << 33, (1 << 32) + 7], list(range(9)), list(range(12))])
+def test_bounce_frame_words_are_their_low_32_bits(words: list[int]) -> None:
+    """create_bounce_frame's packing: each word's low 32 bits, lowest address first, for
+    every frame length (the precompiled layouts stop at nine words)."""
+    assert _frame_bytes(words) == b"".join(
+        (w & 0xFFFFFFFF).to_bytes(4, "little") for w in words)
