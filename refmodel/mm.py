@@ -255,9 +255,10 @@ class MMCore(ABC):
         if count & abi.MMU_UPDATE_PREEMPTED:
             count &= ~abi.MMU_UPDATE_PREEMPTED
             done = self._read_done(v, pdone)
+        handler = self.mmu_update_handler()
         i, rc = self._run_batch(
             v, d, foreigndom, ureqs, count, abi.MMU_UPDATE_T.size,
-            functools.partial(self.mmu_update_handler(), d), self.mmu_update_bulk(d),
+            functools.partial(handler, d), self.mmu_update_bulk(d, handler),
         )
         if rc == _PREEMPTED:
             rc = self.hv.hypercall_create_continuation(
@@ -367,9 +368,11 @@ class MMCore(ABC):
         mode may put a fused common case in front of it, ``MM.mmu_update_common``)."""
         return self.mmu_update_one
 
-    def mmu_update_bulk(self, d: Domain) -> Callable[[int, int], int] | None:
-        """A run of ``d``'s batch records done at once (``_run_batch``'s ``bulk``), or None:
-        by default every record goes to the handler."""
+    def mmu_update_bulk(self, d: Domain, handler: Callable[[Domain, bytes], int]
+                        ) -> Callable[[int, int], int] | None:
+        """A run of ``d``'s batch records done at once (``_run_batch``'s ``bulk``) beside
+        ``handler`` (``mmu_update_handler``'s), or None: by default every record goes to the
+        handler."""
         return None
 
     def _run_batch(
@@ -750,10 +753,11 @@ class MM(MMCore):
                 frames.count[gone] -= 1
         return 0
 
-    def mmu_update_bulk(self, d: Domain) -> Callable[[int, int], int] | None:
+    def mmu_update_bulk(self, d: Domain, handler: Callable[[Domain, bytes], int]
+                        ) -> Callable[[int, int], int] | None:
         """``mmu_update_common``'s C twin (refmodel/mm_native.py) for ``d``'s batch: while
-        the fused common case is the handler, and where the twin could be built."""
-        if self.mmu_update_handler() != self.mmu_update_common or not _twin_is_current(self):
+        the fused common case is the ``handler``, and where the twin could be built."""
+        if handler != self.mmu_update_common or not _twin_is_current(self):
             return None
         twin = self._twin
         if twin is None:

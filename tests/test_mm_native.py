@@ -36,7 +36,8 @@ class Twin:
     def __init__(self, w: World) -> None:
         self.w = w
         self.scratch = w.hv.free_list[0] << abi.PAGE_SHIFT  # a free frame holds the record
-        assert w.hv.mm.mmu_update_bulk(w.a.domain) is not None  # the twin is built
+        mm = w.hv.mm
+        assert mm.mmu_update_bulk(w.a.domain, mm.mmu_update_handler()) is not None  # built
         self.done = 0
 
     def __call__(self, req: tuple[object, ...]) -> object:
@@ -119,8 +120,9 @@ def count_runs(w: World, done: list[int]) -> None:
     """Record, in ``done``, how many records each call of the twin did."""
     real = w.hv.mm.mmu_update_bulk
 
-    def counting(d: Domain) -> Callable[[int, int], int] | None:
-        bulk = real(d)
+    def counting(d: Domain, handler: Callable[[Domain, bytes], int]
+                 ) -> Callable[[int, int], int] | None:
+        bulk = real(d, handler)
         assert bulk is not None
 
         def run(maddr: int, n: int) -> int:
@@ -141,7 +143,7 @@ def test_batches_agree(seed: int) -> None:
     for use_twin in (True, False):
         w = build()
         if not use_twin:
-            w.hv.mm.mmu_update_bulk = lambda d: None  # type: ignore[method-assign]
+            w.hv.mm.mmu_update_bulk = lambda d, h: None  # type: ignore[method-assign]
         else:
             count_runs(w, runs_done)
         g = w.a
@@ -161,21 +163,21 @@ def test_a_replaced_rule_keeps_the_python() -> None:
     machine or on the class, and while any rule the fused case stands for is."""
     w = build()
     mm, d = w.hv.mm, w.a.domain
-    assert mm.mmu_update_bulk(d) is not None
+    assert mm.mmu_update_bulk(d, mm.mmu_update_handler()) is not None
     mm._drops_plainly = lambda l1e: False  # type: ignore[method-assign]
-    assert mm.mmu_update_bulk(d) is None
+    assert mm.mmu_update_bulk(d, mm.mmu_update_handler()) is None
     del mm._drops_plainly
     mm.get_page = lambda mfn, dom: False  # type: ignore[method-assign]
-    assert mm.mmu_update_bulk(d) is None
+    assert mm.mmu_update_bulk(d, mm.mmu_update_handler()) is None
     del mm.get_page
-    assert mm.mmu_update_bulk(d) is not None
+    assert mm.mmu_update_bulk(d, mm.mmu_update_handler()) is not None
 
 
 def test_the_twin_stays_inside_memory() -> None:
     """A run whose records would lie beyond machine memory is not read: nothing done."""
     w = build()
     mm, d = w.hv.mm, w.a.domain
-    bulk = mm.mmu_update_bulk(d)
+    bulk = mm.mmu_update_bulk(d, mm.mmu_update_handler())
     assert bulk is not None
     end = w.hv.memory.nr_frames * abi.PAGE_SIZE
     assert bulk(end - 8, 1) == 0
